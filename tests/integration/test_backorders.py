@@ -5,6 +5,7 @@ min(K, demand) units, to the oldest orders first."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -1814,3 +1815,22 @@ def test_a_stock_item_says_whether_units_were_added_since_its_last_count(shop, c
     assert inventory.restocked_since_count({("PREORDER", "wh-east"), ("PREORDER", "wh-west")}) == (
         {("PREORDER", "wh-east")} if restocked else set()
     )
+
+
+def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restocked(shop):
+    """ReserveStock of an order no count excluded anywhere (nearly every order) reads nothing more;
+    one a count excluded reads those stock items once, and no step writes anything more for it."""
+
+    def restock_reads(order_id: str) -> list[str]:
+        with shop.requests() as made, contextlib.suppress(Backordered):
+            shop.container.workflow.reserve_stock(order_id)
+        return [name for name, params in made if "restocked_since_count" in json.dumps(params, default=str)]
+
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    body = place_order(external_id="plain", lines=[{"sku": "PREORDER", "quantity": 3}])
+    plain = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(plain, attempt=0)
+    assert restock_reads(plain) == []
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")  # sends it back
+
+    assert restock_reads(plain) == ["BatchGetItem"]
