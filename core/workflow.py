@@ -76,10 +76,10 @@ from core.sourcing import (
     BEHIND_PAGES,
     allocation_plan,
     available_of,
+    claims_at,
     destination_of,
     eligible_locations,
     held_back,
-    lacks_at,
     out_of_reach,
     plan_within,
     reach_once_put_back,
@@ -1098,7 +1098,7 @@ class Workflow:
                     older = self._orders.get(entry.order_id, consistent=True)
                     if older is None or older.status is not S.BACKORDERED:
                         continue
-                    lacks, where = lacks_at(older, sku, locations, rules)
+                    lacks, where = claims_at(older, sku, locations, rules, free, self._inventory)
                     for location_id in where & set(free):
                         held[(sku, location_id)] += lacks
                         if held[(sku, location_id)] >= free[location_id]:

@@ -1834,3 +1834,22 @@ def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restock
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")  # sends it back
 
     assert restock_reads(plain) == ["BatchGetItem"]
+
+
+def test_a_new_order_sourced_before_a_restocks_walk_leaves_its_units_to_the_older_order_a_count_excluded_there(shop):
+    """Units restocked at the location a count excluded the older order from are on the stock item a
+    moment before the stream hands them to the queue: a new order sourced in that moment leaves them
+    to it, as it leaves any older backordered order the units it may take."""
+    order_id = counted_out_of(shop, "wh-east")
+    shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")  # its walk not run yet
+    body = place_order(external_id="newer", lines=[{"sku": "PREORDER", "quantity": 1}])
+    newer = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(newer, attempt=0)
+
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(newer)
+    assert shop.held(newer) == 0
+    consume(shop, stock_record("wh-east", 0, 3))
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (3, 3, 0)
