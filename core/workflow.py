@@ -466,9 +466,11 @@ class Workflow:
                 full[(refused.sku, refused.location_id)] = refused
 
     def _source_and_reserve(self, read: Order, full: dict[tuple[str, str], ReservationsFull]) -> None:
-        """Source `order` (authorized, holding no allocations) at its eligible locations, leaving
-        out the stock items in `full`, reserve the plan and record it; raises ReservationsFull
-        for a stock item found full, or, once one was, for the plan that needs it."""
+        """Source the order as `read` (authorized, holding no allocations) at its eligible locations,
+        leaving out the stock items in `full`, reserve the plan and record it; raises ReservationsFull
+        for a stock item found full, or, once one was, for the plan that needs it. Planned as the
+        order will be once its write lifts the count exclusions that lapsed (`order`), written over
+        `read`."""
         order_id = read.id
         locations = self._catalog.list_locations()
         # The rules in force now decide; the version is named in the order's history.
