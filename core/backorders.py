@@ -118,8 +118,9 @@ class BackorderAllocator:
         not), whose every entry before is dealt with (filled, or left as it must wait), so nothing
         is skipped for good and a fill, conditional as ever, reserves nothing twice.
         `restocked`: units of `sku` were added to on_hand there (a receipt, a count raising it, a
-        return restocked), not only freed: an order a stock take's count of `sku` there excluded
-        it for is filled there again, the exclusion lifted in its fill's write (Workflow.fill_backorder)."""
+        return restocked) since its last stock take, not only freed: an order a stock take's count
+        of `sku` there excluded it for is filled there again, the exclusion lifted in its fill's
+        write (Workflow.fill_backorder)."""
         result = Arrival()
         locations = None
         rules: SourcingRules | None = None
@@ -357,11 +358,12 @@ class BackorderAllocator:
         restocked: tuple[str, str] | None = None,
     ) -> Order:  # fmt: skip
         """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when it
-        reserved anything; the order as it is afterwards."""
+        reserved anything; the order as it is afterwards. A fill keeps the order backordered: one
+        that is not (an edit or a cancel landed first, emptying its allocations) was not filled."""
         filled = self._workflow.fill_backorder(
             order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked
         )
-        if filled.allocations != order.allocations:
+        if filled.status is S.BACKORDERED and filled.allocations != order.allocations:
             result.filled.append(order.id)
         return filled
 

@@ -3630,15 +3630,18 @@ class Order(Shown):
 
     def reserve(
         self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str,
-        rules_version: int | None = None,
+        rules_version: int | None = None, restocked: Collection[tuple[str, str]] = (),
     ) -> Change:  # fmt: skip
+        """`restocked` (sku, location_id) pairs: restocked since the stock take there, which lifts
+        the exclusions counts made of them (counts_lapsed) in the same write, named in the entry."""
         if self.status is not OrderStatus.AUTHORIZED or self.allocations:
             raise InvalidTransition(f"an order that is {self.status} cannot reserve stock now")
+        lapsed, named = self.counts_lapsed(restocked)
         return self._next(
             at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
             detail={"allocations": [a.model_dump() for a in allocations], "reasons": reasons,
-                    **_rules_named(rules_version)},
-            allocations=allocations, replaced_lines=[], held_before=[],
+                    **_rules_named(rules_version), **named},
+            allocations=allocations, replaced_lines=[], held_before=[], **lapsed,
         )  # fmt: skip
 
     def short_of(self, allocations: list[Allocation] | None = None) -> dict[str, int]:
@@ -3655,20 +3658,21 @@ class Order(Shown):
 
     def backorder(
         self, allocations: list[Allocation], reasons: list[str], *, at: datetime, actor: str,
-        rules_version: int | None = None,
+        rules_version: int | None = None, restocked: Collection[tuple[str, str]] = (),
     ) -> Change:  # fmt: skip
         """Authorized, but the eligible locations lack units of backorderable products: keep what
-        could be reserved (`allocations`, possibly none) and wait for the rest."""
+        could be reserved (`allocations`, possibly none) and wait for the rest. `restocked`: as reserve's."""
         if self.status is not OrderStatus.AUTHORIZED or self.allocations:
             raise InvalidTransition(f"an order that is {self.status} cannot be backordered now")
         short = self.short_of(allocations)
         if not short:
             raise InvalidTransition(f"order {self.id} is not short of stock")
+        lapsed, named = self.counts_lapsed(restocked)
         return self._next(
             at=at, actor=actor, type=OrderEvent.BACKORDERED, to=OrderStatus.BACKORDERED,
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
-                    **_rules_named(rules_version)},
-            allocations=allocations, replaced_lines=[], held_before=[],
+                    **_rules_named(rules_version), **named},
+            allocations=allocations, replaced_lines=[], held_before=[], **lapsed,
             may_wait=sorted({*self.may_wait, *(line.sku for line in self.lines if line.line_id in short)}),
         )  # fmt: skip
 
@@ -3952,6 +3956,20 @@ class Order(Shown):
             return {"counted_short": {**counted, location_id: [each for each in skus if each != sku]}}
         excluded = [loc for loc in self.excluded_locations if loc != location_id]
         return {"excluded_locations": excluded, "counted_short": counted}
+
+    def counts_lapsed(self, restocked: Collection[tuple[str, str]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The fields of this order once each (sku, location_id) of `restocked` is restocked
+        (count_exclusion_lapsed of each in turn), and the entry's detail naming those whose count
+        excluded the location (`exclusions_lapsed`); two empty dicts when none did."""
+        order, named = self, []
+        for sku, location_id in sorted(restocked):
+            if lapsed := order.count_exclusion_lapsed(location_id, sku):
+                order = order.model_copy(update=lapsed)
+                named.append({"location_id": location_id, "sku": sku})
+        if not named:
+            return {}, {}
+        fields = {"excluded_locations": order.excluded_locations, "counted_short": order.counted_short}
+        return fields, {"exclusions_lapsed": named}
 
     def rejectable(self, shipment_id: str) -> Shipment:
         """The pending shipment, if its location may reject it now (checked before a capture asked

@@ -252,11 +252,13 @@ class InventoryRepository(ABC):
     @abstractmethod
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
-        short: ShortCount | None = None, counted_at: datetime | None = None,
+        short: ShortCount | None = None, counted_at: datetime | None = None, restocked: bool = False,
     ) -> StockLevel:  # fmt: skip
         """Set the counted units, recording when they were counted (`counted_at`; a count without
         it records no time, the one before forgotten): a parcel handed over before then was counted
-        without its units (ship's `handed_at`).
+        without its units (ship's `handed_at`). `restocked`: the count is above the one its caller
+        read, units added as a receipt adds them (restocked_since_count); otherwise the count is
+        where restocked_since_count starts again.
         Raises InsufficientStock when `on_hand` is below what is reserved
         but `releasing` ({order#line: units}, reservations the caller is about to release): the
         write is conditional on each of those keys holding its units still and on the other
@@ -264,6 +266,13 @@ class InventoryRepository(ABC):
         those releases land, so nothing reserves the released units in between. With `releasing`,
         the same write marks the item with `short` (short_counts lists it until
         short_count_finished); a count that fits (no `releasing`) removes any mark."""
+
+    @abstractmethod
+    def restocked_since_count(self, items: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of `items` (sku, location_id), the stock items units were added to since their last stock
+        take (a receipt, a positive adjustment, a count above the one before, a return restocked),
+        with no short stock take's mark standing there (its rejects' releases have landed): where a
+        count's exclusion of an order lapses (Order.count_exclusion_lapsed). One consistent read."""
 
     @abstractmethod
     def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:

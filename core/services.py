@@ -243,9 +243,12 @@ class InventoryService:
             level, held = self._inventory.held_at(sku, location_id)
             if level.reserved <= on_hand or self._reject is None:
                 try:
+                    # Above what was there, it adds units as a receipt does: a count's exclusion
+                    # there lapses (restocked_since_count).
                     return self._inventory.set_on_hand(
-                        sku, location_id, on_hand, reason="stock_take", counted_at=short.counted_at
-                    ).as_shown()
+                        sku, location_id, on_hand, "stock_take", counted_at=short.counted_at,
+                        restocked=on_hand > level.on_hand,
+                    ).as_shown()  # fmt: skip
                 except InsufficientStock:
                     if self._reject is None:
                         raise

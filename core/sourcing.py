@@ -2,7 +2,7 @@
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -159,7 +159,7 @@ def lacks_at(
     fill takes them: eligible for it, not excluded, within `max_shipments`. `restocked`: where it
     may take units of `sku` once they are restocked there, which a location only a stock take's
     count of `sku` excluded is (Order.count_exclusion_lapsed): what a reorder point buys for. Not
-    what it may take now: units there that are not new (released) are another order's to take."""
+    what it may take now unless units were added there since that count (claims_at)."""
     short = order.short_of()
     lacks = sum(short.get(line.line_id, 0) for line in order.lines if line.sku == sku)
     if not lacks:
@@ -172,6 +172,24 @@ def lacks_at(
     return lacks, {
         loc.location_id for loc in sourceable(once_restocked, locations, rules) if rules.admits(loc.location_id, used)
     }
+
+
+def claims_at(
+    order: Order, sku: str, locations: list[Location], rules: SourcingRules, free: Collection[str],
+    inventory: InventoryRepository,
+) -> tuple[int, set[str]]:  # fmt: skip
+    """lacks_at of an older backordered `order`, weighed against the units of `sku` available at
+    `free` locations (ReserveStock's look behind older orders, the what-if's): a location only a
+    stock take's count of `sku` excluded it from is one it may take them at once units were added
+    there since that count (InventoryRepository.restocked_since_count), as the walk of their
+    arrival, a restock's, fills it there. Those stock items are read only for an order a count
+    excluded, where units are free."""
+    lacks, where = lacks_at(order, sku, locations, rules)
+    if lacks and order.counted_short:
+        _, once_restocked = lacks_at(order, sku, locations, rules, restocked=True)
+        if lapsed := (once_restocked - where) & set(free):
+            where |= {location_id for _, location_id in inventory.restocked_since_count({(sku, loc) for loc in lapsed})}
+    return lacks, where
 
 
 def stranded(order: Order, locations: list[Location], rules: SourcingRules) -> bool:
@@ -734,7 +752,7 @@ class Simulator:
                     older = waiting.get(entry.order_id)
                     if older is None or older.status is not OrderStatus.BACKORDERED:
                         continue
-                    lacks, where = lacks_at(older, sku, locations, rules)
+                    lacks, where = claims_at(older, sku, locations, rules, free, self._inventory)
                     if not lacks or not where:
                         continue
                     claims.append((entry, lacks, where))

@@ -76,10 +76,10 @@ from core.sourcing import (
     BEHIND_PAGES,
     allocation_plan,
     available_of,
+    claims_at,
     destination_of,
     eligible_locations,
     held_back,
-    lacks_at,
     out_of_reach,
     plan_within,
     reach_once_put_back,
@@ -419,8 +419,11 @@ class Workflow:
             # Restarted (or retried after backordering): take whatever arrived since, so units
             # that came between the first attempt and the queue entry are not missed. The fill
             # reads the order consistently: one sent back to `authorized` by an edit that this
-            # plain read does not show yet is sourced below, not taken as filled.
-            order = self.fill_backorder(order_id)
+            # plain read does not show yet is sourced below, not taken as filled. Released from a
+            # hold, it takes too the units restocked meanwhile where a count excluded it (their
+            # walk passed it over, held): each such location's fill lifts its exclusion.
+            for restocked in self._restocked_since_count(order) or [None]:
+                order = self.fill_backorder(order_id, restocked=restocked)
             if order.status is S.BACKORDERED and order.short_of():
                 # Released from a hold the rules changed under (their wake passes a held order over):
                 # left nowhere to take more units, it is sourced again below, under them (the
@@ -462,14 +465,21 @@ class Workflow:
                     raise
                 full[(refused.sku, refused.location_id)] = refused
 
-    def _source_and_reserve(self, order: Order, full: dict[tuple[str, str], ReservationsFull]) -> None:
-        """Source `order` (authorized, holding no allocations) at its eligible locations, leaving
-        out the stock items in `full`, reserve the plan and record it; raises ReservationsFull
-        for a stock item found full, or, once one was, for the plan that needs it."""
-        order_id = order.id
+    def _source_and_reserve(self, read: Order, full: dict[tuple[str, str], ReservationsFull]) -> None:
+        """Source the order as `read` (authorized, holding no allocations) at its eligible locations,
+        leaving out the stock items in `full`, reserve the plan and record it; raises ReservationsFull
+        for a stock item found full, or, once one was, for the plan that needs it. Planned as the
+        order will be once its write lifts the count exclusions that lapsed (`order`), written over
+        `read`."""
+        order_id = read.id
         locations = self._catalog.list_locations()
         # The rules in force now decide; the version is named in the order's history.
         rules = self._rules()
+        # Where a stock take's exclusion of it has lapsed (units added there since, while it was
+        # sent back to be sourced or held: their walk passed it over), it is sourced as it will be
+        # once this write lifts the exclusion (Order.reserve's `restocked`, backorder's).
+        restocked = self._restocked_since_count(read)
+        order = read.model_copy(update=read.counts_lapsed(restocked)[0]) if restocked else read
         # A location that rejected a shipment of this order is never asked again for it.
         eligible = sourceable(order, locations, rules)
         # A retry after a crash may find this order's own reservations: count them as available
@@ -567,13 +577,14 @@ class Workflow:
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         if backorder:
-            self._wait_for_stock(order, plan, done, backorder, rules, held_before=held_before)
+            self._wait_for_stock(read, plan, done, backorder, rules, held_before=held_before, restocked=restocked)
             return
-        new, entry = order.reserve(
-            plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
-        )
+        new, entry = read.reserve(
+            plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version,
+            restocked=restocked,
+        )  # fmt: skip
         try:
-            self._orders.update(new, order, [entry])
+            self._orders.update(new, read, [entry])
         except StaleVersion:
             # Lost to a hold, say: the order keeps what it held before for its release (the hold
             # gave back what it no longer needs, core.holds.give_back_surplus).
@@ -723,6 +734,14 @@ class Workflow:
             own[(sku, location_id)] += quantity
         return stocked_once_put_back(order, reach, levels, own, skus)
 
+    def _restocked_since_count(self, order: Order) -> list[tuple[str, str]]:
+        """The (sku, location_id) pairs a stock take's count excluded for `order` whose stock item
+        was restocked since (InventoryRepository.restocked_since_count): their exclusion has lapsed,
+        though no restock's walk lifted it (the order was not backordered then). One read, only for
+        an order a count excluded a location for."""
+        counted = {(sku, location_id) for location_id, skus in order.counted_short.items() for sku in skus}
+        return sorted(self._inventory.restocked_since_count(counted)) if counted else []
+
     def _cannot_wait(self, skus: set[str], order: Order) -> set[str]:
         """The skus of `skus` `order` may not wait backordered for: those whose product does not
         allow backorder and that the order was not sold to wait for (Order.may_wait: a product
@@ -737,7 +756,7 @@ class Workflow:
 
     def _wait_for_stock(
         self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules,
-        held_before: set[tuple[str, str, str]],
+        held_before: set[tuple[str, str, str]], restocked: Collection[tuple[str, str]] = (),
     ) -> None:  # fmt: skip
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
         from now on finds the order; then the status; then the entries marked, so the reorder
@@ -756,8 +775,9 @@ class Workflow:
         for sku in sorted({line.sku for line in order.lines if line.quantity} - short):
             self._backorders.add(sku, holding)
         new, history = order.backorder(
-            plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
-        )
+            plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version,
+            restocked=restocked,
+        )  # fmt: skip
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
@@ -811,7 +831,7 @@ class Workflow:
         record after the other). `restocked` (sku, location_id): units of that sku were added to
         on_hand there, which lifts the exclusion of the location a stock take's count of the sku
         made for the order (Order.count_exclusion_lapsed): planned with it, and lifted in the fill's
-        write (none, nothing lifted: the next restock there lifts it)."""
+        write (none, nothing lifted: the next arrival there lifts it, the stock item restocked since its count)."""
 
         def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             if order.status is not S.BACKORDERED:
@@ -1080,7 +1100,7 @@ class Workflow:
                     older = self._orders.get(entry.order_id, consistent=True)
                     if older is None or older.status is not S.BACKORDERED:
                         continue
-                    lacks, where = lacks_at(older, sku, locations, rules)
+                    lacks, where = claims_at(older, sku, locations, rules, free, self._inventory)
                     for location_id in where & set(free):
                         held[(sku, location_id)] += lacks
                         if held[(sku, location_id)] >= free[location_id]:

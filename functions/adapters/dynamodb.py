@@ -2358,6 +2358,12 @@ SHORT_COUNTS_RESUME_AFTER = "resume_after"
 # When the last stock take of a stock item was counted (set_on_hand; timestamp's format, which sorts
 # in time order): a parcel handed over before it left on_hand in that count (DynamoInventory.ship).
 COUNTED_AT = "counted_at"
+# Set (true) on a stock item by each write that adds units to on_hand (a receipt, a positive
+# adjustment, a count above the one before, a return restocked), removed by every other stock take:
+# the item was restocked since its last count, which lifts the exclusion a count made of the
+# location for an order (DynamoInventory.restocked_since_count), however long after that order's
+# ReserveStock runs. An attribute of the write each makes anyway, read only for orders a count excluded.
+RESTOCKED_SINCE_COUNT = "restocked_since_count"
 # How many times a ship's stock write is decided again when on_hand moves between its two writes.
 SHIP_ATTEMPTS = 5
 
@@ -2395,7 +2401,7 @@ class DynamoInventory(InventoryRepository):
 
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
-        short: ShortCount | None = None, counted_at: datetime | None = None,
+        short: ShortCount | None = None, counted_at: datetime | None = None, restocked: bool = False,
     ) -> StockLevel:  # fmt: skip
         releasing = releasing or {}
         # A count may be higher than the last one: it is an arrival as far as the filter knows. One
@@ -2420,6 +2426,11 @@ class DynamoInventory(InventoryRepository):
             names[f"#k{i}"] = key
             values[f":h{i}"] = units
             conditions.append(f"reservations.#k{i} = :h{i}")
+        if restocked and not releasing:
+            expression += f", {RESTOCKED_SINCE_COUNT} = :restocked"
+            values[":restocked"] = True
+        else:
+            removed.append(RESTOCKED_SINCE_COUNT)
         if not releasing:
             expression += f", {ARRIVED} = :arrived"
             values[":arrived"] = True
@@ -2517,6 +2528,14 @@ class DynamoInventory(InventoryRepository):
                 raise
             # removed already, or marked by a later count: that one's to finish
 
+    def restocked_since_count(self, items: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        projection = f"sku, location_id, {RESTOCKED_SINCE_COUNT}, {SHORT_COUNT}"
+        return {
+            (item["sku"]["S"], item["location_id"]["S"])
+            for item in self._stock_items(items, projection, consistent=True)
+            if item.get(RESTOCKED_SINCE_COUNT, {}).get("BOOL") and SHORT_COUNT not in item
+        }
+
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
         # A Query (the API function's grant), read consistently.
         items = self._client.query(
@@ -2540,7 +2559,7 @@ class DynamoInventory(InventoryRepository):
         )
         values = {":delta": delta, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
         if delta > 0:
-            expression += f", {ARRIVED} = :arrived"
+            expression += f", {ARRIVED} = :arrived, {RESTOCKED_SINCE_COUNT} = :arrived"
             values[":arrived"] = True
         else:
             expression += f" REMOVE {ARRIVED}, {WITHDRAWN}"
@@ -2842,7 +2861,8 @@ class DynamoInventory(InventoryRepository):
                                 "SET on_hand = if_not_exists(on_hand, :zero) + :q, "
                                 "available = if_not_exists(available, :zero) + :q, "
                                 "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
-                                f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived"
+                                f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived, "
+                                f"{RESTOCKED_SINCE_COUNT} = :arrived"
                             ),
                             "ConditionExpression": "attribute_not_exists(on_hand) OR on_hand <= :room",
                             "ExpressionAttributeValues": to_item(

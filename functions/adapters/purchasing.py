@@ -20,6 +20,7 @@ from core.purchasing import (
 from core.status import PurchaseOrderStatus
 from functions.adapters.dynamodb import (
     ARRIVED,
+    RESTOCKED_SINCE_COUNT,
     WITHDRAWN,
     _is_conditional_failure,
     cancellation_reasons,
@@ -209,7 +210,7 @@ class DynamoPurchasing(PurchasingRepository):
         condition = None
         if units:
             # A receipt raises available: the backorder filler's stream filter passes it (ARRIVED).
-            expression += f", last_reason = :reason, {ARRIVED} = :arrived"
+            expression += f", last_reason = :reason, {ARRIVED} = :arrived, {RESTOCKED_SINCE_COUNT} = :arrived"
             values[":reason"] = f"purchase order {po.id}"
             values[":arrived"] = True
             # Never past what a stock take may count: the units on hand refuse the receipt.

@@ -23,6 +23,7 @@ from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import (
     BACKORDER_PREFIX,
     NETWORK_KEY,
+    RESTOCKED_SINCE_COUNT,
     SHORT_COUNT,
     SOURCING_RULES_PK,
     WAKE_AFTER,
@@ -51,10 +52,13 @@ def _available(image: dict[str, Any] | None) -> int:
 
 def _restocked(new: dict[str, Any], old: dict[str, Any]) -> bool:
     """Whether the change added units to on_hand (a receipt, a count above the last, a return
-    restocked), which lifts a stock take's exclusion of the location for the orders it sent
-    elsewhere. Not while a count's mark stands there: its rejects' releases may not have landed,
-    and an order filled there before they do would have its new units released by them."""
-    return int(new.get("on_hand") or 0) > int(old.get("on_hand") or 0) and SHORT_COUNT not in new
+    restocked), or units were added since the item's last stock take (RESTOCKED_SINCE_COUNT: a
+    reservation released there after a restock whose walk stopped before the order), which lifts a
+    stock take's exclusion of the location for the orders it sent elsewhere. Not while a count's
+    mark stands there: its rejects' releases may not have landed, and an order filled there before
+    they do would have its new units released by them."""
+    added = int(new.get("on_hand") or 0) > int(old.get("on_hand") or 0) or bool(new.get(RESTOCKED_SINCE_COUNT))
+    return added and SHORT_COUNT not in new
 
 
 def _report(result: Arrival) -> None:

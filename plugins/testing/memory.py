@@ -280,6 +280,7 @@ class InMemoryInventory(InventoryRepository):
         self.short: dict[tuple[str, str], ShortCount] = {}  # stock takes recorded short, by stock item
         self.short_resume: datetime | None = None  # where the reconciler's next pass over them starts
         self.counted: dict[tuple[str, str], datetime] = {}  # when each stock item's last stock take was counted
+        self.restocked_items: set[tuple[str, str]] = set()  # units added since its last stock take
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -298,7 +299,7 @@ class InMemoryInventory(InventoryRepository):
 
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
-        short: ShortCount | None = None, counted_at: datetime | None = None,
+        short: ShortCount | None = None, counted_at: datetime | None = None, restocked: bool = False,
     ) -> StockLevel:  # fmt: skip
         level = self._get(sku, location_id)
         releasing = releasing or {}
@@ -315,6 +316,10 @@ class InMemoryInventory(InventoryRepository):
             self.counted[(sku, location_id)] = counted_at
         else:
             self.counted.pop((sku, location_id), None)
+        if restocked and not releasing:
+            self.restocked_items.add((sku, location_id))
+        else:
+            self.restocked_items.discard((sku, location_id))
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
 
     def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
@@ -334,6 +339,9 @@ class InMemoryInventory(InventoryRepository):
         if self.short.get((count.sku, count.location_id)) == count:
             del self.short[(count.sku, count.location_id)]
 
+    def restocked_since_count(self, items: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        return {item for item in items if item in self.restocked_items and item not in self.short}
+
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
         return self._get(sku, location_id), dict(self.held.get((sku, location_id), {}))
 
@@ -352,6 +360,8 @@ class InMemoryInventory(InventoryRepository):
             raise StockLimitReached(f"past {MAX_ON_HAND} on hand", details=[{"field": "delta", "message": "too many"}])
         if key is not None:
             self.adjusted[(sku, location_id, key)] = (delta, reason)
+        if delta > 0:
+            self.restocked_items.add((sku, location_id))
         return self._put(
             level.model_copy(update={"on_hand": level.on_hand + delta, "available": level.available + delta})
         )
@@ -446,6 +456,7 @@ class InMemoryInventory(InventoryRepository):
         if level.on_hand + quantity > MAX_ON_HAND:
             self.refused_restocks[(location_id, key)] = quantity
             return
+        self.restocked_items.add((sku, location_id))
         self._put(level.model_copy(update={"on_hand": level.on_hand + quantity,
                                            "available": level.available + quantity}))  # fmt: skip
 

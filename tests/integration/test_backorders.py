@@ -5,8 +5,10 @@ min(K, demand) units, to the oldest orders first."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -535,6 +537,68 @@ def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop
     assert set(shop.executions()) == {order_id for order_id, h in zip(ids, held, strict=True) if h == each}
 
 
+@pytest.mark.parametrize("cancel_at", [0, 6])
+def test_arrivals_racing_new_orders_and_a_cancel_of_a_waiting_one_reserve_each_unit_once(shop, cancel_at):
+    """Units arriving one by one at two locations on threads, beside three new orders' ReserveStock
+    and the cancel of a waiting order (its release an arrival of its own): no stock item goes below
+    zero or holds a reservation no order records, no order holds more than it asked, a cancelled one
+    holds nothing, and no unit is left available while an order that may take it waits short."""
+    waiting = [shop.backordered(2) for _ in range(4)]
+    fresh = []
+    for n in range(3):
+        body = place_order(external_id=f"fresh-{n}", lines=[{"sku": "PREORDER", "quantity": 2}])
+        fresh.append(shop.container.capture.place(body, actor="key_web").id)
+        shop.container.workflow.authorize_payment(fresh[-1], attempt=0)
+    allocator = shop.container.backorder_allocator
+    errors: list[BaseException] = []
+
+    def retried(step: Callable[[], object]) -> None:
+        try:
+            while True:  # the stream retries a record, Step Functions a task, that kept losing races
+                try:
+                    step()
+                    return
+                except Backordered:
+                    return
+                except TransientError:
+                    continue
+        except BaseException as error:
+            errors.append(error)
+
+    def arrive(location_id: str) -> None:
+        shop.inventory.adjust("PREORDER", location_id, 1, reason="receipt")
+        allocator.arrived("PREORDER", location_id)
+
+    def cancel() -> None:
+        _cancel_recorded(shop, waiting[1])
+        for location_id in ("wh-east", "wh-west"):  # its releases' records
+            allocator.arrived("PREORDER", location_id)
+
+    threads = [threading.Thread(target=retried, args=(lambda n=n: arrive(("wh-east", "wh-west")[n % 2]),))
+               for n in range(7)]  # fmt: skip
+    threads += [threading.Thread(target=retried, args=(lambda o=o: shop.container.workflow.reserve_stock(o),))
+                for o in fresh]  # fmt: skip
+    threads.insert(cancel_at, threading.Thread(target=retried, args=(cancel,)))
+    run_threads(threads)
+
+    assert errors == []
+    recorded: Counter[str] = Counter()
+    for order_id in waiting + fresh:
+        order = shop.order(order_id)
+        keys = {reservation_key(order_id, line.line_id) for line in order.lines}
+        held = shop.inventory.reservations({("PREORDER", loc): sorted(keys) for loc in ("wh-east", "wh-west")})
+        allocations = {("PREORDER", a.location_id, reservation_key(order_id, a.line_id)): a.quantity
+                       for a in order.allocations}  # fmt: skip
+        assert held == ({} if order.status is S.CANCELLED else allocations), order_id
+        assert sum(held.values()) <= 2
+        recorded.update({location_id: q for (_, location_id, _), q in held.items()})
+    levels = {loc: shop.level(loc) for loc in ("wh-east", "wh-west")}
+    assert sum(on_hand for on_hand, _, _ in levels.values()) == 7
+    assert all(available >= 0 and reserved == recorded[loc] for loc, (_, reserved, available) in levels.items())
+    if any((order := shop.order(o)).status is S.BACKORDERED and order.short_of() for o in waiting + fresh):
+        assert sum(available for _, _, available in levels.values()) == 0
+
+
 def test_an_order_sent_back_gives_back_what_it_holds_where_shipping_stopped(shop):
     """max_shipments 1 and the one location it holds a unit at stops shipping: the next arrival sends
     it back to be sourced, and the workflow gives the unit there back as it allocates it elsewhere."""
@@ -818,6 +882,34 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     assert [shop.held(order_id) for order_id in held] == [0] * 7
     assert [shop.order(order_id).status for order_id in held] == [S.ON_HOLD] * 7
     assert shop.level() == (1, 1, 0)
+
+
+def test_a_walk_that_dies_halfway_is_walked_again_whole_and_fills_and_starts_each_order_once(shop, monkeypatch):
+    """The walk filled the first two orders and died starting the second one's workflow (Step
+    Functions throttled): the stream gives the record again, whose walk starts the second, fills the
+    third, and reserves nothing twice."""
+    from core.backorders import BackorderAllocator
+    from functions.stream_batches import BatchFailed
+
+    ids = [shop.backordered(1) for _ in range(3)]
+    shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
+    real = BackorderAllocator._complete
+
+    def throttled_once(allocator: BackorderAllocator, order_id: str, channel: str, version: int) -> None:
+        if order_id == ids[1]:
+            monkeypatch.setattr(BackorderAllocator, "_complete", real)
+            raise TransientError("the state machine throttled the start")
+        real(allocator, order_id, channel, version)
+
+    monkeypatch.setattr(BackorderAllocator, "_complete", throttled_once)
+    with pytest.raises(BatchFailed):
+        consume(shop, record("wh-east", 0, 3))
+    assert [shop.held(order_id) for order_id in ids] == [1, 1, 0] and shop.executions() == [ids[0]]
+
+    assert consume(shop, record("wh-east", 0, 3)) == {"batchItemFailures": []}
+
+    assert [shop.held(order_id) for order_id in ids] == [1, 1, 1] and shop.level() == (3, 3, 0)
+    assert shop.executions() == sorted(ids)
 
 
 def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
@@ -1447,6 +1539,35 @@ def test_the_upgrade_leaves_no_entry_for_an_order_that_stopped_waiting_as_it_wro
     assert _queued(shop, "BOOK") == _queued(shop) == []
 
 
+def test_an_edit_landing_between_a_fills_read_and_its_write_is_sourced_once_and_no_fill_is_reported(shop, monkeypatch):
+    """The customer edits the waiting order while an arrival's walk plans its fill: the fill's
+    transaction loses (the order's version moved), reserves nothing, and the order, sent back to be
+    sourced, is sourced by its workflow alone. The walk reported it filled (BackordersFilled, the
+    `backorders filled` line): the edit had emptied its allocations, which it took for a fill."""
+    from core.models import LineInput, OrderEdit
+
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    real = DynamoBackorders.fill
+
+    def edited_first(queue: DynamoBackorders, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(DynamoBackorders, "fill", real)
+        with another_functions_calls():
+            edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=2)])
+            shop.container.actions.edit(order_id, shop.order(order_id).version, edit, "key_cs")
+        real(queue, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoBackorders, "fill", edited_first)
+    arrival = shop.container.backorder_allocator.arrived("PREORDER", "wh-east")
+
+    assert (arrival.filled, shop.order(order_id).status) == ([], S.AUTHORIZED)
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 1, 0), (2, 0, 2))  # kept for its ReserveStock
+    shop.container.workflow.reserve_stock(order_id)
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 2)]
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
+
+
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
 
 
@@ -1544,3 +1665,191 @@ def test_a_restocks_walk_handed_on_lifts_a_counts_exclusion_for_the_orders_past_
 
     assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
     assert shop.level() == (5, 3, 2)
+
+
+def _delivered(shop: Shop, change: Callable[[], object]) -> None:
+    """`change` made, and every Inventory stream record of it the BackorderFunction's filter passes
+    delivered to its handler."""
+    deliver = stream_delivery(shop)
+    change()
+    while deliver():
+        pass
+
+
+def _lapsed_in_reserve(shop: Shop, order_id: str, detail: str) -> object:
+    [entry] = [e for e in shop.container.order_repository.history(order_id)[1] if e.type == "stock_reserved"][-1:]
+    return entry.detail.get(detail)
+
+
+def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_there(shop):
+    """The count sends the order back to be sourced: until its ReserveStock runs (seconds) it is
+    authorized, and the restock's walk passes it over. Its ReserveStock finds the stock item
+    restocked since that count and takes the units there, the exclusion lifted in its own write,
+    rather than waiting backordered beside them for the next restock there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED
+
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
+    assert shop.held(order_id) == 0 and shop.level() == (5, 0, 5)  # passed over: not backordered
+    shop.container.workflow.reserve_stock(order_id)
+
+    order = shop.order(order_id)
+    assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+    assert order.excluded_locations == [] and order.counted_short == {}
+    assert _lapsed_in_reserve(shop, order_id, "exclusions_lapsed") == [{"location_id": "wh-east", "sku": "PREORDER"}]
+
+
+def test_a_restock_landing_while_a_counted_out_backorder_is_held_is_taken_once_it_is_released(shop):
+    from core.holds import HoldRequest, ReleaseRequest
+
+    order_id = counted_out_of(shop, "wh-east")
+    shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
+    assert shop.held(order_id) == 0 and shop.level() == (5, 0, 5)  # a held order is passed over
+
+    assert shop.container.holds.release(order_id, ReleaseRequest(), actor="key_ops").status is S.BACKORDERED
+    shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+    assert _lapsed_in_reserve(shop, order_id, "exclusion_lapsed") == {"location_id": "wh-east", "sku": "PREORDER"}
+
+
+def test_a_restock_landing_while_a_held_backorder_a_count_sent_back_is_held_is_taken_once_it_is_released(shop):
+    from core.holds import HoldRequest, ReleaseRequest
+
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert (shop.order(order_id).status, shop.order(order_id).hold.resume_to) == (S.ON_HOLD, S.AUTHORIZED)
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
+
+    assert shop.container.holds.release(order_id, ReleaseRequest(), actor="key_ops").status is S.AUTHORIZED
+    shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+
+
+@pytest.mark.parametrize("since", ["nothing", "a count of what is there", "a count below it"])
+def test_units_a_count_left_where_it_counted_short_stay_out_of_reach_of_the_order_it_excluded(shop, since):
+    """Only units added since the stock take lift its exclusion: the receipt before it, or a later
+    count that adds none, leaves the order waiting elsewhere and the units to the orders that may
+    take them there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 1, actor="key_stock_take")  # one of its 2 is gone
+    if since != "nothing":
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        shop.container.inventory.count("PREORDER", "wh-east", 2 if since == "a count of what is there" else 1)
+
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+
+    assert (shop.held(order_id), shop.order(order_id).excluded_locations) == (0, ["wh-east"])
+
+
+def test_units_freed_where_a_count_excluded_an_order_go_to_it_once_that_location_was_restocked_since(shop):
+    """The restock's walk stops at an older order still short (it took every unit) before it reaches
+    the order a count excluded there. Units freed there later (that older order cancelled) are units
+    of a location restocked since the count all the same: the order takes them, its exclusion lifted,
+    rather than wait beside them for the next restock there."""
+    from core.holds import HoldRequest, ReleaseRequest
+
+    older = shop.backordered(4)
+    shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")  # so the next takes wh-east's
+    order_id = counted_out_of(shop, "wh-east")
+    assert shop.container.holds.release(older, ReleaseRequest(), actor="key_ops").status is S.BACKORDERED
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt"))
+    assert (shop.held(older), shop.held(order_id)) == (3, 0)  # the walk stopped at the older one, still short
+
+    _delivered(shop, lambda: _cancel_recorded(shop, older))
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (3, 3, 0)
+
+
+@pytest.mark.parametrize(
+    "change, restocked",
+    [
+        ("nothing", False),
+        ("a receipt", True),
+        ("a return restocked", True),
+        ("a count above", True),
+        ("a count of what is there", False),
+        ("a count below", False),
+        ("a receipt, then a count of what is there", False),
+        ("a receipt, then a removal", True),
+        ("a receipt under a short count's mark", False),
+    ],
+)
+def test_a_stock_item_says_whether_units_were_added_since_its_last_count(shop, change, restocked):
+    inventory = shop.inventory
+    inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    shop.container.inventory.count("PREORDER", "wh-east", 2)  # the count everything below is since
+    if change.startswith("a receipt"):
+        inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    if change == "a return restocked":
+        inventory.restock("PREORDER", "wh-east", "rma_" + "a" * 24 + "#L1", 1)
+    elif change in {"a count above", "a count of what is there", "a count below"}:
+        on_hand = {"a count above": 3, "a count of what is there": 2, "a count below": 1}[change]
+        shop.container.inventory.count("PREORDER", "wh-east", on_hand)
+    elif change == "a receipt, then a count of what is there":
+        shop.container.inventory.count("PREORDER", "wh-east", 3)
+    elif change == "a receipt, then a removal":
+        inventory.adjust("PREORDER", "wh-east", -1, reason="damaged")
+    elif change == "a receipt under a short count's mark":
+        from core.ports import ShortCount
+
+        inventory.reserve("PREORDER", "wh-east", "ord_" + "b" * 24 + "#L1", 3)
+        inventory.set_on_hand(
+            "PREORDER", "wh-east", 1, "stock_take", {"ord_" + "b" * 24 + "#L1": 3},
+            ShortCount("PREORDER", "wh-east", "key_stock_take", NOW), counted_at=NOW,
+        )  # fmt: skip
+        inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+
+    assert inventory.restocked_since_count({("PREORDER", "wh-east"), ("PREORDER", "wh-west")}) == (
+        {("PREORDER", "wh-east")} if restocked else set()
+    )
+
+
+def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restocked(shop):
+    """ReserveStock of an order no count excluded anywhere (nearly every order) reads nothing more;
+    one a count excluded reads those stock items once, and no step writes anything more for it."""
+
+    def restock_reads(order_id: str) -> list[str]:
+        with shop.requests() as made, contextlib.suppress(Backordered):
+            shop.container.workflow.reserve_stock(order_id)
+        return [name for name, params in made if "restocked_since_count" in json.dumps(params, default=str)]
+
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    body = place_order(external_id="plain", lines=[{"sku": "PREORDER", "quantity": 3}])
+    plain = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(plain, attempt=0)
+    assert restock_reads(plain) == []
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")  # sends it back
+
+    assert restock_reads(plain) == ["BatchGetItem"]
+
+
+def test_a_new_order_sourced_before_a_restocks_walk_leaves_its_units_to_the_older_order_a_count_excluded_there(shop):
+    """Units restocked at the location a count excluded the older order from are on the stock item a
+    moment before the stream hands them to the queue: a new order sourced in that moment leaves them
+    to it, as it leaves any older backordered order the units it may take."""
+    order_id = counted_out_of(shop, "wh-east")
+    shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")  # its walk not run yet
+    body = place_order(external_id="newer", lines=[{"sku": "PREORDER", "quantity": 1}])
+    newer = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(newer, attempt=0)
+
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(newer)
+    assert shop.held(newer) == 0
+    consume(shop, stock_record("wh-east", 0, 3))
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (3, 3, 0)

@@ -295,8 +295,9 @@ def test_a_backordered_order_whose_units_arrive_at_a_full_location_waits_on_and_
     shop.container.catalog_repository.put_location(location("wh-east"))
     waiting = shop.authorized(("HOT", 1))
     assert shop.reserve_step(waiting) == "OrderBackordered"
-    held = shop.fill("HOT", "wh-sf", spare=0)
+    held = shop.fill("HOT", "wh-sf", spare=0, room=64)  # room for the arrival's marks whatever the slack
     shop.container.inventory_repository.adjust("HOT", "wh-sf", 5, "arrival")
+    shop.client.limit = shop.stored("HOT", "wh-sf")[0]  # then full to the byte: no room for another reservation
 
     assert shop.container.workflow.fill_backorder(waiting).status is S.BACKORDERED  # nothing to take
     assert ("HOT", "wh-sf") in shop.client.refused

@@ -318,6 +318,23 @@ def test_a_receipt_allocates_a_backordered_order_through_the_inventory_stream(bu
     assert buyer.order(waiting).status is OrderStatus.ALLOCATED
 
 
+def test_a_receipt_landing_while_a_count_sends_an_order_elsewhere_lifts_that_counts_exclusion(buyer: Shop):
+    """The PO's units land while the order the count sent back to be sourced is authorized (the
+    walk passes it over): its ReserveStock takes them, the receipt a restock since the count."""
+    buyer.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    waiting = buyer.backordered(3)
+    buyer.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    purchasing = buyer.container.purchasing
+
+    purchasing.receive(purchasing.create(new_po(quantity=3)).id, receipt(3), "k")
+    assert consume(buyer, record("wh-east", 0, 3)) == {"batchItemFailures": []}
+    assert buyer.held(waiting) == 0  # authorized: passed over
+    buyer.container.workflow.reserve_stock(waiting)
+
+    assert buyer.held(waiting) == 3 and buyer.level() == (3, 3, 0)
+    assert buyer.order(waiting).excluded_locations == []
+
+
 # --- The routes ---------------------------------------------------------------------------------
 
 

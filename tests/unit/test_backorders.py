@@ -24,6 +24,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from core import payment_keys
 from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.domain_events import order_events
 from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
@@ -34,12 +35,21 @@ from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
 from core.services import InventoryService
 from core.sourcing_rules import SourcingRules
-from core.status import OrderStatus
+from core.status import OrderStatus, PaymentStatus
+from plugins.test_payments import AUTHORIZATION, reference
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, address_body, place_order, product
 from tests.builders import location as a_location
 from tests.stateful import at_length, in_make_test, steps_drawn
-from tests.unit.world import Died, RecordsBookings, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import (
+    Clock,
+    Died,
+    RecordsBookings,
+    World,
+    before_the_next_write,
+    build_world,
+    dies_before_recording,
+)
 
 S = OrderStatus
 
@@ -710,6 +720,30 @@ def test_the_execution_a_fill_starts_allocates_the_order_though_its_reads_lag_be
     assert world.order(order_id).status is S.ALLOCATED
     assert world.level("PREORDER", "wh-west") == (1, 1, 0)
     assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
+def test_a_backorder_filled_after_its_authorization_grew_old_is_authorized_again_as_it_ships():
+    """Three weeks waiting for stock: allocated as any order (allocation captures nothing), its
+    ship authorizes again first, voids the old authorization and captures on the new one."""
+    clock = Clock()
+    world = build_world([("PREORDER", "wh-west", 1)], clock=clock)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    starter = RecordingStarter()
+    starter.world = world
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, starter)
+    order_id = backordered(world, ("PREORDER", 3))
+    old = world.order(order_id).payment.authorization
+    clock.days_later(20)
+
+    arrive(world, allocator, "PREORDER", "wh-west", 2)
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED and world.spy.captured == []
+    (shipment,) = order.shipments
+    shipped = world.actions.ship(order_id, shipment.id, tracking_number=None, actor="key_wh")
+
+    assert world.spy.voided == [old]
+    assert world.spy.captured[-1][0] == reference(AUTHORIZATION, payment_keys.renewal(order_id, old))
+    assert (shipped.payment.status, shipped.payment.captured) == (PaymentStatus.CAPTURED, shipped.totals.grand_total)
 
 
 # --- Fills under the sourcing rules ---------------------------------------------------------------------

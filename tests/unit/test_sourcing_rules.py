@@ -27,7 +27,7 @@ from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.ports import WorkflowStarter
 from core.pricing import Pricing
-from core.services import CaptureService
+from core.services import CaptureService, InventoryService
 from core.sourcing import MAX_REASON_CHARS, SimulateSourcing, Simulator, SourcingRulesService, plan_within
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
@@ -1112,6 +1112,37 @@ def test_the_what_if_leaves_an_older_backordered_order_the_units_it_is_owed_as_r
     # The older order itself is owed by nobody: the what-if of it plans all it lacks.
     [of_older] = what_if(sim, older).items
     assert planned_lines(of_older) == ([("wh-west", "L1", 3)], [])
+
+
+def test_the_what_if_leaves_an_older_order_a_count_excluded_the_units_restocked_there_since_as_reservestock_does():
+    """A stock take at wh-west sent the older order elsewhere (none had any): units added there since
+    are its, as the walk of their receipt fills it there, though the stream has not handed them
+    over yet. ReserveStock gave them to a newer order, and the what-if planned them for it."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # holds the 2 at wh-west
+    counts = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    counts.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")  # not handed to the queue yet
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [as_body] = what_if(sim, *bodies([("PREORDER", 2)])).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {}
+    assert planned_lines(as_body) == ([], [("L1", 2)])
 
 
 BEHIND_OLDER = given(
