@@ -7,6 +7,7 @@ import queue's redrive policy)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -60,10 +61,13 @@ def status_of(api: Api, order_id: str, *expected: str) -> str:
         time.sleep(0.05)
 
 
-def replay_outbox_failure(stack: EmbeddedStack, message: dict[str, Any]) -> list[str]:
+def replay_outbox_failure(
+    stack: EmbeddedStack, message: dict[str, Any], function: str = "OutboxFunction", queue: str = "OutboxFailureQueue"
+) -> list[str]:
     """OutboxFailuresAlarm's recovery, as its `aws` and `jq` steps do it: read the stream batch the
     record names, hand its records to the outbox again, delete the record. Returns the ids of the
-    orders whose records it handed over."""
+    orders whose records it handed over. EventsFailuresAlarm's is the same with `function`
+    EventsFunction and `queue` EventsFailureQueue."""
     # jq '.Messages[0].Body | fromjson | .DDBStreamBatchInfo'
     batch = json.loads(message["Body"])["DDBStreamBatchInfo"]
     # aws dynamodbstreams get-shard-iterator --shard-iterator-type AT_SEQUENCE_NUMBER ...; get-records
@@ -81,18 +85,20 @@ def replay_outbox_failure(stack: EmbeddedStack, message: dict[str, Any]) -> list
         r for r in records if (len(r["dynamodb"]["SequenceNumber"]), r["dynamodb"]["SequenceNumber"]) <= (len(end), end)
     ]
     # aws lambda invoke --function-name "$(id OutboxFunction)" --payload file://batch.json out.json
-    # (the CLI prints the records' times as text, as default=str does)
     answer = stack.client("lambda").invoke(
-        FunctionName=stack.function_arns["OutboxFunction"],
-        Payload=json.dumps({"Records": handed}, default=str).encode(),
+        FunctionName=stack.function_arns[function], Payload=json.dumps({"Records": handed}, default=as_cli_prints).encode()
     )
     assert answer.get("FunctionError") is None, answer["Payload"].read()
     assert json.loads(answer["Payload"].read()) == {"batchItemFailures": []}
     # aws sqs delete-message
-    stack.client("sqs").delete_message(
-        QueueUrl=stack.queue_urls["OutboxFailureQueue"], ReceiptHandle=message["ReceiptHandle"]
-    )
+    stack.client("sqs").delete_message(QueueUrl=stack.queue_urls[queue], ReceiptHandle=message["ReceiptHandle"])
     return [r["dynamodb"]["Keys"]["id"]["S"] for r in handed]
+
+
+def as_cli_prints(value: Any) -> str:
+    """What the AWS CLI's JSON output makes of what JSON has no type for: a binary attribute (an
+    order's compressed `doc`) in base64, a record's time as text."""
+    return base64.b64encode(value).decode() if isinstance(value, bytes) else str(value)
 
 
 def refuse_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,3 +217,58 @@ def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_
     assert replayed["errors"] == []
     imported = sorted(order["external_id"] for order in api.list_all({"channel": channel}))
     assert imported == ["D-1", "D-2"]
+
+
+def bus_tap(stack: EmbeddedStack) -> str:
+    """A queue every event on the stack's bus is copied to (a rule, as another stack subscribes)."""
+    sqs, events = stack.client("sqs"), stack.client("events")
+    tap = sqs.create_queue(QueueName=unique("bus-tap"))["QueueUrl"]
+    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = stack.event_bus_names["EventBus"]
+    rule = unique("tap")
+    events.put_rule(Name=rule, EventBusName=bus, EventPattern=json.dumps({"source": ["oms"]}))
+    events.put_targets(Rule=rule, EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}])
+    return tap
+
+
+def tapped(stack: EmbeddedStack, tap: str, order_id: str) -> list[str]:
+    """The types of the events about `order_id` the tap holds (each as `detail`), read off it."""
+    sqs, found = stack.client("sqs"), []
+    while messages := sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", []):
+        for message in messages:
+            detail = json.loads(message["Body"])["detail"]
+            if detail["data"].get("order", {}).get("id") == order_id:
+                found.append(detail["type"])
+            sqs.delete_message(QueueUrl=tap, ReceiptHandle=message["ReceiptHandle"])
+    return found
+
+
+def test_an_orders_events_the_bus_refused_are_published_from_the_events_failure_record(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """EventsFailuresAlarm's runbook: the bus refused a new order's events past the stream's
+    retries, so its record is parked; handed to the events function again as the runbook says (the
+    records as the CLI prints them, its compressed document in base64), its order.created is on the
+    bus."""
+    from functions.adapters.webhooks import EventBridgePublisher
+
+    tap = bus_tap(stack)
+    _, sku = stocked_sku(api)
+    assert stack.wait_until_idle(SETTLE_SECONDS)
+
+    def refused(self: EventBridgePublisher, events: list[Any]) -> None:
+        raise RuntimeError('the event bus refused 1 event(s): [{"ErrorCode": "InternalFailure"}]')
+
+    monkeypatch.setattr(EventBridgePublisher, "publish", refused)
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    message = wait_for_message(stack, "EventsFailureQueue")
+    assert status_of(api, order_id, "allocated") == "allocated"  # the outbox has its own mapping
+    assert stack.wait_until_idle(SETTLE_SECONDS)
+    monkeypatch.undo()  # the cause is fixed
+    assert "order.created" not in tapped(stack, tap, order_id)
+
+    assert order_id in replay_outbox_failure(stack, message, "EventsFunction", "EventsFailureQueue")
+
+    assert "order.created" in tapped(stack, tap, order_id)
