@@ -11,6 +11,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -109,8 +110,10 @@ def replay_outbox_failure(
 
 def as_cli_prints(value: Any) -> str:
     """What the AWS CLI's JSON output makes of what JSON has no type for: a binary attribute (an
-    order's compressed `doc`) in base64, a record's time as text."""
-    return base64.b64encode(value).decode() if isinstance(value, bytes) else str(value)
+    order's compressed `doc`) in base64, a record's time as ISO 8601 text (v2's default)."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def refuse_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
