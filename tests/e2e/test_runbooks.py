@@ -261,9 +261,9 @@ def test_an_orders_events_the_bus_refused_are_published_from_the_events_failure_
     stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
 ):
     """EventsFailuresAlarm's runbook: the bus refused a new order's events past the stream's
-    retries, so its record is parked; handed to the events function again as the runbook says (the
-    records as the CLI prints them, its compressed document in base64), its order.created is on the
-    bus."""
+    retries, so its records are parked; each handed to the events function again as the runbook
+    says (the records as the CLI prints them, the compressed document in base64), the order's
+    events are on the bus."""
     from functions.adapters.webhooks import EventBridgePublisher
 
     tap = bus_tap(stack)
