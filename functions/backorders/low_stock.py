@@ -24,6 +24,18 @@ def _incoming(image: dict[str, Any]) -> int:
     return int(image.get("incoming") or 0)
 
 
+def _changed_at(created: Any) -> datetime:
+    """When a record's change was made: Lambda hands over epoch seconds; a record replayed by hand
+    (the failure runbooks) is as `aws dynamodbstreams get-records` prints it, the time as ISO 8601
+    text (the CLI's v2 default). Now when it carries none."""
+    if created is None or created == "":
+        return datetime.now(UTC)
+    try:
+        return datetime.fromtimestamp(float(created), UTC)
+    except ValueError:
+        return datetime.fromisoformat(str(created)).astimezone(UTC)
+
+
 def stock_change(record: DynamoDBRecord) -> StockChange | None:
     """The change one record is, from its two images; None for what is not a stock item with
     both images (a new item, a removal, a backorder queue entry)."""
@@ -36,7 +48,6 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
         return None  # a backorder queue entry or a restock ledger item: no stock of its own
     keys = stream.keys or {}
     settings = new.get("reorder")
-    created = record.raw_event["dynamodb"].get("ApproximateCreationDateTime")
     return StockChange(
         sku=str(keys.get("sku", "")),
         location_id=str(keys.get("location_id", "")),
@@ -45,7 +56,7 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
         settings=ReorderSettings.model_validate(settings) if settings else None,
         # The record's place in the stream: the same for a redelivery, new for every other change.
         change_id=str(stream.sequence_number),
-        changed_at=datetime.fromtimestamp(float(created), UTC) if created else datetime.now(UTC),
+        changed_at=_changed_at(record.raw_event["dynamodb"].get("ApproximateCreationDateTime")),
         incoming_before=_incoming(old),
         incoming_after=_incoming(new),
         draft_withdrawn=new.get(WITHDRAWN_DRAFT) is not None and new.get(WITHDRAWN_DRAFT) != old.get(WITHDRAWN_DRAFT),

@@ -266,6 +266,21 @@ def test_a_stream_record_reads_as_the_stock_change_it_is():
     assert crossing_of(record).key == "MUG#wh-east#4200"
 
 
+def test_a_record_replayed_as_the_aws_cli_prints_it_reads_as_the_same_change():
+    # Before: the BackorderFailuresAlarm runbook hands the function the records `aws dynamodbstreams
+    # get-records` prints, whose ApproximateCreationDateTime the CLI (v2) prints as ISO 8601 text,
+    # not Lambda's epoch seconds: float() of it raised on every stock change, so no replay went through.
+    from functions.backorders.low_stock import stock_change
+
+    new = {"available": {"N": "4"}, "reorder_point": {"N": "5"}, "reorder": REORDER_MAP}
+    delivered = stream_record("MODIFY", {"available": {"N": "5"}}, new)
+    replayed = stream_record("MODIFY", {"available": {"N": "5"}}, new)
+    replayed.raw_event["dynamodb"]["ApproximateCreationDateTime"] = NOW.isoformat()  # "2026-...T...+00:00"
+
+    assert stock_change(replayed) == stock_change(delivered)
+    assert stock_change(replayed).changed_at == NOW
+
+
 def test_records_that_are_not_a_change_of_stock_read_as_none():
     from functions.backorders.low_stock import stock_change
 

@@ -126,6 +126,82 @@ def test_the_outbox_failure_recovery_hands_the_batchs_records_to_the_outbox_agai
     )
 
 
+# `aws dynamodbstreams get-records` answering the page its iterator names (page-<iterator>), as
+# GetRecords does: at most 1,000 records or 1 MB a page, at times none on a shard that holds more.
+PAGED = """
+aws() {
+  printf '%q ' "$@" >> calls.log; echo >> calls.log
+  if [ "$1 $2" = "dynamodbstreams get-records" ]; then cat "page-$4"
+  elif [ -f "answer-$1-$2" ]; then cat "answer-$1-$2"; fi
+}
+"""
+
+
+def stream_failure(start: str, end: str) -> str:
+    batch = {"shardId": "shardId-1", "startSequenceNumber": start, "endSequenceNumber": end, "streamArn": "arn:s"}
+    return json.dumps({"Messages": [{"Body": json.dumps({"DDBStreamBatchInfo": batch}), "ReceiptHandle": "handle-1"}]})
+
+
+def inserted(number: int) -> dict:
+    return {"eventName": "INSERT", "dynamodb": {"SequenceNumber": str(number), "Keys": {"id": {"S": f"ord_{number}"}}}}
+
+
+@needs_jq
+def test_the_stream_failure_recovery_reads_every_page_up_to_the_batchs_last_record_and_hands_it_over_in_batches(
+    tmp_path: Path,
+):
+    # Before: one get-records page was read, so a batch spanning more than one (a filtered
+    # mapping's batch passes over what its filter leaves out; a page holds 1,000 records or 1 MB)
+    # was replayed without its later records, and the record deleted all the same.
+    look, recover = runbook_blocks("OutboxFailuresAlarm")
+    pages = {
+        "page-iterator-1": {"Records": [inserted(n) for n in range(100, 130)], "NextShardIterator": "iterator-2"},
+        "page-iterator-2": {"Records": [], "NextShardIterator": "iterator-3"},  # none, the shard holds more
+        "page-iterator-3": {"Records": [inserted(n) for n in range(130, 160)], "NextShardIterator": "iterator-4"},
+    }
+    calls = run(
+        PAGED + look + recover,
+        tmp_path,
+        {
+            "answer-sqs-receive-message": stream_failure("100", "140"),
+            "answer-dynamodbstreams-get-shard-iterator": "iterator-1\n",
+            "out.json": json.dumps({"batchItemFailures": []}),
+            **{name: json.dumps(page) for name, page in pages.items()},
+        },
+    )
+
+    read = [argument(call, "--shard-iterator") for call in calls if call[:2] == ["dynamodbstreams", "get-records"]]
+    assert read == ["iterator-1", "iterator-2", "iterator-3"]  # not on past the page with the last record
+    invokes = [call for call in calls if call[:2] == ["lambda", "invoke"]]
+    files = [tmp_path / argument(call, "--payload").removeprefix("file://") for call in invokes]
+    parts = [json.loads(file.read_text()) for file in files]
+    assert [[r["dynamodb"]["SequenceNumber"] for r in part["Records"]] for part in parts] == [
+        [str(n) for n in range(100, 125)],
+        [str(n) for n in range(125, 141)],
+    ]
+    assert [call[:2] for call in calls].count(["sqs", "delete-message"]) == 1
+
+
+@needs_jq
+def test_the_stream_failure_recovery_stops_at_a_batch_that_fails_again_and_keeps_the_record(tmp_path: Path):
+    look, recover = runbook_blocks("OutboxFailuresAlarm")
+    page = {"Records": [inserted(n) for n in range(100, 160)], "NextShardIterator": "iterator-2"}
+    calls = run(
+        PAGED + look + recover,
+        tmp_path,
+        {
+            "answer-sqs-receive-message": stream_failure("100", "159"),
+            "answer-dynamodbstreams-get-shard-iterator": "iterator-1\n",
+            "page-iterator-1": json.dumps(page),
+            "out.json": json.dumps({"batchItemFailures": [{"itemIdentifier": "101"}]}),  # what the invoke writes
+        },
+    )
+
+    operations = [call[:2] for call in calls]
+    assert operations.count(["lambda", "invoke"]) == 1  # the later records wait behind the one that failed
+    assert ["sqs", "delete-message"] not in operations  # the record stays, to replay once that is fixed
+
+
 @needs_jq
 def test_past_the_streams_hours_the_orders_whose_start_failed_are_started_again_from_the_outbox_lines(
     tmp_path: Path,
