@@ -2873,7 +2873,7 @@ class DynamoInventory(InventoryRepository):
             count = from_item(cancelled[1].get("Item") or {}).get(COUNTED_AT)
             if received_at is not None and count is not None and count > values[":received"]:
                 # a stock take since the units arrived counted them: the key is recorded, nothing added
-                recorded = ledger | {"counted_at": count}
+                recorded = ledger | {COUNTED_AT: count}
                 logger.warning(
                     "returned units restocked after a stock take counted them on the shelf: the count stands",
                     extra={"sku": sku, "location_id": location_id, "key": key, "units": quantity,
