@@ -349,12 +349,16 @@ class InventoryRepository(ABC):
         units, which left on_hand with it (each write conditional on the count's time it finds)."""
 
     @abstractmethod
-    def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def restock(self, sku: str, location_id: str, key: str, quantity: int, received_at: datetime | None = None) -> None:
         """Put `quantity` returned units back on hand (and available) under `key` (return#line), in
         one atomic change that records the key: the same key again is a no-op, so a retried step
         restocks once. Units that would take on_hand past MAX_ON_HAND (what a stock take may count)
         are refused as a whole by the stock write's own condition: nothing is added, and the key is
-        recorded as refused (not_restocked), so the step run again changes nothing either."""
+        recorded as refused (not_restocked), so the step run again changes nothing either. With a
+        stock take recorded after `received_at` (when the units arrived, if known), the key is
+        recorded and nothing is added either, by the same write's condition on the count's time:
+        that count had the units on the shelf, so they are in on_hand already (a restock whose step
+        died, finished after the count)."""
 
     @abstractmethod
     def not_restocked(self, location_id: str, keys: list[str]) -> dict[str, int]:

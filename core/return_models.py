@@ -164,6 +164,10 @@ class Return(BaseModel):
     return_to: str | None = None
     received_at_location: str | None = None
     received_by: str | None = Field(default=None, description="The API key id that received the parcel")
+    # When its units arrived (its receipt's write): a stock take recorded since counted them on the
+    # shelf, so its restock adds them no more (InventoryRepository.restock). None for one received
+    # before it was kept. The system's own: stored, never shown.
+    received_at: datetime | None = Field(default=None, exclude=True)
     exchange: ExchangeInput | None = None
     exchange_order_id: str | None = None
     exchange_not_placed: str | None = Field(
@@ -222,6 +226,8 @@ class Return(BaseModel):
             system["booking"] = self.booking
         if self.authorized_at is not None:
             system["authorized_at"] = self.authorized_at.isoformat()
+        if self.received_at is not None:
+            system["received_at"] = self.received_at.isoformat()
         if self.exchange_placing:
             system["exchange_placing"] = True
         if self.exchange_refused is not None:
@@ -340,7 +346,12 @@ class Return(BaseModel):
                 )
             )
         return self._next(
-            ReturnStatus.RECEIVED, at, lines=lines, received_at_location=receipt.location_id, received_by=by
+            ReturnStatus.RECEIVED,
+            at,
+            lines=lines,
+            received_at_location=receipt.location_id,
+            received_by=by,
+            received_at=at,
         )
 
     def _recorded_as(self, receipt: ReceiveReturn) -> bool:

@@ -701,7 +701,9 @@ class Returns:
         """Resellable units back on hand at the receiving location, once per return and line; a
         line's units that would take on_hand past MAX_ON_HAND (what a stock take may count) are
         refused as a whole and recorded so (InventoryRepository.restock): the return goes on (it is
-        counted and refunded), and the order's entry of it names them (record_on_order)."""
+        counted and refunded), and the order's entry of it names them (record_on_order). The units
+        are on the shelf from their receipt (`received_at`): a stock take recorded since (a restock
+        whose step died, finished after it) counted them, so they are not added again."""
         item = self._received(return_id)
         if item.received_at_location is None:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
@@ -713,7 +715,7 @@ class Returns:
             if line.resellable_quantity > 0:
                 self._inventory.restock(
                     sku_of[line.line_id], item.received_at_location, restock_key(item.id, line.line_id),
-                    line.resellable_quantity,
+                    line.resellable_quantity, received_at=item.received_at,
                 )  # fmt: skip
         return item
 

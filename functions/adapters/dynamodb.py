@@ -2834,15 +2834,25 @@ class DynamoInventory(InventoryRepository):
                 return
         raise ReservationsChanged(f"on_hand of {sku} at {location_id} kept changing as a parcel left; ship it again")
 
-    def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def restock(self, sku: str, location_id: str, key: str, quantity: int, received_at: datetime | None = None) -> None:
         """A ledger item (sku `restocked#<key>`, which no real sku can be: `#` is not allowed in
         one) put on attribute_not_exists in the same transaction as the count: returns are rare
         next to orders, so the transaction's double write is cheap, and the stock item never
         collects a key per return the way a map on it would. The count is conditional on on_hand
         staying within MAX_ON_HAND; refused so, the ledger item alone records the key as refused
-        (`refused`), so no run of the step adds the units after all."""
+        (`refused`), so no run of the step adds the units after all. With `received_at`, the count
+        is conditional too on no stock take recorded after it (COUNTED_AT, as a ship's on its
+        hand-over): such a count had the units on the shelf, so the ledger item alone records the key
+        (`counted_at`, that count's time) and on_hand stays as counted. The stock item as the
+        refusal found it (ReturnValuesOnConditionCheckFailure) says which, at no read of its own."""
         ledger = {"sku": f"{RESTOCK_LEDGER}{key}", "location_id": location_id, "quantity": quantity,
                   "restocked_at": utc_now()}  # fmt: skip
+        condition = "(attribute_not_exists(on_hand) OR on_hand <= :room)"
+        values: dict[str, Any] = {":q": quantity, ":zero": 0, ":now": utc_now(), ":reason": f"return {key}",
+                                  ":none": {}, ":arrived": True, ":room": MAX_ON_HAND - quantity}  # fmt: skip
+        if received_at is not None:
+            condition += f" AND (attribute_not_exists({COUNTED_AT}) OR {COUNTED_AT} <= :received)"
+            values[":received"] = timestamp(received_at)
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -2864,33 +2874,41 @@ class DynamoInventory(InventoryRepository):
                                 f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived, "
                                 f"{RESTOCKED_SINCE_COUNT} = :arrived"
                             ),
-                            "ConditionExpression": "attribute_not_exists(on_hand) OR on_hand <= :room",
-                            "ExpressionAttributeValues": to_item(
-                                {":q": quantity, ":zero": 0, ":now": utc_now(), ":reason": f"return {key}",
-                                 ":none": {}, ":arrived": True, ":room": MAX_ON_HAND - quantity}
-                            ),
+                            "ConditionExpression": condition,
+                            "ExpressionAttributeValues": to_item(values),
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                         }
                     },
                 ]
             )  # fmt: skip
         except ClientError as error:
-            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
+            cancelled = error.response.get("CancellationReasons") or []
+            reasons = [reason.get("Code") for reason in cancelled]
             if error.response["Error"]["Code"] != "TransactionCanceledException":
                 raise
             if reasons[:1] == ["ConditionalCheckFailed"]:
                 return  # restocked (or refused) by an earlier run of the same step
             if reasons[1:2] != ["ConditionalCheckFailed"]:
                 raise
-            try:  # on_hand would pass the cap: the key is recorded as refused, the units stay off it
+            count = from_item(cancelled[1].get("Item") or {}).get(COUNTED_AT)
+            if received_at is not None and count is not None and count > values[":received"]:
+                # a stock take since the units arrived counted them: the key is recorded, nothing added
+                recorded = ledger | {COUNTED_AT: count}
+                logger.warning(
+                    "returned units restocked after a stock take counted them on the shelf: the count stands",
+                    extra={"sku": sku, "location_id": location_id, "key": key, "units": quantity,
+                           "counted_at": count, "received_at": values[":received"]},
+                )  # fmt: skip
+            else:  # on_hand would pass the cap: the key is recorded as refused, the units stay off it
+                recorded = ledger | {"refused": StockLimitReached.code}
+            try:
                 self._client.put_item(
-                    TableName=self._table,
-                    Item=to_item(ledger | {"refused": StockLimitReached.code}),
-                    ConditionExpression="attribute_not_exists(sku)",
+                    TableName=self._table, Item=to_item(recorded), ConditionExpression="attribute_not_exists(sku)"
                 )
             except ClientError as refused:
                 if not _is_conditional_failure(refused):
                     raise
-                # else recorded (restocked or refused) by a run of the same step meanwhile
+                # else recorded (restocked, refused or counted) by a run of the same step meanwhile
 
     def not_restocked(self, location_id: str, keys: list[str]) -> dict[str, int]:
         wanted = [{"sku": {"S": f"{RESTOCK_LEDGER}{key}"}, "location_id": {"S": location_id}} for key in keys]

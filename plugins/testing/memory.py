@@ -448,10 +448,13 @@ class InMemoryInventory(InventoryRepository):
         else:
             self.release(move.sku, move.location_id, move.key)
 
-    def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def restock(self, sku: str, location_id: str, key: str, quantity: int, received_at: datetime | None = None) -> None:
         if key in self.restocked:
             return
         self.restocked.add(key)
+        counted = self.counted.get((sku, location_id))
+        if received_at is not None and counted is not None and counted > received_at:
+            return  # a stock take recorded since the units arrived counted them on the shelf
         level = self._get(sku, location_id)
         if level.on_hand + quantity > MAX_ON_HAND:
             self.refused_restocks[(location_id, key)] = quantity

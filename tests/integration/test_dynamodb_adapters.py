@@ -24,7 +24,7 @@ from core.errors import (
     ReservationsChanged,
     StaleVersion,
 )
-from core.models import HistoryEntry
+from core.models import MAX_ON_HAND, HistoryEntry
 from core.ports import OrderFilter, ReturnFilter, StockMove, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
@@ -214,6 +214,40 @@ def test_a_restock_past_the_cap_is_refused_by_its_condition_recorded_and_never_a
     keys = ["rma_1#L1", "rma_1#L2", "rma_2#L1"]
     assert inventory.not_restocked("wh-east", keys) == {"rma_1#L1": 2}
     assert inventory.not_restocked("wh-west", keys) == {}
+
+
+@pytest.mark.parametrize("adapter", ["dynamodb", "memory"])
+@pytest.mark.parametrize(
+    ("counted", "on_hand_after"),
+    [("after the receipt", 5), ("at the receipt", 7), ("before the receipt", 7), ("with no time", 7)],
+)
+def test_a_restock_finished_after_a_stock_take_counted_since_the_receipt_leaves_on_hand_as_counted(
+    aws, inventory, adapter, counted, on_hand_after
+):
+    """A return's 2 units received at NOW whose restock had not run, then a count of 5: recorded
+    after the receipt it counted the units on the shelf (the key is recorded, nothing added), at or
+    before it (or with no time) it did not, and they are added now. Once either way."""
+    stock = inventory if adapter == "dynamodb" else InMemoryInventory()
+    at = {"after the receipt": NOW + timedelta(microseconds=1), "at the receipt": NOW,
+          "before the receipt": NOW - timedelta(seconds=1), "with no time": None}[counted]  # fmt: skip
+    stock.set_on_hand("TSHIRT", "wh-east", 5, "stock_take", counted_at=at)
+
+    stock.restock("TSHIRT", "wh-east", "rma_1#L1", 2, received_at=NOW)
+    stock.restock("TSHIRT", "wh-east", "rma_1#L1", 2, received_at=NOW)  # finished again: nothing more moves
+
+    [level] = stock.levels({"TSHIRT"})["TSHIRT"]
+    assert (level.on_hand, level.reserved, level.available) == (on_hand_after, 0, on_hand_after)
+    assert stock.not_restocked("wh-east", ["rma_1#L1"]) == {}  # restocked (by the count or now), not refused
+
+
+def test_a_restock_counted_in_by_a_stock_take_is_never_refused_for_the_cap(inventory):
+    # The count after the receipt had the units: at the cap they are on hand already, not refused.
+    inventory.set_on_hand("TSHIRT", "wh-east", MAX_ON_HAND, "stock_take", counted_at=NOW + timedelta(seconds=1))
+    inventory.restock("TSHIRT", "wh-east", "rma_1#L1", 2, received_at=NOW)
+
+    [level] = inventory.levels({"TSHIRT"})["TSHIRT"]
+    assert level.on_hand == MAX_ON_HAND
+    assert inventory.not_restocked("wh-east", ["rma_1#L1"]) == {}
 
 
 def test_a_negative_adjustment_on_no_stock_is_refused(inventory):

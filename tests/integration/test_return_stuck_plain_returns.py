@@ -32,9 +32,9 @@ DIED = TransientError("the write was refused: the table stayed throttled past th
 def restock_write(after: bool) -> Callable[..., None]:
     real = DynamoInventory.restock
 
-    def restock(self: DynamoInventory, sku: str, location_id: str, key: str, quantity: int) -> None:
+    def restock(self: DynamoInventory, sku: str, location_id: str, key: str, quantity: int, **more: Any) -> None:
         if after:
-            real(self, sku, location_id, key, quantity)
+            real(self, sku, location_id, key, quantity, **more)
         raise DIED
 
     return restock
