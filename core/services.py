@@ -214,7 +214,9 @@ class InventoryService:
         if self._catalog.get_location(location_id) is None:
             raise NotFound(f"no location {location_id}")
 
-    def count(self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take") -> StockLevel:
+    def count(
+        self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take", channel: str | None = None
+    ) -> StockLevel:
         """Record the counted units. Below what is reserved there, the count is recorded all the
         same and the pending shipments at that location holding the sku, newest order first, are
         rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
@@ -235,7 +237,9 @@ class InventoryService:
         it stays on hold, sourced again once released). Units a
         backordered order holds there go first (send_back: it is sourced again without that
         location, reason `stock_count`, also when sent back to be sourced since this read it:
-        Order.source_again_without), newest order first: they are in no parcel yet."""
+        Order.source_again_without), newest order first: they are in no parcel yet. A key bound to
+        a `channel` changes no other channel's order, and sends none elsewhere: its count below the
+        units reserved is InsufficientStock (but as sent again: on_hand that count already)."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
@@ -250,6 +254,15 @@ class InventoryService:
                     if self._reject is None:
                         raise
                     continue  # reserved meanwhile: planned again on the record as it is now
+            if channel is not None:
+                if level.on_hand == on_hand:  # recorded already: it stands
+                    return level.as_shown()
+                raise InsufficientStock(
+                    f"cannot count {on_hand}: {level.reserved} units of {sku} are reserved at {location_id}, and a "
+                    "key bound to a channel sends no order elsewhere",
+                    details=[{"field": "on_hand", "message": f"must be at least the {level.reserved} reserved units "
+                              "(a key of every channel may count fewer)"}],
+                )  # fmt: skip
             try:
                 shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
             except InsufficientStock as kept:
