@@ -214,7 +214,9 @@ class InventoryService:
         if self._catalog.get_location(location_id) is None:
             raise NotFound(f"no location {location_id}")
 
-    def count(self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take") -> StockLevel:
+    def count(
+        self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take", channel: str | None = None
+    ) -> StockLevel:
         """Record the counted units. Below what is reserved there, the count is recorded all the
         same and the pending shipments at that location holding the sku, newest order first, are
         rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
@@ -235,7 +237,9 @@ class InventoryService:
         it stays on hold, sourced again once released). Units a
         backordered order holds there go first (send_back: it is sourced again without that
         location, reason `stock_count`, also when sent back to be sourced since this read it:
-        Order.source_again_without), newest order first: they are in no parcel yet."""
+        Order.source_again_without), newest order first: they are in no parcel yet. A key bound to
+        a `channel` changes no other channel's order, and sends none elsewhere: its count below the
+        units reserved is InsufficientStock (but as sent again: on_hand that count already)."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
@@ -253,6 +257,15 @@ class InventoryService:
                     if self._reject is None:
                         raise
                     continue  # reserved meanwhile: planned again on the record as it is now
+            if channel is not None:
+                if level.on_hand == on_hand:  # recorded already: it stands
+                    return level.as_shown()
+                raise InsufficientStock(
+                    f"cannot count {on_hand}: {level.reserved} units of {sku} are reserved at {location_id}, and a "
+                    "key bound to a channel sends no order elsewhere",
+                    details=[{"field": "on_hand", "message": f"must be at least the {level.reserved} reserved units "
+                              "(a key of every channel may count fewer)"}],
+                )  # fmt: skip
             try:
                 shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
             except InsufficientStock as kept:
@@ -595,7 +608,9 @@ class CaptureService:
         changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
-        they were booked); its pickup store need not take new pickup orders any more. `consistent_stock`:
+        they were booked), and one that takes units away, never more than that charge for a rate or a
+        product's weight raised since (raised_since); its pickup store need not take new pickup
+        orders any more. `consistent_stock`:
         the stock is read strongly consistently (for a decision nothing retries: a plain read may not
         show a restock acknowledged a moment ago). `first_line`: the number the lines' ids start at
         (Pricing.price)."""
@@ -648,7 +663,13 @@ class CaptureService:
                 # The order as it was reaches 10^15 at today's rates (a tax rate raised since): the
                 # edited order, below it, is not refused for it; unasked, it gets today's quote.
                 before = None
-            if before is not None and before.totals.shipping == priced.totals.shipping:
+            if before is not None and (
+                before.totals.shipping == priced.totals.shipping
+                or (
+                    _takes_units_away(cmd, of)
+                    and raised_since(before.totals.shipping, shipped_for, priced.totals.shipping)
+                )
+            ):
                 priced = _shipped_for(priced, shipped_for)
         may_wait = _may_wait(cmd, products, of)
         if check_stock:
@@ -1127,6 +1148,21 @@ def _units(order: Order) -> dict[str, int]:
     for line in order.lines:
         units[line.sku] += line.quantity
     return units
+
+
+def raised_since(as_it_was: Money, charged: Money, left: Money) -> bool:
+    """Whether units taken away from an order would raise its shipping above what it was charged,
+    only because the shipping costs more today than when it was sold (a rate or a product's weight
+    raised since): today's quote of the order as it was (`as_it_was`) is above `charged`, and so is
+    today's quote of what is left (`left`). Units already sold are not charged more for what the
+    configuration says today; what is left keeps the charge."""
+    return charged < as_it_was and charged < left
+
+
+def _takes_units_away(cmd: PlaceOrder, of: Order) -> bool:
+    """Whether `cmd` asks for no more units of any sku than the order `of` has (a new sku is more)."""
+    sold = _units(of)
+    return all(units <= sold.get(sku, 0) for sku, units in _units_asked(cmd).items())
 
 
 def _shipped_for(priced: PricedOrder, shipping: Money) -> PricedOrder:

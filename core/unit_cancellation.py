@@ -76,7 +76,7 @@ from core.refunds import (
     left_to_a_person,
     payment_holds,
 )
-from core.services import CaptureService
+from core.services import CaptureService, raised_since
 from core.status import NOT_LEFT, OrderStatus, RefundStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
@@ -396,7 +396,8 @@ class UnitCancellation:
         catalog says today is no reason to charge more, or less, for units already sold (nor is a
         promotion ended or changed since: its code keeps what it granted the order, Pricing.price).
         So with the shipping: it keeps what the order was charged unless the plugins quote the order
-        left differently from the order as it was (a per-unit charge, a weight band)."""
+        left differently from the order as it was (a per-unit charge, a weight band), and never more
+        than that charge for a rate or a weight raised since (core.services.raised_since)."""
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
@@ -419,7 +420,14 @@ class UnitCancellation:
             }
         priced = self._capture.price(cmd, sold, of=order) if sold or now is None else now
         totals, charged = priced.totals, order.totals.shipping
-        same_quote = now is not None and before is not None and now.totals.shipping == before.totals.shipping
+        same_quote = (
+            now is not None
+            and before is not None
+            and (
+                now.totals.shipping == before.totals.shipping
+                or raised_since(before.totals.shipping, charged, totals.shipping)
+            )
+        )
         if same_quote and totals.shipping != charged:
             totals = Totals(
                 subtotal=totals.subtotal, discount=totals.discount, shipping=charged, tax=totals.tax,

@@ -12,8 +12,8 @@ import pytest
 
 from core.errors import Backordered
 from core.fulfillment import OrderActions
-from tests.e2e.client import Catalog, order_body, put_network, unique
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +291,40 @@ def test_a_count_retried_while_its_mark_is_kept_for_an_order_reserved_meanwhile_
     assert {**retried.json(), "updated_at": None} == {**counted.json(), "updated_at": None}
     assert stock_at(api, sku, network["west"]) == {"on_hand": 0, "reserved": 3, "available": 0}
     assert api.get(f"/orders/{order_id}").json()["version"] == version
+
+
+def test_a_channels_key_counts_no_fewer_units_than_are_reserved_and_sends_no_order_elsewhere(api: InProcessApi):
+    # A key bound to a channel changes no other channel's order (API.md, Access: a write to one is
+    # 404). Its stock take below the units reserved sent the newest orders there elsewhere whatever
+    # their channel, so a storefront's key with inventory:write cancelled another channel's orders
+    # out of stock by counting zero. It is refused as a negative adjustment below them is.
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00")
+    catalog.stock(sku, network["west"], 4)
+    channel = f"web-{unique('c')[-8:]}"
+    key = issue(api, "inventory:write", channel=channel)
+    orders = []
+    for of in ("b2b", channel, "b2b"):
+        placed = api.post("/orders", json=order_body((sku, 1), channel=of))
+        assert placed.status_code == 201, placed.text
+        orders.append(run_to_allocated(api, placed.json()["id"]))
+
+    refused = [api.put(f"/inventory/{sku}/{network['west']}", key=key, json={"on_hand": n}) for n in (0, 2)]
+    counted = api.put(f"/inventory/{sku}/{network['west']}", key=key, json={"on_hand": 3})
+
+    for answer in refused:
+        assert_error(answer, 409, "insufficient_stock", "on_hand")
+    assert counted.status_code == 200, counted.text
+    assert {k: counted.json()[k] for k in ("on_hand", "reserved", "available")} == {
+        "on_hand": 3, "reserved": 3, "available": 0,
+    }  # fmt: skip
+    for order in orders:
+        shown = api.get(f"/orders/{order['id']}").json()
+        parcels = [(s["id"], s["location_id"], s["status"]) for s in shown["shipments"]]
+        assert (shown["status"], parcels) == (
+            "allocated",
+            [(s["id"], network["west"], "pending") for s in order["shipments"]],
+        )
+    # A key of every channel still counts fewer, sending the newest order elsewhere.
+    assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 2}).status_code == 200

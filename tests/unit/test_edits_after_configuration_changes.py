@@ -421,3 +421,26 @@ def test_a_cancel_of_units_after_a_price_rise_past_10_to_the_15_keeps_the_price_
 
     assert (done.lines[0].quantity, done.lines[0].unit_price) == (2, order.lines[0].unit_price)
     assert done.totals.subtotal == order.lines[0].unit_price.times(2)
+
+
+@pytest.mark.parametrize("by", ["edit", "cancel"])
+def test_units_taken_away_after_a_products_weight_was_raised_never_cost_more_shipping_than_was_charged(world, by):
+    """Two mugs of 350 g went by ground (3.00 and 1.20 a started kilogram: 4.20). The merchant then
+    corrects the mug's weight to 2 kg: one mug less, by an edit or a cancel of a unit, was charged
+    today's quote for the mug left (2 kg: 5.40), more than the order paid to ship both; the edit,
+    for a mug at 12.50, grew the order's total. The catalog's weight today is no reason to charge
+    more for units already sold: what is taken away never raises the shipping above its charge."""
+    order = world.allocated(("MUG", 2), shipping_method="ground")
+    assert order.totals.shipping == Money.of("4.20", "USD")
+    world.catalog.put_product(product("MUG", "12.50", weight_grams=2000))
+
+    if by == "edit":
+        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
+        done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+    else:
+        done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.totals.shipping == order.totals.shipping
+    assert done.totals.grand_total < order.totals.grand_total
+    more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})  # units added: today's quote
+    assert world.actions.edit(order.id, done.version, more, actor="key_web").totals.shipping == Money.of("10.20", "USD")

@@ -47,12 +47,14 @@ def _level_shown(level: StockLevel) -> StockLevel:
     "answer was lost. 409 `insufficient_stock`, recording nothing, when even rejecting every such shipment would "
     "leave more reserved than counted (units held by ready pickups, or by orders on hold, but those held while "
     f"backordered, or not allocated there yet), or when it would send more than {MAX_COUNT_REJECTS} orders "
-    "elsewhere (count in steps).",
+    "elsewhere (count in steps). A key bound to a channel sends no order elsewhere: its count below the units "
+    "reserved is that 409 (but the count recorded already, sent again).",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
 def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount) -> StockLevel:
-    return _level_shown(container().inventory.count(sku, location_id, count.on_hand, actor=caller(router).key_id))
+    who = caller(router)
+    return _level_shown(container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel))
 
 
 @router.post(
