@@ -16,12 +16,13 @@ locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is
    (repeatedly the location that can supply the most of what is left), which almost always finds
    the fewest but not always: for A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy
    takes G, P and Q, where P and Q do. When the greedy split needs more than `max_shipments`
-   locations, the groups of at most `max_shipments` are searched exactly instead, smallest first,
-   as far as the 4,096 groups the exact search looks at go: the groups of a size are counted over
-   the locations fewer than that many others outhold (as near or nearer, and at least as much of
-   each sku up to what the order needs), since a group with one of the others is beaten by the one
-   with an outholder for it; so a hundred far stores with a unit each, where nearer ones hold more,
-   do not end the search.
+   locations, the groups of at most `max_shipments` are searched instead, smallest first, by a
+   branch and bound that picks the group the exact search would pick, in at most 4,096 steps (a
+   location taken into a group): it ends branches whose locations left hold too little of what is
+   short, or cannot be nearer in total than the best group found (the pair the two ends of a line
+   of a thousand stores ship, none holding as much of each sku as another, takes three steps). It
+   gives up (no plan) only where its bounds do not see that no group fits, or among very many
+   groups that do.
 3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
    unless another sourcing plugin answers first (this one is `trylast`).
 
@@ -36,7 +37,7 @@ Only the `locations` given are used (the core already chose the eligible ones: f
 just the store) and only their `stock`. The plan is deterministic for the same inputs.
 """
 
-import itertools
+import bisect
 import math
 import operator
 from collections import Counter
@@ -337,77 +338,162 @@ def _fewest(
 
 
 EXACT_SEARCH_LIMIT = 12
+GROUP_SEARCH_NODES = 1 << EXACT_SEARCH_LIMIT
 
 
 def _fewest_covering_within(
     candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str], most: int
 ) -> list[Candidate] | None:
     """The smallest set of at most `most` candidates whose stock covers `wanted`, the nearest in
-    total distance (then by ids) among sets of that size; None when there is none among the sets
-    looked at: those of two locations, then three, and so on, while all looked at are no more than
-    the exact search's 2^EXACT_SEARCH_LIMIT. Sizes are given up one at a time, never all at once: a
-    higher `most` looks at every set a lower one looks at (giving up whenever the sets up to `most`
-    were too many, max_shipments 4 left unsourced an order 3 sourced). The sets of a size are those
-    of the candidates that fewer than that many others outhold (see _outheld_by): counted over
-    every candidate, thirty locations holding some of the order were too many for sets of three."""
-    skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
-    needed = [wanted[sku] for sku in skus]
-    stock_of = {c.location_id: [available.get((c.location_id, sku), 0) for sku in skus] for c in candidates}
-    outheld_by, reach = _outheld_by(candidates, stock_of, needed, most)
-    for size in range(2, reach + 1):
-        covering = [
-            group
-            for group in itertools.combinations([c for c in candidates if outheld_by[c.location_id] < size], size)
-            if all(map(operator.ge, map(sum, zip(*(stock_of[c.location_id] for c in group), strict=True)), needed))
+    total distance (then by ids) among sets of that size, as the exact search picks it; None when
+    there is none, or when the search gives up (see _GroupSearch). The caller checked that no
+    candidate alone has the order."""
+    return _GroupSearch(candidates, available, wanted).smallest_within(most)
+
+
+class _GaveUp(Exception):
+    """The group search took its GROUP_SEARCH_NODES steps without an answer."""
+
+
+class _GroupSearch:
+    """A branch and bound for the group the exact search picks: the fewest locations, then the
+    nearest in total, then by ids.
+
+    Sizes are searched smallest first. A group is built one location at a time: the places left
+    must hold all that is still short of each sku, so one of them at least its share (what is short
+    over the places left); for the sku whose locations holding that share are fewest, each free one
+    is taken in turn, in rank order, and left out of the groups tried after it, so that each group
+    is met once. A branch ends when the free locations cannot cover what is short (of some sku, or
+    of all together: the ones holding the most, as many as there are places left, hold too little),
+    or when no group from it can come before the best found: its distance sum is no less than that
+    of the group with the nearest free locations in the places left (float sums taken in rank order,
+    as the exact search takes them, and a sum of members each as near or nearer, rank by rank, is no
+    greater); with every distance the same (unknown distances) the ids decide, in the same way.
+
+    Each location taken into a group is a step. After GROUP_SEARCH_NODES steps, over all sizes, the
+    search gives up (no group): set cover is exponential at worst, and some networks no bound here
+    sees through (`two_halves` in the tests). The steps of a size never depend on `most`, so a
+    higher `most` takes every step a lower one takes and finds every group it finds. Before it, the
+    groups of each size were counted, up to 4,096 over the locations fewer than the size outhold:
+    of 92 locations of which none outholds another, the groups of two were never searched."""
+
+    def __init__(
+        self, candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str]
+    ) -> None:
+        self.candidates = candidates
+        # A sku every candidate has enough of alone is covered by any group.
+        skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
+        self.needed = [wanted[sku] for sku in skus]
+        self.stock = [
+            [min(available.get((c.location_id, sku), 0), q) for sku, q in zip(skus, self.needed, strict=True)]
+            for c in candidates
         ]
-        if covering:
-            best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
-            return sorted(best, key=lambda c: c.rank)
-    return None
+        self.distance = [c.rank[0] for c in candidates]
+        self.same_distance = len(set(self.distance)) <= 1
+        # By sku: the candidates holding some of it, in rank order.
+        self.holders = [[i for i, units in enumerate(self.stock) if units[s] > 0] for s in range(len(skus))]
+        # By sku, then in all: what each candidate holds (up to what the order needs), the ones
+        # holding some in order of it, most first, and those amounts, least first.
+        self.held = [[units[s] for units in self.stock] for s in range(len(skus))] + [list(map(sum, self.stock))]
+        self.most_first = [
+            sorted((i for i, units in enumerate(held) if units), key=lambda i, held=held: -held[i])
+            for held in self.held
+        ]
+        self.least_first = [sorted(units for units in held if units) for held in self.held]
+        self.free = [True] * len(candidates)  # neither in the group being built nor left out of it
+        self.nodes = 0
+        self.best: tuple[float, list[str]] | None = None
+        self.best_group: list[int] = []
 
+    def smallest_within(self, most: int) -> list[Candidate] | None:
+        try:
+            for size in range(2, min(most, len(self.candidates)) + 1):
+                self._extend([], self.needed, size)
+                if self.best is not None:
+                    return [self.candidates[i] for i in self.best_group]
+        except _GaveUp:
+            pass
+        return None
 
-def _outheld_by(
-    candidates: list[Candidate], stock_of: dict[str, list[int]], needed: list[int], most: int
-) -> tuple[dict[str, int], int]:
-    """For each candidate (nearest first), how many others outhold it, counted up to the size
-    returned: the largest, up to `most`, whose sets and those of the sizes below, each over the
-    candidates that fewer than its size outhold, are no more than 2^EXACT_SEARCH_LIMIT.
-
-    O outholds C when O comes before C (nearer, or as near and first by id) and holds at least as
-    much of each sku as C does up to what the order needs. A group of `size` locations with C and
-    without O still covers the order with O for C, and is nearer in total (then first by ids): so
-    when `size` or more outhold C, one is outside any such group, and C is in none the search picks.
-    Nearer must show in the float sum the search compares: a distance shorter by less than the sum's
-    rounding error (bounded by n^2 * farthest * 2^-50 for groups of at most n) may sum the same,
-    and then the ids decide, where C's may come first; so O counts only when as near or nearer by
-    more than that. Outholding is transitive, so a candidate `most` outhold is outheld by `most` of
-    those fewer than `most` outhold: only those are compared, and they are few once the sizes the
-    search would give up are left out (compared with all before it, each of a thousand locations
-    took the search 0.2 s to give up)."""
-    slack = len(candidates) ** 2 * max((c.rank[0] for c in candidates), default=0.0) * 2.0**-50
-    capped = {location_id: list(map(min, units, needed)) for location_id, units in stock_of.items()}
-    outheld_by: dict[str, int] = {}
-    kept: Counter[int] = Counter()  # by size: the candidates fewer than that many outhold
-    rivals: list[Candidate] = []  # those fewer than `most` outhold, nearest first
-    for candidate in candidates:
-        mine = capped[candidate.location_id]
-        count = 0
-        for other in rivals:
-            if count == most:
+    def _extend(self, group: list[int], short: list[int], places: int) -> None:
+        shorts = [s for s, units in enumerate(short) if units > 0]
+        if not shorts:
+            if not places:
+                self._met(sorted(group))
+            return
+        if not places or not self._within_reach(short, places):
+            return
+        # The places left hold all that is short of each sku, so one of them at least its share.
+        share = [-(-short[s] // places) for s in range(len(short))]
+        sku = min(shorts, key=lambda s: self._holding(s, share[s]))
+        left_out = []
+        for i in self.holders[sku]:
+            if not self.free[i] or self.stock[i][sku] < share[sku]:
+                continue
+            # Each group from here on is, rank by rank, as far as this bound or farther.
+            if self._beyond_best([*group, i], self._nearest_free(i, places - 1)):
                 break
-            nearer = other.rank[0] == candidate.rank[0] or candidate.rank[0] - other.rank[0] > slack
-            if nearer and all(map(operator.ge, capped[other.location_id], mine)):
-                count += 1
-        outheld_by[candidate.location_id] = count
-        kept.update(range(count + 1, most + 1))
-        reach = most
-        while most >= 2 and sum(math.comb(kept[size], size) for size in range(2, most + 1)) > 1 << EXACT_SEARCH_LIMIT:
-            most -= 1  # the search gives up at this size, whatever the candidates still to come
-        if most < reach:
-            rivals = [other for other in rivals if outheld_by[other.location_id] < most]
-        if count < most:
-            rivals.append(candidate)
-    return outheld_by, most
+            if self.nodes == GROUP_SEARCH_NODES:
+                raise _GaveUp
+            self.nodes += 1
+            self.free[i] = False
+            left_out.append(i)
+            self._extend([*group, i], list(map(_short_of, short, self.stock[i])), places - 1)
+        for i in left_out:
+            self.free[i] = True
+
+    def _holding(self, sku: int, units: int) -> int:
+        """How many candidates, free or not, hold at least `units` of the sku: which sku to branch
+        on only speeds the search (any sku short would find the same group)."""
+        return len(self.least_first[sku]) - bisect.bisect_left(self.least_first[sku], units)
+
+    def _nearest_free(self, i: int, more: int) -> list[int]:
+        """The `more` nearest free candidates but i."""
+        found = []
+        if more:
+            for j, free in enumerate(self.free):
+                if free and j != i:
+                    found.append(j)
+                    if len(found) == more:
+                        break
+        return found
+
+    def _within_reach(self, short: list[int], places: int) -> bool:
+        """Whether the free candidates holding the most, as many as there are places, have enough
+        of each sku short, and as many units as are short in all (counted up to what the order needs)."""
+        return all(self._most_held(s, units, places) for s, units in enumerate(short) if units > 0) and self._most_held(
+            len(short), sum(short), places
+        )
+
+    def _most_held(self, s: int, short: int, places: int) -> bool:
+        held = self.held[s]
+        for i in self.most_first[s]:
+            if self.free[i]:
+                short -= held[i]
+                places -= 1
+                if short <= 0:
+                    return True
+                if not places:
+                    return False
+        return False
+
+    def _beyond_best(self, group: list[int], more: list[int]) -> bool:
+        if self.best is None:
+            return False
+        nearest = sorted(group + more)
+        total = sum(self.distance[j] for j in nearest)
+        if total != self.best[0] or not self.same_distance:
+            return total > self.best[0]
+        return [self.candidates[j].location_id for j in nearest] > self.best[1]
+
+    def _met(self, group: list[int]) -> None:
+        key = (sum(self.distance[i] for i in group), [self.candidates[i].location_id for i in group])
+        if self.best is None or key < self.best:
+            self.best, self.best_group = key, group
+
+
+def _short_of(short: int, units: int) -> int:
+    return max(0, short - units)
 
 
 def _fewest_covering(
