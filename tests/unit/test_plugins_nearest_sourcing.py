@@ -735,22 +735,24 @@ test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_grou
 
 # Wider networks: 15 to 40 locations, of six skus of which each holds a few, so that few outhold
 # others; distances from 0 to 99 km whole (so that groups tie) or as they come.
-WIDER = st.tuples(
-    st.lists(
-        st.tuples(
-            st.one_of(st.integers(0, 99).map(float), st.floats(0, 99)),
-            st.dictionaries(st.sampled_from("ABCDEF"), st.integers(1, 9), max_size=3),
+WIDER_NETWORKS = given(
+    st.tuples(
+        st.lists(
+            st.tuples(
+                st.one_of(st.integers(0, 99).map(float), st.floats(0, 99)),
+                st.dictionaries(st.sampled_from("ABCDEF"), st.integers(1, 9), max_size=3),
+            ),
+            min_size=15,
+            max_size=40,
         ),
-        min_size=15,
-        max_size=40,
-    ),
-    st.dictionaries(st.sampled_from("ABCDEF"), st.integers(1, 12), min_size=1),
-    st.integers(2, 3),
+        st.dictionaries(st.sampled_from("ABCDEF"), st.integers(1, 12), min_size=1),
+        st.integers(2, 3),
+    )
 )
 
 
 @settings(max_examples=40, derandomize=True, deadline=None)
-@given(WIDER)
+@WIDER_NETWORKS
 def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(network):
     held, wanted, most = network
     candidates = sorted(
@@ -767,6 +769,17 @@ def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_eve
 
     assert within == _reference_fewest_covering_within(candidates, available, wanted, most)
     assert steps < nearest_sourcing.GROUP_SEARCH_NODES
+
+
+# At length (400 random examples): `make fuzz`.
+test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = (
+    at_length(
+        test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
+        WIDER_NETWORKS,
+        400,
+        deadline=None,
+    )
+)
 
 
 def test_a_location_its_own_group_outholds_still_completes_that_group():
