@@ -20,9 +20,13 @@ locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is
    branch and bound that picks the group the exact search would pick, in at most 4,096 steps (a
    location taken into a group): it ends branches whose locations left hold too little of what is
    short, or cannot be nearer in total than the best group found (the pair the two ends of a line
-   of a thousand stores ship, none holding as much of each sku as another, takes three steps). It
-   gives up (no plan) only where its bounds do not see that no group fits, or among very many
-   groups that do.
+   of a thousand stores ship, none holding as much of each sku as another, takes three steps).
+   Where it gives up (its bounds do not see that no group fits, or there are very many that do),
+   the groups of each size are counted instead, smallest first, as far as 4,096 groups go, over
+   the locations fewer than that many others outhold (as near or nearer, and at least as much of
+   each sku up to what the order needs: a group with one of the others is beaten by the one with
+   an outholder for it), so that hundreds of stores with a unit each do not end the search; no
+   plan when that too finds none.
 3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
    unless another sourcing plugin answers first (this one is `trylast`).
 
@@ -38,6 +42,7 @@ just the store) and only their `stock`. The plan is deterministic for the same i
 """
 
 import bisect
+import itertools
 import math
 import operator
 from collections import Counter
@@ -346,9 +351,84 @@ def _fewest_covering_within(
 ) -> list[Candidate] | None:
     """The smallest set of at most `most` candidates whose stock covers `wanted`, the nearest in
     total distance (then by ids) among sets of that size, as the exact search picks it; None when
-    there is none, or when the search gives up (see _GroupSearch). The caller checked that no
-    candidate alone has the order."""
-    return _GroupSearch(candidates, available, wanted).smallest_within(most)
+    there is none, or when neither search below finds it within its bound. The caller checked that
+    no candidate alone has the order."""
+    search = _GroupSearch(candidates, available, wanted)
+    found = search.smallest_within(most)
+    if search.gave_up:
+        # Where the branch and bound gives up, the groups are counted as before it: each finds
+        # groups the other gives up on (a thousand locations none outholds, or hundreds many do).
+        return _fewest_covering_counted(candidates, available, wanted, most)
+    return found
+
+
+def _fewest_covering_counted(
+    candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str], most: int
+) -> list[Candidate] | None:
+    """The group _fewest_covering_within picks, among the groups looked at: those of two locations,
+    then three, and so on, while all looked at are no more than the exact search's
+    2^EXACT_SEARCH_LIMIT; None when none of them covers `wanted`. Sizes are given up one at a time,
+    never all at once: a higher `most` looks at every set a lower one looks at. The sets of a size
+    are those of the candidates that fewer than that many others outhold (see _outheld_by): counted
+    over every candidate, thirty locations holding some of the order were too many for sets of three."""
+    skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
+    needed = [wanted[sku] for sku in skus]
+    stock_of = {c.location_id: [available.get((c.location_id, sku), 0) for sku in skus] for c in candidates}
+    outheld_by, reach = _outheld_by(candidates, stock_of, needed, most)
+    for size in range(2, reach + 1):
+        covering = [
+            group
+            for group in itertools.combinations([c for c in candidates if outheld_by[c.location_id] < size], size)
+            if all(map(operator.ge, map(sum, zip(*(stock_of[c.location_id] for c in group), strict=True)), needed))
+        ]
+        if covering:
+            best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
+            return sorted(best, key=lambda c: c.rank)
+    return None
+
+
+def _outheld_by(
+    candidates: list[Candidate], stock_of: dict[str, list[int]], needed: list[int], most: int
+) -> tuple[dict[str, int], int]:
+    """For each candidate (nearest first), how many others outhold it, counted up to the size
+    returned: the largest, up to `most`, whose sets and those of the sizes below, each over the
+    candidates that fewer than its size outhold, are no more than 2^EXACT_SEARCH_LIMIT.
+
+    O outholds C when O comes before C (nearer, or as near and first by id) and holds at least as
+    much of each sku as C does up to what the order needs. A group of `size` locations with C and
+    without O still covers the order with O for C, and is nearer in total (then first by ids): so
+    when `size` or more outhold C, one is outside any such group, and C is in none the search picks.
+    Nearer must show in the float sum the search compares: a distance shorter by less than the sum's
+    rounding error (bounded by n^2 * farthest * 2^-50 for groups of at most n) may sum the same,
+    and then the ids decide, where C's may come first; so O counts only when as near or nearer by
+    more than that. Outholding is transitive, so a candidate `most` outhold is outheld by `most` of
+    those fewer than `most` outhold: only those are compared, and they are few once the sizes the
+    search would give up are left out (compared with all before it, each of a thousand locations
+    took the search 0.2 s to give up)."""
+    slack = len(candidates) ** 2 * max((c.rank[0] for c in candidates), default=0.0) * 2.0**-50
+    capped = {location_id: list(map(min, units, needed)) for location_id, units in stock_of.items()}
+    outheld_by: dict[str, int] = {}
+    kept: Counter[int] = Counter()  # by size: the candidates fewer than that many outhold
+    rivals: list[Candidate] = []  # those fewer than `most` outhold, nearest first
+    for candidate in candidates:
+        mine = capped[candidate.location_id]
+        count = 0
+        for other in rivals:
+            if count == most:
+                break
+            nearer = other.rank[0] == candidate.rank[0] or candidate.rank[0] - other.rank[0] > slack
+            if nearer and all(map(operator.ge, capped[other.location_id], mine)):
+                count += 1
+        outheld_by[candidate.location_id] = count
+        kept.update(range(count + 1, most + 1))
+        reach = most
+        while most >= 2 and sum(math.comb(kept[size], size) for size in range(2, most + 1)) > 1 << EXACT_SEARCH_LIMIT:
+            most -= 1  # the search gives up at this size, whatever the candidates still to come
+        if most < reach:
+            rivals = [other for other in rivals if outheld_by[other.location_id] < most]
+        if count < most:
+            rivals.append(candidate)
+    return outheld_by, most
 
 
 class _GaveUp(Exception):
@@ -373,9 +453,11 @@ class _GroupSearch:
     Each location taken into a group is a step. After GROUP_SEARCH_NODES steps, over all sizes, the
     search gives up (no group): set cover is exponential at worst, and some networks no bound here
     sees through (`two_halves` in the tests). The steps of a size never depend on `most`, so a
-    higher `most` takes every step a lower one takes and finds every group it finds. Before it, the
-    groups of each size were counted, up to 4,096 over the locations fewer than the size outhold:
-    of 92 locations of which none outholds another, the groups of two were never searched."""
+    higher `most` takes every step a lower one takes and finds every group it finds. Where it gives
+    up, the groups are counted as before it (_fewest_covering_counted: up to 4,096, over the
+    locations fewer than the size outhold), which finds some it does not (hundreds of stores with a
+    unit each); of 92 locations of which none outholds another, that count never reached the groups
+    of two, where this search takes three steps."""
 
     def __init__(
         self, candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str]
@@ -402,6 +484,7 @@ class _GroupSearch:
         self.least_first = [sorted(units for units in held if units) for held in self.held]
         self.free = [True] * len(candidates)  # neither in the group being built nor left out of it
         self.nodes = 0
+        self.gave_up = False
         self.best: tuple[float, list[str]] | None = None
         self.best_group: list[int] = []
 
@@ -412,7 +495,7 @@ class _GroupSearch:
                 if self.best is not None:
                     return [self.candidates[i] for i in self.best_group]
         except _GaveUp:
-            pass
+            self.gave_up = True
         return None
 
     def _extend(self, group: list[int], short: list[int], places: int) -> None:

@@ -733,6 +733,40 @@ test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_grou
 )
 
 
+@settings(max_examples=100, derandomize=True, deadline=None)
+@NETWORKS_AT_MOST
+def test_leaving_out_the_outheld_candidates_keeps_the_group_the_counted_search_within_max_shipments_picks(
+    scenario, most
+):
+    # The search the branch and bound falls back on. Up to 14 locations and groups of up to five:
+    # 3,458 groups at most, all of which it looks at unpruned; with few places (distances tie) and
+    # little stock (locations outhold others).
+    ids = NETWORK[: scenario["size"]]
+    locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
+    place = nearest_sourcing.locate(a_destination(scenario["destination"], country="ZW", region=None))
+    candidates = nearest_sourcing._candidates(locations, place)
+    stock = a_stock_table(dict(zip(ids, scenario["available"], strict=False)))
+    wanted = Counter()
+    for sku, quantity in scenario["lines"]:
+        wanted[sku] += quantity
+    available = nearest_sourcing._available(stock, set(ids), set(wanted))
+
+    within = nearest_sourcing._fewest_covering_counted(candidates, available, wanted, most)
+
+    assert within == _reference_fewest_covering_within(candidates, available, wanted, most)
+
+
+# At length (1000 random examples): `make fuzz`.
+test_leaving_out_the_outheld_candidates_keeps_the_group_the_counted_search_within_max_shipments_picks_at_length = (
+    at_length(
+        test_leaving_out_the_outheld_candidates_keeps_the_group_the_counted_search_within_max_shipments_picks,
+        NETWORKS_AT_MOST,
+        1000,
+        deadline=None,
+    )
+)
+
+
 # Wider networks: 15 to 40 locations, of six skus of which each holds a few, so that few outhold
 # others; distances from 0 to 99 km whole (so that groups tie) or as they come.
 WIDER_NETWORKS = given(
@@ -1032,6 +1066,22 @@ def test_the_search_within_max_shipments_ends_after_its_steps_where_no_bound_see
     candidates, available, wanted = two_halves(1)
     within, steps = _searched(candidates, available, wanted, 7)
     assert within is None and steps < nearest_sourcing.GROUP_SEARCH_NODES
+
+
+def test_where_the_branch_and_bound_gives_up_the_groups_of_the_locations_few_outhold_are_counted():
+    # A unit each of A, B, C and D wanted, from a thousand stores holding a unit of one of them: the
+    # nearest 500 A, the others B, C and D in turn. The branch and bound's distance bound counts the
+    # near A stores for the places left, so it ends few branches: it gives up after its steps, where
+    # the search before it, over the few stores fewer than four outhold (the nearest four of each
+    # sku), found the group; so it still does, when the branch and bound gives up.
+    candidates = [nearest_sourcing.Candidate(f"st-{i:04d}", float(i)) for i in range(1000)]
+    available = {(f"st-{i:04d}", "A" if i < 500 else "BCD"[(i - 500) % 3]): 1 for i in range(1000)}
+    wanted = Counter({"A": 1, "B": 1, "C": 1, "D": 1})
+
+    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, 4)
+
+    assert within is not None
+    assert [c.location_id for c in within] == ["st-0000", "st-0500", "st-0501", "st-0502"]
 
 
 def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_sourced_under_max_shipments_2():
