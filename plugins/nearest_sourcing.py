@@ -514,7 +514,7 @@ class _GroupSearch:
             if not self.free[i] or self.stock[i][sku] < share[sku]:
                 continue
             # Each group from here on is, rank by rank, as far as this bound or farther.
-            if self._beyond_best([*group, i], self._nearest_free(i, places - 1)):
+            if self._beyond_best([*group, i], places - 1):
                 break
             if self.nodes == GROUP_SEARCH_NODES:
                 raise _GaveUp
@@ -529,17 +529,6 @@ class _GroupSearch:
         """How many candidates, free or not, hold at least `units` of the sku: which sku to branch
         on only speeds the search (any sku short would find the same group)."""
         return len(self.least_first[sku]) - bisect.bisect_left(self.least_first[sku], units)
-
-    def _nearest_free(self, i: int, more: int) -> list[int]:
-        """The `more` nearest free candidates but i."""
-        found = []
-        if more:
-            for j, free in enumerate(self.free):
-                if free and j != i:
-                    found.append(j)
-                    if len(found) == more:
-                        break
-        return found
 
     def _within_reach(self, short: list[int], places: int) -> bool:
         """Whether the free candidates holding the most, as many as there are places, have enough
@@ -560,10 +549,14 @@ class _GroupSearch:
                     return False
         return False
 
-    def _beyond_best(self, group: list[int], more: list[int]) -> bool:
+    def _beyond_best(self, group: list[int], more: int) -> bool:
+        """Whether every group of `group` and `more` others comes after the best found: the nearest
+        others (those left out of it too, which only weakens the bound and never scans past them)
+        make the nearest such group, rank by rank."""
         if self.best is None:
             return False
-        nearest = sorted(group + more)
+        others = itertools.islice((j for j in range(len(self.candidates)) if j not in group), more)
+        nearest = sorted([*group, *others])
         total = sum(self.distance[j] for j in nearest)
         if total != self.best[0] or not self.same_distance:
             return total > self.best[0]
