@@ -16,12 +16,17 @@ locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is
    (repeatedly the location that can supply the most of what is left), which almost always finds
    the fewest but not always: for A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy
    takes G, P and Q, where P and Q do. When the greedy split needs more than `max_shipments`
-   locations, the groups of at most `max_shipments` are searched exactly instead, smallest first,
-   as far as the 4,096 groups the exact search looks at go: the groups of a size are counted over
+   locations, the groups of at most `max_shipments` are searched instead, smallest first, by a
+   branch and bound that picks the group the exact search would pick, in at most 4,096 steps (a
+   location taken into a group): it ends branches whose locations left hold too little of what is
+   short, or cannot be nearer in total than the best group found (the pair the two ends of a line
+   of a thousand stores ship, none holding as much of each sku as another, takes three steps).
+   Where it gives up (its bounds do not see that no group fits, or there are very many that do),
+   the groups of each size are counted instead, smallest first, as far as 4,096 groups go, over
    the locations fewer than that many others outhold (as near or nearer, and at least as much of
-   each sku up to what the order needs), since a group with one of the others is beaten by the one
-   with an outholder for it; so a hundred far stores with a unit each, where nearer ones hold more,
-   do not end the search.
+   each sku up to what the order needs: a group with one of the others is beaten by the one with
+   an outholder for it), so that hundreds of stores with a unit each do not end the search; no
+   plan when that too finds none.
 3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
    unless another sourcing plugin answers first (this one is `trylast`).
 
@@ -36,6 +41,7 @@ Only the `locations` given are used (the core already chose the eligible ones: f
 just the store) and only their `stock`. The plan is deterministic for the same inputs.
 """
 
+import bisect
 import itertools
 import math
 import operator
@@ -337,19 +343,34 @@ def _fewest(
 
 
 EXACT_SEARCH_LIMIT = 12
+GROUP_SEARCH_NODES = 1 << EXACT_SEARCH_LIMIT
 
 
 def _fewest_covering_within(
     candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str], most: int
 ) -> list[Candidate] | None:
     """The smallest set of at most `most` candidates whose stock covers `wanted`, the nearest in
-    total distance (then by ids) among sets of that size; None when there is none among the sets
-    looked at: those of two locations, then three, and so on, while all looked at are no more than
-    the exact search's 2^EXACT_SEARCH_LIMIT. Sizes are given up one at a time, never all at once: a
-    higher `most` looks at every set a lower one looks at (giving up whenever the sets up to `most`
-    were too many, max_shipments 4 left unsourced an order 3 sourced). The sets of a size are those
-    of the candidates that fewer than that many others outhold (see _outheld_by): counted over
-    every candidate, thirty locations holding some of the order were too many for sets of three."""
+    total distance (then by ids) among sets of that size, as the exact search picks it; None when
+    there is none, or when neither search below finds it within its bound. The caller checked that
+    no candidate alone has the order."""
+    search = _GroupSearch(candidates, available, wanted)
+    found = search.smallest_within(most)
+    if search.gave_up:
+        # Where the branch and bound gives up, the groups are counted as before it: each finds
+        # groups the other gives up on (a thousand locations none outholds, or hundreds many do).
+        return _fewest_covering_counted(candidates, available, wanted, most)
+    return found
+
+
+def _fewest_covering_counted(
+    candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str], most: int
+) -> list[Candidate] | None:
+    """The group _fewest_covering_within picks, among the groups looked at: those of two locations,
+    then three, and so on, while all looked at are no more than the exact search's
+    2^EXACT_SEARCH_LIMIT; None when none of them covers `wanted`. Sizes are given up one at a time,
+    never all at once: a higher `most` looks at every set a lower one looks at. The sets of a size
+    are those of the candidates that fewer than that many others outhold (see _outheld_by): counted
+    over every candidate, thirty locations holding some of the order were too many for sets of three."""
     skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
     needed = [wanted[sku] for sku in skus]
     stock_of = {c.location_id: [available.get((c.location_id, sku), 0) for sku in skus] for c in candidates}
@@ -408,6 +429,147 @@ def _outheld_by(
         if count < most:
             rivals.append(candidate)
     return outheld_by, most
+
+
+class _GaveUp(Exception):
+    """The group search took its GROUP_SEARCH_NODES steps without an answer."""
+
+
+class _GroupSearch:
+    """A branch and bound for the group the exact search picks: the fewest locations, then the
+    nearest in total, then by ids.
+
+    Sizes are searched smallest first. A group is built one location at a time: the places left
+    must hold all that is still short of each sku, so one of them at least its share (what is short
+    over the places left); for the sku whose locations holding that share are fewest, each free one
+    is taken in turn, in rank order, and left out of the groups tried after it, so that each group
+    is met once. A branch ends when the free locations cannot cover what is short (of some sku, or
+    of all together: the ones holding the most, as many as there are places left, hold too little),
+    or when no group from it can come before the best found: its distance sum is no less than that
+    of the group with the nearest free locations in the places left (float sums taken in rank order,
+    as the exact search takes them, and a sum of members each as near or nearer, rank by rank, is no
+    greater); with every distance the same (unknown distances) the ids decide, in the same way.
+
+    Each location taken into a group is a step. After GROUP_SEARCH_NODES steps, over all sizes, the
+    search gives up (no group): set cover is exponential at worst, and some networks no bound here
+    sees through (`two_halves` in the tests). The steps of a size never depend on `most`, so a
+    higher `most` takes every step a lower one takes and finds every group it finds. Where it gives
+    up, the groups are counted as before it (_fewest_covering_counted: up to 4,096, over the
+    locations fewer than the size outhold), which finds some it does not (hundreds of stores with a
+    unit each); of 92 locations of which none outholds another, that count never reached the groups
+    of two, where this search takes three steps."""
+
+    def __init__(
+        self, candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str]
+    ) -> None:
+        self.candidates = candidates
+        # A sku every candidate has enough of alone is covered by any group.
+        skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
+        self.needed = [wanted[sku] for sku in skus]
+        self.stock = [
+            [min(available.get((c.location_id, sku), 0), q) for sku, q in zip(skus, self.needed, strict=True)]
+            for c in candidates
+        ]
+        self.distance = [c.rank[0] for c in candidates]
+        self.same_distance = len(set(self.distance)) <= 1
+        # By sku: the candidates holding some of it, in rank order.
+        self.holders = [[i for i, units in enumerate(self.stock) if units[s] > 0] for s in range(len(skus))]
+        # By sku, then in all: what each candidate holds (up to what the order needs), the ones
+        # holding some in order of it, most first, and those amounts, least first.
+        self.held = [[units[s] for units in self.stock] for s in range(len(skus))] + [list(map(sum, self.stock))]
+        self.most_first = [
+            sorted((i for i, units in enumerate(held) if units), key=lambda i, held=held: -held[i])
+            for held in self.held
+        ]
+        self.least_first = [sorted(units for units in held if units) for held in self.held]
+        self.free = [True] * len(candidates)  # neither in the group being built nor left out of it
+        self.nodes = 0
+        self.gave_up = False
+        self.best: tuple[float, list[str]] | None = None
+        self.best_group: list[int] = []
+
+    def smallest_within(self, most: int) -> list[Candidate] | None:
+        try:
+            for size in range(2, min(most, len(self.candidates)) + 1):
+                self._extend([], self.needed, size)
+                if self.best is not None:
+                    return [self.candidates[i] for i in self.best_group]
+        except _GaveUp:
+            self.gave_up = True
+        return None
+
+    def _extend(self, group: list[int], short: list[int], places: int) -> None:
+        shorts = [s for s, units in enumerate(short) if units > 0]
+        if not shorts:
+            if not places:
+                self._met(sorted(group))
+            return
+        if not places or not self._within_reach(short, places):
+            return
+        # The places left hold all that is short of each sku, so one of them at least its share.
+        share = [-(-short[s] // places) for s in range(len(short))]
+        sku = min(shorts, key=lambda s: self._holding(s, share[s]))
+        left_out = []
+        for i in self.holders[sku]:
+            if not self.free[i] or self.stock[i][sku] < share[sku]:
+                continue
+            # Each group from here on is, rank by rank, as far as this bound or farther.
+            if self._beyond_best([*group, i], places - 1):
+                break
+            if self.nodes == GROUP_SEARCH_NODES:
+                raise _GaveUp
+            self.nodes += 1
+            self.free[i] = False
+            left_out.append(i)
+            self._extend([*group, i], list(map(_short_of, short, self.stock[i])), places - 1)
+        for i in left_out:
+            self.free[i] = True
+
+    def _holding(self, sku: int, units: int) -> int:
+        """How many candidates, free or not, hold at least `units` of the sku: which sku to branch
+        on only speeds the search (any sku short would find the same group)."""
+        return len(self.least_first[sku]) - bisect.bisect_left(self.least_first[sku], units)
+
+    def _within_reach(self, short: list[int], places: int) -> bool:
+        """Whether the free candidates holding the most, as many as there are places, have enough
+        of each sku short, and as many units as are short in all (counted up to what the order needs)."""
+        return all(self._most_held(s, units, places) for s, units in enumerate(short) if units > 0) and self._most_held(
+            len(short), sum(short), places
+        )
+
+    def _most_held(self, s: int, short: int, places: int) -> bool:
+        held = self.held[s]
+        for i in self.most_first[s]:
+            if self.free[i]:
+                short -= held[i]
+                places -= 1
+                if short <= 0:
+                    return True
+                if not places:
+                    return False
+        return False
+
+    def _beyond_best(self, group: list[int], more: int) -> bool:
+        """Whether every group of `group` and `more` others comes after the best found: the nearest
+        others (those left out of it too, which only weakens the bound and never scans past them)
+        make the nearest such group, rank by rank."""
+        if self.best is None:
+            return False
+        others = itertools.islice((j for j in range(len(self.candidates)) if j not in group), more)
+        nearest = sorted([*group, *others])
+        total = sum(self.distance[j] for j in nearest)
+        if total != self.best[0] or not self.same_distance:
+            return total > self.best[0]
+        return [self.candidates[j].location_id for j in nearest] > self.best[1]
+
+    def _met(self, group: list[int]) -> None:
+        key = (sum(self.distance[i] for i in group), [self.candidates[i].location_id for i in group])
+        if self.best is None or key < self.best:
+            self.best, self.best_group = key, group
+
+
+def _short_of(short: int, units: int) -> int:
+    return max(0, short - units)
 
 
 def _fewest_covering(

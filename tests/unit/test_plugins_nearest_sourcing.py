@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import random
 from collections import Counter, defaultdict
 from importlib.metadata import entry_points
@@ -680,14 +679,11 @@ test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when
 )
 
 
-# The search within max_shipments as it was before it left out the candidates others outhold:
-# every group of every size up to `most`, counted over every candidate.
+# Every group of every size up to `most`, counted over every candidate: the group the search
+# within max_shipments picked before it was a branch and bound, wherever it finished (4,096 groups
+# at most, over the candidates fewer than the size outhold: h615 checked that pruning against this).
 def _reference_fewest_covering_within(candidates, available, wanted, most):
-    looked_at = 0
     for size in range(2, most + 1):
-        looked_at += math.comb(len(candidates), size)
-        if looked_at > 1 << nearest_sourcing.EXACT_SEARCH_LIMIT:
-            return None
         covering = [
             group
             for group in itertools.combinations(candidates, size)
@@ -699,11 +695,52 @@ def _reference_fewest_covering_within(candidates, available, wanted, most):
     return None
 
 
+def _searched(candidates, available, wanted, most):
+    """The search within max_shipments, with how many steps it took."""
+    search = nearest_sourcing._GroupSearch(candidates, available, wanted)
+    return search.smallest_within(most), search.nodes
+
+
 @settings(max_examples=100, derandomize=True, deadline=None)
 @NETWORKS_AT_MOST
-def test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_shipments_picks(scenario, most):
-    # Up to 14 locations and groups of up to five: 3,458 groups at most, all of which the search
-    # looked at before; with few places (distances tie) and little stock (locations outhold others).
+def test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(scenario, most):
+    # Up to 14 locations and groups of up to five; with few places (distances tie, or all unknown:
+    # only the ids decide) and little stock (locations outhold others).
+    ids = NETWORK[: scenario["size"]]
+    locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
+    place = nearest_sourcing.locate(a_destination(scenario["destination"], country="ZW", region=None))
+    candidates = nearest_sourcing._candidates(locations, place)
+    stock = a_stock_table(dict(zip(ids, scenario["available"], strict=False)))
+    wanted = Counter()
+    for sku, quantity in scenario["lines"]:
+        wanted[sku] += quantity
+    available = nearest_sourcing._available(stock, set(ids), set(wanted))
+    # The plugin searches only when no location has the whole order.
+    assume(not any(all(available.get((c.location_id, s), 0) >= q for s, q in wanted.items()) for c in candidates))
+
+    within, steps = _searched(candidates, available, wanted, most)
+
+    assert within == _reference_fewest_covering_within(candidates, available, wanted, most)
+    assert steps < nearest_sourcing.GROUP_SEARCH_NODES
+
+
+# At length (1000 random examples): `make fuzz`.
+test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = at_length(
+    test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
+    NETWORKS_AT_MOST,
+    1000,
+    deadline=None,
+)
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@NETWORKS_AT_MOST
+def test_leaving_out_the_outheld_candidates_keeps_the_group_the_counted_search_within_max_shipments_picks(
+    scenario, most
+):
+    # The search the branch and bound falls back on. Up to 14 locations and groups of up to five:
+    # 3,458 groups at most, all of which it looks at unpruned; with few places (distances tie) and
+    # little stock (locations outhold others).
     ids = NETWORK[: scenario["size"]]
     locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
     place = nearest_sourcing.locate(a_destination(scenario["destination"], country="ZW", region=None))
@@ -714,23 +751,74 @@ def test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_ma
         wanted[sku] += quantity
     available = nearest_sourcing._available(stock, set(ids), set(wanted))
 
-    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, most)
+    within = nearest_sourcing._fewest_covering_counted(candidates, available, wanted, most)
 
     assert within == _reference_fewest_covering_within(candidates, available, wanted, most)
 
 
 # At length (1000 random examples): `make fuzz`.
-test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_shipments_picks_at_length = at_length(
-    test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_shipments_picks,
-    NETWORKS_AT_MOST,
-    1000,
-    deadline=None,
+test_leaving_out_the_outheld_candidates_keeps_the_group_the_counted_search_within_max_shipments_picks_at_length = (
+    at_length(
+        test_leaving_out_the_outheld_candidates_keeps_the_group_the_counted_search_within_max_shipments_picks,
+        NETWORKS_AT_MOST,
+        1000,
+        deadline=None,
+    )
+)
+
+
+# Wider networks: 15 to 40 locations, of six skus of which each holds a few, so that few outhold
+# others; distances from 0 to 99 km whole (so that groups tie) or as they come.
+WIDER_NETWORKS = given(
+    st.tuples(
+        st.lists(
+            st.tuples(
+                st.one_of(st.integers(0, 99).map(float), st.floats(0, 99)),
+                st.dictionaries(st.sampled_from("ABCDEF"), st.integers(1, 9), max_size=3),
+            ),
+            min_size=15,
+            max_size=40,
+        ),
+        st.dictionaries(st.sampled_from("ABCDEF"), st.integers(1, 12), min_size=1),
+        st.integers(2, 3),
+    )
+)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@WIDER_NETWORKS
+def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(network):
+    held, wanted, most = network
+    candidates = sorted(
+        (nearest_sourcing.Candidate(f"loc-{n:02d}", distance) for n, (distance, _) in enumerate(held)),
+        key=lambda c: c.rank,
+    )
+    available = {
+        (f"loc-{n:02d}", sku): units for n, (_, units_of) in enumerate(held) for sku, units in units_of.items()
+    }
+    wanted = Counter(wanted)
+    assume(not any(all(available.get((c.location_id, s), 0) >= q for s, q in wanted.items()) for c in candidates))
+
+    within, steps = _searched(candidates, available, wanted, most)
+
+    assert within == _reference_fewest_covering_within(candidates, available, wanted, most)
+    assert steps < nearest_sourcing.GROUP_SEARCH_NODES
+
+
+# At length (400 random examples): `make fuzz`.
+test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = (
+    at_length(
+        test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
+        WIDER_NETWORKS,
+        400,
+        deadline=None,
+    )
 )
 
 
 def test_a_location_its_own_group_outholds_still_completes_that_group():
-    # Three units wanted, one at each of three warehouses: wh-2 is outheld by wh-0 and wh-1, but
-    # both are in the only group of three that has the order, so wh-2 is kept for groups of three.
+    # Three units wanted, one at each of three warehouses: wh-0 and wh-1 are nearer than wh-2 and
+    # hold as much, but both are in the only group that has the order, with wh-2.
     Candidate = nearest_sourcing.Candidate
     candidates = [Candidate(f"wh-{i}", 100.0 * (i + 1)) for i in range(3)]
     available = {(c.location_id, "A"): 1 for c in candidates}
@@ -741,10 +829,11 @@ def test_a_location_its_own_group_outholds_still_completes_that_group():
         assert within == candidates
 
 
-def test_a_location_nearer_by_less_than_the_sums_rounding_does_not_outhold_one_first_by_id():
+def test_a_group_nearer_by_less_than_the_sums_rounding_ties_and_the_ids_decide():
     # wh-a is 1e-13 km farther than wh-y and wh-z, which hold as much: with the far wh-x, whose B
     # each group needs, the three pairs sum to the same float, so the ids pick {wh-a, wh-x}. Left
-    # out as outheld by the two nearer, wh-a would give way to wh-y: another plan for one order.
+    # out as outheld by the two nearer (or its branch ended for a sum no less than the best found's,
+    # where only a greater one may end it), wh-a would give way to wh-y: another plan for one order.
     Candidate = nearest_sourcing.Candidate
     candidates = [
         Candidate("wh-y", 100.0),
@@ -901,31 +990,98 @@ def test_no_plan_when_no_split_fits_within_max_shipments():
     )
 
 
-def test_the_search_within_max_shipments_looks_at_no_more_groups_than_the_exact_search(monkeypatch):
+def line_network(count: int) -> tuple[dict[str, dict[str, int]], list[Location]]:
+    """`count` locations none of which two others outhold: wh-mix nearest San Francisco with A
+    x(m/2 + 1) and B x(m/2) (as much as st-(m/2) and st-(m/2 + 1) hold), then st-0 .. st-m (m = count
+    - 2, even) along a line, st-i holding A xi and B x(m - i), the two ends a C each. An order of A xm,
+    B xm and C x1 is shipped by st-0 and st-m together and by no other pair; greedy takes wh-mix (as
+    much as any, and nearest), then a middle store, then an end."""
+    m = count - 2
+    available = {"wh-mix": {"A": m // 2 + 1, "B": m // 2}}
+    available |= {f"st-{i:03d}": {"A": i, "B": m - i} | ({"C": 1} if i in (0, m) else {}) for i in range(m + 1)}
+    locations = [a_location("wh-mix", (SAN_FRANCISCO[0], SAN_FRANCISCO[1] + 0.1))]
+    locations += [a_location(f"st-{i:03d}", (45.0, -120.0 + 0.1 * i)) for i in range(m + 1)]
+    return available, locations
+
+
+def test_an_order_two_of_92_locations_ship_where_none_outholds_another_is_sourced_under_max_shipments_2():
+    # The groups of two of 92 locations (4,186) were more than the exact search's 4,096, and none
+    # was left out as outheld by two others, so none was searched: no plan, out of stock (capture 409)
+    # though st-000 and st-090 have the order together.
+    available, locations = line_network(92)
+    order = an_order(("A", 90), ("B", 90), ("C", 1))
+
+    greedy = source(order, available, locations=locations)
+    assert len({location for _, location, _ in allocated(greedy)}) == 3  # no max_shipments: as before
+
+    plan = source(order, available, locations=locations, rules=FEWEST.model_copy(update={"max_shipments": 2}))
+
+    assert plan is not None
+    assert allocated(plan) == [("L2", "st-000", 90), ("L3", "st-000", 1), ("L1", "st-090", 90)]
+
+
+def test_an_order_no_pair_of_such_locations_has_gets_no_plan_and_the_search_takes_no_step_to_know():
     # 91 and 92 warehouses, the i-th holding i units of A and count - 1 - i of B, so that none
-    # outholds another; count units of each ordered, max_shipments 2: greedy needs
-    # three, no pair has them. The 4,095 pairs of 91 are each looked at once; the 4,186 of 92 are
-    # more than the exact search's 4,096 groups, so none is: no plan either way.
-    looked_at = []
-    real = itertools.combinations
-
-    def combinations(candidates, size):
-        for group in real(candidates, size):
-            looked_at.append(group)
-            yield group
-
-    monkeypatch.setattr(nearest_sourcing.itertools, "combinations", combinations)
+    # outholds another; count units of each ordered, max_shipments 2: greedy needs three, and no
+    # pair has them: each holds count - 1 units, fewer than half of the 2 x count ordered.
     rules = FEWEST.model_copy(update={"max_shipments": 2})
-    for count, groups in [(91, 4095), (92, 0)]:
-        looked_at.clear()
+    for count in (91, 92):
         ids = [f"wh-{i:03d}" for i in range(count)]
         locations = [a_location(location_id, (45.0, -170.0 + i)) for i, location_id in enumerate(ids)]
         available = {location_id: {"A": i, "B": count - 1 - i} for i, location_id in enumerate(ids)}
+        candidates = [nearest_sourcing.Candidate(location_id, float(i)) for i, location_id in enumerate(ids)]
+        held = {(location_id, sku): units for location_id, by_sku in available.items() for sku, units in by_sku.items()}
 
         plan = source(an_order(("A", count), ("B", count)), available, locations, rules=rules)
 
         assert plan is None
-        assert len(looked_at) == groups <= 1 << nearest_sourcing.EXACT_SEARCH_LIMIT
+        assert _searched(candidates, held, Counter({"A": count, "B": count}), 2) == (None, 0)
+
+
+def two_halves(copies: int) -> tuple[list[nearest_sourcing.Candidate], dict[tuple[str, str], int], Counter[str]]:
+    """An order of a unit of each of 14 skus, at locations each holding a unit of two skus of the same
+    half (S00 to S06, or S07 to S13), every such pair `copies` times: each half's seven skus need
+    four locations, so no seven have the order, though every sku is held by many and seven
+    locations hold as many units as are ordered."""
+    halves = [[f"S{n:02d}" for n in range(7)], [f"S{n:02d}" for n in range(7, 14)]]
+    pairs = [pair for half in halves for pair in itertools.combinations(half, 2)]
+    candidates, available = [], {}
+    for copy in range(copies):
+        for n, pair in enumerate(pairs):
+            location_id = f"loc-{copy:02d}-{n:02d}"
+            candidates.append(nearest_sourcing.Candidate(location_id, 10.0 + copy * len(pairs) + n))
+            available |= {(location_id, sku): 1 for sku in pair}
+    return candidates, available, Counter(dict.fromkeys(halves[0] + halves[1], 1))
+
+
+def test_the_search_within_max_shipments_ends_after_its_steps_where_no_bound_sees_that_no_group_fits():
+    # 504 locations, 42 pairs twelve times over: the groups of up to seven are far more than any
+    # search can look at, and none covers the order; the search gives up after its steps (counted,
+    # not timed: 20 ms here), no plan, as the search before it gave up at once. 42 locations, once
+    # each pair: it knows in fewer steps that no seven fit.
+    candidates, available, wanted = two_halves(12)
+    for most in (7, 100):
+        assert _searched(candidates, available, wanted, most) == (None, nearest_sourcing.GROUP_SEARCH_NODES)
+
+    candidates, available, wanted = two_halves(1)
+    within, steps = _searched(candidates, available, wanted, 7)
+    assert within is None and steps < nearest_sourcing.GROUP_SEARCH_NODES
+
+
+def test_where_the_branch_and_bound_gives_up_the_groups_of_the_locations_few_outhold_are_counted():
+    # A unit each of A, B, C and D wanted, from a thousand stores holding a unit of one of them: the
+    # nearest 500 A, the others B, C and D in turn. The branch and bound's distance bound counts the
+    # near A stores for the places left, so it ends few branches: it gives up after its steps, where
+    # the search before it, over the few stores fewer than four outhold (the nearest four of each
+    # sku), found the group; so it still does, when the branch and bound gives up.
+    candidates = [nearest_sourcing.Candidate(f"st-{i:04d}", float(i)) for i in range(1000)]
+    available = {(f"st-{i:04d}", "A" if i < 500 else "BCD"[(i - 500) % 3]): 1 for i in range(1000)}
+    wanted = Counter({"A": 1, "B": 1, "C": 1, "D": 1})
+
+    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, 4)
+
+    assert within is not None
+    assert [c.location_id for c in within] == ["st-0000", "st-0500", "st-0501", "st-0502"]
 
 
 def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_sourced_under_max_shipments_2():
