@@ -149,7 +149,8 @@ class Scanned:
     returns_expired: list[str] = field(default_factory=list)
     # Late orders left unmarked: a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
-    in_jeopardy: int | None = 0  # orders marked late now open, after this pass (None: the count failed)
+    # Orders marked late now open, after this pass, never fewer than it marked (None: the count failed).
+    in_jeopardy: int | None = 0
     # The candidates whose own work raised (a record that no longer reads, an item its table
     # refuses, a cancel's clean-up), by id: read past, judged again by the next pass.
     failed: dict[str, Exception] = field(default_factory=dict)  # orders
@@ -239,7 +240,9 @@ class JeopardyScan:
             except Exception as error:  # any: the other parts must still run, and what they did be reported
                 failed.append((name, error))
         try:
-            done.in_jeopardy = self._late.count_in_jeopardy()
+            # Never fewer than this pass marked: the count reads an index (eventually consistent)
+            # that may not show those marks yet, and a zero then put off the alarm to the next run.
+            done.in_jeopardy = max(self._late.count_in_jeopardy(), len(done.marked))
         except Exception as error:  # any: what the parts did is still reported
             done.in_jeopardy = None
             failed.append(("count", error))
