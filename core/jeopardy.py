@@ -14,15 +14,15 @@ Each candidate is read and judged again before one conditional write, so an orde
 meanwhile is left alone, and a repeated scan marks nothing twice. A mark stands until the order
 leaves its status, but for a deadline lengthened since (OMS_SLA deployed anew): the marked orders no
 longer late by it are found through the late orders' index (LateOrders.marked_since_after) and
-unmarked the same way (Order.clear_jeopardy), so they leave the list and the alarm's count. Holds to expire come from an
-index keyed on when each hold began, parks left out (LateOrders.held_since_before): the held
-longest come first, so no order placed long ago and held recently, nor any park, stands before
-them, and `limit` of them are read a pass. Expired returns are found much as late orders are,
-through the Returns table's status index (UnreceivedReturns): those created before the
-moment are a superset of those approved before it, and each is judged again (on its approval) on
-its own conditional write. Returns requested long ago but approved recently stay at the oldest end
-of that range, so a pass reads on past them (up to `max_reads` per status, its read budget) to
-reach the expired ones behind them.
+unmarked the same way (Order.clear_jeopardy), so they leave the list and the alarm's count.
+Holds to expire come from an index keyed on when each hold began, parks left out
+(LateOrders.held_since_before): the held longest come first, so no order placed long ago and held
+recently, nor any park, stands before them, and `limit` of them are read a pass. Expired returns
+are found much as late orders are, through the Returns table's status index (UnreceivedReturns):
+those created before the moment are a superset of those approved before it, and each is judged
+again (on its approval) on its own conditional write. Returns requested long ago but approved
+recently stay at the oldest end of that range, so a pass reads on past them (up to `max_reads` per
+status, its read budget) to reach the expired ones behind them.
 
 A late order on which a capture its ship (or a cancel's settlement) asked the gateway for stands
 unrecorded (Order.captures_to_settle: not a parcel's its carrier reported delivered, which its
