@@ -39,6 +39,9 @@ class OrderEvent(StrEnum):
     RELEASED = "released"
     # Past the deadline for its current status (OMS_SLA), found by the jeopardy scan.
     JEOPARDY = "jeopardy"
+    # That mark gone with the order still in its status: the deadline lengthened since (OMS_SLA
+    # deployed anew), the jeopardy scan found it no longer late (Order.clear_jeopardy).
+    JEOPARDY_CLEARED = "jeopardy_cleared"
     # A capture made for a shipment that could no longer ship (the order was cancelled meanwhile),
     # refunded at once; the order never recorded it as captured.
     PAYMENT_CAPTURE_REVERSED = "payment_capture_reversed"

@@ -11,15 +11,18 @@ index, judged on when the deadline of the order's status starts counting: when i
 status, or, for a pickup waiting for its customer, its `collect_by`, or never when it has none:
 Order.deadline_counts_from).
 Each candidate is read and judged again before one conditional write, so an order that moved on
-meanwhile is left alone, and a repeated scan marks nothing twice. Holds to expire come from an
-index keyed on when each hold began, parks left out (LateOrders.held_since_before): the held
-longest come first, so no order placed long ago and held recently, nor any park, stands before
-them, and `limit` of them are read a pass. Expired returns are found much as late orders are,
-through the Returns table's status index (UnreceivedReturns): those created before the
-moment are a superset of those approved before it, and each is judged again (on its approval) on
-its own conditional write. Returns requested long ago but approved recently stay at the oldest end
-of that range, so a pass reads on past them (up to `max_reads` per status, its read budget) to
-reach the expired ones behind them.
+meanwhile is left alone, and a repeated scan marks nothing twice. A mark stands until the order
+leaves its status, but for a deadline lengthened since (OMS_SLA deployed anew): the marked orders no
+longer late by it are found through the late orders' index (LateOrders.marked_since_after) and
+unmarked the same way (Order.clear_jeopardy), so they leave the list and the alarm's count.
+Holds to expire come from an index keyed on when each hold began, parks left out
+(LateOrders.held_since_before): the held longest come first, so no order placed long ago and held
+recently, nor any park, stands before them, and `limit` of them are read a pass. Expired returns
+are found much as late orders are, through the Returns table's status index (UnreceivedReturns):
+those created before the moment are a superset of those approved before it, and each is judged
+again (on its approval) on its own conditional write. Returns requested long ago but approved
+recently stay at the oldest end of that range, so a pass reads on past them (up to `max_reads` per
+status, its read budget) to reach the expired ones behind them.
 
 A late order on which a capture its ship (or a cancel's settlement) asked the gateway for stands
 unrecorded (Order.captures_to_settle: not a parcel's its carrier reported delivered, which its
@@ -140,11 +143,14 @@ def _pairs(text: str) -> list[tuple[OrderStatus, timedelta]]:
 @dataclass
 class Scanned:
     marked: list[str] = field(default_factory=list)
+    # Marked orders no longer late by the deadline their status has now (OMS_SLA lengthened since).
+    unmarked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
     # Late orders left unmarked: a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
-    in_jeopardy: int | None = 0  # orders marked late now open, after this pass (None: the count failed)
+    # Orders marked late now open, after this pass, never fewer than it marked (None: the count failed).
+    in_jeopardy: int | None = 0
     # The candidates whose own work raised (a record that no longer reads, an item its table
     # refuses, a cancel's clean-up), by id: read past, judged again by the next pass.
     failed: dict[str, Exception] = field(default_factory=dict)  # orders
@@ -234,7 +240,9 @@ class JeopardyScan:
             except Exception as error:  # any: the other parts must still run, and what they did be reported
                 failed.append((name, error))
         try:
-            done.in_jeopardy = self._late.count_in_jeopardy()
+            # Never fewer than this pass marked: the count reads an index (eventually consistent)
+            # that may not show those marks yet, and a zero then put off the alarm to the next run.
+            done.in_jeopardy = max(self._late.count_in_jeopardy(), len(done.marked))
         except Exception as error:  # any: what the parts did is still reported
             done.in_jeopardy = None
             failed.append(("count", error))
@@ -320,6 +328,17 @@ class JeopardyScan:
                         break
 
             parts.append((f"late {status.value}", marks))
+        # A mark stands until the order leaves its status; a deadline lengthened since (OMS_SLA
+        # deployed anew, the runbook's fix for deadlines wrong for the business) would leave orders
+        # no longer late listed and counted, the alarm on, until each moved on.
+        after = {status: now - deadline for status, deadline in self._sla.items()}
+
+        def unmarks() -> None:
+            for order_id in _while(self._late.marked_since_after(after, self._limit), time_up):
+                if self._judged(done.failed, "order_id", order_id, partial(self._unmark, order_id)):
+                    done.unmarked.append(order_id)
+
+        parts.append(("unmark", unmarks))
         return parts
 
     def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
@@ -375,6 +394,33 @@ class JeopardyScan:
         if order.captures_to_settle():
             return self._mark_refund_refused(order_id, status, deadline) or order
         return order
+
+    def _unmark(self, order_id: str) -> bool:
+        """Whether this call cleared the order's mark: marked for its status, listed (no capture
+        request standing but one for a person: Order.listed_late), not for a refund the gateway
+        refused (a person settles it), and no longer late by the deadline its status has now."""
+        at = self._clock()
+        cleared = False
+
+        def decide(order: Order):
+            nonlocal cleared
+            deadline, since = self._sla.get(order.status), order.deadline_counts_from
+            cleared = (
+                order.jeopardy is not None and order.jeopardy.status is order.status and order.listed_late
+                and not order.jeopardy_for_refund and deadline is not None
+                and (since is None or since + deadline > at)
+            )  # fmt: skip
+            if not cleared:
+                return None
+            assert deadline is not None
+            reason = f"not past the deadline of {order.status} now ({format_duration(deadline)})"
+            return order.clear_jeopardy(reason, at=at, actor=SCAN_ACTOR)
+
+        try:
+            modify(self._orders, order_id, decide)
+        except StaleVersion:
+            return False  # it kept changing: the next pass judges it again
+        return cleared
 
     def _mark_refund_refused(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
         """The order as marked for a person (listed late: Order.listed_late) when the capture request

@@ -1778,8 +1778,9 @@ class Order(Shown):
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
     status_since: datetime | None = Field(default=None, exclude=True)
     # When the order last changed before the jeopardy scan marked it late (mark_jeopardy), while the
-    # mark is its last change: a mark is the scan's observation, not a step of the order, so the
-    # reconciler judges a stalled order by this (`last_changed`). Any later change drops it. The
+    # mark (or its clearing: clear_jeopardy) is its last change: a mark is the scan's observation,
+    # not a step of the order, so the reconciler judges a stalled order by this (`last_changed`).
+    # Any later change drops it. The
     # system's own: stored, never shown.
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
     # A release resumed the clock of the status this order was marked late for before its hold
@@ -4387,6 +4388,26 @@ class Order(Shown):
         new = _replaced(self, jeopardy_on_deadline=True, version=self.version + 1)
         check_successor(self, new)
         return new, None
+
+    def clear_jeopardy(self, reason: str, *, at: datetime, actor: str) -> Change:
+        """No longer late for its current status by the deadline that status has now: the jeopardy
+        scan found it so after OMS_SLA lengthened that deadline (a mark stands otherwise until the
+        order leaves the status). The mark goes, and with it the lateness a release resumed
+        (late_resumed, of the old deadline), so a hold now carries none; a `jeopardy_cleared`
+        entry (the mark's status and `since`, and `reason`) that changes no status, nor when the
+        order last changed (`last_changed`), as its mark did not: the reconciler judges a stall as
+        before. InvalidTransition when the order is not marked for its status, or is marked for a
+        person to settle a refund the gateway refused (jeopardy_for_refund: late or not, money
+        stands that nobody else settles)."""
+        late = self.jeopardy
+        if late is None or late.status is not self.status or self.jeopardy_for_refund:
+            raise InvalidTransition(f"order {self.id} is not marked late for {self.status} by its deadline")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.JEOPARDY_CLEARED,
+            detail={"status": late.status.value, "since": _TIMES.dump_python(late.since, mode="json"),
+                    "reason": reason},
+            jeopardy=None, late_resumed=None, changed_before_mark=self.last_changed,
+        )  # fmt: skip
 
     def mark_restarted(self, *, at: datetime) -> Bookkeeping:
         """The reconciler restarted this stalled order's workflow at `at`, the first time since it

@@ -534,6 +534,13 @@ class LateOrders(ABC):
         them."""
 
     @abstractmethod
+    def marked_since_after(self, after: dict[OrderStatus, datetime], limit: int) -> list[str]:
+        """Ids of up to `limit` orders marked late now (listed: Order.listed_late) in one of the
+        statuses of `after` whose deadline counts from after that status's moment
+        (Order.deadline_counts_from): no longer late by the deadline their status has now. An index
+        may answer more (an order changed since); the scan judges each order it reads."""
+
+    @abstractmethod
     def count_in_jeopardy(self) -> int:
         """How many orders are marked late now."""
 

@@ -1596,6 +1596,28 @@ class DynamoLateOrders(LateOrders):
         }
         return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
 
+    def marked_since_after(self, after: dict[OrderStatus, datetime], limit: int) -> list[str]:
+        # The late orders' partition, filtered on what by_sla projects: the status, and when its
+        # deadline counts from (`status_since`, written on every marked order that has one).
+        if not after:
+            return []
+        names = {"#status": "status"}
+        values: dict[str, Any] = {":late": {"S": JEOPARDY_KEY}}
+        either = []
+        for i, (status, moment) in enumerate(sorted(after.items())):
+            values[f":s{i}"], values[f":c{i}"] = {"S": status.value}, {"S": timestamp(moment)}
+            either.append(f"(#status = :s{i} AND status_since > :c{i})")
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_sla",
+            "KeyConditionExpression": "sla_key = :late",
+            "FilterExpression": " OR ".join(either),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+        }
+        return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
+
     def count_in_jeopardy(self) -> int:
         return self._count(IndexName="by_sla", KeyConditionExpression="sla_key = :late",
                            ExpressionAttributeValues={":late": {"S": JEOPARDY_KEY}})  # fmt: skip

@@ -1,6 +1,7 @@
-"""Scheduled jeopardy scan: marks orders past the deadline of their status (OMS_SLA), cancels
-holds older than OMS_HOLD_EXPIRY_DAYS (not while a plugin failed to load) and returns not received
-within OMS_RETURN_EXPIRY_DAYS (core/jeopardy.py); counts the late orders for the alarm. Of the
+"""Scheduled jeopardy scan: marks orders past the deadline of their status (OMS_SLA), unmarks those
+a deadline lengthened since leaves no longer late, cancels holds older than OMS_HOLD_EXPIRY_DAYS
+(not while a plugin failed to load) and returns not received within OMS_RETURN_EXPIRY_DAYS
+(core/jeopardy.py); counts the late orders for the alarm. Of the
 orders it marks, it settles the captures their ships asked for and never recorded, holding those
 orders for a person to confirm whether the parcel left (core/capture_sweep.py). The scan and the
 settlements each have a deadline (core/deadline.py), and each run starts the scan with its next
@@ -61,6 +62,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.warning("jeopardy scan cut short: too little time left, the rest to the next scans")
     for order_id in done.marked:
         logger.warning("order in jeopardy: past the deadline of its status", extra={"order_id": order_id})
+    for order_id in done.unmarked:
+        logger.info(
+            "order no longer in jeopardy: not past the deadline its status has now", extra={"order_id": order_id}
+        )
     for order_id in done.expired:
         logger.warning("order cancelled: its hold expired", extra={"order_id": order_id})
     for return_id in done.returns_expired:
@@ -121,6 +126,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             raise error  # the pass did the rest; the errors alarm calls a person for these
     return {
         "marked": done.marked,
+        "unmarked": done.unmarked,
         "expired": done.expired,
         "returns_expired": done.returns_expired,
         "in_jeopardy": done.in_jeopardy,

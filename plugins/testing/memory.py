@@ -191,6 +191,15 @@ class InMemoryLateOrders(LateOrders):
         due = sorted((o.hold_expiry_counts_from, o.id) for o in found if o.hold_expiry_counts_from < before)
         return [order_id for _, order_id in due][:limit]
 
+    def marked_since_after(self, after: dict[OrderStatus, datetime], limit: int) -> list[str]:
+        # As the index: the listed orders, by when they were placed, newest first.
+        found = [
+            o for o in self._orders.orders.values()
+            if o.listed_late and o.status in after
+            and o.deadline_counts_from is not None and o.deadline_counts_from > after[o.status]
+        ]  # fmt: skip
+        return [o.id for o in sorted(found, key=lambda o: o.created_at, reverse=True)][:limit]
+
     def count_in_jeopardy(self) -> int:
         return sum(1 for o in self._orders.orders.values() if o.listed_late)
 

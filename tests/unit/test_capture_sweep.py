@@ -746,6 +746,23 @@ def test_a_held_order_whose_refund_the_gateway_refused_is_marked_once_and_takes_
     assert len(world.spy.refunded) == 0
 
 
+def test_a_mark_for_a_refused_refund_outlives_a_deadline_lengthened_past_it(world, clock, monkeypatch):
+    # A lengthened deadline unmarks the orders it makes no longer late, but not this one: the money
+    # a ship that died took stands, and only its listing tells a person to settle it.
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)  # late for its hold (on_hold=24h)
+    assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)
+    clock.advance(minutes=5)
+
+    assert scan_pass(world, clock, sla="on_hold=60d") == (Scanned(in_jeopardy=1), NOTHING)
+
+    assert world.order(order.id).listed_late
+
+
 def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_marked_again(world, clock, monkeypatch):
     order, _ = a_ship_that_died(world, monkeypatch)
     world.gateway.script("refund", "refuse")

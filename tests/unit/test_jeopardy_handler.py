@@ -29,6 +29,7 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], don
     answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
     assert answer == {
         "marked": done.marked,
+        "unmarked": done.unmarked,
         "expired": done.expired,
         "returns_expired": done.returns_expired,
         "in_jeopardy": done.in_jeopardy,
