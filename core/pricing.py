@@ -308,23 +308,38 @@ class Pricing:
                 ],
             )
 
-        per_line = {line_id: Money.zero(currency) for line_id in subtotals}
+        zero = Money.zero(currency)
+        own = dict.fromkeys(subtotals, zero)  # the discounts granted a line itself
+        shares = dict.fromkeys(subtotals, zero)  # its shares of amounts off the order
+        # Shared out by sku where rounding leaves a tie, not by the order the client sent the
+        # lines: the same basket costs the same in any order (lines are taxed apart).
+        skus = [line.product.sku for line in draft.lines]
         free_shipping = False
         for d in granted:
             free_shipping = free_shipping or d.free_shipping
             if d.amount is None:
                 continue
             if d.line_id is not None:
-                per_line[d.line_id] = per_line[d.line_id] + d.amount
+                own[d.line_id] = own[d.line_id] + d.amount
             else:
-                # Shared out by sku where rounding leaves a tie, not by the order the client sent
-                # the lines: the same basket costs the same in any order (lines are taxed apart).
-                parts = spread(d.amount, list(subtotals.values()), [line.product.sku for line in draft.lines])
-                for line_id, part in zip(per_line, parts, strict=True):
-                    per_line[line_id] = per_line[line_id] + part
-        # A discount never makes a line negative.
-        capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}
-        return capped, free_shipping, granted
+                for line_id, part in zip(shares, spread(d.amount, list(subtotals.values()), skus), strict=True):
+                    shares[line_id] = shares[line_id] + part
+        # A discount never makes a line negative: a line's own discounts are capped at its subtotal,
+        # and so is its share of an amount off the order at what they leave of it. A share a line
+        # has no room for (a rule gave the line away) comes off the lines that have, in proportion
+        # to what is left of them: the order gets the whole amount until nothing is left to pay.
+        capped = {line_id: min(own[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in own}
+        room = {line_id: subtotals[line_id] - capped[line_id] for line_id in own}
+        fitted = {line_id: min(shares[line_id], room[line_id], key=lambda m: m.amount) for line_id in own}
+        left = sum(shares.values(), zero) - sum(fitted.values(), zero)
+        if left.amount > 0:
+            rest = [room[line_id] - fitted[line_id] for line_id in own]
+            more = spread(min(left, sum(rest, zero), key=lambda m: m.amount), rest, skus)
+            for line_id, part in zip(own, more, strict=True):
+                fitted[line_id] = fitted[line_id] + part
+        # spread() gives no line more than its weight when the amount is at most their sum: what
+        # is left of each line holds its part.
+        return {line_id: capped[line_id] + fitted[line_id] for line_id in own}, free_shipping, granted
 
     def _tax(
         self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft,

@@ -171,6 +171,57 @@ def test_fixed_discount_never_takes_a_line_below_zero(pricing):
     assert priced.totals.grand_total == usd("5.00")
 
 
+class FreeLine:
+    """A plugin's own rule: `off` (all of it when None) off each line of `sku`, a line-level discount."""
+
+    def __init__(self, sku: str, off: str | None = None):
+        self.sku, self.off = sku, off
+
+    @hookimpl
+    def oms_discounts(self, draft):
+        return [
+            Discount(code="GIFT", line_id=line.line_id,
+                     amount=line.subtotal if self.off is None else Money.of(self.off, draft.currency))
+            for line in draft.lines
+            if line.product.sku == self.sku
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("off", "discounts", "discount"),
+    [
+        (None, ["5.00", "10.00"], "15.00"),
+        ("9.00", ["4.00", "10.00"], "14.00"),
+        ("7.50", ["2.50", "10.00"], "12.50"),  # room for its share: spread as ever
+    ],
+)
+def test_an_order_level_amount_a_line_has_no_room_for_comes_off_the_lines_that_have(plugins, off, discounts, discount):
+    # SAVE5 is 5.00 off the order. Spread in proportion to the subtotals, 2.50 of it fell on the
+    # gift line, which the rule had made (nearly) free: capped at its subtotal, the share it had no
+    # room for was lost, and the order cost up to 2.50 more than the code says while the mug had
+    # room for all of it.
+    plugins.register(FreeLine("GIFT-1", off), name="gift_rule")
+    gift = a_product("GIFT-1", "10.00")
+
+    priced = price(Pricing(plugins), an_order(("MUG-1", 1), ("GIFT-1", 1), promo_codes=["SAVE5"]), MUG, gift)
+
+    assert amounts(priced, "discount") == discounts
+    assert priced.totals.discount == usd(discount)
+    assert_follows_the_contract(priced)
+
+
+def test_an_order_level_amount_beyond_what_the_line_discounts_leave_makes_the_order_free_no_more(plugins):
+    plugins.register(FreeLine("GIFT-1", "9.00"), name="gift_rule")
+    gift = a_product("GIFT-1", "10.00")
+    sticker = a_product("STICKER-1", "3.00")
+
+    priced = price(Pricing(plugins), an_order(("STICKER-1", 1), ("GIFT-1", 1), promo_codes=["SAVE5"]), sticker, gift)
+
+    assert amounts(priced, "discount") == ["3.00", "10.00"]
+    assert amounts(priced, "total") == ["0.00", "0.00"]
+    assert_follows_the_contract(priced)
+
+
 def test_free_shipping_promo_makes_shipping_zero(pricing):
     priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["FREESHIP"], shipping_method="express"))
 
