@@ -910,6 +910,18 @@ def test_a_tax_plugin_answering_first_replaces_the_table(plugins):
     assert price(Pricing(plugins), an_order(("MUG-1", 1))).totals.tax == usd("5.00")
 
 
+def test_a_tax_rate_of_many_places_is_applied_with_one_rounding(plugins):
+    # round_half_even(0.03 x 0.4999…9) is 0.01: Decimal's 28-digit context first rounded the
+    # product to 0.015, then half-even made it 0.02 (a rate may be written with 40 places).
+    rate = TaxRate(rate=Decimal("0.4999999999999999999999999999999"), name="test")
+    plugins.register(answering("oms_tax_rate", rate, tryfirst=True))
+    penny = a_product("PENNY-1", "0.03")
+
+    priced = price(Pricing(plugins), an_order(("PENNY-1", 1)), penny)
+
+    assert priced.totals.tax == usd("0.01")
+
+
 def test_an_order_level_discount_never_gives_a_line_a_negative_share(plugins):
     plugins.register(answering("oms_discounts", [Discount(code="PENNIES", amount=usd("0.03"))]))
     products = [a_product(f"SKU-{i}", "10.00") for i in range(5)]
