@@ -419,7 +419,9 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> l
                 amount = Money.zero(draft.currency)
             else:
                 line_id = line.line_id
-                amount = amount.times(Decimal(min(line.quantity, granted_for)) / Decimal(granted_for))
+                # Multiplied before it is divided, as a refund's share is (core.refunds): a factor
+                # such as 1/6 rounded first took 0.03 x 1/6 to 0.005000…01, 0.01, not 0.00.
+                amount = Money.of(amount.amount * min(line.quantity, granted_for) / granted_for, amount.currency)
         kept.append(Discount(code=grant.code, amount=amount, line_id=line_id, free_shipping=grant.free_shipping))
     return kept
 
@@ -459,7 +461,7 @@ def _todays_terms(
         had = granted_for.get((code, sku))
         added = line.quantity - (sold_units.get(sku, 0) if had is None else had)
         if added > 0:
-            share = discount.amount.times(Decimal(added) / Decimal(line.quantity))
+            share = Money.of(discount.amount.amount * added / line.quantity, discount.amount.currency)
             today.append(Discount(code=discount.code, amount=share, line_id=line.line_id))
     return today
 

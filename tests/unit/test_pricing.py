@@ -464,6 +464,33 @@ def test_an_order_priced_again_keeps_per_unit_what_an_ended_code_granted_the_uni
     assert_follows_the_contract(priced)
 
 
+def test_what_a_kept_grant_gives_the_units_left_is_rounded_once(pricing):
+    # 0.03 granted 6 units, 1 left: 0.005, half-even 0.00. Taken as 0.03 x (1/6), the factor was
+    # rounded first (0.1666…67) and the product came to 0.005000…01, then 0.01.
+    grants = [PromotionGrant(code="GONE", sku="MUG-1", quantity=6, amount=usd("0.03"))]
+    order = an_order(("MUG-1", 1), promo_codes=["GONE"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 6}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.00"]
+
+
+def test_todays_terms_for_a_unit_an_edit_adds_are_rounded_once(pricing):
+    # Sold 5 stickers under WELCOME10 (0.25 -> 0.02 off), an edit makes them 6: today's 0.03 off 6
+    # units gives the one added 0.005, half-even 0.00 (taken as 0.03 x (1/6): 0.01).
+    sticker = a_product("STICKER-1", "0.05")
+    grants = [PromotionGrant(code="WELCOME10", sku="STICKER-1", quantity=5, amount=usd("0.02"))]
+    order = an_order(("STICKER-1", 6), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"STICKER-1": sticker}, order.shipping_address, placed_with=grants, sold_units={"STICKER-1": 5}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.02"]
+
+
 def test_an_order_priced_again_keeps_free_shipping_a_rule_granted_on_a_line(pricing):
     # A plugin's rule named the MUG-1 line with free shipping and no amount (Discount allows it): the
     # grant kept has a sku and no amount, and pricing the order again keeps the free shipping.
