@@ -54,13 +54,14 @@ test: lint check-template
 	$(BIN)/python -m pytest $(EXAMPLE)/tests
 
 # Schemathesis at length (every phase, SCHEMATHESIS_MAX_EXAMPLES per operation, default 300), the
-# sourcing properties and the hostile request bodies at length (tests/properties.py), and the state
+# sourcing and pricing properties and the hostile request bodies at length (tests/properties.py), and the state
 # machines (inventory, backorders, the payment's money, the features together, reorder points) with
 # random steps (OMS_STATEFUL_EXAMPLES, OMS_STATEFUL_STEPS): minutes, not part of `make test`.
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -m fuzz tests/e2e/test_schemathesis.py tests/unit/test_sourcing_rules.py \
 		tests/unit/test_plugins_nearest_sourcing.py tests/integration/test_inventory_stateful.py \
-		tests/unit/test_backorders.py tests/unit/test_money_invariants.py tests/integration/test_hostile_bodies.py \
+		tests/unit/test_backorders.py tests/unit/test_money_invariants.py tests/unit/test_pricing_properties.py \
+		tests/integration/test_hostile_bodies.py \
 		tests/integration/test_cross_feature_stateful.py tests/integration/test_reorder_stateful.py
 
 bench: $(STAMP)

@@ -56,7 +56,8 @@ def oms_discounts(draft: PricingDraft) -> list[Discount] | None:
     units left no longer qualify for): then the order gets what the rule gives it today. To tell,
     the hook is called a second time for such an order whose units changed, with a draft of the
     order as it was sold. The core
-    caps a line's discount at the line's subtotal and rejects negative amounts or another currency,
+    caps a line's discount at the line's subtotal (an amount off the order comes off the lines
+    with room left, in full while any has some) and rejects negative amounts or another currency,
     a `code` of more than 100 characters, and more than 1000 discounts an order (the order keeps
     each one's grant).
     """

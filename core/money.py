@@ -1,7 +1,7 @@
 """Money: a Decimal amount in an ISO 4217 currency, rounded half-even to the currency's minor units."""
 
 import re
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
@@ -148,6 +148,13 @@ def _written_exactly(value: Any) -> Any:
     return value
 
 
+# Wide enough for any product Money.times makes exactly: an amount below 10^15 in thousandths (18
+# digits) times a tax rate written with up to 40 places (core.pricing_types.TaxRate), a quantity or
+# a percentage. Decimal's default 28 digits rounded such a product before Money rounded it again:
+# 0.03 x 0.4999…9 (31 nines) became 0.015, then 0.02, where rounding it once gives 0.01.
+_EXACT = Context(prec=100)
+
+
 class AmountTooLarge(InvalidRequest):
     """A computed amount (a line, a tax, a total) at or above 10^15: the order is refused (422)."""
 
@@ -243,8 +250,9 @@ class Money(BaseModel):
         return Money.of(self.amount - other.amount, self.currency)
 
     def times(self, factor: int | Decimal) -> "Money":
-        """Multiply and round half-even (used for quantity x unit price and rate x base)."""
-        return Money.of(self.amount * Decimal(factor), self.currency)
+        """Multiply and round half-even (used for quantity x unit price and rate x base), once: the
+        product is exact before it is rounded (_EXACT)."""
+        return Money.of(_EXACT.multiply(self.amount, Decimal(factor)), self.currency)
 
     def __lt__(self, other: "Money") -> bool:
         self._same(other)

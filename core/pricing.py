@@ -308,23 +308,38 @@ class Pricing:
                 ],
             )
 
-        per_line = {line_id: Money.zero(currency) for line_id in subtotals}
+        zero = Money.zero(currency)
+        own = dict.fromkeys(subtotals, zero)  # the discounts granted a line itself
+        shares = dict.fromkeys(subtotals, zero)  # its shares of amounts off the order
+        # Shared out by sku where rounding leaves a tie, not by the order the client sent the
+        # lines: the same basket costs the same in any order (lines are taxed apart).
+        skus = [line.product.sku for line in draft.lines]
         free_shipping = False
         for d in granted:
             free_shipping = free_shipping or d.free_shipping
             if d.amount is None:
                 continue
             if d.line_id is not None:
-                per_line[d.line_id] = per_line[d.line_id] + d.amount
+                own[d.line_id] = own[d.line_id] + d.amount
             else:
-                # Shared out by sku where rounding leaves a tie, not by the order the client sent
-                # the lines: the same basket costs the same in any order (lines are taxed apart).
-                parts = spread(d.amount, list(subtotals.values()), [line.product.sku for line in draft.lines])
-                for line_id, part in zip(per_line, parts, strict=True):
-                    per_line[line_id] = per_line[line_id] + part
-        # A discount never makes a line negative.
-        capped = {line_id: min(per_line[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in per_line}
-        return capped, free_shipping, granted
+                for line_id, part in zip(shares, spread(d.amount, list(subtotals.values()), skus), strict=True):
+                    shares[line_id] = shares[line_id] + part
+        # A discount never makes a line negative: a line's own discounts are capped at its subtotal,
+        # and so is its share of an amount off the order at what they leave of it. A share a line
+        # has no room for (a rule gave the line away) comes off the lines that have, in proportion
+        # to what is left of them: the order gets the whole amount until nothing is left to pay.
+        capped = {line_id: min(own[line_id], subtotals[line_id], key=lambda m: m.amount) for line_id in own}
+        room = {line_id: subtotals[line_id] - capped[line_id] for line_id in own}
+        fitted = {line_id: min(shares[line_id], room[line_id], key=lambda m: m.amount) for line_id in own}
+        left = sum(shares.values(), zero) - sum(fitted.values(), zero)
+        if left.amount > 0:
+            rest = [room[line_id] - fitted[line_id] for line_id in own]
+            more = spread(min(left, sum(rest, zero), key=lambda m: m.amount), rest, skus)
+            for line_id, part in zip(own, more, strict=True):
+                fitted[line_id] = fitted[line_id] + part
+        # spread() gives no line more than its weight when the amount is at most their sum: what
+        # is left of each line holds its part.
+        return {line_id: capped[line_id] + fitted[line_id] for line_id in own}, free_shipping, granted
 
     def _tax(
         self, line: DraftLine, discount: Money, address: Address, draft: PricingDraft,
@@ -404,7 +419,9 @@ def _kept_terms(placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> l
                 amount = Money.zero(draft.currency)
             else:
                 line_id = line.line_id
-                amount = amount.times(Decimal(min(line.quantity, granted_for)) / Decimal(granted_for))
+                # Multiplied before it is divided, as a refund's share is (core.refunds): a factor
+                # such as 1/6 rounded first took 0.03 x 1/6 to 0.005000…01, 0.01, not 0.00.
+                amount = Money.of(amount.amount * min(line.quantity, granted_for) / granted_for, amount.currency)
         kept.append(Discount(code=grant.code, amount=amount, line_id=line_id, free_shipping=grant.free_shipping))
     return kept
 
@@ -444,7 +461,7 @@ def _todays_terms(
         had = granted_for.get((code, sku))
         added = line.quantity - (sold_units.get(sku, 0) if had is None else had)
         if added > 0:
-            share = discount.amount.times(Decimal(added) / Decimal(line.quantity))
+            share = Money.of(discount.amount.amount * added / line.quantity, discount.amount.currency)
             today.append(Discount(code=discount.code, amount=share, line_id=line.line_id))
     return today
 

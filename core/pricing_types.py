@@ -52,7 +52,8 @@ class Discount(BaseModel):
 
     - `line_id` set: `amount` comes off that line.
     - `line_id` None and `amount` set: an order-level amount the core spreads over the lines in
-      proportion to their subtotals (half-even, remainder to the largest line).
+      proportion to their subtotals (in minor units, largest remainders first: core.pricing.spread);
+      a share a line has no room for (its own discounts took its subtotal) comes off the others.
     - `free_shipping`: the shipping charge becomes zero.
     `code` names what granted it: the promo code it answers for, or a rule name.
     `exclusive`: the code does not stack: at most one code per order may be granted an exclusive

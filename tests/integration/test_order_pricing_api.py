@@ -5,10 +5,14 @@ API function, with the `test` gateway on; no HTTP server takes part)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from decimal import Decimal
+
+import pytest
 
 from tests.e2e.client import TOKYO, Catalog, amounts, assert_error, money, order_body
 from tests.integration.in_process import InProcessApi
+from tests.unit.test_pricing import FreeLine
 
 
 def line_view(line: dict) -> tuple:
@@ -120,6 +124,46 @@ def test_save5_is_spread_over_two_lines_in_proportion_to_their_subtotals(api: In
         "shipping": "5.00",
         "tax": "1.81",
         "grand_total": "31.81",
+    }
+    assert_sums_hold(order)
+
+
+@pytest.fixture
+def gift(api: InProcessApi, catalog: Catalog) -> Iterator[str]:
+    """A product at 10.00 that a plugin's own rule (FreeLine, on the API's plugins for one test)
+    gives away: each of its lines discounted by its whole subtotal."""
+    from functions.api.dependencies import container
+    from functions.bootstrap import forget_warm_containers
+
+    (sku,) = catalog.stocked("10.00")
+    rule = FreeLine(sku)
+    container().plugins.register(rule)
+    yield sku
+    container().plugins.unregister(rule)
+    forget_warm_containers()
+
+
+def test_save5_comes_off_the_paid_line_in_full_when_a_rule_gave_the_other_line_away(
+    api: InProcessApi, catalog: Catalog, gift: str
+):
+    # SAVE5 spread in proportion to the subtotals put 2.50 on the free line, capped away: the order
+    # cost 13.04 where 5.00 off the mug makes it 10.36.
+    (mug,) = catalog.stocked("10.00")
+
+    response = api.post("/orders", json=order_body((mug, 1), (gift, 1), promo_codes=["SAVE5"]))
+
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert [line_view(line) for line in order["lines"]] == [
+        (1, "10.00", "5.00", "0.36", "5.36"),  # tax: 5.00 x 7.25% = 0.3625
+        (1, "10.00", "10.00", "0.00", "0.00"),
+    ]
+    assert totals_view(order) == {
+        "subtotal": "20.00",
+        "discount": "15.00",
+        "shipping": "5.00",
+        "tax": "0.36",
+        "grand_total": "10.36",
     }
     assert_sums_hold(order)
 

@@ -180,6 +180,21 @@ def test_times_rounds_half_even_once_on_the_product():
     assert Money(amount="10.00", currency="USD").times(Decimal("0.0725")).amount == Decimal("0.72")
 
 
+@pytest.mark.parametrize(
+    ("amount", "currency", "factor", "rounded"),
+    [
+        # 0.0149999…97 exactly: 0.01. Rounded first to Decimal's 28 digits it was 0.015, then 0.02.
+        ("0.03", "USD", "0.4999999999999999999999999999999", "0.01"),
+        ("0.003", "KWD", "0.4999999999999999999999999999999", "0.001"),
+        ("3", "JPY", "0.4999999999999999999999999999999", "1"),
+        # An amount of 13 digits times a rate of 35 places (TaxRate takes 40): 6172839450.6149999…
+        ("12345678901.23", "USD", "0.49999999999999999999999999999999999", "6172839450.61"),
+    ],
+)
+def test_times_rounds_a_product_of_more_than_28_digits_once(amount, currency, factor, rounded):
+    assert Money(amount=amount, currency=currency).times(Decimal(factor)).amount == Decimal(rounded)
+
+
 # --- Arithmetic -----------------------------------------------------------------------------
 
 

@@ -171,6 +171,57 @@ def test_fixed_discount_never_takes_a_line_below_zero(pricing):
     assert priced.totals.grand_total == usd("5.00")
 
 
+class FreeLine:
+    """A plugin's own rule: `off` (all of it when None) off each line of `sku`, a line-level discount."""
+
+    def __init__(self, sku: str, off: str | None = None):
+        self.sku, self.off = sku, off
+
+    @hookimpl
+    def oms_discounts(self, draft):
+        return [
+            Discount(code="GIFT", line_id=line.line_id,
+                     amount=line.subtotal if self.off is None else Money.of(self.off, draft.currency))
+            for line in draft.lines
+            if line.product.sku == self.sku
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("off", "discounts", "discount"),
+    [
+        (None, ["5.00", "10.00"], "15.00"),
+        ("9.00", ["4.00", "10.00"], "14.00"),
+        ("7.50", ["2.50", "10.00"], "12.50"),  # room for its share: spread as ever
+    ],
+)
+def test_an_order_level_amount_a_line_has_no_room_for_comes_off_the_lines_that_have(plugins, off, discounts, discount):
+    # SAVE5 is 5.00 off the order. Spread in proportion to the subtotals, 2.50 of it fell on the
+    # gift line, which the rule had made (nearly) free: capped at its subtotal, the share it had no
+    # room for was lost, and the order cost up to 2.50 more than the code says while the mug had
+    # room for all of it.
+    plugins.register(FreeLine("GIFT-1", off), name="gift_rule")
+    gift = a_product("GIFT-1", "10.00")
+
+    priced = price(Pricing(plugins), an_order(("MUG-1", 1), ("GIFT-1", 1), promo_codes=["SAVE5"]), MUG, gift)
+
+    assert amounts(priced, "discount") == discounts
+    assert priced.totals.discount == usd(discount)
+    assert_follows_the_contract(priced)
+
+
+def test_an_order_level_amount_beyond_what_the_line_discounts_leave_makes_the_order_free_no_more(plugins):
+    plugins.register(FreeLine("GIFT-1", "9.00"), name="gift_rule")
+    gift = a_product("GIFT-1", "10.00")
+    sticker = a_product("STICKER-1", "3.00")
+
+    priced = price(Pricing(plugins), an_order(("STICKER-1", 1), ("GIFT-1", 1), promo_codes=["SAVE5"]), sticker, gift)
+
+    assert amounts(priced, "discount") == ["3.00", "10.00"]
+    assert amounts(priced, "total") == ["0.00", "0.00"]
+    assert_follows_the_contract(priced)
+
+
 def test_free_shipping_promo_makes_shipping_zero(pricing):
     priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["FREESHIP"], shipping_method="express"))
 
@@ -411,6 +462,33 @@ def test_an_order_priced_again_keeps_per_unit_what_an_ended_code_granted_the_uni
     assert amounts(priced, "discount") == ["2.00"]  # 4.00 for 4 units: 2.00 for the 2 left
     assert priced.totals.discount == usd("2.00")
     assert_follows_the_contract(priced)
+
+
+def test_what_a_kept_grant_gives_the_units_left_is_rounded_once(pricing):
+    # 0.03 granted 6 units, 1 left: 0.005, half-even 0.00. Taken as 0.03 x (1/6), the factor was
+    # rounded first (0.1666…67) and the product came to 0.005000…01, then 0.01.
+    grants = [PromotionGrant(code="GONE", sku="MUG-1", quantity=6, amount=usd("0.03"))]
+    order = an_order(("MUG-1", 1), promo_codes=["GONE"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 6}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.00"]
+
+
+def test_todays_terms_for_a_unit_an_edit_adds_are_rounded_once(pricing):
+    # Sold 5 stickers under WELCOME10 (0.25 -> 0.02 off), an edit makes them 6: today's 0.03 off 6
+    # units gives the one added 0.005, half-even 0.00 (taken as 0.03 x (1/6): 0.01).
+    sticker = a_product("STICKER-1", "0.05")
+    grants = [PromotionGrant(code="WELCOME10", sku="STICKER-1", quantity=5, amount=usd("0.02"))]
+    order = an_order(("STICKER-1", 6), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"STICKER-1": sticker}, order.shipping_address, placed_with=grants, sold_units={"STICKER-1": 5}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.02"]
 
 
 def test_an_order_priced_again_keeps_free_shipping_a_rule_granted_on_a_line(pricing):
@@ -857,6 +935,18 @@ def test_a_tax_plugin_answering_first_replaces_the_table(plugins):
     plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal("0.5"), name="test"), tryfirst=True))
 
     assert price(Pricing(plugins), an_order(("MUG-1", 1))).totals.tax == usd("5.00")
+
+
+def test_a_tax_rate_of_many_places_is_applied_with_one_rounding(plugins):
+    # round_half_even(0.03 x 0.4999…9) is 0.01: Decimal's 28-digit context first rounded the
+    # product to 0.015, then half-even made it 0.02 (a rate may be written with 40 places).
+    rate = TaxRate(rate=Decimal("0.4999999999999999999999999999999"), name="test")
+    plugins.register(answering("oms_tax_rate", rate, tryfirst=True))
+    penny = a_product("PENNY-1", "0.03")
+
+    priced = price(Pricing(plugins), an_order(("PENNY-1", 1)), penny)
+
+    assert priced.totals.tax == usd("0.01")
 
 
 def test_an_order_level_discount_never_gives_a_line_a_negative_share(plugins):
