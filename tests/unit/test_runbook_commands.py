@@ -153,7 +153,7 @@ def test_the_stream_failure_recovery_reads_every_page_up_to_the_batchs_last_reco
     # Before: one get-records page was read, so a batch spanning more than one (a filtered
     # mapping's batch passes over what its filter leaves out; a page holds 1,000 records or 1 MB)
     # was replayed without its later records, and the record deleted all the same.
-    look, recover = runbook_blocks("OutboxFailuresAlarm")
+    look, recover, _ = runbook_blocks("OutboxFailuresAlarm")
     pages = {
         "page-iterator-1": {"Records": [inserted(n) for n in range(100, 130)], "NextShardIterator": "iterator-2"},
         "page-iterator-2": {"Records": [], "NextShardIterator": "iterator-3"},  # none, the shard holds more
@@ -184,7 +184,7 @@ def test_the_stream_failure_recovery_reads_every_page_up_to_the_batchs_last_reco
 
 @needs_jq
 def test_the_stream_failure_recovery_stops_at_a_batch_that_fails_again_and_keeps_the_record(tmp_path: Path):
-    look, recover = runbook_blocks("OutboxFailuresAlarm")
+    look, recover, _ = runbook_blocks("OutboxFailuresAlarm")
     page = {"Records": [inserted(n) for n in range(100, 160)], "NextShardIterator": "iterator-2"}
     calls = run(
         PAGED + look + recover,
