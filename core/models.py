@@ -2023,6 +2023,12 @@ class Order(Shown):
     # then), the shipping is owed all the same (core.refunds.kept_back_owed). Empty on the typical
     # order. The system's own: stored, never shown.
     whole_order_returns: list[str] = Field(default_factory=empty_list, exclude=True)
+    # Of those, the ones whose refund gave nothing, their restocking fee taking all their units were
+    # worth before the whole order was back (their refund weighed no shipping), with what of the fee
+    # the units did not cover: the shipping given back once the rest is cancelled is less that, as
+    # the return's own refund would have been had the cancel come first (core.refunds.
+    # _whole_order_shipping_owed). Empty on the typical order (no fee). The system's own: stored, never shown.
+    fees_beyond_units: dict[str, Money] = Field(default_factory=dict, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
     # nothing to ship, the give-back of the credit it does not use (on its original order); so does
@@ -2171,6 +2177,10 @@ class Order(Shown):
             system["returns_to_show"] = list(self.returns_to_show)
         if self.whole_order_returns:
             system["whole_order_returns"] = list(self.whole_order_returns)
+        if self.fees_beyond_units:
+            system["fees_beyond_units"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.fees_beyond_units.items()
+            }
         if self.settlement_owed:
             system["settlement_owed"] = True
         if self.stock_owed:
@@ -5244,6 +5254,15 @@ class Order(Shown):
         return self._bookkeeping(
             at=at, returns_kept_back={**self.returns_kept_back, return_id: amount}, shipping_claims=claims
         )
+
+    def fee_beyond_units(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping | None:
+        """Return `return_id`'s refund gave nothing, its fee taking all its units were worth and
+        `amount` more (fees_beyond_units). None when that is recorded already."""
+        if return_id in self.fees_beyond_units:
+            return None
+        if amount.currency != self.currency or amount.is_negative():
+            raise InvalidTransition(f"a fee beyond a return's units is an amount of at least 0 in {self.currency}")
+        return self._bookkeeping(at=at, fees_beyond_units={**self.fees_beyond_units, return_id: amount})
 
     def refunded_from_credit(self, return_id: str, shares: list[RefundedUnits], *, at: datetime) -> Bookkeeping | None:
         """Return `return_id` of this replacement's units, worth `shares` for each line's units, was

@@ -419,22 +419,25 @@ def _whole_order_shipping_owed(order: Order) -> list[KeptBackOwed]:
         r.return_id == last and r.status == RefundStatus.SUCCEEDED and r.id not in top_ups
         for r in order.payment.refunds
     )
-    if not (refunded or last in order.exchanges):
+    # A return whose fee took all its units were worth is settled with no refund (fees_beyond_units).
+    if not (refunded or last in order.exchanges or last in order.fees_beyond_units):
         return []
     reason = f"return {last}: shipping back, the whole order having come back"
     # An exchange's return's refunds are drawn on its credit (credit_left, Order.refundable): this
     # refund, which is not, names no return, as what its credit kept back does (refunded_for_return
     # shows it on the return).
     names = None if last in order.exchanges else last
-    return [KeptBackOwed(names, last, key, reason, _whole_order_shipping_refund(key))]
+    return [KeptBackOwed(names, last, key, reason, _whole_order_shipping_refund(key, last))]
 
 
-def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
+def _whole_order_shipping_refund(key: str, last: str) -> KeptBackDecision:
     """How the refund of the shipping owed once the whole order is back (_whole_order_shipping_owed)
     is decided on the order: its key (`key` and how many such refunds the gateway answered, as
     _kept_back_refund counts them) and amount, the order's shipping less what of it refunds and
     exchange credits gave back or hold (shipping_refunded, which counts these refunds: each records
-    its amount as `shipping`), as far as it is refundable; None when nothing is owed or refundable."""
+    its amount as `shipping`) and less what of return `last`'s fee its units did not cover
+    (Order.fees_beyond_units: its refund, had it weighed the shipping, would have taken that from
+    it), as far as it is refundable; None when nothing is owed or refundable."""
 
     def decide(order: Order) -> tuple[str, Money, list[RefundedUnits], Money] | tuple[str, Money] | None:
         zero = Money.zero(order.currency)
@@ -443,7 +446,7 @@ def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
         attempt = f"{key}#kept_back#{answered}"
         if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
             return attempt, zero  # carried on with the amount it was written with
-        owed = order.totals.shipping - shipping_refunded(order)
+        owed = order.totals.shipping - shipping_refunded(order) - order.fees_beyond_units.get(last, zero)
         amount = min(owed, order.refundable(), key=_amount)
         return (attempt, amount, [], amount) if amount.amount > 0 else None
 

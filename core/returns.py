@@ -968,6 +968,7 @@ class Returns:
                 )  # fmt: skip
             if refund is None and beyond is None and uncapped is not None:
                 self._keep_back(item, uncapped, shipping)
+                self._fee_beyond_units(item)
                 kept.append(True)
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
@@ -1094,6 +1095,28 @@ class Returns:
             return current.keep_back(item.id, kept, at=at, shipping=shipping(current) if shipping else None)
 
         modify(self._orders, item.order_id, keep)
+
+    def _fee_beyond_units(self, item: Return) -> None:
+        """A return that gives the order's shipping back with the whole order, whose refund gave
+        nothing as its fee took all its units were worth while the whole order was not back yet (its
+        refund weighed no shipping): what of the fee its units did not cover is recorded on the order
+        (Order.fee_beyond_units), so that the shipping given back once the rest is cancelled is the
+        refund's due as if the whole order had been back (core.refunds._whole_order_shipping_owed):
+        its units and the shipping, minus the fee, whichever of the cancel and the return came first."""
+        if not item.refund_shipping_with_whole_order or item.fee.amount <= 0:
+            return
+        at = self._clock()
+
+        def record(current: Order) -> Bookkeeping | None:
+            returns = self._returns.for_order(item.order_id)
+            if self._shipping_back(item, current, returns).amount > 0:
+                return None  # the whole order is back: the refund weighed its shipping
+            worth = sum((share.amount for share in self._shares(item, current)), Money.zero(current.currency))
+            if worth > item.fee:
+                return None  # the units were worth more than the fee: their refund was capped, not taken
+            return current.fee_beyond_units(item.id, item.fee - worth, at=at)
+
+        modify(self._orders, item.order_id, record)
 
     # --- Exchange ---------------------------------------------------------------------------
     def exchange(self, return_id: str, actor: str) -> Return:

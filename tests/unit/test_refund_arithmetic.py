@@ -498,7 +498,7 @@ def test_what_is_kept_back_and_owed_is_named_by_the_returns_succeeded_refunds_th
 def test_the_whole_orders_shipping_top_up_owes_the_shipping_less_what_refunds_gave_of_it_as_far_as_refundable():
     # 9.00 of shipping; ret_1's refund gave 4.00 of it back with its units.
     order = an_order([a_line(money("30.00"), 3)], money("9.00"), money("39.00"), refunded=money("14.00"))
-    decide = _whole_order_shipping_refund("ret_1:shipping")
+    decide = _whole_order_shipping_refund("ret_1:shipping", "ret_1")
     ret_1 = PaymentRefund(id=refund_id_for(order.id, "ret_1#0"), amount=money("14.00"), reason="r",
                           at=order.created_at, kind="return", return_id="ret_1", shipping=money("4.00"),
                           lines=[RefundedUnits(line_id="L1", quantity=1, amount=money("10.00"))])  # fmt: skip

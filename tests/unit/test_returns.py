@@ -39,6 +39,7 @@ from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
+from tests.unit.conftest import usd
 from tests.unit.test_payment_truth import Removed
 from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
 
@@ -3062,6 +3063,51 @@ def test_cancelling_the_rest_once_every_shipped_unit_is_back_leaves_the_order_re
     assert [(line.quantity, line.returned_quantity) for line in cancelled.lines] == [(1, 1), (0, 0)]
     # Repeating the cancel of the rest finishes its clean-up, as on a shipped order: no 409.
     assert world.actions.cancel(order.id, "customer_request", "key_cs") == world.order(order.id)
+
+
+class FeeForFaults:
+    """A shop's policy answering first: the built-in one's shipping rule (shipping back with the whole
+    order, when every line comes back for the shop's fault), and a flat restocking fee."""
+
+    def __init__(self, fee: str) -> None:
+        self.fee = fee
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self, order: Order, lines) -> ReturnPolicyDecision:
+        fault = all(line.reason_code in ("damaged", "defective", "wrong_item") for line in lines)
+        return ReturnPolicyDecision(
+            fee=Money(amount=self.fee, currency=order.currency), refund_shipping_with_whole_order=fault
+        )
+
+
+# The MUG (12.50, 13.41 with tax) back damaged, the CAP cancelled: the whole order is back, so its
+# 5.00 shipping comes back with the MUG, less the fee: a fee of all the MUG is worth leaves the
+# shipping, one beyond it takes the rest from the shipping, one beyond both leaves nothing.
+@pytest.mark.parametrize(
+    ("fee", "refunded"), [("10.00", "8.41"), ("13.41", "5.00"), ("15.00", "3.41"), ("20.00", "0.00")]
+)
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-first", "return-first"])
+def test_a_fee_beyond_the_units_worth_is_taken_from_the_shipping_whichever_of_cancel_and_return_comes_first(
+    world, clock, fee, refunded, cancel_first
+):
+    returns, _ = returns_for(world, clock, FeeForFaults(fee))
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    if cancel_first:
+        world.actions.cancel(order.id, "customer_request", "key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    if not cancel_first:
+        world.actions.cancel(order.id, "customer_request", "key_cs")
+
+    after = world.order(order.id)
+    assert after.status is S.RETURNED
+    assert (after.lines[0].total, after.totals.shipping) == (usd("13.41"), usd("5.00"))
+    assert (after.payment.refunded, returns.get(item.id).refund) == (usd(refunded), usd(refunded))
+    # Asked again (a repeated cancel, the reconciler's kept-back pass), nothing more goes back.
+    world.actions.cancel(order.id, "customer_request", "key_cs")
+    assert world.order(order.id).payment.refunded == usd(refunded)
 
 
 def a_line_split_over_two_parcels(clock: Clock, price: str, west: int, east: int, back: int, *promo_codes: str):
