@@ -1009,6 +1009,12 @@ class RefundedUnits(SharedPart, BaseModel, defer_build=True):
     line_id: str
     quantity: int
     amount: Money
+    # Their place among the line's units: how many of them earlier returns had refunded, or were
+    # refunding, when these were priced (core.refunds.units_refunded). A return whose refund gave
+    # nothing for its units (a fee took all of it) records none, so the units recorded are not
+    # always the line's first: what they are worth now is read at their place
+    # (core.refunds.refunded_short_of_lines). None on shares recorded before it was kept.
+    before: int | None = None
 
 
 class RefundPart(Shown):

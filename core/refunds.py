@@ -37,7 +37,7 @@ __all__ = [
 # appeasements: a cent each, as many as captured minus refunded allows, each with a reason of up
 # to 200 characters (~1 KB of JSON, ~550 bytes stored when random). The order keeps 64 KiB of
 # them (about 65 at their longest, 400 of a short reason); with MAX_RETURNS returns' refunds and
-# the largest order beside them its document stores 153 KB (tests/unit/test_aws_limits_order_item.py).
+# the largest order beside them its document stores 186 KB (tests/unit/test_aws_limits_order_item.py).
 MAX_APPEASEMENT_BYTES = 64 * 1024
 
 
@@ -118,7 +118,7 @@ def units_refunded(
             else max(cumulative_share(line, had + units) - max(given, cumulative_share(line, had), key=_amount), zero,
                      key=_amount)
         )  # fmt: skip
-        shares.append(RefundedUnits(line_id=line_id, quantity=units, amount=share))
+        shares.append(RefundedUnits(line_id=line_id, quantity=units, amount=share, before=had))
     return shares
 
 
@@ -221,19 +221,29 @@ def refunded_short_of_lines(order: Order, *, own: bool = False) -> Money:
     the price they lost, nor the units kept charged it for them (a later return of those gives back
     only their share: units_refunded); the payment is settled for it instead, as for
     refunded_beyond_lines. Counted as given_back_for_units records it (`own`: as it records the
-    order's own payment's)."""
+    order's own payment's). Units whose share records its place (RefundedUnits.before) are worth
+    their share at that place now; those recorded before places were kept are taken as the line's
+    first units."""
     zero = Money.zero(order.currency)
+    by_id = {line.line_id: line for line in order.lines}
     given: dict[str, Money] = {}
     units: dict[str, int] = {}
+    placed: dict[str, Money] = {}  # what shares recording their place are now worth beyond what they gave
     for shares in given_back_for_units(order, own=own).values():
         for share in shares:
+            line = by_id.get(share.line_id)
+            if line is not None and share.before is not None and share.before + share.quantity <= line.quantity:
+                now = units_share(line, share.quantity, share.before)
+                placed[share.line_id] = placed.get(share.line_id, zero) + now - share.amount
+                continue
             given[share.line_id] = given.get(share.line_id, zero) + share.amount
             units[share.line_id] = units.get(share.line_id, 0) + share.quantity
     short = [
-        cumulative_share(line, units[line.line_id]) - given[line.line_id]
+        cumulative_share(line, units[line.line_id]) - given[line.line_id] + placed.get(line.line_id, zero)
         for line in order.lines
         if line.line_id in units and units[line.line_id] <= line.quantity
     ]
+    short += [placed[line.line_id] for line in order.lines if line.line_id in placed and line.line_id not in units]
     return sum((max(amount, zero, key=_amount) for amount in short), zero)
 
 

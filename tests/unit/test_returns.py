@@ -3110,6 +3110,33 @@ def test_a_fee_beyond_the_units_worth_is_taken_from_the_shipping_whichever_of_ca
     assert world.order(order.id).payment.refunded == usd(refunded)
 
 
+def test_units_whose_fee_took_their_refund_leave_no_settlement_when_the_last_parcel_ships(clock):
+    # Three MUGs (40.22 with tax: 13.41, 13.40 and 13.41 a unit as their cumulative shares give them)
+    # come back one by one; the fee takes all of the first and the third, the second is refunded
+    # 13.40. Nothing was cancelled: the CAP parcel shipping after them leaves nothing to settle (the
+    # second unit's 13.40 is not one cent short of the first unit's 13.41).
+    from tests.unit.test_refund_journeys import reconcile  # it imports this module's helpers
+
+    world = build_world([("MUG", "wh-west", 3), ("CAP", "wh-east", 1)])
+    policy = FeeForFaults("0.00")
+    returns, _ = returns_for(world, clock, policy)
+    order = world.allocated(("MUG", 3), ("CAP", 1))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    for fee in ("20.00", "0.00", "20.00"):
+        policy.fee = fee
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    reconcile(world, clock)  # the reconciler's passes, which settle what a last ship records owed
+
+    after = world.order(order.id)
+    assert not shipped.settlement_owed
+    assert [(r.kind, r.amount) for r in after.payment.refunds] == [("return", usd("13.40"))]
+    assert (after.payment.captured, after.payment.refunded) == (after.totals.grand_total, usd("13.40"))
+
+
 def a_line_split_over_two_parcels(clock: Clock, price: str, west: int, east: int, back: int, *promo_codes: str):
     """An order of `west + east` MUGs at `price`, the `west` ones shipped and `back` of those
     returned and refunded, the rest waiting in the east: with the world and its returns."""
