@@ -999,7 +999,7 @@ class Totals(BaseModel, defer_build=True):
 RefundKind = Literal["appeasement", "return", "cancellation"]
 
 
-class RefundedUnits(SharedPart, BaseModel, defer_build=True):
+class RefundedUnits(SharedPart, BaseModel, defer_build=True, json_schema_serialization_defaults_required=True):
     """Units of one line that a return's refund gave back, and what they were worth then: their
     share of the line's total as the line was priced when the refund was decided. A later return
     of the line gives back what its units add to that, so that a line priced again in between
@@ -1014,7 +1014,11 @@ class RefundedUnits(SharedPart, BaseModel, defer_build=True):
     # nothing for its units (a fee took all of it) records none, so the units recorded are not
     # always the line's first: what they are worth now is read at their place
     # (core.refunds.refunded_short_of_lines). None on shares recorded before it was kept.
-    before: int | None = None
+    before: int | None = Field(
+        default=None,
+        description="How many units of the line earlier returns had refunded when these were priced (their place "
+        "among its units); null on refunds recorded before it was kept",
+    )
 
 
 class RefundPart(Shown):
