@@ -2039,6 +2039,12 @@ class Order(Shown):
     # the return's own refund would have been had the cancel come first (core.refunds.
     # _whole_order_shipping_owed). Empty on the typical order (no fee). The system's own: stored, never shown.
     fees_beyond_units: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # What the units of returns whose fee took all they were worth (their refund gave nothing, so no
+    # refund records it) were worth for each line, as a refund's `lines` record a refund's: the fee
+    # kept it, as it keeps its part of a refund it lowers, so the payment is settled alike when units
+    # of the line are cancelled and it is priced again (core.refunds.given_back_for_units). Empty on
+    # the typical order (no fee). The system's own: stored, never shown.
+    fee_kept_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
     # nothing to ship, the give-back of the credit it does not use (on its original order); so does
@@ -2190,6 +2196,11 @@ class Order(Shown):
         if self.fees_beyond_units:
             system["fees_beyond_units"] = {
                 return_id: amount.model_dump(mode="json") for return_id, amount in self.fees_beyond_units.items()
+            }
+        if self.fee_kept_shares:
+            system["fee_kept_shares"] = {
+                return_id: [share.model_dump(mode="json", exclude_none=True) for share in shares]
+                for return_id, shares in self.fee_kept_shares.items()
             }
         if self.settlement_owed:
             system["settlement_owed"] = True
@@ -5265,14 +5276,20 @@ class Order(Shown):
             at=at, returns_kept_back={**self.returns_kept_back, return_id: amount}, shipping_claims=claims
         )
 
-    def fee_beyond_units(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping | None:
-        """Return `return_id`'s refund gave nothing, its fee taking all its units were worth and
-        `amount` more (fees_beyond_units). None when that is recorded already."""
-        if return_id in self.fees_beyond_units:
+    def kept_by_fee(
+        self, return_id: str, shares: list[RefundedUnits], *, at: datetime, beyond: Money | None = None
+    ) -> Bookkeeping | None:  # fmt: skip
+        """Return `return_id`'s refund gave nothing, its fee taking all its units were worth: `shares`,
+        what they were worth for each line (fee_kept_shares), and for a return that gives the
+        shipping back with the whole order, `beyond`, what of the fee they did not cover
+        (fees_beyond_units). None when that is recorded already."""
+        if return_id in self.fee_kept_shares:
             return None
-        if amount.currency != self.currency or amount.is_negative():
+        if beyond is not None and (beyond.currency != self.currency or beyond.is_negative()):
             raise InvalidTransition(f"a fee beyond a return's units is an amount of at least 0 in {self.currency}")
-        return self._bookkeeping(at=at, fees_beyond_units={**self.fees_beyond_units, return_id: amount})
+        fees = {**self.fees_beyond_units, return_id: beyond} if beyond is not None else self.fees_beyond_units
+        kept = {**self.fee_kept_shares, return_id: shares}
+        return self._bookkeeping(at=at, fee_kept_shares=kept, fees_beyond_units=fees)
 
     def refunded_from_credit(self, return_id: str, shares: list[RefundedUnits], *, at: datetime) -> Bookkeeping | None:
         """Return `return_id` of this replacement's units, worth `shares` for each line's units, was

@@ -155,7 +155,8 @@ def refund_due(
 def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[RefundedUnits]]:
     """What each return (by id) gave back for the units of each line, as recorded on the order:
     its refund's lines (one the gateway refused counts nothing, a pending one counts), for an
-    exchange the credit its units became, or for a return of a replacement's units its exchange's
+    exchange the credit its units became, for a return whose fee took all its refund what the fee
+    kept (Order.fee_kept_shares), or for a return of a replacement's units its exchange's
     credit refunded whole (Order.credit_refunded_shares). With `own`, only what the order's own
     payment gave back: not the latter, which the credit settles (core.exchange_credit._paid_itself)."""
     given: dict[str, list[RefundedUnits]] = {}
@@ -163,6 +164,8 @@ def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[R
         if refund.status != RefundStatus.FAILED and refund.lines and refund.return_id is not None:
             given.setdefault(refund.return_id, []).extend(refund.lines)
     for return_id, shares in order.exchange_shares.items():
+        given.setdefault(return_id, []).extend(shares)
+    for return_id, shares in order.fee_kept_shares.items():
         given.setdefault(return_id, []).extend(shares)
     for return_id, shares in order.credit_refunded_shares.items() if not own else ():
         given.setdefault(return_id, []).extend(shares)

@@ -3137,6 +3137,31 @@ def test_units_whose_fee_took_their_refund_leave_no_settlement_when_the_last_par
     assert (after.payment.captured, after.payment.refunded) == (after.totals.grand_total, usd("13.40"))
 
 
+# Five MUGs at 19.99 less SAVE5 (20.37, 20.36, ... a unit), two shipped and back: the first with a
+# fee, the second refunded 20.36; the three that had not shipped cancelled, the line is two MUGs
+# at 18.76. A fee of 20.36 refunds the first 0.01; one a cent higher refunds nothing, and the
+# customer pays that cent more: the fee keeps what the unit was worth when it came back.
+@pytest.mark.parametrize(("fee", "paid"), [("20.36", "25.36"), ("20.37", "25.37"), ("30.00", "25.37")])
+def test_a_fee_that_took_a_units_whole_refund_keeps_its_worth_when_a_cancel_prices_the_line_again(clock, fee, paid):
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 3)])
+    world.catalog.put_product(product("MUG", "19.99", weight_grams=350))
+    policy = FeeForFaults(fee)
+    returns, _ = returns_for(world, clock, policy)
+    order = world.allocated(("MUG", 5), promo_codes=["SAVE5"])
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    for charged in (fee, "0.00"):
+        policy.fee = charged
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    after = world.order(order.id)
+    assert (after.status, after.lines[0].total, after.totals.shipping) == (S.RETURNED, usd("37.52"), usd("5.00"))
+    assert after.payment.captured - after.payment.refunded == usd(paid)
+
+
 def a_line_split_over_two_parcels(clock: Clock, price: str, west: int, east: int, back: int, *promo_codes: str):
     """An order of `west + east` MUGs at `price`, the `west` ones shipped and `back` of those
     returned and refunded, the rest waiting in the east: with the world and its returns."""
