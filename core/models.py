@@ -999,7 +999,7 @@ class Totals(BaseModel, defer_build=True):
 RefundKind = Literal["appeasement", "return", "cancellation"]
 
 
-class RefundedUnits(SharedPart, BaseModel, defer_build=True):
+class RefundedUnits(SharedPart, BaseModel, defer_build=True, json_schema_serialization_defaults_required=True):
     """Units of one line that a return's refund gave back, and what they were worth then: their
     share of the line's total as the line was priced when the refund was decided. A later return
     of the line gives back what its units add to that, so that a line priced again in between
@@ -1009,6 +1009,16 @@ class RefundedUnits(SharedPart, BaseModel, defer_build=True):
     line_id: str
     quantity: int
     amount: Money
+    # Their place among the line's units: how many of them earlier returns had refunded, or were
+    # refunding, when these were priced (core.refunds.units_refunded). A return whose refund gave
+    # nothing for its units (a fee took all of it) records none, so the units recorded are not
+    # always the line's first: what they are worth now is read at their place
+    # (core.refunds.refunded_short_of_lines). None on shares recorded before it was kept.
+    before: int | None = Field(
+        default=None,
+        description="How many units of the line earlier returns had refunded when these were priced (their place "
+        "among its units); null on refunds recorded before it was kept",
+    )
 
 
 class RefundPart(Shown):
@@ -2038,6 +2048,18 @@ class Order(Shown):
     # then), the shipping is owed all the same (core.refunds.kept_back_owed). Empty on the typical
     # order. The system's own: stored, never shown.
     whole_order_returns: list[str] = Field(default_factory=empty_list, exclude=True)
+    # Of those, the ones whose refund gave nothing, their restocking fee taking all their units were
+    # worth before the whole order was back (their refund weighed no shipping), with what of the fee
+    # the units did not cover: the shipping given back once the rest is cancelled is less that, as
+    # the return's own refund would have been had the cancel come first (core.refunds.
+    # _whole_order_shipping_owed). Empty on the typical order (no fee). The system's own: stored, never shown.
+    fees_beyond_units: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # What the units of returns whose fee took all they were worth (their refund gave nothing, so no
+    # refund records it) were worth for each line, as a refund's `lines` record a refund's: the fee
+    # kept it, as it keeps its part of a refund it lowers, so the payment is settled alike when units
+    # of the line are cancelled and it is priced again (core.refunds.given_back_for_units). Empty on
+    # the typical order (no fee). The system's own: stored, never shown.
+    fee_kept_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
     # nothing to ship, the give-back of the credit it does not use (on its original order); so does
@@ -2186,6 +2208,15 @@ class Order(Shown):
             system["returns_to_show"] = list(self.returns_to_show)
         if self.whole_order_returns:
             system["whole_order_returns"] = list(self.whole_order_returns)
+        if self.fees_beyond_units:
+            system["fees_beyond_units"] = {
+                return_id: amount.model_dump(mode="json") for return_id, amount in self.fees_beyond_units.items()
+            }
+        if self.fee_kept_shares:
+            system["fee_kept_shares"] = {
+                return_id: [share.model_dump(mode="json", exclude_none=True) for share in shares]
+                for return_id, shares in self.fee_kept_shares.items()
+            }
         if self.settlement_owed:
             system["settlement_owed"] = True
         if self.stock_owed:
@@ -5321,6 +5352,21 @@ class Order(Shown):
         return self._bookkeeping(
             at=at, returns_kept_back={**self.returns_kept_back, return_id: amount}, shipping_claims=claims
         )
+
+    def kept_by_fee(
+        self, return_id: str, shares: list[RefundedUnits], *, at: datetime, beyond: Money | None = None
+    ) -> Bookkeeping | None:  # fmt: skip
+        """Return `return_id`'s refund gave nothing, its fee taking all its units were worth: `shares`,
+        what they were worth for each line (fee_kept_shares), and for a return that gives the
+        shipping back with the whole order, `beyond`, what of the fee they did not cover
+        (fees_beyond_units). None when that is recorded already."""
+        if return_id in self.fee_kept_shares:
+            return None
+        if beyond is not None and (beyond.currency != self.currency or beyond.is_negative()):
+            raise InvalidTransition(f"a fee beyond a return's units is an amount of at least 0 in {self.currency}")
+        fees = {**self.fees_beyond_units, return_id: beyond} if beyond is not None else self.fees_beyond_units
+        kept = {**self.fee_kept_shares, return_id: shares}
+        return self._bookkeeping(at=at, fee_kept_shares=kept, fees_beyond_units=fees)
 
     def refunded_from_credit(self, return_id: str, shares: list[RefundedUnits], *, at: datetime) -> Bookkeeping | None:
         """Return `return_id` of this replacement's units, worth `shares` for each line's units, was

@@ -37,7 +37,7 @@ __all__ = [
 # appeasements: a cent each, as many as captured minus refunded allows, each with a reason of up
 # to 200 characters (~1 KB of JSON, ~550 bytes stored when random). The order keeps 64 KiB of
 # them (about 65 at their longest, 400 of a short reason); with MAX_RETURNS returns' refunds and
-# the largest order beside them its document stores 153 KB (tests/unit/test_aws_limits_order_item.py).
+# the largest order beside them its document stores 186 KB (tests/unit/test_aws_limits_order_item.py).
 MAX_APPEASEMENT_BYTES = 64 * 1024
 
 
@@ -118,7 +118,7 @@ def units_refunded(
             else max(cumulative_share(line, had + units) - max(given, cumulative_share(line, had), key=_amount), zero,
                      key=_amount)
         )  # fmt: skip
-        shares.append(RefundedUnits(line_id=line_id, quantity=units, amount=share))
+        shares.append(RefundedUnits(line_id=line_id, quantity=units, amount=share, before=had))
     return shares
 
 
@@ -155,7 +155,8 @@ def refund_due(
 def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[RefundedUnits]]:
     """What each return (by id) gave back for the units of each line, as recorded on the order:
     its refund's lines (one the gateway refused counts nothing, a pending one counts), for an
-    exchange the credit its units became, or for a return of a replacement's units its exchange's
+    exchange the credit its units became, for a return whose fee took all its refund what the fee
+    kept (Order.fee_kept_shares), or for a return of a replacement's units its exchange's
     credit refunded whole (Order.credit_refunded_shares). With `own`, only what the order's own
     payment gave back: not the latter, which the credit settles (core.exchange_credit._paid_itself)."""
     given: dict[str, list[RefundedUnits]] = {}
@@ -163,6 +164,8 @@ def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[R
         if refund.status != RefundStatus.FAILED and refund.lines and refund.return_id is not None:
             given.setdefault(refund.return_id, []).extend(refund.lines)
     for return_id, shares in order.exchange_shares.items():
+        given.setdefault(return_id, []).extend(shares)
+    for return_id, shares in order.fee_kept_shares.items():
         given.setdefault(return_id, []).extend(shares)
     for return_id, shares in order.credit_refunded_shares.items() if not own else ():
         given.setdefault(return_id, []).extend(shares)
@@ -221,19 +224,29 @@ def refunded_short_of_lines(order: Order, *, own: bool = False) -> Money:
     the price they lost, nor the units kept charged it for them (a later return of those gives back
     only their share: units_refunded); the payment is settled for it instead, as for
     refunded_beyond_lines. Counted as given_back_for_units records it (`own`: as it records the
-    order's own payment's)."""
+    order's own payment's). Units whose share records its place (RefundedUnits.before) are worth
+    their share at that place now; those recorded before places were kept are taken as the line's
+    first units."""
     zero = Money.zero(order.currency)
+    by_id = {line.line_id: line for line in order.lines}
     given: dict[str, Money] = {}
     units: dict[str, int] = {}
+    placed: dict[str, Money] = {}  # what shares recording their place are now worth beyond what they gave
     for shares in given_back_for_units(order, own=own).values():
         for share in shares:
+            line = by_id.get(share.line_id)
+            if line is not None and share.before is not None and share.before + share.quantity <= line.quantity:
+                now = units_share(line, share.quantity, share.before)
+                placed[share.line_id] = placed.get(share.line_id, zero) + now - share.amount
+                continue
             given[share.line_id] = given.get(share.line_id, zero) + share.amount
             units[share.line_id] = units.get(share.line_id, 0) + share.quantity
     short = [
-        cumulative_share(line, units[line.line_id]) - given[line.line_id]
+        cumulative_share(line, units[line.line_id]) - given[line.line_id] + placed.get(line.line_id, zero)
         for line in order.lines
         if line.line_id in units and units[line.line_id] <= line.quantity
     ]
+    short += [placed[line.line_id] for line in order.lines if line.line_id in placed and line.line_id not in units]
     return sum((max(amount, zero, key=_amount) for amount in short), zero)
 
 
@@ -419,22 +432,25 @@ def _whole_order_shipping_owed(order: Order) -> list[KeptBackOwed]:
         r.return_id == last and r.status == RefundStatus.SUCCEEDED and r.id not in top_ups
         for r in order.payment.refunds
     )
-    if not (refunded or last in order.exchanges):
+    # A return whose fee took all its units were worth is settled with no refund (fees_beyond_units).
+    if not (refunded or last in order.exchanges or last in order.fees_beyond_units):
         return []
     reason = f"return {last}: shipping back, the whole order having come back"
     # An exchange's return's refunds are drawn on its credit (credit_left, Order.refundable): this
     # refund, which is not, names no return, as what its credit kept back does (refunded_for_return
     # shows it on the return).
     names = None if last in order.exchanges else last
-    return [KeptBackOwed(names, last, key, reason, _whole_order_shipping_refund(key))]
+    return [KeptBackOwed(names, last, key, reason, _whole_order_shipping_refund(key, last))]
 
 
-def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
+def _whole_order_shipping_refund(key: str, last: str) -> KeptBackDecision:
     """How the refund of the shipping owed once the whole order is back (_whole_order_shipping_owed)
     is decided on the order: its key (`key` and how many such refunds the gateway answered, as
     _kept_back_refund counts them) and amount, the order's shipping less what of it refunds and
     exchange credits gave back or hold (shipping_refunded, which counts these refunds: each records
-    its amount as `shipping`), as far as it is refundable; None when nothing is owed or refundable."""
+    its amount as `shipping`) and less what of return `last`'s fee its units did not cover
+    (Order.fees_beyond_units: its refund, had it weighed the shipping, would have taken that from
+    it), as far as it is refundable; None when nothing is owed or refundable."""
 
     def decide(order: Order) -> tuple[str, Money, list[RefundedUnits], Money] | tuple[str, Money] | None:
         zero = Money.zero(order.currency)
@@ -443,7 +459,7 @@ def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
         attempt = f"{key}#kept_back#{answered}"
         if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
             return attempt, zero  # carried on with the amount it was written with
-        owed = order.totals.shipping - shipping_refunded(order)
+        owed = order.totals.shipping - shipping_refunded(order) - order.fees_beyond_units.get(last, zero)
         amount = min(owed, order.refundable(), key=_amount)
         return (attempt, amount, [], amount) if amount.amount > 0 else None
 

@@ -970,6 +970,7 @@ class Returns:
                 )  # fmt: skip
             if refund is None and beyond is None and uncapped is not None:
                 self._keep_back(item, uncapped, shipping)
+                self._kept_by_fee(item, shipping or (lambda current: Money.zero(current.currency)))
                 kept.append(True)
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
@@ -1096,6 +1097,31 @@ class Returns:
             return current.keep_back(item.id, kept, at=at, shipping=shipping(current) if shipping else None)
 
         modify(self._orders, item.order_id, keep)
+
+    def _kept_by_fee(self, item: Return, shipping: Callable[[Order], Money]) -> None:
+        """A return whose refund gave nothing as its fee took all its units were worth: what they
+        were worth is recorded on the order (Order.kept_by_fee) as a refund records it, so that a
+        cancel that prices their line again settles the payment as for units a fee only lowered the
+        refund of. For a return that gives the order's shipping back with the whole order, while
+        the whole order was not back yet (its refund weighed no shipping: `shipping(order)` is zero),
+        so is what of the fee its units did not cover, so that the shipping given back once the rest
+        is cancelled is the refund's due as if the whole order had been back
+        (core.refunds._whole_order_shipping_owed): its units and the shipping, minus the fee,
+        whichever of the cancel and the return came first."""
+        if item.fee.amount <= 0:
+            return
+        at = self._clock()
+
+        def record(current: Order) -> Bookkeeping | None:
+            shares = self._shares(item, current)
+            worth = sum((share.amount for share in shares), Money.zero(current.currency))
+            if worth + shipping(current) > item.fee:
+                return None  # the fee did not take it all: its refund was capped (kept back), or made
+            beyond = item.fee - worth
+            whole_order = item.refund_shipping_with_whole_order and shipping(current).amount == 0
+            return current.kept_by_fee(item.id, shares, at=at, beyond=beyond if whole_order else None)
+
+        modify(self._orders, item.order_id, record)
 
     # --- Exchange ---------------------------------------------------------------------------
     def exchange(self, return_id: str, actor: str) -> Return:
@@ -1585,7 +1611,7 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     the order, pending at the gateway or succeeded before the return was marked; an exchange's
     units became its credit), and what they gave back for them: what the order recorded for each
     return (core.refunds.given_back_for_units), and for units of a return it recorded nothing for
-    (one whose fee took all of it, or one stored before returns' shares were recorded, or, of a
+    (one whose fee took all of it before that was recorded, or one stored before returns' shares were recorded, or, of a
     replacement, before those its exchange's credit refunded whole were: Order.credit_refunded_shares)
     their share of the line as it is now, taken where that return came among the others (its
     ordinal), as units_share gave it then. A line's

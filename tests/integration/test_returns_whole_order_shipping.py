@@ -5,6 +5,7 @@ API on moto, the returns workflow's steps run inline)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 from tests.integration.test_cancel_units_api import allocated, cancel, ship, stock_two_parcels
+from tests.unit.test_returns import FeeForFaults
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,41 @@ def test_the_shipping_comes_back_the_same_whichever_of_the_cancel_and_the_return
     assert (after["status"], rma["refund"]["amount"]) == ("returned", "31.81")
     assert after["payment"]["refunded"] == after["payment"]["captured"]
     assert refunds(api, order["id"]) == [("31.81", "succeeded", rma["id"])]
+
+
+@contextmanager
+def restocking_fee(amount: str) -> Iterator[None]:
+    """The shop's return policy (answering before the built-in one) keeps a restocking fee of
+    `amount` from each return's refund, and gives the shipping back as the built-in one does."""
+    from functions.api.dependencies import container
+
+    policy = FeeForFaults(amount)
+    container().plugins.register(policy)
+    try:
+        yield
+    finally:
+        container().plugins.unregister(policy)
+
+
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-first", "return-first"])
+def test_a_fee_beyond_what_the_units_are_worth_is_taken_from_the_shipping_whichever_comes_first(api, cancel_first):
+    # The MUGs (26.81) come back broken with a 30.00 fee: the whole order back, the refund is their
+    # 26.81 and the 5.00 shipping less the fee, 1.81. Received before the cancel, the return's own
+    # refund gave nothing (its fee took all the MUGs were worth), and the shipping the cancel gave
+    # back after it was never given, though the same return received after the cancel refunded 1.81.
+    order = mugs_delivered(api)
+    with restocking_fee("30.00"):
+        if cancel_first:
+            assert cancel(api, order["id"]).status_code == 200
+        rma = mugs_back(api, order["id"], "damaged")
+        if not cancel_first:
+            assert rma["refund"]["amount"] == "0.00"
+            assert cancel(api, order["id"]).status_code == 200
+
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], after["payment"]["refunded"]["amount"]) == ("returned", "1.81")
+    assert [(amount, status) for amount, status, _ in refunds(api, order["id"])] == [("1.81", "succeeded")]
+    assert api.get(f"/returns/{rma['id']}").json()["refund"] == {"amount": "1.81", "currency": "USD"}
 
 
 def test_units_sent_back_for_no_fault_of_the_shop_keep_the_shipping_charged_when_the_rest_is_cancelled(api):

@@ -113,7 +113,8 @@ def test_the_returns_an_order_takes_fit_its_item_with_their_refunds_at_their_lar
         PaymentRefund(
             id=f"ref_{rnd.getrandbits(96):024x}", amount=amount(), reason=f"return rma_{n:026d}", kind="return",
             return_id=f"rma_{rnd.getrandbits(96):024x}", reference=f"{rnd.getrandbits(256):064x}", at=base.created_at,
-            lines=[RefundedUnits(line_id=f"L{k}", quantity=1, amount=amount()) for k in range(1, 101)],
+            lines=[RefundedUnits(line_id=f"L{k}", quantity=1, amount=amount(), before=rnd.randrange(10**4))
+                   for k in range(1, 101)],
             shipping=amount(), kept_back=amount(),
         )
         for n in range(MAX_RETURNS)

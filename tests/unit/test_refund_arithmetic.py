@@ -25,6 +25,7 @@ from core.refunds import (
     refund_due,
     refund_id_for,
     refunded_for_return,
+    refunded_short_of_lines,
     refused_in_a_row,
     shipping_refunded,
     units_share,
@@ -495,10 +496,29 @@ def test_what_is_kept_back_and_owed_is_named_by_the_returns_succeeded_refunds_th
     assert owed[0].decide(with_refunds(order, refunds)) == ("ret_1#kept_back#0", money("2.00"))
 
 
+def test_what_refunds_gave_short_of_their_units_worth_now_is_read_at_each_units_place():
+    # ret_2 refunded the second of three units (40.22: 13.41, 13.40, 13.41 by cumulative shares); the
+    # first came back on a return that refunded nothing (all of it kept back, or taken by a fee
+    # before fees recorded it), which no refund's lines record.
+    order = an_order([a_line(money("40.22"), 3)], money("0.00"), money("40.22"), refunded=money("13.40"))
+    unit = RefundedUnits(line_id="L1", quantity=1, amount=money("13.40"), before=1)
+    second = PaymentRefund(id=refund_id_for(order.id, "ret_2#0"), amount=money("13.40"), reason="r",
+                           at=order.created_at, kind="return", return_id="ret_2", lines=[unit])  # fmt: skip
+
+    assert refunded_short_of_lines(with_refunds(order, [second])) == money("0.00")
+    # The line priced again for more (45.00 for the three: a volume price lost): the second unit is
+    # worth 15.00 now, 1.60 more than it was refunded.
+    dearer = an_order([a_line(money("45.00"), 3)], money("0.00"), money("45.00"), refunded=money("13.40"))
+    assert refunded_short_of_lines(with_refunds(dearer, [second])) == money("1.60")
+    # A share stored before shares kept their place is read as the line's first units, as it was.
+    legacy = second.model_copy(update={"lines": [RefundedUnits(line_id="L1", quantity=1, amount=money("13.40"))]})
+    assert refunded_short_of_lines(with_refunds(order, [legacy])) == money("0.01")
+
+
 def test_the_whole_orders_shipping_top_up_owes_the_shipping_less_what_refunds_gave_of_it_as_far_as_refundable():
     # 9.00 of shipping; ret_1's refund gave 4.00 of it back with its units.
     order = an_order([a_line(money("30.00"), 3)], money("9.00"), money("39.00"), refunded=money("14.00"))
-    decide = _whole_order_shipping_refund("ret_1:shipping")
+    decide = _whole_order_shipping_refund("ret_1:shipping", "ret_1")
     ret_1 = PaymentRefund(id=refund_id_for(order.id, "ret_1#0"), amount=money("14.00"), reason="r",
                           at=order.created_at, kind="return", return_id="ret_1", shipping=money("4.00"),
                           lines=[RefundedUnits(line_id="L1", quantity=1, amount=money("10.00"))])  # fmt: skip

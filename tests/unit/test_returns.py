@@ -41,6 +41,7 @@ from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
+from tests.unit.conftest import usd
 from tests.unit.test_access_log import Reads
 from tests.unit.test_payment_truth import Removed
 from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
@@ -3065,6 +3066,103 @@ def test_cancelling_the_rest_once_every_shipped_unit_is_back_leaves_the_order_re
     assert [(line.quantity, line.returned_quantity) for line in cancelled.lines] == [(1, 1), (0, 0)]
     # Repeating the cancel of the rest finishes its clean-up, as on a shipped order: no 409.
     assert world.actions.cancel(order.id, "customer_request", "key_cs") == world.order(order.id)
+
+
+class FeeForFaults:
+    """A shop's policy answering first: the built-in one's shipping rule (shipping back with the whole
+    order, when every line comes back for the shop's fault), and a flat restocking fee."""
+
+    def __init__(self, fee: str) -> None:
+        self.fee = fee
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self, order: Order, lines) -> ReturnPolicyDecision:
+        fault = all(line.reason_code in ("damaged", "defective", "wrong_item") for line in lines)
+        return ReturnPolicyDecision(
+            fee=Money(amount=self.fee, currency=order.currency), refund_shipping_with_whole_order=fault
+        )
+
+
+# The MUG (12.50, 13.41 with tax) back damaged, the CAP cancelled: the whole order is back, so its
+# 5.00 shipping comes back with the MUG, less the fee: a fee of all the MUG is worth leaves the
+# shipping, one beyond it takes the rest from the shipping, one beyond both leaves nothing.
+@pytest.mark.parametrize(
+    ("fee", "refunded"), [("10.00", "8.41"), ("13.41", "5.00"), ("15.00", "3.41"), ("20.00", "0.00")]
+)
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-first", "return-first"])
+def test_a_fee_beyond_the_units_worth_is_taken_from_the_shipping_whichever_of_cancel_and_return_comes_first(
+    world, clock, fee, refunded, cancel_first
+):
+    returns, _ = returns_for(world, clock, FeeForFaults(fee))
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    if cancel_first:
+        world.actions.cancel(order.id, "customer_request", "key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    if not cancel_first:
+        world.actions.cancel(order.id, "customer_request", "key_cs")
+
+    after = world.order(order.id)
+    assert after.status is S.RETURNED
+    assert (after.lines[0].total, after.totals.shipping) == (usd("13.41"), usd("5.00"))
+    assert (after.payment.refunded, returns.get(item.id).refund) == (usd(refunded), usd(refunded))
+    # Asked again (a repeated cancel, the reconciler's kept-back pass), nothing more goes back.
+    world.actions.cancel(order.id, "customer_request", "key_cs")
+    assert world.order(order.id).payment.refunded == usd(refunded)
+
+
+def test_units_whose_fee_took_their_refund_leave_no_settlement_when_the_last_parcel_ships(clock):
+    # Three MUGs (40.22 with tax: 13.41, 13.40 and 13.41 a unit as their cumulative shares give them)
+    # come back one by one; the fee takes all of the first and the third, the second is refunded
+    # 13.40. Nothing was cancelled: the CAP parcel shipping after them leaves nothing to settle (the
+    # second unit's 13.40 is not one cent short of the first unit's 13.41).
+    from tests.unit.test_refund_journeys import reconcile  # it imports this module's helpers
+
+    world = build_world([("MUG", "wh-west", 3), ("CAP", "wh-east", 1)])
+    policy = FeeForFaults("0.00")
+    returns, _ = returns_for(world, clock, policy)
+    order = world.allocated(("MUG", 3), ("CAP", 1))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    for fee in ("20.00", "0.00", "20.00"):
+        policy.fee = fee
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    reconcile(world, clock)  # the reconciler's passes, which settle what a last ship records owed
+
+    after = world.order(order.id)
+    assert not shipped.settlement_owed
+    assert [(r.kind, r.amount) for r in after.payment.refunds] == [("return", usd("13.40"))]
+    assert (after.payment.captured, after.payment.refunded) == (after.totals.grand_total, usd("13.40"))
+
+
+# Five MUGs at 19.99 less SAVE5 (20.37, 20.36, ... a unit), two shipped and back: the first with a
+# fee, the second refunded 20.36; the three that had not shipped cancelled, the line is two MUGs
+# at 18.76. A fee of 20.36 refunds the first 0.01; one a cent higher refunds nothing, and the
+# customer pays that cent more: the fee keeps what the unit was worth when it came back.
+@pytest.mark.parametrize(("fee", "paid"), [("20.36", "25.36"), ("20.37", "25.37"), ("30.00", "25.37")])
+def test_a_fee_that_took_a_units_whole_refund_keeps_its_worth_when_a_cancel_prices_the_line_again(clock, fee, paid):
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 3)])
+    world.catalog.put_product(product("MUG", "19.99", weight_grams=350))
+    policy = FeeForFaults(fee)
+    returns, _ = returns_for(world, clock, policy)
+    order = world.allocated(("MUG", 5), promo_codes=["SAVE5"])
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    for charged in (fee, "0.00"):
+        policy.fee = charged
+        item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(item.id, actor="key_wh")
+
+    world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    after = world.order(order.id)
+    assert (after.status, after.lines[0].total, after.totals.shipping) == (S.RETURNED, usd("37.52"), usd("5.00"))
+    assert after.payment.captured - after.payment.refunded == usd(paid)
 
 
 def a_line_split_over_two_parcels(clock: Clock, price: str, west: int, east: int, back: int, *promo_codes: str):
