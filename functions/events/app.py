@@ -32,8 +32,9 @@ container = WarmContainer()
 # the batch is reported failed unprocessed, and the stream hands it out again from there. Ended by
 # the timeout, the batch would be retried whole and bisected, every change it had handled
 # publishing its events again. It covers one record at the webhook cap (3 events to 50
-# subscriptions: 150 deliveries written, ~0.75 s at 5 ms a request, with a notifier plugin's call)
-# and the batch's messages queued after it, with room for throttled requests retried.
+# subscriptions: 150 deliveries written ten at a time, ~0.1 s at 5 ms a request, with a notifier
+# plugin's call) and the batch's messages queued after it (25 such records: 375 SendMessageBatch
+# ten at a time, ~0.4 s), with room for throttled requests retried.
 RECORD_RESERVE_MILLIS = 3_000
 processor = InOrderStreamProcessor(reserve_millis=RECORD_RESERVE_MILLIS)
 

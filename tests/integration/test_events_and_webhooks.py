@@ -317,6 +317,52 @@ def test_a_batch_with_little_time_left_leaves_the_records_it_cannot_finish_to_th
     assert sorted(r.event_id for r in records) == sorted(ids)
 
 
+def test_an_events_deliveries_are_written_ten_at_a_time_each_only_if_new(aws, wired, monkeypatch):
+    """Each delivery was written after the one before it: an event at the cap (50 subscriptions)
+    was 50 round trips, a batch of 25 changes at the cap some 3,750, past the events function's
+    Timeout. They are written REQUESTS_AT_ONCE at a time (here, no write of a round of ten ends
+    before all ten have started: one at a time, the first waits in vain), each still conditional
+    on being new, so the record's redelivery overwrites none."""
+    from functions.adapters.webhooks import REQUESTS_AT_ONCE
+    from functions.events.app import container, lambda_handler
+
+    store = container().webhook_store
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    webhooks = [
+        IssuedWebhook(id=f"whk_{n:024d}", url="http://127.0.0.1:9/x", events=["*"], channel=channel,
+                      created_at=made, secret="whsec_test")
+        for n, channel in enumerate(["web", None] * REQUESTS_AT_ONCE)
+    ]  # fmt: skip
+    for webhook in webhooks:
+        store.add(webhook, MAX_WEBHOOKS)
+    created, _, _ = an_order_allocated(aws)
+    client = container().dynamodb
+    real = client.put_item
+    together = threading.Barrier(REQUESTS_AT_ONCE, timeout=30)
+
+    def in_rounds(**request: Any) -> Any:
+        if request["Item"]["pk"]["S"].startswith("WEBHOOK#"):
+            together.wait()  # raises once it breaks: a write that started alone
+        return real(**request)
+
+    monkeypatch.setattr(client, "put_item", in_rounds)
+    stream = stream_event(("INSERT", None, created))
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert sorted(q["webhook_id"] for q in queued) == [w.id for w in webhooks]
+    monkeypatch.setattr(client, "put_item", real)
+
+    # Redelivered once its deliveries were tried: none is written again, none queued again.
+    for webhook in webhooks:
+        [record], _ = store.deliveries(webhook.id, 10, None)
+        assert store.update_delivery(record.model_copy(update={"attempts": 1, "last_status_code": 204}), record)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+    for webhook in webhooks:
+        [record], _ = store.deliveries(webhook.id, 10, None)
+        assert (record.attempts, record.last_status_code) == (1, 204)
+
+
 def test_an_import_that_ends_goes_to_the_bus_and_its_subscribers_once_even_when_redelivered(aws, wired):
     """The Catalog stream's record of an import's item reaching `completed_with_errors` (what the
     ImportsStream mapping's filter passes) is `import.completed`, the import as GET /imports/{id}
