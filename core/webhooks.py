@@ -429,6 +429,11 @@ class WebhookStore(ABC):
     def add_delivery(self, record: DeliveryRecord) -> bool:
         """Store a new delivery; False (and nothing written) when it exists already."""
 
+    def add_deliveries(self, records: "list[DeliveryRecord]") -> "list[bool]":
+        """add_delivery of each of `records`, its answer in their order; raises when one could not
+        be written (the others may be). One after another here: an adapter may write them at once."""
+        return [self.add_delivery(record) for record in records]
+
     @abstractmethod
     def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None: ...
 
@@ -642,11 +647,20 @@ class EventDispatcher:
         # Every delivery stored, then their messages queued together (SQS bills a batch of small
         # messages as one request): a store that fails queues nothing, and the run again queues
         # each delivery never tried.
-        messages = [
-            message
+        # Written together (add_deliveries: at once on DynamoDB, each still conditional on being
+        # new): an event at the cap is 50 writes, and a stream batch's one after another outlasted
+        # the events function's Timeout.
+        records = [
+            self._record(webhook, ready.event, ready.body)
             for ready in leaving
             for webhook in subscribed
-            if webhook.wants(ready.event) and (message := self._delivery(webhook, ready.event, ready.body)) is not None
+            if webhook.wants(ready.event)
+        ]
+        added = self._store.add_deliveries(records)
+        messages = [
+            message
+            for record, new in zip(records, added, strict=True)
+            if (message := self._message(record, new)) is not None
         ]
         if queued is None:
             self._queue.send_now(messages)
@@ -654,11 +668,10 @@ class EventDispatcher:
             queued.extend(messages)
         return Dispatched(len(messages), [ready.event for ready in leaving if "omitted" in ready.event.data])
 
-    def _delivery(self, webhook: Subscription, event: DomainEvent, body: str) -> DeliveryMessage | None:
-        """The message of `webhook`'s delivery of `event`, stored now; None when it was stored and
-        tried before (or moved on)."""
+    def _record(self, webhook: Subscription, event: DomainEvent, body: str) -> DeliveryRecord:
+        """`webhook`'s delivery of `event`, as it is stored new."""
         now = self._clock()
-        record = DeliveryRecord(
+        return DeliveryRecord(
             id=delivery_id(webhook.id, event),
             event_id=event.id,
             event_type=event.type,
@@ -670,8 +683,12 @@ class EventDispatcher:
             created_at=now,
             retry_until=now + timedelta(seconds=self._schedule.window_seconds),
         )
-        if not self._store.add_delivery(record):
-            existing = self._store.get_delivery(webhook.id, record.id)
+
+    def _message(self, record: DeliveryRecord, new: bool) -> DeliveryMessage | None:
+        """The message of the delivery `record`, stored now if `new`; None when it was stored and
+        tried before (or moved on)."""
+        if not new:
+            existing = self._store.get_delivery(record.webhook_id, record.id)
             if (
                 existing is None
                 or existing.attempts
@@ -680,7 +697,7 @@ class EventDispatcher:
             ):
                 return None
             record = existing
-        return DeliveryMessage(webhook.id, record.id, record.generation, record.attempts)
+        return DeliveryMessage(record.webhook_id, record.id, record.generation, record.attempts)
 
 
 class DeliveryWorker:

@@ -28,9 +28,15 @@ logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
-
-
-processor = InOrderStreamProcessor()
+# A record is not started with less than this left of the function's 10 s Timeout: the rest of
+# the batch is reported failed unprocessed, and the stream hands it out again from there. Ended by
+# the timeout, the batch would be retried whole and bisected, every change it had handled
+# publishing its events again. It covers one record at the webhook cap (3 events to 50
+# subscriptions: 150 deliveries written ten at a time, ~0.1 s at 5 ms a request, with a notifier
+# plugin's call) and the batch's messages queued after it (25 such records: 375 SendMessageBatch
+# ten at a time, ~0.4 s), with room for throttled requests retried.
+RECORD_RESERVE_MILLIS = 3_000
+processor = InOrderStreamProcessor(reserve_millis=RECORD_RESERVE_MILLIS)
 
 
 def order_document(image: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -208,8 +214,9 @@ def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Partial batch response: the stream retries from the first failed record, and the records
-    # after it are failed unprocessed (keeping each order's changes in order); a batch failed
-    # whole is bisected, then its record handed to the on-failure queue.
+    # after it are failed unprocessed (keeping each order's changes in order), as are those there
+    # is no time left for (RECORD_RESERVE_MILLIS); a batch failed whole is bisected, then its
+    # record handed to the on-failure queue.
     # The deliveries' messages are queued after the batch's last record, those of a record that
     # failed after storing its deliveries too (a copy its retry queues again is dropped by the
     # worker once the first is tried); a batch failed whole queues none, and its retry queues them.
@@ -221,4 +228,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         context=context,
     )
     deliveries.queue()
+    if processor.deadline is not None and processor.deadline.reached:
+        held = len(answer["batchItemFailures"])
+        logger.info(
+            "stream batch cut short: too little time left to start its next record, left to the stream's next batch",
+            extra={"records_left": held, "records_done": len(event.get("Records") or []) - held},
+        )
     return answer

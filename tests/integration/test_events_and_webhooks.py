@@ -270,6 +270,99 @@ def test_a_failed_record_holds_back_the_later_records_of_its_batch_so_events_kee
     assert len(drain(wired["sqs"], wired["deliveries"])) == 2
 
 
+class LittleTimeLeft(Context):
+    """An invocation near its end: half a second left of it, whatever the batch has done."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 500
+
+
+def test_a_batch_with_little_time_left_leaves_the_records_it_cannot_finish_to_the_next_and_publishes_each_event_once(
+    aws, wired
+):
+    """The events function worked through its whole batch whatever time it had left: a batch at
+    the webhook cap (25 changes, each event stored for 50 subscriptions) ran past the function's
+    Timeout, and Lambda retried the batch whole, bisected, every change before the timeout
+    publishing its events again. Once too little is left to start a record, the rest of the batch
+    is reported failed unprocessed (after at least one record), so the stream resumes from the
+    first of them, and each event reaches the bus and each subscription once."""
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    created, authorized, _ = an_order_allocated(aws)
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    was = orders.get("ord_events1")
+    orders.update(was.model_copy(update={"status": OrderStatus.ALLOCATED, "version": was.version + 1}), was, [])
+    allocated = stored_item(aws, "ord_events1")
+    everything = subscribe("http://127.0.0.1:9/all", ["*"])
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized), ("MODIFY", authorized, allocated))
+
+    assert lambda_handler(stream, LittleTimeLeft()) == {
+        "batchItemFailures": [{"itemIdentifier": "101"}, {"itemIdentifier": "102"}]
+    }
+    first = [json.loads(m["Body"])["detail"] for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["type"] for e in first] == ["order.created"]
+    assert len(drain(wired["sqs"], wired["deliveries"])) == 1
+
+    # The stream hands the batch out again from its first failed record, with time to spare.
+    stream["Records"] = stream["Records"][1:]
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    then = [json.loads(m["Body"])["detail"] for m in drain(wired["sqs"], wired["tap"])]
+    assert [e["type"] for e in then] == ["order.authorized", "order.allocated"]
+    ids = [e["id"] for e in first + then]
+    assert len(set(ids)) == 3  # each event on the bus once
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert len(queued) == 2 and {q["webhook_id"] for q in queued} == {everything.id}
+    records, _ = container().webhook_store.deliveries(everything.id, 10, None)
+    assert sorted(r.event_id for r in records) == sorted(ids)
+
+
+def test_an_events_deliveries_are_written_ten_at_a_time_each_only_if_new(aws, wired, monkeypatch):
+    """Each delivery was written after the one before it: an event at the cap (50 subscriptions)
+    was 50 round trips, a batch of 25 changes at the cap some 3,750, past the events function's
+    Timeout. They are written REQUESTS_AT_ONCE at a time (here, no write of a round of ten ends
+    before all ten have started: one at a time, the first waits in vain), each still conditional
+    on being new, so the record's redelivery overwrites none."""
+    from functions.adapters.webhooks import REQUESTS_AT_ONCE
+    from functions.events.app import container, lambda_handler
+
+    store = container().webhook_store
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    webhooks = [
+        IssuedWebhook(id=f"whk_{n:024d}", url="http://127.0.0.1:9/x", events=["*"], channel=channel,
+                      created_at=made, secret="whsec_test")
+        for n, channel in enumerate(["web", None] * REQUESTS_AT_ONCE)
+    ]  # fmt: skip
+    for webhook in webhooks:
+        store.add(webhook, MAX_WEBHOOKS)
+    created, _, _ = an_order_allocated(aws)
+    client = container().dynamodb
+    real = client.put_item
+    together = threading.Barrier(REQUESTS_AT_ONCE, timeout=30)
+
+    def in_rounds(**request: Any) -> Any:
+        if request["Item"]["pk"]["S"].startswith("WEBHOOK#"):
+            together.wait()  # raises once it breaks: a write that started alone
+        return real(**request)
+
+    monkeypatch.setattr(client, "put_item", in_rounds)
+    stream = stream_event(("INSERT", None, created))
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert sorted(q["webhook_id"] for q in queued) == [w.id for w in webhooks]
+    monkeypatch.setattr(client, "put_item", real)
+
+    # Redelivered once its deliveries were tried: none is written again, none queued again.
+    for webhook in webhooks:
+        [record], _ = store.deliveries(webhook.id, 10, None)
+        assert store.update_delivery(record.model_copy(update={"attempts": 1, "last_status_code": 204}), record)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+    for webhook in webhooks:
+        [record], _ = store.deliveries(webhook.id, 10, None)
+        assert (record.attempts, record.last_status_code) == (1, 204)
+
+
 def test_an_import_that_ends_goes_to_the_bus_and_its_subscribers_once_even_when_redelivered(aws, wired):
     """The Catalog stream's record of an import's item reaching `completed_with_errors` (what the
     ImportsStream mapping's filter passes) is `import.completed`, the import as GET /imports/{id}

@@ -33,6 +33,46 @@ def test_the_records_after_a_failed_one_are_failed_unprocessed_and_those_before_
     assert answer == {"batchItemFailures": [{"itemIdentifier": s} for s in ("102", "103", "104")]}
 
 
+class Remaining:
+    """A Lambda context whose invocation has `millis` left at each ask, then the next of them."""
+
+    def __init__(self, *millis: int):
+        self._millis = iter(millis)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return next(self._millis)
+
+
+def test_a_record_is_started_only_with_the_reserve_left_and_always_the_first():
+    seen: list[str] = []
+    event = {"Records": [stream_record(s) for s in ("101", "102", "103", "104")]}
+
+    def handler(record) -> None:
+        seen.append(record.dynamodb.sequence_number)
+
+    # 3 s left before the second record, 1 s before the third: it and the fourth wait unstarted.
+    processor = InOrderStreamProcessor(reserve_millis=2_000)
+    answer = process_partial_response(
+        event=event, record_handler=handler, processor=processor, context=Remaining(3_000, 1_000)
+    )
+    assert seen == ["101", "102"]
+    assert answer == {"batchItemFailures": [{"itemIdentifier": s} for s in ("103", "104")]}
+    assert processor.deadline is not None and processor.deadline.reached
+
+    # Too little left from the start: the first record all the same (a batch failed whole is
+    # bisected, and could never get past it), then none; the next batch's deadline is its own.
+    seen.clear()
+    answer = process_partial_response(event=event, record_handler=handler, processor=processor, context=Remaining(0))
+    assert seen == ["101"]
+    assert answer == {"batchItemFailures": [{"itemIdentifier": s} for s in ("102", "103", "104")]}
+    seen.clear()
+    answer = process_partial_response(
+        event=event, record_handler=handler, processor=processor, context=Remaining(*[9_000] * 3)
+    )
+    assert seen == ["101", "102", "103", "104"] and answer == {"batchItemFailures": []}
+    assert processor.deadline is not None and not processor.deadline.reached
+
+
 @pytest.mark.parametrize("consumer", ["functions.outbox.app", "functions.events.app", "functions.backorders.app"])
 def test_every_stream_consumer_takes_its_batch_in_order(consumer, monkeypatch):
     # Imported in the functions' environment, as every other test imports them: a handler module's
