@@ -58,8 +58,9 @@ def hold(orders: DynamoOrders, order_id: str) -> None:
 @pytest.mark.parametrize("limit", [1, 2, 3, 5])
 def test_orders_placed_at_the_same_instant_page_without_a_skip_or_a_repeat(tied, orders, monkeypatch, limit):
     # Every index sorts by created_at; orders sharing it are told apart by their id, which a cursor
-    # carries. A channel's page of a customer stops at its read budget (2 entries here) only between
-    # two instants: a cursor holding only an instant skipped the rest of a tie, or repeated it.
+    # carries. A channel's page of a customer (or of the late orders) stops at its read budget (2
+    # entries here) only between two instants: a cursor holding only an instant would skip the rest
+    # of a tie, or repeat it.
     monkeypatch.setattr(dynamodb, "CHANNEL_LIST_READS", 2)
     capture, now = tied
     placed: list[Order] = []
@@ -70,6 +71,11 @@ def test_orders_placed_at_the_same_instant_page_without_a_skip_or_a_repeat(tied,
         for channel in channels:
             placed.append(capture.place(place_order(external_id=f"t{len(placed)}", channel=channel, customer=CUSTOMER),
                                         actor="k"))  # fmt: skip
+    for order in placed:  # all late: the late orders' index (by_sla) sorts by when they were placed too
+        current = orders.get(order.id)
+        assert current is not None
+        marked, entry = current.mark_jeopardy("pending too long", NOW, at=NOW + timedelta(hours=1), actor="x")
+        orders.update(marked, current, [entry])
 
     for where in (
         OrderFilter(),
@@ -78,6 +84,9 @@ def test_orders_placed_at_the_same_instant_page_without_a_skip_or_a_repeat(tied,
         OrderFilter(customer_id=CUSTOMER["id"], channel="web"),
         OrderFilter(customer_id=CUSTOMER["id"], channel="market", status=OrderStatus.PENDING),
         OrderFilter(status=OrderStatus.PENDING),
+        OrderFilter(jeopardy=True),
+        OrderFilter(jeopardy=True, channel="web"),
+        OrderFilter(jeopardy=True, customer_id=CUSTOMER["id"], channel="market"),
     ):
         shown = [order for page in every_page(orders, where, limit) for order in page]
         expected = {o.id for o in placed if where.channel in (None, o.channel)}
