@@ -4,6 +4,7 @@ up with its carrier."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,7 +12,7 @@ from core import hookimpl
 from core.workflow_types import CarrierShipment
 from tests.integration import test_cancel_units_api
 from tests.integration.in_process import InProcessApi
-from tests.integration.test_cancel_units_api import allocated, authorized
+from tests.integration.test_cancel_units_api import allocated, authorized, ship
 from tests.integration.test_plugin_failures_api import installed
 
 api = test_cancel_units_api.api  # its catalog (MUG in the west, CAP in the east), in this module's account
@@ -61,6 +62,30 @@ def test_a_carrier_hosted_label_whose_path_names_an_order_of_the_oms_is_shown_as
 
     assert [s["label_url"] for s in order["shipments"]] == [hosted]
     assert [s["label_url"] for s in api.get(f"/orders/{order['id']}").json()["shipments"]] == [hosted]
+
+
+def test_a_return_label_given_up_when_its_return_expired_is_no_longer_handed_out(api: InProcessApi):
+    # An expired return's label is cancelled with its carrier (the reconciler's pass): a link to it
+    # would have the customer print a void label and post the parcel with it, as a cancelled
+    # shipment's would, which shows none.
+    from functions.bootstrap import Config, bootstrap
+
+    order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
+    made = api.post(f"/orders/{order['id']}/returns", json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "x"}]})
+    assert made.status_code == 201 and made.json()["label_url"], made.text
+    returns = bootstrap(Config.from_env()).returns
+    later: Any = returns._clock() + timedelta(days=400)
+    assert returns.expire(made.json()["id"], later, actor="jeopardy_scan") is True
+
+    shown = api.get(f"/returns/{made.json()['id']}").json()
+    listed = api.get(f"/orders/{order['id']}/returns").json()["items"]
+
+    assert shown["status"] == "cancelled" and shown["label_url"] is None
+    assert [(r["id"], r["label_url"]) for r in listed] == [(shown["id"], None)]
+    assert not any(
+        e["action"] == "get" and (e["detail"] or {}).get("label_urls")
+        for e in api.get(f"/orders/{order['id']}/access-log").json()["items"][-2:]
+    )
 
 
 def test_a_label_of_the_labels_bucket_is_still_signed_at_each_read(api: InProcessApi):
