@@ -37,6 +37,8 @@ from core.status import RefundStatus
 # workflow's reasons and the jeopardy scan's are the system's own few codes (out_of_stock,
 # workflow_error, hold_expired).
 REQUESTED = "requested"
+# What a carrier_booking_not_cancelled entry names (core.models.GivenUpBooking, and why).
+BOOKING_FIELDS = ("shipment_id", "carrier", "tracking_number", "booking_key", "reason")
 SYSTEM_ACTORS = frozenset({WORKFLOW_ACTOR, SCAN_ACTOR})
 
 PAYMENT_FAILURE_OPERATIONS = {
@@ -160,6 +162,16 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
     elif entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
         # A parcel a carrier reported delivered was refused its capture: it left, unpaid for.
         record("DeliveriesNotRecorded")
+    elif entry.type is OrderEvent.CARRIER_BOOKING_NOT_CANCELLED and detail.get("carrier"):
+        # A label no parcel will use that its carrier would not cancel (or no plugin cancels for
+        # it): the carrier bills it, and nothing asks again (CarrierBookingsNotCancelledAlarm). A
+        # booking only maybe made that no plugin made (no carrier) cost nothing. The metric has no
+        # dimension: this line names the order and the booking for the alarm's runbook.
+        record("CarrierBookingsNotCancelled")
+        logger.error(
+            "carrier booking not cancelled: its label is billed and no parcel uses it",
+            extra={"order_id": order.id, **{key: detail.get(key) for key in BOOKING_FIELDS}},
+        )
 
 
 class MeteredOrders:
