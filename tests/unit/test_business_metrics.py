@@ -537,17 +537,26 @@ def test_a_booking_its_carrier_will_not_cancel_counts_for_its_alarm_once(monkeyp
     assert "message like /carrier booking not cancelled/" in runbook
 
 
-def test_a_booking_maybe_made_that_no_carrier_made_counts_nothing_for_that_alarm(world, capsys):
-    # A CreateShipments that failed keeps the key it asked under as a booking maybe made; settled
-    # as no plugin's (none made it), it costs nothing.
+@pytest.mark.parametrize(
+    ("carrier", "reason"),
+    [
+        # A CreateShipments that failed keeps the key it asked under as a booking maybe made;
+        # settled as no plugin's (none made it), it cost nothing.
+        (None, "no carrier plugin made a booking under its key"),
+        # A carrier plugin without the optional cancel hook: every booking it gives up (the
+        # deployment's choice, README "oms_carrier_cancel_shipment"), not one to call a person for.
+        ("Acme Courier", "no carrier plugin cancels bookings of Acme Courier"),
+    ],
+)
+def test_a_booking_no_plugin_answered_for_counts_nothing_for_that_alarm(world, capsys, carrier, reason):
     from core.events import OrderEvent
     from core.models import HistoryEntry
     from functions.business_metrics import entry_recorded
 
     order = world.order(world.place(("TSHIRT", 1)))
     emitted(capsys)
-    detail = {"shipment_id": "shp_x", "carrier": None, "tracking_number": None, "booking_key": "shp_x",
-              "reason": "no carrier plugin made a booking under its key"}  # fmt: skip
+    detail = {"shipment_id": "shp_x", "carrier": carrier, "tracking_number": None, "booking_key": "shp_x",
+              "reason": reason}  # fmt: skip
 
     entry_recorded(order, HistoryEntry(at=NOW, type=OrderEvent.CARRIER_BOOKING_NOT_CANCELLED, actor="k", detail=detail))
 
