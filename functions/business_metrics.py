@@ -37,9 +37,9 @@ from core.status import RefundStatus
 # workflow's reasons and the jeopardy scan's are the system's own few codes (out_of_stock,
 # workflow_error, hold_expired).
 REQUESTED = "requested"
+SYSTEM_ACTORS = frozenset({WORKFLOW_ACTOR, SCAN_ACTOR})
 # What a carrier_booking_not_cancelled entry names (core.models.GivenUpBooking, and why).
 BOOKING_FIELDS = ("shipment_id", "carrier", "tracking_number", "booking_key", "reason")
-SYSTEM_ACTORS = frozenset({WORKFLOW_ACTOR, SCAN_ACTOR})
 
 PAYMENT_FAILURE_OPERATIONS = {
     OrderEvent.PAYMENT_AUTHORIZATION_FAILED: "authorize",
