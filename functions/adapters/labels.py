@@ -21,7 +21,9 @@ _EXTENSIONS = {"application/pdf": "pdf", "image/png": "png"}
 # bucket's virtual host on S3 (<bucket>.s3[.<region>].amazonaws.com/<key>) or path-style on a
 # configured endpoint (the local stack's: <endpoint>/<bucket>/<key>).
 _LEGACY_KEY = re.compile(r"labels/ord_[a-z2-7]+/shp_[a-z2-7]+\.[a-z]+")
-_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
+# What follows the bucket's name in its virtual host: s3.amazonaws.com, s3.<region>.amazonaws.com,
+# s3-<region>.amazonaws.com (and .cn); never another bucket whose name merely starts with ours.
+_S3_HOST = re.compile(r"\.s3(?:[.-][a-z0-9-]+)?\.amazonaws\.com(?:\.cn)?")
 # A label stored under the key of a parcel booked again ("<shipment id>-<n>", core.ids.booking_key).
 _BOOKED_AGAIN = re.compile(r"labels/(?P<order>ord_[a-z2-7]+)/(?P<key>(?P<shipment>shp_[a-z2-7]+)-[0-9]+)\.[a-z]+")
 
@@ -93,7 +95,7 @@ class S3Labels(LabelStore):
         host, path, bucket = (parts.hostname or "").lower(), unquote(parts.path), self._bucket
         if not bucket:
             return None  # no bucket of this function's: a link to none of its objects
-        if host.startswith(f"{bucket}.s3") and host.endswith(_AWS_HOSTS):
+        if host.startswith(bucket) and _S3_HOST.fullmatch(host.removeprefix(bucket)):
             found = _LEGACY_KEY.fullmatch(path.removeprefix("/"))
         else:
             found = _LEGACY_KEY.fullmatch(path.removeprefix(f"/{bucket}/")) if path.startswith(f"/{bucket}/") else None

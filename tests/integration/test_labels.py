@@ -59,6 +59,7 @@ def test_a_link_is_a_presigned_get_of_the_key_valid_fifteen_minutes(s3: Any):
         f"https://labels.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Expires=604800&X-Amz-Signature=old",
         f"http://127.0.0.1:4566/labels/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Expires=604800&X-Amz-Signature=old",
         f"https://labels.s3.eu-west-1.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Signature=old",
+        f"https://labels.s3-eu-west-1.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Signature=old",
     ],
 )
 def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy: str):
@@ -80,6 +81,8 @@ def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy
         f"https://carrier.example/labels/{ORDER}/{SHIPMENT}.pdf",
         f"https://labels.carrier.example/labels/{ORDER}/{SHIPMENT}.pdf",
         f"https://other.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",
+        f"https://labels.s3x.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",  # another bucket, "labels.s3x"
+        f"https://labels-other.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",
         f"https://carrier.example/other/labels/{ORDER}/{SHIPMENT}.pdf",
     ],
 )
