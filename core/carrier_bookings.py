@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core.deadline import TimeUp, never
 from core.errors import InvalidTransition, NotFound, StaleVersion, dependency_down
 from core.hook_calls import call_hook, calls_about
-from core.models import GivenUpBooking, Order
+from core.models import CARRIER_WILL_NOT_CANCEL, GivenUpBooking, Order
 from core.order_changes import modify
 from core.ports import OrderRepository, OrdersOwingCarrier
 
@@ -75,7 +75,7 @@ class CarrierBookings:
                 done.failed.append(f"cancel of {booking.tracking_number}: {type(failure).__name__}: {failure}")
                 continue
             reason = (
-                "the carrier will not cancel it" if answer is False
+                CARRIER_WILL_NOT_CANCEL if answer is False
                 else f"no carrier plugin cancels bookings of {booking.carrier}" if booking.carrier is not None
                 else "no carrier plugin made a booking under its key"
             )  # fmt: skip

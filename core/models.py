@@ -1095,6 +1095,9 @@ CREDIT_NOT_USED = "did not use its credit"
 # A `sourced_again` entry's reason when units the order recorded as reserved were no longer held for
 # it (Order.source_again_lost); the business metrics count it (ReservationsLost).
 RESERVATIONS_LOST = "reservations_lost"
+# A `carrier_booking_not_cancelled` entry's reason when the carrier refused the cancel (its plugin
+# answered False): the business metrics count it (CarrierBookingsNotCancelled).
+CARRIER_WILL_NOT_CANCEL = "the carrier will not cancel it"
 # The reason of the `payment_authorized` entry of an order that owes nothing: no gateway was asked.
 NOTHING_TO_AUTHORIZE = "nothing to pay: no authorization needed"
 # ... and of the `payment_voided` entry that cancels it.

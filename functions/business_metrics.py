@@ -30,7 +30,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
 from core.errors import ReservationsFull
 from core.events import OrderEvent
-from core.models import CREDIT_NOT_USED, RESERVATIONS_LOST, HistoryEntry, Order
+from core.models import CARRIER_WILL_NOT_CANCEL, CREDIT_NOT_USED, RESERVATIONS_LOST, HistoryEntry, Order
 from core.status import RefundStatus
 
 # Callers cancel with free text; a dimension value per text would be a metric per text. The
@@ -38,6 +38,8 @@ from core.status import RefundStatus
 # workflow_error, hold_expired).
 REQUESTED = "requested"
 SYSTEM_ACTORS = frozenset({WORKFLOW_ACTOR, SCAN_ACTOR})
+# What a carrier_booking_not_cancelled entry names (core.models.GivenUpBooking, and why).
+BOOKING_FIELDS = ("shipment_id", "carrier", "tracking_number", "booking_key", "reason")
 
 PAYMENT_FAILURE_OPERATIONS = {
     OrderEvent.PAYMENT_AUTHORIZATION_FAILED: "authorize",
@@ -160,6 +162,17 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
     elif entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
         # A parcel a carrier reported delivered was refused its capture: it left, unpaid for.
         record("DeliveriesNotRecorded")
+    elif entry.type is OrderEvent.CARRIER_BOOKING_NOT_CANCELLED and detail.get("reason") == CARRIER_WILL_NOT_CANCEL:
+        # A label no parcel will use that its carrier refused to cancel: it bills it, and nothing
+        # asks again (CarrierBookingsNotCancelledAlarm). Not one whose carrier no plugin cancels for
+        # (a carrier plugin without the optional hook: every given-up booking of it, the deployment's
+        # choice) nor one only maybe made that no plugin made (it cost nothing). The metric has no
+        # dimension: this line names the order and the booking for the alarm's runbook.
+        record("CarrierBookingsNotCancelled")
+        logger.error(
+            "carrier booking not cancelled: its label is billed and no parcel uses it",
+            extra={"order_id": order.id, **{key: detail.get(key) for key in BOOKING_FIELDS}},
+        )
 
 
 class MeteredOrders:

@@ -17,8 +17,13 @@ from functions.adapters.aws_clients import aws_client
 # AWS it also dies with the signing role's session token (hours at most), whatever it says.
 LABEL_LINK_SECONDS = 15 * 60
 _EXTENSIONS = {"application/pdf": "pdf", "image/png": "png"}
-# Orders written before links were signed at read time hold a 7-day URL to the same object.
-_LEGACY_KEY = re.compile(r"(?:^|/)(labels/ord_[a-z2-7]+/shp_[a-z2-7]+\.[a-z]+)$")
+# Orders written before links were signed at read time hold a 7-day URL to the same object: the
+# bucket's virtual host on S3 (<bucket>.s3[.<region>].amazonaws.com/<key>) or path-style on a
+# configured endpoint (the local stack's: <endpoint>/<bucket>/<key>).
+_LEGACY_KEY = re.compile(r"labels/ord_[a-z2-7]+/shp_[a-z2-7]+\.[a-z]+")
+# What follows the bucket's name in its virtual host: s3.amazonaws.com, s3.<region>.amazonaws.com,
+# s3-<region>.amazonaws.com (and .cn); never another bucket whose name merely starts with ours.
+_S3_HOST = re.compile(r"\.s3(?:[.-][a-z0-9-]+)?\.amazonaws\.com(?:\.cn)?")
 # A label stored under the key of a parcel booked again ("<shipment id>-<n>", core.ids.booking_key).
 _BOOKED_AGAIN = re.compile(r"labels/(?P<order>ord_[a-z2-7]+)/(?P<key>(?P<shipment>shp_[a-z2-7]+)-[0-9]+)\.[a-z]+")
 
@@ -81,12 +86,27 @@ class S3Labels(LabelStore):
         self._s3.put_object(Bucket=bucket, Key=key, Body=document, ContentType=content_type)
         return key
 
+    def _legacy_key(self, url: str) -> str | None:
+        """The key of this bucket's object a legacy stored `url` links to; None for a URL that is
+        not this bucket's. A carrier's hosted label whose path merely has a label key's shape (a
+        carrier filing labels under the OMS's reference, "ord_…/shp_…") is no link to the bucket:
+        signed for that key, it opened another order's label, or none."""
+        parts = urlsplit(url)
+        host, path, bucket = (parts.hostname or "").lower(), unquote(parts.path), self._bucket
+        if not bucket:
+            return None  # no bucket of this function's: a link to none of its objects
+        if host.startswith(bucket) and _S3_HOST.fullmatch(host.removeprefix(bucket)):
+            found = _LEGACY_KEY.fullmatch(path.removeprefix("/"))
+        else:
+            found = _LEGACY_KEY.fullmatch(path.removeprefix(f"/{bucket}/")) if path.startswith(f"/{bucket}/") else None
+        return found.group(0) if found is not None else None
+
     def link(self, key: str) -> str:
         if key.startswith(("http://", "https://")):
-            legacy = _LEGACY_KEY.search(unquote(urlsplit(key).path))
+            legacy = self._legacy_key(key)
             if legacy is None:
-                return key  # not one of ours: shown as stored
-            key = legacy.group(1)
+                return key  # not one of ours (a carrier's hosted label): shown as stored
+            key = legacy
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self._require_bucket(), "Key": key}, ExpiresIn=LABEL_LINK_SECONDS
         )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from core.models import Order
 from core.refunds import with_refunds_shown
 from core.shown_references import with_references_shown
-from core.status import ShipmentStatus
+from core.status import ReturnStatus, ShipmentStatus
 from functions.api.dependencies import container
 
 if TYPE_CHECKING:
@@ -39,7 +39,11 @@ def with_label_links(order: Order) -> Order:
 
 
 def with_return_label_link(item: Return) -> Return:
-    """`item` with a fresh link in place of its stored return label key, as for shipments."""
+    """`item` with a fresh link in place of its stored return label key, as for shipments. A
+    cancelled return (one expired unreceived) shows none: its label was given up and is cancelled
+    with its carrier, so a label printed from it would be void, as a cancelled shipment's. (A
+    rejected return never had one: only an authorized return is labelled.)"""
     if not item.label_url:
         return item
-    return item.model_copy(update={"label_url": container().label_store.link(item.label_url)})
+    shown = None if item.status is ReturnStatus.CANCELLED else container().label_store.link(item.label_url)
+    return item.model_copy(update={"label_url": shown})

@@ -58,6 +58,8 @@ def test_a_link_is_a_presigned_get_of_the_key_valid_fifteen_minutes(s3: Any):
     [
         f"https://labels.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Expires=604800&X-Amz-Signature=old",
         f"http://127.0.0.1:4566/labels/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Expires=604800&X-Amz-Signature=old",
+        f"https://labels.s3.eu-west-1.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Signature=old",
+        f"https://labels.s3-eu-west-1.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf?X-Amz-Signature=old",
     ],
 )
 def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy: str):
@@ -70,10 +72,28 @@ def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy
     assert query["X-Amz-Expires"] == ["900"] and query["X-Amz-Signature"] != ["old"]
 
 
-def test_a_url_that_is_not_one_of_ours_is_shown_as_stored(s3: Any):
-    foreign = "https://carrier.example/label/123.pdf"
-
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "https://carrier.example/label/123.pdf",
+        # A carrier's hosted label whose path has a label key's shape (filed under the OMS's
+        # reference, or naming another order's label): it was signed for that key of the bucket.
+        f"https://carrier.example/labels/{ORDER}/{SHIPMENT}.pdf",
+        f"https://labels.carrier.example/labels/{ORDER}/{SHIPMENT}.pdf",
+        f"https://other.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",
+        f"https://labels.s3x.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",  # another bucket, "labels.s3x"
+        f"https://labels-other.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",
+        f"https://carrier.example/other/labels/{ORDER}/{SHIPMENT}.pdf",
+    ],
+)
+def test_a_url_that_is_not_one_of_ours_is_shown_as_stored(s3: Any, foreign: str):
     assert S3Labels("labels").link(foreign) == foreign
+
+
+def test_a_carriers_link_is_shown_as_stored_by_a_function_without_a_bucket(s3: Any):
+    hosted = f"https://carrier.example/labels/{ORDER}/{SHIPMENT}.pdf"
+
+    assert S3Labels("").link(hosted) == hosted
 
 
 def test_signing_without_a_bucket_is_a_configuration_error(s3: Any):

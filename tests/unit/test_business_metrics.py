@@ -504,3 +504,60 @@ def test_the_records_an_invocation_prints_are_pinned_byte_for_byte(world, capsys
     handler_without_points = emits_business_metrics(lambda: None)
     handler_without_points()
     assert capsys.readouterr().out == ""  # and nothing is carried into the next invocation
+
+
+def test_a_booking_its_carrier_will_not_cancel_counts_for_its_alarm_once(monkeypatch, capsys, caplog):
+    # The carrier refused to cancel a label no parcel will use (scanned already, its void window
+    # past): it bills the merchant for it, and no pass asks again. The history alone recorded it,
+    # which nobody reads for every order: CarrierBookingsNotCancelledAlarm calls a person.
+    from tests.unit.test_carrier_bookings import Carrier
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    carrier = Carrier()
+    world = build_world([("MUG", "wh-west", 10)], carrier, wrap_orders=MeteredOrders)
+    order = world.allocated(("MUG", 1))
+    carrier.refuses = True
+    emitted(capsys)
+
+    caplog.set_level("ERROR")
+
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    world.actions.finish_carrier_work(world.order(order.id), "reconciler")  # asks nothing more
+
+    assert emitted(capsys).get(("CarrierBookingsNotCancelled", ())) == [1.0]
+    (shipment,) = order.shipments
+    logged = [r for r in caplog.records if "carrier booking not cancelled" in r.getMessage()]
+    assert [(r.levelname, r.__dict__.get("order_id"), r.__dict__.get("tracking_number")) for r in logged] == [
+        ("ERROR", order.id, shipment.tracking_number)
+    ]
+    assert logged[0].__dict__.get("reason") == "the carrier will not cancel it"
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    runbook = readme[readme.index("### `CarrierBookingsNotCancelledAlarm`") :].split("\n### ", 1)[0]
+    assert "message like /carrier booking not cancelled/" in runbook
+
+
+@pytest.mark.parametrize(
+    ("carrier", "reason"),
+    [
+        # A CreateShipments that failed keeps the key it asked under as a booking maybe made;
+        # settled as no plugin's (none made it), it cost nothing.
+        (None, "no carrier plugin made a booking under its key"),
+        # A carrier plugin without the optional cancel hook: every booking it gives up (the
+        # deployment's choice, README "oms_carrier_cancel_shipment"), not one to call a person for.
+        ("Acme Courier", "no carrier plugin cancels bookings of Acme Courier"),
+    ],
+)
+def test_a_booking_no_plugin_answered_for_counts_nothing_for_that_alarm(world, capsys, carrier, reason):
+    from core.events import OrderEvent
+    from core.models import HistoryEntry
+    from functions.business_metrics import entry_recorded
+
+    order = world.order(world.place(("TSHIRT", 1)))
+    emitted(capsys)
+    detail = {"shipment_id": "shp_x", "carrier": carrier, "tracking_number": None, "booking_key": "shp_x",
+              "reason": reason}  # fmt: skip
+
+    entry_recorded(order, HistoryEntry(at=NOW, type=OrderEvent.CARRIER_BOOKING_NOT_CANCELLED, actor="k", detail=detail))
+
+    assert ("CarrierBookingsNotCancelled", ()) not in emitted(capsys)
