@@ -624,3 +624,37 @@ def test_an_idempotency_key_sent_again_with_another_body_is_409_and_changes_noth
     assert_error(reused, 409, "idempotency_key_reused", "Idempotency-Key")
     assert again.status_code == done.status_code, again.text
     assert again.json().get("id") == done.json().get("id")
+
+
+def _died_before_its_record_was_done(record_id: str) -> None:
+    """The record as a function killed after its change leaves it: still INPROGRESS, no answer, and
+    its in-progress expiry (the invocation's deadline) passed, so powertools lets a retry run again."""
+    boto3.client("dynamodb", region_name="us-east-1").update_item(
+        TableName=os.environ["IDEMPOTENCY_TABLE"],
+        Key={"id": {"S": record_id}},
+        UpdateExpression="SET #status = :running, in_progress_expiration = :passed REMOVE #data",
+        ExpressionAttributeNames={"#status": "status", "#data": "data"},
+        ExpressionAttributeValues={":running": {"S": "INPROGRESS"}, ":passed": {"N": "1"}},
+    )
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_a_retry_after_the_first_attempt_died_before_its_record_was_done_changes_nothing_twice(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # Lambda killed the first attempt after its change and before powertools marked its record done:
+    # the retry runs again, and must find that change by its own keys (an order's id or created entry,
+    # a refund's id, a cancel's entry, a PO's id, a receipt's key...) instead of making a second one.
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    before = idempotency_records()
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+    (record_id,) = (record_id for record_id in idempotency_records() if record_id not in before)
+    _died_before_its_record_was_done(record_id)
+
+    again = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    assert again.status_code == done.status_code, again.text
+    assert _unsigned(again.json()) == _unsigned(done.json())

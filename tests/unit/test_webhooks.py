@@ -345,6 +345,8 @@ class FakeStore(WebhookStore):
     def add(self, webhook: IssuedWebhook, cap: int = MAX_WEBHOOKS) -> None:
         if sum(held.channel == webhook.channel for held in self.webhooks.values()) >= cap:
             raise TooManyWebhooks(webhook.channel)
+        if webhook.id in self.webhooks:
+            raise StaleVersion(f"webhook {webhook.id} exists already")
         self.webhooks[webhook.id] = webhook
 
     def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
