@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,9 +22,11 @@ from typing import Any
 import boto3
 import pytest
 
+from core.access import Scope
 from functions.api.access import PUBLIC, ScopeTable
 from functions.api.app import every_route
 from tests.e2e.client import Catalog, assert_error, order_body
+from tests.integration.conftest import run_threads
 from tests.integration.in_process import (
     InProcessApi,
     idempotency_records,
@@ -658,3 +661,53 @@ def test_a_retry_after_the_first_attempt_died_before_its_record_was_done_changes
 
     assert again.status_code == done.status_code, again.text
     assert _unsigned(again.json()) == _unsigned(done.json())
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_the_same_idempotency_key_sent_by_another_api_key_is_another_request(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # A key is scoped to the API key that sent it: two clients choosing the same key (a counter, a
+    # date) never get each other's answers, nor a 409 for the other's body.
+    method, _ = route
+    path, first, other = REUSES[route](world)
+    another_path, another_first, _ = REUSES[route](world)
+    if another_path == path:  # no id in the path: another body on the same route
+        another_first = other
+    other_client = issue(world.api, *(scope.value for scope in Scope if scope is not Scope.ADMIN))
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+
+    theirs = api.request(method, another_path, json=another_first, headers=key, key=other_client)
+
+    assert theirs.status_code in (200, 201), theirs.text
+    assert _unsigned(theirs.json()) != _unsigned(done.json())
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_one_request_sent_twice_at_once_under_its_key_acts_once_and_a_retry_after_gets_its_answer(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # The twin finds powertools' INPROGRESS record: 409 request_in_progress (README), never a second
+    # effect; once the first is done, the same request answers as it did.
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    answers: list[Any] = [None, None]
+    barrier = threading.Barrier(2)
+
+    def send(n: int) -> None:
+        barrier.wait()
+        answers[n] = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    run_threads(threading.Thread(target=send, args=(n,)) for n in range(2))
+    after = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    done = [answer for answer in answers if answer.status_code in (200, 201)]
+    assert done and all(answer.status_code in (200, 201, 409) for answer in answers), [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert_error(answer, 409, "request_in_progress", "Idempotency-Key")
+    for answer in (*done, after):
+        assert (answer.status_code, _unsigned(answer.json())) == (done[0].status_code, _unsigned(done[0].json()))
