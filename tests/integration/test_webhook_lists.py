@@ -258,9 +258,10 @@ def test_a_subscribe_retried_with_its_idempotency_key_answers_the_first_subscrip
 
 
 def test_a_subscribe_and_its_retry_under_one_key_at_once_make_one_subscription(api: InProcessApi, monkeypatch):
-    # The first attempt's record expired in progress (its function ran past its deadline) while it
-    # was still about to write: its retry runs whole meanwhile. The id both derive from the key lets
-    # one write land; the other is told of it by the write's own condition and answers it.
+    # The first attempt's record read as expired in progress (its deadline, as the retry's clock
+    # reads it, passed: hosts' clocks differ) while it was still about to write: its retry runs whole
+    # meanwhile. The id both derive from the key lets one write land; the other is told of it by the
+    # write's own condition and answers it (as a purchase order's create does).
     from functions.adapters.webhooks import DynamoWebhooks
     from infra.local.lambdas import RUNNING
 
