@@ -711,3 +711,104 @@ def test_one_request_sent_twice_at_once_under_its_key_acts_once_and_a_retry_afte
             assert_error(answer, 409, "request_in_progress", "Idempotency-Key")
     for answer in (*done, after):
         assert (answer.status_code, _unsigned(answer.json())) == (done[0].status_code, _unsigned(done[0].json()))
+
+
+# Each route that honours Idempotency-Key: a target, a body its service refuses (a 4xx decided
+# after the key's record was started), what makes the second body pass, and that body.
+Refusal = Callable[[World], tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]]
+
+
+def _refused_hold(world: World) -> tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]:
+    order = world.allocated()["id"]
+    assert world.api.post(f"/orders/{order}/hold", json={"reason": "other"}).status_code == 200  # held already: 409
+
+    def release() -> None:
+        assert world.api.post(f"/orders/{order}/release", json={}).status_code == 200
+
+    return f"/orders/{order}/hold", {"reason": "other"}, release, {"reason": "other"}
+
+
+def _refused_release(world: World) -> tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]:
+    order = world.allocated()["id"]  # not on hold: 409
+
+    def hold() -> None:
+        assert world.api.post(f"/orders/{order}/hold", json={"reason": "other"}).status_code == 200
+
+    return f"/orders/{order}/release", {"note": "a"}, hold, {"note": "a"}
+
+
+def _nothing() -> None:
+    return None
+
+
+REFUSALS: dict[tuple[str, str], Refusal] = {
+    ("POST", "/orders"): lambda w: ("/orders", order_body((w.sku, 10**6)), _nothing, order_body((w.sku, 1))),
+    ("POST", "/inventory/{sku}/{location_id}/adjustments"): lambda w: (
+        f"/inventory/{w.sku}/{w.location}/adjustments",
+        {"delta": -(10**8), "reason": "damage"},
+        _nothing,
+        {"delta": 1, "reason": "receipt"},
+    ),
+    ("POST", "/purchase-orders"): lambda w: (
+        "/purchase-orders",
+        w.purchase("no-such-vendor", 1),
+        _nothing,
+        w.purchase("v1", 1),
+    ),
+    ("POST", "/orders/{order_id}/cancel"): lambda w: (
+        f"/orders/{w.allocated()['id']}/cancel",
+        {"reason": "x", "lines": [{"line_id": "L1", "quantity": 4}]},
+        _nothing,
+        {"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}]},
+    ),
+    ("POST", "/orders/{order_id}/hold"): _refused_hold,
+    ("POST", "/orders/{order_id}/release"): _refused_release,
+    ("POST", "/orders/{order_id}/refunds"): lambda w: (
+        f"/orders/{w.delivered()}/refunds",
+        {"amount": {"amount": "999.00", "currency": "USD"}, "reason": "late"},
+        _nothing,
+        {"amount": {"amount": "1.00", "currency": "USD"}, "reason": "late"},
+    ),
+    ("POST", "/orders/{order_id}/returns"): lambda w: (
+        f"/orders/{w.delivered()}/returns",
+        {"lines": [{"line_id": "L1", "quantity": 4, "reason": "x"}]},
+        _nothing,
+        {"lines": [{"line_id": "L1", "quantity": 1, "reason": "x"}]},
+    ),
+    ("POST", "/purchase-orders/{po_id}/receive"): lambda w: (
+        f"/purchase-orders/{w.api.post('/purchase-orders', json=w.purchase('v1', 5)).json()['id']}/receive",
+        {"lines": [{"sku": w.sku, "quantity": 6}]},
+        _nothing,
+        {"lines": [{"sku": w.sku, "quantity": 1}]},
+    ),
+    ("POST", "/webhooks"): lambda w: (
+        "/webhooks",
+        {"url": "http://127.0.0.1:9/hook", "events": ["import.completed"], "channel": "web"},
+        _nothing,
+        {"url": "http://127.0.0.1:9/hook", "events": ["order.created"], "channel": "web"},
+    ),
+}
+
+
+def test_every_route_that_honours_an_idempotency_key_but_the_confirmations_batch_is_in_the_refusal_matrix():
+    # A batch is not refused whole: each item's refusal is in its 200 answer (and one to retry is
+    # not kept: tests/integration/test_shipment_confirmations.py).
+    assert set(REFUSALS) == set(KEYED_BY_CLIENT) - {("POST", "/shipments/confirmations")}
+
+
+@pytest.mark.parametrize("route", sorted(REFUSALS), ids=_id)
+def test_a_request_refused_under_a_key_is_not_kept_and_the_key_then_runs_the_request_that_passes(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # README: an idempotent first attempt that failed is not stored. Its refusal is not replayed to
+    # the request sent when the refusal no longer holds, nor is that 409 idempotency_key_reused.
+    method, _ = route
+    path, refused, unblock, passing = REFUSALS[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    no = api.request(method, path, json=refused, headers=key)
+    assert 400 <= no.status_code < 500 and no.status_code != 400, no.text
+    unblock()
+
+    yes = api.request(method, path, json=passing, headers=key)
+
+    assert yes.status_code in (200, 201), yes.text
