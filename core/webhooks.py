@@ -515,11 +515,17 @@ class Webhooks:
         ones) holds MAX_WEBHOOKS already. `webhook_id` (core.ids.webhook_id_for, from a client's
         Idempotency-Key) names it: a create retried after its first attempt stored the subscription
         but not the key's record (the function killed between the two) answers that subscription
-        within the key's 24 h, and is 409 `idempotency_key_reused` when it asks for another."""
-        if webhook_id is not None and (found := self._store.get(webhook_id)) is not None:
-            if found.created_at > self._clock() - KEY_HONOURED_FOR:
+        within the key's 24 h, and is 409 `idempotency_key_reused` when it asks for another. A key
+        whose subscription was deleted makes a new one (the key's record, while it lasts, answers 404)."""
+        if webhook_id is not None:
+            found = self._store.get(webhook_id)
+            if found is not None and found.created_at > self._clock() - KEY_HONOURED_FOR:
                 return _same_subscription(found, request)
-            webhook_id = None  # the key's 24 h are over: a new request, under an id of its own
+            if found is not None or self._store.deliveries(webhook_id, 1, None)[0]:
+                # The key's 24 h are over, or the subscription it made was deleted after deliveries were
+                # recorded under its id: a new request, under an id of its own, so that none of those
+                # deliveries is listed, retried or sent as the new subscription's.
+                webhook_id = None
         if request.channel is not None:
             for index, name in enumerate(request.events):
                 if name != ALL_EVENTS and name not in WITH_CHANNEL:

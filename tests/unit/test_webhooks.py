@@ -526,6 +526,23 @@ def test_a_subscribe_under_a_clients_key_answers_the_subscription_its_key_made_w
     assert sorted(store.webhooks) == sorted([key_id, a_day_later.id])
 
 
+def test_a_key_whose_subscription_was_deleted_after_deliveries_makes_a_new_one_under_an_id_of_its_own():
+    # Its id taken again, the new subscription would list the deleted one's deliveries, and a retry
+    # of one of them would be signed with the new secret and sent as the new subscription's.
+    store = FakeStore()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    asked = NewWebhook(url="https://a.example/h", events=["*"])
+    key_id = webhook_id_for("key_maker", "hooks-setup")
+    first = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+    store.add_delivery(record(webhook_id=first.id))
+    webhooks.delete(first.id, None)
+
+    again = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+
+    assert again.id != first.id and list(store.webhooks) == [again.id]
+    assert webhooks.deliveries(again.id, None, 25, None) == ([], None)
+
+
 def test_a_subscribe_under_a_key_whose_twin_stored_it_first_answers_that_subscription():
     # Two attempts under one key at once (the first's record expired in progress): one is stored.
     store = FakeStore()
