@@ -812,3 +812,43 @@ def test_a_request_refused_under_a_key_is_not_kept_and_the_key_then_runs_the_req
     yes = api.request(method, path, json=passing, headers=key)
 
     assert yes.status_code in (200, 201), yes.text
+
+
+@pytest.mark.parametrize("route", sorted(r for r in REUSES if "{" in r[1]), ids=_id)
+def test_the_same_idempotency_key_on_another_target_of_the_route_is_another_request(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    another_path, another_first, _ = REUSES[route](world)
+    if another_path == path:  # one stock item: another location's
+        another_path = path.replace(world.location, Catalog(world.api).location())
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+
+    elsewhere = api.request(method, another_path, json=another_first, headers=key)
+
+    assert elsewhere.status_code in (200, 201), elsewhere.text
+    assert _unsigned(elsewhere.json()) != _unsigned(done.json())
+
+
+def test_one_idempotency_key_on_an_orders_hold_release_cancel_and_refund_is_four_requests(
+    api: InProcessApi, world: World
+):
+    # A hold's, a release's and a cancel's history entries all keep the key (request_key): each
+    # finds only its own kind, so the release is not taken for a retry of the hold.
+    order = world.delivered()
+    other = world.allocated()["id"]
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+
+    held = api.post(f"/orders/{other}/hold", json={"reason": "other"}, headers=key)
+    released = api.post(f"/orders/{other}/release", json={}, headers=key)
+    cancelled = api.post(f"/orders/{other}/cancel", json={"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}]},
+                         headers=key)  # fmt: skip
+    refunded = api.post(f"/orders/{order}/refunds", json={"amount": {"amount": "1.00", "currency": "USD"},
+                                                          "reason": "late"}, headers=key)  # fmt: skip
+
+    assert [held.status_code, released.status_code, cancelled.status_code, refunded.status_code] == [200, 200, 200, 201]
+    assert (held.json()["status"], released.json()["status"]) == ("on_hold", "allocated")
+    assert cancelled.json()["lines"][0]["cancelled_quantity"] == 1
