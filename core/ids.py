@@ -63,6 +63,13 @@ def purchase_order_id_for(caller_key_id: str, idempotency_key: str) -> str:
     return "po_" + short_hash(f"purchase-order\x1f{caller_key_id}\x1f{idempotency_key}")
 
 
+def webhook_id_for(caller_key_id: str, idempotency_key: str) -> str:
+    """The id of the subscription a create with an Idempotency-Key makes: the same for every retry
+    of it, so a retry whose first attempt was written finds that subscription instead of adding a
+    second one that would get every event twice."""
+    return "whk_" + short_hash(f"webhook\x1f{caller_key_id}\x1f{idempotency_key}")
+
+
 def short_hash(text: str) -> str:
     """A stable 24-character id body for something derived from other ids (a shipment of an
     order at a location), so a retried step names it the same way."""

@@ -21,6 +21,7 @@ from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel, Shown, VisibleText
 from core.status import DeliveryStatus, check_delivery_step
+from core.unit_cancellation import KEY_HONOURED_FOR
 
 ALL_EVENTS = "*"
 MAX_QUEUE_DELAY = 900  # seconds: SQS's longest DelaySeconds; longer waits are several hops
@@ -404,7 +405,7 @@ class WebhookStore(ABC):
     def add(self, webhook: IssuedWebhook, cap: int) -> None:
         """Store a new subscription unless its channel (for an unbound one, the unbound ones) holds
         `cap` already: then TooManyWebhooks, and nothing stored. Two adds racing for the last place
-        never both take it."""
+        never both take it. StaleVersion, nothing stored, when a subscription has its id already."""
 
     @abstractmethod
     def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
@@ -490,6 +491,18 @@ class WebhookSender(ABC):
 Clock = Callable[[], datetime]
 
 
+def _same_subscription(webhook: IssuedWebhook, request: NewWebhook) -> IssuedWebhook:
+    """`webhook`, made by an earlier create under the same Idempotency-Key, when `request` asks for
+    it again (its secret included: that create's answer); 409 when the key was used for another."""
+    if (webhook.url, webhook.events, webhook.channel) != (request.url, request.events, request.channel):
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_key_reused",
+            details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+        )
+    return webhook
+
+
 class Webhooks:
     """POST/GET/DELETE /webhooks and the deliveries routes. A channel-bound caller sees and
     changes its channel's subscriptions only (another's answers 404)."""
@@ -500,11 +513,24 @@ class Webhooks:
         self._check = check
         self._clock = clock
 
-    def subscribe(self, request: NewWebhook, created_by: str) -> IssuedWebhook:
+    def subscribe(self, request: NewWebhook, created_by: str, webhook_id: str | None = None) -> IssuedWebhook:
         """Store a new subscription, made by the API key `created_by`. InvalidRequest when it is
         bound to a channel and names a type not known to carry one (it would never get a delivery);
         WebhookUrlRefused for a URL not to call; TooManyWebhooks when its channel (or the unbound
-        ones) holds MAX_WEBHOOKS already."""
+        ones) holds MAX_WEBHOOKS already. `webhook_id` (core.ids.webhook_id_for, from a client's
+        Idempotency-Key) names it: a create retried after its first attempt stored the subscription
+        but not the key's record (the function killed between the two) answers that subscription
+        within the key's 24 h, and is 409 `idempotency_key_reused` when it asks for another. A key
+        whose subscription was deleted makes a new one (the key's record, while it lasts, answers 404)."""
+        if webhook_id is not None:
+            found = self._store.get(webhook_id)
+            if found is not None and found.created_at > self._clock() - KEY_HONOURED_FOR:
+                return _same_subscription(found, request)
+            if found is not None or self._store.deliveries(webhook_id, 1, None)[0]:
+                # The key's 24 h are over, or the subscription it made was deleted after deliveries were
+                # recorded under its id: a new request, under an id of its own, so that none of those
+                # deliveries is listed, retried or sent as the new subscription's.
+                webhook_id = None
         if request.channel is not None:
             for index, name in enumerate(request.events):
                 if name != ALL_EVENTS and name not in WITH_CHANNEL:
@@ -512,7 +538,7 @@ class Webhooks:
                     raise InvalidRequest(message, details=[{"field": f"events[{index}]", "message": message}])
         self._check(request.url)
         webhook = IssuedWebhook(
-            id=new_id("whk"),
+            id=webhook_id or new_id("whk"),
             url=request.url,
             events=request.events,
             channel=request.channel,
@@ -520,7 +546,14 @@ class Webhooks:
             created_by=created_by,
             secret=new_webhook_secret(),
         )
-        self._store.add(webhook, MAX_WEBHOOKS)
+        try:
+            self._store.add(webhook, MAX_WEBHOOKS)
+        except StaleVersion:
+            # A create under the same key at once (its record expired in progress) stored it first.
+            found = self._store.get(webhook.id) if webhook_id is not None else None
+            if found is None:
+                raise
+            return _same_subscription(found, request)
         return webhook
 
     def get(self, webhook_id: str, channel: str | None) -> Webhook:

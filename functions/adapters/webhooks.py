@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from core.domain_events import OutgoingEvent
+from core.errors import StaleVersion
 from core.webhooks import (
     DeliveryMessage,
     DeliveryQueue,
@@ -104,6 +105,8 @@ class DynamoWebhooks(WebhookStore):
             reasons = error.response.get("CancellationReasons") or []
             if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
                 raise TooManyWebhooks(webhook.channel) from None
+            if len(reasons) > 1 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                raise StaleVersion(f"webhook {webhook.id} exists already") from None
             raise
 
     def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:

@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,9 +22,11 @@ from typing import Any
 import boto3
 import pytest
 
+from core.access import Scope
 from functions.api.access import PUBLIC, ScopeTable
 from functions.api.app import every_route
 from tests.e2e.client import Catalog, assert_error, order_body
+from tests.integration.conftest import run_threads
 from tests.integration.in_process import (
     InProcessApi,
     idempotency_records,
@@ -624,3 +627,228 @@ def test_an_idempotency_key_sent_again_with_another_body_is_409_and_changes_noth
     assert_error(reused, 409, "idempotency_key_reused", "Idempotency-Key")
     assert again.status_code == done.status_code, again.text
     assert again.json().get("id") == done.json().get("id")
+
+
+def _died_before_its_record_was_done(record_id: str) -> None:
+    """The record as a function killed after its change leaves it: still INPROGRESS, no answer, and
+    its in-progress expiry (the invocation's deadline) passed, so powertools lets a retry run again."""
+    boto3.client("dynamodb", region_name="us-east-1").update_item(
+        TableName=os.environ["IDEMPOTENCY_TABLE"],
+        Key={"id": {"S": record_id}},
+        UpdateExpression="SET #status = :running, in_progress_expiration = :passed REMOVE #data",
+        ExpressionAttributeNames={"#status": "status", "#data": "data"},
+        ExpressionAttributeValues={":running": {"S": "INPROGRESS"}, ":passed": {"N": "1"}},
+    )
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_a_retry_after_the_first_attempt_died_before_its_record_was_done_changes_nothing_twice(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # Lambda killed the first attempt after its change and before powertools marked its record done:
+    # the retry runs again, and must find that change by its own keys (an order's id or created entry,
+    # a refund's id, a cancel's entry, a PO's id, a receipt's key...) instead of making a second one.
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    before = idempotency_records()
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+    (record_id,) = (record_id for record_id in idempotency_records() if record_id not in before)
+    _died_before_its_record_was_done(record_id)
+
+    again = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    assert again.status_code == done.status_code, again.text
+    assert _unsigned(again.json()) == _unsigned(done.json())
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_the_same_idempotency_key_sent_by_another_api_key_is_another_request(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # A key is scoped to the API key that sent it: two clients choosing the same key (a counter, a
+    # date) never get each other's answers, nor a 409 for the other's body.
+    method, _ = route
+    path, first, other = REUSES[route](world)
+    another_path, another_first, _ = REUSES[route](world)
+    if another_path == path:  # no id in the path: another body on the same route
+        another_first = other
+    other_client = issue(world.api, *(scope.value for scope in Scope if scope is not Scope.ADMIN))
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+
+    theirs = api.request(method, another_path, json=another_first, headers=key, key=other_client)
+
+    assert theirs.status_code in (200, 201), theirs.text
+    assert _unsigned(theirs.json()) != _unsigned(done.json())
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_one_request_sent_twice_at_once_under_its_key_acts_once_and_a_retry_after_gets_its_answer(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # The twin finds powertools' INPROGRESS record: 409 request_in_progress (README), never a second
+    # effect; once the first is done, the same request answers as it did.
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    answers: list[Any] = [None, None]
+    barrier = threading.Barrier(2)
+
+    def send(n: int) -> None:
+        barrier.wait()
+        answers[n] = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    run_threads(threading.Thread(target=send, args=(n,)) for n in range(2))
+    after = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    done = [answer for answer in answers if answer.status_code in (200, 201)]
+    assert done and all(answer.status_code in (200, 201, 409) for answer in answers), [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert_error(answer, 409, "request_in_progress", "Idempotency-Key")
+    for answer in (*done, after):
+        assert (answer.status_code, _unsigned(answer.json())) == (done[0].status_code, _unsigned(done[0].json()))
+
+
+# Each route that honours Idempotency-Key: a target, a body its service refuses (a 4xx decided
+# after the key's record was started), what makes the second body pass, and that body.
+Refusal = Callable[[World], tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]]
+
+
+def _refused_hold(world: World) -> tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]:
+    order = world.allocated()["id"]
+    assert world.api.post(f"/orders/{order}/hold", json={"reason": "other"}).status_code == 200  # held already: 409
+
+    def release() -> None:
+        assert world.api.post(f"/orders/{order}/release", json={}).status_code == 200
+
+    return f"/orders/{order}/hold", {"reason": "other"}, release, {"reason": "other"}
+
+
+def _refused_release(world: World) -> tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]:
+    order = world.allocated()["id"]  # not on hold: 409
+
+    def hold() -> None:
+        assert world.api.post(f"/orders/{order}/hold", json={"reason": "other"}).status_code == 200
+
+    return f"/orders/{order}/release", {"note": "a"}, hold, {"note": "a"}
+
+
+def _nothing() -> None:
+    return None
+
+
+REFUSALS: dict[tuple[str, str], Refusal] = {
+    ("POST", "/orders"): lambda w: ("/orders", order_body((w.sku, 10**6)), _nothing, order_body((w.sku, 1))),
+    ("POST", "/inventory/{sku}/{location_id}/adjustments"): lambda w: (
+        f"/inventory/{w.sku}/{w.location}/adjustments",
+        {"delta": -(10**8), "reason": "damage"},
+        _nothing,
+        {"delta": 1, "reason": "receipt"},
+    ),
+    ("POST", "/purchase-orders"): lambda w: (
+        "/purchase-orders",
+        w.purchase("no-such-vendor", 1),
+        _nothing,
+        w.purchase("v1", 1),
+    ),
+    ("POST", "/orders/{order_id}/cancel"): lambda w: (
+        f"/orders/{w.allocated()['id']}/cancel",
+        {"reason": "x", "lines": [{"line_id": "L1", "quantity": 4}]},
+        _nothing,
+        {"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}]},
+    ),
+    ("POST", "/orders/{order_id}/hold"): _refused_hold,
+    ("POST", "/orders/{order_id}/release"): _refused_release,
+    ("POST", "/orders/{order_id}/refunds"): lambda w: (
+        f"/orders/{w.delivered()}/refunds",
+        {"amount": {"amount": "999.00", "currency": "USD"}, "reason": "late"},
+        _nothing,
+        {"amount": {"amount": "1.00", "currency": "USD"}, "reason": "late"},
+    ),
+    ("POST", "/orders/{order_id}/returns"): lambda w: (
+        f"/orders/{w.delivered()}/returns",
+        {"lines": [{"line_id": "L1", "quantity": 4, "reason": "x"}]},
+        _nothing,
+        {"lines": [{"line_id": "L1", "quantity": 1, "reason": "x"}]},
+    ),
+    ("POST", "/purchase-orders/{po_id}/receive"): lambda w: (
+        f"/purchase-orders/{w.api.post('/purchase-orders', json=w.purchase('v1', 5)).json()['id']}/receive",
+        {"lines": [{"sku": w.sku, "quantity": 6}]},
+        _nothing,
+        {"lines": [{"sku": w.sku, "quantity": 1}]},
+    ),
+    ("POST", "/webhooks"): lambda w: (
+        "/webhooks",
+        {"url": "http://127.0.0.1:9/hook", "events": ["import.completed"], "channel": "web"},
+        _nothing,
+        {"url": "http://127.0.0.1:9/hook", "events": ["order.created"], "channel": "web"},
+    ),
+}
+
+
+def test_every_route_that_honours_an_idempotency_key_but_the_confirmations_batch_is_in_the_refusal_matrix():
+    # A batch is not refused whole: each item's refusal is in its 200 answer (and one to retry is
+    # not kept: tests/integration/test_shipment_confirmations.py).
+    assert set(REFUSALS) == set(KEYED_BY_CLIENT) - {("POST", "/shipments/confirmations")}
+
+
+@pytest.mark.parametrize("route", sorted(REFUSALS), ids=_id)
+def test_a_request_refused_under_a_key_is_not_kept_and_the_key_then_runs_the_request_that_passes(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # README: an idempotent first attempt that failed is not stored. Its refusal is not replayed to
+    # the request sent when the refusal no longer holds, nor is that 409 idempotency_key_reused.
+    method, _ = route
+    path, refused, unblock, passing = REFUSALS[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    no = api.request(method, path, json=refused, headers=key)
+    assert 400 <= no.status_code < 500 and no.status_code != 400, no.text
+    unblock()
+
+    yes = api.request(method, path, json=passing, headers=key)
+
+    assert yes.status_code in (200, 201), yes.text
+
+
+@pytest.mark.parametrize("route", sorted(r for r in REUSES if "{" in r[1]), ids=_id)
+def test_the_same_idempotency_key_on_another_target_of_the_route_is_another_request(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    another_path, another_first, _ = REUSES[route](world)
+    if another_path == path:  # one stock item: another location's
+        another_path = path.replace(world.location, Catalog(world.api).location())
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+
+    elsewhere = api.request(method, another_path, json=another_first, headers=key)
+
+    assert elsewhere.status_code in (200, 201), elsewhere.text
+    assert _unsigned(elsewhere.json()) != _unsigned(done.json())
+
+
+def test_one_idempotency_key_on_an_orders_hold_release_cancel_and_refund_is_four_requests(
+    api: InProcessApi, world: World
+):
+    # A hold's, a release's and a cancel's history entries all keep the key (request_key): each
+    # finds only its own kind, so the release is not taken for a retry of the hold.
+    order = world.delivered()
+    other = world.allocated()["id"]
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+
+    held = api.post(f"/orders/{other}/hold", json={"reason": "other"}, headers=key)
+    released = api.post(f"/orders/{other}/release", json={}, headers=key)
+    cancelled = api.post(f"/orders/{other}/cancel", json={"reason": "x", "lines": [{"line_id": "L1", "quantity": 1}]},
+                         headers=key)  # fmt: skip
+    refunded = api.post(f"/orders/{order}/refunds", json={"amount": {"amount": "1.00", "currency": "USD"},
+                                                          "reason": "late"}, headers=key)  # fmt: skip
+
+    assert [held.status_code, released.status_code, cancelled.status_code, refunded.status_code] == [200, 200, 200, 201]
+    assert (held.json()["status"], released.json()["status"]) == ("on_hold", "allocated")
+    assert cancelled.json()["lines"][0]["cancelled_quantity"] == 1

@@ -255,3 +255,39 @@ def test_a_subscribe_retried_with_its_idempotency_key_answers_the_first_subscrip
     assert first.json()["secret"] not in json.dumps(records)
     assert api.request("DELETE", f"/webhooks/{first.json()['id']}", key=key).status_code == 204
     assert_error(api.post("/webhooks", json=body, headers=headers, key=key), 404, "not_found")
+
+
+def test_a_subscribe_and_its_retry_under_one_key_at_once_make_one_subscription(api: InProcessApi, monkeypatch):
+    # The first attempt's record read as expired in progress (its deadline, as the retry's clock
+    # reads it, passed: hosts' clocks differ) while it was still about to write: its retry runs whole
+    # meanwhile. The id both derive from the key lets one write land; the other is told of it by the
+    # write's own condition and answers it (as a purchase order's create does).
+    from functions.adapters.webhooks import DynamoWebhooks
+    from infra.local.lambdas import RUNNING
+
+    key = issue(api, "webhooks:write")
+    body = {"url": f"http://127.0.0.1:9/{unique('hook')}", "events": ["order.created"]}
+    headers = {"Idempotency-Key": unique("twin")}
+    add = DynamoWebhooks.add
+    retry: list[Any] = []
+
+    def add_after_the_retry(store: DynamoWebhooks, *args: Any, **kwargs: Any) -> None:
+        if not retry:
+            retry.append(None)
+            running, RUNNING.function = RUNNING.function, None  # the test's own reads, not the function's
+            table = boto3.client("dynamodb", region_name="us-east-1")
+            for item in table.scan(TableName=os.environ["IDEMPOTENCY_TABLE"])["Items"]:
+                if item["status"]["S"] == "INPROGRESS":
+                    item["in_progress_expiration"] = {"N": "1"}
+                    table.put_item(TableName=os.environ["IDEMPOTENCY_TABLE"], Item=item)
+            RUNNING.function = running
+            retry[0] = api.post("/webhooks", json=body, headers=headers, key=key)
+        return add(store, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoWebhooks, "add", add_after_the_retry)
+    first = api.post("/webhooks", json=body, headers=headers, key=key)
+
+    assert (retry[0].status_code, first.status_code) == (201, 201), (retry[0].text, first.text)
+    assert retry[0].json() == first.json()
+    mine = [w for w in api.get("/webhooks", params={"limit": 100}, key=key).json()["items"] if w["url"] == body["url"]]
+    assert [w["id"] for w in mine] == [first.json()["id"]]

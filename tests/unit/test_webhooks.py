@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from core.domain_events import DomainEvent, EventType, OutgoingEvent, event_id
-from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion
+from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion
+from core.ids import webhook_id_for
 from core.status import DeliveryStatus
 from core.webhooks import (
     MAX_QUEUE_DELAY,
@@ -345,6 +346,8 @@ class FakeStore(WebhookStore):
     def add(self, webhook: IssuedWebhook, cap: int = MAX_WEBHOOKS) -> None:
         if sum(held.channel == webhook.channel for held in self.webhooks.values()) >= cap:
             raise TooManyWebhooks(webhook.channel)
+        if webhook.id in self.webhooks:
+            raise StaleVersion(f"webhook {webhook.id} exists already")
         self.webhooks[webhook.id] = webhook
 
     def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
@@ -501,6 +504,62 @@ def test_subscribing_checks_the_url_and_shows_the_secret_once():
         )
     with pytest.raises(NotFound):
         webhooks.get(issued.id, "shop")  # another channel's key
+
+
+def test_a_subscribe_under_a_clients_key_answers_the_subscription_its_key_made_within_24_hours():
+    store, clock = FakeStore(), Clock()
+    webhooks = Webhooks(store, FakeQueue(), public, clock)
+    asked = NewWebhook(url="https://a.example/h", events=["order.created"])
+    key_id = webhook_id_for("key_maker", "checkout-hooks")
+
+    first = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+    again = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+    with pytest.raises(Conflict) as other:
+        webhooks.subscribe(asked.model_copy(update={"events": ["*"]}), created_by="key_maker", webhook_id=key_id)
+    clock.now += timedelta(hours=24)
+    a_day_later = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+
+    assert first.id == key_id and again == first  # its secret too: the first create's answer
+    assert other.value.code == "idempotency_key_reused"
+    # The key is honoured for 24 h: after them it names a new request, and that a new subscription.
+    assert a_day_later.id != key_id and a_day_later.secret != first.secret
+    assert sorted(store.webhooks) == sorted([key_id, a_day_later.id])
+
+
+def test_a_key_whose_subscription_was_deleted_after_deliveries_makes_a_new_one_under_an_id_of_its_own():
+    # Its id taken again, the new subscription would list the deleted one's deliveries, and a retry
+    # of one of them would be signed with the new secret and sent as the new subscription's.
+    store = FakeStore()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    asked = NewWebhook(url="https://a.example/h", events=["*"])
+    key_id = webhook_id_for("key_maker", "hooks-setup")
+    first = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+    store.add_delivery(record(webhook_id=first.id))
+    webhooks.delete(first.id, None)
+
+    again = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+
+    assert again.id != first.id and list(store.webhooks) == [again.id]
+    assert webhooks.deliveries(again.id, None, 25, None) == ([], None)
+
+
+def test_a_subscribe_under_a_key_whose_twin_stored_it_first_answers_that_subscription():
+    # Two attempts under one key at once (the first's record expired in progress): one is stored.
+    store = FakeStore()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    asked = NewWebhook(url="https://a.example/h", events=["*"])
+    key_id = webhook_id_for("key_maker", "k")
+    twin = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+    seen = store.get
+
+    def not_yet_seen(webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
+        store.get = seen  # the first read ran before the twin's write; the one after the refusal sees it
+        return None
+
+    store.get = not_yet_seen  # type: ignore[method-assign]
+    answered = webhooks.subscribe(asked, created_by="key_maker", webhook_id=key_id)
+
+    assert answered == twin and list(store.webhooks) == [key_id]
 
 
 def test_dispatch_publishes_every_event_and_queues_one_delivery_per_matching_subscription_once():

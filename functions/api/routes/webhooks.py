@@ -8,6 +8,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
+from core.ids import webhook_id_for
 from core.models import Shown
 from core.webhooks import MAX_WEBHOOKS, Delivery, IssuedWebhook, NewWebhook, Webhook
 from functions.api.access import caller, requires
@@ -58,8 +59,12 @@ def subscribe(request: NewWebhook, idempotency_key: IdempotencyKey = None) -> Re
         request = request.model_copy(update={"channel": who.channel})
     made: list[IssuedWebhook] = []
 
+    # With an Idempotency-Key the subscription's id comes from it: a retry whose first attempt was
+    # written but whose answer (and idempotency record) was lost finds that subscription.
+    webhook_id = webhook_id_for(who.key_id, idempotency_key) if idempotency_key is not None else None
+
     def create() -> dict:
-        webhook = container().webhooks.subscribe(request, created_by=who.key_id)
+        webhook = container().webhooks.subscribe(request, created_by=who.key_id, webhook_id=webhook_id)
         made.append(webhook)
         # Who sent which events where: the host only (a URL's path or query may hold the receiver's token).
         logger.info(
