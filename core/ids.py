@@ -6,6 +6,11 @@ import base64
 import hashlib
 import re
 import secrets
+from datetime import timedelta
+
+# How long a client's Idempotency-Key names one request (API.md; the API's idempotency records are
+# kept as long: functions.api.idempotency.TTL_SECONDS): a request under the key after it is a new one.
+KEY_HONOURED_FOR = timedelta(hours=24)
 
 # What the OMS's order and shipment ids look like (new_order_id, shipment_id_for): text that does
 # not (a control character, a bidi override, another case) names none, and is never looked up.

@@ -47,7 +47,7 @@ from core.errors import (
 from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
-from core.ids import order_id_for, short_hash
+from core.ids import KEY_HONOURED_FOR, order_id_for, short_hash
 from core.models import (
     Bookkeeping,
     GivenUpBooking,
@@ -92,7 +92,7 @@ from core.return_models import (
 )
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, RefundStatus, ReturnStatus, ShipmentStatus
-from core.unit_cancellation import KEY_HONOURED_FOR, held_beyond_total
+from core.unit_cancellation import held_beyond_total
 from core.workflow_types import stored_label
 
 R = ReturnStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from core.errors import (
 from core.events import OrderEvent
 from core.exchange_credit import beyond_credit, owes_credit_back
 from core.holds import give_back_or_note, give_back_surplus
-from core.ids import booking_key, reservation_key
+from core.ids import KEY_HONOURED_FOR, booking_key, reservation_key
 from core.models import (
     Change,
     GivenUpBooking,
@@ -95,9 +95,6 @@ ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 _FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED})
 # The reason of a cancellation refund: what was captured beyond the total a cancel of units left.
 SETTLEMENT_REASON = "units cancelled after their share was captured"
-# How long a client's Idempotency-Key names one request (API.md; the API's idempotency records are
-# kept as long: functions.api.idempotency.TTL_SECONDS): a cancel under the key after it is a new one.
-KEY_HONOURED_FOR = timedelta(hours=24)
 
 
 class UnitCancellation:

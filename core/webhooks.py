@@ -18,10 +18,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from core.card_numbers import mask_card_numbers
 from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, OutgoingEvent, fitted
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
-from core.ids import new_id, short_hash
+from core.ids import KEY_HONOURED_FOR, new_id, short_hash
 from core.models import Channel, Shown, VisibleText
 from core.status import DeliveryStatus, check_delivery_step
-from core.unit_cancellation import KEY_HONOURED_FOR
 
 ALL_EVENTS = "*"
 MAX_QUEUE_DELAY = 900  # seconds: SQS's longest DelaySeconds; longer waits are several hops
