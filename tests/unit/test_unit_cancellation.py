@@ -2224,3 +2224,22 @@ def test_a_dead_ships_capture_asked_again_by_its_ship_repeated_while_its_plugin_
     done = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (done.status, done.payment.captured) == (S.SHIPPED, done.totals.grand_total)
     assert no_plugin_captures(world, order.id) == ["key_wh"] and len(world.spy.captured) == 2
+
+
+def test_a_cancel_of_units_retried_after_an_edit_sent_the_order_back_to_be_sourced_leaves_its_stock_held(world):
+    # Sent back to be sourced, the order's workflow counts what it holds as its own and gives back
+    # what it no longer needs: the client's retry of the cancel frees none of it for another order.
+    order = world.allocated(("MUG", 3))
+    world.actions.cancel(order.id, "one mug", actor="key_web", lines={"L1": 1}, request_key="k-1")
+    now = world.order(order.id)
+    moved = OrderEdit.model_validate({"shipping_address": {**now.shipping_address.model_dump(), "line2": "Apt 4"}})
+    edited = world.actions.edit(order.id, now.version, moved, "key_cs")
+    assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
+    held = {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.held_for(order.id) == held
+
+    again = world.actions.cancel(order.id, "one mug", actor="key_web", lines={"L1": 1}, request_key="k-1")
+
+    assert (again.status, [line.quantity for line in again.lines]) == (S.AUTHORIZED, [2])
+    assert world.held_for(order.id) == held
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
