@@ -1702,6 +1702,27 @@ def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_li
     assert _lapsed_in_reserve(shop, order_id, "exclusions_lapsed") == [{"location_id": "wh-east", "sku": "PREORDER"}]
 
 
+def test_a_restock_too_small_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_too(shop):
+    """As above, but the units restocked do not fill it: it waits backordered holding them, the
+    exclusion lifted in that write, not listing the location it holds units at as excluded."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED
+
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt"))
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+
+    order = shop.order(order_id)
+    assert (order.status, [(a.location_id, a.quantity) for a in order.allocations]) == (
+        S.BACKORDERED, [("wh-east", 2)]
+    )  # fmt: skip
+    assert order.excluded_locations == [] and order.counted_short == {}
+    (entry,) = [e for e in shop.container.order_repository.history(order_id)[1] if e.type == "backordered"][-1:]
+    assert entry.detail["exclusions_lapsed"] == [{"location_id": "wh-east", "sku": "PREORDER"}]
+
+
 def test_a_restock_landing_while_a_counted_out_backorder_is_held_is_taken_once_it_is_released(shop):
     from core.holds import HoldRequest, ReleaseRequest
 
