@@ -496,3 +496,25 @@ def test_units_taken_away_below_a_free_shipping_threshold_cost_the_shipping_the_
         done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
 
     assert done.totals.shipping == Money.of(CourierShipping.rate, "USD")
+
+
+def test_an_edit_that_takes_units_of_one_sku_away_and_keeps_another_as_it_is_keeps_the_charge(world):
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="ground")
+    cap = next(line for line in order.lines if line.sku == "CAP")
+    world.catalog.put_product(product("CAP", str(cap.unit_price.amount), weight_grams=2000))
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 1}]})
+
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert done.totals.shipping == order.totals.shipping
+
+
+def test_an_edit_that_takes_units_away_and_adds_a_new_sku_is_charged_todays_quote(world):
+    # Units added, of a sku the order did not have: today's weights price its shipping.
+    order = world.allocated(("MUG", 2), shipping_method="ground")
+    world.catalog.put_product(product("MUG", "12.50", weight_grams=2000))
+    other = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 1}]})
+
+    done = world.actions.edit(order.id, order.version, other, actor="key_web")
+
+    assert done.totals.shipping > order.totals.shipping
