@@ -97,6 +97,18 @@ def test_a_pickup_its_customer_did_not_collect_is_never_told_it_is_delayed():
     assert kinds(unpicked, next_version(unpicked, jeopardy=late_to_pick)) == ["delayed"]
 
 
+def test_a_pickup_with_a_parcel_the_store_has_not_picked_yet_is_told_it_is_delayed():
+    # One parcel waits at the store for its customer, the other is still the merchant's to pick:
+    # the order is late for the merchant's part, and its customer is told so.
+    pickup = {"type": "pickup", "location_id": "store-sf"}
+    ready = {**shipment("ready_for_pickup"), "location_id": "store-sf", "collect_by": "2026-12-08T10:00:00Z"}
+    unpicked = {**shipment("pending"), "id": "shp_2", "location_id": "store-sf"}
+    partly = order_doc(status="allocated", fulfillment=pickup, shipments=[ready, unpicked])
+    late = {"reason": "allocated for longer than 2d", "status": "allocated", "since": "2026-12-10T10:00:00Z"}
+
+    assert kinds(partly, next_version(partly, jeopardy=late)) == ["delayed"]
+
+
 def test_a_refund_tells_its_amount():
     old = order_doc(status="shipped")
     payment = {**old["payment"], "refunded": money("4.00")}
