@@ -207,14 +207,17 @@ class Cancellation:
         held that nothing else gives back."""
         self._release(order, written_off_stock(order), written_off_at(order))
 
-    def _release(self, order: Order, written_off: Mapping[StockItem, int], handed_at: datetime | None) -> None:
+    def _release(
+        self, order: Order, written_off: Mapping[StockItem, int], handed: Mapping[StockItem, datetime]
+    ) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
         # step that crashed between reserving and recording leaves nothing behind either, nor does
         # an edit that could not release the lines it replaced. A parcel the cancel wrote off left
-        # with its carrier (by `handed_at`): its units leave on_hand as a ship's do (units_leave:
-        # only the parcel's, what a cancel of units left reserved beyond it given back; none when
-        # a stock take since counted them gone), never released.
-        units_leave(self._inventory, written_off, handed_at)
+        # with its carrier (each parcel's units by its own hand-over: `handed`): its units leave
+        # on_hand as a ship's do (units_leave: only the parcel's, what a cancel of units left
+        # reserved beyond it given back; none when a stock take since counted them gone), never released.
+        for handed_at, units in by_hand_over(written_off, handed):
+            units_leave(self._inventory, units, handed_at)
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line_id, sku in order.reservation_lines():
@@ -1149,13 +1152,31 @@ def written_off_stock(order: Order) -> dict[StockItem, int]:
     return parcel_units(order, order.written_off())
 
 
-def written_off_at(order: Order) -> datetime | None:
-    """When the parcels a cancel of `order` wrote off (Order.written_off) had left their location
-    by: their carrier's report of their delivery (ReportedDelivery.at, the time a ship of such a
-    parcel records as its shipped_at: Order.ship), the latest of them. A stock take recorded after
-    it counted the shelf without their units (units_leave's `handed_at`)."""
-    times = [mark.at for shipment in order.written_off() if (mark := order.reported(shipment.id)) is not None]
-    return max(times) if times else None
+def written_off_at(order: Order) -> dict[StockItem, datetime]:
+    """When the units of the parcels a cancel of `order` wrote off (Order.written_off) had left
+    their location, by reservation ((sku, location_id, key)): their carrier's report of the
+    parcel's delivery (ReportedDelivery.at, the time a ship of such a parcel records as its
+    shipped_at: Order.ship), the latest of the parcels carrying them; none where no report is
+    recorded. A stock take recorded after it counted the shelf without them (units_leave's
+    `handed_at`): each parcel by its own report, as a count between two parcels' reports counted
+    the first one's units out and the second one's in."""
+    handed: dict[StockItem, datetime] = {}
+    for shipment in order.written_off():
+        if (mark := order.reported(shipment.id)) is not None:
+            for item in parcel_units(order, [shipment]):
+                handed[item] = max(handed.get(item, mark.at), mark.at)
+    return handed
+
+
+def by_hand_over(
+    units: Mapping[StockItem, int], handed: Mapping[StockItem, datetime]
+) -> list[tuple[datetime | None, dict[StockItem, int]]]:
+    """`units` (by reservation) grouped by when they were handed over (`handed`: written_off_at;
+    None for those it does not know), each group's units leaving on_hand by its own time."""
+    groups: dict[datetime | None, dict[StockItem, int]] = defaultdict(dict)
+    for item, quantity in sorted(units.items()):
+        groups[handed.get(item)][item] = quantity
+    return list(groups.items())
 
 
 def parcel_units(order: Order, parcels: Iterable[Shipment]) -> dict[StockItem, int]:

@@ -15,6 +15,7 @@ from core import payment_keys
 from core.cancellation import (
     NOT_MADE,
     Cancellation,
+    by_hand_over,
     holding_locations,
     leaving_moves,
     voids_refused,
@@ -548,7 +549,8 @@ class UnitCancellation:
                 for location_id in locations:
                     keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         held = sorted(self._inventory.reservations(dict(keys)).items())
-        moves = leaving_moves(ships, dict(held), written_off_at(order))
+        handed = written_off_at(order)
+        moves = [move for at, units in by_hand_over(ships, handed) for move in leaving_moves(units, dict(held), at)]
         if before:
             return moves
         sku_of = {line.line_id: line.sku for line in order.lines}

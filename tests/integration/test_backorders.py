@@ -23,7 +23,7 @@ from core.ids import reservation_key
 from core.models import Allocation
 from core.ports import TopUp, WaitingOrder
 from core.status import OrderStatus
-from functions.adapters.dynamodb import DynamoBackorders, DynamoInventory, DynamoStalledOrders
+from functions.adapters.dynamodb import SHORT_COUNT, DynamoBackorders, DynamoInventory, DynamoStalledOrders
 from functions.bootstrap import Config, Container, bootstrap
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
@@ -1616,6 +1616,35 @@ def test_a_location_a_stock_take_counted_short_supplies_the_order_again_once_res
     assert entry.detail["exclusion_lapsed"] == {"location_id": "wh-east", "sku": "PREORDER"}
 
 
+def test_a_restock_while_a_short_counts_mark_stands_there_lifts_no_exclusion(shop):
+    # The count's rejects' releases may not have landed while its mark stands: an order filled there
+    # before they do would have its new units released by them.
+    order_id = counted_out_of(shop, "wh-east")
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    marked = stock_record("wh-east", 0, 5)
+    marked["dynamodb"]["NewImage"][SHORT_COUNT] = {"S": SHORT_COUNT}
+
+    assert consume(shop, marked) == {"batchItemFailures": []}
+
+    order = shop.order(order_id)
+    assert (order.status, shop.held(order_id), order.excluded_locations) == (S.BACKORDERED, 0, ["wh-east"])
+
+
+def test_units_released_at_a_location_not_restocked_since_its_last_count_lift_no_exclusion(shop):
+    # Released units are not new: they are the orders' there to take, not the one a count sent away.
+    order_id = counted_out_of(shop, "wh-east")
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    shop.container.inventory.count("PREORDER", "wh-east", 5, actor="key_stock_take")  # restocked since: no more
+    released = stock_record("wh-east", 5, 5, reserved=1)
+    released["dynamodb"]["NewImage"]["available"] = {"N": "5"}
+    released["dynamodb"]["NewImage"]["reserved"] = {"N": "0"}
+
+    assert consume(shop, released) == {"batchItemFailures": []}
+
+    order = shop.order(order_id)
+    assert (order.status, shop.held(order_id), order.excluded_locations) == (S.BACKORDERED, 0, ["wh-east"])
+
+
 def test_a_restock_redelivered_lifts_the_exclusion_and_reserves_once(shop):
     order_id = counted_out_of(shop, "wh-east")
     shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
@@ -1700,6 +1729,27 @@ def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_li
     assert shop.level() == (5, 3, 2)
     assert order.excluded_locations == [] and order.counted_short == {}
     assert _lapsed_in_reserve(shop, order_id, "exclusions_lapsed") == [{"location_id": "wh-east", "sku": "PREORDER"}]
+
+
+def test_a_restock_too_small_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_too(shop):
+    """As above, but the units restocked do not fill it: it waits backordered holding them, the
+    exclusion lifted in that write, not listing the location it holds units at as excluded."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED
+
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt"))
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+
+    order = shop.order(order_id)
+    assert (order.status, [(a.location_id, a.quantity) for a in order.allocations]) == (
+        S.BACKORDERED, [("wh-east", 2)]
+    )  # fmt: skip
+    assert order.excluded_locations == [] and order.counted_short == {}
+    (entry,) = [e for e in shop.container.order_repository.history(order_id)[1] if e.type == "backordered"][-1:]
+    assert entry.detail["exclusions_lapsed"] == [{"location_id": "wh-east", "sku": "PREORDER"}]
 
 
 def test_a_restock_landing_while_a_counted_out_backorder_is_held_is_taken_once_it_is_released(shop):

@@ -240,6 +240,21 @@ def test_a_restock_finished_after_a_stock_take_counted_since_the_receipt_leaves_
     assert stock.not_restocked("wh-east", ["rma_1#L1"]) == {}  # restocked (by the count or now), not refused
 
 
+@pytest.mark.parametrize("adapter", ["dynamodb", "memory"])
+@pytest.mark.parametrize("counted", [NOW, NOW - timedelta(seconds=1)], ids=["at the receipt", "before the receipt"])
+def test_a_restock_past_the_cap_after_a_count_that_did_not_have_its_units_is_refused(aws, inventory, adapter, counted):
+    # That count did not have the returned units on the shelf: they would take on_hand past what a
+    # stock take may count, and are refused (the return's entry names them), not taken as counted.
+    stock = inventory if adapter == "dynamodb" else InMemoryInventory()
+    stock.set_on_hand("TSHIRT", "wh-east", MAX_ON_HAND, "stock_take", counted_at=counted)
+
+    stock.restock("TSHIRT", "wh-east", "rma_1#L1", 2, received_at=NOW)
+
+    [level] = stock.levels({"TSHIRT"})["TSHIRT"]
+    assert level.on_hand == MAX_ON_HAND
+    assert stock.not_restocked("wh-east", ["rma_1#L1"]) == {"rma_1#L1": 2}
+
+
 def test_a_restock_counted_in_by_a_stock_take_is_never_refused_for_the_cap(inventory):
     # The count after the receipt had the units: at the cap they are on hand already, not refused.
     inventory.set_on_hand("TSHIRT", "wh-east", MAX_ON_HAND, "stock_take", counted_at=NOW + timedelta(seconds=1))

@@ -125,3 +125,49 @@ def test_a_stock_take_between_a_cancel_of_units_write_off_and_its_stock_step_is_
     # Before: (1, 0).
     assert written.level() == (written.on_hand - 2, 0)
     assert other.level() == (other.on_hand - 2, 0)
+
+
+def test_two_parcels_written_off_leave_on_hand_each_by_its_own_hand_over(api: InProcessApi):  # noqa: F811
+    import plugins.test_payments as gateway
+
+    first, second = Stock(api), Stock(api)
+    order, parcel = refused_parcel(api, first, second)
+    counted_after(api, first, 2)  # after the first parcel left, before the second did
+    other = next(s["id"] for s in order["shipments"] if s["id"] != parcel)
+    with pytest.MonkeyPatch.context() as patches:
+        the_ship_dies(patches, api.get(f"/orders/{order['id']}").json(), other)
+        patches.setattr(gateway, "_declines", lambda authorization, operation: operation == "capture")
+        reported = api.post(f"/orders/{order['id']}/shipments/{other}/deliver", json={})
+    assert reported.status_code == 502, reported.text
+
+    actions().cancel(order["id"], "capture refused: written off", actor=PERSON)
+
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "cancelled"
+    # Before: (1, 0), the first parcel's units, which the count left out, taken out again: the
+    # write-off's stock write carried the latest report of the two parcels, after that count.
+    assert first.level() == (first.on_hand - 2, 0)
+    assert second.level() == (second.on_hand - 2, 0)
+
+
+def test_two_parcels_a_cancel_of_units_writes_off_leave_on_hand_each_by_its_own_hand_over(api: InProcessApi):  # noqa: F811
+    import plugins.test_payments as gateway
+
+    first, second, other = Stock(api), Stock(api), Stock(api)
+    order, _ = refused_parcel(api, first, second, other)
+    counted_after(api, first, 2)  # after the first parcel left, before the second did
+    by_location = {s["location_id"]: s["id"] for s in order["shipments"]}
+    with pytest.MonkeyPatch.context() as patches:
+        the_ship_dies(patches, api.get(f"/orders/{order['id']}").json(), by_location[second.location])
+        patches.setattr(gateway, "_declines", lambda authorization, operation: operation == "capture")
+        reported = api.post(f"/orders/{order['id']}/shipments/{by_location[second.location]}/deliver", json={})
+    assert reported.status_code == 502, reported.text
+    lines = [
+        {"line_id": line["line_id"], "quantity": 2} for line in order["lines"] if line["sku"] in (first.sku, second.sku)
+    ]
+
+    done = api.post(f"/orders/{order['id']}/cancel", json={"reason": "capture refused: written off", "lines": lines})
+
+    assert done.status_code == 200, done.text
+    assert first.level() == (first.on_hand - 2, 0)
+    assert second.level() == (second.on_hand - 2, 0)
+    assert other.level() == (other.on_hand, 2)

@@ -9,9 +9,11 @@ from decimal import Decimal
 
 import pytest
 
+from core import hookimpl
 from core.errors import InvalidRequest
 from core.models import OrderEdit
 from core.money import Money
+from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import product
@@ -444,3 +446,75 @@ def test_units_taken_away_after_a_products_weight_was_raised_never_cost_more_shi
     assert done.totals.grand_total < order.totals.grand_total
     more = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})  # units added: today's quote
     assert world.actions.edit(order.id, done.version, more, actor="key_web").totals.shipping == Money.of("10.20", "USD")
+
+
+@pytest.mark.parametrize("by", ["edit", "cancel"])
+def test_units_taken_away_after_a_weight_was_raised_cost_todays_quote_when_it_is_below_the_charge(world, by):
+    """Four mugs of 350 g went by ground (1.4 kg: 5.40). The mug's weight is then corrected to 600 g:
+    the four would cost 6.60 today, more than was charged, but the one mug left costs 4.20 today,
+    less than was charged: the customer pays that, not the charge for the four."""
+    order = world.allocated(("MUG", 4), shipping_method="ground")
+    assert order.totals.shipping == Money.of("5.40", "USD")
+    world.catalog.put_product(product("MUG", "12.50", weight_grams=600))
+
+    if by == "edit":
+        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
+        done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+    else:
+        done = world.actions.cancel(order.id, "three less", actor="key_web", lines={"L1": 3})
+
+    assert done.totals.shipping == Money.of("4.20", "USD")
+
+
+class FreeOverShipping(CourierShipping):
+    """The courier free for an order of `free_over` or more, `rate` below it."""
+
+    free_over = Money.of("0.00", "USD")
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        free = draft.subtotal >= self.free_over
+        return [ShippingQuote(method="courier", amount=Money.of("0.00" if free else self.rate, draft.currency))]
+
+
+@pytest.mark.parametrize("by", ["edit", "cancel"])
+def test_units_taken_away_below_a_free_shipping_threshold_cost_the_shipping_the_units_left_are_quoted(by):
+    """Nothing in the configuration changed since the order was sold: it shipped free for what it
+    came to, and what is left of it, below the threshold, is charged the courier, as a new order of it
+    would be (no rate or weight raised since keeps it at the charge)."""
+    courier = FreeOverShipping()
+    world = build_world(STOCK, courier)
+    placed = world.place(("MUG", 2), shipping_method="courier")
+    courier.free_over = world.order(placed).totals.subtotal
+    order = world.allocated(("MUG", 2), shipping_method="courier")
+    assert order.totals.shipping == Money.of("0.00", "USD")
+
+    if by == "edit":
+        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
+        done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+    else:
+        done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.totals.shipping == Money.of(CourierShipping.rate, "USD")
+
+
+def test_an_edit_that_takes_units_of_one_sku_away_and_keeps_another_as_it_is_keeps_the_charge(world):
+    order = world.allocated(("MUG", 2), ("CAP", 3), shipping_method="ground")
+    cap = next(line for line in order.lines if line.sku == "CAP")
+    world.catalog.put_product(product("CAP", str(cap.unit_price.amount), weight_grams=2000))
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 1}]})
+
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert done.totals.shipping == order.totals.shipping
+
+
+def test_an_edit_that_takes_units_away_and_adds_a_new_sku_is_charged_todays_quote(world):
+    # Units added, of a sku the order did not have: today's weights price its shipping.
+    order = world.allocated(("MUG", 2), shipping_method="ground")
+    world.catalog.put_product(product("MUG", "12.50", weight_grams=2000))
+    other = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 1}]})
+
+    done = world.actions.edit(order.id, order.version, other, actor="key_web")
+
+    assert done.totals.shipping > order.totals.shipping

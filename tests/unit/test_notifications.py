@@ -97,6 +97,30 @@ def test_a_pickup_its_customer_did_not_collect_is_never_told_it_is_delayed():
     assert kinds(unpicked, next_version(unpicked, jeopardy=late_to_pick)) == ["delayed"]
 
 
+def test_a_pickup_with_a_parcel_the_store_has_not_picked_yet_is_told_it_is_delayed():
+    # One parcel waits at the store for its customer, the other is still the merchant's to pick:
+    # the order is late for the merchant's part, and its customer is told so.
+    pickup = {"type": "pickup", "location_id": "store-sf"}
+    ready = {**shipment("ready_for_pickup"), "location_id": "store-sf", "collect_by": "2026-12-08T10:00:00Z"}
+    unpicked = {**shipment("pending"), "id": "shp_2", "location_id": "store-sf"}
+    partly = order_doc(status="allocated", fulfillment=pickup, shipments=[ready, unpicked])
+    late = {"reason": "allocated for longer than 2d", "status": "allocated", "since": "2026-12-10T10:00:00Z"}
+
+    assert kinds(partly, next_version(partly, jeopardy=late)) == ["delayed"]
+
+
+def test_a_pickup_ready_but_held_by_the_merchant_is_told_it_is_delayed():
+    # Held for a fraud review, its parcel ready at the store cannot be collected: the wait is the
+    # merchant's, not the customer's, and the customer is told the order is delayed.
+    pickup = {"type": "pickup", "location_id": "store-sf"}
+    ready = {**shipment("ready_for_pickup"), "location_id": "store-sf", "collect_by": "2026-12-08T10:00:00Z"}
+    hold = {"reason": "fraud_review", "resume_to": "allocated", "held_at": "2026-12-09T10:00:00Z"}
+    held = order_doc(status="on_hold", fulfillment=pickup, shipments=[ready], hold=hold)
+    late = {"reason": "on_hold for longer than 1d", "status": "on_hold", "since": "2026-12-10T10:00:00Z"}
+
+    assert kinds(held, next_version(held, jeopardy=late)) == ["delayed"]
+
+
 def test_a_refund_tells_its_amount():
     old = order_doc(status="shipped")
     payment = {**old["payment"], "refunded": money("4.00")}

@@ -2224,3 +2224,63 @@ def test_a_dead_ships_capture_asked_again_by_its_ship_repeated_while_its_plugin_
     done = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (done.status, done.payment.captured) == (S.SHIPPED, done.totals.grand_total)
     assert no_plugin_captures(world, order.id) == ["key_wh"] and len(world.spy.captured) == 2
+
+
+def test_a_cancel_of_units_retried_after_an_edit_sent_the_order_back_to_be_sourced_leaves_its_stock_held(world):
+    # Sent back to be sourced, the order's workflow counts what it holds as its own and gives back
+    # what it no longer needs: the client's retry of the cancel frees none of it for another order.
+    order = world.allocated(("MUG", 3))
+    world.actions.cancel(order.id, "one mug", actor="key_web", lines={"L1": 1}, request_key="k-1")
+    now = world.order(order.id)
+    moved = OrderEdit.model_validate({"shipping_address": {**now.shipping_address.model_dump(), "line2": "Apt 4"}})
+    edited = world.actions.edit(order.id, now.version, moved, "key_cs")
+    assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
+    held = {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.held_for(order.id) == held
+
+    again = world.actions.cancel(order.id, "one mug", actor="key_web", lines={"L1": 1}, request_key="k-1")
+
+    assert (again.status, [line.quantity for line in again.lines]) == (S.AUTHORIZED, [2])
+    assert world.held_for(order.id) == held
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
+
+
+def test_units_cancelled_while_the_parcels_are_booked_have_the_rest_booked_under_a_new_key(monkeypatch):
+    # The carrier answers a booking key with the booking it made for it: the retry's parcel, for
+    # the units left, must not be handed the label booked for every unit before the cancel.
+    carrier = RecordsBookings()
+    world = build_world(STOCK, carrier)
+    order_id = world.place(("MUG", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order_id, "one mug", actor="key_web", lines={"L1": 1})
+    )
+
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)  # booked 3 units, then lost its write to the cancel
+    world.workflow.create_shipments(order_id)  # the retry
+
+    (shipment,) = world.order(order_id).shipments
+    booked, rebooked = carrier.asked
+    assert (booked[2], rebooked[2]) == ([("L1", 3)], [("L1", 2)])
+    assert rebooked[0] == shipment.id != booked[0] and rebooked[1] != booked[1]
+    assert shipment.label_url == f"labels/{order_id}/{rebooked[1]}"
+
+
+def test_units_cancelled_between_reserving_and_booking_come_off_the_lines_last_allocations_first():
+    # As a cancel of an allocated order takes them from its last parcels first.
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 2)])
+    order_id = world.place(("MUG", 4))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    first, last = world.order(order_id).allocations
+    assert (first.quantity, last.quantity) == (2, 2)
+
+    done = world.actions.cancel(order_id, "one mug", actor="key_web", lines={"L1": 1})
+
+    assert done.allocations == [first, last.model_copy(update={"quantity": 1})]
+    assert world.held_for(order_id) == {
+        ("MUG", first.location_id, f"{order_id}#L1"): 2,
+        ("MUG", last.location_id, f"{order_id}#L1"): 1,
+    }
