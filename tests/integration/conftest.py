@@ -7,11 +7,11 @@ import functools
 import importlib
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
@@ -257,6 +257,9 @@ def dying_at_the_ship_write(error: Exception) -> Any:
     return update
 
 
+T = TypeVar("T")
+
+
 def run_threads(threads: Iterable[threading.Thread]) -> None:
     """Start `threads` and wait for them all, moto serialized meanwhile (moto itself is not
     thread-safe; each request stays atomic, as on AWS)."""
@@ -271,6 +274,20 @@ def run_threads(threads: Iterable[threading.Thread]) -> None:
             thread.join()
     finally:
         lock.PATCH.undo()
+
+
+def at_once(*calls: Callable[[], T]) -> list[T]:
+    """Each call on its own thread, released together (run_threads); their answers in the calls' order."""
+    answers: list[T | None] = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(n: int) -> None:
+        barrier.wait()
+        answers[n] = calls[n]()
+
+    run_threads(threading.Thread(target=run, args=(n,)) for n in range(len(calls)))
+    assert all(answer is not None for answer in answers)
+    return answers  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -5,34 +5,19 @@ time as another is lost from the network."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.client import location_body
-from tests.integration.conftest import run_threads
-from tests.integration.in_process import Answer, InProcessApi, in_process_api
+from tests.integration.conftest import at_once
+from tests.integration.in_process import InProcessApi, in_process_api
 
 
 @pytest.fixture
 def api() -> Iterator[InProcessApi]:
     with in_process_api() as started:  # no location yet: the network's item does not exist
         yield started
-
-
-def at_once(*calls: Callable[[], Answer]) -> list[Answer]:
-    """Each call on its own thread, released together; their answers in the calls' order."""
-    answers: list[Answer | None] = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(n: int) -> None:
-        barrier.wait()
-        answers[n] = calls[n]()
-
-    run_threads(threading.Thread(target=run, args=(n,)) for n in range(len(calls)))
-    assert all(answer is not None for answer in answers)
-    return answers  # type: ignore[return-value]
 
 
 def listed(api: InProcessApi) -> list[str]:

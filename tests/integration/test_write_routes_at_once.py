@@ -5,17 +5,16 @@ or returned twice). The races other modules already run are not repeated here.""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from tests.e2e.client import Catalog, assert_error, order_body
-from tests.integration.conftest import run_threads
+from tests.integration.conftest import at_once
 from tests.integration.in_process import (
     Answer,
     InProcessApi,
@@ -29,20 +28,6 @@ from tests.integration.in_process import (
 def api() -> Iterator[InProcessApi]:
     with in_process_api_with_labels() as started, returns_run_inline():
         yield started
-
-
-def at_once(*calls: Callable[[], Answer]) -> list[Answer]:
-    """Each call on its own thread, released together; their answers in the calls' order."""
-    answers: list[Answer | None] = [None] * len(calls)
-    barrier = threading.Barrier(len(calls))
-
-    def run(n: int) -> None:
-        barrier.wait()
-        answers[n] = calls[n]()
-
-    run_threads(threading.Thread(target=run, args=(n,)) for n in range(len(calls)))
-    assert all(answer is not None for answer in answers)
-    return answers  # type: ignore[return-value]
 
 
 def an_allocated_order(api: InProcessApi, quantity: int = 1, on_hand: int = 5) -> tuple[dict[str, Any], str, str]:
