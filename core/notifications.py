@@ -1,10 +1,13 @@
 """Customer notifications: what an order change tells its customer, recorded once per event and sent by plugins."""
 
+import contextvars
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
@@ -362,17 +365,28 @@ class Notifier:
         self._hook = hook
         self._clock = clock
         self._locations = locations
+        # The plugins' call that outlived its limit, while it still runs (it cannot be stopped).
+        self._overdue: threading.Thread | None = None
 
-    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> "Notified":
+    def notify(
+        self, old: dict[str, Any] | None, new: dict[str, Any], *, seconds_left: Callable[[], float] | None = None
+    ) -> "Notified":
         """The notifications sent now (none when the change means none or all went out before), and
-        those deferred now."""
+        those deferred now. With `seconds_left` (how long the plugins may take, asked before each
+        notification: the invocation's time left less what must follow), the plugins are called in a
+        thread of their own and not waited for past it: one they have not answered by then is
+        deferred as one they failed to send (NotifierOverdue), and while that call still runs every
+        later notification is deferred without a call (one stuck thread, never a pile of them)."""
         done = Notified()
         for notification in notifications(old, new, self._locations):
             recorded, deferred = self._store.add(notification)
             if recorded.sent_at is not None or deferred:
                 continue
+            copy = recorded.model_copy(deep=True)
             try:
-                via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
+                via = self._within(
+                    partial(call_hook, self._hook.oms_notify, _way_shown, notification=copy), seconds_left
+                )
             except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
                 if answer_refused(error):
                     self._store.mark_sent(recorded, [], self._clock())
@@ -385,6 +399,44 @@ class Notifier:
             self._store.mark_sent(recorded, via[:MAX_WAYS], self._clock())
             done.sent.append(recorded)
         return done
+
+    def _within(self, call: Callable[[], list[str]], seconds_left: Callable[[], float] | None) -> list[str]:
+        """`call`'s answer (what it raises, raised), waited for at most `seconds_left()` seconds
+        (None: for as long as it takes, in this thread). Python cannot stop a thread: one not done
+        in time runs on to its end in the warm container (its answer dropped, the retry pass sending
+        the notification again under the same id), so none is started while it runs."""
+        if seconds_left is None:
+            return call()
+        if self._overdue is not None and self._overdue.is_alive():
+            raise NotifierOverdue("the notifier plugins have not answered a call made before")
+        limit = seconds_left()
+        if limit <= 0:
+            raise NotifierOverdue("no time left for the notifier plugins")
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["answer"] = call()
+            except BaseException as error:  # any: raised again in the caller's thread
+                outcome["error"] = error
+
+        # Daemon: a thread stuck in a plugin never holds the process's exit. A copy of this
+        # context: call_hook's and calls_about's context variables as the caller set them.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="oms-notify", daemon=True)
+        thread.start()
+        thread.join(limit)
+        if thread.is_alive():
+            self._overdue = thread
+            raise NotifierOverdue(f"the notifier plugins did not answer within {limit:.1f} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["answer"]
+
+
+class NotifierOverdue(Exception):
+    """The notifier plugins did not answer within the time they were given (Notifier.notify's
+    `seconds_left`), or a call of theirs that did not is still running: the notification is
+    deferred to the retry pass, as one they failed to send."""
 
 
 @dataclass
