@@ -522,3 +522,22 @@ def test_a_call_past_its_limit_is_deferred_and_none_is_started_while_it_runs_the
     third_id = {"id": "ord_" + "c" * 24}
     third = notifier.notify(old | third_id, new | third_id, seconds_left=lambda: 5.0)
     assert len(third.sent) == 1 and slow.calls == 2
+
+
+def test_the_retry_pass_defers_an_attempt_its_plugins_hang_in_past_the_time_left_and_calls_none_while_it_runs():
+    # Waited for, the stuck plugin held the reconciler's run into its Timeout: what the run's passes
+    # did was never logged or counted, and the next run met the same plugin.
+    store, slow = MemoryStore(), Slow()
+    for order_id in ("ord_" + "d" * 24, "ord_" + "e" * 24):
+        old, new = a_shipped_change()
+        Notifier(store, hook_with(Mailer(fail=True)), lambda: NOW).notify(
+            old | {"id": order_id}, new | {"id": order_id}
+        )
+    retries = NotificationRetries(store, hook_with(slow), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
+    try:
+        done = retries.run(seconds_left=lambda: 0.01)
+    finally:
+        slow.go.set()
+
+    assert [(r.attempts, r.error) for r in done.deferred] == [(2, "NotifierOverdue"), (2, "NotifierOverdue")]
+    assert done.sent == [] and slow.calls == 1
