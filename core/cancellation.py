@@ -1161,6 +1161,10 @@ def written_off_at(order: Order) -> dict[StockItem, datetime]:
     `handed_at`): each parcel by its own report, as a count between two parcels' reports counted
     the first one's units out and the second one's in."""
     handed: dict[StockItem, datetime] = {}
+    # One parcel at most carries a reservation here, so `max` picks nothing: a booking makes one
+    # parcel per location (Workflow._book_parcels), a reject sources none where the order has one
+    # (Workflow.source_parcel_again), a relabel keeps the parcel's id, and sourced again the parcels
+    # go with their marks (Order._sourced_again, refused while a write-off's step is owed).
     for shipment in order.written_off():
         if (mark := order.reported(shipment.id)) is not None:
             for item in parcel_units(order, [shipment]):

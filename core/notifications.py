@@ -1,10 +1,13 @@
 """Customer notifications: what an order change tells its customer, recorded once per event and sent by plugins."""
 
+import contextvars
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
@@ -362,17 +365,25 @@ class Notifier:
         self._hook = hook
         self._clock = clock
         self._locations = locations
+        self._wait = PluginWait()
 
-    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> "Notified":
+    def notify(
+        self, old: dict[str, Any] | None, new: dict[str, Any], *, seconds_left: Callable[[], float] | None = None
+    ) -> "Notified":
         """The notifications sent now (none when the change means none or all went out before), and
-        those deferred now."""
+        those deferred now. With `seconds_left` (how long the plugins may take, asked before each
+        notification: the invocation's time left less what must follow), the plugins are called in a
+        thread of their own and not waited for past it: one they have not answered by then is
+        deferred as one they failed to send (NotifierOverdue), and while that call still runs every
+        later notification is deferred without a call (one stuck thread, never a pile of them)."""
         done = Notified()
         for notification in notifications(old, new, self._locations):
             recorded, deferred = self._store.add(notification)
             if recorded.sent_at is not None or deferred:
                 continue
+            copy = recorded.model_copy(deep=True)
             try:
-                via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
+                via = self._wait(partial(call_hook, self._hook.oms_notify, _way_shown, notification=copy), seconds_left)
             except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
                 if answer_refused(error):
                     self._store.mark_sent(recorded, [], self._clock())
@@ -385,6 +396,53 @@ class Notifier:
             self._store.mark_sent(recorded, via[:MAX_WAYS], self._clock())
             done.sent.append(recorded)
         return done
+
+
+class PluginWait:
+    """How the notifier plugins (hook oms_notify) are waited for, by one Notifier or retry pass in a
+    warm container: `wait(call, seconds_left)` is `call`'s answer (what it raises, raised), waited
+    for at most `seconds_left()` seconds (None: for as long as it takes, in this thread). Python
+    cannot stop a thread: one not done in time runs on to its end in the warm container (its answer
+    dropped, the retry pass sending the notification again under the same id), so none is started
+    while it runs: NotifierOverdue at once."""
+
+    def __init__(self) -> None:
+        # The plugins' call that outlived its limit, while it still runs.
+        self._overdue: threading.Thread | None = None
+
+    def __call__(self, call: Callable[[], list[str]], seconds_left: Callable[[], float] | None) -> list[str]:
+        if seconds_left is None:
+            return call()
+        if self._overdue is not None and self._overdue.is_alive():
+            raise NotifierOverdue("the notifier plugins have not answered a call made before")
+        limit = seconds_left()
+        if limit <= 0:
+            raise NotifierOverdue("no time left for the notifier plugins")
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["answer"] = call()
+            except BaseException as error:  # any: raised again in the caller's thread
+                outcome["error"] = error
+
+        # Daemon: a thread stuck in a plugin never holds the process's exit. A copy of this
+        # context: call_hook's and calls_about's context variables as the caller set them.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="oms-notify", daemon=True)
+        thread.start()
+        thread.join(limit)
+        if thread.is_alive():
+            self._overdue = thread
+            raise NotifierOverdue(f"the notifier plugins did not answer within {limit:.1f} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["answer"]
+
+
+class NotifierOverdue(Exception):
+    """The notifier plugins did not answer within the time they were given (PluginWait), or a call
+    of theirs that did not is still running: the notification is deferred to the retry pass (or its
+    attempt there fails), as one they failed to send."""
 
 
 @dataclass
@@ -449,10 +507,15 @@ class NotificationRetries:
         self._clock = clock
         self._orders = orders
         self._outage = outage  # whether an error says a dependency is down (not the notification's own)
+        self._wait = PluginWait()
 
-    def run(self, done: Retried | None = None, *, time_up: TimeUp = never) -> Retried:
+    def run(
+        self, done: Retried | None = None, *, time_up: TimeUp = never, seconds_left: Callable[[], float] | None = None
+    ) -> Retried:
         """One pass over the due ones, earliest first, until `time_up` says so (the rest are the next
-        pass's). `done` is filled as the pass goes. A listing whose own work raises (its
+        pass's). `done` is filled as the pass goes. With `seconds_left`, the plugins are waited for
+        no longer than it says (PluginWait): an attempt they do not answer in time fails
+        (NotifierOverdue), as one they raise in does. A listing whose own work raises (its
         notification no longer reads) is read past, in `done.failed`: it is the earliest due, so a
         pass it stopped would stop there every run; a dependency found down (`outage`) ends the
         pass there. What the plugins raise is no such failure: it is the attempt's (deferred)."""
@@ -463,14 +526,14 @@ class NotificationRetries:
                 break
             try:
                 with calls_about(order_id=retry.order_id, notification_id=retry.notification_id):
-                    self._retry(retry, now, done)
+                    self._retry(retry, now, done, seconds_left)
             except Exception as error:  # any: the notification's own, unless it says a dependency is down
                 if self._outage(error):
                     raise
                 done.failed[retry.notification_id] = error
         return done
 
-    def _retry(self, retry: Retry, now: datetime, done: Retried) -> None:
+    def _retry(self, retry: Retry, now: datetime, done: Retried, seconds_left: Callable[[], float] | None) -> None:
         give_up_at = retry.first_at + GIVE_UP_AFTER
         if now >= give_up_at:
             if self._store.abandon(retry, now):
@@ -490,7 +553,8 @@ class NotificationRetries:
                 done.lost += 1
             return
         try:
-            via = call_hook(self._hook.oms_notify, _way_shown, notification=notification.model_copy(deep=True))
+            copy = notification.model_copy(deep=True)
+            via = self._wait(partial(call_hook, self._hook.oms_notify, _way_shown, notification=copy), seconds_left)
         except Exception as error:  # any: the provider still down
             if answer_refused(error):  # it went out: as Notifier.notify records it
                 self._store.retried(listed, notification, [], self._clock())

@@ -532,10 +532,11 @@ class UnitCancellation:
         (pending, authorized or backordered, held or not: sent back to be sourced since the
         cancel) has only those units shipped; the rest is its workflow's, which counts them as its own.
         But one whose parcels its workflow is booking (Order.reserved_unbooked: that step reserves
-        nothing more) needs what its allocations hold, the rest brought down to that."""
+        nothing more), or will book once released from a hold that landed since the cancel
+        (Order.reserved_on_hold), needs what its allocations hold, the rest brought down to that."""
         written_off = written_off_stock(order)
         ships = written_off if order.stock_owed else {}
-        booking = order.reserved_unbooked()
+        booking = order.reserved_unbooked() or order.reserved_on_hold()
         before = _before_its_shipments(order) and not booking
         if before and not ships:
             return []
@@ -974,8 +975,13 @@ def owes_settlement_after_last_parcel(order: Order) -> bool:
 def _left_to_ship(order: Order) -> bool:
     """Whether a parcel of the order is still to go: one that has not left (pending, or a pickup
     waiting at its store), or, none made yet, those its workflow is booking for the stock it
-    reserved (Order.reserved_unbooked), which capture their shares when they ship."""
-    return order.reserved_unbooked() or any(shipment.status in NOT_LEFT for shipment in order.shipments)
+    reserved (Order.reserved_unbooked), or will book once released from a hold that landed
+    between (Order.reserved_on_hold), which capture their shares when they ship."""
+    return (
+        order.reserved_unbooked()
+        or order.reserved_on_hold()
+        or any(shipment.status in NOT_LEFT for shipment in order.shipments)
+    )
 
 
 def _unsettled_with_nothing_to_ship(order: Order) -> bool:

@@ -36,6 +36,11 @@ container = WarmContainer()
 # plugin's call) and the batch's messages queued after it (25 such records: 375 SendMessageBatch
 # ten at a time, ~0.4 s), with room for throttled requests retried.
 RECORD_RESERVE_MILLIS = 3_000
+# What is kept of the time left past a notifier plugin's call: the notification's deferral written
+# if the plugins do not answer in time (Notifier.notify), and the batch's messages queued after its
+# last record (~0.4 s at most), so a plugin that hangs defers its notification instead of running
+# the invocation into its Timeout.
+NOTIFY_RESERVE_MILLIS = 1_000
 processor = InOrderStreamProcessor(reserve_millis=RECORD_RESERVE_MILLIS)
 
 
@@ -78,11 +83,15 @@ class _Deliveries:
 
 
 def publish_changes(
-    record: DynamoDBRecord, subscriptions: Callable[[], list[Subscription]], deliveries: _Deliveries
+    record: DynamoDBRecord,
+    subscriptions: Callable[[], list[Subscription]],
+    deliveries: _Deliveries,
+    seconds_left: Callable[[], float] | None = None,
 ) -> None:
     """Both images are read from the record itself, so a redelivered record gives the same events
     with the same ids; a failure fails this record only and the stream retries it. `deliveries`
-    collects the messages of its webhook deliveries, for the batch to queue."""
+    collects the messages of its webhook deliveries, for the batch to queue; `seconds_left`, how
+    long a notifier plugin may take (notify)."""
     images = record.raw_event.get("dynamodb") or {}
     imported = import_summary(images.get("NewImage"))
     if imported is not None:  # the Catalog stream's mapping passes only an import's end or interruption
@@ -113,7 +122,7 @@ def publish_changes(
         # After the events: a notifier plugin that fails leaves its notification to the
         # reconciler's retry pass; anything else failing has the record redelivered, and the events
         # it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
-        notify(old, new)
+        notify(old, new, seconds_left)
 
 
 def finish_parcels_left(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
@@ -178,10 +187,11 @@ def dispatch(
         metrics.add_metric(name="EventsCutDown", unit=MetricUnit.Count, value=len(dispatched.cut_down))
 
 
-def notify(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+def notify(old: dict[str, Any] | None, new: dict[str, Any], seconds_left: Callable[[], float] | None = None) -> None:
     """The customer notifications the change means, recorded and handed to the notifier plugins;
-    those they failed to send, deferred to the reconciler's retry pass (the record succeeds)."""
-    notified = container().notifier.notify(old, new)
+    those they failed to send, or did not answer for within `seconds_left()` (None: no limit),
+    deferred to the reconciler's retry pass (the record succeeds)."""
+    notified = container().notifier.notify(old, new, seconds_left=seconds_left)
     if notified.sent:
         logger.info("customer notified", extra={"notifications": [n.kind.value for n in notified.sent]})
         metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(notified.sent))
@@ -221,9 +231,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # failed after storing its deliveries too (a copy its retry queues again is dropped by the
     # worker once the first is tried); a batch failed whole queues none, and its retry queues them.
     subscriptions, deliveries = _Subscriptions(), _Deliveries()
+
+    def seconds_left() -> float:
+        return (context.get_remaining_time_in_millis() - NOTIFY_RESERVE_MILLIS) / 1000
+
     answer = batch_response(
         event=event,
-        record_handler=lambda record: publish_changes(record, subscriptions, deliveries),
+        record_handler=lambda record: publish_changes(record, subscriptions, deliveries, seconds_left),
         processor=processor,
         context=context,
     )

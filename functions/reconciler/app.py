@@ -359,7 +359,17 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     def notifications(time_up: Deadline) -> None:
         # Filled as the pass goes: what it sent and gave up before failing outright is reported too.
         done = Retried()
-        isolated("notifications", lambda: container().notification_retries.run(done, time_up=time_up), done)
+
+        # A plugin that hangs is waited for only until the pass's reserve (PluginWait): its attempt
+        # fails, and the run ends in time to report what its passes did.
+        def seconds_left() -> float:
+            return (context.get_remaining_time_in_millis() - PASS_RESERVE_MILLIS) / 1000
+
+        isolated(
+            "notifications",
+            lambda: container().notification_retries.run(done, time_up=time_up, seconds_left=seconds_left),
+            done,
+        )
         for retry in done.sent:
             logger.info("customer notification sent on a retry",
                         extra={"order_id": retry.order_id, "notification_id": retry.notification_id,

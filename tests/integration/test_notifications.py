@@ -5,6 +5,7 @@ once (a redelivered record sends nothing again) and hands it to the notifier plu
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -310,6 +311,58 @@ def test_a_notifier_down_fails_no_stream_record_and_the_notification_waits_unsen
     assert len(lines) == 1 and f'"error":"{type(error).__name__}"' in lines[0]
     assert not [w for w in ("4111", "10.0.0.7", "relay") if w in lines[0]]
     assert "4111111111111111" not in logs.written()
+
+
+class Hung:
+    """A notifier whose provider never answers (an HTTP client without a timeout): each call waits
+    until the test lets it go (`go`), then sends."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.tried: list[str] = []
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.tried.append(notification.id)
+        self.go.wait(5)
+        return ["email"]
+
+
+class NearlyOut(Context):
+    """An invocation with 1.05 s left: its first record is started all the same, and its notifier
+    given what is left past the 1 s kept for the writes after it (NOTIFY_RESERVE_MILLIS): 50 ms."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 1_050
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_notifier_that_hangs_past_the_time_left_is_deferred_and_fails_no_stream_record(aws):
+    # Waited for, it ran the invocation into its 10 s Timeout: the batch retried whole and bisected,
+    # every change of it publishing its events again, the shard held up as long as the plugin hung.
+    from functions.events.app import container, lambda_handler
+
+    hung = Hung()
+    stream, shipped = _shipped_through_the_stream(aws, "ord_" + "h" * 24, hung)
+    try:
+        assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
+        # The first call still hangs: the next change's notification is not handed to the plugins
+        # (a second thread stuck beside the first), it waits for the retry pass at once.
+        other, later = _shipped_through_the_stream(aws, "ord_" + "k" * 24, object())
+        assert lambda_handler(other, Context()) == {"batchItemFailures": []}
+    finally:
+        hung.go.set()
+        container().plugins.unregister(name=f"outage_{'ord_' + 'h' * 24}")
+
+    (recorded,), _ = container().notification_store.list(shipped.id, 10, None)
+    (second,), _ = container().notification_store.list(later.id, 10, None)
+    assert recorded.sent_at is None and second.sent_at is None
+    assert hung.tried == [recorded.id]
+    waiting = container().notification_store.due(datetime.now(UTC) + timedelta(hours=1))
+    assert {(w.notification_id, w.attempts, w.error) for w in waiting} == {
+        (recorded.id, 1, "NotifierOverdue"),
+        (second.id, 1, "NotifierOverdue"),
+    }
 
 
 def _retries(aws: Any, store: Any, *plugins: object) -> tuple[Any, list[datetime]]:

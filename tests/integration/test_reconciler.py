@@ -2427,6 +2427,53 @@ def test_the_pass_sends_a_due_notification_and_gives_up_one_unsent_a_day_with_a_
     assert reconcile() == did()  # sent and given up once
 
 
+def test_a_notifier_hanging_in_the_pass_past_the_time_left_fails_that_attempt_and_the_run_ends(stack):
+    # Waited for, the hung plugin held the run into its Timeout: nothing the passes did was logged,
+    # counted or answered, and the next run met the same plugin. With 15.05 s left every pass starts
+    # (PASS_RESERVE_MILLIS: 15 s), the plugins given the 50 ms past that reserve.
+    import threading
+
+    from core import hookimpl
+    from core.notifications import Notification, notifications
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.reconciler.app import container, lambda_handler
+
+    aws = stack["aws"]
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    allocated = a_stored_order(("TSHIRT", 1), id=order_id("h"), status=OrderStatus.ALLOCATED,
+                               shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
+    shipped = allocated.model_copy(
+        update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
+    )
+    (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+    store.add(notification)
+    at = utc_now() - timedelta(minutes=6)
+    assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
+    go, tried = threading.Event(), []
+
+    class Hung:
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str]:
+            tried.append(notification.id)
+            go.wait(5)
+            return ["email"]
+
+    class NearlyOut(Context):
+        def get_remaining_time_in_millis(self) -> int:
+            return 15_050
+
+    container().plugins.register(Hung(), name="test_mailer_hung")
+    try:
+        answer = lambda_handler(scheduled("2026-12-03T12:00:00Z"), NearlyOut())
+    finally:
+        go.set()
+        container().plugins.unregister(name="test_mailer_hung")
+
+    assert answer["notifications_sent"] == [] and tried == [notification.id]
+    (waiting,) = store.due(utc_now() + timedelta(hours=2))
+    assert (waiting.notification_id, waiting.attempts, waiting.error) == (notification.id, 2, "NotifierOverdue")
+
+
 def test_a_deferred_notification_that_no_longer_reads_keeps_none_behind_it_waiting(stack, metrics_on, capsys, caplog):
     from core import hookimpl
     from core.notifications import Notification, NotificationsNotRetried, notifications

@@ -328,3 +328,26 @@ def test_a_channels_key_counts_no_fewer_units_than_are_reserved_and_sends_no_ord
         )
     # A key of every channel still counts fewer, sending the newest order elsewhere.
     assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 2}).status_code == 200
+
+
+def test_a_channels_key_sending_the_count_a_short_stock_take_recorded_is_answered_the_level_not_refused(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # West counted at 1 under the 4 reserved, its reject not landed yet (the function died): the
+    # warehouse's channel-bound key sends the same count (its own tool's copy of the stock take).
+    # The count stands, as a count sent again does: answered the level, recording nothing and
+    # sending no order elsewhere; a different count below the reserved units is still refused.
+    network, sku, order = counted_short_with_its_reject_dead(api, monkeypatch)
+    key = issue(api, "inventory:write", channel=order["channel"])
+    version = api.get(f"/orders/{order['id']}").json()["version"]
+
+    same = api.put(f"/inventory/{sku}/{network['west']}", key=key, json={"on_hand": 1})
+    other = api.put(f"/inventory/{sku}/{network['west']}", key=key, json={"on_hand": 2})
+
+    assert same.status_code == 200, same.text
+    assert {k: same.json()[k] for k in ("on_hand", "reserved", "available")} == {
+        "on_hand": 1, "reserved": 4, "available": 0,
+    }  # fmt: skip
+    assert_error(other, 409, "insufficient_stock", "on_hand")
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 4, "available": 0}
+    assert api.get(f"/orders/{order['id']}").json()["version"] == version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -463,3 +464,80 @@ def test_a_retry_a_plugin_answers_what_the_spec_refuses_for_is_recorded_sent_and
     assert recorded.sent_at == NOW + timedelta(minutes=6) and recorded.sent_via == []
     ((retry, why),) = done.refused
     assert retry.notification_id == recorded.id and "returned str, expected a list (oms_notify)" in why
+
+
+class Slow:
+    """A sender that answers only once the test lets it (`go`)."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.calls = 0
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str]:
+        self.calls += 1
+        self.go.wait(5)
+        return ["sms"]
+
+
+def test_plugins_given_a_time_limit_send_within_it_and_a_failure_in_their_thread_is_deferred_by_its_type():
+    store = MemoryStore()
+    Notifier(store, hook_with(Mailer()), lambda: NOW).notify(*a_shipped_change(), seconds_left=lambda: 5.0)
+    (recorded,) = store.items.values()
+    assert recorded.sent_via == ["email"]
+
+    store = MemoryStore()
+    notified = Notifier(store, hook_with(Mailer(fail=True)), lambda: NOW).notify(
+        *a_shipped_change(), seconds_left=lambda: 5.0
+    )
+    (recorded,) = store.items.values()
+    assert notified == Notified(deferred=[(recorded, "RuntimeError")])
+
+
+def test_no_time_left_defers_the_notification_without_calling_the_plugins():
+    store, slow = MemoryStore(), Slow()
+    slow.go.set()
+    notified = Notifier(store, hook_with(slow), lambda: NOW).notify(*a_shipped_change(), seconds_left=lambda: 0.0)
+
+    (recorded,) = store.items.values()
+    assert notified == Notified(deferred=[(recorded, "NotifierOverdue")])
+    assert slow.calls == 0
+
+
+def test_a_call_past_its_limit_is_deferred_and_none_is_started_while_it_runs_then_they_are_again():
+    store, slow = MemoryStore(), Slow()
+    notifier = Notifier(store, hook_with(slow), lambda: NOW)
+    old, new = a_shipped_change()
+    try:
+        first = notifier.notify(old, new, seconds_left=lambda: 0.01)
+        other = {"id": "ord_" + "b" * 24}
+        later = notifier.notify(old | other, new | other, seconds_left=lambda: 5.0)
+    finally:
+        slow.go.set()
+    assert [kind for _, kind in first.deferred + later.deferred] == ["NotifierOverdue", "NotifierOverdue"]
+    assert slow.calls == 1  # the second was never handed to the stuck plugins
+
+    for stuck in [t for t in threading.enumerate() if t.name == "oms-notify"]:
+        stuck.join()  # the stuck call ended (its answer dropped): the plugins are called again
+    third_id = {"id": "ord_" + "c" * 24}
+    third = notifier.notify(old | third_id, new | third_id, seconds_left=lambda: 5.0)
+    assert len(third.sent) == 1 and slow.calls == 2
+
+
+def test_the_retry_pass_defers_an_attempt_its_plugins_hang_in_past_the_time_left_and_calls_none_while_it_runs():
+    # Waited for, the stuck plugin held the reconciler's run into its Timeout: what the run's passes
+    # did was never logged or counted, and the next run met the same plugin.
+    store, slow = MemoryStore(), Slow()
+    for order_id in ("ord_" + "d" * 24, "ord_" + "e" * 24):
+        old, new = a_shipped_change()
+        Notifier(store, hook_with(Mailer(fail=True)), lambda: NOW).notify(
+            old | {"id": order_id}, new | {"id": order_id}
+        )
+    retries = NotificationRetries(store, hook_with(slow), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
+    try:
+        done = retries.run(seconds_left=lambda: 0.01)
+    finally:
+        slow.go.set()
+
+    assert [(r.attempts, r.error) for r in done.deferred] == [(2, "NotifierOverdue"), (2, "NotifierOverdue")]
+    assert done.sent == [] and slow.calls == 1

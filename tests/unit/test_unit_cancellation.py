@@ -30,6 +30,7 @@ from core.pricing_types import Discount, PricingDraft, ShippingQuote
 from core.return_models import Return
 from core.returns import Returns
 from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
+from core.unit_cancellation import UnitCancellation
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
@@ -350,6 +351,36 @@ def test_units_cancelled_between_reserving_and_booking_leave_the_reservations_an
         world.actions.ship(order_id, shipment.id, None, actor="key_wh")
     shipped = world.order(order_id)
     assert shipped.status is S.SHIPPED and shipped.payment.captured == done.totals.grand_total
+
+
+def test_a_hold_landing_after_a_cancel_between_reserving_and_booking_captures_nothing_and_releases_the_units(
+    world, monkeypatch
+):
+    # A person's hold lands between the cancel's write and its function's stock and payment steps:
+    # the order, on hold to be released to `authorized`, still has its parcels to book from its
+    # allocations. Those steps took it for one with nothing left to ship: the whole total captured and
+    # the authorization voided before a parcel was made, and the cancelled caps left reserved.
+    # (h631's survivor ru-nostatus: Order.reserved_unbooked without its status condition answered
+    # this order right, which only its two callers here need.)
+    order_id = world.place(("MUG", 2), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    real = UnitCancellation._stock_step
+
+    def held_first(self: UnitCancellation, order: Order) -> None:
+        Holds(world.orders, clock=lambda: NOW).hold(order_id, HoldRequest(reason="other"), actor="key_ops")
+        real(self, world.order(order_id))
+
+    monkeypatch.setattr(UnitCancellation, "_stock_step", held_first)
+    world.actions.cancel(order_id, "two caps", actor="key_web", lines={"L2": 2})
+
+    held = world.order(order_id)
+    assert (held.status, held.hold.resume_to) == (S.ON_HOLD, S.AUTHORIZED)
+    assert (held.payment.status, held.payment.captured.amount) == (P.AUTHORIZED, 0)
+    assert world.held_for(order_id) == {
+        ("MUG", "wh-west", f"{order_id}#L1"): 2,
+        ("CAP", "wh-east", f"{order_id}#L2"): 1,
+    }
 
 
 def test_a_cancel_landing_while_the_order_is_being_authorized_has_the_new_total_authorized(world, monkeypatch):
