@@ -209,3 +209,66 @@ def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_
     assert moved != parcel["collect_by"] and sent.details["collect_by"] == moved
     assert told(api, order_id) == [("ready_for_pickup", False), ("ready_for_pickup", True)]
     assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def late_and_deferred(api: InProcessApi, stream: TableStream, clock: Clock, mailer: Mailer) -> str:
+    """A CAP order allocated 49 hours: marked late by the default 48 hours, its "delayed" deferred
+    (the provider down). Its id."""
+    placed = api.post("/orders", json=order_body(external_id=f"told-true-{next(_orders)}",
+                                                 lines=[{"sku": "CAP", "quantity": 1}]))  # fmt: skip
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    clock.now = datetime.fromisoformat(order["updated_at"]) + timedelta(hours=49)
+    assert order["id"] in scan_at(clock)["marked"]  # with an order of an earlier test, late too
+    mailer.down = True
+    consume(stream)
+    assert told(api, order["id"]) == [("delayed", False)]
+    return order["id"]
+
+
+def test_a_delay_the_notifier_could_not_send_is_withdrawn_once_a_lengthened_deadline_unmarked_it(api, monkeypatch):
+    """Marked late, its "delayed" deferred; `Sla` deployed with a longer deadline, the next scan
+    unmarks it (jeopardy_cleared): the order is on time, so the retry pass withdraws the delay."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)
+        monkeypatch.setenv("OMS_SLA", "allocated=96h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=4)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert mailer.sent_for(order_id) == []
+    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def test_a_delay_the_notifier_could_not_send_is_withdrawn_when_an_order_a_lengthened_deadline_unmarked_is_held(
+    api, monkeypatch
+):
+    """Marked late, its "delayed" deferred; unmarked by a lengthened deadline (on time now), then
+    held by the merchant (fraud review). A hold kept a late order's delay true (it is no less late
+    for its customer), so the retry pass told the customer of an order on time that it is delayed:
+    the hold carries no lateness (nothing for a release to resume), and nothing says it is late."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)
+        monkeypatch.setenv("OMS_SLA", "allocated=96h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        clock.advance(minutes=1)
+        held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"})
+        assert held.status_code == 200, held.text
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=3)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert mailer.sent_for(order_id) == []
+    assert told(api, order_id) == [("delayed", False)]
+    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
