@@ -149,13 +149,16 @@ def outdated(notification: Notification, order: Order | None) -> bool:
     collect_by (the customer was told the new one); a delay none when the order left the status it
     was late in (it shipped: "your order is delayed" came after "your order has shipped"), save for
     a hold, which leaves it too: the order is no less late for its customer, who is not told again
-    of that lateness after the release (_told_before), unless they asked for the hold. A parcel
-    shipped and a refund stay true."""
+    of that lateness after the release (_told_before), unless they asked for the hold, or the hold
+    carries no lateness for its release to resume (Hold.resume_late: the mark was cleared before
+    the hold, a lengthened deadline finding the order on time, or an edit sent it back to be
+    sourced). A parcel shipped and a refund stay true."""
     if order is None:
         return False
     if notification.kind is NotificationKind.DELAYED:
         if order.status is OrderStatus.ON_HOLD:
-            return order.hold is not None and order.hold.reason == "customer_request"
+            hold = order.hold
+            return hold is not None and (hold.reason == "customer_request" or hold.resume_late is None)
         return order.jeopardy is None
     if notification.kind is NotificationKind.READY_FOR_PICKUP:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)

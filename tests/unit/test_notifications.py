@@ -430,6 +430,11 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     for reason, withdrawn in (("fraud_review", False), ("customer_request", True)):
         held, _ = order.hold_for(reason, None, at=NOW + timedelta(minutes=2), actor="key_ops")
         assert held.jeopardy is None and outdated(delay, held) is withdrawn
+    # Found on time by a lengthened deadline before the hold (jeopardy_cleared): the hold carries no
+    # lateness for its release to resume, so nothing says the order is late.
+    cleared, _ = order.clear_jeopardy("not past the deadline", at=NOW + timedelta(minutes=1), actor="jeopardy_scan")
+    held, _ = cleared.hold_for("fraud_review", None, at=NOW + timedelta(minutes=2), actor="key_ops")
+    assert held.hold is not None and held.hold.resume_late is None and outdated(delay, held)
 
 
 def test_a_retry_a_plugin_answers_what_the_spec_refuses_for_is_recorded_sent_and_not_retried_again():
