@@ -272,3 +272,79 @@ def test_a_delay_the_notifier_could_not_send_is_withdrawn_when_an_order_a_length
     assert mailer.sent_for(order_id) == []
     assert told(api, order_id) == [("delayed", False)]
     assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def shipped_orders(api: InProcessApi, count: int) -> list[str]:
+    """`count` CAP orders placed, allocated and shipped: their ids."""
+    ids = []
+    for _ in range(count):
+        placed = api.post("/orders", json=order_body(external_id=f"told-true-{next(_orders)}",
+                                                     lines=[{"sku": "CAP", "quantity": 1}]))  # fmt: skip
+        assert placed.status_code == 201, placed.text
+        order = run_to_allocated(api, placed.json()["id"])
+        (parcel,) = order["shipments"]
+        shipped = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={})
+        assert shipped.status_code == 200, shipped.text
+        ids.append(order["id"])
+    return ids
+
+
+def test_records_left_to_the_next_batch_for_lack_of_time_tell_each_customer_once(api):
+    """The events function starts no record with under 3 s left (RECORD_RESERVE_MILLIS): the rest of
+    the batch is reported failed unprocessed and handed out again from its first. Invoked every time
+    with that little left, each invocation handles one record: every order's "shipped" is still
+    sent once, and recorded sent once."""
+    from functions.events.app import lambda_handler
+
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer):
+        order_ids = shipped_orders(api, 2)
+        records = stream.new_records()
+        handed_out, invocations = len(records), 0
+        while records:
+            invocations += 1
+            failed = lambda_handler({"Records": records}, context("EventsFunction", timeout_seconds=1))
+            ids = [record["dynamodb"]["SequenceNumber"] for record in records]
+            left = [item["itemIdentifier"] for item in failed["batchItemFailures"]]
+            assert left == ids[1:]  # the first record handled, the rest left to the stream
+            records = records[1:]
+
+    assert invocations == handed_out > 2
+    for order_id in order_ids:
+        assert [note.kind.value for note in mailer.sent_for(order_id)] == ["shipped"]
+        assert told(api, order_id) == [("shipped", True)]
+
+
+class Died(BaseException):
+    """The function ended mid-record (its Timeout): nothing of the invocation catches it."""
+
+
+def test_a_notification_recorded_before_the_function_died_is_sent_once_on_redelivery(api, monkeypatch):
+    """The notification is recorded, then the function ends (its Timeout) before the plugins are
+    handed it (nothing sent, nothing deferred): the stream hands the batch out again, and the record
+    finds it recorded and unsent, so the plugins are handed it then, once; a third delivery sends
+    nothing."""
+    import core.notifications as notifier
+    from functions.events.app import lambda_handler
+
+    handed = notifier.call_hook
+
+    def dies_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(notifier, "call_hook", handed)
+        raise Died()
+
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer):
+        (order_id,) = shipped_orders(api, 1)
+        records = stream.new_records()
+        monkeypatch.setattr(notifier, "call_hook", dies_once)
+        with pytest.raises(Died):
+            lambda_handler({"Records": records}, context("EventsFunction"))
+        assert told(api, order_id) == [("shipped", False)]
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["shipped"]
+    assert told(api, order_id) == [("shipped", True)]
