@@ -348,3 +348,29 @@ def test_a_notification_recorded_before_the_function_died_is_sent_once_on_redeli
 
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["shipped"]
     assert told(api, order_id) == [("shipped", True)]
+
+
+def test_a_delay_unmarked_and_marked_again_before_its_retry_is_told_once(api, monkeypatch):
+    """Marked late, its "delayed" deferred (the provider down); a lengthened deadline unmarks it,
+    and the order, late by the new one too, is marked again while the provider is still down: that
+    mark's "delayed" is deferred as well. The retry pass sent both: the customer was told twice that
+    their order is delayed. The first tells of a mark cleared since; the second is the one sent."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        monkeypatch.setenv("OMS_SLA", "allocated=50h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        clock.advance(minutes=60)
+        assert order_id in scan_at(clock)["marked"]
+        consume(stream)
+        assert told(api, order_id) == [("delayed", False), ("delayed", False)]
+        mailer.down = False
+        clock.advance(minutes=6)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
+    assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
