@@ -152,14 +152,21 @@ def outdated(notification: Notification, order: Order | None) -> bool:
     collect_by (the customer was told the new one); a delay none when the order left the status it
     was late in (it shipped: "your order is delayed" came after "your order has shipped"), save for
     a hold, which leaves it too: the order is no less late for its customer, who is not told again
-    of that lateness after the release (_told_before), unless they asked for the hold. A parcel
-    shipped and a refund stay true."""
+    of that lateness after the release (_told_before), unless they asked for the hold, or the hold
+    carries no lateness for its release to resume (Hold.resume_late: the mark was cleared before
+    the hold, a lengthened deadline finding the order on time, or an edit sent it back to be
+    sourced); a delay of a mark cleared since, the order marked late again (a lengthened deadline
+    passed too: that mark's `since` is after the notification was made), whose own "delayed" tells
+    it, but for the lateness a release resumed (its `since` moved by the time held: late_resumed),
+    of which the customer is not told again. A parcel shipped and a refund stay true."""
     if order is None:
         return False
     if notification.kind is NotificationKind.DELAYED:
         if order.status is OrderStatus.ON_HOLD:
-            return order.hold is not None and order.hold.reason == "customer_request"
-        return order.jeopardy is None
+            hold = order.hold
+            return hold is not None and (hold.reason == "customer_request" or hold.resume_late is None)
+        late = order.jeopardy
+        return late is None or (late.since > notification.created_at and late.since != order.late_resumed)
     if notification.kind is NotificationKind.READY_FOR_PICKUP:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
         if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:

@@ -209,3 +209,168 @@ def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_
     assert moved != parcel["collect_by"] and sent.details["collect_by"] == moved
     assert told(api, order_id) == [("ready_for_pickup", False), ("ready_for_pickup", True)]
     assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def late_and_deferred(api: InProcessApi, stream: TableStream, clock: Clock, mailer: Mailer) -> str:
+    """A CAP order allocated 49 hours: marked late by the default 48 hours, its "delayed" deferred
+    (the provider down). Its id."""
+    placed = api.post("/orders", json=order_body(external_id=f"told-true-{next(_orders)}",
+                                                 lines=[{"sku": "CAP", "quantity": 1}]))  # fmt: skip
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    clock.now = datetime.fromisoformat(order["updated_at"]) + timedelta(hours=49)
+    assert order["id"] in scan_at(clock)["marked"]  # with an order of an earlier test, late too
+    mailer.down = True
+    consume(stream)
+    assert told(api, order["id"]) == [("delayed", False)]
+    return order["id"]
+
+
+def test_a_delay_the_notifier_could_not_send_is_withdrawn_once_a_lengthened_deadline_unmarked_it(api, monkeypatch):
+    """Marked late, its "delayed" deferred; `Sla` deployed with a longer deadline, the next scan
+    unmarks it (jeopardy_cleared): the order is on time, so the retry pass withdraws the delay."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)
+        monkeypatch.setenv("OMS_SLA", "allocated=96h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=4)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert mailer.sent_for(order_id) == []
+    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def test_a_delay_the_notifier_could_not_send_is_withdrawn_when_an_order_a_lengthened_deadline_unmarked_is_held(
+    api, monkeypatch
+):
+    """Marked late, its "delayed" deferred; unmarked by a lengthened deadline (on time now), then
+    held by the merchant (fraud review). A hold kept a late order's delay true (it is no less late
+    for its customer), so the retry pass told the customer of an order on time that it is delayed:
+    the hold carries no lateness (nothing for a release to resume), and nothing says it is late."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)
+        monkeypatch.setenv("OMS_SLA", "allocated=96h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        clock.advance(minutes=1)
+        held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"})
+        assert held.status_code == 200, held.text
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=3)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert mailer.sent_for(order_id) == []
+    assert told(api, order_id) == [("delayed", False)]
+    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def shipped_orders(api: InProcessApi, count: int) -> list[str]:
+    """`count` CAP orders placed, allocated and shipped: their ids."""
+    ids = []
+    for _ in range(count):
+        placed = api.post("/orders", json=order_body(external_id=f"told-true-{next(_orders)}",
+                                                     lines=[{"sku": "CAP", "quantity": 1}]))  # fmt: skip
+        assert placed.status_code == 201, placed.text
+        order = run_to_allocated(api, placed.json()["id"])
+        (parcel,) = order["shipments"]
+        shipped = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={})
+        assert shipped.status_code == 200, shipped.text
+        ids.append(order["id"])
+    return ids
+
+
+def test_records_left_to_the_next_batch_for_lack_of_time_tell_each_customer_once(api):
+    """The events function starts no record with under 3 s left (RECORD_RESERVE_MILLIS): the rest of
+    the batch is reported failed unprocessed and handed out again from its first. Invoked every time
+    with that little left, each invocation handles one record: every order's "shipped" is still
+    sent once, and recorded sent once."""
+    from functions.events.app import lambda_handler
+
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer):
+        order_ids = shipped_orders(api, 2)
+        records = stream.new_records()
+        handed_out, invocations = len(records), 0
+        while records:
+            invocations += 1
+            failed = lambda_handler({"Records": records}, context("EventsFunction", timeout_seconds=1))
+            ids = [record["dynamodb"]["SequenceNumber"] for record in records]
+            left = [item["itemIdentifier"] for item in failed["batchItemFailures"]]
+            assert left == ids[1:]  # the first record handled, the rest left to the stream
+            records = records[1:]
+
+    assert invocations == handed_out > 2
+    for order_id in order_ids:
+        assert [note.kind.value for note in mailer.sent_for(order_id)] == ["shipped"]
+        assert told(api, order_id) == [("shipped", True)]
+
+
+class Died(BaseException):
+    """The function ended mid-record (its Timeout): nothing of the invocation catches it."""
+
+
+def test_a_notification_recorded_before_the_function_died_is_sent_once_on_redelivery(api, monkeypatch):
+    """The notification is recorded, then the function ends (its Timeout) before the plugins are
+    handed it (nothing sent, nothing deferred): the stream hands the batch out again, and the record
+    finds it recorded and unsent, so the plugins are handed it then, once; a third delivery sends
+    nothing."""
+    import core.notifications as notifier
+    from functions.events.app import lambda_handler
+
+    handed = notifier.call_hook
+
+    def dies_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(notifier, "call_hook", handed)
+        raise Died()
+
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer):
+        (order_id,) = shipped_orders(api, 1)
+        records = stream.new_records()
+        monkeypatch.setattr(notifier, "call_hook", dies_once)
+        with pytest.raises(Died):
+            lambda_handler({"Records": records}, context("EventsFunction"))
+        assert told(api, order_id) == [("shipped", False)]
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["shipped"]
+    assert told(api, order_id) == [("shipped", True)]
+
+
+def test_a_delay_unmarked_and_marked_again_before_its_retry_is_told_once(api, monkeypatch):
+    """Marked late, its "delayed" deferred (the provider down); a lengthened deadline unmarks it,
+    and the order, late by the new one too, is marked again while the provider is still down: that
+    mark's "delayed" is deferred as well. The retry pass sent both: the customer was told twice that
+    their order is delayed. The first tells of a mark cleared since; the second is the one sent."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        monkeypatch.setenv("OMS_SLA", "allocated=50h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        clock.advance(minutes=60)
+        assert order_id in scan_at(clock)["marked"]
+        consume(stream)
+        assert told(api, order_id) == [("delayed", False), ("delayed", False)]
+        mailer.down = False
+        clock.advance(minutes=6)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
+    assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left

@@ -29,7 +29,7 @@ from core import hookimpl
 from core.errors import PaymentGatewayUnavailable, PaymentRefused
 from core.models import Order
 from core.money import Money, quantum
-from core.pricing_types import PricingDraft, ShippingQuote
+from core.pricing_types import Discount, PricingDraft, ShippingQuote
 from core.refunds import refund_due
 from core.status import OrderStatus, RefundStatus, ShipmentStatus
 from plugins import test_payments
@@ -95,6 +95,7 @@ class OrderMoney(RuleBasedStateMachine):
             [("MUG", "wh-west", 50), ("CAP", "wh-east", 50), ("PEN", "wh-east", 50), ("PEN", "wh-west", 2)],
             PerUnitShipping(),
             self.lost,
+            *self.pricing_plugins(),
             clock=self.clock,
         )
         self.world.gateway.keeps_answers = True  # a capture whose answers were lost is answered again
@@ -105,6 +106,10 @@ class OrderMoney(RuleBasedStateMachine):
         self.returned = {}
         self.count = 0
         self.declined: set[str] = set()  # the warehouses whose last ship was refused: a repeat may be so
+
+    def pricing_plugins(self) -> tuple[object, ...]:
+        """Plugins pricing the order besides its shipping: none (list prices)."""
+        return ()
 
     @property
     def order(self) -> Order:
@@ -319,6 +324,40 @@ class OrderMoney(RuleBasedStateMachine):
         assert [line.quantity for line in order.lines] == [line.shipped_quantity for line in order.lines]
 
 
+class AmountOffTheOrder:
+    """A shop's rule: `amount` off the whole order (a discount on no line), which the core spreads
+    over the lines with room left; a cancel of units prices the lines again, moving it."""
+
+    def __init__(self, amount: str) -> None:
+        self.amount = Decimal(amount)
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        return [Discount(code="off", amount=Money.of(self.amount, draft.currency), line_id=None)]
+
+
+class DiscountedOrderMoney(OrderMoney):
+    """The same journeys of an order with an amount off it, some of them more than a line is worth:
+    each cancel of units spreads it again over the units left, and what was captured, refunded to
+    the customer and given back by the cancel must still come to the order's total."""
+
+    off: str
+
+    @initialize(
+        currency=st.sampled_from(sorted(PRICES)),
+        quantities=st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=3),
+        skus=st.permutations(SKUS),
+        off=st.sampled_from(["1", "7", "13", "25"]),
+    )
+    def place(self, currency: str, quantities: list[int], skus: list[str], off: str) -> None:
+        self.off = off
+        OrderMoney.place(self, currency, quantities, skus)
+        assert self.order.totals.discount.amount > 0
+
+    def pricing_plugins(self) -> tuple[object, ...]:
+        return (AmountOffTheOrder(self.off),)
+
+
 class Drawn:
     """What a rule's `data` draws, given in turn (a sequence of steps written out)."""
 
@@ -360,6 +399,15 @@ def test_the_payment_is_settled_under_any_sequence():
 @pytest.mark.fuzz
 def test_the_payment_is_settled_under_any_sequence_at_length():
     run_state_machine_as_test(OrderMoney, settings=at_length(examples=300, steps=12))
+
+
+def test_the_payment_of_an_order_with_an_amount_off_is_settled_under_any_sequence():
+    run_state_machine_as_test(DiscountedOrderMoney, settings=in_make_test(examples=15, steps=8))
+
+
+@pytest.mark.fuzz
+def test_the_payment_of_an_order_with_an_amount_off_is_settled_under_any_sequence_at_length():
+    run_state_machine_as_test(DiscountedOrderMoney, settings=at_length(examples=300, steps=12))
 
 
 def test_make_test_runs_the_same_payment_steps_every_time():

@@ -420,10 +420,13 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     # (the mark it resumes is the one told of): withdrawn only when they asked for the hold.
     from tests.unit.conftest import a_stored_order
 
-    late = Jeopardy(reason="allocated for longer than 2d", status=OrderStatus.ALLOCATED, since=NOW)
+    # Late since before the change that marked it (the notification's created_at), as every mark is.
+    since = NOW - timedelta(hours=3)
+    late = Jeopardy(reason="allocated for longer than 2d", status=OrderStatus.ALLOCATED, since=since)
     order = a_stored_order(("TSHIRT", 1), id=ORDER, status=OrderStatus.ALLOCATED, jeopardy=late)
     old = order_doc(status="allocated")
     (delay,) = notifications(old, next_version(old, jeopardy=late.model_dump(mode="json")))
+    assert late.since < delay.created_at
 
     assert not outdated(delay, order)
     shipped = order.model_copy(update={"status": OrderStatus.SHIPPED, "jeopardy": None})
@@ -431,6 +434,17 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     for reason, withdrawn in (("fraud_review", False), ("customer_request", True)):
         held, _ = order.hold_for(reason, None, at=NOW + timedelta(minutes=2), actor="key_ops")
         assert held.jeopardy is None and outdated(delay, held) is withdrawn
+    # Found on time by a lengthened deadline before the hold (jeopardy_cleared): the hold carries no
+    # lateness for its release to resume, so nothing says the order is late.
+    cleared, _ = order.clear_jeopardy("not past the deadline", at=NOW + timedelta(minutes=1), actor="jeopardy_scan")
+    held, _ = cleared.hold_for("fraud_review", None, at=NOW + timedelta(minutes=2), actor="key_ops")
+    assert held.hold is not None and held.hold.resume_late is None and outdated(delay, held)
+    # Marked again since, late by the lengthened deadline too: that mark's own "delayed" tells it.
+    later = Jeopardy(reason="allocated for longer than 3d", status=OrderStatus.ALLOCATED, since=NOW + timedelta(days=1))
+    assert outdated(delay, cleared.model_copy(update={"jeopardy": later}))
+    # Unless it is the lateness a release resumed (moved by the time held): the customer was told of it.
+    resumed = cleared.model_copy(update={"jeopardy": later, "late_resumed": later.since})
+    assert not outdated(delay, resumed)
 
 
 def test_a_retry_a_plugin_answers_what_the_spec_refuses_for_is_recorded_sent_and_not_retried_again():
