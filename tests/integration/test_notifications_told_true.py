@@ -374,3 +374,33 @@ def test_a_delay_unmarked_and_marked_again_before_its_retry_is_told_once(api, mo
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
     assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
+
+
+def test_a_delay_unmarked_marked_again_and_held_before_its_retry_is_told_once(api, monkeypatch):
+    """Marked late, its "delayed" deferred (the provider down); a lengthened deadline unmarks it,
+    the order, late by the new one too, is marked again, and that mark's "delayed" is sent (the
+    provider back). Then the merchant holds it before the retry pass: the retry sent the first
+    "delayed" too, the customer told twice, as the hold's lateness (the new mark's) kept it true."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        monkeypatch.setenv("OMS_SLA", "allocated=50h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        clock.advance(minutes=60)
+        assert order_id in scan_at(clock)["marked"]
+        mailer.down = False
+        consume(stream)
+        assert told(api, order_id) == [("delayed", False), ("delayed", True)]
+        clock.advance(minutes=1)
+        held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"})
+        assert held.status_code == 200, held.text
+        consume(stream)
+        clock.advance(minutes=5)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
+    assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
