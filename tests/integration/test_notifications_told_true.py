@@ -434,3 +434,31 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_when_its_lateness_a_re
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert told(api, order_id) == [("delayed", True)]
     assert order_id not in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_before_the_scan_marks_it_again(api):
+    """Marked late, its "delayed" deferred; held and released before the retry pass: the release
+    resumes the lateness unmarked (late_resumed) until the scan marks it again, and that mark makes
+    no second notice (its customer was told of it). The retry pass withdrew the delay as of an order
+    no longer late, so its customer was never told."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        clock.advance(minutes=1)
+        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+        clock.advance(minutes=2)
+        released = api.post(f"/orders/{order_id}/release", json={})
+        assert released.status_code == 200, released.text
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=2)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        clock.advance(minutes=1)
+        assert order_id in scan_at(clock)["marked"]
+        consume(stream)
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert told(api, order_id) == [("delayed", True)]
+    assert order_id not in [retry.order_id for retry in done.withdrawn] and order_id not in left
