@@ -452,7 +452,7 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_
         assert released.status_code == 200, released.text
         consume(stream)
         mailer.down = False
-        clock.advance(minutes=2)
+        clock.advance(minutes=3)
         done = built.notification_retries.run()  # the reconciler's notifications pass
         clock.advance(minutes=1)
         assert order_id in scan_at(clock)["marked"]
