@@ -445,6 +445,8 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     # Unless it is the lateness a release resumed (moved by the time held): the customer was told of it.
     resumed = cleared.model_copy(update={"jeopardy": later, "late_resumed": later.since})
     assert not outdated(delay, resumed)
+    # Released before the scan marks that lateness again: late still, unmarked (late_resumed).
+    assert not outdated(delay, cleared.model_copy(update={"late_resumed": later.since}))
     # Held after that mark: the lateness the hold resumes is the new mark's, whose "delayed" tells it.
     # Held after the resumed lateness was marked, or before: the one its customer was told of (kept
     # as it is stored).
