@@ -1410,6 +1410,10 @@ class Hold(Shown):
     # (Order.late_resumed), so its customer is not told of it twice. Kept with `resume_since`
     # only; the system's own, stored on those holds only.
     resume_late: datetime | None = Field(default=None, exclude=True)
+    # `resume_late` is the lateness a release resumed (Order.late_resumed, marked again or not),
+    # moved by the time held, not a mark's own `since`: a 'delayed' made before it may tell it,
+    # though it is later than that notification (core.notifications.outdated). Stored when True.
+    resume_late_resumed: bool = Field(default=False, exclude=True)
     # A hold the system put on for a person after an infrastructure failure, so no hold expiry
     # cancels it (Order.hold_expiry_counts_from): a park (Order.park, the workflow's failure path),
     # or an order whose ship died after its capture, held to confirm whether the parcel left
@@ -2238,6 +2242,8 @@ class Order(Shown):
                 doc["hold"]["resume_since"] = _TIMES.dump_python(self.hold.resume_since, mode="json")
             if self.hold.resume_late is not None:
                 doc["hold"]["resume_late"] = _TIMES.dump_python(self.hold.resume_late, mode="json")
+            if self.hold.resume_late_resumed:
+                doc["hold"]["resume_late_resumed"] = True
             if self.hold.parked:
                 doc["hold"]["parked"] = True
             if self.hold.ships_to_confirm:
@@ -3294,7 +3300,13 @@ class Order(Shown):
         if self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             assert self.hold is not None
             # Sourced again: released to `authorized` anew, its clock starting at the release.
-            resumes = _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None, resume_late=None)
+            resumes = _replaced(
+                self.hold,
+                resume_to=OrderStatus.AUTHORIZED,
+                resume_since=None,
+                resume_late=None,
+                resume_late_resumed=False,
+            )
             return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
                     "hold": resumes, **marks}  # fmt: skip
         if self.status not in RESOURCEABLE:
@@ -3615,7 +3627,8 @@ class Order(Shown):
                 at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
                 detail={"amount": amount.model_dump(mode="json"), "reference": reference, **why},
                 payment=self.payment.authorized_for(amount, reference), authorized_at=at,
-                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None, resume_late=None),
+                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None, resume_late=None,
+                               resume_late_resumed=False),
                 **given_up,
             )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
@@ -4303,6 +4316,7 @@ class Order(Shown):
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
             hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, resume_since=self.in_status_since,
                       resume_late=self.late_since(),
+                      resume_late_resumed=self.late_resumed is not None and self.late_since() == self.late_resumed,
                       parked=parked, confirms_ships=list(confirms_ships or [])), **fields,
         )  # fmt: skip
 
@@ -4500,6 +4514,7 @@ class Order(Shown):
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
                               resume_to=self.hold.resume_to, resume_since=self.hold.resumed_since(at),
                               resume_late=self.hold.resumed_late(at),
+                              resume_late_resumed=self.hold.resumed_late(at) is not None,
                               parked=True, confirms_ships=shipment_ids,
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(

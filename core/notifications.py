@@ -157,16 +157,22 @@ def outdated(notification: Notification, order: Order | None) -> bool:
     the hold, a lengthened deadline finding the order on time, or an edit sent it back to be
     sourced); a delay of a mark cleared since, the order marked late again (a lengthened deadline
     passed too: that mark's `since` is after the notification was made), whose own "delayed" tells
-    it, but for the lateness a release resumed (its `since` moved by the time held: late_resumed),
-    of which the customer is not told again. A parcel shipped and a refund stay true."""
+    it, held since or not (the lateness its hold resumes is that mark's), but for the lateness a
+    release resumed (its `since` moved by the time held: late_resumed, Hold.resume_late_resumed,
+    marked again or not yet: Order.late_since), of which the customer is not told again. A parcel
+    shipped and a refund stay true."""
     if order is None:
         return False
     if notification.kind is NotificationKind.DELAYED:
         if order.status is OrderStatus.ON_HOLD:
             hold = order.hold
-            return hold is not None and (hold.reason == "customer_request" or hold.resume_late is None)
-        late = order.jeopardy
-        return late is None or (late.since > notification.created_at and late.since != order.late_resumed)
+            if hold is None:
+                return False
+            if hold.reason == "customer_request" or hold.resume_late is None:
+                return True
+            return hold.resume_late > notification.created_at and not hold.resume_late_resumed
+        since = order.late_since()
+        return since is None or (since > notification.created_at and since != order.late_resumed)
     if notification.kind is NotificationKind.READY_FOR_PICKUP:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
         if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:

@@ -375,3 +375,91 @@ def test_a_delay_unmarked_and_marked_again_before_its_retry_is_told_once(api, mo
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
     assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
+
+
+def test_a_delay_unmarked_marked_again_and_held_before_its_retry_is_told_once(api, monkeypatch):
+    """Marked late, its "delayed" deferred (the provider down); a lengthened deadline unmarks it,
+    the order, late by the new one too, is marked again, and that mark's "delayed" is sent (the
+    provider back). Then the merchant holds it before the retry pass: the retry sent the first
+    "delayed" too, the customer told twice, as the hold's lateness (the new mark's) kept it true."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        monkeypatch.setenv("OMS_SLA", "allocated=50h")
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["unmarked"]
+        clock.advance(minutes=60)
+        assert order_id in scan_at(clock)["marked"]
+        mailer.down = False
+        consume(stream)
+        assert told(api, order_id) == [("delayed", False), ("delayed", True)]
+        clock.advance(minutes=1)
+        held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"})
+        assert held.status_code == 200, held.text
+        consume(stream)
+        clock.advance(minutes=5)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
+    assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
+
+
+def test_a_delay_the_notifier_could_not_send_is_sent_once_when_its_lateness_a_release_resumed_is_held_again(api):
+    """Marked late, its "delayed" deferred; held two hours and released (the lateness resumed, its
+    `since` moved past that notification by the time held), marked again by the scan (no second
+    notice: the same lateness), then held again before the retry pass. The lateness the hold
+    resumes is the one the deferred "delayed" tells: sent, once."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        clock.advance(minutes=1)
+        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+        clock.advance(hours=2)
+        released = api.post(f"/orders/{order_id}/release", json={})
+        assert released.status_code == 200, released.text
+        clock.advance(minutes=2)
+        assert order_id in scan_at(clock)["marked"]
+        clock.advance(minutes=1)
+        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+        consume(stream)
+        assert told(api, order_id) == [("delayed", False)]
+        mailer.down = False
+        clock.advance(minutes=5)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert told(api, order_id) == [("delayed", True)]
+    assert order_id not in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_before_the_scan_marks_it_again(api):
+    """Marked late, its "delayed" deferred; held and released before the retry pass: the release
+    resumes the lateness unmarked (late_resumed) until the scan marks it again, and that mark makes
+    no second notice (its customer was told of it). The retry pass withdrew the delay as of an order
+    no longer late, so its customer was never told."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
+        clock.advance(minutes=1)
+        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+        clock.advance(minutes=2)
+        released = api.post(f"/orders/{order_id}/release", json={})
+        assert released.status_code == 200, released.text
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=3)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        clock.advance(minutes=1)
+        assert order_id in scan_at(clock)["marked"]
+        consume(stream)
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
+    assert told(api, order_id) == [("delayed", True)]
+    assert order_id not in [retry.order_id for retry in done.withdrawn] and order_id not in left

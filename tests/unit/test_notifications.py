@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
-from core.models import Jeopardy
+from core.models import Jeopardy, Order
 from core.notifications import (
     Notification,
     NotificationKind,
@@ -445,6 +445,20 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     # Unless it is the lateness a release resumed (moved by the time held): the customer was told of it.
     resumed = cleared.model_copy(update={"jeopardy": later, "late_resumed": later.since})
     assert not outdated(delay, resumed)
+    # Released before the scan marks that lateness again: late still, unmarked (late_resumed).
+    assert not outdated(delay, cleared.model_copy(update={"late_resumed": later.since}))
+    # Held after that mark: the lateness the hold resumes is the new mark's, whose "delayed" tells it.
+    # Held after the resumed lateness was marked, or before: the one its customer was told of (kept
+    # as it is stored).
+    marked_again = cleared.model_copy(update={"jeopardy": later})
+    for before, withdrawn in (
+        (marked_again, True),
+        (resumed, False),
+        (resumed.model_copy(update={"jeopardy": None}), False),
+    ):
+        held, _ = before.hold_for("fraud_review", None, at=NOW + timedelta(days=2), actor="key_ops")
+        assert held.hold is not None and held.hold.resume_late == later.since
+        assert outdated(delay, Order.model_validate_json(held.stored_json())) is withdrawn
 
 
 def test_a_retry_a_plugin_answers_what_the_spec_refuses_for_is_recorded_sent_and_not_retried_again():
