@@ -365,6 +365,82 @@ def test_a_notifier_that_hangs_past_the_time_left_is_deferred_and_fails_no_strea
     }
 
 
+class LateThenRaises(Hung):
+    """A notifier whose provider answers only after the function stopped waiting, and then with an error."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.tried.append(notification.id)
+        self.go.wait(5)
+        raise OSError("relay timed out at last")
+
+
+def _stuck_notifier_thread() -> threading.Thread:
+    (stuck,) = [t for t in threading.enumerate() if t.name == "oms-notify"]
+    return stuck
+
+
+@pytest.mark.usefixtures("wired")
+@pytest.mark.parametrize("late", [Hung, LateThenRaises])
+def test_a_notifiers_answer_after_the_deferral_leaves_it_deferred_and_the_retry_pass_sends_it_under_its_id(aws, late):
+    # The plugin answers (or fails) once the record is done and the notification recorded deferred:
+    # nothing marks it sent behind the retry pass's back, nothing raises, the pass sends it.
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.events.app import container, lambda_handler
+
+    oid = "ord_" + "l" * 24
+    hung = late()
+    stream, shipped = _shipped_through_the_stream(aws, oid, hung)
+    try:
+        assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
+        stuck = _stuck_notifier_thread()
+    finally:
+        hung.go.set()
+    stuck.join()
+    container().plugins.unregister(name=f"outage_{oid}")
+
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    (recorded,), _ = store.list(shipped.id, 10, None)
+    assert recorded.sent_at is None and recorded.sent_via == []
+    (waiting,) = store.due(datetime.now(UTC) + timedelta(hours=1))
+    assert (waiting.notification_id, waiting.attempts, waiting.error) == (recorded.id, 1, "NotifierOverdue")
+
+    mailer = Mailer()
+    retries, now = _retries(aws, store, mailer)
+    now.append(now[-1] + timedelta(minutes=5, seconds=1))
+    (sent,) = retries.run(seconds_left=lambda: 5.0).sent
+    assert [n.id for n in mailer.sent] == [recorded.id] and hung.tried == [recorded.id]
+    (recorded,), _ = store.list(shipped.id, 10, None)
+    assert recorded.sent_via == ["email"] and sent.attempts == 2
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_notifier_failing_after_the_deferral_logs_its_failure_under_its_own_order_not_the_one_worked_on_then(
+    aws, logs
+):
+    # The late `plugin raised` line is written while the function works on another order (or
+    # another invocation): the logger's keys are that one's, so the line named the wrong order.
+    from functions.events.app import container, lambda_handler, logger
+
+    oid = "ord_" + "r" * 24
+    hung = LateThenRaises()
+    stream, shipped = _shipped_through_the_stream(aws, oid, hung)
+    try:
+        assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
+        stuck = _stuck_notifier_thread()
+        with logger.append_context_keys(order_id="ord_" + "w" * 24):  # the next record's keys
+            hung.go.set()
+            stuck.join()
+    finally:
+        hung.go.set()
+        container().plugins.unregister(name=f"outage_{oid}")
+
+    (recorded,), _ = container().notification_store.list(shipped.id, 10, None)
+    written = [json.loads(line) for line in logs.written().splitlines() if line.strip().startswith("{")]
+    (raised,) = [line for line in written if line["message"] == "plugin raised"]
+    assert (raised.get("order_id"), raised.get("notification_id")) == (oid, recorded.id)
+
+
 def _retries(aws: Any, store: Any, *plugins: object) -> tuple[Any, list[datetime]]:
     """The reconciler's retry pass over `store` with `plugins`, and the list whose last time is its clock."""
     import pluggy
