@@ -441,6 +441,51 @@ def test_a_notifier_failing_after_the_deferral_logs_its_failure_under_its_own_or
     assert (raised.get("order_id"), raised.get("notification_id")) == (oid, recorded.id)
 
 
+class HangsOnce(Hung):
+    """A notifier whose provider hangs on its first call alone (until `go`), then answers at once."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.tried.append(notification.id)
+        if len(self.tried) == 1:
+            self.go.wait(5)
+        return ["email"]
+
+
+@pytest.mark.usefixtures("wired")
+def test_the_retry_pass_beside_an_events_function_whose_notifier_call_is_stuck_still_calls_the_plugins(aws):
+    # The local stack runs the events function and the reconciler in one process: the events
+    # function's stuck call defers its own later notifications, not the reconciler's attempts.
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.events.app import container, lambda_handler
+
+    hung = HangsOnce()
+    stuck_stream, stuck_order = _shipped_through_the_stream(aws, "ord_" + "s" * 24, hung)
+    try:
+        assert lambda_handler(stuck_stream, NearlyOut()) == {"batchItemFailures": []}
+        stuck = _stuck_notifier_thread()
+        other = Mailer()
+        later_stream, later_order = _shipped_through_the_stream(aws, "ord_" + "t" * 24, other)
+        assert lambda_handler(later_stream, Context()) == {"batchItemFailures": []}
+        assert other.sent == []  # deferred at once: this container's call is still stuck
+
+        store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+        retries, now = _retries(aws, store, hung)
+        now.append(now[-1] + timedelta(minutes=5, seconds=1))
+        done = retries.run(seconds_left=lambda: 5.0)
+        assert stuck.is_alive()  # the events function's call hangs yet
+    finally:
+        hung.go.set()
+        container().plugins.unregister(name=f"outage_{'ord_' + 's' * 24}")
+        container().plugins.unregister(name=f"outage_{'ord_' + 't' * 24}")
+    stuck.join()
+
+    assert sorted(r.order_id for r in done.sent) == [stuck_order.id, later_order.id]
+    for order in (stuck_order, later_order):
+        (recorded,), _ = store.list(order.id, 10, None)
+        assert recorded.sent_via == ["email"] and hung.tried.count(recorded.id) == 1 + (order is stuck_order)
+
+
 def _retries(aws: Any, store: Any, *plugins: object) -> tuple[Any, list[datetime]]:
     """The reconciler's retry pass over `store` with `plugins`, and the list whose last time is its clock."""
     import pluggy
