@@ -375,8 +375,9 @@ class LateThenRaises(Hung):
         raise OSError("relay timed out at last")
 
 
-def _stuck_notifier_thread() -> threading.Thread:
-    (stuck,) = [t for t in threading.enumerate() if t.name == "oms-notify"]
+def _stuck_notifier_thread(before: set[threading.Thread]) -> threading.Thread:
+    """The notifier call started since `before` (the threads then): another test's may linger."""
+    (stuck,) = [t for t in set(threading.enumerate()) - before if t.name == "oms-notify"]
     return stuck
 
 
@@ -391,9 +392,10 @@ def test_a_notifiers_answer_after_the_deferral_leaves_it_deferred_and_the_retry_
     oid = "ord_" + "l" * 24
     hung = late()
     stream, shipped = _shipped_through_the_stream(aws, oid, hung)
+    before = set(threading.enumerate())
     try:
         assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
-        stuck = _stuck_notifier_thread()
+        stuck = _stuck_notifier_thread(before)
     finally:
         hung.go.set()
     stuck.join()
@@ -425,9 +427,10 @@ def test_a_notifier_failing_after_the_deferral_logs_its_failure_under_its_own_or
     oid = "ord_" + "r" * 24
     hung = LateThenRaises()
     stream, shipped = _shipped_through_the_stream(aws, oid, hung)
+    before = set(threading.enumerate())
     try:
         assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
-        stuck = _stuck_notifier_thread()
+        stuck = _stuck_notifier_thread(before)
         with logger.append_context_keys(order_id="ord_" + "w" * 24):  # the next record's keys
             hung.go.set()
             stuck.join()
@@ -461,9 +464,10 @@ def test_the_retry_pass_beside_an_events_function_whose_notifier_call_is_stuck_s
 
     hung = HangsOnce()
     stuck_stream, stuck_order = _shipped_through_the_stream(aws, "ord_" + "s" * 24, hung)
+    before = set(threading.enumerate())
     try:
         assert lambda_handler(stuck_stream, NearlyOut()) == {"batchItemFailures": []}
-        stuck = _stuck_notifier_thread()
+        stuck = _stuck_notifier_thread(before)
         other = Mailer()
         later_stream, later_order = _shipped_through_the_stream(aws, "ord_" + "t" * 24, other)
         assert lambda_handler(later_stream, Context()) == {"batchItemFailures": []}
@@ -484,6 +488,38 @@ def test_the_retry_pass_beside_an_events_function_whose_notifier_call_is_stuck_s
     for order in (stuck_order, later_order):
         (recorded,), _ = store.list(order.id, 10, None)
         assert recorded.sent_via == ["email"] and hung.tried.count(recorded.id) == 1 + (order is stuck_order)
+
+
+class OutOfTime(Context):
+    """An invocation with 0.5 s left at every ask: under the 1 s kept past a notifier plugin's call."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 500
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_batch_begun_with_no_time_for_the_notifier_defers_its_first_records_notification_and_holds_back_the_rest(
+    aws,
+):
+    # The first record is always handled (a batch failed whole is bisected and never gets past it);
+    # its notification is deferred without a call, no thread started; the next record waits.
+    from functions.events.app import container, lambda_handler
+
+    mailer = Mailer()
+    first, shipped = _shipped_through_the_stream(aws, "ord_" + "f" * 24, mailer)
+    second, _ = _shipped_through_the_stream(aws, "ord_" + "g" * 24, object())
+    (later,) = second["Records"]
+    later["dynamodb"]["SequenceNumber"] = "101"
+    before = set(threading.enumerate())
+    try:
+        answer = lambda_handler({"Records": [*first["Records"], later]}, OutOfTime())
+    finally:
+        container().plugins.unregister(name=f"outage_{'ord_' + 'f' * 24}")
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "101"}]}
+    assert mailer.sent == [] and not [t for t in set(threading.enumerate()) - before if t.name == "oms-notify"]
+    (recorded,), _ = container().notification_store.list(shipped.id, 10, None)
+    (waiting,) = container().notification_store.due(datetime.now(UTC) + timedelta(hours=1))
+    assert recorded.sent_at is None and (waiting.notification_id, waiting.error) == (recorded.id, "NotifierOverdue")
 
 
 def _retries(aws: Any, store: Any, *plugins: object) -> tuple[Any, list[datetime]]:
