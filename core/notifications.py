@@ -396,7 +396,12 @@ class Notifier:
                 continue
             copy = recorded.model_copy(deep=True)
             try:
-                via = self._wait(partial(call_hook, self._hook.oms_notify, _way_shown, notification=copy), seconds_left)
+                # The keys of a plugin's `plugin raised` line (calls_about) name this notification's
+                # order, not the logger's: a call past its limit writes it once the function works
+                # on another order (a later record, a later invocation) whose keys the logger has.
+                with calls_about(order_id=recorded.order_id, notification_id=recorded.id):
+                    call = partial(call_hook, self._hook.oms_notify, _way_shown, notification=copy)
+                    via = self._wait(call, seconds_left)
             except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
                 if answer_refused(error):
                     self._store.mark_sent(recorded, [], self._clock())

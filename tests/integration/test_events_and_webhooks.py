@@ -1331,3 +1331,107 @@ def test_customer_text_in_any_script_reaches_the_subscriber_as_given_under_a_sig
     assert not verify(webhook.secret, headers, body.replace("李".encode(), "季".encode()))
     record = container().webhook_store.get_delivery(webhook.id, DeliveryMessage.from_json(queued["Body"]).delivery_id)
     assert (record.status, record.last_status_code) == ("delivered", 204)
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_throttled_delivery_write_fails_its_record_alone_and_its_redelivery_queues_each_delivery_once(
+    aws, wired, monkeypatch
+):
+    # The deliveries are written ten at a time on threads (add_deliveries): one write throttled past
+    # botocore's retries fails the record; the writes beside it land, their messages not queued.
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    from functions.adapters import order_codec
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.adapters.webhooks import DELIVERIES_PK
+    from functions.events.app import lambda_handler
+    from tests.integration.test_notifications import allocated_then_shipped
+
+    for url in ("https://a.example/h", "https://bb.example/h", "https://ccc.example/h"):
+        subscribe(url, ["order.shipped", "shipment.shipped"])
+    orders, images = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]), []
+    for oid in ("ord_" + "x" * 24, "ord_" + "y" * 24):
+        allocated, shipped = allocated_then_shipped(oid)
+        created = HistoryEntry(at=allocated.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
+        orders.add(allocated, created, "tok")
+        before = stored_item(aws, oid)
+        orders.update(shipped, allocated, [])
+        images.append(("MODIFY", before, stored_item(aws, oid)))
+
+    throttled: list[str] = []
+    calling = BaseClient._make_api_call
+
+    def throttling(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        body = params.get("Item", {}).get("body", {}).get("B", b"")
+        if (
+            operation == "PutItem"
+            and params["Item"]["pk"]["S"].startswith(DELIVERIES_PK)
+            and "ord_" + "y" * 24 in order_codec.stored_json({"B": body}).decode()
+            and not throttled
+        ):
+            throttled.append(params["Item"]["sk"]["S"])
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}, "PutItem"
+            )
+        return calling(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", throttling)
+    assert lambda_handler(stream_event(*images), Context()) == {"batchItemFailures": [{"itemIdentifier": "101"}]}
+    assert throttled and not [t for t in threading.enumerate() if t.name.startswith("deliveries")]
+    first = [DeliveryMessage.from_json(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+
+    # The stream hands the failed record out again, first of its next batch.
+    assert lambda_handler(stream_event(images[1]), Context()) == {"batchItemFailures": []}
+    again = [DeliveryMessage.from_json(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+
+    queued = [m.delivery_id for m in first + again]
+    assert len(queued) == len(set(queued)) == 2 * len(first)  # each order's deliveries once, none twice
+    assert throttled[0] in {m.delivery_id for m in again}
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_delivery_message_the_queue_refuses_fails_the_batch_and_its_retry_queues_it(aws, wired, monkeypatch):
+    # The batch's 16 messages go ten to a SendMessageBatch, the batches on threads (send_now): one
+    # entry refused fails the invocation (Lambda retries the batch whole), which queues it; none is lost.
+    from botocore.client import BaseClient
+
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import lambda_handler
+    from tests.integration.test_notifications import allocated_then_shipped
+
+    for url in ("https://a.example/h", "https://bb.example/h", "https://ccc.example/h", "https://dddd.example/h"):
+        subscribe(url, ["order.shipped", "shipment.shipped"])
+    orders, images = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]), []
+    for oid in ("ord_" + "u" * 24, "ord_" + "v" * 24, "ord_" + "w" * 24, "ord_" + "x" * 24):
+        allocated, shipped = allocated_then_shipped(oid)
+        created = HistoryEntry(at=allocated.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
+        orders.add(allocated, created, "tok")
+        before = stored_item(aws, oid)
+        orders.update(shipped, allocated, [])
+        images.append(("MODIFY", before, stored_item(aws, oid)))
+
+    refused: list[str] = []
+    calling = BaseClient._make_api_call
+
+    def refusing(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation != "SendMessageBatch" or refused:
+            return calling(client, operation, params)
+        first, *rest = params["Entries"]
+        refused.append(DeliveryMessage.from_json(first["MessageBody"]).delivery_id)
+        answer = calling(client, operation, {**params, "Entries": rest})
+        return {**answer, "Failed": [{"Id": first["Id"], "SenderFault": False, "Code": "InternalError"}]}
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", refusing)
+    with pytest.raises(RuntimeError, match="refused 1 message"):
+        lambda_handler(stream_event(*images), Context())
+    assert not [t for t in threading.enumerate() if t.name.startswith("delivery-messages")]
+    first = {DeliveryMessage.from_json(m["Body"]).delivery_id for m in drain(wired["sqs"], wired["deliveries"])}
+    # The batch refused in part, and those not started when it failed (Executor.map cancels them).
+    assert refused and refused[0] not in first and len(first) < 16
+
+    assert lambda_handler(stream_event(*images), Context()) == {"batchItemFailures": []}
+    again = [DeliveryMessage.from_json(m["Body"]).delivery_id for m in drain(wired["sqs"], wired["deliveries"])]
+    # Each of the 16 deliveries (4 orders, 4 subscriptions) queued: those queued before again, as
+    # never tried yet (the worker drops the copy once the first is tried); none lost.
+    assert refused[0] in again and len(set(again)) == 16 and first < set(again)

@@ -365,6 +365,163 @@ def test_a_notifier_that_hangs_past_the_time_left_is_deferred_and_fails_no_strea
     }
 
 
+class LateThenRaises(Hung):
+    """A notifier whose provider answers only after the function stopped waiting, and then with an error."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.tried.append(notification.id)
+        self.go.wait(5)
+        raise OSError("relay timed out at last")
+
+
+def _stuck_notifier_thread(before: set[threading.Thread]) -> threading.Thread:
+    """The notifier call started since `before` (the threads then): another test's may linger."""
+    (stuck,) = [t for t in set(threading.enumerate()) - before if t.name == "oms-notify"]
+    return stuck
+
+
+@pytest.mark.usefixtures("wired")
+@pytest.mark.parametrize("late", [Hung, LateThenRaises])
+def test_a_notifiers_answer_after_the_deferral_leaves_it_deferred_and_the_retry_pass_sends_it_under_its_id(aws, late):
+    # The plugin answers (or fails) once the record is done and the notification recorded deferred:
+    # nothing marks it sent behind the retry pass's back, nothing raises, the pass sends it.
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.events.app import container, lambda_handler
+
+    oid = "ord_" + "l" * 24
+    hung = late()
+    stream, shipped = _shipped_through_the_stream(aws, oid, hung)
+    before = set(threading.enumerate())
+    try:
+        assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
+        stuck = _stuck_notifier_thread(before)
+    finally:
+        hung.go.set()
+    stuck.join()
+    container().plugins.unregister(name=f"outage_{oid}")
+
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    (recorded,), _ = store.list(shipped.id, 10, None)
+    assert recorded.sent_at is None and recorded.sent_via == []
+    (waiting,) = store.due(datetime.now(UTC) + timedelta(hours=1))
+    assert (waiting.notification_id, waiting.attempts, waiting.error) == (recorded.id, 1, "NotifierOverdue")
+
+    mailer = Mailer()
+    retries, now = _retries(aws, store, mailer)
+    now.append(now[-1] + timedelta(minutes=5, seconds=1))
+    (sent,) = retries.run(seconds_left=lambda: 5.0).sent
+    assert [n.id for n in mailer.sent] == [recorded.id] and hung.tried == [recorded.id]
+    (recorded,), _ = store.list(shipped.id, 10, None)
+    assert recorded.sent_via == ["email"] and sent.attempts == 2
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_notifier_failing_after_the_deferral_logs_its_failure_under_its_own_order_not_the_one_worked_on_then(
+    aws, logs
+):
+    # The late `plugin raised` line is written while the function works on another order (or
+    # another invocation): the logger's keys are that one's, so the line named the wrong order.
+    from functions.events.app import container, lambda_handler, logger
+
+    oid = "ord_" + "r" * 24
+    hung = LateThenRaises()
+    stream, shipped = _shipped_through_the_stream(aws, oid, hung)
+    before = set(threading.enumerate())
+    try:
+        assert lambda_handler(stream, NearlyOut()) == {"batchItemFailures": []}
+        stuck = _stuck_notifier_thread(before)
+        with logger.append_context_keys(order_id="ord_" + "w" * 24):  # the next record's keys
+            hung.go.set()
+            stuck.join()
+    finally:
+        hung.go.set()
+        container().plugins.unregister(name=f"outage_{oid}")
+
+    (recorded,), _ = container().notification_store.list(shipped.id, 10, None)
+    written = [json.loads(line) for line in logs.written().splitlines() if line.strip().startswith("{")]
+    (raised,) = [line for line in written if line["message"] == "plugin raised"]
+    assert (raised.get("order_id"), raised.get("notification_id")) == (oid, recorded.id)
+
+
+class HangsOnce(Hung):
+    """A notifier whose provider hangs on its first call alone (until `go`), then answers at once."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.tried.append(notification.id)
+        if len(self.tried) == 1:
+            self.go.wait(5)
+        return ["email"]
+
+
+@pytest.mark.usefixtures("wired")
+def test_the_retry_pass_beside_an_events_function_whose_notifier_call_is_stuck_still_calls_the_plugins(aws):
+    # The local stack runs the events function and the reconciler in one process: the events
+    # function's stuck call defers its own later notifications, not the reconciler's attempts.
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.events.app import container, lambda_handler
+
+    hung = HangsOnce()
+    stuck_stream, stuck_order = _shipped_through_the_stream(aws, "ord_" + "s" * 24, hung)
+    before = set(threading.enumerate())
+    try:
+        assert lambda_handler(stuck_stream, NearlyOut()) == {"batchItemFailures": []}
+        stuck = _stuck_notifier_thread(before)
+        other = Mailer()
+        later_stream, later_order = _shipped_through_the_stream(aws, "ord_" + "t" * 24, other)
+        assert lambda_handler(later_stream, Context()) == {"batchItemFailures": []}
+        assert other.sent == []  # deferred at once: this container's call is still stuck
+
+        store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+        retries, now = _retries(aws, store, hung)
+        now.append(now[-1] + timedelta(minutes=5, seconds=1))
+        done = retries.run(seconds_left=lambda: 5.0)
+        assert stuck.is_alive()  # the events function's call hangs yet
+    finally:
+        hung.go.set()
+        container().plugins.unregister(name=f"outage_{'ord_' + 's' * 24}")
+        container().plugins.unregister(name=f"outage_{'ord_' + 't' * 24}")
+    stuck.join()
+
+    assert sorted(r.order_id for r in done.sent) == [stuck_order.id, later_order.id]
+    for order in (stuck_order, later_order):
+        (recorded,), _ = store.list(order.id, 10, None)
+        assert recorded.sent_via == ["email"] and hung.tried.count(recorded.id) == 1 + (order is stuck_order)
+
+
+class OutOfTime(Context):
+    """An invocation with 0.5 s left at every ask: under the 1 s kept past a notifier plugin's call."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 500
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_batch_begun_with_no_time_for_the_notifier_defers_its_first_records_notification_and_holds_back_the_rest(
+    aws,
+):
+    # The first record is always handled (a batch failed whole is bisected and never gets past it);
+    # its notification is deferred without a call, no thread started; the next record waits.
+    from functions.events.app import container, lambda_handler
+
+    mailer = Mailer()
+    first, shipped = _shipped_through_the_stream(aws, "ord_" + "f" * 24, mailer)
+    second, _ = _shipped_through_the_stream(aws, "ord_" + "g" * 24, object())
+    (later,) = second["Records"]
+    later["dynamodb"]["SequenceNumber"] = "101"
+    before = set(threading.enumerate())
+    try:
+        answer = lambda_handler({"Records": [*first["Records"], later]}, OutOfTime())
+    finally:
+        container().plugins.unregister(name=f"outage_{'ord_' + 'f' * 24}")
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "101"}]}
+    assert mailer.sent == [] and not [t for t in set(threading.enumerate()) - before if t.name == "oms-notify"]
+    (recorded,), _ = container().notification_store.list(shipped.id, 10, None)
+    (waiting,) = container().notification_store.due(datetime.now(UTC) + timedelta(hours=1))
+    assert recorded.sent_at is None and (waiting.notification_id, waiting.error) == (recorded.id, "NotifierOverdue")
+
+
 def _retries(aws: Any, store: Any, *plugins: object) -> tuple[Any, list[datetime]]:
     """The reconciler's retry pass over `store` with `plugins`, and the list whose last time is its clock."""
     import pluggy
