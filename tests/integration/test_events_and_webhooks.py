@@ -1333,6 +1333,22 @@ def test_customer_text_in_any_script_reaches_the_subscriber_as_given_under_a_sig
     assert (record.status, record.last_status_code) == ("delivered", 204)
 
 
+def shipped_images(aws: Any, *order_ids: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Each order stored allocated, then shipped: the stream images of each ship (MODIFY, before, after)."""
+    from functions.adapters.dynamodb import DynamoOrders
+    from tests.integration.test_notifications import allocated_then_shipped
+
+    orders, images = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]), []
+    for oid in order_ids:
+        allocated, shipped = allocated_then_shipped(oid)
+        created = HistoryEntry(at=allocated.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
+        orders.add(allocated, created, "tok")
+        before = stored_item(aws, oid)
+        orders.update(shipped, allocated, [])
+        images.append(("MODIFY", before, stored_item(aws, oid)))
+    return images
+
+
 @pytest.mark.usefixtures("wired")
 def test_a_throttled_delivery_write_fails_its_record_alone_and_its_redelivery_queues_each_delivery_once(
     aws, wired, monkeypatch
@@ -1343,21 +1359,12 @@ def test_a_throttled_delivery_write_fails_its_record_alone_and_its_redelivery_qu
     from botocore.exceptions import ClientError
 
     from functions.adapters import order_codec
-    from functions.adapters.dynamodb import DynamoOrders
     from functions.adapters.webhooks import DELIVERIES_PK
     from functions.events.app import lambda_handler
-    from tests.integration.test_notifications import allocated_then_shipped
 
     for url in ("https://a.example/h", "https://bb.example/h", "https://ccc.example/h"):
         subscribe(url, ["order.shipped", "shipment.shipped"])
-    orders, images = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]), []
-    for oid in ("ord_" + "x" * 24, "ord_" + "y" * 24):
-        allocated, shipped = allocated_then_shipped(oid)
-        created = HistoryEntry(at=allocated.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
-        orders.add(allocated, created, "tok")
-        before = stored_item(aws, oid)
-        orders.update(shipped, allocated, [])
-        images.append(("MODIFY", before, stored_item(aws, oid)))
+    images = shipped_images(aws, "ord_" + "x" * 24, "ord_" + "y" * 24)
 
     throttled: list[str] = []
     calling = BaseClient._make_api_call
@@ -1396,20 +1403,11 @@ def test_a_delivery_message_the_queue_refuses_fails_the_batch_and_its_retry_queu
     # entry refused fails the invocation (Lambda retries the batch whole), which queues it; none is lost.
     from botocore.client import BaseClient
 
-    from functions.adapters.dynamodb import DynamoOrders
     from functions.events.app import lambda_handler
-    from tests.integration.test_notifications import allocated_then_shipped
 
     for url in ("https://a.example/h", "https://bb.example/h", "https://ccc.example/h", "https://dddd.example/h"):
         subscribe(url, ["order.shipped", "shipment.shipped"])
-    orders, images = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]), []
-    for oid in ("ord_" + "u" * 24, "ord_" + "v" * 24, "ord_" + "w" * 24, "ord_" + "x" * 24):
-        allocated, shipped = allocated_then_shipped(oid)
-        created = HistoryEntry(at=allocated.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
-        orders.add(allocated, created, "tok")
-        before = stored_item(aws, oid)
-        orders.update(shipped, allocated, [])
-        images.append(("MODIFY", before, stored_item(aws, oid)))
+    images = shipped_images(aws, "ord_" + "u" * 24, "ord_" + "v" * 24, "ord_" + "w" * 24, "ord_" + "x" * 24)
 
     refused: list[str] = []
     calling = BaseClient._make_api_call
