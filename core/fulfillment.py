@@ -799,13 +799,16 @@ class OrderActions:
 
     def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired
-        (its `collect_by`; none without a pickup expiry, and then nothing expires it). A pickup a
+        (its `collect_by`; none without a pickup expiry, and then nothing expires it). A pickup
+        readied already, or collected since (it was readied: a store's wave sent again, as a ship
+        repeated after the delivery), is answered as it stands and changes nothing. A pickup a
         change withdrew from the order is refused as a ship of a parcel is (_refused_if_withdrawn)."""
         at = self._clock()
         collect_by = at + self._pickup_expiry if self._pickup_expiry is not None else None
+        done = (ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.DELIVERED)
 
         def decide(order: Order):
-            if order.shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
+            if order.fulfillment.type == "pickup" and order.shipment(shipment_id).status in done:
                 return None
             return order.ready_for_pickup(shipment_id, collect_by=collect_by, at=at, actor=actor)
 

@@ -182,6 +182,24 @@ def test_a_pickup_is_readied_then_collected_in_one_batch(world):
     assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
 
 
+def test_a_pickup_wave_sent_again_once_collected_answers_each_item_as_done_and_changes_nothing(world):
+    # A store's wave (ready, then collected) sent again, its answer lost: the ready it repeats
+    # happened, as a ship repeated after the delivery did, so it is answered with the order as it
+    # stands, not refused (it was 409 invalid_transition, retry false: a person called for a repeat).
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    shipment = order.shipments[0].id
+    wave = [(order.id, shipment, "ready"), (order.id, shipment, "deliver")]
+    run(world, *wave)
+    after_first = world.snapshot(order.id)
+
+    again = run(world, *wave)
+
+    assert [r.failure for r in again] == [None, None]
+    assert [r.shipment_status for r in again] == [ShipmentStatus.DELIVERED, ShipmentStatus.DELIVERED]
+    assert world.snapshot(order.id) == after_first
+    assert len(world.spy.captured) == 1
+
+
 def lagging_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain reads show each order as it was before its last write, as an eventually consistent
     GetItem may just after the write; consistent reads show it as written."""
