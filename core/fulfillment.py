@@ -23,6 +23,7 @@ from core.cancellation import (
 )
 from core.carrier_bookings import CarrierWork, give_up_unrecorded
 from core.errors import (
+    CaptureWithdrawn,
     Conflict,
     InvalidTransition,
     NoPaymentPlugin,
@@ -326,7 +327,7 @@ class OrderActions:
                 current.captures_reversed(shipment_id) != order.captures_reversed(shipment_id)
             )
             if request is not None and taken_back:
-                raise InvalidTransition(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
+                raise CaptureWithdrawn(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
             new, entry = record(current, amount, capture.reference if capture else None, at)
             # The last parcel of an order that lost units (or whose edit left its authorization
             # larger, or a replacement's, its credit not all used): the payment is settled after
@@ -377,7 +378,7 @@ class OrderActions:
         current = modify(self._orders, order.id, decide, read=order)
         request = current.capture_request(shipment_id)
         if request is not None and request.withdrawn:
-            raise InvalidTransition(
+            raise CaptureWithdrawn(
                 f"the capture for shipment {shipment_id} is being given back while the order changes; ship again after"
             )
         return current, bool(requested)

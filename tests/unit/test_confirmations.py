@@ -19,7 +19,7 @@ from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order
 from core.status import OrderStatus, ShipmentStatus
 from tests.builders import NOW
-from tests.unit.world import World
+from tests.unit.world import World, before_the_next_write, ships_died
 
 STOCK = [("TSHIRT", "wh-west", 50), ("TSHIRT", "store-sf", 5), ("CAP", "wh-east", 10)]
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
@@ -170,6 +170,54 @@ def test_a_refused_capture_is_retry_once_its_renewal_may_cure_it_and_not_after(w
     assert [isinstance(r.failure, PaymentRefused) for r in results] == [True, True, True]
     assert [r.retry for r in results] == [True, False, False]
     assert world.order(refused.id).shipments[0].status is ShipmentStatus.PENDING
+
+
+def test_a_ship_whose_capture_a_cancel_under_way_took_back_is_retry_and_ships_once_it_is_done(world, monkeypatch):
+    # A parcel's ship died after its capture; a cancel of the order's other units takes that
+    # capture back first, and the gateway fails it half-way: the request stands withdrawn, and a
+    # ship of the parcel meanwhile is refused "ship again after". It said retry false (a person
+    # called, the answer kept under the batch's Idempotency-Key) for a parcel that ships as soon
+    # as the cancel is done, as the same item sent again then shows.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    ships_died(world, monkeypatch, order.id, [tshirts])
+    world.gateway.script("capture", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 2})
+    world.gateway.script("capture", "approve")
+
+    (refused,) = run(world, (order.id, tshirts, "ship"))
+
+    assert isinstance(refused.failure, InvalidTransition) and refused.failure.code == "invalid_transition"
+    assert refused.retry is True
+    assert world.order(order.id).shipment(tshirts).status is ShipmentStatus.PENDING
+    world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 2})
+    (again,) = run(world, (order.id, tshirts, "ship"))
+    assert again.failure is None and again.shipment_status is ShipmentStatus.SHIPPED
+    shipped = world.order(order.id)
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert world.order(order.id).shipment(caps).status is ShipmentStatus.CANCELLED
+
+
+def test_a_ship_whose_capture_a_concurrent_cancel_took_back_before_its_write_is_retry(world, monkeypatch):
+    # The cancel of the other units lands between the ship's capture and its write: it settles the
+    # capture (refunded), the ship is refused, and the same item sent again ships, captured anew.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts = world.shipment_at(order, "wh-west")
+
+    def cancel_caps() -> None:
+        world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 2})
+
+    before_the_next_write(world, monkeypatch, cancel_caps, skip=1)  # after the capture's request
+    (refused,) = run(world, (order.id, tshirts, "ship"))
+    monkeypatch.undo()
+
+    assert isinstance(refused.failure, InvalidTransition) and refused.retry is True
+    assert world.order(order.id).payment.captured.amount == 0
+    (again,) = run(world, (order.id, tshirts, "ship"))
+    assert again.failure is None and again.shipment_status is ShipmentStatus.SHIPPED
+    shipped = world.order(order.id)
+    assert shipped.payment.captured == shipped.totals.grand_total
 
 
 def test_a_pickup_is_readied_then_collected_in_one_batch(world):
