@@ -220,6 +220,29 @@ def test_a_ship_whose_capture_a_concurrent_cancel_took_back_before_its_write_is_
     assert shipped.payment.captured == shipped.totals.grand_total
 
 
+def test_a_held_orders_parcels_are_refused_in_a_wave_with_nothing_captured_or_moved_and_ship_after_release(world):
+    # Held: nothing is captured or shipped while it is (API.md), whatever a warehouse confirms. The
+    # refusal is retry false: a person releases the order, and the item is sent again after.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 1))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order.id, HoldRequest(reason="fraud_review"), actor="key_cs")
+    untouched = mine(world, order.id)
+    stock = world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")
+
+    results = run(world, (order.id, tshirts, "ship"), (order.id, caps, "ship"), (order.id, tshirts, "deliver"))
+
+    assert [(r.failure.code, r.retry) for r in results] == [("invalid_transition", False)] * 3
+    assert mine(world, order.id) == untouched
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == stock
+    assert world.spy.captured == []
+    holds.release(order.id, ReleaseRequest(), actor="key_cs")
+    again = run(world, (order.id, tshirts, "ship"), (order.id, caps, "ship"))
+    assert [r.failure for r in again] == [None, None]
+    shipped = world.order(order.id)
+    assert shipped.payment.captured == shipped.totals.grand_total and len(world.spy.captured) == 2
+
+
 def test_a_pickup_is_readied_then_collected_in_one_batch(world):
     order = world.allocated(("TSHIRT", 1), **PICKUP)
     shipment = order.shipments[0].id
