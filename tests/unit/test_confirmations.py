@@ -71,6 +71,29 @@ def test_a_batch_ships_and_delivers_as_the_single_actions_do(world):
     assert world.level("TSHIRT", "wh-west") == (47, 0, 47)
 
 
+def test_one_orders_parcels_confirmed_out_of_order_in_one_wave_capture_each_share_once(world):
+    # A wave listing one order's two parcels out of order: a delivery before its ship is refused
+    # alone (changing nothing), a ship repeated after its delivery changes nothing, and the order
+    # ends delivered with each share captured once, its total in all, each parcel's units out once.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+
+    results = run(
+        world, (order.id, caps, "deliver"), (order.id, tshirts, "ship"), (order.id, tshirts, "deliver"),
+        (order.id, caps, "ship"), (order.id, tshirts, "ship"), (order.id, caps, "deliver"),
+    )  # fmt: skip
+
+    assert [r.failure.code if r.failure else None for r in results] == ["invalid_transition"] + [None] * 5
+    partly, shipped = OrderStatus.PARTIALLY_SHIPPED, OrderStatus.SHIPPED
+    assert [r.order_status for r in results[1:]] == [partly, partly, shipped, shipped, OrderStatus.DELIVERED]
+    delivered = world.order(order.id)
+    assert delivered.payment.captured == delivered.totals.grand_total
+    assert sorted(key for _, _, key in world.spy.captured) == sorted(
+        [f"{order.id}:{tshirts}:capture", f"{order.id}:{caps}:capture"]
+    )
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == ((48, 0, 48), (8, 0, 8))
+
+
 def test_a_repeated_item_and_a_repeated_batch_change_nothing_twice(world):
     order = world.allocated(("TSHIRT", 2))
     shipment = order.shipments[0].id
