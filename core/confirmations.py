@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from core.errors import (
+    CaptureWithdrawn,
     DomainError,
     InvalidRequest,
     NotFound,
@@ -181,14 +182,15 @@ class Confirmed:
     @property
     def retry(self) -> bool:
         """Sending this item again later may succeed: the gateway or a carrier was down, or the
-        batch ran out of time, or concurrent changes of the order kept winning the write, or the
+        batch ran out of time, or concurrent changes of the order kept winning the write, or a
+        change of the order under way took the ship's capture back (CaptureWithdrawn), or the
         gateway refused a capture on an authorization the item sent again renews first (once: not
         one refused on that renewal), or a plugin failed (nothing it answered was kept; the payment
         plugin's capture stands under its key, for the item sent again once the plugin works). A
         refusal that depends on the order's state would be refused again."""
         if isinstance(self.failure, PaymentRefused):
             return self.failure.renewed_when_repeated
-        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted | PluginError)
+        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted | PluginError | CaptureWithdrawn)
 
 
 def confirm(

@@ -200,6 +200,15 @@ class ParcelWithdrawn(InvalidTransition):
     where the parcel's leaving is news for a person: a carrier's delivery scan of it (core.tracking)."""
 
 
+class CaptureWithdrawn(InvalidTransition):
+    """A ship or collect whose capture a change of the order under way took back (a cancel of
+    units settles a capture asked for and not recorded: it withdraws the request, then refunds what
+    the gateway captured under it). Nothing was recorded for the parcel; the same confirmation sent
+    once that change is done asks for its capture anew, and ships it unless the change took the
+    parcel too. Answered as any invalid transition (409 `invalid_transition`); a batch of
+    confirmations marks it `retry` (core.confirmations)."""
+
+
 class PluginError(DomainError):
     """A plugin raised or returned something the core cannot accept. Never the client's fault: a
     dependency of the OMS failed, which the API answers 502 `plugin_error` naming the plugin and

@@ -23,6 +23,7 @@ from core.cancellation import (
 )
 from core.carrier_bookings import CarrierWork, give_up_unrecorded
 from core.errors import (
+    CaptureWithdrawn,
     Conflict,
     InvalidTransition,
     NoPaymentPlugin,
@@ -326,7 +327,7 @@ class OrderActions:
                 current.captures_reversed(shipment_id) != order.captures_reversed(shipment_id)
             )
             if request is not None and taken_back:
-                raise InvalidTransition(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
+                raise CaptureWithdrawn(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
             new, entry = record(current, amount, capture.reference if capture else None, at)
             # The last parcel of an order that lost units (or whose edit left its authorization
             # larger, or a replacement's, its credit not all used): the payment is settled after
@@ -377,7 +378,7 @@ class OrderActions:
         current = modify(self._orders, order.id, decide, read=order)
         request = current.capture_request(shipment_id)
         if request is not None and request.withdrawn:
-            raise InvalidTransition(
+            raise CaptureWithdrawn(
                 f"the capture for shipment {shipment_id} is being given back while the order changes; ship again after"
             )
         return current, bool(requested)
@@ -799,13 +800,16 @@ class OrderActions:
 
     def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired
-        (its `collect_by`; none without a pickup expiry, and then nothing expires it). A pickup a
+        (its `collect_by`; none without a pickup expiry, and then nothing expires it). A pickup
+        readied already, or collected since (it was readied: a store's wave sent again, as a ship
+        repeated after the delivery), is answered as it stands and changes nothing. A pickup a
         change withdrew from the order is refused as a ship of a parcel is (_refused_if_withdrawn)."""
         at = self._clock()
         collect_by = at + self._pickup_expiry if self._pickup_expiry is not None else None
+        done = (ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.DELIVERED)
 
         def decide(order: Order):
-            if order.shipment(shipment_id).status is ShipmentStatus.READY_FOR_PICKUP:
+            if order.fulfillment.type == "pickup" and order.shipment(shipment_id).status in done:
                 return None
             return order.ready_for_pickup(shipment_id, collect_by=collect_by, at=at, actor=actor)
 

@@ -19,7 +19,7 @@ from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order
 from core.status import OrderStatus, ShipmentStatus
 from tests.builders import NOW
-from tests.unit.world import World
+from tests.unit.world import World, before_the_next_write, ships_died
 
 STOCK = [("TSHIRT", "wh-west", 50), ("TSHIRT", "store-sf", 5), ("CAP", "wh-east", 10)]
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
@@ -69,6 +69,29 @@ def test_a_batch_ships_and_delivers_as_the_single_actions_do(world):
         [f"{first.id}:{one}:capture", f"{second.id}:{two}:capture"]
     )
     assert world.level("TSHIRT", "wh-west") == (47, 0, 47)
+
+
+def test_one_orders_parcels_confirmed_out_of_order_in_one_wave_capture_each_share_once(world):
+    # A wave listing one order's two parcels out of order: a delivery before its ship is refused
+    # alone (changing nothing), a ship repeated after its delivery changes nothing, and the order
+    # ends delivered with each share captured once, its total in all, each parcel's units out once.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+
+    results = run(
+        world, (order.id, caps, "deliver"), (order.id, tshirts, "ship"), (order.id, tshirts, "deliver"),
+        (order.id, caps, "ship"), (order.id, tshirts, "ship"), (order.id, caps, "deliver"),
+    )  # fmt: skip
+
+    assert [r.failure.code if r.failure else None for r in results] == ["invalid_transition"] + [None] * 5
+    partly, shipped = OrderStatus.PARTIALLY_SHIPPED, OrderStatus.SHIPPED
+    assert [r.order_status for r in results[1:]] == [partly, partly, shipped, shipped, OrderStatus.DELIVERED]
+    delivered = world.order(order.id)
+    assert delivered.payment.captured == delivered.totals.grand_total
+    assert sorted(key for _, _, key in world.spy.captured) == sorted(
+        [f"{order.id}:{tshirts}:capture", f"{order.id}:{caps}:capture"]
+    )
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == ((48, 0, 48), (8, 0, 8))
 
 
 def test_a_repeated_item_and_a_repeated_batch_change_nothing_twice(world):
@@ -172,6 +195,77 @@ def test_a_refused_capture_is_retry_once_its_renewal_may_cure_it_and_not_after(w
     assert world.order(refused.id).shipments[0].status is ShipmentStatus.PENDING
 
 
+def test_a_ship_whose_capture_a_cancel_under_way_took_back_is_retry_and_ships_once_it_is_done(world, monkeypatch):
+    # A parcel's ship died after its capture; a cancel of the order's other units takes that
+    # capture back first, and the gateway fails it half-way: the request stands withdrawn, and a
+    # ship of the parcel meanwhile is refused "ship again after". It said retry false (a person
+    # called, the answer kept under the batch's Idempotency-Key) for a parcel that ships as soon
+    # as the cancel is done, as the same item sent again then shows.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    ships_died(world, monkeypatch, order.id, [tshirts])
+    world.gateway.script("capture", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 2})
+    world.gateway.script("capture", "approve")
+
+    (refused,) = run(world, (order.id, tshirts, "ship"))
+
+    assert isinstance(refused.failure, InvalidTransition) and refused.failure.code == "invalid_transition"
+    assert refused.retry is True
+    assert world.order(order.id).shipment(tshirts).status is ShipmentStatus.PENDING
+    world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 2})
+    (again,) = run(world, (order.id, tshirts, "ship"))
+    assert again.failure is None and again.shipment_status is ShipmentStatus.SHIPPED
+    shipped = world.order(order.id)
+    assert shipped.payment.captured == shipped.totals.grand_total
+    assert world.order(order.id).shipment(caps).status is ShipmentStatus.CANCELLED
+
+
+def test_a_ship_whose_capture_a_concurrent_cancel_took_back_before_its_write_is_retry(world, monkeypatch):
+    # The cancel of the other units lands between the ship's capture and its write: it settles the
+    # capture (refunded), the ship is refused, and the same item sent again ships, captured anew.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 2))
+    tshirts = world.shipment_at(order, "wh-west")
+
+    def cancel_caps() -> None:
+        world.actions.cancel(order.id, "out of caps", actor="key_cs", lines={"L2": 2})
+
+    before_the_next_write(world, monkeypatch, cancel_caps, skip=1)  # after the capture's request
+    (refused,) = run(world, (order.id, tshirts, "ship"))
+    monkeypatch.undo()
+
+    assert isinstance(refused.failure, InvalidTransition) and refused.retry is True
+    assert world.order(order.id).payment.captured.amount == 0
+    (again,) = run(world, (order.id, tshirts, "ship"))
+    assert again.failure is None and again.shipment_status is ShipmentStatus.SHIPPED
+    shipped = world.order(order.id)
+    assert shipped.payment.captured == shipped.totals.grand_total
+
+
+def test_a_held_orders_parcels_are_refused_in_a_wave_with_nothing_captured_or_moved_and_ship_after_release(world):
+    # Held: nothing is captured or shipped while it is (API.md), whatever a warehouse confirms. The
+    # refusal is retry false: a person releases the order, and the item is sent again after.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 1))
+    tshirts, caps = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order.id, HoldRequest(reason="fraud_review"), actor="key_cs")
+    untouched = mine(world, order.id)
+    stock = world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")
+
+    results = run(world, (order.id, tshirts, "ship"), (order.id, caps, "ship"), (order.id, tshirts, "deliver"))
+
+    assert [(r.failure.code, r.retry) for r in results] == [("invalid_transition", False)] * 3
+    assert mine(world, order.id) == untouched
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == stock
+    assert world.spy.captured == []
+    holds.release(order.id, ReleaseRequest(), actor="key_cs")
+    again = run(world, (order.id, tshirts, "ship"), (order.id, caps, "ship"))
+    assert [r.failure for r in again] == [None, None]
+    shipped = world.order(order.id)
+    assert shipped.payment.captured == shipped.totals.grand_total and len(world.spy.captured) == 2
+
+
 def test_a_pickup_is_readied_then_collected_in_one_batch(world):
     order = world.allocated(("TSHIRT", 1), **PICKUP)
     shipment = order.shipments[0].id
@@ -180,6 +274,24 @@ def test_a_pickup_is_readied_then_collected_in_one_batch(world):
 
     assert [r.shipment_status for r in results] == [ShipmentStatus.READY_FOR_PICKUP, ShipmentStatus.DELIVERED]
     assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
+
+
+def test_a_pickup_wave_sent_again_once_collected_answers_each_item_as_done_and_changes_nothing(world):
+    # A store's wave (ready, then collected) sent again, its answer lost: the ready it repeats
+    # happened, as a ship repeated after the delivery did, so it is answered with the order as it
+    # stands, not refused (it was 409 invalid_transition, retry false: a person called for a repeat).
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    shipment = order.shipments[0].id
+    wave = [(order.id, shipment, "ready"), (order.id, shipment, "deliver")]
+    run(world, *wave)
+    after_first = world.snapshot(order.id)
+
+    again = run(world, *wave)
+
+    assert [r.failure for r in again] == [None, None]
+    assert [r.shipment_status for r in again] == [ShipmentStatus.DELIVERED, ShipmentStatus.DELIVERED]
+    assert world.snapshot(order.id) == after_first
+    assert len(world.spy.captured) == 1
 
 
 def lagging_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

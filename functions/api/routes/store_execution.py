@@ -62,9 +62,9 @@ def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request:
     "reconciler cancels it (`pickup_expired`) and its units go back, unless the order is on hold then (the time "
     "held does not count: its release moves `collect_by` later by it, to at least 24 hours after the release, and "
     "the customer is told again) or a collect of it asked for the capture and did not record it "
-    "(collected again, it is; otherwise the order is held for a person once late). Readying it again answers the "
-    "order unchanged. A pickup a change withdrew from its order (its store rejected it, an edit) is 409 "
-    "`invalid_transition`, `details` naming what withdrew it.",
+    "(collected again, it is; otherwise the order is held for a person once late). Readying it again, collected "
+    "since or not, answers the order unchanged. A pickup a change withdrew from its order (its store rejected it, "
+    "an edit) is 409 `invalid_transition`, `details` naming what withdrew it.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
