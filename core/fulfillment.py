@@ -42,6 +42,7 @@ from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key
 from core.models import (
     Address,
+    AuthorizationRequest,
     Change,
     GivenUpBooking,
     HistoryEntry,
@@ -65,6 +66,7 @@ from core.order_changes import (
     failure_recorder,
     modify,
     outage_noted_once,
+    refused_keys,
     request_outage_noted_once,
     visible,
 )
@@ -995,6 +997,11 @@ class OrderActions:
             self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
         request = order.authorization_requested
         own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
+        if own and grows and request.amount == total and self._declined(order, request):
+            # The gateway answers its key with that decline for good (hookspecs): asked again, as
+            # the customer whose bank lifted a block asks, it is a new authorization, under the key
+            # of a request of its own, once this one is settled.
+            own = False
         if request is not None and not (own and grows and request.amount == total):
             # Another edit's, or this one's for another total: voided, then this edit made on the
             # order as that leaves it, unless anything else changed it meanwhile.
@@ -1126,7 +1133,8 @@ class OrderActions:
         Within the request: transient failures are retried; still failing, 503 with Retry-After
         (the request stands: it may have been made). Keyed by the version the edit will write, so
         repeating the edit reuses the authorization; a decline (409) leaves the request standing
-        too, for the next change to settle (asked again, it is declined again)."""
+        too, for the next change to settle (asked again under its key, it is declined again: the
+        edit sent again for the same total settles it and asks under a new key, _declined)."""
         if order.authorization_requested is None:
             new, _ = order.request_reauthorization(amount, at=self._clock())
             try:
@@ -1141,12 +1149,19 @@ class OrderActions:
             return order, self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(order.payment.method, token, amount, order.id, attempt, key),
-                self._recorder(order.id, actor, amount=amount.model_dump(mode="json")),
+                self._recorder(order.id, actor, amount=amount.model_dump(mode="json"), authorization_key=key),
             )
         except PaymentDeclined as declined:
             raise Conflict(
                 f"the payment was declined for the new total: {declined.message}", code="payment_declined"
             ) from None
+
+    def _declined(self, order: Order, request: AuthorizationRequest) -> bool:
+        """Whether the gateway declined the authorization `request` (order's, standing) asks for
+        under its key: its history names the key refused (_reauthorize records it)."""
+        found = self._orders.history(order.id, consistent=True)
+        key = payment_keys.authorize(order.id, request.authorizes_version)
+        return found is not None and key in refused_keys(found[1], "authorize")
 
     def _give_back(self, order: Order, reference: str, actor: str) -> None:
         """The edit of `order` lost its write after the gateway authorized `reference`: voided

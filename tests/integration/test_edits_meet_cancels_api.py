@@ -365,3 +365,38 @@ def test_an_edit_whose_replaced_line_cannot_be_released_answers_the_order_and_it
     again = resourced(api, order["id"])
     assert (again["status"], again["allocations"][0]["quantity"]) == ("allocated", 1)
     assert api.get("/inventory/PLATE").json()["available"] == 5
+
+
+def test_an_order_split_over_two_locations_edited_down_is_sourced_again_once_and_ships_its_new_total(api):
+    # Held under attack: both pending parcels withdrawn (each booking cancelled once), the four
+    # units kept for the workflow until it sources three again, the authorization of the larger
+    # total kept (nothing authorized again) and captured down to the new total, the rest released.
+    assert api.put("/products/URN", json=product_body("20.00")).status_code in (200, 201)
+    assert api.put("/locations/wh-north", json=location_body(name="North warehouse")).status_code in (200, 201)
+    for location_id in ("wh-east", "wh-north"):
+        assert api.put(f"/inventory/URN/{location_id}", json={"on_hand": 2}).status_code == 200
+    order = allocated(api, ("URN", 4))
+    assert sorted(s["location_id"] for s in order["shipments"]) == ["wh-east", "wh-north"]
+
+    edited = edit(api, order, {"lines": [{"sku": "URN", "quantity": 3}]})
+
+    assert (edited["status"], edited["allocations"], edited["shipments"]) == ("authorized", [], [])
+    assert edited["payment"] == order["payment"]
+    assert api.get("/inventory/URN").json()["available"] == 0  # its own, until its workflow runs
+    again = resourced(api, order["id"])
+    assert (again["status"], sum(a["quantity"] for a in again["allocations"])) == ("allocated", 3)
+    levels = api.get("/inventory/URN").json()
+    assert (levels["available"], sum(level["reserved"] for level in levels["locations"])) == (1, 3)
+    for parcel in again["shipments"]:
+        shipped = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={})
+        assert shipped.status_code == 200, shipped.text
+    done = shipped.json()
+    assert (done["status"], done["payment"]["captured"]) == ("shipped", edited["totals"]["grand_total"])
+    types = [h["type"] for h in history(api, order["id"])]
+    assert (types.count("edited"), types.count("carrier_booking_cancelled")) == (1, 2)
+    assert voided(api, order["id"]) == [order["payment"]["authorization"]]  # its rest, by the last parcel
+    levels = api.get("/inventory/URN").json()
+    assert [(level["on_hand"] - level["reserved"]) for level in levels["locations"]] == [
+        level["available"] for level in levels["locations"]
+    ]
+    assert sum(level["on_hand"] for level in levels["locations"]) == 1 and levels["available"] == 1

@@ -174,6 +174,41 @@ def test_an_edit_and_a_cancel_at_once_leave_one_of_them_and_nothing_held_for_a_c
     assert stock(api, sku, warehouse)["reserved"] == 0
 
 
+def test_an_edit_up_and_a_ship_at_once_either_ship_the_order_as_it_was_or_edit_it_unshipped(api: InProcessApi):
+    # API.md: an edit answers 200 until the first shipment ships, then 409; an edit that grows the
+    # total is authorized again first. Whichever lands first, the other is refused, the stock and
+    # the payment are the winner's, and no authorization is left holding on the card beside the
+    # order's own (the edit's, if the ship won after the gateway made it, is voided).
+    from plugins import test_payments
+
+    order, sku, warehouse = an_allocated_order(api, quantity=1)
+    shipment = order["shipments"][0]["id"]
+    edit = {"lines": [{"sku": sku, "quantity": 2}]}
+
+    patched, ship = at_once(
+        lambda: api.request("PATCH", f"/orders/{order['id']}", json=edit, headers={"If-Match": str(order["version"])}),
+        lambda: api.post(f"/orders/{order['id']}/shipments/{shipment}/ship", json={}),
+    )
+
+    assert statuses([patched, ship]) == [200, 409], (patched.text, ship.text)
+    after = api.get(f"/orders/{order['id']}").json()
+    assert_payment_holds(after)
+    level = stock(api, sku, warehouse)
+    if patched.status_code == 200:
+        assert (after["status"], after["shipments"], after["lines"][0]["quantity"]) == ("authorized", [], 2)
+        assert after["payment"]["authorized"] == after["totals"]["grand_total"]
+        assert amount(after["payment"]["captured"]) == 0
+        assert (level["on_hand"], level["reserved"]) == (5, 1)  # its unit, kept for its workflow
+    else:
+        assert (after["status"], after["lines"][0]["quantity"]) == ("shipped", 1)
+        assert after["payment"]["captured"] == after["totals"]["grand_total"] == order["totals"]["grand_total"]
+        assert (level["on_hand"], level["reserved"]) == (4, 0)
+        assert history_types(api, order["id"])["edited"] == 0
+    held = [reference for key, reference in test_payments._authorized.items()
+            if key.startswith(f"{order['id']}:") and not test_payments._held[reference].voided]  # fmt: skip
+    assert held == [after["payment"]["authorization"]]
+
+
 def test_two_deliveries_of_one_parcel_at_once_deliver_it_once(api: InProcessApi):
     order = shipped(api, an_allocated_order(api)[0], deliver=False)
     shipment = order["shipments"][0]["id"]

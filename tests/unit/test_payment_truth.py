@@ -28,6 +28,7 @@ from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.workflow_types import PaymentResult
 from tests.unit.world import Died, World, a_ship_that_died, before_the_next_write, build_world, dies_before_recording
 
 S, P = OrderStatus, PaymentStatus
@@ -896,6 +897,51 @@ def test_a_declined_edit_then_a_smaller_one_with_the_same_if_match_goes_ahead(wo
     assert edited.payment.authorization == authorized.payment.authorization
     assert world.spy.voided == []  # asked again, declined again: none was made
     assert world.gateway.keys("authorize")[1:] == [payment_keys.authorize(order_id, authorized.version + 2)] * 2
+
+
+class CardBlockedUntilLifted:
+    """A card whose bank declines every authorization until the block is lifted, behind a gateway
+    that answers a key it has seen with its first answer (core/hookspecs.py: a decline stays the
+    key's answer), as Stripe replays an idempotency key's response."""
+
+    def __init__(self) -> None:
+        self.blocked = False
+        self.declined: set[str] = set()
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self, idempotency_key: str) -> PaymentResult | None:
+        if self.blocked or idempotency_key in self.declined:
+            self.declined.add(idempotency_key)
+            return PaymentResult(outcome="declined", reference="decl_blocked", message="the bank blocked the card")
+        return None
+
+
+@pytest.mark.parametrize("read_again", [False, True], ids=["same-if-match", "if-match-read-again"])
+def test_a_grown_edit_declined_then_sent_again_once_the_bank_lifts_the_block_is_authorized(clock, read_again):
+    # A customer edits an order up, the bank declines (a block on the card: 409 payment_declined),
+    # the customer has the bank lift it and sends the same edit again. The retry asked under the
+    # declined request's key, which the gateway answers with that decline for good: the edit could
+    # never go through (until some other change came first). A renewal asked after a decline is a
+    # new authorization (core/payment_keys.renewal); so is an edit's.
+    card = CardBlockedUntilLifted()
+    world = build_world(STOCK, card, clock=clock)
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    five = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
+    card.blocked = True
+    with pytest.raises(Conflict) as declined:
+        world.actions.edit(order_id, authorized.version, five, "key_web")
+    assert declined.value.code == "payment_declined"
+    card.blocked = False
+
+    if_match = world.order(order_id).version if read_again else authorized.version
+    edited = world.actions.edit(order_id, if_match, five, "key_web")
+
+    assert edited.lines[0].quantity == 5 and edited.authorization_requested is None
+    assert edited.payment.authorized == edited.totals.grand_total
+    assert edited.payment.authorization not in (None, authorized.payment.authorization)
+    assert world.spy.voided == [authorized.payment.authorization]  # the one the edit replaced, nothing else
 
 
 # --- The authorization an edit replaced, when its void cannot be made then -------------------------
