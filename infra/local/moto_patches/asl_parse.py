@@ -11,16 +11,19 @@ definition's text alone, so the trees are kept for the process, across stacks (~
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # The template has two state machines; a test process creates a few more of its own.
 KEPT_TREES = 8
-_trees: OrderedDict[str, Any] = OrderedDict()  # definition -> its tree, least recently used first
-_guard = threading.Lock()
+
+
+@functools.lru_cache(maxsize=KEPT_TREES)  # the least recently used dropped first
+def _kept_tree(parse: Callable[[str], tuple[Any, Any]], definition: str) -> Any:
+    return parse(definition)[1]  # a definition that does not parse raises here, as before, and is not kept
 
 
 def _replacements() -> Replacements:
@@ -30,19 +33,8 @@ def _replacements() -> Replacements:
     parse = AmazonStateLanguageParser.__dict__["parse"].__func__
 
     def kept_parse(definition: str) -> tuple[Any, Any]:
-        with _guard:
-            tree = _trees.get(definition)
-            if tree is not None:
-                _trees.move_to_end(definition)
-        if tree is not None:
-            return Preprocessor().visit(tree), tree  # what moto's parse returns after its syntax check
-        program, tree = parse(definition)  # a definition that does not parse raises here, as before
-        with _guard:
-            _trees[definition] = tree
-            _trees.move_to_end(definition)  # kept meanwhile by a call that parsed it at the same time
-            while len(_trees) > KEPT_TREES:
-                _trees.popitem(last=False)
-        return program, tree
+        tree = _kept_tree(parse, definition)
+        return Preprocessor().visit(tree), tree  # what moto's parse returns after its syntax check
 
     return {(AmazonStateLanguageParser, "parse"): staticmethod(kept_parse)}
 

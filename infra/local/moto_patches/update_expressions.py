@@ -38,22 +38,24 @@ test_reorder_points.py: the validator's copy was 9.0, 4.2 and 2.1 % of the files
 from __future__ import annotations
 
 import copy
-import threading
-from collections import OrderedDict
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # The OMS writes a few dozen distinct expressions; a test process writes a few hundred more.
 KEPT_EXPRESSIONS = 4_096
-_trees: OrderedDict[str, Any] = OrderedDict()  # expression -> its tree, least recently used first
-_guard = threading.Lock()
+
+
+@functools.lru_cache(maxsize=KEPT_EXPRESSIONS)  # the least recently used dropped first
+def _kept_tree(make: Callable[[type, str], Any], parser: type, expression: str) -> Any:
+    return make(parser, expression)  # an expression that does not parse raises here, as before, and is not kept
 
 
 def forget() -> None:
     """Drop every kept tree (tests)."""
-    with _guard:
-        _trees.clear()
+    _kept_tree.cache_clear()
 
 
 def _replacements() -> Replacements:
@@ -75,17 +77,7 @@ def _replacements() -> Replacements:
     def kept_make(cls: type, expression_str: Any) -> Any:
         if cls is not UpdateExpressionParser or type(expression_str) is not str:
             return make(cls, expression_str)
-        with _guard:
-            tree = _trees.get(expression_str)
-            if tree is not None:
-                _trees.move_to_end(expression_str)
-                return tree
-        tree = make(cls, expression_str)  # an expression that does not parse raises here, as before
-        with _guard:
-            _trees[expression_str] = tree
-            while len(_trees) > KEPT_EXPRESSIONS:
-                _trees.popitem(last=False)
-        return tree
+        return _kept_tree(make, cls, expression_str)
 
     def kind(self: Any, node: Any) -> tuple[bool, Any]:
         """For `node`'s type, this pass's answers as moto's walk asks them, kept per type: is it a
