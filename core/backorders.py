@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from core.actors import BACKORDER_ACTOR
-from core.models import AwaitingLine, AwaitingStock, Order
+from core.models import AwaitingLine, AwaitingStock, Location, Order
 from core.ports import (
     BackorderedOrders,
     Backorders,
@@ -172,27 +172,26 @@ class BackorderAllocator:
                     location_id, sku if restocked else None
                 ):
                     continue
-                short = order.short_of()
+                short, filled = order.short_of(), False
                 if not entry.holds or sku in {line.sku for line in order.lines if line.line_id in short}:
                     # Oldest first in this sku's queue: its units are the order's unless an older one
                     # left them; its other skus may be older orders' that their arrivals have not reached.
-                    order = self._fill(order, result, queue=sku, restocked=(sku, location_id) if restocked else None)
+                    order, filled = self._fill(
+                        order, result, queue=sku, restocked=(sku, location_id) if restocked else None
+                    )
                     if order.status is not S.BACKORDERED:
                         continue
                     short = order.short_of()
                 if not short:
-                    self._complete(order.id, order.channel, order.version)
-                    result.completed.append(order.id)
+                    self._complete(order, result, filled)
                     continue
                 rules = rules or self._current_rules()
                 if stranded(order, locations, rules):
                     # Left nowhere to take more units by a change of the rules whose wake missed it
                     # (sourced under the old ones, it was not backordered yet when the wake read them):
                     # sent back when another location may supply it; with none, it waits (to_source_again).
-                    if to_source_again(order, locations, rules) and (
-                        self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
-                    ):
-                        result.sourced_again.append(order.id)
+                    if to_source_again(order, locations, rules):
+                        self._source_again(order.id, result)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
                 if rules.admits(location_id, {a.location_id for a in order.allocations}):
@@ -205,11 +204,7 @@ class BackorderAllocator:
                 # So is one waiting for other skus only, which the location had, or holding every
                 # unit of this one elsewhere (its entry `holds`): these units may be the last it
                 # lacked there. The walk's rules and network decide, as they decided to come here.
-                sent = self._workflow.source_again_whole(
-                    order.id, location_id, actor=BACKORDER_ACTOR, rules=rules, locations=locations
-                )
-                if sent.status is not S.BACKORDERED:
-                    result.sourced_again.append(order.id)
+                self._source_again_whole(order.id, result, location_id, rules=rules, locations=locations)
             if len(page) < PAGE:
                 return result  # the end of the queue
 
@@ -260,12 +255,11 @@ class BackorderAllocator:
             if order is None or order.status is not S.BACKORDERED:
                 continue  # moved on since the index was read
             # Oldest first across every sku: no older order is left to serve before this one.
-            order = self._fill(order, result, in_queue_order=True)
+            order, filled = self._fill(order, result, in_queue_order=True)
             if order.status is not S.BACKORDERED:
                 continue
             if not order.short_of():
-                self._complete(order.id, order.channel, order.version)
-                result.completed.append(order.id)
+                self._complete(order, result, filled)
                 continue
             # The rules may leave it nowhere to take more units (the one location it holds units at
             # excluded, or no longer shipping, under max_shipments): no arrival would fill it. One
@@ -273,14 +267,11 @@ class BackorderAllocator:
             rules = rules or self._current_rules()
             locations = locations or self._catalog.list_locations()
             if to_source_again(order, locations, rules):
-                if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
-                    result.sourced_again.append(order.id)
+                self._source_again(order.id, result)
                 continue
             # max_shipments may keep it from adding the location that now has its whole order (units
             # the rules no longer hold back there): sent back to be sourced, its units reserved for it.
-            sent = self._workflow.source_again_whole(order.id, actor=BACKORDER_ACTOR, rules=rules, locations=locations)
-            if sent.status is not S.BACKORDERED:
-                result.sourced_again.append(order.id)
+            self._source_again_whole(order.id, result, rules=rules, locations=locations)
         if len(page) == PAGE and hand_on is not None:
             hand_on(page[-1])
         return result
@@ -356,23 +347,52 @@ class BackorderAllocator:
     def _fill(
         self, order: Order, result: Arrival, *, queue: str | None = None, in_queue_order: bool = False,
         restocked: tuple[str, str] | None = None,
-    ) -> Order:  # fmt: skip
-        """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when it
-        reserved anything; the order as it is afterwards. A fill keeps the order backordered: one
-        that is not (an edit or a cancel landed first, emptying its allocations) was not filled."""
+    ) -> tuple[Order, bool]:  # fmt: skip
+        """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when its
+        write reserved anything: the order as it is afterwards, and whether this fill wrote it. What
+        another writer did meanwhile is not this walk's (another walk's fill, counted by that walk; an
+        edit or a cancel, which empties the allocations)."""
+        written: list[Order] = []
         filled = self._workflow.fill_backorder(
-            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked
-        )
-        if filled.status is S.BACKORDERED and filled.allocations != order.allocations:
+            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked,
+            written=written,
+        )  # fmt: skip
+        if written:
             result.filled.append(order.id)
-        return filled
+        return filled, bool(written)
 
-    def _complete(self, order_id: str, channel: str, version: int) -> None:
+    def _source_again(self, order_id: str, result: Arrival) -> None:
+        """Workflow.source_again, noted in `result.sourced_again` when its own write sent the order back."""
+        written: list[Order] = []
+        self._workflow.source_again(order_id, actor=BACKORDER_ACTOR, written=written)
+        if written:
+            result.sourced_again.append(order_id)
+
+    def _source_again_whole(
+        self, order_id: str, result: Arrival, location_id: str | None = None, *, rules: SourcingRules,
+        locations: list[Location],
+    ) -> None:  # fmt: skip
+        """Workflow.source_again_whole, noted in `result.sourced_again` when its own write sent the order back."""
+        written: list[Order] = []
+        self._workflow.source_again_whole(
+            order_id, location_id, actor=BACKORDER_ACTOR, rules=rules, locations=locations, written=written
+        )
+        if written:
+            result.sourced_again.append(order_id)
+
+    def _complete(self, order: Order, result: Arrival, filled: bool) -> None:
+        """Start the workflow of `order`, every unit reserved; noted in `result.completed` when this
+        walk's fill (`filled`) completed it. One found complete was completed by another's write (its
+        own count), or its execution failed: started again all the same."""
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes
         # them): an execution that fails leaves the order in the queue, so the next arrival of
         # the sku starts it again.
-        correlation_id = self._orders.placed_by(order_id)
-        self._starter.start(order_id, channel=channel, correlation_id=correlation_id, rerun=f"backorder-v{version}")
+        correlation_id = self._orders.placed_by(order.id)
+        self._starter.start(
+            order.id, channel=order.channel, correlation_id=correlation_id, rerun=f"backorder-v{order.version}"
+        )
+        if filled:
+            result.completed.append(order.id)
 
     def _leave(self, order: Order | None, entry: WaitingOrder, sku: str) -> None:
         """The entries an order that no longer waits left (the removal after its write was lost):

@@ -815,7 +815,7 @@ class Workflow:
 
     def fill_backorder(
         self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
-        queue: str | None = None, restocked: tuple[str, str] | None = None,
+        queue: str | None = None, restocked: tuple[str, str] | None = None, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
@@ -831,7 +831,9 @@ class Workflow:
         record after the other). `restocked` (sku, location_id): units of that sku were added to
         on_hand there, which lifts the exclusion of the location a stock take's count of the sku
         made for the order (Order.count_exclusion_lapsed): planned with it, and lifted in the fill's
-        write (none, nothing lifted: the next arrival there lifts it, the stock item restocked since its count)."""
+        write (none, nothing lifted: the next arrival there lifts it, the stock item restocked since its count).
+        `written`, when given, gets the version this call wrote (nothing when it wrote none), as
+        `modify`'s: a caller that counts fills counts its own, not another's found done meanwhile."""
 
         def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             if order.status is not S.BACKORDERED:
@@ -864,18 +866,19 @@ class Workflow:
         # Read consistently: "not backordered, nothing to fill" is decided by no conditional write,
         # and the step that has just written the order backordered looks here for the units that
         # came before its queue entry (no arrival would give them to it).
-        return self._write_reserving(order_id, decide, "its backorder was filled")
+        return self._write_reserving(order_id, decide, "its backorder was filled", written)
 
     def _write_reserving(
         self, order_id: str, decide: Callable[[Order, Collection[tuple[str, str]]], tuple[Change, list[TopUp]] | None],
-        doing: str,
+        doing: str, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Write the change `decide` makes of the order, read consistently, and the top-ups of its
         reservations it plans, in one transaction (Backorders.fill); returns the order as written,
         or as read when `decide` says None (nothing to write). A lost race (the order, a reservation
         or the stock moved since the read) reads and decides again; a stock item found with no room
         for another reservation is named to `decide` among those it must leave out (`full`), so this
-        ends. TransientError after FILL_ATTEMPTS (its caller is retried: the stream, a Retry)."""
+        ends. TransientError after FILL_ATTEMPTS (its caller is retried: the stream, a Retry).
+        `written`, when given, gets the version written (nothing when none was)."""
         assert self._backorders is not None
         # Stock items found with no room for another reservation: planned without (a fill takes
         # nothing there, and the order waits on for what arrives elsewhere, or for room: a release
@@ -889,20 +892,24 @@ class Workflow:
             (new, entry), top_ups = decided
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
-                return new
             except ReservationsFull as refused:
                 full.add((refused.sku, refused.location_id))
+                continue
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
+            if written is not None:
+                written.append(new)
+            return new
         raise TransientError(f"order {order_id} or its stock kept changing while {doing}")
 
-    def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+    def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR, *, written: list[Order] | None = None) -> Order:
         """Send a backordered order the sourcing rules in force leave nowhere to take more units
         (`stranded`) while another location may supply it (`to_source_again`: one they leave no
         location at all waits) back to be sourced under them: one write, conditional on its status and version,
         which starts its workflow again (functions/outbox), as an edit or a reject does. Its
         reservations stay until that ReserveStock keeps or releases them. Returns the order as it
-        is afterwards (unchanged when it is not backordered or not to be sourced again)."""
+        is afterwards (unchanged when it is not backordered or not to be sourced again); `written`
+        as fill_backorder's."""
         rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
 
         def decide(order: Order):
@@ -910,11 +917,11 @@ class Workflow:
                 return None
             return order.source_again(rules_version=rules.version, at=at, actor=actor)
 
-        return modify(self._orders, order_id, decide, consistent=True)
+        return modify(self._orders, order_id, decide, consistent=True, written=written)
 
     def source_again_whole(
         self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR, *,
-        rules: SourcingRules | None = None, locations: list[Location] | None = None,
+        rules: SourcingRules | None = None, locations: list[Location] | None = None, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
         location beside those it holds units at (`location_id`, when named: the one units arrived
@@ -929,7 +936,7 @@ class Workflow:
         cancel, a hold or an edit meanwhile treats them as any of the order's reservations. Returns
         the order as it is afterwards (unchanged when it is not sent back). `rules` and `locations`:
         those the caller's walk read and decided on (read here when not given), so a walk that
-        meets many orders reads them once, not once per order."""
+        meets many orders reads them once, not once per order. `written` as fill_backorder's."""
         rules = rules if rules is not None else self._rules()
         locations = locations if locations is not None else self._catalog.list_locations()
 
@@ -944,7 +951,7 @@ class Workflow:
             return change, top_ups
 
         # Read consistently: "not to be sent back" is decided by no conditional write.
-        return self._write_reserving(order_id, decide, "it was sent back to be sourced")
+        return self._write_reserving(order_id, decide, "it was sent back to be sourced", written)
 
     def _whole_top_ups(
         self, order: Order, location_id: str | None, rules: SourcingRules, locations: list[Location],

@@ -895,11 +895,11 @@ def test_a_walk_that_dies_halfway_is_walked_again_whole_and_fills_and_starts_eac
     shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
     real = BackorderAllocator._complete
 
-    def throttled_once(allocator: BackorderAllocator, order_id: str, channel: str, version: int) -> None:
-        if order_id == ids[1]:
+    def throttled_once(allocator: BackorderAllocator, order: Any, *args: Any) -> None:
+        if order.id == ids[1]:
             monkeypatch.setattr(BackorderAllocator, "_complete", real)
             raise TransientError("the state machine throttled the start")
-        real(allocator, order_id, channel, version)
+        real(allocator, order, *args)
 
     monkeypatch.setattr(BackorderAllocator, "_complete", throttled_once)
     with pytest.raises(BatchFailed):
@@ -1566,6 +1566,36 @@ def test_an_edit_landing_between_a_fills_read_and_its_write_is_sourced_once_and_
     shop.container.workflow.reserve_stock(order_id)
     assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 2)]
     assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
+
+
+def test_two_walks_racing_on_one_order_count_it_filled_and_completed_once(shop):
+    """Units came to both warehouses and their walks read the waiting order at once: the second
+    filled it whole between the first's read and its fill, so the first reserved nothing, yet it too
+    counted the order filled and completed (BackordersFilled, BackordersCompleted, its `backorders
+    filled` line): the order its fill found held more than the one it had read. Counted by the walk
+    whose write won; the other still starts the order's workflow (a restart, as for an order found
+    fully reserved whose execution failed)."""
+    from core.workflow import Workflow
+
+    order_id = shop.backordered(2)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    allocator, real, other = shop.container.backorder_allocator, Workflow.fill_backorder, []
+
+    def the_other_walk_first(workflow: Workflow, *args: Any, **kwargs: Any) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = allocator.arrived("PREORDER", "wh-west")
+        return real(workflow, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as racing:
+        racing.setattr(Workflow, "fill_backorder", the_other_walk_first)
+        first = allocator.arrived("PREORDER", "wh-east")
+
+    assert (other[0].filled, other[0].completed) == ([order_id], [order_id])
+    assert (first.filled, first.completed) == ([], [])
+    assert shop.held(order_id) == 2 and shop.level("wh-east") == shop.level("wh-west") == (1, 1, 0)
+    assert shop.executions() == [order_id]
 
 
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
