@@ -42,8 +42,16 @@ WALK_READS, WALK_PAGES = PAGE, 8
 # At most 200 waiting orders read for the demand behind a reorder point, 100 at a time (a BatchGetItem's most).
 DEMAND_PAGE, DEMAND_PAGES = 100, 2
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
-# AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
+# AUTHORIZED: queued just before it goes backordered (Workflow._wait_for_stock; an arrival's walk stops
+# at it), or sent back to be sourced (an edit; its ReserveStock looks at stock itself).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
+
+
+def about_to_wait(order: Order, entry: WaitingOrder) -> bool:
+    """Whether `order` wrote `entry` as it is now, `authorized`: queued by its ReserveStock, its
+    `backordered` write to come (Workflow._wait_for_stock). An order sent back to be sourced (an
+    edit) keeps the entries of its earlier wait, written at an older version."""
+    return order.status is S.AUTHORIZED and entry.version == order.version
 
 
 def bought_for(order: Order) -> bool:
@@ -159,18 +167,26 @@ class BackorderAllocator:
                 # still show it authorized (skipped: a younger order took its units) or pending
                 # (its queue entries removed: no arrival would ever find it again).
                 order = self._orders.get(entry.order_id, consistent=True)
+                # An entry that `holds` is never marked, so no walk stops at it: the order's own look
+                # sends it back whole where such units give one location its whole order.
+                if order is not None and not entry.holds and about_to_wait(order, entry):
+                    # Queued by its ReserveStock, its `backordered` write and its own look at stock to
+                    # come (Workflow._wait_for_stock). Passed over, the younger orders took the units
+                    # it was to find, and nothing walked for it again until the next arrival. The walk
+                    # stops at it, kept on its entry, and its step hands the walk on from there once it
+                    # has taken what it may (Backorders.recorded). Refused, it was written backordered
+                    # since (or left the queue): read again.
+                    if not self._may_take(order, location_id, sku if restocked else None, locations):
+                        continue
+                    if self._queue.stop(sku, entry, location_id, restocked):
+                        return result
+                    order = self._orders.get(entry.order_id, consistent=True)
                 if order is None or order.status not in STILL_WAITING:
                     self._leave(order, entry, sku)  # allocated or cancelled
                     continue
                 if order.status is not S.BACKORDERED:
-                    continue  # held, or about to be backordered (that step looks at stock itself)
-                eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-                # A location that rejected a shipment of this order never supplies it, nor one a stock
-                # take counted short until restocked: an order that cannot take these units must not
-                # stop the younger ones that can.
-                if location_id not in {loc.location_id for loc in eligible} or order.excludes(
-                    location_id, sku if restocked else None
-                ):
+                    continue  # held, or sent back to be sourced (its ReserveStock looks at stock itself)
+                if not self._may_take(order, location_id, sku if restocked else None, locations):
                     continue
                 short, filled = order.short_of(), False
                 if not entry.holds or sku in {line.sku for line in order.lines if line.line_id in short}:
@@ -207,6 +223,15 @@ class BackorderAllocator:
                 self._source_again_whole(order.id, result, location_id, rules=rules, locations=locations)
             if len(page) < PAGE:
                 return result  # the end of the queue
+
+    @staticmethod
+    def _may_take(order: Order, location_id: str, restocked: str | None, locations: list[Location]) -> bool:
+        """Whether `order` may take units at `location_id`: a location that rejected a shipment of
+        it never supplies it, nor one a stock take counted short until restocked (`restocked`: the
+        sku restocked there), and one its fulfilment may not use. An order that cannot take these
+        units must not stop the younger ones that can."""
+        eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+        return location_id in {loc.location_id for loc in eligible} and not order.excludes(location_id, restocked)
 
     def _current_rules(self) -> SourcingRules:
         return self._rules.current() if self._rules is not None else SourcingRules()

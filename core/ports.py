@@ -561,8 +561,9 @@ class WaitingOrder:
     (`may_take_at`); None on an entry written before entries said so (the order is read).
     `version`, written with the entry (`for_order`) and no part of what names it: the order's
     version when it was written, so that a removal after a later write of the order leaves an
-    entry its order wrote again since (`Backorders.leave`); None on an entry written before entries
-    said so, and on the entries `waiting` reads back (no reader needs it).
+    entry its order wrote again since (`Backorders.leave`), and so that an arrival that reads the
+    order still `authorized` at that version knows it queued, its `backordered` write to come
+    (`Backorders.stop`); None on an entry written before entries said so.
     `holds`, written with the entry and no part of what names it: its order held every unit of the
     sku it wants when it went backordered (it waits for its other skus). It lacks none of the sku,
     so the readers that look for what orders lack (the reorder points, ReserveStock's look behind
@@ -664,7 +665,23 @@ class Backorders(ABC):
     def recorded(self, sku: str, entry: WaitingOrder) -> None:
         """Mark `entry` once its order is written backordered: that change of the entry is what
         has the reorder points buy what the order lacks (functions/backorders). Nothing when the
-        entry is gone (the order was filled meanwhile)."""
+        entry is gone (the order was filled meanwhile). Then hands on, from after the entry, each
+        arrival's walk that stopped at it before (`stop`): called once the order has taken what
+        it may (its fill), the younger orders get what is left."""
+
+    @abstractmethod
+    def walked_past(self, sku: str, entry: WaitingOrder) -> None:
+        """Hand on, from after `entry`, the walks that stopped at it (`stop`): the run that queued
+        its order lost its `backordered` write (a hold, a cancel or an edit came first), so nothing
+        would mark it. Nothing when none stopped there, or the entry is gone."""
+
+    @abstractmethod
+    def stop(self, sku: str, entry: WaitingOrder, location_id: str, restocked: bool) -> bool:
+        """An arrival's walk of `sku` at `location_id` (`restocked`: a restock's) stops at `entry`,
+        whose order it read `authorized` at the entry's version: queued by its ReserveStock, its
+        `backordered` write and its own look at stock to come (Workflow._wait_for_stock). Kept on
+        the entry, for `recorded` to hand the walk on, unless the entry is marked already (its order
+        written backordered since: read it again), of another version, or gone; whether it was kept."""
 
     @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:

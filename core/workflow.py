@@ -759,14 +759,15 @@ class Workflow:
         held_before: set[tuple[str, str, str]], restocked: Collection[tuple[str, str]] = (),
     ) -> None:  # fmt: skip
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
-        from now on finds the order; then the status; then the entries marked, so the reorder
-        points buy what it lacks; then one look at stock that arrived between sourcing and the
-        queue entry. Raises Backordered unless that completed it. A write lost (to a hold, say)
-        undoes this run's reservations but what the order held before it (`held_before`), as
-        ReserveStock's own lost write does. The skus it holds every unit of get an entry too
-        (`holds`, never marked): under `max_shipments` units of one arriving where its missing
-        skus already are may give one location its whole order, and only its entry lets that
-        arrival find it."""
+        from now on finds the order; then the status; then one look at stock that arrived between
+        sourcing and the status (an arrival's walk that read the order still `authorized` stopped
+        at it: Backorders.stop); then the entries marked, so the reorder points buy what it lacks,
+        which hands those walks on to the younger orders. Raises Backordered unless that completed
+        it. A write lost (to a hold, say) undoes this run's reservations but what the order held
+        before it (`held_before`), as ReserveStock's own lost write does. The skus it holds every
+        unit of get an entry too (`holds`, never marked): under `max_shipments` units of one
+        arriving where its missing skus already are may give one location its whole order, and only
+        its entry lets that arrival find it."""
         assert self._backorders is not None
         entry = WaitingOrder.for_order(order)
         for sku in sorted(short):
@@ -781,15 +782,22 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
+            # Not written backordered: the walks that stopped at it go on past it (held, cancelled
+            # or sent back by an edit, it takes nothing from them).
+            for sku in sorted(short):
+                self._backorders.walked_past(sku, entry)
             raise self._closed_or_retry(
                 order.id, lambda: self._release_unrecorded(order.id, done, held_before=held_before)
             ) from None
-        for sku in sorted(short):
-            self._backorders.recorded(sku, entry)  # its reorder points buy what it lacks
         # Out of the queues of the skus it waited for before and no longer lacks (a line cut to
         # what it holds by a cancel of units, an edit): each would cost every arrival a read.
         self._backorders.left(order, new)
         filled = self.fill_backorder(order.id)
+        for sku in sorted(short):
+            # Its reorder points buy what it lacks; and the walks that stopped at it go on, now that
+            # it took what it may: marked before its fill, the walks handed on could reach the
+            # younger orders first.
+            self._backorders.recorded(sku, entry)
         if filled.status in STOPPED:
             raise stopped(filled)
         if filled.short_of() and filled.status is S.BACKORDERED:

@@ -1598,6 +1598,81 @@ def test_two_walks_racing_on_one_order_count_it_filled_and_completed_once(shop):
     assert shop.executions() == [order_id]
 
 
+@pytest.mark.parametrize("units", [1, 2])
+def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_younger_one(shop, monkeypatch, units):
+    """The older order's ReserveStock found no PREORDER and queued it; before its `backordered` write
+    units arrived, and their walk read it `authorized`, passed it over and gave them to the younger
+    order already waiting: the older one's own look at stock, once written backordered, found none
+    left, and nothing walked for it again until the next arrival. Now the walk stops at it and the
+    order's step, once it has taken its units, hands the walk on: the younger one gets what is left."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", units, reason="receipt")
+                assert deliver() == 1  # the arrival's walk
+            assert shop.order(older).status is S.AUTHORIZED
+            assert shop.held(younger) == 0  # the walk stopped at the older order
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    with contextlib.suppress(Backordered):
+        shop.container.workflow.reserve_stock(older)  # its own look at stock completes it
+    monkeypatch.undo()
+    for _ in range(5):  # what the stream brings next (the walk handed on)
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (1, units - 1)
+    assert shop.level() == (units, units, 0)
+
+
+@pytest.mark.parametrize("leaves", ["cancel", "hold"])
+def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
+    """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
+    (or held it) before its `backordered` write, which lost: the younger order still gets the unit,
+    the walk handed on past the older one by its step, not left until the next arrival."""
+    from core.errors import OrderClosed
+    from core.holds import HoldRequest
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_then_leaving(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+                assert deliver() == 1  # the arrival's walk: it stops at the older order
+                assert shop.held(younger) == 0
+                if leaves == "cancel":
+                    _cancel_recorded(shop, older)
+                else:
+                    shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_then_leaving)
+    with pytest.raises(OrderClosed):
+        shop.container.workflow.reserve_stock(older)  # its write lost
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (0, 1)
+    assert shop.order(older).status is (S.CANCELLED if leaves == "cancel" else S.ON_HOLD)
+    assert shop.level() == (1, 1, 0)
+
+
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
 
 
