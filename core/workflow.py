@@ -792,7 +792,11 @@ class Workflow:
         # Out of the queues of the skus it waited for before and no longer lacks (a line cut to
         # what it holds by a cancel of units, an edit): each would cost every arrival a read.
         self._backorders.left(order, new)
-        filled = self.fill_backorder(order.id)
+        # Where a count's exclusion lapsed since this run read the stock items (a restock whose walk
+        # found it queued and stopped at it), lifted in the fill there, as a released backorder's
+        # (one read, only for an order a count excluded a location for).
+        for lapsed in self._restocked_since_count(new) or [None]:
+            filled = self.fill_backorder(order.id, restocked=lapsed)
         for sku in sorted(short):
             # Its reorder points buy what it lacks; and the walks that stopped at it go on, now that
             # it took what it may: marked before its fill, the walks handed on could reach the

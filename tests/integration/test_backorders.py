@@ -1836,6 +1836,35 @@ def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_li
     assert _lapsed_in_reserve(shop, order_id, "exclusions_lapsed") == [{"location_id": "wh-east", "sku": "PREORDER"}]
 
 
+def test_a_restock_landing_while_a_counted_out_order_goes_backordered_is_taken_by_its_own_look(shop, monkeypatch):
+    """Sent back by a count at wh-east, the order's ReserveStock read the stock item (not restocked
+    since the count), found nothing anywhere and queued it; the restock landed before its
+    `backordered` write, and its walk stopped at it. Its own look after that write kept wh-east
+    excluded (the lapse it knew of was read before the restock): it waited beside the 3 units, its
+    walk handed on past it, until the next restock there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED
+    real_add, restocked = DynamoBackorders.add, []
+
+    def restocked_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if not restocked:
+            restocked.append(sku)
+            with another_functions_calls():
+                _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt"))
+            assert shop.order(order_id).status is S.AUTHORIZED and shop.held(order_id) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", restocked_once_queued)
+    shop.container.workflow.reserve_stock(order_id)  # completed by its own look
+    monkeypatch.undo()
+
+    order = shop.order(order_id)
+    assert restocked and [(a.location_id, a.quantity) for a in order.allocations] == [("wh-east", 3)]
+    assert order.counted_short == {} and shop.level() == (3, 3, 0)
+
+
 def test_a_restock_too_small_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_too(shop):
     """As above, but the units restocked do not fill it: it waits backordered holding them, the
     exclusion lifted in that write, not listing the location it holds units at as excluded."""
@@ -1974,7 +2003,9 @@ def test_a_stock_item_says_whether_units_were_added_since_its_last_count(shop, c
 
 def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restocked(shop):
     """ReserveStock of an order no count excluded anywhere (nearly every order) reads nothing more;
-    one a count excluded reads those stock items once, and no step writes anything more for it."""
+    one a count excluded reads those stock items once as it plans, and once more once written
+    backordered (a restock may have landed in between, its walk stopped at the order), and no step
+    writes anything more for it."""
 
     def restock_reads(order_id: str) -> list[str]:
         with shop.requests() as made, contextlib.suppress(Backordered):
@@ -1988,7 +2019,7 @@ def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restock
     assert restock_reads(plain) == []
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")  # sends it back
 
-    assert restock_reads(plain) == ["BatchGetItem"]
+    assert restock_reads(plain) == ["BatchGetItem", "BatchGetItem"]  # it waits backordered: its own look
 
 
 def test_a_new_order_sourced_before_a_restocks_walk_leaves_its_units_to_the_older_order_a_count_excluded_there(shop):
