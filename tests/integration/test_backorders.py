@@ -1633,13 +1633,15 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     assert shop.level() == (units, units, 0)
 
 
-@pytest.mark.parametrize("leaves", ["cancel", "hold"])
+@pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
 def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
     """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
-    (or held it) before its `backordered` write, which lost: the younger order still gets the unit,
-    the walk handed on past the older one by its step, not left until the next arrival."""
+    (or held it, or edited it) before its `backordered` write, which lost: the younger order still
+    gets the unit, the walk handed on past the older one by its step, not left until the next
+    arrival. The edited order is sourced again by the step's retry, after the younger one."""
     from core.errors import OrderClosed
     from core.holds import HoldRequest
+    from core.models import LineInput, OrderEdit
 
     body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
     older = shop.container.capture.place(body, actor="key_web").id
@@ -1657,11 +1659,14 @@ def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_
                 assert shop.held(younger) == 0
                 if leaves == "cancel":
                     _cancel_recorded(shop, older)
-                else:
+                elif leaves == "hold":
                     shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+                else:
+                    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=2)])
+                    shop.container.actions.edit(older, shop.order(older).version, edit, "key_web")
 
     monkeypatch.setattr(DynamoBackorders, "add", arriving_then_leaving)
-    with pytest.raises(OrderClosed):
+    with pytest.raises(TransientError if leaves == "edit" else OrderClosed):
         shop.container.workflow.reserve_stock(older)  # its write lost
     monkeypatch.undo()
     for _ in range(5):
@@ -1669,8 +1674,12 @@ def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_
             break
 
     assert arrived and (shop.held(older), shop.held(younger)) == (0, 1)
-    assert shop.order(older).status is (S.CANCELLED if leaves == "cancel" else S.ON_HOLD)
+    assert shop.order(older).status is {"cancel": S.CANCELLED, "hold": S.ON_HOLD, "edit": S.AUTHORIZED}[leaves]
     assert shop.level() == (1, 1, 0)
+    if leaves == "edit":
+        with pytest.raises(Backordered):
+            shop.container.workflow.reserve_stock(older)  # the retry: nothing left for it
+        assert shop.order(older).status is S.BACKORDERED and shop.held(younger) == 1
 
 
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
