@@ -1633,6 +1633,48 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     assert shop.level() == (units, units, 0)
 
 
+def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_when_retried(shop, monkeypatch):
+    """The older order took the units and marked its entry, then its step died before the walk that
+    stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
+    short) marks the entry anew, finds the stop still kept there, and hands the walk on, which goes
+    on from after the older order to the younger one."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 3}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
+    with pytest.raises(OSError):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    assert (shop.held(older), shop.held(younger)) == (2, 0)
+    with shop.orders_read() as read:
+        while deliver():  # the entry's mark: its reorder points
+            pass
+    assert younger not in read  # nothing handed on
+
+    shop.container.workflow.reserve_stock(older)  # the Retry: it waits on
+    with shop.orders_read() as read:
+        while deliver():
+            pass
+
+    assert younger in read  # the walk handed on, from after the older order
+    assert (shop.held(older), shop.held(younger)) == (2, 0) and shop.level() == (2, 2, 0)
+
+
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
 def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
     """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
