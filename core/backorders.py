@@ -47,13 +47,6 @@ DEMAND_PAGE, DEMAND_PAGES = 100, 2
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
 
 
-def about_to_wait(order: Order, entry: WaitingOrder) -> bool:
-    """Whether `order` wrote `entry` as it is now, `authorized`: queued by its ReserveStock, its
-    `backordered` write to come (Workflow._wait_for_stock). An order sent back to be sourced (an
-    edit) keeps the entries of its earlier wait, written at an older version."""
-    return order.status is S.AUTHORIZED and entry.version == order.version
-
-
 def bought_for(order: Order) -> bool:
     """Whether the reorder points buy what `order` lacks: written backordered, or held while
     backordered (released, it waits again). Not one sent back to be sourced (by an edit), held or
@@ -167,9 +160,9 @@ class BackorderAllocator:
                 # still show it authorized (skipped: a younger order took its units) or pending
                 # (its queue entries removed: no arrival would ever find it again).
                 order = self._orders.get(entry.order_id, consistent=True)
-                # An entry that `holds` is never marked, so no walk stops at it: the order's own look
-                # sends it back whole where such units give one location its whole order.
-                if order is not None and not entry.holds and about_to_wait(order, entry):
+                # An entry that `holds` is never marked, so no walk stops at it (WaitingOrder.waits_for):
+                # the order's own look sends it back whole where such units give one location its whole order.
+                if order is not None and order.status is S.AUTHORIZED and entry.waits_for(order):
                     # Queued by its ReserveStock, its `backordered` write and its own look at stock to
                     # come (Workflow._wait_for_stock). Passed over, the younger orders took the units
                     # it was to find, and nothing walked for it again until the next arrival. The walk

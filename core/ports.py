@@ -588,6 +588,16 @@ class WaitingOrder:
             created_at=order.created_at, order_id=order.id, supplied_by=supplied_by, version=order.version, holds=holds
         )
 
+    def waits_for(self, order: Order) -> bool:
+        """Whether `order` waits in the queue as this entry of it says: backordered, or queued by its
+        ReserveStock and still `authorized` at the version it wrote the entry at, its `backordered`
+        write to come (Workflow._wait_for_stock: the readers of the queue count it waiting, so the
+        units its own look is about to find go to no younger order). Not one held, nor one sent back
+        to be sourced (an edit: its entries are its earlier wait's, written at an older version)."""
+        if order.status is OrderStatus.BACKORDERED:
+            return True
+        return order.status is OrderStatus.AUTHORIZED and not self.holds and self.version == order.version
+
     def may_take_at(self, location: Location | None) -> bool:
         """Whether the entry's order may take units at `location` (None: not in the network, where
         no order takes any), as `core.sourcing.eligible_locations` decides: its pickup store, or a

@@ -1078,7 +1078,8 @@ class Workflow:
         served: str | None = None, *, own: dict[tuple[str, str], int] | None = None,
     ) -> dict[str, list[StockLevel]]:  # fmt: skip
         """`stock` less, at each location, the units of each sku that orders older than `order`,
-        backordered in that sku's queue, still lack and may take there (as an arrival would fill
+        waiting in that sku's queue (backordered, or queued and about to be: WaitingOrder.waits_for),
+        still lack and may take there (as an arrival would fill
         them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
         the Inventory stream hands them to the queue; an order sourced in between took them from
         orders that had waited longer. A sku's queue is read only where it has units available,
@@ -1117,8 +1118,8 @@ class Workflow:
                     if not any(entry.may_take_at(by_id.get(location_id)) for location_id in free):
                         continue  # it may take none of these units (its entry says so): not read
                     older = self._orders.get(entry.order_id, consistent=True)
-                    if older is None or older.status is not S.BACKORDERED:
-                        continue
+                    if older is None or not entry.waits_for(older):
+                        continue  # held, sent back to be sourced, or no longer waiting
                     lacks, where = claims_at(older, sku, locations, rules, free, self._inventory)
                     for location_id in where & set(free):
                         held[(sku, location_id)] += lacks

@@ -1633,6 +1633,30 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     assert shop.level() == (units, units, 0)
 
 
+def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_units_that_arrived(shop, monkeypatch):
+    """The older order was queued, its `backordered` write to come, when a unit arrived (its walk not
+    run yet) and a new order was sourced: the new order's look behind older orders read only the
+    backordered ones, took the unit, and the older order's own look found none. The older one
+    queued counts as waiting, as an arrival's walk now counts it."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    real_add, newer = DynamoBackorders.add, []
+
+    def sourced_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not newer:
+            shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # its record not consumed yet
+            newer.append(shop.backordered(1))  # waits: the unit is the older order's
+
+    monkeypatch.setattr(DynamoBackorders, "add", sourced_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look reserves the unit
+    monkeypatch.undo()
+
+    assert (shop.held(older), shop.held(newer[0])) == (1, 0) and shop.level() == (1, 1, 0)
+    assert shop.order(newer[0]).status is S.BACKORDERED
+
+
 def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_when_retried(shop, monkeypatch):
     """The older order took the units and marked its entry, then its step died before the walk that
     stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
