@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from core.actors import BACKORDER_ACTOR
-from core.models import AwaitingLine, AwaitingStock, Order
+from core.models import AwaitingLine, AwaitingStock, Location, Order
 from core.ports import (
     BackorderedOrders,
     Backorders,
@@ -42,7 +42,8 @@ WALK_READS, WALK_PAGES = PAGE, 8
 # At most 200 waiting orders read for the demand behind a reorder point, 100 at a time (a BatchGetItem's most).
 DEMAND_PAGE, DEMAND_PAGES = 100, 2
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
-# AUTHORIZED: written just before the order goes backordered (see Workflow._wait_for_stock).
+# AUTHORIZED: queued just before it goes backordered (Workflow._wait_for_stock; an arrival's walk stops
+# at it), or sent back to be sourced (an edit; its ReserveStock looks at stock itself).
 STILL_WAITING = frozenset({S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD})
 
 
@@ -159,40 +160,47 @@ class BackorderAllocator:
                 # still show it authorized (skipped: a younger order took its units) or pending
                 # (its queue entries removed: no arrival would ever find it again).
                 order = self._orders.get(entry.order_id, consistent=True)
+                # An entry that `holds` is never marked, so no walk stops at it (WaitingOrder.waits_for):
+                # the order's own look sends it back whole where such units give one location its whole order.
+                if order is not None and order.status is S.AUTHORIZED and entry.waits_for(order):
+                    # Queued by its ReserveStock, its `backordered` write and its own look at stock to
+                    # come (Workflow._wait_for_stock). Passed over, the younger orders took the units
+                    # it was to find, and nothing walked for it again until the next arrival. The walk
+                    # stops at it, kept on its entry, and its step hands the walk on from there once it
+                    # has taken what it may (Backorders.recorded). Refused, it was written backordered
+                    # since (or left the queue): read again.
+                    if not self._may_take(order, location_id, sku if restocked else None, locations):
+                        continue
+                    if self._queue.stop(sku, entry, location_id, restocked):
+                        return result
+                    order = self._orders.get(entry.order_id, consistent=True)
                 if order is None or order.status not in STILL_WAITING:
                     self._leave(order, entry, sku)  # allocated or cancelled
                     continue
                 if order.status is not S.BACKORDERED:
-                    continue  # held, or about to be backordered (that step looks at stock itself)
-                eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-                # A location that rejected a shipment of this order never supplies it, nor one a stock
-                # take counted short until restocked: an order that cannot take these units must not
-                # stop the younger ones that can.
-                if location_id not in {loc.location_id for loc in eligible} or order.excludes(
-                    location_id, sku if restocked else None
-                ):
+                    continue  # held, or sent back to be sourced (its ReserveStock looks at stock itself)
+                if not self._may_take(order, location_id, sku if restocked else None, locations):
                     continue
-                short = order.short_of()
+                short, filled = order.short_of(), False
                 if not entry.holds or sku in {line.sku for line in order.lines if line.line_id in short}:
                     # Oldest first in this sku's queue: its units are the order's unless an older one
                     # left them; its other skus may be older orders' that their arrivals have not reached.
-                    order = self._fill(order, result, queue=sku, restocked=(sku, location_id) if restocked else None)
+                    order, filled = self._fill(
+                        order, result, queue=sku, restocked=(sku, location_id) if restocked else None
+                    )
                     if order.status is not S.BACKORDERED:
                         continue
                     short = order.short_of()
                 if not short:
-                    self._complete(order.id, order.channel, order.version)
-                    result.completed.append(order.id)
+                    self._complete(order, result, filled)
                     continue
                 rules = rules or self._current_rules()
                 if stranded(order, locations, rules):
                     # Left nowhere to take more units by a change of the rules whose wake missed it
                     # (sourced under the old ones, it was not backordered yet when the wake read them):
                     # sent back when another location may supply it; with none, it waits (to_source_again).
-                    if to_source_again(order, locations, rules) and (
-                        self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
-                    ):
-                        result.sourced_again.append(order.id)
+                    if to_source_again(order, locations, rules):
+                        self._source_again(order.id, result)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
                 if rules.admits(location_id, {a.location_id for a in order.allocations}):
@@ -205,13 +213,18 @@ class BackorderAllocator:
                 # So is one waiting for other skus only, which the location had, or holding every
                 # unit of this one elsewhere (its entry `holds`): these units may be the last it
                 # lacked there. The walk's rules and network decide, as they decided to come here.
-                sent = self._workflow.source_again_whole(
-                    order.id, location_id, actor=BACKORDER_ACTOR, rules=rules, locations=locations
-                )
-                if sent.status is not S.BACKORDERED:
-                    result.sourced_again.append(order.id)
+                self._source_again_whole(order.id, result, location_id, rules=rules, locations=locations)
             if len(page) < PAGE:
                 return result  # the end of the queue
+
+    @staticmethod
+    def _may_take(order: Order, location_id: str, restocked: str | None, locations: list[Location]) -> bool:
+        """Whether `order` may take units at `location_id`: a location that rejected a shipment of
+        it never supplies it, nor one a stock take counted short until restocked (`restocked`: the
+        sku restocked there), and one its fulfilment may not use. An order that cannot take these
+        units must not stop the younger ones that can."""
+        eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+        return location_id in {loc.location_id for loc in eligible} and not order.excludes(location_id, restocked)
 
     def _current_rules(self) -> SourcingRules:
         return self._rules.current() if self._rules is not None else SourcingRules()
@@ -260,12 +273,11 @@ class BackorderAllocator:
             if order is None or order.status is not S.BACKORDERED:
                 continue  # moved on since the index was read
             # Oldest first across every sku: no older order is left to serve before this one.
-            order = self._fill(order, result, in_queue_order=True)
+            order, filled = self._fill(order, result, in_queue_order=True)
             if order.status is not S.BACKORDERED:
                 continue
             if not order.short_of():
-                self._complete(order.id, order.channel, order.version)
-                result.completed.append(order.id)
+                self._complete(order, result, filled)
                 continue
             # The rules may leave it nowhere to take more units (the one location it holds units at
             # excluded, or no longer shipping, under max_shipments): no arrival would fill it. One
@@ -273,14 +285,11 @@ class BackorderAllocator:
             rules = rules or self._current_rules()
             locations = locations or self._catalog.list_locations()
             if to_source_again(order, locations, rules):
-                if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
-                    result.sourced_again.append(order.id)
+                self._source_again(order.id, result)
                 continue
             # max_shipments may keep it from adding the location that now has its whole order (units
             # the rules no longer hold back there): sent back to be sourced, its units reserved for it.
-            sent = self._workflow.source_again_whole(order.id, actor=BACKORDER_ACTOR, rules=rules, locations=locations)
-            if sent.status is not S.BACKORDERED:
-                result.sourced_again.append(order.id)
+            self._source_again_whole(order.id, result, rules=rules, locations=locations)
         if len(page) == PAGE and hand_on is not None:
             hand_on(page[-1])
         return result
@@ -356,23 +365,52 @@ class BackorderAllocator:
     def _fill(
         self, order: Order, result: Arrival, *, queue: str | None = None, in_queue_order: bool = False,
         restocked: tuple[str, str] | None = None,
-    ) -> Order:  # fmt: skip
-        """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when it
-        reserved anything; the order as it is afterwards. A fill keeps the order backordered: one
-        that is not (an edit or a cancel landed first, emptying its allocations) was not filled."""
+    ) -> tuple[Order, bool]:  # fmt: skip
+        """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when its
+        write reserved anything: the order as it is afterwards, and whether this fill wrote it. What
+        another writer did meanwhile is not this walk's (another walk's fill, counted by that walk; an
+        edit or a cancel, which empties the allocations)."""
+        written: list[Order] = []
         filled = self._workflow.fill_backorder(
-            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked
-        )
-        if filled.status is S.BACKORDERED and filled.allocations != order.allocations:
+            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked,
+            written=written,
+        )  # fmt: skip
+        if written:
             result.filled.append(order.id)
-        return filled
+        return filled, bool(written)
 
-    def _complete(self, order_id: str, channel: str, version: int) -> None:
+    def _source_again(self, order_id: str, result: Arrival) -> None:
+        """Workflow.source_again, noted in `result.sourced_again` when its own write sent the order back."""
+        written: list[Order] = []
+        self._workflow.source_again(order_id, actor=BACKORDER_ACTOR, written=written)
+        if written:
+            result.sourced_again.append(order_id)
+
+    def _source_again_whole(
+        self, order_id: str, result: Arrival, location_id: str | None = None, *, rules: SourcingRules,
+        locations: list[Location],
+    ) -> None:  # fmt: skip
+        """Workflow.source_again_whole, noted in `result.sourced_again` when its own write sent the order back."""
+        written: list[Order] = []
+        self._workflow.source_again_whole(
+            order_id, location_id, actor=BACKORDER_ACTOR, rules=rules, locations=locations, written=written
+        )
+        if written:
+            result.sourced_again.append(order_id)
+
+    def _complete(self, order: Order, result: Arrival, filled: bool) -> None:
+        """Start the workflow of `order`, every unit reserved; noted in `result.completed` when this
+        walk's fill (`filled`) completed it. One found complete was completed by another's write (its
+        own count), or its execution failed: started again all the same."""
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes
         # them): an execution that fails leaves the order in the queue, so the next arrival of
         # the sku starts it again.
-        correlation_id = self._orders.placed_by(order_id)
-        self._starter.start(order_id, channel=channel, correlation_id=correlation_id, rerun=f"backorder-v{version}")
+        correlation_id = self._orders.placed_by(order.id)
+        self._starter.start(
+            order.id, channel=order.channel, correlation_id=correlation_id, rerun=f"backorder-v{order.version}"
+        )
+        if filled:
+            result.completed.append(order.id)
 
     def _leave(self, order: Order | None, entry: WaitingOrder, sku: str) -> None:
         """The entries an order that no longer waits left (the removal after its write was lost):

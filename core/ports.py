@@ -561,8 +561,9 @@ class WaitingOrder:
     (`may_take_at`); None on an entry written before entries said so (the order is read).
     `version`, written with the entry (`for_order`) and no part of what names it: the order's
     version when it was written, so that a removal after a later write of the order leaves an
-    entry its order wrote again since (`Backorders.leave`); None on an entry written before entries
-    said so, and on the entries `waiting` reads back (no reader needs it).
+    entry its order wrote again since (`Backorders.leave`), and so that an arrival that reads the
+    order still `authorized` at that version knows it queued, its `backordered` write to come
+    (`Backorders.stop`); None on an entry written before entries said so.
     `holds`, written with the entry and no part of what names it: its order held every unit of the
     sku it wants when it went backordered (it waits for its other skus). It lacks none of the sku,
     so the readers that look for what orders lack (the reorder points, ReserveStock's look behind
@@ -586,6 +587,16 @@ class WaitingOrder:
         return cls(
             created_at=order.created_at, order_id=order.id, supplied_by=supplied_by, version=order.version, holds=holds
         )
+
+    def waits_for(self, order: Order) -> bool:
+        """Whether `order` waits in the queue as this entry of it says: backordered, or queued by its
+        ReserveStock and still `authorized` at the version it wrote the entry at, its `backordered`
+        write to come (Workflow._wait_for_stock: the readers of the queue count it waiting, so the
+        units its own look is about to find go to no younger order). Not one held, nor one sent back
+        to be sourced (an edit: its entries are its earlier wait's, written at an older version)."""
+        if order.status is OrderStatus.BACKORDERED:
+            return True
+        return order.status is OrderStatus.AUTHORIZED and not self.holds and self.version == order.version
 
     def may_take_at(self, location: Location | None) -> bool:
         """Whether the entry's order may take units at `location` (None: not in the network, where
@@ -664,7 +675,23 @@ class Backorders(ABC):
     def recorded(self, sku: str, entry: WaitingOrder) -> None:
         """Mark `entry` once its order is written backordered: that change of the entry is what
         has the reorder points buy what the order lacks (functions/backorders). Nothing when the
-        entry is gone (the order was filled meanwhile)."""
+        entry is gone (the order was filled meanwhile). Then hands on, from after the entry, each
+        arrival's walk that stopped at it before (`stop`): called once the order has taken what
+        it may (its fill), the younger orders get what is left."""
+
+    @abstractmethod
+    def walked_past(self, sku: str, entry: WaitingOrder) -> None:
+        """Hand on, from after `entry`, the walks that stopped at it (`stop`): the run that queued
+        its order lost its `backordered` write (a hold, a cancel or an edit came first), so nothing
+        would mark it. Nothing when none stopped there, or the entry is gone."""
+
+    @abstractmethod
+    def stop(self, sku: str, entry: WaitingOrder, location_id: str, restocked: bool) -> bool:
+        """An arrival's walk of `sku` at `location_id` (`restocked`: a restock's) stops at `entry`,
+        whose order it read `authorized` at the entry's version: queued by its ReserveStock, its
+        `backordered` write and its own look at stock to come (Workflow._wait_for_stock). Kept on
+        the entry, for `recorded` to hand the walk on, unless the entry is marked already (its order
+        written backordered since: read it again), of another version, or gone; whether it was kept."""
 
     @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:

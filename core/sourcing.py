@@ -750,7 +750,7 @@ class Simulator:
                 waiting = self._orders.get_many([entry.order_id for entry in takers]) if takers else {}
                 for entry in takers:
                     older = waiting.get(entry.order_id)
-                    if older is None or older.status is not OrderStatus.BACKORDERED:
+                    if older is None or not entry.waits_for(older):
                         continue
                     lacks, where = claims_at(older, sku, locations, rules, free, self._inventory)
                     if not lacks or not where:

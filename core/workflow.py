@@ -759,14 +759,15 @@ class Workflow:
         held_before: set[tuple[str, str, str]], restocked: Collection[tuple[str, str]] = (),
     ) -> None:  # fmt: skip
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
-        from now on finds the order; then the status; then the entries marked, so the reorder
-        points buy what it lacks; then one look at stock that arrived between sourcing and the
-        queue entry. Raises Backordered unless that completed it. A write lost (to a hold, say)
-        undoes this run's reservations but what the order held before it (`held_before`), as
-        ReserveStock's own lost write does. The skus it holds every unit of get an entry too
-        (`holds`, never marked): under `max_shipments` units of one arriving where its missing
-        skus already are may give one location its whole order, and only its entry lets that
-        arrival find it."""
+        from now on finds the order; then the status; then one look at stock that arrived between
+        sourcing and the status (an arrival's walk that read the order still `authorized` stopped
+        at it: Backorders.stop); then the entries marked, so the reorder points buy what it lacks,
+        which hands those walks on to the younger orders. Raises Backordered unless that completed
+        it. A write lost (to a hold, say) undoes this run's reservations but what the order held
+        before it (`held_before`), as ReserveStock's own lost write does. The skus it holds every
+        unit of get an entry too (`holds`, never marked): under `max_shipments` units of one
+        arriving where its missing skus already are may give one location its whole order, and only
+        its entry lets that arrival find it."""
         assert self._backorders is not None
         entry = WaitingOrder.for_order(order)
         for sku in sorted(short):
@@ -781,15 +782,26 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
+            # Not written backordered: the walks that stopped at it go on past it (held, cancelled
+            # or sent back by an edit, it takes nothing from them).
+            for sku in sorted(short):
+                self._backorders.walked_past(sku, entry)
             raise self._closed_or_retry(
                 order.id, lambda: self._release_unrecorded(order.id, done, held_before=held_before)
             ) from None
-        for sku in sorted(short):
-            self._backorders.recorded(sku, entry)  # its reorder points buy what it lacks
         # Out of the queues of the skus it waited for before and no longer lacks (a line cut to
         # what it holds by a cancel of units, an edit): each would cost every arrival a read.
         self._backorders.left(order, new)
-        filled = self.fill_backorder(order.id)
+        # Where a count's exclusion lapsed since this run read the stock items (a restock whose walk
+        # found it queued and stopped at it), lifted in the fill there, as a released backorder's
+        # (one read, only for an order a count excluded a location for).
+        for lapsed in self._restocked_since_count(new) or [None]:
+            filled = self.fill_backorder(order.id, restocked=lapsed)
+        for sku in sorted(short):
+            # Its reorder points buy what it lacks; and the walks that stopped at it go on, now that
+            # it took what it may: marked before its fill, the walks handed on could reach the
+            # younger orders first.
+            self._backorders.recorded(sku, entry)
         if filled.status in STOPPED:
             raise stopped(filled)
         if filled.short_of() and filled.status is S.BACKORDERED:
@@ -815,7 +827,7 @@ class Workflow:
 
     def fill_backorder(
         self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
-        queue: str | None = None, restocked: tuple[str, str] | None = None,
+        queue: str | None = None, restocked: tuple[str, str] | None = None, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
@@ -831,7 +843,9 @@ class Workflow:
         record after the other). `restocked` (sku, location_id): units of that sku were added to
         on_hand there, which lifts the exclusion of the location a stock take's count of the sku
         made for the order (Order.count_exclusion_lapsed): planned with it, and lifted in the fill's
-        write (none, nothing lifted: the next arrival there lifts it, the stock item restocked since its count)."""
+        write (none, nothing lifted: the next arrival there lifts it, the stock item restocked since its count).
+        `written`, when given, gets the version this call wrote (nothing when it wrote none), as
+        `modify`'s: a caller that counts fills counts its own, not another's found done meanwhile."""
 
         def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             if order.status is not S.BACKORDERED:
@@ -864,18 +878,19 @@ class Workflow:
         # Read consistently: "not backordered, nothing to fill" is decided by no conditional write,
         # and the step that has just written the order backordered looks here for the units that
         # came before its queue entry (no arrival would give them to it).
-        return self._write_reserving(order_id, decide, "its backorder was filled")
+        return self._write_reserving(order_id, decide, "its backorder was filled", written)
 
     def _write_reserving(
         self, order_id: str, decide: Callable[[Order, Collection[tuple[str, str]]], tuple[Change, list[TopUp]] | None],
-        doing: str,
+        doing: str, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Write the change `decide` makes of the order, read consistently, and the top-ups of its
         reservations it plans, in one transaction (Backorders.fill); returns the order as written,
         or as read when `decide` says None (nothing to write). A lost race (the order, a reservation
         or the stock moved since the read) reads and decides again; a stock item found with no room
         for another reservation is named to `decide` among those it must leave out (`full`), so this
-        ends. TransientError after FILL_ATTEMPTS (its caller is retried: the stream, a Retry)."""
+        ends. TransientError after FILL_ATTEMPTS (its caller is retried: the stream, a Retry).
+        `written`, when given, gets the version written (nothing when none was)."""
         assert self._backorders is not None
         # Stock items found with no room for another reservation: planned without (a fill takes
         # nothing there, and the order waits on for what arrives elsewhere, or for room: a release
@@ -889,20 +904,24 @@ class Workflow:
             (new, entry), top_ups = decided
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
-                return new
             except ReservationsFull as refused:
                 full.add((refused.sku, refused.location_id))
+                continue
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
+            if written is not None:
+                written.append(new)
+            return new
         raise TransientError(f"order {order_id} or its stock kept changing while {doing}")
 
-    def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+    def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR, *, written: list[Order] | None = None) -> Order:
         """Send a backordered order the sourcing rules in force leave nowhere to take more units
         (`stranded`) while another location may supply it (`to_source_again`: one they leave no
         location at all waits) back to be sourced under them: one write, conditional on its status and version,
         which starts its workflow again (functions/outbox), as an edit or a reject does. Its
         reservations stay until that ReserveStock keeps or releases them. Returns the order as it
-        is afterwards (unchanged when it is not backordered or not to be sourced again)."""
+        is afterwards (unchanged when it is not backordered or not to be sourced again); `written`
+        as fill_backorder's."""
         rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
 
         def decide(order: Order):
@@ -910,11 +929,11 @@ class Workflow:
                 return None
             return order.source_again(rules_version=rules.version, at=at, actor=actor)
 
-        return modify(self._orders, order_id, decide, consistent=True)
+        return modify(self._orders, order_id, decide, consistent=True, written=written)
 
     def source_again_whole(
         self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR, *,
-        rules: SourcingRules | None = None, locations: list[Location] | None = None,
+        rules: SourcingRules | None = None, locations: list[Location] | None = None, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
         location beside those it holds units at (`location_id`, when named: the one units arrived
@@ -929,7 +948,7 @@ class Workflow:
         cancel, a hold or an edit meanwhile treats them as any of the order's reservations. Returns
         the order as it is afterwards (unchanged when it is not sent back). `rules` and `locations`:
         those the caller's walk read and decided on (read here when not given), so a walk that
-        meets many orders reads them once, not once per order."""
+        meets many orders reads them once, not once per order. `written` as fill_backorder's."""
         rules = rules if rules is not None else self._rules()
         locations = locations if locations is not None else self._catalog.list_locations()
 
@@ -944,7 +963,7 @@ class Workflow:
             return change, top_ups
 
         # Read consistently: "not to be sent back" is decided by no conditional write.
-        return self._write_reserving(order_id, decide, "it was sent back to be sourced")
+        return self._write_reserving(order_id, decide, "it was sent back to be sourced", written)
 
     def _whole_top_ups(
         self, order: Order, location_id: str | None, rules: SourcingRules, locations: list[Location],
@@ -1059,7 +1078,8 @@ class Workflow:
         served: str | None = None, *, own: dict[tuple[str, str], int] | None = None,
     ) -> dict[str, list[StockLevel]]:  # fmt: skip
         """`stock` less, at each location, the units of each sku that orders older than `order`,
-        backordered in that sku's queue, still lack and may take there (as an arrival would fill
+        waiting in that sku's queue (backordered, or queued and about to be: WaitingOrder.waits_for),
+        still lack and may take there (as an arrival would fill
         them: eligible for them, and within `max_shipments`). Units arrive on the stock item before
         the Inventory stream hands them to the queue; an order sourced in between took them from
         orders that had waited longer. A sku's queue is read only where it has units available,
@@ -1098,8 +1118,8 @@ class Workflow:
                     if not any(entry.may_take_at(by_id.get(location_id)) for location_id in free):
                         continue  # it may take none of these units (its entry says so): not read
                     older = self._orders.get(entry.order_id, consistent=True)
-                    if older is None or older.status is not S.BACKORDERED:
-                        continue
+                    if older is None or not entry.waits_for(older):
+                        continue  # held, sent back to be sourced, or no longer waiting
                     lacks, where = claims_at(older, sku, locations, rules, free, self._inventory)
                     for location_id in where & set(free):
                         held[(sku, location_id)] += lacks

@@ -3066,6 +3066,9 @@ ENTRY_HOLDS = "holds"
 WALK_AFTER, WALK_BY = "walk_after", "walk_by"
 # Whether the walk handed on is a restock's (BackorderAllocator.arrived's `restocked`).
 WALK_RESTOCKED = "walk_restocked"
+# On a queue entry: the locations whose arrivals' walks stopped at it, its order not yet written
+# backordered, and those of them that were restocks' (DynamoBackorders.stop; handed on by `recorded`).
+WALKS_STOPPED, WALKS_STOPPED_RESTOCKED = "walks_stopped", "walks_stopped_restocked"
 
 
 class DynamoBackorders(Backorders):
@@ -3159,30 +3162,97 @@ class DynamoBackorders(Backorders):
     def recorded(self, sku: str, entry: WaitingOrder) -> None:
         # `reorder_watch` (functions/adapters/purchasing.py): the mark the stream's second filter
         # passes (template.yaml, BackorderFunction), as for a stock item with a reorder point.
-        self._set(sku, entry, BACKORDER_RECORDED, {"BOOL": True})
-
-    def _set(self, sku: str, entry: WaitingOrder, name: str, value: dict[str, Any]) -> None:
-        """Set one attribute on the entry, unless it is gone (its order was filled meanwhile):
-        an update alone would make a new item of the key, an entry naming no order."""
+        # The entry as it was comes back with the write (no read more): the walks stopped at it.
+        was = self._set(sku, entry, BACKORDER_RECORDED, {"BOOL": True})
+        if not self._walk_on(sku, entry, was or {}):
+            return
+        # Only once every walk is handed on: a step that dies before finds them again when it
+        # marks the entry anew. None is added since: the entry is marked (stop).
         try:
             self._client.update_item(
+                TableName=self._table,
+                Key=self._key(sku, entry),
+                UpdateExpression=f"REMOVE {WALKS_STOPPED}, {WALKS_STOPPED_RESTOCKED}",
+                ConditionExpression="attribute_exists(order_id)",  # gone meanwhile: nothing to keep
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+
+    def walked_past(self, sku: str, entry: WaitingOrder) -> None:
+        try:
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key=self._key(sku, entry),
+                UpdateExpression=f"REMOVE {WALKS_STOPPED}, {WALKS_STOPPED_RESTOCKED}",
+                ConditionExpression="attribute_exists(order_id)",
+                ReturnValues="ALL_OLD",
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return
+        self._walk_on(sku, entry, answer.get("Attributes", {}))
+
+    def _walk_on(self, sku: str, entry: WaitingOrder, was: dict[str, Any]) -> bool:
+        """Hand on from after `entry` each walk that stopped at it, as the entry `was`; whether any had."""
+        stopped = set(was.get(WALKS_STOPPED, {}).get("SS", []))
+        restocked = set(was.get(WALKS_STOPPED_RESTOCKED, {}).get("SS", []))
+        # Named by the order's write of the entry: handed on again (a retried step), the same
+        # record's hand-on is refused unless another was written there since (walk_from).
+        by = f"stopped-at#{entry.order_id}#{entry.version}"
+        for location_id in sorted(stopped):
+            self.walk_from(sku, location_id, entry, by, location_id in restocked)
+        return bool(stopped)
+
+    def stop(self, sku: str, entry: WaitingOrder, location_id: str, restocked: bool) -> bool:
+        if entry.version is None:
+            return False  # written before entries said their version: the order's wait cannot be told
+        at = {"SS": [location_id]}
+        adds = f"{WALKS_STOPPED} :at" + (f", {WALKS_STOPPED_RESTOCKED} :at" if restocked else "")
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._key(sku, entry),
+                UpdateExpression=f"ADD {adds}",
+                ConditionExpression=(
+                    f"attribute_exists(order_id) AND {ENTRY_VERSION} = :version "
+                    f"AND attribute_not_exists({BACKORDER_RECORDED})"
+                ),
+                ExpressionAttributeValues={":at": at, ":version": {"N": str(entry.version)}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return False
+        return True
+
+    def _set(self, sku: str, entry: WaitingOrder, name: str, value: dict[str, Any]) -> dict[str, Any] | None:
+        """Set one attribute on the entry, unless it is gone (its order was filled meanwhile):
+        an update alone would make a new item of the key, an entry naming no order. The entry as
+        it was (None: gone)."""
+        try:
+            answer = self._client.update_item(
                 TableName=self._table,
                 Key=self._key(sku, entry),
                 UpdateExpression="SET #name = :value",
                 ConditionExpression="attribute_exists(order_id)",
                 ExpressionAttributeNames={"#name": name},
                 ExpressionAttributeValues={":value": value},
+                ReturnValues="ALL_OLD",
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
+            return None
+        return answer.get("Attributes", {})
 
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
             "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
-            "ProjectionExpression": f"order_id, created_at, bought_at, supplied_by, {ENTRY_HOLDS}",
+            "ProjectionExpression": f"order_id, created_at, bought_at, supplied_by, {ENTRY_HOLDS}, {ENTRY_VERSION}",
             "Limit": limit,
         }
         if after is not None:
@@ -3195,6 +3265,7 @@ class DynamoBackorders(Backorders):
                 bought_at=item["bought_at"]["S"] if "bought_at" in item else None,
                 supplied_by=item["supplied_by"]["S"] if "supplied_by" in item else None,
                 holds=item.get(ENTRY_HOLDS, {}).get("BOOL", False),
+                version=int(item[ENTRY_VERSION]["N"]) if ENTRY_VERSION in item else None,
             )
             for item in items
         ]

@@ -548,6 +548,10 @@ class InMemoryBackorders(Backorders):
         self.entries: dict[str, set[WaitingOrder]] = {}
         self.marked: set[tuple[str, WaitingOrder]] = set()  # entries whose order was written backordered
         self.bought: dict[tuple[str, WaitingOrder], str] = {}  # where each entry's order is bought for
+        # The walks stopped at each entry (location id, restocked), and those handed on from after
+        # an entry once its order was written backordered (DynamoBackorders.walk_from's records).
+        self.stopped: dict[tuple[str, WaitingOrder], set[tuple[str, bool]]] = {}
+        self.handed_on: list[tuple[str, str, WaitingOrder, bool]] = []
         self._orders = orders
         self._inventory = inventory
 
@@ -561,6 +565,7 @@ class InMemoryBackorders(Backorders):
         self.entries.get(sku, set()).discard(entry)
         self.marked.discard((sku, entry))
         self.bought.pop((sku, entry), None)
+        self.stopped.pop((sku, entry), None)
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         # Unless its order wrote it again at `version` or later (DynamoBackorders.leave).
@@ -575,10 +580,25 @@ class InMemoryBackorders(Backorders):
     def recorded(self, sku: str, entry: WaitingOrder) -> None:
         if entry in self.entries.get(sku, set()):
             self.marked.add((sku, entry))
+            self.walked_past(sku, entry)
+
+    def walked_past(self, sku: str, entry: WaitingOrder) -> None:
+        if entry in self.entries.get(sku, set()):
+            for location_id, restocked in sorted(self.stopped.pop((sku, entry), set())):
+                self.handed_on.append((sku, location_id, entry, restocked))
+
+    def stop(self, sku: str, entry: WaitingOrder, location_id: str, restocked: bool) -> bool:
+        written = next((e for e in self.entries.get(sku, set()) if e == entry), None)
+        if written is None or written.version is None or written.version != entry.version:
+            return False
+        if (sku, written) in self.marked:
+            return False
+        self.stopped.setdefault((sku, written), set()).add((location_id, restocked))
+        return True
 
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         waiting = [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
-        return [replace(e, bought_at=self.bought.get((sku, e)), version=None) for e in waiting]
+        return [replace(e, bought_at=self.bought.get((sku, e))) for e in waiting]
 
     def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
         for t in top_ups:

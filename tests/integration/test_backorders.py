@@ -895,11 +895,11 @@ def test_a_walk_that_dies_halfway_is_walked_again_whole_and_fills_and_starts_eac
     shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
     real = BackorderAllocator._complete
 
-    def throttled_once(allocator: BackorderAllocator, order_id: str, channel: str, version: int) -> None:
-        if order_id == ids[1]:
+    def throttled_once(allocator: BackorderAllocator, order: Any, *args: Any) -> None:
+        if order.id == ids[1]:
             monkeypatch.setattr(BackorderAllocator, "_complete", real)
             raise TransientError("the state machine throttled the start")
-        real(allocator, order_id, channel, version)
+        real(allocator, order, *args)
 
     monkeypatch.setattr(BackorderAllocator, "_complete", throttled_once)
     with pytest.raises(BatchFailed):
@@ -1568,6 +1568,186 @@ def test_an_edit_landing_between_a_fills_read_and_its_write_is_sourced_once_and_
     assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
 
 
+def test_two_walks_racing_on_one_order_count_it_filled_and_completed_once(shop):
+    """Units came to both warehouses and their walks read the waiting order at once: the second
+    filled it whole between the first's read and its fill, so the first reserved nothing, yet it too
+    counted the order filled and completed (BackordersFilled, BackordersCompleted, its `backorders
+    filled` line): the order its fill found held more than the one it had read. Counted by the walk
+    whose write won; the other still starts the order's workflow (a restart, as for an order found
+    fully reserved whose execution failed)."""
+    from core.workflow import Workflow
+
+    order_id = shop.backordered(2)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    allocator, real, other = shop.container.backorder_allocator, Workflow.fill_backorder, []
+
+    def the_other_walk_first(workflow: Workflow, *args: Any, **kwargs: Any) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = allocator.arrived("PREORDER", "wh-west")
+        return real(workflow, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as racing:
+        racing.setattr(Workflow, "fill_backorder", the_other_walk_first)
+        first = allocator.arrived("PREORDER", "wh-east")
+
+    assert (other[0].filled, other[0].completed) == ([order_id], [order_id])
+    assert (first.filled, first.completed) == ([], [])
+    assert shop.held(order_id) == 2 and shop.level("wh-east") == shop.level("wh-west") == (1, 1, 0)
+    assert shop.executions() == [order_id]
+
+
+@pytest.mark.parametrize("units", [1, 2])
+def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_younger_one(shop, monkeypatch, units):
+    """The older order's ReserveStock found no PREORDER and queued it; before its `backordered` write
+    units arrived, and their walk read it `authorized`, passed it over and gave them to the younger
+    order already waiting: the older one's own look at stock, once written backordered, found none
+    left, and nothing walked for it again until the next arrival. Now the walk stops at it and the
+    order's step, once it has taken its units, hands the walk on: the younger one gets what is left."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", units, reason="receipt")
+                assert deliver() == 1  # the arrival's walk
+            assert shop.order(older).status is S.AUTHORIZED
+            assert shop.held(younger) == 0  # the walk stopped at the older order
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    with contextlib.suppress(Backordered):
+        shop.container.workflow.reserve_stock(older)  # its own look at stock completes it
+    monkeypatch.undo()
+    for _ in range(5):  # what the stream brings next (the walk handed on)
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (1, units - 1)
+    assert shop.level() == (units, units, 0)
+
+
+def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_units_that_arrived(shop, monkeypatch):
+    """The older order was queued, its `backordered` write to come, when a unit arrived (its walk not
+    run yet) and a new order was sourced: the new order's look behind older orders read only the
+    backordered ones, took the unit, and the older order's own look found none. The older one
+    queued counts as waiting, as an arrival's walk now counts it."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    real_add, newer = DynamoBackorders.add, []
+
+    def sourced_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not newer:
+            shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # its record not consumed yet
+            newer.append(shop.backordered(1))  # waits: the unit is the older order's
+
+    monkeypatch.setattr(DynamoBackorders, "add", sourced_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look reserves the unit
+    monkeypatch.undo()
+
+    assert (shop.held(older), shop.held(newer[0])) == (1, 0) and shop.level() == (1, 1, 0)
+    assert shop.order(newer[0]).status is S.BACKORDERED
+
+
+def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_when_retried(shop, monkeypatch):
+    """The older order took the units and marked its entry, then its step died before the walk that
+    stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
+    short) marks the entry anew, finds the stop still kept there, and hands the walk on, which goes
+    on from after the older order to the younger one."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 3}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
+    with pytest.raises(OSError):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    assert (shop.held(older), shop.held(younger)) == (2, 0)
+    with shop.orders_read() as read:
+        while deliver():  # the entry's mark: its reorder points
+            pass
+    assert younger not in read  # nothing handed on
+
+    shop.container.workflow.reserve_stock(older)  # the Retry: it waits on
+    with shop.orders_read() as read:
+        while deliver():
+            pass
+
+    assert younger in read  # the walk handed on, from after the older order
+    assert (shop.held(older), shop.held(younger)) == (2, 0) and shop.level() == (2, 2, 0)
+
+
+@pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
+def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
+    """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
+    (or held it, or edited it) before its `backordered` write, which lost: the younger order still
+    gets the unit, the walk handed on past the older one by its step, not left until the next
+    arrival. The edited order is sourced again by the step's retry, after the younger one."""
+    from core.errors import OrderClosed
+    from core.holds import HoldRequest
+    from core.models import LineInput, OrderEdit
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_then_leaving(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+                assert deliver() == 1  # the arrival's walk: it stops at the older order
+                assert shop.held(younger) == 0
+                if leaves == "cancel":
+                    _cancel_recorded(shop, older)
+                elif leaves == "hold":
+                    shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+                else:
+                    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=2)])
+                    shop.container.actions.edit(older, shop.order(older).version, edit, "key_web")
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_then_leaving)
+    with pytest.raises(TransientError if leaves == "edit" else OrderClosed):
+        shop.container.workflow.reserve_stock(older)  # its write lost
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (0, 1)
+    assert shop.order(older).status is {"cancel": S.CANCELLED, "hold": S.ON_HOLD, "edit": S.AUTHORIZED}[leaves]
+    assert shop.level() == (1, 1, 0)
+    if leaves == "edit":
+        with pytest.raises(Backordered):
+            shop.container.workflow.reserve_stock(older)  # the retry: nothing left for it
+        assert shop.order(older).status is S.BACKORDERED and shop.held(younger) == 1
+
+
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
 
 
@@ -1731,6 +1911,35 @@ def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_li
     assert _lapsed_in_reserve(shop, order_id, "exclusions_lapsed") == [{"location_id": "wh-east", "sku": "PREORDER"}]
 
 
+def test_a_restock_landing_while_a_counted_out_order_goes_backordered_is_taken_by_its_own_look(shop, monkeypatch):
+    """Sent back by a count at wh-east, the order's ReserveStock read the stock item (not restocked
+    since the count), found nothing anywhere and queued it; the restock landed before its
+    `backordered` write, and its walk stopped at it. Its own look after that write kept wh-east
+    excluded (the lapse it knew of was read before the restock): it waited beside the 3 units, its
+    walk handed on past it, until the next restock there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED
+    real_add, restocked = DynamoBackorders.add, []
+
+    def restocked_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if not restocked:
+            restocked.append(sku)
+            with another_functions_calls():
+                _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt"))
+            assert shop.order(order_id).status is S.AUTHORIZED and shop.held(order_id) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", restocked_once_queued)
+    shop.container.workflow.reserve_stock(order_id)  # completed by its own look
+    monkeypatch.undo()
+
+    order = shop.order(order_id)
+    assert restocked and [(a.location_id, a.quantity) for a in order.allocations] == [("wh-east", 3)]
+    assert order.counted_short == {} and shop.level() == (3, 3, 0)
+
+
 def test_a_restock_too_small_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_too(shop):
     """As above, but the units restocked do not fill it: it waits backordered holding them, the
     exclusion lifted in that write, not listing the location it holds units at as excluded."""
@@ -1869,7 +2078,9 @@ def test_a_stock_item_says_whether_units_were_added_since_its_last_count(shop, c
 
 def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restocked(shop):
     """ReserveStock of an order no count excluded anywhere (nearly every order) reads nothing more;
-    one a count excluded reads those stock items once, and no step writes anything more for it."""
+    one a count excluded reads those stock items once as it plans, and once more once written
+    backordered (a restock may have landed in between, its walk stopped at the order), and no step
+    writes anything more for it."""
 
     def restock_reads(order_id: str) -> list[str]:
         with shop.requests() as made, contextlib.suppress(Backordered):
@@ -1883,7 +2094,7 @@ def test_only_an_order_a_count_excluded_reads_whether_its_locations_were_restock
     assert restock_reads(plain) == []
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")  # sends it back
 
-    assert restock_reads(plain) == ["BatchGetItem"]
+    assert restock_reads(plain) == ["BatchGetItem", "BatchGetItem"]  # it waits backordered: its own look
 
 
 def test_a_new_order_sourced_before_a_restocks_walk_leaves_its_units_to_the_older_order_a_count_excluded_there(shop):
