@@ -975,6 +975,9 @@ class OrderActions:
             order.version == expected_version and order.authorization_requested is None
         ):
             return order
+        if edit.lines is not None:
+            # Before anything is written or asked of the gateway (a standing request voided included).
+            order.check_room_to_replace_lines()
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow

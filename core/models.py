@@ -32,6 +32,7 @@ from pydantic import (
 
 from core.actors import WORKFLOW_ACTOR
 from core.errors import (
+    Conflict,
     InvalidRequest,
     InvalidTransition,
     NotFound,
@@ -963,6 +964,18 @@ class PromotionGrant(BaseModel, defer_build=True):
 
 # An order line's id: `L` and its number (core.pricing numbers them, Order.next_line_number).
 _LINE_NUMBER = re.compile(r"L([0-9]+)")
+# An order is one DynamoDB item (400 KB at most) and the lines its edits replace stay on it
+# (Order.replaced_lines) until its sourcing clears them (ReserveStock's write) or it is cancelled:
+# while its workflow does not run (pending, or held, a hold the edit itself puts on included) each
+# edit of its lines adds every one it has (~270 bytes stored for 100 lines), and ~1,300 edits
+# would pass 400 KB, after which every write to it fails. They cannot be trimmed instead: until the
+# sourcing reads them, a line replaced may hold units (a ReserveStock that was running when the
+# order was held or edited reserves under it), which nothing else would then give back. The order
+# keeps 64 KiB of them as JSON (an upper bound of what they store: 423 of a random 128-character
+# sku, the largest order beside them, store 48 KB; 1,900 of a 7-character sku, 20 edits of 100
+# lines, 6.5 KB): an edit of its lines that would keep more is 409 `too_many_edits`
+# (Order.check_room_to_replace_lines; tests/unit/test_aws_limits_order_item.py).
+MAX_REPLACED_LINE_BYTES = 64 * 1024
 # A line id as a request names it. Edits number lines after every id the order has had, up to 100
 # lines an edit: nine digits would take ten million edits to pass (three, as returns took, ten).
 LineId = Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,8}$")]
@@ -3267,6 +3280,24 @@ class Order(Shown):
         numbers = [int(found.group(1)) for line in (*self.lines, *self.replaced_lines)
                    if (found := _LINE_NUMBER.fullmatch(line.line_id))]  # fmt: skip
         return max(numbers, default=0) + 1
+
+    def check_room_to_replace_lines(self) -> None:
+        """409 `too_many_edits` when an edit of this order's lines would keep more than
+        MAX_REPLACED_LINE_BYTES of the lines edits replaced: such an edit replaces every line the
+        order has (each takes a new id), beside those earlier edits replaced (reservation_lines)."""
+        kept = sum(len(ReplacedLine(line_id=line_id, sku=sku).model_dump_json().encode())
+                   for line_id, sku in self.reservation_lines())  # fmt: skip
+        if kept <= MAX_REPLACED_LINE_BYTES:
+            return
+        raise Conflict(
+            f"order {self.id} keeps {len(self.replaced_lines)} lines its edits replaced, as many as it keeps"
+            f" ({MAX_REPLACED_LINE_BYTES // 1024} KiB of them) until it is sourced: its lines can be edited again"
+            " once it is (released, if it is held); its address and shipping method still can",
+            code="too_many_edits",
+            details=[
+                {"field": "lines", "message": f"order {self.id} takes no more edits of its lines until it is sourced"}
+            ],
+        )
 
     def reservation_lines(self) -> list[tuple[str, str]]:
         """The (line id, sku) of each line the order's reservations are keyed by: its lines, then
