@@ -998,6 +998,7 @@ class OrderActions:
         grows = authorized and total.amount > order.authorization_covers().amount
         if grows:
             self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
+            order.check_room_to_reauthorize()
         request = order.authorization_requested
         own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
         if own and grows and request.amount == total and self._declined(order, request):

@@ -976,6 +976,14 @@ _LINE_NUMBER = re.compile(r"L([0-9]+)")
 # lines, 6.5 KB): an edit of its lines that would keep more is 409 `too_many_edits`
 # (Order.check_room_to_replace_lines; tests/unit/test_aws_limits_order_item.py).
 MAX_REPLACED_LINE_BYTES = 64 * 1024
+# The authorizations edits that grew the total (or renewals) replaced stay on the order
+# (Order.replaced_authorizations) until the gateway voids them: each a hold on the customer's card,
+# and each asked to be voided again by every later edit, the last parcel's ship, a cancel and the
+# reconciler. A gateway that refuses voids (or is down for them) left one more for each edit that
+# grew the total, without bound. The order keeps MAX_REPLACED_AUTHORIZATIONS of them (references
+# of up to 200 characters: 2 KB at most); an edit that would replace another is 409
+# `too_many_authorizations` (Order.check_room_to_reauthorize), before the gateway is asked.
+MAX_REPLACED_AUTHORIZATIONS = 10
 # A line id as a request names it. Edits number lines after every id the order has had, up to 100
 # lines an edit: nine digits would take ten million edits to pass (three, as returns took, ten).
 LineId = Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,8}$")]
@@ -3297,6 +3305,19 @@ class Order(Shown):
             details=[
                 {"field": "lines", "message": f"order {self.id} takes no more edits of its lines until it is sourced"}
             ],
+        )
+
+    def check_room_to_reauthorize(self) -> None:
+        """409 `too_many_authorizations` when this order keeps MAX_REPLACED_AUTHORIZATIONS
+        authorizations replaced and not voided yet: another edit that grows its total would add one."""
+        if len(self.replaced_authorizations) < MAX_REPLACED_AUTHORIZATIONS:
+            return
+        raise Conflict(
+            f"order {self.id} has {len(self.replaced_authorizations)} earlier authorizations the payment gateway has"
+            " not voided yet, as many as it keeps: its total cannot grow again until they are (its next change asks"
+            " the gateway to void them again); an edit that does not grow it still can",
+            code="too_many_authorizations",
+            details=[{"field": "lines", "message": f"order {self.id} cannot be authorized for more now"}],
         )
 
     def reservation_lines(self) -> list[tuple[str, str]]:

@@ -14,7 +14,16 @@ import pytest
 
 from core.errors import Conflict
 from core.holds import HoldRequest, Holds
-from core.models import MAX_REPLACED_LINE_BYTES, LineInput, Order, OrderEdit, PaymentRefund, RefundedUnits, ReplacedLine
+from core.models import (
+    MAX_REPLACED_AUTHORIZATIONS,
+    MAX_REPLACED_LINE_BYTES,
+    LineInput,
+    Order,
+    OrderEdit,
+    PaymentRefund,
+    RefundedUnits,
+    ReplacedLine,
+)
 from core.money import Money
 from core.refunds import MAX_APPEASEMENT_BYTES, appeasement_bytes
 from core.return_models import RequestReturn
@@ -215,3 +224,34 @@ def test_the_lines_edits_replace_fit_the_item_at_their_largest_beside_everything
     held = the_largest_order(OrderStatus.ON_HOLD, delivered=0, returned=False)
     held = held.model_copy(update={"shipping_address": held.shipping_address.model_copy(update={"name": _reason(rnd)})})
     assert _stored(held.model_copy(update={"replaced_lines": replaced})) + BESIDE_THE_DOCUMENT < ITEM_LIMIT
+
+
+@pytest.mark.parametrize("void", ["refuse", "transient"])
+def test_edits_that_grow_the_total_stop_at_a_409_while_the_authorizations_they_replaced_stand(void):
+    """Before: with the gateway refusing voids (or down for them) every edit that grew the total
+    left the authorization it replaced standing on the order (`replaced_authorizations`), each a
+    hold on the customer's card, and the next edit asked the gateway to void every one again:
+    40 such edits, 40 standing, nothing refusing the 41st."""
+    clock = Clock()
+    world = build_world([("TSHIRT", "wh-east", 100)], clock=clock)
+    world.gateway.script("void", void)
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    grown = 0
+    with pytest.raises(Conflict) as refused:
+        for quantity in range(2, 42):
+            order = world.order(order_id)
+            before, entries = world.order(order_id), len(world.history(order_id))
+            asked = list(world.gateway.keys("authorize"))
+            world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=quantity)]),
+                               "key_web")  # fmt: skip
+            grown += 1
+    assert refused.value.code == "too_many_authorizations"
+    assert grown == MAX_REPLACED_AUTHORIZATIONS
+    assert world.gateway.keys("authorize") == asked  # the gateway not asked for another
+    assert world.order(order_id) == before and len(world.history(order_id)) == entries
+    assert len(before.replaced_authorizations) == MAX_REPLACED_AUTHORIZATIONS
+    # An edit that does not grow the total still goes through, and so does a cancel.
+    edited = world.actions.edit(order_id, before.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), "k")
+    assert edited.totals.grand_total.amount < before.totals.grand_total.amount
+    assert world.actions.cancel(order_id, "changed my mind", "key_web").status is OrderStatus.CANCELLED

@@ -228,7 +228,9 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "/orders/<order_id>",
     summary="Edit lines, address or shipping method until the first shipment ships",
     description="An authorized, allocated or backordered order whose total grows is authorized again for the new "
-    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503, a payment "
+    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503, an order "
+    "that has 10 authorizations edits replaced and the gateway has not voided yet 409 `too_many_authorizations` "
+    "(nothing asked), a payment "
     "plugin that fails (raises, or answers what the OMS cannot take) 502 `payment_plugin_error`; each way the order "
     "is unchanged and the failed attempts are in its history (one the gateway may have approved all the same is "
     "voided by the order's next change, its cancel, or the reconciler). An allocated or backordered order goes "
