@@ -3744,6 +3744,17 @@ class Order(Shown):
             allocations=allocations, replaced_lines=[], held_before=[], **lapsed,
         )  # fmt: skip
 
+    def _waits_for(self, short: Mapping[str, int]) -> list[str]:
+        """`may_wait` once this order waits for the units `short` of (by line id): the skus of those
+        lines beside those it waited for before that its lines still have. A sku an edit dropped
+        goes: this wait's write, read as before it, takes the order out of that sku's queue
+        (BackorderedOrders.left), and an edit adding the sku back would ask more of it than none, so
+        it could never wait on it again; kept, `may_wait` would grow with every sku the order ever
+        waited for (an order is one DynamoDB item, 400 KB at most)."""
+        skus = {line.sku for line in self.lines}
+        return sorted({*(sku for sku in self.may_wait if sku in skus),
+                       *(line.sku for line in self.lines if line.line_id in short)})  # fmt: skip
+
     def short_of(self, allocations: list[Allocation] | None = None) -> dict[str, int]:
         """Units of each line not reserved (by this order's allocations, or by `allocations`), by
         line id: only the lines short of some."""
@@ -3773,7 +3784,7 @@ class Order(Shown):
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
                     **_rules_named(rules_version), **named},
             allocations=allocations, replaced_lines=[], held_before=[], **lapsed,
-            may_wait=sorted({*self.may_wait, *(line.sku for line in self.lines if line.line_id in short)}),
+            may_wait=self._waits_for(short),
         )  # fmt: skip
 
     def source_again(

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from core.errors import Conflict
+from core.errors import Backordered, Conflict
 from core.holds import HoldRequest, Holds
 from core.models import (
     MAX_REPLACED_AUTHORIZATIONS,
@@ -255,3 +255,26 @@ def test_edits_that_grow_the_total_stop_at_a_409_while_the_authorizations_they_r
     edited = world.actions.edit(order_id, before.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)]), "k")
     assert edited.totals.grand_total.amount < before.totals.grand_total.amount
     assert world.actions.cancel(order_id, "changed my mind", "key_web").status is OrderStatus.CANCELLED
+
+
+def test_the_skus_a_backordered_order_waited_for_are_only_those_of_its_lines():
+    """Before: `may_wait` kept every sku the order ever waited backordered for, each new wait
+    adding its skus to those an edit had dropped (though an edit adding one back asks more of it
+    than none, so none could be used again): edited and backordered again and again, each time for
+    other skus, it grew with the catalog's backorderable skus, up to 100 a cycle. Now each wait
+    keeps only the skus of its lines (the write leaves the others' queues, as before)."""
+    skus = [f"PRE-{n}" for n in range(6)]
+    world = build_world([])
+    for sku in skus:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=True))
+    order_id = world.place((skus[0], 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    for sku in skus[1:]:
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(order_id)
+        order = world.order(order_id)
+        world.actions.edit(order_id, order.version, OrderEdit(lines=[LineInput(sku=sku, quantity=1)]), "key_web")
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    waited = world.order(order_id)
+    assert (waited.status, waited.may_wait) == (OrderStatus.BACKORDERED, [skus[-1]])
