@@ -975,9 +975,10 @@ class OrderActions:
             order.version == expected_version and order.authorization_requested is None
         ):
             return order
+        # Before anything is written or asked of the gateway (a standing request voided included).
         if edit.lines is not None:
-            # Before anything is written or asked of the gateway (a standing request voided included).
             order.check_room_to_replace_lines()
+        order.check_room_to_give_up_bookings()
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow

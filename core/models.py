@@ -984,6 +984,13 @@ MAX_REPLACED_LINE_BYTES = 64 * 1024
 # of up to 200 characters: 2 KB at most); an edit that would replace another is 409
 # `too_many_authorizations` (Order.check_room_to_reauthorize), before the gateway is asked.
 MAX_REPLACED_AUTHORIZATIONS = 10
+# The carrier bookings an order's changes gave up stay on it (Order.bookings_to_cancel) until its
+# carrier cancels them, one failing (its cancel down) being asked again by every later change and
+# the reconciler. Each edit of an allocated order gives up its parcels' bookings and its sourcing
+# books new ones: with the carrier's cancel down, ~140 bytes stored an edit of a two-parcel order,
+# without bound. An order that owes MAX_BOOKINGS_TO_CANCEL (~200 bytes of JSON each) is not sent
+# back to be sourced by an edit: 409 `too_many_bookings_to_cancel` (Order.check_room_to_give_up_bookings).
+MAX_BOOKINGS_TO_CANCEL = 50
 # A line id as a request names it. Edits number lines after every id the order has had, up to 100
 # lines an edit: nine digits would take ten million edits to pass (three, as returns took, ten).
 LineId = Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,8}$")]
@@ -3318,6 +3325,18 @@ class Order(Shown):
             " the gateway to void them again); an edit that does not grow it still can",
             code="too_many_authorizations",
             details=[{"field": "lines", "message": f"order {self.id} cannot be authorized for more now"}],
+        )
+
+    def check_room_to_give_up_bookings(self) -> None:
+        """409 `too_many_bookings_to_cancel` when an edit would send this order back to be sourced
+        (giving up its parcels' bookings) while it owes its carriers MAX_BOOKINGS_TO_CANCEL cancels."""
+        if not self.sourced_again_by_edit() or len(self.bookings_to_cancel) < MAX_BOOKINGS_TO_CANCEL:
+            return
+        raise Conflict(
+            f"order {self.id} owes its carrier cancels of {len(self.bookings_to_cancel)} bookings its changes gave up,"
+            " as many as it keeps: it cannot be edited (which gives up its parcels' bookings) until the carrier takes"
+            " them (each change of the order, and the reconciler every few minutes, asks again); it can be cancelled",
+            code="too_many_bookings_to_cancel",
         )
 
     def reservation_lines(self) -> list[tuple[str, str]]:

@@ -12,9 +12,11 @@ import random
 
 import pytest
 
+from core import hookimpl
 from core.errors import Backordered, Conflict
 from core.holds import HoldRequest, Holds
 from core.models import (
+    MAX_BOOKINGS_TO_CANCEL,
     MAX_REPLACED_AUTHORIZATIONS,
     MAX_REPLACED_LINE_BYTES,
     LineInput,
@@ -278,3 +280,33 @@ def test_the_skus_a_backordered_order_waited_for_are_only_those_of_its_lines():
         world.workflow.reserve_stock(order_id)
     waited = world.order(order_id)
     assert (waited.status, waited.may_wait) == (OrderStatus.BACKORDERED, [skus[-1]])
+
+
+class CarrierCancelsDown:
+    """The carrier books parcels, but its cancel fails (an outage of that endpoint alone)."""
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_cancel_shipment(self, carrier, tracking_number, booking_key, order_id):
+        raise TimeoutError("the carrier's cancel did not answer")
+
+
+def test_edits_of_an_allocated_order_stop_at_a_409_while_the_bookings_they_gave_up_are_owed_a_cancel():
+    """Before: each edit of an allocated order gives up its parcels' bookings (`bookings_to_cancel`)
+    and its sourcing books new ones; with the carrier's cancel down they all stayed owed, two more
+    each edit here (~140 bytes stored), every later change asking the carrier for each again."""
+    clock = Clock()
+    world = build_world([("TSHIRT", "wh-east", 100), ("MUG", "wh-west", 100)], CarrierCancelsDown(), clock=clock)
+    order = world.allocated(("TSHIRT", 1), ("MUG", 1))
+    edits = 0
+    with pytest.raises(Conflict) as refused:
+        for quantity in range(2, 80):
+            before, entries = world.order(order.id), len(world.history(order.id))
+            edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=quantity), LineInput(sku="MUG", quantity=1)])
+            world.actions.edit(order.id, before.version, edit, "key_web")
+            edits += 1
+            world.run(order.id)
+    assert refused.value.code == "too_many_bookings_to_cancel"
+    assert world.order(order.id) == before and len(world.history(order.id)) == entries
+    assert MAX_BOOKINGS_TO_CANCEL <= len(before.bookings_to_cancel) < MAX_BOOKINGS_TO_CANCEL + 2
+    # A cancel still goes through (its bookings owed too).
+    assert world.actions.cancel(order.id, "changed my mind", "key_web").status is OrderStatus.CANCELLED

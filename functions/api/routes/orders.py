@@ -250,7 +250,9 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "other goods, so a cancel naming one from before the edit is 422 (`no line L1`). The lines an edit replaces "
     "stay on the order until it is sourced: while it is `pending` or held, an edit of its lines that would keep more "
     "than 64 KiB of them (20 edits of 100 lines) is 409 `too_many_edits`, nothing written or asked of the gateway "
-    "(its address and method can still be edited; its lines once it is sourced, a held one released). An edit whose "
+    "(its address and method can still be edited; its lines once it is sourced, a held one released). An allocated or "
+    "backordered order that owes its carrier 50 cancels of bookings its changes gave up (the carrier's cancel down) "
+    "is 409 `too_many_bookings_to_cancel`, nothing written, until the carrier takes them. An edit whose "
     "lines, address and method are those the order has is 200 with the order as it is, nothing written (a stale "
     "`If-Match` is still 409); one that sends no lines keeps their ids.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
