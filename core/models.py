@@ -967,7 +967,7 @@ _LINE_NUMBER = re.compile(r"L([0-9]+)")
 # An order is one DynamoDB item (400 KB at most) and the lines its edits replace stay on it
 # (Order.replaced_lines) until its sourcing clears them (ReserveStock's write) or it is cancelled:
 # while its workflow does not run (pending, or held, a hold the edit itself puts on included) each
-# edit of its lines adds every one it has (~270 bytes stored for 100 lines), and ~1,300 edits
+# edit of its lines adds every one it has (~260 bytes stored for 100 lines), and ~1,400 edits
 # would pass 400 KB, after which every write to it fails. They cannot be trimmed instead: until the
 # sourcing reads them, a line replaced may hold units (a ReserveStock that was running when the
 # order was held or edited reserves under it), which nothing else would then give back. The order

@@ -170,8 +170,8 @@ def _edit_to(world, order_id: str, quantity: int) -> None:
 
 
 def test_edits_of_a_pending_order_stop_at_a_409_before_the_lines_they_replaced_outgrow_its_item(hundred_lines):
-    """Before: every edit of the 100 lines kept all of them in `replaced_lines` (~270 bytes stored
-    an edit, ~1,300 edits to pass 400 KB, each edit slower than the last), with nothing refusing one."""
+    """Before: every edit of the 100 lines kept all of them in `replaced_lines` (~260 bytes stored
+    an edit, ~1,400 edits to pass 400 KB, each edit slower than the last), with nothing refusing one."""
     world, order_id = hundred_lines
     edits = 0
     with pytest.raises(Conflict) as refused:
