@@ -975,6 +975,10 @@ class OrderActions:
             order.version == expected_version and order.authorization_requested is None
         ):
             return order
+        # Before anything is written or asked of the gateway (a standing request voided included).
+        if edit.lines is not None:
+            order.check_room_to_replace_lines()
+        order.check_room_to_give_up_bookings()
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
@@ -995,6 +999,7 @@ class OrderActions:
         grows = authorized and total.amount > order.authorization_covers().amount
         if grows:
             self._capture.check_payment_method(cmd)  # more money on a method the shop no longer takes: 422
+            order.check_room_to_reauthorize()
         request = order.authorization_requested
         own = request is not None and not request.withdrawn and order.version == request.edit_of + 1
         if own and grows and request.amount == total and self._declined(order, request):

@@ -32,6 +32,7 @@ from pydantic import (
 
 from core.actors import WORKFLOW_ACTOR
 from core.errors import (
+    Conflict,
     InvalidRequest,
     InvalidTransition,
     NotFound,
@@ -963,6 +964,33 @@ class PromotionGrant(BaseModel, defer_build=True):
 
 # An order line's id: `L` and its number (core.pricing numbers them, Order.next_line_number).
 _LINE_NUMBER = re.compile(r"L([0-9]+)")
+# An order is one DynamoDB item (400 KB at most) and the lines its edits replace stay on it
+# (Order.replaced_lines) until its sourcing clears them (ReserveStock's write) or it is cancelled:
+# while its workflow does not run (pending, or held, a hold the edit itself puts on included) each
+# edit of its lines adds every one it has (~260 bytes stored for 100 lines), and ~1,400 edits
+# would pass 400 KB, after which every write to it fails. They cannot be trimmed instead: until the
+# sourcing reads them, a line replaced may hold units (a ReserveStock that was running when the
+# order was held or edited reserves under it), which nothing else would then give back. The order
+# keeps 64 KiB of them as JSON (an upper bound of what they store: 423 of a random 128-character
+# sku, the largest order beside them, store 48 KB; 1,900 of a 7-character sku, 20 edits of 100
+# lines, 6.5 KB): an edit of its lines that would keep more is 409 `too_many_edits`
+# (Order.check_room_to_replace_lines; tests/unit/test_aws_limits_order_item.py).
+MAX_REPLACED_LINE_BYTES = 64 * 1024
+# The authorizations edits that grew the total (or renewals) replaced stay on the order
+# (Order.replaced_authorizations) until the gateway voids them: each a hold on the customer's card,
+# and each asked to be voided again by every later edit, the last parcel's ship, a cancel and the
+# reconciler. A gateway that refuses voids (or is down for them) left one more for each edit that
+# grew the total, without bound. The order keeps MAX_REPLACED_AUTHORIZATIONS of them (references
+# of up to 200 characters: 2 KB at most); an edit that would replace another is 409
+# `too_many_authorizations` (Order.check_room_to_reauthorize), before the gateway is asked.
+MAX_REPLACED_AUTHORIZATIONS = 10
+# The carrier bookings an order's changes gave up stay on it (Order.bookings_to_cancel) until its
+# carrier cancels them, one failing (its cancel down) being asked again by every later change and
+# the reconciler. Each edit of an allocated order gives up its parcels' bookings and its sourcing
+# books new ones: with the carrier's cancel down, ~140 bytes stored an edit of a two-parcel order,
+# without bound. An order that owes MAX_BOOKINGS_TO_CANCEL (~200 bytes of JSON each) is not sent
+# back to be sourced by an edit: 409 `too_many_bookings_to_cancel` (Order.check_room_to_give_up_bookings).
+MAX_BOOKINGS_TO_CANCEL = 50
 # A line id as a request names it. Edits number lines after every id the order has had, up to 100
 # lines an edit: nine digits would take ten million edits to pass (three, as returns took, ten).
 LineId = Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,8}$")]
@@ -3268,6 +3296,49 @@ class Order(Shown):
                    if (found := _LINE_NUMBER.fullmatch(line.line_id))]  # fmt: skip
         return max(numbers, default=0) + 1
 
+    def check_room_to_replace_lines(self) -> None:
+        """409 `too_many_edits` when an edit of this order's lines would keep more than
+        MAX_REPLACED_LINE_BYTES of the lines edits replaced: such an edit replaces every line the
+        order has (each takes a new id), beside those earlier edits replaced (reservation_lines)."""
+        kept = sum(len(ReplacedLine(line_id=line_id, sku=sku).model_dump_json().encode())
+                   for line_id, sku in self.reservation_lines())  # fmt: skip
+        if kept <= MAX_REPLACED_LINE_BYTES:
+            return
+        raise Conflict(
+            f"order {self.id} keeps {len(self.replaced_lines)} lines its edits replaced, as many as it keeps"
+            f" ({MAX_REPLACED_LINE_BYTES // 1024} KiB of them) until it is sourced: its lines can be edited again"
+            " once it is (released, if it is held); its address and shipping method still can",
+            code="too_many_edits",
+            details=[
+                {"field": "lines", "message": f"order {self.id} takes no more edits of its lines until it is sourced"}
+            ],
+        )
+
+    def check_room_to_reauthorize(self) -> None:
+        """409 `too_many_authorizations` when this order keeps MAX_REPLACED_AUTHORIZATIONS
+        authorizations replaced and not voided yet: another edit that grows its total would add one."""
+        if len(self.replaced_authorizations) < MAX_REPLACED_AUTHORIZATIONS:
+            return
+        raise Conflict(
+            f"order {self.id} has {len(self.replaced_authorizations)} earlier authorizations the payment gateway has"
+            " not voided yet, as many as it keeps: its total cannot grow again until they are (its next change asks"
+            " the gateway to void them again); an edit that does not grow it still can",
+            code="too_many_authorizations",
+            details=[{"field": "lines", "message": f"order {self.id} cannot be authorized for more now"}],
+        )
+
+    def check_room_to_give_up_bookings(self) -> None:
+        """409 `too_many_bookings_to_cancel` when an edit would send this order back to be sourced
+        (giving up its parcels' bookings) while it owes its carriers MAX_BOOKINGS_TO_CANCEL cancels."""
+        if not self.sourced_again_by_edit() or len(self.bookings_to_cancel) < MAX_BOOKINGS_TO_CANCEL:
+            return
+        raise Conflict(
+            f"order {self.id} owes its carrier cancels of {len(self.bookings_to_cancel)} bookings its changes gave up,"
+            " as many as it keeps: it cannot be edited (which gives up its parcels' bookings) until the carrier takes"
+            " them (each change of the order, and the reconciler every few minutes, asks again); it can be cancelled",
+            code="too_many_bookings_to_cancel",
+        )
+
     def reservation_lines(self) -> list[tuple[str, str]]:
         """The (line id, sku) of each line the order's reservations are keyed by: its lines, then
         those edits replaced whose release is still owed (`replaced_lines`)."""
@@ -3692,6 +3763,17 @@ class Order(Shown):
             allocations=allocations, replaced_lines=[], held_before=[], **lapsed,
         )  # fmt: skip
 
+    def _waits_for(self, short: Mapping[str, int]) -> list[str]:
+        """`may_wait` once this order waits for the units `short` of (by line id): the skus of those
+        lines beside those it waited for before that its lines still have. A sku an edit dropped
+        goes: this wait's write, read as before it, takes the order out of that sku's queue
+        (BackorderedOrders.left), and an edit adding the sku back would ask more of it than none, so
+        it could never wait on it again; kept, `may_wait` would grow with every sku the order ever
+        waited for (an order is one DynamoDB item, 400 KB at most)."""
+        skus = {line.sku for line in self.lines}
+        return sorted({*(sku for sku in self.may_wait if sku in skus),
+                       *(line.sku for line in self.lines if line.line_id in short)})  # fmt: skip
+
     def short_of(self, allocations: list[Allocation] | None = None) -> dict[str, int]:
         """Units of each line not reserved (by this order's allocations, or by `allocations`), by
         line id: only the lines short of some."""
@@ -3721,7 +3803,7 @@ class Order(Shown):
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
                     **_rules_named(rules_version), **named},
             allocations=allocations, replaced_lines=[], held_before=[], **lapsed,
-            may_wait=sorted({*self.may_wait, *(line.sku for line in self.lines if line.line_id in short)}),
+            may_wait=self._waits_for(short),
         )  # fmt: skip
 
     def source_again(

@@ -228,7 +228,9 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "/orders/<order_id>",
     summary="Edit lines, address or shipping method until the first shipment ships",
     description="An authorized, allocated or backordered order whose total grows is authorized again for the new "
-    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503, a payment "
+    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503, an order "
+    "that has 10 authorizations edits replaced and the gateway has not voided yet 409 `too_many_authorizations` "
+    "(nothing asked), a payment "
     "plugin that fails (raises, or answers what the OMS cannot take) 502 `payment_plugin_error`; each way the order "
     "is unchanged and the failed attempts are in its history (one the gateway may have approved all the same is "
     "voided by the order's next change, its cancel, or the reconciler). An allocated or backordered order goes "
@@ -245,7 +247,12 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "the ship (`delivery_scan_kept`): the location's ship records it delivered. Totals are priced exactly as "
     "capture prices the edited order (a promo code's minimum no longer reached drops its discount). `lines` replace "
     "the order's lines whole, each under a new `line_id` after every one the order has had: an id never names "
-    "other goods, so a cancel naming one from before the edit is 422 (`no line L1`). An edit whose "
+    "other goods, so a cancel naming one from before the edit is 422 (`no line L1`). The lines an edit replaces "
+    "stay on the order until it is sourced: while it is `pending` or held, an edit of its lines that would keep more "
+    "than 64 KiB of them (20 edits of 100 lines) is 409 `too_many_edits`, nothing written or asked of the gateway "
+    "(its address and method can still be edited; its lines once it is sourced, a held one released). An allocated or "
+    "backordered order that owes its carrier 50 cancels of bookings its changes gave up (the carrier's cancel down) "
+    "is 409 `too_many_bookings_to_cancel`, nothing written, until the carrier takes them. An edit whose "
     "lines, address and method are those the order has is 200 with the order as it is, nothing written (a stale "
     "`If-Match` is still 409); one that sends no lines keeps their ids.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
