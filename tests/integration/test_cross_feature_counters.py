@@ -105,8 +105,8 @@ def test_the_counters_add_up_through_the_features_at_length(api):  # noqa: F811
 
 
 def test_the_counters_add_up_along_the_machines_paths_as_steps(api):  # noqa: F811
-    """The machine's derandomized short examples seldom place an order: its paths by hand, the
-    counters checked after each step. A backorder filled by a stock arrival, an order edited after
+    """`make test`'s short derandomized examples drawn for this machine placed no order: its paths
+    by hand instead, the counters checked after each step. A backorder filled by a stock arrival, an order edited after
     allocation, rejected by its location and sourced again, held, released and cancelled in part
     then whole; a declined payment; journeys to a refunded return, to a refund the gateway refuses
     and to an exchange whose replacement ships; an appeasement; a pickup left to expire."""
