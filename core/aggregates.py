@@ -149,6 +149,19 @@ class Filing:
     day: str | None = None  # the day its revenue is filed under; None: the day it was placed
     # An earlier version counted the exchange credit it uses out of its customer's `ordered`.
     credit: bool = False
+    # (version, day) of each change that filed the order's revenue under a day other than its
+    # placing, oldest first. An order sent back to be sourced and allocated again on another day
+    # is filed twice: a parked record of the first filing's time, replayed after the second,
+    # goes by the first (day_before), not by the day the revenue moved to after it.
+    days: tuple[tuple[int, str], ...] = ()
+
+    def day_before(self, version: int) -> str | None:
+        """The day the order's revenue was filed under as its version before `version` stood (None:
+        the day it was placed). A filing recorded before filings were versioned has `day` alone."""
+        if not self.days:
+            return self.day
+        earlier = [day for filed, day in sorted(self.days) if filed < version]
+        return earlier[-1] if earlier else None
 
 
 # The counters' partitions of the Catalog table (the events function writes these and no other
@@ -346,7 +359,8 @@ def aggregate_change(
     """The counter updates an order change means (`old` None for a new order): only the
     counters that differ, each as an atomic ADD of the difference. A change that begins counting
     the order's revenue files it under its own day; one of an order already counting moves it on
-    the day it was filed under. `filing(order_id)` says that day, and whether an earlier version
+    the day it was filed under as its previous version stood. `filing(order_id)` says that day
+    (Filing.day_before), and whether an earlier version
     counted a replacement's credit out of `ordered`; it is asked only by a change that moves either
     (a cancel, units returned or cancelled), never by a ship or a delivery, which move neither.
 
@@ -379,7 +393,7 @@ def aggregate_change(
     if was_counted:
         deltas = _deltas(contribution(old, _FILED, credit), contribution(new, _FILED, credit))
         if any(key[0].startswith(REPORT_PK) for key in deltas):
-            day = read["day"] = recorded().day or placed_day(new)
+            day = read["day"] = recorded().day_before(version) or placed_day(new)
             deltas = _deltas(contribution(old, day, credit), contribution(new, day, credit))
     else:
         day = _changed_day(new)
@@ -541,8 +555,9 @@ class AggregateStore(Protocol):
 
     def filing(self, order_id: str) -> Filing:
         """The last `filed_on` day applied for the order (None when none was: its revenue is
-        filed under the day it was placed), and whether an earlier version counted the order's
-        exchange credit out of `ordered` (it recorded so with a replacement's first record)."""
+        filed under the day it was placed) and every one with the version that applied it, and
+        whether an earlier version counted the order's exchange credit out of `ordered` (it
+        recorded so with a replacement's first record)."""
 
     def went_by(self, order_id: str, version: int) -> WentBy:
         """What the changes of the order applied after `version` went by (`AggregateChange.went_by`,

@@ -182,14 +182,19 @@ class DynamoAggregates:
         return True
 
     def _filing_update(self, change: AggregateChange) -> dict[str, Any]:
-        """The filing's day (an earlier version also recorded here whether a replacement's credit was
-        counted: Filing.credit, kept as it is)."""
+        """The filing's day, and the day with the change's version appended to `filings` (Filing.days:
+        a change replayed late goes by the filing its version stood on). An earlier version also
+        recorded here whether a replacement's credit was counted: Filing.credit, kept as it is."""
         pk, sk = filing_key(change.order_id)
         return {
             "TableName": self._table,
             "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
-            "UpdateExpression": "SET #day = :day",
-            "ExpressionAttributeValues": {":day": {"S": str(change.filed_on)}},
+            "UpdateExpression": "SET #day = :day, filings = list_append(if_not_exists(filings, :none), :filed)",
+            "ExpressionAttributeValues": {
+                ":day": {"S": str(change.filed_on)},
+                ":none": {"L": []},
+                ":filed": {"L": [{"S": f"{change.version:012d}#{change.filed_on}"}]},
+            },
             "ExpressionAttributeNames": {"#day": "day"},
         }
 
@@ -297,8 +302,11 @@ class DynamoAggregates:
             ).get("Item")
             or {}
         )
+        filings = (entry["S"].partition("#") for entry in found.get("filings", {}).get("L", []))
         return Filing(
-            day=found["day"]["S"] if "day" in found else None, credit=bool(found.get("credit", {}).get("BOOL"))
+            day=found["day"]["S"] if "day" in found else None,
+            credit=bool(found.get("credit", {}).get("BOOL")),
+            days=tuple((int(version), day) for version, _, day in filings),
         )
 
     def went_by(self, order_id: str, version: int) -> WentBy:

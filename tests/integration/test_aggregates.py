@@ -144,7 +144,7 @@ def test_a_replacements_later_filing_day_is_on_record_for_its_cancel_beside_a_cr
             store.apply(change)
     total = service.customer("cus_1", None).totals[0]
     assert (str(total.ordered.amount), str(total.refunded.amount)) == ("27.50", "0.00")  # its grand total
-    assert store.filing("ord_x") == Filing("2026-11-03", False)
+    assert store.filing("ord_x") == Filing("2026-11-03", False, ((2, "2026-11-03"),))  # on record once
     day = date(2026, 11, 3)
     assert [r.sku for r in service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5)] == [
         "TSHIRT",
@@ -162,7 +162,7 @@ def test_a_replacements_later_filing_day_is_on_record_for_its_cancel_beside_a_cr
         TableName=aws.tables["CatalogTable"], Key={"pk": {"S": pk}, "sk": {"S": sk}},
         UpdateExpression="SET credit = :credit", ExpressionAttributeValues={":credit": {"BOOL": True}},
     )  # fmt: skip
-    assert store.filing("ord_x") == Filing("2026-11-03", True)
+    assert store.filing("ord_x") == Filing("2026-11-03", True, ((2, "2026-11-03"),))
 
 
 def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_each_once(aws):
@@ -459,6 +459,41 @@ def test_a_parked_allocation_replayed_after_the_cancel_leaves_every_day_as_it_wa
         for kind in ReportKind:
             assert aggregates.report(kind, "USD", start=day, end=day, channel=None, limit=10) == [], (day, kind)
     assert aggregates.customer("cus_1", None).totals[0].ordered.amount == Decimal("0.00")
+
+
+def test_a_parked_send_back_replayed_after_the_allocation_again_takes_the_revenue_out_of_its_first_day(aws, wired):  # noqa: F811
+    # The same runbook's replay, of a store's reject (allocated -> authorized) after the order was
+    # allocated again two days later: the reject read the filing the second allocation had just
+    # written and took the first allocation's revenue out of the 22nd, leaving it on the 20th and
+    # the 22nd at -30.00. Each filing is on record with its version (Filing.day_before).
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = priced_order(id="ord_parked3", status=OrderStatus.BACKORDERED)
+    orders.add(placed, HistoryEntry(at=UPDATED_AT, type="created", to_status=placed.status, actor="k"), "tok")
+    items = [stored_item(aws, placed.id)]
+    first_on = UPDATED_AT + timedelta(days=19)
+    versions = [placed]
+    for status, at in [(OrderStatus.ALLOCATED, first_on), (OrderStatus.AUTHORIZED, first_on + timedelta(days=1)),
+                       (OrderStatus.ALLOCATED, first_on + timedelta(days=2))]:  # fmt: skip
+        version = versions[-1].model_copy(update={"status": status, "version": len(versions) + 1, "updated_at": at})
+        orders.update(version, versions[-1], [])
+        versions.append(version)
+        items.append(stored_item(aws, placed.id))
+    aggregates = container().aggregates
+    insert = ("INSERT", None, items[0])
+    allocation, reject, again = (("MODIFY", old, new) for old, new in itertools.pairwise(items))
+
+    for batch in [(insert, allocation), (again,), (reject,)]:  # the reject parked, then replayed
+        assert lambda_handler(stream_event(*batch), Context()) == {"batchItemFailures": []}
+
+    def report(day: date) -> list[tuple[str, int, str]]:
+        rows = aggregates.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=10)
+        return [(row.sku, row.units, str(row.revenue.amount)) for row in rows]
+
+    assert report(first_on.date()) == []
+    assert report(first_on.date() + timedelta(days=2)) == [("TSHIRT", 2, "22.00"), ("MUG", 1, "8.00")]
 
 
 def test_a_replacements_first_record_replayed_after_its_cancel_leaves_ordered_as_it_was(aws, wired):  # noqa: F811

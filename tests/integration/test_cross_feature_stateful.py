@@ -165,6 +165,8 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         super().__init__()
         world = next(_worlds)
         self.plain, self.backorderable = f"XA{world}", f"XB{world}"
+        # Each world's orders are its customer's: their counters are the world's alone (issue 14's).
+        self.customer = {"id": f"xf-cus-{world}", "email": f"xf-cus-{world}@example.com", "name": "Ada"}
         self.skus = [self.plain, self.backorderable]
         self.vendor = f"xf-vendor-{world}"
         self.deliver = stream_delivery(SimpleNamespace(container=bootstrap(Config.from_env())))
@@ -262,7 +264,7 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         key = f"xf-{next(_keys)}"
         body = order_body(
             external_id=key, lines=[{"sku": self.skus[i], "quantity": q} for i, q in lines],
-            payment={"method": "test", "token": token},
+            payment={"method": "test", "token": token}, customer=self.customer,
             **({"fulfillment": {"type": "pickup", "location_id": "xf-store"}} if pickup else {}),
         )  # fmt: skip
         first = self.send("POST", "/orders", body, {"Idempotency-Key": key})

@@ -25,6 +25,44 @@ def test_a_report_for_what_cannot_be_a_channel_is_422_not_an_empty_report(api: I
     assert api.get(f"/reports/{report}", params={"currency": "USD", "channel": "web"}).status_code == 200
 
 
+@pytest.mark.parametrize("report", ["top-products", "top-customers", "top-regions"])
+@pytest.mark.parametrize(
+    ("asked", "field"),
+    [
+        ({"from": "2026-02-30"}, "from"),  # no such day
+        ({"to": "2026-13-01"}, "to"),
+        ({"from": "0000-01-01"}, "from"),
+        ({"from": "2026-1-01"}, "from"),  # not YYYY-MM-DD
+        ({"from": "2026-03-01T00:00:00Z"}, "from"),  # a time, not a day
+        ({"from": ""}, "from"),
+        ({"from": "2026-03-02", "to": "2026-03-01"}, "from"),  # after `to`
+        ({"from": "2025-02-28", "to": "2026-03-01"}, "from"),  # over 366 days
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"currency": "usd"}, "currency"),
+        ({"currency": "XXX"}, "currency"),
+        ({"currency": None}, "currency"),  # required
+    ],
+)
+def test_a_report_asked_for_days_a_limit_or_a_currency_it_cannot_take_is_422_naming_it(
+    api: InProcessApi, report: str, asked: dict[str, str | None], field: str
+):
+    params = {name: value for name, value in {"currency": "USD", **asked}.items() if value is not None}
+    assert_error(api.get(f"/reports/{report}", params=params), 422, "validation_error", field)
+
+
+@pytest.mark.parametrize("report", ["top-products", "top-customers", "top-regions"])
+def test_a_report_takes_the_first_and_last_days_of_the_calendar_and_limits_of_one_and_a_hundred(
+    api: InProcessApi, report: str
+):
+    first, last = {"from": "0001-01-01", "to": "0001-01-05"}, {"from": "9999-12-31", "to": "9999-12-31"}
+    for asked in [first, {"to": "0001-01-05"}, last, {"limit": "1"}, {"limit": "100"}]:
+        answer = api.get(f"/reports/{report}", params={"currency": "USD", **asked})
+        assert (answer.status_code, answer.json()) == (200, {"items": []}), (asked, answer.text)
+
+
 def test_customers_found_by_email_take_limit_and_cursor(api: InProcessApi):
     from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen
     from functions.api.dependencies import container
@@ -169,3 +207,27 @@ def test_a_search_by_email_trims_it_and_ignores_its_case(api: InProcessApi):
     found = api.get("/customers", params={"email": "  GRACE@example.COM "})
     assert found.status_code == 200, found.text
     assert [c["id"] for c in found.json()["items"]] == ["cus_trim"]
+
+
+def test_rows_of_equal_revenue_come_in_the_order_of_their_key_so_a_limit_cuts_the_same_ones(api: InProcessApi):
+    from core.aggregates import aggregate_change
+    from functions.api.dependencies import container
+
+    store = container().aggregate_store
+    zero, price = {"amount": "0.00", "currency": "USD"}, {"amount": "5.00", "currency": "USD"}
+    for n in ("C", "A", "B"):
+        store.apply(aggregate_change(None, {
+            "id": f"ord_tie{n}", "status": "allocated", "channel": "tietest", "currency": "USD",
+            "customer": {"id": f"cus_tie{n}", "email": f"tie{n}@acme.example"},
+            "lines": [{"line_id": "L1", "sku": f"TIE{n}", "quantity": 1, "unit_price": price, "discount": zero}],
+            "shipping_address": {"country": "US", "region": f"R{n}"}, "totals": {"grand_total": price},
+            "payment": {"refunded": zero}, "created_at": "2026-11-21T10:00:00Z", "version": 1,
+        }))  # fmt: skip
+    days = {"currency": "USD", "from": "2026-11-21", "to": "2026-11-21", "channel": "tietest", "limit": 2}
+
+    for report, key, expected in [("top-products", "sku", ["TIEA", "TIEB"]),
+                                  ("top-customers", "customer_id", ["cus_tieA", "cus_tieB"]),
+                                  ("top-regions", "region", ["RA", "RB"])]:  # fmt: skip
+        for _ in range(2):
+            items = api.get(f"/reports/{report}", params=days).json()["items"]
+            assert [(item[key], item["revenue"]["amount"]) for item in items] == [(k, "5.00") for k in expected]
