@@ -309,10 +309,11 @@ class PurchaseOrder(Shown):
             before = counted.get(item.sku, 0)
             counted[item.sku] = before + item.quantity
             if before <= line.outstanding < counted[item.sku]:
-                problems.append(
-                    {"field": f"lines[{index}].quantity",
-                     "message": f"{units[item.sku]} {item.sku} received, {line.outstanding} outstanding"}
-                )  # fmt: skip
+                # What was received already says whether a receipt thought lost (sent again without
+                # an Idempotency-Key) was counted: "5 received" alone read as the PO's, not this receipt's.
+                said = (f"{units[item.sku]} {item.sku} in this receipt, {line.outstanding} outstanding "
+                        f"({line.quantity} ordered, {line.received_quantity} received already)")  # fmt: skip
+                problems.append({"field": f"lines[{index}].quantity", "message": said})
         if problems:
             raise InvalidRequest(
                 f"the receipt does not fit purchase order {self.id}", code="over_receipt", details=problems

@@ -371,8 +371,9 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     over = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
     assert_error(over, 422, "over_receipt")
     assert over.json()["error"]["details"] == [
-        {"field": "lines[0].quantity", "message": f"4 {sku} received, 3 outstanding"}
-    ]
+        {"field": "lines[0].quantity",
+         "message": f"4 {sku} in this receipt, 3 outstanding (4 ordered, 1 received already)"}
+    ]  # fmt: skip
     listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
     assert [p["id"] for p in listed["items"]] == [po["id"]]
     assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")
@@ -402,10 +403,38 @@ def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_uni
 
     assert_error(again, 422, "over_receipt", "lines[0].quantity")
     assert again.json()["error"]["details"] == [
-        {"field": "lines[0].quantity", "message": f"1 {sku} received, 0 outstanding"}
-    ]
+        {"field": "lines[0].quantity",
+         "message": f"1 {sku} in this receipt, 0 outstanding (2 ordered, 2 received already)"}
+    ]  # fmt: skip
     assert api.get(f"/purchase-orders/{po['id']}").json() == received.json()
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 2
+
+
+def test_a_receipt_sent_again_without_a_key_after_its_answer_was_lost_says_what_was_received_already(
+    api: InProcessApi,
+):
+    """A clerk's receipt of the whole PO times out (no Idempotency-Key), so it is sent again. The
+    first was counted, and the second is 422 over_receipt. Its detail said `5 SKU received, 0
+    outstanding`: read as "5 were received", it told the clerk neither that these are the units of
+    this receipt nor that the PO's 5 were received already, by the receipt they thought was lost."""
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 5, "unit_cost": COST}]}  # fmt: skip
+    po = api.post("/purchase-orders", json=body).json()
+    receive = f"/purchase-orders/{po['id']}/receive"
+    assert api.post(receive, json={"lines": [{"sku": sku, "quantity": 5}]}).status_code == 200  # its answer lost
+
+    again = api.post(receive, json={"lines": [{"sku": sku, "quantity": 5}]})
+
+    assert_error(again, 422, "over_receipt", "lines[0].quantity")
+    assert again.json()["error"]["details"] == [
+        {"field": "lines[0].quantity",
+         "message": f"5 {sku} in this receipt, 0 outstanding (5 ordered, 5 received already)"}
+    ]  # fmt: skip
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 5
 
 
 def test_a_receipt_never_takes_on_hand_past_what_a_stock_take_may_count(api: InProcessApi):
