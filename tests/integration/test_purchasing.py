@@ -778,6 +778,36 @@ def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_not
     assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")
 
 
+def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(api: InProcessApi):
+    """A buyer reads a draft (2 units of a sku) and submits it; meanwhile a crossing grew its line
+    (the reorder point's write). The submit opened the grown draft: the vendor was sent units the
+    buyer never saw. With the version read in If-Match (optional, as for the sourcing rules), it is
+    409 `version_conflict` and the draft stays as the crossing left it; the version shown since
+    submits it, and that submit sent again answers the open PO whatever If-Match it carries."""
+    from functions.bootstrap import Config, bootstrap
+
+    mug = Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, COST))
+    read = api.get(f"/purchase-orders/{draft}").json()
+    purchasing = bootstrap(Config.from_env()).purchasing_repository
+    was, _ = purchasing.get(draft)
+    grown = was.grow(mug, 20, None)
+    assert purchasing.add_reorder(grown, was, None, f"{mug}#{was.location_id}#change-1")
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": str(read["version"])})
+
+    assert_error(refused, 409, "version_conflict", "If-Match")
+    shown = api.get(f"/purchase-orders/{draft}").json()
+    assert (shown["status"], shown["lines"][0]["quantity"], shown["version"]) == ("draft", 22, read["version"] + 1)
+    assert api.get(f"/inventory/{mug}").json()["locations"] == []
+    opened = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": f'"{shown["version"]}"'})
+    assert opened.status_code == 200 and opened.json()["status"] == "open", opened.text
+    again = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": str(shown["version"])})
+    assert again.status_code == 200 and again.json() == opened.json(), again.text
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 22
+    assert_error(api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": "W/7"}), 400)
+
+
 def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothing_is_ordered(api: InProcessApi):
     # API.md: every amount is below 10^15 in its currency, and an order whose total would reach it
     # is 422. A PO of 10^9 units at a million each was opened: a commitment to pay the vendor
