@@ -46,8 +46,8 @@ def receipt(quantity: int, sku: str = "PREORDER") -> Receipt:
     return Receipt.model_validate({"lines": [{"sku": sku, "quantity": quantity}]})
 
 
-def at(buyer: Shop, location_id: str = "wh-east") -> dict[str, Any]:
-    summary = buyer.container.inventory.summary("PREORDER")
+def at(buyer: Shop, location_id: str = "wh-east", sku: str = "PREORDER") -> dict[str, Any]:
+    summary = buyer.container.inventory.summary(sku)
     return next(loc for loc in summary.locations if loc.location_id == location_id).model_dump()
 
 
@@ -246,6 +246,58 @@ def test_a_cancel_racing_receipts_leaves_the_stock_as_the_po_says(buyer: Shop):
     received = final.lines[0].received_quantity
     assert received in (0, 3)  # one receipt of 3 at most: 3 + 3 passes the 4 ordered
     assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (received, 0, None)
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_receipts_of_a_two_line_po_at_once_leave_each_sku_and_its_next_date_as_the_pos_say(
+    buyer: Shop, cancelled: bool
+):
+    """Held: clerks receive both skus of one PO under four keys at once, each receipt sent twice
+    (its answer lost), a buyer cancelling meanwhile or not, while a later PO also brings one of the
+    skus. Whatever order the writes land in, no line is received past what it ordered, each sku's
+    on hand is what the PO says was received, and its incoming and next_expected_at are what the
+    two POs still bring: the later PO's date once the first brings nothing more of the sku."""
+    from tests.builders import product
+
+    buyer.container.catalog_repository.put_product(product("OTHER", "3.00"))
+    purchasing = buyer.container.purchasing
+    both = [{"sku": "PREORDER", "quantity": 6, "unit_cost": COST}, {"sku": "OTHER", "quantity": 5, "unit_cost": COST}]
+    first = purchasing.create(NewPurchaseOrder.model_validate(
+        {"vendor_id": "acme", "location_id": "wh-east", "lines": both, "expected_at": NOW + timedelta(days=5)}
+    ))  # fmt: skip
+    later = purchasing.create(new_po(quantity=2, expected_at=NOW + timedelta(days=20)))
+    shares = {"k0": {"PREORDER": 2, "OTHER": 2}, "k1": {"PREORDER": 3}, "k2": {"PREORDER": 2, "OTHER": 2},
+              "k3": {"OTHER": 3}}  # fmt: skip
+
+    answered: set[str] = set()
+
+    def receive(key: str) -> None:
+        body = Receipt.model_validate({"lines": [{"sku": sku, "quantity": n} for sku, n in shares[key].items()]})
+        for _ in range(2):
+            try:
+                purchasing.receive(first.id, body, key)
+                answered.add(key)
+            except (InvalidRequest, InvalidTransition, StaleVersion):
+                continue  # past what is outstanding, cancelled meanwhile, or busy: counted nowhere
+
+    threads = [threading.Thread(target=receive, args=(key,)) for key in shares]
+    if cancelled:
+        threads.insert(2, threading.Thread(target=purchasing.cancel, args=(first.id,)))
+    run_threads(threads)
+
+    final, receipts = buyer.container.purchasing_repository.get(first.id)
+    assert (final.status is PO.CANCELLED) is cancelled
+    # Each key counted once, or not at all: the lines hold exactly the units of the receipts answered.
+    assert set(receipts) == answered
+    for line in final.lines:
+        assert line.received_quantity == sum(shares[key].get(line.sku, 0) for key in answered), line
+    for line in final.lines:
+        stock = at(buyer, sku=line.sku)
+        coming = 0 if cancelled else line.outstanding
+        later_brings = 2 if line.sku == "PREORDER" else 0
+        assert (stock["on_hand"], stock["incoming"]) == (line.received_quantity, coming + later_brings), line
+        due = first.expected_at if coming else later.expected_at if later_brings else None
+        assert stock["next_expected_at"] == due, line
 
 
 def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop):
