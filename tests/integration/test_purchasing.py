@@ -489,6 +489,33 @@ def test_a_receipt_sent_again_without_a_key_after_its_answer_was_lost_says_what_
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 5
 
 
+def test_a_po_whose_location_stopped_shipping_is_still_received_there(api: InProcessApi):
+    # Held: a warehouse that no longer ships (emptied for a move, say) still takes in goods already
+    # on order: the receipt counts at the PO's location, its incoming and date follow, and what is
+    # not received is given up by a cancel as anywhere.
+    from tests.builders import location_body
+
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 5, "unit_cost": COST}]}  # fmt: skip
+    po = api.post("/purchase-orders", json=body).json()
+    assert api.put(f"/locations/{network['east']}", json=location_body(ships=False)).status_code == 200
+
+    received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 3}]})
+
+    assert received.status_code == 200 and received.json()["status"] == "partially_received", received.text
+    [stock] = api.get(f"/inventory/{sku}").json()["locations"]
+    assert (stock["location_id"], stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (
+        network["east"], 3, 2, po["expected_at"],
+    )  # fmt: skip
+    assert api.post(f"/purchase-orders/{po['id']}/cancel").json()["status"] == "cancelled"
+    [stock] = api.get(f"/inventory/{sku}").json()["locations"]
+    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (3, 0, None)
+
+
 def test_a_receipt_never_takes_on_hand_past_what_a_stock_take_may_count(api: InProcessApi):
     # Two purchase orders of 1,000,000,000 units each received at one location took on_hand past
     # what a stock take may count. The units on hand refuse the second receipt (409, naming its
