@@ -206,7 +206,8 @@ def receive_purchase_order(
     "added to the draft purchase order for `vendor_id` and this location (one is made when none is open), once "
     "per crossing: units already on order are not bought again. Extension: an optional `unit_cost` prices the "
     "draft's line (`reorder_quantity` × `unit_cost` reaching 10^15 is 422 `amount_too_large`: no such draft could "
-    "be submitted). Setting the point alone crosses nothing, even when stock is already below it.",
+    "be submitted). Setting the point alone crosses nothing, even when stock is already below it, except raising "
+    "it above stock that was at or above the point before: that is a crossing.",
     responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
