@@ -309,10 +309,11 @@ class PurchaseOrder(Shown):
             before = counted.get(item.sku, 0)
             counted[item.sku] = before + item.quantity
             if before <= line.outstanding < counted[item.sku]:
-                problems.append(
-                    {"field": f"lines[{index}].quantity",
-                     "message": f"{units[item.sku]} {item.sku} received, {line.outstanding} outstanding"}
-                )  # fmt: skip
+                # What was received already says whether a receipt thought lost (sent again without
+                # an Idempotency-Key) was counted: "5 received" alone read as the PO's, not this receipt's.
+                said = (f"{units[item.sku]} {item.sku} in this receipt, {line.outstanding} outstanding "
+                        f"({line.quantity} ordered, {line.received_quantity} received already)")  # fmt: skip
+                problems.append({"field": f"lines[{index}].quantity", "message": said})
         if problems:
             raise InvalidRequest(
                 f"the receipt does not fit purchase order {self.id}", code="over_receipt", details=problems
@@ -633,13 +634,24 @@ class Purchasing:
             return new
         raise StaleVersion(f"purchase order {po_id} keeps changing; try again")
 
-    def submit(self, po_id: str, submission: Submission | None = None) -> PurchaseOrder:
+    def submit(
+        self, po_id: str, submission: Submission | None = None, expected_version: int | None = None
+    ) -> PurchaseOrder:
+        """Open the draft. With `expected_version` (the version its submitter read), a draft changed
+        since (a crossing grew it while it waited for a person) is 409 `version_conflict`: the vendor
+        is never sent units its submitter has not seen. A draft submitted already answers as it is."""
         prices = submission.prices() if submission else {}
 
         def step(po: PurchaseOrder) -> PurchaseOrder:
             now = self._clock()
             if po.status is not PO.DRAFT:
                 return po.submit(prices, at=now)  # as it is when submitted already, else raises
+            if expected_version is not None and po.version != expected_version:
+                raise StaleVersion(
+                    f"purchase order {po.id} is at version {po.version}, not {expected_version}: "
+                    "it changed since it was read; read it again before submitting it",
+                    details=[{"field": "If-Match", "message": f"current version is {po.version}"}],
+                )
             # A draft waited for a person: its goods are due the vendor's lead time from now.
             vendor = self._repository.get_vendor(po.vendor_id)
             return po.submit(

@@ -85,6 +85,7 @@ class StockChange:
     incoming_before: int = 0
     incoming_after: int = 0
     draft_withdrawn: bool = False  # a draft holding the sku here was cancelled by this change
+    point_before: int | None = None  # the reorder point before the change (None: there was none)
 
     @property
     def withdrawn(self) -> bool:
@@ -154,16 +155,20 @@ def crossing(change: StockChange) -> Crossing | None:
     """The crossing `change` is, if any: available at or above the point before it and below the
     point after it (`low`: inventory.low), or the stock position, available plus incoming, doing
     so (`reorders`: a draft). A fall that open purchase orders cover is low but buys nothing; a
-    purchase order cancelled while stock is low buys without a new low. Changing the settings
-    alone crosses nothing (the point after the change is the one compared, on both sides), and
-    stock already below the point is not crossed again until it has risen back to the point."""
+    purchase order cancelled while stock is low buys without a new low. Stock already below the
+    point is not crossed again until it has risen back to the point. The side before a change is
+    compared with the point in force before it: a point raised above stock that was at or above
+    the point before crosses it (compared with the new point on both sides, the raise crossed
+    nothing and every fall after it began below: the raised point never bought); a point set
+    where there was none, changed otherwise, or lowered crosses nothing."""
     settings = change.settings
     if settings is None or change.available_before is None:
         return None
     point = settings.reorder_point
-    low = change.available_before >= point > change.available_after
+    armed_at = change.point_before if change.point_before is not None else point
+    low = change.available_before >= armed_at and point > change.available_after
     position_before = change.available_before + change.incoming_before
-    reorders = position_before >= point > change.available_after + change.incoming_after
+    reorders = position_before >= armed_at and point > change.available_after + change.incoming_after
     if not low and not reorders:
         return None
     return Crossing(

@@ -47,7 +47,7 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
     if after is None or before is None:
         return None  # a backorder queue entry or a restock ledger item: no stock of its own
     keys = stream.keys or {}
-    settings = new.get("reorder")
+    settings, settings_before = new.get("reorder"), old.get("reorder")
     return StockChange(
         sku=str(keys.get("sku", "")),
         location_id=str(keys.get("location_id", "")),
@@ -60,6 +60,7 @@ def stock_change(record: DynamoDBRecord) -> StockChange | None:
         incoming_before=_incoming(old),
         incoming_after=_incoming(new),
         draft_withdrawn=new.get(WITHDRAWN_DRAFT) is not None and new.get(WITHDRAWN_DRAFT) != old.get(WITHDRAWN_DRAFT),
+        point_before=ReorderSettings.model_validate(settings_before).reorder_point if settings_before else None,
     )
 
 

@@ -46,8 +46,8 @@ def receipt(quantity: int, sku: str = "PREORDER") -> Receipt:
     return Receipt.model_validate({"lines": [{"sku": sku, "quantity": quantity}]})
 
 
-def at(buyer: Shop, location_id: str = "wh-east") -> dict[str, Any]:
-    summary = buyer.container.inventory.summary("PREORDER")
+def at(buyer: Shop, location_id: str = "wh-east", sku: str = "PREORDER") -> dict[str, Any]:
+    summary = buyer.container.inventory.summary(sku)
     return next(loc for loc in summary.locations if loc.location_id == location_id).model_dump()
 
 
@@ -248,6 +248,58 @@ def test_a_cancel_racing_receipts_leaves_the_stock_as_the_po_says(buyer: Shop):
     assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (received, 0, None)
 
 
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_receipts_of_a_two_line_po_at_once_leave_each_sku_and_its_next_date_as_the_pos_say(
+    buyer: Shop, cancelled: bool
+):
+    """Held: clerks receive both skus of one PO under four keys at once, each receipt sent twice
+    (its answer lost), a buyer cancelling meanwhile or not, while a later PO also brings one of the
+    skus. Whatever order the writes land in, no line is received past what it ordered, each sku's
+    on hand is what the PO says was received, and its incoming and next_expected_at are what the
+    two POs still bring: the later PO's date once the first brings nothing more of the sku."""
+    from tests.builders import product
+
+    buyer.container.catalog_repository.put_product(product("OTHER", "3.00"))
+    purchasing = buyer.container.purchasing
+    both = [{"sku": "PREORDER", "quantity": 6, "unit_cost": COST}, {"sku": "OTHER", "quantity": 5, "unit_cost": COST}]
+    first = purchasing.create(NewPurchaseOrder.model_validate(
+        {"vendor_id": "acme", "location_id": "wh-east", "lines": both, "expected_at": NOW + timedelta(days=5)}
+    ))  # fmt: skip
+    later = purchasing.create(new_po(quantity=2, expected_at=NOW + timedelta(days=20)))
+    shares = {"k0": {"PREORDER": 2, "OTHER": 2}, "k1": {"PREORDER": 3}, "k2": {"PREORDER": 2, "OTHER": 2},
+              "k3": {"OTHER": 3}}  # fmt: skip
+
+    answered: set[str] = set()
+
+    def receive(key: str) -> None:
+        body = Receipt.model_validate({"lines": [{"sku": sku, "quantity": n} for sku, n in shares[key].items()]})
+        for _ in range(2):
+            try:
+                purchasing.receive(first.id, body, key)
+                answered.add(key)
+            except (InvalidRequest, InvalidTransition, StaleVersion):
+                continue  # past what is outstanding, cancelled meanwhile, or busy: counted nowhere
+
+    threads = [threading.Thread(target=receive, args=(key,)) for key in shares]
+    if cancelled:
+        threads.insert(2, threading.Thread(target=purchasing.cancel, args=(first.id,)))
+    run_threads(threads)
+
+    final, receipts = buyer.container.purchasing_repository.get(first.id)
+    assert (final.status is PO.CANCELLED) is cancelled
+    # Each key counted once, or not at all: the lines hold exactly the units of the receipts answered.
+    assert set(receipts) == answered
+    for line in final.lines:
+        assert line.received_quantity == sum(shares[key].get(line.sku, 0) for key in answered), line
+    for line in final.lines:
+        stock = at(buyer, sku=line.sku)
+        coming = 0 if cancelled else line.outstanding
+        later_brings = 2 if line.sku == "PREORDER" else 0
+        assert (stock["on_hand"], stock["incoming"]) == (line.received_quantity, coming + later_brings), line
+        due = first.expected_at if coming else later.expected_at if later_brings else None
+        assert stock["next_expected_at"] == due, line
+
+
 def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop):
     purchasing = buyer.container.purchasing
     purchasing.put_vendor("zeta", VendorRequest(name="Zeta", lead_time_days=1))
@@ -371,8 +423,9 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     over = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
     assert_error(over, 422, "over_receipt")
     assert over.json()["error"]["details"] == [
-        {"field": "lines[0].quantity", "message": f"4 {sku} received, 3 outstanding"}
-    ]
+        {"field": "lines[0].quantity",
+         "message": f"4 {sku} in this receipt, 3 outstanding (4 ordered, 1 received already)"}
+    ]  # fmt: skip
     listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
     assert [p["id"] for p in listed["items"]] == [po["id"]]
     assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")
@@ -402,10 +455,65 @@ def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_uni
 
     assert_error(again, 422, "over_receipt", "lines[0].quantity")
     assert again.json()["error"]["details"] == [
-        {"field": "lines[0].quantity", "message": f"1 {sku} received, 0 outstanding"}
-    ]
+        {"field": "lines[0].quantity",
+         "message": f"1 {sku} in this receipt, 0 outstanding (2 ordered, 2 received already)"}
+    ]  # fmt: skip
     assert api.get(f"/purchase-orders/{po['id']}").json() == received.json()
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 2
+
+
+def test_a_receipt_sent_again_without_a_key_after_its_answer_was_lost_says_what_was_received_already(
+    api: InProcessApi,
+):
+    """A clerk's receipt of the whole PO times out (no Idempotency-Key), so it is sent again. The
+    first was counted, and the second is 422 over_receipt. Its detail said `5 SKU received, 0
+    outstanding`: read as "5 were received", it told the clerk neither that these are the units of
+    this receipt nor that the PO's 5 were received already, by the receipt they thought was lost."""
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 5, "unit_cost": COST}]}  # fmt: skip
+    po = api.post("/purchase-orders", json=body).json()
+    receive = f"/purchase-orders/{po['id']}/receive"
+    assert api.post(receive, json={"lines": [{"sku": sku, "quantity": 5}]}).status_code == 200  # its answer lost
+
+    again = api.post(receive, json={"lines": [{"sku": sku, "quantity": 5}]})
+
+    assert_error(again, 422, "over_receipt", "lines[0].quantity")
+    assert again.json()["error"]["details"] == [
+        {"field": "lines[0].quantity",
+         "message": f"5 {sku} in this receipt, 0 outstanding (5 ordered, 5 received already)"}
+    ]  # fmt: skip
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 5
+
+
+def test_a_po_whose_location_stopped_shipping_is_still_received_there(api: InProcessApi):
+    # Held: a warehouse that no longer ships (emptied for a move, say) still takes in goods already
+    # on order: the receipt counts at the PO's location, its incoming and date follow, and what is
+    # not received is given up by a cancel as anywhere.
+    from tests.builders import location_body
+
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 5, "unit_cost": COST}]}  # fmt: skip
+    po = api.post("/purchase-orders", json=body).json()
+    assert api.put(f"/locations/{network['east']}", json=location_body(ships=False)).status_code == 200
+
+    received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 3}]})
+
+    assert received.status_code == 200 and received.json()["status"] == "partially_received", received.text
+    [stock] = api.get(f"/inventory/{sku}").json()["locations"]
+    assert (stock["location_id"], stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (
+        network["east"], 3, 2, po["expected_at"],
+    )  # fmt: skip
+    assert api.post(f"/purchase-orders/{po['id']}/cancel").json()["status"] == "cancelled"
+    [stock] = api.get(f"/inventory/{sku}").json()["locations"]
+    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (3, 0, None)
 
 
 def test_a_receipt_never_takes_on_hand_past_what_a_stock_take_may_count(api: InProcessApi):
@@ -747,6 +855,36 @@ def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_not
     assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 0
     # Cancelled, it was never submitted as far as a retry can tell: a submit is refused.
     assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")
+
+
+def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(api: InProcessApi):
+    """A buyer reads a draft (2 units of a sku) and submits it; meanwhile a crossing grew its line
+    (the reorder point's write). The submit opened the grown draft: the vendor was sent units the
+    buyer never saw. With the version read in If-Match (optional, as for the sourcing rules), it is
+    409 `version_conflict` and the draft stays as the crossing left it; the version shown since
+    submits it, and that submit sent again answers the open PO whatever If-Match it carries."""
+    from functions.bootstrap import Config, bootstrap
+
+    mug = Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, COST))
+    read = api.get(f"/purchase-orders/{draft}").json()
+    purchasing = bootstrap(Config.from_env()).purchasing_repository
+    was, _ = purchasing.get(draft)
+    grown = was.grow(mug, 20, None)
+    assert purchasing.add_reorder(grown, was, None, f"{mug}#{was.location_id}#change-1")
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": str(read["version"])})
+
+    assert_error(refused, 409, "version_conflict", "If-Match")
+    shown = api.get(f"/purchase-orders/{draft}").json()
+    assert (shown["status"], shown["lines"][0]["quantity"], shown["version"]) == ("draft", 22, read["version"] + 1)
+    assert api.get(f"/inventory/{mug}").json()["locations"] == []
+    opened = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": f'"{shown["version"]}"'})
+    assert opened.status_code == 200 and opened.json()["status"] == "open", opened.text
+    again = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": str(shown["version"])})
+    assert again.status_code == 200 and again.json() == opened.json(), again.text
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 22
+    assert_error(api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": "W/7"}), 400)
 
 
 def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothing_is_ordered(api: InProcessApi):

@@ -262,6 +262,32 @@ def test_a_point_set_when_stock_is_already_below_it_waits_for_the_next_fall(buye
     assert len(buyer.drafts()) == 1
 
 
+def test_a_point_raised_above_the_stock_crosses_it_once(buyer: Buyer):
+    """10 available, the point at 5; a buyer raises it to 30. Compared with the new point on both
+    sides, the raise crossed nothing, and no fall after it did either (each started below 30): the
+    raised point bought nothing, and sent no inventory.low, until stock rose past 30, which nothing
+    bought would do. Stock at or above the point before the raise and below it after crosses it."""
+    buyer.stock()
+    buyer.point()
+    buyer.consume(buyer.stream.records())
+    buyer.point(reorder_point=30)
+
+    records = buyer.stream.records()
+    assert buyer.consume(records) == buyer.consume(records) == {"batchItemFailures": []}  # redelivered too
+    buyer.reserve(2, each=3)  # 10 -> 4: below the point already, no second crossing
+    buyer.consume(buyer.stream.records())
+
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+    published = buyer.on_bus()
+    assert {e["id"] for e in published} == {published[0]["id"]}
+    assert published[0]["data"]["inventory"] == {"sku": "MUG", "location_id": "wh-east", "available": 10,
+                                                 "reorder_point": 30}  # fmt: skip
+    buyer.point(reorder_point=8)  # lowered: nothing crosses
+    buyer.consume(buyer.stream.records())
+    assert len(buyer.drafts()[0].lines) == 1 and buyer.drafts()[0].lines[0].quantity == 20 and buyer.on_bus() == []
+
+
 def test_a_second_fall_the_draft_covers_grows_nothing_another_sku_joins_it_and_a_submit_makes_a_new_one(
     buyer: Buyer,
 ):

@@ -6,7 +6,8 @@ set, changed (another vendor, another point) and cleared, and the Inventory stre
 the BackorderFunction's handler through the template's filters: delivered once, delivered again
 (a batch redelivered), or an earlier batch replayed by hand (the failure runbook). No order
 waits, so only crossings buy. After every step:
-- `incoming` at each (sku, location) is the units its open purchase orders have not received;
+- `incoming` at each (sku, location) is the units its open purchase orders have not received, and
+  `next_expected_at` the earliest `expected_at` of those still bringing the sku;
 - the drafts at a location hold at most `point + reorder_quantity - 1` units of a sku (the highest
   point and quantity it has had): a crossing buys only while the stock position with the drafts
   (available, incoming, drafted) is below the point, so a crossing bought twice (a record
@@ -208,6 +209,18 @@ class ReorderMachine(RuleBasedStateMachine):
                 on_order = [po for po in ours if po.location_id == level.location_id and po.status in INCOMING]
                 due = sum(line.outstanding for po in on_order for line in po.lines if line.sku == sku)
                 assert level.incoming == due, (sku, level)
+
+    @invariant()
+    def next_expected_at_is_the_earliest_open_purchase_order_still_bringing_the_sku(self) -> None:
+        # A PO partly received keeps its date only for the skus it still brings; a draft brings none.
+        ours = self._ours()
+        levels = self.container.inventory_repository.levels(set(self.skus))
+        for sku in self.skus:
+            for level in levels[sku]:
+                dates = [po.expected_at for po in ours
+                         if po.location_id == level.location_id and po.status in INCOMING
+                         and any(line.sku == sku and line.outstanding for line in po.lines)]  # fmt: skip
+                assert level.next_expected_at == min(dates, default=None), (sku, level)
 
     @invariant()
     def no_crossing_is_bought_twice(self) -> None:

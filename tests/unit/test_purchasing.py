@@ -122,19 +122,23 @@ def test_receipts_move_the_po_to_partially_received_then_received():
     assert done.status is PO.RECEIVED and done.outstanding() == {"MUG": 0, "CUP": 0} and done.version == 5
 
 
+# a_po(MUG=1): 5 ordered, 1 received; the units are the receipt's, its lines of the sku added up.
+MUG_OVER = "{} MUG in this receipt, 4 outstanding (5 ordered, 1 received already)"
+
+
 @pytest.mark.parametrize(
     ("lines", "details"),
     [
-        ([("MUG", 6)], [{"field": "lines[0].quantity", "message": "6 MUG received, 4 outstanding"}]),
+        ([("MUG", 6)], [{"field": "lines[0].quantity", "message": MUG_OVER.format(6)}]),
         (
             [("CUP", 1), ("MUG", 5), ("PLATE", 1)],
-            [{"field": "lines[1].quantity", "message": "5 MUG received, 4 outstanding"},
+            [{"field": "lines[1].quantity", "message": MUG_OVER.format(5)},
              {"field": "lines[2].sku", "message": "PLATE is not on purchase order po_" + "a" * 24}],
         ),
         # Lines of one sku add up: the line whose units pass what is outstanding is named.
         (
             [("MUG", 3), ("MUG", 1), ("MUG", 1)],
-            [{"field": "lines[2].quantity", "message": "5 MUG received, 4 outstanding"}],
+            [{"field": "lines[2].quantity", "message": MUG_OVER.format(5)}],
         ),
     ],
 )  # fmt: skip

@@ -81,6 +81,31 @@ def test_each_fall_after_a_rise_is_a_crossing_of_its_own():
     assert crossings[0].key != crossings[2].key
 
 
+@pytest.mark.parametrize(
+    ("point_before", "point", "crosses"),
+    [
+        (5, 30, True),  # 10 available was at or above the point in force, and is below the new one
+        (5, 10, False),  # landing on the new point is not below it
+        (12, 30, False),  # already below the point before: crossed once, when it first fell
+        (30, 5, False),  # lowered
+        (None, 30, False),  # a point set where there was none crosses nothing (its own record buys)
+    ],
+)
+def test_a_point_raised_above_stock_that_was_at_or_above_the_point_before_is_a_crossing(point_before, point, crosses):
+    """A buyer raises the point from 5 to 30 with 10 available: compared with the new point on both
+    sides, stock already below it crossed nothing, and no fall after did either (each starts below
+    30), so the raised point bought nothing until stock rose past 30, which nothing bought could do."""
+    raised = replace(
+        change(10, 10, settings=SETTINGS.model_copy(update={"reorder_point": point})), point_before=point_before
+    )
+
+    crossed = crossing(raised)
+
+    assert (crossed is not None) is crosses
+    if crosses:
+        assert (crossed.low, crossed.reorders, crossed.available) == (True, True, 10)
+
+
 def on_order(before: int, after: int, incoming_before: int, incoming_after: int, change_id: str = "100"):
     return replace(change(before, after, change_id=change_id), incoming_before=incoming_before,
                    incoming_after=incoming_after)  # fmt: skip

@@ -30,6 +30,7 @@ from functions.api.queries import Limit
 from functions.api.routes.catalog import IDENTIFIER, KnownLocationPath, KnownSkuPath
 from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
+from functions.api.versions import if_match_header, version_in
 
 router = Router()
 
@@ -115,6 +116,13 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     return container().purchasing.get(po_id)
 
 
+# Optional (the contract names none): a draft waits for a person while crossings grow it, so a submit
+# made from the version its submitter read never opens units they have not seen.
+SubmitIfMatch = Annotated[
+    str, if_match_header("The draft's `version` you read: a draft changed since is 409 `version_conflict`.")
+]
+
+
 @router.post(
     "/purchase-orders/<po_id>/submit",
     summary="Submit a draft to its vendor (draft -> open): its units become incoming stock",
@@ -125,12 +133,16 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     "`lead_time_days` from now, and `submitted_at` says when it was sent. A draft submitted already (open, or "
     "received since) is answered as it is, nothing changed, when the body's costs are its own (a submit sent "
     "again); one that would price it otherwise, a cancelled PO, and a PO created open (never a draft: it has no "
-    "`submitted_at`) are 409 `invalid_transition`.",
+    "`submitted_at`) are 409 `invalid_transition`. With `If-Match` (optional) naming the version read, a draft "
+    "changed since (a reorder point's crossing grew it) is 409 `version_conflict` and stays a draft.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
-def submit_purchase_order(po_id: PurchaseOrderIdPath, submission: Submission | None = None) -> PurchaseOrder:
-    return container().purchasing.submit(po_id, submission)
+def submit_purchase_order(
+    po_id: PurchaseOrderIdPath, submission: Submission | None = None, if_match: SubmitIfMatch = None
+) -> PurchaseOrder:
+    expected = version_in(if_match) if if_match is not None else None
+    return container().purchasing.submit(po_id, submission, expected_version=expected)
 
 
 @router.post(
@@ -194,7 +206,8 @@ def receive_purchase_order(
     "added to the draft purchase order for `vendor_id` and this location (one is made when none is open), once "
     "per crossing: units already on order are not bought again. Extension: an optional `unit_cost` prices the "
     "draft's line (`reorder_quantity` × `unit_cost` reaching 10^15 is 422 `amount_too_large`: no such draft could "
-    "be submitted). Setting the point alone crosses nothing, even when stock is already below it.",
+    "be submitted). Setting the point alone crosses nothing, even when stock is already below it, except raising "
+    "it above stock that was at or above the point before: that is a crossing.",
     responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
