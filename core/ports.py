@@ -690,8 +690,11 @@ class Backorders(ABC):
         """An arrival's walk of `sku` at `location_id` (`restocked`: a restock's) stops at `entry`,
         whose order it read `authorized` at the entry's version: queued by its ReserveStock, its
         `backordered` write and its own look at stock to come (Workflow._wait_for_stock). Kept on
-        the entry, for `recorded` to hand the walk on, unless the entry is marked already (its order
-        written backordered since: read it again), of another version, or gone; whether it was kept."""
+        the entry, for `recorded` (or `walked_past`) to hand the walk on, only while the order is
+        still `authorized` at the entry's version, in the same write: not once it was written since
+        (backordered, held, cancelled, edited: read it again; a stop landing after the write that
+        lost had nothing left to hand it on), nor when the entry is marked already, of another
+        version, or gone; whether it was kept."""
 
     @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:

@@ -30,6 +30,7 @@ from core.errors import (
     ReservationsFull,
     StaleVersion,
     StockLimitReached,
+    TransientError,
 )
 from core.models import MAX_ON_HAND, Bookkeeping, HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
@@ -126,6 +127,22 @@ def _numbers_to_python(value: Any) -> Any:
 
 def _is_conditional_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def order_check(table: str, order_id: str, status: OrderStatus, version: int) -> dict[str, Any]:
+    """A transaction's ConditionCheck that the stored order still has `status` at `version`."""
+    return {
+        "ConditionCheck": {
+            "TableName": table,
+            "Key": {"id": {"S": order_id}},
+            "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
+            "ExpressionAttributeNames": {"#status": "status", "#version": "version"},
+            "ExpressionAttributeValues": {
+                ":expected_status": {"S": status.value},
+                ":expected_version": {"N": str(version)},
+            },
+        }
+    }
 
 
 def cancellation_reasons(error: ClientError) -> list[str | None] | None:
@@ -922,18 +939,7 @@ class DynamoOrders(OrderRepository):
     @staticmethod
     def _order_check(table: str, expected: Order) -> dict[str, Any]:
         """A transaction's ConditionCheck that the stored order still has `expected`'s status and version."""
-        return {
-            "ConditionCheck": {
-                "TableName": table,
-                "Key": {"id": {"S": expected.id}},
-                "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
-                "ExpressionAttributeNames": {"#status": "status", "#version": "version"},
-                "ExpressionAttributeValues": {
-                    ":expected_status": {"S": expected.status.value},
-                    ":expected_version": {"N": str(expected.version)},
-                },
-            }
-        }
+        return order_check(table, expected.id, expected.status, expected.version)
 
     def _transact(self, expected: Order, items: list[dict[str, Any]]) -> None:
         """One transaction whose first item is the order's: a cancellation on its condition (or a
@@ -3210,19 +3216,34 @@ class DynamoBackorders(Backorders):
             return False  # written before entries said their version: the order's wait cannot be told
         at = {"SS": [location_id]}
         adds = f"{WALKS_STOPPED} :at" + (f", {WALKS_STOPPED_RESTOCKED} :at" if restocked else "")
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._key(sku, entry),
-                UpdateExpression=f"ADD {adds}",
-                ConditionExpression=(
+        # Kept only while the order is still `authorized` at the entry's version, in one transaction:
+        # its `backordered` write then lands after the stop, and so does what hands the stop on
+        # (`recorded`, or `walked_past` once that write lost). A stop landing after a write that lost
+        # to a hold, a cancel or an edit was kept on its entry with nothing left to hand it on.
+        stop = {
+            "Update": {
+                "TableName": self._table,
+                "Key": self._key(sku, entry),
+                "UpdateExpression": f"ADD {adds}",
+                "ConditionExpression": (
                     f"attribute_exists(order_id) AND {ENTRY_VERSION} = :version "
                     f"AND attribute_not_exists({BACKORDER_RECORDED})"
                 ),
-                ExpressionAttributeValues={":at": at, ":version": {"N": str(entry.version)}},
-            )
+                "ExpressionAttributeValues": {":at": at, ":version": {"N": str(entry.version)}},
+            }
+        }
+        check = order_check(self._orders_table, entry.order_id, OrderStatus.AUTHORIZED, entry.version)
+        try:
+            self._client.transact_write_items(TransactItems=[check, stop])
         except ClientError as error:
-            if not _is_conditional_failure(error):
+            reasons = cancellation_reasons(error)
+            if reasons is None:
+                raise
+            if "TransactionConflict" in reasons:
+                # A write of the order or the entry in progress: read again, the order might be
+                # passed over as `authorized` still. The walk's batch is retried (it is idempotent).
+                raise TransientError(f"order {entry.order_id} or its queue entry was being written") from None
+            if "ConditionalCheckFailed" not in reasons:
                 raise
             return False
         return True

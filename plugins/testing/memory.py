@@ -593,6 +593,10 @@ class InMemoryBackorders(Backorders):
             return False
         if (sku, written) in self.marked:
             return False
+        # Only while its order is still `authorized` at the entry's version (DynamoBackorders.stop).
+        order = self._orders.get(entry.order_id)
+        if order is None or order.status is not OrderStatus.AUTHORIZED or order.version != entry.version:
+            return False
         self.stopped.setdefault((sku, written), set()).add((location_id, restocked))
         return True
 

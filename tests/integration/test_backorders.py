@@ -1633,6 +1633,65 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     assert shop.level() == (units, units, 0)
 
 
+def test_a_walks_stop_landing_after_the_older_orders_lost_write_handed_on_is_not_kept(shop, monkeypatch):
+    """The walk read the older order `authorized`, queued; before its stop landed, a person held the
+    order, whose step then lost its `backordered` write and handed on the walks stopped at it: none
+    yet. The stop then landed, kept on the entry of an order held, and nothing would hand it on: the
+    younger order waited beside the unit until the next arrival. A stop is kept only while the order
+    is still as the walk read it (authorized at the entry's version): here refused, the walk reads
+    the order again, held, and goes on past it."""
+    from core.errors import OrderClosed
+    from core.holds import HoldRequest
+    from infra.local.moto_patches import lock
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, real_stop = stream_delivery(shop), DynamoBackorders.add, DynamoBackorders.stop
+    queued, go, raised = threading.Event(), threading.Event(), []
+
+    def queued_then_paused(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older:
+            queued.set()
+            go.wait()
+
+    def step() -> None:
+        try:
+            shop.container.workflow.reserve_stock(older)
+        except OrderClosed as error:
+            raised.append(error)  # its write lost to the hold
+
+    def stopping_late(backorders: DynamoBackorders, *args: Any) -> bool:
+        with another_functions_calls():
+            shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+        go.set()
+        thread.join()  # the step lost its write and handed on what had stopped at the order
+        return real_stop(backorders, *args)
+
+    monkeypatch.setattr(DynamoBackorders, "add", queued_then_paused)
+    thread = threading.Thread(target=step)
+    lock.PATCH.apply()
+    try:
+        thread.start()
+        queued.wait()
+        monkeypatch.setattr(DynamoBackorders, "stop", stopping_late)
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        assert deliver() == 1  # the arrival's walk
+    finally:
+        go.set()
+        thread.join()
+        lock.PATCH.undo()
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert raised and shop.order(older).status is S.ON_HOLD
+    assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
+
+
 def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_units_that_arrived(shop, monkeypatch):
     """The older order was queued, its `backordered` write to come, when a unit arrived (its walk not
     run yet) and a new order was sourced: the new order's look behind older orders read only the
