@@ -638,14 +638,17 @@ class Backorders(ABC):
         its mark (`recorded` marks it anew) and says `holds` as `entry` does."""
 
     @abstractmethod
-    def remove(self, sku: str, entry: WaitingOrder) -> None: ...
+    def remove(self, sku: str, entry: WaitingOrder) -> None:
+        """Remove `entry`, handing on from after it the walks still stopped at it (`stop`: its
+        order's step died before handing them on, and the order no longer waits)."""
 
     @abstractmethod
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         """Remove `entry` unless its order wrote it again at `version` or later: `version` is that
         of the order's write that ended its wait for `sku` (a cancel, an allocation, a wait that no
         longer needs it), and an order sent back and waiting again since wrote it anew, at a later
-        version. An entry that does not say its version is removed; none there, nothing."""
+        version. An entry that does not say its version is removed; none there, nothing. Removed,
+        the walks still stopped at it are handed on, as by `remove`."""
 
     def left(self, before: Order, after: Order) -> None:
         """After the order's write of `after` over `before`: its entries leave the queues of the

@@ -3147,20 +3147,26 @@ class DynamoBackorders(Backorders):
         return True
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
-        self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
+        # The entry as it was comes back with the delete (no read more): the walks still stopped at
+        # it go on (a step that died before handing them on, its order then allocated or cancelled).
+        answer = self._client.delete_item(TableName=self._table, Key=self._key(sku, entry), ReturnValues="ALL_OLD")
+        self._walk_on(sku, entry, answer.get("Attributes", {}))
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         try:
-            self._client.delete_item(
+            answer = self._client.delete_item(
                 TableName=self._table,
                 Key=self._key(sku, entry),
                 ConditionExpression=f"attribute_not_exists({ENTRY_VERSION}) OR {ENTRY_VERSION} < :version",
                 ExpressionAttributeValues={":version": {"N": str(version)}},
+                ReturnValues="ALL_OLD",  # the walks still stopped at it go on, as at `remove`
             )
         except ClientError as error:
             # Refused: its order wrote it again since (it waits again), and it stays.
             if not _is_conditional_failure(error):
                 raise
+            return
+        self._walk_on(sku, entry, answer.get("Attributes", {}))
 
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         self._set(sku, entry, "bought_at", {"S": location_id})
@@ -3206,7 +3212,8 @@ class DynamoBackorders(Backorders):
         restocked = set(was.get(WALKS_STOPPED_RESTOCKED, {}).get("SS", []))
         # Named by the order's write of the entry: handed on again (a retried step), the same
         # record's hand-on is refused unless another was written there since (walk_from).
-        by = f"stopped-at#{entry.order_id}#{entry.version}"
+        version = was[ENTRY_VERSION]["N"] if ENTRY_VERSION in was else entry.version
+        by = f"stopped-at#{entry.order_id}#{version}"
         for location_id in sorted(stopped):
             self.walk_from(sku, location_id, entry, by, location_id in restocked)
         return bool(stopped)

@@ -562,10 +562,10 @@ class InMemoryBackorders(Backorders):
         self.entries[sku].add(entry)
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
+        self.walked_past(sku, entry)  # the walks still stopped at it go on (DynamoBackorders.remove)
         self.entries.get(sku, set()).discard(entry)
         self.marked.discard((sku, entry))
         self.bought.pop((sku, entry), None)
-        self.stopped.pop((sku, entry), None)
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         # Unless its order wrote it again at `version` or later (DynamoBackorders.leave).

@@ -1758,6 +1758,48 @@ def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_w
     assert (shop.held(older), shop.held(younger)) == (2, 0) and shop.level() == (2, 2, 0)
 
 
+def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order_hands_it_on_as_it_leaves(
+    shop, monkeypatch
+):
+    """Two units came while the older order was queued; the walk stopped at it, its own look took
+    one and completed it, and its step died after marking the entry, before handing the walk on.
+    The Retry finds it complete (nothing to mark anew) and CreateShipments removes its entry, stop
+    and all: the younger order waited beside the other unit until the next arrival. The entry's
+    removal hands on the walks still stopped at it (its old image comes back with the delete)."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
+    with pytest.raises(OSError):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    assert (shop.held(older), shop.held(younger)) == (1, 0)
+
+    shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
+    shop.container.workflow.create_shipments(older)
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert shop.order(older).status is S.ALLOCATED
+    assert (shop.held(older), shop.held(younger)) == (1, 1) and shop.level() == (2, 2, 0)
+
+
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
 def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
     """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
