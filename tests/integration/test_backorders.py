@@ -1800,6 +1800,62 @@ def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order
     assert (shop.held(older), shop.held(younger)) == (1, 1) and shop.level() == (2, 2, 0)
 
 
+@pytest.mark.parametrize("then", ["parked", "held", "cancelled"])
+def test_an_older_order_whose_step_died_before_its_backordered_write_hands_on_the_walk_stopped_at_it(
+    shop, monkeypatch, then
+):
+    """The walk stopped at the older order, queued; its step died before its `backordered` write
+    (nothing lost it, so nothing handed the walk on). Its Retries spent, the workflow parked it on
+    hold; or a person held or cancelled it first, and the Retry found it so. Either way it takes
+    nothing from the walk, which stayed stopped at it: the younger order waited beside the unit
+    until the next arrival there. The park, and the Retry that finds the order held or closed,
+    hand on the walks stopped at it."""
+    from core.errors import OrderClosed
+    from core.holds import HoldRequest
+    from functions.adapters.dynamodb import DynamoOrders
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, real_update, arrived = stream_delivery(shop), DynamoBackorders.add, DynamoOrders.update, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(orders: DynamoOrders, new: Any, *args: Any, **kwargs: Any) -> None:
+        if new.id == older and new.status is S.BACKORDERED:
+            raise OSError("died")
+        real_update(orders, new, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    monkeypatch.setattr(DynamoOrders, "update", dying)
+    with pytest.raises(OSError):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+    if then == "parked":
+        assert shop.container.workflow.park_after_failure(older, "OSError", "died")
+    else:
+        if then == "held":
+            shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+        else:
+            _cancel_recorded(shop, older)
+        with pytest.raises(OrderClosed):
+            shop.container.workflow.reserve_stock(older)  # the Retry
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert shop.order(older).status is (S.CANCELLED if then == "cancelled" else S.ON_HOLD)
+    assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
+
+
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
 def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
     """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it

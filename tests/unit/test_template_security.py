@@ -260,7 +260,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
     },
-    "ParkOrderFunction": _WORKFLOW_ORDERS,
+    "ParkOrderFunction": {
+        **_WORKFLOW_ORDERS,
+        # The arrivals' walks stopped at an order parked, handed on (Workflow._walked_past).
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoBackorders],
+    },
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [
@@ -283,7 +287,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # shipments the pass rejects (InventoryService.finish_short_counts); its marks are Queried
         # on the Inventory table's short_counts.
         (ORDERS, "dynamodb:BatchGetItem"): [DynamoOrders],
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger, DynamoNotifications],
