@@ -1856,6 +1856,38 @@ def test_an_older_order_whose_step_died_before_its_backordered_write_hands_on_th
     assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
 
 
+def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(shop, monkeypatch):
+    """Units came to both warehouses while the older order was queued: both walks stopped at it
+    (one stop per location on its entry). Its own look took the one unit it lacks, and its step
+    handed both walks on: the younger order gets the two units left, one at each warehouse."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(2)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+                shop.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+                assert deliver() == 2  # both walks stop at the older order
+            assert shop.held(younger) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look completes it
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (1, 2)
+    east, west = shop.level("wh-east"), shop.level("wh-west")
+    assert (east[1] + west[1], east[2] + west[2]) == (3, 0)
+
+
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
 def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
     """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
