@@ -288,11 +288,14 @@ def no_authorizations_from_an_earlier_test() -> None:
 # it ran or by what it set going (its stack's pollers and executions, waited for at its end), its
 # setup or teardown when made there, or the stack's stop.
 def _watched_start(self: EmbeddedStack) -> EmbeddedStack:
+    import boto3
+
     from tests.template_iam import watch
 
     watch(self)
     started = _stack_start(self)
-    client_pool.serving(self.aws_port)
+    # A started stack's session is boto3's default until it stops (infra/local/process.py).
+    client_pool.serving(self.aws_port, boto3.DEFAULT_SESSION._session)
     return started
 
 
