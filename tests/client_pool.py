@@ -21,7 +21,9 @@ same AWS_* environment, serves a later test as a new one would, provided:
 Anything else is built new, as botocore builds it; so is every client with an endpoint URL named
 by AWS_ENDPOINT_URL or its service's AWS_ENDPOINT_URL_* (a local stack names its own for S3 alone),
 or given, unless it is a running local stack's AWS server (moto's interpreter builds a Lambda
-client on it for every task it runs): those are kept until the stack stops (tests/conftest.py).
+client on it for every task it runs): those are kept until the stack stops (tests/conftest.py), and
+so is every client built while the environment names a local server (a stack names its own for S3,
+AWS_ENDPOINT_URL_S3: its functions' other clients are kept), for a key no later stack's matches.
 tests/integration/test_aws_fixture.py shows each of these isolates and that an untouched client is served again.
 """
 
@@ -49,6 +51,7 @@ KEPT_PER_KEY = 4
 
 _guard = threading.Lock()
 _live_ports: set[int] = set()  # local stacks' AWS servers (serving, stopped)
+_stack_sessions: dict[int, Any] = {}  # a serving stack's port -> its own botocore session
 _kept: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[_Kept]]] = weakref.WeakKeyDictionary()
 _create_client = botocore.session.Session.create_client
 _PARAMETERS = tuple(inspect.signature(_create_client).parameters)[1:]  # after self
@@ -107,7 +110,14 @@ def _key(session: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[A
         port = endpoint.port
     config = given.pop("config", None)
     options = None if config is None else repr(sorted(config._user_provided_options.items()))
-    return (port, repr(sorted(given.items())), options, environment)
+    return (port, _local_ports(environment), repr(sorted(given.items())), options, environment)
+
+
+def _local_ports(environment: tuple[tuple[str, str], ...]) -> frozenset[int | None]:
+    """The local servers the environment's endpoint variables name: a stack names its own for S3,
+    from its start (before it is serving) to its stop, when its clients are forgotten."""
+    endpoints = (urlsplit(value) for name, value in environment if name.startswith("AWS_ENDPOINT_URL"))
+    return frozenset(endpoint.port for endpoint in endpoints if endpoint.hostname in ("localhost", "127.0.0.1"))
 
 
 def _endpoint_configured(service: Any, environment: tuple[tuple[str, str], ...]) -> bool:
@@ -201,20 +211,28 @@ def _kept_create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
     return client
 
 
-def serving(port: int) -> None:
+def serving(port: int, session: Any = None) -> None:
     """A local stack's AWS server listens on `port` (localhost) until stopped(port): the clients
-    built for it (moto's interpreter's Lambda clients, a test's) are kept meanwhile."""
+    built for it (moto's interpreter's Lambda clients, a test's) are kept meanwhile, and so are
+    those of `session`, the stack's own botocore session (infra/local/process.py), if given."""
     with _guard:
         _live_ports.add(port)
+        if session is not None:
+            _stack_sessions[port] = session
 
 
 def stopped(port: int) -> None:
     """The server on `port` stopped: every client kept for it is forgotten (a later server on the
-    same port gets new clients, with new connections)."""
+    same port gets new clients, with new connections), and so is every client built while the
+    environment named it (no later environment is that one) and every client of its session."""
     with _guard:
         _live_ports.discard(port)
+        # The stack's session is weakly keyed, but an S3 client holds its session: kept, it held
+        # the session, and every client kept for it, for good.
+        if port in _stack_sessions:
+            _kept.pop(_stack_sessions.pop(port), None)
         for keyed in list(_kept.values()):
-            for key in [key for key in keyed if key[0] == port]:
+            for key in [key for key in keyed if key[0] == port or port in key[1]]:
                 del keyed[key]
 
 

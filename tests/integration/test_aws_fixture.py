@@ -272,3 +272,57 @@ def test_a_client_of_a_running_local_stack_s_endpoint_is_kept_until_the_stack_st
         finally:
             client_pool.stopped(port)
         assert boto3.client("lambda", region_name="us-east-1", endpoint_url=endpoint) is not built()
+
+
+def test_a_client_built_under_a_local_stack_s_endpoint_variable_is_let_go_when_the_stack_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stack names its server for S3 alone (AWS_ENDPOINT_URL_S3, its port in it): its functions'
+    # other clients are kept under that environment, which no later stack has. The pool kept them
+    # after the stack stopped, for a key nothing could ask for again: every stack of a `make test`
+    # worker left its clients, their client classes and models behind (2.9 million objects at a
+    # worker's end, each full collection of pytest's unconfigure 11-14 s on a loaded machine).
+    from tests import client_pool
+
+    port = 1  # no server listens there: nothing below sends a request
+    with fresh_account(monkeypatch):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://localhost:{port}")
+        try:
+            # While the stack starts (its variable set, its server not yet serving), and once it serves.
+            while_starting = weakref.ref(boto3.client("sqs", region_name="us-east-1"))
+            assert boto3.client("sqs", region_name="us-east-1") is while_starting()
+            client_pool.serving(port)
+            built = weakref.ref(boto3.client("dynamodb", region_name="us-east-1"))
+            assert boto3.client("dynamodb", region_name="us-east-1") is built()  # kept while the stack runs
+        finally:
+            client_pool.stopped(port)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    gc.collect()
+    assert (while_starting(), built()) == (None, None)
+
+
+def test_a_stack_s_own_session_is_let_go_with_its_clients_when_the_stack_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each stack runs on a botocore session of its own (infra/local/process.py). An S3 client holds
+    # its session (its S3 Express identity resolver does), so the pool, whose sessions are weak
+    # keys, held each stack's session through the S3 clients it kept for it, and with it every
+    # client it kept for that session: some ten clients and 60,000-80,000 objects per stack, never
+    # asked for again (2.9 million objects at a `make test` worker's end).
+    import botocore.session
+
+    from tests import client_pool
+
+    port = 1  # no server listens there: nothing below sends a request
+    with fresh_account(monkeypatch):
+        session = botocore.session.get_session()
+        client_pool.serving(port, session)
+        try:
+            built = weakref.ref(session.create_client("s3", region_name="us-east-1"))
+            assert session.create_client("s3", region_name="us-east-1") is built()  # kept while the stack runs
+        finally:
+            client_pool.stopped(port)
+    let_go = weakref.ref(session)
+    del session
+    gc.collect()
+    assert (let_go(), built()) == (None, None)

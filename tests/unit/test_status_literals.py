@@ -8,6 +8,7 @@ only happens to equal a status (a counter named `failed`, a gateway's `declined`
 in ALLOWED, with why."""
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,12 @@ ALLOWED: dict[tuple[str, str, str], str] = {
 }
 
 
-def status_values(root: Path = ROOT) -> set[str]:
+# status_values and findings read the tree once per test process (the source does not change while
+# the tests run): findings parses and walks every file of core/, functions/ and plugins/, 4-15 s on a
+# loaded machine, and two tests asked for it; four asked for status_values. What each test checks is
+# unchanged.
+@functools.cache
+def status_values(root: Path = ROOT) -> frozenset[str]:
     """The values of every status enum of core/ (read from the source, so a new one is covered)."""
     values = set()
     for path in sorted((root / "core").rglob("*.py")):
@@ -38,7 +44,7 @@ def status_values(root: Path = ROOT) -> set[str]:
             for statement in node.body:
                 if isinstance(statement, ast.Assign) and _is_str(statement.value):
                     values.add(statement.value.value)
-    return values
+    return frozenset(values)
 
 
 def _is_str(node: ast.AST | None) -> bool:
@@ -61,7 +67,7 @@ def _mentions_a_status(node: ast.AST) -> bool:
     return False
 
 
-def offences(source: str, values: set[str]) -> Iterator[tuple[int, str, str]]:
+def offences(source: str, values: frozenset[str]) -> Iterator[tuple[int, str, str]]:
     """(line, what the literal meets, the literal) for each status spelt as a string in `source`."""
     tree = ast.parse(source)
     in_literal_types = {
@@ -155,6 +161,7 @@ def scanned_files(root: Path = ROOT) -> Iterator[Path]:
                 yield path
 
 
+@functools.cache
 def findings(root: Path = ROOT) -> dict[tuple[str, str, str], list[int]]:
     values = status_values(root)
     found: dict[tuple[str, str, str], list[int]] = {}
