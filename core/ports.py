@@ -638,14 +638,17 @@ class Backorders(ABC):
         its mark (`recorded` marks it anew) and says `holds` as `entry` does."""
 
     @abstractmethod
-    def remove(self, sku: str, entry: WaitingOrder) -> None: ...
+    def remove(self, sku: str, entry: WaitingOrder) -> None:
+        """Remove `entry`, handing on the walks that stopped at it (`stop`): with the entry gone, its
+        order's step would find none to hand on (`recorded`, `walked_past`)."""
 
     @abstractmethod
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         """Remove `entry` unless its order wrote it again at `version` or later: `version` is that
         of the order's write that ended its wait for `sku` (a cancel, an allocation, a wait that no
         longer needs it), and an order sent back and waiting again since wrote it anew, at a later
-        version. An entry that does not say its version is removed; none there, nothing."""
+        version. An entry that does not say its version is removed; none there, nothing. The walks
+        that stopped at an entry removed are handed on, as `remove` does."""
 
     def left(self, before: Order, after: Order) -> None:
         """After the order's write of `after` over `before`: its entries leave the queues of the

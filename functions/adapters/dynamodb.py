@@ -10,6 +10,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -3141,20 +3142,32 @@ class DynamoBackorders(Backorders):
         return True
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
-        self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
+        answer = self._client.delete_item(TableName=self._table, Key=self._key(sku, entry), ReturnValues="ALL_OLD")
+        self._walk_on_removed(sku, entry, answer.get("Attributes", {}))
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         try:
-            self._client.delete_item(
+            answer = self._client.delete_item(
                 TableName=self._table,
                 Key=self._key(sku, entry),
                 ConditionExpression=f"attribute_not_exists({ENTRY_VERSION}) OR {ENTRY_VERSION} < :version",
                 ExpressionAttributeValues={":version": {"N": str(version)}},
+                ReturnValues="ALL_OLD",
             )
         except ClientError as error:
             # Refused: its order wrote it again since (it waits again), and it stays.
             if not _is_conditional_failure(error):
                 raise
+            return
+        self._walk_on_removed(sku, entry, answer.get("Attributes", {}))
+
+    def _walk_on_removed(self, sku: str, entry: WaitingOrder, was: dict[str, Any]) -> None:
+        """Hand on the walks that stopped at the entry just removed, as it `was` (nothing: none was
+        there): its order no longer waits (a cancel's clean-up, an allocation, a walk that read it
+        gone), and with the entry gone its step's `recorded` or `walked_past` finds none to hand on."""
+        if WALKS_STOPPED in was:
+            version = int(was[ENTRY_VERSION]["N"]) if ENTRY_VERSION in was else None
+            self._walk_on(sku, replace(entry, version=version), was)
 
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         self._set(sku, entry, "bought_at", {"S": location_id})

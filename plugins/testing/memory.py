@@ -565,7 +565,9 @@ class InMemoryBackorders(Backorders):
         self.entries.get(sku, set()).discard(entry)
         self.marked.discard((sku, entry))
         self.bought.pop((sku, entry), None)
-        self.stopped.pop((sku, entry), None)
+        # The walks stopped at it are handed on (DynamoBackorders.remove): its step finds no entry.
+        for location_id, restocked in sorted(self.stopped.pop((sku, entry), set())):
+            self.handed_on.append((sku, location_id, entry, restocked))
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         # Unless its order wrote it again at `version` or later (DynamoBackorders.leave).

@@ -1748,6 +1748,59 @@ def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_
         assert shop.order(older).status is S.BACKORDERED and shop.held(younger) == 1
 
 
+@pytest.mark.parametrize("when", ["queued", "backordered"])
+def test_a_walk_stopped_at_an_order_that_waited_before_and_is_cancelled_is_handed_on(shop, monkeypatch, when):
+    """The older order had waited before (an edit of its method sent it back, its `may_wait` kept): queued again by
+    its ReserveStock, a walk stopped at it; then a person cancelled it, before its `backordered` write
+    or after it and before its entry was marked. The cancel's clean-up removed its entry, and with it
+    the walk kept there: its step's hand-on (walked_past, recorded) found no entry, and the younger
+    order waited beside the unit until the next arrival. A removal hands on the walks it removes."""
+    from core.errors import OrderClosed
+    from core.models import OrderEdit
+    from core.workflow import Workflow
+
+    older = shop.backordered(1)
+    younger = shop.backordered(1)
+    edit = OrderEdit(shipping_method="express")
+    shop.container.actions.edit(older, shop.order(older).version, edit, "key_web")  # sent back, may_wait kept
+    assert shop.order(older).status is S.AUTHORIZED and shop.order(older).may_wait == ["PREORDER"]
+    deliver, real_add, real_fill, arrived = stream_delivery(shop), DynamoBackorders.add, Workflow.fill_backorder, []
+
+    def arrive() -> None:
+        with another_functions_calls():
+            shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+            assert deliver() == 1  # the arrival's walk: it stops at the older order
+            assert shop.held(younger) == 0
+            if when == "queued":
+                _cancel_recorded(shop, older)
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            arrive()
+
+    def cancelled_before_its_look(workflow: Workflow, order_id: str, *args: Any, **kwargs: Any) -> Any:
+        if order_id == older and arrived == ["PREORDER"]:
+            arrived.append("cancelled")
+            with another_functions_calls():
+                _cancel_recorded(shop, older)
+        return real_fill(workflow, order_id, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    if when == "backordered":
+        monkeypatch.setattr(Workflow, "fill_backorder", cancelled_before_its_look)
+    with pytest.raises(OrderClosed):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert arrived and shop.order(older).status is S.CANCELLED
+    assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
+
+
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
 
 
