@@ -639,16 +639,16 @@ class Backorders(ABC):
 
     @abstractmethod
     def remove(self, sku: str, entry: WaitingOrder) -> None:
-        """Remove `entry`, handing on the walks that stopped at it (`stop`): with the entry gone, its
-        order's step would find none to hand on (`recorded`, `walked_past`)."""
+        """Remove `entry`, handing on from after it the walks still stopped at it (`stop`: its
+        order's step died before handing them on, and the order no longer waits)."""
 
     @abstractmethod
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         """Remove `entry` unless its order wrote it again at `version` or later: `version` is that
         of the order's write that ended its wait for `sku` (a cancel, an allocation, a wait that no
         longer needs it), and an order sent back and waiting again since wrote it anew, at a later
-        version. An entry that does not say its version is removed; none there, nothing. The walks
-        that stopped at an entry removed are handed on, as `remove` does."""
+        version. An entry that does not say its version is removed; none there, nothing. Removed,
+        the walks still stopped at it are handed on, as by `remove`."""
 
     def left(self, before: Order, after: Order) -> None:
         """After the order's write of `after` over `before`: its entries leave the queues of the
@@ -693,8 +693,11 @@ class Backorders(ABC):
         """An arrival's walk of `sku` at `location_id` (`restocked`: a restock's) stops at `entry`,
         whose order it read `authorized` at the entry's version: queued by its ReserveStock, its
         `backordered` write and its own look at stock to come (Workflow._wait_for_stock). Kept on
-        the entry, for `recorded` to hand the walk on, unless the entry is marked already (its order
-        written backordered since: read it again), of another version, or gone; whether it was kept."""
+        the entry, for `recorded` (or `walked_past`) to hand the walk on, only while the order is
+        still `authorized` at the entry's version, in the same write: not once it was written since
+        (backordered, held, cancelled, edited: read it again; a stop landing after the write that
+        lost had nothing left to hand it on), nor when the entry is marked already, of another
+        version, or gone; whether it was kept."""
 
     @abstractmethod
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:

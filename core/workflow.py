@@ -449,6 +449,10 @@ class Workflow:
                 # is the last step that knows to look (the execution ends OrderAlreadyClosed).
                 self._cancellation.release_stock(order)
             if order.status in STOPPED:
+                # A run of this step that queued the order and died before its `backordered` write
+                # (which, lost, would have handed them on) left the walks stopped at it: held or
+                # closed since, it takes nothing from them.
+                self._walked_past(order)
                 raise stopped(order)
             _check_authorized_visible(order)
             return  # reserved already
@@ -741,6 +745,16 @@ class Workflow:
         an order a count excluded a location for."""
         counted = {(sku, location_id) for location_id, skus in order.counted_short.items() for sku in skus}
         return sorted(self._inventory.restocked_since_count(counted)) if counted else []
+
+    def _walked_past(self, order: Order) -> None:
+        """Hand on the arrivals' walks stopped at `order` (Backorders.stop), which waits for no
+        units now (held or closed) though no run of ReserveStock handed them on (it died first):
+        one conditional write per sku of its lines, on a park or a Retry that finds it so only."""
+        if self._backorders is None:
+            return
+        entry = WaitingOrder.for_order(order)
+        for sku in sorted({line.sku for line in order.lines}):
+            self._backorders.walked_past(sku, entry)
 
     def _cannot_wait(self, skus: set[str], order: Order) -> set[str]:
         """The skus of `skus` `order` may not wait backordered for: those whose product does not
@@ -1454,6 +1468,10 @@ class Workflow:
             stored = modify(self._orders, order_id, decide)
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
+        if parked and tried:
+            # Its ReserveStock may have queued it and died before its `backordered` write (or before
+            # handing on, once written): the walks stopped at it go on, as a lost write sends them.
+            self._walked_past(stored)
         return parked or bool(
             execution and retried and stored.status is S.ON_HOLD and self._parked_by(order_id, execution)
         )

@@ -10,7 +10,6 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -31,6 +30,7 @@ from core.errors import (
     ReservationsFull,
     StaleVersion,
     StockLimitReached,
+    TransientError,
 )
 from core.models import MAX_ON_HAND, Bookkeeping, HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
@@ -127,6 +127,22 @@ def _numbers_to_python(value: Any) -> Any:
 
 def _is_conditional_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+def order_check(table: str, order_id: str, status: OrderStatus, version: int) -> dict[str, Any]:
+    """A transaction's ConditionCheck that the stored order still has `status` at `version`."""
+    return {
+        "ConditionCheck": {
+            "TableName": table,
+            "Key": {"id": {"S": order_id}},
+            "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
+            "ExpressionAttributeNames": {"#status": "status", "#version": "version"},
+            "ExpressionAttributeValues": {
+                ":expected_status": {"S": status.value},
+                ":expected_version": {"N": str(version)},
+            },
+        }
+    }
 
 
 def cancellation_reasons(error: ClientError) -> list[str | None] | None:
@@ -923,18 +939,7 @@ class DynamoOrders(OrderRepository):
     @staticmethod
     def _order_check(table: str, expected: Order) -> dict[str, Any]:
         """A transaction's ConditionCheck that the stored order still has `expected`'s status and version."""
-        return {
-            "ConditionCheck": {
-                "TableName": table,
-                "Key": {"id": {"S": expected.id}},
-                "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
-                "ExpressionAttributeNames": {"#status": "status", "#version": "version"},
-                "ExpressionAttributeValues": {
-                    ":expected_status": {"S": expected.status.value},
-                    ":expected_version": {"N": str(expected.version)},
-                },
-            }
-        }
+        return order_check(table, expected.id, expected.status, expected.version)
 
     def _transact(self, expected: Order, items: list[dict[str, Any]]) -> None:
         """One transaction whose first item is the order's: a cancellation on its condition (or a
@@ -3142,8 +3147,10 @@ class DynamoBackorders(Backorders):
         return True
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
+        # The entry as it was comes back with the delete (no read more): the walks still stopped at
+        # it go on (a step that died before handing them on, its order then allocated or cancelled).
         answer = self._client.delete_item(TableName=self._table, Key=self._key(sku, entry), ReturnValues="ALL_OLD")
-        self._walk_on_removed(sku, entry, answer.get("Attributes", {}))
+        self._walk_on(sku, entry, answer.get("Attributes", {}))
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         try:
@@ -3152,22 +3159,14 @@ class DynamoBackorders(Backorders):
                 Key=self._key(sku, entry),
                 ConditionExpression=f"attribute_not_exists({ENTRY_VERSION}) OR {ENTRY_VERSION} < :version",
                 ExpressionAttributeValues={":version": {"N": str(version)}},
-                ReturnValues="ALL_OLD",
+                ReturnValues="ALL_OLD",  # the walks still stopped at it go on, as at `remove`
             )
         except ClientError as error:
             # Refused: its order wrote it again since (it waits again), and it stays.
             if not _is_conditional_failure(error):
                 raise
             return
-        self._walk_on_removed(sku, entry, answer.get("Attributes", {}))
-
-    def _walk_on_removed(self, sku: str, entry: WaitingOrder, was: dict[str, Any]) -> None:
-        """Hand on the walks that stopped at the entry just removed, as it `was` (nothing: none was
-        there): its order no longer waits (a cancel's clean-up, an allocation, a walk that read it
-        gone), and with the entry gone its step's `recorded` or `walked_past` finds none to hand on."""
-        if WALKS_STOPPED in was:
-            version = int(was[ENTRY_VERSION]["N"]) if ENTRY_VERSION in was else None
-            self._walk_on(sku, replace(entry, version=version), was)
+        self._walk_on(sku, entry, answer.get("Attributes", {}))
 
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         self._set(sku, entry, "bought_at", {"S": location_id})
@@ -3213,7 +3212,8 @@ class DynamoBackorders(Backorders):
         restocked = set(was.get(WALKS_STOPPED_RESTOCKED, {}).get("SS", []))
         # Named by the order's write of the entry: handed on again (a retried step), the same
         # record's hand-on is refused unless another was written there since (walk_from).
-        by = f"stopped-at#{entry.order_id}#{entry.version}"
+        version = was[ENTRY_VERSION]["N"] if ENTRY_VERSION in was else entry.version
+        by = f"stopped-at#{entry.order_id}#{version}"
         for location_id in sorted(stopped):
             self.walk_from(sku, location_id, entry, by, location_id in restocked)
         return bool(stopped)
@@ -3223,19 +3223,34 @@ class DynamoBackorders(Backorders):
             return False  # written before entries said their version: the order's wait cannot be told
         at = {"SS": [location_id]}
         adds = f"{WALKS_STOPPED} :at" + (f", {WALKS_STOPPED_RESTOCKED} :at" if restocked else "")
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._key(sku, entry),
-                UpdateExpression=f"ADD {adds}",
-                ConditionExpression=(
+        # Kept only while the order is still `authorized` at the entry's version, in one transaction:
+        # its `backordered` write then lands after the stop, and so does what hands the stop on
+        # (`recorded`, or `walked_past` once that write lost). A stop landing after a write that lost
+        # to a hold, a cancel or an edit was kept on its entry with nothing left to hand it on.
+        stop = {
+            "Update": {
+                "TableName": self._table,
+                "Key": self._key(sku, entry),
+                "UpdateExpression": f"ADD {adds}",
+                "ConditionExpression": (
                     f"attribute_exists(order_id) AND {ENTRY_VERSION} = :version "
                     f"AND attribute_not_exists({BACKORDER_RECORDED})"
                 ),
-                ExpressionAttributeValues={":at": at, ":version": {"N": str(entry.version)}},
-            )
+                "ExpressionAttributeValues": {":at": at, ":version": {"N": str(entry.version)}},
+            }
+        }
+        check = order_check(self._orders_table, entry.order_id, OrderStatus.AUTHORIZED, entry.version)
+        try:
+            self._client.transact_write_items(TransactItems=[check, stop])
         except ClientError as error:
-            if not _is_conditional_failure(error):
+            reasons = cancellation_reasons(error)
+            if reasons is None:
+                raise
+            if "TransactionConflict" in reasons:
+                # A write of the order or the entry in progress: read again, the order might be
+                # passed over as `authorized` still. The walk's batch is retried (it is idempotent).
+                raise TransientError(f"order {entry.order_id} or its queue entry was being written") from None
+            if "ConditionalCheckFailed" not in reasons:
                 raise
             return False
         return True

@@ -562,12 +562,10 @@ class InMemoryBackorders(Backorders):
         self.entries[sku].add(entry)
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
+        self.walked_past(sku, entry)  # the walks still stopped at it go on (DynamoBackorders.remove)
         self.entries.get(sku, set()).discard(entry)
         self.marked.discard((sku, entry))
         self.bought.pop((sku, entry), None)
-        # The walks stopped at it are handed on (DynamoBackorders.remove): its step finds no entry.
-        for location_id, restocked in sorted(self.stopped.pop((sku, entry), set())):
-            self.handed_on.append((sku, location_id, entry, restocked))
 
     def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
         # Unless its order wrote it again at `version` or later (DynamoBackorders.leave).
@@ -594,6 +592,10 @@ class InMemoryBackorders(Backorders):
         if written is None or written.version is None or written.version != entry.version:
             return False
         if (sku, written) in self.marked:
+            return False
+        # Only while its order is still `authorized` at the entry's version (DynamoBackorders.stop).
+        order = self._orders.get(entry.order_id)
+        if order is None or order.status is not OrderStatus.AUTHORIZED or order.version != entry.version:
             return False
         self.stopped.setdefault((sku, written), set()).add((location_id, restocked))
         return True

@@ -1633,6 +1633,65 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     assert shop.level() == (units, units, 0)
 
 
+def test_a_walks_stop_landing_after_the_older_orders_lost_write_handed_on_is_not_kept(shop, monkeypatch):
+    """The walk read the older order `authorized`, queued; before its stop landed, a person held the
+    order, whose step then lost its `backordered` write and handed on the walks stopped at it: none
+    yet. The stop then landed, kept on the entry of an order held, and nothing would hand it on: the
+    younger order waited beside the unit until the next arrival. A stop is kept only while the order
+    is still as the walk read it (authorized at the entry's version): here refused, the walk reads
+    the order again, held, and goes on past it."""
+    from core.errors import OrderClosed
+    from core.holds import HoldRequest
+    from infra.local.moto_patches import lock
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, real_stop = stream_delivery(shop), DynamoBackorders.add, DynamoBackorders.stop
+    queued, go, raised = threading.Event(), threading.Event(), []
+
+    def queued_then_paused(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older:
+            queued.set()
+            go.wait()
+
+    def step() -> None:
+        try:
+            shop.container.workflow.reserve_stock(older)
+        except OrderClosed as error:
+            raised.append(error)  # its write lost to the hold
+
+    def stopping_late(backorders: DynamoBackorders, *args: Any) -> bool:
+        with another_functions_calls():
+            shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+        go.set()
+        thread.join()  # the step lost its write and handed on what had stopped at the order
+        return real_stop(backorders, *args)
+
+    monkeypatch.setattr(DynamoBackorders, "add", queued_then_paused)
+    thread = threading.Thread(target=step)
+    lock.PATCH.apply()
+    try:
+        thread.start()
+        queued.wait()
+        monkeypatch.setattr(DynamoBackorders, "stop", stopping_late)
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        assert deliver() == 1  # the arrival's walk
+    finally:
+        go.set()
+        thread.join()
+        lock.PATCH.undo()
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert raised and shop.order(older).status is S.ON_HOLD
+    assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
+
+
 def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_units_that_arrived(shop, monkeypatch):
     """The older order was queued, its `backordered` write to come, when a unit arrived (its walk not
     run yet) and a new order was sourced: the new order's look behind older orders read only the
@@ -1697,6 +1756,186 @@ def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_w
 
     assert younger in read  # the walk handed on, from after the older order
     assert (shop.held(older), shop.held(younger)) == (2, 0) and shop.level() == (2, 2, 0)
+
+
+def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order_hands_it_on_as_it_leaves(
+    shop, monkeypatch
+):
+    """Two units came while the older order was queued; the walk stopped at it, its own look took
+    one and completed it, and its step died after marking the entry, before handing the walk on.
+    The Retry finds it complete (nothing to mark anew) and CreateShipments removes its entry, stop
+    and all: the younger order waited beside the other unit until the next arrival. The entry's
+    removal hands on the walks still stopped at it (its old image comes back with the delete)."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
+    with pytest.raises(OSError):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    assert (shop.held(older), shop.held(younger)) == (1, 0)
+
+    shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
+    shop.container.workflow.create_shipments(older)
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert shop.order(older).status is S.ALLOCATED
+    assert (shop.held(older), shop.held(younger)) == (1, 1) and shop.level() == (2, 2, 0)
+
+
+def test_create_shipments_may_hand_on_the_walk_stopped_at_the_entry_it_removes(shop, aws):
+    """As above, the CreateShipments task run by its own handler under its grants: its clean-up's
+    removal of the entry hands the walk on with an UpdateItem of the stock item (walk_from), which
+    its role did not grant (DeleteItem alone on the Inventory table): AWS refuses it after the entry
+    is gone, and the younger order waits beside the unit until the next arrival."""
+    from functions.bootstrap import forget_warm_containers
+    from functions.workflow import create_shipments
+    from tests.integration.test_handlers import Context
+    from tests.template_iam import handlers_checked
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    with pytest.MonkeyPatch.context() as dies, pytest.raises(OSError):
+        dies.setattr(DynamoBackorders, "add", arriving_once_queued)
+        dies.setattr(DynamoBackorders, "walk_from", dying)
+        shop.container.workflow.reserve_stock(older)
+    shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
+
+    with pytest.MonkeyPatch.context() as patched:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        patched.setenv("LABELS_BUCKET", "test-labels")  # its parcel's label
+        forget_warm_containers()
+        handlers = {"CreateShipmentsFunction": "functions.workflow.create_shipments"}
+        names = {"state_machine_arns": {"OrderWorkflow": shop.arn}, "bucket_names": {"LabelsBucket": "test-labels"}}
+        with handlers_checked(patched, handlers, aws.tables, **names):
+            create_shipments.lambda_handler({"order_id": older}, Context())
+    forget_warm_containers()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert shop.order(older).status is S.ALLOCATED
+    assert (shop.held(older), shop.held(younger)) == (1, 1) and shop.level() == (2, 2, 0)
+
+
+@pytest.mark.parametrize("then", ["parked", "held", "cancelled"])
+def test_an_older_order_whose_step_died_before_its_backordered_write_hands_on_the_walk_stopped_at_it(
+    shop, monkeypatch, then
+):
+    """The walk stopped at the older order, queued; its step died before its `backordered` write
+    (nothing lost it, so nothing handed the walk on). Its Retries spent, the workflow parked it on
+    hold; or a person held or cancelled it first, and the Retry found it so. Either way it takes
+    nothing from the walk, which stayed stopped at it: the younger order waited beside the unit
+    until the next arrival there. The park, and the Retry that finds the order held or closed,
+    hand on the walks stopped at it."""
+    from core.errors import OrderClosed
+    from core.holds import HoldRequest
+    from functions.adapters.dynamodb import DynamoOrders
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, real_update, arrived = stream_delivery(shop), DynamoBackorders.add, DynamoOrders.update, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(orders: DynamoOrders, new: Any, *args: Any, **kwargs: Any) -> None:
+        if new.id == older and new.status is S.BACKORDERED:
+            raise OSError("died")
+        real_update(orders, new, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    monkeypatch.setattr(DynamoOrders, "update", dying)
+    with pytest.raises(OSError):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+    if then == "parked":
+        assert shop.container.workflow.park_after_failure(older, "OSError", "died")
+    else:
+        if then == "held":
+            shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+        else:
+            _cancel_recorded(shop, older)
+        with pytest.raises(OrderClosed):
+            shop.container.workflow.reserve_stock(older)  # the Retry
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert shop.order(older).status is (S.CANCELLED if then == "cancelled" else S.ON_HOLD)
+    assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
+
+
+def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(shop, monkeypatch):
+    """Units came to both warehouses while the older order was queued: both walks stopped at it
+    (one stop per location on its entry). Its own look took the one unit it lacks, and its step
+    handed both walks on: the younger order gets the two units left, one at each warehouse."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(2)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+                shop.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+                assert deliver() == 2  # both walks stop at the older order
+            assert shop.held(younger) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look completes it
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (1, 2)
+    east, west = shop.level("wh-east"), shop.level("wh-west")
+    assert (east[1] + west[1], east[2] + west[2]) == (3, 0)
 
 
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])

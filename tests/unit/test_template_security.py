@@ -212,6 +212,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [DynamoBackorderedOrders],  # the orders a new version of the rules wakes
         (ORDERS, "dynamodb:BatchGetItem"): [DynamoOrders],  # the orders waiting behind a reorder point
+        # A walk's stop at an order queued, kept only while it is still `authorized` (DynamoBackorders.stop).
+        (ORDERS, "dynamodb:ConditionCheckItem"): [DynamoBackorders],
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders, DynamoInventory],
@@ -259,7 +261,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
     },
-    "ParkOrderFunction": _WORKFLOW_ORDERS,
+    "ParkOrderFunction": {
+        **_WORKFLOW_ORDERS,
+        # The arrivals' walks stopped at an order parked, handed on (Workflow._walked_past).
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoBackorders],
+    },
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [
@@ -282,7 +288,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # shipments the pass rejects (InventoryService.finish_short_counts); its marks are Queried
         # on the Inventory table's short_counts.
         (ORDERS, "dynamodb:BatchGetItem"): [DynamoOrders],
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders, DynamoBackorders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger, DynamoNotifications],
@@ -385,7 +391,8 @@ _ALSO_CALLED_AS = {
     "batch_get_item": ["batch_get("],  # functions.adapters.dynamodb.batch_get
     "put_item": ['"Put": {'],  # an item put in a transaction (DynamoInventory.restock's ledger item)
     "delete_item": ['"Delete": {'],  # an item deleted in a transaction (DynamoNotifications' retry listing)
-    "condition_check_item": ['"ConditionCheck": {'],  # a transaction's check (DynamoOrders.update_with_stock)
+    # A transaction's check (DynamoOrders.update_with_stock), or an order's (functions.adapters.dynamodb.order_check).
+    "condition_check_item": ['"ConditionCheck": {', "order_check("],
     "query": ['get_paginator("query")', "_query_ids(", "_paged_ids("],  # functions.adapters.dynamodb helpers
     "send_message": [".send_message_batch("],  # authorized as SendMessage
     "get_object": ['"get_object"'],  # a presigned GetObject
