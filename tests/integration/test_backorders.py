@@ -1800,6 +1800,56 @@ def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order
     assert (shop.held(older), shop.held(younger)) == (1, 1) and shop.level() == (2, 2, 0)
 
 
+def test_create_shipments_may_hand_on_the_walk_stopped_at_the_entry_it_removes(shop, aws):
+    """As above, the CreateShipments task run by its own handler under its grants: its clean-up's
+    removal of the entry hands the walk on with an UpdateItem of the stock item (walk_from), which
+    its role did not grant (DeleteItem alone on the Inventory table): AWS refuses it after the entry
+    is gone, and the younger order waits beside the unit until the next arrival."""
+    from functions.bootstrap import forget_warm_containers
+    from functions.workflow import create_shipments
+    from tests.integration.test_handlers import Context
+    from tests.template_iam import handlers_checked
+
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+                assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    with pytest.MonkeyPatch.context() as dies, pytest.raises(OSError):
+        dies.setattr(DynamoBackorders, "add", arriving_once_queued)
+        dies.setattr(DynamoBackorders, "walk_from", dying)
+        shop.container.workflow.reserve_stock(older)
+    shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
+
+    with pytest.MonkeyPatch.context() as patched:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        patched.setenv("LABELS_BUCKET", "test-labels")  # its parcel's label
+        forget_warm_containers()
+        handlers = {"CreateShipmentsFunction": "functions.workflow.create_shipments"}
+        names = {"state_machine_arns": {"OrderWorkflow": shop.arn}, "bucket_names": {"LabelsBucket": "test-labels"}}
+        with handlers_checked(patched, handlers, aws.tables, **names):
+            create_shipments.lambda_handler({"order_id": older}, Context())
+    forget_warm_containers()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert shop.order(older).status is S.ALLOCATED
+    assert (shop.held(older), shop.held(younger)) == (1, 1) and shop.level() == (2, 2, 0)
+
+
 @pytest.mark.parametrize("then", ["parked", "held", "cancelled"])
 def test_an_older_order_whose_step_died_before_its_backordered_write_hands_on_the_walk_stopped_at_it(
     shop, monkeypatch, then
@@ -1935,6 +1985,59 @@ def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_
         with pytest.raises(Backordered):
             shop.container.workflow.reserve_stock(older)  # the retry: nothing left for it
         assert shop.order(older).status is S.BACKORDERED and shop.held(younger) == 1
+
+
+@pytest.mark.parametrize("when", ["queued", "backordered"])
+def test_a_walk_stopped_at_an_order_that_waited_before_and_is_cancelled_is_handed_on(shop, monkeypatch, when):
+    """The older order had waited before (an edit of its method sent it back, its `may_wait` kept): queued again by
+    its ReserveStock, a walk stopped at it; then a person cancelled it, before its `backordered` write
+    or after it and before its entry was marked. The cancel's clean-up removed its entry, and with it
+    the walk kept there: its step's hand-on (walked_past, recorded) found no entry, and the younger
+    order waited beside the unit until the next arrival. A removal hands on the walks it removes."""
+    from core.errors import OrderClosed
+    from core.models import OrderEdit
+    from core.workflow import Workflow
+
+    older = shop.backordered(1)
+    younger = shop.backordered(1)
+    edit = OrderEdit(shipping_method="express")
+    shop.container.actions.edit(older, shop.order(older).version, edit, "key_web")  # sent back, may_wait kept
+    assert shop.order(older).status is S.AUTHORIZED and shop.order(older).may_wait == ["PREORDER"]
+    deliver, real_add, real_fill, arrived = stream_delivery(shop), DynamoBackorders.add, Workflow.fill_backorder, []
+
+    def arrive() -> None:
+        with another_functions_calls():
+            shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+            assert deliver() == 1  # the arrival's walk: it stops at the older order
+            assert shop.held(younger) == 0
+            if when == "queued":
+                _cancel_recorded(shop, older)
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            arrive()
+
+    def cancelled_before_its_look(workflow: Workflow, order_id: str, *args: Any, **kwargs: Any) -> Any:
+        if order_id == older and arrived == ["PREORDER"]:
+            arrived.append("cancelled")
+            with another_functions_calls():
+                _cancel_recorded(shop, older)
+        return real_fill(workflow, order_id, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    if when == "backordered":
+        monkeypatch.setattr(Workflow, "fill_backorder", cancelled_before_its_look)
+    with pytest.raises(OrderClosed):
+        shop.container.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    for _ in range(5):
+        if not deliver():
+            break
+
+    assert arrived and shop.order(older).status is S.CANCELLED
+    assert (shop.held(older), shop.held(younger)) == (0, 1) and shop.level() == (1, 1, 0)
 
 
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------

@@ -208,6 +208,39 @@ def test_a_walk_that_meets_an_older_order_being_queued_stops_there_and_its_step_
     assert allocator.arrived("BOOK", "wh-east", after).filled == []  # nothing left for the younger one
 
 
+def test_a_walk_stopped_at_an_order_cancelled_before_its_entry_is_marked_is_handed_on_by_the_cancel(setup, monkeypatch):
+    """The walk stopped at the older order while it was queued; the order was written backordered,
+    then cancelled before its step marked its entry. The cancel's clean-up removes the entry, and
+    with it hands on the walk kept there: the step's mark finds no entry to hand it on from."""
+    from core.errors import OrderClosed
+    from core.workflow import CANCEL_RECORDED
+
+    world, allocator, _ = setup
+    older = world.place(("BOOK", 1))
+    world.workflow.authorize_payment(older, attempt=0)
+    real_add, real_fill, walked = world.backorders.add, world.workflow.fill_backorder, []
+
+    def add(sku, entry):
+        real_add(sku, entry)
+        if entry.order_id == older and not walked:
+            walked.append(arrive(world, allocator, "BOOK", "wh-east", 1))
+
+    def fill_backorder(order_id, **kwargs):
+        if order_id == older and len(walked) == 1:
+            walked.append(world.actions.cancel(older, "changed my mind", actor="key_web"))
+            world.workflow.cancel_after_failure(older, CANCEL_RECORDED, "a cancel recorded outside the workflow")
+        return real_fill(order_id, **kwargs)
+
+    monkeypatch.setattr(world.backorders, "add", add)
+    monkeypatch.setattr(world.workflow, "fill_backorder", fill_backorder)
+    with pytest.raises(OrderClosed):
+        world.workflow.reserve_stock(older)  # its write stood; the cancel came before the mark
+
+    assert walked[0].filled == [] and walked[1].status is S.CANCELLED
+    [(sku, location_id, after, restocked)] = world.backorders.handed_on
+    assert (sku, location_id, after.order_id, restocked) == ("BOOK", "wh-east", older, False)
+
+
 def test_the_steps_look_at_stock_after_it_is_backordered_does_not_trust_a_lagging_read(setup, monkeypatch):
     """That look reads the order just after the step wrote it backordered; a plain read may still
     show it authorized (GetItem is eventually consistent), and the look must not be skipped on

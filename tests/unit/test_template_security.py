@@ -234,6 +234,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "CreateShipmentsFunction": {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoBackorders],  # a walk kept on an entry removed, handed on
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
