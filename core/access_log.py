@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, field_validator
 
 from core.cursors import cursor_document
 from core.errors import InvalidCursor
@@ -81,10 +81,18 @@ class OrderRead(BaseModel, defer_build=True):
 
     request_id: str
     order_id: str
-    at: datetime
+    at: AwareDatetime
     actor: str
     action: str
     detail: dict[str, Any] | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _at_in_utc(cls, at: datetime) -> datetime:
+        """A read's time in UTC, as the API's clock gives it: the store keys a read by its time as
+        written, and compares it with the changes' (a read sent to the queue by hand, as the runbooks
+        do, may be written at another offset; one with no zone is refused, a poison message)."""
+        return at.astimezone(UTC)
 
 
 class ReadRecorder(ABC):
