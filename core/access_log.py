@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from core.cursors import cursor_document
 from core.errors import InvalidCursor
@@ -75,11 +75,18 @@ class AccessEntry(Shown):
     detail: dict[str, Any] | None = None
 
 
+# The longest request id a read may have: a cursor names the last read its page showed by it, and
+# one naming a longer id is refused (API Gateway's are 36 characters).
+_MAX_KEY = 200
+
+
 class OrderRead(BaseModel, defer_build=True):
     """One read of an order, as the API queues it: `request_id` (API Gateway's) makes recording it
     twice (a redelivered message) record it once."""
 
-    request_id: str
+    # No read the API queues has a longer one; one sent by hand that had would be stored, and the
+    # page that showed it would hand out a cursor the next page refuses.
+    request_id: str = Field(max_length=_MAX_KEY)
     order_id: str
     at: AwareDatetime
     actor: str
@@ -189,7 +196,6 @@ def _read_entry(read: OrderRead) -> AccessEntry:
 # Where the next page's reads start: after the read of this time and request id, or with no request
 # id, at this time (a cursor issued before changes were known by their place: _decode_cursor).
 ReadPosition = tuple[datetime, str | None]
-_MAX_KEY = 200
 
 
 def _encode_cursor(order_id: str, shown: int, read_after: ReadPosition | None) -> str:

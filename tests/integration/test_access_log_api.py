@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -532,8 +533,6 @@ def test_a_queued_read_with_no_time_zone_is_poison_and_one_at_another_offset_is_
     # read with no zone was stored, and every page of its order's log then compared it with the
     # changes' times (aware) and answered 500 for 400 days; a read at +01:00 was keyed by its
     # local time, so the Query's order (the key's) put it after reads it came before.
-    from datetime import timedelta
-
     from functions.access_log.app import container, lambda_handler
 
     oid = "ord_" + "e" * 24
@@ -573,4 +572,40 @@ def test_a_queued_read_with_no_time_zone_is_poison_and_one_at_another_offset_is_
         if not (cursor := page.json()["next_cursor"]):
             break
     assert paged == whole.json()["items"]
+    consume_queued_reads()
+
+
+def test_a_queued_read_whose_request_id_no_cursor_may_name_is_poison(api):
+    # A page's cursor names the last read it showed by its request id, and a cursor naming one longer
+    # than API Gateway's ever are (200 characters) is refused. A read sent by hand with a longer one
+    # was stored: the page that showed it handed out a cursor its next page refused (422), and the
+    # reads after it could not be walked to.
+    from functions.access_log.app import container, lambda_handler
+
+    oid = "ord_" + "f" * 24
+    stored(oid)
+    consume_queued_reads()
+    at = a_stored_order(("TSHIRT", 1)).created_at
+
+    def message(request_id: str, minutes: int) -> dict[str, Any]:
+        when = (at + timedelta(minutes=minutes)).isoformat()
+        body = {"request_id": request_id, "order_id": oid, "at": when, "actor": "key_hand", "action": "get"}
+        return {"messageId": request_id[:20], "body": json.dumps(body), "eventSource": "aws:sqs"}
+
+    long_id = "r" * 201
+    event = {"Records": [message(long_id, 1), message("req-later", 2)]}
+    container.forget()
+
+    assert lambda_handler(event, Context()) == {"batchItemFailures": [{"itemIdentifier": long_id[:20]}]}
+
+    auditor = key(api, "audit:read")[1]
+    paged, cursor = [], None
+    while True:
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = api.get(f"/orders/{oid}/access-log", key=auditor, params=params)
+        assert page.status_code == 200, page.text
+        paged += page.json()["items"]
+        if not (cursor := page.json()["next_cursor"]):
+            break
+    assert [(i["actor"], i["action"]) for i in paged] == [("key_shop", "created"), ("key_hand", "get")]
     consume_queued_reads()
