@@ -236,7 +236,9 @@ def _read_position(at: Any, key: Any) -> ReadPosition:
     """The read position a cursor names, or ValueError: a time with its zone, as UTC, and a request
     id DynamoDB can compare (or none)."""
     when = datetime.fromisoformat(at)
-    usable_key = key is None or (isinstance(key, str) and 0 < len(key) <= _MAX_KEY and _has_utf8_form(key))
+    # Any request id a stored read may have (OrderRead.request_id), "" too: the API queues it for a
+    # read whose event names none.
+    usable_key = key is None or (isinstance(key, str) and len(key) <= _MAX_KEY and _has_utf8_form(key))
     if when.tzinfo is None or not usable_key:
         raise ValueError("not a read's position")
     # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent: OverflowError.
