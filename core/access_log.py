@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from core.cursors import cursor_document
 from core.errors import InvalidCursor
@@ -75,16 +75,31 @@ class AccessEntry(Shown):
     detail: dict[str, Any] | None = None
 
 
+# The longest request id a read may have: a cursor names the last read its page showed by it, and
+# one naming a longer id is refused (API Gateway's are 36 characters).
+_MAX_KEY = 200
+
+
 class OrderRead(BaseModel, defer_build=True):
     """One read of an order, as the API queues it: `request_id` (API Gateway's) makes recording it
     twice (a redelivered message) record it once."""
 
-    request_id: str
+    # No read the API queues has a longer one; one sent by hand that had would be stored, and the
+    # page that showed it would hand out a cursor the next page refuses.
+    request_id: str = Field(max_length=_MAX_KEY)
     order_id: str
-    at: datetime
+    at: AwareDatetime
     actor: str
     action: str
     detail: dict[str, Any] | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _at_in_utc(cls, at: datetime) -> datetime:
+        """A read's time in UTC, as the API's clock gives it: the store keys a read by its time as
+        written, and compares it with the changes' (a read sent to the queue by hand, as the runbooks
+        do, may be written at another offset; one with no zone is refused, a poison message)."""
+        return at.astimezone(UTC)
 
 
 class ReadRecorder(ABC):
@@ -181,7 +196,6 @@ def _read_entry(read: OrderRead) -> AccessEntry:
 # Where the next page's reads start: after the read of this time and request id, or with no request
 # id, at this time (a cursor issued before changes were known by their place: _decode_cursor).
 ReadPosition = tuple[datetime, str | None]
-_MAX_KEY = 200
 
 
 def _encode_cursor(order_id: str, shown: int, read_after: ReadPosition | None) -> str:
@@ -222,7 +236,9 @@ def _read_position(at: Any, key: Any) -> ReadPosition:
     """The read position a cursor names, or ValueError: a time with its zone, as UTC, and a request
     id DynamoDB can compare (or none)."""
     when = datetime.fromisoformat(at)
-    usable_key = key is None or (isinstance(key, str) and 0 < len(key) <= _MAX_KEY and _has_utf8_form(key))
+    # Any request id a stored read may have (OrderRead.request_id), "" too: the API queues it for a
+    # read whose event names none.
+    usable_key = key is None or (isinstance(key, str) and len(key) <= _MAX_KEY and _has_utf8_form(key))
     if when.tzinfo is None or not usable_key:
         raise ValueError("not a read's position")
     # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent: OverflowError.

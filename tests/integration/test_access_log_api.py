@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -523,4 +524,119 @@ def test_a_read_that_showed_a_change_comes_after_it_in_the_log(api):
         (clerk_id, "cancelled"),
         (clerk_id, "get"),
     ]
+    consume_queued_reads()
+
+
+def test_a_queued_read_with_no_time_zone_is_poison_and_one_at_another_offset_is_kept_at_its_instant(api):
+    # The runbooks send reads to AccessLogQueue by hand (a `read not queued` line's `access`, a
+    # dead-letter redrive): the function is the queue's only reader and stored whatever parsed. A
+    # read with no zone was stored, and every page of its order's log then compared it with the
+    # changes' times (aware) and answered 500 for 400 days; a read at +01:00 was keyed by its
+    # local time, so the Query's order (the key's) put it after reads it came before.
+    from functions.access_log.app import container, lambda_handler
+
+    oid = "ord_" + "e" * 24
+    stored(oid)
+    consume_queued_reads()
+    at = a_stored_order(("TSHIRT", 1)).created_at.replace(tzinfo=None)  # the order's `created` entry, with no zone
+
+    def message(request_id: str, when: str) -> dict[str, Any]:
+        actor = f"key_{request_id[-1]}"
+        body = {"request_id": request_id, "order_id": oid, "at": when, "actor": actor, "action": "get"}
+        return {"messageId": request_id, "body": json.dumps(body), "eventSource": "aws:sqs"}
+
+    later_utc = (at + timedelta(minutes=30)).isoformat() + "+00:00"  # 30 minutes after the order
+    earlier_in_paris = (at + timedelta(minutes=70)).isoformat() + "+01:00"  # 10 minutes after it
+    no_zone = (at + timedelta(minutes=5)).isoformat()
+    event = {"Records": [message("req-a", later_utc), message("req-b", earlier_in_paris), message("req-c", no_zone)]}
+    container.forget()
+
+    assert lambda_handler(event, Context()) == {"batchItemFailures": [{"itemIdentifier": "req-c"}]}
+
+    auditor = key(api, "audit:read")[1]
+    whole = api.get(f"/orders/{oid}/access-log", key=auditor)
+    assert whole.status_code == 200, whole.text
+    assert [(i["actor"], i["action"]) for i in whole.json()["items"]] == [
+        ("key_shop", "created"),
+        ("key_b", "get"),  # 10 minutes after the order, written at +01:00
+        ("key_a", "get"),
+    ]
+    assert times(whole.json()["items"]) == sorted(times(whole.json()["items"]))
+    paged, cursor = [], None
+    while True:
+        page = api.get(
+            f"/orders/{oid}/access-log", key=auditor, params={"limit": 1, **({"cursor": cursor} if cursor else {})}
+        )
+        assert page.status_code == 200, page.text
+        paged += page.json()["items"]
+        if not (cursor := page.json()["next_cursor"]):
+            break
+    assert paged == whole.json()["items"]
+    consume_queued_reads()
+
+
+def walk(api: InProcessApi, oid: str, auditor: str) -> list[dict[str, Any]]:
+    """The order's whole log, a page of one entry at a time, every page 200."""
+    paged, cursor = [], None
+    while True:
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = api.get(f"/orders/{oid}/access-log", key=auditor, params=params)
+        assert page.status_code == 200, page.text
+        paged += page.json()["items"]
+        if not (cursor := page.json()["next_cursor"]):
+            return paged
+
+
+def test_a_read_with_no_request_id_is_walked_past(api):
+    # The API queues "" as the request id of a read whose event has none (API Gateway's always has
+    # one; a read sent by hand may not). The page that showed such a read handed out a cursor naming
+    # it, and its next page refused that cursor (422): the reads after it could not be walked to.
+    from functions.access_log.app import container, lambda_handler
+
+    oid = "ord_" + "d" * 24
+    stored(oid)
+    consume_queued_reads()
+    at = a_stored_order(("TSHIRT", 1)).created_at
+    reads = [("", "key_none", 1), ("req-later", "key_later", 2)]
+    records = [
+        {"messageId": f"m{n}", "eventSource": "aws:sqs", "body": json.dumps({
+            "request_id": request_id, "order_id": oid, "at": (at + timedelta(minutes=minutes)).isoformat(),
+            "actor": actor, "action": "get",
+        })}
+        for n, (request_id, actor, minutes) in enumerate(reads)
+    ]  # fmt: skip
+    container.forget()
+    assert lambda_handler({"Records": records}, Context()) == {"batchItemFailures": []}
+
+    paged = walk(api, oid, key(api, "audit:read")[1])
+
+    assert [i["actor"] for i in paged] == ["key_shop", "key_none", "key_later"]
+    consume_queued_reads()
+
+
+def test_a_queued_read_whose_request_id_no_cursor_may_name_is_poison(api):
+    # A page's cursor names the last read it showed by its request id, and a cursor naming one longer
+    # than API Gateway's ever are (200 characters) is refused. A read sent by hand with a longer one
+    # was stored: the page that showed it handed out a cursor its next page refused (422), and the
+    # reads after it could not be walked to.
+    from functions.access_log.app import container, lambda_handler
+
+    oid = "ord_" + "f" * 24
+    stored(oid)
+    consume_queued_reads()
+    at = a_stored_order(("TSHIRT", 1)).created_at
+
+    def message(request_id: str, minutes: int) -> dict[str, Any]:
+        when = (at + timedelta(minutes=minutes)).isoformat()
+        body = {"request_id": request_id, "order_id": oid, "at": when, "actor": "key_hand", "action": "get"}
+        return {"messageId": request_id[:20], "body": json.dumps(body), "eventSource": "aws:sqs"}
+
+    long_id = "r" * 201
+    event = {"Records": [message(long_id, 1), message("req-later", 2)]}
+    container.forget()
+
+    assert lambda_handler(event, Context()) == {"batchItemFailures": [{"itemIdentifier": long_id[:20]}]}
+
+    paged = walk(api, oid, key(api, "audit:read")[1])
+    assert [(i["actor"], i["action"]) for i in paged] == [("key_shop", "created"), ("key_hand", "get")]
     consume_queued_reads()
