@@ -82,6 +82,13 @@ class MisbehavingOrderMoney(OrderMoney):
         self.misbehaves = MisbehavesAfterActing()
         return (*super().pricing_plugins(), self.misbehaves)
 
+    def _done_shipping(self) -> bool:
+        """OrderMoney's, while no refund is pending: the rules it gates ask refunds, and a refund
+        asked while another waits for the gateway's answer (a cancel of units' refund whose plugin
+        failed: the cancel answered 200) is refused, 409, until the reconciler finishes that one."""
+        pending = any(r.status == RefundStatus.PENDING for r in self.order.payment.refunds)
+        return super()._done_shipping() and not pending
+
     def _ship(self, shipment_id: str, operation: str, mode: str) -> None:
         warehouse = f"key_{self.order.shipment(shipment_id).location_id}"
         self.misbehaves.modes[operation] = mode
