@@ -42,12 +42,13 @@ FAILED = (PaymentPluginFailed, PaymentRefused, PaymentGatewayUnavailable)  # 502
 
 class MisbehavesAfterActing:
     """Wraps the payment hooks: the next call of an operation given a mode lets the gateway act,
-    then answers as that mode says instead of with the gateway's answer."""
+    then answers as that mode says instead of with the gateway's answer (`other_amount`: approved
+    for one minor unit more than asked; a void, which asks no amount, for 1.00 USD)."""
 
     def __init__(self) -> None:
         self.modes: dict[str, str] = {}
 
-    def _answer(self, operation: str, result: PaymentResult | None) -> PaymentResult | None:
+    def _answer(self, operation: str, result: PaymentResult | None, asked: Money | None = None) -> PaymentResult | None:
         mode = self.modes.pop(operation, None)
         if mode is None:
             return result
@@ -56,23 +57,24 @@ class MisbehavesAfterActing:
         if mode == "unknown_outcome":
             return PaymentResult.model_construct(outcome="pending", reference="ch_1", message="", amount=None)
         assert mode == "other_amount", mode
-        return PaymentResult(outcome="approved", reference="ch_2", amount=Money.of("1", "USD"))
+        said = asked + Money.of(quantum(asked.currency), asked.currency) if asked else Money.of("1", "USD")
+        return PaymentResult(outcome="approved", reference="ch_2", amount=said)
 
     @hookimpl(wrapper=True)
-    def oms_payment_authorize(self):
-        return self._answer("authorize", (yield))
+    def oms_payment_authorize(self, amount: Money):
+        return self._answer("authorize", (yield), amount)
 
     @hookimpl(wrapper=True)
-    def oms_payment_capture(self):
-        return self._answer("capture", (yield))
+    def oms_payment_capture(self, amount: Money):
+        return self._answer("capture", (yield), amount)
 
     @hookimpl(wrapper=True)
     def oms_payment_void(self):
         return self._answer("void", (yield))
 
     @hookimpl(wrapper=True)
-    def oms_payment_refund(self):
-        return self._answer("refund", (yield))
+    def oms_payment_refund(self, amount: Money):
+        return self._answer("refund", (yield), amount)
 
 
 class MisbehavingOrderMoney(OrderMoney):
