@@ -60,7 +60,8 @@ test: lint check-template
 fuzz: $(STAMP)
 	$(BIN)/python -m pytest -m fuzz tests/e2e/test_schemathesis.py tests/unit/test_sourcing_rules.py \
 		tests/unit/test_plugins_nearest_sourcing.py tests/integration/test_inventory_stateful.py \
-		tests/unit/test_backorders.py tests/unit/test_money_invariants.py tests/unit/test_pricing_properties.py \
+		tests/unit/test_backorders.py tests/unit/test_money_invariants.py tests/unit/test_money_misbehaving_gateway.py \
+		tests/unit/test_pricing_properties.py \
 		tests/integration/test_hostile_bodies.py \
 		tests/integration/test_cross_feature_stateful.py tests/integration/test_cross_feature_counters.py \
 		tests/integration/test_reorder_stateful.py
