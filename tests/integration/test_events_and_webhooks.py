@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -908,20 +908,48 @@ def read_request(connection: socket.socket) -> bytes:
     return request[: len(head) + 4] + body
 
 
-def answering(raw: bytes) -> tuple[socket.socket, list[bytes]]:
-    """A listener on loopback that answers its first request with `raw` and keeps what it was sent."""
+@contextlib.contextmanager
+def answering(raw: bytes) -> Iterator[tuple[socket.socket, list[bytes]]]:
+    """A listener on loopback that answers its first request with `raw` and keeps what it was sent,
+    until the block ends."""
     listener = socket.create_server(("127.0.0.1", 0))
     requests: list[bytes] = []
 
     def answer() -> None:
-        with contextlib.suppress(OSError):  # closed by the test: nobody came
+        with contextlib.suppress(OSError):  # shut down at the block's end: nobody came
             connection, _ = listener.accept()
             with connection:
                 requests.append(read_request(connection))
                 connection.sendall(raw)
 
-    threading.Thread(target=answer, daemon=True).start()
-    return listener, requests
+    with accepting(listener, answer):
+        yield listener, requests
+
+
+@contextlib.contextmanager
+def accepting(listener: socket.socket, answer: Callable[[], None]) -> Iterator[None]:
+    """`answer` run on a thread of its own while the block runs, then `listener` shut down and
+    closed and the thread joined: on Linux a close alone does not wake a thread blocked in
+    accept() (it stayed there for the rest of the process); a shutdown does (accept raises)."""
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # not listening any more
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join()
+
+
+def test_a_listener_nobody_reached_leaves_no_thread_behind(tmp_path):
+    """The receivers these tests stand up end with their block, reached or not: closing the listener
+    alone left its thread blocked in accept() for the rest of the worker (Linux does not wake it)."""
+    cert_file, key_file = self_signed_localhost(tmp_path)
+    before = set(threading.enumerate())
+    with answering(b"HTTP/1.1 204 No Content\r\n\r\n"), answering_over_tls(b"", cert_file, key_file):
+        assert len(set(threading.enumerate()) - before) == 2
+    assert set(threading.enumerate()) - before == set()
 
 
 @pytest.mark.parametrize(
@@ -941,19 +969,16 @@ def test_a_subscribers_answer_is_recorded_as_given_and_a_redirect_never_followed
     from core.webhooks import check_url
     from functions.adapters.webhooks import HttpWebhookSender
 
-    elsewhere, reached = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    redirect = f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{elsewhere.getsockname()[1]}/x\r\n\r\n"
     sender = HttpWebhookSender()
     results = []
-    for answer in (redirect.encode(), raw):
-        listener, requests = answering(answer)
-        target = check_url(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", lambda *_: [], allow_local_http=True)
-        try:
-            results.append(sender.post(target, b"{}", {"Content-Type": "application/json"}, timeout=5))
-        finally:
-            listener.close()
-        assert len(requests) == 1 and requests[0].startswith(b"POST /hook ")
-    elsewhere.close()
+    with answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as (elsewhere, reached):
+        redirect = f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{elsewhere.getsockname()[1]}/x\r\n\r\n"
+        for answer in (redirect.encode(), raw):
+            with answering(answer) as (listener, requests):
+                port = listener.getsockname()[1]
+                target = check_url(f"http://127.0.0.1:{port}/hook", lambda *_: [], allow_local_http=True)
+                results.append(sender.post(target, b"{}", {"Content-Type": "application/json"}, timeout=5))
+            assert len(requests) == 1 and requests[0].startswith(b"POST /hook ")
     assert [(r.status_code, r.error) for r in results] == [(302, "HTTP 302"), answered]
     assert reached == []
 
@@ -1202,14 +1227,11 @@ def test_a_2xx_after_interim_1xx_answers_is_delivered(aws, wired, interim: bytes
     the event each time with a 204, then `failed` and alarmed on."""
     from functions.webhook_delivery.app import container, lambda_handler
 
-    listener, requests = answering(interim + b"HTTP/1.1 204 No Content\r\n\r\n")
-    try:
+    with answering(interim + b"HTTP/1.1 204 No Content\r\n\r\n") as (listener, requests):
         webhook, message = one_delivery_queued(aws, wired, f"http://127.0.0.1:{listener.getsockname()[1]}/hook")
         c = container()
         with delivery_worker_installed(c, c.webhook_queue, lambda: datetime.now(UTC), timeout=2.0):
             assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
-    finally:
-        listener.close()
     assert len(requests) == 1
     record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 204, None)
@@ -1248,7 +1270,8 @@ def self_signed_localhost(directory: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def answering_over_tls(raw: bytes, cert_file: Path, key_file: Path) -> tuple[socket.socket, list[bytes]]:
+@contextlib.contextmanager
+def answering_over_tls(raw: bytes, cert_file: Path, key_file: Path) -> Iterator[tuple[socket.socket, list[bytes]]]:
     """As `answering`, over TLS with the certificate given."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
@@ -1256,14 +1279,14 @@ def answering_over_tls(raw: bytes, cert_file: Path, key_file: Path) -> tuple[soc
     requests: list[bytes] = []
 
     def answer() -> None:
-        with contextlib.suppress(OSError):  # closed by the test, or a handshake the client refused
+        with contextlib.suppress(OSError):  # shut down at the block's end, or a handshake the client refused
             connection, _ = listener.accept()
             with context.wrap_socket(connection, server_side=True) as tls:
                 requests.append(read_request(tls))
                 tls.sendall(raw)
 
-    threading.Thread(target=answer, daemon=True).start()
-    return listener, requests
+    with accepting(listener, answer):
+        yield listener, requests
 
 
 @pytest.mark.parametrize(
@@ -1282,14 +1305,10 @@ def test_a_2xx_after_interim_1xx_answers_over_https_is_the_answer(tmp_path, monk
 
     cert_file, key_file = self_signed_localhost(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-    listener, requests = answering_over_tls(
-        interim + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", cert_file, key_file
-    )
-    target = Target("https", "localhost", listener.getsockname()[1], "/hook", ("127.0.0.1",))
-    try:
+    answer = interim + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    with answering_over_tls(answer, cert_file, key_file) as (listener, requests):
+        target = Target("https", "localhost", listener.getsockname()[1], "/hook", ("127.0.0.1",))
         result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=5)
-    finally:
-        listener.close()
 
     assert (result.status_code, result.error) == (200, None)
     assert len(requests) == 1 and requests[0].startswith(b"POST /hook ")
