@@ -333,3 +333,16 @@ def test_an_order_owing_its_carrier_cancels_is_still_edited_while_no_edit_gives_
     edited = world.actions.edit(order.id, sent_back.version, OrderEdit(shipping_method="express"), "key_web")
 
     assert edited.shipping_method == "express" and edited.status is OrderStatus.AUTHORIZED
+
+
+def test_an_order_whose_lines_take_no_more_edits_still_takes_an_edit_of_its_shipping_method(hundred_lines):
+    # The 409 says so: only an edit of the lines adds replaced lines; one of the method keeps them.
+    world, order_id = hundred_lines
+    with pytest.raises(Conflict):
+        for n in range(60):
+            _edit_to(world, order_id, 1 + n % 2)
+    at_room = world.order(order_id)
+
+    edited = world.actions.edit(order_id, at_room.version, OrderEdit(shipping_method="express"), "key_web")
+
+    assert edited.shipping_method == "express" and edited.replaced_lines == at_room.replaced_lines
