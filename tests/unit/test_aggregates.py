@@ -734,3 +734,23 @@ def test_a_parked_send_back_replayed_after_the_allocation_again_takes_the_revenu
             store.apply(aggregate_change(old, new, store.filing, store.went_by))
         assert every_report(store) == every_report(in_order), [new["version"] for _, new in arrival]
         assert customer_totals(store) == customer_totals(in_order)
+
+
+def test_a_change_after_a_parked_allocation_was_replayed_goes_by_the_latest_filing_before_it():
+    # The first allocation and the send-back parked together, replayed after the allocation again
+    # and its ship (the first allocation's filing is appended after the later one's): the return
+    # that comes next is taken out of the day the revenue moved to last by version (the 23rd),
+    # not out of the day appended last (the 20th, which the send-back emptied).
+    records = sent_back_and_allocated_again("2026-11-01", "2026-11-20")
+    in_order = MemoryStore()
+    for old, new in records:
+        in_order.apply(aggregate_change(old, new, in_order.filing, in_order.went_by))
+    placed, allocated, sent_back, again, shipped, back = records
+    store = MemoryStore()
+    for old, new in (placed, again, shipped, allocated, sent_back, back):
+        store.apply(aggregate_change(old, new, store.filing, store.went_by))
+
+    order_id = back[1]["id"]
+    assert [version for version, _ in store.filed[order_id].days] == [again[1]["version"], allocated[1]["version"]]
+    assert every_report(store) == every_report(in_order)
+    assert customer_totals(store) == customer_totals(in_order)

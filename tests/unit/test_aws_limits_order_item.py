@@ -310,3 +310,39 @@ def test_edits_of_an_allocated_order_stop_at_a_409_while_the_bookings_they_gave_
     assert MAX_BOOKINGS_TO_CANCEL <= len(before.bookings_to_cancel) < MAX_BOOKINGS_TO_CANCEL + 2
     # A cancel still goes through (its bookings owed too).
     assert world.actions.cancel(order.id, "changed my mind", "key_web").status is OrderStatus.CANCELLED
+
+
+def test_an_order_owing_its_carrier_cancels_is_still_edited_while_no_edit_gives_up_its_bookings():
+    """The limit keeps an edit from giving up more bookings: an order sent back to be sourced (its
+    parcel rejected), its workflow not run yet, holds none to give up, so its edit is taken."""
+    clock = Clock()
+    stock = [(sku, location_id, 100) for sku in ("TSHIRT", "MUG") for location_id in ("wh-east", "wh-west")]
+    world = build_world(stock, CarrierCancelsDown(), clock=clock)
+    order = world.allocated(("TSHIRT", 1), ("MUG", 1))
+    with pytest.raises(Conflict):
+        for quantity in range(2, 80):
+            edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=quantity), LineInput(sku="MUG", quantity=1)])
+            world.actions.edit(order.id, world.order(order.id).version, edit, "key_web")
+            world.run(order.id)
+    owing = world.order(order.id)
+    world.actions.reject(order.id, owing.shipments[0].id, "damaged stock", actor="key_store")
+    sent_back = world.order(order.id)  # its units are the other warehouse's to take
+    assert sent_back.status is OrderStatus.AUTHORIZED and not sent_back.sourced_again_by_edit()
+    assert len(sent_back.bookings_to_cancel) >= MAX_BOOKINGS_TO_CANCEL
+
+    edited = world.actions.edit(order.id, sent_back.version, OrderEdit(shipping_method="express"), "key_web")
+
+    assert edited.shipping_method == "express" and edited.status is OrderStatus.AUTHORIZED
+
+
+def test_an_order_whose_lines_take_no_more_edits_still_takes_an_edit_of_its_shipping_method(hundred_lines):
+    # The 409 says so: only an edit of the lines adds replaced lines; one of the method keeps them.
+    world, order_id = hundred_lines
+    with pytest.raises(Conflict):
+        for n in range(60):
+            _edit_to(world, order_id, 1 + n % 2)
+    at_room = world.order(order_id)
+
+    edited = world.actions.edit(order_id, at_room.version, OrderEdit(shipping_method="express"), "key_web")
+
+    assert edited.shipping_method == "express" and edited.replaced_lines == at_room.replaced_lines

@@ -661,6 +661,20 @@ def test_only_a_pickup_is_made_ready(world):
     assert world.order(order.id) == order
 
 
+def test_a_delivered_parcel_of_an_order_shipped_home_is_not_made_ready(world):
+    # A pickup collected since is readied again as it stands (a store's wave sent again); a parcel
+    # shipped home and delivered never was a pickup: readying it is refused, not answered unchanged.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    delivered = world.actions.deliver(order.id, shipment.id, actor="key_carrier")
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    assert world.order(order.id) == delivered
+
+
 def test_a_collected_pickup_captures_its_share_then_and_its_units_leave(world):
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments

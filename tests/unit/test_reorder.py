@@ -44,6 +44,7 @@ def test_available_going_from_at_or_above_the_point_to_below_it_is_a_crossing(be
     crossed = crossing(change(before, after))
 
     assert crossed is not None
+    assert (crossed.low, crossed.reorders) == (True, True)  # from the point itself too: inventory.low
     assert (crossed.sku, crossed.location_id, crossed.available, crossed.settings) == (
         "MUG",
         "wh-east",
