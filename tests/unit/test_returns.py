@@ -894,6 +894,11 @@ def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures
     )  # fmt: skip
     assert (replacement.exchange_of, replacement.exchange_credit) == (settled.id, credit)
     assert world.order(order.id).payment.refunded == Money.zero("USD")  # the credit stays, paying for the new one
+    # The original's history names the credit and that nothing came back at once (never a negative refund).
+    [placed] = [entry for entry in world.history(order.id) if entry.type is OrderEvent.EXCHANGE_PLACED]
+    assert (placed.detail["credit"], placed.detail["refund"]) == (
+        credit.model_dump(mode="json"), Money.zero("USD").model_dump(mode="json")
+    )  # fmt: skip
 
     allocated = world.run(replacement.id)
     due = replacement.totals.grand_total - credit
@@ -1203,6 +1208,38 @@ def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refund
     assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit, "succeeded")]
     assert original.payment.refunded == credit
     assert settled.status is R.REFUNDED and settled.exchange_order_id
+
+
+def test_a_cheaper_replacement_cancelled_before_its_rest_was_refunded_whose_give_back_is_refused_leaves_it_all(
+    world, clock, monkeypatch
+):
+    # As above, but the gateway refused the give-back of the whole credit: it is left to a person,
+    # who is told the whole credit was not given back. The exchange's refund of the credit beyond the
+    # replacement's total then refunded 13.48 of it all the same, and the person could not refund
+    # the 26.81 they were told of (only 18.33 was left), nor tell what of it the customer had.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    world.gateway.script("refund", "refuse")
+
+    def cancel_the_replacement() -> None:
+        (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
+
+    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    credit = order.lines[0].total
+    original = world.order(order.id)
+    assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit, "failed")]
+    assert (settled.status, settled.refund) == (R.REFUNDED, Money.zero("USD"))
+    assert original.refundable() == original.payment.captured
+    world.gateway.script("refund", "approve")
+    appeased = world.refunds.issue_refund(order.id, credit, "the exchange's credit", "appease-1", actor="key_cs")
+    assert (appeased.status, world.order(order.id).payment.refunded) == ("succeeded", credit)
 
 
 def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_what_it_does_not_use(world, clock):
