@@ -1659,6 +1659,45 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
     assert world.order(b.id).payment.refunded == b.payment.captured
 
 
+def test_a_cheaper_second_replacement_cancelled_shows_its_whole_credit_given_back_up_the_chain(world, clock):
+    # B's T-shirt (21.44) exchanged for a CAP: the rest (8.11) came back at once, 5.00 from B's own
+    # captures and 3.11 from A's credit; C cancelled, its 13.33 came back from A's credit. All of it
+    # went back to the customer, as a first exchange's return shows it, but the return showed 8.11:
+    # the give-back showed only what went back on B.
+    returns, a, b, second = exchanged_again(world, clock, ("CAP", 1))
+    c = world.run(second.exchange_order_id or "")
+
+    world.actions.cancel(c.id, "not wanted", actor="key_cs")
+
+    assert refunded_across(world, a, b) == b.lines[0].total
+    assert returns.get(second.id).refund == b.lines[0].total
+
+
+def test_a_cheaper_second_replacement_cancelled_before_its_rest_was_refunded_shows_its_whole_credit_given_back(
+    world, clock, monkeypatch
+):
+    # C cancelled the moment it was placed: its give-back (5.00 from B's captures, 16.44 from A's
+    # credit) found the return received, and the exchange's step then had nothing left to refund.
+    # The return it marked refunded showed the 5.00 that went back on B.
+    returns, a, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1))
+    b = delivered(world, world.run(first.exchange_order_id or ""))
+    item = returns.request(b.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+
+    def cancel_the_replacement() -> None:
+        (c,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+        world.actions.cancel(c.id, "not wanted", actor="key_cs")
+
+    # After the write holding the credit, the one before the replacement is placed.
+    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert refunded_across(world, a, b) == b.lines[0].total
+    assert (settled.status, settled.refund) == (R.REFUNDED, b.lines[0].total)
+
+
 def b_received_for_exchange(world: World, clock: Clock, gateway: ScriptedGateway, *wanted: tuple[str, int]):
     """As exchanged_again, the refunds of the returns through `gateway`, but B's T-shirt only
     received for `wanted`, not settled: (returns, A, B, the second return)."""
