@@ -3672,6 +3672,34 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
     clock.now += timedelta(seconds=11)  # the workflow's retry
 
     given_up_and_refunded(world, returns, item.id, order, "no_price")
+    # What the credit held is released with it: an appeasement may refund all that is left captured.
+    after = world.order(order.id)
+    assert after.refundable() == after.payment.captured - after.payment.refunded
+
+
+def test_a_damaged_exchange_of_the_whole_order_given_up_once_decided_refunds_the_shipping_its_credit_claimed(
+    world, clock, monkeypatch
+):
+    # As above, but the T-shirt came back damaged, the whole order: the credit claimed the shipping
+    # before the cap lost its price. Given up, the units' refund gives the shipping back too.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    clock.now += timedelta(seconds=30)  # past the workflow's retry
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_not_placed) == (R.REFUNDED, "no_price")
+    assert settled.refund == order.payment.captured == world.order(order.id).payment.refunded
 
 
 def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_not_refunded_too(
