@@ -3677,6 +3677,35 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
     assert after.refundable() == after.payment.captured - after.payment.refunded
 
 
+def test_an_exchange_given_up_once_decided_whose_refund_is_refused_holds_nothing_back_from_a_person(
+    world, clock, monkeypatch
+):
+    # Given up, the return is refunded as a plain one; its refund refused (asked again later), a
+    # person may still refund the customer everything captured, as for any return. The credit held for
+    # the cap that will never be placed kept 21.44 of the 26.44 from them.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    clock.now += timedelta(seconds=30)  # past the workflow's retry
+    gateway.script("refund", "refuse")
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, actor="key_wh")
+
+    assert [(r.amount, r.status) for r in world.order(order.id).payment.refunds] == [(order.lines[0].total, "failed")]
+    appeased = world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    assert (appeased.status, world.order(order.id).payment.refunded) == ("succeeded", order.payment.captured)
+
+
 def test_a_damaged_exchange_of_the_whole_order_given_up_once_decided_refunds_the_shipping_its_credit_claimed(
     world, clock, monkeypatch
 ):
