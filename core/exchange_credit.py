@@ -139,6 +139,26 @@ class CreditChain:
             earlier = self._original_of(order)
         return total(drawn, original.currency)
 
+    def carried_for_return(self, original: Order, return_id: str) -> Money:
+        """What the orders up the chain from `original` refunded for the exchange of its return
+        `return_id` from their own credits (`carry`: the rest of its credit, what its replacement did
+        not use), not what they refunded for returns of the replacement's units nor for an exchange
+        further down the chain (those returns show it): what that return shows beside its refunds on
+        `original`. Zero for an original that is no replacement."""
+        mark, zero = f"{carried_mark(return_id)} from ", Money.zero(original.currency)
+        given: list[Money] = []
+        seen, earlier = {original.id}, self._original_of(original)
+        while earlier is not None and earlier[0].id not in seen:
+            order = earlier[0]
+            seen.add(order.id)
+            for r in order.payment.refunds:
+                first = r.reason.find("carried for return ")
+                if first < 0 or first != r.reason.find(mark) or " of exchange " in r.reason[:first]:
+                    continue  # carried first for another return, or a draw for a return of units
+                given.append(r.amount if r.status == RefundStatus.SUCCEEDED else went_back(r) or zero)
+            earlier = self._original_of(order)
+        return total(given, original.currency)
+
     def drawn_for_return(self, replacement: Order, return_id: str) -> Money:
         """What the credit refunded for return `return_id` of `replacement`'s units (`draw`, and what
         it carried up the chain), on the orders up the chain: what that return shows beside the
@@ -233,7 +253,8 @@ class ExchangeCredits(CreditChain):
         item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
         original = self._orders.get(item.order_id, consistent=True) if item is not None else None
         if item is not None and original is not None:
-            show_refunded_in_all(self._returns, original, item.id, self._clock())
+            carried = self.carried_for_return(original, item.id)
+            show_refunded_in_all(self._returns, original, item.id, self._clock(), elsewhere=carried)
             returns_shown(self._orders, original, [item.id], self._clock())
 
     def draw(

@@ -1058,10 +1058,14 @@ class Returns:
         """`item`, marked refunded, showing what was refunded for it in all (refunded_for_return):
         the next parcel's ship may have refunded what it (or its exchange's credit) kept back
         between its refund and that mark, or its replacement's cancel what its credit gave back,
-        and found it received, showing it nothing (core.refund_service.show_refunded_in_all);
-        never less than it shows. Read only for a return that kept something back or is an exchange."""
+        and found it received, showing it nothing (core.refund_service.show_refunded_in_all); on an
+        order that is itself a replacement, with what the credits up the chain gave back for its
+        exchange (ExchangeCredits.carried_for_return). Never less than it shows. Read only for a
+        return that kept something back or is an exchange."""
         order = self._orders.get(item.order_id, consistent=True)
         given = refunded_for_return(order, item.id) if order is not None else None
+        if order is not None and given is not None and item.exchange is not None and order.exchange_of:
+            given = given + self._credits.carried_for_return(order, item.id)  # what earlier credits gave back
         at = self._clock()
         for _ in range(ATTEMPTS):
             if given is None or item.status is not R.REFUNDED or given <= item.refund:

@@ -894,6 +894,11 @@ def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures
     )  # fmt: skip
     assert (replacement.exchange_of, replacement.exchange_credit) == (settled.id, credit)
     assert world.order(order.id).payment.refunded == Money.zero("USD")  # the credit stays, paying for the new one
+    # The original's history names the credit and that nothing came back at once (never a negative refund).
+    [placed] = [entry for entry in world.history(order.id) if entry.type is OrderEvent.EXCHANGE_PLACED]
+    assert (placed.detail["credit"], placed.detail["refund"]) == (
+        credit.model_dump(mode="json"), Money.zero("USD").model_dump(mode="json")
+    )  # fmt: skip
 
     allocated = world.run(replacement.id)
     due = replacement.totals.grand_total - credit
@@ -1203,6 +1208,38 @@ def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refund
     assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit, "succeeded")]
     assert original.payment.refunded == credit
     assert settled.status is R.REFUNDED and settled.exchange_order_id
+
+
+def test_a_cheaper_replacement_cancelled_before_its_rest_was_refunded_whose_give_back_is_refused_leaves_it_all(
+    world, clock, monkeypatch
+):
+    # As above, but the gateway refused the give-back of the whole credit: it is left to a person,
+    # who is told the whole credit was not given back. The exchange's refund of the credit beyond the
+    # replacement's total then refunded 13.48 of it all the same, and the person could not refund
+    # the 26.81 they were told of (only 18.33 was left), nor tell what of it the customer had.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("MUG", 2))
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    world.gateway.script("refund", "refuse")
+
+    def cancel_the_replacement() -> None:
+        (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
+
+    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    credit = order.lines[0].total
+    original = world.order(order.id)
+    assert [(r.amount, r.status) for r in original.payment.refunds] == [(credit, "failed")]
+    assert (settled.status, settled.refund) == (R.REFUNDED, Money.zero("USD"))
+    assert original.refundable() == original.payment.captured
+    world.gateway.script("refund", "approve")
+    appeased = world.refunds.issue_refund(order.id, credit, "the exchange's credit", "appease-1", actor="key_cs")
+    assert (appeased.status, world.order(order.id).payment.refunded) == ("succeeded", credit)
 
 
 def test_a_replacement_whose_units_are_cancelled_below_its_credit_gives_back_what_it_does_not_use(world, clock):
@@ -1620,6 +1657,45 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
 
     assert refunded_across(world, a, b) == b.lines[0].total
     assert world.order(b.id).payment.refunded == b.payment.captured
+
+
+def test_a_cheaper_second_replacement_cancelled_shows_its_whole_credit_given_back_up_the_chain(world, clock):
+    # B's T-shirt (21.44) exchanged for a CAP: the rest (8.11) came back at once, 5.00 from B's own
+    # captures and 3.11 from A's credit; C cancelled, its 13.33 came back from A's credit. All of it
+    # went back to the customer, as a first exchange's return shows it, but the return showed 8.11:
+    # the give-back showed only what went back on B.
+    returns, a, b, second = exchanged_again(world, clock, ("CAP", 1))
+    c = world.run(second.exchange_order_id or "")
+
+    world.actions.cancel(c.id, "not wanted", actor="key_cs")
+
+    assert refunded_across(world, a, b) == b.lines[0].total
+    assert returns.get(second.id).refund == b.lines[0].total
+
+
+def test_a_cheaper_second_replacement_cancelled_before_its_rest_was_refunded_shows_its_whole_credit_given_back(
+    world, clock, monkeypatch
+):
+    # C cancelled the moment it was placed: its give-back (5.00 from B's captures, 16.44 from A's
+    # credit) found the return received, and the exchange's step then had nothing left to refund.
+    # The return it marked refunded showed the 5.00 that went back on B.
+    returns, a, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1))
+    b = delivered(world, world.run(first.exchange_order_id or ""))
+    item = returns.request(b.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+
+    def cancel_the_replacement() -> None:
+        (c,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+        world.actions.cancel(c.id, "not wanted", actor="key_cs")
+
+    # After the write holding the credit, the one before the replacement is placed.
+    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
+    settled = returns.exchange(item.id, actor="key_wh")
+
+    assert refunded_across(world, a, b) == b.lines[0].total
+    assert (settled.status, settled.refund) == (R.REFUNDED, b.lines[0].total)
 
 
 def b_received_for_exchange(world: World, clock: Clock, gateway: ScriptedGateway, *wanted: tuple[str, int]):
@@ -3596,6 +3672,63 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
     clock.now += timedelta(seconds=11)  # the workflow's retry
 
     given_up_and_refunded(world, returns, item.id, order, "no_price")
+    # What the credit held is released with it: an appeasement may refund all that is left captured.
+    after = world.order(order.id)
+    assert after.refundable() == after.payment.captured - after.payment.refunded
+
+
+def test_an_exchange_given_up_once_decided_whose_refund_is_refused_holds_nothing_back_from_a_person(
+    world, clock, monkeypatch
+):
+    # Given up, the return is refunded as a plain one; its refund refused (asked again later), a
+    # person may still refund the customer everything captured, as for any return. The credit held for
+    # the cap that will never be placed kept 21.44 of the 26.44 from them.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    clock.now += timedelta(seconds=30)  # past the workflow's retry
+    gateway.script("refund", "refuse")
+    with pytest.raises(RefundNotDone):
+        returns.exchange(item.id, actor="key_wh")
+
+    assert [(r.amount, r.status) for r in world.order(order.id).payment.refunds] == [(order.lines[0].total, "failed")]
+    appeased = world.refunds.issue_refund(order.id, order.payment.captured, "goodwill", "appease-1", actor="key_cs")
+    assert (appeased.status, world.order(order.id).payment.refunded) == ("succeeded", order.payment.captured)
+
+
+def test_a_damaged_exchange_of_the_whole_order_given_up_once_decided_refunds_the_shipping_its_credit_claimed(
+    world, clock, monkeypatch
+):
+    # As above, but the T-shirt came back damaged, the whole order: the credit claimed the shipping
+    # before the cap lost its price. Given up, the units' refund gives the shipping back too.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    clock.now += timedelta(seconds=30)  # past the workflow's retry
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.status, settled.exchange_not_placed) == (R.REFUNDED, "no_price")
+    assert settled.refund == order.payment.captured == world.order(order.id).payment.refunded
 
 
 def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_not_refunded_too(

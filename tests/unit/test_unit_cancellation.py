@@ -1534,6 +1534,39 @@ def kept_only_both_shippings(world: World, order: Order, replacement: Order) -> 
     return paid
 
 
+def test_a_cheaper_replacement_edited_up_captures_the_volume_price_its_cancel_lost_beyond_the_credit_it_used():
+    # Two TSHIRTs (42.88) are exchanged for a CAP (13.33): 29.55 of the credit comes back at once and
+    # 13.33 pays for the CAP. The customer then edits it to four MUGs at the volume price (47.90), so
+    # the card is authorized 34.57. The east parcel (two MUGs) ships, capturing 13.12, and the two in
+    # the west are cancelled: two MUGs at 12.50 cost 31.81, 18.48 of it the card's. The settlement
+    # captures the 5.36 the lost volume price adds; counted against the whole credit (the 29.55 that
+    # came back included) it captured nothing and the customer paid 5.36 short.
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 2), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2), ("CAP", "wh-west", 1)], VolumePrice()
+    )
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    placed = world.order(settled.exchange_order_id or "")
+    credit = placed.exchange_credit
+    assert credit is not None and settled.refund == credit - placed.totals.grand_total
+    four_mugs = OrderEdit(lines=[LineInput(sku="MUG", quantity=4)])
+    replacement = world.run(world.actions.edit(placed.id, placed.version, four_mugs, "key_cs").id)
+    world.actions.ship(replacement.id, world.shipment_at(replacement, "wh-east"), None, actor="key_wh")
+
+    world.actions.cancel(replacement.id, "two mugs are enough", actor="key_cs", lines={replacement.lines[0].line_id: 2})
+
+    after, original = world.order(replacement.id), world.order(order.id)
+    assert after.lines[0].unit_price == Money.of("12.50", "USD")
+    assert after.payment.captured - after.payment.refunded == after.totals.grand_total - placed.totals.grand_total
+    assert original.payment.refunded == settled.refund
+    paid = [o.payment.captured - o.payment.refunded for o in (original, after)]
+    assert paid[0] + paid[1] == order.totals.grand_total - credit + after.totals.grand_total
+
+
 def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs_nothing():
     # A TSHIRT is exchanged for three MUGs at the volume price: its credit pays for them but for the
     # difference the replacement's own payment pays. The MUG shipped from the west comes back
