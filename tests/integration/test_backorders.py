@@ -1938,6 +1938,78 @@ def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(s
     assert (east[1] + west[1], east[2] + west[2]) == (3, 0)
 
 
+def test_a_walk_from_units_a_cancel_freed_stopped_at_a_queued_order_is_handed_on(shop, monkeypatch):
+    """Units a cancel freed are not a restock (on_hand unchanged, the location counted since its last
+    receipt): their walk stopped at the older order, queued, as a receipt's does, and its step, once it
+    has taken its unit, hands that walk on too: the younger order gets the unit left, not only at the
+    next restock there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    shop.container.inventory.count("PREORDER", "wh-east", 2, actor="key_stock_take")  # restocked since: no more
+    body = place_order(external_id="holder", lines=[{"sku": "PREORDER", "quantity": 2}])
+    holder = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(holder, attempt=0)
+    shop.container.workflow.reserve_stock(holder)
+    assert shop.held(holder) == 2
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, freed = stream_delivery(shop), DynamoBackorders.add, []
+
+    def freed_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not freed:
+            freed.append(sku)
+            with another_functions_calls():
+                _cancel_recorded(shop, holder)  # releases its 2 units
+                assert deliver() == 1  # the release's walk, not restocked: it stops at the older order
+            assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", freed_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look completes it
+    monkeypatch.undo()
+    for _ in range(5):  # what the stream brings next (the walk handed on)
+        if not deliver():
+            break
+
+    assert freed and (shop.held(holder), shop.held(older), shop.held(younger)) == (0, 1, 1)
+    assert shop.level() == (2, 2, 0)
+
+
+def test_a_restocks_walk_stopped_at_a_queued_order_lifts_a_younger_orders_count_exclusion_once_handed_on(
+    shop, monkeypatch
+):
+    """A receipt at the location a stock take excluded the younger order from: its walk stopped at the
+    older order, queued. Handed on by the older order's step, the walk is still the restock's, so the
+    younger order takes the units there, its exclusion lifted, rather than wait beside them for the
+    next restock there."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = counted_out_of(shop, "wh-east")  # of 3, wh-east excluded for it by the count
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")
+                assert deliver() == 1  # the restock's walk stops at the older order
+            assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look completes it
+    monkeypatch.undo()
+    for _ in range(5):  # what the stream brings next (the walk handed on)
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (1, 3)
+    assert [(a.location_id, a.quantity) for a in shop.order(younger).allocations] == [("wh-east", 3)]
+    assert shop.order(younger).excluded_locations == [] and shop.level() == (4, 4, 0)
+
+
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
 def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_walk_on(shop, monkeypatch, leaves):
     """The walk stopped at the older order, queued and still `authorized`; then a person cancelled it
