@@ -423,6 +423,38 @@ def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_
     assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
 
 
+def test_two_wakes_racing_on_one_order_count_it_sent_back_once(shop):
+    """Two wakes of the new rules read the stranded order backordered at once: the second sent it back
+    between the first's read and its write, so the first's write was refused (the order no longer
+    backordered), and it counts nothing sent back (OrdersSourcedAgain, its `order sourced again`
+    line): the order is counted by the wake whose write sent it back."""
+    from core.sourcing_rules import SourcingRulesInput
+    from core.workflow import Workflow
+
+    service = shop.container.sourcing_rules_service
+    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-west"]), by="key_ops")
+    before = shop.order(order_id)
+    allocator, real, other = shop.container.backorder_allocator, Workflow.source_again, []
+
+    def the_other_wake_first(workflow: Workflow, *args: Any, **kwargs: Any) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = allocator.rules_changed(2)
+        return real(workflow, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as racing:
+        racing.setattr(Workflow, "source_again", the_other_wake_first)
+        first = allocator.rules_changed(2)
+
+    assert other[0].sourced_again == [order_id]
+    assert first.sourced_again == []
+    order = shop.order(order_id)
+    assert order.status is S.AUTHORIZED and order.version == before.version + 1
+
+
 @pytest.fixture
 def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """EMF on stdout, starting and leaving empty (powertools keeps one metric set for every instance)."""
@@ -1596,6 +1628,28 @@ def test_two_walks_racing_on_one_order_count_it_filled_and_completed_once(shop):
     assert (first.filled, first.completed) == ([], [])
     assert shop.held(order_id) == 2 and shop.level("wh-east") == shop.level("wh-west") == (1, 1, 0)
     assert shop.executions() == [order_id]
+
+
+def test_an_arrival_finding_an_order_another_walk_completed_does_not_count_it_completed(shop):
+    """max_shipments 1: the order holds its BOOK at wh-west and waits for a PREORDER, whose arrival
+    there filled it whole (counted completed by that walk). A BOOK arriving there next reads it
+    (its entry holds, but max_shipments may send it back whole) and finds every unit reserved: it
+    starts the order's workflow again, as for one whose execution failed, but completed nothing
+    itself (BackordersCompleted counts each order once, by the walk whose fill completed it)."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    allocator = shop.container.backorder_allocator
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    filling = allocator.arrived("PREORDER", "wh-west")
+    assert (filling.filled, filling.completed) == ([order_id], [order_id])
+    assert shop.order(order_id).status is S.BACKORDERED and not shop.order(order_id).short_of()
+
+    shop.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")
+    with shop.orders_read() as read:
+        found = allocator.arrived("BOOK", "wh-west")
+
+    assert order_id in read  # read, found complete
+    assert (found.filled, found.completed, found.sourced_again) == ([], [], [])
+    assert shop.held(order_id) == 2 and shop.executions() == [order_id]
 
 
 @pytest.mark.parametrize("units", [1, 2])
