@@ -423,6 +423,38 @@ def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_
     assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
 
 
+def test_two_wakes_racing_on_one_order_count_it_sent_back_once(shop):
+    """Two wakes of the new rules read the stranded order backordered at once: the second sent it back
+    between the first's read and its write, so the first's write was refused (the order no longer
+    backordered), and it counts nothing sent back (OrdersSourcedAgain, its `order sourced again`
+    line): the order is counted by the wake whose write sent it back."""
+    from core.sourcing_rules import SourcingRulesInput
+    from core.workflow import Workflow
+
+    service = shop.container.sourcing_rules_service
+    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-west"]), by="key_ops")
+    before = shop.order(order_id)
+    allocator, real, other = shop.container.backorder_allocator, Workflow.source_again, []
+
+    def the_other_wake_first(workflow: Workflow, *args: Any, **kwargs: Any) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = allocator.rules_changed(2)
+        return real(workflow, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as racing:
+        racing.setattr(Workflow, "source_again", the_other_wake_first)
+        first = allocator.rules_changed(2)
+
+    assert other[0].sourced_again == [order_id]
+    assert first.sourced_again == []
+    order = shop.order(order_id)
+    assert order.status is S.AUTHORIZED and order.version == before.version + 1
+
+
 @pytest.fixture
 def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """EMF on stdout, starting and leaving empty (powertools keeps one metric set for every instance)."""
@@ -1598,6 +1630,28 @@ def test_two_walks_racing_on_one_order_count_it_filled_and_completed_once(shop):
     assert shop.executions() == [order_id]
 
 
+def test_an_arrival_finding_an_order_another_walk_completed_does_not_count_it_completed(shop):
+    """max_shipments 1: the order holds its BOOK at wh-west and waits for a PREORDER, whose arrival
+    there filled it whole (counted completed by that walk). A BOOK arriving there next reads it
+    (its entry holds, but max_shipments may send it back whole) and finds every unit reserved: it
+    starts the order's workflow again, as for one whose execution failed, but completed nothing
+    itself (BackordersCompleted counts each order once, by the walk whose fill completed it)."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    allocator = shop.container.backorder_allocator
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    filling = allocator.arrived("PREORDER", "wh-west")
+    assert (filling.filled, filling.completed) == ([order_id], [order_id])
+    assert shop.order(order_id).status is S.BACKORDERED and not shop.order(order_id).short_of()
+
+    shop.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")
+    with shop.orders_read() as read:
+        found = allocator.arrived("BOOK", "wh-west")
+
+    assert order_id in read  # read, found complete
+    assert (found.filled, found.completed, found.sourced_again) == ([], [], [])
+    assert shop.held(order_id) == 2 and shop.executions() == [order_id]
+
+
 @pytest.mark.parametrize("units", [1, 2])
 def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_younger_one(shop, monkeypatch, units):
     """The older order's ReserveStock found no PREORDER and queued it; before its `backordered` write
@@ -1936,6 +1990,78 @@ def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(s
     assert arrived and (shop.held(older), shop.held(younger)) == (1, 2)
     east, west = shop.level("wh-east"), shop.level("wh-west")
     assert (east[1] + west[1], east[2] + west[2]) == (3, 0)
+
+
+def test_a_walk_from_units_a_cancel_freed_stopped_at_a_queued_order_is_handed_on(shop, monkeypatch):
+    """Units a cancel freed are not a restock (on_hand unchanged, the location counted since its last
+    receipt): their walk stopped at the older order, queued, as a receipt's does, and its step, once it
+    has taken its unit, hands that walk on too: the younger order gets the unit left, not only at the
+    next restock there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    shop.container.inventory.count("PREORDER", "wh-east", 2, actor="key_stock_take")  # restocked since: no more
+    body = place_order(external_id="holder", lines=[{"sku": "PREORDER", "quantity": 2}])
+    holder = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(holder, attempt=0)
+    shop.container.workflow.reserve_stock(holder)
+    assert shop.held(holder) == 2
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = shop.backordered(1)
+    deliver, real_add, freed = stream_delivery(shop), DynamoBackorders.add, []
+
+    def freed_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not freed:
+            freed.append(sku)
+            with another_functions_calls():
+                _cancel_recorded(shop, holder)  # releases its 2 units
+                assert deliver() == 1  # the release's walk, not restocked: it stops at the older order
+            assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", freed_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look completes it
+    monkeypatch.undo()
+    for _ in range(5):  # what the stream brings next (the walk handed on)
+        if not deliver():
+            break
+
+    assert freed and (shop.held(holder), shop.held(older), shop.held(younger)) == (0, 1, 1)
+    assert shop.level() == (2, 2, 0)
+
+
+def test_a_restocks_walk_stopped_at_a_queued_order_lifts_a_younger_orders_count_exclusion_once_handed_on(
+    shop, monkeypatch
+):
+    """A receipt at the location a stock take excluded the younger order from: its walk stopped at the
+    older order, queued. Handed on by the older order's step, the walk is still the restock's, so the
+    younger order takes the units there, its exclusion lifted, rather than wait beside them for the
+    next restock there."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    younger = counted_out_of(shop, "wh-east")  # of 3, wh-east excluded for it by the count
+    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+
+    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == older and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")
+                assert deliver() == 1  # the restock's walk stops at the older order
+            assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    shop.container.workflow.reserve_stock(older)  # its own look completes it
+    monkeypatch.undo()
+    for _ in range(5):  # what the stream brings next (the walk handed on)
+        if not deliver():
+            break
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (1, 3)
+    assert [(a.location_id, a.quantity) for a in shop.order(younger).allocations] == [("wh-east", 3)]
+    assert shop.order(younger).excluded_locations == [] and shop.level() == (4, 4, 0)
 
 
 @pytest.mark.parametrize("leaves", ["cancel", "hold", "edit"])
