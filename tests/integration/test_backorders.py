@@ -993,6 +993,15 @@ def test_an_arrival_replayed_by_hand_twice_hands_its_walk_on_each_time(shop, mon
     assert len([c for c in changes if "walk_by" in c.get("NewImage", {})]) == 2
 
 
+def queued_older(shop: Shop, quantity: int) -> str:
+    """An order of `quantity` PREORDER placed and authorized, its ReserveStock (which queues it, then
+    writes it backordered) still to run: the older order a walk may meet queued and `authorized`."""
+    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": quantity}])
+    older = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(older, attempt=0)
+    return older
+
+
 def stream_delivery(shop: Shop) -> Callable[[], int]:
     """Delivers the Inventory stream's next records that the BackorderFunction's filter passes to
     its handler, as Lambda does, from now on; answers how many passed (0: none left)."""
@@ -1666,9 +1675,7 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     order already waiting: the older one's own look at stock, once written backordered, found none
     left, and nothing walked for it again until the next arrival. Now the walk stops at it and the
     order's step, once it has taken its units, hands the walk on: the younger one gets what is left."""
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -1705,9 +1712,7 @@ def test_a_walks_stop_landing_after_the_older_orders_lost_write_handed_on_is_not
     from core.holds import HoldRequest
     from infra.local.moto_patches import lock
 
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, real_stop = stream_delivery(shop), DynamoBackorders.add, DynamoBackorders.stop
     queued, go, raised = threading.Event(), threading.Event(), []
@@ -1758,9 +1763,7 @@ def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_un
     run yet) and a new order was sourced: the new order's look behind older orders read only the
     backordered ones, took the unit, and the older order's own look found none. The older one
     queued counts as waiting, as an arrival's walk now counts it."""
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     real_add, newer = DynamoBackorders.add, []
 
     def sourced_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
@@ -1782,9 +1785,7 @@ def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_w
     stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
     short) marks the entry anew, finds the stop still kept there, and hands the walk on, which goes
     on from after the older order to the younger one."""
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 3}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 3)
     younger = shop.backordered(1)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -1827,9 +1828,7 @@ def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order
     The Retry finds it complete (nothing to mark anew) and CreateShipments removes its entry, stop
     and all: the younger order waited beside the other unit until the next arrival. The entry's
     removal hands on the walks still stopped at it (its old image comes back with the delete)."""
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -1871,9 +1870,7 @@ def test_create_shipments_may_hand_on_the_walk_stopped_at_the_entry_it_removes(s
     from tests.integration.test_handlers import Context
     from tests.template_iam import handlers_checked
 
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -1925,9 +1922,7 @@ def test_an_older_order_whose_step_died_before_its_backordered_write_hands_on_th
     from core.holds import HoldRequest
     from functions.adapters.dynamodb import DynamoOrders
 
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, real_update, arrived = stream_delivery(shop), DynamoBackorders.add, DynamoOrders.update, []
 
@@ -1971,9 +1966,7 @@ def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(s
     """Units came to both warehouses while the older order was queued: both walks stopped at it
     (one stop per location on its entry). Its own look took the one unit it lacks, and its step
     handed both walks on: the younger order gets the two units left, one at each warehouse."""
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(2)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -2011,9 +2004,7 @@ def test_a_walk_from_units_a_cancel_freed_stopped_at_a_queued_order_is_handed_on
     shop.container.workflow.authorize_payment(holder, attempt=0)
     shop.container.workflow.reserve_stock(holder)
     assert shop.held(holder) == 2
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, freed = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -2044,9 +2035,7 @@ def test_a_restocks_walk_stopped_at_a_queued_order_lifts_a_younger_orders_count_
     older order, queued. Handed on by the older order's step, the walk is still the restock's, so the
     younger order takes the units there, its exclusion lifted, rather than wait beside them for the
     next restock there."""
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = counted_out_of(shop, "wh-east")  # of 3, wh-east excluded for it by the count
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
@@ -2081,9 +2070,7 @@ def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_
     from core.holds import HoldRequest
     from core.models import LineInput, OrderEdit
 
-    body = place_order(external_id="older", lines=[{"sku": "PREORDER", "quantity": 1}])
-    older = shop.container.capture.place(body, actor="key_web").id
-    shop.container.workflow.authorize_payment(older, attempt=0)
+    older = queued_older(shop, 1)
     younger = shop.backordered(1)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
