@@ -1002,6 +1002,24 @@ def queued_older(shop: Shop, quantity: int) -> str:
     return older
 
 
+def once_queued(monkeypatch: pytest.MonkeyPatch, order_id: str, arrive: Callable[[], None]) -> list[str]:
+    """DynamoBackorders.add patched so that, once the first queue entry of `order_id` is written (its
+    ReserveStock queued it, its `backordered` write to come), `arrive()` runs, as another function
+    would meanwhile (an arrival and its walk, a person's change); the list returned gets that
+    entry's sku."""
+    real_add, arrived = DynamoBackorders.add, []
+
+    def add(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        real_add(backorders, sku, entry)
+        if entry.order_id == order_id and not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                arrive()
+
+    monkeypatch.setattr(DynamoBackorders, "add", add)
+    return arrived
+
+
 def stream_delivery(shop: Shop) -> Callable[[], int]:
     """Delivers the Inventory stream's next records that the BackorderFunction's filter passes to
     its handler, as Lambda does, from now on; answers how many passed (0: none left)."""
@@ -1677,19 +1695,15 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     order's step, once it has taken its units, hands the walk on: the younger one gets what is left."""
     older = queued_older(shop, 1)
     younger = shop.backordered(1)
-    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+    deliver = stream_delivery(shop)
 
-    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
-        real_add(backorders, sku, entry)
-        if entry.order_id == older and not arrived:
-            arrived.append(sku)
-            with another_functions_calls():
-                shop.inventory.adjust("PREORDER", "wh-east", units, reason="receipt")
-                assert deliver() == 1  # the arrival's walk
-            assert shop.order(older).status is S.AUTHORIZED
-            assert shop.held(younger) == 0  # the walk stopped at the older order
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", units, reason="receipt")
+        assert deliver() == 1  # the arrival's walk
+        assert shop.order(older).status is S.AUTHORIZED
+        assert shop.held(younger) == 0  # the walk stopped at the older order
 
-    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    arrived = once_queued(monkeypatch, older, arrive)
     with contextlib.suppress(Backordered):
         shop.container.workflow.reserve_stock(older)  # its own look at stock completes it
     monkeypatch.undo()
@@ -1787,20 +1801,16 @@ def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_w
     on from after the older order to the younger one."""
     older = queued_older(shop, 3)
     younger = shop.backordered(1)
-    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+    deliver = stream_delivery(shop)
 
-    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
-        real_add(backorders, sku, entry)
-        if entry.order_id == older and not arrived:
-            arrived.append(sku)
-            with another_functions_calls():
-                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-                assert deliver() == 1  # the walk stops at the older order
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+        assert deliver() == 1  # the walk stops at the older order
 
     def dying(*_: Any) -> None:
         raise OSError("died")
 
-    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    once_queued(monkeypatch, older, arrive)
     monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
     with pytest.raises(OSError):
         shop.container.workflow.reserve_stock(older)
@@ -1830,20 +1840,16 @@ def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order
     removal hands on the walks still stopped at it (its old image comes back with the delete)."""
     older = queued_older(shop, 1)
     younger = shop.backordered(1)
-    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+    deliver = stream_delivery(shop)
 
-    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
-        real_add(backorders, sku, entry)
-        if entry.order_id == older and not arrived:
-            arrived.append(sku)
-            with another_functions_calls():
-                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-                assert deliver() == 1  # the walk stops at the older order
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+        assert deliver() == 1  # the walk stops at the older order
 
     def dying(*_: Any) -> None:
         raise OSError("died")
 
-    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    once_queued(monkeypatch, older, arrive)
     monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
     with pytest.raises(OSError):
         shop.container.workflow.reserve_stock(older)
@@ -1872,21 +1878,17 @@ def test_create_shipments_may_hand_on_the_walk_stopped_at_the_entry_it_removes(s
 
     older = queued_older(shop, 1)
     younger = shop.backordered(1)
-    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+    deliver = stream_delivery(shop)
 
-    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
-        real_add(backorders, sku, entry)
-        if entry.order_id == older and not arrived:
-            arrived.append(sku)
-            with another_functions_calls():
-                shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-                assert deliver() == 1  # the walk stops at the older order
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+        assert deliver() == 1  # the walk stops at the older order
 
     def dying(*_: Any) -> None:
         raise OSError("died")
 
     with pytest.MonkeyPatch.context() as dies, pytest.raises(OSError):
-        dies.setattr(DynamoBackorders, "add", arriving_once_queued)
+        once_queued(dies, older, arrive)
         dies.setattr(DynamoBackorders, "walk_from", dying)
         shop.container.workflow.reserve_stock(older)
     shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
@@ -1968,19 +1970,15 @@ def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(s
     handed both walks on: the younger order gets the two units left, one at each warehouse."""
     older = queued_older(shop, 1)
     younger = shop.backordered(2)
-    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+    deliver = stream_delivery(shop)
 
-    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
-        real_add(backorders, sku, entry)
-        if entry.order_id == older and not arrived:
-            arrived.append(sku)
-            with another_functions_calls():
-                shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
-                shop.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
-                assert deliver() == 2  # both walks stop at the older order
-            assert shop.held(younger) == 0
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        shop.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+        assert deliver() == 2  # both walks stop at the older order
+        assert shop.held(younger) == 0
 
-    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    arrived = once_queued(monkeypatch, older, arrive)
     shop.container.workflow.reserve_stock(older)  # its own look completes it
     monkeypatch.undo()
     for _ in range(5):
@@ -2037,18 +2035,14 @@ def test_a_restocks_walk_stopped_at_a_queued_order_lifts_a_younger_orders_count_
     next restock there."""
     older = queued_older(shop, 1)
     younger = counted_out_of(shop, "wh-east")  # of 3, wh-east excluded for it by the count
-    deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
+    deliver = stream_delivery(shop)
 
-    def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
-        real_add(backorders, sku, entry)
-        if entry.order_id == older and not arrived:
-            arrived.append(sku)
-            with another_functions_calls():
-                shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")
-                assert deliver() == 1  # the restock's walk stops at the older order
-            assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")
+        assert deliver() == 1  # the restock's walk stops at the older order
+        assert shop.order(older).status is S.AUTHORIZED and shop.held(younger) == 0
 
-    monkeypatch.setattr(DynamoBackorders, "add", arriving_once_queued)
+    arrived = once_queued(monkeypatch, older, arrive)
     shop.container.workflow.reserve_stock(older)  # its own look completes it
     monkeypatch.undo()
     for _ in range(5):  # what the stream brings next (the walk handed on)
