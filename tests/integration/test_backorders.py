@@ -455,6 +455,41 @@ def test_two_wakes_racing_on_one_order_count_it_sent_back_once(shop):
     assert order.status is S.AUTHORIZED and order.version == before.version + 1
 
 
+def test_two_wakes_racing_to_send_one_order_back_whole_count_it_sent_back_once(shop):
+    """As above, for an order the rules let take more units where it is, but which max_shipments keeps
+    from the location that now has its whole order (Workflow.source_again_whole): the rules stop
+    excluding wh-east, where a PREORDER and a BOOK wait, and two wakes read the order at once. The
+    second sent it back whole between the first's read and its write, so the first's write was
+    refused, and it counts nothing sent back: the order is counted by the wake whose write did."""
+    from core.sourcing_rules import SourcingRulesInput
+    from core.workflow import Workflow
+
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    service = shop.container.sourcing_rules_service
+    service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-east"]), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
+    shop.inventory.set_on_hand("BOOK", "wh-east", 1, reason="count")
+    rules = service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    before = shop.order(order_id)
+    allocator, real, other = shop.container.backorder_allocator, Workflow.source_again_whole, []
+
+    def the_other_wake_first(workflow: Workflow, *args: Any, **kwargs: Any) -> Any:
+        if not other:
+            other.append(None)
+            other[0] = allocator.rules_changed(rules.version)
+        return real(workflow, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as racing:
+        racing.setattr(Workflow, "source_again_whole", the_other_wake_first)
+        first = allocator.rules_changed(rules.version)
+
+    assert other[0].sourced_again == [order_id]
+    assert first.sourced_again == []
+    order = shop.order(order_id)
+    assert order.status is S.AUTHORIZED and order.version == before.version + 1
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
 @pytest.fixture
 def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """EMF on stdout, starting and leaving empty (powertools keeps one metric set for every instance)."""

@@ -396,11 +396,26 @@ def api() -> Iterator[InProcessApi]:
         yield started
 
 
-def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessApi):
+def a_vendor(api: InProcessApi) -> tuple[dict[str, str], str]:
+    """The location network put and a vendor made: (the network's location ids, the vendor's id)."""
     network = put_network(api)
-    sku = Catalog(api).product("9.00")
     vendor = unique("vendor")
     assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    return network, vendor
+
+
+def a_po_body(api: InProcessApi, quantity: int, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A product at 9.00 and the body of a PO of `quantity` of it at COST from a new vendor to the
+    network's east warehouse, with `extra` fields: (the product's sku, the body)."""
+    network, vendor = a_vendor(api)
+    sku = Catalog(api).product("9.00")
+    lines = [{"sku": sku, "quantity": quantity, "unit_cost": COST}]
+    return sku, {"vendor_id": vendor, "location_id": network["east"], **extra, "lines": lines}
+
+
+def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessApi):
+    network, vendor = a_vendor(api)
+    sku = Catalog(api).product("9.00")
     assert api.put(f"/vendors/{vendor}", json={"name": "Acme Co", "lead_time_days": 3}).status_code == 200
     assert vendor in [v["vendor_id"] for v in api.get("/vendors", params={"limit": 100}).json()["items"]]
 
@@ -441,12 +456,7 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
 def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_units_left(api: InProcessApi):
     # Whether an earlier receipt left one unit outstanding or none, more than that is the same
     # mistake (ordered minus received exceeded): 422 over_receipt, not a status conflict.
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"], "lines": [{"sku": sku, "quantity": 2,
-                                                                            "unit_cost": COST}]}  # fmt: skip
+    sku, body = a_po_body(api, 2)
     po = api.post("/purchase-orders", json=body).json()
     received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 2}]})
     assert received.status_code == 200 and received.json()["status"] == "received", received.text
@@ -469,12 +479,7 @@ def test_a_receipt_sent_again_without_a_key_after_its_answer_was_lost_says_what_
     first was counted, and the second is 422 over_receipt. Its detail said `5 SKU received, 0
     outstanding`: read as "5 were received", it told the clerk neither that these are the units of
     this receipt nor that the PO's 5 were received already, by the receipt they thought was lost."""
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"],
-            "lines": [{"sku": sku, "quantity": 5, "unit_cost": COST}]}  # fmt: skip
+    sku, body = a_po_body(api, 5)
     po = api.post("/purchase-orders", json=body).json()
     receive = f"/purchase-orders/{po['id']}/receive"
     assert api.post(receive, json={"lines": [{"sku": sku, "quantity": 5}]}).status_code == 200  # its answer lost
@@ -495,21 +500,16 @@ def test_a_po_whose_location_stopped_shipping_is_still_received_there(api: InPro
     # not received is given up by a cancel as anywhere.
     from tests.builders import location_body
 
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"],
-            "lines": [{"sku": sku, "quantity": 5, "unit_cost": COST}]}  # fmt: skip
+    sku, body = a_po_body(api, 5)
     po = api.post("/purchase-orders", json=body).json()
-    assert api.put(f"/locations/{network['east']}", json=location_body(ships=False)).status_code == 200
+    assert api.put(f"/locations/{body['location_id']}", json=location_body(ships=False)).status_code == 200
 
     received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 3}]})
 
     assert received.status_code == 200 and received.json()["status"] == "partially_received", received.text
     [stock] = api.get(f"/inventory/{sku}").json()["locations"]
     assert (stock["location_id"], stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (
-        network["east"], 3, 2, po["expected_at"],
+        body["location_id"], 3, 2, po["expected_at"],
     )  # fmt: skip
     assert api.post(f"/purchase-orders/{po['id']}/cancel").json()["status"] == "cancelled"
     [stock] = api.get(f"/inventory/{sku}").json()["locations"]
@@ -520,10 +520,8 @@ def test_a_receipt_never_takes_on_hand_past_what_a_stock_take_may_count(api: InP
     # Two purchase orders of 1,000,000,000 units each received at one location took on_hand past
     # what a stock take may count. The units on hand refuse the second receipt (409, naming its
     # line), in the same transaction as the PO's write: neither the PO nor the stock moves.
-    network = put_network(api)
+    network, vendor = a_vendor(api)
     sku, other = Catalog(api).product("9.00"), Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
     lines = [
         {"sku": sku, "quantity": 1_000_000_000, "unit_cost": COST},
         {"sku": other, "quantity": 1, "unit_cost": COST},
@@ -592,10 +590,8 @@ def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api
     from core.errors import Backordered
     from functions.bootstrap import Config, bootstrap
 
-    network = put_network(api)
+    network, vendor = a_vendor(api)
     sku = Catalog(api).product("9.00", allow_backorder=True)
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
     channel = unique("bo")
     placed = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()
     workflow = bootstrap(Config.from_env()).workflow  # the steps the state machine would run
@@ -633,12 +629,7 @@ def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api
 def test_a_purchase_order_created_again_with_the_same_idempotency_key_is_the_first_one(api: InProcessApi):
     # A create retried after its answer was lost must not open a second PO: the vendor would be
     # sent the order twice, and its units counted twice as incoming.
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"],
-            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    sku, body = a_po_body(api, 4)
     headers = {"Idempotency-Key": unique("po")}
 
     first = api.post("/purchase-orders", json=body, headers=headers)
@@ -648,7 +639,7 @@ def test_a_purchase_order_created_again_with_the_same_idempotency_key_is_the_fir
     assert first.status_code == again.status_code == 201, (first.text, again.text)
     assert again.json() == first.json()
     assert_error(other, 409, "idempotency_key_reused")
-    listed = api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"]
+    listed = api.get("/purchase-orders", params={"vendor_id": body["vendor_id"]}).json()["items"]
     assert [po["id"] for po in listed] == [first.json()["id"]]
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["incoming"] == 4
 
@@ -656,10 +647,8 @@ def test_a_purchase_order_created_again_with_the_same_idempotency_key_is_the_fir
 def test_a_purchase_order_naming_unknown_skus_names_each_ones_line(api: InProcessApi):
     # API.md's error shape names the offending field: every detail said `lines`, sorted by sku,
     # so a buyer with a long PO could not tell which of its lines to fix.
-    network = put_network(api)
+    network, vendor = a_vendor(api)
     sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
     lines = [{"sku": each, "quantity": 1, "unit_cost": COST} for each in ("ZZ-GONE", sku, "AA-GONE")]
 
     refused = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
@@ -675,9 +664,7 @@ def a_draft(api: InProcessApi, *costs: tuple[str, dict[str, str] | None]) -> str
     """A draft PO, as a reorder point makes one, with a line per (sku, unit_cost or None)."""
     from functions.bootstrap import Config, bootstrap
 
-    network = put_network(api)
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    network, vendor = a_vendor(api)
     draft = PurchaseOrder(
         id=new_id("po"),
         vendor_id=vendor,
@@ -726,9 +713,7 @@ def test_a_submission_pricing_a_sku_twice_names_each_repeating_line(api: InProce
 
 def test_a_purchase_order_with_a_repeated_sku_or_another_currency_names_each_line_at_fault(api: InProcessApi):
     # Both said `lines` alone: on a PO of many lines a buyer could not tell which one to fix.
-    network = put_network(api)
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    network, vendor = a_vendor(api)
     lines = [{"sku": sku, "quantity": 1, "unit_cost": cost} for sku, cost in
              [("MUG", COST), ("CUP", JPY), ("PLATE", COST), ("MUG", COST)]]  # fmt: skip
 
@@ -756,12 +741,7 @@ def test_a_receipt_replayed_after_its_idempotency_record_expired_answers_as_the_
     the PO as the first receipt left it (the later receipt is not in it), the same key with another
     body is 409, and neither counts a unit. Before, the replay answered the PO as it is now, and the
     other body was answered 200 while its units were silently not received."""
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"],
-            "lines": [{"sku": sku, "quantity": 10, "unit_cost": COST}]}  # fmt: skip
+    sku, body = a_po_body(api, 10)
     po = api.post("/purchase-orders", json=body).json()
     receive = f"/purchase-orders/{po['id']}/receive"
     key = {"Idempotency-Key": unique("receipt")}
@@ -783,12 +763,7 @@ def test_a_receipt_replayed_after_its_idempotency_record_expired_answers_as_the_
 
 def test_a_create_replayed_after_its_idempotency_record_expired_answers_the_po_as_it_was_made(api: InProcessApi):
     # Before, the replay answered the PO as it is now: received, a later version, another status.
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"],
-            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    sku, body = a_po_body(api, 4)
     headers = {"Idempotency-Key": unique("po")}
     first = api.post("/purchase-orders", json=body, headers=headers)
     received = api.post(f"/purchase-orders/{first.json()['id']}/receive", json={"lines": [{"sku": sku, "quantity": 4}]})
@@ -804,12 +779,7 @@ def test_a_create_replayed_after_its_idempotency_record_expired_answers_the_po_a
 def test_a_create_retried_with_its_due_date_in_another_offset_or_precision_is_the_same_request(api: InProcessApi):
     # The same instant written otherwise (another offset, fractional zeros) is the same body,
     # whether the key's record still answers or is gone and the PO itself is compared (h245).
-    network = put_network(api)
-    sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
-    body = {"vendor_id": vendor, "location_id": network["east"], "expected_at": "2031-05-01T12:00:00+02:00",
-            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    _, body = a_po_body(api, 4, expected_at="2031-05-01T12:00:00+02:00")
     headers = {"Idempotency-Key": unique("po")}
     first = api.post("/purchase-orders", json=body, headers=headers)
     assert first.status_code == 201 and first.json()["expected_at"] == "2031-05-01T10:00:00Z", first.text
@@ -891,10 +861,8 @@ def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothin
     # API.md: every amount is below 10^15 in its currency, and an order whose total would reach it
     # is 422. A PO of 10^9 units at a million each was opened: a commitment to pay the vendor
     # 10^15 USD, which nothing downstream can record.
-    network = put_network(api)
+    network, vendor = a_vendor(api)
     sku = Catalog(api).product("9.00")
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
     million = {"amount": "1000000.00", "currency": "USD"}
     body = {"vendor_id": vendor, "location_id": network["east"],
             "lines": [{"sku": sku, "quantity": 1_000_000_000, "unit_cost": million}]}  # fmt: skip

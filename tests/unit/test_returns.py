@@ -1179,27 +1179,33 @@ def test_a_cheaper_replacement_cancelled_gives_back_what_of_the_credit_it_took(w
     assert original.payment.refunded == credit
 
 
+def exchanged_with_the_replacement_cancelled_as_placed(
+    world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch, refund: str
+) -> tuple[Order, Return]:
+    """Two MUGs shipped, returned for a CAP and received resellable, then exchanged with the
+    gateway answering `refund` to refunds, while the customer cancels the cheaper replacement the
+    moment it is placed: after the write holding the credit, the one before the replacement is
+    placed. (original order, settled return)."""
+    returns, order, item = received_for_exchange(world, clock, ("MUG", 2), ("CAP", 1))
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    world.gateway.script("refund", refund)
+
+    def cancel_the_replacement() -> None:
+        (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
+        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
+
+    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
+    return order, returns.exchange(item.id, actor="key_wh")
+
+
 def test_a_replacement_cancelled_before_the_exchange_refunded_the_rest_is_refunded_the_credit_once(
     world, clock, monkeypatch
 ):
     # The customer cancelled the cheaper replacement the moment it was placed; its cancel began
     # refunding the whole credit, which the gateway had not done yet. The exchange's refund of the
     # credit beyond the replacement's total then had nothing left to refund.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("MUG", 2))
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    returns.restock(item.id)
-    returns.record_on_order(item.id, "key_wh")
-    world.gateway.script("refund", "transient")
-
-    def cancel_the_replacement() -> None:
-        (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
-        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
-
-    # After the write holding the credit, the one before the replacement is placed.
-    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
-    settled = returns.exchange(item.id, actor="key_wh")
+    order, settled = exchanged_with_the_replacement_cancelled_as_placed(world, clock, monkeypatch, "transient")
     world.gateway.script("refund", "approve")
     world.refunds.finish_pending(order.id, "key_cs")
 
@@ -1217,20 +1223,7 @@ def test_a_cheaper_replacement_cancelled_before_its_rest_was_refunded_whose_give
     # who is told the whole credit was not given back. The exchange's refund of the credit beyond the
     # replacement's total then refunded 13.48 of it all the same, and the person could not refund
     # the 26.81 they were told of (only 18.33 was left), nor tell what of it the customer had.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("MUG", 2))
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    returns.restock(item.id)
-    returns.record_on_order(item.id, "key_wh")
-    world.gateway.script("refund", "refuse")
-
-    def cancel_the_replacement() -> None:
-        (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
-        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
-
-    before_the_next_write(world, monkeypatch, cancel_the_replacement, skip=1)
-    settled = returns.exchange(item.id, actor="key_wh")
+    order, settled = exchanged_with_the_replacement_cancelled_as_placed(world, clock, monkeypatch, "refuse")
 
     credit = order.lines[0].total
     original = world.order(order.id)
