@@ -3670,6 +3670,19 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
     assert after.refundable() == after.payment.captured - after.payment.refunded
 
 
+def cap_priced_in_euros_as_placed(world, monkeypatch) -> None:
+    """The CAP an exchange asks for repriced in EUR just as its replacement is placed (an order in
+    USD): the replacement cannot be priced, the settle leaves the return received, and a later run
+    gives the exchange up (`no_price`)."""
+    real_place = world.capture.place_exchange
+
+    def place_exchange(*args, **kwargs) -> Order:
+        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
+        return real_place(*args, **kwargs)
+
+    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+
+
 def test_an_exchange_given_up_once_decided_whose_refund_is_refused_holds_nothing_back_from_a_person(
     world, clock, monkeypatch
 ):
@@ -3681,13 +3694,7 @@ def test_an_exchange_given_up_once_decided_whose_refund_is_refused_holds_nothing
     order = shipped(world, ("TSHIRT", 1))
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    real_place = world.capture.place_exchange
-
-    def place_exchange(*args, **kwargs) -> Order:
-        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
-        return real_place(*args, **kwargs)
-
-    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    cap_priced_in_euros_as_placed(world, monkeypatch)
     assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
     clock.now += timedelta(seconds=30)  # past the workflow's retry
     gateway.script("refund", "refuse")
@@ -3708,13 +3715,7 @@ def test_a_damaged_exchange_of_the_whole_order_given_up_once_decided_refunds_the
     order = shipped(world, ("TSHIRT", 1))
     item = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
-    real_place = world.capture.place_exchange
-
-    def place_exchange(*args, **kwargs) -> Order:
-        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
-        return real_place(*args, **kwargs)
-
-    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    cap_priced_in_euros_as_placed(world, monkeypatch)
     assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
     clock.now += timedelta(seconds=30)  # past the workflow's retry
 
@@ -3764,13 +3765,7 @@ def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_ref
     # channel placed an order of its own under the replacement's external_id: that order is not
     # this exchange, and the retry refunds the units for the refusal instead of failing on it.
     returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
-    real_place = world.capture.place_exchange
-
-    def place_exchange(*args, **kwargs) -> Order:
-        world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
-        return real_place(*args, **kwargs)
-
-    monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
+    cap_priced_in_euros_as_placed(world, monkeypatch)
     assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
     own = world.place(("TSHIRT", 1), external_id=f"{order.external_id}-x1")
     clock.now += timedelta(seconds=30)  # the workflow's retry
