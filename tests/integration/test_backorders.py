@@ -1857,6 +1857,37 @@ def test_a_new_order_takes_the_units_an_older_order_an_edit_sent_back_to_be_sour
     assert shop.level() == (1, 1, 0)
 
 
+def test_a_walk_passes_over_a_queued_older_order_that_rejected_the_location_and_fills_the_younger_one(
+    shop, monkeypatch
+):
+    """A person rejected the older order's parcel at wh-east, sending it back to be sourced: its
+    ReserveStock queued it, its `backordered` write to come, when a unit arrived there. The walk
+    reads it `authorized` at its entry's version, but it may never take units at wh-east: it does not
+    stop there to wait for that order's step to hand it on, it fills the younger order at once."""
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    older = queued_older(shop, 1)
+    shop.container.workflow.reserve_stock(older)
+    shop.container.workflow.create_shipments(older)
+    (parcel,) = shop.order(older).shipments
+    shop.container.actions.reject(older, parcel.id, "damaged", "key_store")
+    shop.inventory.adjust("PREORDER", "wh-east", -1, reason="damaged")  # the unit the reject freed
+    younger = shop.backordered(1)
+    deliver = stream_delivery(shop)
+
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        assert deliver() == 1
+        assert shop.held(younger) == 1  # filled by this walk, not by one handed on later
+
+    arrived = once_queued(monkeypatch, older, arrive)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(older)  # wh-east never supplies it; wh-west has none
+    monkeypatch.undo()
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (0, 1)
+    assert shop.order(older).status is S.BACKORDERED and shop.level() == (1, 1, 0)
+
+
 def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_when_retried(shop, monkeypatch):
     """The older order took the units and marked its entry, then its step died before the walk that
     stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
