@@ -1888,6 +1888,31 @@ def test_a_walk_passes_over_a_queued_older_order_that_rejected_the_location_and_
     assert shop.order(older).status is S.BACKORDERED and shop.level() == (1, 1, 0)
 
 
+def test_a_what_if_leaves_a_queued_older_order_the_units_that_arrived(shop, monkeypatch):
+    """The older order was queued, its `backordered` write to come, when a unit arrived (its walk not
+    run yet): a simulation of a new order plans it as ReserveStock would source it, the unit left to
+    the older order (as test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_units_that_arrived
+    shows ReserveStock does), not shipped to the new one."""
+    from core.sourcing import SimulateSourcing
+
+    older = queued_older(shop, 1)
+    simulated = []
+
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # its record not consumed yet
+        body = place_order(external_id="what-if", lines=[{"sku": "PREORDER", "quantity": 1}])
+        simulated.append(shop.container.simulator.simulate(SimulateSourcing(orders=[body])))
+
+    arrived = once_queued(monkeypatch, older, arrive)
+    shop.container.workflow.reserve_stock(older)  # its own look reserves the unit
+    monkeypatch.undo()
+
+    [simulation] = simulated
+    [plan] = simulation.items
+    assert arrived and (plan.shipments, sum(line.quantity for line in plan.unfillable)) == ([], 1)
+    assert shop.held(older) == 1 and shop.level() == (1, 1, 0)
+
+
 def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_when_retried(shop, monkeypatch):
     """The older order took the units and marked its entry, then its step died before the walk that
     stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
