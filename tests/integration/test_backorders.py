@@ -1829,6 +1829,90 @@ def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_un
     assert shop.order(newer[0]).status is S.BACKORDERED
 
 
+def test_a_new_order_takes_the_units_an_older_order_an_edit_sent_back_to_be_sourced_is_not_counted_waiting_for(shop):
+    """An edit sent the older backordered order back to be sourced: `authorized` again, its queue
+    entry still the one its earlier wait wrote, at an older version, until its execution's ReserveStock
+    looks at stock itself. A new order's look behind older orders passes it over (it is not queued and
+    about to be written backordered), and takes the unit that arrived; the older order's step then
+    waits again. Counted waiting, it held the unit back from the new order for an order that was not
+    waiting for it."""
+    from core.models import LineInput, OrderEdit
+
+    older = shop.backordered(2)
+    version = shop.order(older).version
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)])
+    assert shop.container.actions.edit(older, version, edit, "key_web").status is S.AUTHORIZED
+    assert _queued(shop) == [older]  # its entry of its earlier wait, written at an older version
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # its record not consumed yet
+    shop.counter += 1
+    body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 1}]}
+    newer = shop.container.capture.place(place_order(**body), actor="key_web").id
+    shop.container.workflow.authorize_payment(newer, attempt=0)
+    shop.container.workflow.reserve_stock(newer)  # takes the unit: the older order waits for nothing yet
+
+    assert shop.held(newer) == 1
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(older)  # the execution the edit starts
+    assert (shop.held(older), shop.order(older).status) == (0, S.BACKORDERED)
+    assert shop.level() == (1, 1, 0)
+
+
+def test_a_walk_passes_over_a_queued_older_order_that_rejected_the_location_and_fills_the_younger_one(
+    shop, monkeypatch
+):
+    """A person rejected the older order's parcel at wh-east, sending it back to be sourced: its
+    ReserveStock queued it, its `backordered` write to come, when a unit arrived there. The walk
+    reads it `authorized` at its entry's version, but it may never take units at wh-east: it does not
+    stop there to wait for that order's step to hand it on, it fills the younger order at once."""
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    older = queued_older(shop, 1)
+    shop.container.workflow.reserve_stock(older)
+    shop.container.workflow.create_shipments(older)
+    (parcel,) = shop.order(older).shipments
+    shop.container.actions.reject(older, parcel.id, "damaged", "key_store")
+    shop.inventory.adjust("PREORDER", "wh-east", -1, reason="damaged")  # the unit the reject freed
+    younger = shop.backordered(1)
+    deliver = stream_delivery(shop)
+
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        assert deliver() == 1
+        assert shop.held(younger) == 1  # filled by this walk, not by one handed on later
+
+    arrived = once_queued(monkeypatch, older, arrive)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(older)  # wh-east never supplies it; wh-west has none
+    monkeypatch.undo()
+
+    assert arrived and (shop.held(older), shop.held(younger)) == (0, 1)
+    assert shop.order(older).status is S.BACKORDERED and shop.level() == (1, 1, 0)
+
+
+def test_a_what_if_leaves_a_queued_older_order_the_units_that_arrived(shop, monkeypatch):
+    """The older order was queued, its `backordered` write to come, when a unit arrived (its walk not
+    run yet): a simulation of a new order plans it as ReserveStock would source it, the unit left to
+    the older order (as test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_units_that_arrived
+    shows ReserveStock does), not shipped to the new one."""
+    from core.sourcing import SimulateSourcing
+
+    older = queued_older(shop, 1)
+    simulated = []
+
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # its record not consumed yet
+        body = place_order(external_id="what-if", lines=[{"sku": "PREORDER", "quantity": 1}])
+        simulated.append(shop.container.simulator.simulate(SimulateSourcing(orders=[body])))
+
+    arrived = once_queued(monkeypatch, older, arrive)
+    shop.container.workflow.reserve_stock(older)  # its own look reserves the unit
+    monkeypatch.undo()
+
+    [simulation] = simulated
+    [plan] = simulation.items
+    assert arrived and (plan.shipments, sum(line.quantity for line in plan.unfillable)) == ([], 1)
+    assert shop.held(older) == 1 and shop.level() == (1, 1, 0)
+
+
 def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_when_retried(shop, monkeypatch):
     """The older order took the units and marked its entry, then its step died before the walk that
     stopped at it was handed on: the Retry (ReserveStock again, the order backordered and still
