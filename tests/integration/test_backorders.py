@@ -1055,6 +1055,24 @@ def once_queued(monkeypatch: pytest.MonkeyPatch, order_id: str, arrive: Callable
     return arrived
 
 
+def died_handing_on(shop: Shop, older: str, deliver: Callable[[], int]) -> None:
+    """Two units arrive at wh-east while `older` is queued, and the arrival's walk stops at it
+    (`deliver`: the Inventory stream's); then its ReserveStock dies handing that walk on
+    (walk_from raises), after its own look took what it could: the stop stays kept on its entry."""
+
+    def arrive() -> None:
+        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+        assert deliver() == 1  # the walk stops at the older order
+
+    def dying(*_: Any) -> None:
+        raise OSError("died")
+
+    with pytest.MonkeyPatch.context() as dies, pytest.raises(OSError):
+        once_queued(dies, older, arrive)
+        dies.setattr(DynamoBackorders, "walk_from", dying)
+        shop.container.workflow.reserve_stock(older)
+
+
 def stream_delivery(shop: Shop) -> Callable[[], int]:
     """Delivers the Inventory stream's next records that the BackorderFunction's filter passes to
     its handler, as Lambda does, from now on; answers how many passed (0: none left)."""
@@ -1922,18 +1940,7 @@ def test_a_step_that_dies_handing_on_the_walk_stopped_at_its_order_hands_it_on_w
     younger = shop.backordered(1)
     deliver = stream_delivery(shop)
 
-    def arrive() -> None:
-        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-        assert deliver() == 1  # the walk stops at the older order
-
-    def dying(*_: Any) -> None:
-        raise OSError("died")
-
-    once_queued(monkeypatch, older, arrive)
-    monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
-    with pytest.raises(OSError):
-        shop.container.workflow.reserve_stock(older)
-    monkeypatch.undo()
+    died_handing_on(shop, older, deliver)
     assert (shop.held(older), shop.held(younger)) == (2, 0)
     with shop.orders_read() as read:
         while deliver():  # the entry's mark: its reorder points
@@ -1961,18 +1968,7 @@ def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order
     younger = shop.backordered(1)
     deliver = stream_delivery(shop)
 
-    def arrive() -> None:
-        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-        assert deliver() == 1  # the walk stops at the older order
-
-    def dying(*_: Any) -> None:
-        raise OSError("died")
-
-    once_queued(monkeypatch, older, arrive)
-    monkeypatch.setattr(DynamoBackorders, "walk_from", dying)
-    with pytest.raises(OSError):
-        shop.container.workflow.reserve_stock(older)
-    monkeypatch.undo()
+    died_handing_on(shop, older, deliver)
     assert (shop.held(older), shop.held(younger)) == (1, 0)
 
     shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
@@ -1999,17 +1995,7 @@ def test_create_shipments_may_hand_on_the_walk_stopped_at_the_entry_it_removes(s
     younger = shop.backordered(1)
     deliver = stream_delivery(shop)
 
-    def arrive() -> None:
-        shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-        assert deliver() == 1  # the walk stops at the older order
-
-    def dying(*_: Any) -> None:
-        raise OSError("died")
-
-    with pytest.MonkeyPatch.context() as dies, pytest.raises(OSError):
-        once_queued(dies, older, arrive)
-        dies.setattr(DynamoBackorders, "walk_from", dying)
-        shop.container.workflow.reserve_stock(older)
+    died_handing_on(shop, older, deliver)
     shop.container.workflow.reserve_stock(older)  # the Retry: complete, it waits no more
 
     with pytest.MonkeyPatch.context() as patched:
