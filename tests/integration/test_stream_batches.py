@@ -1,13 +1,14 @@
-"""Every stream consumer takes its batch in order up to the first failed record (functions/stream_batches.py)."""
+"""Every stream consumer takes its batch in order up to the first failed record, and every batch
+consumer with a reserve starts a record only while that much time is left (functions/stream_batches.py)."""
 
 from __future__ import annotations
 
 import importlib
 
 import pytest
-from aws_lambda_powertools.utilities.batch import process_partial_response
+from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 
-from functions.stream_batches import InOrderStreamProcessor
+from functions.stream_batches import InOrderStreamProcessor, TimedBatchProcessor
 from tests.integration.conftest import FUNCTION_ENV
 
 
@@ -82,3 +83,41 @@ def test_every_stream_consumer_takes_its_batch_in_order(consumer, monkeypatch):
         monkeypatch.setenv(name, value)
     module = importlib.import_module(consumer)
     assert isinstance(module.processor, InOrderStreamProcessor)
+
+
+def sqs_record(message_id: str) -> dict:
+    return {"messageId": message_id, "body": "{}", "eventSource": "aws:sqs", "attributes": {}}
+
+
+def test_a_queue_batch_starts_a_message_only_with_the_reserve_left_whether_the_one_before_failed_or_not():
+    seen: list[str] = []
+    event = {"Records": [sqs_record(m) for m in ("m1", "m2", "m3", "m4")]}
+
+    def handler(record) -> None:
+        seen.append(record.message_id)
+        if record.message_id == "m1":
+            raise RuntimeError("DynamoDB refused")
+
+    # The first failed: a queue's batch goes on (its messages are not in order), while time is left.
+    processor = TimedBatchProcessor(EventType.SQS, reserve_millis=2_000)
+    answer = process_partial_response(
+        event=event, record_handler=handler, processor=processor, context=Remaining(3_000, 1_000)
+    )
+    assert seen == ["m1", "m2"]
+    assert answer == {"batchItemFailures": [{"itemIdentifier": m} for m in ("m1", "m3", "m4")]}
+    assert [r["messageId"] for r in processor.held_back] == ["m3", "m4"]
+
+
+def test_a_stream_batch_out_of_time_holds_back_every_record_after_as_left_for_time():
+    event = {"Records": [stream_record(s) for s in ("101", "102", "103", "104")]}
+    processor = InOrderStreamProcessor(reserve_millis=2_000)
+
+    def handler(record) -> None:
+        assert record.dynamodb.sequence_number == "101"
+
+    answer = process_partial_response(
+        event=event, record_handler=handler, processor=processor, context=Remaining(1_000)
+    )
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": s} for s in ("102", "103", "104")]}
+    assert [r["dynamodb"]["SequenceNumber"] for r in processor.held_back] == ["102", "103", "104"]
