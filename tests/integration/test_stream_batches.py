@@ -121,3 +121,34 @@ def test_a_stream_batch_out_of_time_holds_back_every_record_after_as_left_for_ti
 
     assert answer == {"batchItemFailures": [{"itemIdentifier": s} for s in ("102", "103", "104")]}
     assert [r["dynamodb"]["SequenceNumber"] for r in processor.held_back] == ["102", "103", "104"]
+
+
+def batch_consumers() -> dict[str, tuple[str, int, list[dict]]]:
+    """Every function a queue or a stream hands batches to: (its handler module, its Timeout in
+    seconds, the Properties of each such event source), from template.yaml."""
+    from infra.local.template import Template
+
+    consumers = {}
+    for name, function in Template.load().functions().items():
+        sources = [e["Properties"] for e in (function.get("Events") or {}).values() if e["Type"] in ("SQS", "DynamoDB")]
+        if sources:
+            consumers[name] = (function["Handler"].rsplit(".", 1)[0], int(function["Timeout"]), sources)
+    return consumers
+
+
+@pytest.mark.parametrize("function", sorted(batch_consumers()))
+def test_every_batch_consumer_reports_partial_failures_and_keeps_a_time_reserve_if_it_takes_more_than_one(
+    function, monkeypatch
+):
+    # A record the reserve holds back is reported failed, which only ReportBatchItemFailures lets
+    # through (without it, a batch answered so counts as all done). A batch of one needs no reserve:
+    # its first record is always started.
+    for name, value in FUNCTION_ENV.items():
+        monkeypatch.setenv(name, value)
+    handler, timeout, sources = batch_consumers()[function]
+    defaults = {"SQS": 10, "DynamoDB": 100}  # AWS's BatchSize when the template names none
+    assert all(source.get("FunctionResponseTypes") == ["ReportBatchItemFailures"] for source in sources)
+    if all(source.get("BatchSize", defaults["SQS" if "Queue" in source else "DynamoDB"]) == 1 for source in sources):
+        return
+    reserve = importlib.import_module(handler).RECORD_RESERVE_MILLIS
+    assert 0 < reserve <= timeout * 1000 // 2  # half the Timeout at least left to start records in
