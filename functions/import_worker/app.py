@@ -129,6 +129,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _park_held_back(records: list[dict[str, Any]]) -> None:
     """A message held back at its last receive goes to the dead-letter queue never tried: its import
     lists it there, as one whose last delivery failed (_park), for the same redrive."""
+    if not records:
+        return
     limit = container().config.import_queue_max_receives
     for raw in records:
         record = SQSRecord(raw)
