@@ -27,9 +27,10 @@ container = WarmContainer()
 # reported failed unprocessed, and SQS hands them out again after the visibility timeout (a timed-out
 # batch came back whole, every order captured again and every message received once more towards the
 # dead-letter queue). A message is the capture path, about 6 DynamoDB requests warm (measured on
-# moto: 12 for two orders, catalog reads cached) and the pricing plugins' hooks: throttled, each
-# request tries 3 times with up to 3 s of backoff (functions/adapters/aws_clients.py); 10 s covers a
-# few of them, and listing one held back at its last receive as parked (_park_held_back).
+# moto: 12 for two orders, catalog reads cached), and the pricing plugins' hooks. Throttled, a request
+# tries 3 times with up to 3 s of backoff between (functions/adapters/aws_clients.py): 10 s covers
+# three of a message's requests throttled through their retries, or a plugin's slow seconds, and
+# then listing the messages held back at their last receive as parked (_park_held_back).
 RECORD_RESERVE_MILLIS = 10_000
 
 _METRICS = {Outcome.IMPORTED: "ImportedOrders", Outcome.DUPLICATE: "DuplicateOrders", Outcome.FAILED: "RejectedOrders"}
