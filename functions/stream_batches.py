@@ -57,10 +57,11 @@ class TimedBatchProcessor(BatchProcessor):
         return super()._process_record(record)
 
     def _out_of_time(self) -> bool:
-        """Whether too little is left to start this record (once true, for every record after it)."""
+        """Whether too little is left to start this record, one after the first (once true, for every
+        record after it: Deadline)."""
         if self.deadline is None:
             return False
-        return self.deadline.reached or (bool(self.success_messages or self.fail_messages) and self.deadline())
+        return bool(self.success_messages or self.fail_messages) and self.deadline()
 
     def _held_back(self, record: dict[str, Any], why: str) -> Any:
         return self.failure_handler(
