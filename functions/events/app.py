@@ -242,10 +242,5 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         context=context,
     )
     deliveries.queue()
-    if processor.deadline is not None and processor.deadline.reached:
-        held = len(answer["batchItemFailures"])
-        logger.info(
-            "stream batch cut short: too little time left to start its next record, left to the stream's next batch",
-            extra={"records_left": held, "records_done": len(event.get("Records") or []) - held},
-        )
+    processor.say_if_cut_short(logger, event)
     return answer

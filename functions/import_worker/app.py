@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.batch import EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from core.import_service import OrderOrigin, Outcome
@@ -17,12 +17,21 @@ from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.failure_logs import failure_logged
 from functions.masked_logs import function_logger
-from functions.stream_batches import batch_response
+from functions.stream_batches import RecordHeldBack, TimedBatchProcessor, batch_response
 
 logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
+# A message is not started with less than this left of the function's 30 s Timeout: the rest are
+# reported failed unprocessed, and SQS hands them out again after the visibility timeout (a timed-out
+# batch came back whole, every order captured again and every message received once more towards the
+# dead-letter queue). A message is the capture path, about 6 DynamoDB requests warm (measured on
+# moto: 12 for two orders, catalog reads cached), and the pricing plugins' hooks. Throttled, a request
+# tries 3 times with up to 3 s of backoff between (functions/adapters/aws_clients.py): 10 s covers
+# three of a message's requests throttled through their retries, or a plugin's slow seconds, and
+# then listing the messages held back at their last receive as parked (_park_held_back).
+RECORD_RESERVE_MILLIS = 10_000
 
 _METRICS = {Outcome.IMPORTED: "ImportedOrders", Outcome.DUPLICATE: "DuplicateOrders", Outcome.FAILED: "RejectedOrders"}
 
@@ -108,5 +117,33 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # A processor per run (about 4 µs): it keeps the run's records and failures on itself, and the
     # local runtime runs this queue's batches side by side in one process (the mapping's
     # MaximumConcurrency), where a shared one answered for another run's records too.
-    processor = BatchProcessor(event_type=EventType.SQS)
-    return batch_response(event=event, record_handler=import_order, processor=processor, context=context)
+    # Messages there is no time left for (RECORD_RESERVE_MILLIS) are reported failed unstarted.
+    processor = TimedBatchProcessor(EventType.SQS, reserve_millis=RECORD_RESERVE_MILLIS)
+    try:
+        answer = batch_response(event=event, record_handler=import_order, processor=processor, context=context)
+    finally:
+        _park_held_back(processor.held_back)
+    processor.say_if_cut_short(logger, event)
+    return answer
+
+
+def _park_held_back(records: list[dict[str, Any]]) -> None:
+    """A message held back at its last receive goes to the dead-letter queue never tried: its import
+    lists it there, as one whose last delivery failed (_park), for the same redrive."""
+    if not records:
+        return
+    limit = container().config.import_queue_max_receives
+    for raw in records:
+        record = SQSRecord(raw)
+        receives = int(record.attributes.approximate_receive_count or 0)
+        if not 0 < limit <= receives:
+            continue
+        origin = origin_from(record.raw_event.get("messageAttributes") or {})
+        held = RecordHeldBack("the invocation's time was nearly up at the message's last delivery")
+        logger.warning(
+            "import message not started at its last delivery, too little time left; it goes to the import"
+            " dead-letter queue",
+            extra={"message_id": record.message_id, "receive_count": receives,
+                   "import_id": origin.import_id if origin else None, "line": origin.line if origin else None},
+        )  # fmt: skip
+        _park(record, origin, held, receives)

@@ -26,7 +26,14 @@ from functions.stream_batches import InOrderStreamProcessor, batch_response
 logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
-processor = InOrderStreamProcessor()
+# A record is not started with less than this left of the function's 10 s Timeout (the rest of the
+# batch is reported failed unprocessed; the stream hands it out again from there, where a timeout
+# had the batch retried whole and bisected, its orders started again). A record is one
+# StartExecution: throttled, botocore's standard mode tries it 3 times with up to 1 s and 2 s of
+# backoff between (functions/adapters/aws_clients.py), about 3 s; a call that hangs (3 attempts of
+# 3 s) outlives any reserve the Timeout leaves room for.
+RECORD_RESERVE_MILLIS = 4_000
+processor = InOrderStreamProcessor(reserve_millis=RECORD_RESERVE_MILLIS)
 container = WarmContainer()
 
 
@@ -122,5 +129,8 @@ def _trace(image: dict[str, Any], typed_image: dict[str, Any]) -> tuple[str, str
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Partial batch response: the stream retries from the first failed record, and the records
     # after it are failed unprocessed (an order's cancel never starts before its own earlier
-    # record); a batch failed whole is bisected, then its record handed to the on-failure queue.
-    return batch_response(event=event, record_handler=start_workflow, processor=processor, context=context)
+    # record), as are those there is no time left for (RECORD_RESERVE_MILLIS); a batch failed whole
+    # is bisected, then its record handed to the on-failure queue.
+    answer = batch_response(event=event, record_handler=start_workflow, processor=processor, context=context)
+    processor.say_if_cut_short(logger, event)
+    return answer

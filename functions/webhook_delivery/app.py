@@ -45,6 +45,8 @@ def deliver(record: SQSRecord) -> None:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # A processor per run (about 4 µs): it keeps the run's records and failures on itself, and the
     # local runtime runs this queue's batches side by side in one process (the mapping's
-    # MaximumConcurrency), where a shared one answered for another run's records too.
+    # MaximumConcurrency), where a shared one answered for another run's records too. No time
+    # reserve (the other batch consumers' RECORD_RESERVE_MILLIS): its mapping hands it one message
+    # at a time (BatchSize 1), and a batch's first record is always started.
     processor = BatchProcessor(event_type=EventType.SQS)
     return batch_response(event=event, record_handler=deliver, processor=processor, context=context)

@@ -75,10 +75,13 @@ class ImportAws:
             )
         return messages
 
-    def deliver_once(self, handler: Handler, batch_size: int = 10) -> tuple[list[dict[str, Any]], set[str]]:
-        """One batch as Lambda's SQS mapping delivers it: returns the records and the ids the
-        handler reported failed. Successes are deleted; a failure (or a raise) becomes visible again
-        at once, standing in for the visibility timeout running out."""
+    def deliver_once(
+        self, handler: Handler, batch_size: int = 10, invocation: Any = None
+    ) -> tuple[list[dict[str, Any]], set[str]]:
+        """One batch as Lambda's SQS mapping delivers it (to an invocation with the worker's Timeout,
+        or `invocation`, a Lambda context): returns the records and the ids the handler reported
+        failed. Successes are deleted; a failure (or a raise) becomes visible again at once, standing
+        in for the visibility timeout running out."""
         messages = self.sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=batch_size,
@@ -91,7 +94,7 @@ class ImportAws:
         event = {"Records": records}
         self.invocations.append(event)
         try:
-            response = handler(event, context("ImportWorkerFunction"))
+            response = handler(event, invocation or context("ImportWorkerFunction"))
             failed = {failure["itemIdentifier"] for failure in (response or {}).get("batchItemFailures", [])}
         except Exception:
             failed = {record["messageId"] for record in records}

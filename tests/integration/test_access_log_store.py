@@ -70,3 +70,40 @@ def test_a_message_naming_one_read_twice_stores_it_once_and_is_not_poison(aws):
     assert lambda_handler(event, Context()) == {"batchItemFailures": []}
     assert container().access_log_store.reads(read.order_id) == [read]
     container.forget()
+
+
+class Left(Context):
+    """An invocation with `millis` left at every ask."""
+
+    def __init__(self, millis: int):
+        self._millis = millis
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._millis
+
+
+def test_messages_there_is_no_time_left_for_are_left_to_the_next_batch_and_stored_once(aws):
+    # A batch of 10 pages of 100 reads (4 BatchWriteItem each) at a table at its limit (each
+    # request's unprocessed writes asked again after 0.75 s of backoffs) ran past the function's
+    # 10 s Timeout: SQS handed out the whole batch again after the visibility timeout, every message
+    # stored again and received once more towards the dead-letter queue's 5. With less than
+    # RECORD_RESERVE_MILLIS left, no message after the first is started: the rest are reported
+    # failed unprocessed (received again, but stored once: by the delivery that has time for them).
+    from functions.access_log.app import RECORD_RESERVE_MILLIS, container, lambda_handler
+
+    container.forget()
+    reads = [
+        OrderRead(request_id=f"req-{n}", order_id=f"ord_{n:024d}", at=T0, actor="key_a", action="get") for n in range(3)
+    ]
+    records = [
+        {"messageId": f"m{n}", "body": read.model_dump_json(), "eventSource": "aws:sqs"} for n, read in enumerate(reads)
+    ]
+    store = container().access_log_store
+
+    answer = lambda_handler({"Records": records}, Left(RECORD_RESERVE_MILLIS - 1))
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]}
+    assert [store.reads(read.order_id) for read in reads] == [[reads[0]], [], []]
+    assert lambda_handler({"Records": records[1:]}, Left(RECORD_RESERVE_MILLIS)) == {"batchItemFailures": []}
+    assert [store.reads(read.order_id) for read in reads] == [[read] for read in reads]
+    container.forget()

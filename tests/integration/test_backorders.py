@@ -280,7 +280,7 @@ def test_an_entry_leaves_only_when_written_before_the_write_that_ended_its_wait(
 # --- The stream consumer -------------------------------------------------------------------------------
 
 
-def record(location_id: str, old: int | None, new: int, sku: str = "PREORDER") -> dict[str, Any]:
+def record(location_id: str, old: int | None, new: int, sku: str = "PREORDER", sequence: str = "1") -> dict[str, Any]:
     images: dict[str, Any] = {"NewImage": {"available": {"N": str(new)}}}
     if old is not None:
         images["OldImage"] = {"available": {"N": str(old)}}
@@ -288,7 +288,7 @@ def record(location_id: str, old: int | None, new: int, sku: str = "PREORDER") -
         "eventID": f"{sku}-{location_id}-{old}-{new}",
         "eventName": "MODIFY" if old is not None else "INSERT",
         "eventSource": "aws:dynamodb",
-        "dynamodb": {"Keys": {"sku": {"S": sku}, "location_id": {"S": location_id}}, "SequenceNumber": "1",
+        "dynamodb": {"Keys": {"sku": {"S": sku}, "location_id": {"S": location_id}}, "SequenceNumber": sequence,
                      **images},
     }  # fmt: skip
 
@@ -306,11 +306,21 @@ def another_functions_calls() -> Iterator[None]:
         RUNNING.function = running
 
 
-def consume(shop: Shop, *records: dict[str, Any]) -> dict[str, Any]:
+def consume(shop: Shop, *records: dict[str, Any], context: Any = None) -> dict[str, Any]:
     from functions.backorders import app
 
     with app.container.override(shop.container):
-        return app.lambda_handler({"Records": list(records)}, Context())
+        return app.lambda_handler({"Records": list(records)}, context or Context())
+
+
+class Left(Context):
+    """An invocation with `millis` left at every ask."""
+
+    def __init__(self, millis: int):
+        self._millis = millis
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._millis
 
 
 def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_complete(shop):
@@ -545,6 +555,31 @@ def test_a_redelivered_batch_reserves_nothing_twice(shop):
 
     assert shop.held(order_id) == 2 and shop.level() == (2, 2, 0)
     assert [entry.type for entry in shop.container.order_repository.history(order_id)[1]].count("stock_reserved") == 1
+
+
+def test_arrivals_there_is_no_time_left_for_are_left_to_the_next_batch_and_each_order_filled_once(shop):
+    """The backorder function worked through its whole batch whatever time it had left: 25 arrivals,
+    each a walk of up to 25 orders read and filled, ran past the function's 10 s Timeout once
+    DynamoDB throttled, and the stream retried the batch whole, bisected, every walk before the
+    timeout done again. With less than RECORD_RESERVE_MILLIS left, no record after the first is
+    started: the rest are reported failed unprocessed, and the next batch, from the first of them,
+    fills the orders they bring units for, once."""
+    from functions.backorders.app import RECORD_RESERVE_MILLIS
+
+    shop.container.catalog_repository.put_product(product("PREORDER2", "30.00", allow_backorder=True))
+    older, younger = shop.backordered(1), shop.backordered(1, lines=[{"sku": "PREORDER2", "quantity": 1}])
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    shop.inventory.adjust("PREORDER2", "wh-east", 1, reason="receipt")
+    batch = [record("wh-east", 0, 1, sequence="1"), record("wh-east", 0, 1, sku="PREORDER2", sequence="2")]
+
+    assert consume(shop, *batch, context=Left(RECORD_RESERVE_MILLIS - 1)) == {
+        "batchItemFailures": [{"itemIdentifier": "2"}]
+    }
+    assert (shop.held(older), shop.held(younger)) == (1, 0)  # the first record always
+    assert shop.executions() == [older]
+    assert consume(shop, *batch[1:], context=Left(RECORD_RESERVE_MILLIS)) == {"batchItemFailures": []}
+    assert (shop.held(older), shop.held(younger)) == (1, 1)
+    assert shop.executions() == sorted([older, younger])
 
 
 def test_an_arrival_follows_the_stored_sourcing_rules_max_shipments(shop):

@@ -297,6 +297,72 @@ def test_a_batch_with_a_poison_message_reports_only_that_one_failed(stack: Impor
     assert imported["errors"] == []  # retried: listed as parked only once its last delivery fails
 
 
+class Left(LambdaContext):
+    """The import worker's invocation with `millis` left at every ask."""
+
+    def __init__(self, millis: int):
+        super().__init__("ImportWorkerFunction", 512, WORKER_ARN, "test", 30)
+        self._millis = millis
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._millis
+
+
+WORKER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:ImportWorkerFunction"
+
+
+def test_messages_there_is_no_time_left_for_are_left_to_the_next_batch_and_each_order_imported_once(stack: ImportAws):
+    """The worker worked through its whole batch whatever time it had left: 10 orders, each a few
+    DynamoDB requests throttled and retried (standard mode: up to 3 s of backoff each) and the
+    pricing plugins' calls, ran past its 30 s Timeout, and SQS handed the whole batch out again
+    after the visibility timeout, every order captured again (counted duplicate: idempotent) and
+    each message received once more towards the dead-letter queue. With less than
+    RECORD_RESERVE_MILLIS left, no message after the first is started: the rest are reported
+    failed unprocessed, and the next delivery imports each of them, once."""
+    from functions.import_worker.app import RECORD_RESERVE_MILLIS
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(*[csv_row(f"ext-{n}") for n in range(3)]))
+
+    records, failed = stack.deliver_once(worker, invocation=Left(RECORD_RESERVE_MILLIS - 1))
+
+    assert len(records) == 3 and failed == {r["messageId"] for r in records[1:]}
+    started = report(import_id)
+    assert (started["status"], started["imported"], started["failed"], started["errors"]) == ("running", 1, 0, [])
+    first = json.loads(records[0]["body"])["external_id"]
+    assert {f"ext-{n}" for n in range(3) if stored_order("market", f"ext-{n}") is not None} == {first}
+    records, failed = stack.deliver_once(worker, invocation=Left(RECORD_RESERVE_MILLIS))
+    assert len(records) == 2 and failed == set()
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["failed"]) == ("completed", 3, 3, 0)
+
+
+def test_a_message_left_for_lack_of_time_at_its_last_delivery_is_listed_on_its_import_as_parked(stack: ImportAws):
+    """Held back at its last receive, a message goes to the dead-letter queue never tried: its import
+    lists it there, as one whose last delivery failed, so the report says where the order waits."""
+    from functions.import_worker.app import RECORD_RESERVE_MILLIS
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    for _ in range(4):  # received four times already: the next is its fifth, the queue's last
+        assert len(stack.peek()) == 2
+
+    records, failed = stack.deliver_once(worker, invocation=Left(RECORD_RESERVE_MILLIS - 1))
+
+    (held,) = [r for r in records if r["messageId"] in failed]
+    assert held["attributes"]["ApproximateReceiveCount"] == "5"
+    line = json.loads(held["body"])["external_id"]
+    waiting = report(import_id)
+    assert (waiting["status"], waiting["imported"], waiting["failed"]) == ("running", 1, 0)
+    assert [(e["external_id"], e["code"]) for e in waiting["errors"]] == [(line, "dead_lettered")]
+    assert stack.deliver_once(worker) == ([], set())  # past the queue's 5 receives: in the DLQ
+    (parked,) = stack.sqs.receive_message(QueueUrl=stack.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=parked["Body"], MessageAttributes=parked["MessageAttributes"]
+    )
+    stack.drain(worker)
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["errors"]) == ("completed", 2, [])
+
+
 def test_a_message_whose_plugin_raises_is_one_error_line_naming_the_plugin_and_the_line(
     stack: ImportAws, poison: None, caplog: pytest.LogCaptureFixture
 ):

@@ -26,17 +26,19 @@ class Context:
         return 60_000
 
 
-def record(event: str, new: str, old: str | None, version: int = 7, sequence: str = "1") -> dict[str, Any]:
+def record(
+    event: str, new: str, old: str | None, version: int = 7, sequence: str = "1", order_id: str = ORDER_ID
+) -> dict[str, Any]:
     images: dict[str, Any] = {
-        "NewImage": {"id": {"S": ORDER_ID}, "status": {"S": new}, "version": {"N": str(version)},
+        "NewImage": {"id": {"S": order_id}, "status": {"S": new}, "version": {"N": str(version)},
                      "channel": {"S": "web"}, "history": {"L": []}},
     }  # fmt: skip
     if old is not None:
-        images["OldImage"] = {"id": {"S": ORDER_ID}, "status": {"S": old}, "version": {"N": str(version - 1)}}
+        images["OldImage"] = {"id": {"S": order_id}, "status": {"S": old}, "version": {"N": str(version - 1)}}
     return {
         "eventID": sequence, "eventName": event, "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
         "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/test/stream/2026",
-        "dynamodb": {"Keys": {"id": {"S": ORDER_ID}}, **images, "SequenceNumber": sequence, "SizeBytes": 1,
+        "dynamodb": {"Keys": {"id": {"S": order_id}}, **images, "SequenceNumber": sequence, "SizeBytes": 1,
                      "StreamViewType": "NEW_AND_OLD_IMAGES"},
     }  # fmt: skip
 
@@ -101,3 +103,37 @@ def test_a_cancel_starts_an_execution_to_finish_its_clean_up_under_its_version(m
     assert execution["name"] == f"{ORDER_ID}-cancel-v9"
     started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
     assert (started["order_id"], started["finish_cancel"]) == (ORDER_ID, True)
+
+
+class Left(Context):
+    """An invocation with `millis` left at every ask."""
+
+    def __init__(self, millis: int):
+        self._millis = millis
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._millis
+
+
+def test_records_there_is_no_time_left_for_are_left_to_the_next_batch_and_each_order_started_once(machine, caplog):
+    """The outbox worked through its whole batch whatever time it had left: 25 starts throttled and
+    retried (standard mode: up to 3 s of backoff each) ran past the function's 10 s Timeout, and the
+    stream retried the batch whole, bisected, every order before the timeout started again. With
+    less than RECORD_RESERVE_MILLIS left, no record after the first is started: the rest are
+    reported failed unprocessed, and the stream's next batch, from the first of them, starts each."""
+    from functions.outbox.app import RECORD_RESERVE_MILLIS, lambda_handler
+
+    sfn, arn = machine
+    orders = [f"ord_{n:024d}" for n in range(3)]
+    batch = [record("INSERT", "pending", None, sequence=str(n + 1), order_id=o) for n, o in enumerate(orders)]
+
+    answer = lambda_handler({"Records": batch}, Left(RECORD_RESERVE_MILLIS - 1))
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "2"}, {"itemIdentifier": "3"}]}
+    started = [e["name"] for e in sfn.list_executions(stateMachineArn=arn)["executions"]]
+    assert started == [orders[0]]  # the first record always: a batch failed whole never gets past it
+    [cut] = [r for r in caplog.records if r.getMessage().startswith("stream batch cut short")]
+    assert (cut.records_done, cut.records_left) == (1, 2)
+    assert lambda_handler({"Records": batch[1:]}, Left(RECORD_RESERVE_MILLIS)) == {"batchItemFailures": []}
+    started = [e["name"] for e in sfn.list_executions(stateMachineArn=arn)["executions"]]
+    assert sorted(started) == orders

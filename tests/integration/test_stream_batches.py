@@ -1,13 +1,14 @@
-"""Every stream consumer takes its batch in order up to the first failed record (functions/stream_batches.py)."""
+"""Every stream consumer takes its batch in order up to the first failed record, and every batch
+consumer with a reserve starts a record only while that much time is left (functions/stream_batches.py)."""
 
 from __future__ import annotations
 
 import importlib
 
 import pytest
-from aws_lambda_powertools.utilities.batch import process_partial_response
+from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 
-from functions.stream_batches import InOrderStreamProcessor
+from functions.stream_batches import InOrderStreamProcessor, TimedBatchProcessor
 from tests.integration.conftest import FUNCTION_ENV
 
 
@@ -82,3 +83,72 @@ def test_every_stream_consumer_takes_its_batch_in_order(consumer, monkeypatch):
         monkeypatch.setenv(name, value)
     module = importlib.import_module(consumer)
     assert isinstance(module.processor, InOrderStreamProcessor)
+
+
+def sqs_record(message_id: str) -> dict:
+    return {"messageId": message_id, "body": "{}", "eventSource": "aws:sqs", "attributes": {}}
+
+
+def test_a_queue_batch_starts_a_message_only_with_the_reserve_left_whether_the_one_before_failed_or_not():
+    seen: list[str] = []
+    event = {"Records": [sqs_record(m) for m in ("m1", "m2", "m3", "m4")]}
+
+    def handler(record) -> None:
+        seen.append(record.message_id)
+        if record.message_id == "m1":
+            raise RuntimeError("DynamoDB refused")
+
+    # The first failed: a queue's batch goes on (its messages are not in order), while time is left.
+    processor = TimedBatchProcessor(EventType.SQS, reserve_millis=2_000)
+    answer = process_partial_response(
+        event=event, record_handler=handler, processor=processor, context=Remaining(3_000, 1_000)
+    )
+    assert seen == ["m1", "m2"]
+    assert answer == {"batchItemFailures": [{"itemIdentifier": m} for m in ("m1", "m3", "m4")]}
+    assert [r["messageId"] for r in processor.held_back] == ["m3", "m4"]
+
+
+def test_a_stream_batch_out_of_time_holds_back_every_record_after_as_left_for_time():
+    event = {"Records": [stream_record(s) for s in ("101", "102", "103", "104")]}
+    processor = InOrderStreamProcessor(reserve_millis=2_000)
+
+    def handler(record) -> None:
+        assert record.dynamodb.sequence_number == "101"
+
+    answer = process_partial_response(
+        event=event, record_handler=handler, processor=processor, context=Remaining(1_000)
+    )
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": s} for s in ("102", "103", "104")]}
+    assert [r["dynamodb"]["SequenceNumber"] for r in processor.held_back] == ["102", "103", "104"]
+
+
+def batch_consumers() -> dict[str, tuple[str, int, list[dict]]]:
+    """Every function a queue or a stream hands batches to: (its handler module, its Timeout in
+    seconds, the Properties of each such event source), from template.yaml."""
+    from infra.local.template import Template
+
+    consumers = {}
+    for name, function in Template.load().functions().items():
+        sources = [e["Properties"] for e in (function.get("Events") or {}).values() if e["Type"] in ("SQS", "DynamoDB")]
+        if sources:
+            consumers[name] = (function["Handler"].rsplit(".", 1)[0], int(function["Timeout"]), sources)
+    return consumers
+
+
+@pytest.mark.parametrize("function", sorted(batch_consumers()))
+def test_every_batch_consumer_reports_partial_failures_and_keeps_a_time_reserve_if_it_takes_more_than_one(
+    function, monkeypatch
+):
+    # A record the reserve holds back is reported failed, which only ReportBatchItemFailures lets
+    # through (without it, a batch answered so counts as all done). A batch of one needs no reserve:
+    # its first record is always started.
+    for name, value in FUNCTION_ENV.items():
+        monkeypatch.setenv(name, value)
+    handler, timeout, sources = batch_consumers()[function]
+    defaults = {"SQS": 10, "DynamoDB": 100}  # AWS's BatchSize when the template names none
+    assert all(source.get("FunctionResponseTypes") == ["ReportBatchItemFailures"] for source in sources)
+    if all(source.get("BatchSize", defaults["SQS" if "Queue" in source else "DynamoDB"]) == 1 for source in sources):
+        return
+    reserve = importlib.import_module(handler).RECORD_RESERVE_MILLIS
+    assert 0 < reserve <= timeout * 1000 // 2  # half the Timeout at least left to start records in
