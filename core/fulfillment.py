@@ -938,7 +938,8 @@ class OrderActions:
         else that finds it (another edit, a cancel, the last parcel's ship) voids it first
         (Cancellation.void_requested_authorization).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
-        outbox restarts its workflow on that change. An edited order the review rules ask to
+        outbox restarts its workflow on that change (not a pickup order whose lines the edit leaves
+        as they are: Order.sources_again_after). An edited order the review rules ask to
         review (what they did not ask for the order as it was) is stored on hold in the same
         write, as a new order is."""
         # Read consistently: If-Match is judged on this read, and the caller may hold the version a
