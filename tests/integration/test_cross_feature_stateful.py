@@ -378,6 +378,23 @@ class CrossFeatureMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.placed)
     @rule(pick=picks, count=times)
+    def edit_address(self, pick: int, count: int) -> None:
+        """The address moved next door, the order's lines sent with it in another order (no change of
+        them): an order shipped home is sourced again, a pickup's parcels stay at its store as they were."""
+        if not (order := self._pick(pick)):
+            return
+        address = {**order["shipping_address"], "line2": f"Apt {order['version']}"}
+        lines = [{"sku": x["sku"], "quantity": x["quantity"]} for x in reversed(order["lines"]) if x["quantity"]]
+        body = {"shipping_address": address, **({"lines": lines} if lines else {})}
+        answer = self.twice(count, "PATCH", f"/orders/{order['id']}", body, {"If-Match": str(order["version"])})
+        if answer.status_code == 200:
+            edited = answer.json()
+            assert [x["line_id"] for x in edited["lines"]] == [x["line_id"] for x in order["lines"]], edited
+            if order["fulfillment"]["type"] == "pickup":
+                assert unsigned(edited["shipments"]) == unsigned(order["shipments"]), edited
+
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, count=times)
     def hold(self, pick: int, count: int) -> None:
         if order := self._pick(pick):
             self.twice(count, "POST", f"/orders/{order['id']}/hold", {"reason": "other"})
