@@ -68,7 +68,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from core import hookimpl
-from core.errors import Backordered, OrderClosed, OutOfStock, PaymentDeclined
+from core.errors import Backordered, OrderClosed, OutOfReach, OutOfStock, PaymentDeclined
 from core.return_decisions import ReturnPolicyDecision
 from core.status import TRANSITIONS, OrderStatus
 from functions.adapters.dynamodb import from_item
@@ -302,6 +302,9 @@ class CrossFeatureMachine(RuleBasedStateMachine):
                     step(order_id)
                 except OutOfStock as out:
                     steps.cancel_after_failure(order_id, "OutOfStock", str(out))
+                    return
+                except OutOfReach as out:  # the rules left it no location: parked on hold, as its retries end
+                    steps.park_after_failure(order_id, "OutOfReach", str(out))
                     return
         except (OrderClosed, Backordered):  # OrderHeld is an OrderClosed: the execution ends there
             return
