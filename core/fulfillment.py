@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -938,7 +938,8 @@ class OrderActions:
         else that finds it (another edit, a cancel, the last parcel's ship) voids it first
         (Cancellation.void_requested_authorization).
         An allocated or backordered order goes back to `authorized` to be sourced again: the
-        outbox restarts its workflow on that change. An edited order the review rules ask to
+        outbox restarts its workflow on that change (not a pickup order whose lines the edit leaves
+        as they are: Order.sources_again_after). An edited order the review rules ask to
         review (what they did not ask for the order as it was) is stored on hold in the same
         write, as a new order is."""
         # Read consistently: If-Match is judged on this read, and the caller may hold the version a
@@ -955,7 +956,9 @@ class OrderActions:
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.
         kept = [line for line in order.lines if line.quantity]
-        lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in kept]
+        # Lines named as the order has them, in whatever order, are its own: priced in its order.
+        own = [LineInput(sku=line.sku, quantity=line.quantity) for line in kept]
+        lines = own if edit.lines is None or _same_lines(edit, kept) else edit.lines
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
         try:
             cmd = PlaceOrder(
@@ -1187,12 +1190,19 @@ class OrderActions:
             self._cancellation.void_unrecorded(order, reference, actor, key=key)
 
 
+def _same_lines(edit: OrderEdit, kept: list[OrderLine]) -> bool:
+    """Whether `edit` names lines, and they are the order's lines with units (`kept`): the same skus
+    and quantities, each as often, in any order (the array's order is no part of what was bought)."""
+    return edit.lines is not None and Counter((x.sku, x.quantity) for x in edit.lines) == Counter(
+        (x.sku, x.quantity) for x in kept
+    )
+
+
 def _unchanged_left_out(order: Order, edit: OrderEdit, kept: list[OrderLine], address: Address) -> OrderEdit:
-    """`edit` without the parts that name what `order` has already: the lines with units (`kept`),
-    the same skus and quantities in the same order; the address (`address`, as the edit's is
-    stored); the shipping method."""
+    """`edit` without the parts that name what `order` has already: the lines with units (`kept`,
+    _same_lines); the address (`address`, as the edit's is stored); the shipping method."""
     same: dict[str, None] = {}
-    if edit.lines is not None and [(x.sku, x.quantity) for x in edit.lines] == [(x.sku, x.quantity) for x in kept]:
+    if _same_lines(edit, kept):
         same["lines"] = None
     if edit.shipping_address is not None and address.model_dump() == order.shipping_address.model_dump():
         same["shipping_address"] = None

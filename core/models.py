@@ -4655,7 +4655,8 @@ class Order(Shown):
         before it (InvalidTransition otherwise), and the authorization it replaces is named in
         `replaced_authorizations` until it is voided. An allocated or
         backordered order goes back to `authorized` with nothing allocated, to be sourced again (a
-        held one when it is released)."""
+        held one when it is released), unless the edit changes nothing its parcels depend on
+        (sources_again_after)."""
         self.check_editable()
         detail: dict[str, Any] = {
             "changed": changed,
@@ -4678,15 +4679,17 @@ class Order(Shown):
         recorded = request is not None and not request.withdrawn and reauthorized is not None
         if (request is not None or reauthorized is not None) and not (recorded and request.amount == reauthorized[0]):
             raise InvalidTransition(f"order {self.id} has no authorization of this edit's total requested")
-        again = self._sourced_again()
+        sourced = self.sources_again_after(changed)
+        again = self._sourced_again() if sourced else {}
         if again:
             detail["released"] = [a.model_dump() for a in self.allocations]
         kept = {(line.line_id, line.sku) for line in lines}
         gone = [ReplacedLine(line_id=line_id, sku=sku) for line_id, sku in self.reservation_lines()
                 if (line_id, sku) not in kept]  # fmt: skip
-        # An edit may alter every parcel, made or still to be made: a new parcel generation, whether
-        # or not it withdrew any (sourced again counts the same one).
-        again["rebookings"] = self.rebookings + 1
+        if sourced:
+            # Such an edit may alter every parcel, made or still to be made: a new parcel generation,
+            # whether or not it withdrew any (sourced again counts the same one).
+            again["rebookings"] = self.rebookings + 1
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals, replaced_lines=gone,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
@@ -4696,6 +4699,15 @@ class Order(Shown):
             promotion_grants=self.promotion_grants if grants is None else grants,
             may_wait=self.may_still_wait(lines), **again,
         )  # fmt: skip
+
+    def sources_again_after(self, changed: Sequence[str]) -> bool:
+        """Whether an edit that changes `changed` (of lines, shipping_address, shipping_method) sends
+        this order back to be sourced (edit). Any change can move where and how a shipped order's
+        parcels go (the nearest location, the label's address, the service booked). A pickup's
+        parcel is its lines picked at its store, which no edit changes, and its address is the
+        customer's, not where anything goes (its tax is the store's: CaptureService.quote): an edit
+        of its address alone leaves what the store reserved or picked where it is, ready or not."""
+        return self.fulfillment.type != "pickup" or "lines" in changed
 
     def may_still_wait(self, lines: Sequence[OrderLine | LineInput]) -> list[str]:
         """The skus it has waited for (`may_wait`) that an edit to `lines` asks no more units of:

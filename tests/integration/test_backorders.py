@@ -927,6 +927,27 @@ def test_an_arrival_reads_no_order_that_may_not_take_units_where_they_arrived(sh
     assert [shop.held(order_id) for order_id in ships] == [0, 0, 0]
 
 
+def test_an_address_edit_of_a_backordered_pickup_keeps_it_waiting_where_it_was_and_an_arrival_fills_it(shop):
+    # A pickup's address is the customer's, not where its parcel goes: the edit sends it nowhere to
+    # be sourced again, so it keeps waiting in its queue at its store and its first arrival fills it.
+    from core.models import AddressInput, OrderEdit
+
+    shop.container.catalog_repository.put_location(
+        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
+    )
+    pickup = shop.backordered_pickup("store-sf")
+    waiting = shop.order(pickup)
+    moved = AddressInput.model_validate({**waiting.shipping_address.model_dump(), "line1": "9 Other Street"})
+
+    edited = shop.container.actions.edit(pickup, waiting.version, OrderEdit(shipping_address=moved), "key_web")
+
+    assert (edited.status, edited.shipping_address.line1) == (S.BACKORDERED, "9 Other Street")
+    assert _queued(shop) == [pickup] and shop.executions() == []
+    shop.inventory.set_on_hand("PREORDER", "store-sf", 1, reason="stock take")
+    assert consume(shop, record("store-sf", 0, 1)) == {"batchItemFailures": []}
+    assert shop.held(pickup) == 1 and shop.executions() == [pickup]
+
+
 def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_at(shop):
     """ReserveStock leaves older backordered orders the units they may take where it sources; it
     read every older entry (up to 200 consistent GetItems in the step) to learn that a store's

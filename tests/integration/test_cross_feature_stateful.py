@@ -68,7 +68,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from core import hookimpl
-from core.errors import Backordered, OrderClosed, OutOfStock, PaymentDeclined
+from core.errors import Backordered, OrderClosed, OutOfReach, OutOfStock, PaymentDeclined
 from core.return_decisions import ReturnPolicyDecision
 from core.status import TRANSITIONS, OrderStatus
 from functions.adapters.dynamodb import from_item
@@ -303,6 +303,9 @@ class CrossFeatureMachine(RuleBasedStateMachine):
                 except OutOfStock as out:
                     steps.cancel_after_failure(order_id, "OutOfStock", str(out))
                     return
+                except OutOfReach as out:  # the rules left it no location: parked on hold, as its retries end
+                    steps.park_after_failure(order_id, "OutOfReach", str(out))
+                    return
         except (OrderClosed, Backordered):  # OrderHeld is an OrderClosed: the execution ends there
             return
 
@@ -375,6 +378,23 @@ class CrossFeatureMachine(RuleBasedStateMachine):
             return
         headers = {"If-Match": str(order["version"])}
         self.twice(count, "PATCH", f"/orders/{order['id']}", {"lines": lines}, headers)
+
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, count=times)
+    def edit_address(self, pick: int, count: int) -> None:
+        """The address moved next door, the order's lines sent with it in another order (no change of
+        them): an order shipped home is sourced again, a pickup's parcels stay at its store as they were."""
+        if not (order := self._pick(pick)):
+            return
+        address = {**order["shipping_address"], "line2": f"Apt {order['version']}"}
+        lines = [{"sku": x["sku"], "quantity": x["quantity"]} for x in reversed(order["lines"]) if x["quantity"]]
+        body = {"shipping_address": address, **({"lines": lines} if lines else {})}
+        answer = self.twice(count, "PATCH", f"/orders/{order['id']}", body, {"If-Match": str(order["version"])})
+        if answer.status_code == 200:
+            edited = answer.json()
+            assert [x["line_id"] for x in edited["lines"]] == [x["line_id"] for x in order["lines"]], edited
+            if order["fulfillment"]["type"] == "pickup":
+                assert unsigned(edited["shipments"]) == unsigned(order["shipments"]), edited
 
     @precondition(lambda self: self.placed)
     @rule(pick=picks, count=times)

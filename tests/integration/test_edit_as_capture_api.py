@@ -147,6 +147,37 @@ def test_an_edit_naming_its_lines_unchanged_and_a_new_address_changes_the_addres
     assert entry["detail"]["changed"] == ["shipping_address"]
 
 
+def test_an_edit_sending_the_orders_lines_in_another_order_changes_nothing(api):
+    # The same lines, the array reordered: what the order has, so no change (no new line ids, no
+    # parcels withdrawn and booked again), as the same body in the same order is.
+    order = allocated(api, ("BIG", 1), ("MUG", 2), ("MUG", 1), promo_codes=["WELCOME10"])
+    before = history(api, order["id"])
+    lines = [{"sku": "MUG", "quantity": 1}, {"sku": "MUG", "quantity": 2}, {"sku": "BIG", "quantity": 1}]
+
+    same = edit(api, order, {"lines": lines})
+
+    assert unsigned(same) == unsigned(order)
+    assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(order)  # still allocated, as booked
+    assert history(api, order["id"]) == before
+
+
+def test_an_edit_naming_its_lines_reordered_and_a_new_address_changes_the_address_only(api):
+    order = allocated(api, ("BIG", 1), ("MUG", 2), promo_codes=["WELCOME10"])
+    moved = address_body(line1="9 Other Street")
+    lines = [{"sku": "MUG", "quantity": 2}, {"sku": "BIG", "quantity": 1}]
+
+    edited = edit(api, order, {"lines": lines, "shipping_address": moved})
+
+    assert (edited["status"], edited["shipping_address"]["line1"]) == ("authorized", "9 Other Street")
+    # Each line keeps its id and its own price: the order's, not the reordered array's.
+    assert [(line["line_id"], *priced) for line, priced in zip(edited["lines"], priced_lines(edited), strict=True)] == [
+        (line["line_id"], *priced) for line, priced in zip(order["lines"], priced_lines(order), strict=True)
+    ]  # fmt: skip
+    assert edited["totals"] == order["totals"]
+    (entry,) = [h for h in history(api, order["id"]) if h["type"] == "edited"]
+    assert entry["detail"]["changed"] == ["shipping_address"]
+
+
 def test_a_cancel_of_units_that_loses_a_codes_minimum_keeps_the_discount_granted_and_never_raises_the_total(api):
     # 110.00 earned 22.00 off (88.00 before tax and shipping); priced again without the mug, 97.50
     # reaches no minimum and would cost more than before: the customer would pay more for cancelling,

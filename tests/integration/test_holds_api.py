@@ -452,6 +452,55 @@ def test_a_parked_orders_hold_shows_a_storefront_no_infrastructure_message(
         assert message not in shown.text + history.text and "210987654321" not in shown.text + history.text
 
 
+def test_an_allocated_order_edited_past_the_review_threshold_is_authorized_for_it_first_then_held_unsourced(
+    api: InProcessApi, sku: str, monkeypatch: pytest.MonkeyPatch
+):
+    # Unlike a new order, held before its payment is authorized, an authorized order's edit asks the
+    # gateway for the grown total first (API.md: "a grown total is authorized again first") and is
+    # held in the same write that records it, before it is sourced again. A card that will not
+    # cover the grown total is told at the edit (409 payment_declined), the order left as it was,
+    # still to ship: held first, the edit would be stored at a total no authorization covers, and a
+    # decline at its release would leave an order that can neither ship nor go back to what it was.
+    from plugins import test_payments
+    from tests.integration.test_edit_refusals_api import CardLimit
+    from tests.integration.test_payment_plugin_failures_api import registered
+
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00")
+    on_the_card = set(test_payments._held)
+    order = run_to_allocated(api, place(api, sku)["id"])
+    path = f"/orders/{order['id']}"
+    six = {"lines": [{"sku": sku, "quantity": 6}]}
+
+    with registered(CardLimit("60.00")):
+        declined = api.request("PATCH", path, json=six, headers={"If-Match": str(order["version"])})
+
+    assert_error(declined, 409, "payment_declined")
+    shown = api.get(path).json()
+    kept = ("status", "hold", "lines", "totals", "payment", "allocations")
+    assert {k: shown[k] for k in kept} == {k: order[k] for k in kept}
+    assert unsigned(shown)["shipments"] == unsigned(order)["shipments"]
+
+    edited = api.request("PATCH", path, json=six, headers={"If-Match": str(shown["version"])})
+
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["status"], body["hold"]["reason"], body["allocations"], body["shipments"]) == (
+        "on_hold", "fraud_review", [], []
+    )  # fmt: skip
+    payment = body["payment"]
+    assert (payment["authorized"], payment["captured"]["amount"]) == (body["totals"]["grand_total"], "0.00")
+    # The reviewer refuses it: its cancel leaves nothing held on the card, the grown authorization
+    # included (the one it replaced was voided after the edit).
+    cancelled = api.post(f"{path}/cancel", json={"reason": "fraud review refused"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["status"], cancelled.json()["payment"]["status"]) == ("cancelled", "voided")
+    made = {reference: held for reference, held in test_payments._held.items() if reference not in on_the_card}
+    # (so was the declined attempt's key: the card limit answered it, not the test gateway, which
+    # approved it when the second edit settled that attempt, asking again under its key, then voided it)
+    assert body["totals"]["grand_total"]["amount"] in {str(held.amount.amount) for held in made.values()}
+    assert all(held.voided and not held.captured.amount for held in made.values())
+
+
 def test_an_edit_past_the_review_threshold_of_an_order_a_person_holds_leaves_it_held_for_that_review(
     api: InProcessApi, sku: str, monkeypatch: pytest.MonkeyPatch
 ):

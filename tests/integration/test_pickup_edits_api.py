@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.builders import location_body, product_body
-from tests.e2e.client import assert_error
+from tests.builders import address_body, location_body, product_body
+from tests.e2e.client import assert_error, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 from tests.integration.test_pickup_holds_api import ready_pickup as pickup_ready
 
@@ -80,3 +80,55 @@ def test_a_collected_pickup_is_no_longer_edited(api: InProcessApi):
 
     assert_error(edit(api, collected, 2), 409)
     assert api.get(f"/orders/{order['id']}").json()["version"] == collected["version"]
+
+
+def edit_address(api: InProcessApi, order: dict[str, Any], **changed: str):
+    body = {"shipping_address": address_body(**changed)}
+    return api.request("PATCH", f"/orders/{order['id']}", json=body, headers={"If-Match": str(order["version"])})
+
+
+def test_an_address_edit_of_a_ready_pickup_keeps_its_parcel_ready_at_the_store_and_it_is_collected(api: InProcessApi):
+    # A pickup's parcel depends on its lines and its store, not on the customer's address: the
+    # store picked it and it stays on the shelf, its code and slip as they were.
+    before = store_level(api)
+    order = ready_pickup(api, "web-pickup-edit-3", 2)
+
+    answer = edit_address(api, order, line1="9 Other Street")
+
+    assert answer.status_code == 200, answer.text
+    edited = answer.json()
+    assert edited["shipping_address"]["line1"] == "9 Other Street"
+    assert edited["status"] == "allocated"
+    assert (edited["allocations"], edited["lines"]) == (order["allocations"], order["lines"])
+    assert unsigned(edited)["shipments"] == unsigned(order)["shipments"]
+    assert (edited["totals"], edited["payment"]) == (order["totals"], order["payment"])
+    assert store_level(api) == (before[0], before[1] + 2)
+    (entry,) = [h for h in api.get(f"/orders/{order['id']}/history").json()["items"] if h["type"] == "edited"]
+    assert (entry["from_status"], entry["to_status"], entry["detail"]["changed"]) == (None, None, ["shipping_address"])
+    assert "released" not in entry["detail"]
+    (parcel,) = edited["shipments"]
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/deliver")
+    assert collected.status_code == 200, collected.text
+    done = collected.json()
+    assert (done["status"], done["payment"]["captured"]) == ("delivered", done["totals"]["grand_total"])
+    assert store_level(api) == (before[0] - 2, before[1])
+
+
+def test_an_address_edit_of_a_held_ready_pickup_keeps_its_parcel_and_the_release_resumes_it_allocated(
+    api: InProcessApi,
+):
+    order = ready_pickup(api, "web-pickup-edit-4", 1)
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"})
+    assert held.status_code == 200, held.text
+
+    answer = edit_address(api, held.json(), line1="10 Fixed Street")
+
+    assert answer.status_code == 200, answer.text
+    edited = answer.json()
+    assert (edited["status"], edited["allocations"]) == ("on_hold", order["allocations"])
+    assert [s["status"] for s in edited["shipments"]] == ["ready_for_pickup"]
+    released = api.post(f"/orders/{order['id']}/release", json={})
+    assert released.status_code == 200, released.text
+    assert (released.json()["status"], [s["id"] for s in released.json()["shipments"]]) == (
+        "allocated", [s["id"] for s in order["shipments"]]
+    )  # fmt: skip

@@ -110,11 +110,13 @@ def test_a_ship_of_a_parcel_another_locations_reject_withdrew_is_409_naming_that
 
 
 def test_readying_a_pickup_an_edit_withdrew_is_409(api):
-    _, order = allocated(api, store=True)
+    network, order = allocated(api, store=True)
     (shipment,) = order["shipments"]
-    address = {**order["shipping_address"], "line2": "Apt 2"}
+    # An edit of its lines: one of its address alone leaves a pickup's parcel at its store.
+    Catalog(api).stock(network["sku"], network["store"], 2)
+    lines = [{"sku": network["sku"], "quantity": 2}]
     if_match = {"If-Match": str(order["version"])}
-    edited = api.request("PATCH", f"/orders/{order['id']}", json={"shipping_address": address}, headers=if_match)
+    edited = api.request("PATCH", f"/orders/{order['id']}", json={"lines": lines}, headers=if_match)
     assert edited.status_code == 200 and edited.json()["shipments"] == [], edited.text
 
     assert_withdrawn(api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ready"), shipment["id"], "edited")

@@ -235,7 +235,9 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "is unchanged and the failed attempts are in its history (one the gateway may have approved all the same is "
     "voided by the order's next change, its cancel, or the reconciler). An allocated or backordered order goes "
     "back to `authorized` with nothing allocated and its pending shipments removed (a pickup `ready_for_pickup` "
-    "too: it has not shipped, and its store picks the new parcel), and the order workflow sources it again. "
+    "too: it has not shipped, and its store picks the new parcel), and the order workflow sources it again; but "
+    "a pickup order's address edited alone sends nothing back: its parcel is its lines at its store, which stay "
+    "as they are, pending or ready. "
     "A held allocated or backordered order is edited the same way and stays on hold; released, it is sourced "
     "again. Review rules look at the edited order as at capture: one "
     "they ask to review that they did not ask for as it was (`OMS_REVIEW_THRESHOLD` crossed) is answered `on_hold` "
@@ -253,8 +255,9 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "(its address and method can still be edited; its lines once it is sourced, a held one released). An allocated or "
     "backordered order that owes its carrier 50 cancels of bookings its changes gave up (the carrier's cancel down) "
     "is 409 `too_many_bookings_to_cancel`, nothing written, until the carrier takes them. An edit whose "
-    "lines, address and method are those the order has is 200 with the order as it is, nothing written (a stale "
-    "`If-Match` is still 409); one that sends no lines keeps their ids.",
+    "lines (in any order), address and method are those the order has is 200 with the order as it is, nothing "
+    "written (a stale `If-Match` is still 409); one that sends no lines, or the order's in any order, keeps "
+    "their ids.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
     middlewares=[plugins_loaded],
 )
