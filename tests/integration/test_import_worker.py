@@ -20,8 +20,10 @@ from tests.integration.conftest import run_threads
 from tests.integration.import_support import (
     ImportAws,
     before_puts,
+    context,
     create_import_resources,
     error_pk,
+    lambda_sqs_record,
     refuse_an_error_and_its_fallback,
     refuse_puts,
     report,
@@ -361,6 +363,44 @@ def test_a_message_left_for_lack_of_time_at_its_last_delivery_is_listed_on_its_i
     stack.drain(worker)
     done = report(import_id)
     assert (done["status"], done["imported"], done["errors"]) == ("completed", 2, [])
+
+
+def test_a_message_left_for_lack_of_time_at_its_last_delivery_after_an_earlier_one_recorded_it_is_not_listed(
+    stack: ImportAws, caplog: pytest.LogCaptureFixture
+):
+    """An earlier delivery recorded the line and its worker died before the delete: held back at its
+    last receive, the message goes to the dead-letter queue as any other held back, but its import
+    neither lists it as parked nor counts it again, and its redrive counts nothing twice."""
+    from functions.import_worker.app import RECORD_RESERVE_MILLIS
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    received = stack.sqs.receive_message(
+        QueueUrl=stack.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
+    )["Messages"]
+    worker({"Records": [lambda_sqs_record(m, stack.queue_url) for m in received]}, context("ImportWorkerFunction"))
+    for message in received:  # not deleted: visible again, its receive counted
+        stack.sqs.change_message_visibility(
+            QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    recorded = report(import_id)
+    assert (recorded["status"], recorded["imported"], recorded["errors"]) == ("completed", 2, [])
+    for _ in range(3):  # the next receive is the fifth, the queue's last
+        assert len(stack.peek()) == 2
+    caplog.set_level(logging.WARNING)
+
+    records, failed = stack.deliver_once(worker, invocation=Left(RECORD_RESERVE_MILLIS - 1))
+
+    assert [r["attributes"]["ApproximateReceiveCount"] for r in records] == ["5", "5"] and len(failed) == 1
+    assert report(import_id) == recorded
+    (warned,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned.startswith("import message not started at its last delivery, too little time left")
+    assert stack.deliver_once(worker) == ([], set())
+    (parked,) = stack.sqs.receive_message(QueueUrl=stack.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=parked["Body"], MessageAttributes=parked["MessageAttributes"]
+    )
+    stack.drain(worker)
+    assert report(import_id) == recorded
 
 
 def test_a_message_whose_plugin_raises_is_one_error_line_naming_the_plugin_and_the_line(

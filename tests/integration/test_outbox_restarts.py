@@ -4,6 +4,7 @@ backordered order edited, or its shipment rejected), once per version, and for n
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,3 +138,39 @@ def test_records_there_is_no_time_left_for_are_left_to_the_next_batch_and_each_o
     assert lambda_handler({"Records": batch[1:]}, Left(RECORD_RESERVE_MILLIS)) == {"batchItemFailures": []}
     started = [e["name"] for e in sfn.list_executions(stateMachineArn=arn)["executions"]]
     assert sorted(started) == orders
+
+
+def test_a_failed_start_holds_back_the_records_after_it_unstarted_whatever_time_is_left(machine, caplog, monkeypatch):
+    """The time reserve never lets a record after a failed one start (the stream retries from the
+    failed one, and its orders' later records must not act before it); a batch whose first record
+    failed, out of time or not, is failed whole (bisected), and says nothing of being cut short."""
+    from functions.outbox import app
+    from functions.stream_batches import BatchFailed
+
+    sfn, arn = machine
+    orders = [f"ord_{n:024d}" for n in range(3)]
+    batch = [record("INSERT", "pending", None, sequence=str(n + 1), order_id=o) for n, o in enumerate(orders)]
+    start = app.container().workflow_starter.start
+    asked: list[str] = []
+    failing = orders[1]  # the second record's start fails, then (below) the first's
+
+    def throttled(order_id: str, **started: Any) -> bool:
+        asked.append(order_id)
+        if order_id == failing:
+            raise RuntimeError("ThrottlingException")
+        return start(order_id, **started)
+
+    monkeypatch.setattr(app.container().workflow_starter, "start", throttled)
+    caplog.set_level(logging.INFO)
+
+    assert app.lambda_handler({"Records": batch}, Left(60_000)) == {
+        "batchItemFailures": [{"itemIdentifier": "2"}, {"itemIdentifier": "3"}]
+    }
+    assert asked == orders[:2]
+    failing, asked[:] = orders[0], []
+    for left in (60_000, app.RECORD_RESERVE_MILLIS - 1):
+        with pytest.raises(BatchFailed, match="an earlier record of the batch failed"):
+            app.lambda_handler({"Records": batch}, Left(left))
+    assert asked == [orders[0], orders[0]]
+    assert [e["name"] for e in sfn.list_executions(stateMachineArn=arn)["executions"]] == [orders[0]]
+    assert not [r for r in caplog.records if "cut short" in r.getMessage()]

@@ -1,7 +1,8 @@
 """PATCH /orders/{id} of a pickup order whose parcel waits ready at its store, in-process on moto.
 API.md: an edit answers 200 "until the first shipment ships", and a pickup's parcel never ships (it
-goes `ready_for_pickup`, then `delivered` when collected): so the order is sourced again, as any
-allocated order edited is, and its store picks the new parcel. Collected, it is 409."""
+goes `ready_for_pickup`, then `delivered` when collected): an edit of its lines sources the order
+again, as any allocated order edited is, and its store picks the new parcel; one of its address
+alone keeps the parcel (Order.sources_again_after). Collected, it is 409."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import address_body, location_body, product_body
+from tests.builders import address_body, location_body, order_body, product_body
 from tests.e2e.client import assert_error, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 from tests.integration.test_pickup_holds_api import ready_pickup as pickup_ready
@@ -132,3 +133,52 @@ def test_an_address_edit_of_a_held_ready_pickup_keeps_its_parcel_and_the_release
     assert (released.json()["status"], [s["id"] for s in released.json()["shipments"]]) == (
         "allocated", [s["id"] for s in order["shipments"]]
     )  # fmt: skip
+
+
+def test_a_pickup_edit_naming_a_shipping_method_is_422_and_changes_nothing(api: InProcessApi):
+    # A pickup is never shipped: a method sent with its new address is refused whole, as at capture.
+    order = ready_pickup(api, "web-pickup-edit-5", 1)
+    body = {"shipping_address": address_body(line1="11 Other Street"), "shipping_method": "express"}
+
+    answer = api.request("PATCH", f"/orders/{order['id']}", json=body, headers={"If-Match": str(order["version"])})
+
+    assert_error(answer, 422, "validation_error")
+    assert answer.json()["error"]["details"] == [
+        {"field": "shipping_method", "message": "leave it out for pickup orders"}
+    ]
+    assert api.get(f"/orders/{order['id']}").json()["version"] == order["version"]
+
+
+def test_a_pickup_edit_naming_its_lines_of_one_sku_reordered_keeps_its_parcel_and_other_lines_of_it_do_not(
+    api: InProcessApi,
+):
+    # Two lines of one sku named in the other order are the order's (each line keeps its id and
+    # quantity); the lines reordered with one of them named twice, or the same units as one line, are
+    # other lines: the parcel is withdrawn and the store picks the new one.
+    on_hand, _ = store_level(api)
+    assert api.put(f"/inventory/CUP/{STORE}", json={"on_hand": on_hand + 4}).status_code == 200
+    placed = api.post("/orders", json=order_body(
+        external_id="web-pickup-edit-6", lines=[{"sku": "CUP", "quantity": 1}, {"sku": "CUP", "quantity": 2}],
+        fulfillment={"type": "pickup", "location_id": STORE},
+    ))  # fmt: skip
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    reordered = [{"sku": "CUP", "quantity": 2}, {"sku": "CUP", "quantity": 1}]
+    body = {"lines": reordered, "shipping_address": address_body(line1="12 Other Street")}
+
+    kept = api.request("PATCH", f"/orders/{order['id']}", json=body, headers={"If-Match": str(order["version"])})
+
+    assert kept.status_code == 200, kept.text
+    edited = kept.json()
+    assert [(x["line_id"], x["quantity"]) for x in edited["lines"]] == [("L1", 1), ("L2", 2)]
+    assert (edited["status"], unsigned(edited)["shipments"]) == ("allocated", unsigned(order)["shipments"])
+    # Each against the lines the order then has: (1, 2), then (2, 1, 2).
+    for lines in ([*reordered, {"sku": "CUP", "quantity": 2}], [{"sku": "CUP", "quantity": 5}]):
+        current = api.get(f"/orders/{order['id']}").json()
+        answer = api.request(
+            "PATCH", f"/orders/{order['id']}", json={"lines": lines}, headers={"If-Match": str(current["version"])}
+        )
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["status"], answer.json()["shipments"]) == ("authorized", [])
+        assert sorted(x["quantity"] for x in answer.json()["lines"]) == sorted(x["quantity"] for x in lines)
+        run_to_allocated(api, order["id"])

@@ -31,7 +31,7 @@ from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, O
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
-from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
+from core.models import AddressInput, Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
 from core.services import InventoryService
 from core.sourcing_rules import SourcingRules
@@ -403,6 +403,26 @@ def test_a_new_order_may_still_take_what_older_backorders_may_not_take_there():
 
     assert shipped.status is S.ALLOCATED
     assert world.order(pickup).allocations == []
+
+
+def test_a_backordered_pickup_whose_address_alone_is_edited_keeps_its_units_and_its_place_in_line():
+    # Its parcel is its lines at its store (Order.sources_again_after): the edit sends nothing back to
+    # be sourced, so the unit it holds stays its own and the next arrival fills it before a newer one.
+    world, allocator, starter = make_world([("PREORDER", "store-sf", 1)])
+    pickup = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+    older = backordered(world, ("PREORDER", 2), **pickup)
+    newer = backordered(world, ("PREORDER", 2), **pickup)
+    holds = world.held_for(older)
+    assert sum(holds.values()) == 1 and world.held_for(newer) == {}
+    moved = AddressInput.model_validate(address_body(line1="2 Other St"))
+
+    edited = world.actions.edit(older, world.order(older).version, OrderEdit(shipping_address=moved), "key_cs")
+
+    assert (edited.status, edited.shipping_address.line1, world.held_for(older)) == (S.BACKORDERED, "2 Other St", holds)
+    arrive(world, allocator, "PREORDER", "store-sf", 1)
+    assert (world.order(older).status, world.order(newer).status) == (S.ALLOCATED, S.BACKORDERED)
+    assert [order_id for order_id, _ in starter.started] == [older]  # filled and started again, once
+    assert world.level("PREORDER", "store-sf") == (2, 2, 0)
 
 
 def test_a_walk_past_a_long_run_of_entries_it_passes_over_unread_hands_on_after_its_pages(monkeypatch):

@@ -614,6 +614,19 @@ def test_an_edit_without_lines_keeps_a_line_whose_every_unit_was_cancelled_as_it
         ("L1", 2, 0), ("L2", 0, 1)]  # fmt: skip
 
 
+def test_an_edit_naming_the_lines_with_units_but_not_one_whose_every_unit_was_cancelled_changes_nothing(world):
+    # The order's lines are those with units (a line cancelled whole has none to name): sent again,
+    # reordered, they are no change (no write, no line ids renumbered, nothing sourced again).
+    order = world.allocated(("TSHIRT", 2), ("CAP", 1), ("MUG", 1))
+    world.actions.cancel(order.id, "no cap", actor="key_web", lines={"L2": 1})
+    cancelled = world.order(order.id)
+    lines = [LineInput(sku="MUG", quantity=1), LineInput(sku="TSHIRT", quantity=2)]
+
+    same = world.actions.edit(order.id, cancelled.version, OrderEdit(lines=lines), actor="key_web")
+
+    assert same == cancelled == world.order(order.id)
+
+
 def test_an_edit_that_does_not_raise_the_total_keeps_the_authorization(world):
     order_id = world.place(("TSHIRT", 2))
     world.workflow.authorize_payment(order_id, attempt=0)
