@@ -201,20 +201,27 @@ def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_
         order_id, parcel = pickup_ready(api)
         consume(stream)
         mailer.down = False
-        clock.advance(minutes=1)
-        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
-        clock.advance(minutes=2)
-        released = api.post(f"/orders/{order_id}/release", json={})
-        assert released.status_code == 200, released.text
+        released = held_and_released(api, clock, order_id, timedelta(minutes=2))
         consume(stream)
         clock.advance(minutes=3)
         withdrawn, left = retry_pass(built, clock)
 
     (sent,) = mailer.sent_for(order_id)
-    moved = released.json()["shipments"][0]["collect_by"]
+    moved = released["shipments"][0]["collect_by"]
     assert moved != parcel["collect_by"] and sent.details["collect_by"] == moved
     assert told(api, order_id) == [("ready_for_pickup", False), ("ready_for_pickup", True)]
     assert order_id in withdrawn and order_id not in left
+
+
+def held_and_released(api: InProcessApi, clock: Clock, order_id: str, held_for: timedelta) -> dict[str, Any]:
+    """A minute on, the merchant holds the order (fraud review) and releases it `held_for` later:
+    the order as the release answered it."""
+    clock.advance(minutes=1)
+    assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+    clock.now += held_for
+    released = api.post(f"/orders/{order_id}/release", json={})
+    assert released.status_code == 200, released.text
+    return released.json()
 
 
 def late_and_deferred(api: InProcessApi, stream: TableStream, clock: Clock, mailer: Mailer) -> str:
@@ -420,11 +427,7 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_when_its_lateness_a_re
     stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
         order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
-        clock.advance(minutes=1)
-        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
-        clock.advance(hours=2)
-        released = api.post(f"/orders/{order_id}/release", json={})
-        assert released.status_code == 200, released.text
+        held_and_released(api, clock, order_id, timedelta(hours=2))
         clock.advance(minutes=2)
         assert order_id in scan_at(clock)["marked"]
         clock.advance(minutes=1)
@@ -448,11 +451,7 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_
     stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
         order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
-        clock.advance(minutes=1)
-        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
-        clock.advance(minutes=2)
-        released = api.post(f"/orders/{order_id}/release", json={})
-        assert released.status_code == 200, released.text
+        held_and_released(api, clock, order_id, timedelta(minutes=2))
         consume(stream)
         mailer.down = False
         clock.advance(minutes=3)
