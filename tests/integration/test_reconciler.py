@@ -294,10 +294,15 @@ def test_a_backlog_of_stalled_orders_over_an_index_page_is_restarted_in_one_pass
     aws = stack["aws"]
     pending = [f"ord_p{i:023d}" for i in range(120)]  # over a page of 100
     authorized = [f"ord_a{i:023d}" for i in range(5)]
+    # Oldest first, each status's i-th order placed before the other's (i+1)-th: stored in that
+    # order, so that however long a store takes (minutes_ago counts from the clock at each store),
+    # no order is placed after one stored later. Stored status by status, the 120 pending orders
+    # took over 6 s on a loaded machine and the first authorized one was placed after the second
+    # pending one.
     for i, each in enumerate(pending):
-        store(aws, each, OrderStatus.PENDING, minutes_ago=50 - i / 10)  # oldest first
-    for i, each in enumerate(authorized):
-        store(aws, each, OrderStatus.AUTHORIZED, minutes_ago=50 - i / 10)
+        store(aws, each, OrderStatus.PENDING, minutes_ago=50 - i / 10)
+        if i < len(authorized):
+            store(aws, authorized[i], OrderStatus.AUTHORIZED, minutes_ago=50 - i / 10)
 
     restarted = reconcile()["restarted"]
 
