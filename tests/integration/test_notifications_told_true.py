@@ -167,16 +167,24 @@ def test_a_delay_the_notifier_could_not_send_is_not_sent_after_the_order_shipped
     assert order["id"] in withdrawn and order["id"] not in left
 
 
+def readied_while_the_provider_was_down(
+    api: InProcessApi, stream: TableStream, mailer: Mailer
+) -> tuple[str, dict[str, Any]]:
+    """`pickup_ready`'s order, its "ready for pickup" deferred (the provider down, back since)."""
+    mailer.down = True
+    order_id, parcel = pickup_ready(api)
+    consume(stream)
+    mailer.down = False
+    return order_id, parcel
+
+
 def test_a_ready_pickup_the_notifier_could_not_send_is_not_sent_once_its_customer_collected_it(api):
     """Readied while the provider was down: the customer came anyway (the store called them) and
     collected it. The retry pass sent "your order is ready for pickup, collect it by ..." after
     they had it in hand."""
     stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        mailer.down = True
-        order_id, parcel = pickup_ready(api)
-        consume(stream)
-        mailer.down = False
+        order_id, parcel = readied_while_the_provider_was_down(api, stream, mailer)
         clock.advance(minutes=2)
         collected = api.post(f"/orders/{order_id}/shipments/{parcel['id']}/deliver")
         assert (collected.status_code, collected.json()["status"]) == (200, "delivered"), collected.text
@@ -197,10 +205,7 @@ def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_
     message, with D: the customer's last word was the wrong deadline."""
     stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        mailer.down = True
-        order_id, parcel = pickup_ready(api)
-        consume(stream)
-        mailer.down = False
+        order_id, parcel = readied_while_the_provider_was_down(api, stream, mailer)
         released = held_and_released(api, clock, order_id, timedelta(minutes=2))
         consume(stream)
         clock.advance(minutes=3)
