@@ -73,6 +73,11 @@ def functions_at(clock: Clock, mailer: Mailer) -> Iterator[Container]:
         yield built
 
 
+def watched() -> tuple[TableStream, Clock, Mailer]:
+    """The Orders table's stream from now on, a clock at now, and a notifier whose provider is up."""
+    return TableStream(os.environ["ORDERS_TABLE"], from_now=True), Clock(datetime.now(UTC)), Mailer()
+
+
 def consume(stream: TableStream) -> None:
     """The events function handed the Orders stream's records written since it last read them."""
     from functions.events.app import lambda_handler
@@ -101,8 +106,7 @@ def test_a_pickup_its_customer_did_not_collect_is_not_told_it_is_delayed(api):
     expiry waits while the payment plugin is down): 48 hours past collect_by the scan marks it late
     (the alarm is for the merchant). Its customer was told it is ready and until when; telling them
     now that it "is taking longer than we planned" is false, and says not to come for it."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer):
         order_id, parcel = pickup_ready(api)
         clock.now = datetime.fromisoformat(parcel["collect_by"]) + timedelta(hours=48, minutes=1)
@@ -125,13 +129,19 @@ def listed(built: Container, clock: Clock) -> set[str]:
     return {retry.order_id for retry in built.notification_store.due(clock.now + timedelta(days=2))}
 
 
+def retry_pass(built: Container, clock: Clock) -> tuple[list[str], set[str]]:
+    """The reconciler's notifications pass run at `clock`: the orders of the notifications it withdrew
+    (one entry a notification), and those still listed after it (`listed`)."""
+    withdrawn = [retry.order_id for retry in built.notification_retries.run().withdrawn]
+    return withdrawn, listed(built, clock)
+
+
 def test_a_delay_the_notifier_could_not_send_is_not_sent_after_the_order_shipped(api):
     """Late, its customer's "delayed" deferred (the email provider down); the warehouse ships it
     minutes later and the provider is back: the customer is told it shipped. The retry pass, five
     minutes after the failed attempt, sent "your order is delayed" after "your order has shipped":
     the order is no longer late, so the customer is no longer told it is."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
         placed = api.post("/orders", json=order_body(external_id=f"told-true-{next(_orders)}",
                                                      lines=[{"sku": "CAP", "quantity": 1}]))  # fmt: skip
@@ -150,36 +160,41 @@ def test_a_delay_the_notifier_could_not_send_is_not_sent_after_the_order_shipped
         assert shipped.status_code == 200, shipped.text
         consume(stream)
         clock.advance(minutes=4)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert [note.kind.value for note in mailer.sent_for(order["id"])] == ["shipped"]
     assert told(api, order["id"]) == [("delayed", False), ("shipped", True)]
-    assert order["id"] in [retry.order_id for retry in done.withdrawn] and order["id"] not in left
+    assert order["id"] in withdrawn and order["id"] not in left
+
+
+def readied_while_the_provider_was_down(
+    api: InProcessApi, stream: TableStream, mailer: Mailer
+) -> tuple[str, dict[str, Any]]:
+    """`pickup_ready`'s order, its "ready for pickup" deferred (the provider down, back since)."""
+    mailer.down = True
+    order_id, parcel = pickup_ready(api)
+    consume(stream)
+    mailer.down = False
+    return order_id, parcel
 
 
 def test_a_ready_pickup_the_notifier_could_not_send_is_not_sent_once_its_customer_collected_it(api):
     """Readied while the provider was down: the customer came anyway (the store called them) and
     collected it. The retry pass sent "your order is ready for pickup, collect it by ..." after
     they had it in hand."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        mailer.down = True
-        order_id, parcel = pickup_ready(api)
-        consume(stream)
-        mailer.down = False
+        order_id, parcel = readied_while_the_provider_was_down(api, stream, mailer)
         clock.advance(minutes=2)
         collected = api.post(f"/orders/{order_id}/shipments/{parcel['id']}/deliver")
         assert (collected.status_code, collected.json()["status"]) == (200, "delivered"), collected.text
         consume(stream)
         clock.advance(minutes=4)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert mailer.sent_for(order_id) == []
     assert told(api, order_id) == [("ready_for_pickup", False)]
-    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+    assert order_id in withdrawn and order_id not in left
 
 
 def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_the_one_a_release_moved(
@@ -188,28 +203,30 @@ def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_
     """Readied while the provider was down (collect_by D), held and released (collect_by moved by
     the time held: the customer is told the new deadline). The retry pass then sent the first
     message, with D: the customer's last word was the wrong deadline."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        mailer.down = True
-        order_id, parcel = pickup_ready(api)
-        consume(stream)
-        mailer.down = False
-        clock.advance(minutes=1)
-        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
-        clock.advance(minutes=2)
-        released = api.post(f"/orders/{order_id}/release", json={})
-        assert released.status_code == 200, released.text
+        order_id, parcel = readied_while_the_provider_was_down(api, stream, mailer)
+        released = held_and_released(api, clock, order_id, timedelta(minutes=2))
         consume(stream)
         clock.advance(minutes=3)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     (sent,) = mailer.sent_for(order_id)
-    moved = released.json()["shipments"][0]["collect_by"]
+    moved = released["shipments"][0]["collect_by"]
     assert moved != parcel["collect_by"] and sent.details["collect_by"] == moved
     assert told(api, order_id) == [("ready_for_pickup", False), ("ready_for_pickup", True)]
-    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+    assert order_id in withdrawn and order_id not in left
+
+
+def held_and_released(api: InProcessApi, clock: Clock, order_id: str, held_for: timedelta) -> dict[str, Any]:
+    """A minute on, the merchant holds the order (fraud review) and releases it `held_for` later:
+    the order as the release answered it."""
+    clock.advance(minutes=1)
+    assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+    clock.now += held_for
+    released = api.post(f"/orders/{order_id}/release", json={})
+    assert released.status_code == 200, released.text
+    return released.json()
 
 
 def late_and_deferred(api: InProcessApi, stream: TableStream, clock: Clock, mailer: Mailer) -> str:
@@ -227,24 +244,31 @@ def late_and_deferred(api: InProcessApi, stream: TableStream, clock: Clock, mail
     return order["id"]
 
 
+def unmarked_by_a_longer_deadline(
+    api: InProcessApi, stream: TableStream, clock: Clock, mailer: Mailer, monkeypatch: pytest.MonkeyPatch, sla: str
+) -> str:
+    """`late_and_deferred`'s order (allocated 49 hours), then `Sla` deployed as `sla` (a deadline
+    longer than 49 hours) and the next scan, two minutes later, unmarks it. Its id."""
+    order_id = late_and_deferred(api, stream, clock, mailer)
+    monkeypatch.setenv("OMS_SLA", sla)
+    clock.advance(minutes=2)
+    assert order_id in scan_at(clock)["unmarked"]
+    return order_id
+
+
 def test_a_delay_the_notifier_could_not_send_is_withdrawn_once_a_lengthened_deadline_unmarked_it(api, monkeypatch):
     """Marked late, its "delayed" deferred; `Sla` deployed with a longer deadline, the next scan
     unmarks it (jeopardy_cleared): the order is on time, so the retry pass withdraws the delay."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        order_id = late_and_deferred(api, stream, clock, mailer)
-        monkeypatch.setenv("OMS_SLA", "allocated=96h")
-        clock.advance(minutes=2)
-        assert order_id in scan_at(clock)["unmarked"]
+        order_id = unmarked_by_a_longer_deadline(api, stream, clock, mailer, monkeypatch, "allocated=96h")
         consume(stream)
         mailer.down = False
         clock.advance(minutes=4)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert mailer.sent_for(order_id) == []
-    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+    assert order_id in withdrawn and order_id not in left
 
 
 def test_a_delay_the_notifier_could_not_send_is_withdrawn_when_an_order_a_lengthened_deadline_unmarked_is_held(
@@ -254,25 +278,20 @@ def test_a_delay_the_notifier_could_not_send_is_withdrawn_when_an_order_a_length
     held by the merchant (fraud review). A hold kept a late order's delay true (it is no less late
     for its customer), so the retry pass told the customer of an order on time that it is delayed:
     the hold carries no lateness (nothing for a release to resume), and nothing says it is late."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        order_id = late_and_deferred(api, stream, clock, mailer)
-        monkeypatch.setenv("OMS_SLA", "allocated=96h")
-        clock.advance(minutes=2)
-        assert order_id in scan_at(clock)["unmarked"]
+        order_id = unmarked_by_a_longer_deadline(api, stream, clock, mailer, monkeypatch, "allocated=96h")
         clock.advance(minutes=1)
         held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"})
         assert held.status_code == 200, held.text
         consume(stream)
         mailer.down = False
         clock.advance(minutes=3)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert mailer.sent_for(order_id) == []
     assert told(api, order_id) == [("delayed", False)]
-    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+    assert order_id in withdrawn and order_id not in left
 
 
 def shipped_orders(api: InProcessApi, count: int) -> list[str]:
@@ -307,8 +326,7 @@ def test_records_left_to_the_next_batch_for_lack_of_time_tell_each_customer_once
     sent once, and recorded sent once."""
     from functions.events.app import lambda_handler
 
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer):
         order_ids = shipped_orders(api, 2)
         records = stream.new_records()
@@ -345,8 +363,7 @@ def test_a_notification_recorded_before_the_function_died_is_sent_once_on_redeli
         monkeypatch.setattr(notifier, "call_hook", handed)
         raise Died()
 
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer):
         (order_id,) = shipped_orders(api, 1)
         records = stream.new_records()
@@ -366,25 +383,20 @@ def test_a_delay_unmarked_and_marked_again_before_its_retry_is_told_once(api, mo
     and the order, late by the new one too, is marked again while the provider is still down: that
     mark's "delayed" is deferred as well. The retry pass sent both: the customer was told twice that
     their order is delayed. The first tells of a mark cleared since; the second is the one sent."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
-        monkeypatch.setenv("OMS_SLA", "allocated=50h")
-        clock.advance(minutes=2)
-        assert order_id in scan_at(clock)["unmarked"]
+        order_id = unmarked_by_a_longer_deadline(api, stream, clock, mailer, monkeypatch, "allocated=50h")
         clock.advance(minutes=60)
         assert order_id in scan_at(clock)["marked"]
         consume(stream)
         assert told(api, order_id) == [("delayed", False), ("delayed", False)]
         mailer.down = False
         clock.advance(minutes=6)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
-    assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
+    assert withdrawn.count(order_id) == 1 and order_id not in left
 
 
 def test_a_delay_unmarked_marked_again_and_held_before_its_retry_is_told_once(api, monkeypatch):
@@ -392,13 +404,9 @@ def test_a_delay_unmarked_marked_again_and_held_before_its_retry_is_told_once(ap
     the order, late by the new one too, is marked again, and that mark's "delayed" is sent (the
     provider back). Then the merchant holds it before the retry pass: the retry sent the first
     "delayed" too, the customer told twice, as the hold's lateness (the new mark's) kept it true."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
-        order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
-        monkeypatch.setenv("OMS_SLA", "allocated=50h")
-        clock.advance(minutes=2)
-        assert order_id in scan_at(clock)["unmarked"]
+        order_id = unmarked_by_a_longer_deadline(api, stream, clock, mailer, monkeypatch, "allocated=50h")
         clock.advance(minutes=60)
         assert order_id in scan_at(clock)["marked"]
         mailer.down = False
@@ -409,12 +417,11 @@ def test_a_delay_unmarked_marked_again_and_held_before_its_retry_is_told_once(ap
         assert held.status_code == 200, held.text
         consume(stream)
         clock.advance(minutes=5)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert sorted(told(api, order_id)) == [("delayed", False), ("delayed", True)]
-    assert [retry.order_id for retry in done.withdrawn].count(order_id) == 1 and order_id not in left
+    assert withdrawn.count(order_id) == 1 and order_id not in left
 
 
 def test_a_delay_the_notifier_could_not_send_is_sent_once_when_its_lateness_a_release_resumed_is_held_again(api):
@@ -422,15 +429,10 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_when_its_lateness_a_re
     `since` moved past that notification by the time held), marked again by the scan (no second
     notice: the same lateness), then held again before the retry pass. The lateness the hold
     resumes is the one the deferred "delayed" tells: sent, once."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
         order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
-        clock.advance(minutes=1)
-        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
-        clock.advance(hours=2)
-        released = api.post(f"/orders/{order_id}/release", json={})
-        assert released.status_code == 200, released.text
+        held_and_released(api, clock, order_id, timedelta(hours=2))
         clock.advance(minutes=2)
         assert order_id in scan_at(clock)["marked"]
         clock.advance(minutes=1)
@@ -439,12 +441,11 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_when_its_lateness_a_re
         assert told(api, order_id) == [("delayed", False)]
         mailer.down = False
         clock.advance(minutes=5)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
-        left = listed(built, clock)
+        withdrawn, left = retry_pass(built, clock)
 
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert told(api, order_id) == [("delayed", True)]
-    assert order_id not in [retry.order_id for retry in done.withdrawn] and order_id not in left
+    assert order_id not in withdrawn and order_id not in left
 
 
 def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_before_the_scan_marks_it_again(api):
@@ -452,19 +453,14 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_
     resumes the lateness unmarked (late_resumed) until the scan marks it again, and that mark makes
     no second notice (its customer was told of it). The retry pass withdrew the delay as of an order
     no longer late, so its customer was never told."""
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    stream, clock, mailer = watched()
     with functions_at(clock, mailer) as built:
         order_id = late_and_deferred(api, stream, clock, mailer)  # allocated 49 hours
-        clock.advance(minutes=1)
-        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
-        clock.advance(minutes=2)
-        released = api.post(f"/orders/{order_id}/release", json={})
-        assert released.status_code == 200, released.text
+        held_and_released(api, clock, order_id, timedelta(minutes=2))
         consume(stream)
         mailer.down = False
         clock.advance(minutes=3)
-        done = built.notification_retries.run()  # the reconciler's notifications pass
+        withdrawn, _ = retry_pass(built, clock)
         clock.advance(minutes=1)
         assert order_id in scan_at(clock)["marked"]
         consume(stream)
@@ -472,4 +468,4 @@ def test_a_delay_the_notifier_could_not_send_is_sent_once_its_order_is_released_
 
     assert [note.kind.value for note in mailer.sent_for(order_id)] == ["delayed"]
     assert told(api, order_id) == [("delayed", True)]
-    assert order_id not in [retry.order_id for retry in done.withdrawn] and order_id not in left
+    assert order_id not in withdrawn and order_id not in left

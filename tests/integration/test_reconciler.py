@@ -8,11 +8,13 @@ import json
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from core import hookimpl
 from core.models import HistoryEntry, LocationInput, Order, PlaceOrder, ProductInput, utc_now
+from core.notifications import Notification, notifications
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body, template_schedule
 from tests.conftest import forget_business_metrics
@@ -20,6 +22,11 @@ from tests.fakes import FakeLabels
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.integration.conftest import PASS_MACHINE, dying_at_the_ship_write, pass_through_workflow, queries_sent
 from tests.unit.conftest import a_stored_order
+
+if TYPE_CHECKING:
+    from functions.adapters.notifications import DynamoNotifications
+
+E = TypeVar("E", bound=BaseException)
 
 
 class Context:
@@ -287,10 +294,15 @@ def test_a_backlog_of_stalled_orders_over_an_index_page_is_restarted_in_one_pass
     aws = stack["aws"]
     pending = [f"ord_p{i:023d}" for i in range(120)]  # over a page of 100
     authorized = [f"ord_a{i:023d}" for i in range(5)]
+    # Oldest first, each status's i-th order placed before the other's (i+1)-th: stored in that
+    # order, so that however long a store takes (minutes_ago counts from the clock at each store),
+    # no order is placed after one stored later. Stored status by status, the 120 pending orders
+    # took over 6 s on a loaded machine and the first authorized one was placed after the second
+    # pending one.
     for i, each in enumerate(pending):
-        store(aws, each, OrderStatus.PENDING, minutes_ago=50 - i / 10)  # oldest first
-    for i, each in enumerate(authorized):
-        store(aws, each, OrderStatus.AUTHORIZED, minutes_ago=50 - i / 10)
+        store(aws, each, OrderStatus.PENDING, minutes_ago=50 - i / 10)
+        if i < len(authorized):
+            store(aws, authorized[i], OrderStatus.AUTHORIZED, minutes_ago=50 - i / 10)
 
     restarted = reconcile()["restarted"]
 
@@ -430,6 +442,15 @@ def emitted(output: str, dimensions: tuple[str, ...] = ("service",)) -> dict[str
     return totals
 
 
+def failed_run(capsys: pytest.CaptureFixture[str], raises: type[E]) -> tuple[E, dict[str, float]]:
+    """A run of the reconciler that fails with `raises` (the function's errors alarm calls a person),
+    its output read from its start: what it raised, and the metrics it printed (`emitted`)."""
+    capsys.readouterr()
+    with pytest.raises(raises) as failed:
+        reconcile()
+    return failed.value, emitted(capsys.readouterr().out)
+
+
 def test_park_order_emits_orders_parked_once_per_order_it_parked(stack, metrics_on, capsys):
     from functions.workflow import park_order
 
@@ -473,13 +494,11 @@ def test_orders_a_pass_parked_before_it_failed_outright_are_still_reported(stack
 
     # The read after the park: the filled backorders' turn comes once the stalled order's is done.
     monkeypatch.setattr(stalled, "filled_backorders", throttled)
-    capsys.readouterr()
 
-    with pytest.raises(ClientError):
-        reconcile()
+    _, metrics = failed_run(capsys, ClientError)
 
     assert container().order_repository.get(parked).status is OrderStatus.ON_HOLD
-    assert emitted(capsys.readouterr().out) == {"OrdersParked": 1}
+    assert metrics == {"OrdersParked": 1}
 
 
 # --- Pickups nobody collected -----------------------------------------------------------------------
@@ -746,14 +765,12 @@ def test_pickups_a_pass_expired_before_a_later_page_failed_are_still_logged_and_
         raise throttled
 
     monkeypatch.setattr(index, "due", throttled_after_the_first_page)
-    capsys.readouterr()
 
-    with pytest.raises(ClientError) as raised:
-        reconcile()
+    raised, metrics = failed_run(capsys, ClientError)
 
-    assert raised.value is throttled  # the errors alarm still calls a person
+    assert raised is throttled  # the errors alarm still calls a person
     assert container().order_repository.get(due.id).status is OrderStatus.CANCELLED
-    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 1}
+    assert metrics == {"PickupsExpired": 1}
     [logged] = [r for r in caplog.records if r.getMessage() == "pickup expired: cancelled, its units back on hand"]
     assert logged.order_id == due.id
 
@@ -853,13 +870,11 @@ def test_a_return_whose_own_work_keeps_failing_keeps_no_return_behind_it_waiting
     poison = received_return(stack["aws"], "v", minutes_ago=40)
     lost = received_return(stack["aws"], "w", minutes_ago=20)
     history_failing(monkeypatch, "ValidationException", of=order_id("v"))
-    capsys.readouterr()
 
-    with pytest.raises(ReturnsNotReconciled) as raised:
-        reconcile()  # the errors alarm calls a person
+    raised, metrics = failed_run(capsys, ReturnsNotReconciled)
 
-    assert raised.value.restarted == [lost] and list(raised.value.failed) == [poison]
-    assert emitted(capsys.readouterr().out) == {"ReturnWorkflowsRestarted": 1, "ReturnsNotReconciled": 1}
+    assert raised.restarted == [lost] and list(raised.failed) == [poison]
+    assert metrics == {"ReturnWorkflowsRestarted": 1, "ReturnsNotReconciled": 1}
     [logged] = [r for r in caplog.records if r.getMessage().startswith("return not reconciled")]
     assert (logged.levelname, logged.return_id) == ("ERROR", poison)
     assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
@@ -874,14 +889,12 @@ def test_a_table_down_ends_the_returns_pass_at_the_first_return_and_fails_it(
     received_return(stack["aws"], "x", minutes_ago=40)
     received_return(stack["aws"], "y", minutes_ago=20)
     asked = history_failing(monkeypatch, "ProvisionedThroughputExceededException")
-    capsys.readouterr()
 
-    with pytest.raises(ReturnsNotReconciled) as raised:
-        reconcile()
+    raised, metrics = failed_run(capsys, ReturnsNotReconciled)
 
-    assert raised.value.failed == {} and raised.value.outage is not None
+    assert raised.failed == {} and raised.outage is not None
     assert asked == [order_id("x")]  # nothing read past it
-    assert "ReturnsNotReconciled" not in emitted(capsys.readouterr().out)
+    assert "ReturnsNotReconciled" not in metrics
     [logged] = [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
     assert logged.__dict__["pass"] == "returns"
 
@@ -1052,12 +1065,10 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
         raise SweepIncomplete(["ref_finished"], {order_id("z"): KeyError("no merchant account")})
 
     monkeypatch.setattr(PendingRefundSweep, "run", incomplete)
-    capsys.readouterr()
 
-    with pytest.raises(SweepIncomplete):
-        reconcile()
+    _, metrics = failed_run(capsys, SweepIncomplete)
 
-    assert emitted(capsys.readouterr().out) == {"PendingRefundsFinished": 1}
+    assert metrics == {"PendingRefundsFinished": 1}
     [logged] = [record for record in caplog.records if record.getMessage() == "pending refund not finished"]
     assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
     assert isinstance(logged.exc_info[1], KeyError)
@@ -1332,12 +1343,10 @@ def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
         raise SettleIncomplete(settled, {order_id("z"): PaymentRefused("void", "expired")})
 
     monkeypatch.setattr(UnsettledAuthorizationSweep, "run", incomplete)
-    capsys.readouterr()
 
-    with pytest.raises(SettleIncomplete):
-        reconcile()
+    _, metrics = failed_run(capsys, SettleIncomplete)
 
-    assert emitted(capsys.readouterr().out) == {"EditAuthorizationsSettled": 1}
+    assert metrics == {"EditAuthorizationsSettled": 1}
     [logged] = [r for r in caplog.records if r.getMessage() == "authorization left by an edit not settled"]
     assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
     assert isinstance(logged.exc_info[1], PaymentRefused)
@@ -2384,43 +2393,57 @@ def hats(services: Any) -> tuple[int, int]:
 # --- Customer notifications the notifier plugins failed to send ----------------------------------
 
 
+def deferred_shipped_notification(
+    store: DynamoNotifications, letter: str, failed_ago: timedelta, error: str = "TransientError"
+) -> Notification:
+    """The "shipped" notification of order `letter` (one TSHIRT, allocated then shipped) as the events
+    function recorded it in `store`, its send failed `failed_ago` with `error` and retried 5 minutes
+    after that."""
+    allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
+                               shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
+    shipped = allocated.model_copy(
+        update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
+    )
+    (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+    store.add(notification)
+    at = utc_now() - failed_ago
+    assert store.defer(notification, error, at, at + timedelta(minutes=5))
+    return notification
+
+
+class Mailer:
+    """A notifier plugin whose provider is up: the ids of the notifications it sent, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str]:
+        self.sent.append(notification.id)
+        return ["email"]
+
+
 def test_the_pass_sends_a_due_notification_and_gives_up_one_unsent_a_day_with_a_metric_and_an_error(
     stack, metrics_on, capsys, caplog
 ):
     # Through the handler, so every call it makes is one the template grants it (only_granted_calls).
-    from core import hookimpl
-    from core.notifications import Notification, notifications
     from functions.adapters.notifications import DynamoNotifications
     from functions.reconciler.app import container
 
-    aws, sent = stack["aws"], []
+    aws, mailer = stack["aws"], Mailer()
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])  # the events function's writes
-    deferred = []
-    for letter, failed_ago in (("u", timedelta(minutes=6)), ("v", timedelta(hours=24, minutes=1))):
-        allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
-                                   shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
-        shipped = allocated.model_copy(
-            update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
-        )
-        (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
-        store.add(notification)
-        at = utc_now() - failed_ago
-        assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
-        deferred.append(notification)
+    deferred = [
+        deferred_shipped_notification(store, letter, failed_ago)
+        for letter, failed_ago in (("u", timedelta(minutes=6)), ("v", timedelta(hours=24, minutes=1)))
+    ]
 
-    class Mailer:
-        @hookimpl
-        def oms_notify(self, notification: Notification) -> list[str]:
-            sent.append(notification.id)
-            return ["email"]
-
-    container().plugins.register(Mailer(), name="test_mailer_back")
+    container().plugins.register(mailer, name="test_mailer_back")
     capsys.readouterr()
     answer = reconcile()
 
     back, given_up = deferred
     assert answer == did(notifications_sent=[back.id], notifications_abandoned=[given_up.id])
-    assert sent == [back.id]  # the one past its day is given up unsent: news a day late confuses
+    assert mailer.sent == [back.id]  # the one past its day is given up unsent: news a day late confuses
     assert emitted(capsys.readouterr().out) == {"CustomerNotifications": 1, "NotificationsAbandoned": 1}
     (error,) = [r for r in caplog.records if r.getMessage().startswith("customer notification abandoned")]
     assert error.levelname == "ERROR" and error.notification_id == given_up.id and error.error == "TransientError"
@@ -2433,22 +2456,12 @@ def test_a_notifier_hanging_in_the_pass_past_the_time_left_fails_that_attempt_an
     # (PASS_RESERVE_MILLIS: 15 s), the plugins given the 50 ms past that reserve.
     import threading
 
-    from core import hookimpl
-    from core.notifications import Notification, notifications
     from functions.adapters.notifications import DynamoNotifications
     from functions.reconciler.app import container, lambda_handler
 
     aws = stack["aws"]
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
-    allocated = a_stored_order(("TSHIRT", 1), id=order_id("h"), status=OrderStatus.ALLOCATED,
-                               shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
-    shipped = allocated.model_copy(
-        update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
-    )
-    (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
-    store.add(notification)
-    at = utc_now() - timedelta(minutes=6)
-    assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
+    notification = deferred_shipped_notification(store, "h", timedelta(minutes=6))
     go, tried = threading.Event(), []
 
     class Hung:
@@ -2475,25 +2488,16 @@ def test_a_notifier_hanging_in_the_pass_past_the_time_left_fails_that_attempt_an
 
 
 def test_a_deferred_notification_that_no_longer_reads_keeps_none_behind_it_waiting(stack, metrics_on, capsys, caplog):
-    from core import hookimpl
-    from core.notifications import Notification, NotificationsNotRetried, notifications
+    from core.notifications import NotificationsNotRetried
     from functions.adapters.notifications import DynamoNotifications
     from functions.reconciler.app import container
 
-    aws, sent = stack["aws"], []
+    aws, mailer = stack["aws"], Mailer()
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
-    deferred = []
-    for letter, failed_ago in (("x", timedelta(minutes=9)), ("y", timedelta(minutes=6))):
-        allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
-                                   shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
-        shipped = allocated.model_copy(
-            update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
-        )
-        (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
-        store.add(notification)
-        at = utc_now() - failed_ago
-        assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
-        deferred.append(notification)
+    deferred = [
+        deferred_shipped_notification(store, letter, failed_ago)
+        for letter, failed_ago in (("x", timedelta(minutes=9)), ("y", timedelta(minutes=6)))
+    ]
     poison, behind = deferred
     aws.dynamodb.update_item(  # the earliest due one's record made one no version of the code reads
         TableName=aws.tables["CatalogTable"],
@@ -2502,33 +2506,23 @@ def test_a_deferred_notification_that_no_longer_reads_keeps_none_behind_it_waiti
         ExpressionAttributeValues={":doc": {"S": '{"id": "not a notification"}'}},
     )
 
-    class Mailer:
-        @hookimpl
-        def oms_notify(self, notification: Notification) -> list[str]:
-            sent.append(notification.id)
-            return ["email"]
+    container().plugins.register(mailer, name="test_mailer_poison")
+    failed, metrics = failed_run(capsys, NotificationsNotRetried)
 
-    container().plugins.register(Mailer(), name="test_mailer_poison")
-    capsys.readouterr()
-    with pytest.raises(NotificationsNotRetried) as failed:
-        reconcile()  # the errors alarm calls a person
-
-    assert sent == [behind.id] and list(failed.value.failed) == [poison.id]
-    assert emitted(capsys.readouterr().out) == {"CustomerNotifications": 1, "NotificationsNotRetried": 1}
+    assert mailer.sent == [behind.id] and list(failed.failed) == [poison.id]
+    assert metrics == {"CustomerNotifications": 1, "NotificationsNotRetried": 1}
     (error,) = [r for r in caplog.records if r.getMessage().startswith("customer notification not retried")]
     assert error.levelname == "ERROR" and error.notification_id == poison.id
 
 
 def test_a_deferred_delay_of_an_order_shipped_since_is_withdrawn_unsent_with_nobody_called(stack, caplog):
     # Through the handler: it reads the order (a grant of its own) before it hands the delay over.
-    from core import hookimpl
     from core.models import Jeopardy
-    from core.notifications import Notification, notifications
     from functions.adapters.dynamodb import DynamoOrders
     from functions.adapters.notifications import DynamoNotifications
     from functions.reconciler.app import container
 
-    aws, sent = stack["aws"], []
+    aws, mailer = stack["aws"], Mailer()
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
     allocated = a_stored_order(("TSHIRT", 1), id=order_id("z"), status=OrderStatus.ALLOCATED,
                                shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
@@ -2545,16 +2539,10 @@ def test_a_deferred_delay_of_an_order_shipped_since_is_withdrawn_unsent_with_nob
     created = HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
     DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(shipped, created, "tok")
 
-    class Mailer:
-        @hookimpl
-        def oms_notify(self, notification: Notification) -> list[str]:
-            sent.append(notification.id)
-            return ["email"]
-
-    container().plugins.register(Mailer(), name="test_mailer_withdrawn")
+    container().plugins.register(mailer, name="test_mailer_withdrawn")
     assert reconcile() == did(notifications_withdrawn=[delay.id])
 
-    assert sent == []  # "your order is delayed" after "your order has shipped": never
+    assert mailer.sent == []  # "your order is delayed" after "your order has shipped": never
     (line,) = [r for r in caplog.records if r.getMessage().startswith("customer notification withdrawn")]
     assert line.levelname == "INFO" and line.notification_id == delay.id
     assert list(store.due(utc_now() + timedelta(days=2))) == []

@@ -29,6 +29,7 @@ from tests.integration.test_payment_plugin_failures_api import AnswersThenRaises
 from tests.integration.test_reconciler import (  # noqa: F401 (fixtures)
     DUE_AT_ONCE,
     allocated_tshirt,
+    deferred_shipped_notification,
     only_granted_calls,
     ready_pickup,
     reconcile,
@@ -181,26 +182,12 @@ def carrier_bookings(made: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> P
 
 def notifications(made: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Pass:
     # A notification the notifier failed to send, due again: it raises again.
-    from core.notifications import notifications
-    from core.status import OrderStatus, ShipmentStatus
     from functions.adapters.notifications import DynamoNotifications
-    from tests.integration.test_reconciler import _a_shipment, order_id
-    from tests.unit.conftest import a_stored_order
 
     aws = made["aws"]
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
-    orders = []
-    for letter in "ab":
-        allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
-                                   shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
-        shipped_ = allocated.model_copy(
-            update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
-        )
-        (notification,) = notifications(allocated.model_dump(mode="json"), shipped_.model_dump(mode="json"))
-        store.add(notification)
-        at = utc_now() - timedelta(minutes=6)
-        assert store.defer(notification, "ValueError", at, at + timedelta(minutes=5))
-        orders.append(allocated.id)
+    failed_ago = timedelta(minutes=6)
+    orders = [deferred_shipped_notification(store, letter, failed_ago, "ValueError").order_id for letter in "ab"]
     return Pass(
         orders, reconciler_later(Raises("oms_notify")), None,
         "customer notification deferred again: the notifier failed, a later pass retries it",

@@ -11,7 +11,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest
-from core.models import OrderEdit
+from core.models import Order, OrderEdit
 from core.money import Money
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.status import OrderStatus
@@ -19,7 +19,7 @@ from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import product
 from tests.unit.test_returns import RetiredWallet, with_one_coordinate
 from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping, VolumePrice
-from tests.unit.world import build_world
+from tests.unit.world import World, build_world
 
 S = OrderStatus
 STOCK = [("MUG", "wh-west", 10), ("CAP", "wh-west", 8)]
@@ -425,6 +425,16 @@ def test_a_cancel_of_units_after_a_price_rise_past_10_to_the_15_keeps_the_price_
     assert done.totals.subtotal == order.lines[0].unit_price.times(2)
 
 
+def mugs_left(world: World, order: Order, mugs: int, *, by: str) -> Order:
+    """The order of mugs alone with `mugs` of them left, the rest taken away `by` an edit of its lines
+    or a cancel of units: the order as it is then."""
+    if by == "edit":
+        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": mugs}]})
+        return world.actions.edit(order.id, order.version, fewer, actor="key_web")
+    (line,) = order.lines
+    return world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={line.line_id: line.quantity - mugs})
+
+
 @pytest.mark.parametrize("by", ["edit", "cancel"])
 def test_units_taken_away_after_a_products_weight_was_raised_never_cost_more_shipping_than_was_charged(world, by):
     """Two mugs of 350 g went by ground (3.00 and 1.20 a started kilogram: 4.20). The merchant then
@@ -436,11 +446,7 @@ def test_units_taken_away_after_a_products_weight_was_raised_never_cost_more_shi
     assert order.totals.shipping == Money.of("4.20", "USD")
     world.catalog.put_product(product("MUG", "12.50", weight_grams=2000))
 
-    if by == "edit":
-        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
-        done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
-    else:
-        done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    done = mugs_left(world, order, 1, by=by)
 
     assert done.totals.shipping == order.totals.shipping
     assert done.totals.grand_total < order.totals.grand_total
@@ -457,11 +463,7 @@ def test_units_taken_away_after_a_weight_was_raised_cost_todays_quote_when_it_is
     assert order.totals.shipping == Money.of("5.40", "USD")
     world.catalog.put_product(product("MUG", "12.50", weight_grams=600))
 
-    if by == "edit":
-        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
-        done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
-    else:
-        done = world.actions.cancel(order.id, "three less", actor="key_web", lines={"L1": 3})
+    done = mugs_left(world, order, 1, by=by)
 
     assert done.totals.shipping == Money.of("4.20", "USD")
 
@@ -489,11 +491,7 @@ def test_units_taken_away_below_a_free_shipping_threshold_cost_the_shipping_the_
     order = world.allocated(("MUG", 2), shipping_method="courier")
     assert order.totals.shipping == Money.of("0.00", "USD")
 
-    if by == "edit":
-        fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
-        done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
-    else:
-        done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    done = mugs_left(world, order, 1, by=by)
 
     assert done.totals.shipping == Money.of(CourierShipping.rate, "USD")
 
