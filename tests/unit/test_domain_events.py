@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from core.domain_events import (
+    IMPORT_EVENT_ERROR_BYTES,
     WITH_CHANNEL,
     WITHOUT_CHANNEL,
     EventType,
@@ -20,6 +21,7 @@ from core.domain_events import (
     return_events,
 )
 from core.models import Allocation, Order, Payment, Shipment, ShipmentLine
+from core.refunds import went_back_id
 from core.return_models import ReceiveReturn, Return, ReturnLine
 from core.status import OrderStatus, PaymentStatus
 from tests.unit.conftest import a_stored_order, usd
@@ -725,3 +727,135 @@ def test_a_partly_shipped_orders_rejected_parcel_is_shipment_rejected_and_the_or
     assert [s["id"] for s in events[0].data["order"]["shipments"]] == ["shp_0", "shp_2"]
     assert rejected.status is OrderStatus.PARTIALLY_SHIPPED and rejected.excluded_locations == ["wh1"]
     assert [e.type.value for e in entries] == ["shipment_rejected"] and rejected.stock_owed
+
+
+# --- What a subscriber meets at the edges ---------------------------------------------------------
+def test_an_event_is_dated_by_the_change_that_made_it_not_by_its_orders_creation():
+    old = order_doc(status="pending")
+    (event,) = order_events(old, next_version(old, status="authorized"))
+    assert event.created_at.isoformat() == "2026-12-01T10:05:00+00:00"
+
+
+def test_two_parcels_shipped_in_one_change_are_two_events_a_subscriber_tells_apart_by_id():
+    # Subscribers dedupe by OMS-Event-Id: one id for both parcels would have them drop the second.
+    old = order_doc(status="allocated", shipments=[shipment("pending"), shipment("pending", "shp_2")])
+    new = next_version(old, status="shipped", shipments=[shipment("shipped"), shipment("shipped", "shp_2")])
+    events = order_events(old, new)
+    assert [e.type.value for e in events] == ["shipment.shipped", "shipment.shipped"]
+    assert len({e.id for e in events}) == 2
+
+
+def test_an_order_marked_late_again_from_a_later_moment_is_order_jeopardy_again():
+    # A mark of a new lateness (cleared, then late by a lengthened deadline) keeps `jeopardy` set
+    # from one version to the next: its new `since` is the event (and the customer's notice).
+    old = order_doc(status="authorized")
+    marked = next_version(old, jeopardy={"reason": "late", "status": "authorized", "since": "2026-12-01T10:20:00Z"})
+    again = next_version(marked, jeopardy={"reason": "later", "status": "authorized", "since": "2026-12-02T10:20:00Z"})
+    assert types(marked, again) == ["order.jeopardy"]
+
+
+def test_an_order_on_hold_whose_document_names_no_hold_is_on_hold_then_released():
+    # The status alone says it is held (_held): a release from it is order.released, not the status
+    # it resumes reached anew.
+    old = order_doc(status="authorized")
+    held = next_version(old, status="on_hold")
+    assert types(old, held) == ["order.on_hold"]
+    assert types(held, next_version(held, status="authorized")) == ["order.released"]
+
+
+def test_a_return_received_and_refunded_in_one_write_is_return_received():
+    _, approved, _, refunded = _return_steps()
+    order = order_doc(status="delivered")
+    assert [e.type.value for e in return_events(approved, refunded, order)] == ["return.received"]
+    # As the order's own `returns` show it too.
+    listed = order_doc(status="delivered", returns=[{"id": "rma_1", "status": "authorized"}])
+    done = next_version(listed, status="returned", returns=[{"id": "rma_1", "status": "refunded"}])
+    assert types(listed, done) == ["return.received"]
+
+
+def test_a_reject_at_one_location_is_shipment_rejected_for_its_parcel_only_though_the_others_go_too():
+    # Sent back to be sourced, the order loses every pending parcel; the other location's parcel is
+    # sourced again, not rejected: subscribers would be told of a reject that never happened.
+    at = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+
+    def parcel(shipment_id: str, location_id: str) -> Shipment:
+        return Shipment(
+            id=shipment_id, location_id=location_id, lines=[ShipmentLine(line_id="L1", quantity=1)], carrier="flat",
+            service="ground", label_url=f"labels/ord/{shipment_id}.pdf",
+        )  # fmt: skip
+
+    allocated = a_stored_order(
+        ("TSHIRT", 2), id="ord_aaaaaaaaaaaaaaaaaaaaaaaa", status=OrderStatus.ALLOCATED,
+        shipments=[parcel("shp_1", "wh1"), parcel("shp_2", "wh2")],
+        allocations=[Allocation(line_id="L1", location_id=f"wh{n}", quantity=1) for n in (1, 2)],
+    )  # fmt: skip
+    rejected, _ = allocated.reject_shipment("shp_1", "damaged stock", at=at, actor="key_store")
+    old, new = (json.loads(order.stored_json()) for order in (allocated, rejected))
+
+    events = [e for e in order_events(old, new) if e.type is EventType.SHIPMENT_REJECTED]
+
+    assert new["shipments"] == [] and [e.data["shipment"]["id"] for e in events] == ["shp_1"]
+
+
+def test_a_split_refund_refused_after_a_part_went_back_is_failed_for_the_rest_and_succeeded_for_the_part():
+    # GET /orders/{id}/refunds shows it so (core.refunds): the failed refund is what did not go back.
+    pending = {
+        "id": "ref_1",
+        "amount": money("4.00"),
+        "reason": "late",
+        "status": "pending",
+        "at": "2026-12-01T11:00:00Z",
+    }
+    parts = [
+        {"authorization": "auth-1", "amount": money("1.00"), "status": "succeeded"},
+        {"authorization": "auth-2", "amount": money("3.00"), "status": "failed"},
+    ]
+    old = order_doc(status="delivered", payment={**order_doc()["payment"], "refunds": [pending]})
+    new = next_version(
+        old,
+        payment={
+            **old["payment"],
+            "refunds": [{**pending, "status": "failed", "parts": parts}],
+            "refunded": money("1.00"),
+        },
+    )
+
+    shown = {e.type.value: (e.data["refund"]["id"], e.data["refund"]["amount"]) for e in order_events(old, new)}
+
+    assert shown == {
+        "refund.failed": ("ref_1", money("3.00")),
+        "refund.succeeded": (went_back_id("ref_1"), money("1.00")),
+    }
+
+
+def utf8_weight(errors: list[dict[str, Any]]) -> int:
+    """What the errors weigh in an event, each as its compact JSON in UTF-8 and a separator."""
+    return sum(len(json.dumps(error, ensure_ascii=False, separators=(",", ":")).encode()) + 1 for error in errors)
+
+
+def test_an_imports_errors_that_fill_the_events_room_exactly_are_all_carried():
+    # 100 errors of 2,048 bytes each: exactly IMPORT_EVENT_ERROR_BYTES.
+    errors = [an_error(line, "") for line in range(100, 200)]
+    errors = [{**error, "message": "a" * (2048 - utf8_weight([error]))} for error in errors]
+    assert utf8_weight(errors) == IMPORT_EVENT_ERROR_BYTES
+    ended = an_import("completed_with_errors", failed=100, imported=0, total=100)
+    [event] = import_events(an_import("running"), ended, lambda: errors)
+    assert event.data["import"]["errors"] == errors and event.data["errors_omitted"] == 0
+
+
+def test_an_imports_non_ascii_errors_are_weighed_in_utf8_so_as_many_as_fit_are_carried():
+    errors = [an_error(line, "é" * 500) for line in range(2, 1002)]
+    ended = an_import("completed_with_errors", failed=1000, imported=0, total=1000)
+    [event] = import_events(an_import("running"), ended, lambda: errors)
+    carried = event.data["import"]["errors"]
+    assert utf8_weight(carried) <= IMPORT_EVENT_ERROR_BYTES < utf8_weight(errors[: len(carried) + 1])
+
+
+def test_an_import_failing_more_lines_than_it_keeps_errors_for_omits_none_of_the_errors_it_lists():
+    # `failed` counts every line; GET /imports/{id} lists the first MAX_REPORTED_ERRORS errors only.
+    from core.import_service import MAX_REPORTED_ERRORS
+
+    errors = [an_error(line) for line in range(2, 2 + MAX_REPORTED_ERRORS)]
+    ended = an_import("completed_with_errors", failed=MAX_REPORTED_ERRORS + 200, imported=0, total=1200)
+    [event] = import_events(an_import("running"), ended, lambda: errors)
+    assert event.data["import"]["errors"] == errors and event.data["errors_omitted"] == 0

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
-from core.models import Jeopardy, Order
+from core.models import Jeopardy, Order, Shipment, ShipmentLine
 from core.notifications import (
     Notification,
     NotificationKind,
@@ -30,6 +30,7 @@ from core.notifications import (
 )
 from core.status import OrderStatus
 from tests.fakes import FakeOrders
+from tests.unit.conftest import a_stored_order
 from tests.unit.test_domain_events import _refund_steps, money, next_version, order_doc, shipment
 
 ORDER = "ord_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -418,7 +419,6 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     # the news that it is not. Held meanwhile (a hold leaves the late status, so the mark goes), it
     # is no less late for its customer, who is not told again of that lateness after the release
     # (the mark it resumes is the one told of): withdrawn only when they asked for the hold.
-    from tests.unit.conftest import a_stored_order
 
     # Late since before the change that marked it (the notification's created_at), as every mark is.
     since = NOW - timedelta(hours=3)
@@ -569,3 +569,143 @@ def test_the_retry_pass_defers_an_attempt_its_plugins_hang_in_past_the_time_left
 
     assert [(r.attempts, r.error) for r in done.deferred] == [(2, "NotifierOverdue"), (2, "NotifierOverdue")]
     assert done.sent == [] and slow.calls == 1
+
+
+# --- Edges a customer meets -------------------------------------------------------------------------
+def test_a_parcel_shipped_without_a_tracking_number_gives_plugins_no_empty_tracking_number():
+    (note,) = notifications(*a_shipped_change())
+    assert note.details == {"shipment_id": "shp_1", "carrier": "flat"}
+    assert "Tracking number" not in note.body
+
+
+def test_a_delay_is_not_told_again_for_the_lateness_a_release_resumed_but_is_for_a_new_one():
+    # late_resumed: the lateness the release resumed, its `since` moved by the time held; the
+    # customer was told of it before the hold. A later lateness (another `since`) is news.
+    resumed_at = "2026-12-03T10:00:00Z"
+    old = order_doc(status="allocated", late_resumed=resumed_at)
+    late = {"reason": "allocated for longer than 2d", "status": "allocated", "since": resumed_at}
+    assert kinds(old, next_version(old, jeopardy=late)) == []
+    later = {**late, "reason": "allocated for longer than 3d", "since": "2026-12-04T10:00:00Z"}
+    assert kinds(old, next_version(old, jeopardy=later)) == ["delayed"]
+
+
+def a_pickup_ready(**parcel_fields: Any) -> Order:
+    """The order of the pickup a ready_for_pickup notification tells of, its parcel changed by `parcel_fields`."""
+    values: dict[str, Any] = {
+        "id": "shp_1", "location_id": "store-sf", "lines": [ShipmentLine(line_id="L1", quantity=1)],
+        "carrier": "flat", "service": "ground", "status": "ready_for_pickup",
+        "collect_by": datetime(2026, 12, 8, 10, tzinfo=UTC),
+    }  # fmt: skip
+    parcel = Shipment(**{**values, **parcel_fields})
+    return a_stored_order(("TSHIRT", 1), id=ORDER, status=OrderStatus.ALLOCATED, shipments=[parcel])
+
+
+def test_a_pickup_ready_retried_is_withdrawn_once_collected_or_given_another_deadline():
+    ready = Notification(
+        id="evt_1", kind=NotificationKind.READY_FOR_PICKUP, order_id=ORDER, channel="web",
+        to={"email": "ada@example.com"}, subject="ready", body="ready", created_at=NOW,
+        details={"shipment_id": "shp_1", "collect_by": "2026-12-08T10:00:00Z"},
+    )  # fmt: skip
+    assert not outdated(ready, a_pickup_ready())
+    assert outdated(ready, a_pickup_ready().model_copy(update={"shipments": []}))
+    assert outdated(ready, a_pickup_ready(status="delivered"))  # collected
+    assert outdated(ready, a_pickup_ready(collect_by=datetime(2026, 12, 9, 10, tzinfo=UTC)))  # told a new deadline
+    # An order the pass cannot find is not taken for changed: what it tells may still hold.
+    assert not outdated(ready, None)
+
+
+def test_a_delay_retried_stays_true_for_an_order_marked_late_at_the_moment_it_was_told():
+    # The scan found it late at the very moment of its deadline: that mark is the one told of.
+    late = Jeopardy(reason="allocated for longer than 2d", status=OrderStatus.ALLOCATED, since=NOW)
+    order = a_stored_order(("TSHIRT", 1), id=ORDER, status=OrderStatus.ALLOCATED, jeopardy=late)
+    delay = Notification(
+        id="evt_2", kind=NotificationKind.DELAYED, order_id=ORDER, channel="web", to={"email": "ada@example.com"},
+        subject="delayed", body="delayed", created_at=NOW,
+    )  # fmt: skip
+    assert not outdated(delay, order)
+    # On hold with no hold recorded: nothing says the lateness is gone.
+    assert not outdated(delay, order.model_copy(update={"status": OrderStatus.ON_HOLD, "jeopardy": None}))
+
+
+class SaysText:
+    """A sender that sends, then answers a way as text where the hook's spec asks for a list."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.sent.append(notification.id)
+        return "email"  # type: ignore[return-value]
+
+
+def test_a_notification_a_plugin_sent_but_answered_wrongly_is_recorded_sent_not_left_to_the_retry_pass():
+    store, plugin = MemoryStore(), SaysText()
+    notified = Notifier(store, hook_with(plugin), lambda: NOW).notify(*a_shipped_change())
+
+    (recorded,) = store.items.values()
+    assert plugin.sent == [recorded.id] and recorded.sent_at == NOW and store.listed == {}
+    assert [n.id for n, _ in notified.refused] == [recorded.id] and notified.deferred == []
+
+
+def a_failed_notification(store: MemoryStore) -> Retry:
+    Notifier(store, hook_with(Mailer(fail=True)), lambda: NOW).notify(*a_shipped_change())
+    (retry,) = store.listed.values()
+    return retry
+
+
+def test_a_notification_failing_again_is_tried_after_15_minutes_then_hourly():
+    store = MemoryStore()
+    a_failed_notification(store)
+    now = [NOW + timedelta(minutes=6)]
+    retries = NotificationRetries(store, hook_with(Mailer(fail=True)), lambda: now[-1], FakeOrders().get)
+
+    (second,) = retries.run().deferred
+    now.append(now[-1] + timedelta(minutes=16))
+    (third,) = retries.run().deferred
+
+    assert (second.attempts, second.due) == (2, NOW + timedelta(minutes=21))
+    assert (third.attempts, third.due) == (3, now[-1] + timedelta(hours=1))
+
+
+def test_a_notification_is_given_up_at_the_day_after_its_first_attempt_not_tried_past_it():
+    store, mailer = MemoryStore(), Mailer(fail=True)
+    retry = a_failed_notification(store)
+    # Its next attempt, failing, would be listed exactly at the deadline: given up now.
+    store.listed[retry.notification_id] = replace(retry, attempts=3, due=NOW + timedelta(hours=22))
+    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(hours=23), FakeOrders().get)
+    assert [r.notification_id for r in retries.run().abandoned] == [retry.notification_id]
+
+    # Due at the deadline itself: given up without an attempt.
+    store = MemoryStore()
+    retry = a_failed_notification(store)
+    mailer.fail = False
+    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(hours=24), FakeOrders().get)
+    done = retries.run()
+    assert [r.notification_id for r in done.abandoned] == [retry.notification_id] and mailer.sent == []
+
+
+def test_a_retried_notification_that_no_later_change_can_make_untrue_reads_no_order():
+    # Only a pickup ready and a delay can outdate (_OUTDATED_BY_CHANGES): a parcel shipped is not
+    # worth an order read per retry.
+    def no_read(order_id: str) -> Order | None:
+        raise AssertionError(f"order {order_id} read")
+
+    store, mailer = MemoryStore(), Mailer()
+    retry = a_failed_notification(store)
+    done = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6), no_read).run()
+    assert [r.notification_id for r in done.sent] == [retry.notification_id] and done.failed == {}
+
+
+def test_a_retry_pass_that_finds_a_dependency_down_stops_there_and_says_so():
+    from core.errors import TransientError
+
+    class Down(MemoryStore):
+        def claim(self, retry: Retry, at: datetime, next_due: datetime) -> tuple[Notification, Retry] | None:
+            raise TransientError("the notifications table is throttled")
+
+    store = Down()
+    a_failed_notification(store)
+    retries = NotificationRetries(store, hook_with(Mailer()), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
+    with pytest.raises(TransientError):
+        retries.run()

@@ -40,6 +40,7 @@ from core.webhooks import (
     WebhookStore,
     WebhookUrlRefused,
     check_url,
+    delivery_id,
     signature,
     verify_signature,
 )
@@ -56,9 +57,17 @@ def resolver(*addresses: str):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://example.com/hook", "ftp://example.com/", "https://user:pw@example.com/", "https:///nohost", "nonsense"],
+    [
+        "http://example.com/hook",
+        "ftp://example.com/",
+        "https://user:pw@example.com/",
+        "https://token@example.com/",  # a user without a password is credentials all the same
+        "https:///nohost",
+        "nonsense",
+        "https://example.com/hook#part",  # a fragment is never sent: the subscriber would never see it
+    ],
 )
-def test_only_https_urls_without_credentials_are_accepted(url: str):
+def test_only_https_urls_without_credentials_or_a_fragment_are_accepted(url: str):
     with pytest.raises(WebhookUrlRefused):
         check_url(url, resolver("93.184.216.34"))
 
@@ -162,6 +171,8 @@ def test_port_0_is_refused_not_taken_for_the_schemes_port(url: str):
 
 def test_plain_http_to_127_0_0_1_is_accepted_only_where_allowed_and_nothing_else_local():
     assert check_url("http://127.0.0.1:9000/h", resolver(), allow_local_http=True).addresses == ("127.0.0.1",)
+    # Without a port, plain http's own: 443 would be a TLS port spoken to in plain text.
+    assert check_url("http://127.0.0.1/h", resolver(), allow_local_http=True).port == 80
     with pytest.raises(WebhookUrlRefused):
         check_url("http://127.0.0.1:9000/h", resolver("127.0.0.1"))
     with pytest.raises(WebhookUrlRefused):
@@ -230,6 +241,21 @@ def test_a_malformed_signature_is_refused_never_raised_by_the_readmes_verify_nor
     body = b'{"id":"evt_1"}'
     assert readme_verify()("whsec_x", {"OMS-Signature": header}, body) is False
     assert verify_signature("whsec_x", header, body, now=1000) is False
+
+
+def test_a_signature_up_to_the_tolerance_away_either_way_is_accepted_and_a_second_more_refused(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # A receiver's clock may run behind ours: a delivery signed "in its future" is as suspect as one
+    # from its past, and the README's verify and ours agree on where the tolerance ends.
+    from tests.readme_code import readme_verify
+
+    body = b'{"id":"evt_1"}'
+    header = signature("whsec_x", 1000, body)
+    for now, accepted in ((1300, True), (700, True), (1301, False), (699, False)):
+        assert verify_signature("whsec_x", header, body, now=now) is accepted, now
+        monkeypatch.setattr(time, "time", lambda now=now: float(now))
+        assert readme_verify()("whsec_x", {"OMS-Signature": header}, body) is accepted, now
 
 
 def test_a_delivery_without_a_signature_is_refused_by_the_readmes_verify():
@@ -569,7 +595,9 @@ def test_dispatch_publishes_every_event_and_queues_one_delivery_per_matching_sub
     store.add(hook("whk_alloc", ["order.allocated"]))
     dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
     events = [event(), event(EventType.ORDER_ALLOCATED, version=2)]
-    assert dispatcher.dispatch(events).queued == 3
+    dispatched = dispatcher.dispatch(events)
+    # Events that fit go out whole: none is counted cut down (the EventsCutDown metric, the log).
+    assert dispatched.queued == 3 and dispatched.cut_down == []
     assert bus.published == events
     assert sorted((m.webhook_id, d) for m, d in queue.sent) == [("whk_all", 0), ("whk_all", 0), ("whk_alloc", 0)]
     # The same stream record again: same deliveries, nothing queued twice once tried.
@@ -680,6 +708,7 @@ def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_th
     [
         ("600", 600),  # asked for longer than the backoff's 30 s: waits what it asked
         ("Tue, 01 Dec 2026 12:10:00 GMT", 600),  # an HTTP date (RFC 9110), ten minutes on
+        ("Tue, 01 Dec 2026 12:10:00 -0000", 600),  # a date of no zone (RFC 5322's -0000): read as UTC
         ("86400", 3600),  # a day asked: the longest wait, so it is tried again within the hour
         ("10", 30),  # sooner than the backoff: the backoff
         ("Tue, 01 Dec 2026 11:00:00 GMT", 30),  # a date gone by
@@ -761,7 +790,9 @@ def test_a_url_that_now_resolves_privately_is_not_called_and_counts_as_a_failed_
     )
     assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
     assert sender.calls == []
-    assert "private" in store.get_delivery("whk_1", delivery.id).last_error
+    refused = store.get_delivery("whk_1", delivery.id)
+    # Nobody answered: no status code is shown as the subscriber's.
+    assert "private" in refused.last_error and refused.last_status_code is None
 
 
 def test_a_deleted_subscription_fails_its_delivery_without_a_call_and_says_it_was_unsubscribed():
@@ -1005,3 +1036,177 @@ def test_of_two_deletes_racing_only_the_one_that_removed_the_subscription_is_tol
     with pytest.raises(NotFound):
         webhooks.delete(issued.id, None)
     assert store.webhooks == {}
+
+
+# --- Subscribers' and operators' edge cases ------------------------------------------------------
+def test_a_subscriptions_deliveries_sort_by_their_events_time_within_the_same_second():
+    # GET /webhooks/{id}/deliveries lists newest first by id: ten events of one busy second (an
+    # order's change gives several) were listed in the order of their hashes.
+    events = [
+        event(version=n).model_copy(update={"created_at": NOW + timedelta(milliseconds=90 * n)}) for n in range(10)
+    ]
+    ids = [delivery_id("whk_1", each) for each in events]
+    assert ids == sorted(ids)
+
+
+def test_a_dispatched_delivery_whose_first_attempt_fails_is_retried_for_the_window():
+    store, queue, clock = FakeStore(), FakeQueue(), Clock()
+    store.add(hook("whk_1", ["*"]))
+    schedule = RetrySchedule(base_seconds=30, max_delay_seconds=3600, window_seconds=86400)
+    EventDispatcher(store, queue, FakeBus(), clock, schedule).dispatch([event()])
+    ((message, _),) = queue.sent
+    worker = DeliveryWorker(store, queue, FakeSender(SendResult(503, "HTTP 503")), public, clock, schedule, lambda: 1.0)
+
+    assert worker.handle(message) == "retrying"
+
+    stored = store.get_delivery("whk_1", message.delivery_id)
+    assert (stored.status, stored.retry_until) == ("pending", NOW + timedelta(days=1))
+
+
+def test_an_event_redelivered_after_its_delivery_was_retried_by_hand_queues_no_second_message():
+    # The retry queued the attempt's message: another for the same attempt, handled at the same
+    # moment, would send the subscriber the event twice.
+    store, queue, clock = FakeStore(), FakeQueue(), Clock()
+    store.add(hook("whk_1", ["*"]))
+    dispatcher = EventDispatcher(store, queue, FakeBus(), clock, RetrySchedule())
+    dispatcher.dispatch([event()])
+    ((message, _),) = queue.sent
+    Webhooks(store, queue, public, clock).retry("whk_1", message.delivery_id, None)
+
+    assert dispatcher.dispatch([event()]).queued == 0
+    assert len(queue.sent) == 2  # the first message and the retry's
+
+
+@pytest.mark.parametrize(
+    ("answer", "retry_until", "outcome"),
+    [(SendResult(204), NOW + timedelta(days=1), "delivered"), (SendResult(500, "HTTP 500"), NOW, "failed")],
+)
+def test_the_message_of_a_delivery_that_ended_handed_out_again_sends_nothing_more(
+    answer: SendResult, retry_until: datetime, outcome: str
+):
+    # SQS hands a message out again when its handler stopped after recording the attempt: one that
+    # ended the delivery (delivered, or failed at the window's end) has no next attempt to queue.
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, retry_until=retry_until)
+    sender = FakeSender(answer)
+    worker, queue = worker_for(store, sender, clock)
+    message = DeliveryMessage("whk_1", delivery.id, 0, 0)
+    assert worker.handle(message, "sqs-message-1") == outcome
+
+    clock.now = NOW + timedelta(seconds=120)
+    assert worker.handle(message, "sqs-message-1") == "stale"
+    assert queue.sent == [] and len(sender.calls) == 1
+
+
+def test_a_subscription_made_a_moment_ago_that_a_cheap_read_misses_still_gets_its_delivery():
+    class Lagging(FakeStore):
+        def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
+            return super().get(webhook_id) if consistent else None
+
+    store, clock = Lagging(), Clock()
+    delivery = stored_delivery(store)
+    sender = FakeSender(SendResult(204))
+    worker, _ = worker_for(store, sender, clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "delivered"
+    assert len(sender.calls) == 1
+
+
+def test_a_message_is_never_queued_to_arrive_before_its_attempt_is_due():
+    # A message early by a fraction of a second finds its attempt not due and waits again: one more
+    # hop (a message and an invocation) for nothing.
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, next_attempt_at=NOW + timedelta(seconds=2.5))
+    worker, queue = worker_for(store, FakeSender(), clock)
+    message = DeliveryMessage("whk_1", delivery.id, 0, 0)
+    assert worker.handle(message) == "waiting"
+    assert queue.sent == [(message, 3)]
+
+    # After a failure: the backoff's wait with jitter, 19.5 s, is a message 20 s away.
+    failing = FakeStore()
+    failed_once = stored_delivery(failing)
+    schedule = RetrySchedule(base_seconds=30, max_delay_seconds=3600, window_seconds=86400)
+    queue = FakeQueue()
+    sender = FakeSender(SendResult(503, "HTTP 503"))
+    worker = DeliveryWorker(failing, queue, sender, public, clock, schedule, lambda: 0.3)
+    assert worker.handle(DeliveryMessage("whk_1", failed_once.id, 0, 0)) == "retrying"
+    assert failing.get_delivery("whk_1", failed_once.id).next_attempt_at == NOW + timedelta(seconds=19.5)
+    assert queue.sent == [(DeliveryMessage("whk_1", failed_once.id, 0, 1), 20)]
+
+
+def test_a_subscribers_long_error_is_kept_to_its_first_300_characters():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(None, "x" * 5000)), clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+    assert store.get_delivery("whk_1", delivery.id).last_error == "x" * 300
+
+
+def test_an_attempt_whose_record_another_message_changed_first_is_stale_and_queues_nothing():
+    # Two copies of a message handled at once both send; only the one that records its attempt
+    # queues the next, or the delivery would go on along two chains of messages, each attempt twice.
+    class RecordedMeanwhile(FakeStore):
+        def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+            return False
+
+    store, clock = RecordedMeanwhile(), Clock()
+    delivery = stored_delivery(store)
+    worker, queue = worker_for(store, FakeSender(SendResult(503, "HTTP 503")), clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "stale"
+    assert queue.sent == []
+
+
+def test_a_delivered_delivery_whose_webhook_was_deleted_before_its_resend_stays_delivered():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, status=DeliveryStatus.DELIVERED, attempts=1, next_attempt_at=None)
+    queue = FakeQueue()
+    Webhooks(store, queue, public, clock).retry("whk_1", delivery.id, None)
+    store.delete("whk_1")
+    worker, _ = worker_for(store, FakeSender(), clock, queue)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 1, 1)) == "unsubscribed"
+    ended = store.get_delivery("whk_1", delivery.id)
+    assert (ended.status, ended.next_attempt_at, ended.last_error) == ("delivered", None, "the webhook was deleted")
+
+
+def test_an_attempt_hours_after_the_event_is_signed_with_its_own_time_so_receivers_accept_it():
+    # Receivers refuse a signature more than 5 minutes from their clock (the README's verify).
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, attempts=6, next_attempt_at=NOW + timedelta(hours=2))
+    sender = FakeSender(SendResult(204))
+    worker, _ = worker_for(store, sender, clock)
+    clock.now = NOW + timedelta(hours=2)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 6)) == "delivered"
+
+    ((_, body, headers),) = sender.calls
+    assert verify_signature("whsec_s", headers["OMS-Signature"], body, now=int(clock.now.timestamp()))
+
+
+@pytest.mark.parametrize(
+    ("status_code", "outcome"),
+    [(200, "delivered"), (299, "delivered"), (101, "retrying"), (300, "retrying"), (302, "retrying")],
+)
+def test_only_a_2xx_answer_is_delivered_a_redirect_or_an_informational_one_is_retried(status_code: int, outcome: str):
+    # API.md: "A 2xx answer within 10 s is delivered; anything else is retried". Redirects are
+    # not followed (the URL was checked, its redirect target was not).
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(status_code)), clock)
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == outcome
+
+
+def test_a_subscribe_under_a_key_used_for_another_channel_is_a_conflict_not_that_channels_subscription():
+    store = FakeStore()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    key_id = webhook_id_for("key_admin", "hooks-1")
+    webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"]), created_by="key_admin", webhook_id=key_id)
+
+    with pytest.raises(Conflict) as other:
+        webhooks.subscribe(
+            NewWebhook(url="https://a.example/h", events=["*"], channel="web"),
+            created_by="key_admin",
+            webhook_id=key_id,
+        )
+    assert other.value.code == "idempotency_key_reused"
