@@ -825,6 +825,27 @@ def test_a_card_number_across_the_500_character_cut_of_a_plugins_words_leaves_no
     assert words == "declined " + "x" * 480 + " [card num…"
 
 
+@pytest.mark.parametrize(
+    "wrapper", [{"wrapper": True}, {"hookwrapper": True}], ids=["wrapper", "old-style hookwrapper"]
+)
+def test_a_plugin_that_raises_under_a_wrapper_that_lets_it_through_is_named_not_the_wrapper(wrapper):
+    # A new-style wrapper's `yield` raises what the implementations under it raised, so its frame
+    # was the outermost of the hook's in the traceback: the wrapper (a sourcing rule, a logging
+    # plugin) was named, and the runbook's operator disabled the plugin that did not fail.
+    def passes_through(self):
+        return (yield)
+
+    passes_through.__name__ = "oms_unit_price"
+    plugins = build_plugin_manager()
+    plugins.register(Helper(), name="failing")
+    plugins.register(type("Wraps", (), {"oms_unit_price": hookimpl(**wrapper)(passes_through)})(), name="wrapping")
+
+    with pytest.raises(PluginError, match="plugin failing failed in oms_unit_price: LookupError") as failed:
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert failed.value.details == [{"plugin": "failing", "hook": "oms_unit_price"}]
+
+
 def test_a_wrapper_that_raises_its_own_error_for_what_it_caught_is_named():
     class Translates:
         @hookimpl(wrapper=True)
