@@ -600,3 +600,20 @@ def test_a_card_inside_a_longer_card_is_masked_with_all_of_the_longer_ones_digit
     assert looks_like_card_number("4 4111111111111111 14")
 
     assert mask_card_numbers("card 4 4111111111111111 14 expired") == "card [card number] expired"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [4111111111111111.5, -4111111111111111, -4111111111111111.0, 378282246310005.25],
+    ids=["with-a-fraction", "negative", "negative-float", "amex-with-a-fraction"],
+)
+def test_a_card_number_sent_as_a_json_number_with_a_fraction_or_a_sign_is_a_card_field(value: float | int):
+    # Written as text ("4111111111111111.5", "-4111111111111111") each carries a card number and
+    # is refused; as a JSON number it passed: whole positive numbers alone were checked.
+    assert card_number_fields({"note": value}) == ["note"]
+
+
+def test_a_json_number_that_carries_no_card_number_is_no_card_field():
+    document = {"a": 12.5, "b": -20261201, "c": 1e300, "d": float("nan"), "e": float("-inf"), "f": -0.0, "g": 1e-7}
+
+    assert card_number_fields(document) == []
