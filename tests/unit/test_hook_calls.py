@@ -872,3 +872,16 @@ def test_a_plugin_that_raises_after_another_answered_nothing_is_the_one_named():
 
     with pytest.raises(PluginError, match="plugin failing failed in oms_unit_price: LookupError"):
         call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
+def test_a_malformed_answer_names_each_of_its_first_three_problems():
+    # The plugin's author fixes them in one go rather than one refusal at a time.
+    answer = ShippingQuote.model_construct(method=None, amount=None, description=7, estimated_days="soon")
+
+    with pytest.raises(PluginError) as refused:
+        call("oms_shipping_quotes", answering("oms_shipping_quotes", [answer]))
+
+    assert refused.value.message.count(": Input should be") == 3
+    assert refused.value.message.startswith(
+        "plugin sloppy returned a malformed ShippingQuote: method: Input should be a valid string; amount: "
+    )
