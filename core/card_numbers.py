@@ -3,6 +3,7 @@ mask them wherever text is kept or logged. The detection rule lives here and now
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -252,12 +253,18 @@ def _child(path: str, name: str) -> str:
 
 
 def _carries_card_number(value: Any) -> bool:
-    """Whether a JSON scalar is, or carries, a card number."""
+    """Whether a JSON scalar is, or carries, a card number, as the text it is written as would:
+    a sign or a fraction beside one ("-4111111111111111", "4111111111111111.5") does not hide it."""
     if isinstance(value, str):
         return contains_card_number(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return looks_like_card_number(value)
-    # JSON reads 4111111111111111.0 as a float: a whole one is the digits it was written with.
-    if isinstance(value, float) and value.is_integer() and 0 < value < 10**MAX_DIGITS:
-        return looks_like_card_number(int(value))
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return looks_like_card_number(abs(value))
+    if isinstance(value, float) and math.isfinite(value):
+        # JSON reads 4111111111111111.0 as a float: a whole one is the digits it was written with.
+        if value.is_integer():
+            return abs(value) < 10**MAX_DIGITS and looks_like_card_number(int(abs(value)))
+        # One with a fraction is below 2**52, written out by repr digit by digit, as a body writes it.
+        return contains_card_number(repr(value))
     return False

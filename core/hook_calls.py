@@ -12,7 +12,8 @@ validators may have replaced the OMS's (a Money's minor units).
 Which plugin answered is recorded by the manager (`recording`), because pluggy returns only the
 result: a firstresult hook's answer or a collect-all hook's list is matched, by identity, to the
 plugin that returned it. Which plugin raised is read from the traceback: the outermost frame that
-runs one of the hook's implementations is the plugin pluggy called. Calling the implementations
+runs one of the hook's implementations is the plugin pluggy called (a wrapper's, only when the
+error did not merely pass through it: `_raised_by`). Calling the implementations
 one by one instead would re-implement pluggy's ordering and wrappers, which the plugin guide
 tells authors to rely on.
 """
@@ -420,14 +421,21 @@ def _given_by(hook: Any, answers: list[_Answer], answer: object) -> str:
 
 
 def _raised_by(hook: Any, exc: BaseException) -> str:
-    code_of = {_code(impl.function): impl.plugin_name for impl in hook.get_hookimpls()}
+    """The plugin whose implementation raised `exc`: the outermost frame in its traceback that runs
+    one of the hook's implementations, a wrapper's only when no other's is under it. A new-style
+    wrapper's `yield` raises what the implementations it wraps raised, so its frame sits above
+    theirs: a wrapper that lets the error through is not the plugin that failed."""
+    impl_of = {_code(impl.function): impl for impl in hook.get_hookimpls()}
+    wrapper = None
     traceback = exc.__traceback__
     while traceback is not None:
-        plugin = code_of.get(traceback.tb_frame.f_code)
-        if plugin is not None:
-            return plugin
+        impl = impl_of.get(traceback.tb_frame.f_code)
+        if impl is not None:
+            if not (impl.wrapper or impl.hookwrapper):
+                return impl.plugin_name
+            wrapper = wrapper or impl.plugin_name
         traceback = traceback.tb_next
-    return "(unknown)"
+    return wrapper or "(unknown)"
 
 
 def _code(function: Any) -> types.CodeType | None:

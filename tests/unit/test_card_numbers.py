@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -193,6 +195,23 @@ def test_a_card_number_grouped_with_spaces_or_dashes_or_given_as_an_int_is_recog
     assert looks_like_card_number(value)
 
 
+# Every form of a space or a dash the rule names (README "No card data"): a card grouped by any of
+# them is one. Only the no-break, narrow and en-dash forms were checked, and the minus sign or the
+# ideographic space could have been dropped from the rule unnoticed.
+EVERY_SEPARATOR = [
+    "\u00a0", "\u1680", *map(chr, range(0x2000, 0x200B)), "\u202f", "\u205f", "\u3000",
+    *map(chr, range(0x2010, 0x2016)), "\u2212", "\ufe58", "\ufe63", "\uff0d", "\uff0e",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("separator", EVERY_SEPARATOR, ids=[unicodedata.name(s) for s in EVERY_SEPARATOR])
+def test_a_card_number_grouped_with_any_form_of_space_dash_or_dot_is_found_and_masked(separator: str):
+    grouped = separator.join(["4111", "1111", "1111", "1111"])
+
+    assert looks_like_card_number(grouped)
+    assert mask_card_numbers(f"note: {grouped}.") == "note: [card number]."
+
+
 # --- What must pass: ids and numbers that merely look long ------------------------------------------
 
 
@@ -340,7 +359,7 @@ def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
     inside the carrier's number a run ends in is part of that number (carrier_number_from)."""
     import re
 
-    from core.card_numbers import _glued_to_letter, _is_card, _merged
+    from core.card_numbers import _glued_to_letter, _is_card
 
     spans = []
     for run in re.finditer(r"\d+(?:[ .\-]\d+)*", text):
@@ -357,7 +376,19 @@ def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
                     continue
                 if _is_card(digits):
                     spans.append((start, end))
-    return _merged(spans)
+    return merged_as_the_oracle_would(spans)
+
+
+def merged_as_the_oracle_would(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The oracle's own merge of overlapping spans (a span may lie wholly inside another)."""
+    covered = sorted({i for start, end in spans for i in range(start, end)})
+    merged: list[tuple[int, int]] = []
+    for i in covered:
+        if merged and merged[-1][1] == i:
+            merged[-1] = (merged[-1][0], i + 1)
+        else:
+            merged.append((i, i + 1))
+    return merged
 
 
 def carrier_number_from(widths: list[int], digits: str) -> int:
@@ -552,3 +583,37 @@ def test_no_usps_number_written_in_fours_looks_like_a_card_number(length: int):
                 tripped.append(written)
 
     assert tripped == []
+
+
+def test_a_card_between_two_groups_of_4_is_refused_even_when_it_ends_in_a_carriers_check_digit():
+    # Its last 20 digits in 4s end in USPS's check digit of the 19 before them (one such text in
+    # ten), but a group of 4 before them makes the run no carrier's number: the card is a card.
+    assert usps_check_digit("4111111111111111567") == "7"
+
+    assert contains_card_number("1234 4111 1111 1111 1111 5677")
+    assert mask_card_numbers("ref 1234 4111 1111 1111 1111 5677") == "ref 1234 [card number] 5677"
+
+
+def test_a_card_inside_a_longer_card_is_masked_with_all_of_the_longer_ones_digits():
+    # "4 4111111111111111 14" is a 19-digit Visa number; the 16 digits inside it are one too. The
+    # shorter one ends first: none of the longer one's digits after it may be left unmasked.
+    assert looks_like_card_number("4 4111111111111111 14")
+
+    assert mask_card_numbers("card 4 4111111111111111 14 expired") == "card [card number] expired"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [4111111111111111.5, -4111111111111111, -4111111111111111.0, 378282246310005.25],
+    ids=["with-a-fraction", "negative", "negative-float", "amex-with-a-fraction"],
+)
+def test_a_card_number_sent_as_a_json_number_with_a_fraction_or_a_sign_is_a_card_field(value: float | int):
+    # Written as text ("4111111111111111.5", "-4111111111111111") each carries a card number and
+    # is refused; as a JSON number it passed: whole positive numbers alone were checked.
+    assert card_number_fields({"note": value}) == ["note"]
+
+
+def test_a_json_number_that_carries_no_card_number_is_no_card_field():
+    document = {"a": 12.5, "b": -20261201, "c": 1e300, "d": float("nan"), "e": float("-inf"), "f": -0.0, "g": 1e-7}
+
+    assert card_number_fields(document) == []

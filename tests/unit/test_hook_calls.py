@@ -18,7 +18,14 @@ from core.errors import (
     PluginUnavailable,
     TransientError,
 )
-from core.hook_calls import MAX_LOGGED_WORDS_CHARS, answer_refused, call_hook, calls_about
+from core.hook_calls import (
+    MAX_LOGGED_WORDS_CHARS,
+    MAX_PLUGIN_WORDS_CHARS,
+    answer_refused,
+    call_hook,
+    calls_about,
+    plugin_words,
+)
 from core.models import Allocation
 from core.money import Money
 from core.payments import Payments
@@ -605,8 +612,10 @@ def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
     plugins.register(Remote(), name="remote_prices")
 
     expected = f"plugin remote_prices got no answer in oms_unit_price: {type(error).__name__}"
-    with pytest.raises(TransientError, match=expected):
+    with pytest.raises(TransientError, match=expected) as raised:
         call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert raised.value.details == [{"plugin": "remote_prices", "hook": "oms_unit_price"}]
 
 
 @pytest.mark.parametrize(
@@ -699,3 +708,180 @@ def test_an_answer_refused_is_told_from_a_plugin_that_raised_and_from_the_manage
         failures.append(answer_refused(raised.value))
     unavailable = PluginUnavailable("plugin db failed to load", details=[{"plugin": "db"}])
     assert [*failures, answer_refused(unavailable), answer_refused(RuntimeError("x"))] == [True, False, False, False]
+
+
+def test_a_plugins_transient_error_prints_as_the_message_naming_it_never_its_words():
+    # A workflow step lets it propagate: Lambda's errorMessage, the Step Functions Cause and the
+    # step's line `workflow step raised` are str(error), which would print the plugin's own words.
+    class Remote:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise TransientError(SECRET_WORDS)
+
+    with pytest.raises(TransientError) as raised:
+        call("oms_payment_capture", Remote(), name="remote")
+
+    assert str(raised.value) == raised.value.message
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_hook_that_answers_a_list_takes_a_tuple_of_its_items_as_one():
+    discounts = (Discount(code="A", amount=usd("1.00")), Discount(code="B", amount=usd("2.00")))
+
+    answer = call("oms_discounts", answering("oms_discounts", discounts))
+
+    assert [(discount.code, discount.amount) for discount in answer] == [("A", usd("1.00")), ("B", usd("2.00"))]
+
+
+@pytest.mark.parametrize(
+    "answer", [Discount(code="ONE", amount=usd("1.00")), "FREESHIP", 5], ids=["one item", "text", "a number"]
+)
+def test_a_hook_that_answers_a_list_refuses_one_item_or_text_in_its_place_naming_the_plugin(answer):
+    # Walked as a list, a Discount's fields, a code's letters or an int (a TypeError: a 500
+    # naming no plugin) would have been the items.
+    expected = f"plugin sloppy returned {type(answer).__name__}, expected a list"
+    with pytest.raises(PluginError, match=expected) as refused:
+        call("oms_discounts", answering("oms_discounts", answer))
+
+    assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_discounts"}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"location_id": None, "quantity": 1}, "location_id: Input should be a valid string"),
+        ({"location_id": "wh", "quantity": "1"}, r"SourcingPlan\.allocations\[0\]\.quantity is str, expected int"),
+    ],
+    ids=["no location", "a str quantity"],
+)
+def test_a_model_inside_a_list_of_an_answer_is_checked_as_the_answer_itself_is(fields, problem):
+    # pydantic takes a model instance of the right class without looking inside it: a plan's
+    # allocation built without validation (no location, or its quantity a str) passed as it was.
+    allocation = Allocation.model_construct(line_id="L1", **fields)
+
+    with pytest.raises(PluginError, match=f"plugin sloppy returned a malformed SourcingPlan: {problem}"):
+        call("oms_source_order", answering("oms_source_order", SourcingPlan(allocations=[allocation])))
+
+
+def test_what_a_plugins_own_validator_raised_is_named_by_its_type_never_its_words():
+    # A refusal reaches the client's 502 and the order's history: the validator's words may hold
+    # what its client library connected to.
+    class LookedUpRate(TaxRate):
+        @model_validator(mode="after")
+        def _looked_up(self):
+            raise ValueError(SECRET_WORDS)
+
+    answer = LookedUpRate.model_construct(rate=Decimal("0.1"), name="looked up")
+    with pytest.raises(PluginError) as refused:
+        call("oms_tax_rate", answering("oms_tax_rate", answer))
+
+    assert (
+        refused.value.message
+        == "plugin sloppy returned a malformed TaxRate: its validator raised ValueError (oms_tax_rate)"
+    )
+
+
+def test_an_answer_an_old_style_hookwrapper_replaced_is_blamed_on_the_wrapper():
+    class Replaces:
+        @hookimpl(hookwrapper=True)
+        def oms_unit_price(self):
+            outcome = yield
+            outcome.force_result(float_money())
+
+    plugins = build_plugin_manager()
+    plugins.register(answering("oms_unit_price", usd("1.00")), name="honest")
+    plugins.register(Replaces(), name="old_style")
+
+    with pytest.raises(PluginError, match="plugin old_style returned a malformed Money") as refused:
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert refused.value.details == [{"plugin": "old_style", "hook": "oms_unit_price"}]
+
+
+def test_a_failures_words_of_exactly_the_logged_limit_are_logged_whole(caplog):
+    words = "w" * MAX_LOGGED_WORDS_CHARS
+
+    class Echoing:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise TransientError(words)
+
+    with pytest.raises(TransientError):
+        call("oms_payment_capture", Echoing(), name="echoing")
+
+    (logged,) = [r for r in caplog.records if r.getMessage() == "plugin temporarily unavailable"]
+    assert logged.reason == words
+
+
+def test_a_plugins_words_of_exactly_500_characters_are_kept_whole_and_longer_ones_cut_to_500():
+    assert plugin_words("x" * MAX_PLUGIN_WORDS_CHARS) == "x" * 500
+    assert plugin_words("x" * 501) == "x" * 499 + "…"
+
+
+def test_a_card_number_across_the_500_character_cut_of_a_plugins_words_leaves_none_of_its_digits():
+    # Cut first, "4111 1111" would be left before the "…": no longer a card number to mask.
+    words = plugin_words("declined " + "x" * 480 + " 4111 1111 1111 1111 is expired")
+
+    assert words == "declined " + "x" * 480 + " [card num…"
+
+
+@pytest.mark.parametrize(
+    "wrapper", [{"wrapper": True}, {"hookwrapper": True}], ids=["wrapper", "old-style hookwrapper"]
+)
+def test_a_plugin_that_raises_under_a_wrapper_that_lets_it_through_is_named_not_the_wrapper(wrapper):
+    # A new-style wrapper's `yield` raises what the implementations under it raised, so its frame
+    # was the outermost of the hook's in the traceback: the wrapper (a sourcing rule, a logging
+    # plugin) was named, and the runbook's operator disabled the plugin that did not fail.
+    def passes_through(self):
+        return (yield)
+
+    passes_through.__name__ = "oms_unit_price"
+    plugins = build_plugin_manager()
+    plugins.register(Helper(), name="failing")
+    plugins.register(type("Wraps", (), {"oms_unit_price": hookimpl(**wrapper)(passes_through)})(), name="wrapping")
+
+    with pytest.raises(PluginError, match="plugin failing failed in oms_unit_price: LookupError") as failed:
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert failed.value.details == [{"plugin": "failing", "hook": "oms_unit_price"}]
+
+
+def test_a_wrapper_that_raises_its_own_error_for_what_it_caught_is_named():
+    class Translates:
+        @hookimpl(wrapper=True)
+        def oms_unit_price(self):
+            try:
+                return (yield)
+            except LookupError:
+                raise RuntimeError("no price for this product") from None
+
+    plugins = build_plugin_manager()
+    plugins.register(Helper(), name="failing")
+    plugins.register(Translates(), name="translating")
+
+    with pytest.raises(PluginError, match="plugin translating failed in oms_unit_price: RuntimeError"):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
+def test_a_plugin_that_raises_after_another_answered_nothing_is_the_one_named():
+    # Every implementation runs through the manager's recording wrapper, one code object for all:
+    # matched by it, the traceback named whichever plugin was listed last (here, `silent`).
+    plugins = build_plugin_manager()
+    plugins.register(Helper(), name="failing")
+    plugins.register(answering("oms_unit_price", None), name="silent")
+
+    with pytest.raises(PluginError, match="plugin failing failed in oms_unit_price: LookupError"):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
+def test_a_malformed_answer_names_each_of_its_first_three_problems():
+    # The plugin's author fixes them in one go rather than one refusal at a time.
+    answer = ShippingQuote.model_construct(method=None, amount=None, description=7, estimated_days="soon")
+
+    with pytest.raises(PluginError) as refused:
+        call("oms_shipping_quotes", answering("oms_shipping_quotes", [answer]))
+
+    assert refused.value.message.count(": Input should be") == 3
+    assert refused.value.message.startswith(
+        "plugin sloppy returned a malformed ShippingQuote: method: Input should be a valid string; amount: "
+    )

@@ -81,3 +81,27 @@ def test_a_model_with_private_state_is_copied_as_copy_deepcopy_copies_it():
     copied._seen.append("second")
 
     assert copied.sku == "MUG" and original._seen == ["first"] and copied._seen == ["first", "second"]
+
+
+def test_a_list_or_a_dict_the_originals_share_is_one_in_the_copies():
+    shared_list, shared_dict = ["SAVE10"], {"acme.tax_class": "apparel"}
+    memo: dict[int, object] = {}
+
+    first = _copied({"codes": shared_list, "attributes": shared_dict}, memo)
+    second = _copied([shared_list, shared_dict], memo)
+
+    assert first["codes"] is second[0] and first["attributes"] is second[1]
+    assert first["codes"] is not shared_list and first["attributes"] is not shared_dict
+
+
+def test_setting_a_field_on_a_copy_leaves_the_originals_set_fields_alone():
+    # What was set is what model_dump(exclude_unset=True) writes: a plugin's assignment on its
+    # copy added the field to the original's set.
+    draft, product = _draft()
+    assert "tax_code" not in product.model_fields_set
+
+    copied = _copied(draft, {})
+    copied.lines[0].product.tax_code = "zero"
+
+    assert "tax_code" not in product.model_fields_set
+    assert "tax_code" in copied.lines[0].product.model_fields_set

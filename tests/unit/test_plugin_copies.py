@@ -178,3 +178,36 @@ def test_the_suite_fails_a_test_whose_built_in_plugin_changes_its_arguments():
         for name in ("address", "draft")
     ]
     suite_checks._broken_promises.clear()  # this test's own, on purpose
+
+
+def test_a_plugin_module_from_outside_the_projects_plugins_directory_gets_copies(tmp_path):
+    # An installed plugin is a module too (an `oms` entry point names one), with a file of its own:
+    # only the modules of this project's `plugins` directory are trusted to leave arguments alone.
+    module = types.ModuleType("acme_tax")
+    module.__file__ = str(tmp_path / "acme_tax.py")
+    module.oms_tax_rate = MovesTheAddress().oms_tax_rate  # type: ignore[attr-defined]
+    plugins = build_plugin_manager(module)
+    given = _tax_call()
+
+    plugins.hook.oms_tax_rate(**given)
+
+    assert (given["address"].country, given["address"].city) == ("US", "San Francisco")
+    assert len(given["draft"].lines) == 2
+
+
+def test_the_copies_a_call_hands_out_share_what_its_arguments_share():
+    # The line being taxed is one of the draft's lines: a plugin that edits it sees its draft's
+    # line edited, as it would without copies.
+    seen = []
+
+    class Looks:
+        @hookimpl
+        def oms_tax_rate(self, line, draft):
+            seen.append((line is draft.lines[0], line is given["line"]))
+
+    plugins = build_plugin_manager(Looks())
+    given = _tax_call()
+
+    plugins.hook.oms_tax_rate(**given)
+
+    assert seen == [(True, False)]

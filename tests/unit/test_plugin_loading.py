@@ -80,6 +80,8 @@ def test_a_plugin_that_fails_to_import_is_recorded_broken_and_the_others_load(in
         "broken",
     )
     assert broken.reason == "ModuleNotFoundError: No module named 'oms_no_such_dependency'"
+    # What the cold start logs with its traceback (`plugin failed to load`).
+    assert isinstance(plugins.load_error("acme_tax"), ModuleNotFoundError)
     assert plugins.has_plugin("acme_prices") and plugins.has_plugin("tax_table")
     acme = next(p for p in plugins.report().plugins if p.name == "acme_prices")
     assert (acme.distribution, acme.version, acme.hooks) == ("oms-acme", "2.1.0", ["oms_unit_price"])
@@ -368,3 +370,64 @@ def test_a_plugin_module_attribute_is_parsed_as_pluggy_parses_it():
             assert plugins.parse_hookimpl_opts(plugin, name) == alone.parse_hookimpl_opts(plugin, name), name
     hooks = [name for name in dir(held) if plugins.parse_hookimpl_opts(held, name) is not None]
     assert hooks == ["bound", "function", "of_class", "static"]
+
+
+def test_a_hook_another_plugin_implements_optionally_is_still_unknown_to_a_plugin_that_requires_it():
+    # The optional implementation leaves pluggy a caller of that name without a spec: a plugin
+    # that needs the hook must still be refused, not registered to a hook this OMS never calls.
+    class Optional:
+        @hookimpl(optionalhook=True)
+        def oms_carrier_pickup_slots(self, tracking_number):
+            return None
+
+    class Requires:
+        @hookimpl
+        def oms_carrier_pickup_slots(self, tracking_number):
+            return None
+
+    plugins = build_plugin_manager()
+    plugins.register(Optional(), name="optional")
+
+    with pytest.raises(pluggy.PluginValidationError, match="unknown hook oms_carrier_pickup_slots"):
+        plugins.register(Requires(), name="requires")
+
+
+def test_the_test_gateway_disabled_by_name_says_so_not_that_it_needs_enabling():
+    plugins = load_plugin_manager(disabled=["test_payments"])
+
+    assert statuses(plugins)["test_payments"] == ("disabled", "disabled by OMS_DISABLED_PLUGINS")
+
+
+class Source:
+    """A PluginSource as the deployment hands one over (functions/plugin_loading.py)."""
+
+    def __init__(self, name: str, plugin: object, distribution: str):
+        self.name, self.plugin, self.distribution = name, plugin, distribution
+
+    def load(self) -> object:
+        return self.plugin
+
+    def origin(self) -> tuple[str | None, str | None]:
+        return self.distribution, "1.0"
+
+
+def test_a_second_plugin_under_a_name_already_loaded_is_left_out_not_broken():
+    # Two installed distributions can declare the same entry-point name: registering the second
+    # raised ValueError, recorded it broken, and no hook ran anywhere (plugin_unavailable).
+    first = types.SimpleNamespace(oms_payment_methods=hookimpl(lambda: ["first"]))
+    second = types.SimpleNamespace(oms_payment_methods=hookimpl(lambda: ["second"]))
+
+    plugins = build_plugin_manager(sources=[Source("acme", first, "oms-acme"), Source("acme", second, "oms-acme-fork")])
+
+    assert plugins.broken == []
+    assert plugins.get_plugin("acme") is first
+
+
+def test_an_interrupt_while_a_plugin_loads_stops_the_loading():
+    # Ctrl-C at `make run` during a cold start stops it: it is no plugin's failure to load.
+    class Interrupted(Source):
+        def load(self) -> object:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_plugin_manager(sources=[Interrupted("acme", None, "oms-acme")])
