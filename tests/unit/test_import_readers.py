@@ -21,6 +21,7 @@ from functions.import_splitter.readers import (
     JSONL,
     MAX_FIELD_CHARS,
     MAX_LINE_BYTES,
+    OPTIONAL_COLUMNS,
     OrderFile,
     column_of_field,
     field_in_file,
@@ -493,6 +494,24 @@ def test_rows_after_a_header_with_fewer_columns_are_read_by_it_even_across_lines
     assert errors_of(orders) == [(3, None, "repeated_header")]
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (6, "ext-3")]
     assert orders[2].body["shipping_address"]["line2"] == "Floor 3\nRing twice"
+
+
+def test_an_unclosed_quote_under_a_joined_header_with_fewer_columns_counts_that_header_s_cells():
+    # The count a merchant checks the row against is the header it is under, not line 1's.
+    fewer = [column for column in COLUMNS if column not in OPTIONAL_COLUMNS]
+    data = csv_file(
+        row("ext-1"),
+        ",".join(fewer),
+        row_in(fewer, "ext-2", ship_line1='"1 Market St'),
+        row_in(fewer, "ext-3"),
+        row_in(fewer, "ext-4"),
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "repeated_header"), (4, "ext-2", "unclosed_quote")]
+    assert f"where the header has {len(fewer)})" in error_on(orders, 4).message
+    assert [(o.line, o.external_id) for o in orders if not o.rejected] == [(2, "ext-1"), (5, "ext-3"), (6, "ext-4")]
 
 
 def test_rows_after_a_header_with_another_separator_are_read_by_that_separator():
