@@ -1487,6 +1487,30 @@ def test_a_line_marked_by_a_worker_killed_before_counting_it_is_counted_by_the_r
     assert report(import_id) == ended
 
 
+def test_an_import_whose_last_order_ends_above_a_footer_row_reported_before_it_is_recounted_down_to_the_footer(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # A spreadsheet's totals row under the last order fails on its own line, reported before that
+    # order, whose rows only end there. Had the file's last line been taken from the last order
+    # reported (ext-2's, line 3), the recount would read the markers only that far and wait for good
+    # for the footer's count, the import left running.
+    from functions.import_splitter.readers import COLUMNS
+
+    footer = ",".join("3" if column == "quantity" else "" for column in COLUMNS)
+    kill_between_marking_and_counting(monkeypatch, {2})  # ext-1: imported, its count never made
+    rows = [csv_row("ext-1"), csv_row("ext-2"), csv_row("ext-2", "MUG"), footer]
+    import_id = split(stack, "incoming/footer.csv", csv_file(*rows))
+    stack.drain(worker)
+    short = report(import_id)
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 3, 1, 1)
+
+    assert recount().completed == [import_id]
+
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 1)
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(5, "missing_channel")]
+
+
 def test_an_import_with_a_line_not_marked_is_not_recounted_until_the_line_comes(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch
 ):
