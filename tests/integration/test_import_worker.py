@@ -166,6 +166,18 @@ def test_a_split_file_is_captured_and_its_import_completes_with_per_line_errors(
     assert order.status == "pending"
 
 
+def test_an_order_with_two_bad_rows_is_one_error_on_the_first_bad_row_naming_both(stack: ImportAws):
+    # The row an editor jumps to is the first one to fix; the message names every problem.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-1", "MUG", "0"), csv_row("ext-1", "TSHIRT", "0"))
+    import_id = split(stack, "incoming/two-bad-rows.csv", data)
+
+    stack.drain(worker)
+
+    [error] = report(import_id)["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (3, "ext-1", "validation_error")
+    assert error["message"].count("quantity:") == 2
+
+
 def test_a_file_cut_inside_its_last_quoted_cell_imports_every_order_before_the_cut_one(stack: ImportAws):
     # An upload interrupted in the middle of the last (quoted) cell: the cut order was imported
     # with the cut value as if it were whole.
