@@ -1393,6 +1393,9 @@ def test_a_file_the_splitter_runs_short_of_time_on_continues_in_new_invocations_
         splitter(payload, RunningShort(orders=4))  # 4 orders each, then its time is up
         running = report(import_id)
         assert running["status"] == "running"
+        # Sent before it hands on: a batch left waiting in this container is lost if the next
+        # invocation runs in another one.
+        assert stack.messages_waiting() == running["total"] - running["failed"]
         if len(invokes.calls) < invocations:
             payload = None
             continue
