@@ -196,6 +196,27 @@ def test_the_import_id_is_stable_for_bucket_key_and_version(stack: ImportAws):
     assert split_file(stack, "incoming/again.csv", csv_file(csv_row("ext-1"))) != import_id
 
 
+def test_the_same_file_put_again_in_the_versioned_bucket_is_a_new_import(stack: ImportAws):
+    # The template versions the imports bucket so that a file put again is imported again (its
+    # orders found duplicates, or imported now that their skus exist): known by its ETag instead of
+    # its version, the same bytes were "already read" and the second upload imported nothing.
+    from functions.import_splitter.app import lambda_handler
+
+    stack.s3.put_bucket_versioning(Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"})
+    data = csv_file(csv_row("ext-1"))
+    import_ids = []
+    for _ in range(2):
+        version = stack.s3.put_object(Bucket=stack.bucket, Key="incoming/orders.csv", Body=data)["VersionId"]
+        event = stack.s3_event("incoming/orders.csv")
+        event["Records"][0]["s3"]["object"]["versionId"] = version
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+        import_ids.append(import_id_for(stack.bucket, "incoming/orders.csv", version))
+
+    assert import_ids[0] != import_ids[1]
+    assert [report(import_id)["total"] for import_id in import_ids] == [1, 1]
+    assert len(queued(stack)) == 2
+
+
 def test_a_null_version_in_the_event_is_no_version_so_each_upload_is_its_own_import(stack: ImportAws):
     # A bucket whose versioning was suspended stores every upload as version "null", and its events
     # say so: taken for a version, every upload of one key was "already read" (the second file was
