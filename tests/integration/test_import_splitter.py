@@ -158,6 +158,16 @@ def test_a_card_number_on_a_later_row_of_an_order_is_reported_on_that_row(stack:
     assert "4111" not in json.dumps(imported)
 
 
+def test_card_numbers_on_two_rows_of_an_order_are_reported_on_the_first_of_them(stack: ImportAws):
+    # As every error of a line: the row an editor jumps to is the first one to fix.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-1", "4111 1111 1111 1111"), csv_row("ext-1", "5500 0000 0000 0004"))
+
+    import_id = split_file(stack, "incoming/orders.csv", data)
+
+    (error,) = report(import_id)["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (3, "ext-1", "card_data_rejected")
+
+
 def test_a_card_number_error_in_a_csv_file_names_the_columns_not_body_paths(stack: ImportAws):
     # Every other row error of a CSV names its columns; this one said `lines[2].sku`, a path of a
     # POST /orders body the file's author never wrote.
