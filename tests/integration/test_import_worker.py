@@ -331,6 +331,24 @@ def test_a_message_whose_plugin_raises_is_one_error_line_naming_the_plugin_and_t
     assert said.message_id == record["messageId"]
 
 
+def test_a_worker_not_told_its_queue_s_max_receive_count_never_lists_a_failing_line_as_dead_lettered(
+    stack: ImportAws, poison: None, monkeypatch: pytest.MonkeyPatch
+):
+    # IMPORT_QUEUE_MAX_RECEIVES unset (0): which delivery is the last cannot be told, so none is
+    # taken for it. A line failing its first delivery is retried, never listed as waiting in the DLQ.
+    from functions.import_worker.app import container
+
+    monkeypatch.setenv("IMPORT_QUEUE_MAX_RECEIVES", "0")
+    container.forget()
+    container().plugins.register(PoisonPrice(), name="poison_price")
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-poison", "POISON")))
+
+    (record,), failed = stack.deliver_once(worker)
+
+    assert failed == {record["messageId"]}
+    assert report(import_id)["errors"] == []
+
+
 def test_a_poison_message_ends_in_the_dlq_after_5_receives_while_its_batch_is_processed(stack: ImportAws, poison: None):
     rows = [csv_row(f"ext-{i:02d}") for i in range(14)]
     rows.insert(3, csv_row("ext-poison", "POISON"))
