@@ -702,6 +702,42 @@ def test_a_line_s_error_is_listed_once_when_its_twin_writes_it_before_the_delive
     assert {e["code"] for e in done["errors"]} == {"unknown_sku"}
 
 
+def test_a_bad_line_s_error_lost_by_the_delivery_that_counted_it_is_kept_by_its_twin_that_found_it_counted(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Two deliveries of one bad line at once: the first counts the failure, DynamoDB refuses its
+    # error's write and the fallback onto the line's marker, and it fails; the twin, past its own
+    # look for the line's record, finds the line counted when it records it, and succeeds, which
+    # deletes the message: no redelivery comes, so the twin is the one left to keep the error.
+    from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
+
+    from functions.adapters.imports import origin_from
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", "NOPE")))
+    (twin,) = [message for message in stack.peek() if '"ext-2"' in message["Body"]]
+    importer, ledger = container().importer, container().import_ledger
+    refused = refuse_an_error_and_its_fallback(ledger, monkeypatch)
+    sender = f"{SQS_SENDER_ID}:oms-ImportSplitterFunction"
+    is_recorded, raced = ledger.is_recorded, []
+
+    def first_delivery_counts_meanwhile(import_id: str, line: int) -> bool:
+        recorded = is_recorded(import_id, line)
+        if line == 3 and not raced:  # the first delivery, from its own look to its record
+            raced.append(line)
+            with pytest.raises(Exception, match="slow down"):  # counted, its error kept nowhere
+                importer.import_order(twin["Body"], origin_from(twin["MessageAttributes"]), sender=sender)
+        return recorded
+
+    monkeypatch.setattr(ledger, "is_recorded", first_delivery_counts_meanwhile)
+    result = importer.import_order(twin["Body"], origin_from(twin["MessageAttributes"]), sender=sender)
+
+    assert refused == ["error", "fallback"]
+    assert (result.outcome, result.error.code if result.error else None) == ("failed", "unknown_sku")
+    errors = report(import_id)["errors"]
+    assert [(e["line"], e["external_id"], e["code"]) for e in errors] == [(3, "ext-2", "unknown_sku")]
+
+
 def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch
 ):
