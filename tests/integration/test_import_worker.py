@@ -1924,6 +1924,23 @@ def test_a_csv_order_number_reused_with_other_content_is_an_error_on_its_line_an
     assert all("request_hash" not in (e.detail or {}) for e in history_shown(container().orders.history(first.id)))
 
 
+def test_a_json_line_whose_external_id_is_a_number_is_an_error_on_its_line_never_a_poison_message(
+    stack: ImportAws,
+):
+    # A feed that writes its order numbers as JSON numbers: its orders are refused on their lines,
+    # and the others imported; none waits in the dead-letter queue.
+    numbered = order_body(channel="market", external_id=1001, lines=[{"sku": "TSHIRT", "quantity": 1}])
+    named = order_body(channel="market", external_id="ext-2", lines=[{"sku": "MUG", "quantity": 1}])
+    import_id = split(stack, "incoming/numbers.jsonl", f"{json.dumps(numbered)}\n{json.dumps(named)}\n".encode())
+
+    stack.drain(worker)
+
+    assert stack.messages_waiting(stack.dlq_url) == 0
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(1, None, "validation_error")]
+
+
 def test_a_json_lines_order_number_reused_with_other_content_is_an_error_on_its_line(stack: ImportAws):
     def jsonl(*bodies: dict[str, Any]) -> bytes:
         return "".join(json.dumps(body) + "\n" for body in bodies).encode()
