@@ -215,7 +215,7 @@ def test_a_message_delivered_twice_is_counted_once(stack: ImportAws):
             QueueUrl=stack.queue_url, MessageBody=message["Body"], MessageAttributes=message["MessageAttributes"]
         )
 
-    stack.drain(worker)
+    batches = stack.drain(worker)
 
     imported = report(import_id)
     assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
@@ -225,6 +225,8 @@ def test_a_message_delivered_twice_is_counted_once(stack: ImportAws):
         1,
     )
     assert len(imported["errors"]) == 1
+    # The deliveries that found their lines recorded succeed: none is retried, none waits in the DLQ.
+    assert batches == 1 and stack.messages_waiting(stack.dlq_url) == 0
 
 
 def test_importing_the_same_file_again_creates_nothing_and_counts_duplicates(stack: ImportAws):
