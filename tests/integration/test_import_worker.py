@@ -1194,6 +1194,32 @@ def test_forged_import_attributes_count_on_no_import_whoever_sends_them(stack: I
     assert "signing_key" not in after and "signature" not in json.dumps(after)
 
 
+def test_a_forged_line_naming_an_import_before_its_file_is_split_counts_on_no_import_once_it_is(stack: ImportAws):
+    # A worker that found no key for an import not begun yet must look again: the import gets its
+    # key when its file is split. Remembered as keyless, the import fell back to trusting the
+    # sender, and a later unsigned line counted on it.
+    claim = order_body(channel="market", external_id="forged-1", lines=[{"sku": "NOPE", "quantity": 1}])
+    data = csv_file(csv_row("ext-1"))
+    import_id = stack.put_file("incoming/orders.csv", data)  # uploaded, its event not handled yet
+
+    def forge(line: int) -> None:
+        attributes = {
+            "import_id": {"DataType": "String", "StringValue": import_id},
+            "line": {"DataType": "Number", "StringValue": str(line)},
+        }
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(claim), MessageAttributes=attributes)
+
+    forge(3)
+    stack.drain(worker)  # no such import yet: counted on nothing
+    assert split(stack, "incoming/orders.csv", data) == import_id
+    forge(4)
+    stack.drain(worker)
+
+    after = report(import_id)
+    assert (after["status"], after["total"], after["imported"], after["failed"]) == ("completed", 1, 1, 0)
+    assert after["errors"] == []
+
+
 def test_a_forged_import_line_that_keeps_failing_is_never_listed_on_the_import(stack: ImportAws, poison: None):
     # A line's last failed delivery lists it on its import: only a line the import's splitter signed.
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
