@@ -158,6 +158,16 @@ def test_a_card_number_on_a_later_row_of_an_order_is_reported_on_that_row(stack:
     assert "4111" not in json.dumps(imported)
 
 
+def test_card_numbers_on_two_rows_of_an_order_are_reported_on_the_first_of_them(stack: ImportAws):
+    # As every error of a line: the row an editor jumps to is the first one to fix.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-1", "4111 1111 1111 1111"), csv_row("ext-1", "5500 0000 0000 0004"))
+
+    import_id = split_file(stack, "incoming/orders.csv", data)
+
+    (error,) = report(import_id)["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (3, "ext-1", "card_data_rejected")
+
+
 def test_a_card_number_error_in_a_csv_file_names_the_columns_not_body_paths(stack: ImportAws):
     # Every other row error of a CSV names its columns; this one said `lines[2].sku`, a path of a
     # POST /orders body the file's author never wrote.
@@ -194,6 +204,27 @@ def test_the_import_id_is_stable_for_bucket_key_and_version(stack: ImportAws):
 
     assert import_id == import_id_for(stack.bucket, "incoming/orders.csv", etag)
     assert split_file(stack, "incoming/again.csv", csv_file(csv_row("ext-1"))) != import_id
+
+
+def test_the_same_file_put_again_in_the_versioned_bucket_is_a_new_import(stack: ImportAws):
+    # The template versions the imports bucket so that a file put again is imported again (its
+    # orders found duplicates, or imported now that their skus exist): known by its ETag instead of
+    # its version, the same bytes were "already read" and the second upload imported nothing.
+    from functions.import_splitter.app import lambda_handler
+
+    stack.s3.put_bucket_versioning(Bucket=stack.bucket, VersioningConfiguration={"Status": "Enabled"})
+    data = csv_file(csv_row("ext-1"))
+    import_ids = []
+    for _ in range(2):
+        version = stack.s3.put_object(Bucket=stack.bucket, Key="incoming/orders.csv", Body=data)["VersionId"]
+        event = stack.s3_event("incoming/orders.csv")
+        event["Records"][0]["s3"]["object"]["versionId"] = version
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+        import_ids.append(import_id_for(stack.bucket, "incoming/orders.csv", version))
+
+    assert import_ids[0] != import_ids[1]
+    assert [report(import_id)["total"] for import_id in import_ids] == [1, 1]
+    assert len(queued(stack)) == 2
 
 
 def test_a_null_version_in_the_event_is_no_version_so_each_upload_is_its_own_import(stack: ImportAws):

@@ -168,6 +168,18 @@ def test_a_split_file_is_captured_and_its_import_completes_with_per_line_errors(
     assert order.status == "pending"
 
 
+def test_an_order_with_two_bad_rows_is_one_error_on_the_first_bad_row_naming_both(stack: ImportAws):
+    # The row an editor jumps to is the first one to fix; the message names every problem.
+    data = csv_file(csv_row("ext-1"), csv_row("ext-1", "MUG", "0"), csv_row("ext-1", "TSHIRT", "0"))
+    import_id = split(stack, "incoming/two-bad-rows.csv", data)
+
+    stack.drain(worker)
+
+    [error] = report(import_id)["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (3, "ext-1", "validation_error")
+    assert error["message"].count("quantity:") == 2
+
+
 def test_a_file_cut_inside_its_last_quoted_cell_imports_every_order_before_the_cut_one(stack: ImportAws):
     # An upload interrupted in the middle of the last (quoted) cell: the cut order was imported
     # with the cut value as if it were whole.
@@ -205,7 +217,7 @@ def test_a_message_delivered_twice_is_counted_once(stack: ImportAws):
             QueueUrl=stack.queue_url, MessageBody=message["Body"], MessageAttributes=message["MessageAttributes"]
         )
 
-    stack.drain(worker)
+    batches = stack.drain(worker)
 
     imported = report(import_id)
     assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
@@ -215,6 +227,8 @@ def test_a_message_delivered_twice_is_counted_once(stack: ImportAws):
         1,
     )
     assert len(imported["errors"]) == 1
+    # The deliveries that found their lines recorded succeed: none is retried, none waits in the DLQ.
+    assert batches == 1 and stack.messages_waiting(stack.dlq_url) == 0
 
 
 def test_importing_the_same_file_again_creates_nothing_and_counts_duplicates(stack: ImportAws):
@@ -423,6 +437,24 @@ def test_a_message_whose_plugin_raises_is_one_error_line_naming_the_plugin_and_t
     assert said.levelname == "WARNING"
     assert (said.plugin, said.hook, said.import_id, said.line) == ("poison_price", "oms_unit_price", import_id, 2)
     assert said.message_id == record["messageId"]
+
+
+def test_a_worker_not_told_its_queue_s_max_receive_count_never_lists_a_failing_line_as_dead_lettered(
+    stack: ImportAws, poison: None, monkeypatch: pytest.MonkeyPatch
+):
+    # IMPORT_QUEUE_MAX_RECEIVES unset (0): which delivery is the last cannot be told, so none is
+    # taken for it. A line failing its first delivery is retried, never listed as waiting in the DLQ.
+    from functions.import_worker.app import container
+
+    monkeypatch.setenv("IMPORT_QUEUE_MAX_RECEIVES", "0")
+    container.forget()
+    container().plugins.register(PoisonPrice(), name="poison_price")
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-poison", "POISON")))
+
+    (record,), failed = stack.deliver_once(worker)
+
+    assert failed == {record["messageId"]}
+    assert report(import_id)["errors"] == []
 
 
 def test_a_poison_message_ends_in_the_dlq_after_5_receives_while_its_batch_is_processed(stack: ImportAws, poison: None):
@@ -776,6 +808,42 @@ def test_a_line_s_error_is_listed_once_when_its_twin_writes_it_before_the_delive
     assert (done["status"], done["failed"]) == ("completed_with_errors", 2 if another_lost else 1)
     assert [e["line"] for e in done["errors"]] == ([2, 3] if another_lost else [3])
     assert {e["code"] for e in done["errors"]} == {"unknown_sku"}
+
+
+def test_a_bad_line_s_error_lost_by_the_delivery_that_counted_it_is_kept_by_its_twin_that_found_it_counted(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Two deliveries of one bad line at once: the first counts the failure, DynamoDB refuses its
+    # error's write and the fallback onto the line's marker, and it fails; the twin, past its own
+    # look for the line's record, finds the line counted when it records it, and succeeds, which
+    # deletes the message: no redelivery comes, so the twin is the one left to keep the error.
+    from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
+
+    from functions.adapters.imports import origin_from
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", "NOPE")))
+    (twin,) = [message for message in stack.peek() if '"ext-2"' in message["Body"]]
+    importer, ledger = container().importer, container().import_ledger
+    refused = refuse_an_error_and_its_fallback(ledger, monkeypatch)
+    sender = f"{SQS_SENDER_ID}:oms-ImportSplitterFunction"
+    is_recorded, raced = ledger.is_recorded, []
+
+    def first_delivery_counts_meanwhile(import_id: str, line: int) -> bool:
+        recorded = is_recorded(import_id, line)
+        if line == 3 and not raced:  # the first delivery, from its own look to its record
+            raced.append(line)
+            with pytest.raises(Exception, match="slow down"):  # counted, its error kept nowhere
+                importer.import_order(twin["Body"], origin_from(twin["MessageAttributes"]), sender=sender)
+        return recorded
+
+    monkeypatch.setattr(ledger, "is_recorded", first_delivery_counts_meanwhile)
+    result = importer.import_order(twin["Body"], origin_from(twin["MessageAttributes"]), sender=sender)
+
+    assert refused == ["error", "fallback"]
+    assert (result.outcome, result.error.code if result.error else None) == ("failed", "unknown_sku")
+    errors = report(import_id)["errors"]
+    assert [(e["line"], e["external_id"], e["code"]) for e in errors] == [(3, "ext-2", "unknown_sku")]
 
 
 def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
@@ -1232,6 +1300,32 @@ def test_forged_import_attributes_count_on_no_import_whoever_sends_them(stack: I
     assert "signing_key" not in after and "signature" not in json.dumps(after)
 
 
+def test_a_forged_line_naming_an_import_before_its_file_is_split_counts_on_no_import_once_it_is(stack: ImportAws):
+    # A worker that found no key for an import not begun yet must look again: the import gets its
+    # key when its file is split. Remembered as keyless, the import fell back to trusting the
+    # sender, and a later unsigned line counted on it.
+    claim = order_body(channel="market", external_id="forged-1", lines=[{"sku": "NOPE", "quantity": 1}])
+    data = csv_file(csv_row("ext-1"))
+    import_id = stack.put_file("incoming/orders.csv", data)  # uploaded, its event not handled yet
+
+    def forge(line: int) -> None:
+        attributes = {
+            "import_id": {"DataType": "String", "StringValue": import_id},
+            "line": {"DataType": "Number", "StringValue": str(line)},
+        }
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(claim), MessageAttributes=attributes)
+
+    forge(3)
+    stack.drain(worker)  # no such import yet: counted on nothing
+    assert split(stack, "incoming/orders.csv", data) == import_id
+    forge(4)
+    stack.drain(worker)
+
+    after = report(import_id)
+    assert (after["status"], after["total"], after["imported"], after["failed"]) == ("completed", 1, 1, 0)
+    assert after["errors"] == []
+
+
 def test_a_forged_import_line_that_keeps_failing_is_never_listed_on_the_import(stack: ImportAws, poison: None):
     # A line's last failed delivery lists it on its import: only a line the import's splitter signed.
     import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
@@ -1487,6 +1581,9 @@ def test_a_file_the_splitter_runs_short_of_time_on_continues_in_new_invocations_
         splitter(payload, RunningShort(orders=4))  # 4 orders each, then its time is up
         running = report(import_id)
         assert running["status"] == "running"
+        # Sent before it hands on: a batch left waiting in this container is lost if the next
+        # invocation runs in another one.
+        assert stack.messages_waiting() == running["total"] - running["failed"]
         if len(invokes.calls) < invocations:
             payload = None
             continue
@@ -1591,6 +1688,30 @@ def test_a_line_marked_by_a_worker_killed_before_counting_it_is_counted_by_the_r
             container().import_ledger._client.update_item(**slow["request"])
     assert recount().completed == []  # ended: nothing more
     assert report(import_id) == ended
+
+
+def test_an_import_whose_last_order_ends_above_a_footer_row_reported_before_it_is_recounted_down_to_the_footer(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # A spreadsheet's totals row under the last order fails on its own line, reported before that
+    # order, whose rows only end there. Had the file's last line been taken from the last order
+    # reported (ext-2's, line 3), the recount would read the markers only that far and wait for good
+    # for the footer's count, the import left running.
+    from functions.import_splitter.readers import COLUMNS
+
+    footer = ",".join("3" if column == "quantity" else "" for column in COLUMNS)
+    kill_between_marking_and_counting(monkeypatch, {2})  # ext-1: imported, its count never made
+    rows = [csv_row("ext-1"), csv_row("ext-2"), csv_row("ext-2", "MUG"), footer]
+    import_id = split(stack, "incoming/footer.csv", csv_file(*rows))
+    stack.drain(worker)
+    short = report(import_id)
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 3, 1, 1)
+
+    assert recount().completed == [import_id]
+
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 1)
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(5, "missing_channel")]
 
 
 def test_an_import_with_a_line_not_marked_is_not_recounted_until_the_line_comes(
@@ -1935,6 +2056,23 @@ def test_a_csv_order_number_reused_with_other_content_is_an_error_on_its_line_an
     assert stored_order("market", "ext-1") == first
     # The request's hash is the system's own: never shown in the order's history.
     assert all("request_hash" not in (e.detail or {}) for e in history_shown(container().orders.history(first.id)))
+
+
+def test_a_json_line_whose_external_id_is_a_number_is_an_error_on_its_line_never_a_poison_message(
+    stack: ImportAws,
+):
+    # A feed that writes its order numbers as JSON numbers: its orders are refused on their lines,
+    # and the others imported; none waits in the dead-letter queue.
+    numbered = order_body(channel="market", external_id=1001, lines=[{"sku": "TSHIRT", "quantity": 1}])
+    named = order_body(channel="market", external_id="ext-2", lines=[{"sku": "MUG", "quantity": 1}])
+    import_id = split(stack, "incoming/numbers.jsonl", f"{json.dumps(numbered)}\n{json.dumps(named)}\n".encode())
+
+    stack.drain(worker)
+
+    assert stack.messages_waiting(stack.dlq_url) == 0
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(1, None, "validation_error")]
 
 
 def test_a_json_lines_order_number_reused_with_other_content_is_an_error_on_its_line(stack: ImportAws):

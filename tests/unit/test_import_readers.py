@@ -21,6 +21,7 @@ from functions.import_splitter.readers import (
     JSONL,
     MAX_FIELD_CHARS,
     MAX_LINE_BYTES,
+    OPTIONAL_COLUMNS,
     OrderFile,
     column_of_field,
     field_in_file,
@@ -189,6 +190,16 @@ def test_an_order_of_more_than_100_lines_is_too_many_lines():
     assert not orders[1].rejected
 
 
+def test_an_order_of_exactly_100_lines_is_read_with_all_100():
+    rows = [row("ext-1", f"SKU-{i}") for i in range(100)]
+
+    orders = read(csv_file(*rows, row("ext-2")))
+
+    assert errors_of(orders) == []
+    assert [line["sku"] for line in orders[0].body["lines"]] == [f"SKU-{i}" for i in range(100)]
+    assert orders[0].line_numbers == tuple(range(2, 102))
+
+
 # --- CSV: the file's shape -----------------------------------------------------------------------
 
 
@@ -283,6 +294,16 @@ def test_a_line_over_the_limit_is_skipped_without_being_held_and_reported_on_its
     assert [o.external_id for o in orders if not o.rejected] == ["ext-1", "ext-2"]
 
 
+def test_a_last_line_over_the_limit_without_a_line_ending_is_reported_once_on_its_line():
+    # What came after the line was reported, up to the end of the file, was read as a line of its own.
+    data = csv_file(row("ext-1")) + b"x" * (MAX_LINE_BYTES + 10_000)
+
+    orders = read(data, chunk=4096)
+
+    assert errors_of(orders) == [(3, None, "line_too_long")]
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1"]
+
+
 def test_a_line_that_is_not_utf8_is_an_error_on_its_line():
     data = csv_file(row("ext-1"), "web,ext-2,\xff", row("ext-3")).replace("\xff".encode(), b"\xff")
 
@@ -348,6 +369,16 @@ def test_a_value_under_a_column_the_header_does_not_name_fails_its_order_never_d
     assert errors_of(orders) == [(3, "ext-2", "malformed_row")]
     assert "column 19" in error_on(orders, 3).message
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-3"]
+
+
+def test_spaces_under_a_column_the_header_does_not_name_are_no_value():
+    # A spreadsheet's blank cell may hold a space: no value lost, nothing to report.
+    data = csv_file(row("ext-1") + ", ", row("ext-2") + ",  ").replace(HEADER.encode(), (HEADER + ",").encode(), 1)
+
+    orders = read(data)
+
+    assert errors_of(orders) == []
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2"]
 
 
 def test_a_header_that_is_not_utf8_fails_the_file_naming_the_encoding():
@@ -432,6 +463,20 @@ def test_rows_after_a_header_with_other_columns_are_read_by_that_header():
     ]
 
 
+def test_a_third_joined_export_repeating_the_second_s_header_names_that_header_s_line():
+    # Three exports joined, the last two with the same columns: its line is where to look, not line 1's.
+    swapped = list(COLUMNS)
+    first, second = swapped.index("customer_name"), swapped.index("ship_name")
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    other = ",".join(swapped)
+
+    orders = read(csv_file(row("ext-1"), other, row_in(swapped, "ext-2"), other, row_in(swapped, "ext-3")))
+
+    assert errors_of(orders) == [(3, None, "repeated_header"), (5, None, "repeated_header")]
+    assert "other columns than the header of line 1" in error_on(orders, 3).message
+    assert "repeats the CSV header of line 3" in error_on(orders, 5).message
+
+
 def test_rows_after_a_header_with_fewer_columns_are_read_by_it_even_across_lines():
     # Each failed as "17 cells where the header has 18"; one with a line break in a cell as an
     # unclosed quote.
@@ -449,6 +494,24 @@ def test_rows_after_a_header_with_fewer_columns_are_read_by_it_even_across_lines
     assert errors_of(orders) == [(3, None, "repeated_header")]
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (4, "ext-2"), (6, "ext-3")]
     assert orders[2].body["shipping_address"]["line2"] == "Floor 3\nRing twice"
+
+
+def test_an_unclosed_quote_under_a_joined_header_with_fewer_columns_counts_that_header_s_cells():
+    # The count a merchant checks the row against is the header it is under, not line 1's.
+    fewer = [column for column in COLUMNS if column not in OPTIONAL_COLUMNS]
+    data = csv_file(
+        row("ext-1"),
+        ",".join(fewer),
+        row_in(fewer, "ext-2", ship_line1='"1 Market St'),
+        row_in(fewer, "ext-3"),
+        row_in(fewer, "ext-4"),
+    )
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "repeated_header"), (4, "ext-2", "unclosed_quote")]
+    assert f"where the header has {len(fewer)})" in error_on(orders, 4).message
+    assert [(o.line, o.external_id) for o in orders if not o.rejected] == [(2, "ext-1"), (5, "ext-3"), (6, "ext-4")]
 
 
 def test_rows_after_a_header_with_another_separator_are_read_by_that_separator():
@@ -773,6 +836,30 @@ def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_f
     assert not orders[1].rejected
 
 
+def test_a_row_not_utf8_in_its_own_external_id_among_an_order_s_rows_rejects_that_order_never_ships_it_short():
+    # A Windows-1252 no-break space pasted after the order number: the row's identity is not the
+    # order's as read, so it was taken for another order's, and the order went through without it.
+    data = csv_file(row("ext-1"), row("ext-1\xa0", "MUG"), row("ext-1", "HOODIE"), row("ext-2"))
+    data = data.replace("\xa0".encode(), b"\xa0")
+
+    orders = read(data)
+
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-2"]
+    assert (3, None, "invalid_encoding") in errors_of(orders)
+
+
+def test_a_row_of_an_order_after_another_order_s_row_not_utf8_reopens_it_never_a_second_order():
+    # The row not UTF-8 names ext-2 and closes ext-1: ext-1's row after it is no second, partial
+    # ext-1 racing the first through the workers.
+    latin1 = row("ext-2", "CAF\xc9")
+    data = csv_file(row("ext-1"), latin1, row("ext-1", "MUG")).replace("\xc9".encode(), b"\xc9")
+
+    orders = read(data)
+
+    assert [o.external_id for o in orders if not o.rejected] == ["ext-1"]
+    assert errors_of(orders) == [(3, "ext-2", "invalid_encoding"), (4, "ext-1", "order_reopened")]
+
+
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_a_row_not_utf8_with_a_line_break_in_a_cell_fails_the_order_it_names(where: str):
     # Read as one line, the row's first line has fewer cells than the header, so its channel and
@@ -986,6 +1073,18 @@ def test_a_line_over_the_limit_ended_by_a_crlf_split_across_chunks_is_one_line()
     ]
 
 
+def test_a_line_over_the_limit_ended_by_a_bare_cr_at_a_chunk_s_end_keeps_the_line_after_it():
+    # Old Mac and some spreadsheet exports end lines with a bare CR: dropped with the skipped line,
+    # it let the next line run on as part of it, lost without a word.
+    lines = list(physical_lines([b"x" * 10 + b"\r", b"next\r", b"more"], max_bytes=8))
+
+    assert [(line.number, line.text, line.problem) for line in lines] == [
+        (1, None, "line_too_long"),
+        (2, "next\r", None),
+        (3, "more", None),
+    ]
+
+
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
 @pytest.mark.parametrize("size", [1, 2, 7, 4096])
 def test_the_line_limit_counts_a_lines_content_whatever_ends_it(ending: bytes, size: int):
@@ -1180,6 +1279,7 @@ def test_a_csv_file_named_as_json_lines_fails_as_a_whole_saying_it_is_csv(
         "{channel: web, external_id: ext-1}",  # keys unquoted
         'channel: "web", external_id: "ext-1"',  # no braces
         '"channel,external_id"',  # JSON (a string): not an object, not a header
+        "sep=;",  # a CSV separator line: in JSON Lines, a bad line, never skipped unreported
     ],
 )
 def test_a_json_lines_file_whose_first_line_is_bad_json_reports_that_line_and_reads_the_rest(first: str):
