@@ -649,9 +649,21 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                     reader = csv.reader(feed, delimiter=separator, strict=False)
                 continue
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
-        may_be_header = spanned == 1 and "external_id" in text.lower()
+        may_be_header = "external_id" in text.lower()
         header = may_be_header and _is_header(cells)
-        if width is not None and may_be_header and not header:
+        if header and width is not None and spanned > 1:
+            # A header further on with a line break in a cell (as a header on line 1 has: that file
+            # fails): it cannot be used (_csv_orders), and the rows after it are not read by line
+            # 1's columns, unless its quote swallowed rows of their own, which are read.
+            if not _quoted_as_written(feed.record, separator) and _rows_resume(feed.record, separator, width):
+                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
+                feed.reread_after_first()
+                reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
+            width = len(cells)
+            yield _Row(start, cells=cells, lines=spanned, header=True)
+            continue
+        if width is not None and spanned == 1 and may_be_header and not header:
             # A header of a file joined after the first, which separates its cells otherwise (one
             # export by commas, one by semicolons): it and the rows after it are read by its own.
             other = separator_of(text)
@@ -941,6 +953,8 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             # after it by its columns.
             again = _column_names(row.cells)
             problems = _header_problems(again)
+            if row.lines > 1:
+                problems = f"a cell of it holds a line break, running on to line {row.line + row.lines - 1}"
             if problems is not None:
                 message = (
                     f"this line is a CSV header again, and cannot be used ({problems}): the rows after it "

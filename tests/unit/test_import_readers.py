@@ -1476,3 +1476,24 @@ def test_a_json_line_repeating_an_order_of_an_earlier_line_is_an_error_on_its_li
     assert errors_of(orders) == [(3, "ext-1", "order_repeated")]
     assert next((o.line, o.body) for o in orders if not o.rejected) == (1, first)
     assert [o.line for o in orders if not o.rejected] == [1, 2, 4]
+
+
+def test_a_joined_header_with_a_line_break_in_a_cell_is_reported_and_its_rows_not_read_by_line_1_s():
+    # Read as an order row (external_id "external_id", invalid_number), the rows after it were read
+    # by line 1's columns: its export's customer and recipient names went into each other's silently.
+    swapped = list(COLUMNS)
+    first, second = swapped.index("customer_name"), swapped.index("ship_name")
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    names = {"customer_name": "Ada Buyer", "ship_name": "Bob Recipient"}
+    broken = ",".join(swapped).replace("shipping_method", '"shipping_method\n"')
+
+    orders = read(csv_file(row("ext-1", **names), broken, row_in(swapped, "ext-2", **names), HEADER, row("ext-3")))
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (5, "ext-2", "invalid_header"),
+        (6, None, "repeated_header"),
+    ]
+    assert "line break" in error_on(orders, 3).message
+    assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 5).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-3")]
