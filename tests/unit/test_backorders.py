@@ -151,6 +151,19 @@ def test_a_short_product_that_does_not_allow_backorder_still_ends_out_of_stock(s
     assert world.backorders.waiting("PREORDER", None, 10) == []
 
 
+def test_an_order_nothing_is_in_stock_for_says_what_it_waits_for_and_not_that_it_has_no_units_to_source():
+    """The plugins plan the part in stock, here nothing: their "no units to source" would tell the
+    reader of the history that the order asked for nothing."""
+    world, _, _ = make_world([("TSHIRT", "wh-east", 5)])  # no PREORDER anywhere
+    order_id = backordered(world, ("PREORDER", 2))
+
+    entry = world.history(order_id)[-1]
+    assert entry.type == "backordered" and world.order(order_id).allocations == []
+    assert entry.detail["reasons"] == [
+        "waiting backordered for PREORDER x2 (L1): more than the locations that may supply the order hold for it now"
+    ]
+
+
 def test_a_backordered_order_is_not_allocated_by_create_shipments_until_every_unit_is_reserved(setup):
     world, _, _ = setup
     order_id = backordered(world, ("PREORDER", 3))
@@ -1597,6 +1610,16 @@ def test_an_order_that_may_take_units_at_two_points_is_counted_at_the_one_it_shi
     the drafts of both bought them; a fill tops it up at wh-west first."""
     world, allocator, _ = setup
     backordered(world, ("PREORDER", 3))
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
+def test_an_order_holding_units_at_two_points_is_counted_at_the_one_holding_more_of_them():
+    """It holds 2 PREORDER at wh-west and 1 at wh-east and lacks 2: a fill tops it up where it
+    holds the most first, so wh-west's point buys them (wh-east comes first by id)."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2), ("PREORDER", "wh-east", 1)])
+    order_id = backordered(world, ("PREORDER", 5))
+    assert {(a.location_id, a.quantity) for a in world.order(order_id).allocations} == {("wh-west", 2), ("wh-east", 1)}
 
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
 
