@@ -34,7 +34,7 @@ from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
 from functions.plugin_loading import load_plugin_manager
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemoryCatalog, InMemorySourcingRules
-from tests.builders import NOW, location, order_body, place_order, product
+from tests.builders import NOW, address_body, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.properties import at_length
 from tests.unit.conftest import a_stored_order, an_address
@@ -296,6 +296,22 @@ def test_a_backorderable_order_in_stock_only_beyond_max_shipments_waits_instead_
     assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
 
 
+def test_a_backorder_under_max_shipments_holds_what_the_location_with_the_most_units_has():
+    """One PREORDER at wh-west (the nearer), three at wh-east, max_shipments 1: the order of 5 holds
+    the 3 and waits for 2, not the 1 and waiting for 4."""
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 3)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("PREORDER", 5), shipping_address=address_body(latitude=37.77, longitude=-122.42))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 3}
+    assert world.order(order_id).short_of() == {"L1": 2}
+
+
 def test_an_order_whose_plan_under_max_shipments_leaves_a_product_that_cannot_wait_short_is_refused():
     """TSHIRT (no backorder) only at wh-east, MUG (no backorder) only at wh-west, PREORDER
     (backorder) short: no one location has both products that may not wait, so a plan kept to one
@@ -451,6 +467,23 @@ def test_two_rule_sets_compare_side_by_side_in_the_summary():
     assert nearest.summary.unfillable_units == fewest.summary.unfillable_units == 0
     assert nearest.summary.mean_distance_km < fewest.summary.mean_distance_km
     assert store.versions == []  # a what-if writes no rules either
+
+
+def test_the_what_if_of_a_pickup_order_measures_its_parcel_to_the_store_it_is_collected_at():
+    """A Newark customer collecting at the San Francisco store: the parcel goes nowhere (0 km), as
+    the plan's destination is the store (its coordinates: the store's address has none of its own),
+    not the 4,100 km to the address a shipped order would go to, nor unknown."""
+    world, store = a_world([("MUG", "store-sf", 2)])
+    sim, _, _ = simulator(world, store)
+    [body] = bodies([("MUG", 1)])
+    newark = {**body["shipping_address"], "latitude": 40.73, "longitude": -74.17}
+    pickup = {**body, "shipping_address": newark, "fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": [pickup]}))
+
+    [item] = result.items
+    assert [(s.location_id, s.distance_km) for s in item.shipments] == [("store-sf", 0.0)]
+    assert result.summary.mean_distance_km == 0.0
 
 
 def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_used():
@@ -942,6 +975,34 @@ def test_an_order_sent_back_holding_the_only_units_is_parked_not_cancelled_when_
     world.workflow.park_after_failure(order.id, "OutOfReach", "")
     parked = world.order(order.id)
     assert parked.status is S.ON_HOLD and parked.payment.status.value == "authorized"
+
+
+def test_an_order_the_rules_leave_no_location_whose_units_are_held_only_where_it_was_rejected_is_cancelled(
+    monkeypatch,
+):
+    """wh-west rejected its parcel while the inventory refused the release: it still holds the only
+    2 MUGs there, at a location never asked again for it. With wh-east excluded no setting put back
+    finds it a unit: out of stock (a cancel), not parked for a person who could do nothing but
+    cancel it, and its what-if says so."""
+    world, store = a_world([("MUG", "wh-west", 2)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    with pytest.raises(TimeoutError):
+        world.actions.reject(order.id, order.shipments[0].id, "damaged", actor="key_wh")
+    monkeypatch.undo()
+    assert world.order(order.id).excluded_locations == ["wh-west"] and reserved_at(world, order.id) == {"wh-west": 2}
+    put(store, excluded_locations=["wh-east"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order.id]})).items
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order.id)
+
+    assert item.reasons[-1].startswith("allocation would cancel this order out_of_stock"), item
 
 
 AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
