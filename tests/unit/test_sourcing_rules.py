@@ -757,6 +757,27 @@ class EditsItsRules:
         return (yield)
 
 
+def test_under_max_shipments_an_order_holds_both_products_that_may_not_wait_where_a_third_location_has_the_rest():
+    """A MUG only at wh-east, a TSHIRT only at wh-west (neither may wait), 5 PREORDER only at
+    wh-north, max_shipments 2: the two locations supplying the most (wh-north and one warehouse)
+    leave a product that may not wait short. Held first, the two that may not wait are both held
+    and the PREORDER waits; holding first only the one left short dropped the other, and the order
+    was cancelled out_of_stock."""
+    world, store = a_world([("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.6, longitude=-122.3))
+    world.inventory.set_on_hand("PREORDER", "wh-north", 5, reason="count")
+    put(store, max_shipments=2)
+    order_id = world.place(("MUG", 1), ("TSHIRT", 1), ("PREORDER", 5))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 1, "wh-west": 1}
+    assert world.order(order_id).short_of() == {"L3": 5}
+
+
 def test_a_sourcing_plugin_that_edits_its_rules_changes_neither_the_stored_rules_nor_the_reservation():
     store = InMemorySourcingRules()
     world = build_world([("MUG", "wh-west", 3)], EditsItsRules(), sourcing_rules=store)
@@ -1407,6 +1428,30 @@ def test_the_what_if_reads_each_queue_once_whatever_the_number_of_orders():
     # PREORDER's queue to its end (a page, then an empty one), MUG's empty one; its orders in one read.
     assert queues.calls == {"waiting": 3} and orders.calls == {"get_many": 1}
     assert result.summary.unfillable_units == 100  # each body gets the 2 units the older orders are not owed
+
+
+def test_the_what_if_leaves_older_orders_beyond_the_first_page_of_the_queue_their_units_as_reservestock_does():
+    """30 orders wait for a PREORDER each, more than a page of the queue (25); 40 arrive, not handed
+    over yet. ReserveStock reads on and leaves the new order the 10 the 30 are not owed: the what-if
+    plans those 10 too, neither the 15 the first page leaves nor none (a page read twice)."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for _ in range(30):
+        older = world.place(("PREORDER", 1))
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 40, reason="receipt")
+    newer = world.place(("PREORDER", 12))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, newer).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {"wh-west": 10}
+    assert planned_lines(planned) == ([("wh-west", "L1", 10)], [("L1", 2)])
 
 
 def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_at():
