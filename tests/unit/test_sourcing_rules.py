@@ -296,6 +296,25 @@ def test_a_backorderable_order_in_stock_only_beyond_max_shipments_waits_instead_
     assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
 
 
+@pytest.mark.parametrize(("ordered", "within"), [(2, " within max_shipments (1)"), (3, "")])
+def test_the_history_of_a_backorder_says_when_max_shipments_not_the_stock_left_it_short(ordered, within):
+    """One PREORDER at each warehouse, max_shipments 1: an order of 2 has its units in stock, and
+    waits for one only because it may ship from one location; an order of 3 is short in total."""
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("PREORDER", ordered))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserve_entry(world, order_id).detail["reasons"][0] == (
+        f"waiting backordered for PREORDER x{ordered - 1} (L1): more than the locations that may supply the order "
+        f"hold for it now{within}; the reasons after this one are about the units it holds"
+    )
+
+
 def test_a_backorder_under_max_shipments_holds_what_the_location_with_the_most_units_has():
     """One PREORDER at wh-west (the nearer), three at wh-east, max_shipments 1: the order of 5 holds
     the 3 and waits for 2, not the 1 and waiting for 4."""
