@@ -505,6 +505,19 @@ def test_the_what_if_of_a_pickup_order_measures_its_parcel_to_the_store_it_is_co
     assert result.summary.mean_distance_km == 0.0
 
 
+def test_a_what_if_lists_an_orders_shipments_by_location_id_whatever_order_the_plugin_planned_them_in():
+    """The plugin plans the TSHIRT line first, at wh-west (the nearer), then the MUG at wh-east, the
+    only one with mugs: two what-ifs of orders in either line order compare shipment by shipment."""
+    world, store = a_world([("TSHIRT", "wh-west", 5), ("TSHIRT", "wh-east", 5), ("MUG", "wh-east", 5)])
+    sim, _, _ = simulator(world, store)
+    [one, other] = bodies([("TSHIRT", 1), ("MUG", 1)], [("MUG", 1), ("TSHIRT", 1)])
+    in_sf = {**one["shipping_address"], "latitude": 37.77, "longitude": -122.42}
+
+    result = what_if(sim, {**one, "shipping_address": in_sf}, {**other, "shipping_address": in_sf})
+
+    assert [[s.location_id for s in item.shipments] for item in result.items] == [["wh-east", "wh-west"]] * 2
+
+
 def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_used():
     world, store = a_world([("PREORDER", "wh-west", 3), ("PREORDER", "wh-east", 2)])
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
@@ -1473,6 +1486,26 @@ def test_the_what_if_leaves_older_orders_beyond_the_first_page_of_the_queue_thei
     assert planned_lines(planned) == ([("wh-west", "L1", 10)], [("L1", 2)])
 
 
+def test_the_what_if_reads_no_older_order_that_holds_every_unit_of_the_sku_it_looks_at():
+    """The older order holds its 2 MUGs and waits for a PREORDER: its MUG queue entry says it lacks
+    none (`holds`), so the what-if of a MUG order reads no order, as ReserveStock reads none."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.inventory.adjust("MUG", "wh-west", 5, reason="receipt")
+    older = world.place(("MUG", 2), ("PREORDER", 1))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    assert [e.holds for e in world.backorders.waiting("MUG", None, 10)] == [True]
+    sim, _, _ = simulator(world, store)
+    orders = Counting(world.orders)
+    sim._orders = orders
+
+    [planned] = what_if(sim, *bodies([("MUG", 3)])).items
+
+    assert orders.calls == {} and planned_lines(planned) == ([("wh-west", "L1", 3)], [])
+
+
 def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_at():
     """A store's pickup orders waiting for a sku may take none of its units at a warehouse: their
     queue entries say so (`supplied_by`), and ReserveStock passes them over unread. The what-if
@@ -1506,6 +1539,31 @@ def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_a
 
     assert read == [older]
     assert planned_lines(planned) == ([("wh-west", "L1", 1)], [("L1", 1)])  # 3 of the 4 units are the older order's
+
+
+def test_the_what_if_of_an_order_sold_to_wait_for_a_product_that_no_longer_allows_backorder_still_waits():
+    """A product that stops allowing backorder stops new orders, not the ones already waiting for it
+    (Order.may_wait): sourced again, the order holds its unit and waits for the other 2, and its
+    what-if says so rather than the cancel a new order of it would get."""
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=False))
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order_id).items
+    order = world.order(order_id)
+    moved = OrderEdit.model_validate({"shipping_address": address_body(line1="2 Market St")})
+    world.actions.edit(order_id, order.version, moved, actor="key_web")  # sent back to be sourced
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-west": 1}
+    assert planned_lines(item) == ([("wh-west", "L1", 1)], [("L1", 2)])
+    assert item.reasons[-1] == "allocation would hold what is planned and wait backordered for the unfillable units"
 
 
 def test_the_what_if_of_an_order_reservestock_cancels_for_a_product_that_may_not_wait_ships_nothing():
