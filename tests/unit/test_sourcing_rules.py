@@ -23,6 +23,7 @@ from core.errors import (
     StaleVersion,
     UnknownSku,
 )
+from core.holds import HoldRequest, Holds
 from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.ports import WorkflowStarter
@@ -1504,6 +1505,28 @@ def test_the_what_if_reads_no_older_order_that_holds_every_unit_of_the_sku_it_lo
     [planned] = what_if(sim, *bodies([("MUG", 3)])).items
 
     assert orders.calls == {} and planned_lines(planned) == ([("wh-west", "L1", 3)], [])
+
+
+def test_the_what_if_plans_for_a_new_order_the_units_an_older_held_backorder_waits_for_as_reservestock_does():
+    """Nothing is reserved for a held order and it keeps no younger order waiting: the units that
+    arrived for the older order, held for review, go to the new one, in ReserveStock and its what-if."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    older = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    Holds(world.orders, clock=lambda: NOW).hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")  # not handed to the queue yet
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, newer).items
+    world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {"wh-west": 2}
+    assert planned_lines(planned) == ([("wh-west", "L1", 2)], [])
 
 
 def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_at():
