@@ -570,6 +570,18 @@ def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
         sim.simulate(SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24]}))
 
 
+def test_the_what_if_of_an_order_with_two_lines_of_a_sku_counts_the_units_both_hold_as_its_own():
+    """The 4 MUGs at wh-west, the only ones, are held by the order's two lines of 2: planned again
+    (as after an edit) it has them all, not the last line's 2 and a shortage it would be cancelled for."""
+    world, store = a_world([("MUG", "wh-west", 4)])
+    order = world.allocated(("MUG", 2), ("MUG", 2))
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order.id).items
+
+    assert planned_lines(item) == ([("wh-west", "L1", 2), ("wh-west", "L2", 2)], [])
+
+
 def test_a_body_naming_an_unknown_sku_is_refused_as_placing_it_would_be():
     """POST /orders answers 422 unknown_sku for such a body: the what-if planned it as merely
     unfillable, an answer about an order no one can place."""
@@ -1527,6 +1539,27 @@ def test_the_what_if_plans_for_a_new_order_the_units_an_older_held_backorder_wai
 
     assert reserved_at(world, newer) == {"wh-west": 2}
     assert planned_lines(planned) == ([("wh-west", "L1", 2)], [])
+
+
+def test_the_what_if_reads_no_further_page_of_the_queue_than_the_units_there_cover():
+    """30 orders wait for a PREORDER each; 5 arrive: the first page's 5 oldest are owed them all, so
+    the what-if reads that page and its orders once, as ReserveStock stops there, not the next."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for _ in range(30):
+        older = world.place(("PREORDER", 1))
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    sim, _, _ = simulator(world, store)
+    queues, orders = Counting(world.backorders), Counting(world.orders)
+    sim._backorders, sim._orders = queues, orders
+
+    [planned] = what_if(sim, *bodies([("PREORDER", 1)])).items
+
+    assert queues.calls == {"waiting": 1} and orders.calls == {"get_many": 1}
+    assert planned_lines(planned) == ([], [("L1", 1)])
 
 
 def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_at():
