@@ -557,6 +557,19 @@ def test_a_what_if_names_the_rules_it_changed_beside_the_version_it_starts_from(
     assert first_reason(changed) == "sourcing rules v1 with excluded_locations and prefer as given"
 
 
+def test_the_what_if_of_an_order_planned_whole_says_nothing_of_waiting_backordered():
+    """Only an order left with unfillable units would wait: one planned whole has the rules' reason
+    and the plugin's, and no word of a backorder."""
+    world, store = a_world([("MUG", "wh-west", 10)])
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, *bodies([("MUG", 2)])).items
+
+    assert item.unfillable == [] and [s.location_id for s in item.shipments] == ["wh-west"]
+    assert item.reasons[0] == "sourcing rules v0" and len(item.reasons) > 1
+    assert not any("backordered" in reason for reason in item.reasons), item.reasons
+
+
 def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     world, store = a_world([("MUG", "wh-west", 10)])
     order_id = world.place(("MUG", 2))
