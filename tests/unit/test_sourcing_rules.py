@@ -570,6 +570,23 @@ def test_the_what_if_of_an_order_planned_whole_says_nothing_of_waiting_backorder
     assert not any("backordered" in reason for reason in item.reasons), item.reasons
 
 
+def test_the_what_if_of_a_pickup_its_store_rejected_says_the_network_not_the_rules_leaves_it_no_location():
+    """The rules exclude nothing: the store that rejected it is the only location that may supply a
+    pickup there, and ReserveStock cancels it out_of_stock whatever the rules say."""
+    world, store = a_world([("MUG", "store-sf", 2)])
+    order = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.reject(order.id, order.shipments[0].id, "no staff", actor="key_store")
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order.id).items
+
+    assert item.shipments == [] and item.reasons[1:] == [
+        "no location that ships orders may supply this order",
+        "allocation would cancel this order out_of_stock: no plan covers, from the locations that may supply it, "
+        "what may not wait backordered",
+    ]
+
+
 def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     world, store = a_world([("MUG", "wh-west", 10)])
     order_id = world.place(("MUG", 2))
