@@ -571,6 +571,32 @@ def test_an_edit_never_gives_the_units_an_order_holds_to_an_older_backordered_or
     assert world.order(older).short_of() == {"L1": 1}
 
 
+def test_an_edit_keeps_the_units_an_order_holds_where_an_older_order_lacks_more_than_the_units_that_arrived():
+    """As above, the older order lacks 2 at wh-west, where 1 more unit arrived (not handed to the
+    queue yet): that unit is held back for it, and no more. Holding back all 2 it lacks took one of
+    the younger order's own, which then waited backordered for an edit that asked for no more."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    older = backordered(world, ("PREORDER", 3))
+    younger = backordered(world, ("PREORDER", 1))
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # passes the held order over
+    holds.release(older, ReleaseRequest(), actor="key_ops")
+    with pytest.raises(Backordered):
+        world.run(older)
+    assert world.order(older).short_of() == {"L1": 2}
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")  # not handed to the queue yet
+    before = world.order(younger)
+
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)], shipping_method="express")
+    world.actions.edit(younger, before.version, edit, actor="key_web")
+    world.run(younger)
+
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.level("PREORDER", "wh-west") == (3, 2, 1)  # the arrived unit left to the older order
+
+
 def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(setup, monkeypatch):
     world, _, _ = setup
     order_id = world.place(("PREORDER", 3))
