@@ -1129,6 +1129,24 @@ def test_an_order_the_rules_leave_no_location_is_parked_though_a_count_left_anot
     assert item.reasons[-1].startswith("allocation would put this order on hold for a person"), item
 
 
+def test_an_order_the_rules_leave_no_location_is_parked_for_its_product_that_may_not_wait_whatever_the_others_lack():
+    """Every location excluded: the MUG (it may not wait) is at wh-east, the PREORDER (it may) nowhere.
+    Only the MUG decides: put back, the rules give it its MUG and it waits for the PREORDER, so it
+    is parked for a person, not cancelled because no location has the PREORDER either."""
+    world, store = a_world([("MUG", "wh-east", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("MUG", 1), ("PREORDER", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order_id)
+
+    assert item.reasons[-1].startswith("allocation would put this order on hold for a person"), item
+
+
 AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
 AGREE_SKUS = ["MUG", "TSHIRT", "PREORDER", "CAP"]
 
@@ -1387,6 +1405,37 @@ def test_the_what_if_leaves_an_older_order_a_count_excluded_the_units_restocked_
 
     assert reserved_at(world, newer) == {}
     assert planned_lines(as_body) == ([], [("L1", 2)])
+
+
+def test_the_what_if_leaves_an_older_order_a_count_excluded_its_units_where_it_was_restocked_and_elsewhere():
+    """As above, with 2 units restocked at wh-west and 2 arriving at wh-east: the older order lacks
+    3 and may take them at both, so neither ReserveStock nor the what-if gives a newer order any.
+    Counting it owed only where the count's exclusion lapsed handed it wh-east's 2."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # holds the 2 at wh-west
+    counts = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    counts.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")  # neither handed to the queue yet
+    world.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, newer).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {} and planned_lines(planned) == ([], [("L1", 2)])
 
 
 def test_no_stock_item_is_read_for_an_older_order_a_count_excluded_where_no_unit_is_free(monkeypatch):
