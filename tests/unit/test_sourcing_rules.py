@@ -853,6 +853,33 @@ def test_under_max_shipments_an_order_holds_both_products_that_may_not_wait_wher
     assert world.order(order_id).short_of() == {"L3": 5}
 
 
+def test_under_max_shipments_3_an_order_holds_what_may_not_wait_then_the_most_of_the_rest_at_a_third_location():
+    """A MUG at wh-east, a TSHIRT at wh-west (neither may wait), PREORDER 5 at wh-east, 4 at wh-north
+    and 3 at wh-south, max_shipments 3: held first, wh-east and wh-west take what may not wait, and
+    the third location is wh-north, which supplies the most of the rest (9 PREORDER held, not 5)."""
+    world, store = a_world([("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for location_id, latitude, units in (("wh-north", 47.6, 4), ("wh-south", 32.7, 3)):
+        world.catalog.put_location(location(location_id, latitude=latitude, longitude=-117.0))
+        world.inventory.set_on_hand("PREORDER", location_id, units, reason="count")
+    world.inventory.set_on_hand("PREORDER", "wh-east", 5, reason="count")
+    put(store, max_shipments=3)
+    order_id = world.place(("MUG", 1), ("TSHIRT", 1), ("PREORDER", 12))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, order_id).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 1 + 5, "wh-west": 1, "wh-north": 4}
+    assert planned_lines(planned) == (
+        [("wh-east", "L1", 1), ("wh-east", "L3", 5), ("wh-north", "L3", 4), ("wh-west", "L2", 1)],
+        [("L3", 3)],
+    )
+    assert world.order(order_id).short_of() == {"L3": 3}
+
+
 def test_a_sourcing_plugin_that_edits_its_rules_changes_neither_the_stored_rules_nor_the_reservation():
     store = InMemorySourcingRules()
     world = build_world([("MUG", "wh-west", 3)], EditsItsRules(), sourcing_rules=store)
