@@ -1650,6 +1650,18 @@ def test_an_order_holding_units_at_two_points_is_counted_at_the_one_holding_more
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
 
 
+def test_an_order_is_counted_at_the_point_holding_more_of_the_sku_it_lacks_not_of_its_other_skus():
+    """It holds 2 PREORDER at wh-west, 1 at wh-east beside its 3 MUGs there, and lacks 2 PREORDER:
+    a fill tops the PREORDER line up where most of its PREORDER are, wh-west; its MUGs do not count."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2), ("PREORDER", "wh-east", 1), ("MUG", "wh-east", 3)])
+    order_id = backordered(world, ("MUG", 3), ("PREORDER", 5))
+    assert {(a.location_id, a.line_id, a.quantity) for a in world.order(order_id).allocations} == {
+        ("wh-east", "L1", 3), ("wh-west", "L2", 2), ("wh-east", "L2", 1)
+    }  # fmt: skip
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
 def test_an_order_is_counted_where_it_was_first_placed_whatever_points_come_or_go():
     """Placed again at each crossing, an order counted at the only point (wh-east) moved to a point
     added later where it ranks first (wh-west), whose draft bought it again; counted at wh-west,
