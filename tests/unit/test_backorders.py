@@ -151,6 +151,19 @@ def test_a_short_product_that_does_not_allow_backorder_still_ends_out_of_stock(s
     assert world.backorders.waiting("PREORDER", None, 10) == []
 
 
+def test_an_order_nothing_is_in_stock_for_says_what_it_waits_for_and_not_that_it_has_no_units_to_source():
+    """The plugins plan the part in stock, here nothing: their "no units to source" would tell the
+    reader of the history that the order asked for nothing."""
+    world, _, _ = make_world([("TSHIRT", "wh-east", 5)])  # no PREORDER anywhere
+    order_id = backordered(world, ("PREORDER", 2))
+
+    entry = world.history(order_id)[-1]
+    assert entry.type == "backordered" and world.order(order_id).allocations == []
+    assert entry.detail["reasons"] == [
+        "waiting backordered for PREORDER x2 (L1): more than the locations that may supply the order hold for it now"
+    ]
+
+
 def test_a_backordered_order_is_not_allocated_by_create_shipments_until_every_unit_is_reserved(setup):
     world, _, _ = setup
     order_id = backordered(world, ("PREORDER", 3))
@@ -576,6 +589,32 @@ def test_an_edit_never_gives_the_units_an_order_holds_to_an_older_backordered_or
     assert world.order(younger).status is S.ALLOCATED
     assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
     assert world.order(older).short_of() == {"L1": 1}
+
+
+def test_an_edit_keeps_the_units_an_order_holds_where_an_older_order_lacks_more_than_the_units_that_arrived():
+    """As above, the older order lacks 2 at wh-west, where 1 more unit arrived (not handed to the
+    queue yet): that unit is held back for it, and no more. Holding back all 2 it lacks took one of
+    the younger order's own, which then waited backordered for an edit that asked for no more."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    older = backordered(world, ("PREORDER", 3))
+    younger = backordered(world, ("PREORDER", 1))
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # passes the held order over
+    holds.release(older, ReleaseRequest(), actor="key_ops")
+    with pytest.raises(Backordered):
+        world.run(older)
+    assert world.order(older).short_of() == {"L1": 2}
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")  # not handed to the queue yet
+    before = world.order(younger)
+
+    edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)], shipping_method="express")
+    world.actions.edit(younger, before.version, edit, actor="key_web")
+    world.run(younger)
+
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.level("PREORDER", "wh-west") == (3, 2, 1)  # the arrived unit left to the older order
 
 
 def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(setup, monkeypatch):
@@ -1617,6 +1656,28 @@ def test_an_order_that_may_take_units_at_two_points_is_counted_at_the_one_it_shi
     the drafts of both bought them; a fill tops it up at wh-west first."""
     world, allocator, _ = setup
     backordered(world, ("PREORDER", 3))
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
+def test_an_order_holding_units_at_two_points_is_counted_at_the_one_holding_more_of_them():
+    """It holds 2 PREORDER at wh-west and 1 at wh-east and lacks 2: a fill tops it up where it
+    holds the most first, so wh-west's point buys them (wh-east comes first by id)."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2), ("PREORDER", "wh-east", 1)])
+    order_id = backordered(world, ("PREORDER", 5))
+    assert {(a.location_id, a.quantity) for a in world.order(order_id).allocations} == {("wh-west", 2), ("wh-east", 1)}
+
+    assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
+
+
+def test_an_order_is_counted_at_the_point_holding_more_of_the_sku_it_lacks_not_of_its_other_skus():
+    """It holds 2 PREORDER at wh-west, 1 at wh-east beside its 3 MUGs there, and lacks 2 PREORDER:
+    a fill tops the PREORDER line up where most of its PREORDER are, wh-west; its MUGs do not count."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2), ("PREORDER", "wh-east", 1), ("MUG", "wh-east", 3)])
+    order_id = backordered(world, ("MUG", 3), ("PREORDER", 5))
+    assert {(a.location_id, a.line_id, a.quantity) for a in world.order(order_id).allocations} == {
+        ("wh-east", "L1", 3), ("wh-west", "L2", 2), ("wh-east", "L2", 1)
+    }  # fmt: skip
 
     assert demand(allocator, BOTH) == {"wh-east": 0, "wh-west": 2}
 

@@ -633,6 +633,18 @@ def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
             SourcingRules(max_shipments=1),
             r"2 locations, more than max_shipments \(1\)",
         ),
+        # Summed, each covers the 2 units: 3 reserved at one location and -1 "reserved" at another
+        # (a release of a unit never held), or a parcel of no units booked beside the one.
+        (
+            [Allocation(line_id="L1", location_id=loc, quantity=q) for loc, q in (("wh-east", 3), ("wh-west", -1))],
+            SourcingRules(),
+            "quantity=-1",
+        ),
+        (
+            [Allocation(line_id="L1", location_id=loc, quantity=q) for loc, q in (("wh-east", 2), ("wh-west", 0))],
+            SourcingRules(),
+            "quantity=0",
+        ),
     ],
 )
 def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocations, rules, problem):

@@ -23,6 +23,7 @@ from core.errors import (
     StaleVersion,
     UnknownSku,
 )
+from core.holds import HoldRequest, Holds
 from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.ports import WorkflowStarter
@@ -34,7 +35,7 @@ from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
 from functions.plugin_loading import load_plugin_manager
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemoryCatalog, InMemorySourcingRules
-from tests.builders import NOW, location, order_body, place_order, product
+from tests.builders import NOW, address_body, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.properties import at_length
 from tests.unit.conftest import a_stored_order, an_address
@@ -296,6 +297,41 @@ def test_a_backorderable_order_in_stock_only_beyond_max_shipments_waits_instead_
     assert [e.order_id for e in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
 
 
+@pytest.mark.parametrize(("ordered", "within"), [(2, " within max_shipments (1)"), (3, "")])
+def test_the_history_of_a_backorder_says_when_max_shipments_not_the_stock_left_it_short(ordered, within):
+    """One PREORDER at each warehouse, max_shipments 1: an order of 2 has its units in stock, and
+    waits for one only because it may ship from one location; an order of 3 is short in total."""
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("PREORDER", ordered))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserve_entry(world, order_id).detail["reasons"][0] == (
+        f"waiting backordered for PREORDER x{ordered - 1} (L1): more than the locations that may supply the order "
+        f"hold for it now{within}; the reasons after this one are about the units it holds"
+    )
+
+
+def test_a_backorder_under_max_shipments_holds_what_the_location_with_the_most_units_has():
+    """One PREORDER at wh-west (the nearer), three at wh-east, max_shipments 1: the order of 5 holds
+    the 3 and waits for 2, not the 1 and waiting for 4."""
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 3)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("PREORDER", 5), shipping_address=address_body(latitude=37.77, longitude=-122.42))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 3}
+    assert world.order(order_id).short_of() == {"L1": 2}
+
+
 def test_an_order_whose_plan_under_max_shipments_leaves_a_product_that_cannot_wait_short_is_refused():
     """TSHIRT (no backorder) only at wh-east, MUG (no backorder) only at wh-west, PREORDER
     (backorder) short: no one location has both products that may not wait, so a plan kept to one
@@ -453,6 +489,36 @@ def test_two_rule_sets_compare_side_by_side_in_the_summary():
     assert store.versions == []  # a what-if writes no rules either
 
 
+def test_the_what_if_of_a_pickup_order_measures_its_parcel_to_the_store_it_is_collected_at():
+    """A Newark customer collecting at the San Francisco store: the parcel goes nowhere (0 km), as
+    the plan's destination is the store (its coordinates: the store's address has none of its own),
+    not the 4,100 km to the address a shipped order would go to, nor unknown."""
+    world, store = a_world([("MUG", "store-sf", 2)])
+    sim, _, _ = simulator(world, store)
+    [body] = bodies([("MUG", 1)])
+    newark = {**body["shipping_address"], "latitude": 40.73, "longitude": -74.17}
+    pickup = {**body, "shipping_address": newark, "fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": [pickup]}))
+
+    [item] = result.items
+    assert [(s.location_id, s.distance_km) for s in item.shipments] == [("store-sf", 0.0)]
+    assert result.summary.mean_distance_km == 0.0
+
+
+def test_a_what_if_lists_an_orders_shipments_by_location_id_whatever_order_the_plugin_planned_them_in():
+    """The plugin plans the TSHIRT line first, at wh-west (the nearer), then the MUG at wh-east, the
+    only one with mugs: two what-ifs of orders in either line order compare shipment by shipment."""
+    world, store = a_world([("TSHIRT", "wh-west", 5), ("TSHIRT", "wh-east", 5), ("MUG", "wh-east", 5)])
+    sim, _, _ = simulator(world, store)
+    [one, other] = bodies([("TSHIRT", 1), ("MUG", 1)], [("MUG", 1), ("TSHIRT", 1)])
+    in_sf = {**one["shipping_address"], "latitude": 37.77, "longitude": -122.42}
+
+    result = what_if(sim, {**one, "shipping_address": in_sf}, {**other, "shipping_address": in_sf})
+
+    assert [[s.location_id for s in item.shipments] for item in result.items] == [["wh-east", "wh-west"]] * 2
+
+
 def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_used():
     world, store = a_world([("PREORDER", "wh-west", 3), ("PREORDER", "wh-east", 2)])
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
@@ -491,6 +557,36 @@ def test_a_what_if_names_the_rules_it_changed_beside_the_version_it_starts_from(
     assert first_reason(changed) == "sourcing rules v1 with excluded_locations and prefer as given"
 
 
+def test_the_what_if_of_an_order_planned_whole_says_nothing_of_waiting_backordered():
+    """Only an order left with unfillable units would wait: one planned whole has the rules' reason
+    and the plugin's, and no word of a backorder."""
+    world, store = a_world([("MUG", "wh-west", 10)])
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, *bodies([("MUG", 2)])).items
+
+    assert item.unfillable == [] and [s.location_id for s in item.shipments] == ["wh-west"]
+    assert item.reasons[0] == "sourcing rules v0" and len(item.reasons) > 1
+    assert not any("backordered" in reason for reason in item.reasons), item.reasons
+
+
+def test_the_what_if_of_a_pickup_its_store_rejected_says_the_network_not_the_rules_leaves_it_no_location():
+    """The rules exclude nothing: the store that rejected it is the only location that may supply a
+    pickup there, and ReserveStock cancels it out_of_stock whatever the rules say."""
+    world, store = a_world([("MUG", "store-sf", 2)])
+    order = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    world.actions.reject(order.id, order.shipments[0].id, "no staff", actor="key_store")
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order.id).items
+
+    assert item.shipments == [] and item.reasons[1:] == [
+        "no location that ships orders may supply this order",
+        "allocation would cancel this order out_of_stock: no plan covers, from the locations that may supply it, "
+        "what may not wait backordered",
+    ]
+
+
 def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     world, store = a_world([("MUG", "wh-west", 10)])
     order_id = world.place(("MUG", 2))
@@ -502,6 +598,18 @@ def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     assert [(s.location_id, s.lines[0].quantity) for s in result.items[0].shipments] == [("wh-west", 2)]
     with pytest.raises(InvalidRequest):
         sim.simulate(SimulateSourcing.model_validate({"orders": ["ord_" + "a" * 24]}))
+
+
+def test_the_what_if_of_an_order_with_two_lines_of_a_sku_counts_the_units_both_hold_as_its_own():
+    """The 4 MUGs at wh-west, the only ones, are held by the order's two lines of 2: planned again
+    (as after an edit) it has them all, not the last line's 2 and a shortage it would be cancelled for."""
+    world, store = a_world([("MUG", "wh-west", 4)])
+    order = world.allocated(("MUG", 2), ("MUG", 2))
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order.id).items
+
+    assert planned_lines(item) == ([("wh-west", "L1", 2), ("wh-west", "L2", 2)], [])
 
 
 def test_a_body_naming_an_unknown_sku_is_refused_as_placing_it_would_be():
@@ -724,6 +832,54 @@ class EditsItsRules:
         return (yield)
 
 
+def test_under_max_shipments_an_order_holds_both_products_that_may_not_wait_where_a_third_location_has_the_rest():
+    """A MUG only at wh-east, a TSHIRT only at wh-west (neither may wait), 5 PREORDER only at
+    wh-north, max_shipments 2: the two locations supplying the most (wh-north and one warehouse)
+    leave a product that may not wait short. Held first, the two that may not wait are both held
+    and the PREORDER waits; holding first only the one left short dropped the other, and the order
+    was cancelled out_of_stock."""
+    world, store = a_world([("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.6, longitude=-122.3))
+    world.inventory.set_on_hand("PREORDER", "wh-north", 5, reason="count")
+    put(store, max_shipments=2)
+    order_id = world.place(("MUG", 1), ("TSHIRT", 1), ("PREORDER", 5))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 1, "wh-west": 1}
+    assert world.order(order_id).short_of() == {"L3": 5}
+
+
+def test_under_max_shipments_3_an_order_holds_what_may_not_wait_then_the_most_of_the_rest_at_a_third_location():
+    """A MUG at wh-east, a TSHIRT at wh-west (neither may wait), PREORDER 5 at wh-east, 4 at wh-north
+    and 3 at wh-south, max_shipments 3: held first, wh-east and wh-west take what may not wait, and
+    the third location is wh-north, which supplies the most of the rest (9 PREORDER held, not 5)."""
+    world, store = a_world([("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for location_id, latitude, units in (("wh-north", 47.6, 4), ("wh-south", 32.7, 3)):
+        world.catalog.put_location(location(location_id, latitude=latitude, longitude=-117.0))
+        world.inventory.set_on_hand("PREORDER", location_id, units, reason="count")
+    world.inventory.set_on_hand("PREORDER", "wh-east", 5, reason="count")
+    put(store, max_shipments=3)
+    order_id = world.place(("MUG", 1), ("TSHIRT", 1), ("PREORDER", 12))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, order_id).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-east": 1 + 5, "wh-west": 1, "wh-north": 4}
+    assert planned_lines(planned) == (
+        [("wh-east", "L1", 1), ("wh-east", "L3", 5), ("wh-north", "L3", 4), ("wh-west", "L2", 1)],
+        [("L3", 3)],
+    )
+    assert world.order(order_id).short_of() == {"L3": 3}
+
+
 def test_a_sourcing_plugin_that_edits_its_rules_changes_neither_the_stored_rules_nor_the_reservation():
     store = InMemorySourcingRules()
     world = build_world([("MUG", "wh-west", 3)], EditsItsRules(), sourcing_rules=store)
@@ -942,6 +1098,80 @@ def test_an_order_sent_back_holding_the_only_units_is_parked_not_cancelled_when_
     world.workflow.park_after_failure(order.id, "OutOfReach", "")
     parked = world.order(order.id)
     assert parked.status is S.ON_HOLD and parked.payment.status.value == "authorized"
+
+
+def test_an_order_the_rules_leave_no_location_whose_units_are_held_only_where_it_was_rejected_is_cancelled(
+    monkeypatch,
+):
+    """wh-west rejected its parcel while the inventory refused the release: it still holds the only
+    2 MUGs there, at a location never asked again for it. With wh-east excluded no setting put back
+    finds it a unit: out of stock (a cancel), not parked for a person who could do nothing but
+    cancel it, and its what-if says so."""
+    world, store = a_world([("MUG", "wh-west", 2)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    with pytest.raises(TimeoutError):
+        world.actions.reject(order.id, order.shipments[0].id, "damaged", actor="key_wh")
+    monkeypatch.undo()
+    assert world.order(order.id).excluded_locations == ["wh-west"] and reserved_at(world, order.id) == {"wh-west": 2}
+    put(store, excluded_locations=["wh-east"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order.id]})).items
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order.id)
+
+    assert item.reasons[-1].startswith("allocation would cancel this order out_of_stock"), item
+
+
+def test_an_order_the_rules_leave_no_location_is_parked_though_a_count_left_another_location_below_its_reservations():
+    """A stock take at wh-west counted 5 under the 8 reserved there and died before its rejects:
+    available -3 there until it is sent again. wh-east's 2 MUGs are the order's once the rules are
+    put back; counted against wh-west's -3 they were -1, and the order was cancelled out_of_stock."""
+    world, store = a_world([("MUG", "wh-west", 8), ("MUG", "wh-east", 2)])
+    world.allocated(("MUG", 4))
+    world.allocated(("MUG", 4))
+
+    def died(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the Lambda timed out after the count")
+
+    with pytest.raises(RuntimeError):
+        InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=died).count(
+            "MUG", "wh-west", 5
+        )
+    assert world.level("MUG", "wh-west") == (5, 8, -3)
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order_id)
+
+    assert item.reasons[-1].startswith("allocation would put this order on hold for a person"), item
+
+
+def test_an_order_the_rules_leave_no_location_is_parked_for_its_product_that_may_not_wait_whatever_the_others_lack():
+    """Every location excluded: the MUG (it may not wait) is at wh-east, the PREORDER (it may) nowhere.
+    Only the MUG decides: put back, the rules give it its MUG and it waits for the PREORDER, so it
+    is parked for a person, not cancelled because no location has the PREORDER either."""
+    world, store = a_world([("MUG", "wh-east", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("MUG", 1), ("PREORDER", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order_id)
+
+    assert item.reasons[-1].startswith("allocation would put this order on hold for a person"), item
 
 
 AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
@@ -1204,6 +1434,77 @@ def test_the_what_if_leaves_an_older_order_a_count_excluded_the_units_restocked_
     assert planned_lines(as_body) == ([], [("L1", 2)])
 
 
+def test_the_what_if_leaves_an_older_order_a_count_excluded_its_units_where_it_was_restocked_and_elsewhere():
+    """As above, with 2 units restocked at wh-west and 2 arriving at wh-east: the older order lacks
+    3 and may take them at both, so neither ReserveStock nor the what-if gives a newer order any.
+    Counting it owed only where the count's exclusion lapsed handed it wh-east's 2."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # holds the 2 at wh-west
+    counts = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    counts.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")  # neither handed to the queue yet
+    world.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, newer).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {} and planned_lines(planned) == ([], [("L1", 2)])
+
+
+def test_no_stock_item_is_read_for_an_older_order_a_count_excluded_where_no_unit_is_free(monkeypatch):
+    """A count at wh-west sent the older order elsewhere; units then arrived at wh-east only. Whether
+    wh-west was restocked since that count matters only where units are free for a newer order to
+    take: ReserveStock and the what-if read the stock items a count excluded only there, and
+    wh-west has none (a read per older order a count excluded, on the step's time limit)."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # holds the 2 at wh-west
+    counts = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    counts.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")  # not handed to the queue yet
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+    asked: list[set[tuple[str, str]]] = []
+    restocked_since_count = world.inventory.restocked_since_count
+
+    def recorded(items: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        asked.append(set(items))
+        return restocked_since_count(items)
+
+    monkeypatch.setattr(world.inventory, "restocked_since_count", recorded)
+
+    [planned] = what_if(sim, newer).items
+    world.workflow.reserve_stock(newer)
+
+    assert asked == []
+    # The older order's 3 of the 5 are left to it.
+    assert reserved_at(world, newer) == {"wh-east": 2} and planned_lines(planned) == ([("wh-east", "L1", 2)], [])
+
+
 BEHIND_OLDER = given(
     waiting=st.lists(
         st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 3)), min_size=1, max_size=2), max_size=3
@@ -1280,6 +1581,93 @@ def test_the_what_if_reads_each_queue_once_whatever_the_number_of_orders():
     assert result.summary.unfillable_units == 100  # each body gets the 2 units the older orders are not owed
 
 
+def test_the_what_if_leaves_older_orders_beyond_the_first_page_of_the_queue_their_units_as_reservestock_does():
+    """30 orders wait for a PREORDER each, more than a page of the queue (25); 40 arrive, not handed
+    over yet. ReserveStock reads on and leaves the new order the 10 the 30 are not owed: the what-if
+    plans those 10 too, neither the 15 the first page leaves nor none (a page read twice)."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for _ in range(30):
+        older = world.place(("PREORDER", 1))
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 40, reason="receipt")
+    newer = world.place(("PREORDER", 12))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, newer).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {"wh-west": 10}
+    assert planned_lines(planned) == ([("wh-west", "L1", 10)], [("L1", 2)])
+
+
+def test_the_what_if_reads_no_older_order_that_holds_every_unit_of_the_sku_it_looks_at():
+    """The older order holds its 2 MUGs and waits for a PREORDER: its MUG queue entry says it lacks
+    none (`holds`), so the what-if of a MUG order reads no order, as ReserveStock reads none."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    world.inventory.adjust("MUG", "wh-west", 5, reason="receipt")
+    older = world.place(("MUG", 2), ("PREORDER", 1))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    assert [e.holds for e in world.backorders.waiting("MUG", None, 10)] == [True]
+    sim, _, _ = simulator(world, store)
+    orders = Counting(world.orders)
+    sim._orders = orders
+
+    [planned] = what_if(sim, *bodies([("MUG", 3)])).items
+
+    assert orders.calls == {} and planned_lines(planned) == ([("wh-west", "L1", 3)], [])
+
+
+def test_the_what_if_plans_for_a_new_order_the_units_an_older_held_backorder_waits_for_as_reservestock_does():
+    """Nothing is reserved for a held order and it keeps no younger order waiting: the units that
+    arrived for the older order, held for review, go to the new one, in ReserveStock and its what-if."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    older = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    Holds(world.orders, clock=lambda: NOW).hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")  # not handed to the queue yet
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [planned] = what_if(sim, newer).items
+    world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {"wh-west": 2}
+    assert planned_lines(planned) == ([("wh-west", "L1", 2)], [])
+
+
+def test_the_what_if_reads_no_further_page_of_the_queue_than_the_units_there_cover():
+    """30 orders wait for a PREORDER each; 5 arrive: the first page's 5 oldest are owed them all, so
+    the what-if reads that page and its orders once, as ReserveStock stops there, not the next."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for _ in range(30):
+        older = world.place(("PREORDER", 1))
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    sim, _, _ = simulator(world, store)
+    queues, orders = Counting(world.backorders), Counting(world.orders)
+    sim._backorders, sim._orders = queues, orders
+
+    [planned] = what_if(sim, *bodies([("PREORDER", 1)])).items
+
+    assert queues.calls == {"waiting": 1} and orders.calls == {"get_many": 1}
+    assert planned_lines(planned) == ([], [("L1", 1)])
+
+
 def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_at():
     """A store's pickup orders waiting for a sku may take none of its units at a warehouse: their
     queue entries say so (`supplied_by`), and ReserveStock passes them over unread. The what-if
@@ -1313,6 +1701,31 @@ def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_a
 
     assert read == [older]
     assert planned_lines(planned) == ([("wh-west", "L1", 1)], [("L1", 1)])  # 3 of the 4 units are the older order's
+
+
+def test_the_what_if_of_an_order_sold_to_wait_for_a_product_that_no_longer_allows_backorder_still_waits():
+    """A product that stops allowing backorder stops new orders, not the ones already waiting for it
+    (Order.may_wait): sourced again, the order holds its unit and waits for the other 2, and its
+    what-if says so rather than the cancel a new order of it would get."""
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=False))
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order_id).items
+    order = world.order(order_id)
+    moved = OrderEdit.model_validate({"shipping_address": address_body(line1="2 Market St")})
+    world.actions.edit(order_id, order.version, moved, actor="key_web")  # sent back to be sourced
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-west": 1}
+    assert planned_lines(item) == ([("wh-west", "L1", 1)], [("L1", 2)])
+    assert item.reasons[-1] == "allocation would hold what is planned and wait backordered for the unfillable units"
 
 
 def test_the_what_if_of_an_order_reservestock_cancels_for_a_product_that_may_not_wait_ships_nothing():
