@@ -654,7 +654,7 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
         if header and width is not None and spanned > 1:
             # A header further on with a line break in a cell (as a header on line 1 has: that file
             # fails): it cannot be used (_csv_orders), and the rows after it are not read by line
-            # 1's columns, unless its quote swallowed rows of their own, which are read.
+            # 1's columns; nor are those its quote swallowed, read again (_unclosed_quote).
             if not _quoted_as_written(feed.record, separator) and _rows_resume(feed.record, separator, width):
                 yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
                 feed.reread_after_first()
@@ -687,6 +687,12 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
 
 
 def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
+    joined = _leading_cells(first, separator) if "external_id" in (first.text or "").lower() else None
+    if joined and _is_header(joined):
+        # A header further on (files joined together) whose quote is not closed on its line: one
+        # that cannot be used (_csv_orders). The rows its quote swallowed, read again, are under it,
+        # not read by the columns of the header before it.
+        return _Row(start, cells=joined, lines=spanned, header=True)
     # Its number of cells may be the header's: a quote in the same column of a later row closes it.
     counted = (
         f"{cells} cells over {spanned} lines where the header has {width}"
@@ -954,7 +960,7 @@ def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Ite
             again = _column_names(row.cells)
             problems = _header_problems(again)
             if row.lines > 1:
-                problems = f"a cell of it holds a line break, running on to line {row.line + row.lines - 1}"
+                problems = "a quote opened on it is not closed on its line"
             if problems is not None:
                 message = (
                     f"this line is a CSV header again, and cannot be used ({problems}): the rows after it "

@@ -1494,6 +1494,28 @@ def test_a_joined_header_with_a_line_break_in_a_cell_is_reported_and_its_rows_no
         (5, "ext-2", "invalid_header"),
         (6, None, "repeated_header"),
     ]
-    assert "line break" in error_on(orders, 3).message
+    assert "a quote opened on it is not closed on its line" in error_on(orders, 3).message
     assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 5).message
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (7, "ext-3")]
+
+
+@pytest.mark.parametrize("closed_by_a_later_row", [False, True])
+def test_a_joined_header_whose_quote_swallows_rows_is_reported_and_its_rows_not_read_by_line_1_s(
+    closed_by_a_later_row: bool,
+):
+    # Its rows were read again after it, by line 1's columns: the customer and recipient names of
+    # its export went into each other's silently.
+    swapped = list(COLUMNS)
+    first, second = swapped.index("customer_name"), swapped.index("ship_name")
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    names = {"customer_name": "Ada Buyer", "ship_name": "Bob Recipient"}
+    broken = ",".join(swapped).replace("shipping_method", '"shipping_method')
+    later = row_in(swapped, "ext-3", **names)
+    if closed_by_a_later_row:
+        later = later.replace("Ada Buyer", '"Ada Buyer"')
+
+    orders = read(csv_file(row("ext-1", **names), broken, row_in(swapped, "ext-2", **names), later))
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1")]
+    assert errors_of(orders)[0] == (3, None, "invalid_header")
+    assert sorted(o.external_id for o in orders if o.error is not None and o.line > 3) == ["ext-2", "ext-3"]
