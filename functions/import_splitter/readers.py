@@ -592,6 +592,15 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                 reader = csv.reader(feed, delimiter=separator, strict=False)
                 continue
             start = feed.record[0].number
+            joined = _joined_header(feed.record[0], separator) if width is not None else None
+            if joined is not None:
+                # A header further on whose quote runs on into a line not UTF-8: one that cannot
+                # be used (_csv_orders), as when it runs on into rows; not an order row, with the
+                # rows after it read by line 1's columns.
+                yield _Row(start, cells=joined, lines=len(feed.record), header=True)
+                feed.reread_after_first()
+                reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
             message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
             yield _Row(
                 start,
@@ -687,8 +696,8 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
 
 
 def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
-    joined = _leading_cells(first, separator) if "external_id" in (first.text or "").lower() else None
-    if joined and _is_header(joined):
+    joined = _joined_header(first, separator)
+    if joined is not None:
         # A header further on (files joined together) whose quote is not closed on its line: one
         # that cannot be used (_csv_orders). The rows its quote swallowed, read again, are under it,
         # not read by the columns of the header before it.
@@ -707,6 +716,20 @@ def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: Phy
         error=LineError(start, None, "unclosed_quote", message),
         leading_cells=_leading_cells(first, separator),
     )
+
+
+def _joined_header(first: PhysicalLine, separator: str) -> list[str] | None:
+    """The cells a broken record's first line shows whole, when that line is a header further on
+    (files joined together) whose quote is not closed on it; None for an order row. The cells after
+    the quote are looked at too, as if it were not there: an order's quantity may be among them (a
+    row whose cells before it name channel and external_id is an order all the same)."""
+    if "external_id" not in (first.text or "").lower():
+        return None
+    joined = _leading_cells(first, separator)
+    if not joined or not _is_header(joined):
+        return None
+    unquoted = next(csv.reader([(first.text or "").strip("\r\n")], delimiter=separator, quoting=csv.QUOTE_NONE))
+    return joined if _is_header([cell.strip('"') for cell in unquoted]) else None
 
 
 def _quoted_as_written(record: list[PhysicalLine], separator: str) -> bool:
