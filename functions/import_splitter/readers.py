@@ -529,6 +529,11 @@ class _Feed:
     def begin_record(self) -> None:
         self.record = []
 
+    def reread_all(self) -> None:
+        """Parse again every line of the current record."""
+        self._replay.extendleft(reversed(self.record))
+        self.record = []
+
     def reread_after_first(self) -> None:
         """Parse again every line of the current record but its first."""
         self._replay.extendleft(reversed(self.record[1:]))
@@ -681,6 +686,12 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                 if _is_header(split):
                     separator, cells, header = other, split, True
                     reader = csv.reader(feed, delimiter=separator, strict=False)
+                    if _quote_runs_on(text, separator):
+                        # A quoted cell of it runs on past its line: parsed again by its separator,
+                        # with the lines it runs on to (read alone, the next line would open a cell
+                        # swallowing the rows after it).
+                        feed.reread_all()
+                        continue
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
         elif (
@@ -781,17 +792,20 @@ def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
 def _opens_quote(line: PhysicalLine, separator: str) -> bool:
     """Whether a line not UTF-8, read lossily, opens a quote it does not close (a line break in a
     quoted cell): its row goes on past it, and only its leading cells say whose row it is."""
-    if line.lossy is None:
-        return False
+    return line.lossy is not None and _quote_runs_on(line.lossy, separator)
+
+
+def _quote_runs_on(text: str, separator: str) -> bool:
+    """Whether a line opens a quote it does not close: its record goes on past it."""
     asked_on = False
 
-    def lossy_line() -> Iterator[str]:
+    def one_line() -> Iterator[str]:
         nonlocal asked_on
-        yield line.lossy or ""
+        yield text
         asked_on = True  # the csv module reads on past a line only inside a quoted cell
 
     try:
-        next(csv.reader(lossy_line(), delimiter=separator, strict=False), None)
+        next(csv.reader(one_line(), delimiter=separator, strict=False), None)
     except csv.Error:
         return False
     return asked_on

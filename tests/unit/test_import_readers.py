@@ -1548,3 +1548,21 @@ def test_an_order_with_cells_that_are_column_names_opening_a_quote_is_a_broken_r
 
     assert errors_of(orders) == [(3, "external_id", "unclosed_quote")]
     assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-2", "ext-3"]
+
+
+def test_a_joined_header_by_semicolons_with_a_line_break_in_a_cell_is_reported_and_each_order_under_it():
+    # Split by semicolons on its first line only, its quoted cell was left open: the next line
+    # started a cell that swallowed the rest of the file, one error ("cut short") on line 4 for
+    # every order of that export, none on their own lines.
+    broken = ";".join(COLUMNS).replace("shipping_method", '"shipping_method\n"')
+    rows = [row(external_id).replace(",", ";") for external_id in ("ext-2", "ext-3")]
+
+    orders = read(csv_file(row("ext-1"), broken, *rows))
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (5, "ext-2", "invalid_header"),
+        (6, "ext-3", "invalid_header"),
+    ]
+    assert "a quote opened on it is not closed on its line" in error_on(orders, 3).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1")]
