@@ -529,6 +529,11 @@ class _Feed:
     def begin_record(self) -> None:
         self.record = []
 
+    def reread_all(self) -> None:
+        """Parse again every line of the current record."""
+        self._replay.extendleft(reversed(self.record))
+        self.record = []
+
     def reread_after_first(self) -> None:
         """Parse again every line of the current record but its first."""
         self._replay.extendleft(reversed(self.record[1:]))
@@ -592,6 +597,15 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                 reader = csv.reader(feed, delimiter=separator, strict=False)
                 continue
             start = feed.record[0].number
+            joined = _joined_header(feed.record[0], separator) if width is not None else None
+            if joined is not None:
+                # A header further on whose quote runs on into a line not UTF-8: one that cannot
+                # be used (_csv_orders), as when it runs on into rows; not an order row, with the
+                # rows after it read by line 1's columns.
+                yield _Row(start, cells=joined, lines=len(feed.record), header=True)
+                feed.reread_after_first()
+                reader = csv.reader(feed, delimiter=separator, strict=False)
+                continue
             message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
             yield _Row(
                 start,
@@ -672,6 +686,12 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
                 if _is_header(split):
                     separator, cells, header = other, split, True
                     reader = csv.reader(feed, delimiter=separator, strict=False)
+                    if _quote_runs_on(text, separator):
+                        # A quoted cell of it runs on past its line: parsed again by its separator,
+                        # with the lines it runs on to (read alone, the next line would open a cell
+                        # swallowing the rows after it).
+                        feed.reread_all()
+                        continue
         if width is None or header:
             width = len(cells)  # the header's, or that of one further on (files joined together)
         elif (
@@ -687,8 +707,8 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
 
 
 def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
-    joined = _leading_cells(first, separator) if "external_id" in (first.text or "").lower() else None
-    if joined and _is_header(joined):
+    joined = _joined_header(first, separator)
+    if joined is not None:
         # A header further on (files joined together) whose quote is not closed on its line: one
         # that cannot be used (_csv_orders). The rows its quote swallowed, read again, are under it,
         # not read by the columns of the header before it.
@@ -707,6 +727,20 @@ def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: Phy
         error=LineError(start, None, "unclosed_quote", message),
         leading_cells=_leading_cells(first, separator),
     )
+
+
+def _joined_header(first: PhysicalLine, separator: str) -> list[str] | None:
+    """The cells a broken record's first line shows whole, when that line is a header further on
+    (files joined together) whose quote is not closed on it; None for an order row. The cells after
+    the quote are looked at too, as if it were not there: an order's quantity may be among them (a
+    row whose cells before it name channel and external_id is an order all the same)."""
+    if "external_id" not in (first.text or "").lower():
+        return None
+    joined = _leading_cells(first, separator)
+    if not joined or not _is_header(joined):
+        return None
+    unquoted = next(csv.reader([(first.text or "").strip("\r\n")], delimiter=separator, quoting=csv.QUOTE_NONE))
+    return joined if _is_header([cell.strip('"') for cell in unquoted]) else None
 
 
 def _quoted_as_written(record: list[PhysicalLine], separator: str) -> bool:
@@ -758,17 +792,20 @@ def _lossy_cells(line: PhysicalLine, separator: str) -> list[str] | None:
 def _opens_quote(line: PhysicalLine, separator: str) -> bool:
     """Whether a line not UTF-8, read lossily, opens a quote it does not close (a line break in a
     quoted cell): its row goes on past it, and only its leading cells say whose row it is."""
-    if line.lossy is None:
-        return False
+    return line.lossy is not None and _quote_runs_on(line.lossy, separator)
+
+
+def _quote_runs_on(text: str, separator: str) -> bool:
+    """Whether a line opens a quote it does not close: its record goes on past it."""
     asked_on = False
 
-    def lossy_line() -> Iterator[str]:
+    def one_line() -> Iterator[str]:
         nonlocal asked_on
-        yield line.lossy or ""
+        yield text
         asked_on = True  # the csv module reads on past a line only inside a quoted cell
 
     try:
-        next(csv.reader(lossy_line(), delimiter=separator, strict=False), None)
+        next(csv.reader(one_line(), delimiter=separator, strict=False), None)
     except csv.Error:
         return False
     return asked_on

@@ -1519,3 +1519,50 @@ def test_a_joined_header_whose_quote_swallows_rows_is_reported_and_its_rows_not_
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1")]
     assert errors_of(orders)[0] == (3, None, "invalid_header")
     assert sorted(o.external_id for o in orders if o.error is not None and o.line > 3) == ["ext-2", "ext-3"]
+
+
+def test_a_joined_header_whose_quote_runs_into_a_line_not_utf8_is_reported_and_its_rows_not_read_by_line_1_s():
+    # The header was a malformed row (order "external_id", cut by the line not UTF-8), and the rows
+    # after it were read by line 1's columns: its export's customer and recipient names went into
+    # each other's silently.
+    swapped = list(COLUMNS)
+    first, second = swapped.index("customer_name"), swapped.index("ship_name")
+    swapped[first], swapped[second] = swapped[second], swapped[first]
+    names = {"customer_name": "Ada Buyer", "ship_name": "Bob Recipient"}
+    broken = ",".join(swapped).replace("shipping_method", '"shipping_method').encode() + b"\nf\xfcr\n"
+    rows = [row_in(swapped, external_id, **names) for external_id in ("ext-2", "ext-3")]
+
+    orders = read(csv_file(row("ext-1", **names)) + broken + "\n".join(rows).encode() + b"\n")
+
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1")]
+    assert errors_of(orders)[0] == (3, None, "invalid_header")
+    assert sorted(o.external_id for o in orders if o.error is not None and o.line > 4) == ["ext-2", "ext-3"]
+
+
+def test_an_order_with_cells_that_are_column_names_opening_a_quote_is_a_broken_row_not_a_header():
+    # Its cells before the quote named channel and external_id, so it was taken for the header of a
+    # file joined on, one that could not be used: every order after it was refused.
+    broken = row("external_id", customer_name="Channel").replace(",TSHIRT,", ',"TSHIRT,')
+
+    orders = read(csv_file(row("ext-1"), broken, row("ext-2"), row("ext-3")))
+
+    assert errors_of(orders) == [(3, "external_id", "unclosed_quote")]
+    assert [o.external_id for o in orders if o.error is None] == ["ext-1", "ext-2", "ext-3"]
+
+
+def test_a_joined_header_by_semicolons_with_a_line_break_in_a_cell_is_reported_and_each_order_under_it():
+    # Split by semicolons on its first line only, its quoted cell was left open: the next line
+    # started a cell that swallowed the rest of the file, one error ("cut short") on line 4 for
+    # every order of that export, none on their own lines.
+    broken = ";".join(COLUMNS).replace("shipping_method", '"shipping_method\n"')
+    rows = [row(external_id).replace(",", ";") for external_id in ("ext-2", "ext-3")]
+
+    orders = read(csv_file(row("ext-1"), broken, *rows))
+
+    assert errors_of(orders) == [
+        (3, None, "invalid_header"),
+        (5, "ext-2", "invalid_header"),
+        (6, "ext-3", "invalid_header"),
+    ]
+    assert "a quote opened on it is not closed on its line" in error_on(orders, 3).message
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1")]
