@@ -410,3 +410,15 @@ def test_a_cursor_issued_before_changes_were_known_by_their_place_naming_a_chang
     log = AccessLog(OrderQueries(Orders(*history[:2])), Reads(read("00000000-0000-0000-0000-000000000000", 3)))
     whole, _ = log.page(ORDER.id, None, 100, None)
     assert log.page(ORDER.id, None, 10, old(1, 3)) == (whole[2:], None)
+
+
+def test_a_read_whose_request_id_is_of_the_longest_a_read_may_have_is_paged_past():
+    # Stored (OrderRead.request_id takes it), a page ending on it hands out a cursor naming it, which
+    # the next page must take: a 422 there would stop the log at that read for good.
+    longest = "r" * 200
+    log = AccessLog(OrderQueries(Orders()), Reads(read(longest, 1), read("s1", 2)))
+
+    first, cursor = log.page(ORDER.id, None, 1, None)
+    rest, end = log.page(ORDER.id, None, 1, cursor)
+
+    assert [e.at.minute for e in first + rest] == [1, 2] and end is None

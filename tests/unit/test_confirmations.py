@@ -571,3 +571,16 @@ def test_another_channels_parcel_is_neither_readied_nor_delivered(world, action)
 
     assert isinstance(result.failure, NotFound)
     assert world.snapshot(order.id) == untouched
+
+
+def test_the_body_an_idempotency_key_stands_for_is_the_batch_as_sent_a_malformed_item_as_it_came():
+    # Two batches that differ only in a malformed row are two requests: under one Idempotency-Key the
+    # second is 409 idempotency_key_reused, not the first one's answer replayed.
+    good = {"order_id": "ord_" + "a" * 24, "shipment_id": "shp_" + "a" * 24, "action": "ship", "tracking_number": None}
+    malformed = {"order_id": "ord_b", "shipment_id": "shp_b", "action": "return"}
+
+    sent = ConfirmationBatch.model_validate({"items": [good, malformed]})
+
+    assert sent.as_sent() == {"items": [good, malformed]}
+    other = ConfirmationBatch.model_validate({"items": [good, {**malformed, "action": "cancel"}]})
+    assert other.as_sent() != sent.as_sent()
