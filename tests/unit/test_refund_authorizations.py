@@ -516,3 +516,20 @@ def test_a_return_of_all_that_shipped_then_a_cancel_of_the_rest_gives_the_shippi
     ]
     assert after.payment.refunded == (after.payment.captured if shipping_back else after.payment.captured - shipping)
     assert not owes_kept_back(after)  # nothing more is owed: a sweep asks nothing again
+
+
+def test_a_split_refund_whose_first_part_is_refused_asks_no_later_part_and_gives_nothing_back(world, clock):
+    # The refund fails with its first part: asked, a later part the gateway approved would give
+    # back money under a refund recorded failed, which its client, told so, makes again.
+    first, second = renewed_between_parcels(world, clock)
+    world.gateway.script("refund", "refuse", "approve")
+
+    refund = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    refund_id = refund_id_for(second.id, "appease-1")
+    assert refund.status == "failed"
+    assert world.gateway.keys("refund") == [payment_keys.refund_part(second.id, refund_id, first.payment.authorization)]
+    after = world.order(second.id)
+    [stored] = after.payment.refunds
+    assert [p.status for p in stored.parts or []] == ["failed", "failed"]
+    assert after.payment.refunded == Money.zero("USD") and world.spy.refunded == []
