@@ -213,6 +213,8 @@ def test_a_refund_of_what_a_return_kept_back_the_gateway_keeps_refusing_is_left_
         passes.append(sweep(world, clock).run(ACTOR))
 
     assert [(len(done.refused), len(done.given_up)) for done in passes] == [(1, 0), (1, 1), (0, 0)]
+    # A refused refund is no money back: never reported refunded (nor its order named for one).
+    assert [(done.refunded, done.order_of) for done in passes] == [([], {})] * KEPT_BACK_REFUSALS
     after = world.order(order.id)
     assert [r.status for r in after.payment.refunds[2:]] == ["failed"] * KEPT_BACK_REFUSALS
     assert owes_kept_back(after, refusals=None) and "refund_key" not in index_attributes(after)
