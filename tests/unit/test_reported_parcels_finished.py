@@ -172,6 +172,7 @@ def test_a_gateway_down_leaves_the_parcel_for_the_next_pass(world, clock, monkey
     done = kept_back_pass(world, clock)
 
     assert marked.id in done.gateway_down and done.reported_finished == {}
+    assert done.reported_given_up == {}  # waiting for the gateway, not left to a person
     between = world.order(marked.id)
     assert between.reported_to_finish() == [shipment_id]
     assert index_attributes(between)["refund_key"] == {"S": KEPT_BACK_KEY}
