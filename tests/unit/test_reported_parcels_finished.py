@@ -267,3 +267,19 @@ def test_a_gateway_found_down_on_one_marked_parcel_is_not_asked_for_the_next_one
     assert tried and all(key.startswith(first.id) for key in tried)
     assert world.order(second.id).reported_to_finish() == [second_parcel]
     assert world.order(first.id).reported_to_finish() == [first_parcel]
+
+
+def test_a_kept_back_pass_of_at_most_one_order_asked_finishes_one_marked_parcel_and_leaves_the_next(
+    world, clock, monkeypatch
+):
+    first, first_parcel, _ = marked_and_left(world, clock, monkeypatch)
+    second, second_parcel, _ = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    one_at_a_time = KeptBackSweep(
+        InMemoryKeptBackRefunds(world), world.orders, world.actions.refund_kept_back, clock,
+        release_stock=world.actions.release_owed_stock, after=AFTER, limit=1,
+    )  # fmt: skip
+
+    assert one_at_a_time.run(ACTOR).reported_finished == {first.id: [first_parcel]}
+    assert world.order(second.id).reported_to_finish() == [second_parcel]
+    assert one_at_a_time.run(ACTOR).reported_finished == {second.id: [second_parcel]}
