@@ -335,3 +335,90 @@ def test_a_page_after_a_cursor_is_read_on_the_history_as_it_is_never_a_moment_be
 
     assert cursor is not None and end is None
     assert [e.actor for e in first + rest] == ["key_shop", "key_ops", "key_reader"]
+
+
+def test_changes_past_a_page_of_changes_only_with_every_read_shown_are_on_the_next_page():
+    # An order read once, then changed four times: a page of two once every read was shown took the
+    # changes' window, had it been cut at the page's size, whole, and looked the log's last page.
+    history = [HistoryEntry(at=T0 + timedelta(minutes=m), type="created" if m == 1 else "edited", actor="key_shop",
+                            to_status=OrderStatus.PENDING) for m in (1, 2, 3, 4)]  # fmt: skip
+    log = AccessLog(OrderQueries(Orders(*history)), Reads(read("r1", 0)))
+
+    pages, cursor = [], None
+    for _ in range(3):
+        items, cursor = log.page(ORDER.id, None, 2, cursor)
+        pages.append([e.at.minute for e in items])
+        if cursor is None:
+            break
+
+    assert pages == [[0, 1], [2, 3], [4]] and cursor is None
+
+
+def test_two_reads_at_one_time_stored_out_of_request_id_order_are_paged_by_request_id_none_skipped():
+    # The store's own answer (AccessLogStore.reads_after) orders a time's reads by request id, as the
+    # cursor names them: in the order stored, a page of one showed r2, and the next went on after r2.
+    log = AccessLog(OrderQueries(Orders()), Reads(read("r2", 3), read("r1", 3)))
+
+    assert [e.actor + ":" + e.action for e in whole_log(log)] == ["key_reader:get"] * 2
+    first, cursor = log.page(ORDER.id, None, 1, None)
+    second, cursor = log.page(ORDER.id, None, 1, cursor)
+    assert cursor is None
+    assert [first[0].at, second[0].at] == [T0 + timedelta(minutes=3)] * 2
+    assert (first[0], second[0]) == tuple(log.page(ORDER.id, None, 2, None)[0])
+
+
+def _cursor(document: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"o": ORDER.id, "c": 1.0},  # a count of changes shown that is no count: 500 where it is 422
+        {"o": ORDER.id, "c": True},
+        {"o": ORDER.id, "at": T0.isoformat(), "k": 2, "key": "r1"},  # an entry of no kind
+        {"o": ORDER.id, "at": T0.isoformat(), "k": True, "key": "r1"},
+        {"o": ORDER.id, "c": 0, "at": "2026-12-01T12:00:00", "key": "r1"},  # a read's time with no zone
+    ],
+)
+def test_a_forged_cursor_naming_no_position_a_page_issues_is_invalid(document: dict):
+    from core.errors import InvalidCursor
+
+    log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), Reads(read("r1", 1)))
+    with pytest.raises(InvalidCursor):
+        log.page(ORDER.id, None, 10, _cursor(document))
+
+
+def test_a_cursor_issued_before_changes_were_known_by_their_place_naming_a_change_goes_on_to_every_read_after_it():
+    # Naming a change (its key is its place in the history), it names no read: the reads go on from
+    # that change's time, at it too whatever their request id. A page after it showing changes only
+    # names no read either, and the page after that goes on from there.
+    def old(place: int, minutes: int) -> str:
+        at = (T0 + timedelta(minutes=minutes)).isoformat()
+        return _cursor({"o": ORDER.id, "at": at, "k": 0, "key": f"{place:06d}"})
+
+    history = [HistoryEntry(at=T0 + timedelta(minutes=m), type="created" if m == 0 else "edited", actor="key_shop",
+                            to_status=OrderStatus.PENDING) for m in (0, 3, 4, 5)]  # fmt: skip
+    # Minutes 0c 3c 4c 5c 9r: after the change of minute 3 (place 1), a page of the next two changes.
+    log = AccessLog(OrderQueries(Orders(*history)), Reads(read("r9", 9)))
+    whole, _ = log.page(ORDER.id, None, 100, None)
+    only_changes, cursor = log.page(ORDER.id, None, 2, old(1, 3))
+    rest, end = log.page(ORDER.id, None, 10, cursor)
+    assert (only_changes, rest, end) == (whole[2:4], whole[4:], None)
+
+    # Minutes 0c 3c 3r: a read at that change's time whose request id sorts before the change's key.
+    log = AccessLog(OrderQueries(Orders(*history[:2])), Reads(read("00000000-0000-0000-0000-000000000000", 3)))
+    whole, _ = log.page(ORDER.id, None, 100, None)
+    assert log.page(ORDER.id, None, 10, old(1, 3)) == (whole[2:], None)
+
+
+def test_a_read_whose_request_id_is_of_the_longest_a_read_may_have_is_paged_past():
+    # Stored (OrderRead.request_id takes it), a page ending on it hands out a cursor naming it, which
+    # the next page must take: a 422 there would stop the log at that read for good.
+    longest = "r" * 200
+    log = AccessLog(OrderQueries(Orders()), Reads(read(longest, 1), read("s1", 2)))
+
+    first, cursor = log.page(ORDER.id, None, 1, None)
+    rest, end = log.page(ORDER.id, None, 1, cursor)
+
+    assert [e.at.minute for e in first + rest] == [1, 2] and end is None

@@ -14,6 +14,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     PluginError,
+    StaleVersion,
 )
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order
@@ -482,3 +483,104 @@ def test_a_malformed_item_echoes_only_ids_and_an_action_it_could_name():
     assert isinstance(refused, MalformedItem)
     assert (refused.position, refused.order_id, refused.shipment_id, refused.action) == (0, None, None, "ship")
     assert [d["field"] for d in refused.details] == ["items[0].order_id", "items[0].shipment_id", "items[0].wave"]
+
+
+def test_a_deliver_item_sent_with_a_null_tracking_number_is_delivered_as_one_without_it(world):
+    # A WMS that writes every field of its row sends `"tracking_number": null` beside `deliver`: no
+    # number given, as on the single route, not a number given with the wrong action.
+    order = world.allocated(("TSHIRT", 1))
+    shipment = order.shipments[0].id
+
+    results = run(
+        world, (order.id, shipment, "ship"),
+        {"order_id": order.id, "shipment_id": shipment, "action": "deliver", "tracking_number": None},
+    )  # fmt: skip
+
+    assert [r.failure for r in results] == [None, None]
+    assert results[1].shipment_status is ShipmentStatus.DELIVERED
+
+
+def test_a_batch_of_exactly_the_most_items_is_taken():
+    item = {"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship"}
+
+    assert len(ConfirmationBatch.model_validate({"items": [item] * MAX_ITEMS}).items) == MAX_ITEMS
+
+
+def test_each_result_answers_its_own_item_a_refused_one_after_another_item_too(world):
+    order = world.allocated(("TSHIRT", 1))
+    shipment = order.shipments[0].id
+    items = [(order.id, shipment, "ship"), (order.id, "shp_" + "b" * 24, "ship"), (order.id, shipment, "ready")]
+
+    results = run(world, *items)
+
+    assert [type(r.failure) for r in results] == [type(None), NotFound, InvalidTransition]
+    assert [(r.item.order_id, r.item.shipment_id, r.item.action) for r in results] == items
+
+
+def test_an_item_whose_order_concurrent_writers_kept_changing_is_retry_and_ships_once_sent_again(world, monkeypatch):
+    # Every write of its order lost to another writer (StaleVersion once the attempts are spent):
+    # nothing of it is recorded, the items after it run, and the warehouse is told to send it again.
+    contested, fine = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
+
+    def losing(write):
+        def lost(order, expected, *args, **kwargs):
+            if expected.id == contested.id:
+                raise StaleVersion(f"order {expected.id} moved on")
+            return write(order, expected, *args, **kwargs)
+
+        return lost
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.orders, "update", losing(world.orders.update))
+        patched.setattr(world.orders, "update_with_stock", losing(world.orders.update_with_stock))
+        results = run(world, (contested.id, contested.shipments[0].id, "ship"), (fine.id, fine.shipments[0].id, "ship"))
+
+    assert isinstance(results[0].failure, StaleVersion) and results[0].retry is True
+    assert results[1].failure is None
+    assert world.order(contested.id).shipments[0].status is ShipmentStatus.PENDING
+    (again,) = run(world, (contested.id, contested.shipments[0].id, "ship"))
+    assert again.failure is None and again.shipment_status is ShipmentStatus.SHIPPED
+    assert world.order(contested.id).payment.captured == world.order(contested.id).totals.grand_total
+
+
+def test_the_items_run_before_the_deadline_are_counted_without_the_malformed_ones(world):
+    first, second = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
+    clock = iter([0.0, 25.0])
+
+    results = confirm(
+        world.actions,
+        batch({"order_id": "ord_a", "action": "ship"}, *((o.id, o.shipments[0].id, "ship") for o in (first, second))),
+        "key_wms", None, lambda: next(clock), deadline_seconds=20.0,
+    )  # fmt: skip
+
+    assert [type(r.failure) for r in results] == [InvalidRequest, type(None), NotAttempted]
+    assert results[2].failure.message == (
+        "not attempted: the batch ran out of time once 1 of its 3 items had run; send this one again"
+    )
+
+
+@pytest.mark.parametrize("action", ["ready", "deliver"])
+def test_another_channels_parcel_is_neither_readied_nor_delivered(world, action):
+    order = world.allocated(("TSHIRT", 1), **PICKUP)  # channel "web"
+    shipment = order.shipments[0].id
+    if action == "deliver":
+        world.actions.ready(order.id, shipment, actor="key_store", channel=None)
+    untouched = world.snapshot(order.id)
+
+    (result,) = run(world, (order.id, shipment, action), channel="marketplace")
+
+    assert isinstance(result.failure, NotFound)
+    assert world.snapshot(order.id) == untouched
+
+
+def test_the_body_an_idempotency_key_stands_for_is_the_batch_as_sent_a_malformed_item_as_it_came():
+    # Two batches that differ only in a malformed row are two requests: under one Idempotency-Key the
+    # second is 409 idempotency_key_reused, not the first one's answer replayed.
+    good = {"order_id": "ord_" + "a" * 24, "shipment_id": "shp_" + "a" * 24, "action": "ship", "tracking_number": None}
+    malformed = {"order_id": "ord_b", "shipment_id": "shp_b", "action": "return"}
+
+    sent = ConfirmationBatch.model_validate({"items": [good, malformed]})
+
+    assert sent.as_sent() == {"items": [good, malformed]}
+    other = ConfirmationBatch.model_validate({"items": [good, {**malformed, "action": "cancel"}]})
+    assert other.as_sent() != sent.as_sent()

@@ -213,6 +213,8 @@ def test_a_refund_of_what_a_return_kept_back_the_gateway_keeps_refusing_is_left_
         passes.append(sweep(world, clock).run(ACTOR))
 
     assert [(len(done.refused), len(done.given_up)) for done in passes] == [(1, 0), (1, 1), (0, 0)]
+    # A refused refund is no money back: never reported refunded (nor its order named for one).
+    assert [(done.refunded, done.order_of) for done in passes] == [([], {})] * KEPT_BACK_REFUSALS
     after = world.order(order.id)
     assert [r.status for r in after.payment.refunds[2:]] == ["failed"] * KEPT_BACK_REFUSALS
     assert owes_kept_back(after, refusals=None) and "refund_key" not in index_attributes(after)
@@ -894,3 +896,43 @@ def test_the_upgrade_leaves_a_replacements_return_that_shows_what_went_back_unma
     short = item.model_copy(update={"refund": replacement.payment.refunded, "version": item.version + 1})
     world.returns.update(short, item)
     assert returns_shown_short(replacement, world.returns, drawn) == [back.id]
+
+
+def test_what_a_return_kept_back_is_shown_on_it_though_its_first_show_lost_a_race(world, clock, monkeypatch):
+    # As above; the return's show of what went back for it loses its conditional write to another
+    # writer of the return (StaleVersion): read again and written, not dropped, or the return would
+    # show none of the money given back for it.
+    from core.errors import StaleVersion
+
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = world.order(order.id).payment.captured
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    caps = world.shipment_at(order, "wh-east")
+    keep_back = returns._keep_back
+
+    def after_the_last_parcel(*args: object) -> None:
+        world.actions.ship(order.id, caps, None, actor="key_wh")
+        world.actions.deliver(order.id, caps, actor="key_wh")
+        keep_back(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(returns, "_keep_back", after_the_last_parcel)
+    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    update = world.returns.update
+    lost: list[str] = []
+
+    def loses_once(new: Return, expected: Return) -> None:
+        if new.id == item.id and not lost:
+            lost.append(new.id)
+            raise StaleVersion(f"return {new.id} moved on")
+        update(new, expected)
+
+    monkeypatch.setattr(world.returns, "update", loses_once)
+    later(clock)
+    sweep(world, clock).run(ACTOR)
+
+    assert lost == [item.id]
+    assert returns.get(item.id).refund == world.order(order.id).shipment(caps).captured

@@ -1252,3 +1252,24 @@ def test_a_cancel_of_the_rest_leaves_a_pending_refund_its_removed_payment_plugin
     assert [(r.id, r.status) for r in done.payment.refunds] == [(refund_id, "pending")]
     assert failures(world, order.id)[0] == ("payment_refund_failed", "refund", "no_plugin", 1)
     assert "refund_failed" not in [h.type for h in world.history(order.id)]
+
+
+@pytest.mark.parametrize(("amount", "reason"), [("6.00", "late delivery"), ("5.00", "damaged box")])
+def test_another_body_under_the_key_of_a_refund_left_pending_is_refused_before_the_gateway_is_asked(
+    world, amount, reason
+):
+    # A client's Idempotency-Key whose first request left its refund pending (the gateway stayed
+    # down, nothing stored under the key): the same key with another amount or another reason is
+    # not that request (409 idempotency_key_reused), and the pending refund is not asked for it.
+    order = shipped_order(world)
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(order.id, usd("5.00"), "late delivery", "api:k1", "key_cs", same_request=True)
+    asked = len(world.gateway.keys("refund"))
+
+    with pytest.raises(Conflict) as refused:
+        world.refunds.issue_refund(order.id, usd(amount), reason, "api:k1", "key_cs", same_request=True)
+
+    assert refused.value.code == "idempotency_key_reused"
+    assert len(world.gateway.keys("refund")) == asked
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["pending"]

@@ -367,3 +367,49 @@ def test_a_passs_first_outage_whose_write_another_entry_beat_is_decided_again_an
         OrderEvent.LABEL_BOOKING_FAILED, OrderEvent.PAYMENT_REFUND_FAILED,
     ]  # fmt: skip
     assert refund_failures(world, order_id) == [(ACTOR, "transient", 1)]
+
+
+def test_an_order_whose_gateway_was_found_down_counts_as_asked_toward_the_passs_limit(clock):
+    # A pass of at most one order asked: the first order's gateway is down (its retries spent), so
+    # the pass is done; it does not go past its limit to the refund through another gateway behind it.
+    outage = RefundsDownForTest()
+    world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
+    down = shipped(world)
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(down, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
+    for shipment in other.shipments:
+        world.actions.ship(other.id, shipment.id, None, actor="key_wh")
+    left_unasked(world, other.id)
+    clock.advance(minutes=20)
+    pass_ = PendingRefundSweep(
+        InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15), limit=1
+    )
+
+    assert pass_.run(ACTOR) == []
+
+    assert [refund.status for refund in world.order(other.id).payment.refunds] == ["pending"]
+
+
+def test_only_the_orders_whose_refunds_a_pass_answered_are_handed_to_the_kept_back_pass(clock):
+    # The kept-back pass takes the orders handed to it at once, however recently they changed: one
+    # whose refund the pass left pending (its method's gateway found down on an order before it) is
+    # not one of them, and waits in its index like any other.
+    outage = RefundsDownForTest()
+    world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
+    down = [shipped(world) for _ in range(2)]
+    for order_id in down:
+        with pytest.raises(PaymentGatewayUnavailable):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
+    for shipment in other.shipments:
+        world.actions.ship(other.id, shipment.id, None, actor="key_wh")
+    left_unasked(world, other.id)
+    clock.advance(minutes=20)
+    handed: list[str] = []
+
+    (finished,) = sweep(world, clock).run(ACTOR, orders=handed)
+
+    assert handed == [other.id]
+    assert [r.status for order_id in down for r in world.order(order_id).payment.refunds] == ["pending", "pending"]
+    assert world.order(other.id).payment.refunds[0].id == finished

@@ -516,3 +516,48 @@ def test_a_return_of_all_that_shipped_then_a_cancel_of_the_rest_gives_the_shippi
     ]
     assert after.payment.refunded == (after.payment.captured if shipping_back else after.payment.captured - shipping)
     assert not owes_kept_back(after)  # nothing more is owed: a sweep asks nothing again
+
+
+def test_a_split_refund_whose_first_part_is_refused_asks_no_later_part_and_gives_nothing_back(world, clock):
+    # The refund fails with its first part: asked, a later part the gateway approved would give
+    # back money under a refund recorded failed, which its client, told so, makes again.
+    first, second = renewed_between_parcels(world, clock)
+    world.gateway.script("refund", "refuse", "approve")
+
+    refund = world.refunds.issue_refund(second.id, second.payment.captured, "goodwill", "appease-1", actor="key_cs")
+
+    refund_id = refund_id_for(second.id, "appease-1")
+    assert refund.status == "failed"
+    assert world.gateway.keys("refund") == [payment_keys.refund_part(second.id, refund_id, first.payment.authorization)]
+    after = world.order(second.id)
+    [stored] = after.payment.refunds
+    assert [p.status for p in stored.parts or []] == ["failed", "failed"]
+    assert after.payment.refunded == Money.zero("USD") and world.spy.refunded == []
+
+
+def test_a_returns_split_refund_the_reconciler_hears_refused_after_its_first_part_went_back_is_owed_showing(
+    world, clock
+):
+    # The gateway went down on the caps' part after giving back the mug's; the reconciler's pass asks
+    # the refund again and hears the caps' part refused. The mug's money did go back for the return:
+    # recorded with the refusal as owed showing on it, for the kept-back pass to show it, however the
+    # pass ends (it shows no return itself). Left out, the return showed nothing of it.
+    _, second = renewed_between_parcels(world, clock)
+    mug, _ = second.lines
+    world.gateway.script("refund", "approve", "transient", "transient", "transient", "approve", "refuse")
+    returns = returns_of(world, clock)
+    lines = (("L1", 1), ("L2", 3))
+    asked = RequestReturn.model_validate(
+        {"lines": [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]}
+    )
+    item = returns.request(second.id, asked, actor="key_cs")
+    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+    assert [r.status for r in world.order(second.id).payment.refunds] == ["pending"]
+
+    (answered,) = world.refunds.finish_pending(second.id, "reconciler", unshown=True)
+
+    after = world.order(second.id)
+    assert answered.status == "failed" and after.payment.refunded == mug.total
+    assert after.returns_to_show == [item.id]

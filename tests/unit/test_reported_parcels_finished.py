@@ -172,6 +172,7 @@ def test_a_gateway_down_leaves_the_parcel_for_the_next_pass(world, clock, monkey
     done = kept_back_pass(world, clock)
 
     assert marked.id in done.gateway_down and done.reported_finished == {}
+    assert done.reported_given_up == {}  # waiting for the gateway, not left to a person
     between = world.order(marked.id)
     assert between.reported_to_finish() == [shipment_id]
     assert index_attributes(between)["refund_key"] == {"S": KEPT_BACK_KEY}
@@ -245,3 +246,40 @@ def test_a_late_order_whose_marked_parcel_was_given_up_is_marked_late_for_that_p
     late = world.order(marked.id)
     assert late.status is OrderStatus.ALLOCATED and late.jeopardy is not None
     assert late.jeopardy.reason == f"allocated for longer than 2d{REPORTED_REASON} ({shipment_id})"
+
+
+def test_a_gateway_found_down_on_one_marked_parcel_is_not_asked_for_the_next_one_of_its_method(
+    world, clock, monkeypatch
+):
+    # Two orders paid the same way, each with a parcel its carrier reported delivered left to the
+    # pass. The gateway is down for the first one's capture (its retries spent): the second waits for
+    # the next pass with the rest its method owes, not asked through the same outage in this one.
+    first, first_parcel, _ = marked_and_left(world, clock, monkeypatch)
+    second, second_parcel, _ = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    world.gateway.script("capture", "transient")
+    asked = len(world.gateway.keys("capture"))
+
+    done = kept_back_pass(world, clock)
+
+    assert list(done.gateway_down) == [first.id] and done.reported_finished == {}
+    tried = world.gateway.keys("capture")[asked:]
+    assert tried and all(key.startswith(first.id) for key in tried)
+    assert world.order(second.id).reported_to_finish() == [second_parcel]
+    assert world.order(first.id).reported_to_finish() == [first_parcel]
+
+
+def test_a_kept_back_pass_of_at_most_one_order_asked_finishes_one_marked_parcel_and_leaves_the_next(
+    world, clock, monkeypatch
+):
+    first, first_parcel, _ = marked_and_left(world, clock, monkeypatch)
+    second, second_parcel, _ = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    one_at_a_time = KeptBackSweep(
+        InMemoryKeptBackRefunds(world), world.orders, world.actions.refund_kept_back, clock,
+        release_stock=world.actions.release_owed_stock, after=AFTER, limit=1,
+    )  # fmt: skip
+
+    assert one_at_a_time.run(ACTOR).reported_finished == {first.id: [first_parcel]}
+    assert world.order(second.id).reported_to_finish() == [second_parcel]
+    assert one_at_a_time.run(ACTOR).reported_finished == {second.id: [second_parcel]}
