@@ -786,6 +786,89 @@ def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_m
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 2
 
 
+def test_a_late_order_whose_ship_is_under_way_is_not_handed_on_to_the_sweep_until_its_request_is_over(
+    world, clock, monkeypatch
+):
+    # A request younger than captures_after may belong to a ship under way: handed on, the sweep
+    # would read the order's whole history for nothing every pass until it is over.
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=47, minutes=55)
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):  # asked for its capture five minutes before the deadline
+        world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    monkeypatch.undo()
+    clock.advance(minutes=10)  # past the deadline, the request ten minutes old
+
+    assert scan_pass(world, clock) == (Scanned(), NOTHING)
+
+    clock.advance(minutes=6)
+    assert scan_pass(world, clock)[0].captures_left == [order.id]
+
+
+def refund_refused_late_on_hold(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Order:
+    """A ship that died, its capture's refund refused by the gateway, the order held for it and
+    late for its hold (on_hold=24h), not marked yet."""
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)
+    return order
+
+
+def test_an_index_behind_a_mark_for_a_refused_refund_fails_no_pass_and_reports_no_second_mark(
+    world, clock, monkeypatch
+):
+    # The index may answer an order marked a moment ago (eventually consistent, or a pass running
+    # alongside): judged again, it is listed already, so the pass writes nothing and reports no mark.
+    order = refund_refused_late_on_hold(world, clock, monkeypatch)
+    assert scan_pass(world, clock)[0].marked == [order.id]
+    once = world.snapshot(order.id)
+    clock.advance(minutes=5)
+
+    class Behind(InMemoryLateOrders):
+        def unmarked_since_before(self, status, before, limit):
+            found = super().unmarked_since_before(status, before, limit)
+            return [order.id, *found] if status is OrderStatus.ON_HOLD else found
+
+    done = JeopardyScan(
+        Behind(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), captures_after=timedelta(minutes=15),
+    ).run()  # fmt: skip
+
+    assert done == Scanned(in_jeopardy=1)
+    assert world.snapshot(order.id) == once
+
+
+def test_an_order_changed_while_its_refused_refund_is_judged_is_handed_on_to_be_asked_again_not_marked(
+    world, clock, monkeypatch
+):
+    # A change since the refusal (a person's, say) makes the refund one to ask again: the mark for
+    # the refusal, decided on the history read before that change, is not written.
+    order = refund_refused_late_on_hold(world, clock, monkeypatch)
+    read = world.orders.history
+
+    def changed_after_read(order_id: str, **kwargs: object):
+        found = read(order_id, **kwargs)
+        monkeypatch.setattr(world.orders, "history", read)
+        current = world.order(order_id)
+        changed, _ = current._bookkeeping(at=clock())
+        world.orders.update(changed, current, [])
+        return found
+
+    monkeypatch.setattr(world.orders, "history", changed_after_read)
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), captures_after=timedelta(minutes=15),
+    )  # fmt: skip
+
+    done = scan.run()
+
+    assert (done.marked, done.captures_left) == ([], [order.id])
+    assert world.order(order.id).jeopardy is None
+
+
 def test_two_overlapping_passes_count_a_capture_they_both_settle_once(world, clock, monkeypatch):
     # Both passes read the partly shipped order (it cannot be held) with its request standing; the
     # twin settled it first, and this pass, finding nothing left to settle, counted it settled (and
