@@ -405,6 +405,33 @@ def test_a_late_order_that_keeps_changing_under_its_mark_is_left_to_the_next_pas
     assert scan(world, clock).run().marked == [busy]
 
 
+def test_an_order_authorized_lately_that_the_index_answers_among_the_authorized_is_not_marked(world):
+    # The pending and the authorized orders share an index partition that says neither status nor
+    # when it began: an order placed long ago and authorized a moment ago is answered among the
+    # authorized orders past their deadline, and only the order itself says it is not late.
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    clock.advance(minutes=30)
+    world.workflow._clock = clock
+    world.workflow.authorize_payment(order_id, attempt=0)  # pending 30 minutes, within pending=1h
+    clock.advance(minutes=10)  # authorized 10 minutes: within authorized=15m
+
+    class SharedPartition(InMemoryLateOrders):
+        def unmarked_since_before(self, status, before, limit, **kwargs):
+            if status is not S.AUTHORIZED:
+                return super().unmarked_since_before(status, before, limit, **kwargs)
+            found = [o for o in world.orders.orders.values() if o.status in (S.PENDING, S.AUTHORIZED)]
+            return [o.id for o in found if o.created_at < before][:limit]
+
+    done = JeopardyScan(
+        SharedPartition(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla("pending=1h")
+    ).run()
+
+    assert done.marked == [] and world.order(order_id).jeopardy is None
+    clock.advance(minutes=6)
+    assert scan(world, clock, sla="pending=1h").run().marked == [order_id]
+
+
 def test_an_order_that_moved_on_after_the_index_was_read_is_left_alone(world):
     clock = Clock()
     order_id = world.place(("MUG", 1))
