@@ -418,24 +418,26 @@ def test_a_settlement_pass_reads_at_most_its_limit_and_leaves_a_request_the_gate
 
 
 class CapturesDownForTest:
-    """The `test` method's gateway unavailable for captures; other methods unaffected."""
+    """The `test` method's gateway unavailable for captures (or its plugin failing with `error`);
+    other methods unaffected."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         self.down = False
         self.asked: list[str] = []
+        self._error = error or TransientError("the test gateway is down")
 
     @hookimpl(tryfirst=True)
     def oms_payment_capture(self, method: str, order_id: str) -> None:
         if method == "test" and self.down:
             self.asked.append(order_id)
-            raise TransientError("the test gateway is down")
+            raise self._error
 
 
-def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_through_another(clock, monkeypatch):
-    # The oldest requests' gateway down took the whole of a pass's `limit`: the request behind
-    # them, through another gateway that was up, waited for the outage to end (for good, with a
-    # payment plugin removed), where the reconciler's other sweeps read past such orders.
-    outage = CapturesDownForTest()
+def settlements_through_two_gateways(
+    outage: CapturesDownForTest, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> tuple[World, list[Order], Order]:
+    """Two settlements that died paid through the `test` method, whose captures `outage` now
+    fails, and a younger one through another gateway that is up: the world, the two, the one."""
     world = build_world(STOCK, PerUnitShipping(), RecordingGateway("fake"), outage, clock=clock)
     down = [a_settlement_that_died(world, monkeypatch) for _ in range(2)]
     order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit",
@@ -448,6 +450,15 @@ def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_thr
     assert world.order(order.id).capture_request(None) is not None
     clock.advance(minutes=16)
     outage.down = True
+    return world, down, order
+
+
+def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_through_another(clock, monkeypatch):
+    # The oldest requests' gateway down took the whole of a pass's `limit`: the request behind
+    # them, through another gateway that was up, waited for the outage to end (for good, with a
+    # payment plugin removed), where the reconciler's other sweeps read past such orders.
+    outage = CapturesDownForTest()
+    world, down, order = settlements_through_two_gateways(outage, clock, monkeypatch)
 
     done = sweep(world, clock).run_settlements(InMemorySettlementCaptures(world), "reconciler", limit=2)
 
@@ -455,6 +466,39 @@ def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_thr
     assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
     assert set(outage.asked) == {down[0].id}  # the gateway found down is asked for one order only
     assert all(world.order(o.id).capture_request(None) is not None for o in down)  # for the next pass
+
+
+@pytest.mark.parametrize(
+    "error", [TransientError("the test gateway is down"), RuntimeError("the test payment plugin failed")]
+)
+def test_a_settlement_pass_counts_an_order_whose_capture_failed_among_its_limit(clock, monkeypatch, error):
+    # The gateway was asked for it (down, or its plugin failing): one of the `limit` asked a pass,
+    # which bounds a pass's calls to the gateway; the request behind it waits for the next pass.
+    outage = CapturesDownForTest(error)
+    world, down, order = settlements_through_two_gateways(outage, clock, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+
+    if isinstance(error, TransientError):
+        done = sweep(world, clock).run_settlements(requested, "reconciler", limit=1)
+    else:
+        with pytest.raises(CapturesNotSettled) as failed:
+            sweep(world, clock).run_settlements(requested, "reconciler", limit=1)
+        done = failed.value.done
+
+    assert done == NOTHING and set(outage.asked) == {down[0].id}
+    assert world.order(order.id).capture_request(None) is not None  # the next pass's
+
+
+def test_a_settlement_pass_reads_no_more_orders_than_its_read_budget(clock, monkeypatch):
+    # Orders read past (their gateway found down) are still read: the budget bounds a pass's reads
+    # whatever the gateway says; the request behind them waits for the next pass.
+    outage = CapturesDownForTest()
+    world, down, order = settlements_through_two_gateways(outage, clock, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+
+    assert sweep(world, clock).run_settlements(requested, "reconciler", limit=5, max_reads=2) == NOTHING
+
+    assert set(outage.asked) == {down[0].id} and world.order(order.id).capture_request(None) is not None
 
 
 def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report_it_once(world, clock, monkeypatch):
