@@ -192,7 +192,9 @@ def test_a_refused_refund_is_reported_once_then_left_for_a_person(world, clock, 
         clock.advance(minutes=5)
         assert a_pass(world, clock) == NOTHING
     assert [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED] == refused
+    clock.advance(minutes=1)  # its last change (the hold) over `after` ago: only the refusal stops a sweep
     assert sweep(world, clock).run([order.id], ACTOR) == NOTHING  # handed on again: not asked again
+    assert [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED] == refused
 
 
 def test_a_second_parcels_capture_is_refunded_on_an_order_that_cannot_be_held(world, clock, monkeypatch):
