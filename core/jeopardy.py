@@ -374,6 +374,9 @@ class JeopardyScan:
                     # SLA that gave the status no deadline): late on its own deadline too, the mark
                     # outlives the refund.
                     return order.mark_late_on_deadline()
+                # Listed already (marked for a refund the gateway refused: an index that had not
+                # caught up with the mark answered it): nothing to mark, nothing to hand on.
+                marked = not order.listed_late
                 return None
             reason = f"{status} for longer than {format_duration(deadline)}"
             if since != order.in_status_since:

@@ -192,7 +192,9 @@ def test_a_refused_refund_is_reported_once_then_left_for_a_person(world, clock, 
         clock.advance(minutes=5)
         assert a_pass(world, clock) == NOTHING
     assert [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED] == refused
+    clock.advance(minutes=1)  # its last change (the hold) over `after` ago: only the refusal stops a sweep
     assert sweep(world, clock).run([order.id], ACTOR) == NOTHING  # handed on again: not asked again
+    assert [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED] == refused
 
 
 def test_a_second_parcels_capture_is_refunded_on_an_order_that_cannot_be_held(world, clock, monkeypatch):
@@ -418,24 +420,26 @@ def test_a_settlement_pass_reads_at_most_its_limit_and_leaves_a_request_the_gate
 
 
 class CapturesDownForTest:
-    """The `test` method's gateway unavailable for captures; other methods unaffected."""
+    """The `test` method's gateway unavailable for captures (or its plugin failing with `error`);
+    other methods unaffected."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         self.down = False
         self.asked: list[str] = []
+        self._error = error or TransientError("the test gateway is down")
 
     @hookimpl(tryfirst=True)
     def oms_payment_capture(self, method: str, order_id: str) -> None:
         if method == "test" and self.down:
             self.asked.append(order_id)
-            raise TransientError("the test gateway is down")
+            raise self._error
 
 
-def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_through_another(clock, monkeypatch):
-    # The oldest requests' gateway down took the whole of a pass's `limit`: the request behind
-    # them, through another gateway that was up, waited for the outage to end (for good, with a
-    # payment plugin removed), where the reconciler's other sweeps read past such orders.
-    outage = CapturesDownForTest()
+def settlements_through_two_gateways(
+    outage: CapturesDownForTest, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> tuple[World, list[Order], Order]:
+    """Two settlements that died paid through the `test` method, whose captures `outage` now
+    fails, and a younger one through another gateway that is up: the world, the two, the one."""
     world = build_world(STOCK, PerUnitShipping(), RecordingGateway("fake"), outage, clock=clock)
     down = [a_settlement_that_died(world, monkeypatch) for _ in range(2)]
     order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit",
@@ -448,6 +452,15 @@ def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_thr
     assert world.order(order.id).capture_request(None) is not None
     clock.advance(minutes=16)
     outage.down = True
+    return world, down, order
+
+
+def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_through_another(clock, monkeypatch):
+    # The oldest requests' gateway down took the whole of a pass's `limit`: the request behind
+    # them, through another gateway that was up, waited for the outage to end (for good, with a
+    # payment plugin removed), where the reconciler's other sweeps read past such orders.
+    outage = CapturesDownForTest()
+    world, down, order = settlements_through_two_gateways(outage, clock, monkeypatch)
 
     done = sweep(world, clock).run_settlements(InMemorySettlementCaptures(world), "reconciler", limit=2)
 
@@ -455,6 +468,39 @@ def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_thr
     assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
     assert set(outage.asked) == {down[0].id}  # the gateway found down is asked for one order only
     assert all(world.order(o.id).capture_request(None) is not None for o in down)  # for the next pass
+
+
+@pytest.mark.parametrize(
+    "error", [TransientError("the test gateway is down"), RuntimeError("the test payment plugin failed")]
+)
+def test_a_settlement_pass_counts_an_order_whose_capture_failed_among_its_limit(clock, monkeypatch, error):
+    # The gateway was asked for it (down, or its plugin failing): one of the `limit` asked a pass,
+    # which bounds a pass's calls to the gateway; the request behind it waits for the next pass.
+    outage = CapturesDownForTest(error)
+    world, down, order = settlements_through_two_gateways(outage, clock, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+
+    if isinstance(error, TransientError):
+        done = sweep(world, clock).run_settlements(requested, "reconciler", limit=1)
+    else:
+        with pytest.raises(CapturesNotSettled) as failed:
+            sweep(world, clock).run_settlements(requested, "reconciler", limit=1)
+        done = failed.value.done
+
+    assert done == NOTHING and set(outage.asked) == {down[0].id}
+    assert world.order(order.id).capture_request(None) is not None  # the next pass's
+
+
+def test_a_settlement_pass_reads_no_more_orders_than_its_read_budget(clock, monkeypatch):
+    # Orders read past (their gateway found down) are still read: the budget bounds a pass's reads
+    # whatever the gateway says; the request behind them waits for the next pass.
+    outage = CapturesDownForTest()
+    world, down, order = settlements_through_two_gateways(outage, clock, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+
+    assert sweep(world, clock).run_settlements(requested, "reconciler", limit=5, max_reads=2) == NOTHING
+
+    assert set(outage.asked) == {down[0].id} and world.order(order.id).capture_request(None) is not None
 
 
 def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report_it_once(world, clock, monkeypatch):
@@ -784,6 +830,89 @@ def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_m
 
     assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 2
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 2
+
+
+def test_a_late_order_whose_ship_is_under_way_is_not_handed_on_to_the_sweep_until_its_request_is_over(
+    world, clock, monkeypatch
+):
+    # A request younger than captures_after may belong to a ship under way: handed on, the sweep
+    # would read the order's whole history for nothing every pass until it is over.
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=47, minutes=55)
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):  # asked for its capture five minutes before the deadline
+        world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    monkeypatch.undo()
+    clock.advance(minutes=10)  # past the deadline, the request ten minutes old
+
+    assert scan_pass(world, clock) == (Scanned(), NOTHING)
+
+    clock.advance(minutes=6)
+    assert scan_pass(world, clock)[0].captures_left == [order.id]
+
+
+def refund_refused_late_on_hold(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Order:
+    """A ship that died, its capture's refund refused by the gateway, the order held for it and
+    late for its hold (on_hold=24h), not marked yet."""
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)
+    return order
+
+
+def test_an_index_behind_a_mark_for_a_refused_refund_fails_no_pass_and_reports_no_second_mark(
+    world, clock, monkeypatch
+):
+    # The index may answer an order marked a moment ago (eventually consistent, or a pass running
+    # alongside): judged again, it is listed already, so the pass writes nothing and reports no mark.
+    order = refund_refused_late_on_hold(world, clock, monkeypatch)
+    assert scan_pass(world, clock)[0].marked == [order.id]
+    once = world.snapshot(order.id)
+    clock.advance(minutes=5)
+
+    class Behind(InMemoryLateOrders):
+        def unmarked_since_before(self, status, before, limit):
+            found = super().unmarked_since_before(status, before, limit)
+            return [order.id, *found] if status is OrderStatus.ON_HOLD else found
+
+    done = JeopardyScan(
+        Behind(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), captures_after=timedelta(minutes=15),
+    ).run()  # fmt: skip
+
+    assert done == Scanned(in_jeopardy=1)
+    assert world.snapshot(order.id) == once
+
+
+def test_an_order_changed_while_its_refused_refund_is_judged_is_handed_on_to_be_asked_again_not_marked(
+    world, clock, monkeypatch
+):
+    # A change since the refusal (a person's, say) makes the refund one to ask again: the mark for
+    # the refusal, decided on the history read before that change, is not written.
+    order = refund_refused_late_on_hold(world, clock, monkeypatch)
+    read = world.orders.history
+
+    def changed_after_read(order_id: str, **kwargs: object):
+        found = read(order_id, **kwargs)
+        monkeypatch.setattr(world.orders, "history", read)
+        current = world.order(order_id)
+        changed, _ = current._bookkeeping(at=clock())
+        world.orders.update(changed, current, [])
+        return found
+
+    monkeypatch.setattr(world.orders, "history", changed_after_read)
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), captures_after=timedelta(minutes=15),
+    )  # fmt: skip
+
+    done = scan.run()
+
+    assert (done.marked, done.captures_left) == ([], [order.id])
+    assert world.order(order.id).jeopardy is None
 
 
 def test_two_overlapping_passes_count_a_capture_they_both_settle_once(world, clock, monkeypatch):

@@ -2,6 +2,7 @@
 does nothing until it is released, then carries on exactly where it stopped."""
 
 import functools
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from core import hookimpl
 from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.models import MAX_REVIEW_REQUESTS, LineInput, Order, OrderEdit, ReviewRequest
+from core.models import MAX_REVIEW_REQUESTS, RELEASE_RETRY_WINDOW, LineInput, Order, OrderEdit, ReviewRequest
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus
 from plugins import review_threshold
@@ -1057,3 +1058,17 @@ def test_a_hold_gives_back_the_units_of_a_line_an_edit_replaced_and_could_not_re
     run_from(world, order_id, 1)
     assert world.order(order_id).status is S.ALLOCATED
     assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L2"): 1}
+
+
+def test_a_hold_sent_again_under_its_idempotency_key_is_answered_within_the_retry_window_and_refused_after(world):
+    # Within the window it is a retry whose answer was lost; after it, the key is no retry of
+    # anything a client still waits on: the order held already is 409, as without a key.
+    order_id = world.place(("TSHIRT", 1))
+    request = HoldRequest(reason="fraud_review", note="check the address")
+    Holds(world.orders, clock=lambda: NOW).hold(order_id, request, actor="key_ops", request_key="k-1")
+
+    within = Holds(world.orders, clock=lambda: NOW + RELEASE_RETRY_WINDOW - timedelta(seconds=1))
+    assert within.hold(order_id, request, actor="key_ops", request_key="k-1").status is S.ON_HOLD
+    after = Holds(world.orders, clock=lambda: NOW + RELEASE_RETRY_WINDOW + timedelta(seconds=1))
+    with pytest.raises(InvalidTransition):
+        after.hold(order_id, request, actor="key_ops", request_key="k-1")

@@ -381,6 +381,57 @@ def test_a_pass_reads_past_no_more_than_limit_late_orders_whose_own_work_raises(
     assert list(raised.value.done.failed) == placed[:2]
 
 
+def test_a_late_order_that_keeps_changing_under_its_mark_is_left_to_the_next_pass_and_fails_nothing(world, monkeypatch):
+    # Every write of its mark loses to another change (StaleVersion once modify's retries are spent):
+    # a race, not a record that no longer reads, so the pass neither fails (calling a person) nor
+    # lists it among the candidates read past; the next pass marks it.
+    clock = Clock()
+    busy = world.place(("MUG", 1))
+    calm = world.place(("MUG", 1))
+    clock.advance(minutes=6)
+    real = world.orders.update
+
+    def races(order: Order, expected: Order, entries: list, **conditions: object) -> None:
+        if order.id == busy:
+            raise StaleVersion(f"order {order.id} changed")
+        real(order, expected, entries, **conditions)
+
+    monkeypatch.setattr(world.orders, "update", races)
+    done = scan(world, clock).run()
+    monkeypatch.setattr(world.orders, "update", real)
+
+    assert (done.marked, done.failed) == ([calm], {})
+    assert world.order(busy).jeopardy is None
+    assert scan(world, clock).run().marked == [busy]
+
+
+def test_an_order_authorized_lately_that_the_index_answers_among_the_authorized_is_not_marked(world):
+    # The pending and the authorized orders share an index partition that says neither status nor
+    # when it began: an order placed long ago and authorized a moment ago is answered among the
+    # authorized orders past their deadline, and only the order itself says it is not late.
+    clock = Clock()
+    order_id = world.place(("MUG", 1))
+    clock.advance(minutes=30)
+    world.workflow._clock = clock
+    world.workflow.authorize_payment(order_id, attempt=0)  # pending 30 minutes, within pending=1h
+    clock.advance(minutes=10)  # authorized 10 minutes: within authorized=15m
+
+    class SharedPartition(InMemoryLateOrders):
+        def unmarked_since_before(self, status, before, limit, **kwargs):
+            if status is not S.AUTHORIZED:
+                return super().unmarked_since_before(status, before, limit, **kwargs)
+            found = [o for o in world.orders.orders.values() if o.status in (S.PENDING, S.AUTHORIZED)]
+            return [o.id for o in found if o.created_at < before][:limit]
+
+    done = JeopardyScan(
+        SharedPartition(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla("pending=1h")
+    ).run()
+
+    assert done.marked == [] and world.order(order_id).jeopardy is None
+    clock.advance(minutes=6)
+    assert scan(world, clock, sla="pending=1h").run().marked == [order_id]
+
+
 def test_an_order_that_moved_on_after_the_index_was_read_is_left_alone(world):
     clock = Clock()
     order_id = world.place(("MUG", 1))
@@ -519,6 +570,35 @@ def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_a
     assert cancelled.detail["held_since"] == held.model_dump(mode="json")["at"]
     assert all(line.quantity == 0 and line.cancelled_quantity > 0 for line in order.lines)
     assert order.totals.grand_total.amount == 0
+
+
+def test_a_hold_half_a_second_short_of_the_expiry_is_left_on_hold_and_expires_once_past_it(world):
+    clock = Clock()
+    order_id = held_holding_stock(world, clock)
+    clock.advance(days=1, milliseconds=-500)
+    assert scan(world, clock, hold_expiry=timedelta(days=1)).run().expired == []
+    assert world.order(order_id).status is S.ON_HOLD and sum(world.held_for(order_id).values()) == 2
+
+    clock.advance(seconds=1)
+    assert scan(world, clock, hold_expiry=timedelta(days=1)).run().expired == [order_id]
+
+
+def test_no_hold_expires_in_a_pass_told_a_plugin_failed_to_load_and_late_orders_are_still_marked(world):
+    # The handler says so when a plugin failed to load: an expiry's cancel could not void the
+    # authorization. The holds wait for a pass with every plugin loaded.
+    clock = Clock()
+    held = held_holding_stock(world, clock)
+    late = world.place(("MUG", 1))
+    clock.advance(days=2)
+    expiring = scan(world, clock, hold_expiry=timedelta(days=1))
+
+    done = expiring.run(expire_holds=False)
+
+    assert done.expired == [] and late in done.marked
+    order = world.order(held)
+    assert (order.status, order.payment.status) == (S.ON_HOLD, "authorized") and world.spy.voided == []
+    assert sum(world.held_for(held).values()) == 2
+    assert expiring.run().expired == [held]
 
 
 def test_a_scan_that_dies_after_writing_the_expiry_leaves_a_cancel_the_workflow_then_finishes(world):

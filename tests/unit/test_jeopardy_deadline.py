@@ -196,3 +196,21 @@ def test_a_part_that_fails_outright_keeps_what_the_others_did_and_the_count_and_
     assert [name for name, _ in raised.value.failed] == [f"returns {s.value}" for s in sorted(UNRECEIVED_RETURNS)]
     assert all(str(error) == "the Returns table is throttled" for _, error in raised.value.failed)
     assert {world.order(order_id).status for order_id in holds} == {S.CANCELLED}
+
+
+def test_a_run_whose_time_runs_out_amid_expired_returns_expires_no_other_return_in_it(world):
+    # The returns' candidates are read lazily (a page at a time, up to the read budget): once the
+    # run's time is up, the part starts no other return, or the Lambda's timeout would end the run
+    # with nothing it did reported.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    requested = [one_mug_returned(world, returns).id for _ in range(3)]
+    clock.advance(days=31)
+
+    def time_up() -> bool:
+        return any(world.returns.get(return_id).status is ReturnStatus.CANCELLED for return_id in requested)
+
+    done = scanner(world, clock).run(time_up=time_up)
+
+    assert len(done.returns_expired) == 1
+    assert [world.returns.get(return_id).status for return_id in requested].count(ReturnStatus.CANCELLED) == 1
