@@ -1981,3 +1981,34 @@ def test_a_twin_run_whose_winner_allocated_sends_the_order_back_when_its_units_w
     assert [s.location_id for s in world.order(order_id).shipments] == ["wh-east"]
     assert reserved_at(world, order_id) == {"wh-east": 2}
     assert world.level("TSHIRT", "wh-west") == (3, 2, 1)  # the other order's, never shipped twice
+
+
+# --- What the mutation check of sourcing left untested ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("short_lines", "named"),
+    [
+        (5, "P1 x1 (L2), P2 x1 (L3), P3 x1 (L4), P4 x1 (L5), P5 x1 (L6)"),
+        (6, "P1 x1 (L2), P2 x1 (L3), P3 x1 (L4), P4 x1 (L5) and 2 more lines"),
+        (7, "P1 x1 (L2), P2 x1 (L3), P3 x1 (L4), P4 x1 (L5) and 3 more lines"),
+    ],
+)
+def test_the_history_of_a_backorder_names_its_short_lines_in_order_and_never_1_more_lines(short_lines, named):
+    """An order of a MUG in stock and backorderable products none of which is: the reason it waits
+    names the lines it is short of in the order's own order, five at most. At six, the sixth was
+    left to "and 1 more lines": as a packing label's list, four are named then and the rest counted."""
+    world, _ = a_world([("MUG", "wh-west", 1)])
+    skus = [f"P{n}" for n in range(1, short_lines + 1)]
+    for sku in skus:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=True))
+    order_id = world.place(("MUG", 1), *[(sku, 1) for sku in skus])
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserve_entry(world, order_id).detail["reasons"][0] == (
+        f"waiting backordered for {named}: more than the locations that may supply the order hold for it now; "
+        "the reasons after this one are about the units it holds"
+    )
