@@ -2017,7 +2017,7 @@ def test_the_history_of_a_backorder_names_its_short_lines_in_order_and_never_1_m
 
 def test_the_what_ifs_summary_gives_the_mean_distance_to_a_tenth_of_a_km_as_each_shipment_is():
     """Shipments of 2709.2, 1130.4 and 1130.4 km: their mean is 1656.67 km, told as 1656.7, to the
-    tenth each shipment's distance is told to (API.md: the summary's `mean_distance_km`)."""
+    tenth each shipment's distance is told to (as the README's what-if example shows it)."""
     world, store = a_world([("MUG", "wh-west", 30), ("TSHIRT", "wh-east", 50)])
     sim, _, _ = simulator(world, store)
     chicago = {"latitude": 41.88, "longitude": -87.63}
