@@ -502,7 +502,8 @@ def _waiting(order: Order, plan: SourcingPlan, rules: SourcingRules, lacking: se
     sku short) hold no more for it now."""
     short = left_short(order, plan)
     units = [f"{line.sku} x{short[line.line_id]} ({line.line_id})" for line in order.lines if line.line_id in short]
-    named = ", ".join(units[:5]) + (f" and {len(units) - 5} more lines" if len(units) > 5 else "")
+    # Five named at most; beyond, four and the rest counted (two or more), never "1 more lines".
+    named = ", ".join(units) if len(units) <= 5 else ", ".join(units[:4]) + f" and {len(units) - 4} more lines"
     limited = rules.max_shipments is not None and any(
         line.sku not in lacking for line in order.lines if line.line_id in short
     )

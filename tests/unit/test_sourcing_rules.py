@@ -23,8 +23,9 @@ from core.errors import (
     StaleVersion,
     UnknownSku,
 )
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds
-from core.models import Allocation, LineInput, OrderEdit, StockLevel
+from core.models import Allocation, HistoryEntry, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.ports import WorkflowStarter
 from core.pricing import Pricing
@@ -1981,3 +1982,166 @@ def test_a_twin_run_whose_winner_allocated_sends_the_order_back_when_its_units_w
     assert [s.location_id for s in world.order(order_id).shipments] == ["wh-east"]
     assert reserved_at(world, order_id) == {"wh-east": 2}
     assert world.level("TSHIRT", "wh-west") == (3, 2, 1)  # the other order's, never shipped twice
+
+
+# --- What the mutation check of sourcing left untested ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("short_lines", "named"),
+    [
+        (5, "P1 x1 (L2), P2 x1 (L3), P3 x1 (L4), P4 x1 (L5), P5 x1 (L6)"),
+        (6, "P1 x1 (L2), P2 x1 (L3), P3 x1 (L4), P4 x1 (L5) and 2 more lines"),
+        (7, "P1 x1 (L2), P2 x1 (L3), P3 x1 (L4), P4 x1 (L5) and 3 more lines"),
+    ],
+)
+def test_the_history_of_a_backorder_names_its_short_lines_in_order_and_never_1_more_lines(short_lines, named):
+    """An order of a MUG in stock and backorderable products none of which is: the reason it waits
+    names the lines it is short of in the order's own order, five at most. At six, the sixth was
+    left to "and 1 more lines": as a packing label's list, four are named then and the rest counted."""
+    world, _ = a_world([("MUG", "wh-west", 1)])
+    skus = [f"P{n}" for n in range(1, short_lines + 1)]
+    for sku in skus:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=True))
+    order_id = world.place(("MUG", 1), *[(sku, 1) for sku in skus])
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserve_entry(world, order_id).detail["reasons"][0] == (
+        f"waiting backordered for {named}: more than the locations that may supply the order hold for it now; "
+        "the reasons after this one are about the units it holds"
+    )
+
+
+def test_the_what_ifs_summary_gives_the_mean_distance_to_a_tenth_of_a_km_as_each_shipment_is():
+    """Shipments of 2709.2, 1130.4 and 1130.4 km: their mean is 1656.67 km, told as 1656.7, to the
+    tenth each shipment's distance is told to (as the README's what-if example shows it)."""
+    world, store = a_world([("MUG", "wh-west", 30), ("TSHIRT", "wh-east", 50)])
+    sim, _, _ = simulator(world, store)
+    chicago = {"latitude": 41.88, "longitude": -87.63}
+    orders = [
+        {**body, "shipping_address": {**body["shipping_address"], **chicago}}
+        for body in bodies([("MUG", 1)], [("TSHIRT", 1)], [("TSHIRT", 1)])
+    ]
+
+    result = sim.simulate(SimulateSourcing.model_validate({"orders": orders}))
+
+    assert [s.distance_km for item in result.items for s in item.shipments] == [2709.2, 1130.4, 1130.4]
+    assert result.summary.mean_distance_km == 1656.7
+
+
+def test_a_backorder_holds_what_may_not_wait_where_one_location_has_it_all_not_where_the_nearest_split_it():
+    """max_shipments 1, a TSHIRT and a MUG (neither may wait) and two PREORDER (may wait): the nearer
+    wh-east has a TSHIRT and both PREORDER, wh-west a TSHIRT and the MUG. No one location has the
+    whole order, and wh-east, which supplies the most of it, lacks the MUG: the locations the
+    products that may not wait are sourced from first are asked under max_shipments (wh-west has
+    both), not as the nearest, unlimited, would split them (the TSHIRT at wh-east, the MUG at
+    wh-west), which kept wh-east, left the MUG short and refused the order."""
+    stock = [("TSHIRT", "wh-east", 1), ("PREORDER", "wh-east", 2), ("TSHIRT", "wh-west", 1), ("MUG", "wh-west", 1)]
+    world, store = a_world(stock)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    near_east = address_body(latitude=40.71, longitude=-74.01)
+    order_id = world.place(("TSHIRT", 1), ("MUG", 1), ("PREORDER", 2), shipping_address=near_east)
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert reserved_at(world, order_id) == {"wh-west": 2}
+    assert world.order(order_id).short_of() == {"L3": 2}
+
+
+def test_the_what_if_of_an_order_whose_product_was_deleted_since_cancels_it_out_of_stock_as_reservestock_does():
+    """An order of a MUG and a GONE (which may not wait), placed while GONE was in stock; its unit
+    was written off and the product removed from the catalog (no endpoint deletes one: a table
+    item deleted by hand). Nothing will be bought for a product the catalog lacks, and ReserveStock
+    takes one it cannot read as a product that may not wait: it cancels the order out_of_stock.
+    The what-if says so, not that the order would hold the MUG and wait for GONE."""
+    world, store = a_world([("MUG", "wh-east", 1), ("GONE", "wh-east", 1)])
+    world.catalog.put_product(product("GONE", "5.00"))
+    order_id = world.place(("MUG", 1), ("GONE", 1))
+    world.inventory.adjust("GONE", "wh-east", -1, reason="damaged")
+    del world.catalog.products["GONE"]
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order_id).items
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    assert planned_lines(item) == ([], [("L1", 1), ("L2", 1)])
+    assert item.reasons[-1].startswith("allocation would cancel this order out_of_stock"), item.reasons
+
+
+def test_the_what_if_of_an_order_cancelled_before_cancels_recorded_their_lines_plans_its_lines_as_stored():
+    """An order cancelled before a cancel took its units kept its lines, and its `cancelled` entry
+    names no `lines`: the what-if plans the lines as they are (reading that entry's `lines` it
+    failed with a KeyError: a 500 for an operator asking about an old cancelled order)."""
+    world, store = a_world([("MUG", "wh-east", 5)])
+    order = a_stored_order(("MUG", 2), id="ord_" + "a" * 24, status=S.CANCELLED)
+    world.orders.put(order)
+    world.orders.histories[order.id] = [
+        HistoryEntry(at=NOW, type=OrderEvent.CANCELLED, from_status=S.AUTHORIZED, to_status=S.CANCELLED,
+                     actor="key_web", detail={"reason": "changed mind"}),
+    ]  # fmt: skip
+    sim, _, _ = simulator(world, store)
+
+    [item] = what_if(sim, order.id).items
+
+    assert planned_lines(item) == ([("wh-east", "L1", 2)], [])
+
+
+class SeesItsLines:
+    """A sourcing plugin's wrapper that notes the lines of each order it is asked to source."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[tuple[str, int]]] = []
+
+    @hookimpl(wrapper=True)
+    def oms_source_order(self, order):
+        self.seen.append([(line.sku, line.quantity) for line in order.lines])
+        return (yield)
+
+
+def test_a_sourcing_plugin_is_never_asked_to_source_a_line_of_0_units_for_an_order_that_waits():
+    """A MUG in stock and two PREORDER none of which is: the plugins source the part in stock, the
+    MUG alone, not the MUG and a line of 0 PREORDER (the built-in plans that the same, a plugin of
+    one's own need not)."""
+    store = InMemorySourcingRules()
+    plugin = SeesItsLines()
+    world = build_world([("MUG", "wh-west", 1)], plugin, sourcing_rules=store)
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("MUG", 1), ("PREORDER", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert plugin.seen and set(map(tuple, plugin.seen)) == {(("MUG", 1),)}
+
+
+def test_a_backordered_order_a_fill_completed_is_not_sent_back_though_the_rules_now_strand_it():
+    """Filled whole by an arrival, a backordered order stays `backordered` until the workflow its
+    fill started moves it on. A source_again that read it short before that fill (the rules just
+    excluded wh-west, where it holds both units, under max_shipments 1) finds it lacking nothing:
+    it leaves it as it is, its units reserved, not sent back to be sourced at wh-east."""
+    world, store = a_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 5)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, excluded_locations=["wh-east"])
+    order_id = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, _NoStarter(),
+                                   store)  # fmt: skip
+    allocator.arrived("PREORDER", "wh-west")
+    filled = world.order(order_id)
+    assert filled.status is S.BACKORDERED and filled.short_of() == {}
+    put(store, max_shipments=1, excluded_locations=["wh-west"])
+
+    assert world.workflow.source_again(order_id) == filled
+    assert world.order(order_id) == filled and reserved_at(world, order_id) == {"wh-west": 2}
