@@ -1251,3 +1251,23 @@ def test_a_parked_order_a_pass_held_and_could_not_settle_is_settled_by_a_later_p
 
     assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
     assert world.order(order.id).captures_requested == [] and len(world.spy.refunded) == 1
+
+
+def test_a_refused_refund_of_an_appeasement_does_not_keep_the_sweep_from_a_capture_a_ship_left(
+    world, clock, monkeypatch
+):
+    # Customer service's goodwill refund on the partly shipped order was refused by the gateway
+    # after the second parcel's ship died: that refusal is no answer about the ship's capture,
+    # which the sweep still asks to refund (a refusal stops it only for a capture's own refund).
+    before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    goodwill = world.refunds.issue_refund(before.id, Money.of("1.00", "USD"), "late delivery", "goodwill-1", "key_cs")
+    world.gateway.script("refund", "approve")
+    assert goodwill.status == "failed"
+    (refused,) = [h for h in world.history(before.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert refused.detail["kind"] == "refused" and "capture_reference" not in refused.detail
+    clock.advance(**LATE)
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[before.id], held=[], unconfirmed=[before.id])
+    assert world.order(before.id).captures_requested == []
+    assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]
