@@ -152,6 +152,32 @@ def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_no
     assert_error(api.post(f"{path}/hold", json={"reason": "fraud_review"}, headers=key), 409, "idempotency_key_reused")
 
 
+def test_a_hold_whose_answer_was_never_stored_sent_again_with_another_reason_under_its_key_is_409(
+    api: InProcessApi, sku: str
+):
+    # No answer is stored under the key (the first request died after its hold was written), so the
+    # idempotency layer has no body to compare: the hold's entry, which keeps the key, says the key
+    # stood for another reason, and the request is refused, not answered as the hold it made.
+    from core.access import ADMIN_KEY_ID
+    from core.holds import HoldRequest
+    from functions.api.dependencies import container
+
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    idempotency_key = unique("hold")
+    container().holds.hold(
+        order["id"], HoldRequest(reason="address_review", note="flat number missing"), actor=ADMIN_KEY_ID,
+        request_key=f"api:{ADMIN_KEY_ID}:{idempotency_key}",
+    )  # fmt: skip
+    key = {"Idempotency-Key": idempotency_key}
+
+    other = api.post(f"{path}/hold", json={"reason": "fraud_review", "note": "flat number missing"}, headers=key)
+
+    assert_error(other, 409, "idempotency_key_reused")
+    held = api.get(path).json()
+    assert (held["status"], held["hold"]["reason"]) == ("on_hold", "address_review")
+
+
 def held_backordered(api: InProcessApi) -> tuple[str, dict[str, Any], Any]:
     """A backorderable book with 2 units at the west warehouse, an order of 5 of it backordered
     holding those 2, then held for `customer_request`: the book, the order and the hold's answer."""

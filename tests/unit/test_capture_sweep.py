@@ -1230,3 +1230,44 @@ def test_a_settlement_capture_waiting_for_its_payment_plugin_does_not_grow_the_o
     clock.advance(minutes=5)
     assert sweep(world, clock).run_settlements(requested, "reconciler").settled == [died.id]
     assert world.order(died.id).payment.captured == died.totals.grand_total
+
+
+def test_a_parked_order_a_pass_held_and_could_not_settle_is_settled_by_a_later_pass_and_not_reported_unconfirmed(
+    world, clock, monkeypatch
+):
+    # The pass held the order for its parcel (a park) and then failed to write the capture's
+    # withdrawal (the orders table busy): the next pass, once the hold is late, finds it held for a
+    # person already and settles it; it is not an order that cannot be held (`unconfirmed`).
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    dies_before_recording(world, monkeypatch, OrderEvent.CAPTURE_WITHDRAWN)
+    with pytest.raises(CapturesNotSettled) as incomplete:
+        a_pass(world, clock)
+    monkeypatch.undo()
+    assert incomplete.value.done == CapturesSettled(settled=[], held=[order.id], unconfirmed=[])
+    parked = world.order(order.id)
+    assert parked.hold.parked and parked.capture_request(shipment_id) is not None
+    clock.advance(hours=24, minutes=1)  # past the hold's deadline (on_hold=24h): late again, handed on again
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
+    assert world.order(order.id).captures_requested == [] and len(world.spy.refunded) == 1
+
+
+def test_a_refused_refund_of_an_appeasement_does_not_keep_the_sweep_from_a_capture_a_ship_left(
+    world, clock, monkeypatch
+):
+    # Customer service's goodwill refund on the partly shipped order was refused by the gateway
+    # after the second parcel's ship died: that refusal is no answer about the ship's capture,
+    # which the sweep still asks to refund (a refusal stops it only for a capture's own refund).
+    before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    goodwill = world.refunds.issue_refund(before.id, Money.of("1.00", "USD"), "late delivery", "goodwill-1", "key_cs")
+    world.gateway.script("refund", "approve")
+    assert goodwill.status == "failed"
+    (refused,) = [h for h in world.history(before.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert refused.detail["kind"] == "refused" and "capture_reference" not in refused.detail
+    clock.advance(**LATE)
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[before.id], held=[], unconfirmed=[before.id])
+    assert world.order(before.id).captures_requested == []
+    assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]

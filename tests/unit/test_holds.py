@@ -10,9 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import hookimpl
-from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, PluginError
-from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.models import MAX_REVIEW_REQUESTS, RELEASE_RETRY_WINDOW, LineInput, Order, OrderEdit, ReviewRequest
+from core.errors import Backordered, Conflict, InvalidTransition, NotFound, OrderHeld, PluginError
+from core.holds import HoldRequest, Holds, ReleaseRequest, give_back_surplus
+from core.models import (
+    MAX_REVIEW_REQUESTS,
+    RELEASE_RETRY_WINDOW,
+    LineInput,
+    Order,
+    OrderEdit,
+    ReplacedLine,
+    ReviewRequest,
+)
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus
 from plugins import review_threshold
@@ -1072,3 +1080,70 @@ def test_a_hold_sent_again_under_its_idempotency_key_is_answered_within_the_retr
     after = Holds(world.orders, clock=lambda: NOW + RELEASE_RETRY_WINDOW + timedelta(seconds=1))
     with pytest.raises(InvalidTransition):
         after.hold(order_id, request, actor="key_ops", request_key="k-1")
+
+
+def test_a_hold_sent_again_under_its_idempotency_key_with_another_body_is_refused_as_a_reused_key(world):
+    # The key names the first request: another reason, or another note, under it is a client's
+    # bug, not a retry, and is not answered as the hold it did not ask for; a release likewise.
+    order_id = world.place(("TSHIRT", 1))
+    ops = Holds(world.orders, clock=lambda: NOW)
+    ops.hold(order_id, HoldRequest(reason="fraud_review", note="check the address"), actor="key_ops", request_key="k-1")
+
+    for other in (HoldRequest(reason="address_review", note="check the address"),
+                  HoldRequest(reason="fraud_review", note="call the customer")):  # fmt: skip
+        with pytest.raises(Conflict) as reused:
+            ops.hold(order_id, other, actor="key_ops", request_key="k-1")
+        assert reused.value.code == "idempotency_key_reused"
+    ops.release(order_id, ReleaseRequest(note="looks fine"), actor="key_ops", request_key="k-2")
+    with pytest.raises(Conflict) as reused:
+        ops.release(order_id, ReleaseRequest(note="cleared by the bank"), actor="key_ops", request_key="k-2")
+    assert reused.value.code == "idempotency_key_reused"
+    assert world.order(order_id).status is S.PENDING
+
+
+# --- give_back_surplus: what a held order sent back to be sourced keeps ---------------------------
+
+
+def test_surplus_given_back_keeps_what_two_lines_of_one_sku_want_where_the_most_units_are_held(world):
+    # 3 + 2 MUGs held as 6 at wh-east (3 under each line) and 5 at wh-west: the 5 wanted are kept
+    # at wh-east, the location holding the most of the order's units (one parcel), though wh-west
+    # comes first in the network; the line holding more than it wants is shrunk, wh-west released.
+    order = world.order(world.place(("MUG", 3), ("MUG", 2)))
+    world.inventory.reserve("MUG", "wh-east", f"{order.id}#L1", 3)
+    world.inventory.reserve("MUG", "wh-east", f"{order.id}#L2", 3)
+    world.inventory.reserve("MUG", "wh-west", f"{order.id}#L1", 5)
+
+    give_back_surplus(world.inventory, order, ["wh-west", "wh-east"])
+
+    assert world.held_for(order.id) == {
+        ("MUG", "wh-east", f"{order.id}#L1"): 3,
+        ("MUG", "wh-east", f"{order.id}#L2"): 2,
+    }
+    assert (world.level("MUG", "wh-east"), world.level("MUG", "wh-west")) == ((10, 5, 5), (10, 0, 10))
+
+
+def test_surplus_given_back_between_locations_holding_as_many_keeps_the_one_first_in_the_network(world):
+    order = world.order(world.place(("MUG", 2)))
+    for location_id in ("wh-east", "wh-west"):
+        world.inventory.reserve("MUG", location_id, f"{order.id}#L1", 2)
+
+    give_back_surplus(world.inventory, order, ["wh-west", "wh-east"])
+
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.level("MUG", "wh-east") == (10, 0, 10)
+
+
+def test_surplus_given_back_keeps_a_lines_own_units_before_those_of_the_line_an_edit_replaced(world):
+    # L1 (2 MUGs) was edited into L2 (2 MUGs), whose release the inventory refused (the order owes
+    # it: Order.replaced_lines), and L2 was sourced at the same location meanwhile: the units are
+    # kept under L2's own key, the one the order's shipment and cancel name, and L1's released.
+    placed = world.order(world.place(("MUG", 2)))
+    line = placed.lines[0].model_copy(update={"line_id": "L2"})
+    order = placed.model_copy(update={"lines": [line], "replaced_lines": [ReplacedLine(line_id="L1", sku="MUG")]})
+    world.inventory.reserve("MUG", "wh-east", f"{order.id}#L1", 2)
+    world.inventory.reserve("MUG", "wh-east", f"{order.id}#L2", 2)
+
+    give_back_surplus(world.inventory, order, ["wh-east", "wh-west"])
+
+    assert world.held_for(order.id) == {("MUG", "wh-east", f"{order.id}#L2"): 2}
+    assert world.level("MUG", "wh-east") == (10, 2, 8)
