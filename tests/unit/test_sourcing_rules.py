@@ -1404,10 +1404,9 @@ def test_the_what_if_leaves_an_older_backordered_order_the_units_it_is_owed_as_r
     assert planned_lines(of_older) == ([("wh-west", "L1", 3)], [])
 
 
-def test_the_what_if_leaves_an_older_order_a_count_excluded_the_units_restocked_there_since_as_reservestock_does():
-    """A stock take at wh-west sent the older order elsewhere (none had any): units added there since
-    are its, as the walk of their receipt fills it there, though the stream has not handed them
-    over yet. ReserveStock gave them to a newer order, and the what-if planned them for it."""
+def an_older_order_a_count_excluded() -> tuple[World, InMemorySourcingRules]:
+    """A world in time and an older order of 3 PREORDER that held the 2 at wh-west until a stock take
+    counted wh-west at 0: sent back, it waits holding nothing, wh-west excluded."""
     world, store = a_world_in_time()
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
@@ -1422,6 +1421,14 @@ def test_the_what_if_leaves_an_older_order_a_count_excluded_the_units_restocked_
     counts.count("PREORDER", "wh-west", 0)
     with pytest.raises(Backordered):
         world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    return world, store
+
+
+def test_the_what_if_leaves_an_older_order_a_count_excluded_the_units_restocked_there_since_as_reservestock_does():
+    """A stock take at wh-west sent the older order elsewhere (none had any): units added there since
+    are its, as the walk of their receipt fills it there, though the stream has not handed them
+    over yet. ReserveStock gave them to a newer order, and the what-if planned them for it."""
+    world, store = an_older_order_a_count_excluded()
     world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")  # not handed to the queue yet
     newer = world.place(("PREORDER", 2))
     world.workflow.authorize_payment(newer, attempt=0)
@@ -1439,20 +1446,7 @@ def test_the_what_if_leaves_an_older_order_a_count_excluded_its_units_where_it_w
     """As above, with 2 units restocked at wh-west and 2 arriving at wh-east: the older order lacks
     3 and may take them at both, so neither ReserveStock nor the what-if gives a newer order any.
     Counting it owed only where the count's exclusion lapsed handed it wh-east's 2."""
-    world, store = a_world_in_time()
-    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
-    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
-    older = world.place(("PREORDER", 3))
-    world.workflow.authorize_payment(older, attempt=0)
-    with pytest.raises(Backordered):
-        world.workflow.reserve_stock(older)  # holds the 2 at wh-west
-    counts = InventoryService(
-        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
-        send_back=world.actions.source_backorder_again,
-    )  # fmt: skip
-    counts.count("PREORDER", "wh-west", 0)
-    with pytest.raises(Backordered):
-        world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    world, store = an_older_order_a_count_excluded()
     world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")  # neither handed to the queue yet
     world.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
     newer = world.place(("PREORDER", 2))
@@ -1471,20 +1465,7 @@ def test_no_stock_item_is_read_for_an_older_order_a_count_excluded_where_no_unit
     wh-west was restocked since that count matters only where units are free for a newer order to
     take: ReserveStock and the what-if read the stock items a count excluded only there, and
     wh-west has none (a read per older order a count excluded, on the step's time limit)."""
-    world, store = a_world_in_time()
-    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
-    world.inventory.adjust("PREORDER", "wh-west", 2, reason="receipt")
-    older = world.place(("PREORDER", 3))
-    world.workflow.authorize_payment(older, attempt=0)
-    with pytest.raises(Backordered):
-        world.workflow.reserve_stock(older)  # holds the 2 at wh-west
-    counts = InventoryService(
-        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
-        send_back=world.actions.source_backorder_again,
-    )  # fmt: skip
-    counts.count("PREORDER", "wh-west", 0)
-    with pytest.raises(Backordered):
-        world.workflow.reserve_stock(older)  # sent back, it waits holding nothing, wh-west excluded
+    world, store = an_older_order_a_count_excluded()
     world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")  # not handed to the queue yet
     newer = world.place(("PREORDER", 2))
     world.workflow.authorize_payment(newer, attempt=0)
