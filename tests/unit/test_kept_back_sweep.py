@@ -161,11 +161,10 @@ def test_what_a_return_kept_back_is_refunded_once_its_refund_left_pending_throug
     assert world.order(order.id).payment == after.payment
 
 
-def test_what_a_return_kept_back_is_refunded_when_it_was_kept_back_after_the_last_parcel_was_captured(
-    world, clock, monkeypatch
-):  # fmt: skip
-    # The goodwill took all the MUGs' capture, so their refund gave nothing; the CAPs shipped and
-    # arrived before the return wrote what it kept back: nothing ships after to refund it.
+def kept_back_as_the_last_parcel_arrived(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """A return of both MUGs settled after a goodwill refund took all their capture, so it gave
+    nothing, while the CAPs shipped and arrived before it wrote what it kept back: (returns service,
+    order, return, goodwill, the CAPs' shipment id)."""
     returns, _ = returns_for(world, clock)
     order = world.allocated(("MUG", 2), ("CAP", 2))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
@@ -183,6 +182,15 @@ def test_what_a_return_kept_back_is_refunded_when_it_was_kept_back_after_the_las
 
     monkeypatch.setattr(returns, "_keep_back", after_the_last_parcel)
     assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    return returns, order, item, goodwill, caps
+
+
+def test_what_a_return_kept_back_is_refunded_when_it_was_kept_back_after_the_last_parcel_was_captured(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture, so their refund gave nothing; the CAPs shipped and
+    # arrived before the return wrote what it kept back: nothing ships after to refund it.
+    returns, order, item, goodwill, caps = kept_back_as_the_last_parcel_arrived(world, clock, monkeypatch)
     kept = world.order(order.id)
     assert kept.returns_kept_back == {item.id: order.lines[0].total} and kept.payment.refunded == goodwill
 
@@ -904,23 +912,7 @@ def test_what_a_return_kept_back_is_shown_on_it_though_its_first_show_lost_a_rac
     # show none of the money given back for it.
     from core.errors import StaleVersion
 
-    returns, _ = returns_for(world, clock)
-    order = world.allocated(("MUG", 2), ("CAP", 2))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    goodwill = world.order(order.id).payment.captured
-    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
-    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    caps = world.shipment_at(order, "wh-east")
-    keep_back = returns._keep_back
-
-    def after_the_last_parcel(*args: object) -> None:
-        world.actions.ship(order.id, caps, None, actor="key_wh")
-        world.actions.deliver(order.id, caps, actor="key_wh")
-        keep_back(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(returns, "_keep_back", after_the_last_parcel)
-    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    returns, order, item, _, caps = kept_back_as_the_last_parcel_arrived(world, clock, monkeypatch)
     update = world.returns.update
     lost: list[str] = []
 
