@@ -12,6 +12,7 @@ import pytest
 from core import hookimpl
 from core.errors import NoPaymentPlugin, PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
+from core.models import Order
 from core.money import Money
 from core.order_changes import modify
 from core.ports import PendingRefunds
@@ -176,10 +177,14 @@ class RefundsDownForTest:
                 raise TransientError("the test gateway is down")
 
 
-def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_another_behind_them(clock):
+def refunds_down_then_one_through_another_gateway(
+    clock: Clock, down_orders: int
+) -> tuple[World, RefundsDownForTest, list[str], Order]:
+    """`down_orders` shipped orders whose refund found their gateway down (left pending), then one paid
+    through another gateway whose refund was left unasked, 20 minutes ago."""
     outage = RefundsDownForTest()
     world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
-    down = [shipped(world) for _ in range(3)]
+    down = [shipped(world) for _ in range(down_orders)]
     for order_id in down:
         with pytest.raises(PaymentGatewayUnavailable):
             world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
@@ -188,6 +193,11 @@ def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_an
         world.actions.ship(other.id, shipment.id, None, actor="key_wh")
     left_unasked(world, other.id)
     clock.advance(minutes=20)
+    return world, outage, down, other
+
+
+def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_another_behind_them(clock):
+    world, outage, down, other = refunds_down_then_one_through_another_gateway(clock, 3)
     outage.asked.clear()
     [waiting] = world.order(other.id).payment.refunds
 
@@ -372,16 +382,7 @@ def test_a_passs_first_outage_whose_write_another_entry_beat_is_decided_again_an
 def test_an_order_whose_gateway_was_found_down_counts_as_asked_toward_the_passs_limit(clock):
     # A pass of at most one order asked: the first order's gateway is down (its retries spent), so
     # the pass is done; it does not go past its limit to the refund through another gateway behind it.
-    outage = RefundsDownForTest()
-    world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
-    down = shipped(world)
-    with pytest.raises(PaymentGatewayUnavailable):
-        world.refunds.issue_refund(down, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
-    other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
-    for shipment in other.shipments:
-        world.actions.ship(other.id, shipment.id, None, actor="key_wh")
-    left_unasked(world, other.id)
-    clock.advance(minutes=20)
+    world, _, _, other = refunds_down_then_one_through_another_gateway(clock, 1)
     pass_ = PendingRefundSweep(
         InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15), limit=1
     )
@@ -395,17 +396,7 @@ def test_only_the_orders_whose_refunds_a_pass_answered_are_handed_to_the_kept_ba
     # The kept-back pass takes the orders handed to it at once, however recently they changed: one
     # whose refund the pass left pending (its method's gateway found down on an order before it) is
     # not one of them, and waits in its index like any other.
-    outage = RefundsDownForTest()
-    world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
-    down = [shipped(world) for _ in range(2)]
-    for order_id in down:
-        with pytest.raises(PaymentGatewayUnavailable):
-            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
-    other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
-    for shipment in other.shipments:
-        world.actions.ship(other.id, shipment.id, None, actor="key_wh")
-    left_unasked(world, other.id)
-    clock.advance(minutes=20)
+    world, _, down, other = refunds_down_then_one_through_another_gateway(clock, 2)
     handed: list[str] = []
 
     (finished,) = sweep(world, clock).run(ACTOR, orders=handed)
