@@ -27,7 +27,15 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Clock, Died, World, a_ship_that_died, build_world, dies_before_recording
+from tests.unit.world import (
+    Clock,
+    Died,
+    World,
+    a_ship_that_died,
+    before_the_next_write,
+    build_world,
+    dies_before_recording,
+)
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
 ACTOR = SCAN_ACTOR
@@ -557,6 +565,32 @@ def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_
     assert after.captures_requested == [] and after.payment.captured.amount == 0
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
     assert (after.status, after.hold.resume_to) == (OrderStatus.ON_HOLD, OrderStatus.ALLOCATED)
+
+
+def test_a_lengthened_deadline_leaves_the_mark_of_an_order_whose_ship_asks_its_capture_as_the_pass_unmarks(
+    world, clock, monkeypatch
+):
+    # Read among the marked orders (listed) before the deadline it is late by was lengthened, the
+    # order's ship asks its capture before the unmark lands: no longer listed, it is not the
+    # unmark's (Order.listed_late); the mark stays until that ship is over.
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == NOTHING and world.order(order.id).listed_late  # marked late
+    shipment_id = order.shipments[0].id
+
+    def a_ship_that_dies() -> None:
+        with monkeypatch.context() as patched:
+            dies_before_recording(world, patched, "shipment_shipped")
+            with pytest.raises(Died):
+                world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    landed = before_the_next_write(world, monkeypatch, a_ship_that_dies)
+    scanned, settled = scan_pass(world, clock, sla="allocated=72h")  # no longer late by 72 hours
+
+    assert landed and (scanned.unmarked, settled) == ([], NOTHING)
+    asking = world.order(order.id)
+    assert asking.capture_request(shipment_id) is not None and asking.jeopardy is not None
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY_CLEARED) == 0
 
 
 def test_the_hold_expiry_never_cancels_an_order_held_to_confirm_whether_its_parcel_left(world, clock, monkeypatch):
