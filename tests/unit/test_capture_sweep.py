@@ -866,6 +866,34 @@ def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_m
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 2
 
 
+def test_an_order_a_pass_alongside_marks_for_its_refused_refund_is_marked_once(world, clock, monkeypatch):
+    # Two overlapping passes judge the late held order: the one alongside marks it for the refund
+    # the gateway refused between this pass's judgement and its history read. Listed already, it
+    # is this pass's to mark no more: one mark, one jeopardy entry, and no order reported failed
+    # (a second mark is refused: InvalidTransition, the order read past).
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)  # late for its hold (on_hold=24h)
+    real, alongside = world.orders.history, []
+
+    def history(order_id: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        if not alongside:
+            alongside.append(None)  # its own history read goes straight through
+            alongside[0] = scan_pass(world, clock)
+        return real(order_id, **kwargs)
+
+    monkeypatch.setattr(world.orders, "history", history)
+    scanned, settled = scan_pass(world, clock)
+
+    assert alongside == [(Scanned(marked=[order.id], in_jeopardy=1), NOTHING)]
+    assert (scanned.marked, settled) == ([], NOTHING)
+    assert world.order(order.id).listed_late
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 1
+
+
 def test_a_late_order_whose_ship_is_under_way_is_not_handed_on_to_the_sweep_until_its_request_is_over(
     world, clock, monkeypatch
 ):
