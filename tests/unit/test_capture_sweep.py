@@ -335,6 +335,25 @@ def test_a_cancel_whose_refund_could_not_be_made_is_finished_refund_then_void(wo
     assert world.spy.voided == [order.payment.authorization]
 
 
+def test_a_gateway_found_down_for_a_cancelled_order_is_not_asked_for_the_next_one(world, clock, monkeypatch):
+    # Two cancels whose refunds could not be made, through one gateway: found down finishing the
+    # first, it is not asked again in the pass for the second (each ask costs the client's retries).
+    first, first_shipment = a_ship_that_died(world, monkeypatch)
+    second, second_shipment = a_ship_that_died(world, monkeypatch, ("MUG", 1))
+    world.gateway.script("refund", "transient")
+    for order in (first, second):
+        world.actions.cancel(order.id, "customer asked", actor="key_web")
+    world.gateway.script("capture", "transient")
+    clock.advance(minutes=16)
+    asked_before = len(world.gateway.calls)
+
+    assert sweep(world, clock).run([first.id, second.id], ACTOR) == NOTHING
+
+    asked = {key for _, key in world.gateway.calls[asked_before:]}  # the client retries under one key
+    assert asked == {payment_keys.capture(first.id, first_shipment)}
+    assert world.order(second.id).capture_request(second_shipment) is not None  # the next pass's
+
+
 def test_a_settlement_capture_whose_cancel_died_is_recorded_not_given_back(clock, monkeypatch):
     # Its order is shipped: never late, so the scan does not hand it on (the reconciler finds it
     # through its index: run_settlements, below); handed on, the sweep records it.
