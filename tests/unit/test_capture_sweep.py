@@ -27,7 +27,15 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Clock, Died, World, a_ship_that_died, build_world, dies_before_recording
+from tests.unit.world import (
+    Clock,
+    Died,
+    World,
+    a_ship_that_died,
+    before_the_next_write,
+    build_world,
+    dies_before_recording,
+)
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
 ACTOR = SCAN_ACTOR
@@ -327,6 +335,25 @@ def test_a_cancel_whose_refund_could_not_be_made_is_finished_refund_then_void(wo
     assert world.spy.voided == [order.payment.authorization]
 
 
+def test_a_gateway_found_down_for_a_cancelled_order_is_not_asked_for_the_next_one(world, clock, monkeypatch):
+    # Two cancels whose refunds could not be made, through one gateway: found down finishing the
+    # first, it is not asked again in the pass for the second (each ask costs the client's retries).
+    first, first_shipment = a_ship_that_died(world, monkeypatch)
+    second, second_shipment = a_ship_that_died(world, monkeypatch, ("MUG", 1))
+    world.gateway.script("refund", "transient")
+    for order in (first, second):
+        world.actions.cancel(order.id, "customer asked", actor="key_web")
+    world.gateway.script("capture", "transient")
+    clock.advance(minutes=16)
+    asked_before = len(world.gateway.calls)
+
+    assert sweep(world, clock).run([first.id, second.id], ACTOR) == NOTHING
+
+    asked = {key for _, key in world.gateway.calls[asked_before:]}  # the client retries under one key
+    assert asked == {payment_keys.capture(first.id, first_shipment)}
+    assert world.order(second.id).capture_request(second_shipment) is not None  # the next pass's
+
+
 def test_a_settlement_capture_whose_cancel_died_is_recorded_not_given_back(clock, monkeypatch):
     # Its order is shipped: never late, so the scan does not hand it on (the reconciler finds it
     # through its index: run_settlements, below); handed on, the sweep records it.
@@ -557,6 +584,32 @@ def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_
     assert after.captures_requested == [] and after.payment.captured.amount == 0
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
     assert (after.status, after.hold.resume_to) == (OrderStatus.ON_HOLD, OrderStatus.ALLOCATED)
+
+
+def test_a_lengthened_deadline_leaves_the_mark_of_an_order_whose_ship_asks_its_capture_as_the_pass_unmarks(
+    world, clock, monkeypatch
+):
+    # Read among the marked orders (listed) before the deadline it is late by was lengthened, the
+    # order's ship asks its capture before the unmark lands: no longer listed, it is not the
+    # unmark's (Order.listed_late); the mark stays until that ship is over.
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == NOTHING and world.order(order.id).listed_late  # marked late
+    shipment_id = order.shipments[0].id
+
+    def a_ship_that_dies() -> None:
+        with monkeypatch.context() as patched:
+            dies_before_recording(world, patched, "shipment_shipped")
+            with pytest.raises(Died):
+                world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    landed = before_the_next_write(world, monkeypatch, a_ship_that_dies)
+    scanned, settled = scan_pass(world, clock, sla="allocated=72h")  # no longer late by 72 hours
+
+    assert landed and (scanned.unmarked, settled) == ([], NOTHING)
+    asking = world.order(order.id)
+    assert asking.capture_request(shipment_id) is not None and asking.jeopardy is not None
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY_CLEARED) == 0
 
 
 def test_the_hold_expiry_never_cancels_an_order_held_to_confirm_whether_its_parcel_left(world, clock, monkeypatch):
@@ -830,6 +883,34 @@ def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_m
 
     assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 2
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 2
+
+
+def test_an_order_a_pass_alongside_marks_for_its_refused_refund_is_marked_once(world, clock, monkeypatch):
+    # Two overlapping passes judge the late held order: the one alongside marks it for the refund
+    # the gateway refused between this pass's judgement and its history read. Listed already, it
+    # is this pass's to mark no more: one mark, one jeopardy entry, and no order reported failed
+    # (a second mark is refused: InvalidTransition, the order read past).
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)  # late for its hold (on_hold=24h)
+    real, alongside = world.orders.history, []
+
+    def history(order_id: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        if not alongside:
+            alongside.append(None)  # its own history read goes straight through
+            alongside[0] = scan_pass(world, clock)
+        return real(order_id, **kwargs)
+
+    monkeypatch.setattr(world.orders, "history", history)
+    scanned, settled = scan_pass(world, clock)
+
+    assert alongside == [(Scanned(marked=[order.id], in_jeopardy=1), NOTHING)]
+    assert (scanned.marked, settled) == ([], NOTHING)
+    assert world.order(order.id).listed_late
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 1
 
 
 def test_a_late_order_whose_ship_is_under_way_is_not_handed_on_to_the_sweep_until_its_request_is_over(

@@ -441,6 +441,21 @@ def test_the_reconciler_never_parks_an_order_that_moved_on_after_it_was_judged_s
     assert (order.status, order.hold) == (S.AUTHORIZED, None)
 
 
+def test_an_order_a_lagging_index_still_answers_as_stalled_is_judged_on_the_status_it_is_read_in(world):
+    """The status index still answers `pending` for an order its execution allocated an hour ago
+    (a replica not caught up): the order read is allocated, no workflow's to move on, so it is
+    neither restarted nor marked (an operator would meet a second execution for an order already
+    allocated, and a restart mark on it)."""
+    allocated = world.allocated(("TSHIRT", 1))
+    assert allocated.last_changed == NOW
+    run, stalled, starter = reconciler(world, minutes_later=90)
+    lagging = StalledOrder(allocated.id, allocated.created_at)
+    stalled.stalled = lambda statuses, created_before: iter([lagging])  # type: ignore[method-assign]
+
+    assert (run.run(), starter.started) == (Reconciled(), [])
+    assert world.order(allocated.id) == allocated
+
+
 @pytest.mark.parametrize("parked_at", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
 def test_the_execution_a_release_starts_resumes_the_order_while_plain_reads_still_show_it_held(
     world, monkeypatch, parked_at
