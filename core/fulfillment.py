@@ -981,7 +981,9 @@ class OrderActions:
         # Before anything is written or asked of the gateway (a standing request voided included).
         if edit.lines is not None:
             order.check_room_to_replace_lines()
-        order.check_room_to_give_up_bookings()
+        changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
+                         if getattr(edit, name) is not None)  # fmt: skip
+        order.check_room_to_give_up_bookings(changes)
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
@@ -1017,8 +1019,6 @@ class OrderActions:
             if settled.version > order.version + (1 if request.withdrawn else 2):
                 raise StaleVersion(f"order {order_id} changed meanwhile; read it again")
             return self.edit(order_id, settled.version, edit, actor, channel)
-        changes = sorted(name for name in ("lines", "shipping_address", "shipping_method")
-                         if getattr(edit, name) is not None)  # fmt: skip
         at = self._clock()
 
         def edited(edited_order: Order, reauthorized: PaymentResult | None) -> Change:

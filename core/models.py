@@ -3327,10 +3327,13 @@ class Order(Shown):
             details=[{"field": "lines", "message": f"order {self.id} cannot be authorized for more now"}],
         )
 
-    def check_room_to_give_up_bookings(self) -> None:
-        """409 `too_many_bookings_to_cancel` when an edit would send this order back to be sourced
-        (giving up its parcels' bookings) while it owes its carriers MAX_BOOKINGS_TO_CANCEL cancels."""
-        if not self.sourced_again_by_edit() or len(self.bookings_to_cancel) < MAX_BOOKINGS_TO_CANCEL:
+    def check_room_to_give_up_bookings(self, changed: Sequence[str]) -> None:
+        """409 `too_many_bookings_to_cancel` when an edit of `changed` would send this order back to
+        be sourced (giving up its parcels' bookings: sources_again_after) while it owes its carriers
+        MAX_BOOKINGS_TO_CANCEL cancels."""
+        if not (self.sourced_again_by_edit() and self.sources_again_after(changed)):
+            return
+        if len(self.bookings_to_cancel) < MAX_BOOKINGS_TO_CANCEL:
             return
         raise Conflict(
             f"order {self.id} owes its carrier cancels of {len(self.bookings_to_cancel)} bookings its changes gave up,"

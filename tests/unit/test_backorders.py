@@ -27,11 +27,20 @@ from hypothesis.stateful import (
 from core import payment_keys
 from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.domain_events import order_events
-from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
+from core.errors import Backordered, Conflict, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
-from core.models import AddressInput, Allocation, LineInput, Order, OrderEdit, StockLevel
+from core.models import (
+    MAX_BOOKINGS_TO_CANCEL,
+    AddressInput,
+    Allocation,
+    GivenUpBooking,
+    LineInput,
+    Order,
+    OrderEdit,
+    StockLevel,
+)
 from core.ports import WaitingOrder, WorkflowStarter
 from core.services import InventoryService
 from core.sourcing_rules import SourcingRules
@@ -436,6 +445,27 @@ def test_a_backordered_pickup_whose_address_alone_is_edited_keeps_its_units_and_
     assert (world.order(older).status, world.order(newer).status) == (S.ALLOCATED, S.BACKORDERED)
     assert [order_id for order_id, _ in starter.started] == [older]  # filled and started again, once
     assert world.level("PREORDER", "store-sf") == (2, 2, 0)
+
+
+def test_a_pickup_owing_its_carrier_many_cancels_still_takes_an_edit_of_its_address_alone():
+    # Such an edit gives up no booking (it sends nothing back to be sourced: Order.sources_again_after),
+    # so the bound on bookings owed a cancel (409 too_many_bookings_to_cancel) is not its to meet;
+    # an edit of its lines, which sources it again, still meets it.
+    world, _, _ = make_world([("PREORDER", "store-sf", 1)])
+    pickup = backordered(world, ("PREORDER", 2), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    owed = [GivenUpBooking(shipment_id=f"shp_{n}", booking_key=f"key_{n}") for n in range(MAX_BOOKINGS_TO_CANCEL)]
+    world.orders.orders[pickup] = world.order(pickup).model_copy(update={"bookings_to_cancel": owed})
+    moved = AddressInput.model_validate(address_body(line1="2 Other St"))
+
+    edited = world.actions.edit(pickup, world.order(pickup).version, OrderEdit(shipping_address=moved), "key_cs")
+
+    assert (edited.status, edited.shipping_address.line1) == (S.BACKORDERED, "2 Other St")
+    # (The edit's change asked the carrier to take them again, which this one's fake did.)
+    world.orders.orders[pickup] = world.order(pickup).model_copy(update={"bookings_to_cancel": owed})
+    more = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=3)])
+    with pytest.raises(Conflict) as refused:
+        world.actions.edit(pickup, world.order(pickup).version, more, "key_cs")
+    assert refused.value.code == "too_many_bookings_to_cancel"
 
 
 def test_a_walk_past_a_long_run_of_entries_it_passes_over_unread_hands_on_after_its_pages(monkeypatch):
