@@ -254,7 +254,8 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "than 64 KiB of them (20 edits of 100 lines) is 409 `too_many_edits`, nothing written or asked of the gateway "
     "(its address and method can still be edited; its lines once it is sourced, a held one released). An allocated or "
     "backordered order that owes its carrier 50 cancels of bookings its changes gave up (the carrier's cancel down) "
-    "is 409 `too_many_bookings_to_cancel`, nothing written, until the carrier takes them. An edit whose "
+    "is 409 `too_many_bookings_to_cancel`, nothing written, until the carrier takes them (not for a pickup's "
+    "address edited alone, which sends nothing back). An edit whose "
     "lines (in any order), address and method are those the order has is 200 with the order as it is, nothing "
     "written (a stale `If-Match` is still 409); one that sends no lines, or the order's in any order, keeps "
     "their ids.",
