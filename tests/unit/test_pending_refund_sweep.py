@@ -359,6 +359,27 @@ def test_an_outage_at_a_split_refunds_second_part_after_its_first_parts_is_recor
     assert world.order(second.id).payment.refunded == second.payment.captured
 
 
+def test_two_passes_at_once_both_answered_by_the_gateway_record_the_refund_once(clock):
+    # Both passes get the gateway's answer (under the refund's one key); the inner pass's write
+    # lands first, and the outer pass's, decided again on the order that now says `succeeded`,
+    # records nothing: the refund counted in `payment.refunded` once, one `payment_refunded` entry.
+    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUNDED, clock=clock)
+    order_id = shipped(world)
+    left_unasked(world, order_id)
+    [refund] = world.order(order_id).payment.refunds
+    clock.advance(minutes=20)
+    inner: list[list[str]] = []
+    race.between = lambda: inner.append(sweep(world, clock).run(ACTOR))
+
+    assert sweep(world, clock).run(ACTOR) == [refund.id]
+
+    assert inner == [[refund.id]]  # the other pass ran inside this one's write, and recorded it
+    assert world.order(order_id).payment.refunded == FIVE
+    refunded = [e for e in world.history(order_id) if e.type is OrderEvent.PAYMENT_REFUNDED]
+    assert [e.detail["refund_id"] for e in refunded] == [refund.id]
+    assert len(world.spy.refunded) == 1
+
+
 def test_a_passs_first_outage_whose_write_another_entry_beat_is_decided_again_and_recorded(clock):
     # Its write is conditional on the history's length (failure_recorder's `unless`): another
     # entry landing first (here a label booking noted on the order) refuses it, and it is decided

@@ -375,6 +375,39 @@ def test_a_split_refund_refused_in_part_tells_what_went_back_and_what_did_not_on
     assert told.details == {"refund_id": went_back_id(refund_id), "amount": str(under_old.amount), "currency": "USD"}
 
 
+def test_a_refused_split_give_back_of_an_exchanges_credit_logs_only_what_did_not_go_back(world, clock, caplog):
+    # The mug and the caps (one parcel on each authorization) exchanged for a t-shirt, whose order
+    # is cancelled before it ships: its whole credit is given back, split over the original's two
+    # authorizations; the first part went back, the second was refused. The ERROR line the
+    # person CreditsNotGivenBackAlarm calls reads names what is left to give back: the refused
+    # part, not the whole credit, nor the part that went back.
+    _, second = renewed_between_parcels(world, clock)
+    returns = returns_of(world, clock)
+    units = [("L1", 1), ("L2", 3)]
+    asked = RequestReturn.model_validate({
+        "lines": [{"line_id": line_id, "quantity": n, "reason": "size"} for line_id, n in units],
+        "exchange": {"lines": [{"sku": "TSHIRT", "quantity": 1}]},
+    })  # fmt: skip
+    item = returns.request(second.id, asked, actor="key_cs")
+    back = [{"line_id": line_id, "quantity": n, "condition": "resellable"} for line_id, n in units]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-east", "lines": back}), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    world.gateway.script("refund", "approve", "refuse")
+    caplog.set_level("ERROR")
+
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    [refused] = [r for r in world.order(second.id).payment.refunds if r.status == "failed"]
+    went, kept = refused.parts or []
+    assert (went.status, kept.status, went.amount + kept.amount) == ("succeeded", "failed", refused.amount)
+    assert went.amount.amount > 0
+    logged = [r for r in caplog.records if r.levelname == "ERROR" and "did not use" in r.getMessage()]
+    assert [(r.__dict__.get("order_id"), r.__dict__.get("refund_id"), r.__dict__.get("amount")) for r in logged] == [
+        (second.id, refused.id, str(kept.amount.amount))
+    ]
+    assert f"{kept.amount.amount} USD not given back" in logged[0].getMessage()
+
+
 def test_a_return_of_an_exchanges_replacement_whose_draw_on_the_credit_was_refused_in_part_draws_only_the_rest(
     world, clock
 ):
