@@ -561,6 +561,42 @@ def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report
     assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1
 
 
+@pytest.mark.parametrize("held_again", [False, True], ids=["released", "released-then-held-by-a-person"])
+def test_an_order_whose_parcel_a_person_confirmed_while_an_overlapping_pass_held_it_is_not_held_again(
+    world, clock, monkeypatch, held_again
+):
+    # Two passes found the order late with its dead ship's request standing. Between this pass's
+    # read and its hold, the other held it, gave the capture back, and a person released it (the
+    # parcel never left), then, maybe, held it for a review of their own. Nothing is left to confirm:
+    # this pass neither holds the order again nor makes the person's hold a park no expiry ends.
+    order, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert late == [order.id]
+    holds, twin = Holds(world.orders, clock), []
+
+    def the_twin_then_a_person() -> None:
+        twin.append(sweep(world, clock).run(late, ACTOR))
+        holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+        if held_again:
+            holds.hold(order.id, HoldRequest(reason="address_review"), "key_ops")
+
+    landed = before_the_next_write(world, monkeypatch, the_twin_then_a_person)
+    this = sweep(world, clock).run(late, ACTOR)
+
+    assert landed and twin == [CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])]
+    assert this == NOTHING and len(world.spy.refunded) == 1
+    after = world.order(order.id)
+    if held_again:
+        assert (after.status, after.hold.reason, after.hold.parked) == (OrderStatus.ON_HOLD, "address_review", False)
+    else:
+        assert (after.status, after.hold) == (OrderStatus.ALLOCATED, None)
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1 + held_again
+
+
 def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_pass(world, clock, monkeypatch):
     # The warehouse ships the late order at last and its ship dies after the gateway captured: the
     # scan reads only unmarked orders, so it never read this one again, and nobody gave the money
