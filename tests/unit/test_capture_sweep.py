@@ -597,6 +597,30 @@ def test_an_order_whose_parcel_a_person_confirmed_while_an_overlapping_pass_held
     assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1 + held_again
 
 
+def test_an_order_a_pass_alongside_settles_before_this_pass_holds_it_takes_no_place_in_this_pass_limit(
+    world, clock, monkeypatch
+):
+    # Between this pass's read of the first order and its hold, the other pass held it and gave the
+    # capture back: this pass asked the gateway nothing for it, so its limit of one still reaches the
+    # next order, whose capture would otherwise wait a pass more.
+    first, _ = a_ship_that_died(world, monkeypatch)
+    second, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert sorted(late) == sorted([first.id, second.id])
+    twin: list[CapturesSettled] = []
+    landed = before_the_next_write(world, monkeypatch, lambda: twin.append(sweep(world, clock).run([first.id], ACTOR)))
+
+    this = sweep(world, clock).run([first.id, second.id], ACTOR, limit=1)
+
+    assert landed and twin == [CapturesSettled(settled=[first.id], held=[first.id], unconfirmed=[])]
+    assert this == CapturesSettled(settled=[second.id], held=[second.id], unconfirmed=[])
+    assert len(world.spy.refunded) == 2 and world.order(second.id).captures_requested == []
+
+
 def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_pass(world, clock, monkeypatch):
     # The warehouse ships the late order at last and its ship dies after the gateway captured: the
     # scan reads only unmarked orders, so it never read this one again, and nobody gave the money
