@@ -26,6 +26,7 @@ from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
+from tests.builders import location
 from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import (
     Clock,
@@ -35,6 +36,7 @@ from tests.unit.world import (
     before_the_next_write,
     build_world,
     dies_before_recording,
+    ships_died,
 )
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
@@ -280,6 +282,31 @@ def partly_shipped_with_a_second_ship_that_died(world: World, monkeypatch: pytes
         world.actions.ship(order.id, second, None, actor="key_wh")
     monkeypatch.undo()
     return world.order(order.id), second
+
+
+def test_an_order_whose_next_ship_asks_its_capture_while_the_pass_settles_is_counted_settled_once_none_stands(
+    world, clock, monkeypatch
+):
+    # A partly shipped order in three parcels: the second's ship died after its capture. While the
+    # pass gives that capture back, the warehouse ships the third, whose ship dies after its capture
+    # too: the order is left with a request standing, so this pass does not count it settled; the
+    # pass that settles that request, once it is over, does (UnrecordedCapturesSettled: one order).
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=41.88, longitude=-87.63))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 1))
+    west, east, north = (world.shipment_at(order, at) for at in ("wh-west", "wh-east", "wh-north"))
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    ships_died(world, monkeypatch, order.id, [east])
+    clock.advance(**LATE)
+
+    landed = before_the_next_write(world, monkeypatch, lambda: ships_died(world, monkeypatch, order.id, [north]))
+    assert a_pass(world, clock) == CapturesSettled(settled=[], held=[], unconfirmed=[order.id])
+
+    standing = world.order(order.id)
+    assert landed and [r.shipment_id for r in standing.captures_requested] == [north]
+    clock.advance(minutes=16)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
+    assert world.order(order.id).captures_requested == [] and len(world.spy.refunded) == 2
 
 
 def test_a_second_parcels_capture_is_refunded_with_the_default_sla_once_past_the_allocated_deadline(
