@@ -26,6 +26,7 @@ from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
+from tests.builders import location
 from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import (
     Clock,
@@ -35,6 +36,7 @@ from tests.unit.world import (
     before_the_next_write,
     build_world,
     dies_before_recording,
+    ships_died,
 )
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
@@ -280,6 +282,31 @@ def partly_shipped_with_a_second_ship_that_died(world: World, monkeypatch: pytes
         world.actions.ship(order.id, second, None, actor="key_wh")
     monkeypatch.undo()
     return world.order(order.id), second
+
+
+def test_an_order_whose_next_ship_asks_its_capture_while_the_pass_settles_is_counted_settled_once_none_stands(
+    world, clock, monkeypatch
+):
+    # A partly shipped order in three parcels: the second's ship died after its capture. While the
+    # pass gives that capture back, the warehouse ships the third, whose ship dies after its capture
+    # too: the order is left with a request standing, so this pass does not count it settled; the
+    # pass that settles that request, once it is over, does (UnrecordedCapturesSettled: one order).
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=41.88, longitude=-87.63))
+    world.inventory.set_on_hand("PEN", "wh-north", 5, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 1))
+    west, east, north = (world.shipment_at(order, at) for at in ("wh-west", "wh-east", "wh-north"))
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    ships_died(world, monkeypatch, order.id, [east])
+    clock.advance(**LATE)
+
+    landed = before_the_next_write(world, monkeypatch, lambda: ships_died(world, monkeypatch, order.id, [north]))
+    assert a_pass(world, clock) == CapturesSettled(settled=[], held=[], unconfirmed=[order.id])
+
+    standing = world.order(order.id)
+    assert landed and [r.shipment_id for r in standing.captures_requested] == [north]
+    clock.advance(minutes=16)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
+    assert world.order(order.id).captures_requested == [] and len(world.spy.refunded) == 2
 
 
 def test_a_second_parcels_capture_is_refunded_with_the_default_sla_once_past_the_allocated_deadline(
@@ -559,6 +586,66 @@ def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report
     assert this == NOTHING
     assert len(world.spy.refunded) == 1 and world.order(order.id).status is OrderStatus.ON_HOLD
     assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1
+
+
+@pytest.mark.parametrize("held_again", [False, True], ids=["released", "released-then-held-by-a-person"])
+def test_an_order_whose_parcel_a_person_confirmed_while_an_overlapping_pass_held_it_is_not_held_again(
+    world, clock, monkeypatch, held_again
+):
+    # Two passes found the order late with its dead ship's request standing. Between this pass's
+    # read and its hold, the other held it, gave the capture back, and a person released it (the
+    # parcel never left), then, maybe, held it for a review of their own. Nothing is left to confirm:
+    # this pass neither holds the order again nor makes the person's hold a park no expiry ends.
+    order, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert late == [order.id]
+    holds, twin = Holds(world.orders, clock), []
+
+    def the_twin_then_a_person() -> None:
+        twin.append(sweep(world, clock).run(late, ACTOR))
+        holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+        if held_again:
+            holds.hold(order.id, HoldRequest(reason="address_review"), "key_ops")
+
+    landed = before_the_next_write(world, monkeypatch, the_twin_then_a_person)
+    this = sweep(world, clock).run(late, ACTOR)
+
+    assert landed and twin == [CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])]
+    assert this == NOTHING and len(world.spy.refunded) == 1
+    after = world.order(order.id)
+    if held_again:
+        assert (after.status, after.hold.reason, after.hold.parked) == (OrderStatus.ON_HOLD, "address_review", False)
+    else:
+        assert (after.status, after.hold) == (OrderStatus.ALLOCATED, None)
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1 + held_again
+
+
+def test_an_order_a_pass_alongside_settles_before_this_pass_holds_it_takes_no_place_in_this_pass_limit(
+    world, clock, monkeypatch
+):
+    # Between this pass's read of the first order and its hold, the other pass held it and gave the
+    # capture back: this pass asked the gateway nothing for it, so its limit of one still reaches the
+    # next order, whose capture would otherwise wait a pass more.
+    first, _ = a_ship_that_died(world, monkeypatch)
+    second, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert sorted(late) == sorted([first.id, second.id])
+    twin: list[CapturesSettled] = []
+    landed = before_the_next_write(world, monkeypatch, lambda: twin.append(sweep(world, clock).run([first.id], ACTOR)))
+
+    this = sweep(world, clock).run([first.id, second.id], ACTOR, limit=1)
+
+    assert landed and twin == [CapturesSettled(settled=[first.id], held=[first.id], unconfirmed=[])]
+    assert this == CapturesSettled(settled=[second.id], held=[second.id], unconfirmed=[])
+    assert len(world.spy.refunded) == 2 and world.order(second.id).captures_requested == []
 
 
 def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_pass(world, clock, monkeypatch):

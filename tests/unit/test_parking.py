@@ -539,6 +539,22 @@ def test_a_restart_the_service_refused_as_a_duplicate_is_not_counted_as_restarte
     assert [order_id for order_id, _ in starter.started] == [started, duplicate]
 
 
+def test_a_pass_alongside_marking_the_restart_first_leaves_this_pass_its_restart_and_fails_nothing(world, monkeypatch):
+    # A manual pass beside the scheduled one (a second apart: two names, two starts Step Functions
+    # takes): the scheduled pass marks the first restart between the manual pass's read and its
+    # mark. The mark stands as written (the park counts from it); the manual pass found nothing to
+    # mark, and reported no order failed.
+    order_id = world.place(("TSHIRT", 1))
+    scheduled, manual = reconciler(world, minutes_later=20)[0], reconciler(world, minutes_later=21)[0]
+    alongside: list[Reconciled] = []
+    landed = before_the_next_write(world, monkeypatch, lambda: alongside.append(scheduled.run()))
+
+    assert manual.run() == Reconciled(restarted=[order_id])
+
+    assert landed and alongside == [Reconciled(restarted=[order_id])]
+    assert world.order(order_id).restarted_at == NOW + timedelta(minutes=20)
+
+
 def test_an_order_whose_every_start_step_functions_refused_is_never_parked_as_restarted(world):
     """Step Functions refusing starts for longer than the park threshold: no pass restarted the
     order, so none parks it with a note saying its workflow was restarted. Only a start the service
