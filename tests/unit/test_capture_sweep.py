@@ -932,15 +932,22 @@ def test_a_held_order_whose_refund_the_gateway_refused_is_marked_once_and_takes_
     assert len(world.spy.refunded) == 0
 
 
-def test_a_mark_for_a_refused_refund_outlives_a_deadline_lengthened_past_it(world, clock, monkeypatch):
-    # A lengthened deadline unmarks the orders it makes no longer late, but not this one: the money
-    # a ship that died took stands, and only its listing tells a person to settle it.
+def held_late_with_its_refund_refused(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Order:
+    """An order whose ship died (a_ship_that_died), parked on hold by a pass whose refund of the
+    capture the gateway refused, then late for its hold (on_hold=24h)."""
     order, _ = a_ship_that_died(world, monkeypatch)
     world.gateway.script("refund", "refuse")
     clock.advance(**LATE)
     with pytest.raises(CapturesNotSettled):
         a_pass(world, clock)
-    clock.advance(hours=24, minutes=1)  # late for its hold (on_hold=24h)
+    clock.advance(hours=24, minutes=1)
+    return order
+
+
+def test_a_mark_for_a_refused_refund_outlives_a_deadline_lengthened_past_it(world, clock, monkeypatch):
+    # A lengthened deadline unmarks the orders it makes no longer late, but not this one: the money
+    # a ship that died took stands, and only its listing tells a person to settle it.
+    order = held_late_with_its_refund_refused(world, clock, monkeypatch)
     assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)
     clock.advance(minutes=5)
 
@@ -950,12 +957,7 @@ def test_a_mark_for_a_refused_refund_outlives_a_deadline_lengthened_past_it(worl
 
 
 def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_marked_again(world, clock, monkeypatch):
-    order, _ = a_ship_that_died(world, monkeypatch)
-    world.gateway.script("refund", "refuse")
-    clock.advance(**LATE)
-    with pytest.raises(CapturesNotSettled):
-        a_pass(world, clock)
-    clock.advance(hours=24, minutes=1)
+    order = held_late_with_its_refund_refused(world, clock, monkeypatch)
     assert scan_pass(world, clock)[0].marked == [order.id]
     marked = world.order(order.id)
     changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
@@ -977,12 +979,7 @@ def test_an_order_a_pass_alongside_marks_for_its_refused_refund_is_marked_once(w
     # the gateway refused between this pass's judgement and its history read. Listed already, it
     # is this pass's to mark no more: one mark, one jeopardy entry, and no order reported failed
     # (a second mark is refused: InvalidTransition, the order read past).
-    order, _ = a_ship_that_died(world, monkeypatch)
-    world.gateway.script("refund", "refuse")
-    clock.advance(**LATE)
-    with pytest.raises(CapturesNotSettled):
-        a_pass(world, clock)
-    clock.advance(hours=24, minutes=1)  # late for its hold (on_hold=24h)
+    order = held_late_with_its_refund_refused(world, clock, monkeypatch)
     real, alongside = world.orders.history, []
 
     def history(order_id: str, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -1022,12 +1019,7 @@ def test_a_late_order_whose_ship_is_under_way_is_not_handed_on_to_the_sweep_unti
 def refund_refused_late_on_hold(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Order:
     """A ship that died, its capture's refund refused by the gateway, the order held for it and
     late for its hold (on_hold=24h), not marked yet."""
-    order, _ = a_ship_that_died(world, monkeypatch)
-    world.gateway.script("refund", "refuse")
-    clock.advance(**LATE)
-    with pytest.raises(CapturesNotSettled):
-        a_pass(world, clock)
-    clock.advance(hours=24, minutes=1)
+    order = held_late_with_its_refund_refused(world, clock, monkeypatch)
     return order
 
 
@@ -1145,12 +1137,7 @@ def test_a_typical_order_never_has_an_entry_in_the_parcels_partition(world):
 def test_a_held_orders_late_mark_for_a_refused_refund_stays_plainly_once_the_refund_is_made(world, clock, monkeypatch):
     from functions.adapters.dynamodb import index_attributes
 
-    order, _ = a_ship_that_died(world, monkeypatch)
-    world.gateway.script("refund", "refuse")
-    clock.advance(**LATE)
-    with pytest.raises(CapturesNotSettled):
-        a_pass(world, clock)
-    clock.advance(hours=24, minutes=1)
+    order = held_late_with_its_refund_refused(world, clock, monkeypatch)
     assert scan_pass(world, clock)[0].marked == [order.id]
     marked = world.order(order.id)
     changed, _ = marked._bookkeeping(at=clock())
