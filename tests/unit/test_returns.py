@@ -4082,3 +4082,35 @@ def test_a_history_page_that_writes_dead_writers_entries_as_a_change_lands_neith
 
     assert end is None and first + rest == world.history(order.id)
     assert [e.actor for e in world.history(order.id)[-3:]] == ["key_other", "key_cs", "key_cs2"]
+
+
+def test_an_exchange_given_up_once_decided_releases_the_shipping_its_credit_claimed_for_the_other_return(
+    world, clock, monkeypatch
+):
+    # Both shirts came back damaged, one for a cap and one for money. The exchange's credit claimed
+    # the shipping, then the cap lost its price as the replacement was placed: the exchange is given
+    # up, and its refund is refused (asked again later). The other return, which brings the order's
+    # last unit back too, gets the shipping meanwhile; the exchange's refund then does not give it again.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 2))
+    swap = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    plain = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    for each in (swap, plain):
+        returns.receive(each.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    cap_priced_in_euros_as_placed(world, monkeypatch)
+    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).shipping_claims == {swap.id: order.totals.shipping}
+    clock.now += timedelta(seconds=30)  # past the workflow's retry
+    gateway.script("refund", "refuse")
+    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).shipping_claims == {}
+    gateway.script("refund", "approve")
+
+    paid = returns.settle(plain.id, actor="key_wh")
+    swapped = returns.settle(swap.id, actor="key_wh")
+
+    assert (swapped.status, swapped.exchange_not_placed) == (R.REFUNDED, "no_price")
+    assert paid.refund == refunded_units(order, 1) + order.totals.shipping
+    assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == order.totals.grand_total
