@@ -19,6 +19,7 @@ from core.errors import (
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
+    OrderClosed,
     PaymentGatewayUnavailable,
     PluginError,
     RefundExceedsCaptured,
@@ -36,7 +37,7 @@ from core.refund_service import PendingRefundSweep, RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_booking_key, return_id_for
 from core.services import OrderQueries
-from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
+from core.status import RETURN_TRANSITIONS, OrderStatus, PaymentStatus, ReturnStatus
 from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
@@ -4114,3 +4115,28 @@ def test_an_exchange_given_up_once_decided_releases_the_shipping_its_credit_clai
     assert paid.refund == refunded_units(order, 1) + order.totals.shipping
     assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
     assert world.order(order.id).payment.refunded == order.totals.grand_total
+
+
+def test_a_cancel_of_a_replacement_its_credit_pays_whole_asks_no_gateway_about_its_key(clock, caplog):
+    # The cap costs less than the T-shirt's refund: the replacement owes nothing beyond its credit,
+    # so AuthorizePayment never asked the gateway under its key. Cancelled before it was authorized,
+    # its cancel and a retried authorization release nothing under that key (behind a plugin without
+    # the lookup hook, a WARNING would say a hold the gateway cannot have was left).
+    from tests.unit.test_workflow import NoLookup
+
+    world = build_world(STOCK, NoLookup())
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert replacement.payment.status is PaymentStatus.PENDING and replacement.payable().amount == 0
+
+    with caplog.at_level("WARNING", logger="core.cancellation"):
+        world.actions.cancel(replacement.id, "changed my mind", "key_web")
+        with pytest.raises(OrderClosed):
+            world.workflow.authorize_payment(replacement.id, attempt=1)
+
+    assert world.order(replacement.id).status is OrderStatus.CANCELLED
+    assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
+    assert world.spy.voided == []
