@@ -4140,3 +4140,32 @@ def test_a_cancel_of_a_replacement_its_credit_pays_whole_asks_no_gateway_about_i
     assert world.order(replacement.id).status is OrderStatus.CANCELLED
     assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
     assert world.spy.voided == []
+
+
+def test_a_cancel_of_a_replacement_that_owes_beyond_its_credit_voids_what_its_lost_authorization_made(
+    clock, monkeypatch
+):
+    # A T-shirt and a cap for the T-shirt: the replacement owes the cap beyond its credit, and the
+    # step that authorized it died after the gateway approved, before its write. Cancelled, the
+    # replacement's key is looked up and what the gateway holds under it is voided.
+    from tests.unit.test_workflow import dies_recording_the_authorization
+
+    world = build_world(STOCK)
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert replacement.payable().amount > 0
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(replacement.id, attempt=0)
+    monkeypatch.undo()
+    made = list(world.spy.authorized)
+    assert len(made) == 2  # the original's and the replacement's lost one
+
+    world.actions.cancel(replacement.id, "changed my mind", "key_web")
+
+    cancelled = world.order(replacement.id)
+    assert (cancelled.status, cancelled.payment.status) == (OrderStatus.CANCELLED, PaymentStatus.PENDING)
+    assert world.spy.voided == made[1:]
