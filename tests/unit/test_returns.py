@@ -4169,3 +4169,49 @@ def test_a_cancel_of_a_replacement_that_owes_beyond_its_credit_voids_what_its_lo
     cancelled = world.order(replacement.id)
     assert (cancelled.status, cancelled.payment.status) == (OrderStatus.CANCELLED, PaymentStatus.PENDING)
     assert world.spy.voided == made[1:]
+
+
+def test_an_exchange_of_a_replacement_appeased_holds_only_what_its_card_has_left_and_its_last_mug_refunds_from_it():
+    # A cap exchanged for three mugs: the card pays the two from the west beyond the cap's credit
+    # (26.81), then a person gives 15.00 back. One mug comes back for a cap: the second exchange's
+    # credit takes the 11.81 the card has left, and the mug's other 1.60 is carried from the cap's
+    # credit. The east mug ships (the card pays 10.08) and comes back for money: its 13.40 is
+    # refunded from those 10.08 first, the cap's order the rest. Recording the second replacement
+    # must not rewrite its hold to what was ever captured (13.41, beyond what was left): the east
+    # mug's refund then took 1.60 more from the cap's order and left 1.60 of the card held by nothing.
+    from tests.unit.test_unit_cancellation import three_days_on
+
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("CAP", "wh-west", 1), ("CAP", "wh-east", 5)]
+    )
+    order = world.allocated(("CAP", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    first = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(first, "wh-west")
+    world.actions.ship(first.id, west, None, actor="key_wh")
+    world.actions.deliver(first.id, west, actor="key_wh")
+    appeased = world.refunds.issue_refund(first.id, usd("15.00"), "goodwill", "appease-1", actor="key_cs")
+    assert (appeased.status, world.order(first.id).payment.captured) == ("succeeded", usd("26.81"))
+    back = returns.request(first.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    swapped = returns.settle(back.id, actor="key_wh")
+    second = world.order(swapped.exchange_order_id or "")
+    assert (swapped.status, second.exchange_credit) == (R.REFUNDED, usd("13.41"))
+
+    assert world.order(first.id).credit_holds == {back.id: usd("26.81") - usd("15.00")}
+    east = world.shipment_at(first, "wh-east")
+    world.actions.ship(first.id, east, None, actor="key_wh")
+    world.actions.deliver(first.id, east, actor="key_wh")
+    assert world.order(first.id).payment.captured == usd("36.89")
+    mug = returns.request(first.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    paid = returns.settle(mug.id, actor="key_wh")
+
+    assert paid.refund == usd("13.40")
+    mine = [(r.return_id, r.amount) for r in world.order(first.id).payment.refunds if r.return_id == mug.id]
+    assert mine == [(mug.id, usd("36.89") - usd("26.81"))]
+    above = [(r.return_id, r.amount) for r in world.order(order.id).payment.refunds]
+    assert above == [(item.id, usd("13.40") - usd("10.08"))]  # drawn on the cap's credit
+    assert world.order(first.id).refundable().amount == 0
