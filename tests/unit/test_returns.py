@@ -19,6 +19,7 @@ from core.errors import (
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
+    OrderClosed,
     PaymentGatewayUnavailable,
     PluginError,
     RefundExceedsCaptured,
@@ -36,7 +37,7 @@ from core.refund_service import PendingRefundSweep, RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_booking_key, return_id_for
 from core.services import OrderQueries
-from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
+from core.status import RETURN_TRANSITIONS, OrderStatus, PaymentStatus, ReturnStatus
 from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
@@ -4082,3 +4083,135 @@ def test_a_history_page_that_writes_dead_writers_entries_as_a_change_lands_neith
 
     assert end is None and first + rest == world.history(order.id)
     assert [e.actor for e in world.history(order.id)[-3:]] == ["key_other", "key_cs", "key_cs2"]
+
+
+def test_an_exchange_given_up_once_decided_releases_the_shipping_its_credit_claimed_for_the_other_return(
+    world, clock, monkeypatch
+):
+    # Both shirts came back damaged, one for a cap and one for money. The exchange's credit claimed
+    # the shipping, then the cap lost its price as the replacement was placed: the exchange is given
+    # up, and its refund is refused (asked again later). The other return, which brings the order's
+    # last unit back too, gets the shipping meanwhile; the exchange's refund then does not give it again.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = shipped(world, ("TSHIRT", 2))
+    swap = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    plain = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    for each in (swap, plain):
+        returns.receive(each.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
+    cap_priced_in_euros_as_placed(world, monkeypatch)
+    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).shipping_claims == {swap.id: order.totals.shipping}
+    clock.now += timedelta(seconds=30)  # past the workflow's retry
+    gateway.script("refund", "refuse")
+    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert world.order(order.id).shipping_claims == {}
+    gateway.script("refund", "approve")
+
+    paid = returns.settle(plain.id, actor="key_wh")
+    swapped = returns.settle(swap.id, actor="key_wh")
+
+    assert (swapped.status, swapped.exchange_not_placed) == (R.REFUNDED, "no_price")
+    assert paid.refund == refunded_units(order, 1) + order.totals.shipping
+    assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
+    assert world.order(order.id).payment.refunded == order.totals.grand_total
+
+
+def test_a_cancel_of_a_replacement_its_credit_pays_whole_asks_no_gateway_about_its_key(clock, caplog):
+    # The cap costs less than the T-shirt's refund: the replacement owes nothing beyond its credit,
+    # so AuthorizePayment never asked the gateway under its key. Cancelled before it was authorized,
+    # its cancel and a retried authorization release nothing under that key (behind a plugin without
+    # the lookup hook, a WARNING would say a hold the gateway cannot have was left).
+    from tests.unit.test_workflow import NoLookup
+
+    world = build_world(STOCK, NoLookup())
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert replacement.payment.status is PaymentStatus.PENDING and replacement.payable().amount == 0
+
+    with caplog.at_level("WARNING", logger="core.cancellation"):
+        world.actions.cancel(replacement.id, "changed my mind", "key_web")
+        with pytest.raises(OrderClosed):
+            world.workflow.authorize_payment(replacement.id, attempt=1)
+
+    assert world.order(replacement.id).status is OrderStatus.CANCELLED
+    assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
+    assert world.spy.voided == []
+
+
+def test_a_cancel_of_a_replacement_that_owes_beyond_its_credit_voids_what_its_lost_authorization_made(
+    clock, monkeypatch
+):
+    # A T-shirt and a cap for the T-shirt: the replacement owes the cap beyond its credit, and the
+    # step that authorized it died after the gateway approved, before its write. Cancelled, the
+    # replacement's key is looked up and what the gateway holds under it is voided.
+    from tests.unit.test_workflow import dies_recording_the_authorization
+
+    world = build_world(STOCK)
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert replacement.payable().amount > 0
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(replacement.id, attempt=0)
+    monkeypatch.undo()
+    made = list(world.spy.authorized)
+    assert len(made) == 2  # the original's and the replacement's lost one
+
+    world.actions.cancel(replacement.id, "changed my mind", "key_web")
+
+    cancelled = world.order(replacement.id)
+    assert (cancelled.status, cancelled.payment.status) == (OrderStatus.CANCELLED, PaymentStatus.PENDING)
+    assert world.spy.voided == made[1:]
+
+
+def test_an_exchange_of_a_replacement_appeased_holds_only_what_its_card_has_left_and_its_last_mug_refunds_from_it():
+    # A cap exchanged for three mugs: the card pays the two from the west beyond the cap's credit
+    # (26.81), then a person gives 15.00 back. One mug comes back for a cap: the second exchange's
+    # credit takes the 11.81 the card has left, and the mug's other 1.60 is carried from the cap's
+    # credit. The east mug ships (the card pays 10.08) and comes back for money: its 13.40 is
+    # refunded from those 10.08 first, the cap's order the rest. Recording the second replacement
+    # must not rewrite its hold to what was ever captured (13.41, beyond what was left): the east
+    # mug's refund then took 1.60 more from the cap's order and left 1.60 of the card held by nothing.
+    from tests.unit.test_unit_cancellation import three_days_on
+
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("CAP", "wh-west", 1), ("CAP", "wh-east", 5)]
+    )
+    order = world.allocated(("CAP", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    first = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(first, "wh-west")
+    world.actions.ship(first.id, west, None, actor="key_wh")
+    world.actions.deliver(first.id, west, actor="key_wh")
+    appeased = world.refunds.issue_refund(first.id, usd("15.00"), "goodwill", "appease-1", actor="key_cs")
+    assert (appeased.status, world.order(first.id).payment.captured) == ("succeeded", usd("26.81"))
+    back = returns.request(first.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    swapped = returns.settle(back.id, actor="key_wh")
+    second = world.order(swapped.exchange_order_id or "")
+    assert (swapped.status, second.exchange_credit) == (R.REFUNDED, usd("13.41"))
+
+    assert world.order(first.id).credit_holds == {back.id: usd("26.81") - usd("15.00")}
+    east = world.shipment_at(first, "wh-east")
+    world.actions.ship(first.id, east, None, actor="key_wh")
+    world.actions.deliver(first.id, east, actor="key_wh")
+    assert world.order(first.id).payment.captured == usd("36.89")
+    mug = returns.request(first.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    paid = returns.settle(mug.id, actor="key_wh")
+
+    assert paid.refund == usd("13.40")
+    mine = [(r.return_id, r.amount) for r in world.order(first.id).payment.refunds if r.return_id == mug.id]
+    assert mine == [(mug.id, usd("36.89") - usd("26.81"))]
+    above = [(r.return_id, r.amount) for r in world.order(order.id).payment.refunds]
+    assert above == [(item.id, usd("13.40") - usd("10.08"))]  # drawn on the cap's credit
+    assert world.order(first.id).refundable().amount == 0

@@ -2348,3 +2348,32 @@ def test_units_cancelled_between_reserving_and_booking_come_off_the_lines_last_a
         ("MUG", first.location_id, f"{order_id}#L1"): 2,
         ("MUG", last.location_id, f"{order_id}#L1"): 1,
     }
+
+
+def test_a_unit_cancel_of_a_replacements_last_mug_refunds_what_the_card_paid_beyond_what_the_credit_leaves():
+    # A cap exchanged for three mugs: the card paid the two from the west beyond the cap's credit
+    # (26.81 of a 45.22 order), then the east mug is cancelled. The order now costs 31.81, of which
+    # the credit pays 8.33: the card holds 3.33 beyond its 23.48 and is refunded them at once. The
+    # settlement's due (unit_cancellation._due) is what it owes less what it holds, negative here:
+    # beyond_credit (nothing: the credit pays the rest) only caps it from above. Taken as a floor,
+    # the due was nothing and the 3.33 stayed with the shop, given back from nowhere.
+    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("CAP", "wh-west", 1)])
+    order = world.allocated(("CAP", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == Money.of("26.81", "USD")
+
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
+
+    left = world.order(replacement.id)
+    credit = left.exchange_credit
+    assert (left.totals.grand_total, credit) == (Money.of("31.81", "USD"), Money.of("8.33", "USD"))
+    over = left.payment.captured - (left.totals.grand_total - credit)
+    assert [(r.kind, r.amount, r.status) for r in left.payment.refunds] == [("cancellation", over, "succeeded")]
+    assert over == Money.of("3.33", "USD")
+    assert world.order(order.id).payment.refunds == []  # the credit is all used: nothing given back from it
