@@ -200,10 +200,14 @@ class MisbehavingOrderMoney(OrderMoney):
 
     @invariant()
     def settled_once_everything_left_has_shipped(self) -> None:
-        """OrderMoney's, once no refund is pending and no capture request stands: a plugin that
-        failed after the gateway acted leaves one for the request repeated or the reconciler."""
+        """OrderMoney's, once no refund is pending, no capture request stands and no settlement is
+        owed: a plugin that failed after the gateway acted leaves one for the request repeated or the
+        reconciler (a cancel of units whose settlement's renewal it failed leaves the order
+        settlement_owed, which reconciler_passes asserts it finishes)."""
         order = self.order
         if order.captures_requested or any(r.status == RefundStatus.PENDING for r in order.payment.refunds):
+            return
+        if order.settlement_owed:
             return
         super().settled_once_everything_left_has_shipped()
 
