@@ -53,14 +53,18 @@ def sweep(world: World, clock: Clock) -> UnrecordedCaptureSweep:
     return UnrecordedCaptureSweep(world.orders, cancellation, clock, after=timedelta(minutes=15))
 
 
-def a_pass(world: World, clock: Clock, sla: str = "") -> CapturesSettled:
-    """What the jeopardy handler does every five minutes: the scan, then the sweep over the late
-    orders it handed on."""
-    scan = JeopardyScan(
+def jeopardy_scan(world: World, clock: Clock, sla: str = "") -> JeopardyScan:
+    """The jeopardy handler's scan, handing on late orders whose capture request stands 15 minutes."""
+    return JeopardyScan(
         InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
         sla=parse_sla(sla), captures_after=timedelta(minutes=15),
     )  # fmt: skip
-    return sweep(world, clock).run(scan.run().captures_left, ACTOR)
+
+
+def a_pass(world: World, clock: Clock, sla: str = "") -> CapturesSettled:
+    """What the jeopardy handler does every five minutes: the scan, then the sweep over the late
+    orders it handed on."""
+    return sweep(world, clock).run(jeopardy_scan(world, clock, sla).run().captures_left, ACTOR)
 
 
 def test_a_capture_whose_ship_died_is_refunded_and_the_order_held_once_the_order_is_past_its_deadline(
@@ -234,10 +238,7 @@ def test_a_pass_that_died_before_its_sweep_leaves_the_late_order_to_the_next_pas
     # timeout, a crash) before the sweep; the schedule's next pass must still settle it.
     order, _ = a_ship_that_died(world, monkeypatch)
     clock.advance(**LATE)
-    scan = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
-        captures_after=timedelta(minutes=15),
-    )  # fmt: skip
+    scan = jeopardy_scan(world, clock)
     assert scan.run().captures_left == [order.id]  # ...and nothing settled it
 
     clock.advance(minutes=5)
@@ -565,10 +566,7 @@ def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report
 
     order, _ = a_ship_that_died(world, monkeypatch)
     clock.advance(**LATE)
-    late = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
-        captures_after=timedelta(minutes=15),
-    ).run().captures_left  # fmt: skip
+    late = jeopardy_scan(world, clock).run().captures_left
     assert late == [order.id]
     twin: list[CapturesSettled | None] = []
     modify = core.capture_sweep.modify
@@ -598,10 +596,7 @@ def test_an_order_whose_parcel_a_person_confirmed_while_an_overlapping_pass_held
     # this pass neither holds the order again nor makes the person's hold a park no expiry ends.
     order, _ = a_ship_that_died(world, monkeypatch)
     clock.advance(**LATE)
-    late = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
-        captures_after=timedelta(minutes=15),
-    ).run().captures_left  # fmt: skip
+    late = jeopardy_scan(world, clock).run().captures_left
     assert late == [order.id]
     holds, twin = Holds(world.orders, clock), []
 
@@ -633,10 +628,7 @@ def test_an_order_a_pass_alongside_settles_before_this_pass_holds_it_takes_no_pl
     first, _ = a_ship_that_died(world, monkeypatch)
     second, _ = a_ship_that_died(world, monkeypatch)
     clock.advance(**LATE)
-    late = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
-        captures_after=timedelta(minutes=15),
-    ).run().captures_left  # fmt: skip
+    late = jeopardy_scan(world, clock).run().captures_left
     assert sorted(late) == sorted([first.id, second.id])
     twin: list[CapturesSettled] = []
     landed = before_the_next_write(world, monkeypatch, lambda: twin.append(sweep(world, clock).run([first.id], ACTOR)))
@@ -871,11 +863,7 @@ def test_the_scan_counts_each_order_whose_parcel_waits_for_a_person_until_a_pers
 
 def scan_pass(world: World, clock: Clock, sla: str = "") -> tuple[Scanned, CapturesSettled]:
     """A pass as a_pass, with what the scan did as well as what the sweep did."""
-    scan = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
-        sla=parse_sla(sla), captures_after=timedelta(minutes=15),
-    )  # fmt: skip
-    scanned = scan.run()
+    scanned = jeopardy_scan(world, clock, sla).run()
     return scanned, sweep(world, clock).run(scanned.captures_left, ACTOR)
 
 
@@ -1064,10 +1052,7 @@ def test_an_order_changed_while_its_refused_refund_is_judged_is_handed_on_to_be_
         return found
 
     monkeypatch.setattr(world.orders, "history", changed_after_read)
-    scan = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
-        sla=parse_sla(""), captures_after=timedelta(minutes=15),
-    )  # fmt: skip
+    scan = jeopardy_scan(world, clock)
 
     done = scan.run()
 
@@ -1081,10 +1066,7 @@ def test_two_overlapping_passes_count_a_capture_they_both_settle_once(world, clo
     # a parcel to confirm) as well: UnrecordedCapturesSettled and ShipsToConfirm said two for one.
     before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
     clock.advance(**LATE)
-    late = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
-        captures_after=timedelta(minutes=15),
-    ).run().captures_left  # fmt: skip
+    late = jeopardy_scan(world, clock).run().captures_left
     assert late == [before.id]
     twin: list[CapturesSettled] = []
     settle = Cancellation.settle_capture_requests
