@@ -727,6 +727,21 @@ def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_ref
     assert (done.status, done.payment.status) == (S.RETURNED, P.REFUNDED)
 
 
+def three_mugs_for(sku: str) -> tuple[World, Returns, Order, Order, str]:
+    """A shipped `sku` exchanged for three MUGs (two at wh-west, one at wh-east), the credit paying
+    for part: the world, the returns service, the order, the replacement and its west
+    parcel, shipped."""
+    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), (sku, "wh-west", 1)])
+    order = world.allocated((sku, 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    return world, returns, order, replacement, west
+
+
 def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_person_is_not_refunded_again():
     # A TSHIRT is exchanged for three MUGs: the credit pays for most, the two shipped from the west
     # capture 23.78, and the third is cancelled: the card holds 13.41 beyond what the credit leaves
@@ -735,16 +750,8 @@ def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_perso
     # refund again for those 10.37 (a new amount, capped by what was refundable) and the credit gave
     # 3.04 back for them: the customer got 13.41 twice. A MUG returned afterwards is refunded whole.
     from core.refunds import cumulative_share
-    from tests.unit.test_returns import exchange_of
 
-    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)])
-    order = world.allocated(("TSHIRT", 1))
-    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world, returns, order, replacement, west = three_mugs_for("TSHIRT")
     world.gateway.script("refund", "refuse")
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
     for _ in range(2):
@@ -2357,14 +2364,7 @@ def test_a_unit_cancel_of_a_replacements_last_mug_refunds_what_the_card_paid_bey
     # settlement's due (unit_cancellation._due) is what it owes less what it holds, negative here:
     # beyond_credit (nothing: the credit pays the rest) only caps it from above. Taken as a floor,
     # the due was nothing and the 3.33 stayed with the shop, given back from nowhere.
-    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("CAP", "wh-west", 1)])
-    order = world.allocated(("CAP", 1))
-    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world, _, order, replacement, west = three_mugs_for("CAP")
     world.actions.deliver(replacement.id, west, actor="key_wh")
     assert world.order(replacement.id).payment.captured == Money.of("26.81", "USD")
 
