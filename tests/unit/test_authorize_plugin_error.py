@@ -9,9 +9,13 @@ from __future__ import annotations
 import pytest
 
 from core import hookimpl, payment_keys
-from core.errors import TransientError
+from core.errors import PluginUnavailable, TransientError
 from core.models import LineInput, OrderEdit
+from core.plugin_manager import PluginInfo
 from core.status import OrderStatus
+from core.workflow import Workflow
+from functions.plugin_loading import load_plugin_manager
+from tests.builders import NOW
 from tests.unit.test_workflow import STOCK, AnswerLost
 from tests.unit.world import build_world
 
@@ -50,3 +54,21 @@ def test_an_edited_pending_order_is_authorized_though_its_plugin_fails_releasing
     world.actions.cancel(order_id, "changed my mind", "key_web")
 
     assert sorted(world.spy.voided) == sorted([*lost.made, order.payment.authorization])
+
+
+def test_an_order_is_not_authorized_while_a_plugin_is_broken_and_the_step_names_it():
+    # The execution parks it with the reason a person can act on (the plugin that failed to load),
+    # and nothing asked the gateway, so nothing is recorded as maybe authorized.
+    world = build_world(STOCK)
+    order_id = world.place(("TSHIRT", 2))
+    plugins = load_plugin_manager(enable_test_payments=True)
+    plugins.broken.append(
+        PluginInfo(name="acme_tax", status="broken", reason="RuntimeError: boom", error="RuntimeError")
+    )
+    workflow = Workflow(world.orders, world.catalog, world.inventory, plugins, world.labels, clock=lambda: NOW)
+
+    with pytest.raises(PluginUnavailable, match="acme_tax"):
+        workflow.authorize_payment(order_id, attempt=0)
+
+    assert world.order(order_id).status is OrderStatus.PENDING
+    assert [h.type for h in world.history(order_id)] == ["created"]

@@ -1,6 +1,7 @@
 """Capture service: validation, pricing through plugins, the stock check, one put."""
 
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -83,17 +84,24 @@ def test_a_new_order_short_of_stock_is_still_refused_for_it(world):
         capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 6}]), actor="k")
 
 
-def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
-    _, orders, inventory = world
+def capture_under(rules: Callable[[], SourcingRules], orders: FakeOrders, inventory: FakeInventory) -> CaptureService:
+    """Capture over the world's two warehouses (no store) selling TSHIRT and PREORDER (which may
+    wait for stock), under the sourcing rules `rules` says are in force."""
     catalog = FakeCatalog()
     for loc in ("wh-east", "wh-west"):
         catalog.put_location(location(loc))
     catalog.put_product(product("TSHIRT", "19.99"))
+    catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    return CaptureService(
+        orders, catalog, inventory, Pricing(load_plugin_manager()), clock=lambda: NOW, sourcing_rules=rules
+    )
+
+
+def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
+    _, orders, inventory = world
     # wh-east's 3 are excluded and wh-west keeps 1 of its 2 back: 1 may be taken, as allocation would.
     rules = SourcingRules(version=2, excluded_locations=["wh-east"], safety_stock={"wh-west": 1})
-    capture = CaptureService(
-        orders, catalog, inventory, Pricing(load_plugin_manager()), clock=lambda: NOW, sourcing_rules=lambda: rules
-    )
+    capture = capture_under(lambda: rules, orders, inventory)
     capture.place(place_order(external_id="ok", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
     with pytest.raises(InsufficientStock) as raised:
         capture.place(place_order(external_id="short", lines=[{"sku": "TSHIRT", "quantity": 2}]), "k")
@@ -102,6 +110,18 @@ def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
     rules = SourcingRules(version=3, excluded_locations=["wh-east", "wh-west"])
     with pytest.raises(InsufficientStock):
         capture.place(place_order(external_id="none", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
+
+
+def test_an_order_that_may_wait_is_refused_when_the_sourcing_rules_leave_no_location_to_supply_it(world):
+    # Backordered, it would wait for units no location the rules allow could ever ship: refused at
+    # capture, before it is authorized, saying why.
+    _, orders, inventory = world
+    rules = SourcingRules(version=4, excluded_locations=["wh-east", "wh-west"])
+    capture = capture_under(lambda: rules, orders, inventory)
+    with pytest.raises(InsufficientStock) as raised:
+        capture.place(place_order(lines=[{"sku": "PREORDER", "quantity": 1}]), "k")
+    assert raised.value.message == "no location may supply this order under the sourcing rules"
+    assert orders.orders == {}
 
 
 def test_an_unknown_sku_names_its_line_and_stores_nothing(world):

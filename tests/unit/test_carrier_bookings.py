@@ -594,6 +594,51 @@ def test_a_booking_whose_answer_createshipments_never_heard_is_cancelled_if_the_
     assert world.order(order_id).owes_carrier_work() is False
 
 
+def test_the_only_parcels_booking_whose_answer_never_came_is_cancelled_when_the_order_is(world, carrier, clock):
+    # As above with one parcel: the booking that raised is the only one the step may have made.
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    west = shipment_id_for(order_id, "wh-west")
+    carrier.times_out_for.add(west)
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+
+    world.actions.cancel(order_id, "too slow", actor="key_web")
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    assert [key for _, key, _ in carrier.cancelled] == [west]
+    assert world.order(order_id).owes_carrier_work() is False
+
+
+def test_a_booking_whose_label_could_not_be_stored_is_cancelled_once_when_the_order_is(
+    world, carrier, clock, monkeypatch
+):
+    # The carrier answered; storing its label failed: the booking is known, with its tracking
+    # number, and the cancel asks the carrier once for it, not again as one maybe made.
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+
+    def put_label(*args, **kwargs):
+        raise ConnectionError("the label store is unreachable")
+
+    monkeypatch.setattr(world.labels, "put_label", put_label)
+    with pytest.raises(ConnectionError):
+        world.workflow.create_shipments(order_id)
+    monkeypatch.undo()
+
+    world.actions.cancel(order_id, "too slow", actor="key_web")
+
+    clock.advance(minutes=20)
+    sweep(world, clock).run(ACTOR)
+    west = shipment_id_for(order_id, "wh-west")
+    assert carrier.cancelled == [(f"ACME-{west}", west, order_id)]
+    assert carrier.cancels_asked == 1
+    assert world.order(order_id).owes_carrier_work() is False
+
+
 def test_an_order_parked_before_its_stock_was_reserved_keeps_no_booking_maybe_made(world):
     order_id = world.place(("MUG", 1))
     world.workflow.authorize_payment(order_id, attempt=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import OrderHeld, TransientError
+from core.errors import OrderClosed, OrderHeld, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import NOTHING_TO_AUTHORIZE, LineInput, OrderEdit
 from core.money import Money
@@ -74,3 +74,20 @@ def test_a_free_order_edited_to_owe_something_while_it_is_authorized_is_authoriz
     order = world.order(order_id)
     assert (order.status, order.payment.authorized) == (S.AUTHORIZED, order.totals.grand_total)
     assert order.payment.authorization in world.spy.authorized and order.payment.authorized.amount > 0
+
+
+def test_a_free_order_cancelled_while_it_is_authorized_ends_the_step_as_closed_with_nothing_authorized(
+    world, monkeypatch
+):
+    # OrderClosed ends the execution OrderAlreadyClosed; anything else (an InvalidTransition from
+    # authorizing a cancelled order) would send it to ParkOrder, a task failure for an alarm.
+    order_id = free_pickup(world)
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", "key_web"))
+
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status, order.payment.authorization) == (S.CANCELLED, P.PENDING, None)
+    assert [e.type for e in world.history(order_id)] == ["created", "cancelled"]
+    assert world.spy.authorized == []

@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core.errors import InvalidTransition, OrderClosed, StaleVersion, TransientError
+from core.holds import Holds, ReleaseRequest
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
@@ -191,6 +192,22 @@ def test_a_park_order_task_run_again_after_its_write_landed_still_counts_its_par
     assert world.history(order_id)[-1].detail["execution"] == "run-1"
     assert world.workflow.park_after_failure(order_id, *failure, execution="run-2") is False
     assert world.workflow.park_after_failure(order_id, *failure) is False
+
+
+def test_a_park_task_run_again_counts_its_park_of_an_order_parked_and_released_before(world, clock):
+    """As above, on an order an earlier execution parked and a person released: the hold found is
+    the last one, this execution's, and counted; the first park is not taken for it."""
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    failure = ("States.Timeout", cause("States.Timeout", "the task timed out"))
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-1") is True
+    Holds(world.orders, clock=clock).release(order_id, ReleaseRequest(), actor="key_ops")
+    clock.advance(minutes=5)
+
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-2") is True
+    clock.advance(seconds=2)
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-2", retried=True) is True
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-1", retried=True) is False
 
 
 def test_a_parked_order_stops_the_workflow_steps(world):

@@ -1070,6 +1070,21 @@ def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothin
     assert world.order(replacement.id).payment.captured == Money.zero("USD")
 
 
+def test_a_cheaper_replacement_edited_to_cost_more_has_its_card_pay_the_increase_not_the_refunded_rest(world, clock):
+    # The rest of the credit went back to the customer at once: an edit that makes the replacement
+    # dearer is paid for by its card, and the credit it keeps pays only what it paid before.
+    _, _, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
+    placed = world.order(settled.exchange_order_id or "")
+    edited = world.actions.edit(
+        placed.id, placed.version, OrderEdit(lines=[LineInput(sku="CAP", quantity=3)]), "key_cs"
+    )
+
+    authorized = world.run(edited.id)
+
+    assert authorized.totals.grand_total > placed.totals.grand_total
+    assert authorized.payment.authorized == authorized.totals.grand_total - placed.totals.grand_total
+
+
 def test_a_replacement_its_credit_paid_for_in_full_asks_the_gateway_nothing_shipped_or_cancelled(world, clock):
     # A gateway asked to authorize 0.00 may refuse it (Stripe's minimum is 0.50 USD): the
     # replacement ended payment_failed. It owes nothing, so no gateway is asked.

@@ -411,6 +411,33 @@ def test_a_crash_between_reserving_and_recording_reserves_each_unit_exactly_once
     assert [h.type for h in world.history(order_id)].count("stock_reserved") == 1
 
 
+def test_a_reservation_made_after_a_cancel_by_a_run_that_died_is_given_back_by_the_retry(world, monkeypatch):
+    # The cancel landed between the step's read and its reservation (it released nothing: nothing
+    # was held yet), and the step died before its write: the retry is the last to know of the units.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real_reserve = world.inventory.reserve
+
+    def reserve(*args, **kwargs):
+        monkeypatch.setattr(world.inventory, "reserve", real_reserve)
+        world.actions.cancel(order_id, "changed my mind", "key_web")
+        crash_once(world, monkeypatch)
+        return real_reserve(*args, **kwargs)
+
+    monkeypatch.setattr(world.inventory, "reserve", reserve)
+    with pytest.raises(RuntimeError):
+        world.workflow.reserve_stock(order_id)
+    assert world.held() == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
+    monkeypatch.undo()
+
+    with pytest.raises(OrderClosed):
+        world.workflow.reserve_stock(order_id)
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert world.held() == {}
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+
+
 def test_a_crash_between_booking_and_recording_shipments_books_the_same_shipments_again(world, monkeypatch):
     order_id = world.place(("MUG", 1), ("CAP", 1))
     world.workflow.authorize_payment(order_id, attempt=0)
@@ -448,6 +475,36 @@ def test_a_cancel_during_authorization_voids_the_authorization_the_step_obtained
     # The cancel found it already (oms_payment_find_authorization) and voided it: one void, one key.
     assert [h.type for h in world.history(order_id)] == ["created", "cancelled", "payment_voided"]
     assert world.history(order_id)[-1].actor == "key_web"
+
+
+class Meanwhile:
+    """A payment plugin that runs `meanwhile` (once) as the step asks the gateway to authorize,
+    before the gateway acts, then hands the call on to the `test` gateway."""
+
+    def __init__(self) -> None:
+        self.meanwhile: Callable[[], object] = lambda: None
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self) -> None:
+        run, self.meanwhile = self.meanwhile, lambda: None
+        run()
+
+
+def test_a_cancel_that_lands_before_the_gateway_authorizes_leaves_nothing_held_on_the_card():
+    # The cancel looked the order's key up before the gateway had anything under it: only the
+    # step, whose write then fails, knows of the authorization, and it voids it.
+    asking = Meanwhile()
+    world = build_world(STOCK, asking)
+    order_id = world.place(("TSHIRT", 2))
+    asking.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.authorization) == (S.CANCELLED, None)
+    assert len(world.spy.authorized) == 1
+    assert world.spy.voided == world.spy.authorized
 
 
 def cancelled_with_nothing_held(world: World, order_id: str, authorization: str | None) -> Order:
@@ -1040,11 +1097,11 @@ def test_a_key_an_edit_could_not_look_up_for_a_removed_plugin_is_asked_again_onc
     assert world.spy.voided == [first]
 
 
-def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
-    # The first attempt's answer was lost (the gateway authorized), the order was edited while
-    # pending (its next authorization keyed anew) and neither the edit nor the next attempt could
-    # look the old key up; the edited total is then declined. Nothing else will ever settle the
-    # payment_failed order.
+def declined_after_an_edit_left_an_earlier_authorization() -> tuple[World, str, AnswerLost]:
+    """An order whose first attempt's answer was lost (the gateway authorized), edited while
+    pending (its next authorization keyed anew), neither the edit nor the next attempt able to look
+    the old key up, and the edited total declined: the world, the order's id, and what the
+    gateway made. Nothing else will ever settle the payment_failed order."""
     lost = AnswerLost()
     world = build_world(STOCK, lost, LookupDown(times=6))
     order_id = world.place(("TSHIRT", 2))
@@ -1057,6 +1114,11 @@ def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gatew
     world.gateway.script("authorize", "refuse")
     with pytest.raises(PaymentDeclined):
         world.workflow.authorize_payment(order_id, attempt=1)
+    return world, order_id, lost
+
+
+def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gateway():
+    world, order_id, lost = declined_after_an_edit_left_an_earlier_authorization()
 
     world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
 
@@ -1070,6 +1132,23 @@ def test_a_declined_authorization_releases_what_an_earlier_key_left_at_the_gatew
     once = world.snapshot(order_id)
     world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
     assert world.snapshot(order_id) == once
+
+
+def test_a_declined_order_whose_earlier_authorization_the_gateway_refuses_to_void_still_ends_payment_failed():
+    # The refusal is in the history for an operator, as any refused void is: FailPayment ends the
+    # execution `payment_failed` rather than failing it into CompensationFailed.
+    world, order_id, _ = declined_after_an_edit_left_an_earlier_authorization()
+    world.gateway.script("void", "refuse")
+
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause=cause("PaymentDeclined", "declined"))
+
+    order = world.order(order_id)
+    assert (order.status, order.payment.status) == (S.PAYMENT_FAILED, "declined")
+    assert world.spy.voided == []
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.actor, entry.detail["kind"], entry.detail["authorization_key"]) == (
+        "payment_void_failed", "workflow", "refused", payment_keys.authorize(order_id, 1),
+    )  # fmt: skip
 
 
 def test_an_order_cancelled_before_any_authorization_was_asked_for_asks_for_none():
@@ -1225,6 +1304,29 @@ def test_a_step_that_reads_the_order_before_its_authorization_shows_asks_to_run_
     world.workflow.reserve_stock(order_id)  # the retries read the order as it is
     world.workflow.create_shipments(order_id)
     assert world.order(order_id).status is S.ALLOCATED
+
+
+def test_create_shipments_reading_the_order_before_its_reservations_show_asks_to_run_again(world, monkeypatch):
+    # The same lag after ReserveStock's write: the order read `authorized` with nothing reserved.
+    # Asking again is right; ending it out of stock would cancel a paid order whose units are held.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    world.workflow.reserve_stock(order_id)
+    real = world.orders.get
+    lagging = [authorized]
+    monkeypatch.setattr(
+        world.orders, "get", lambda oid, consistent=False: lagging.pop() if lagging and oid == order_id else real(oid)
+    )
+
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+
+    world.workflow.create_shipments(order_id)
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L1"): 2}
+    assert world.spy.voided == []
 
 
 def test_the_loser_of_the_race_reads_the_order_consistently_before_it_releases(world, monkeypatch):
