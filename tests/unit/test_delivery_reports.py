@@ -187,6 +187,24 @@ def test_a_report_of_one_of_two_parcels_a_hold_names_answers_for_that_one_and_th
         assert world.level(sku[parcel.lines[0].line_id], parcel.location_id)[1] == reserved
 
 
+def test_a_carriers_scan_of_a_reported_parcel_while_the_hold_waits_for_the_other_keeps_no_scan_of_it(
+    world, clock, monkeypatch
+):
+    # The carrier's webhook (deliver_scanned) keeps a scan only of a parcel nothing else vouches
+    # for: this one's report is recorded (its mark), which ships it once the hold ends.
+    held, (first, _other) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_scanned(held.id, first, actor="key_carrier")
+    waiting = world.order(held.id)
+    assert (waiting.parcels_reported(), waiting.delivery_scans) == ([first], [])
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_scanned(held.id, first, actor="key_carrier")
+
+    assert world.order(held.id) == waiting
+    assert "delivery_scan_kept" not in [e.type.value for e in world.history(held.id)]
+
+
 def test_a_report_that_ends_a_hold_another_report_narrowed_ships_and_delivers_both_parcels(world, clock, monkeypatch):
     # The first report was answered 409 (recorded, held for the other parcel): nobody reports it again.
     held, (first, second) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
