@@ -342,6 +342,24 @@ def test_a_shipment_shipped_at_once_after_its_orders_release_ships_while_plain_r
     assert world.order(order.id).status is OrderStatus.SHIPPED
 
 
+def test_a_parcel_shipped_the_moment_its_order_is_allocated_ships_while_plain_reads_lag(world, monkeypatch):
+    # The warehouse confirms the parcel as soon as the allocation names it: a plain read may still
+    # show the order before its parcels were made, which must not answer not_found.
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    lagging_reads(world, monkeypatch)
+    world.workflow.create_shipments(order_id)
+    (parcel,) = world.orders.get(order_id, consistent=True).shipments
+    assert world.orders.get(order_id).shipments == []  # what a plain read shows
+
+    (result,) = run(world, (order_id, parcel.id, "ship"))
+
+    assert result.failure is None
+    monkeypatch.undo()
+    assert world.order(order_id).status is OrderStatus.SHIPPED
+
+
 def test_each_item_reports_the_order_as_it_left_it_while_plain_reads_lag(world, monkeypatch):
     # The last parcel of an order that lost a unit settles the payment after its delivery's write,
     # then reads the order to answer: a plain read may show it as it was before the delivery.
