@@ -503,6 +503,17 @@ def test_a_malformed_item_echoes_only_ids_and_an_action_it_could_name():
     assert [d["field"] for d in refused.details] == ["items[0].order_id", "items[0].shipment_id", "items[0].wave"]
 
 
+def test_a_row_with_an_action_this_route_does_not_take_is_refused_for_that_alone_and_echoes_its_ids():
+    # Its tracking number is no second fault: whether it goes with the action is for a valid action to say.
+    (refused,) = batch(
+        {"order_id": "ord_a", "shipment_id": "shp_a", "action": "return", "tracking_number": "1Z999AA10123456784"}
+    ).items
+
+    assert isinstance(refused, MalformedItem)
+    assert (refused.position, refused.order_id, refused.shipment_id, refused.action) == (0, "ord_a", "shp_a", None)
+    assert [d["field"] for d in refused.details] == ["items[0].action"]
+
+
 def test_a_deliver_item_sent_with_a_null_tracking_number_is_delivered_as_one_without_it(world):
     # A WMS that writes every field of its row sends `"tracking_number": null` beside `deliver`: no
     # number given, as on the single route, not a number given with the wrong action.
