@@ -222,6 +222,23 @@ def test_a_report_that_ends_a_hold_another_report_narrowed_ships_and_delivers_bo
     assert (types.count("released"), types.count("shipment_shipped"), types.count("shipment_delivered")) == (2, 2, 2)
 
 
+def test_a_report_that_ends_the_hold_delivers_its_parcel_while_the_gateway_is_down_for_the_other_reported_one(
+    world, clock, monkeypatch
+):
+    # The other parcel's ship is no part of this report's answer: it stays marked for a later
+    # report, a person's ship or the reconciler's pass.
+    held, (first, second) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(held.id, first, actor="key_carrier")
+    world.gateway.script("capture", "approve", "transient")
+
+    delivered = world.actions.deliver(held.id, second, actor="key_carrier")
+
+    assert delivered.shipment(second).status is ShipmentStatus.DELIVERED
+    assert (delivered.shipment(first).status, delivered.parcels_reported()) == (ShipmentStatus.PENDING, [first])
+    assert delivered.hold is None
+
+
 def test_a_ship_of_a_reported_parcel_records_it_delivered_at_the_carriers_time(world, clock, monkeypatch):
     # A person released the hold for the other parcel: the reported one is shipped by the location
     # (or a person), and since its carrier saw it delivered, it is recorded delivered too.
