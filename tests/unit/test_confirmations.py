@@ -342,6 +342,24 @@ def test_a_shipment_shipped_at_once_after_its_orders_release_ships_while_plain_r
     assert world.order(order.id).status is OrderStatus.SHIPPED
 
 
+def test_a_parcel_shipped_the_moment_its_order_is_allocated_ships_while_plain_reads_lag(world, monkeypatch):
+    # The warehouse confirms the parcel as soon as the allocation names it: a plain read may still
+    # show the order before its parcels were made, which must not answer not_found.
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    lagging_reads(world, monkeypatch)
+    world.workflow.create_shipments(order_id)
+    (parcel,) = world.orders.get(order_id, consistent=True).shipments
+    assert world.orders.get(order_id).shipments == []  # what a plain read shows
+
+    (result,) = run(world, (order_id, parcel.id, "ship"))
+
+    assert result.failure is None
+    monkeypatch.undo()
+    assert world.order(order_id).status is OrderStatus.SHIPPED
+
+
 def test_each_item_reports_the_order_as_it_left_it_while_plain_reads_lag(world, monkeypatch):
     # The last parcel of an order that lost a unit settles the payment after its delivery's write,
     # then reads the order to answer: a plain read may show it as it was before the delivery.
@@ -483,6 +501,17 @@ def test_a_malformed_item_echoes_only_ids_and_an_action_it_could_name():
     assert isinstance(refused, MalformedItem)
     assert (refused.position, refused.order_id, refused.shipment_id, refused.action) == (0, None, None, "ship")
     assert [d["field"] for d in refused.details] == ["items[0].order_id", "items[0].shipment_id", "items[0].wave"]
+
+
+def test_a_row_with_an_action_this_route_does_not_take_is_refused_for_that_alone_and_echoes_its_ids():
+    # Its tracking number is no second fault: whether it goes with the action is for a valid action to say.
+    (refused,) = batch(
+        {"order_id": "ord_a", "shipment_id": "shp_a", "action": "return", "tracking_number": "1Z999AA10123456784"}
+    ).items
+
+    assert isinstance(refused, MalformedItem)
+    assert (refused.position, refused.order_id, refused.shipment_id, refused.action) == (0, "ord_a", "shp_a", None)
+    assert [d["field"] for d in refused.details] == ["items[0].action"]
 
 
 def test_a_deliver_item_sent_with_a_null_tracking_number_is_delivered_as_one_without_it(world):

@@ -187,6 +187,24 @@ def test_a_report_of_one_of_two_parcels_a_hold_names_answers_for_that_one_and_th
         assert world.level(sku[parcel.lines[0].line_id], parcel.location_id)[1] == reserved
 
 
+def test_a_carriers_scan_of_a_reported_parcel_while_the_hold_waits_for_the_other_keeps_no_scan_of_it(
+    world, clock, monkeypatch
+):
+    # The carrier's webhook (deliver_scanned) keeps a scan only of a parcel nothing else vouches
+    # for: this one's report is recorded (its mark), which ships it once the hold ends.
+    held, (first, _other) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_scanned(held.id, first, actor="key_carrier")
+    waiting = world.order(held.id)
+    assert (waiting.parcels_reported(), waiting.delivery_scans) == ([first], [])
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_scanned(held.id, first, actor="key_carrier")
+
+    assert world.order(held.id) == waiting
+    assert "delivery_scan_kept" not in [e.type.value for e in world.history(held.id)]
+
+
 def test_a_report_that_ends_a_hold_another_report_narrowed_ships_and_delivers_both_parcels(world, clock, monkeypatch):
     # The first report was answered 409 (recorded, held for the other parcel): nobody reports it again.
     held, (first, second) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
@@ -202,6 +220,23 @@ def test_a_report_that_ends_a_hold_another_report_narrowed_ships_and_delivers_bo
     assert delivered.payment.captured == delivered.totals.grand_total
     types = [e.type.value for e in world.history(held.id)]
     assert (types.count("released"), types.count("shipment_shipped"), types.count("shipment_delivered")) == (2, 2, 2)
+
+
+def test_a_report_that_ends_the_hold_delivers_its_parcel_while_the_gateway_is_down_for_the_other_reported_one(
+    world, clock, monkeypatch
+):
+    # The other parcel's ship is no part of this report's answer: it stays marked for a later
+    # report, a person's ship or the reconciler's pass.
+    held, (first, second) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(held.id, first, actor="key_carrier")
+    world.gateway.script("capture", "approve", "transient")
+
+    delivered = world.actions.deliver(held.id, second, actor="key_carrier")
+
+    assert delivered.shipment(second).status is ShipmentStatus.DELIVERED
+    assert (delivered.shipment(first).status, delivered.parcels_reported()) == (ShipmentStatus.PENDING, [first])
+    assert delivered.hold is None
 
 
 def test_a_ship_of_a_reported_parcel_records_it_delivered_at_the_carriers_time(world, clock, monkeypatch):

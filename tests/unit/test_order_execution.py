@@ -661,6 +661,20 @@ def test_only_a_pickup_is_made_ready(world):
     assert world.order(order.id) == order
 
 
+def test_a_held_orders_pickup_is_not_made_ready(world):
+    # A person stopped the order (a fraud review): its store does not put the parcel out for the customer.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    held = Holds(world.orders, clock=lambda: NOW).hold(
+        order.id, HoldRequest(reason="fraud_review", note=None), actor="key_ops"
+    )
+
+    with pytest.raises(InvalidTransition):
+        world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    assert world.order(order.id) == held
+
+
 def test_a_delivered_parcel_of_an_order_shipped_home_is_not_made_ready(world):
     # A pickup collected since is readied again as it stands (a store's wave sent again); a parcel
     # shipped home and delivered never was a pickup: readying it is refused, not answered unchanged.

@@ -16,7 +16,7 @@ from datetime import timedelta
 import pytest
 
 from core import payment_keys
-from core.errors import InvalidTransition
+from core.errors import InvalidTransition, NoPaymentPlugin
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.jeopardy import REPORTED_REASON
 from core.refund_service import KeptBackSweep
@@ -24,12 +24,13 @@ from core.status import OrderStatus, ShipmentStatus
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.unit.test_capture_sweep import (
     LATE,
-    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    STOCK,  # the stock of the `world` fixture too
     a_pass,
 )
 from tests.unit.test_delivery_reports import held_for_parcels, the_ship_dies
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
-from tests.unit.world import Clock, Died, World, a_ship_that_died, ships_died
+from tests.unit.test_payment_truth import Removed
+from tests.unit.world import Clock, Died, World, a_ship_that_died, build_world, ships_died
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)
@@ -162,6 +163,28 @@ def test_a_refused_capture_is_recorded_as_the_reports_and_the_pass_asks_no_more(
     world.gateway.script("capture", "approve")
     shipped = world.actions.ship(marked.id, shipment_id, None, actor="key_ops")
     assert shipped.shipment(shipment_id).status is ShipmentStatus.DELIVERED and shipped.reported_delivered == []
+
+
+def test_a_payment_plugin_taken_out_leaves_the_parcel_to_the_pass_once_it_is_back(clock, monkeypatch):
+    # Nobody asked the gateway: no refusal is recorded and nothing is left to a person.
+    removed = Removed()
+    world = build_world(STOCK, removed, clock=clock)
+    marked, shipment_id, arrived = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    removed.gone = True
+
+    with pytest.raises(NoPaymentPlugin):
+        world.actions.finish_reported(world.order(marked.id), ACTOR)
+
+    after = world.order(marked.id)
+    assert after.shipment(shipment_id).status is ShipmentStatus.PENDING
+    assert after.reported_to_finish() == [shipment_id]  # the next pass asks again
+    assert "delivery_not_recorded" not in [e.type.value for e in world.history(marked.id)]
+
+    removed.gone = False
+    clock.advance(minutes=16)
+    assert kept_back_pass(world, clock).reported_finished == {marked.id: [shipment_id]}
+    assert world.order(marked.id).shipment(shipment_id).delivered_at == arrived
 
 
 def test_a_gateway_down_leaves_the_parcel_for_the_next_pass(world, clock, monkeypatch):

@@ -397,6 +397,31 @@ def test_a_delivered_scan_of_a_pending_parcel_is_kept_once_and_captures_nothing(
     assert len(world.spy.captured) == len(captured) + 1  # the location's ship captured, once
 
 
+def test_a_scan_kept_for_one_parcel_does_not_deliver_another_parcel_of_the_order_that_ships(tracking, world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    post(tracking, world, event(order.id, east))
+
+    shipped = world.actions.ship(order.id, west, None, actor="key_wh")
+
+    assert shipped.status is S.PARTIALLY_SHIPPED
+    assert (shipped.shipment(west).status, shipped.shipment(west).delivered_at) == (ShipmentStatus.SHIPPED, None)
+    assert shipped.delivery_scan(east) is not None  # kept for the east parcel's own ship
+    assert world.history(order.id)[-1].type == "shipment_shipped"
+
+
+def test_a_delivered_scan_a_minute_or_two_old_is_kept_at_the_carriers_time(tracking):
+    # A webhook comes a little after the scan: only a time ahead of the OMS's clock is taken for now.
+    clock = [datetime(2026, 11, 23, 9, 0, tzinfo=UTC)]
+    world = build_world(STOCK, clock=lambda: clock[0])
+    order, _, east = shipped_order(world)
+    clock[0] = datetime(2026, 11, 23, 9, 32, tzinfo=UTC)
+
+    post(tracking, world, event(order.id, east))  # scanned at 09:30
+
+    assert world.order(order.id).delivery_scan(east).at == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+
+
 def test_a_scanned_parcel_is_neither_edited_nor_cancelled_by_a_key_that_cannot_confirm_it(tracking, world):
     order = world.allocated(("MUG", 2))
     (parcel,) = order.shipments
