@@ -857,3 +857,35 @@ def test_an_address_without_a_region_is_reported_with_no_region():
     assert [r.model_dump(mode="json") for r in rows] == [
         {"country": "GB", "region": None, "orders": 1, "revenue": money("24.50")}
     ]
+
+
+def test_an_order_counted_the_day_it_was_placed_records_no_filing_and_reads_no_later_marker():
+    # Only an order whose revenue is filed under another day than its placing records that day (an
+    # item more in its counters' transaction) or reads the markers after it (a query more): an order
+    # allocated the day it was placed does neither, nor does one failing the next day (it counts none).
+    store = MemoryStore()
+    asked: list[int] = []
+
+    def later(order_id: str, version: int) -> WentBy:
+        asked.append(version)
+        return store.went_by(order_id, version)
+
+    placed = order(created_at="2026-11-01T23:00:00Z")
+    allocated = then(placed, status="allocated", updated_at="2026-11-01T23:00:05Z")
+    failing = order(id="ord_2", created_at="2026-11-01T23:59:00Z")
+    failed = then(failing, status="payment_failed", updated_at="2026-11-02T00:00:01Z")
+    for old, new in ((None, placed), (placed, allocated), (None, failing), (failing, failed)):
+        store.apply(aggregate_change(old, new, store.filing, later))
+
+    assert (store.filed, asked) == ({}, [])
+    assert day_report(store, date(2026, 11, 1))[0] == {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")}
+
+
+def test_a_day_whose_orders_of_a_channel_were_placed_but_none_allocated_costs_its_report_no_read():
+    store = MemoryStore()
+    replay(store, order(id="ord_1", channel="web", created_at="2026-11-30T12:00:00Z"))  # not allocated (yet)
+    sold = order(id="ord_2", channel="pos", created_at="2026-11-30T12:00:00Z")
+    replay(store, sold, then(sold, status="allocated"))
+
+    assert products(store, channel="web") == []
+    assert store.partitions_read == []
