@@ -565,6 +565,14 @@ def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channe
     assert [c.id for c in service(store).customers_by_email("ada@home.example", None)[0]] == ["cus_1"]
 
 
+def test_an_address_is_indexed_lower_cased_and_composed_where_the_customers_recorded_since_are():
+    # The key customers have been indexed under since addresses were composed (NFC, first of the
+    # partitions a search reads): an order keyed in another form would index its customer apart.
+    decomposed = "JOSE\u0301@Example.com"
+
+    assert email_key(decomposed, "cus_1") == ("customer-email#jos\u00e9@example.com", "cus_1")
+
+
 def test_a_customer_recorded_with_an_invisible_character_before_it_was_refused_is_shown_with_it_as_u_fffd():
     # Recorded from an order placed when a name could hide a zero-width space or break a line; its
     # orders now read with each shown as U+FFFD, and so does the customer.
