@@ -352,28 +352,46 @@ def test_a_replacement_its_credit_pays_whole_is_ordered_and_the_rest_of_the_cred
     assert customer_totals(store) == ("33.50", "3.50")
 
 
+def counted_less_its_credit(store: MemoryStore, placed: dict[str, Any], used: str) -> None:
+    """The replacement's first record as an earlier version applied it: its grand total less the
+    credit it used (`used`) in `ordered`, recorded so on its filing (Filing.credit)."""
+    first = aggregate_change(None, placed, store.filing)
+    counted = [
+        replace(u, add={**u.add, "ordered_USD": u.add["ordered_USD"] - Decimal(used)}) if "ordered_USD" in u.add else u
+        for u in first.updates
+    ]
+    store.apply(replace(first, updates=counted))
+    store.filed[placed["id"]] = Filing(None, True)
+
+
 def test_a_replacement_counted_less_its_credit_by_an_earlier_version_takes_out_what_it_added_when_cancelled():
     # A replacement whose first record an earlier version counted less its credit (20.00 - 9.50),
     # recording so on its filing: its cancel takes out those 10.50, not its grand total.
     store = MemoryStore()
     returned = exchanged(store)
     placed = replacement("20.00")
-    first = aggregate_change(None, placed, store.filing)
-    less_credit = {"ordered_USD": Decimal("-9.50")}
-    counted = [
-        replace(u, add={**u.add, "ordered_USD": u.add["ordered_USD"] + less_credit["ordered_USD"]})
-        if "ordered_USD" in u.add
-        else u
-        for u in first.updates
-    ]
-    store.apply(replace(first, updates=counted))
-    store.filed[placed["id"]] = Filing(None, True)
+    counted_less_its_credit(store, placed, "9.50")
     assert customer_totals(store) == ("38.00", "0.00")
 
     store.apply(aggregate_change(placed, then(placed, status="cancelled"), store.filing))
     replay(store, returned, then(returned, payment={"refunded": money("9.50")}))  # the credit given back
 
     assert customer_totals(store) == ("27.50", "9.50")
+
+
+def test_a_replacement_counted_less_its_credit_by_an_earlier_version_edited_dearer_orders_what_the_edit_added():
+    # Its credit of 9.50 paid its 6.00 whole and the exchange refunded the other 3.50 at once
+    # (credit_rest): edited up to 20.00 it still uses 6.00 of the credit, so it orders 14.00 more.
+    store = MemoryStore()
+    exchanged(store, original_refunded="3.50")
+    placed = replacement("6.00", credit_rest=money("3.50"))
+    counted_less_its_credit(store, placed, "6.00")
+    assert customer_totals(store) == ("27.50", "3.50")
+
+    dearer = then(placed, lines=[line("L1", "HOODIE", 1, "20.00")], totals={"grand_total": money("20.00")})
+    store.apply(aggregate_change(placed, dearer, store.filing))
+
+    assert customer_totals(store) == ("41.50", "3.50")
 
 
 def test_a_cancelled_replacement_counts_nothing_and_its_credit_given_back_counts_once():
