@@ -352,28 +352,46 @@ def test_a_replacement_its_credit_pays_whole_is_ordered_and_the_rest_of_the_cred
     assert customer_totals(store) == ("33.50", "3.50")
 
 
+def counted_less_its_credit(store: MemoryStore, placed: dict[str, Any], used: str) -> None:
+    """The replacement's first record as an earlier version applied it: its grand total less the
+    credit it used (`used`) in `ordered`, recorded so on its filing (Filing.credit)."""
+    first = aggregate_change(None, placed, store.filing)
+    counted = [
+        replace(u, add={**u.add, "ordered_USD": u.add["ordered_USD"] - Decimal(used)}) if "ordered_USD" in u.add else u
+        for u in first.updates
+    ]
+    store.apply(replace(first, updates=counted))
+    store.filed[placed["id"]] = Filing(None, True)
+
+
 def test_a_replacement_counted_less_its_credit_by_an_earlier_version_takes_out_what_it_added_when_cancelled():
     # A replacement whose first record an earlier version counted less its credit (20.00 - 9.50),
     # recording so on its filing: its cancel takes out those 10.50, not its grand total.
     store = MemoryStore()
     returned = exchanged(store)
     placed = replacement("20.00")
-    first = aggregate_change(None, placed, store.filing)
-    less_credit = {"ordered_USD": Decimal("-9.50")}
-    counted = [
-        replace(u, add={**u.add, "ordered_USD": u.add["ordered_USD"] + less_credit["ordered_USD"]})
-        if "ordered_USD" in u.add
-        else u
-        for u in first.updates
-    ]
-    store.apply(replace(first, updates=counted))
-    store.filed[placed["id"]] = Filing(None, True)
+    counted_less_its_credit(store, placed, "9.50")
     assert customer_totals(store) == ("38.00", "0.00")
 
     store.apply(aggregate_change(placed, then(placed, status="cancelled"), store.filing))
     replay(store, returned, then(returned, payment={"refunded": money("9.50")}))  # the credit given back
 
     assert customer_totals(store) == ("27.50", "9.50")
+
+
+def test_a_replacement_counted_less_its_credit_by_an_earlier_version_edited_dearer_orders_what_the_edit_added():
+    # Its credit of 9.50 paid its 6.00 whole and the exchange refunded the other 3.50 at once
+    # (credit_rest): edited up to 20.00 it still uses 6.00 of the credit, so it orders 14.00 more.
+    store = MemoryStore()
+    exchanged(store, original_refunded="3.50")
+    placed = replacement("6.00", credit_rest=money("3.50"))
+    counted_less_its_credit(store, placed, "6.00")
+    assert customer_totals(store) == ("27.50", "3.50")
+
+    dearer = then(placed, lines=[line("L1", "HOODIE", 1, "20.00")], totals={"grand_total": money("20.00")})
+    store.apply(aggregate_change(placed, dearer, store.filing))
+
+    assert customer_totals(store) == ("41.50", "3.50")
 
 
 def test_a_cancelled_replacement_counts_nothing_and_its_credit_given_back_counts_once():
@@ -473,6 +491,10 @@ def test_units_back_whose_refund_the_gateway_refused_stay_sold_until_a_refund_of
     assert products(store)[0] == {"sku": "TSHIRT", "units": 1, "revenue": money("9.50")}
 
 
+# A refund recorded before refunds had a status: it succeeded (PaymentRefund's default).
+_UNSTATUSED_REFUND = {k: v for k, v in _return_refund("rma_1", "-").items() if k != "status"}
+
+
 @pytest.mark.parametrize(
     "settled",
     [
@@ -480,11 +502,25 @@ def test_units_back_whose_refund_the_gateway_refused_stay_sold_until_a_refund_of
         {"payment": {"refunds": [_return_refund("rma_1", "failed", parts=[{"status": "succeeded"}])]}},
         {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "exchange_shares": {"rma_1": []}},
         {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "returns_kept_back": {"rma_1": money("9.50")}},
+        {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "credit_holds": {"rma_1": money("9.50")}},
+        {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "credit_refunded_shares": {"rma_1": []}},
+        {"payment": {"refunds": [_return_refund("rma_1", "succeeded"), _return_refund("rma_1", "failed")]}},
+        {"payment": {"refunds": [_UNSTATUSED_REFUND, _return_refund("rma_1", "failed")]}},
         {"payment": {"refunds": [{"id": "ref_a", "status": "failed", "kind": "appeasement"}]}},  # no return's
     ],
 )
 def test_units_back_count_as_refunded_unless_every_refund_of_their_return_was_refused(settled):
     assert units_refund_refused(order(**settled)) == {}
+
+
+def test_units_back_whose_refunds_were_refused_are_those_each_returns_last_refused_refund_was_for():
+    refunds = [
+        _return_refund("rma_1", "failed", units=2, id="ref_1a"),
+        _return_refund("rma_1", "failed", units=1, id="ref_1b"),
+        _return_refund("rma_2", "failed", units=1),
+    ]
+
+    assert units_refund_refused(order(payment={"refunds": refunds})) == {"L1": 2}
 
 
 def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failures():
@@ -545,6 +581,14 @@ def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channe
     assert service(store).customers_by_email("ada@work.example", "pos")[0] == []
     assert [c.email for c in service(store).customers_by_email("ADA@work.example", "web")[0]] == ["ada@work.example"]
     assert [c.id for c in service(store).customers_by_email("ada@home.example", None)[0]] == ["cus_1"]
+
+
+def test_an_address_is_indexed_lower_cased_and_composed_where_the_customers_recorded_since_are():
+    # The key customers have been indexed under since addresses were composed (NFC, first of the
+    # partitions a search reads): an order keyed in another form would index its customer apart.
+    decomposed = "JOSE\u0301@Example.com"
+
+    assert email_key(decomposed, "cus_1") == ("customer-email#jos\u00e9@example.com", "cus_1")
 
 
 def test_a_customer_recorded_with_an_invisible_character_before_it_was_refused_is_shown_with_it_as_u_fffd():
@@ -754,3 +798,120 @@ def test_a_change_after_a_parked_allocation_was_replayed_goes_by_the_latest_fili
     assert [version for version, _ in store.filed[order_id].days] == [again[1]["version"], allocated[1]["version"]]
     assert every_report(store) == every_report(in_order)
     assert customer_totals(store) == customer_totals(in_order)
+
+
+def test_an_order_shipped_in_parts_keeps_its_revenue_on_the_day_it_was_allocated():
+    # Its first parcel leaves: nothing was cancelled or refunded, so the reports show what they did.
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    partly = then(allocated, status="partially_shipped", updated_at="2026-11-21T08:00:00Z")
+    replay(store, placed, backordered, allocated, partly)
+
+    assert day_report(store, date(2026, 11, 20)) == [
+        {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+    assert day_report(store, date(2026, 11, 21)) == []
+
+
+def test_an_order_whose_every_unit_came_back_but_whose_refund_the_gateway_refused_stays_in_revenue():
+    # API.md takes revenue out "when ... units are refunded on return": all back (returned), none refunded.
+    store = MemoryStore()
+    placed = order(lines=[line("L1", "TSHIRT", 2, "10.00", "1.00")], totals={"grand_total": money("19.00")})
+    allocated = then(placed, status="allocated")
+    delivered = then(allocated, status="delivered")
+    refused = {"refunded": money("0.00"), "refunds": [_return_refund("rma_1", "failed", units=2)]}
+    all_back = [line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=2)]
+    returned = then(delivered, status="returned", lines=all_back, received_returns=["rma_1"], payment=refused)
+    replay(store, placed, allocated, delivered, returned)
+
+    assert products(store) == [{"sku": "TSHIRT", "units": 2, "revenue": money("19.00")}]
+    customers = service(store).report(ReportKind.CUSTOMERS, "USD", start=None, end=None, channel=None, limit=10)
+    assert [row.model_dump(mode="json") for row in customers] == [
+        {"customer_id": "cus_1", "orders": 1, "revenue": money("19.00")}
+    ]
+
+
+def test_a_cancelled_order_is_no_payment_failure_of_its_customer():
+    store = MemoryStore()
+    placed = order()
+    replay(store, placed, then(placed, status="cancelled"))
+
+    assert service(store).customer("cus_1", None).payment_failures == 0
+
+
+def test_a_customer_of_several_channels_first_ordered_when_the_earliest_of_their_orders_was_placed():
+    # The web's orders are the earliest; the till's is the latest: the first order is the web's first.
+    store = MemoryStore()
+    for n, (channel, day) in enumerate([("web", "2026-11-01"), ("web", "2026-11-20"), ("pos", "2026-12-05")]):
+        replay(store, order(id=f"ord_{n}", channel=channel, created_at=f"{day}T10:00:00Z"))
+
+    shown = service(store).customer("cus_1", None)
+
+    assert (shown.first_order_at, shown.last_order_at) == ("2026-11-01T10:00:00.000000Z", "2026-12-05T10:00:00.000000Z")
+
+
+def test_a_free_product_sold_shows_in_top_products_with_its_units_and_no_revenue():
+    store = MemoryStore()
+    placed = order(lines=[line("L1", "TSHIRT", 2, "10.00", "1.00"), line("L2", "SAMPLE", 3, "0.00")])
+    replay(store, placed, then(placed, status="allocated"))
+
+    assert products(store) == [
+        {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")},
+        {"sku": "SAMPLE", "units": 3, "revenue": money("0.00")},
+    ]
+
+
+def test_products_of_equal_revenue_are_listed_by_sku_whichever_day_sold_first():
+    # A page cut between them always shows the same one: ties go by sku, not by the day read first.
+    store = MemoryStore()
+    for n, (day, sku) in enumerate([("2026-11-28", "PEN"), ("2026-11-29", "CAP")]):
+        placed = order(id=f"ord_{n}", created_at=f"{day}T12:00:00Z", lines=[line("L1", sku, 1, "4.00")])
+        replay(store, placed, then(placed, status="allocated"))
+
+    assert [r["sku"] for r in products(store)] == ["CAP", "PEN"]
+    assert [r["sku"] for r in products(store, limit=1)] == ["CAP"]
+
+
+def test_an_address_without_a_region_is_reported_with_no_region():
+    store = MemoryStore()
+    placed = order(shipping_address={"country": "GB", "city": "London", "postal_code": "N1", "line1": "x"})
+    replay(store, placed, then(placed, status="allocated"))
+
+    rows = service(store).report(ReportKind.REGIONS, "USD", start=None, end=None, channel=None, limit=10)
+
+    assert [r.model_dump(mode="json") for r in rows] == [
+        {"country": "GB", "region": None, "orders": 1, "revenue": money("24.50")}
+    ]
+
+
+def test_an_order_counted_the_day_it_was_placed_records_no_filing_and_reads_no_later_marker():
+    # Only an order whose revenue is filed under another day than its placing records that day (an
+    # item more in its counters' transaction) or reads the markers after it (a query more): an order
+    # allocated the day it was placed does neither, nor does one failing the next day (it counts none).
+    store = MemoryStore()
+    asked: list[int] = []
+
+    def later(order_id: str, version: int) -> WentBy:
+        asked.append(version)
+        return store.went_by(order_id, version)
+
+    placed = order(created_at="2026-11-01T23:00:00Z")
+    allocated = then(placed, status="allocated", updated_at="2026-11-01T23:00:05Z")
+    failing = order(id="ord_2", created_at="2026-11-01T23:59:00Z")
+    failed = then(failing, status="payment_failed", updated_at="2026-11-02T00:00:01Z")
+    for old, new in ((None, placed), (placed, allocated), (None, failing), (failing, failed)):
+        store.apply(aggregate_change(old, new, store.filing, later))
+
+    assert (store.filed, asked) == ({}, [])
+    assert day_report(store, date(2026, 11, 1))[0] == {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")}
+
+
+def test_a_day_whose_orders_of_a_channel_were_placed_but_none_allocated_costs_its_report_no_read():
+    store = MemoryStore()
+    replay(store, order(id="ord_1", channel="web", created_at="2026-11-30T12:00:00Z"))  # not allocated (yet)
+    sold = order(id="ord_2", channel="pos", created_at="2026-11-30T12:00:00Z")
+    replay(store, sold, then(sold, status="allocated"))
+
+    assert products(store, channel="web") == []
+    assert store.partitions_read == []

@@ -446,6 +446,35 @@ def test_a_gateways_words_on_a_transient_failure_reach_the_log_escaped_never_the
     assert len(reason) == MAX_LOGGED_WORDS_CHARS
 
 
+def test_a_gateway_busy_on_its_first_tries_is_told_each_attempt_and_asked_again_after_a_longer_wait():
+    # The hookspec's `attempt`: 0 for the first try, then 1, 2, ... (tok_flaky approves from 1 on); the
+    # backoff doubles; each failed try is on the order's history with its number.
+    asked: list[int] = []
+
+    class Busy:
+        @hookimpl
+        def oms_payment_authorize(self, attempt):
+            asked.append(attempt)
+            if attempt < 2:
+                raise TransientError("the gateway is busy")
+            return PaymentResult(outcome="approved", reference="auth_1")
+
+    plugins = build_plugin_manager()
+    plugins.register(Busy(), name="busy")
+    slept: list[float] = []
+    failures = []
+    payments = Payments(plugins, backoff_seconds=0.5, sleep=slept.append)
+
+    made = payments.retried(
+        "authorize",
+        lambda attempt: payments.authorize("busy", "tok", usd("1.00"), "ord_1", attempt, "k"),
+        failures.append,
+    )
+
+    assert (made.reference, asked, slept) == ("auth_1", [0, 1, 2], [0.5, 1.0])
+    assert [(failure.attempt, failure.kind) for failure in failures] == [(1, "transient"), (2, "transient")]
+
+
 CARD_WORDS = "declined: card 4111 1111 1111 1111 is expired"
 
 

@@ -44,7 +44,8 @@ def test_amount_with_more_decimals_than_the_currency_has_is_rejected():
 
 @pytest.mark.parametrize("amount", [12.34, 12.0, True, False])
 def test_floats_and_bools_are_rejected_as_amounts(amount):
-    with pytest.raises(ValidationError, match="decimal string"):
+    # A JSON 12.34 is refused saying why: the client sent a number where a string belongs.
+    with pytest.raises(ValidationError, match=r'decimal string such as "12\.34", not a JSON number'):
         Money(amount=amount, currency="USD")
 
 

@@ -639,3 +639,66 @@ def test_a_plain_return_stuck_midway_is_started_again_once_its_stuck_record_is_a
     paid = world.order(item.order_id).payment
     assert [refund.status for refund in paid.refunds] == ["succeeded"] and paid.refunded == done.refund
     assert reconciler(world, clock, workflow).run() == []
+
+
+class StuckOnEachRun(InlineReturnWorkflow):
+    """A workflow whose Restock step times out on every retry of every execution: each records the
+    return stuck again (its compensation), under its own execution's name."""
+
+    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+        assert self.returns is not None
+        self.started.append(return_id)
+        execution = f"x{len(self.started) + 1}"
+        self.returns.stuck(
+            return_id, "States.Timeout", "the task timed out", actor="returns-workflow", execution=execution
+        )
+
+
+def test_a_return_stuck_midway_on_every_run_is_started_again_twice_then_left_to_a_person(world):
+    # README: a return stuck midway with nothing refused, failed or pending is started again "twice
+    # at most"; each stuck execution called a person already (ReturnWorkflowFailedAlarm).
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = StuckOnEachRun(returns)
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=20)
+    returns.stuck(item.id, "States.Timeout", "the task timed out", actor="returns-workflow", execution="x1")
+
+    for _ in range(5):
+        clock.advance(minutes=16)
+        reconciler(world, clock, workflow).run()
+
+    assert workflow.started == [item.id, item.id]
+    assert world.returns.get(item.id).status is R.RECEIVED
+
+
+def test_a_pass_starts_at_most_its_limit_of_lost_receipts_and_the_next_pass_starts_the_rest(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow(returns)
+    lost = [one_mug_returned(world, returns) for _ in range(3)]
+    for item in lost:
+        returns.receive(item.id, RECEIPT, "key_wh")  # ...and each function died before starting the workflow
+    clock.advance(minutes=16)
+
+    first = reconciler(world, clock, workflow, limit=2).run()
+    second = reconciler(world, clock, workflow, limit=2).run()
+
+    assert (len(first), sorted(first + second)) == (2, sorted(item.id for item in lost))
+
+
+def test_a_return_requested_long_ago_and_received_just_now_is_left_to_its_receipts_own_execution(world):
+    # The index finds received returns by when they were requested: its receipt, minutes ago, may
+    # still be running its workflow.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow(returns)
+    item = one_mug_returned(world, returns)
+    clock.advance(days=3)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=10)
+    assert reconciler(world, clock, workflow).run() == []
+
+    clock.advance(minutes=6)
+    assert reconciler(world, clock, workflow).run() == [item.id]
