@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from tests.e2e.client import Catalog, assert_error, location_body, money, unique
@@ -215,8 +218,24 @@ def test_get_locations_with_a_limit_outside_1_to_100_is_422(api: InProcessApi, q
     assert_error(api.get("/locations", params=query), 422, "validation_error", "limit")
 
 
-def test_get_locations_with_a_forged_cursor_is_422_invalid_cursor(api: InProcessApi):
-    assert_error(api.get("/locations", params={"cursor": "not-a-cursor"}), 422, "invalid_cursor", "cursor")
+def _location_cursor(document: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        _location_cursor({"l": "webhooks", "after": "L1"}),
+        _location_cursor({"after": "L1"}),
+        _location_cursor({"l": "locations", "after": ""}),
+        _location_cursor({"l": "locations", "after": 1}),
+    ],
+    ids=["not base64 json", "another list's", "no list", "after nothing", "after a number"],
+)
+def test_get_locations_with_a_cursor_it_never_issued_is_422_invalid_cursor(api: InProcessApi, cursor: str):
+    # Never read as a place in the network: `after` "" would answer the first page again.
+    assert_error(api.get("/locations", params={"cursor": cursor}), 422, "invalid_cursor", "cursor")
 
 
 # --- Inventory ---------------------------------------------------------------------------------

@@ -42,6 +42,12 @@ def test_an_empty_customer_id_is_422_not_every_customers_orders(api: InProcessAp
     assert customers(api, key, customer_id="cus_bob") == ["cus_bob", "cus_bob"]
 
 
+@pytest.mark.parametrize("channel", ["", "-web"], ids=["empty", "a leading dash"])
+def test_a_channel_no_order_can_have_is_422_not_every_channels_orders_or_none(api: InProcessApi, channel: str):
+    # `channel=` read as no filter would list every channel's orders; one no order can be in, an empty page.
+    assert_error(api.get("/orders", params={"channel": channel}), 422, "validation_error", "channel")
+
+
 @pytest.mark.parametrize("report, asked", [("/orders", {}), ("/reports/top-products", {"currency": "USD"})])
 def test_a_channel_key_asking_for_another_channels_orders_is_403_as_for_its_reports(
     api: InProcessApi, report: str, asked: dict

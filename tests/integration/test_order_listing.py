@@ -206,3 +206,16 @@ def test_limits_1_and_100_are_accepted(api: InProcessApi, limit: int):
 
     assert response.status_code == 200, response.text
     assert len(response.json()["items"]) <= limit
+
+
+def test_a_list_read_without_a_limit_answers_25_orders_and_the_cursor_of_the_rest(api: InProcessApi):
+    (sku,) = Catalog(api).stocked("5.00")
+    channel = unique("many")
+    for _ in range(26):
+        assert api.post("/orders", json=order_body((sku, 1), channel=channel)).status_code == 201
+
+    first = api.get("/orders", params={"channel": channel})
+    rest = api.get("/orders", params={"channel": channel, "cursor": first.json()["next_cursor"]})
+
+    assert first.status_code == 200 and len(first.json()["items"]) == 25, first.text
+    assert len(rest.json()["items"]) == 1 and rest.json()["next_cursor"] is None, rest.text

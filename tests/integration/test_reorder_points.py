@@ -1426,6 +1426,9 @@ def test_a_reorder_points_vendor_and_unit_cost_are_shown_only_to_keys_that_may_r
                                               "channel": "web"}).json()["key"]  # fmt: skip
     warehouse = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]}).json()["key"]
     buyer = api.post("/api-keys", json={"name": unique("key"), "scopes": ["purchasing:write"]}).json()["key"]
+    buyer_and_warehouse = api.post(
+        "/api-keys", json={"name": unique("key"), "scopes": ["purchasing:write", "inventory:write"]}
+    ).json()["key"]
 
     for key in (storefront, warehouse):
         [stock] = api.get(f"/inventory/{sku}", key=key).json()["locations"]
@@ -1439,6 +1442,17 @@ def test_a_reorder_points_vendor_and_unit_cost_are_shown_only_to_keys_that_may_r
     for key in (buyer, ADMIN):
         [stock] = api.get(f"/inventory/{sku}", key=key).json()["locations"]
         assert (stock["on_hand"], stock["reorder"]) == (9, setting), stock
+    counted = api.put(f"/inventory/{sku}/{network['east']}", key=buyer_and_warehouse, json={"on_hand": 10})
+    adjusted = api.post(f"/inventory/{sku}/{network['east']}/adjustments", key=buyer_and_warehouse,
+                        json={"delta": 1, "reason": "found"})  # fmt: skip
+    for answer, units in ((counted, 10), (adjusted, 11)):
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["on_hand"], answer.json()["reorder"]) == (units, setting), answer.text
+    # Stocked at a second location that has no reorder point, the first one's stays hidden all the same.
+    assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 3}).status_code == 200
+    for key in (storefront, warehouse):
+        stocks = api.get(f"/inventory/{sku}", key=key).json()["locations"]
+        assert len(stocks) == 2 and all(stock["reorder"] is None for stock in stocks), stocks
 
 
 def test_the_reorder_route_refuses_what_it_cannot_use(api: InProcessApi):

@@ -66,3 +66,15 @@ def test_one_item_past_the_room_is_a_page_of_its_own():
     page = NotePage.model_validate_json(page_that_fits(read, 2, NotePage).body)
 
     assert asked == [2, 1] and len(page.items) == 1 and page.next_cursor == "more"
+
+
+def test_items_taking_exactly_the_room_are_answered_as_one_page():
+    small = Note(text="small")
+    rest = RESPONSE_ROOM - proxied_bytes(small.model_dump_json()) - proxied_bytes(Note(text="").model_dump_json())
+    big = Note(text="\x7f" * (rest // 6) + "x" * (rest % 6))
+    assert proxied_bytes(big.model_dump_json()) + proxied_bytes(small.model_dump_json()) == RESPONSE_ROOM
+    read, asked = reading([big, small])
+
+    page = NotePage.model_validate_json(page_that_fits(read, 2, NotePage).body)
+
+    assert asked == [2] and len(page.items) == 2 and page.next_cursor is None

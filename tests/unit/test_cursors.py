@@ -29,3 +29,12 @@ def test_a_cursor_holding_no_document_the_parser_reads_is_invalid(document: byte
 def test_a_cursor_that_is_not_base64_is_invalid():
     with pytest.raises(InvalidCursor):
         cursor_document("!!!")
+
+
+def test_a_cursor_whose_base64_holds_the_url_safe_letters_reads_back():
+    # Where standard base64 writes `+` and `/`, a cursor holds `-` and `_` (it travels in a query
+    # string): read as standard base64 those were dropped, and such a cursor's list could not go on.
+    written = base64.urlsafe_b64encode(b'{"k":"~~~???>>>"}').decode().rstrip("=")
+
+    assert "-" in written and "_" in written
+    assert cursor_document(written) == {"k": "~~~???>>>"}
