@@ -1,14 +1,12 @@
 """The access log of an order: who read it (recorded per request, asynchronously) and who changed it (its history)."""
 
-import base64
-import json
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
-from core.cursors import cursor_document
+from core.cursors import cursor_document, cursor_of
 from core.errors import InvalidCursor
 from core.models import Shown
 from core.services import OrderQueries
@@ -202,8 +200,7 @@ def _encode_cursor(order_id: str, shown: int, read_after: ReadPosition | None) -
     document: dict[str, Any] = {"o": order_id, "c": shown}
     if read_after is not None:
         document |= {"at": read_after[0].isoformat(), "key": read_after[1]}
-    raw = json.dumps(document, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursor_of(document)
 
 
 def _decode_cursor(cursor: str, order_id: str, history: list[Any]) -> tuple[int, ReadPosition | None]:

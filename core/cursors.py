@@ -1,4 +1,4 @@
-"""Opaque list cursors: the JSON document a list wrote into one as unpadded URL-safe base64, read back."""
+"""Opaque list cursors: the JSON document a list writes into one as unpadded URL-safe base64, and read back."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ def cursor_document(cursor: str) -> Any:
         return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, TypeError, binascii.Error, RecursionError):
         raise InvalidCursor() from None
+
+
+def cursor_of(document: Any, *, sort_keys: bool = False) -> str:
+    """The cursor holding `document`: its compact JSON as unpadded URL-safe base64, which
+    cursor_document reads back (`sort_keys`: the members in key order, as the DynamoDB lists'
+    cursors are written)."""
+    raw = json.dumps(document, separators=(",", ":"), sort_keys=sort_keys)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")

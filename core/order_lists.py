@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from core.cursors import cursor_document
+from core.cursors import cursor_document, cursor_of
 from core.errors import InvalidCursor
 
 T = TypeVar("T")
@@ -79,8 +77,7 @@ def _cursor(order_id: str, list_name: str, position: int, owed: dict[int, int] |
     fields: dict[str, Any] = {"o": order_id, "l": list_name, "n": position}
     if owed:
         fields["w"] = sorted(owed.items())
-    raw = json.dumps(fields, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursor_of(fields)
 
 
 def _position(cursor: str, order_id: str, list_name: str, size: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 from collections import defaultdict
@@ -15,7 +14,7 @@ import pluggy
 
 from core import order_lists
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
-from core.cursors import cursor_document
+from core.cursors import cursor_document, cursor_of
 from core.deadline import TimeUp, never
 from core.errors import (
     Conflict,
@@ -115,8 +114,7 @@ class CatalogService:
         page = later[:limit]
         if len(later) <= limit:
             return page, None
-        raw = json.dumps({"l": "locations", "after": page[-1].location_id}, separators=(",", ":"))
-        return page, base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return page, cursor_of({"l": "locations", "after": page[-1].location_id})
 
 
 def _unchanged(stored: Product | Location, data: ProductInput | LocationInput) -> bool:

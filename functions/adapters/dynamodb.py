@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
 import logging
 import random
 import time
@@ -19,7 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
-from core.cursors import cursor_document
+from core.cursors import cursor_document, cursor_of
 from core.errors import (
     Conflict,
     DuplicateOrder,
@@ -252,8 +250,7 @@ def query_page(
 
 def encode_cursor(scope: str, last_key: dict[str, Any]) -> str:
     """An opaque cursor: LastEvaluatedKey bound to what it pages through (an index, a list)."""
-    raw = json.dumps({"i": scope, "k": last_key}, separators=(",", ":"), sort_keys=True)
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursor_of({"i": scope, "k": last_key}, sort_keys=True)
 
 
 # DynamoDB refuses a start key whose value is empty or longer than a sort key may be (1024 bytes;

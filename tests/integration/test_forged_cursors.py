@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from core.cursors import cursor_of
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks, issue
 from tests.integration.test_refunds_api import a_captured_order, order_id
@@ -37,8 +38,7 @@ def webhook_id(api: InProcessApi) -> str:
 
 def forged(scope: str, key: dict[str, str]) -> str:
     """A cursor as the adapters encode one (functions/adapters/dynamodb.encode_cursor)."""
-    raw = json.dumps({"i": scope, "k": {name: {"S": value} for name, value in key.items()}}, sort_keys=True)
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursor_of({"i": scope, "k": {name: {"S": value} for name, value in key.items()}}, sort_keys=True)
 
 
 # Each list: its path, the scope its cursors are bound to, and a key in the partition it reads.

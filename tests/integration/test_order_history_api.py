@@ -6,8 +6,6 @@ Idempotency-Key)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
+from core.cursors import cursor_of
 from tests.e2e.client import assert_error, order_body, stocked_sku, unique
 from tests.integration.in_process import InProcessApi, in_process_api, issue
 
@@ -162,8 +161,7 @@ def _reads() -> Iterator[list[dict[str, Any]]]:
 
 def _cursor_at(order_id: str, position: int) -> str:
     """A cursor as the API issues it (core/order_lists.py): the place `position` in the history."""
-    raw = json.dumps({"o": order_id, "l": "history", "n": position}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return cursor_of({"o": order_id, "l": "history", "n": position})
 
 
 def test_a_page_of_a_long_history_reads_the_order_and_only_the_pages_holding_it(api: InProcessApi):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +9,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from core.access_log import CHANGES, LIST_READS, READS, AccessEntry, AccessLog, AccessLogStore, OrderRead
+from core.cursors import cursor_of
 from core.errors import NotFound
 from core.models import HistoryEntry
 from core.services import OrderQueries
@@ -177,8 +177,7 @@ def test_a_cursor_not_issued_for_this_orders_log_is_invalid(cursor: str):
 
 
 def _forged(at: str) -> str:
-    raw = json.dumps({"o": ORDER.id, "at": at, "k": 1, "key": "r1"}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursor_of({"o": ORDER.id, "at": at, "k": 1, "key": "r1"})
 
 
 @pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
@@ -304,8 +303,7 @@ def test_a_cursor_issued_before_changes_were_known_by_their_place_goes_on_where_
 
     def old(at_minutes: int, kind: int, key: str) -> str:
         at = (T0 + timedelta(minutes=at_minutes)).isoformat()
-        raw = json.dumps({"o": ORDER.id, "at": at, "k": kind, "key": key}).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return cursor_of({"o": ORDER.id, "at": at, "k": kind, "key": key})
 
     # Minutes 0c 1r 3c 3c 3r 5r 7c 7r: the second change of minute 3 (place 2), then the read of minute 3.
     assert log.page(ORDER.id, None, 100, old(3, 0, "000002"))[0] == whole[4:]
@@ -367,10 +365,6 @@ def test_two_reads_at_one_time_stored_out_of_request_id_order_are_paged_by_reque
     assert (first[0], second[0]) == tuple(log.page(ORDER.id, None, 2, None)[0])
 
 
-def _cursor(document: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
-
-
 @pytest.mark.parametrize(
     "document",
     [
@@ -386,7 +380,7 @@ def test_a_forged_cursor_naming_no_position_a_page_issues_is_invalid(document: d
 
     log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), Reads(read("r1", 1)))
     with pytest.raises(InvalidCursor):
-        log.page(ORDER.id, None, 10, _cursor(document))
+        log.page(ORDER.id, None, 10, cursor_of(document))
 
 
 def test_a_cursor_issued_before_changes_were_known_by_their_place_naming_a_change_goes_on_to_every_read_after_it():
@@ -395,7 +389,7 @@ def test_a_cursor_issued_before_changes_were_known_by_their_place_naming_a_chang
     # names no read either, and the page after that goes on from there.
     def old(place: int, minutes: int) -> str:
         at = (T0 + timedelta(minutes=minutes)).isoformat()
-        return _cursor({"o": ORDER.id, "at": at, "k": 0, "key": f"{place:06d}"})
+        return cursor_of({"o": ORDER.id, "at": at, "k": 0, "key": f"{place:06d}"})
 
     history = [HistoryEntry(at=T0 + timedelta(minutes=m), type="created" if m == 0 else "edited", actor="key_shop",
                             to_status=OrderStatus.PENDING) for m in (0, 3, 4, 5)]  # fmt: skip

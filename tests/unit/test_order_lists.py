@@ -3,22 +3,15 @@ cursors that name a place in that one list: any other cursor is refused, never r
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
 import pytest
 
 from core import order_lists
+from core.cursors import cursor_of
 from core.errors import InvalidCursor
 
 ITEMS = ["a", "b", "c", "d"]
-
-
-def written(document: dict[str, Any]) -> str:
-    """A cursor as order_lists writes one: the document as unpadded URL-safe base64."""
-    raw = json.dumps(document, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def test_a_last_page_holding_exactly_the_limit_has_no_next_cursor():
@@ -45,7 +38,7 @@ def test_a_cursor_of_another_order_or_another_list_of_as_many_items_is_refused()
 )
 def test_a_cursor_naming_a_place_no_page_ends_at_is_refused(place: Any):
     # A page's cursor names where the next page starts: after the first item at least, at the end at most.
-    cursor = written({"o": "ord_1", "l": "returns", "n": place})
+    cursor = cursor_of({"o": "ord_1", "l": "returns", "n": place})
 
     with pytest.raises(InvalidCursor):
         order_lists.page(ITEMS, "ord_1", "returns", 2, cursor)
@@ -58,7 +51,7 @@ def test_a_cursor_naming_a_place_no_page_ends_at_is_refused(place: Any):
 )
 def test_a_growing_lists_cursor_owing_entries_of_an_item_it_has_not_passed_is_refused(owed: list[list[Any]]):
     # The items a growing page's cursor still owes entries of are among those it has passed.
-    cursor = written({"o": "ord_1", "l": "refunds", "n": 2, "w": owed})
+    cursor = cursor_of({"o": "ord_1", "l": "refunds", "n": 2, "w": owed})
 
     with pytest.raises(InvalidCursor):
         order_lists.growing_page(ITEMS, lambda item: [item], lambda item: True, "ord_1", "refunds", 2, cursor)
