@@ -12,7 +12,15 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl, payment_keys
-from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
+from core.errors import (
+    NotFound,
+    OrderClosed,
+    OutOfStock,
+    PaymentDeclined,
+    PluginUnavailable,
+    StaleVersion,
+    TransientError,
+)
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
@@ -1122,6 +1130,28 @@ def test_cancel_after_failure_leaves_a_payment_failed_order_as_it_is(world):
 
     assert world.snapshot(order_id) == once
     assert world.order(order_id).status is S.PAYMENT_FAILED
+
+
+def test_the_workflows_cancel_while_a_plugin_failed_to_load_fails_its_step_and_voids_once_they_load(world, monkeypatch):
+    # No hook runs while a plugin failed to load (PluginUnavailable): the void asked nobody and
+    # records nothing owed, so the step fails, to be run again, rather than end with the card held.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorization = world.order(order_id).payment.authorization
+
+    def unloaded(*args, **kwargs):
+        raise PluginUnavailable("plugins failed to load: acme_tax")
+
+    monkeypatch.setattr(world.workflow._payments, "void", unloaded)
+    with pytest.raises(PluginUnavailable):
+        world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+    assert world.order(order_id).status is S.CANCELLED
+    assert (world.order(order_id).payment.status, world.spy.voided) == ("authorized", [])
+    monkeypatch.undo()
+
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+
+    assert (world.order(order_id).payment.status, world.spy.voided) == ("voided", [authorization])
 
 
 def test_a_step_that_loses_its_write_to_another_step_asks_for_a_retry(world, monkeypatch):
