@@ -968,6 +968,7 @@ def test_a_lookup_the_gateway_cannot_answer_is_asked_again_by_the_cancels_execut
     world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")
     assert world.spy.voided == world.spy.authorized
     assert world.history(order_id)[-1].type == "payment_voided"
+    assert not world.order(order_id).authorizations_left  # nothing for the reconciler's pass to settle again
 
 
 def test_an_authorization_after_an_edit_releases_what_the_edit_could_not():
