@@ -1003,6 +1003,26 @@ def test_a_replaced_authorization_whose_void_is_refused_stops_no_other_void(worl
     assert failures(world, order_id)[-1] == ("payment_void_failed", "void", "refused", 1)
 
 
+def test_the_workflows_cancel_is_retried_while_its_own_void_finds_the_gateway_down_after_another_void_was_refused(
+    world,
+):
+    # The refusal of the replaced authorization's void is recorded for a person; the own one the
+    # gateway could not answer is what the step is run again for (TransientError), not given up.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.gateway.script("void", "refuse")
+    own = grow(world, order_id).payment.authorization
+    world.gateway.script("void", "refuse", "transient")
+
+    with pytest.raises(TransientError):
+        world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+
+    assert (world.order(order_id).status, world.order(order_id).payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    world.gateway.script("void", "approve")
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+    assert world.order(order_id).payment.status is P.VOIDED and own in world.spy.voided
+
+
 def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(world):
     # The edit's answer is the latest version (the void of the replaced authorization is a write of
     # its own), so its version is what the next If-Match names.
