@@ -485,6 +485,18 @@ def test_a_cancel_of_an_order_whose_payment_was_declined_is_refused_and_changes_
     assert world.order(order_id).status is S.PAYMENT_FAILED
 
 
+def test_a_cancel_repeated_once_its_void_was_made_asks_the_gateway_nothing(world):
+    # The repeat finishes what is unfinished: a voided authorization is not asked to be voided again.
+    order = world.allocated(("TSHIRT", 2))
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    asked = list(world.gateway.calls)
+
+    again = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert again.payment.status == "voided"
+    assert world.gateway.calls == asked
+
+
 def test_cancelling_a_pending_order_has_nothing_to_void(world):
     order_id = world.place(("TSHIRT", 2))
 
