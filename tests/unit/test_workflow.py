@@ -937,6 +937,24 @@ def test_a_retried_authorization_of_a_free_order_cancelled_meanwhile_looks_nothi
     assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
 
 
+def test_a_free_order_edited_while_pending_looks_nothing_up(caplog):
+    # The edit releases what an attempt under the placed version's key may hold: an order that owed
+    # nothing was never asked of a gateway, so there is nothing to look up (nor a WARNING to log).
+    from tests.builders import product
+
+    world = build_world([("SAMPLE", "store-sf", 5)], NoLookup())
+    world.catalog.put_product(product("SAMPLE", "0.00"))
+    order_id = world.place(("SAMPLE", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    placed = world.order(order_id)
+    assert placed.totals.grand_total == Money.of("0.00", "USD")  # a free pickup
+
+    with caplog.at_level("WARNING", logger="core.cancellation"):
+        world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="SAMPLE", quantity=2)]), "key_web")
+
+    assert world.order(order_id).lines[0].quantity == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
+
+
 class LookupDown:
     """The gateway cannot answer a lookup `times` times (each a TransientError), then can."""
 
