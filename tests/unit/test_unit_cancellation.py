@@ -2033,6 +2033,21 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
     assert [entry.type for entry in world.history(order.id)].count(OrderEvent.UNITS_CANCELLED) == 2
 
 
+def test_a_keyed_cancel_of_other_units_under_the_key_of_one_written_is_refused_and_cancels_nothing(world):
+    # The first answer was lost (its idempotency record never stored): the key names that request,
+    # whose entry keeps its lines, so other lines under it are 409, not the first answer replayed.
+    order = world.allocated(("MUG", 3))
+    key = f"api:key_cs:cancel-{order.id}"
+    world.actions.cancel(order.id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key)
+    once = world.snapshot(order.id)
+
+    with pytest.raises(Conflict) as reused:
+        world.actions.cancel(order.id, "two less", actor="key_cs", lines={"L1": 2}, request_key=key)
+
+    assert reused.value.code == "idempotency_key_reused"
+    assert world.snapshot(order.id) == once
+
+
 @pytest.mark.parametrize("held_while", ["reserved_not_allocated", "backordered"])
 def test_a_keyed_cancel_of_units_sent_again_while_the_order_is_held_before_its_shipments_keeps_its_stock(held_while):
     # The first answer was lost; the order was sourced since and held before it had shipments
