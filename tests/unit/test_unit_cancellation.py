@@ -2237,6 +2237,23 @@ def test_a_partly_shipped_orders_cancel_that_would_raise_the_total_keeps_the_pri
     assert after.payment.captured - after.payment.refunded == after.totals.grand_total
 
 
+def test_a_rejected_parcel_of_a_partly_shipped_order_cancelled_out_of_stock_never_raises_what_the_rest_costs():
+    # One mug of three (at 2.00 from three) shipped from the west; the east rejects the other two and
+    # no location has more: they are cancelled out of stock, and the mug that left keeps 2.00 (priced
+    # again alone it would cost 12.50, more than the three did).
+    world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], CheapFromThree())
+    order = world.allocated(("MUG", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    world.actions.reject(order.id, world.shipment_at(order, "wh-east"), "no stock after all", actor="key_wh_east")
+
+    done = world.order(order.id)
+    assert done.status is S.SHIPPED and (done.lines[0].quantity, done.lines[0].cancelled_quantity) == (1, 2)
+    assert done.lines[0].unit_price == Money.of("2.00", "USD")
+    assert done.totals.grand_total < order.totals.grand_total
+    assert done.payment.captured - done.payment.refunded == done.totals.grand_total
+
+
 def no_plugin_captures(world: World, order_id: str) -> list[str]:
     return [
         e.actor
