@@ -2214,6 +2214,27 @@ def test_units_kept_at_what_they_were_sold_for_never_show_a_negative_tax():
     assert totals.grand_total == pen.total + sold.totals.shipping
 
 
+def test_units_kept_at_what_they_were_sold_for_keep_their_share_of_the_discount_and_tax_off_their_total():
+    # Three pens at 3.33 with 0.30 off and 0.90 of tax, one cancelled: the two left keep 0.20 off and
+    # 0.60 of tax, their total 6.66 - 0.20 + 0.60, and the order's subtotal counts both pens.
+    from core.unit_cancellation import kept_as_sold
+
+    order = build_world([("PEN", "wh-east", 3)]).allocated(("PEN", 3))
+    usd = {name: Money.of(amount, "USD") for name, amount in (("off", "0.30"), ("tax", "0.90"), ("total", "10.59"))}
+    line = order.lines[0].model_validate(
+        {**dict(order.lines[0]), "discount": usd["off"], "tax": usd["tax"], "total": usd["total"]}
+    )
+    sold = order.model_validate({**dict(order), "lines": [line]})
+
+    lines, totals = kept_as_sold(sold, {"L1": 1})
+
+    (pens,) = lines.values()
+    assert (pens.quantity, pens.discount, pens.tax) == (2, Money.of("0.20", "USD"), Money.of("0.60", "USD"))
+    assert pens.total == Money.of("7.06", "USD")
+    assert (totals.subtotal, totals.discount, totals.tax) == (Money.of("6.66", "USD"), pens.discount, pens.tax)
+    assert totals.grand_total == pens.total + sold.totals.shipping
+
+
 def test_a_partly_shipped_orders_cancel_that_would_raise_the_total_keeps_the_price_sold_and_the_rest_cancels():
     # One mug of three (at 2.00 from three) shipped from the west, two waiting in the east: one of
     # them cancelled keeps 2.00 a unit for the two left (priced again, the waiting one's capture
