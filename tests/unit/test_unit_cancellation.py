@@ -2275,6 +2275,28 @@ def test_a_rejected_parcel_of_a_partly_shipped_order_cancelled_out_of_stock_neve
     assert done.payment.captured - done.payment.refunded == done.totals.grand_total
 
 
+def test_a_cancel_of_the_rest_whose_release_a_repeat_recorded_first_records_it_once(world, monkeypatch):
+    # The client repeats the cancel of the rest while the first is between the gateway's release of
+    # the authorization's rest and its write: the repeat records the release; the first adds none.
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    real = world.actions._payments.void
+
+    def void(*args, **kwargs):
+        world.actions._payments.void = real
+        answer = real(*args, **kwargs)
+        world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+        return answer
+
+    monkeypatch.setattr(world.actions._payments, "void", void)
+
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    released = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_VOIDED]
+    assert len(released) == 1 and released[0].detail["reason"] == "nothing is left to ship"
+    assert done.payment.authorized == done.payment.captured == done.totals.grand_total
+
+
 def no_plugin_captures(world: World, order_id: str) -> list[str]:
     return [
         e.actor
