@@ -383,6 +383,39 @@ def test_a_renewal_for_one_parcel_leaves_the_old_authorization_to_the_other_parc
     assert [e.authorization for e in shipped.earlier_captures] == [old]
 
 
+def test_the_authorization_pass_leaves_the_old_authorization_to_a_dead_ships_capture_asked_under_it(clock, monkeypatch):
+    # The west parcel's ship wrote its capture request and died before asking the gateway; the east
+    # parcel's ship renewed the authorization since. The pass must not void the old one while that
+    # capture stands: voided, the warehouse's repeat of the west ship was refused, the parcel unpaid.
+    from tests.unit.test_authorization_sweep import ACTOR as RECONCILER
+    from tests.unit.test_authorization_sweep import sweep
+
+    gateway = VoidedRefusesCaptures()
+    world = build_world(STOCK, gateway, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = (world.shipment_at(order, loc) for loc in ("wh-west", "wh-east"))
+    old = order.payment.authorization
+    clock.days_later(6.5)
+
+    def died(*args, **kwargs):
+        raise Died("before the gateway was asked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.actions._payments, "capture", died)
+        with pytest.raises(Died):
+            world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    clock.days_later(1)
+    renewed = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
+    assert renewed.payment.authorization != old and renewed.replaced_authorizations == [old]
+    clock.advance(minutes=16)
+
+    sweep(world, clock).run(RECONCILER)
+
+    assert ("void", old) not in gateway.done
+    done = world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    assert done.status is OrderStatus.SHIPPED and done.payment.captured == order.totals.grand_total
+
+
 def test_what_a_renewal_authorized_for_a_parcel_captured_on_the_old_authorization_is_released_once_all_shipped(clock):
     # The renewal authorized what was left to capture, the west parcel's share included. Before:
     # with everything shipped and paid, the renewed authorization still held the west share on the

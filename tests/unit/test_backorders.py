@@ -1549,6 +1549,21 @@ def test_cancelling_every_unit_of_a_backordered_order_cancels_it(setup):
     assert world.held_for(order_id) == {}
 
 
+def test_a_cancelled_backordered_order_leaves_its_skus_queue_when_its_cancels_execution_finishes_it(setup):
+    # The API's cancel leaves the queue to what finishes it: its execution takes the order out, so
+    # the next unit of the sku starts no walk for an order nobody waits for any more.
+    from core.workflow import CANCEL_RECORDED
+
+    world, _, _ = setup
+    order_id = backordered(world, ("PREORDER", 3))
+    assert [entry.order_id for entry in world.backorders.waiting("PREORDER", None, 10)] == [order_id]
+    world.actions.cancel(order_id, "will not wait", actor="key_web")
+
+    world.workflow.cancel_after_failure(order_id, CANCEL_RECORDED, "a cancel recorded outside the workflow")
+
+    assert world.backorders.waiting("PREORDER", None, 10) == []
+
+
 # --- When a backordered order is expected -------------------------------------------------------------
 
 

@@ -181,6 +181,28 @@ def test_what_a_cancel_died_before_refunding_of_a_delivered_order_is_refunded_by
     assert not after.settlement_owed
 
 
+def test_what_a_reject_that_died_after_cancelling_the_rest_out_of_stock_owes_is_settled_by_the_reconciler(monkeypatch):
+    # The west mug shipped; the east rejects the caps and no location has more: the reject's write
+    # cancels them, leaving nothing to ship, and the function dies before releasing what the
+    # authorization holds beyond the mug's capture. The write recorded that owed, for the pass.
+    clock = Clock()
+    world = build_world([("MUG", "wh-west", 1), ("CAP", "wh-east", 3)], clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_REJECTED)
+    with pytest.raises(Died):
+        world.actions.reject(order.id, world.shipment_at(order, "wh-east"), "no caps after all", actor="key_wh_east")
+    monkeypatch.undo()
+    assert died and world.order(order.id).payment.authorized > world.order(order.id).payment.captured
+
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.status is OrderStatus.SHIPPED and after.lines[1].cancelled_quantity == 3
+    assert after.payment.authorized == after.payment.captured == after.totals.grand_total
+    assert not after.settlement_owed
+
+
 def test_a_settlement_refund_the_gateway_refuses_is_asked_by_the_reconciler_until_it_is_left_to_a_person():
     # The cancel's own ask was refused and nothing is left to ship or deliver: the pass asks it
     # again (a pass later each time) until OVER_CAPTURE_REFUSALS refusals call a person, then

@@ -12,6 +12,7 @@ from core.errors import (
     InsufficientStock,
     InvalidTransition,
     NotFound,
+    PaymentDeclined,
     StaleVersion,
     TransientError,
 )
@@ -448,6 +449,52 @@ def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_wha
     assert cancelled.status is S.CANCELLED
     assert world.held_for(order.id) == {}
     assert world.level("CAP", "wh-north") == (5, 0, 5)
+
+
+def test_a_cancel_whose_view_of_the_network_predates_a_new_location_releases_what_its_unbooked_order_holds_there(
+    world,
+):
+    # As above, but cancelled between ReserveStock and CreateShipments: the units it holds at the new
+    # location are recorded only in its allocations, which the cancel's write empties.
+    actions = world.actions_behind_a_new_location("CAP", "wh-east")
+    order_id = world.place(("CAP", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    order = world.order(order_id)
+    assert ([a.location_id for a in order.allocations], order.shipments) == (["wh-north"], [])
+
+    cancelled = actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert cancelled.status is S.CANCELLED
+    assert world.held_for(order_id) == {}
+    assert world.level("CAP", "wh-north") == (5, 0, 5)
+
+
+def test_a_cancel_of_an_order_whose_payment_was_declined_is_refused_and_changes_nothing(world):
+    # payment_failed is closed: nothing is left to cancel, and a 200 would tell the client it cancelled.
+    order_id = world.place(("TSHIRT", 2), token="tok_decline")
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.fail_payment(order_id, error="PaymentDeclined", cause="declined")
+    once = world.snapshot(order_id)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.cancel(order_id, "customer asked", actor="key_web")
+
+    assert world.snapshot(order_id) == once
+    assert world.order(order_id).status is S.PAYMENT_FAILED
+
+
+def test_a_cancel_repeated_once_its_void_was_made_asks_the_gateway_nothing(world):
+    # The repeat finishes what is unfinished: a voided authorization is not asked to be voided again.
+    order = world.allocated(("TSHIRT", 2))
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    asked = list(world.gateway.calls)
+
+    again = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert again.payment.status == "voided"
+    assert world.gateway.calls == asked
 
 
 def test_cancelling_a_pending_order_has_nothing_to_void(world):

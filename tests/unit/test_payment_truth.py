@@ -1003,6 +1003,47 @@ def test_a_replaced_authorization_whose_void_is_refused_stops_no_other_void(worl
     assert failures(world, order_id)[-1] == ("payment_void_failed", "void", "refused", 1)
 
 
+def test_the_workflows_cancel_is_retried_while_its_own_void_finds_the_gateway_down_after_another_void_was_refused(
+    world,
+):
+    # The refusal of the replaced authorization's void is recorded for a person; the own one the
+    # gateway could not answer is what the step is run again for (TransientError), not given up.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.gateway.script("void", "refuse")
+    own = grow(world, order_id).payment.authorization
+    world.gateway.script("void", "refuse", "transient")
+
+    with pytest.raises(TransientError):
+        world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+
+    assert (world.order(order_id).status, world.order(order_id).payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    world.gateway.script("void", "approve")
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+    assert world.order(order_id).payment.status is P.VOIDED and own in world.spy.voided
+
+
+def test_a_cancel_whose_replaced_authorizations_void_a_repeat_recorded_first_answers_the_order_cancelled(
+    world, monkeypatch
+):
+    # The client repeats the cancel while the first is between the gateway's void of the replaced
+    # authorization and its write: the repeat records it; the first finds it recorded, not a 409.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.gateway.script("void", "refuse")
+    first = world.order(order_id).payment.authorization
+    assert grow(world, order_id).replaced_authorizations == [first]
+    world.gateway.script("void", "approve")
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.cancel(order_id, "changed my mind", actor="key_web"), skip=1
+    )
+
+    cancelled = world.actions.cancel(order_id, "changed my mind", actor="key_web")
+
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, P.VOIDED)
+    assert cancelled.replaced_authorizations == [] and first in world.spy.voided
+
+
 def test_an_edit_returns_the_order_as_its_replaced_authorization_void_left_it(world):
     # The edit's answer is the latest version (the void of the replaced authorization is a write of
     # its own), so its version is what the next If-Match names.

@@ -2033,6 +2033,21 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
     assert [entry.type for entry in world.history(order.id)].count(OrderEvent.UNITS_CANCELLED) == 2
 
 
+def test_a_keyed_cancel_of_other_units_under_the_key_of_one_written_is_refused_and_cancels_nothing(world):
+    # The first answer was lost (its idempotency record never stored): the key names that request,
+    # whose entry keeps its lines, so other lines under it are 409, not the first answer replayed.
+    order = world.allocated(("MUG", 3))
+    key = f"api:key_cs:cancel-{order.id}"
+    world.actions.cancel(order.id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key)
+    once = world.snapshot(order.id)
+
+    with pytest.raises(Conflict) as reused:
+        world.actions.cancel(order.id, "two less", actor="key_cs", lines={"L1": 2}, request_key=key)
+
+    assert reused.value.code == "idempotency_key_reused"
+    assert world.snapshot(order.id) == once
+
+
 @pytest.mark.parametrize("held_while", ["reserved_not_allocated", "backordered"])
 def test_a_keyed_cancel_of_units_sent_again_while_the_order_is_held_before_its_shipments_keeps_its_stock(held_while):
     # The first answer was lost; the order was sourced since and held before it had shipments
@@ -2199,6 +2214,27 @@ def test_units_kept_at_what_they_were_sold_for_never_show_a_negative_tax():
     assert totals.grand_total == pen.total + sold.totals.shipping
 
 
+def test_units_kept_at_what_they_were_sold_for_keep_their_share_of_the_discount_and_tax_off_their_total():
+    # Three pens at 3.33 with 0.30 off and 0.90 of tax, one cancelled: the two left keep 0.20 off and
+    # 0.60 of tax, their total 6.66 - 0.20 + 0.60, and the order's subtotal counts both pens.
+    from core.unit_cancellation import kept_as_sold
+
+    order = build_world([("PEN", "wh-east", 3)]).allocated(("PEN", 3))
+    usd = {name: Money.of(amount, "USD") for name, amount in (("off", "0.30"), ("tax", "0.90"), ("total", "10.59"))}
+    line = order.lines[0].model_validate(
+        {**dict(order.lines[0]), "discount": usd["off"], "tax": usd["tax"], "total": usd["total"]}
+    )
+    sold = order.model_validate({**dict(order), "lines": [line]})
+
+    lines, totals = kept_as_sold(sold, {"L1": 1})
+
+    (pens,) = lines.values()
+    assert (pens.quantity, pens.discount, pens.tax) == (2, Money.of("0.20", "USD"), Money.of("0.60", "USD"))
+    assert pens.total == Money.of("7.06", "USD")
+    assert (totals.subtotal, totals.discount, totals.tax) == (Money.of("6.66", "USD"), pens.discount, pens.tax)
+    assert totals.grand_total == pens.total + sold.totals.shipping
+
+
 def test_a_partly_shipped_orders_cancel_that_would_raise_the_total_keeps_the_price_sold_and_the_rest_cancels():
     # One mug of three (at 2.00 from three) shipped from the west, two waiting in the east: one of
     # them cancelled keeps 2.00 a unit for the two left (priced again, the waiting one's capture
@@ -2220,6 +2256,45 @@ def test_a_partly_shipped_orders_cancel_that_would_raise_the_total_keeps_the_pri
     assert done.lines[0].unit_price == Money.of("2.00", "USD")
     after = world.order(order.id)
     assert after.payment.captured - after.payment.refunded == after.totals.grand_total
+
+
+def test_a_rejected_parcel_of_a_partly_shipped_order_cancelled_out_of_stock_never_raises_what_the_rest_costs():
+    # One mug of three (at 2.00 from three) shipped from the west; the east rejects the other two and
+    # no location has more: they are cancelled out of stock, and the mug that left keeps 2.00 (priced
+    # again alone it would cost 12.50, more than the three did).
+    world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], CheapFromThree())
+    order = world.allocated(("MUG", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+
+    world.actions.reject(order.id, world.shipment_at(order, "wh-east"), "no stock after all", actor="key_wh_east")
+
+    done = world.order(order.id)
+    assert done.status is S.SHIPPED and (done.lines[0].quantity, done.lines[0].cancelled_quantity) == (1, 2)
+    assert done.lines[0].unit_price == Money.of("2.00", "USD")
+    assert done.totals.grand_total < order.totals.grand_total
+    assert done.payment.captured - done.payment.refunded == done.totals.grand_total
+
+
+def test_a_cancel_of_the_rest_whose_release_a_repeat_recorded_first_records_it_once(world, monkeypatch):
+    # The client repeats the cancel of the rest while the first is between the gateway's release of
+    # the authorization's rest and its write: the repeat records the release; the first adds none.
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    real = world.actions._payments.void
+
+    def void(*args, **kwargs):
+        world.actions._payments.void = real
+        answer = real(*args, **kwargs)
+        world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+        return answer
+
+    monkeypatch.setattr(world.actions._payments, "void", void)
+
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    released = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_VOIDED]
+    assert len(released) == 1 and released[0].detail["reason"] == "nothing is left to ship"
+    assert done.payment.authorized == done.payment.captured == done.totals.grand_total
 
 
 def no_plugin_captures(world: World, order_id: str) -> list[str]:

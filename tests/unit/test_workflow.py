@@ -12,7 +12,15 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl, payment_keys
-from core.errors import NotFound, OrderClosed, OutOfStock, PaymentDeclined, StaleVersion, TransientError
+from core.errors import (
+    NotFound,
+    OrderClosed,
+    OutOfStock,
+    PaymentDeclined,
+    PluginUnavailable,
+    StaleVersion,
+    TransientError,
+)
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
@@ -986,6 +994,24 @@ def test_a_retried_authorization_of_a_free_order_cancelled_meanwhile_looks_nothi
     assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
 
 
+def test_a_free_order_edited_while_pending_looks_nothing_up(caplog):
+    # The edit releases what an attempt under the placed version's key may hold: an order that owed
+    # nothing was never asked of a gateway, so there is nothing to look up (nor a WARNING to log).
+    from tests.builders import product
+
+    world = build_world([("SAMPLE", "store-sf", 5)], NoLookup())
+    world.catalog.put_product(product("SAMPLE", "0.00"))
+    order_id = world.place(("SAMPLE", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    placed = world.order(order_id)
+    assert placed.totals.grand_total == Money.of("0.00", "USD")  # a free pickup
+
+    with caplog.at_level("WARNING", logger="core.cancellation"):
+        world.actions.edit(order_id, placed.version, OrderEdit(lines=[LineInput(sku="SAMPLE", quantity=2)]), "key_web")
+
+    assert world.order(order_id).lines[0].quantity == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
+
+
 class LookupDown:
     """The gateway cannot answer a lookup `times` times (each a TransientError), then can."""
 
@@ -1017,6 +1043,7 @@ def test_a_lookup_the_gateway_cannot_answer_is_asked_again_by_the_cancels_execut
     world.workflow.cancel_after_failure(order_id, error="CancelRecorded", cause="")
     assert world.spy.voided == world.spy.authorized
     assert world.history(order_id)[-1].type == "payment_voided"
+    assert not world.order(order_id).authorizations_left  # nothing for the reconciler's pass to settle again
 
 
 def test_an_authorization_after_an_edit_releases_what_the_edit_could_not():
@@ -1201,6 +1228,28 @@ def test_cancel_after_failure_leaves_a_payment_failed_order_as_it_is(world):
 
     assert world.snapshot(order_id) == once
     assert world.order(order_id).status is S.PAYMENT_FAILED
+
+
+def test_the_workflows_cancel_while_a_plugin_failed_to_load_fails_its_step_and_voids_once_they_load(world, monkeypatch):
+    # No hook runs while a plugin failed to load (PluginUnavailable): the void asked nobody and
+    # records nothing owed, so the step fails, to be run again, rather than end with the card held.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorization = world.order(order_id).payment.authorization
+
+    def unloaded(*args, **kwargs):
+        raise PluginUnavailable("plugins failed to load: acme_tax")
+
+    monkeypatch.setattr(world.workflow._payments, "void", unloaded)
+    with pytest.raises(PluginUnavailable):
+        world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+    assert world.order(order_id).status is S.CANCELLED
+    assert (world.order(order_id).payment.status, world.spy.voided) == ("authorized", [])
+    monkeypatch.undo()
+
+    world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause="")
+
+    assert (world.order(order_id).payment.status, world.spy.voided) == ("voided", [authorization])
 
 
 def test_a_step_that_loses_its_write_to_another_step_asks_for_a_retry(world, monkeypatch):
