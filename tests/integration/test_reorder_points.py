@@ -340,6 +340,36 @@ def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
     assert grown.id == first.id and [(line.sku, line.quantity) for line in grown.lines] == [("MUG", 40)]
 
 
+def test_a_draft_grown_after_its_points_cost_changed_is_priced_at_the_new_cost_and_a_po_sent_keeps_its_own(
+    buyer: Buyer,
+):
+    """A buyer reads a draft's lines as what the units cost now: a line grown after its point's cost
+    rose kept the old cost, and submitted so, bought all 40 at it. Once submitted, the price is the
+    vendor's agreement: a later change of the point prices the next draft, never the PO sent."""
+    dearer, dearest = Money.of("5.00", "USD"), Money.of("6.00", "USD")
+    buyer.stock(units=40)
+    buyer.point(reorder_point=30)
+    buyer.reserve(1, each=11)  # 40 -> 29: a draft of 20 at 4.00
+    buyer.consume(buyer.stream.records())
+    buyer.point(unit_cost=dearer, reorder_point=30)
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 6, reason="receipt")  # 29 -> 35
+    buyer.reserve(6, first=100, each=5)  # 35 -> 5: 5 + 20 drafted is short of 30
+
+    buyer.consume(buyer.stream.records())
+
+    [grown] = buyer.drafts()
+    assert [(line.sku, line.quantity, line.unit_cost) for line in grown.lines] == [("MUG", 40, dearer)]
+    sent = buyer.container.purchasing.submit(grown.id)
+    buyer.point(unit_cost=dearest, reorder_point=30)
+    all_of_it = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 40}]})
+    buyer.container.purchasing.receive(sent.id, all_of_it, "all of it")  # 5 -> 45 available
+    buyer.reserve(4, first=200, each=10)  # 45 -> 5: crossed, nothing on order
+    buyer.consume(buyer.stream.records())
+    [after] = buyer.drafts()
+    assert after.id != sent.id and [(line.quantity, line.unit_cost) for line in after.lines] == [(20, dearest)]
+    assert [line.unit_cost for line in buyer.container.purchasing.get(sent.id).lines] == [dearer]
+
+
 def open_po(buyer: Buyer, quantity: int) -> str:
     line = {"sku": "MUG", "quantity": quantity, "unit_cost": {"amount": "4.00", "currency": "USD"}}
     body = {"vendor_id": "acme", "location_id": "wh-east", "lines": [line]}
