@@ -827,6 +827,23 @@ def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_not
     assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")
 
 
+def test_a_draft_submitted_is_due_the_vendors_lead_time_from_the_submit_not_from_when_it_was_drafted(
+    api: InProcessApi,
+):
+    """A draft waits for a person, days maybe: its goods are due the vendor's lead time (3 days)
+    from the submit that sends them. Kept at the date it got when drafted (NOW, long past), the PO
+    and the stock's next_expected_at said they were due already before the vendor had the order."""
+    mug = Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, COST))
+
+    opened = api.post(f"/purchase-orders/{draft}/submit").json()
+
+    due = datetime.fromisoformat(opened["expected_at"])
+    assert due == datetime.fromisoformat(opened["submitted_at"]) + timedelta(days=3)
+    [east] = api.get(f"/inventory/{mug}").json()["locations"]
+    assert datetime.fromisoformat(east["next_expected_at"]) == due
+
+
 def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(api: InProcessApi):
     """A buyer reads a draft (2 units of a sku) and submits it; meanwhile a crossing grew its line
     (the reorder point's write). The submit opened the grown draft: the vendor was sent units the
