@@ -323,6 +323,29 @@ def test_a_second_fall_the_draft_covers_grows_nothing_another_sku_joins_it_and_a
     assert len({e["id"] for e in buyer.on_bus()}) == 4
 
 
+def test_a_draft_made_before_drafts_were_named_by_sku_still_counts_its_units_as_bought(buyer: Buyer):
+    """A draft whose line was added before the sku's line items were written (an earlier release)
+    is read as the open draft of the point's vendor: its 20 units are bought, so stock rising back
+    past the point and falling again while it waits buys nothing more. Counted as nothing, its line
+    grew by reorder_quantity at each fall."""
+    from functions.adapters.purchasing import DRAFT_LINES_PK
+
+    buyer.stock()
+    buyer.point()
+    buyer.reserve(6)  # 10 -> 4: a draft of 20
+    buyer.consume(buyer.stream.records())
+    table = buyer.container.config.catalog_table
+    for named in ("acme#wh-east#MUG", "wh-east#MUG"):  # as the earlier release left it: no line items
+        client("dynamodb").delete_item(TableName=table, Key={"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": named}})
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 5, reason="receipt")  # 4 -> 9
+
+    buyer.reserve(6, first=100)  # 9 -> 3: crossed again, 3 + the 20 drafted above the point
+
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+
+
 def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
     """A point above reorder_quantity: the draft of 20 leaves the position short of 30 when stock
     falls past it again, so the draft grows by reorder_quantity (API.md: the open draft grows)."""
