@@ -615,6 +615,8 @@ def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(
     [full] = buyer.drafts()
     assert len(full.lines) == purchasing.MAX_LINES
     buyer.container.replenishment.buy("SKU-NEXT", "wh-east", settings, 1, "SKU-NEXT#wh-east#seed")  # a new draft
+    # Not a line past what a receipt names on the full one: the sku it lacks went on a draft of its own.
+    assert sorted(len(draft.lines) for draft in buyer.drafts()) == [1, purchasing.MAX_LINES]
 
     backordered(buyer, 4, "second")
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
