@@ -1236,6 +1236,28 @@ def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(bu
     assert drafted(buyer) == {"wh-east": 4}
 
 
+def test_a_crossing_counts_the_safety_stock_as_no_supply_for_the_backorders_too(buyer: Buyer):
+    """wh-east keeps 5 back from orders and has 10: an order of 12 takes 5 and waits for 7, which its
+    record drafts. A fall from 5 to 4 then crosses the point: 4 available and 7 drafted are 11, of
+    which orders may take 6, so the order still lacks 1 beyond reorder_quantity. Counting the 4
+    kept back as theirs, the crossing bought 20 alone, and the order's last unit waited on nothing."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    rules = SourcingRulesInput.model_validate({"safety_stock": {"wh-east": 5}})
+    buyer.container.sourcing_rules_service.replace(rules, by="key_ops")
+    buyer.stock()
+    buyer.point()
+    backordered(buyer, 12, "kept-back")  # 10 -> 5: at the point, not below it
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 7}
+
+    buyer.reserve(1, first=100)  # 5 -> 4: crossed
+    buyer.consume(buyer.stream.records())
+
+    assert drafted(buyer) == {"wh-east": 7 + 20 + 1}
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()
