@@ -453,6 +453,24 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
 
 
+def test_receipts_of_two_clients_under_the_same_idempotency_key_each_count(api: InProcessApi):
+    """Two receiving clients, each with an API key of its own, number their receipts alike
+    (`receipt-1`): a key is the client's, so each receipt counts. Kept on the PO under the
+    Idempotency-Key alone, the second was taken for a retry of the first and counted nothing."""
+    sku, body = a_po_body(api, 5)
+    po = api.post("/purchase-orders", json=body).json()["id"]
+    other = api.post("/api-keys", json={"name": unique("key"), "scopes": ["purchasing:write"]}).json()["key"]
+    two = {"lines": [{"sku": sku, "quantity": 2}]}
+    same = {"Idempotency-Key": unique("receipt")}
+
+    first = api.post(f"/purchase-orders/{po}/receive", json=two, headers=same)
+    second = api.post(f"/purchase-orders/{po}/receive", json=two, headers=same, key=other)
+
+    assert first.status_code == second.status_code == 200, second.text
+    assert [line["received_quantity"] for line in second.json()["lines"]] == [4]
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["incoming"] == 1
+
+
 def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_units_left(api: InProcessApi):
     # Whether an earlier receipt left one unit outstanding or none, more than that is the same
     # mistake (ordered minus received exceeded): 422 over_receipt, not a status conflict.
