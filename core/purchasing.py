@@ -262,8 +262,10 @@ class PurchaseOrder(Shown):
         )
 
     def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> "PurchaseOrder":
-        """The draft with `quantity` more of `sku`: its line grows, or a new line is added. A line
-        without a cost takes `unit_cost`; one with a cost keeps it (a person may have set it)."""
+        """The draft with `quantity` more of `sku`: its line grows, or a new line is added, priced at
+        `unit_cost`, what its reorder point says the units cost now (a draft is priced by its points
+        alone: a submit prices it and opens it in one write); without one, the line keeps its cost.
+        An open PO is never grown: its costs are the vendor's agreement."""
         if self.status is not PO.DRAFT:
             raise InvalidTransition(f"purchase order {self.id} is {self.status}, not a draft")
         lines, found = [], False
@@ -271,7 +273,7 @@ class PurchaseOrder(Shown):
             if line.sku == sku:
                 found = True
                 line = line.model_copy(
-                    update={"quantity": line.quantity + quantity, "unit_cost": line.unit_cost or unit_cost}
+                    update={"quantity": line.quantity + quantity, "unit_cost": unit_cost or line.unit_cost}
                 )
             lines.append(line)
         if not found:

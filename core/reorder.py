@@ -56,8 +56,8 @@ class ReorderRequest(Strict):
     vendor_id: Identifier
     unit_cost: UnitCost | None = Field(
         default=None,
-        description="Extension: the cost each draft line for this sku gets; without it the draft's line has no "
-        "cost and submitting it needs one",
+        description="Extension: the cost each draft line for this sku gets, the units drafted before at an older "
+        "cost too; without it a new line has no cost (a line grown keeps its own) and submitting it needs one",
     )
 
 

@@ -453,6 +453,24 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
 
 
+def test_receipts_of_two_clients_under_the_same_idempotency_key_each_count(api: InProcessApi):
+    """Two receiving clients, each with an API key of its own, number their receipts alike
+    (`receipt-1`): a key is the client's, so each receipt counts. Kept on the PO under the
+    Idempotency-Key alone, the second was taken for a retry of the first and counted nothing."""
+    sku, body = a_po_body(api, 5)
+    po = api.post("/purchase-orders", json=body).json()["id"]
+    other = api.post("/api-keys", json={"name": unique("key"), "scopes": ["purchasing:write"]}).json()["key"]
+    two = {"lines": [{"sku": sku, "quantity": 2}]}
+    same = {"Idempotency-Key": unique("receipt")}
+
+    first = api.post(f"/purchase-orders/{po}/receive", json=two, headers=same)
+    second = api.post(f"/purchase-orders/{po}/receive", json=two, headers=same, key=other)
+
+    assert first.status_code == second.status_code == 200, second.text
+    assert [line["received_quantity"] for line in second.json()["lines"]] == [4]
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["incoming"] == 1
+
+
 def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_units_left(api: InProcessApi):
     # Whether an earlier receipt left one unit outstanding or none, more than that is the same
     # mistake (ordered minus received exceeded): 422 over_receipt, not a status conflict.
@@ -825,6 +843,23 @@ def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_not
     assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 0
     # Cancelled, it was never submitted as far as a retry can tell: a submit is refused.
     assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")
+
+
+def test_a_draft_submitted_is_due_the_vendors_lead_time_from_the_submit_not_from_when_it_was_drafted(
+    api: InProcessApi,
+):
+    """A draft waits for a person, days maybe: its goods are due the vendor's lead time (3 days)
+    from the submit that sends them. Kept at the date it got when drafted (NOW, long past), the PO
+    and the stock's next_expected_at said they were due already before the vendor had the order."""
+    mug = Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, COST))
+
+    opened = api.post(f"/purchase-orders/{draft}/submit").json()
+
+    due = datetime.fromisoformat(opened["expected_at"])
+    assert due == datetime.fromisoformat(opened["submitted_at"]) + timedelta(days=3)
+    [east] = api.get(f"/inventory/{mug}").json()["locations"]
+    assert datetime.fromisoformat(east["next_expected_at"]) == due
 
 
 def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(api: InProcessApi):

@@ -323,6 +323,29 @@ def test_a_second_fall_the_draft_covers_grows_nothing_another_sku_joins_it_and_a
     assert len({e["id"] for e in buyer.on_bus()}) == 4
 
 
+def test_a_draft_made_before_drafts_were_named_by_sku_still_counts_its_units_as_bought(buyer: Buyer):
+    """A draft whose line was added before the sku's line items were written (an earlier release)
+    is read as the open draft of the point's vendor: its 20 units are bought, so stock rising back
+    past the point and falling again while it waits buys nothing more. Counted as nothing, its line
+    grew by reorder_quantity at each fall."""
+    from functions.adapters.purchasing import DRAFT_LINES_PK
+
+    buyer.stock()
+    buyer.point()
+    buyer.reserve(6)  # 10 -> 4: a draft of 20
+    buyer.consume(buyer.stream.records())
+    table = buyer.container.config.catalog_table
+    for named in ("acme#wh-east#MUG", "wh-east#MUG"):  # as the earlier release left it: no line items
+        client("dynamodb").delete_item(TableName=table, Key={"pk": {"S": DRAFT_LINES_PK}, "sk": {"S": named}})
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 5, reason="receipt")  # 4 -> 9
+
+    buyer.reserve(6, first=100)  # 9 -> 3: crossed again, 3 + the 20 drafted above the point
+
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20)]
+
+
 def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
     """A point above reorder_quantity: the draft of 20 leaves the position short of 30 when stock
     falls past it again, so the draft grows by reorder_quantity (API.md: the open draft grows)."""
@@ -338,6 +361,36 @@ def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
 
     [grown] = buyer.drafts()
     assert grown.id == first.id and [(line.sku, line.quantity) for line in grown.lines] == [("MUG", 40)]
+
+
+def test_a_draft_grown_after_its_points_cost_changed_is_priced_at_the_new_cost_and_a_po_sent_keeps_its_own(
+    buyer: Buyer,
+):
+    """A buyer reads a draft's lines as what the units cost now: a line grown after its point's cost
+    rose kept the old cost, and submitted so, bought all 40 at it. Once submitted, the price is the
+    vendor's agreement: a later change of the point prices the next draft, never the PO sent."""
+    dearer, dearest = Money.of("5.00", "USD"), Money.of("6.00", "USD")
+    buyer.stock(units=40)
+    buyer.point(reorder_point=30)
+    buyer.reserve(1, each=11)  # 40 -> 29: a draft of 20 at 4.00
+    buyer.consume(buyer.stream.records())
+    buyer.point(unit_cost=dearer, reorder_point=30)
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 6, reason="receipt")  # 29 -> 35
+    buyer.reserve(6, first=100, each=5)  # 35 -> 5: 5 + 20 drafted is short of 30
+
+    buyer.consume(buyer.stream.records())
+
+    [grown] = buyer.drafts()
+    assert [(line.sku, line.quantity, line.unit_cost) for line in grown.lines] == [("MUG", 40, dearer)]
+    sent = buyer.container.purchasing.submit(grown.id)
+    buyer.point(unit_cost=dearest, reorder_point=30)
+    all_of_it = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 40}]})
+    buyer.container.purchasing.receive(sent.id, all_of_it, "all of it")  # 5 -> 45 available
+    buyer.reserve(4, first=200, each=10)  # 45 -> 5: crossed, nothing on order
+    buyer.consume(buyer.stream.records())
+    [after] = buyer.drafts()
+    assert after.id != sent.id and [(line.quantity, line.unit_cost) for line in after.lines] == [(20, dearest)]
+    assert [line.unit_cost for line in buyer.container.purchasing.get(sent.id).lines] == [dearer]
 
 
 def open_po(buyer: Buyer, quantity: int) -> str:
@@ -562,6 +615,8 @@ def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(
     [full] = buyer.drafts()
     assert len(full.lines) == purchasing.MAX_LINES
     buyer.container.replenishment.buy("SKU-NEXT", "wh-east", settings, 1, "SKU-NEXT#wh-east#seed")  # a new draft
+    # Not a line past what a receipt names on the full one: the sku it lacks went on a draft of its own.
+    assert sorted(len(draft.lines) for draft in buyer.drafts()) == [1, purchasing.MAX_LINES]
 
     backordered(buyer, 4, "second")
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
@@ -1179,6 +1234,28 @@ def test_the_safety_stock_orders_may_not_take_is_no_supply_for_the_backorders(bu
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
 
     assert drafted(buyer) == {"wh-east": 4}
+
+
+def test_a_crossing_counts_the_safety_stock_as_no_supply_for_the_backorders_too(buyer: Buyer):
+    """wh-east keeps 5 back from orders and has 10: an order of 12 takes 5 and waits for 7, which its
+    record drafts. A fall from 5 to 4 then crosses the point: 4 available and 7 drafted are 11, of
+    which orders may take 6, so the order still lacks 1 beyond reorder_quantity. Counting the 4
+    kept back as theirs, the crossing bought 20 alone, and the order's last unit waited on nothing."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    rules = SourcingRulesInput.model_validate({"safety_stock": {"wh-east": 5}})
+    buyer.container.sourcing_rules_service.replace(rules, by="key_ops")
+    buyer.stock()
+    buyer.point()
+    backordered(buyer, 12, "kept-back")  # 10 -> 5: at the point, not below it
+    buyer.consume(buyer.stream.records())
+    assert drafted(buyer) == {"wh-east": 7}
+
+    buyer.reserve(1, first=100)  # 5 -> 4: crossed
+    buyer.consume(buyer.stream.records())
+
+    assert drafted(buyer) == {"wh-east": 7 + 20 + 1}
 
 
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):

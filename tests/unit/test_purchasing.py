@@ -140,6 +140,11 @@ MUG_OVER = "{} MUG in this receipt, 4 outstanding (5 ordered, 1 received already
             [("MUG", 3), ("MUG", 1), ("MUG", 1)],
             [{"field": "lines[2].quantity", "message": MUG_OVER.format(5)}],
         ),
+        # Only that line: the one after it is no second mistake to correct.
+        (
+            [("MUG", 5), ("MUG", 2)],
+            [{"field": "lines[0].quantity", "message": MUG_OVER.format(7)}],
+        ),
     ],
 )  # fmt: skip
 def test_more_than_outstanding_or_a_sku_not_ordered_is_refused_whole_naming_the_receipt_line(lines, details):

@@ -208,15 +208,19 @@ def a_draft(*lines: PurchaseOrderLine) -> PurchaseOrder:
     )
 
 
-def test_a_draft_grows_its_line_or_adds_one_and_keeps_a_cost_already_set():
-    cost, other = Money.of("4.00", "USD"), Money.of("9.00", "USD")
+def test_a_draft_grows_its_line_or_adds_one_priced_at_what_the_point_says_the_units_cost_now():
+    """A draft waits for a person to submit it, priced by no one else: a line grown after its
+    point's cost changed is priced at the new cost, as a buyer reading the draft expects; a point
+    that gives no cost leaves the line the cost it had."""
+    cost, now = Money.of("4.00", "USD"), Money.of("9.00", "USD")
     draft = a_draft(PurchaseOrderLine(sku="MUG", quantity=20, unit_cost=cost))
 
-    grown = draft.grow("MUG", 20, other).grow("CUP", 5, None)
+    grown = draft.grow("MUG", 20, now).grow("CUP", 5, None)
 
-    assert [(li.sku, li.quantity, li.unit_cost) for li in grown.lines] == [("MUG", 40, cost), ("CUP", 5, None)]
+    assert [(li.sku, li.quantity, li.unit_cost) for li in grown.lines] == [("MUG", 40, now), ("CUP", 5, None)]
     assert grown.version == draft.version + 2 and grown.status is PO.DRAFT
     assert a_draft().grow("MUG", 1, cost).lines[0].unit_cost == cost  # an unpriced line takes the cost
+    assert draft.grow("MUG", 1, None).lines[0].unit_cost == cost  # no cost given: the one it has
 
 
 def test_only_a_draft_grows():
