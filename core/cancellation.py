@@ -52,6 +52,10 @@ NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PaymentPluginFailed)
 # The failed authorizations the gateway may have approved all the same: its answer was lost (kind
 # `transient`), or the payment plugin failed around its call (`plugin_error`). Their key is released.
 LOST_ANSWERS = ("transient", "plugin_error")
+# The reason a `payment_voided` gives for an authorization a write that lost its race obtained
+# (void_unrecorded: an authorize step a cancel overtook, an edit's, a renewal's), which the order
+# never recorded.
+LOST_RACE = "an authorization obtained by a write that lost its race, never recorded"
 StockItem = tuple[str, str, str]  # a reservation: (sku, location_id, key)
 # A parcel in these has left its location: its units are no longer on hand there.
 HANDED_OVER = frozenset({ShipmentStatus.SHIPPED.value, ShipmentStatus.DELIVERED.value})
@@ -478,14 +482,15 @@ class Cancellation:
         )
         return True
 
-    def _void_under_key(self, order: Order, key: str, authorization: str, actor: str, reason: str) -> None:
-        """Void `authorization`, which the gateway made under `key` and the order does not record,
-        and note it (`payment_voided`, naming the key). Raises as `_void`."""
-        voided = self._void(order, authorization, actor, authorization_key=key)
+    def _void_under_key(self, order: Order, key: str | None, authorization: str, actor: str, reason: str) -> Order:
+        """Void `authorization`, which the gateway made under `key` (None: not known) and the order
+        does not record, and note it (`payment_voided`, naming the key when known, and `reason`).
+        Raises as `_void`. Returns the order as the note leaves it."""
+        keyed = {"authorization_key": key} if key is not None else {}
+        voided = self._void(order, authorization, actor, **keyed)
         at = self._clock()
-        detail = {"authorization": authorization, "reference": voided.reference, "authorization_key": key,
-                  "reason": reason}  # fmt: skip
-        modify(self._orders, order.id, lambda current: current.noted(
+        detail = {"authorization": authorization, "reference": voided.reference, **keyed, "reason": reason}
+        return modify(self._orders, order.id, lambda current: current.noted(
             OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
@@ -613,26 +618,31 @@ class Cancellation:
             lambda current: current.drop_renewal(at=at) if current.renewing_authorization == lapsed else None,
         )
 
-    def void_unrecorded(
-        self, order: Order, authorization: str, actor: str, *, key: str | None = None
-    ) -> PaymentResult | None:
+    def void_unrecorded(self, order: Order, authorization: str, actor: str, *, key: str | None = None) -> Order:
         """Release an authorization the order does not record: one obtained by a write that lost
-        its race. None when it could not be voided; each failed attempt is in the order's history,
-        for an operator. `key`: the one it was authorized under, named by each failed attempt, so
-        that one the gateway could not void is asked about again once it is back: on an order
-        never authorized by release_lost_authorizations (a cancelled one's is owed:
-        Order.own_void_owed), otherwise by release_given_up_keys (Order.give_up_key); either way
-        the reconciler's authorization pass voids it on an order nobody changes again."""
+        its race, its void noted (`payment_voided`, naming the key, the reason LOST_RACE). When it
+        cannot be voided, each failed attempt is in the order's history, for an operator. `key`:
+        the one it was authorized under, named by each failed attempt, so that one the gateway
+        could not void is asked about again once it is back: on an order never authorized by
+        release_lost_authorizations (a cancelled one's is owed: Order.own_void_owed), otherwise by
+        release_given_up_keys (Order.give_up_key); either way the reconciler's authorization pass
+        voids it on an order nobody changes again. One the history notes voided already (a cancel
+        found it under its key meanwhile) is not asked again, nor noted twice. Returns the order as
+        stored after (these writes may make a version of their own): what a caller that goes on
+        writing writes on."""
+        found = self._orders.history(order.id, consistent=True)
+        if found is not None and _voided(found[1], authorization):
+            return found[0]
         try:
-            return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
+            return self._void_under_key(order, key, authorization, actor, LOST_RACE)
         except (PaymentGatewayUnavailable, PaymentPluginFailed):
             # Not made, and not refused: kept, to be voided once the gateway (or the plugin) works.
             if key is not None:
                 at = self._clock()
-                modify(self._orders, order.id, lambda current: current.give_up_key(key, at=at))
-            return None
+                return modify(self._orders, order.id, lambda current: current.give_up_key(key, at=at))
         except PaymentRefused:
-            return None
+            pass
+        return self._orders.get(order.id, consistent=True) or order  # its failures may have written one
 
     # --- Authorizations grown old --------------------------------------------------------------
     def renewed_if_lapsed(self, order: Order, actor: str) -> Order:
@@ -838,8 +848,7 @@ class Cancellation:
 
         order = modify(self._orders, order.id, recorded)
         if order.payment.authorization != made.reference:
-            self.void_unrecorded(order, made.reference, actor, key=key)
-            return order
+            return self.void_unrecorded(order, made.reference, actor, key=key)
         with contextlib.suppress(*NOT_MADE):
             order = self.void_lapsed(order, lapsed, actor)
         return order
@@ -1461,6 +1470,14 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         elif entry.type is OrderEvent.PAYMENT_VOID_FAILED:
             unfound.add(key)
     return {key: amount for key, amount in lost.items() if key not in settled}, settled, unfound
+
+
+def _voided(history: list[HistoryEntry], authorization: str) -> bool:
+    """Whether the history notes `authorization` voided (a `payment_voided` naming it)."""
+    return any(
+        entry.type is OrderEvent.PAYMENT_VOIDED and (entry.detail or {}).get("authorization") == authorization
+        for entry in history
+    )
 
 
 def _void_failed_authorizations(history: list[HistoryEntry]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.builders import location
 from tests.unit.test_money_invariants import PerUnitShipping
-from tests.unit.test_workflow import NoLookup
+from tests.unit.test_workflow import NoLookup, voided_unrecorded
 from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
@@ -216,6 +216,9 @@ def test_a_renewal_an_edit_overtakes_is_voided_and_the_edits_authorization_kept(
     assert after.renewing_authorization is None and after.replaced_authorizations == []
     assert sorted(world.spy.voided) == sorted([renewal, order.payment.authorization])
     assert world.spy.captured == []
+    # The renewal's void is in the history, under its key, for an auditor: the order never recorded it.
+    key = payment_keys.renewal(order.id, order.payment.authorization)
+    assert voided_unrecorded(world, order.id) == [("key_wh", renewal, key)]
 
 
 class FirstAnswers:

@@ -29,6 +29,7 @@ from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
+from tests.unit.test_workflow import voided_unrecorded
 from tests.unit.world import Died, World, a_ship_that_died, before_the_next_write, build_world, dies_before_recording
 
 S, P = OrderStatus, PaymentStatus
@@ -880,6 +881,32 @@ def test_an_edit_whose_authorization_a_cancel_voided_meanwhile_is_refused_and_no
     )  # fmt: skip
     (made,) = {a for a in world.spy.authorized if a != first}
     assert world.spy.voided == [made, first] and cancelled.authorization_requested is None
+
+
+def test_an_edits_authorization_a_cancel_found_nothing_under_is_voided_by_the_edit_and_the_history_says_so(
+    world, monkeypatch
+):
+    # The cancel lands while the edit's new authorization is on its way: asked under the edit's key,
+    # the gateway said nothing was made yet, so the cancel settled the edit's request with no void.
+    # The edit's write then loses, and it voids what the gateway made by itself: the history names
+    # that void, as it names every void of an authorization the order does not record.
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    first = world.order(order_id).payment.authorization
+
+    def cancel() -> None:
+        world.gateway.script("authorize", "refuse")
+        world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    before_the_next_write(world, monkeypatch, cancel, skip=1)  # the edit's request is written first
+    with pytest.raises(StaleVersion):
+        grow(world, order_id)
+
+    (made,) = {a for a in world.spy.authorized if a != first}
+    assert world.spy.voided == [first, made]
+    key = world.gateway.keys("authorize")[-1]  # the edit's, the cancel's question asked under it again
+    assert key != payment_keys.authorize(order_id, 1)
+    assert voided_unrecorded(world, order_id) == [("key_web", made, key)]
 
 
 def test_a_declined_edit_then_a_smaller_one_with_the_same_if_match_goes_ahead(world):

@@ -12,6 +12,8 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl, payment_keys
+from core.actors import WORKFLOW_ACTOR
+from core.cancellation import LOST_RACE
 from core.errors import (
     NotFound,
     OrderClosed,
@@ -513,6 +515,22 @@ def test_a_cancel_that_lands_before_the_gateway_authorizes_leaves_nothing_held_o
     assert (order.status, order.payment.authorization) == (S.CANCELLED, None)
     assert len(world.spy.authorized) == 1
     assert world.spy.voided == world.spy.authorized
+    # An auditor reading the history sees what was done to the card: the void, under the key the
+    # step asked under, and why the order never recorded what it released.
+    (made,) = world.spy.authorized
+    key = payment_keys.authorize(order_id, order.authorized_version)
+    assert voided_unrecorded(world, order_id) == [(WORKFLOW_ACTOR, made, key)]
+
+
+def voided_unrecorded(world: World, order_id: str) -> list[tuple[str, str, str | None]]:
+    """(actor, authorization, key) of each `payment_voided` in the order's history for an
+    authorization a write that lost its race obtained; asserts each names the void's reference."""
+    voids = [h for h in world.history(order_id) if h.type == "payment_voided" and h.detail.get("reason") == LOST_RACE]
+    for void in voids:
+        assert void.detail["reference"] == test_payments.reference(
+            test_payments.VOID, payment_keys.void(void.detail["authorization"])
+        )
+    return [(v.actor, v.detail["authorization"], v.detail.get("authorization_key")) for v in voids]
 
 
 def cancelled_with_nothing_held(world: World, order_id: str, authorization: str | None) -> Order:
