@@ -472,6 +472,24 @@ def test_a_line_split_over_two_parcels_is_returnable_until_the_later_parcels_win
     assert refused.value.code == "return_window_closed"
 
 
+def test_a_lines_window_runs_from_its_own_parcel_not_a_later_one_of_other_lines(clock):
+    # The T-shirt was delivered on day 0, the cap (another warehouse's parcel) on day 10.
+    world_clock = Clock()
+    world = build_world(STOCK, clock=world_clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), ("CAP", 1))
+    for shipment in sorted(order.shipments, key=lambda s: s.location_id != "wh-west"):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(order.id, shipment.id, actor="key_wh")
+        world_clock.days_later(10)
+    clock.now = NOW + timedelta(days=35)
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert refused.value.code == "return_window_closed"
+    assert returns.request(order.id, ask(("L2", 1, None)), actor="key_cs").status is R.AUTHORIZED
+
+
 @pytest.mark.parametrize(
     ("lines", "refund_shipping"),
     [
@@ -758,18 +776,23 @@ def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_ret
     assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}] and "not_restocked" not in entry.detail
 
 
-def test_each_line_shows_the_condition_its_units_came_back_in(world, clock):
+def test_each_line_shows_the_condition_its_units_came_back_in_and_the_history_only_the_restocked(world, clock):
     # A line whose units all came back fit to sell shows `resellable`, one all damaged `damaged`
     # (API.md's Return line), and one nothing of which arrived no condition: `mixed` only for both.
+    # The order's entry lists only the line put back on hand: none of the damaged MUGs was.
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 3), ("MUG", 2), ("CAP", 1))
     item = returns.request(order.id, ask(("L1", 1, None), ("L2", 2, None), ("L3", 1, None)), actor="key_cs")
 
     received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 2, "damaged")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="returns-workflow")
 
     assert [(line.line_id, line.condition) for line in received.lines] == [
         ("L1", "resellable"), ("L2", "damaged"), ("L3", None)
     ]  # fmt: skip
+    [entry] = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_RECEIVED]
+    assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}]
 
 
 def test_units_back_at_a_location_holding_the_most_it_may_are_not_restocked_and_the_order_says_so(world, clock):
