@@ -3673,6 +3673,19 @@ def test_a_policy_granting_shipping_on_every_return_has_it_refunded_once(world, 
     assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
 
 
+def test_a_return_granted_shipping_whose_parcel_came_back_short_is_refunded_its_units_alone(world, clock):
+    # The shipping comes back only when every unit the return asked for arrived (README, Refund).
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    item = returns.request(order.id, ask(("L1", 2, "size_or_fit")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == refunded_units(order, 1)
+    assert world.order(order.id).payment.refunds[0].shipping is None
+
+
 def as_stored_before_shipping_was_recorded(world: World, order_id: str) -> None:
     """The order as the version before PaymentRefund.shipping stored it: its return refunds gave
     the shipping back (whole, in their amount) without saying so."""
