@@ -3155,14 +3155,21 @@ def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as
     assert [r.amount for r in after.payment.refunds] == [order.lines[0].total]
 
 
-def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(world, clock):
+@pytest.mark.parametrize("first_refunded", [True, False], ids=["first-refunded", "first-still-received"])
+def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(
+    world, clock, first_refunded
+):
+    # A received return holds what it brought back from its receipt on, not from its refund.
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("MUG", 3))
     first = returns.request(order.id, ask(("L1", 3, None)), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")  # one of three came back
-    one = returns.settle(first.id, actor="key_wh")
+    if first_refunded:
+        one = returns.settle(first.id, actor="key_wh")
 
     later = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    if not first_refunded:
+        one = returns.settle(first.id, actor="key_wh")
     returns.receive(later.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
     two = returns.settle(later.id, actor="key_wh")
 
