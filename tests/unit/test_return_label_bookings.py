@@ -13,6 +13,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import Conflict, TransientError
+from core.models import GivenUpBooking
 from core.return_models import Return
 from core.returns import return_booking_key
 from core.workflow_types import CarrierShipment
@@ -249,6 +250,26 @@ def test_a_booking_whose_answer_was_lost_is_used_by_the_request_made_again_and_n
 
     assert carrier.cancelled == [] and carrier.label_of(item) == carrier.asked[0][1]
     assert world.order(order.id).unrecorded_return_labels == [] and cancel_entries(world, order.id) == []
+
+
+def test_a_maybe_made_booking_a_return_labelled_before_keys_were_kept_may_show_is_never_cancelled(world, clock):
+    # The return's label was booked, and stored without its key, by the version before keys were
+    # kept; a booking maybe made under its id may be that very label: cancelled, it would void the
+    # label its customer holds, so it is dropped as the label the return shows, never given up.
+    carrier = KeyedCarrier()
+    returns, store = returns_for(world, clock, carrier)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    key = carrier.label_of(item)
+    store.returns[item.id] = item.model_copy(update={"booking": None})  # as stored before keys were kept
+    maybe_made = GivenUpBooking(shipment_id=item.id, booking_key=key)
+    world.orders.orders[order.id] = world.order(order.id).model_copy(update={"unrecorded_return_labels": [maybe_made]})
+
+    returns.owed_entries(world.order(order.id))  # what a reader of the history does
+    world.actions.finish_carrier_work(world.order(order.id), "reconciler")
+
+    assert world.order(order.id).unrecorded_return_labels == []
+    assert owed(world, order.id) == [] and carrier.cancelled == [] and cancel_entries(world, order.id) == []
 
 
 def race(world: World, returns, store, order_id: str, first: tuple, second: tuple) -> tuple[Return, Return]:

@@ -163,6 +163,37 @@ def test_each_new_version_of_a_return_is_validated_its_lines_and_label_too():
             approved._next(R.RECEIVED, NOW, lines=[line.model_copy(update=wrong)])
 
 
+@pytest.mark.parametrize("body", ["request", "receipt"])
+def test_a_line_of_no_units_is_refused_naming_its_quantity(body):
+    # A return asking for 0 units of a line, or a receipt counting 0, says nothing: 422 on the line.
+    with pytest.raises(ValidationError) as refused:
+        if body == "request":
+            ask(("L1", 0, None))
+        else:
+            receipt("wh-west", ("L1", 0, "resellable"))
+    assert [error["loc"] for error in refused.value.errors()] == [("lines", 0, "quantity")]
+
+
+def test_a_receipt_of_no_lines_is_refused():
+    # Nothing counted would receive the return with nothing back: it would end refunded, for nothing.
+    with pytest.raises(ValidationError) as refused:
+        receipt("wh-west")
+    assert [error["loc"] for error in refused.value.errors()] == [("lines",)]
+
+
+def test_a_line_listed_twice_is_refused_naming_the_repeat():
+    # One unit of a line listed twice would each fit what is left to return, and ask for two; a
+    # receipt may list a line once per condition, so a condition twice would count its units twice.
+    with pytest.raises(ValidationError) as asked_twice:
+        ask(("L1", 1, None), ("L2", 1, None), ("L1", 1, None))
+    with pytest.raises(ValidationError) as counted_twice:
+        receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged"), ("L1", 1, "resellable"))
+
+    assert [error["loc"] for error in asked_twice.value.errors()] == [("lines", 2, "line_id")]
+    assert [error["loc"] for error in counted_twice.value.errors()] == [("lines", 2, "condition")]
+    assert "repeats the line_id of lines[0]" in str(asked_twice.value)
+
+
 def test_shipping_records_each_lines_shipped_quantity(world):
     order = shipped(world, ("TSHIRT", 2), ("MUG", 1), deliver=False)
 
@@ -366,20 +397,25 @@ def test_a_policys_refusal_reaches_the_client_with_controls_and_bidi_overrides_m
 
 
 class ForeignFee:
-    """A policy that charges its restocking fee in another currency than the order's."""
+    """A policy that charges its restocking fee in another currency than the order's (or, given
+    another amount, a fee that is no fee: below zero, it would add to the refund)."""
+
+    def __init__(self, amount: str = "1.50", currency: str = "EUR"):
+        self.fee = Money(amount=amount, currency=currency)
 
     @hookimpl(tryfirst=True)
     def oms_return_policy(self) -> ReturnPolicyDecision:
-        return ReturnPolicyDecision(fee=Money(amount="1.50", currency="EUR"))
+        return ReturnPolicyDecision(fee=self.fee)
 
 
-def test_a_fee_in_another_currency_is_a_plugin_error_naming_the_policy(world, clock):
+@pytest.mark.parametrize(("amount", "currency"), [("1.50", "EUR"), ("-1.50", "USD")], ids=["foreign", "negative"])
+def test_a_fee_in_another_currency_or_below_zero_is_a_plugin_error_naming_the_policy(world, clock, amount, currency):
     # The runbook reads the failing plugin from a plugin_error: this one named none.
-    policy = ForeignFee()  # registered in code, so named by its id
+    policy = ForeignFee(amount, currency)  # registered in code, so named by its id
     returns, store = returns_for(world, clock, policy)
     order = shipped(world, ("TSHIRT", 1))
 
-    with pytest.raises(PluginError, match=f"plugin {id(policy)} returned a fee of 1.50 EUR") as refused:
+    with pytest.raises(PluginError, match=f"plugin {id(policy)} returned a fee of {amount} {currency}") as refused:
         returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
 
     assert refused.value.details == [{"plugin": str(id(policy)), "hook": "oms_return_policy"}]
@@ -389,12 +425,69 @@ def test_a_fee_in_another_currency_is_a_plugin_error_naming_the_policy(world, cl
 def test_the_window_runs_from_shipment_when_not_yet_delivered(world, clock, monkeypatch):
     monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "3")
     returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1), deliver=False)
+    order = shipped(world, ("TSHIRT", 2), deliver=False)
 
     assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
     clock.now += timedelta(days=1)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as refused:  # the other T-shirt: shipped 4 days ago
         returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert refused.value.code == "return_window_closed"
+
+
+def test_the_window_runs_from_delivery_when_the_parcel_took_days_to_arrive(clock):
+    # Shipped on day 0 and delivered on day 10: the default 30 days run to day 40, not day 30.
+    world_clock = Clock()
+    world = build_world(STOCK, clock=world_clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 2))
+    [shipment] = order.shipments
+    world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    world_clock.days_later(10)
+    world.actions.deliver(order.id, shipment.id, actor="key_wh")
+
+    clock.now = NOW + timedelta(days=35)
+    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
+    clock.now = NOW + timedelta(days=41)
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert refused.value.code == "return_window_closed"
+
+
+def test_a_line_split_over_two_parcels_is_returnable_until_the_later_parcels_window_closes(clock):
+    world_clock = Clock()
+    world = build_world([("TSHIRT", "wh-west", 1), ("TSHIRT", "wh-east", 1)], clock=world_clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 2))
+    assert len(order.shipments) == 2
+    for shipment in order.shipments:  # delivered on day 0 and on day 10
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(order.id, shipment.id, actor="key_wh")
+        world_clock.days_later(10)
+
+    clock.now = NOW + timedelta(days=35)
+    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
+    clock.now = NOW + timedelta(days=41)
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert refused.value.code == "return_window_closed"
+
+
+def test_a_lines_window_runs_from_its_own_parcel_not_a_later_one_of_other_lines(clock):
+    # The T-shirt was delivered on day 0, the cap (another warehouse's parcel) on day 10.
+    world_clock = Clock()
+    world = build_world(STOCK, clock=world_clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), ("CAP", 1))
+    for shipment in sorted(order.shipments, key=lambda s: s.location_id != "wh-west"):
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        world.actions.deliver(order.id, shipment.id, actor="key_wh")
+        world_clock.days_later(10)
+    clock.now = NOW + timedelta(days=35)
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    assert refused.value.code == "return_window_closed"
+    assert returns.request(order.id, ask(("L2", 1, None)), actor="key_cs").status is R.AUTHORIZED
 
 
 @pytest.mark.parametrize(
@@ -548,6 +641,23 @@ def test_a_request_that_died_before_the_orders_entry_has_it_written_before_the_r
     ]  # fmt: skip
 
 
+def test_a_request_that_died_before_the_orders_entry_has_it_written_by_its_approval_before_the_approvals(
+    world, clock, monkeypatch
+):
+    returns, _ = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    [item] = world.returns.for_order(order.id)
+
+    returns.approve(item.id, "ok by Sam", actor="key_lead")
+
+    assert return_entries(world, order.id) == [
+        (OrderEvent.RETURN_REQUESTED, "key_cs", item.id), (OrderEvent.RETURN_AUTHORIZED, "key_lead", item.id)
+    ]  # fmt: skip
+
+
 def test_a_request_retried_under_its_key_after_it_failed_past_the_return_answers_that_return(world, clock, monkeypatch):
     returns, store = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 3))
@@ -564,6 +674,25 @@ def test_a_request_retried_under_its_key_after_it_failed_past_the_return_answers
     assert reused.value.code == "idempotency_key_reused"
     other = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs", request_key="api:key_cs:k2")
     assert [r.id for r in store.for_order(order.id)] == [again.id, other.id]
+
+
+def test_a_request_retried_under_its_key_with_another_reason_is_409_not_the_first_return(world, clock, monkeypatch):
+    # The same key with another body is 409 (API.md): the reason is the customer's own words, and a
+    # retry that changed them answered the first return with the first reason kept.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):  # the return is stored; the request's answer never was
+        returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs", request_key="api:key_cs:k1")
+    reworded = RequestReturn.model_validate(
+        {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too small after all", "reason_code": "size_or_fit"}]}
+    )
+
+    with pytest.raises(Conflict) as reused:
+        returns.request(order.id, reworded, actor="key_cs", request_key="api:key_cs:k1")
+
+    assert reused.value.code == "idempotency_key_reused"
+    assert [line.reason for r in store.for_order(order.id) for line in r.lines] == ["customer says so"]
 
 
 @pytest.mark.parametrize("units", [1, 2], ids=["same_body", "other_body"])
@@ -645,6 +774,25 @@ def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_ret
     entry = world.history(order.id)[-1]
     assert (entry.type, entry.actor, entry.to_status) == (OrderEvent.RETURN_RECEIVED, "key_wh", S.PARTIALLY_RETURNED)
     assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}] and "not_restocked" not in entry.detail
+
+
+def test_each_line_shows_the_condition_its_units_came_back_in_and_the_history_only_the_restocked(world, clock):
+    # A line whose units all came back fit to sell shows `resellable`, one all damaged `damaged`
+    # (API.md's Return line), and one nothing of which arrived no condition: `mixed` only for both.
+    # The order's entry lists only the line put back on hand: none of the damaged MUGs was.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3), ("MUG", 2), ("CAP", 1))
+    item = returns.request(order.id, ask(("L1", 1, None), ("L2", 2, None), ("L3", 1, None)), actor="key_cs")
+
+    received = returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 2, "damaged")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, actor="returns-workflow")
+
+    assert [(line.line_id, line.condition) for line in received.lines] == [
+        ("L1", "resellable"), ("L2", "damaged"), ("L3", None)
+    ]  # fmt: skip
+    [entry] = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_RECEIVED]
+    assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}]
 
 
 def test_units_back_at_a_location_holding_the_most_it_may_are_not_restocked_and_the_order_says_so(world, clock):
@@ -3022,14 +3170,21 @@ def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as
     assert [r.amount for r in after.payment.refunds] == [order.lines[0].total]
 
 
-def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(world, clock):
+@pytest.mark.parametrize("first_refunded", [True, False], ids=["first-refunded", "first-still-received"])
+def test_units_a_received_return_never_brought_back_can_be_returned_later_and_the_line_refunds_its_total(
+    world, clock, first_refunded
+):
+    # A received return holds what it brought back from its receipt on, not from its refund.
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("MUG", 3))
     first = returns.request(order.id, ask(("L1", 3, None)), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")  # one of three came back
-    one = returns.settle(first.id, actor="key_wh")
+    if first_refunded:
+        one = returns.settle(first.id, actor="key_wh")
 
     later = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    if not first_refunded:
+        one = returns.settle(first.id, actor="key_wh")
     returns.receive(later.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
     two = returns.settle(later.id, actor="key_wh")
 
@@ -3538,6 +3693,19 @@ def test_a_policy_granting_shipping_on_every_return_has_it_refunded_once(world, 
     assert settled[0].refund == refunded_units(order, 1) + order.totals.shipping
     assert settled[1].refund == refunded_units(order, 2) - refunded_units(order, 1)
     assert world.order(order.id).payment.refunded == refunded_units(order, 2) + order.totals.shipping
+
+
+def test_a_return_granted_shipping_whose_parcel_came_back_short_is_refunded_its_units_alone(world, clock):
+    # The shipping comes back only when every unit the return asked for arrived (README, Refund).
+    returns, _ = returns_for(world, clock, ShippingAlwaysPolicy())
+    order = shipped(world, ("TSHIRT", 3))
+    item = returns.request(order.id, ask(("L1", 2, "size_or_fit")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert settled.refund == refunded_units(order, 1)
+    assert world.order(order.id).payment.refunds[0].shipping is None
 
 
 def as_stored_before_shipping_was_recorded(world: World, order_id: str) -> None:
