@@ -15,7 +15,6 @@ from core.plugin_manager import PluginInfo
 from core.status import OrderStatus
 from core.workflow import Workflow
 from functions.plugin_loading import load_plugin_manager
-from plugins import test_payments
 from tests.builders import NOW
 from tests.unit.test_workflow import STOCK, AnswerLost, NoLookup
 from tests.unit.world import build_world
@@ -75,26 +74,10 @@ def test_an_order_is_not_authorized_while_a_plugin_is_broken_and_the_step_names_
     assert [h.type for h in world.history(order_id)] == ["created"]
 
 
-class ApprovedThenCrashes:
-    """A payment plugin whose first authorization the gateway approves and whose own code then raises."""
-
-    def __init__(self) -> None:
-        self.made: list[str] = []
-
-    @hookimpl(tryfirst=True)
-    def oms_payment_authorize(self, method, token, amount, idempotency_key, attempt):
-        if self.made:
-            return None  # the `test` gateway: the same key, the same authorization
-        self.made.append(test_payments.oms_payment_authorize(
-            method=method, token=token, amount=amount, idempotency_key=idempotency_key, attempt=attempt
-        ).reference)  # fmt: skip
-        raise ValueError("the plugin's own bug")
-
-
 def test_a_cancel_voids_what_an_authorization_whose_plugin_crashed_after_the_gateway_approved_holds():
     # Through a plugin that cannot look keys up: the attempt's key and amount are asked again, which
     # the gateway answers with what it made, and that is voided.
-    crashing = ApprovedThenCrashes()
+    crashing = AnswerLost(ValueError("the plugin's own bug"))  # raised after the gateway approved
     world = build_world(STOCK, crashing, NoLookup())
     order_id = world.place(("TSHIRT", 2))
     with pytest.raises(PluginError):

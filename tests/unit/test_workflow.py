@@ -632,11 +632,13 @@ class AnswerLost:
     """A gateway that authorizes the first time it is asked, but whose answer never arrives (the
     plugin's HTTP call times out after the gateway approved): `made` keeps what it authorized, and
     `meanwhile` runs while the call hangs. Asked again under the same key, the gateway answers with
-    that authorization, as a real one does."""
+    that authorization, as a real one does. `failure`: what the call raises instead of its timeout
+    (a plugin's own bug raising after the gateway approved)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failure: Exception | None = None) -> None:
         self.made: list[str] = []
         self.meanwhile: Callable[[], object] = lambda: None
+        self.failure = failure or TimeoutError("read timed out")
 
     @hookimpl(tryfirst=True)
     def oms_payment_authorize(self, method, token, amount, idempotency_key, attempt):
@@ -646,7 +648,7 @@ class AnswerLost:
             method=method, token=token, amount=amount, idempotency_key=idempotency_key, attempt=attempt
         ).reference)  # fmt: skip
         self.meanwhile()
-        raise TimeoutError("read timed out")
+        raise self.failure
 
 
 def test_an_authorization_whose_answer_was_lost_is_voided_when_the_order_is_cancelled():
