@@ -615,18 +615,28 @@ def test_an_exchange_stuck_midway_is_started_again_only_once_its_stuck_record_is
     assert done.status is R.REFUNDED and done.exchange_order_id is not None
 
 
+def timed_out_midway(
+    world: World, workflow_type: type[InlineReturnWorkflow]
+) -> tuple[Clock, InlineReturnWorkflow, Return]:
+    """A mug's return received, whose workflow's execution x1 recorded it stuck 20 minutes later (its
+    Restock step timed out on every retry, States.Timeout): the clock, the returns workflow (a
+    `workflow_type` over the returns service) and the return."""
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = workflow_type(returns)
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=20)
+    returns.stuck(item.id, "States.Timeout", "the task timed out", actor="returns-workflow", execution="x1")
+    return clock, workflow, item
+
+
 def test_a_plain_return_stuck_midway_is_started_again_once_its_stuck_record_is_as_old_as_a_lost_receipt(world):
     # Its Restock step timed out on every retry (States.Timeout) through an execution that ended
     # long after the receipt: nothing refunded, refused or pending. Before: left to a person, though
     # every step skips what is done. Started at once, what stopped it may still be on: it waits as a
     # receipt's own execution is, then its workflow is started and refunds it once.
-    clock = Clock()
-    returns = returns_service(world, clock)
-    workflow = InlineReturnWorkflow(returns)
-    item = one_mug_returned(world, returns)
-    returns.receive(item.id, RECEIPT, "key_wh")
-    clock.advance(minutes=20)
-    returns.stuck(item.id, "States.Timeout", "the task timed out", actor="returns-workflow", execution="x1")
+    clock, workflow, item = timed_out_midway(world, InlineReturnWorkflow)
     clock.advance(minutes=5)
     assert reconciler(world, clock, workflow).run() == []  # stuck five minutes ago
     clock.advance(minutes=11)
@@ -657,13 +667,7 @@ class StuckOnEachRun(InlineReturnWorkflow):
 def test_a_return_stuck_midway_on_every_run_is_started_again_twice_then_left_to_a_person(world):
     # README: a return stuck midway with nothing refused, failed or pending is started again "twice
     # at most"; each stuck execution called a person already (ReturnWorkflowFailedAlarm).
-    clock = Clock()
-    returns = returns_service(world, clock)
-    workflow = StuckOnEachRun(returns)
-    item = one_mug_returned(world, returns)
-    returns.receive(item.id, RECEIPT, "key_wh")
-    clock.advance(minutes=20)
-    returns.stuck(item.id, "States.Timeout", "the task timed out", actor="returns-workflow", execution="x1")
+    clock, workflow, item = timed_out_midway(world, StuckOnEachRun)
 
     for _ in range(5):
         clock.advance(minutes=16)
