@@ -7,6 +7,7 @@ units) do not. The filter is the template's own FilterCriteria, matched as Lambd
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import boto3
@@ -152,3 +153,15 @@ def test_a_record_the_filter_passes_is_one_the_filler_acts_on(shop: Shop, stream
 
     assert consume(shop, record) == {"batchItemFailures": []}
     assert shop.held(waiting) == 11
+
+
+def test_a_removal_or_a_reservation_straight_after_a_receipt_does_not(shop: Shop, stream: Stream):  # noqa: F811
+    # The receipt's mark stays on the item until a write removes it: each write that lowers
+    # `available` removes it, or its record invokes the filler for nothing.
+    inventory = shop.inventory
+    removal = partial(inventory.adjust, SKU, EAST, -1, reason="damaged")
+    reservation = partial(inventory.reserve, SKU, EAST, "ord_a#l1", 2)
+    for lowering in (removal, reservation):
+        inventory.adjust(SKU, EAST, 1, reason="receipt")
+        lowering()
+        assert stream.passed() == [True, False]
