@@ -353,6 +353,44 @@ def test_a_reservation_repeated_is_a_no_op_only_for_the_units_it_holds(inventory
 
 
 @pytest.mark.parametrize("store", ["dynamodb", "memory"])
+def test_a_reservation_leaves_the_safety_stock_available_and_holds_only_its_own_units(inventory, store):
+    inventory = inventory if store == "dynamodb" else InMemoryInventory()
+    inventory.set_on_hand("MUG", "wh-west", 4, "count")
+
+    with pytest.raises(InsufficientStock):  # 3 of the 4 would leave 1 of the 2 kept
+        inventory.reserve("MUG", "wh-west", "ord_1#L1", 3, keep=2)
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 2, keep=2)  # leaves exactly the 2 kept
+
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
+    level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (4, 2, 2)
+
+
+@pytest.mark.parametrize("write", ["reserve", "release"])
+def test_a_reservation_write_at_a_throttled_table_raises_for_its_step_to_retry(aws, inventory, write):
+    # Not a refusal (a reserve's InsufficientStock would send the order elsewhere or backordered)
+    # nor a release taken as done (its units would stay reserved for good).
+    inventory.set_on_hand("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)
+    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}}
+
+    def throttle(**_: Any) -> None:
+        raise ClientError(throttled, "UpdateItem")
+
+    aws.dynamodb.meta.events.register("before-call.dynamodb.UpdateItem", throttle)
+    try:
+        with pytest.raises(ClientError):
+            if write == "reserve":
+                inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
+            else:
+                inventory.release("MUG", "wh-west", "ord_1#L1")
+    finally:
+        aws.dynamodb.meta.events.unregister("before-call.dynamodb.UpdateItem", throttle)
+
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_2#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
+
+
+@pytest.mark.parametrize("store", ["dynamodb", "memory"])
 def test_an_orders_reservations_are_rearranged_in_one_conditional_write(inventory, store):
     # A line whose id an edit changed, grown, split: the units move between the order's keys, the
     # difference taken from or given back to available, with no moment when another order's
