@@ -1668,6 +1668,35 @@ def test_a_stock_take_after_the_hand_over_recorded_since_the_read_cancels_the_wh
     assert _level(inventory, "MUG", "wh-west") == (3, 0, 3)
 
 
+def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_write(aws, capture, monkeypatch):
+    """Read below the parcel's units (a short count stood), the write is conditional on on_hand
+    still being so: units received between the read and the write fail it, told apart
+    (ReservationsChanged: decided again on the shelf as it is)."""
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
+    placed = capture.place(place_order(), actor="a")
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
+    orders.update(owing, placed, [])
+    key = f"{owing.id}#L1"
+    _reserved(inventory, key, ("PEN", "wh-west", 3))
+    inventory.set_on_hand("PEN", "wh-west", 1, reason="stock_take", releasing={key: 3})
+    reading = DynamoOrders._shelves
+
+    def received_after_the_read(self: DynamoOrders, *args: Any) -> Any:
+        shelves = reading(self, *args)
+        inventory.adjust("PEN", "wh-west", 5, "receipt")
+        return shelves
+
+    monkeypatch.setattr(DynamoOrders, "_shelves", received_after_the_read)
+    released, _ = owing.stock_released(at=NOW)
+
+    with pytest.raises(ReservationsChanged):
+        orders.update_with_stock(released, owing, [], [StockMove("PEN", "wh-west", key, held=3, keep=3, ships=True)])
+
+    assert _level(inventory, "PEN", "wh-west") == (6, 3, 3)
+    assert orders.get(owing.id, consistent=True) == owing
+
+
 def test_an_order_that_moved_on_cancels_the_whole_write(order_and_stock):
     orders, inventory, owing = order_and_stock
     key = f"{owing.id}#L1"
