@@ -1532,7 +1532,9 @@ def test_an_orders_write_and_its_stock_moves_land_together(order_and_stock):
     assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
     assert _level(inventory, "MUG", "wh-east") == (5, 0, 5)
     assert _level(inventory, "PEN", "wh-west") == (4, 0, 4)  # not (2, 0, 2): the two freed units stay
-    assert inventory.reservations({("MUG", "wh-west"): [mug, "ord_other#L1"], ("PEN", "wh-west"): [pen]}) == {
+    assert inventory.reservations(
+        {("MUG", "wh-west"): [mug, "ord_other#L1"], ("MUG", "wh-east"): [mug], ("PEN", "wh-west"): [pen]}
+    ) == {
         ("MUG", "wh-west", mug): 1, ("MUG", "wh-west", "ord_other#L1"): 1,
     }  # fmt: skip
     # The same step again (a retry whose answer was lost): the order moved on, nothing moves twice.
@@ -1695,6 +1697,43 @@ def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_wri
 
     assert _level(inventory, "PEN", "wh-west") == (6, 3, 3)
     assert orders.get(owing.id, consistent=True) == owing
+
+
+def test_a_stock_write_freeing_units_invokes_the_backorder_filler_and_one_only_shipping_them_does_not(aws, capture):
+    """A cancel of units' stock write as the Inventory stream shows it to the BackorderFunction's
+    filters (template.yaml): units freed are an arrival for the backordered orders waiting there;
+    a written-off parcel's units leaving on_hand free none, and remove the marks an earlier
+    receipt or a withdrawal of units bought left (or every later write invokes it for nothing)."""
+    from infra.local.event_sources import compile_filters, matches_filters
+    from infra.local.template import Template
+
+    event = Template.load().functions()["BackorderFunction"]["Events"]["InventoryStream"]
+    filters = compile_filters(event["Properties"]["FilterCriteria"], "BackorderFunction")
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
+    placed = capture.place(place_order(), actor="a")
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
+    orders.update(owing, placed, [])
+    mug, pen = f"{owing.id}#L1", f"{owing.id}#L2"
+    _reserved(inventory, mug, ("MUG", "wh-west", 3))
+    _reserved(inventory, pen, ("PEN", "wh-west", 2))
+    inventory.adjust("PEN", "wh-west", 1, "receipt")
+    aws.dynamodb.update_item(  # as a purchase order's cancel marks it (functions/adapters/purchasing.py)
+        TableName=aws.tables["InventoryTable"], Key={"sku": {"S": "PEN"}, "location_id": {"S": "wh-west"}},
+        UpdateExpression="SET withdrawn = :yes", ExpressionAttributeValues={":yes": {"BOOL": True}},
+    )  # fmt: skip
+    released, _ = owing.stock_released(at=NOW)
+    moves = [StockMove("MUG", "wh-west", mug, held=3), StockMove("PEN", "wh-west", pen, held=2, keep=2, ships=True)]
+
+    orders.update_with_stock(released, owing, [], moves)
+
+    def passes(sku: str) -> bool:
+        key = {"sku": {"S": sku}, "location_id": {"S": "wh-west"}}
+        image = aws.dynamodb.get_item(TableName=aws.tables["InventoryTable"], Key=key)["Item"]
+        return matches_filters(filters, {"eventName": "MODIFY", "dynamodb": {"NewImage": image}})
+
+    assert (passes("MUG"), passes("PEN")) == (True, False)
+    assert (_level(inventory, "MUG", "wh-west"), _level(inventory, "PEN", "wh-west")) == ((5, 0, 5), (4, 0, 4))
 
 
 def test_an_order_that_moved_on_cancels_the_whole_write(order_and_stock):
