@@ -1703,7 +1703,8 @@ def test_a_stock_write_freeing_units_invokes_the_backorder_filler_and_one_only_s
     """A cancel of units' stock write as the Inventory stream shows it to the BackorderFunction's
     filters (template.yaml): units freed are an arrival for the backordered orders waiting there;
     a written-off parcel's units leaving on_hand free none, and remove the marks an earlier
-    receipt or a withdrawal of units bought left (or every later write invokes it for nothing)."""
+    receipt or a withdrawal of units bought left (or every later write invokes it for nothing);
+    those a short count had taken as gone go back to available, an arrival too."""
     from infra.local.event_sources import compile_filters, matches_filters
     from infra.local.template import Template
 
@@ -1714,16 +1715,22 @@ def test_a_stock_write_freeing_units_invokes_the_backorder_filler_and_one_only_s
     placed = capture.place(place_order(), actor="a")
     owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
     orders.update(owing, placed, [])
-    mug, pen = f"{owing.id}#L1", f"{owing.id}#L2"
+    mug, pen, cap = f"{owing.id}#L1", f"{owing.id}#L2", f"{owing.id}#L3"
     _reserved(inventory, mug, ("MUG", "wh-west", 3))
     _reserved(inventory, pen, ("PEN", "wh-west", 2))
+    _reserved(inventory, cap, ("CAP", "wh-west", 2))
     inventory.adjust("PEN", "wh-west", 1, "receipt")
+    inventory.set_on_hand("CAP", "wh-west", 1, reason="stock_take", releasing={cap: 2})
     aws.dynamodb.update_item(  # as a purchase order's cancel marks it (functions/adapters/purchasing.py)
         TableName=aws.tables["InventoryTable"], Key={"sku": {"S": "PEN"}, "location_id": {"S": "wh-west"}},
         UpdateExpression="SET withdrawn = :yes", ExpressionAttributeValues={":yes": {"BOOL": True}},
     )  # fmt: skip
     released, _ = owing.stock_released(at=NOW)
-    moves = [StockMove("MUG", "wh-west", mug, held=3), StockMove("PEN", "wh-west", pen, held=2, keep=2, ships=True)]
+    moves = [
+        StockMove("MUG", "wh-west", mug, held=3),
+        StockMove("PEN", "wh-west", pen, held=2, keep=2, ships=True),
+        StockMove("CAP", "wh-west", cap, held=2, keep=2, ships=True),
+    ]
 
     orders.update_with_stock(released, owing, [], moves)
 
@@ -1732,8 +1739,8 @@ def test_a_stock_write_freeing_units_invokes_the_backorder_filler_and_one_only_s
         image = aws.dynamodb.get_item(TableName=aws.tables["InventoryTable"], Key=key)["Item"]
         return matches_filters(filters, {"eventName": "MODIFY", "dynamodb": {"NewImage": image}})
 
-    assert (passes("MUG"), passes("PEN")) == (True, False)
-    assert (_level(inventory, "MUG", "wh-west"), _level(inventory, "PEN", "wh-west")) == ((5, 0, 5), (4, 0, 4))
+    assert (passes("MUG"), passes("PEN"), passes("CAP")) == (True, False, True)
+    assert [_level(inventory, sku, "wh-west") for sku in ("MUG", "PEN", "CAP")] == [(5, 0, 5), (4, 0, 4), (1, 0, 1)]
 
 
 def test_an_order_that_moved_on_cancels_the_whole_write(order_and_stock):
