@@ -22,6 +22,7 @@ from core.errors import (
     InvalidCursor,
     InvalidTransition,
     ReservationsChanged,
+    ReservationsFull,
     StaleVersion,
 )
 from core.models import MAX_ON_HAND, HistoryEntry
@@ -364,6 +365,22 @@ def test_a_reservation_leaves_the_safety_stock_available_and_holds_only_its_own_
     assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
     level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
     assert (level.on_hand, level.reserved, level.available) == (4, 2, 2)
+
+
+def test_a_twin_reserve_under_a_key_a_full_item_holds_is_a_shortage_not_a_full_item(inventory, monkeypatch):
+    # The key takes no room it does not hold already: a twin run of ReserveStock that planned other
+    # units under it is refused as on any item (InsufficientStock), not parked for a person
+    # (ReservationsFull) because the item is full.
+    monkeypatch.setattr(dynamodb, "RESERVATIONS_ROOM", 2)
+    inventory.set_on_hand("MUG", "wh-west", 9, "count")
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 3)
+    inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
+
+    with pytest.raises(InsufficientStock):
+        inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 3)  # the same step again: a no-op
+    with pytest.raises(ReservationsFull):
+        inventory.reserve("MUG", "wh-west", "ord_3#L1", 1)
 
 
 @pytest.mark.parametrize("write", ["reserve", "release"])
