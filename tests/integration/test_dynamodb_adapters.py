@@ -1561,6 +1561,18 @@ def test_an_orders_write_and_its_stock_moves_land_together(order_and_stock):
     assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
 
 
+def test_a_written_off_parcel_of_every_unit_on_hand_takes_on_hand_to_zero(order_and_stock):
+    # on_hand holds exactly the parcel's units: they left with it, none stays on sale.
+    orders, inventory, owing = order_and_stock
+    key = f"{owing.id}#L1"
+    _reserved(inventory, key, ("MUG", "wh-west", 5))
+    released, _ = owing.stock_released(at=NOW)
+
+    orders.update_with_stock(released, owing, [], [StockMove("MUG", "wh-west", key, held=5, keep=5, ships=True)])
+
+    assert _level(inventory, "MUG", "wh-west") == (0, 0, 0)
+
+
 def test_a_written_off_parcels_units_never_take_on_hand_below_a_short_count(order_and_stock):
     # A stock take recorded 1 where the parcel's reservation held 3 (its rejects not landed): a
     # count counts every unit there, so the parcel had left before it. The count stands; nothing
