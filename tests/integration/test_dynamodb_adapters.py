@@ -1699,7 +1699,8 @@ def test_a_stock_take_after_the_hand_over_recorded_since_the_read_cancels_the_wh
     assert _level(inventory, "MUG", "wh-west") == (3, 0, 3)
 
 
-def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_write(aws, capture, monkeypatch):
+@pytest.mark.parametrize("received", [2, 5], ids=["up to the parcel's units", "past them"])
+def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_write(aws, capture, monkeypatch, received):
     """Read below the parcel's units (a short count stood), the write is conditional on on_hand
     still being so: units received between the read and the write fail it, told apart
     (ReservationsChanged: decided again on the shelf as it is)."""
@@ -1715,7 +1716,7 @@ def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_wri
 
     def received_after_the_read(self: DynamoOrders, *args: Any) -> Any:
         shelves = reading(self, *args)
-        inventory.adjust("PEN", "wh-west", 5, "receipt")
+        inventory.adjust("PEN", "wh-west", received, "receipt")
         return shelves
 
     monkeypatch.setattr(DynamoOrders, "_shelves", received_after_the_read)
@@ -1724,7 +1725,7 @@ def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_wri
     with pytest.raises(ReservationsChanged):
         orders.update_with_stock(released, owing, [], [StockMove("PEN", "wh-west", key, held=3, keep=3, ships=True)])
 
-    assert _level(inventory, "PEN", "wh-west") == (6, 3, 3)
+    assert _level(inventory, "PEN", "wh-west") == (1 + received, 3, received - 2)
     assert orders.get(owing.id, consistent=True) == owing
 
 
