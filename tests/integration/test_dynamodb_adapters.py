@@ -374,6 +374,8 @@ def test_a_twin_reserve_under_a_key_a_full_item_holds_is_a_shortage_not_a_full_i
     monkeypatch.setattr(dynamodb, "RESERVATIONS_ROOM", 2)
     inventory.set_on_hand("MUG", "wh-west", 9, "count")
     inventory.reserve("MUG", "wh-west", "ord_1#L1", 3)
+    with pytest.raises(InsufficientStock):  # 7 of the 6 left, with room for one more key
+        inventory.reserve("MUG", "wh-west", "ord_2#L1", 7)
     inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
 
     with pytest.raises(InsufficientStock):
@@ -687,17 +689,25 @@ def test_a_put_retried_after_its_first_attempt_succeeded_is_that_order_not_a_dup
         orders.add(order, other, payment_token="tok")
 
 
-def test_an_update_to_a_status_its_table_does_not_allow_is_refused_before_the_write(capture, orders):
+def test_an_update_to_a_status_its_table_does_not_allow_is_refused_before_the_write(aws, capture, orders):
     placed = capture.place(place_order(), actor="a")
     entry = HistoryEntry(at=NOW, type="shipment_shipped", to_status=OrderStatus.SHIPPED, actor="buggy")
     jumped = placed.model_copy(update={"status": OrderStatus.SHIPPED, "version": 2})  # pending -> shipped
     misspelt = placed.model_copy(update={"payment": placed.payment.model_copy(update={"status": "captued"}),
                                          "version": 2})  # fmt: skip
+    # With stock moves too (a cancel of units' stock step): refused before its transaction.
+    with_stock = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    key = f"{placed.id}#L1"
+    _reserved(inventory, key, ("MUG", "wh-west", 2))
 
     for bad in (jumped, misspelt):
         with pytest.raises(InvalidTransition):
             orders.update(bad, placed, [entry])
+        with pytest.raises(InvalidTransition):
+            with_stock.update_with_stock(bad, placed, [entry], [StockMove("MUG", "wh-west", key, held=2)])
 
+    assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
     assert orders.get(placed.id) == placed
     assert [h.actor for h in orders.history(placed.id)[1]] == ["a"]
 
