@@ -216,6 +216,20 @@ def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_no
     assert inventory.adjust("TSHIRT", "wh-east", 4, "delivery", key="api:k1:a").on_hand == 12
 
 
+def test_an_adjustment_with_a_key_answers_the_level_it_left_read_consistently(aws, inventory):
+    # Its transaction answers nothing: the level is read after it, consistently, or the answer
+    # could show the stock before the adjustment (moto is always consistent: the request is checked).
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+
+    with requests_made(aws.dynamodb) as made:
+        level = inventory.adjust("TSHIRT", "wh-east", 4, "delivery", key="api:k1:a")
+
+    reads = [params for operation, params in made if operation != "TransactWriteItems"]
+    specs = [spec for params in reads for spec in params.get("RequestItems", {"one": params}).values()]
+    assert level.on_hand == 9 and specs
+    assert all(spec.get("ConsistentRead") for spec in specs), reads
+
+
 def test_a_key_counted_for_another_adjustment_is_a_conflict_not_a_silent_no_op(inventory):
     # The first attempt was written but failed after (its read timed out: a 5xx, and no idempotency
     # record to replay); the client retries with a corrected delta under the same key. Answered 200
