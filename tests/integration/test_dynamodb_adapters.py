@@ -261,6 +261,25 @@ def test_a_restock_past_the_cap_is_refused_by_its_condition_recorded_and_never_a
     assert inventory.not_restocked("wh-west", keys) == {}
 
 
+def test_returned_units_go_back_on_sale_beside_the_reservations_and_where_the_sku_had_no_stock(aws, inventory):
+    # A restock adds to on_hand and available, leaves what is reserved as it was, marks the item
+    # for the backorder filler's stream filter (an arrival), and makes the stock item it lacks.
+    inventory.set_on_hand("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)  # removes the count's mark
+
+    inventory.restock("MUG", "wh-west", "rma_1#L1", 1)
+    inventory.restock("MUG", "wh-east", "rma_1#L2", 2)
+
+    assert _level(inventory, "MUG", "wh-west") == (6, 2, 4)
+    assert _level(inventory, "MUG", "wh-east") == (2, 0, 2)
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
+    item = aws.dynamodb.get_item(
+        TableName=aws.tables["InventoryTable"], Key={"sku": {"S": "MUG"}, "location_id": {"S": "wh-west"}}
+    )["Item"]
+    assert item.get(dynamodb.ARRIVED) == {"BOOL": True}
+    assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == inventory.not_restocked("wh-east", ["rma_1#L2"]) == {}
+
+
 @pytest.mark.parametrize("adapter", ["dynamodb", "memory"])
 @pytest.mark.parametrize(
     ("counted", "on_hand_after"),
