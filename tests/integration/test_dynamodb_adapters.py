@@ -280,6 +280,33 @@ def test_returned_units_go_back_on_sale_beside_the_reservations_and_where_the_sk
     assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == inventory.not_restocked("wh-east", ["rma_1#L2"]) == {}
 
 
+def test_a_restock_whose_transaction_met_another_raises_and_its_retry_adds_the_units(aws, inventory):
+    # A TransactionConflict on the stock item (moto never conflicts: injected) is no refusal for
+    # the cap: nothing is recorded, the step's retry adds the units.
+    inventory.set_on_hand("MUG", "wh-west", 5, "count")
+    cancelled = {
+        "Error": {
+            "Code": "TransactionCanceledException",
+            "Message": "Transaction cancelled [None, TransactionConflict]",
+        },
+        "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+    }
+
+    def conflict(**_: Any) -> None:
+        raise ClientError(cancelled, "TransactWriteItems")
+
+    aws.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", conflict)
+    try:
+        with pytest.raises(ClientError):
+            inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
+    finally:
+        aws.dynamodb.meta.events.unregister("before-call.dynamodb.TransactWriteItems", conflict)
+    inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
+
+    assert _level(inventory, "MUG", "wh-west") == (7, 0, 7)
+    assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == {}
+
+
 @pytest.mark.parametrize("adapter", ["dynamodb", "memory"])
 @pytest.mark.parametrize(
     ("counted", "on_hand_after"),
