@@ -445,6 +445,22 @@ def test_a_twin_reserve_under_a_key_a_full_item_holds_is_a_shortage_not_a_full_i
         inventory.reserve("MUG", "wh-west", "ord_3#L1", 1)
 
 
+@pytest.mark.parametrize("store", ["dynamodb", "memory"])
+def test_a_release_repeated_or_of_a_key_never_held_changes_nothing(inventory, store):
+    inventory = inventory if store == "dynamodb" else InMemoryInventory()
+    inventory.set_on_hand("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)
+    inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
+
+    inventory.release("MUG", "wh-west", "ord_1#L1")
+    inventory.release("MUG", "wh-west", "ord_1#L1")  # a retried step
+    inventory.release("MUG", "wh-west", "ord_3#L1")  # a cancel before anything was reserved
+
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_2#L1"]}) == {("MUG", "wh-west", "ord_2#L1"): 1}
+    level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (5, 1, 4)
+
+
 @pytest.mark.parametrize("write", ["reserve", "release"])
 def test_a_reservation_write_at_a_throttled_table_raises_for_its_step_to_retry(aws, inventory, write):
     # Not a refusal (a reserve's InsufficientStock would send the order elsewhere or backordered)
