@@ -280,6 +280,28 @@ def test_returned_units_go_back_on_sale_beside_the_reservations_and_where_the_sk
     assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == inventory.not_restocked("wh-east", ["rma_1#L2"]) == {}
 
 
+def test_a_restock_refused_for_the_cap_whose_record_was_throttled_raises_and_its_retry_records_it(aws, inventory):
+    # Past the cap the ledger item alone records the key as refused (a PutItem): throttled, that is
+    # no outcome; the step raises, and its retry records the refusal the return's entry names.
+    inventory.set_on_hand("MUG", "wh-west", MAX_ON_HAND, "count")
+    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}}
+
+    def throttle(**_: Any) -> None:
+        raise ClientError(throttled, "PutItem")
+
+    aws.dynamodb.meta.events.register("before-call.dynamodb.PutItem", throttle)
+    try:
+        with pytest.raises(ClientError):
+            inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
+    finally:
+        aws.dynamodb.meta.events.unregister("before-call.dynamodb.PutItem", throttle)
+    assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == {}
+    inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
+
+    assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == {"rma_1#L1": 2}
+    assert _level(inventory, "MUG", "wh-west") == (MAX_ON_HAND, 0, MAX_ON_HAND)
+
+
 def test_a_restock_whose_transaction_met_another_raises_and_its_retry_adds_the_units(aws, inventory):
     # A TransactionConflict on the stock item (moto never conflicts: injected) is no refusal for
     # the cap: nothing is recorded, the step's retry adds the units.
