@@ -7,6 +7,7 @@ units) do not. The filter is the template's own FilterCriteria, matched as Lambd
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import boto3
@@ -152,3 +153,32 @@ def test_a_record_the_filter_passes_is_one_the_filler_acts_on(shop: Shop, stream
 
     assert consume(shop, record) == {"batchItemFailures": []}
     assert shop.held(waiting) == 11
+
+
+def test_a_removal_or_a_reservation_straight_after_a_receipt_does_not(shop: Shop, stream: Stream):  # noqa: F811
+    # The receipt's mark stays on the item until a write removes it: each write that lowers
+    # `available` removes it, or its record invokes the filler for nothing.
+    inventory = shop.inventory
+    removal = partial(inventory.adjust, SKU, EAST, -1, reason="damaged")
+    reservation = partial(inventory.reserve, SKU, EAST, "ord_a#l1", 2)
+    for lowering in (removal, reservation):
+        inventory.adjust(SKU, EAST, 1, reason="receipt")
+        lowering()
+        assert stream.passed() == [True, False]
+
+
+def test_a_reservation_after_a_purchase_orders_cancel_invokes_no_filler(shop: Shop, stream: Stream):  # noqa: F811
+    # The cancel marks the item `withdrawn` for the reorder points' demand (the filters' third
+    # pattern); the next write that lowers `available` removes the mark, or it passes them all.
+    event = Template.load().functions()["BackorderFunction"]["Events"]["InventoryStream"]
+    every_filter = compile_filters(event["Properties"]["FilterCriteria"], "BackorderFunction")
+    purchasing = shop.container.purchasing
+    purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=5))
+    lines = [{"sku": SKU, "quantity": 4, "unit_cost": {"amount": "4.00", "currency": "USD"}}]
+    po = purchasing.create(NewPurchaseOrder.model_validate({"vendor_id": "acme", "location_id": EAST, "lines": lines}))
+    purchasing.cancel(po.id)
+    assert [matches_filters(every_filter, record) for record in stream.new()][-1:] == [True]
+
+    shop.inventory.reserve(SKU, EAST, "ord_a#l1", 2)
+
+    assert [matches_filters(every_filter, record) for record in stream.new()] == [False]

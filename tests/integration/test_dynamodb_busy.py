@@ -30,12 +30,13 @@ def api() -> Iterator[InProcessApi]:
         yield started
 
 
-def failing_once(operation: str, error: dict[str, Any]) -> Any:
-    """Make the API's DynamoDB client fail the next `operation` call with `error`, once."""
+def failing_once(operation: str, error: dict[str, Any], times: int = 1) -> Any:
+    """Make the API's DynamoDB client fail the next `operation` call with `error`, once (or the
+    next `times` calls)."""
     from functions.api.dependencies import container
 
     events = container().dynamodb.meta.events
-    calls = {"left": 1}
+    calls = {"left": times}
 
     def fail(**_: Any) -> None:
         if calls["left"]:
@@ -69,6 +70,23 @@ def test_an_adjustment_that_meets_a_busy_item_is_503_and_counts_once_when_repeat
     again = api.post(f"/inventory/{SKU}/{LOCATION}/adjustments", json={"delta": 2, "reason": "receipt"})
     assert again.status_code == 200, again.text
     assert again.json()["on_hand"] == before + 2
+
+
+def test_a_stock_take_at_a_throttled_table_is_503_not_a_409_blaming_reserved_units(api: InProcessApi):
+    # Throttled past botocore's retries on every write the count tries: not a refusal of the count
+    # (409 insufficient_stock would tell the client the units reserved there keep changing).
+    before = api.get(f"/inventory/{SKU}").json()["locations"][0]["on_hand"]
+    restore = failing_once("UpdateItem", THROTTLED, times=10)
+    try:
+        busy = api.put(f"/inventory/{SKU}/{LOCATION}", json={"on_hand": before + 3})
+    finally:
+        restore()
+
+    assert_error(busy, 503, "temporarily_unavailable")
+    assert api.get(f"/inventory/{SKU}").json()["locations"][0]["on_hand"] == before
+    again = api.put(f"/inventory/{SKU}/{LOCATION}", json={"on_hand": before + 3})
+    assert again.status_code == 200, again.text
+    assert again.json()["on_hand"] == before + 3
 
 
 def test_a_receipt_whose_transaction_met_another_is_503_and_goes_through_when_repeated(api: InProcessApi):
