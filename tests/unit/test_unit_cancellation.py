@@ -1804,19 +1804,21 @@ class FailsBookings:
             raise ConnectionError("carrier API unreachable")
 
 
-def test_a_pending_parcel_that_lost_units_is_booked_again_and_shows_a_label_for_what_it_holds():
+@pytest.mark.parametrize("cancelled", [3, 2], ids=["one_mug_left", "two_mugs_left"])
+def test_a_pending_parcel_that_lost_units_is_booked_again_and_shows_a_label_for_what_it_holds(cancelled):
     carrier = RecordsBookings()
     world = build_world(STOCK, carrier)
     order = world.allocated(("MUG", 4), ("CAP", 2))
     west = world.shipment_at(order, "wh-west")
     first_label = order.shipment(west).label_url
 
-    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 3})
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": cancelled})
 
     shipment = done.shipment(west)
     rebooked = carrier.asked[-1]
+    left = 4 - cancelled
     assert rebooked[:2] == (west, booking_key(west, done.rebookings)) and rebooked[1] != west
-    assert rebooked[2:] == ([("L1", 1)], 350)  # one mug left, and its weight
+    assert rebooked[2:] == ([("L1", left)], 350 * left)  # the mugs left, and what they weigh (350 g each)
     assert shipment.label_url == f"labels/{order.id}/{rebooked[1]}" != first_label
     assert world.labels.labels[rebooked[1]] != world.labels.labels[west]  # the first booking's label, 4 mugs
     assert done.labels_due == []
