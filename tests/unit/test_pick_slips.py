@@ -75,6 +75,29 @@ def test_a_cancel_of_some_units_of_a_pickup_prints_a_new_slip_with_no_carrier(wo
     assert carrier_entries(world, order.id) == []
 
 
+def test_a_pickups_new_slip_that_loses_to_another_cancel_leaves_no_carrier_a_cancel_to_answer(
+    world, carrier, monkeypatch
+):
+    # Two cancels of a pickup's mugs at once: the first's new slip (two mugs) comes after the
+    # second cancel's write, and the parcel keeps the second's slip (one mug). The slip that lost
+    # was printed by the OMS, booked with no carrier: nothing is owed a carrier's cancel for it.
+    from tests.unit.world import before_the_next_write
+
+    order = world.allocated(("MUG", 4), **PICKUP)
+    before_the_next_write(  # after the first cancel's write, before its new slip's
+        world, monkeypatch, lambda: world.actions.cancel(order.id, "one more", actor="key_web", lines={"L1": 1}),
+        skip=1,
+    )  # fmt: skip
+
+    world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+
+    done = world.order(order.id)
+    assert [(line.line_id, line.quantity) for line in done.shipments[0].lines] == [("L1", 1)]
+    assert done.shipments[0].carrier == PICK_SLIP_CARRIER and done.labels_due == []
+    assert done.bookings_to_cancel == [] and not done.owes_carrier_work()
+    assert carrier.booked == {} and carrier.cancels_asked == 0 and carrier_entries(world, order.id) == []
+
+
 def test_a_parked_pickup_order_keeps_no_booking_maybe_made_and_its_cancel_asks_no_carrier(world, carrier):
     order_id = world.place(("MUG", 1), **PICKUP)
     world.workflow.authorize_payment(order_id, attempt=0)

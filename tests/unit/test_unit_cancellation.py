@@ -1804,19 +1804,21 @@ class FailsBookings:
             raise ConnectionError("carrier API unreachable")
 
 
-def test_a_pending_parcel_that_lost_units_is_booked_again_and_shows_a_label_for_what_it_holds():
+@pytest.mark.parametrize("cancelled", [3, 2], ids=["one_mug_left", "two_mugs_left"])
+def test_a_pending_parcel_that_lost_units_is_booked_again_and_shows_a_label_for_what_it_holds(cancelled):
     carrier = RecordsBookings()
     world = build_world(STOCK, carrier)
     order = world.allocated(("MUG", 4), ("CAP", 2))
     west = world.shipment_at(order, "wh-west")
     first_label = order.shipment(west).label_url
 
-    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 3})
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": cancelled})
 
     shipment = done.shipment(west)
     rebooked = carrier.asked[-1]
+    left = 4 - cancelled
     assert rebooked[:2] == (west, booking_key(west, done.rebookings)) and rebooked[1] != west
-    assert rebooked[2:] == ([("L1", 1)], 350)  # one mug left, and its weight
+    assert rebooked[2:] == ([("L1", left)], 350 * left)  # the mugs left, and what they weigh (350 g each)
     assert shipment.label_url == f"labels/{order.id}/{rebooked[1]}" != first_label
     assert world.labels.labels[rebooked[1]] != world.labels.labels[west]  # the first booking's label, 4 mugs
     assert done.labels_due == []
@@ -2452,3 +2454,22 @@ def test_a_unit_cancel_of_a_replacements_last_mug_refunds_what_the_card_paid_bey
     assert [(r.kind, r.amount, r.status) for r in left.payment.refunds] == [("cancellation", over, "succeeded")]
     assert over == Money.of("3.33", "USD")
     assert world.order(order.id).payment.refunds == []  # the credit is all used: nothing given back from it
+
+
+def test_a_cancel_of_units_leaves_reserved_the_mugs_of_a_parcel_whose_ship_died_before_they_left(world, monkeypatch):
+    # The west parcel's ship recorded the hand-over and died before its two mugs left on_hand; the
+    # customer then cancels a cap of the east parcel. The cancel's stock step must leave the mugs'
+    # reservation alone: released, the two mugs on their way to the customer would show as
+    # available at the west and be sold again, and the ship sent again would find nothing to take.
+    from tests.unit.test_hand_over_stock_finished import died_after_its_record
+
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    west = world.shipment_at(order, "wh-west")
+    died_after_its_record(world, monkeypatch, order.id, west)
+
+    world.actions.cancel(order.id, "one cap", actor="key_web", lines={"L2": 1})
+
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
+    assert world.level("CAP", "wh-east") == (8, 1, 7)
+    world.actions.ship(order.id, west, None, actor="key_wh")  # sent again: the mugs leave
+    assert world.level("MUG", "wh-west") == (3, 0, 3)
