@@ -156,8 +156,9 @@ BY_ID = [
 
 
 # Routes naming an id that are not channel B's to hide: global records (products, stock, locations,
-# vendors, purchase orders), admin's keys, imports (a channel key sees none: test_forged_cursors),
-# and a delivery of a webhook (found through its webhook, which BY_ID covers).
+# vendors, purchase orders), admin's keys; and, walked elsewhere, imports (a channel key sees none:
+# test_forged_cursors, test_import_report_api) and a delivery's retry (the scene's webhook has no
+# delivery: test_webhook_delivery_endings).
 NOT_A_CHANNELS = re.compile(
     r"^/(api-keys|products|inventory|locations|vendors|purchase-orders|imports|carriers)/"
     r"|^/webhooks/\{webhook_id\}/deliveries/\{delivery_id\}"

@@ -178,6 +178,32 @@ def test_a_hold_whose_answer_was_never_stored_sent_again_with_another_reason_und
     assert (held["status"], held["hold"]["reason"]) == ("on_hold", "address_review")
 
 
+def test_a_release_whose_answer_was_never_stored_answers_the_order_under_its_key_not_409(api: InProcessApi, sku: str):
+    # The first release ended the hold and died before powertools stored its answer: the retry under
+    # the same key finds the release it made in the order's history, not 409 `not on hold`, and sends
+    # the order to no second release.
+    from core.access import ADMIN_KEY_ID
+    from core.holds import ReleaseRequest
+    from functions.api.dependencies import container
+
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    assert api.post(f"{path}/hold", json={"reason": "address_review"}).status_code == 200
+    idempotency_key = unique("release")
+    container().holds.release(
+        order["id"], ReleaseRequest(note="flat number added"), actor=ADMIN_KEY_ID,
+        request_key=f"api:{ADMIN_KEY_ID}:{idempotency_key}",
+    )  # fmt: skip
+    released = api.get(path).json()
+    key = {"Idempotency-Key": idempotency_key}
+
+    again = api.post(f"{path}/release", json={"note": "flat number added"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    assert unsigned(again.json()) == unsigned(released)
+    assert [entry["type"] for entry in api.get(f"{path}/history").json()["items"]].count("released") == 1
+
+
 def held_backordered(api: InProcessApi) -> tuple[str, dict[str, Any], Any]:
     """A backorderable book with 2 units at the west warehouse, an order of 5 of it backordered
     holding those 2, then held for `customer_request`: the book, the order and the hold's answer."""

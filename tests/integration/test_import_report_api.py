@@ -1,5 +1,5 @@
 """GET /imports/{id} through the in-process gateway: a report at its limits still fits Lambda's
-response."""
+response, and a key bound to a channel sees no import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api, issue
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,24 @@ def test_errors_stored_whole_by_an_older_version_are_answered_cut(api: InProcess
     for error in errors[1:]:
         assert len(error["external_id"].encode("utf-16-le")) <= 2 * MAX_EXTERNAL_ID_CHARS
         assert error["external_id"].endswith("…")
+
+
+def test_a_channel_key_is_404_on_an_import_whose_report_names_other_channels_orders(api: InProcessApi):
+    # An import spans channels and its errors name each order's channel and external id: a key bound
+    # to one channel is answered as if the import did not exist, as its GET /imports lists none.
+    from core.import_service import Outcome
+    from core.imports import import_id_for
+    from functions.api.dependencies import container
+    from functions.import_splitter.readers import _reopened
+
+    ledger, at = container().import_ledger, datetime(2026, 1, 1, tzinfo=UTC)
+    import_id = import_id_for("bucket", "incoming/two-channels.csv", "v1")
+    ledger.begin(import_id, "s3://bucket/incoming/two-channels.csv", at)
+    ledger.record(import_id, 2, Outcome.FAILED, _reopened(2, ("pos", "POS-7")), at)
+    web = issue(api, "orders:read", channel="web")
+
+    refused = api.get(f"/imports/{import_id}", key=web)
+
+    assert_error(refused, 404, "not_found")
+    assert "POS-7" not in refused.text
+    assert api.get(f"/imports/{import_id}").json()["errors"][0]["external_id"] == "POS-7"  # the admin sees it

@@ -9,6 +9,7 @@ import pytest
 
 from tests.e2e.client import Catalog, assert_error, location_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.test_order_idempotency_api import forget_idempotency_records
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,22 @@ def test_an_adjustment_retried_with_its_idempotency_key_counts_once(api: InProce
     assert on_hand(api, sku) == 9
     assert api.post(path, json={"delta": 3, "reason": "no key"}).status_code == 200
     assert on_hand(api, sku) == 12
+
+
+def test_an_adjustment_retried_after_its_idempotency_record_was_lost_counts_once(api: InProcessApi):
+    # The first attempt counted the delivery and died before its idempotency record was saved (or the
+    # tool sends it again after the record's 24 h): the 10 units must not become 20 on hand.
+    location_id = put_network(api)["east"]
+    sku = Catalog(api).product("9.00")
+    path = f"/inventory/{sku}/{location_id}/adjustments"
+    key = {"Idempotency-Key": unique("adj")}
+    assert api.post(path, json={"delta": 10, "reason": "delivery 4713"}, headers=key).status_code == 200
+    forget_idempotency_records()
+
+    again = api.post(path, json={"delta": 10, "reason": "delivery 4713"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    assert on_hand(api, sku) == 10
 
 
 def test_an_adjustment_never_takes_on_hand_past_what_a_stock_take_may_count(api: InProcessApi):

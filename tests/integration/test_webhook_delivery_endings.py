@@ -12,7 +12,8 @@ import boto3
 import pytest
 
 from core.webhooks import DeliveryMessage, DeliveryRecord
-from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks, issue
 from tests.integration.test_events_and_webhooks import Context, Receiver, drain, sqs_event
 
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/test-webhook-deliveries"
@@ -147,6 +148,26 @@ def test_a_resend_of_a_delivered_delivery_that_succeeds_records_its_answer(
         )
     finally:
         receiver.close()
+
+
+def test_a_channel_key_cannot_resend_another_channels_delivery_it_is_404_and_nothing_is_queued(api: InProcessApi):
+    """A key bound to channel `pos` (webhooks:write) names a delivery of channel `web`'s subscription:
+    404 as for a missing one, no resend queued for `web`'s subscriber, the delivery as it was. The
+    channel isolation matrix reaches deliveries only through GET /webhooks/{id}/deliveries."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    webhook = api.post("/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["*"], "channel": "web"})
+    assert webhook.status_code == 201, webhook.text
+    deliveries = f"/webhooks/{webhook.json()['id']}/deliveries"
+    message = a_pending_delivery(webhook.json()["id"], status="delivered", attempts=1, last_status_code=200)
+    before = api.get(deliveries).json()["items"]
+    pos = issue(api, "webhooks:write", channel="pos")
+
+    assert_error(api.post(f"{deliveries}/{message.delivery_id}/retry", key=pos), 404, "not_found")
+
+    assert queued(sqs) == []
+    assert api.get(deliveries).json()["items"] == before
+    # The admin's resend of the same delivery is taken: the 404 was the channel's, not the delivery's.
+    assert api.post(f"{deliveries}/{message.delivery_id}/retry").status_code == 202
 
 
 def test_a_pending_delivery_of_a_deleted_webhook_ends_at_its_next_message_not_when_its_attempt_is_due(
