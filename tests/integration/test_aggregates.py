@@ -427,6 +427,15 @@ def test_an_address_indexed_decomposed_before_addresses_were_normalized_is_still
             if cursor is None:
                 break
         assert pages == [["cus_both"], ["cus_new"], ["cus_old1"], ["cus_old2"]]
+        # A page of three ends in the older key's partition: its cursor names that partition, so
+        # the next page goes on after cus_old1 there (not back in the first, showing it twice).
+        shown, cursor = [], None
+        while True:
+            found, cursor = store.customer_ids(searched, "web", 3, cursor)
+            shown.append(found)
+            if cursor is None:
+                break
+        assert shown == [["cus_both", "cus_new", "cus_old1"], ["cus_old2"]]
     assert store.customer_ids("zoe@example.com", None, 25, None) == ([], None)  # another address
 
 
@@ -750,3 +759,37 @@ def test_a_parked_first_allocation_replayed_after_the_return_goes_by_the_day_the
 
     assert every_report(store) == every_report(in_order)
     assert customer_totals(store) == customer_totals(in_order)
+
+
+def test_a_day_and_a_customer_with_more_rows_than_a_page_holds_are_reported_whole(aws):
+    # A query page stops at 1 MB (a busy day's thousands of SKUs, a customer's every channel): every
+    # LastEvaluatedKey is followed, here with pages of two rows, so the report lists every SKU and
+    # the customer's totals count every channel's row.
+    from tests.unit.test_aggregates import MemoryStore, line, order, then
+
+    lines = [line(f"L{n}", f"SKU{n}", 1, f"{n}.00") for n in range(1, 6)]
+    records = []
+    for n, channel in enumerate(("web", "till", "market")):
+        placed = order(id=f"ord_{n}", channel=channel, lines=lines, created_at="2026-11-01T10:00:00Z")
+        records += [(None, placed), (placed, then(placed, status="allocated"))]
+    counted = MemoryStore()
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    for old, new in records:
+        counted.apply(aggregate_change(old, new, counted.filing, counted.went_by))
+        store.apply(aggregate_change(old, new, store.filing, store.went_by))
+
+    def small_pages(params: dict[str, Any], **_: Any) -> None:
+        params["Limit"] = 2
+
+    aws.dynamodb.meta.events.register("before-parameter-build.dynamodb.Query", small_pages)
+    day = date(2026, 11, 1)
+    views = []
+    for source in (store, counted):
+        service = Aggregates(source, lambda: datetime(2026, 12, 1, tzinfo=UTC))
+        products = service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=10)
+        views.append(([row.model_dump(mode="json") for row in products], service.customer("cus_1", None)))
+    aws.dynamodb.meta.events.unregister("before-parameter-build.dynamodb.Query", small_pages)
+
+    assert views[0] == views[1]
+    assert [row["sku"] for row in views[0][0]] == [f"SKU{n}" for n in range(5, 0, -1)]
+    assert views[0][1].orders_count == 3
