@@ -29,7 +29,7 @@ from core.hook_calls import (
 from core.models import Allocation
 from core.money import Money
 from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
+from core.plugin_manager import PluginInfo, build_plugin_manager
 from core.pricing import Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
 from core.sourcing_rules import SourcingRules
@@ -473,6 +473,31 @@ def test_a_gateway_busy_on_its_first_tries_is_told_each_attempt_and_asked_again_
 
     assert (made.reference, asked, slept) == ("auth_1", [0, 1, 2], [0.5, 1.0])
     assert [(failure.attempt, failure.kind) for failure in failures] == [(1, "transient"), (2, "transient")]
+
+
+def test_a_capture_while_a_plugin_failed_to_load_raises_it_asking_nobody_and_telling_no_failure():
+    # The ship answers plugin_unavailable naming the broken plugin: no gateway was asked, so the
+    # order records no failed capture attempt. Swallowed, the capture would come back as nothing
+    # answered, with no error for the step to stop on.
+    class Gateway:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise AssertionError("asked while a plugin failed to load")
+
+    plugins = build_plugin_manager()
+    plugins.register(Gateway(), name="gateway")
+    plugins.broken.append(
+        PluginInfo(name="acme_tax", status="broken", reason="RuntimeError: boom", error="RuntimeError")
+    )
+    failures = []
+    payments = Payments(plugins, sleep=lambda _: None)
+
+    with pytest.raises(PluginUnavailable, match="acme_tax"):
+        payments.retried(
+            "capture", lambda _: payments.capture("test", "a1", usd("1.00"), "ord_1", "k"), failures.append
+        )
+
+    assert failures == []
 
 
 CARD_WORDS = "declined: card 4111 1111 1111 1111 is expired"

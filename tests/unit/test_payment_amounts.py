@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import PluginError
+from core.errors import PaymentDeclined, PluginError
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -124,3 +124,17 @@ def test_a_refund_of_another_amount_is_not_recorded(world, hostile, amount_of):
     after = world.order(order.id)
     assert after.payment.refunded.amount == 0
     assert after.payment.captured == shipped.payment.captured
+
+
+def test_a_decline_that_names_another_amount_is_the_gateways_decline_not_a_plugin_error(world, hostile):
+    # A gateway that echoes an amount on a decline (half of it, a card's limit): the customer's card
+    # was declined, so the order fails its payment as any declined one does, never parked as a
+    # plugin's bug (the amount check is for what the gateway says it moved).
+    order_id = world.place(("TSHIRT", 2), token="tok_decline")
+    hostile.says("authorize", half)
+
+    with pytest.raises(PaymentDeclined):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    order = world.order(order_id)
+    assert (order.payment.authorization, order.payment.authorized.amount) == (None, 0)

@@ -706,3 +706,31 @@ def test_a_return_requested_long_ago_and_received_just_now_is_left_to_its_receip
 
     clock.advance(minutes=6)
     assert reconciler(world, clock, workflow).run() == [item.id]
+
+
+def test_a_return_stuck_on_a_gateway_outage_whose_pending_refund_was_then_refused_is_left_to_a_person(world):
+    """The outage left its refund pending; the pending-refund pass then had it refused. Nothing of
+    it is pending and the stuck record names no refusal, but the refund failed: a person decides
+    (another card, store credit). Started again, its workflow would ask the gateway again for a
+    refund it refused."""
+    clock = Clock()
+    returns = returns_service(world, clock, world.gateway)
+    workflow = InlineReturnWorkflow(returns)
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    world.gateway.script("refund", "transient")
+    stuck_on(returns, item.id, "refund", PaymentGatewayUnavailable, "the gateway is down")
+    world.gateway.script("refund", "refuse")
+    refunds = RefundService(
+        world.orders, Payments(load_plugin_manager(world.gateway, enable_test_payments=True)), clock
+    )
+    [refused] = refunds.finish_pending(item.order_id, "reconciler", unshown=True)
+    assert refused.status == "failed"
+    asked = len(world.gateway.keys("refund"))
+    clock.advance(hours=1)
+    methods = Payments(load_plugin_manager(world.gateway, enable_test_payments=True)).methods
+
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+
+    assert workflow.started == [] and len(world.gateway.keys("refund")) == asked
+    assert world.returns.get(item.id).status is R.RECEIVED
