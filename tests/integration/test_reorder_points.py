@@ -997,19 +997,26 @@ def test_orders_counted_where_a_cleared_point_bought_more_than_still_comes_are_b
     assert drafted(buyer) == {"wh-west": 2}
 
 
-def test_units_received_where_a_cleared_point_bought_them_are_not_bought_again_elsewhere(buyer: Buyer):
-    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in (3
-    available at wh-east, which the held order takes once released). A point set at wh-west then
-    found nothing on order or drafted at wh-east and placed the order at wh-west, buying its 3
-    a second time."""
+def received_while_held(buyer: Buyer, west_point: bool) -> str:
+    """`east_bought_then_cleared`, its draft submitted, the order held (an arrival passes it over)
+    and the 3 received at wh-east, where they are kept for it: the held order's id."""
     from core.holds import HoldRequest
 
-    draft_id = east_bought_then_cleared(buyer, west_point=False)
+    draft_id = east_bought_then_cleared(buyer, west_point)
     buyer.container.purchasing.submit(draft_id)
     held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
     buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
     receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
     buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    return held
+
+
+def test_units_received_where_a_cleared_point_bought_them_are_not_bought_again_elsewhere(buyer: Buyer):
+    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in (3
+    available at wh-east, which the held order takes once released). A point set at wh-west then
+    found nothing on order or drafted at wh-east and placed the order at wh-west, buying its 3
+    a second time."""
+    received_while_held(buyer, west_point=False)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
 
     settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
@@ -1024,14 +1031,7 @@ def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_i
     for the order) and another order took the 3, a reservation no filter passes. A point set at
     wh-yard then placed the held order again at wh-west's point, recorded there, but bought at
     wh-yard only: wh-west, counting it as its own from then on, never bought its 3."""
-    from core.holds import HoldRequest
-
-    draft_id = east_bought_then_cleared(buyer, west_point=True)
-    buyer.container.purchasing.submit(draft_id)
-    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
-    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
-    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    received_while_held(buyer, west_point=True)
     buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
     assert drafted(buyer) == {}
@@ -1055,14 +1055,7 @@ def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_r
     moves it from, so nothing placed it anew and nothing bought its 3: it waited for good."""
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-    from core.holds import HoldRequest
-
-    draft_id = east_bought_then_cleared(buyer, west_point=True)
-    buyer.container.purchasing.submit(draft_id)
-    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
-    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
-    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    received_while_held(buyer, west_point=True)
     buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
     buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
@@ -1091,15 +1084,10 @@ def test_a_held_order_whose_units_at_a_cleared_point_another_order_took_is_bough
     over, as an arrival passes it over), a reservation no filter passes. Released, the order found
     nothing there and waited, still counted at wh-east, and no record read it again: wh-west's
     point never bought its 3 and it waited for good."""
-    from core.holds import HoldRequest, ReleaseRequest
+    from core.holds import ReleaseRequest
     from tests.builders import place_order
 
-    draft_id = east_bought_then_cleared(buyer, west_point=True)
-    buyer.container.purchasing.submit(draft_id)
-    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
-    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
-    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    held = received_while_held(buyer, west_point=True)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
     body = {"external_id": "takes-them", "lines": [{"sku": "MUG", "quantity": 3}]}
     taker = buyer.container.capture.place(place_order(**body), actor="key_web").id
