@@ -940,6 +940,24 @@ def test_a_draft_cancelled_after_its_point_was_cleared_is_bought_at_the_other_po
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def test_an_order_a_cancelled_draft_placed_at_the_other_point_is_not_bought_again_by_a_third(buyer: Buyer):
+    """wh-east's draft held the 3 an order lacks; its point cleared, a person cancelled it and
+    wh-west's point bought the 3 for it. A point later set at wh-north (first by id, so a reading
+    that places the order anew places it there) must find the order bought at wh-west: placed there
+    but not recorded, it was placed at wh-north again and its 3 bought a second time."""
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.cancel(draft_id)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {"wh-west": 3}
+
+    buyer.container.catalog_repository.put_location(location("wh-north", latitude=44.9, longitude=-93.2))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-north", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_a_point_set_after_a_cleared_points_draft_was_cancelled_buys_for_the_order(buyer: Buyer):
     """wh-east's point, the only one, bought the 3 an order lacks; it was cleared and its draft
     cancelled: nothing can buy then. A point set at wh-west later bought nothing: the order was
