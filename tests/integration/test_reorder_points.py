@@ -1064,6 +1064,28 @@ def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_i
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def test_an_order_a_crossing_places_again_at_another_point_is_bought_for_there(buyer: Buyer):
+    """A held order is kept at cleared wh-east while the 3 received there are there; another
+    order takes them (a reservation no filter passes). A fall below wh-yard's point then reads
+    the held order anew and places it at wh-west's point (first by id): bought for only by
+    wh-yard's own reorder, wh-west would never buy its 3 and it would wait for good."""
+    received_while_held(buyer, west_point=True)
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-yard", 10, reason="stock_take")
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {}  # the held order is kept at wh-east, its 3 there
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+
+    buyer.container.inventory_repository.reserve("MUG", "wh-yard", reservation_key(f"ord_{1:024d}", "l1"), 6)
+    records = buyer.stream.records()  # 10 -> 4 at wh-yard: crossed
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-yard": 20, "wh-west": 3}
+
+
 def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_record_is_redelivered(
     buyer: Buyer, monkeypatch: pytest.MonkeyPatch
 ):
