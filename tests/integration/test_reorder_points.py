@@ -1286,6 +1286,29 @@ def test_a_crossing_counts_the_safety_stock_as_no_supply_for_the_backorders_too(
     assert drafted(buyer) == {"wh-east": 7 + 20 + 1}
 
 
+def test_a_stock_take_counted_under_the_reserved_units_counts_the_units_owed_against_the_point(buyer: Buyer):
+    """6 MUG on order, 2 of the 10 on hand reserved: a stock take finds none. Until its rejects send
+    the 2 back to wait, `available` is stored at -2: 4 of the 6 coming are left for the point of
+    5, so the fall reorders. Counted as 0, the 6 coming kept the position at the point and nothing
+    was bought, though the same fall read after the rejects (2 waiting against the 6) bought 20:
+    whether the point bought hung on which ran first."""
+    buyer.stock()
+    buyer.point()
+    open_po(buyer, 6)
+    buyer.reserve(1, each=2)  # 8 available, 6 on order
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert buyer.drafts() == []
+
+    from core.ports import ShortCount
+
+    short = ShortCount("MUG", "wh-east", "key_ops", datetime(2026, 12, 7, tzinfo=UTC))
+    releasing = {reservation_key(f"ord_{0:024d}", "l1"): 2}  # its rejects not landed yet
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-east", 0, "stock_take", releasing, short)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20}
+
+
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
     buyer.stock()
     buyer.point()
