@@ -393,9 +393,9 @@ def test_a_draft_grown_after_its_points_cost_changed_is_priced_at_the_new_cost_a
     assert [line.unit_cost for line in buyer.container.purchasing.get(sent.id).lines] == [dearer]
 
 
-def open_po(buyer: Buyer, quantity: int) -> str:
+def open_po(buyer: Buyer, quantity: int, location_id: str = "wh-east") -> str:
     line = {"sku": "MUG", "quantity": quantity, "unit_cost": {"amount": "4.00", "currency": "USD"}}
-    body = {"vendor_id": "acme", "location_id": "wh-east", "lines": [line]}
+    body = {"vendor_id": "acme", "location_id": location_id, "lines": [line]}
     return buyer.container.purchasing.create(NewPurchaseOrder.model_validate(body)).id
 
 
@@ -1084,6 +1084,28 @@ def test_an_order_a_crossing_places_again_at_another_point_is_bought_for_there(b
     buyer.consume(records)  # redelivered
 
     assert drafted(buyer) == {"wh-yard": 20, "wh-west": 3}
+
+
+def test_an_order_a_withdrawal_at_wh_yard_places_again_at_another_point_is_bought_for_there(buyer: Buyer):
+    """As a crossing's (above), a purchase order cancelled at wh-yard under its point (a
+    withdrawal) reads the held order anew, its units at cleared wh-east taken, and places it at
+    wh-west's point: recorded there but bought at wh-yard only, wh-west never bought its 3."""
+    received_while_held(buyer, west_point=True)
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-yard", 0, reason="stock_take")
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    po_id = open_po(buyer, 2, "wh-yard")  # 0 available + 2 on order, below the point already
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {}  # the held order is kept at wh-east, its 3 there
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+
+    buyer.container.purchasing.cancel(po_id)  # crosses nothing: a withdrawal
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
 
 
 def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_record_is_redelivered(
