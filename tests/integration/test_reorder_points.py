@@ -440,6 +440,22 @@ def test_the_draft_buys_for_the_backordered_orders_too(buyer: Buyer):
     assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20 + 30)]
 
 
+def test_a_fall_read_after_its_point_was_cleared_still_buys_what_the_backorders_lack(buyer: Buyer):
+    """The fall that an order of 40 made (10 -> 0, 30 lacking) reorders by the point it crossed,
+    though a person cleared the point before the stream was read: the 30 are bought on that
+    draft too. Counted by no point (none is set now), they were bought by nothing, the order's own
+    record buying nothing either, and it waited for good."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock()
+    buyer.point()
+    backordered(buyer, 40, "big")
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 30}
+
+
 def test_an_open_order_that_covers_the_point_but_not_the_backorders_still_reorders(buyer: Buyer):
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.stock()
