@@ -81,9 +81,12 @@ class ReorderBuying:
         waiting = demand.waiting[crossed.location_id]
         # What the orders lack is counted against the stock and the drafts now, each unit once
         # (`_level_after_draft`): the image's `incoming` beside the drafts now counted a draft
-        # submitted since nowhere, and bought its units again.
+        # submitted since nowhere, and bought its units again. `available` as stored: below zero
+        # after a stock take counted short, the units its rejects will send back to wait, which
+        # count against the point as they do once waiting (counted as 0, a fall read before the
+        # rejects bought nothing where one read after them bought `reorder_quantity`).
         now, drafted = self._level_after_draft(crossed.sku, crossed.location_id, crossed.settings)
-        position = max(now.available, 0) + now.incoming + drafted if now is not None else None
+        position = now.available + now.incoming + drafted if now is not None else None
         buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id], position)
         refused: list[str] = []
         draft = None

@@ -393,9 +393,9 @@ def test_a_draft_grown_after_its_points_cost_changed_is_priced_at_the_new_cost_a
     assert [line.unit_cost for line in buyer.container.purchasing.get(sent.id).lines] == [dearer]
 
 
-def open_po(buyer: Buyer, quantity: int) -> str:
+def open_po(buyer: Buyer, quantity: int, location_id: str = "wh-east") -> str:
     line = {"sku": "MUG", "quantity": quantity, "unit_cost": {"amount": "4.00", "currency": "USD"}}
-    body = {"vendor_id": "acme", "location_id": "wh-east", "lines": [line]}
+    body = {"vendor_id": "acme", "location_id": location_id, "lines": [line]}
     return buyer.container.purchasing.create(NewPurchaseOrder.model_validate(body)).id
 
 
@@ -438,6 +438,22 @@ def test_the_draft_buys_for_the_backordered_orders_too(buyer: Buyer):
 
     [draft] = buyer.drafts()
     assert [(line.sku, line.quantity) for line in draft.lines] == [("MUG", 20 + 30)]
+
+
+def test_a_fall_read_after_its_point_was_cleared_still_buys_what_the_backorders_lack(buyer: Buyer):
+    """The fall that an order of 40 made (10 -> 0, 30 lacking) reorders by the point it crossed,
+    though a person cleared the point before the stream was read: the 30 are bought on that
+    draft too. Counted by no point (none is set now), they were bought by nothing, the order's own
+    record buying nothing either, and it waited for good."""
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.stock()
+    buyer.point()
+    backordered(buyer, 40, "big")
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
+
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20 + 30}
 
 
 def test_an_open_order_that_covers_the_point_but_not_the_backorders_still_reorders(buyer: Buyer):
@@ -940,6 +956,24 @@ def test_a_draft_cancelled_after_its_point_was_cleared_is_bought_at_the_other_po
     assert drafted(buyer) == {"wh-west": 3}
 
 
+def test_an_order_a_cancelled_draft_placed_at_the_other_point_is_not_bought_again_by_a_third(buyer: Buyer):
+    """wh-east's draft held the 3 an order lacks; its point cleared, a person cancelled it and
+    wh-west's point bought the 3 for it. A point later set at wh-north (first by id, so a reading
+    that places the order anew places it there) must find the order bought at wh-west: placed there
+    but not recorded, it was placed at wh-north again and its 3 bought a second time."""
+    draft_id = east_bought_then_cleared(buyer, west_point=True)
+    buyer.container.purchasing.cancel(draft_id)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {"wh-west": 3}
+
+    buyer.container.catalog_repository.put_location(location("wh-north", latitude=44.9, longitude=-93.2))
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-north", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
 def test_a_point_set_after_a_cleared_points_draft_was_cancelled_buys_for_the_order(buyer: Buyer):
     """wh-east's point, the only one, bought the 3 an order lacks; it was cleared and its draft
     cancelled: nothing can buy then. A point set at wh-west later bought nothing: the order was
@@ -997,19 +1031,26 @@ def test_orders_counted_where_a_cleared_point_bought_more_than_still_comes_are_b
     assert drafted(buyer) == {"wh-west": 2}
 
 
-def test_units_received_where_a_cleared_point_bought_them_are_not_bought_again_elsewhere(buyer: Buyer):
-    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in (3
-    available at wh-east, which the held order takes once released). A point set at wh-west then
-    found nothing on order or drafted at wh-east and placed the order at wh-west, buying its 3
-    a second time."""
+def received_while_held(buyer: Buyer, west_point: bool) -> str:
+    """`east_bought_then_cleared`, its draft submitted, the order held (an arrival passes it over)
+    and the 3 received at wh-east, where they are kept for it: the held order's id."""
     from core.holds import HoldRequest
 
-    draft_id = east_bought_then_cleared(buyer, west_point=False)
+    draft_id = east_bought_then_cleared(buyer, west_point)
     buyer.container.purchasing.submit(draft_id)
     held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
     buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
     receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
     buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    return held
+
+
+def test_units_received_where_a_cleared_point_bought_them_are_not_bought_again_elsewhere(buyer: Buyer):
+    """wh-east's point bought the 3 a held order lacks and was cleared; the PO came in (3
+    available at wh-east, which the held order takes once released). A point set at wh-west then
+    found nothing on order or drafted at wh-east and placed the order at wh-west, buying its 3
+    a second time."""
+    received_while_held(buyer, west_point=False)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
 
     settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
@@ -1024,14 +1065,7 @@ def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_i
     for the order) and another order took the 3, a reservation no filter passes. A point set at
     wh-yard then placed the held order again at wh-west's point, recorded there, but bought at
     wh-yard only: wh-west, counting it as its own from then on, never bought its 3."""
-    from core.holds import HoldRequest
-
-    draft_id = east_bought_then_cleared(buyer, west_point=True)
-    buyer.container.purchasing.submit(draft_id)
-    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
-    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
-    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    received_while_held(buyer, west_point=True)
     buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
     assert drafted(buyer) == {}
@@ -1039,6 +1073,50 @@ def test_an_order_placed_again_by_another_locations_record_is_bought_for_where_i
     buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
     settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
     buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    records = buyer.stream.records()
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-west": 3}
+
+
+def test_an_order_a_crossing_places_again_at_another_point_is_bought_for_there(buyer: Buyer):
+    """A held order is kept at cleared wh-east while the 3 received there are there; another
+    order takes them (a reservation no filter passes). A fall below wh-yard's point then reads
+    the held order anew and places it at wh-west's point (first by id): bought for only by
+    wh-yard's own reorder, wh-west would never buy its 3 and it would wait for good."""
+    received_while_held(buyer, west_point=True)
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-yard", 10, reason="stock_take")
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {}  # the held order is kept at wh-east, its 3 there
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+
+    buyer.container.inventory_repository.reserve("MUG", "wh-yard", reservation_key(f"ord_{1:024d}", "l1"), 6)
+    records = buyer.stream.records()  # 10 -> 4 at wh-yard: crossed
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    buyer.consume(records)  # redelivered
+
+    assert drafted(buyer) == {"wh-yard": 20, "wh-west": 3}
+
+
+def test_an_order_a_withdrawal_at_wh_yard_places_again_at_another_point_is_bought_for_there(buyer: Buyer):
+    """As a crossing's (above), a purchase order cancelled at wh-yard under its point (a
+    withdrawal) reads the held order anew, its units at cleared wh-east taken, and places it at
+    wh-west's point: recorded there but bought at wh-yard only, wh-west never bought its 3."""
+    received_while_held(buyer, west_point=True)
+    buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-yard", 0, reason="stock_take")
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
+    buyer.container.purchasing_repository.set_reorder("MUG", "wh-yard", settings)
+    po_id = open_po(buyer, 2, "wh-yard")  # 0 available + 2 on order, below the point already
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert drafted(buyer) == {}  # the held order is kept at wh-east, its 3 there
+    buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
+
+    buyer.container.purchasing.cancel(po_id)  # crosses nothing: a withdrawal
     records = buyer.stream.records()
     assert buyer.consume(records) == {"batchItemFailures": []}
     buyer.consume(records)  # redelivered
@@ -1055,14 +1133,7 @@ def test_an_order_placed_again_is_bought_for_there_when_the_buy_failed_and_the_r
     moves it from, so nothing placed it anew and nothing bought its 3: it waited for good."""
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-    from core.holds import HoldRequest
-
-    draft_id = east_bought_then_cleared(buyer, west_point=True)
-    buyer.container.purchasing.submit(draft_id)
-    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
-    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
-    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    received_while_held(buyer, west_point=True)
     buyer.container.inventory_repository.reserve("MUG", "wh-east", reservation_key(f"ord_{0:024d}", "l1"), 3)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
     buyer.container.catalog_repository.put_location(location("wh-yard", latitude=40.7, longitude=-74.0))
@@ -1091,15 +1162,10 @@ def test_a_held_order_whose_units_at_a_cleared_point_another_order_took_is_bough
     over, as an arrival passes it over), a reservation no filter passes. Released, the order found
     nothing there and waited, still counted at wh-east, and no record read it again: wh-west's
     point never bought its 3 and it waited for good."""
-    from core.holds import HoldRequest, ReleaseRequest
+    from core.holds import ReleaseRequest
     from tests.builders import place_order
 
-    draft_id = east_bought_then_cleared(buyer, west_point=True)
-    buyer.container.purchasing.submit(draft_id)
-    held = buyer.container.backorders.waiting("MUG", None, 1)[0].order_id
-    buyer.container.holds.hold(held, HoldRequest(reason="customer_request"), actor="key_ops")
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
-    buyer.container.purchasing.receive(draft_id, receipt, "all of it")
+    held = received_while_held(buyer, west_point=True)
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
     body = {"external_id": "takes-them", "lines": [{"sku": "MUG", "quantity": 3}]}
     taker = buyer.container.capture.place(place_order(**body), actor="key_web").id
@@ -1155,14 +1221,15 @@ def test_units_on_the_former_vendors_draft_are_not_bought_again_from_the_new_one
     assert buyer.container.replenishment.drafted("MUG", "wh-east", settings) == 3 + 2
 
 
-@pytest.mark.parametrize("during", ["the draft's reading", "the stock's reading"])
+@pytest.mark.parametrize("during", ["the draft's reading", "the stock's reading", "the draft's reading again"])
 def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer: Buyer, monkeypatch, during: str):
     """The first order's 3 units are on the draft; a second order waits for 2 more. A person submits
     the draft while the second order's record is handled: its 3 units move from the draft to
     `incoming` (one transaction). Stock read before the draft and the draft after the submit
     counted them nowhere and bought them again (5 on a new draft, seen on the local stack); the
     draft read before the stock and the stock after the submit counts them twice and buys nothing
-    for the 2 the orders lack."""
+    for the 2 the orders lack. Submitted after the stock was read, between the two readings of the
+    draft, the readings differ and the stock is read again."""
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.point()
     backordered(buyer, 3, "first")
@@ -1180,7 +1247,7 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
 
     def reading_draft(*args: Any) -> int:
         drafts_read.append(args)
-        if during == "the draft's reading":
+        if during == "the draft's reading" or (during == "the draft's reading again" and len(drafts_read) == 2):
             submit_once()
         return read_draft(*args)
 
@@ -1256,6 +1323,29 @@ def test_a_crossing_counts_the_safety_stock_as_no_supply_for_the_backorders_too(
     buyer.consume(buyer.stream.records())
 
     assert drafted(buyer) == {"wh-east": 7 + 20 + 1}
+
+
+def test_a_stock_take_counted_under_the_reserved_units_counts_the_units_owed_against_the_point(buyer: Buyer):
+    """6 MUG on order, 2 of the 10 on hand reserved: a stock take finds none. Until its rejects send
+    the 2 back to wait, `available` is stored at -2: 4 of the 6 coming are left for the point of
+    5, so the fall reorders. Counted as 0, the 6 coming kept the position at the point and nothing
+    was bought, though the same fall read after the rejects (2 waiting against the 6) bought 20:
+    whether the point bought hung on which ran first."""
+    buyer.stock()
+    buyer.point()
+    open_po(buyer, 6)
+    buyer.reserve(1, each=2)  # 8 available, 6 on order
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+    assert buyer.drafts() == []
+
+    from core.ports import ShortCount
+
+    short = ShortCount("MUG", "wh-east", "key_ops", datetime(2026, 12, 7, tzinfo=UTC))
+    releasing = {reservation_key(f"ord_{0:024d}", "l1"): 2}  # its rejects not landed yet
+    buyer.container.inventory_repository.set_on_hand("MUG", "wh-east", 0, "stock_take", releasing, short)
+    assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert drafted(buyer) == {"wh-east": 20}
 
 
 def test_units_on_order_that_do_not_reach_the_point_still_reorder(buyer: Buyer):
