@@ -52,8 +52,15 @@ def catalog(aws):
 
 
 @pytest.fixture
-def inventory(aws):
+def inventory(aws, request):
+    """The DynamoDB adapter; in a test run on both stores (BOTH_STORES), the in-memory one the unit
+    tests' worlds use too, for its "memory" run: the two must answer alike."""
+    if getattr(request, "param", "dynamodb") == "memory":
+        return InMemoryInventory()
     return DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+
+
+BOTH_STORES = pytest.mark.parametrize("inventory", ["dynamodb", "memory"], indirect=True)
 
 
 # `orders` and `capture` (TSHIRT, 1,000 at wh-east): tests/integration/conftest.py.
@@ -143,10 +150,9 @@ def test_a_count_below_reserved_lands_only_with_the_reservations_it_releases_sti
     assert (level.on_hand, level.reserved, level.available, held) == (5, 4, 1, {"ord_a#L1": 4})
 
 
-@pytest.mark.parametrize("store", ["dynamodb", "memory"])
-def test_a_count_of_exactly_the_reserved_units_lands_with_none_available(inventory, store):
+@BOTH_STORES
+def test_a_count_of_exactly_the_reserved_units_lands_with_none_available(inventory):
     # Every reserved unit is on the shelf and nothing more: nothing to reject, no 409.
-    inventory = inventory if store == "dynamodb" else InMemoryInventory()
     inventory.set_on_hand("TSHIRT", "wh-east", 10, "count")
     inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 4)
 
@@ -155,12 +161,11 @@ def test_a_count_of_exactly_the_reserved_units_lands_with_none_available(invento
     assert (level.on_hand, level.reserved, level.available) == (4, 4, 0)
 
 
-@pytest.mark.parametrize("store", ["dynamodb", "memory"])
-def test_a_count_that_fits_ends_the_mark_of_a_short_one_before_it(inventory, store):
+@BOTH_STORES
+def test_a_count_that_fits_ends_the_mark_of_a_short_one_before_it(inventory):
     # A stock take recorded short, its function dead before its rejects: its mark lists it for the
     # reconciler's pass. A count since that fits counted every reserved unit there: nothing is left
     # for the pass to finish.
-    inventory = inventory if store == "dynamodb" else InMemoryInventory()
     inventory.set_on_hand("TSHIRT", "wh-east", 10, "count")
     inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 4)
     inventory.reserve("TSHIRT", "wh-east", "ord_b#L1", 4)
@@ -418,11 +423,10 @@ def test_reservations_are_read_consistently(aws, inventory):
     assert [spec["ConsistentRead"] for params in asked for spec in params["RequestItems"].values()] == [True]
 
 
-@pytest.mark.parametrize("store", ["dynamodb", "memory"])
-def test_a_reservation_repeated_is_a_no_op_only_for_the_units_it_holds(inventory, store):
+@BOTH_STORES
+def test_a_reservation_repeated_is_a_no_op_only_for_the_units_it_holds(inventory):
     # A twin run of ReserveStock that planned another quantity under the same key does not take
     # the key as its own: it would record units the key does not hold.
-    inventory = inventory if store == "dynamodb" else InMemoryInventory()
     inventory.set_on_hand("MUG", "wh-west", 5, "count")
     inventory.reserve("MUG", "wh-west", "ord_1#L1", 3)
 
@@ -435,9 +439,8 @@ def test_a_reservation_repeated_is_a_no_op_only_for_the_units_it_holds(inventory
     assert (level.on_hand, level.reserved, level.available) == (5, 3, 2)
 
 
-@pytest.mark.parametrize("store", ["dynamodb", "memory"])
-def test_a_reservation_leaves_the_safety_stock_available_and_holds_only_its_own_units(inventory, store):
-    inventory = inventory if store == "dynamodb" else InMemoryInventory()
+@BOTH_STORES
+def test_a_reservation_leaves_the_safety_stock_available_and_holds_only_its_own_units(inventory):
     inventory.set_on_hand("MUG", "wh-west", 4, "count")
 
     with pytest.raises(InsufficientStock):  # 3 of the 4 would leave 1 of the 2 kept
@@ -467,9 +470,8 @@ def test_a_twin_reserve_under_a_key_a_full_item_holds_is_a_shortage_not_a_full_i
         inventory.reserve("MUG", "wh-west", "ord_3#L1", 1)
 
 
-@pytest.mark.parametrize("store", ["dynamodb", "memory"])
-def test_a_release_repeated_or_of_a_key_never_held_changes_nothing(inventory, store):
-    inventory = inventory if store == "dynamodb" else InMemoryInventory()
+@BOTH_STORES
+def test_a_release_repeated_or_of_a_key_never_held_changes_nothing(inventory):
     inventory.set_on_hand("MUG", "wh-west", 5, "count")
     inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)
     inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
@@ -507,12 +509,11 @@ def test_a_reservation_write_at_a_throttled_table_raises_for_its_step_to_retry(a
     assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_2#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
 
 
-@pytest.mark.parametrize("store", ["dynamodb", "memory"])
-def test_an_orders_reservations_are_rearranged_in_one_conditional_write(inventory, store):
+@BOTH_STORES
+def test_an_orders_reservations_are_rearranged_in_one_conditional_write(inventory):
     # A line whose id an edit changed, grown, split: the units move between the order's keys, the
     # difference taken from or given back to available, with no moment when another order's
     # reservation could take them.
-    inventory = inventory if store == "dynamodb" else InMemoryInventory()
     inventory.set_on_hand("MUG", "wh-west", 5, "count")
     inventory.reserve("MUG", "wh-west", "ord_1#L2", 3)
     inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
