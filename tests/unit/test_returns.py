@@ -434,6 +434,17 @@ def test_the_window_runs_from_shipment_when_not_yet_delivered(world, clock, monk
     assert refused.value.code == "return_window_closed"
 
 
+def returnable_until_day_40(returns: Returns, clock: Clock, order_id: str) -> None:
+    """Asserts a unit of the order's L1 may be returned on day 35 and is refused on day 41
+    (`return_window_closed`): the default 30 days from its delivery on day 10."""
+    clock.now = NOW + timedelta(days=35)
+    assert returns.request(order_id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
+    clock.now = NOW + timedelta(days=41)
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order_id, ask(("L1", 1, None)), actor="key_cs")
+    assert refused.value.code == "return_window_closed"
+
+
 def test_the_window_runs_from_delivery_when_the_parcel_took_days_to_arrive(clock):
     # Shipped on day 0 and delivered on day 10: the default 30 days run to day 40, not day 30.
     world_clock = Clock()
@@ -445,12 +456,7 @@ def test_the_window_runs_from_delivery_when_the_parcel_took_days_to_arrive(clock
     world_clock.days_later(10)
     world.actions.deliver(order.id, shipment.id, actor="key_wh")
 
-    clock.now = NOW + timedelta(days=35)
-    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
-    clock.now = NOW + timedelta(days=41)
-    with pytest.raises(InvalidRequest) as refused:
-        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-    assert refused.value.code == "return_window_closed"
+    returnable_until_day_40(returns, clock, order.id)
 
 
 def test_a_line_split_over_two_parcels_is_returnable_until_the_later_parcels_window_closes(clock):
@@ -464,12 +470,7 @@ def test_a_line_split_over_two_parcels_is_returnable_until_the_later_parcels_win
         world.actions.deliver(order.id, shipment.id, actor="key_wh")
         world_clock.days_later(10)
 
-    clock.now = NOW + timedelta(days=35)
-    assert returns.request(order.id, ask(("L1", 1, None)), actor="key_cs").status is R.AUTHORIZED
-    clock.now = NOW + timedelta(days=41)
-    with pytest.raises(InvalidRequest) as refused:
-        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-    assert refused.value.code == "return_window_closed"
+    returnable_until_day_40(returns, clock, order.id)
 
 
 def test_a_lines_window_runs_from_its_own_parcel_not_a_later_one_of_other_lines(clock):
