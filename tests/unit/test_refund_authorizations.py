@@ -634,3 +634,36 @@ def test_a_split_return_refund_refused_in_part_then_capped_by_a_goodwill_keeps_b
     assert paid.captured == order.totals.grand_total
     assert paid.captured - paid.refunded == order.totals.grand_total - mug.total - caps.total - goodwill
     assert returns.get(item.id).refund == mug.total + caps.total
+
+
+def test_a_return_whose_split_refund_went_back_whole_and_whose_step_died_before_marking_it_shows_it_once(
+    world, clock, monkeypatch
+):
+    # The mug's and the caps' parts both went back; the step died before it marked the return
+    # refunded. Its retry finds the refund made and marks the return with it, once: counting the
+    # parts of a refund that succeeded as what a refused attempt gave back showed it twice.
+    _, second = renewed_between_parcels(world, clock)
+    mug, caps = second.lines
+    returns = returns_of(world, clock)
+    lines = (("L1", 1), ("L2", 3))
+    asked = [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]
+    item = returns.request(second.id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
+    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    real = world.returns.update
+
+    def dies_marking_it_refunded(new, expected, *args, **kwargs):
+        if new.status.value == "refunded":
+            monkeypatch.setattr(world.returns, "update", real)
+            raise Died("return refunded")
+        real(new, expected, *args, **kwargs)
+
+    monkeypatch.setattr(world.returns, "update", dies_marking_it_refunded)
+    with pytest.raises(Died):
+        returns.settle(item.id, actor="key_wh")
+
+    done = returns.settle(item.id, actor="key_wh")
+
+    [refund] = world.order(second.id).payment.refunds
+    assert [p.status for p in refund.parts or []] == ["succeeded", "succeeded"]
+    assert (done.status.value, done.refund) == ("refunded", mug.total + caps.total)
