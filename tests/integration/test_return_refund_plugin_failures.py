@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from core import hookimpl
-from core.errors import PaymentPluginFailed
+from core.errors import PaymentPluginFailed, PluginUnavailable
+from core.plugin_manager import PluginInfo
 from plugins import test_payments
 from tests.integration import return_steps, test_cancel_units_api
 from tests.integration.return_steps import RECEIPT, later, received, refunds, step, stuck
@@ -225,3 +226,38 @@ def test_a_return_stuck_on_its_refund_plugin_is_marked_refunded_once_by_the_reco
     assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == amount
     assert api.get(f"/orders/{order['id']}/history").json()["items"] == before  # the step's mark: the return's alone
     assert reconciler.return_workflow.started == []
+
+
+@contextmanager
+def failed_to_load(services: Any) -> Iterator[None]:
+    """A plugin (acme_returns) failed to load in the API's and the return step's containers."""
+    from functions.return_workflow import app as step_app
+
+    broken = PluginInfo(name="acme_returns", status="broken", reason="RuntimeError: boom", error="RuntimeError")
+    managers = [services.plugins, step_app.container().plugins]
+    for manager in managers:
+        manager.broken.append(broken)
+    try:
+        yield
+    finally:
+        for manager in managers:
+            manager.broken.remove(broken)
+
+
+def test_a_return_refunded_while_a_plugin_failed_to_load_refunds_nothing_until_it_loads(api, services):
+    # The failed plugin may be the one that says what a return refunds: the Refund step refuses
+    # (PluginUnavailable, naming it) before asking anybody, and refunds once the plugins load.
+    order, return_id = received(api)
+
+    with failed_to_load(services), pytest.raises(PluginUnavailable, match="acme_returns"):
+        step("refund", return_id)
+
+    assert api.get(f"/returns/{return_id}").json()["status"] == "received"
+    assert refunds(api, order["id"]) == []
+    assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == "0.00"
+
+    step("refund", return_id)  # the state machine's retry, the plugins loaded
+
+    done = api.get(f"/returns/{return_id}").json()
+    assert done["status"] == "refunded"
+    assert refunds(api, order["id"]) == [("succeeded", money(done["refund"]))]

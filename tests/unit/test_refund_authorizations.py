@@ -594,3 +594,76 @@ def test_a_returns_split_refund_the_reconciler_hears_refused_after_its_first_par
     after = world.order(second.id)
     assert answered.status == "failed" and after.payment.refunded == mug.total
     assert after.returns_to_show == [item.id]
+
+
+@pytest.mark.parametrize("left", ["0.00", "2.00"], ids=["goodwill-took-it-all", "goodwill-left-2.00"])
+def test_a_split_return_refund_refused_in_part_then_capped_by_a_goodwill_keeps_back_only_what_did_not_go_back(
+    world, clock, left
+):
+    # The mug's part of the return's refund went back on the first authorization before the renewed
+    # one refused the caps' part; a goodwill then left `left` refundable, so the return's next
+    # attempt gives that and keeps the rest of the caps back for the pens' capture. Keeping the
+    # mug back too, the pens' capture refunded the mug a second time.
+    world.catalog.put_location(location("wh-north", name="North warehouse"))
+    world.inventory.set_on_hand("PEN", "wh-north", 10, reason="count")
+    order = world.allocated(("MUG", 1), ("CAP", 3), ("PEN", 10))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh_west")
+    clock.days_later(10)
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh_east")
+    mug, caps, _ = order.lines
+    world.gateway.script("refund", "approve", "refuse")
+    returns = returns_of(world, clock)
+    lines = (("L1", 1), ("L2", 3))
+    asked = [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]
+    item = returns.request(order.id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
+    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    assert returns.settle(item.id, actor="key_wh").status.value == "received"
+    paid = world.order(order.id).payment
+    assert paid.refunded == mug.total
+    goodwill = paid.captured - paid.refunded - Money.of(left, "USD")
+    world.gateway.script("refund", "approve")
+    assert world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs").status == "succeeded"
+
+    assert returns.settle(item.id, actor="key_wh").status.value == "refunded"
+    pens = world.shipment_at(order, "wh-north")
+    world.actions.ship(order.id, pens, None, actor="key_wh")
+    after = world.actions.deliver(order.id, pens, actor="key_wh")
+
+    paid = after.payment
+    assert paid.captured == order.totals.grand_total
+    assert paid.captured - paid.refunded == order.totals.grand_total - mug.total - caps.total - goodwill
+    assert returns.get(item.id).refund == mug.total + caps.total
+
+
+def test_a_return_whose_split_refund_went_back_whole_and_whose_step_died_before_marking_it_shows_it_once(
+    world, clock, monkeypatch
+):
+    # The mug's and the caps' parts both went back; the step died before it marked the return
+    # refunded. Its retry finds the refund made and marks the return with it, once: counting the
+    # parts of a refund that succeeded as what a refused attempt gave back showed it twice.
+    _, second = renewed_between_parcels(world, clock)
+    mug, caps = second.lines
+    returns = returns_of(world, clock)
+    lines = (("L1", 1), ("L2", 3))
+    asked = [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]
+    item = returns.request(second.id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
+    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    real = world.returns.update
+
+    def dies_marking_it_refunded(new, expected, *args, **kwargs):
+        if new.status.value == "refunded":
+            monkeypatch.setattr(world.returns, "update", real)
+            raise Died("return refunded")
+        real(new, expected, *args, **kwargs)
+
+    monkeypatch.setattr(world.returns, "update", dies_marking_it_refunded)
+    with pytest.raises(Died):
+        returns.settle(item.id, actor="key_wh")
+
+    done = returns.settle(item.id, actor="key_wh")
+
+    [refund] = world.order(second.id).payment.refunds
+    assert [p.status for p in refund.parts or []] == ["succeeded", "succeeded"]
+    assert (done.status.value, done.refund) == ("refunded", mug.total + caps.total)
