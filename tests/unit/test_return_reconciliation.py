@@ -183,7 +183,7 @@ def test_a_return_set_aside_is_listed_again_by_its_next_write(world):
     assert list(index.received_before(clock())) == []
 
     stored = world.returns.get(item.id)
-    world.returns.update(stored.with_label("ups", "1Z", "labels/x", at=clock()), stored)  # any change of it
+    world.returns.update(stored.listed_again(), stored)  # any new version of it
 
     assert list(index.received_before(clock())) == [item.id]
 
