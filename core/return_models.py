@@ -301,9 +301,6 @@ class Return(BaseModel):
             raise InvalidTransition(f"a return that is {self.status} cannot be cancelled")
         return self._next(ReturnStatus.CANCELLED, at)
 
-    def with_label(self, carrier: str, tracking_number: str, label_key: str, *, at: datetime) -> "Return":
-        return self._next(None, at, carrier=carrier, tracking_number=tracking_number, label_url=label_key)
-
     def receive(self, receipt: ReceiveReturn, *, at: datetime, by: str) -> "Return":
         """The units of `receipt` arrived at its location, received by the API key `by`. Only an
         authorized return is received, once; more units of a line than it authorized is

@@ -26,7 +26,6 @@ from core.errors import (
     InsufficientStock,
     InvalidRequest,
     KeptRefused,
-    NoPaymentPlugin,
     NoPrice,
     NoShippingMethod,
     NotFound,
@@ -1495,20 +1494,6 @@ class Returns:
             and (entry.detail or {}).get("execution") == execution
             for entry in found[1]
         )
-
-    def settle(self, return_id: str, actor: str) -> Return:
-        """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
-        exchange),
-        each skipping what is done. A refund not done yet (refused, the gateway still
-        unavailable, the payment plugin failing, or a pending one no payment plugin takes) leaves
-        the return `received`, its refund pending under its key: running this again finishes it."""
-        self.restock(return_id)
-        self.record_on_order(return_id, actor)
-        try:
-            self.refund(return_id, actor)
-            return self.exchange(return_id, actor)
-        except (RefundNotDone, PaymentGatewayUnavailable, PaymentPluginFailed, NoPaymentPlugin):
-            return self.get(return_id)
 
     # --- History ----------------------------------------------------------------------------
     def owed_entries(self, order: Order) -> list[HistoryEntry]:

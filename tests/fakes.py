@@ -7,10 +7,11 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from core import hookimpl
-from core.errors import TransientError
+from core.errors import NoPaymentPlugin, PaymentGatewayUnavailable, PaymentPluginFailed, TransientError
 from core.money import Money
 from core.ports import ReturnWorkflowStarter
-from core.returns import Returns
+from core.return_models import Return
+from core.returns import RefundNotDone, Returns
 from core.webhooks import DeliveryMessage, DeliveryQueue
 from core.workflow_types import PaymentResult
 from plugins import test_payments
@@ -173,8 +174,25 @@ class AnswersLost:
         return self._answer("refund", (yield))
 
 
+def run_return_workflow(returns: Returns, return_id: str, actor: str) -> Return:
+    """The returns workflow's steps after a receipt, at once and in its state machine's order
+    (infra/return_workflow.asl.json: Receive, Restock, RecordOnOrder, Refund, Exchange): restock,
+    the order's count, refund, exchange, each skipping what is done. Receive's check is restock's
+    own first read (a return not received raises ReturnNotReceived there). A refund not done yet
+    (refused, the gateway still unavailable, the payment plugin failing, or a pending one no
+    payment plugin takes), which the state machine retries and then records stuck, leaves the
+    return `received`, its refund pending under its key: running this again finishes it."""
+    returns.restock(return_id)
+    returns.record_on_order(return_id, actor)
+    try:
+        returns.refund(return_id, actor)
+        return returns.exchange(return_id, actor)
+    except (RefundNotDone, PaymentGatewayUnavailable, PaymentPluginFailed, NoPaymentPlugin):
+        return returns.get(return_id)
+
+
 class InlineReturnWorkflow(ReturnWorkflowStarter):
-    """The returns workflow's steps run at once, in the caller (core.returns.Returns.settle): for
+    """The returns workflow's steps run at once, in the caller (run_return_workflow): for
     the in-process API, which has no state machine. `returns` is the service to run them on (given
     here, or set once the service that starts this workflow is built)."""
 
@@ -185,7 +203,7 @@ class InlineReturnWorkflow(ReturnWorkflowStarter):
     def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
         assert self.returns is not None, "give the InlineReturnWorkflow its Returns service"
         self.started.append(return_id)
-        self.returns.settle(return_id, actor="returns-workflow")
+        run_return_workflow(self.returns, return_id, actor="returns-workflow")
 
 
 Q = TypeVar("Q", bound=DeliveryQueue)

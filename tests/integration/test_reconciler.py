@@ -18,7 +18,7 @@ from core.notifications import Notification, notifications
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body, template_schedule
 from tests.conftest import forget_business_metrics
-from tests.fakes import FakeLabels
+from tests.fakes import FakeLabels, run_return_workflow
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.integration.conftest import PASS_MACHINE, dying_at_the_ship_write, pass_through_workflow, queries_sent
 from tests.unit.conftest import a_stored_order
@@ -1468,7 +1468,7 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
     order, caps, return_id = mugs_back_after_goodwill(services)
     goodwill = Money.of("1.00", "USD")
-    services.returns.settle(return_id, actor="key_wh")
+    run_return_workflow(services.returns, return_id, actor="key_wh")
     with monkeypatch.context() as patched:
         patched.setattr(UnitCancellation, "refund_kept_back", lambda self, order, actor, refusals=None: order)
         services.actions.ship(order.id, caps, None, actor="key_wh")
@@ -1559,7 +1559,7 @@ def test_what_a_return_kept_back_is_refunded_in_the_pass_that_finishes_its_own_r
     with monkeypatch.context() as patched:
         patched.setattr(RefundService, "_ask_gateway", dies)
         with pytest.raises(TimeoutError):
-            services.returns.settle(return_id, actor="key_wh")
+            run_return_workflow(services.returns, return_id, actor="key_wh")
         patched.setattr(RefundService, "finish_pending", down)
         services.actions.ship(order.id, caps, None, actor="key_wh")
         services.actions.deliver(order.id, caps, actor="key_wh")
@@ -1617,7 +1617,7 @@ def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refun
     aws = stack["aws"]
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
     order, caps, return_id = mugs_back_after_goodwill(services)
-    shown = services.returns.settle(return_id, actor="key_wh").refund
+    shown = run_return_workflow(services.returns, return_id, actor="key_wh").refund
 
     caps_delivered_then_refunded_by_a_pass_that_dies(services, order, caps, monkeypatch)
     finished = services.order_repository.get(order.id)
@@ -1872,7 +1872,7 @@ def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_rec
     orders_table, returns_table = aws.tables["OrdersTable"], aws.tables["ReturnsTable"]
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
     order, caps, return_id = mugs_back_after_goodwill(services)
-    shown = services.returns.settle(return_id, actor="key_wh").refund
+    shown = run_return_workflow(services.returns, return_id, actor="key_wh").refund
     one_mug = [{"sku": "MUG", "quantity": 1}]
     typical = services.capture.place(place_order(external_id="typical", lines=one_mug), actor="k")
 
@@ -1942,11 +1942,11 @@ def test_the_upgrade_marks_no_replacement_whose_returns_show_what_went_back_for_
     order = delivered(services.capture.place(place_order(external_id="web-x", lines=lines), actor="key_web").id)
     item = services.returns.request(order.id, exchange_of("L1", 1, ("MUG", 1), ("CAP", 1)), actor="key_cs")
     services.returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = delivered(services.returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = delivered(run_return_workflow(services.returns, item.id, actor="key_wh").exchange_order_id or "")
     wrong = ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item"))  # its shipping goes back too
     back = services.returns.request(replacement.id, wrong, actor="key_cs")
     services.returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
-    done = services.returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(services.returns, back.id, actor="key_wh")
     replacement = services.order_repository.get(replacement.id)
     assert done.refund == replacement.totals.grand_total > replacement.payment.refunded  # the credit paid the rest
 
@@ -1979,14 +1979,14 @@ def test_the_upgrade_marks_a_return_of_a_replacement_s_replacement_left_short_on
     def exchanged(order: Order) -> Order:
         item = services.returns.request(order.id, exchange_of("L1", 1, ("MUG", 1)), actor="key_cs")
         services.returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        return delivered(services.returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+        return delivered(run_return_workflow(services.returns, item.id, actor="key_wh").exchange_order_id or "")
 
     lines = [{"sku": "MUG", "quantity": 1}]
     order = delivered(services.capture.place(place_order(external_id="web-y", lines=lines), actor="key_web").id)
     second = exchanged(exchanged(order))
     back = services.returns.request(second.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     services.returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    done = services.returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(services.returns, back.id, actor="key_wh")
     first = services.returns.get(second.exchange_of or "").order_id
     up_the_chain = [
         r.reason for o in (first, order.id) for r in services.order_repository.get(o).payment.refunds

@@ -17,6 +17,7 @@ from core.unit_cancellation import SETTLEMENT_REASON
 from core.workflow import CANCEL_RECORDED
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
+from tests.fakes import run_return_workflow
 from tests.unit.test_authorization_sweep import sweep as authorization_sweep
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_pending_refund_sweep import sweep as pending_refund_sweep
@@ -399,7 +400,7 @@ def replacement_left_below_its_credit(pickup: bool, *, below: bool = True) -> tu
             world.actions.ship(original.id, shipment.id, None, actor="key_wh")
         item = returns.request(original.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     if pickup:
         world.actions.ready(replacement.id, replacement.shipments[0].id, actor="key_store")
         if below:

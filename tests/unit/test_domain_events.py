@@ -574,7 +574,8 @@ def _return_steps() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dic
         updated_at=at,
         version=1,
     )
-    approved = requested.approve(None, at=at).with_label("flat", "1Z1", "labels/rma/label.pdf", at=at)
+    # Labelled at its approval's version, as Returns.approve labels it.
+    approved = requested.approve(None, at=at).labelled("flat", "1Z1", "labels/rma/label.pdf")
     receipt = ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}])
     received = approved.receive(receipt, at=at, by="key_wh")
     refunded = received.refunded(usd("10.00"), at=at)

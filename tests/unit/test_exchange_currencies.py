@@ -16,6 +16,7 @@ from core.pricing_types import PricingDraft, ShippingQuote
 from core.refunds import cumulative_share
 from core.status import OrderStatus, ReturnStatus
 from tests.builders import NOW, product
+from tests.fakes import run_return_workflow
 from tests.unit.test_returns import delivered, exchange_of, receipt, returns_for
 from tests.unit.world import Clock, World, build_world
 
@@ -60,7 +61,7 @@ def test_an_exchange_of_discounted_units_pays_to_the_last_minor_unit(currency: s
 
     item = returns.request(order.id, exchange_of("L1", 2, (wanted, 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     zero = Money.zero(currency)
     replacement = world.order(settled.exchange_order_id or "")

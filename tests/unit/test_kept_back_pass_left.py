@@ -13,6 +13,7 @@ from core.events import OrderEvent
 from core.models import Order
 from core.status import OrderStatus
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
+from tests.fakes import run_return_workflow
 from tests.unit.test_capture_sweep import NOTHING, InMemorySettlementCaptures
 from tests.unit.test_capture_sweep import sweep as capture_sweep
 from tests.unit.test_death_between_writes import dies_after_recording, passes, settled_once_by_the_passes
@@ -560,7 +561,7 @@ def test_a_returns_show_is_made_though_its_method_was_marked_down_earlier_in_the
     assert world.order(owing.id).settlement_owed
     clock.now += timedelta(minutes=1)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15)).run(
         ACTOR, orders=[]

@@ -26,7 +26,7 @@ from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
-from tests.fakes import InlineReturnWorkflow, ScriptedGateway
+from tests.fakes import InlineReturnWorkflow, ScriptedGateway, run_return_workflow
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
 from tests.unit.test_return_reconciliation import reconciler
 from tests.unit.test_returns import (
@@ -80,7 +80,7 @@ def mugs_exchanged_for_a_cap(world: World, returns: Returns) -> tuple[Order, Ret
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
     return order, item, settled, world.run(settled.exchange_order_id or "")
 
 
@@ -104,7 +104,7 @@ def paid_in_full(order: Order, after: Order, goodwill: Money) -> bool:
 def test_what_a_return_kept_back_is_refunded_by_the_reconciler_when_the_last_delivery_was_refused_it(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     world.gateway.script("refund", "refuse", "refuse", "approve")  # the ship's and the delivery's refused
     world.actions.ship(order.id, caps, None, actor="key_wh")
     delivered = world.actions.deliver(order.id, caps, actor="key_wh")
@@ -135,7 +135,7 @@ def test_what_a_return_kept_back_is_refunded_once_its_refund_left_pending_throug
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     down.script("refund", "transient")
     world.gateway.script("refund", "transient")
-    assert returns.settle(return_id, actor="key_wh").status is ReturnStatus.RECEIVED  # its refund pending
+    assert run_return_workflow(returns, return_id, actor="key_wh").status is ReturnStatus.RECEIVED  # its refund pending
     world.actions.ship(order.id, caps, None, actor="key_wh")
     delivered = world.actions.deliver(order.id, caps, actor="key_wh")
     assert [r.status for r in delivered.payment.refunds] == ["succeeded", "pending"]
@@ -155,7 +155,8 @@ def test_what_a_return_kept_back_is_refunded_once_its_refund_left_pending_throug
     assert paid_in_full(order, after, Money.of("1.00", "USD"))
     assert "refund_key" not in index_attributes(after)
     assert sweep(world, clock).run(ACTOR, finished=finished).refunded == []  # the same orders again: nothing more
-    assert returns.settle(return_id, actor="key_wh").refund == order.lines[0].total  # its workflow, restarted
+    # Its workflow, restarted.
+    assert run_return_workflow(returns, return_id, actor="key_wh").refund == order.lines[0].total
     later(clock)
     assert sweep(world, clock).run(ACTOR).refunded == []
     assert world.order(order.id).payment == after.payment
@@ -181,7 +182,7 @@ def kept_back_as_the_last_parcel_arrived(world: World, clock: Clock, monkeypatch
         keep_back(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(returns, "_keep_back", after_the_last_parcel)
-    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    assert run_return_workflow(returns, item.id, actor="key_wh").refund == Money.zero("USD")
     return returns, order, item, goodwill, caps
 
 
@@ -211,7 +212,7 @@ def test_what_a_return_kept_back_is_refunded_when_it_was_kept_back_after_the_las
 def test_a_refund_of_what_a_return_kept_back_the_gateway_keeps_refusing_is_left_to_a_person(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     world.gateway.script("refund", "refuse")
     world.actions.ship(order.id, caps, None, actor="key_wh")  # refused once
 
@@ -236,7 +237,7 @@ def test_deliveries_reported_again_and_again_leave_the_last_refusal_to_the_recon
     # reconciler's bound, so its pass asks the last time and, refused, leaves it to a person.
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     world.gateway.script("refund", "refuse")
     world.actions.ship(order.id, caps, None, actor="key_wh")
     for _ in range(5):
@@ -257,7 +258,7 @@ def test_an_order_that_kept_nothing_back_is_in_no_partition_and_the_pass_reads_n
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
 
     assert "refund_key" not in index_attributes(world.order(order.id))
     later(clock)
@@ -278,7 +279,7 @@ def test_a_return_whose_kept_back_refund_was_refused_its_last_time_is_not_asked_
     first, second = (returns.request(order.id, ask(("L1", 1, None)), actor="key_cs") for _ in range(2))
     for item in (first, second):
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(item.id, actor="key_wh")
+        run_return_workflow(returns, item.id, actor="key_wh")
     firsts = {refund_id_for(order.id, f"{first.id}#kept_back#{n}") for n in range(10)}
     down, play = [True], world.gateway._play
 
@@ -319,7 +320,7 @@ def test_a_return_shows_what_it_kept_back_once_the_reconciler_finishes_the_refun
     # the MUGs' refund short of what went back for them.
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     shown = returns.get(return_id).refund
     world.gateway.script("refund", "transient")
     world.actions.ship(order.id, caps, None, actor="key_wh")
@@ -345,7 +346,7 @@ def caps_return_finishing_the_kept_back_refund(world: World, clock: Clock) -> tu
     refund step finishes that pending refund first. The returns, the order, the MUGs' return and the CAP's."""
     returns, _ = returns_for(world, clock)
     order, caps, mugs_return = mugs_back_after_goodwill(world, returns)
-    returns.settle(mugs_return, actor="key_wh")
+    run_return_workflow(returns, mugs_return, actor="key_wh")
     world.gateway.script("refund", "transient")
     world.actions.ship(order.id, caps, None, actor="key_wh")
     assert world.actions.deliver(order.id, caps, actor="key_wh").payment.refunds[-1].status == "pending"
@@ -366,7 +367,7 @@ def died_showing(monkeypatch: pytest.MonkeyPatch, returns: Returns, return_id: s
         patched.setattr(refund_service, "show_refunded_in_all", dies)
         patched.setattr(returns_module, "show_refunded_in_all", dies, raising=False)
         with pytest.raises(RuntimeError):
-            returns.settle(return_id, actor="key_wh")
+            run_return_workflow(returns, return_id, actor="key_wh")
 
 
 def test_a_return_shows_what_it_kept_back_when_the_step_that_finished_its_refund_died_before_showing_it(
@@ -380,7 +381,7 @@ def test_a_return_shows_what_it_kept_back_when_the_step_that_finished_its_refund
     assert world.order(order.id).payment.refunds[-1].status == "succeeded"
     assert returns.get(mugs_return).refund == order.lines[0].total - Money.of("1.00", "USD")
 
-    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert run_return_workflow(returns, cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
     assert returns.get(mugs_return).refund == order.lines[0].total
     after = world.order(order.id)
     cap_refund = returns.get(cap_return).refund
@@ -388,7 +389,8 @@ def test_a_return_shows_what_it_kept_back_when_the_step_that_finished_its_refund
     assert paid_in_full(order, after, Money.of("1.00", "USD") + cap_refund)  # the CAP's refund beside the goodwill
     assert after.payment.refunded == Money.of("1.00", "USD") + order.lines[0].total + cap_refund
     shown = returns.get(mugs_return)
-    assert returns.settle(cap_return, actor="key_wh").refund == returns.get(cap_return).refund  # again: nothing more
+    # Again: nothing more.
+    assert run_return_workflow(returns, cap_return, actor="key_wh").refund == returns.get(cap_return).refund
     assert returns.get(mugs_return) == shown
     assert world.order(order.id).payment == after.payment
 
@@ -442,7 +444,7 @@ def test_a_pass_out_of_time_still_shows_a_return_what_went_back_for_it_and_asks_
     # show their returns what went back for them, so they are still shown.
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     finished: list[str] = []
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
@@ -460,7 +462,7 @@ def test_a_pass_out_of_time_leaves_what_a_return_kept_back_owed_for_the_next_pas
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     down.script("refund", "transient")
     world.gateway.script("refund", "transient")
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     world.actions.ship(order.id, caps, None, actor="key_wh")
     world.actions.deliver(order.id, caps, actor="key_wh")
     world.gateway.script("refund", "approve")
@@ -507,11 +509,11 @@ def test_a_record_read_while_its_step_is_still_finishing_the_refund_is_kept_for_
         patched.setattr(returns._refunds, "finish_pending", read_meanwhile_then_die)
         patched.setattr(refund_service, "show_refunded_in_all", shows_unless_dead)
         with pytest.raises(RuntimeError):
-            returns.settle(cap_return, actor="key_wh")
+            run_return_workflow(returns, cap_return, actor="key_wh")
     assert world.order(order.id).payment.refunds[-1].status == "succeeded"
     assert returns.get(mugs_return).refund == order.lines[0].total - Money.of("1.00", "USD")
 
-    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert run_return_workflow(returns, cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
     assert returns.get(mugs_return).refund == order.lines[0].total
     assert returns.get(cap_return).shows_owed == []
 
@@ -575,12 +577,12 @@ def test_a_show_failing_after_the_gateway_stayed_down_does_not_hide_that_it_was_
         patched.setattr(returns._refunds, "finish_pending", down)
         patched.setattr(returns_module, "show_owed", show_fails)
         with pytest.raises(PaymentGatewayUnavailable) as raised:
-            returns.refund(cap_return, actor="key_wh")  # the workflow's step (settle takes it as not done)
+            returns.refund(cap_return, actor="key_wh")  # the workflow's step (run_return_workflow takes it as not done)
     assert any("the Returns table failed" in note for note in getattr(raised.value, "__notes__", []))
     assert world.order(order.id).payment.refunds[-1].status == "pending"
     assert returns.get(cap_return).shows_owed == [mugs_return]  # the record stays for the retry
 
-    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert run_return_workflow(returns, cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
     assert returns.get(mugs_return).refund == order.lines[0].total
     assert returns.get(cap_return).shows_owed == []
 
@@ -642,7 +644,8 @@ def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once
         assert workflow.started in ([], [cap_return])
         assert returns.get(cap_return).status is ReturnStatus.REFUNDED
     else:
-        assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+        # The step, retried.
+        assert run_return_workflow(returns, cap_return, actor="key_wh").status is ReturnStatus.REFUNDED
     after = world.order(order.id)
     cap_refund = returns.get(cap_return).refund
     assert returns.get(mugs_return).refund == order.lines[0].total
@@ -722,7 +725,7 @@ def test_a_return_shows_what_it_kept_back_when_the_reconciler_died_between_finis
     # showed 1.00 less than went back for it, for good.
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     shown = returns.get(return_id).refund
     caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=[])
@@ -860,7 +863,7 @@ def test_a_show_computed_before_another_refund_was_answered_does_not_clear_the_r
 
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=[])
     seen = world.order(order.id)
@@ -890,7 +893,7 @@ def test_the_upgrade_leaves_a_replacements_return_that_shows_what_went_back_unma
     replacement = delivered(world, world.run(settled.exchange_order_id or ""))
     back = returns.request(replacement.id, ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
-    done = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
     replacement = world.order(replacement.id)
     assert done.status is ReturnStatus.REFUNDED and done.refund == replacement.totals.grand_total
     assert replacement.payment.refunded < done.refund  # the rest came from the credit, on the original

@@ -19,6 +19,7 @@ from core.returns import Returns
 from core.status import OrderStatus, PaymentStatus
 from functions.plugin_loading import load_plugin_manager
 from tests.builders import location
+from tests.fakes import run_return_workflow
 from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
@@ -55,7 +56,7 @@ def returned(world: World, clock: Clock, order: Order, *lines: tuple[str, int]) 
     back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
     receipt = {"location_id": "wh-west", "lines": back}
     returns.receive(item.id, ReceiveReturn.model_validate(receipt), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     return world.order(order.id)
 
 
@@ -271,11 +272,11 @@ def test_a_return_whose_split_refund_was_refused_after_its_first_part_went_back_
         {"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in (("L1", 1), ("L2", 3))
     ]
     returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
-    assert returns.settle(item.id, actor="key_wh").status.value == "received"
+    assert run_return_workflow(returns, item.id, actor="key_wh").status.value == "received"
     assert world.order(second.id).payment.refunded == mug.total
 
     world.gateway.script("refund", "approve")
-    done = returns.settle(item.id, actor="key_wh")
+    done = run_return_workflow(returns, item.id, actor="key_wh")
 
     after = world.order(second.id)
     failed, succeeded = after.payment.refunds
@@ -391,7 +392,7 @@ def test_a_refused_split_give_back_of_an_exchanges_credit_logs_only_what_did_not
     item = returns.request(second.id, asked, actor="key_cs")
     back = [{"line_id": line_id, "quantity": n, "condition": "resellable"} for line_id, n in units]
     returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-east", "lines": back}), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     world.gateway.script("refund", "approve", "refuse")
     caplog.set_level("ERROR")
 
@@ -424,7 +425,7 @@ def test_a_return_of_an_exchanges_replacement_whose_draw_on_the_credit_was_refus
     item = returns.request(second.id, asked, actor="key_cs")
     received = {"location_id": "wh-east", "lines": [{"line_id": "L2", "quantity": 3, "condition": "resellable"}]}
     returns.receive(item.id, ReceiveReturn.model_validate(received), "key_wh")
-    replacement_id = returns.settle(item.id, actor="key_wh").exchange_order_id or ""
+    replacement_id = run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or ""
     for shipment in world.run(replacement_id).shipments:
         world.actions.ship(replacement_id, shipment.id, tracking_number=None, actor="key_wh")
     replacement = world.order(replacement_id)
@@ -436,12 +437,12 @@ def test_a_return_of_an_exchanges_replacement_whose_draw_on_the_credit_was_refus
     returns.receive(back.id, ReceiveReturn.model_validate(received), "key_wh")
     # The replacement's own capture goes back, then the draw's first part; its second is refused.
     world.gateway.script("refund", "approve", "approve", "refuse")
-    assert returns.settle(back.id, actor="key_wh").status.value == "received"
+    assert run_return_workflow(returns, back.id, actor="key_wh").status.value == "received"
     [refused] = [r for r in world.order(second.id).payment.refunds if r.status == "failed"]
     assert [p.status for p in refused.parts or []] == ["succeeded", "failed"]
 
     world.gateway.script("refund", "approve")
-    done = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
 
     moved = sum((amount for _, amount, _ in world.spy.refunded), Money.zero("USD"))
     assert moved == tshirt  # the replacement's capture and the credit's share, once
@@ -498,7 +499,7 @@ def test_a_replacement_whose_settlement_refund_went_back_in_part_before_a_refusa
     item = returns.request(order.id, asked, actor="key_cs")
     received = {"location_id": "wh-east", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
     returns.receive(item.id, ReceiveReturn.model_validate(received), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     east, west = world.shipment_at(replacement, "wh-east"), world.shipment_at(replacement, "wh-west")
     assert replacement.shipments[0].id == east  # its capture carries all the shipping
     first = world.actions.ship(replacement.id, east, tracking_number=None, actor="key_wh")
@@ -536,7 +537,7 @@ def test_a_return_of_all_that_shipped_then_a_cancel_of_the_rest_gives_the_shippi
     item = returns.request(order.id, RequestReturn.model_validate({"lines": [line]}), actor="key_cs")
     receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
     returns.receive(item.id, ReceiveReturn.model_validate(receipt), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
 
     world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
 
@@ -586,7 +587,7 @@ def test_a_returns_split_refund_the_reconciler_hears_refused_after_its_first_par
     item = returns.request(second.id, asked, actor="key_cs")
     back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
     returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     assert [r.status for r in world.order(second.id).payment.refunds] == ["pending"]
 
     (answered,) = world.refunds.finish_pending(second.id, "reconciler", unshown=True)

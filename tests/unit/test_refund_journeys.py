@@ -22,6 +22,7 @@ from core.models import Order, PaymentRefund
 from core.money import Money
 from core.refund_service import KeptBackSweep, PendingRefundSweep
 from core.return_models import ReceiveReturn, RequestReturn
+from tests.fakes import run_return_workflow
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
 from tests.unit.test_refund_authorizations import STOCK, returns_of
@@ -108,7 +109,7 @@ def journey(seed: int) -> tuple[World, dict[str, list[dict[str, Any]]], list[str
         back = {"location_id": "wh-east", "lines": [{"line_id": line_id, "quantity": units, "condition": "resellable"}]}
         returns.receive(item.id, ReceiveReturn.model_validate(back), "key_wh")
         received.append(item.id)
-        settled = returns.settle(item.id, actor="key_wh")
+        settled = run_return_workflow(returns, item.id, actor="key_wh")
         if settled.exchange_order_id:
             replacements.append(settled.exchange_order_id)
 
@@ -150,7 +151,7 @@ def journey(seed: int) -> tuple[World, dict[str, list[dict[str, Any]]], list[str
                 if returnable(replacement):
                     give_back(replacement.id, returnable(replacement))
             elif step == "settle_again" and received:
-                returns.settle(rnd.choice(received), actor="key_wh")
+                run_return_workflow(returns, rnd.choice(received), actor="key_wh")
             elif step == "cancel_units":
                 line = rnd.choice(current.lines)
                 left = line.quantity - current.shipped_units().get(line.line_id, 0)

@@ -20,7 +20,7 @@ from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from functions.plugin_loading import load_plugin_manager
 from plugins.testing.memory import InMemoryReceivedReturns
-from tests.fakes import InlineReturnWorkflow
+from tests.fakes import InlineReturnWorkflow, run_return_workflow
 from tests.unit.test_jeopardy import STOCK, one_mug_returned, returns_service
 from tests.unit.world import Clock, World, build_world
 
@@ -183,7 +183,7 @@ def test_a_return_set_aside_is_listed_again_by_its_next_write(world):
     assert list(index.received_before(clock())) == []
 
     stored = world.returns.get(item.id)
-    world.returns.update(stored.with_label("ups", "1Z", "labels/x", at=clock()), stored)  # any change of it
+    world.returns.update(stored.listed_again(), stored)  # any new version of it
 
     assert list(index.received_before(clock())) == [item.id]
 
@@ -560,7 +560,7 @@ def test_a_stuck_exchange_of_a_replacements_units_is_started_again_never_marked_
     with monkeypatch.context() as patched:
         patched.setattr(world.orders, "update", update)
         with pytest.raises(TransientError):
-            returns.settle(item.id, actor="returns-workflow")
+            run_return_workflow(returns, item.id, actor="returns-workflow")
     returns.stuck(item.id, "TransientError", "the orders table stayed throttled", actor="returns-workflow")
     assert [r.status for r in world.order(b.id).payment.refunds if r.return_id == item.id] == ["succeeded"]
     world.gateway.script("refund", "refuse")

@@ -21,6 +21,7 @@ from core.refunds import units_share
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from tests.builders import NOW
+from tests.fakes import run_return_workflow
 from tests.unit.test_refund_journeys import reconcile
 from tests.unit.test_returns import FeeForFaults, returns_for
 from tests.unit.world import Clock, build_world
@@ -40,7 +41,7 @@ def sent_back(rnd: random.Random, returns: Returns, order_id: str, left: dict[st
     arrived = {line_id: rnd.randint(1, units) if rnd.random() < 0.25 else units for line_id, units in asked.items()}
     receipt = [{"line_id": line_id, "quantity": units, "condition": "damaged"} for line_id, units in arrived.items()]
     returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": receipt}), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     return arrived
 
 

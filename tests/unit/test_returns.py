@@ -41,7 +41,7 @@ from core.status import RETURN_TRANSITIONS, OrderStatus, PaymentStatus, ReturnSt
 from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
-from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
+from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway, run_return_workflow
 from tests.unit.conftest import usd
 from tests.unit.test_access_log import Reads
 from tests.unit.test_payment_truth import Removed
@@ -507,7 +507,7 @@ def test_the_built_in_policy_refunds_shipping_only_when_the_whole_order_comes_ba
     item = returns.request(order.id, ask(*lines), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", *[(line_id, q, "resellable") for line_id, q, _ in lines]), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     tshirts, mug = order.lines
     units = tshirts.total + mug.total if len(lines) == 2 else Money.of(tshirts.total.amount / 2, "USD")
@@ -920,7 +920,7 @@ def test_another_receipt_of_a_received_return_is_409_and_changes_nothing(world, 
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
     the_receipt = receipt("wh-west", ("L1", 2, "resellable"))
-    first = returns.settle(returns.receive(item.id, the_receipt, "key_wh").id, actor="key_wh")
+    first = run_return_workflow(returns, returns.receive(item.id, the_receipt, "key_wh").id, actor="key_wh")
 
     with pytest.raises(InvalidTransition) as refused:
         returns.receive(item.id, other, "key_wh")
@@ -1017,7 +1017,7 @@ def exchanged(world: World, clock: Clock, line: tuple[str, int], *wanted: tuple[
     """An order of `line` shipped, its units returned for `wanted`, received resellable and
     settled: (returns, original order, settled return)."""
     returns, order, item = received_for_exchange(world, clock, line, *wanted)
-    return returns, order, returns.settle(item.id, actor="key_wh")
+    return returns, order, run_return_workflow(returns, item.id, actor="key_wh")
 
 
 def received_for_exchange(
@@ -1071,7 +1071,7 @@ def test_an_exchanges_credit_is_what_the_units_are_worth_once_a_pending_appeasem
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     replacement = world.order(settled.exchange_order_id or "")
     assert replacement.exchange_credit == order.lines[0].total
@@ -1177,7 +1177,7 @@ def test_an_exchange_whose_shipping_method_ended_after_the_request_ships_the_sho
     courier.offered = False  # the shop stops offering it; the units come back anyway
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     replacement = world.order(settled.exchange_order_id or "")
     assert (replacement.shipping_method, replacement.exchange_of) == ("standard", item.id)
@@ -1197,7 +1197,7 @@ def test_an_exchange_of_an_order_whose_shipping_method_ended_is_taken_and_ships_
 
     item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert world.order(settled.exchange_order_id or "").shipping_method == "standard"
 
@@ -1433,7 +1433,7 @@ def test_a_replacement_pickup_that_loses_units_while_ready_gives_back_its_unused
     world.actions.collect(original.id, original.shipments[0].id, actor="key_store")
     item = returns.request(original.id, exchange_of("L1", 3, ("TSHIRT", 3)), actor="key_cs")
     returns.receive(item.id, receipt("store-sf", ("L1", 3, "resellable")), "key_store")
-    settled = returns.settle(item.id, actor="key_store")
+    settled = run_return_workflow(returns, item.id, actor="key_store")
     replacement = world.run(settled.exchange_order_id or "")
     (shipment,) = replacement.shipments
     world.actions.ready(replacement.id, shipment.id, actor="key_store")
@@ -1496,8 +1496,8 @@ def test_a_return_of_the_replacement_refunds_what_it_paid_and_the_credit_that_pa
     back = returns.request(replacement.id, ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
 
-    done = returns.settle(back.id, actor="key_wh")
-    again = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
+    again = run_return_workflow(returns, back.id, actor="key_wh")
 
     assert done.status is R.REFUNDED and again == done
     assert done.refund == replacement.totals.grand_total == paid + credit
@@ -1514,13 +1514,15 @@ def test_a_return_of_a_replacement_whose_payment_an_appeasement_gave_back_draws_
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = delivered(world, world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or ""))
+    replacement = delivered(
+        world, world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
+    )
     credit, paid = replacement.exchange_credit, replacement.payment.captured
     world.refunds.issue_refund(replacement.id, paid, "goodwill", "appease-1", actor="key_cs")
     back = returns.request(replacement.id, ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
 
-    done = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
 
     assert credit is not None and done.refund == credit
     assert world.order(order.id).payment.refunded == credit
@@ -1547,7 +1549,7 @@ def test_a_replacements_units_exchanged_for_what_is_sold_out_are_refunded_as_a_r
     # The cap that comes back is torn: nothing to exchange it for.
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "damaged")), "key_wh")
 
-    done = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
 
     assert (done.status, done.exchange_not_placed, done.exchange_order_id) == (R.REFUNDED, "insufficient_stock", None)
     assert done.refund == replacement.totals.grand_total == paid + credit
@@ -1567,7 +1569,7 @@ def test_a_replacements_units_returned_one_by_one_draw_on_the_credit_until_it_is
     for _ in range(2):
         back = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
         returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        refunds.append(returns.settle(back.id, actor="key_wh").refund)
+        refunds.append(run_return_workflow(returns, back.id, actor="key_wh").refund)
 
     line = world.order(replacement.id).lines[0]
     assert sum(refunds[1:], refunds[0]) == line.total
@@ -1586,7 +1588,7 @@ def test_a_replacements_second_parcel_ships_after_the_first_ones_units_came_back
     assert world.order(replacement.id).payment.captured == replacement.payable()
     back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(back.id, actor="key_wh")
+    run_return_workflow(returns, back.id, actor="key_wh")
     assert world.order(replacement.id).payment.status == "refunded"
 
     shipped_cap = world.actions.ship(replacement.id, cap.id, None, actor="key_wh")
@@ -1613,7 +1615,7 @@ def test_the_credit_of_a_replacements_units_cancelled_after_another_parcel_came_
     world.actions.ship(replacement.id, mug.id, None, actor="key_wh")
     back = returns.request(replacement.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(back.id, actor="key_wh")
+    run_return_workflow(returns, back.id, actor="key_wh")
 
     world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")
     world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")  # a repeat gives nothing more
@@ -1656,7 +1658,7 @@ def paid_both_shippings_and_credit_held(world: World, order: Order, settled: Ret
 @pytest.mark.parametrize("line", [("TSHIRT", 3), ("TSHIRT", 1)], ids=["cheaper", "dearer"])
 def test_a_replacements_credit_given_back_again_or_twice_at_once_is_given_back_once(world, clock, line, monkeypatch):
     returns, order, settled, replacement, back = mug_of_replacement_back(world, clock, line)
-    returns.settle(back, actor="key_wh")
+    run_return_workflow(returns, back, actor="key_wh")
     stale = world.order(replacement.id)
     world.actions.cancel(replacement.id, "no cap after all", actor="key_cs")
     cancelled = world.order(replacement.id)
@@ -1683,7 +1685,7 @@ def test_a_replacements_rest_cancelled_before_or_while_its_returned_parcel_is_re
         cancel()
     landed = [True] if cancel_first else before_the_next_write(world, monkeypatch, cancel)  # in the refund's write
 
-    returns.settle(back, actor="key_wh")
+    run_return_workflow(returns, back, actor="key_wh")
     monkeypatch.undo()
     assert landed
     cancel()  # a repeat finishes what the one in between left, and gives nothing more
@@ -1703,7 +1705,7 @@ def test_a_replacements_units_sent_back_one_by_one_give_back_its_line_to_the_cen
     for request in (ask(("L1", 1, None)), exchange_of("L1", 1, ("CAP", 1)), ask(("L1", 1, None))):
         back = returns.request(replacement.id, request, actor="key_cs")
         returns.receive(back.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
-        done = returns.settle(back.id, actor="key_wh")
+        done = run_return_workflow(returns, back.id, actor="key_wh")
         given.append(world.order(done.exchange_order_id).exchange_credit if done.exchange_order_id else done.refund)
 
     assert [money.amount for money in given] == [Decimal("8.33"), Decimal("8.34"), Decimal("8.33")]
@@ -1721,21 +1723,21 @@ def test_a_replacements_return_refunded_from_the_credit_alone_is_counted_once_wh
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 2), ("TSHIRT", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     caps = world.shipment_at(replacement, "wh-east")
     assert replacement.capture_due(caps) == Money.zero("USD")
     world.actions.ship(replacement.id, caps, None, actor="key_wh")
     first = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(first.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse")
-    assert returns.settle(first.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, first.id, actor="key_wh").status is R.RECEIVED
     gateway.script("refund", "approve")
     world.actions.ship(replacement.id, world.shipment_at(replacement, "wh-west"), None, actor="key_wh")
-    assert returns.settle(first.id, actor="key_wh").status is R.REFUNDED
+    assert run_return_workflow(returns, first.id, actor="key_wh").status is R.REFUNDED
 
     second = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(second.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
-    done = returns.settle(second.id, actor="key_wh")
+    done = run_return_workflow(returns, second.id, actor="key_wh")
 
     assert done.status is R.REFUNDED
     assert sum((r.refund for r in (world.returns.get(first.id), done)), Money.zero("USD")) == (
@@ -1763,7 +1765,7 @@ def exchanged_again(world: World, clock: Clock, *wanted: tuple[str, int]):
     b = delivered(world, world.run(first.exchange_order_id or ""))
     item = returns.request(b.id, exchange_of("L1", 1, *wanted), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    return returns, order, b, returns.settle(item.id, actor="key_wh")
+    return returns, order, b, run_return_workflow(returns, item.id, actor="key_wh")
 
 
 def refunded_across(world: World, *orders: Order) -> Money:
@@ -1864,7 +1866,7 @@ def b_received_for_exchange(world: World, clock: Clock, gateway: ScriptedGateway
     a = shipped(world, ("TSHIRT", 1))
     first = returns.request(a.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    b = delivered(world, world.run(returns.settle(first.id, actor="key_wh").exchange_order_id or ""))
+    b = delivered(world, world.run(run_return_workflow(returns, first.id, actor="key_wh").exchange_order_id or ""))
     second = returns.request(b.id, exchange_of("L1", 1, *wanted), actor="key_cs")
     returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     return returns, a, b, second
@@ -1878,8 +1880,9 @@ def test_a_cheaper_second_replacement_cancelled_after_its_rest_was_refused_once_
     gateway = ScriptedGateway()
     returns, a, b, second = b_received_for_exchange(world, clock, gateway, ("PEN", 1))
     gateway.script("refund", "approve", "refuse", "approve")  # B's own captures, then A's credit twice
-    assert returns.settle(second.id, actor="key_wh").status is R.RECEIVED  # the step fails, and is retried
-    c = world.run(returns.settle(second.id, actor="key_wh").exchange_order_id or "")
+    # The step fails, and is retried.
+    assert run_return_workflow(returns, second.id, actor="key_wh").status is R.RECEIVED
+    c = world.run(run_return_workflow(returns, second.id, actor="key_wh").exchange_order_id or "")
     assert [r.status for r in world.order(a.id).payment.refunds] == ["failed", "succeeded"]
 
     world.actions.cancel(c.id, "not wanted", actor="key_cs")
@@ -1895,13 +1898,13 @@ def test_a_cheaper_second_replacements_rest_is_drawn_up_the_chain_only_once_its_
     returns, a, b, second = b_received_for_exchange(world, clock, gateway, ("PEN", 1))
     gateway.script("refund", "transient")
 
-    assert returns.settle(second.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, second.id, actor="key_wh").status is R.RECEIVED
 
     assert [r.status for r in world.order(b.id).payment.refunds] == ["pending"]
     assert world.order(a.id).payment.refunds == []
     gateway.script("refund", "approve")
     world.refunds.finish_pending(b.id, "key_cs")
-    settled = returns.settle(second.id, actor="key_wh")
+    settled = run_return_workflow(returns, second.id, actor="key_wh")
     c = world.order(settled.exchange_order_id or "")
     assert settled.refund == refunded_across(world, a, b) == c.exchange_credit - c.totals.grand_total
 
@@ -1912,16 +1915,16 @@ def test_a_second_replacements_return_whose_draw_up_the_chain_is_refused_is_not_
     # the gateway did not give.
     gateway = ScriptedGateway()
     returns, a, _, second = b_received_for_exchange(world, clock, gateway, ("TSHIRT", 1))
-    c = delivered(world, world.run(returns.settle(second.id, actor="key_wh").exchange_order_id or ""))
+    c = delivered(world, world.run(run_return_workflow(returns, second.id, actor="key_wh").exchange_order_id or ""))
     back = returns.request(c.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "approve", "approve", "refuse", "approve")  # C's, B's, then A's twice
 
-    refused = returns.settle(back.id, actor="key_wh")
+    refused = run_return_workflow(returns, back.id, actor="key_wh")
 
     assert (refused.status, refused.refund) == (R.RECEIVED, Money.zero("USD"))
     assert [r.status for r in world.order(a.id).payment.refunds] == ["failed"]
-    done = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
     assert (done.status, done.refund) == (R.REFUNDED, c.lines[0].total)
 
 
@@ -1939,7 +1942,7 @@ def test_a_replacement_whose_shipped_units_were_exchanged_again_gives_back_the_c
     world.actions.deliver(b.id, world.shipment_at(b, "wh-west"), actor="key_wh")
     item = returns.request(b.id, exchange_of("L1", 1, ("PEN", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    c = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    c = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     assert world.order(b.id).payment.captured == Money.zero("USD")
 
     world.actions.cancel(b.id, "no cap after all", actor="key_cs")
@@ -1966,7 +1969,7 @@ def test_a_second_replacements_rest_cancelled_after_its_first_parcel_came_back_g
     world.actions.deliver(c.id, world.shipment_at(c, "wh-west"), actor="key_wh")
     back = returns.request(c.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    assert returns.settle(back.id, actor="key_wh").refund == c.lines[0].total
+    assert run_return_workflow(returns, back.id, actor="key_wh").refund == c.lines[0].total
 
     world.actions.cancel(c.id, "no cap after all", actor="key_cs")
     world.actions.cancel(c.id, "no cap after all", actor="key_cs")  # a repeat gives nothing more
@@ -1985,7 +1988,7 @@ def test_a_replacement_exchanged_again_holds_only_its_own_captures_and_the_earli
     item = returns.request(b.id, exchange_of(tshirt.line_id, 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", (tshirt.line_id, 1, "resellable")), "key_wh")
 
-    c = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    c = world.order(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
 
     assert c.exchange_credit == tshirt.total and b.payment.captured < tshirt.total
     assert world.order(b.id).credit_holds == {item.id: b.payment.captured}
@@ -1998,7 +2001,7 @@ def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_
     c = delivered(world, world.run(second.exchange_order_id or ""))
     item = returns.request(c.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    d = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    d = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     assert d.exchange_credit == b.lines[0].total and d.payment.authorized == d.totals.grand_total - d.exchange_credit
 
     world.actions.cancel(d.id, "changed my mind", actor="key_cs")
@@ -2015,7 +2018,7 @@ def test_a_cheaper_third_replacement_cancelled_gives_back_only_what_the_rest_lef
     c = delivered(world, world.run(second.exchange_order_id or ""))
     item = returns.request(c.id, exchange_of("L1", 1, ("PEN", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    third = returns.settle(item.id, actor="key_wh")
+    third = run_return_workflow(returns, item.id, actor="key_wh")
     d = world.run(third.exchange_order_id or "")
     assert third.refund == d.exchange_credit - d.totals.grand_total
     assert [r.status for r in world.order(a.id).payment.refunds] == ["succeeded"]  # carried two orders up
@@ -2035,8 +2038,8 @@ def test_a_second_replacement_sent_back_refunds_its_value_from_the_earlier_order
     back = returns.request(c.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
-    done = returns.settle(back.id, actor="key_wh")
-    again = returns.settle(back.id, actor="key_wh")
+    done = run_return_workflow(returns, back.id, actor="key_wh")
+    again = run_return_workflow(returns, back.id, actor="key_wh")
 
     assert done.status is R.REFUNDED and again == done
     # The whole order came back, so the built-in policy refunds its shipping too (as for one exchange).
@@ -2065,7 +2068,7 @@ def test_originals_whose_long_external_ids_share_their_first_characters_each_get
             world.actions.ship(order.id, shipment.id, None, actor="key_wh")
         item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        settled.append((order, returns.settle(item.id, actor="key_wh")))
+        settled.append((order, run_return_workflow(returns, item.id, actor="key_wh")))
 
     assert [item.exchange_not_placed for _, item in settled] == [None, None]
     replacements = [world.order(item.exchange_order_id or "") for _, item in settled]
@@ -2099,10 +2102,10 @@ def test_a_replacement_an_earlier_version_placed_under_a_long_external_ids_cut_f
         earlier_version.setattr(core.returns, "_replacement_external_id", core.returns._cut_replacement_external_id)
         earlier_version.setattr(world.capture, "place_exchange", place_then_die)
         with pytest.raises(TimeoutError):
-            returns.settle(item.id, actor="key_wh")
+            run_return_workflow(returns, item.id, actor="key_wh")
     assert placed and placed[0].external_id == "E" * 125 + "-x1"
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert (settled.exchange_order_id, settled.exchange_not_placed) == (placed[0].id, None)
     renamed = core.returns._replacement_external_id(settled, order)
@@ -2154,7 +2157,7 @@ def test_an_exchange_is_not_given_up_for_stock_a_plain_read_does_not_show_yet(wo
                 for sku, found in levels.items()}  # fmt: skip
 
     monkeypatch.setattr(world.inventory, "levels", lagging)
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert settled.exchange_not_placed is None and settled.exchange_order_id is not None
     assert [line.sku for line in world.order(settled.exchange_order_id).lines] == ["CAP"]
@@ -2170,7 +2173,7 @@ def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(world
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     placed = set(world.orders.orders)
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert (settled.status, settled.refund, settled.exchange_order_id) == (R.REFUNDED, order.lines[0].total, None)
     assert settled.exchange_not_placed == "insufficient_stock" and store.get(item.id) == settled
@@ -2186,7 +2189,7 @@ def test_an_exchange_with_no_stock_for_its_replacement_is_refunded_instead(world
         {"field": "exchange.lines[0].quantity", "message": "0 of CAP available, 1 ordered"}
     ]
     # Settled again (a retried step, a second receipt): nothing more is placed, refunded or written.
-    assert returns.settle(item.id, actor="key_wh") == settled
+    assert run_return_workflow(returns, item.id, actor="key_wh") == settled
     assert returns.exchange(item.id, actor="key_wh") == settled
     assert world.order(order.id).payment.refunds == payment.refunds
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]) == 1
@@ -2220,7 +2223,7 @@ def test_an_exchange_for_a_product_that_may_wait_for_stock_is_placed_and_waits_b
     item = returns.request(order.id, exchange_of("L1", 1, ("HOODIE", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert (settled.status, settled.exchange_not_placed) == (R.REFUNDED, None)
     replacement_id = settled.exchange_order_id or ""
@@ -2271,12 +2274,12 @@ def test_an_exchange_refunded_instead_releases_the_shipping_its_credit_claimed(w
         returns.receive(each.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
     out_of(world, "CAP", "wh-east")
     gateway.script("refund", "refuse")
-    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, swap.id, actor="key_wh").status is R.RECEIVED
     assert world.order(order.id).shipping_claims == {}
     gateway.script("refund", "approve")
 
-    paid = returns.settle(plain.id, actor="key_wh")
-    swapped = returns.settle(swap.id, actor="key_wh")
+    paid = run_return_workflow(returns, plain.id, actor="key_wh")
+    swapped = run_return_workflow(returns, swap.id, actor="key_wh")
 
     assert paid.refund == refunded_units(order, 1) + order.totals.shipping
     assert swapped.refund == order.lines[0].total - refunded_units(order, 1)
@@ -2288,7 +2291,7 @@ def given_up_and_refunded(world: World, returns: Returns, item_id: str, order: O
     `code` with one `exchange_not_placed` entry on the order, no replacement placed."""
     placed = set(world.orders.orders)
 
-    settled = returns.settle(item_id, actor="key_wh")
+    settled = run_return_workflow(returns, item_id, actor="key_wh")
 
     assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (R.REFUNDED, None, code)
     assert settled.refund == order.lines[0].total
@@ -2617,7 +2620,7 @@ def test_a_received_return_is_refunded_its_units_share_and_the_last_unit_takes_w
     for quantity in (1, 2):
         item = returns.request(order.id, ask(("L1", quantity, None)), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", quantity, "resellable")), "key_wh")
-        settled = returns.settle(item.id, actor="key_wh")
+        settled = run_return_workflow(returns, item.id, actor="key_wh")
         assert settled.status is R.REFUNDED
         refunds.append(settled.refund)
 
@@ -2637,8 +2640,8 @@ def test_the_fee_is_kept_back_and_settling_again_refunds_nothing_more(world, clo
     returns.approve(item.id, None, actor="key_lead")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
-    again = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
+    again = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert settled.refund == order.lines[0].total - Money(amount="1.50", currency="USD")
     assert again == settled
@@ -2651,7 +2654,7 @@ def test_shipping_is_refunded_when_the_policy_says_so(world, clock):
     item = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert settled.refund == order.totals.grand_total
     assert world.order(order.id).payment.status.value == "refunded"
@@ -2665,7 +2668,7 @@ def test_shipping_is_not_refunded_when_fewer_units_arrive_than_the_return_asked_
     assert item.refund_shipping_with_whole_order
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     line = order.lines[0]
     assert settled.refund == Money.of(line.total.amount / 3, "USD")
@@ -2690,11 +2693,11 @@ def test_a_lines_units_refunded_over_several_returns_add_up_to_its_total_while_o
 
     first = one_unit_back(returns, order)
     gateway.script("refund", "transient")
-    assert returns.settle(first, actor="key_wh").status is R.RECEIVED  # its refund is pending
+    assert run_return_workflow(returns, first, actor="key_wh").status is R.RECEIVED  # its refund is pending
     gateway.script("refund", "approve")
-    second = returns.settle(one_unit_back(returns, order), actor="key_wh")
-    done = returns.settle(first, actor="key_wh")
-    third = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    second = run_return_workflow(returns, one_unit_back(returns, order), actor="key_wh")
+    done = run_return_workflow(returns, first, actor="key_wh")
+    third = run_return_workflow(returns, one_unit_back(returns, order), actor="key_wh")
 
     refunds = [done.refund, second.refund, third.refund]
     assert sum((r.amount for r in refunds), Decimal(0)) == line.total.amount
@@ -2713,10 +2716,10 @@ def test_two_returns_of_one_line_refunded_at_once_add_up_to_its_total(world, clo
     first, second = one_unit_back(returns, order), one_unit_back(returns, order)
     returns.restock(first)
     returns.record_on_order(first, "key_wh")
-    before_the_next_write(world, monkeypatch, lambda: returns.settle(second, actor="key_wh"))
+    before_the_next_write(world, monkeypatch, lambda: run_return_workflow(returns, second, actor="key_wh"))
     returns.refund(first, "key_wh")
     monkeypatch.undo()
-    returns.settle(one_unit_back(returns, order), actor="key_wh")
+    run_return_workflow(returns, one_unit_back(returns, order), actor="key_wh")
 
     refunds = [refund.amount for refund in world.order(order.id).payment.refunds]
     assert sorted(refunds) == [Money.of("13.40", "USD"), Money.of("13.41", "USD"), Money.of("13.41", "USD")]
@@ -2728,15 +2731,15 @@ def test_a_line_returned_over_returns_stored_before_and_after_shares_were_record
     # units' shares; the second's records them. The third counts the first as it came, first.
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("MUG", 3))
-    first = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    first = run_return_workflow(returns, one_unit_back(returns, order), actor="key_wh")
     stored = world.order(order.id)
     unrecorded = [r.model_copy(update={"lines": None}) for r in stored.payment.refunds]
     world.orders.orders[order.id] = stored.model_copy(
         update={"payment": stored.payment.model_copy(update={"refunds": unrecorded})}
     )
 
-    second = returns.settle(one_unit_back(returns, order), actor="key_wh")
-    third = returns.settle(one_unit_back(returns, order), actor="key_wh")
+    second = run_return_workflow(returns, one_unit_back(returns, order), actor="key_wh")
+    third = run_return_workflow(returns, one_unit_back(returns, order), actor="key_wh")
 
     assert [r.refund.amount for r in (first, second, third)] == [Decimal("13.41"), Decimal("13.40"), Decimal("13.41")]
     assert world.order(order.id).payment.refunded == order.lines[0].total
@@ -2753,7 +2756,7 @@ def test_a_return_refunds_what_a_pending_appeasement_held_once_the_gateway_refus
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse", "approve")  # the appeasement is refused, the return's refund approved
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert (settled.status, settled.refund) == (R.REFUNDED, order.lines[0].total)
     after = world.order(order.id)
@@ -2780,7 +2783,7 @@ def test_a_goodwill_refund_before_a_return_is_not_swallowed_once_the_next_parcel
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     mugs = order.lines[0].total
-    assert returns.settle(return_id, actor="key_wh").refund == mugs - Money.of("1.00", "USD")
+    assert run_return_workflow(returns, return_id, actor="key_wh").refund == mugs - Money.of("1.00", "USD")
 
     world.actions.ship(order.id, caps, None, actor="key_wh")
     world.actions.ship(order.id, caps, None, actor="key_wh")
@@ -2827,11 +2830,11 @@ def test_shipping_a_return_kept_back_is_given_back_once_not_again_with_the_next_
     world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
     first = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    assert returns.settle(first.id, actor="key_wh").refund == Money.of(first_refund, "USD")
+    assert run_return_workflow(returns, first.id, actor="key_wh").refund == Money.of(first_refund, "USD")
     world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
     second = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(second.id, actor="key_wh")
+    run_return_workflow(returns, second.id, actor="key_wh")
 
     after = world.order(order.id)
     mugs, shipping = order.lines[0].total, order.totals.shipping
@@ -2851,7 +2854,7 @@ def test_an_appeasement_worded_as_a_top_up_does_not_take_from_what_the_return_ke
     world.refunds.issue_refund(order.id, Money.of("0.50", "USD"), worded, "appease-1", actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
     mugs = order.lines[0].total
-    assert returns.settle(item.id, actor="key_wh").refund == mugs - Money.of("0.50", "USD")
+    assert run_return_workflow(returns, item.id, actor="key_wh").refund == mugs - Money.of("0.50", "USD")
 
     after = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
 
@@ -2867,7 +2870,7 @@ def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_lag(w
 
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     lagging_reads(world, monkeypatch)
 
     world.actions.ship(order.id, caps, None, actor="key_wh")
@@ -2885,7 +2888,7 @@ def test_a_return_whose_refund_gave_nothing_after_a_goodwill_refund_of_it_all_is
     world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    assert returns.settle(item.id, actor="key_wh").refund == Money.zero("USD")
+    assert run_return_workflow(returns, item.id, actor="key_wh").refund == Money.zero("USD")
     assert world.order(order.id).returns_kept_back == {item.id: order.lines[0].total}
 
     caps = world.shipment_at(order, "wh-east")
@@ -2910,7 +2913,7 @@ def test_a_goodwill_refund_before_an_exchange_is_not_swallowed_once_the_next_par
     world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
     item = returns.request(order.id, exchange_of("L1", 2, ("TSHIRT", 2)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
 
     caps = world.shipment_at(order, "wh-east")
     world.actions.ship(order.id, caps, None, actor="key_wh")
@@ -2938,7 +2941,7 @@ def test_an_exchange_shows_what_its_credit_kept_back_once_the_next_parcel_refund
     world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
     item = returns.request(order.id, exchange_of("L1", 2, wanted), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
     replacement = world.run(settled.exchange_order_id or "")
     rest = max(replacement.exchange_credit - replacement.totals.grand_total, Money.zero("USD"), key=lambda m: m.amount)
     assert settled.refund == rest
@@ -2962,7 +2965,7 @@ def test_an_exchange_whose_replacement_is_cancelled_shows_all_its_credit_given_b
         world.refunds.issue_refund(order.id, Money.of(goodwill, "USD"), "goodwill", "appease-1", actor="key_cs")
     item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
 
     world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
     caps = world.shipment_at(order, "wh-east")
@@ -3006,7 +3009,7 @@ def test_an_exchange_whose_replacement_is_cancelled_before_the_return_is_marked_
         real(new, expected)
 
     monkeypatch.setattr(store, "update", cancelled_first)
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert world.order(order.id).payment.refunded == order.lines[0].total
     assert settled.refund == returns.get(item.id).refund == order.lines[0].total
@@ -3034,7 +3037,7 @@ def test_a_return_shows_what_it_kept_back_though_the_next_parcel_refunded_it_bef
         real(new, expected)
 
     monkeypatch.setattr(store, "update", caps_ship_first)
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     after = world.order(order.id)
     assert after.payment.refunds[-1].amount == Money.of("1.00", "USD")
@@ -3046,7 +3049,7 @@ def test_a_return_shows_what_it_kept_back_though_the_next_parcel_refunded_it_bef
 def test_what_a_return_kept_back_is_refunded_under_a_new_key_after_the_gateway_refused_it(world, clock):
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
     world.gateway.script("refund", "refuse", "approve")
 
     shipped_caps = world.actions.ship(order.id, caps, None, actor="key_wh")
@@ -3074,7 +3077,7 @@ def test_what_a_return_kept_back_is_refunded_over_as_many_parcels_as_it_takes(wo
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
     mugs = order.lines[0].total
-    assert returns.settle(item.id, actor="key_wh").refund == mugs - goodwill
+    assert run_return_workflow(returns, item.id, actor="key_wh").refund == mugs - goodwill
 
     for location_id in ("wh-east", "wh-north"):
         shipment_id = world.shipment_at(order, location_id)
@@ -3099,7 +3102,7 @@ def test_what_a_return_kept_back_is_refunded_once_a_cancel_of_the_rest_captures_
     world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
     return_id = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs").id
     returns.receive(return_id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
 
     after = world.actions.cancel(order.id, "no caps after all", actor="key_cs", lines={"L2": 2})
 
@@ -3147,7 +3150,7 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
     # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
     returns, order, item, caps, mugs = kept_back_refund_pending_after_the_refund_step_died(world, clock, monkeypatch)
 
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     after = world.actions.deliver(order.id, caps, actor="key_wh")
 
     paid = after.payment
@@ -3163,7 +3166,7 @@ def test_a_return_whose_refund_kept_nothing_back_leaves_the_next_parcels_ship_as
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     assert world.order(order.id).payment.refunds[0].kept_back is None
 
     after = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
@@ -3181,13 +3184,13 @@ def test_units_a_received_return_never_brought_back_can_be_returned_later_and_th
     first = returns.request(order.id, ask(("L1", 3, None)), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")  # one of three came back
     if first_refunded:
-        one = returns.settle(first.id, actor="key_wh")
+        one = run_return_workflow(returns, first.id, actor="key_wh")
 
     later = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
     if not first_refunded:
-        one = returns.settle(first.id, actor="key_wh")
+        one = run_return_workflow(returns, first.id, actor="key_wh")
     returns.receive(later.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    two = returns.settle(later.id, actor="key_wh")
+    two = run_return_workflow(returns, later.id, actor="key_wh")
 
     assert one.refund + two.refund == order.lines[0].total
     assert world.order(order.id).lines[0].returned_quantity == 3
@@ -3203,7 +3206,7 @@ def test_a_refused_refund_is_recorded_failed_the_return_stays_received_and_a_ret
 
     with pytest.raises(RefundNotDone):
         returns.refund(item.id, actor="key_wh")
-    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, item.id, actor="key_wh").status is R.RECEIVED
 
     after = world.order(order.id)
     assert [(r.status, r.return_id) for r in after.payment.refunds] == [("failed", item.id)] * 2
@@ -3247,7 +3250,7 @@ def test_a_parcel_delivered_after_a_return_was_received_keeps_the_order_partiall
     order = shipped(world, ("TSHIRT", 2), deliver=False)
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
 
     delivered = world.actions.deliver(order.id, order.shipments[0].id, actor="carrier")
 
@@ -3276,7 +3279,7 @@ def partly_shipped_with_a_return(world: World, clock: Clock) -> tuple[Order, Ret
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     back = world.order(order.id)
     assert (back.status, back.lines[0].returned_quantity) == (S.PARTIALLY_SHIPPED, 1)
     return back, returns
@@ -3341,7 +3344,7 @@ def test_a_fee_beyond_the_units_worth_is_taken_from_the_shipping_whichever_of_ca
     if cancel_first:
         world.actions.cancel(order.id, "customer_request", "key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     if not cancel_first:
         world.actions.cancel(order.id, "customer_request", "key_cs")
 
@@ -3370,7 +3373,7 @@ def test_units_whose_fee_took_their_refund_leave_no_settlement_when_the_last_par
         policy.fee = fee
         item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(item.id, actor="key_wh")
+        run_return_workflow(returns, item.id, actor="key_wh")
 
     shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
     reconcile(world, clock)  # the reconciler's passes, which settle what a last ship records owed
@@ -3397,7 +3400,7 @@ def test_a_fee_that_took_a_units_whole_refund_keeps_its_worth_when_a_cancel_pric
         policy.fee = charged
         item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(item.id, actor="key_wh")
+        run_return_workflow(returns, item.id, actor="key_wh")
 
     world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
 
@@ -3416,7 +3419,7 @@ def a_line_split_over_two_parcels(clock: Clock, price: str, west: int, east: int
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     item = returns.request(order.id, ask(("L1", back, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", back, "resellable")), "key_wh")
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     return world, returns, order
 
 
@@ -3443,7 +3446,7 @@ def test_units_returned_before_a_cancel_repriced_their_line_are_refunded_what_th
     if back < west:
         rest = returns.request(order.id, ask(("L1", west - back, None)), actor="key_cs")
         returns.receive(rest.id, receipt("wh-west", ("L1", west - back, "resellable")), "key_wh")
-        returns.settle(rest.id, actor="key_wh")
+        run_return_workflow(returns, rest.id, actor="key_wh")
 
     # Every unit that shipped is back: the customer pays the shipping, which the policy keeps.
     after = world.order(order.id)
@@ -3473,12 +3476,14 @@ def test_a_unit_exchanged_before_a_cancel_repriced_its_line_counts_what_its_cred
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = delivered(world, world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or ""))
+    replacement = delivered(
+        world, world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
+    )
 
     world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
     rest = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(rest.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(rest.id, actor="key_wh")
+    run_return_workflow(returns, rest.id, actor="key_wh")
 
     # Both MUGs that shipped are back, one for the CAP: the customer pays the shipping and the CAP.
     original, replacement = world.order(order.id), world.order(replacement.id)
@@ -3598,7 +3603,7 @@ def test_an_expired_exchange_return_never_places_its_replacement(world, clock):
     with pytest.raises(ReturnNotReceived):
         returns.exchange(item.id, actor="key_wh")
     with pytest.raises(ReturnNotReceived):
-        returns.settle(item.id, actor="key_wh")
+        run_return_workflow(returns, item.id, actor="key_wh")
     assert set(world.orders.orders) == placed and store.get(item.id).exchange_order_id is None
     assert not [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_PLACED]
 
@@ -3640,7 +3645,7 @@ def test_shipping_is_not_refunded_when_the_return_it_counted_on_never_arrives(wo
     second = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
     returns.receive(second.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
 
-    settled = returns.settle(second.id, actor="key_wh")
+    settled = run_return_workflow(returns, second.id, actor="key_wh")
     clock.now += timedelta(days=3)
     assert returns.expire(first.id, clock.now - timedelta(days=2), actor="jeopardy_scan") is True
 
@@ -3656,9 +3661,9 @@ def test_shipping_is_refunded_by_whichever_return_brings_the_whole_order_back(wo
     early, late = items[1 - last], items[last]
 
     returns.receive(early.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
-    before = returns.settle(early.id, actor="key_wh")
+    before = run_return_workflow(returns, early.id, actor="key_wh")
     returns.receive(late.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
-    after = returns.settle(late.id, actor="key_wh")
+    after = run_return_workflow(returns, late.id, actor="key_wh")
 
     assert before.refund == refunded_units(order, 1)
     assert after.refund == order.lines[0].total - refunded_units(order, 1) + order.totals.shipping
@@ -3672,11 +3677,11 @@ def test_shipping_is_not_refunded_when_part_of_the_order_came_back_for_no_fault_
     order = shipped(world, ("TSHIRT", 2))
     first = returns.request(order.id, ask(("L1", 1, "no_longer_needed")), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(first.id, actor="key_wh")
+    run_return_workflow(returns, first.id, actor="key_wh")
     second = returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs")
     returns.receive(second.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
 
-    settled = returns.settle(second.id, actor="key_wh")
+    settled = run_return_workflow(returns, second.id, actor="key_wh")
 
     assert settled.refund == order.lines[0].total - refunded_units(order, 1)
     assert world.order(order.id).payment.refunded == order.lines[0].total
@@ -3689,7 +3694,7 @@ def test_a_policy_granting_shipping_on_every_return_has_it_refunded_once(world, 
     for _ in range(2):
         item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        settled.append(returns.settle(item.id, actor="key_wh"))
+        settled.append(run_return_workflow(returns, item.id, actor="key_wh"))
 
     assert settled[0].refund == refunded_units(order, 1) + order.totals.shipping
     assert settled[1].refund == refunded_units(order, 2) - refunded_units(order, 1)
@@ -3703,7 +3708,7 @@ def test_a_return_granted_shipping_whose_parcel_came_back_short_is_refunded_its_
     item = returns.request(order.id, ask(("L1", 2, "size_or_fit")), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert settled.refund == refunded_units(order, 1)
     assert world.order(order.id).payment.refunds[0].shipping is None
@@ -3729,7 +3734,7 @@ def test_shipping_a_refund_gave_back_before_it_was_recorded_is_not_given_back_ag
     for index in range(2):
         item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        settled.append(returns.settle(item.id, actor="key_wh"))
+        settled.append(run_return_workflow(returns, item.id, actor="key_wh"))
         if index == 0:
             as_stored_before_shipping_was_recorded(world, order.id)
 
@@ -3746,14 +3751,14 @@ def test_shipping_an_exchange_credit_gave_back_before_credits_claimed_it_is_not_
     order = shipped(world, ("TSHIRT", 3))
     swap = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(swap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    swapped = returns.settle(swap.id, actor="key_wh")
+    swapped = run_return_workflow(returns, swap.id, actor="key_wh")
     credit = world.order(swapped.exchange_order_id or "").exchange_credit
     assert credit == refunded_units(order, 1) + order.totals.shipping
     world.orders.orders[order.id] = world.order(order.id).model_copy(update={"shipping_claims": {}})
     item = returns.request(order.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert settled.refund == refunded_units(order, 2) - refunded_units(order, 1)
 
@@ -3779,8 +3784,8 @@ def test_shipping_goes_back_once_between_an_exchange_and_a_refund_that_bring_the
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
 
     first, second = (swap, plain) if exchange_first else (plain, swap)
-    returns.settle(first.id, actor="key_wh")
-    returns.settle(second.id, actor="key_wh")
+    run_return_workflow(returns, first.id, actor="key_wh")
+    run_return_workflow(returns, second.id, actor="key_wh")
 
     replacement = world.order(returns.get(swap.id).exchange_order_id or "")
     credit = replacement.exchange_credit or Money.zero("USD")
@@ -3841,7 +3846,7 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
         return real_place(*args, **kwargs)
 
     monkeypatch.setattr(world.capture, "place_exchange", place_exchange)
-    refused = returns.settle(item.id, actor="key_wh")
+    refused = run_return_workflow(returns, item.id, actor="key_wh")
     assert (refused.status, refused.exchange_not_placed) == (R.RECEIVED, None)
     assert world.order(order.id).payment.refunds == []
     clock.now += timedelta(seconds=19)
@@ -3857,7 +3862,7 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
 
 def cap_priced_in_euros_as_placed(world, monkeypatch) -> None:
     """The CAP an exchange asks for repriced in EUR just as its replacement is placed (an order in
-    USD): the replacement cannot be priced, the settle leaves the return received, and a later run
+    USD): the replacement cannot be priced, the workflow run leaves the return received, and a later run
     gives the exchange up (`no_price`)."""
     real_place = world.capture.place_exchange
 
@@ -3880,7 +3885,7 @@ def test_an_exchange_given_up_once_decided_whose_refund_is_refused_holds_nothing
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     cap_priced_in_euros_as_placed(world, monkeypatch)
-    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, item.id, actor="key_wh").status is R.RECEIVED
     clock.now += timedelta(seconds=30)  # past the workflow's retry
     gateway.script("refund", "refuse")
     with pytest.raises(RefundNotDone):
@@ -3901,10 +3906,10 @@ def test_a_damaged_exchange_of_the_whole_order_given_up_once_decided_refunds_the
     item = returns.request(order.id, damaged_exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
     cap_priced_in_euros_as_placed(world, monkeypatch)
-    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, item.id, actor="key_wh").status is R.RECEIVED
     clock.now += timedelta(seconds=30)  # past the workflow's retry
 
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     assert (settled.status, settled.exchange_not_placed) == (R.REFUNDED, "no_price")
     assert settled.refund == order.payment.captured == world.order(order.id).payment.refunded
@@ -3923,14 +3928,14 @@ def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_no
     def add(placed: Order, *args, **kwargs) -> None:
         if placed.exchange_of == item.id and not inner:  # the outer run's put of the replacement
             world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
-            inner.append(returns.settle(item.id, actor="key_wh"))
+            inner.append(run_return_workflow(returns, item.id, actor="key_wh"))
         real_add(placed, *args, **kwargs)
 
     monkeypatch.setattr(world.orders, "add", add)
 
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
     clock.now += timedelta(seconds=30)  # the workflow's retry
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
 
     (replacement,) = [o for o in world.orders.orders.values() if o.exchange_of == item.id]
     assert (settled.status, settled.exchange_order_id, settled.exchange_not_placed) == (
@@ -3951,7 +3956,7 @@ def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_ref
     # this exchange, and the retry refunds the units for the refusal instead of failing on it.
     returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     cap_priced_in_euros_as_placed(world, monkeypatch)
-    assert returns.settle(item.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, item.id, actor="key_wh").status is R.RECEIVED
     own = world.place(("TSHIRT", 1), external_id=f"{order.external_id}-x1")
     clock.now += timedelta(seconds=30)  # the workflow's retry
 
@@ -3976,12 +3981,12 @@ def test_a_refused_exchange_whose_replacement_a_concurrent_run_recorded_settles_
     def add(placed: Order, *args, **kwargs) -> None:
         if placed.exchange_of == item.id and not inner:
             world.catalog.put_product(product("CAP", "7.77", currency="EUR", weight_grams=90))
-            inner.append(returns.settle(item.id, actor="key_wh"))
+            inner.append(run_return_workflow(returns, item.id, actor="key_wh"))
         real_add(placed, *args, **kwargs)
 
     monkeypatch.setattr(world.orders, "add", add)
     gateway.script("refund", "transient")
-    outer = returns.settle(item.id, actor="key_wh")
+    outer = run_return_workflow(returns, item.id, actor="key_wh")
     assert outer.status is R.RECEIVED and outer.exchange_order_id and returns.get(item.id).exchange_refused
     gateway.script("refund", "approve")
 
@@ -4051,7 +4056,7 @@ def test_the_return_shows_what_its_kept_back_refund_gave_while_plain_reads_of_re
     returns, store = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     lagging_return_reads(store, monkeypatch)
-    returns.settle(return_id, actor="key_wh")
+    run_return_workflow(returns, return_id, actor="key_wh")
 
     world.actions.ship(order.id, caps, None, actor="key_wh")
 
@@ -4069,7 +4074,7 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
     returns, order, item, _, mugs = kept_back_refund_pending_after_the_refund_step_died(world, clock, monkeypatch)
     lagging_reads(world, monkeypatch)
 
-    returns.settle(item.id, actor="key_wh")
+    run_return_workflow(returns, item.id, actor="key_wh")
 
     monkeypatch.undo()  # the order as written
     paid = world.order(order.id).payment
@@ -4111,7 +4116,7 @@ def test_an_exchange_shows_what_its_credit_kept_back_once_another_returns_step_f
     world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
     item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
     world.run(settled.exchange_order_id or "")
     world.gateway.script("refund", "transient")
     world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
@@ -4120,7 +4125,7 @@ def test_an_exchange_shows_what_its_credit_kept_back_once_another_returns_step_f
 
     cap = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
     returns.receive(cap.id, receipt("wh-east", ("L2", 1, "resellable")), "key_wh")
-    returns.settle(cap.id, actor="key_wh")
+    run_return_workflow(returns, cap.id, actor="key_wh")
 
     assert world.order(order.id).payment.refund_by_id(kept.id).status == "succeeded"
     assert returns.get(item.id).refund == settled.refund + Money.of("1.00", "USD")
@@ -4284,16 +4289,16 @@ def test_an_exchange_given_up_once_decided_releases_the_shipping_its_credit_clai
     for each in (swap, plain):
         returns.receive(each.id, receipt("wh-west", ("L1", 1, "damaged")), "key_wh")
     cap_priced_in_euros_as_placed(world, monkeypatch)
-    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, swap.id, actor="key_wh").status is R.RECEIVED
     assert world.order(order.id).shipping_claims == {swap.id: order.totals.shipping}
     clock.now += timedelta(seconds=30)  # past the workflow's retry
     gateway.script("refund", "refuse")
-    assert returns.settle(swap.id, actor="key_wh").status is R.RECEIVED
+    assert run_return_workflow(returns, swap.id, actor="key_wh").status is R.RECEIVED
     assert world.order(order.id).shipping_claims == {}
     gateway.script("refund", "approve")
 
-    paid = returns.settle(plain.id, actor="key_wh")
-    swapped = returns.settle(swap.id, actor="key_wh")
+    paid = run_return_workflow(returns, plain.id, actor="key_wh")
+    swapped = run_return_workflow(returns, swap.id, actor="key_wh")
 
     assert (swapped.status, swapped.exchange_not_placed) == (R.REFUNDED, "no_price")
     assert paid.refund == refunded_units(order, 1) + order.totals.shipping
@@ -4313,7 +4318,7 @@ def test_a_cancel_of_a_replacement_its_credit_pays_whole_asks_no_gateway_about_i
     order = shipped(world, ("TSHIRT", 1))
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.order(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     assert replacement.payment.status is PaymentStatus.PENDING and replacement.payable().amount == 0
 
     with caplog.at_level("WARNING", logger="core.cancellation"):
@@ -4339,7 +4344,7 @@ def test_a_cancel_of_a_replacement_that_owes_beyond_its_credit_voids_what_its_lo
     order = shipped(world, ("TSHIRT", 1))
     item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.order(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.order(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     assert replacement.payable().amount > 0
     dies_recording_the_authorization(world, monkeypatch)
     with pytest.raises(RuntimeError):
@@ -4372,7 +4377,7 @@ def test_an_exchange_of_a_replacement_appeased_holds_only_what_its_card_has_left
     world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    first = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    first = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     west = world.shipment_at(first, "wh-west")
     world.actions.ship(first.id, west, None, actor="key_wh")
     world.actions.deliver(first.id, west, actor="key_wh")
@@ -4380,7 +4385,7 @@ def test_an_exchange_of_a_replacement_appeased_holds_only_what_its_card_has_left
     assert (appeased.status, world.order(first.id).payment.captured) == ("succeeded", usd("26.81"))
     back = returns.request(first.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
     returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    swapped = returns.settle(back.id, actor="key_wh")
+    swapped = run_return_workflow(returns, back.id, actor="key_wh")
     second = world.order(swapped.exchange_order_id or "")
     assert (swapped.status, second.exchange_credit) == (R.REFUNDED, usd("13.41"))
 
@@ -4391,7 +4396,7 @@ def test_an_exchange_of_a_replacement_appeased_holds_only_what_its_card_has_left
     assert world.order(first.id).payment.captured == usd("36.89")
     mug = returns.request(first.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    paid = returns.settle(mug.id, actor="key_wh")
+    paid = run_return_workflow(returns, mug.id, actor="key_wh")
 
     assert paid.refund == usd("13.40")
     mine = [(r.return_id, r.amount) for r in world.order(first.id).payment.refunds if r.return_id == mug.id]

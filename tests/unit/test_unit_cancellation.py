@@ -33,6 +33,7 @@ from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
+from tests.fakes import run_return_workflow
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_returns import ask, exchange_of, receipt, returns_for
 from tests.unit.world import (
@@ -714,7 +715,7 @@ def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_ref
     returns, _ = returns_for(world, Clock(NOW + timedelta(days=3)))
     item = returns.request(order.id, ask(("L2", 3, "damaged")), actor="key_cs")
     returns.receive(item.id, receipt("wh-east", ("L2", 3, "resellable")), "key_wh")
-    returns.settle(item.id, "returns-workflow")
+    run_return_workflow(returns, item.id, "returns-workflow")
     world.actions.deliver(order.id, east, actor="key_carrier")
     world.actions.cancel(order.id, "no mug", actor="key_web")
 
@@ -736,7 +737,7 @@ def three_mugs_for(sku: str) -> tuple[World, Returns, Order, Order, str]:
     world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     west = world.shipment_at(replacement, "wh-west")
     world.actions.ship(replacement.id, west, None, actor="key_wh")
     return world, returns, order, replacement, west
@@ -772,7 +773,7 @@ def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_perso
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping + paid[1].lines[0].total
     mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(mug.id, actor="key_wh")
+    run_return_workflow(returns, mug.id, actor="key_wh")
     world.actions.deliver(replacement.id, west, actor="key_carrier")
     paid = [world.order(order.id), world.order(replacement.id)]
     back = world.returns.get(mug.id).refund
@@ -1028,7 +1029,7 @@ def test_a_return_after_an_appeased_over_capture_and_a_cancel_that_raised_it_giv
     returns, _ = returns_for(world, Clock(NOW + timedelta(days=3)))
     item = returns.request(left.id, ask(("L1", 1, "damaged")), actor="key_cs")
     returns.receive(item.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(item.id, "returns-workflow")
+    run_return_workflow(returns, item.id, "returns-workflow")
     world.actions.deliver(left.id, east, actor="key_carrier")
     world.actions.cancel(left.id, "no more pens", actor="key_web")
 
@@ -1506,7 +1507,7 @@ def exchanged_for_three(
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", units, (wanted, 3)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", units, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     west = world.shipment_at(replacement, "wh-west")
     world.actions.ship(replacement.id, west, None, actor="key_wh")
     world.actions.deliver(replacement.id, west, actor="key_wh")
@@ -1517,7 +1518,7 @@ def one_returned(returns: Returns, order_id: str) -> Return:
     """One unit of the order's first line returned: received resellable at wh-west and settled."""
     item = returns.request(order_id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    return returns.settle(item.id, actor="key_wh")
+    return run_return_workflow(returns, item.id, actor="key_wh")
 
 
 def one_returned_and_two_cancelled(world: World, returns: Returns, order_id: str, *, return_first: bool) -> None:
@@ -1556,7 +1557,7 @@ def test_a_cheaper_replacement_edited_up_captures_the_volume_price_its_cancel_lo
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
+    settled = run_return_workflow(returns, item.id, actor="key_wh")
     placed = world.order(settled.exchange_order_id or "")
     credit = placed.exchange_credit
     assert credit is not None and settled.refund == credit - placed.totals.grand_total
@@ -1586,7 +1587,7 @@ def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs
     order, replacement = exchanged_for_three(world, returns, "TSHIRT")
     mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(mug.id, actor="key_wh")
+    run_return_workflow(returns, mug.id, actor="key_wh")
 
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
 
@@ -1663,10 +1664,10 @@ def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_wha
     cap = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(cap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse", "approve")
-    assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.RECEIVED
+    assert run_return_workflow(returns, cap.id, actor="key_wh").status is ReturnStatus.RECEIVED
     world.actions.cancel(replacement.id, "no more caps", actor="key_cs", lines={"L1": 2})
 
-    assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.REFUNDED
+    assert run_return_workflow(returns, cap.id, actor="key_wh").status is ReturnStatus.REFUNDED
 
     kept_only_both_shippings(world, order, replacement)
 
@@ -1733,7 +1734,7 @@ def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
     def return_the_mug() -> None:
-        returns.settle(mug.id, actor="key_wh")
+        run_return_workflow(returns, mug.id, actor="key_wh")
 
     def cancel_the_rest() -> None:
         world.gateway.script("refund", "refuse", "approve")
@@ -1765,7 +1766,7 @@ def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_i
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
     mugs = returns.request(replacement.id, ask(("L1", 2, None)), actor="key_cs")
     returns.receive(mugs.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    returns.settle(mugs.id, actor="key_wh")
+    run_return_workflow(returns, mugs.id, actor="key_wh")
 
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")  # the settlement asked again
 
@@ -2139,7 +2140,7 @@ def test_a_replacement_whose_settlement_refund_is_refused_gives_back_none_of_its
     world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 3), ("MUG", 1)), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    replacement = world.run(run_return_workflow(returns, item.id, actor="key_wh").exchange_order_id or "")
     world.actions.ship(replacement.id, world.shipment_at(replacement, "wh-east"), None, actor="key_wh")
     world.gateway.script("refund", *answers)
 
