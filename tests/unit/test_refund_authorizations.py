@@ -619,14 +619,14 @@ def test_a_split_return_refund_refused_in_part_then_capped_by_a_goodwill_keeps_b
     item = returns.request(order.id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
     back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
     returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
-    assert returns.settle(item.id, actor="key_wh").status.value == "received"
+    assert run_return_workflow(returns, item.id, actor="key_wh").status.value == "received"
     paid = world.order(order.id).payment
     assert paid.refunded == mug.total
     goodwill = paid.captured - paid.refunded - Money.of(left, "USD")
     world.gateway.script("refund", "approve")
     assert world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs").status == "succeeded"
 
-    assert returns.settle(item.id, actor="key_wh").status.value == "refunded"
+    assert run_return_workflow(returns, item.id, actor="key_wh").status.value == "refunded"
     pens = world.shipment_at(order, "wh-north")
     world.actions.ship(order.id, pens, None, actor="key_wh")
     after = world.actions.deliver(order.id, pens, actor="key_wh")
@@ -661,9 +661,9 @@ def test_a_return_whose_split_refund_went_back_whole_and_whose_step_died_before_
 
     monkeypatch.setattr(world.returns, "update", dies_marking_it_refunded)
     with pytest.raises(Died):
-        returns.settle(item.id, actor="key_wh")
+        run_return_workflow(returns, item.id, actor="key_wh")
 
-    done = returns.settle(item.id, actor="key_wh")
+    done = run_return_workflow(returns, item.id, actor="key_wh")
 
     [refund] = world.order(second.id).payment.refunds
     assert [p.status for p in refund.parts or []] == ["succeeded", "succeeded"]
