@@ -126,21 +126,28 @@ def test_a_hold_retried_under_its_idempotency_key_answers_the_first_answer_and_n
     assert_error(api.post(f"{path}/hold", json={"reason": "other"}, headers=key), 409, "idempotency_key_reused")
 
 
-def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_not_409(api: InProcessApi, sku: str):
-    # The first request wrote the hold and died before powertools stored its answer: the retry under
-    # the same key finds the hold it made in the order's history (as a release's retry does), and a
-    # retry of that key with another body is 409 `idempotency_key_reused`.
+def held_with_its_answer_lost(api: InProcessApi, sku: str) -> tuple[str, str]:
+    """An order placed and held for `address_review` ("flat number missing") by the admin key under
+    an Idempotency-Key, by a request that wrote the hold and died before powertools stored its
+    answer: the order's path and the key."""
     from core.access import ADMIN_KEY_ID
     from core.holds import HoldRequest
     from functions.api.dependencies import container
 
     order = place(api, sku)
-    path = f"/orders/{order['id']}"
     idempotency_key = unique("hold")
     container().holds.hold(
         order["id"], HoldRequest(reason="address_review", note="flat number missing"), actor=ADMIN_KEY_ID,
         request_key=f"api:{ADMIN_KEY_ID}:{idempotency_key}",
     )  # fmt: skip
+    return f"/orders/{order['id']}", idempotency_key
+
+
+def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_not_409(api: InProcessApi, sku: str):
+    # The first request wrote the hold and died before powertools stored its answer: the retry under
+    # the same key finds the hold it made in the order's history (as a release's retry does), and a
+    # retry of that key with another body is 409 `idempotency_key_reused`.
+    path, idempotency_key = held_with_its_answer_lost(api, sku)
     held = api.get(path).json()
     key = {"Idempotency-Key": idempotency_key}
 
@@ -158,17 +165,7 @@ def test_a_hold_whose_answer_was_never_stored_sent_again_with_another_reason_und
     # No answer is stored under the key (the first request died after its hold was written), so the
     # idempotency layer has no body to compare: the hold's entry, which keeps the key, says the key
     # stood for another reason, and the request is refused, not answered as the hold it made.
-    from core.access import ADMIN_KEY_ID
-    from core.holds import HoldRequest
-    from functions.api.dependencies import container
-
-    order = place(api, sku)
-    path = f"/orders/{order['id']}"
-    idempotency_key = unique("hold")
-    container().holds.hold(
-        order["id"], HoldRequest(reason="address_review", note="flat number missing"), actor=ADMIN_KEY_ID,
-        request_key=f"api:{ADMIN_KEY_ID}:{idempotency_key}",
-    )  # fmt: skip
+    path, idempotency_key = held_with_its_answer_lost(api, sku)
     key = {"Idempotency-Key": idempotency_key}
 
     other = api.post(f"{path}/hold", json={"reason": "fraud_review", "note": "flat number missing"}, headers=key)
