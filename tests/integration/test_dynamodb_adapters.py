@@ -66,6 +66,33 @@ BOTH_STORES = pytest.mark.parametrize("inventory", ["dynamodb", "memory"], indir
 # `orders` and `capture` (TSHIRT, 1,000 at wh-east): tests/integration/conftest.py.
 
 
+THROTTLED = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}}
+
+
+def cancelled_by(codes: list[str]) -> dict[str, Any]:
+    """A TransactionCanceledException's error, one cancellation reason `codes[i]` per item."""
+    return {
+        "Error": {"Code": "TransactionCanceledException", "Message": f"Transaction cancelled [{', '.join(codes)}]"},
+        "CancellationReasons": [{"Code": code} for code in codes],
+    }
+
+
+@contextlib.contextmanager
+def failing(aws: Any, operation: str, error: dict[str, Any]) -> Iterator[None]:
+    """Every `operation` call of the stack's DynamoDB client raises `error` (a ClientError) in the
+    block, before it reaches the table (moto never throttles nor conflicts)."""
+
+    def fail(**_: Any) -> None:
+        raise ClientError(error, operation)
+
+    events = aws.dynamodb.meta.events
+    events.register(f"before-call.dynamodb.{operation}", fail)
+    try:
+        yield
+    finally:
+        events.unregister(f"before-call.dynamodb.{operation}", fail)
+
+
 # --- Catalog -----------------------------------------------------------------------------------
 
 
@@ -289,17 +316,8 @@ def test_a_restock_refused_for_the_cap_whose_record_was_throttled_raises_and_its
     # Past the cap the ledger item alone records the key as refused (a PutItem): throttled, that is
     # no outcome; the step raises, and its retry records the refusal the return's entry names.
     inventory.set_on_hand("MUG", "wh-west", MAX_ON_HAND, "count")
-    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}}
-
-    def throttle(**_: Any) -> None:
-        raise ClientError(throttled, "PutItem")
-
-    aws.dynamodb.meta.events.register("before-call.dynamodb.PutItem", throttle)
-    try:
-        with pytest.raises(ClientError):
-            inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
-    finally:
-        aws.dynamodb.meta.events.unregister("before-call.dynamodb.PutItem", throttle)
+    with failing(aws, "PutItem", THROTTLED), pytest.raises(ClientError):
+        inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
     assert inventory.not_restocked("wh-west", ["rma_1#L1"]) == {}
     inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
 
@@ -311,23 +329,8 @@ def test_a_restock_whose_transaction_met_another_raises_and_its_retry_adds_the_u
     # A TransactionConflict on the stock item (moto never conflicts: injected) is no refusal for
     # the cap: nothing is recorded, the step's retry adds the units.
     inventory.set_on_hand("MUG", "wh-west", 5, "count")
-    cancelled = {
-        "Error": {
-            "Code": "TransactionCanceledException",
-            "Message": "Transaction cancelled [None, TransactionConflict]",
-        },
-        "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
-    }
-
-    def conflict(**_: Any) -> None:
-        raise ClientError(cancelled, "TransactWriteItems")
-
-    aws.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", conflict)
-    try:
-        with pytest.raises(ClientError):
-            inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
-    finally:
-        aws.dynamodb.meta.events.unregister("before-call.dynamodb.TransactWriteItems", conflict)
+    with failing(aws, "TransactWriteItems", cancelled_by(["None", "TransactionConflict"])), pytest.raises(ClientError):
+        inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
     inventory.restock("MUG", "wh-west", "rma_1#L1", 2)
 
     assert _level(inventory, "MUG", "wh-west") == (7, 0, 7)
@@ -491,20 +494,11 @@ def test_a_reservation_write_at_a_throttled_table_raises_for_its_step_to_retry(a
     # nor a release taken as done (its units would stay reserved for good).
     inventory.set_on_hand("MUG", "wh-west", 5, "count")
     inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)
-    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}}
-
-    def throttle(**_: Any) -> None:
-        raise ClientError(throttled, "UpdateItem")
-
-    aws.dynamodb.meta.events.register("before-call.dynamodb.UpdateItem", throttle)
-    try:
-        with pytest.raises(ClientError):
-            if write == "reserve":
-                inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
-            else:
-                inventory.release("MUG", "wh-west", "ord_1#L1")
-    finally:
-        aws.dynamodb.meta.events.unregister("before-call.dynamodb.UpdateItem", throttle)
+    with failing(aws, "UpdateItem", THROTTLED), pytest.raises(ClientError):
+        if write == "reserve":
+            inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
+        else:
+            inventory.release("MUG", "wh-west", "ord_1#L1")
 
     assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_2#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
 
@@ -1759,20 +1753,8 @@ def test_a_write_that_met_another_transaction_is_stale_told_apart_by_the_item_it
     _reserved(inventory, key, ("MUG", "wh-west", 2))
     released, _ = owing.stock_released(at=NOW)
     codes = ["TransactionConflict", "None"] if met == "the order" else ["None", "TransactionConflict"]
-    cancelled = {
-        "Error": {"Code": "TransactionCanceledException", "Message": f"Transaction cancelled [{', '.join(codes)}]"},
-        "CancellationReasons": [{"Code": code} for code in codes],
-    }
-
-    def conflict(**_: Any) -> None:
-        raise ClientError(cancelled, "TransactWriteItems")
-
-    aws.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", conflict)
-    try:
-        with pytest.raises(StaleVersion) as stale:
-            orders.update_with_stock(released, owing, [], [StockMove("MUG", "wh-west", key, held=2)])
-    finally:
-        aws.dynamodb.meta.events.unregister("before-call.dynamodb.TransactWriteItems", conflict)
+    with failing(aws, "TransactWriteItems", cancelled_by(codes)), pytest.raises(StaleVersion) as stale:
+        orders.update_with_stock(released, owing, [], [StockMove("MUG", "wh-west", key, held=2)])
 
     assert type(stale.value) is refused
     assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
