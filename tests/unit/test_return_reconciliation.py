@@ -499,11 +499,10 @@ def test_a_start_step_functions_denies_for_good_is_no_refusal_for_now_and_fails_
     assert passes().run() == [] and len(asked) == MAX_REFUSED_STARTS
 
 
-def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_refund_pass_made_its_refund(world):
-    """Its refund left pending by the outage through the step's retries: the pass leaves it received
-    while the refund pends (set aside under its method, read again after the received returns), and
-    marks it refunded, once, after the pending-refund pass made the refund; the gateway is not asked
-    again. Before: set aside for a person, it stayed `received` for good."""
+def stuck_on_an_outage(world: World) -> tuple[Clock, InlineReturnWorkflow, Return]:
+    """A mug's return received whose Refund step found the gateway down through its retries (its
+    refund left pending, the return recorded stuck): the clock, the returns workflow over its
+    returns service and the return."""
     clock = Clock()
     returns = returns_service(world, clock, world.gateway)
     workflow = InlineReturnWorkflow(returns)
@@ -511,6 +510,15 @@ def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_
     returns.receive(item.id, RECEIPT, "key_wh")
     world.gateway.script("refund", "transient")
     stuck_on(returns, item.id, "refund", PaymentGatewayUnavailable, "the gateway is down")
+    return clock, workflow, item
+
+
+def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_refund_pass_made_its_refund(world):
+    """Its refund left pending by the outage through the step's retries: the pass leaves it received
+    while the refund pends (set aside under its method, read again after the received returns), and
+    marks it refunded, once, after the pending-refund pass made the refund; the gateway is not asked
+    again. Before: set aside for a person, it stayed `received` for good."""
+    clock, workflow, item = stuck_on_an_outage(world)
     clock.advance(hours=1)
     methods = Payments(load_plugin_manager(world.gateway, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
@@ -713,13 +721,7 @@ def test_a_return_stuck_on_a_gateway_outage_whose_pending_refund_was_then_refuse
     it is pending and the stuck record names no refusal, but the refund failed: a person decides
     (another card, store credit). Started again, its workflow would ask the gateway again for a
     refund it refused."""
-    clock = Clock()
-    returns = returns_service(world, clock, world.gateway)
-    workflow = InlineReturnWorkflow(returns)
-    item = one_mug_returned(world, returns)
-    returns.receive(item.id, RECEIPT, "key_wh")
-    world.gateway.script("refund", "transient")
-    stuck_on(returns, item.id, "refund", PaymentGatewayUnavailable, "the gateway is down")
+    clock, workflow, item = stuck_on_an_outage(world)
     world.gateway.script("refund", "refuse")
     refunds = RefundService(
         world.orders, Payments(load_plugin_manager(world.gateway, enable_test_payments=True)), clock
