@@ -25,7 +25,7 @@ from core.errors import (
     ReservationsFull,
     StaleVersion,
 )
-from core.models import MAX_ON_HAND, HistoryEntry
+from core.models import MAX_ON_HAND, HistoryEntry, Order
 from core.ports import OrderFilter, ReturnFilter, ShortCount, StockMove, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
@@ -1603,16 +1603,25 @@ def order_and_stock(request, aws, capture):
     """An order recording a stock step owed, stored by the adapter (or the in-memory one) that
     writes it with its stock moves: (orders, inventory, the order)."""
     if request.param == "dynamodb":
-        inventory: Any = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
-        orders: Any = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
-        placed = capture.place(place_order(), actor="a")
-    else:
-        inventory = InMemoryInventory()
-        orders = InMemoryOrders(inventory)
-        placed = place_order_in_memory(orders)
+        orders, inventory, owing = owing_stock_on_dynamodb(aws, capture)
+        return orders, inventory, orders.get(owing.id, consistent=True)
+    inventory = InMemoryInventory()
+    orders = InMemoryOrders(inventory)
+    placed = place_order_in_memory(orders)
     owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()  # a cancel of units wrote it
     orders.update(owing, placed, [])
     return orders, inventory, orders.get(placed.id, consistent=True)
+
+
+def owing_stock_on_dynamodb(aws: Any, capture: Any) -> tuple[DynamoOrders, DynamoInventory, Order]:
+    """The capture's order (place_order's lines) stored recording a stock step owed, as a cancel of
+    units writes it, by the DynamoDB adapters: (orders, inventory, the order as written)."""
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
+    placed = capture.place(place_order(), actor="a")
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()  # a cancel of units wrote it
+    orders.update(owing, placed, [])
+    return orders, inventory, owing
 
 
 def place_order_in_memory(orders: InMemoryOrders):
@@ -1744,11 +1753,7 @@ def test_a_write_that_met_another_transaction_is_stale_told_apart_by_the_item_it
     """DynamoDB cancels a transaction that meets another one in progress on an item
     (TransactionConflict; moto never does, so it is injected): the caller reads again and decides
     again, as when a condition failed, never a 500."""
-    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
-    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
-    placed = capture.place(place_order(), actor="a")
-    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
-    orders.update(owing, placed, [])
+    orders, inventory, owing = owing_stock_on_dynamodb(aws, capture)
     key = f"{owing.id}#L1"
     _reserved(inventory, key, ("MUG", "wh-west", 2))
     released, _ = owing.stock_released(at=NOW)
@@ -1763,11 +1768,7 @@ def test_a_write_that_met_another_transaction_is_stale_told_apart_by_the_item_it
 def test_a_stock_take_after_the_hand_over_recorded_since_the_read_cancels_the_whole_write(aws, capture, monkeypatch):
     """The write is conditional on the count it decided on: one recorded between the read and the
     write (after the parcel left) fails it, told apart (ReservationsChanged: decided again)."""
-    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
-    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
-    placed = capture.place(place_order(), actor="a")
-    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
-    orders.update(owing, placed, [])
+    orders, inventory, owing = owing_stock_on_dynamodb(aws, capture)
     key = f"{owing.id}#L1"
     _reserved(inventory, key, ("MUG", "wh-west", 2))
     reading = DynamoOrders._shelves
@@ -1795,11 +1796,7 @@ def test_a_receipt_since_the_read_of_a_short_counted_shelf_cancels_the_whole_wri
     """Read below the parcel's units (a short count stood), the write is conditional on on_hand
     still being so: units received between the read and the write fail it, told apart
     (ReservationsChanged: decided again on the shelf as it is)."""
-    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
-    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
-    placed = capture.place(place_order(), actor="a")
-    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
-    orders.update(owing, placed, [])
+    orders, inventory, owing = owing_stock_on_dynamodb(aws, capture)
     key = f"{owing.id}#L1"
     _reserved(inventory, key, ("PEN", "wh-west", 3))
     inventory.set_on_hand("PEN", "wh-west", 1, reason="stock_take", releasing={key: 3})
@@ -1831,11 +1828,7 @@ def test_a_stock_write_freeing_units_invokes_the_backorder_filler_and_one_only_s
 
     event = Template.load().functions()["BackorderFunction"]["Events"]["InventoryStream"]
     filters = compile_filters(event["Properties"]["FilterCriteria"], "BackorderFunction")
-    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
-    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
-    placed = capture.place(place_order(), actor="a")
-    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
-    orders.update(owing, placed, [])
+    orders, inventory, owing = owing_stock_on_dynamodb(aws, capture)
     mug, pen, cap = f"{owing.id}#L1", f"{owing.id}#L2", f"{owing.id}#L3"
     _reserved(inventory, mug, ("MUG", "wh-west", 3))
     _reserved(inventory, pen, ("PEN", "wh-west", 2))
