@@ -14,7 +14,7 @@ from core.models import EarlierCaptures, Order
 from core.money import Money
 from core.notifications import notifications
 from core.refunds import owes_kept_back, refund_id_for, went_back_id
-from core.return_models import ReceiveReturn, RequestReturn
+from core.return_models import ReceiveReturn, RequestReturn, Return
 from core.returns import Returns
 from core.status import OrderStatus, PaymentStatus
 from functions.plugin_loading import load_plugin_manager
@@ -597,6 +597,18 @@ def test_a_returns_split_refund_the_reconciler_hears_refused_after_its_first_par
     assert after.returns_to_show == [item.id]
 
 
+def mug_and_caps_received(world: World, clock: Clock, order_id: str) -> tuple[Returns, Return]:
+    """The order's mug (L1, 1) and three caps (L2, 3) returned for a change of mind and received
+    resellable at wh-west: the returns service and the return."""
+    returns = returns_of(world, clock)
+    lines = (("L1", 1), ("L2", 3))
+    asked = [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]
+    item = returns.request(order_id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
+    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
+    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    return returns, item
+
+
 @pytest.mark.parametrize("left", ["0.00", "2.00"], ids=["goodwill-took-it-all", "goodwill-left-2.00"])
 def test_a_split_return_refund_refused_in_part_then_capped_by_a_goodwill_keeps_back_only_what_did_not_go_back(
     world, clock, left
@@ -613,12 +625,7 @@ def test_a_split_return_refund_refused_in_part_then_capped_by_a_goodwill_keeps_b
     world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh_east")
     mug, caps, _ = order.lines
     world.gateway.script("refund", "approve", "refuse")
-    returns = returns_of(world, clock)
-    lines = (("L1", 1), ("L2", 3))
-    asked = [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]
-    item = returns.request(order.id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
-    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
-    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    returns, item = mug_and_caps_received(world, clock, order.id)
     assert run_return_workflow(returns, item.id, actor="key_wh").status.value == "received"
     paid = world.order(order.id).payment
     assert paid.refunded == mug.total
@@ -645,12 +652,7 @@ def test_a_return_whose_split_refund_went_back_whole_and_whose_step_died_before_
     # parts of a refund that succeeded as what a refused attempt gave back showed it twice.
     _, second = renewed_between_parcels(world, clock)
     mug, caps = second.lines
-    returns = returns_of(world, clock)
-    lines = (("L1", 1), ("L2", 3))
-    asked = [{"line_id": line_id, "quantity": units, "reason": "changed my mind"} for line_id, units in lines]
-    item = returns.request(second.id, RequestReturn.model_validate({"lines": asked}), actor="key_cs")
-    back = [{"line_id": line_id, "quantity": units, "condition": "resellable"} for line_id, units in lines]
-    returns.receive(item.id, ReceiveReturn.model_validate({"location_id": "wh-west", "lines": back}), "key_wh")
+    returns, item = mug_and_caps_received(world, clock, second.id)
     real = world.returns.update
 
     def dies_marking_it_refunded(new, expected, *args, **kwargs):
