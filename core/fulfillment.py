@@ -1295,10 +1295,6 @@ _REFUSAL_ENTRIES = frozenset(
     {OrderEvent.PAYMENT_CAPTURE_FAILED, OrderEvent.CAPTURE_NOT_MADE, OrderEvent.DELIVERY_NOT_RECORDED}
 )
 
-# How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
-# believed (reported_at).
-REPORT_SKEW = timedelta(minutes=5)
-
 
 def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:
     """The decision of OrderActions.finish_reported's write once a capture was refused: the parcel
@@ -1320,8 +1316,9 @@ def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:
 
 def reported_at(order: Order, given: datetime | None, now: datetime) -> datetime:
     """When a carrier's report says a parcel of `order` arrived: `given` (its tracking's `at`) when
-    it is believable, no later than `now` (a clock up to REPORT_SKEW ahead is taken for now) and not
-    before the order was placed; `now`, when the OMS heard, otherwise."""
-    if given is None or given < order.created_at or given > now + REPORT_SKEW:
+    it is believable, not before the order was placed; `now`, when the OMS heard, otherwise. A time
+    yet to come, a minute or a year ahead, is taken for now: nothing arrived after the OMS heard
+    it had (as Order.deliver takes it)."""
+    if given is None or given < order.created_at:
         return now
     return min(given, now)

@@ -265,7 +265,8 @@ class InventoryRepository(ABC):
         reserved units fitting `on_hand`. Below what is reserved, `available` is negative until
         those releases land, so nothing reserves the released units in between. With `releasing`,
         the same write marks the item with `short` (short_counts lists it until
-        short_count_finished); a count that fits (no `releasing`) removes any mark."""
+        short_count_finished); a count that fits (no `releasing`) removes any mark, and one with
+        `releasing` but no `short` leaves a mark there as it is."""
 
     @abstractmethod
     def restocked_since_count(self, items: set[tuple[str, str]]) -> set[tuple[str, str]]:

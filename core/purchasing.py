@@ -94,9 +94,10 @@ def _repeats(skus: list[str], message: str) -> list[Any]:
     return errors
 
 
-# A delivery date outside these is a typo, and would not survive conversion to UTC at the edges.
+# A delivery date outside the years 2000 to 2999 (in UTC) is a typo, and would not survive
+# conversion to UTC at the edges. Every moment of 2999 is taken: the bound is the first of 3000.
 EARLIEST_EXPECTED = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST_EXPECTED = datetime(2999, 12, 31, tzinfo=UTC)
+AFTER_LATEST_EXPECTED = datetime(3000, 1, 1, tzinfo=UTC)
 
 
 class NewPurchaseOrder(Strict):
@@ -142,8 +143,11 @@ class NewPurchaseOrder(Strict):
     def _a_plausible_moment(cls, expected_at: datetime | None) -> datetime | None:
         if expected_at is not None and expected_at.tzinfo is None:
             raise ValueError("expected_at needs a time zone")
-        if expected_at is not None and not EARLIEST_EXPECTED <= expected_at <= LATEST_EXPECTED:
-            raise ValueError("expected_at must fall between the years 2000 and 2999")
+        if expected_at is not None and not EARLIEST_EXPECTED <= expected_at < AFTER_LATEST_EXPECTED:
+            raise ValueError(
+                "expected_at must fall in the years 2000 to 2999 in UTC: from 2000-01-01T00:00:00Z, "
+                "before 3000-01-01T00:00:00Z"
+            )
         # Kept and shown in UTC, as every time the API answers (API.md).
         return expected_at.astimezone(UTC) if expected_at is not None else None
 

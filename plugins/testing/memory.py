@@ -317,10 +317,10 @@ class InMemoryInventory(InventoryRepository):
             raise InsufficientStock("the reservations to release changed")
         if on_hand + sum(releasing.values()) < level.reserved:
             raise InsufficientStock("below reserved")
-        if short is not None and releasing:
-            self.short[(sku, location_id)] = short
-        else:
+        if not releasing:  # a count that fits: no mark stands
             self.short.pop((sku, location_id), None)
+        elif short is not None:  # else a mark there stays, as the DynamoDB adapter keeps it
+            self.short[(sku, location_id)] = short
         if counted_at is not None:
             self.counted[(sku, location_id)] = counted_at
         else:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import Catalog, order_body
+from tests.e2e.client import Catalog, assert_error, order_body, unique
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_events, run_to_allocated
 
@@ -389,3 +389,23 @@ def test_a_stock_take_before_the_hand_over_still_has_the_parcels_units_leave(api
     stream_read(stream)
 
     assert stock.level() == (stock.on_hand + 1 - 2, 0)
+
+
+def test_a_stock_take_sent_again_under_its_key_after_the_hand_over_still_has_the_parcels_units_leave(api: InProcessApi):
+    """The count before the ship (the parcel's 2 on the shelf), its answer lost, sent again under its
+    Idempotency-Key after the hand-over: the same request, answered as the first was. Counted again,
+    it took the shelf for counted without the parcel (its time after the ship's): the finish left
+    on_hand at 6 with 4 units there."""
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    count, headers = f"/inventory/{stock.sku}/{stock.location}", {"Idempotency-Key": unique("count")}
+    counted = api.put(count, json={"on_hand": stock.on_hand + 1}, headers=headers)
+    assert counted.status_code == 200, counted.text
+    stream = ship_that_dies(order_id, parcel)
+
+    again = api.put(count, json={"on_hand": stock.on_hand + 1}, headers=headers)
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand + 1 - 2, 0)
+    assert (again.status_code, again.json()) == (200, counted.json())
+    assert_error(api.put(count, json={"on_hand": stock.on_hand}, headers=headers), 409, "idempotency_key_reused")

@@ -892,6 +892,25 @@ def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(ap
     assert_error(api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": "W/7"}), 400)
 
 
+def test_a_purchase_order_due_in_the_last_hours_of_2999_in_utc_is_opened_and_its_422_says_the_exact_bounds(
+    api: InProcessApi,
+):
+    # The 422 said "between the years 2000 and 2999" and refused every time after 2999-12-31T00:00Z
+    # (h679): a PO due on the last day of 2999 was refused by a text that allowed it.
+    _, body = a_po_body(api, 4)
+    bounds = "from 2000-01-01T00:00:00Z, before 3000-01-01T00:00:00Z"
+
+    for due in ("2000-01-01T00:00:00Z", "2999-12-31T12:00:00Z", "2999-12-31T23:59:59.999999Z",
+                "2999-12-31T18:59:59-05:00"):  # fmt: skip
+        opened = api.post("/purchase-orders", json={**body, "expected_at": due})
+        assert opened.status_code == 201, (due, opened.text)
+
+    for due in ("1999-12-31T23:59:59.999999Z", "3000-01-01T00:00:00Z", "2999-12-31T19:00:00-05:00"):
+        error = assert_error(api.post("/purchase-orders", json={**body, "expected_at": due}), 422, None, "expected_at")
+        assert bounds in error["details"][0]["message"], (due, error)
+    assert len(api.get("/purchase-orders", params={"vendor_id": body["vendor_id"]}).json()["items"]) == 4
+
+
 def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothing_is_ordered(api: InProcessApi):
     # API.md: every amount is below 10^15 in its currency, and an order whose total would reach it
     # is 422. A PO of 10^9 units at a million each was opened: a commitment to pay the vendor

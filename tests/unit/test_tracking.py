@@ -422,6 +422,18 @@ def test_a_delivered_scan_a_minute_or_two_old_is_kept_at_the_carriers_time(track
     assert world.order(order.id).delivery_scan(east).at == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("ahead", [timedelta(minutes=1), timedelta(minutes=5), timedelta(hours=1)])
+def test_a_scan_kept_for_its_ship_at_a_time_yet_to_come_is_kept_at_when_the_webhook_came(tracking, ahead):
+    # A carrier's clock a little or far ahead of the OMS's: no parcel arrived after the OMS heard it had.
+    clock = [datetime(2026, 11, 23, 9, 0, tzinfo=UTC)]
+    world = build_world(STOCK, clock=lambda: clock[0])
+    order, _, east = shipped_order(world)
+
+    post(tracking, world, event(order.id, east, at=(clock[0] + ahead).isoformat()))
+
+    assert world.order(order.id).delivery_scan(east).at == clock[0]
+
+
 def test_a_scanned_parcel_is_neither_edited_nor_cancelled_by_a_key_that_cannot_confirm_it(tracking, world):
     order = world.allocated(("MUG", 2))
     (parcel,) = order.shipments

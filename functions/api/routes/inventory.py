@@ -48,13 +48,30 @@ def _level_shown(level: StockLevel) -> StockLevel:
     "leave more reserved than counted (units held by ready pickups, or by orders on hold, but those held while "
     f"backordered, or not allocated there yet), or when it would send more than {MAX_COUNT_REJECTS} orders "
     "elsewhere (count in steps). A key bound to a channel sends no order elsewhere: its count below the units "
-    "reserved is that 409 (but the count recorded already, sent again).",
+    "reserved is that 409 (but the count recorded already, sent again). With an Idempotency-Key a count retried "
+    "is answered as the first was for 24 h, nothing written again (another body with that key is 409); without "
+    "one, a count sent again is recorded as counted when it came.",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
-def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount) -> StockLevel:
+def set_stock(
+    sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount, idempotency_key: IdempotencyKey = None
+) -> StockLevel:
     who = caller(router)
-    return _level_shown(container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel))
+    if idempotency_key is None:  # a count sent again is a count made again, at its own time
+        return _level_shown(container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel))
+
+    def counted() -> dict[str, Any]:
+        level = container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel)
+        return level.model_dump(mode="json")
+
+    from functions.api.idempotency import once
+
+    # Answered from the key's record, a retry writes nothing: counted again, its later counted_at
+    # would take a parcel handed over since the first for counted without its units.
+    route = f"PUT /inventory/{quote(sku, safe=':')}/{quote(location_id, safe=':')}"
+    body = once(route, who.key_id, idempotency_key, count.model_dump(mode="json"), counted, router.lambda_context)
+    return _level_shown(StockLevel.model_validate(body))
 
 
 @router.post(
