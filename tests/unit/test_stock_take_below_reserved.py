@@ -152,6 +152,41 @@ def test_a_count_whose_function_died_before_its_rejects_is_finished_by_the_count
     assert len(rejected_by_count(world, newer.id)) == 1
 
 
+def test_a_count_whose_function_died_before_its_rejects_sent_again_under_its_key_writes_nothing_more(world):
+    # Its Idempotency-Key's record gone with the function, the retry under the key is answered the
+    # level as recorded: no count written again (its counted_at stays the first's, so a parcel
+    # handed over since still leaves on_hand) and no reject run; the mark leaves them to the
+    # reconciler's pass, by the count's actor.
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    key = "api:key_stock_take:count-1"
+
+    def died(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the Lambda timed out after the count")
+
+    dying = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=died, clock=lambda: NOW
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        dying.count("TSHIRT", "wh-west", 5, actor=KEY, key=key)
+    again = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again, clock=lambda: NOW + timedelta(minutes=1),
+    )  # fmt: skip
+
+    level = again.count("TSHIRT", "wh-west", 5, actor="key_other", key=key)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 8, 0)
+    assert rejected_by_count(world, newer.id) == []
+    assert world.inventory.counted[("TSHIRT", "wh-west")] == NOW
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+    assert done.finished == [ShortCount("TSHIRT", "wh-west", KEY, NOW)]
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+    assert world.order(older.id) == older
+    assert [actor for actor, _, _ in rejected_by_count(world, newer.id)] == [KEY]
+
+
 def test_the_released_units_are_not_reserved_by_an_order_placed_between_the_rejects(world, monkeypatch):
     # The count lands before the rejects: available stays negative until the last release, so an
     # order placed while the first reject's units go back cannot take them.
