@@ -2453,8 +2453,8 @@ class DynamoInventory(InventoryRepository):
         names: dict[str, str] = {}
         conditions = ["(attribute_not_exists(reserved) OR reserved <= :most)"]
         values[":most"] = on_hand + sum(releasing.values())
-        for i, (key, units) in enumerate(sorted(releasing.items())):
-            names[f"#k{i}"] = key
+        for i, (held, units) in enumerate(sorted(releasing.items())):
+            names[f"#k{i}"] = held
             values[f":h{i}"] = units
             conditions.append(f"reservations.#k{i} = :h{i}")
         if restocked and not releasing:

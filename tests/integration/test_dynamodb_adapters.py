@@ -270,6 +270,32 @@ def test_a_count_under_a_key_recorded_there_writes_nothing_so_a_parcel_handed_ov
 
 
 @BOTH_STORES
+def test_a_short_count_under_a_key_recorded_there_writes_nothing_and_leaves_its_mark_as_it_was(inventory):
+    # Recorded short, its rejects owed: the retry under its key rewrites neither the count nor the
+    # mark the reconciler finishes it by. A count under another key releasing the same reservation
+    # is a count of its own (the reservation's key is no count's).
+    inventory.set_on_hand("TSHIRT", "wh-east", 10, "count")
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 4)
+    inventory.reserve("TSHIRT", "wh-east", "ord_b#L1", 4)
+    short = ShortCount("TSHIRT", "wh-east", "key_stock_take", NOW)
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "stock_take", {"ord_b#L1": 4}, short, counted_at=NOW, key="api:k1:a")
+    later = NOW + timedelta(minutes=1)
+
+    again = ShortCount("TSHIRT", "wh-east", "key_other", later)
+    with pytest.raises(CountedAlready) as counted:
+        inventory.set_on_hand(
+            "TSHIRT", "wh-east", 5, "stock_take", {"ord_b#L1": 4}, again, counted_at=later, key="api:k1:a"
+        )
+
+    assert (counted.value.level.on_hand, counted.value.level.reserved) == (5, 8)
+    assert inventory.short_counts(NOW + timedelta(minutes=5), 10) == [short]
+    level = inventory.set_on_hand(
+        "TSHIRT", "wh-east", 4, "stock_take", {"ord_b#L1": 4}, counted_at=later, key="api:k1:b"
+    )
+    assert (level.on_hand, level.reserved) == (4, 8)
+
+
+@BOTH_STORES
 def test_a_count_under_a_key_refused_below_the_reserved_units_records_no_key_and_its_retry_counts(inventory):
     # Refused (409, nothing recorded), then sent again once the reservation went: recorded as its
     # key's first count, not answered as one that never landed.
