@@ -309,11 +309,11 @@ def test_a_count_under_a_key_refused_below_the_reserved_units_records_no_key_and
     assert _level(inventory, "TSHIRT", "wh-east") == (3, 0, 3)
 
 
-def test_a_counts_key_is_honoured_a_day_and_its_count_answers_the_level_it_left_read_consistently(
+def test_a_counts_key_is_honoured_a_day_its_level_read_consistently_and_its_refusal_names_the_reserved_units(
     aws, inventory, monkeypatch
 ):
     # Its transaction answers nothing: the level is read after it, consistently. The ledger item
-    # the TTL has not removed yet a day later no longer counts.
+    # the TTL has not removed yet a day later no longer counts. Refused, the 409 says what is reserved.
     from functions.adapters import dynamodb
 
     inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
@@ -325,6 +325,10 @@ def test_a_counts_key_is_honoured_a_day_and_its_count_answers_the_level_it_left_
     day_later = dynamodb.time.time() + dynamodb.ADJUSTMENT_KEY_SECONDS + 1
     monkeypatch.setattr(dynamodb.time, "time", lambda: day_later)  # expired, not yet removed by the TTL
     assert inventory.set_on_hand("TSHIRT", "wh-east", 8, "stock_take", key="api:k1:a").on_hand == 8
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 6)
+    with pytest.raises(InsufficientStock) as refused:
+        inventory.set_on_hand("TSHIRT", "wh-east", 3, "stock_take", key="api:k1:b")
+    assert refused.value.details == [{"field": "on_hand", "message": "must be at least the 6 reserved units"}]
 
 
 def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_nothing(aws, inventory, monkeypatch):
