@@ -246,6 +246,16 @@ class ShortCount(NamedTuple):
     counted_at: datetime
 
 
+class CountedAlready(Exception):
+    """InventoryRepository.set_on_hand's answer to a count under a key it recorded already (a
+    stock take sent again under its Idempotency-Key after its first answer was lost): nothing was
+    written; `level` is the stock record as it is stored."""
+
+    def __init__(self, level: StockLevel):
+        super().__init__(f"counted already: {level.sku} at {level.location_id}")
+        self.level = level
+
+
 class InventoryRepository(ABC):
     """Stock per (sku, location). Every change is one conditional write: never read-then-write."""
 
@@ -253,6 +263,7 @@ class InventoryRepository(ABC):
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
         short: ShortCount | None = None, counted_at: datetime | None = None, restocked: bool = False,
+        key: str | None = None,
     ) -> StockLevel:  # fmt: skip
         """Set the counted units, recording when they were counted (`counted_at`; a count without
         it records no time, the one before forgotten): a parcel handed over before then was counted
@@ -266,7 +277,11 @@ class InventoryRepository(ABC):
         those releases land, so nothing reserves the released units in between. With `releasing`,
         the same write marks the item with `short` (short_counts lists it until
         short_count_finished); a count that fits (no `releasing`) removes any mark, and one with
-        `releasing` but no `short` leaves a mark there as it is."""
+        `releasing` but no `short` leaves a mark there as it is.
+        With `key` (from a client's Idempotency-Key) the count records the key for a day in the same
+        atomic write: a count under a key recorded there writes nothing (no counted_at of its own)
+        and raises CountedAlready with the level as stored when it counts the same `on_hand`, or
+        Conflict (idempotency_key_reused) when not. A count refused records no key."""
 
     @abstractmethod
     def restocked_since_count(self, items: set[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -56,6 +56,7 @@ from core.ports import (
     ApiStage,
     AuthorizerCache,
     CatalogRepository,
+    CountedAlready,
     GatewayKeys,
     InventoryRepository,
     OrderFilter,
@@ -213,8 +214,9 @@ class InventoryService:
             raise NotFound(f"no location {location_id}")
 
     def count(
-        self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take", channel: str | None = None
-    ) -> StockLevel:
+        self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take", channel: str | None = None,
+        key: str | None = None,
+    ) -> StockLevel:  # fmt: skip
         """Record the counted units. Below what is reserved there, the count is recorded all the
         same and the pending shipments at that location holding the sku, newest order first, are
         rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
@@ -237,7 +239,10 @@ class InventoryService:
         location, reason `stock_count`, also when sent back to be sourced since this read it:
         Order.source_again_without), newest order first: they are in no parcel yet. A key bound to
         a `channel` changes no other channel's order, and sends none elsewhere: its count below the
-        units reserved is InsufficientStock (but as sent again: on_hand that count already)."""
+        units reserved is InsufficientStock (but as sent again: on_hand that count already). `key`:
+        the count's own, derived from a client's Idempotency-Key, recorded with its write: a count
+        under it recorded already (its answer lost) is answered the level as stored, writing nothing
+        (no later counted_at, no reject: the reconciler's pass finishes those owed)."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
@@ -249,8 +254,10 @@ class InventoryService:
                     # there lapses (restocked_since_count).
                     return self._inventory.set_on_hand(
                         sku, location_id, on_hand, "stock_take", counted_at=short.counted_at,
-                        restocked=on_hand > level.on_hand,
+                        restocked=on_hand > level.on_hand, key=None if written else key,
                     ).as_shown()  # fmt: skip
+                except CountedAlready as counted:
+                    return counted.level.as_shown()
                 except InsufficientStock:
                     if self._reject is None:
                         raise
@@ -276,8 +283,11 @@ class InventoryService:
                 raise
             try:
                 level = self._inventory.set_on_hand(
-                    sku, location_id, on_hand, "stock_take", releasing, short, counted_at=short.counted_at
-                )
+                    sku, location_id, on_hand, "stock_take", releasing, short, counted_at=short.counted_at,
+                    key=None if written else key,  # recorded by this call's first write
+                )  # fmt: skip
+            except CountedAlready as counted:
+                return counted.level.as_shown()
             except InsufficientStock:
                 continue  # the reservations changed meanwhile
             written = True

@@ -36,6 +36,7 @@ from core.ports import (
     BackorderedOrders,
     Backorders,
     CatalogRepository,
+    CountedAlready,
     DuePickups,
     GatewayKey,
     InventoryRepository,
@@ -2354,6 +2355,10 @@ RESTOCK_LEDGER = "restocked#"
 # day as every Idempotency-Key is; the Inventory table's TTL removes it later.
 ADJUST_LEDGER = "adjusted#"
 ADJUSTMENT_KEY_SECONDS = 24 * 3600
+# A stock take made with one leaves its own (sku `counted#<sku>#<key>`, the on_hand it counted), in
+# the same transaction as the count, for as long: a retry whose first answer was lost writes no
+# later counted_at over the first's (DynamoInventory.set_on_hand).
+COUNT_LEDGER = "counted#"
 # The backorder filler's stream filter (template.yaml, BackorderFunction) passes only stock images
 # carrying this marker: every write that can raise `available` sets it (true), every write that
 # lowers `available` or leaves it alone removes it, so reservations and shipments (most of the
@@ -2427,6 +2432,7 @@ class DynamoInventory(InventoryRepository):
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
         short: ShortCount | None = None, counted_at: datetime | None = None, restocked: bool = False,
+        key: str | None = None,
     ) -> StockLevel:  # fmt: skip
         releasing = releasing or {}
         # A count may be higher than the last one: it is an arrival as far as the filter knows. One
@@ -2447,8 +2453,8 @@ class DynamoInventory(InventoryRepository):
         names: dict[str, str] = {}
         conditions = ["(attribute_not_exists(reserved) OR reserved <= :most)"]
         values[":most"] = on_hand + sum(releasing.values())
-        for i, (key, units) in enumerate(sorted(releasing.items())):
-            names[f"#k{i}"] = key
+        for i, (held, units) in enumerate(sorted(releasing.items())):
+            names[f"#k{i}"] = held
             values[f":h{i}"] = units
             conditions.append(f"reservations.#k{i} = :h{i}")
         if restocked and not releasing:
@@ -2476,17 +2482,62 @@ class DynamoInventory(InventoryRepository):
         }
         if names:
             request["ExpressionAttributeNames"] = names
+        if key is not None:
+            return self._count_once(sku, location_id, on_hand, key, request)
         try:
             response = self._client.update_item(**request)
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            reserved = from_item(error.response.get("Item", {})).get("reserved", "?")
-            raise InsufficientStock(
-                f"cannot count {on_hand}: {reserved} units of {sku} are reserved at {location_id}",
-                details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
-            ) from None
+            raise self._count_refused(sku, location_id, on_hand, from_item(error.response.get("Item", {}))) from None
         return _level(from_item(response["Attributes"]))
+
+    @staticmethod
+    def _count_refused(sku: str, location_id: str, on_hand: int, old: dict[str, Any]) -> InsufficientStock:
+        reserved = old.get("reserved", "?")
+        return InsufficientStock(
+            f"cannot count {on_hand}: {reserved} units of {sku} are reserved at {location_id}",
+            details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
+        )
+
+    def _count_once(self, sku: str, location_id: str, on_hand: int, key: str, request: dict[str, Any]) -> StockLevel:
+        """The count (its UpdateItem `request`) and its key's ledger item in one transaction, as an
+        adjustment's (_adjust_once): a key already recorded there (not yet a day old) writes
+        nothing, and raises CountedAlready with the level as stored, or Conflict when that key
+        counted another on_hand."""
+        now = int(time.time())
+        ledger = {
+            "sku": f"{COUNT_LEDGER}{sku}#{key}", "location_id": location_id, "on_hand": on_hand,
+            "expires_at": now + ADJUSTMENT_KEY_SECONDS,
+        }  # fmt: skip
+        update = {name: value for name, value in request.items() if not name.startswith("ReturnValues")}
+        update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": to_item(ledger),
+                            # An expired item the TTL has not removed yet no longer counts.
+                            "ConditionExpression": "attribute_not_exists(sku) OR expires_at < :now",
+                            "ExpressionAttributeValues": {":now": {"N": str(now)}},
+                        }
+                    },
+                    {"Update": update},
+                ]
+            )
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if error.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
+                raise
+            if reasons[0].get("Code") == "ConditionalCheckFailed":
+                self._check_counted_as(ledger, ("on_hand",))
+                raise CountedAlready(self._read(sku, location_id)) from None
+            if reasons[1].get("Code") == "ConditionalCheckFailed":
+                raise self._count_refused(sku, location_id, on_hand, from_item(reasons[1].get("Item", {}))) from None
+            raise
+        return self._read(sku, location_id)
 
     def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
         # Paged on until `limit` marks are read: a query's page stops at 1 MB, and those past it
@@ -2661,7 +2712,7 @@ class DynamoInventory(InventoryRepository):
             if error.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
                 raise
             if reasons[0] == "ConditionalCheckFailed":
-                self._check_counted_as(ledger)
+                self._check_counted_as(ledger, ("delta", "reason"))
                 return self._read(sku, location_id)  # counted by an earlier attempt with this key
             if reasons[1:2] == ["ConditionalCheckFailed"]:
                 current = self._read(sku, location_id)
@@ -2669,8 +2720,9 @@ class DynamoInventory(InventoryRepository):
             raise
         return self._read(sku, location_id)
 
-    def _check_counted_as(self, ledger: dict[str, Any]) -> None:
-        """Raise Conflict unless the ledger item of `ledger`'s key counted the same delta and reason."""
+    def _check_counted_as(self, ledger: dict[str, Any], fields: tuple[str, ...]) -> None:
+        """Raise Conflict unless the ledger item of `ledger`'s key holds the same `fields` (an
+        adjustment's delta and reason, a stock take's on_hand)."""
         items = self._client.query(
             TableName=self._table,
             KeyConditionExpression="sku = :sku AND location_id = :location",
@@ -2678,7 +2730,7 @@ class DynamoInventory(InventoryRepository):
             ConsistentRead=True,
         ).get("Items", [])
         counted = _numbers_to_python(from_item(items[0])) if items else ledger
-        if (counted.get("delta"), counted.get("reason")) != (ledger["delta"], ledger["reason"]):
+        if [counted.get(name) for name in fields] != [ledger[name] for name in fields]:
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",
                 code="idempotency_key_reused",

@@ -22,6 +22,7 @@ from core.ports import (
     BackorderedOrders,
     Backorders,
     CatalogRepository,
+    CountedAlready,
     InventoryRepository,
     LabelStore,
     LateOrders,
@@ -286,6 +287,7 @@ class InMemoryInventory(InventoryRepository):
         self.restocked: set[str] = set()
         self.refused_restocks: dict[tuple[str, str], int] = {}  # (location, key): units past MAX_ON_HAND
         self.adjusted: dict[tuple[str, str, str], tuple[int, str]] = {}  # what each key counted
+        self.count_keys: dict[tuple[str, str, str], int] = {}  # the on_hand each stock take's key counted
         self.short: dict[tuple[str, str], ShortCount] = {}  # stock takes recorded short, by stock item
         self.short_resume: datetime | None = None  # where the reconciler's next pass over them starts
         self.counted: dict[tuple[str, str], datetime] = {}  # when each stock item's last stock take was counted
@@ -309,9 +311,16 @@ class InMemoryInventory(InventoryRepository):
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
         short: ShortCount | None = None, counted_at: datetime | None = None, restocked: bool = False,
+        key: str | None = None,
     ) -> StockLevel:  # fmt: skip
         level = self._get(sku, location_id)
         releasing = releasing or {}
+        if key is not None and (sku, location_id, key) in self.count_keys:  # before any refusal, as DynamoDB
+            if self.count_keys[(sku, location_id, key)] != on_hand:
+                raise Conflict(
+                    "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
+                )
+            raise CountedAlready(level)
         held = self._held(sku, location_id)
         if any(held.get(key) != units for key, units in releasing.items()):
             raise InsufficientStock("the reservations to release changed")
@@ -329,6 +338,8 @@ class InMemoryInventory(InventoryRepository):
             self.restocked_items.add((sku, location_id))
         else:
             self.restocked_items.discard((sku, location_id))
+        if key is not None:
+            self.count_keys[(sku, location_id, key)] = on_hand
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
 
     def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:

@@ -546,6 +546,11 @@ def _confirm(world: World) -> tuple[str, dict[str, Any], dict[str, Any]]:
 
 REUSES: dict[tuple[str, str], Reuse] = {
     ("POST", "/orders"): lambda w: ("/orders", order_body((w.sku, 1)), order_body((w.sku, 2))),
+    ("PUT", "/inventory/{sku}/{location_id}"): lambda w: (
+        f"/inventory/{w.sku}/{w.location}",
+        {"on_hand": 500},
+        {"on_hand": 501},
+    ),
     ("POST", "/inventory/{sku}/{location_id}/adjustments"): lambda w: (
         f"/inventory/{w.sku}/{w.location}/adjustments",
         {"delta": 1, "reason": "receipt"},
@@ -741,8 +746,23 @@ def _nothing() -> None:
     return None
 
 
+def _refused_count(world: World) -> tuple[str, dict[str, Any], Callable[[], None], dict[str, Any]]:
+    # Below the units a ready pickup holds (no reject sends it elsewhere): 409, the key not recorded.
+    catalog = Catalog(world.api)
+    store = catalog.location(name="Store", type="store", ships=False, pickup=True)
+    sku = catalog.product("10.00", weight_grams=300)
+    catalog.stock(sku, store, 2)
+    placed = world.api.post("/orders", json=order_body((sku, 2), fulfillment={"type": "pickup", "location_id": store}))
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(world.api, placed.json()["id"])
+    ready = world.api.post(f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}/ready")
+    assert ready.status_code == 200, ready.text
+    return f"/inventory/{sku}/{store}", {"on_hand": 1}, _nothing, {"on_hand": 2}
+
+
 REFUSALS: dict[tuple[str, str], Refusal] = {
     ("POST", "/orders"): lambda w: ("/orders", order_body((w.sku, 10**6)), _nothing, order_body((w.sku, 1))),
+    ("PUT", "/inventory/{sku}/{location_id}"): _refused_count,
     ("POST", "/inventory/{sku}/{location_id}/adjustments"): lambda w: (
         f"/inventory/{w.sku}/{w.location}/adjustments",
         {"delta": -(10**8), "reason": "damage"},

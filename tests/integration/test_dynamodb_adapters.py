@@ -26,7 +26,7 @@ from core.errors import (
     StaleVersion,
 )
 from core.models import MAX_ON_HAND, HistoryEntry, Order
-from core.ports import OrderFilter, ReturnFilter, ShortCount, StockMove, WaitingOrder
+from core.ports import CountedAlready, OrderFilter, ReturnFilter, ShortCount, StockMove, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
 from functions.adapters import dynamodb, order_codec
@@ -244,6 +244,91 @@ def test_a_ship_finished_after_a_stock_take_counted_since_its_hand_over_leaves_o
 
     level, held = stock.held_at("TSHIRT", "wh-east")
     assert (level.on_hand, level.reserved, level.available, held) == (on_hand_after, 0, on_hand_after, {})
+
+
+@BOTH_STORES
+def test_a_count_under_a_key_recorded_there_writes_nothing_so_a_parcel_handed_over_since_still_leaves(inventory):
+    """A stock take of 7 under its key, its answer lost; a parcel of 2 handed over after it; the
+    same count retried under the key once the key's idempotency record was gone. Written again,
+    its later counted_at took the parcel for counted without its units: on_hand stayed 7."""
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 2)
+    inventory.set_on_hand("TSHIRT", "wh-east", 7, "stock_take", counted_at=NOW, key="api:k1:a")
+
+    with pytest.raises(CountedAlready) as counted:
+        inventory.set_on_hand("TSHIRT", "wh-east", 7, "stock_take", counted_at=NOW + timedelta(seconds=2),
+                              key="api:k1:a")  # fmt: skip
+    inventory.ship("TSHIRT", "wh-east", "ord_a#L1", handed_at=NOW + timedelta(seconds=1))
+
+    assert (counted.value.level.on_hand, counted.value.level.reserved) == (7, 2)
+    assert _level(inventory, "TSHIRT", "wh-east") == (5, 0, 5)
+    assert inventory.set_on_hand("MUG", "wh-east", 7, "stock_take", key="api:k1:a").on_hand == 7  # another item
+    with pytest.raises(Conflict) as reused:  # the key stood for 7: a corrected retry must not be taken for done
+        inventory.set_on_hand("TSHIRT", "wh-east", 8, "stock_take", key="api:k1:a")
+    assert reused.value.code == "idempotency_key_reused"
+    assert _level(inventory, "TSHIRT", "wh-east") == (5, 0, 5)
+
+
+@BOTH_STORES
+def test_a_short_count_under_a_key_recorded_there_writes_nothing_and_leaves_its_mark_as_it_was(inventory):
+    # Recorded short, its rejects owed: the retry under its key rewrites neither the count nor the
+    # mark the reconciler finishes it by. A count under another key releasing the same reservation
+    # is a count of its own (the reservation's key is no count's).
+    inventory.set_on_hand("TSHIRT", "wh-east", 10, "count")
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 4)
+    inventory.reserve("TSHIRT", "wh-east", "ord_b#L1", 4)
+    short = ShortCount("TSHIRT", "wh-east", "key_stock_take", NOW)
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "stock_take", {"ord_b#L1": 4}, short, counted_at=NOW, key="api:k1:a")
+    later = NOW + timedelta(minutes=1)
+
+    again = ShortCount("TSHIRT", "wh-east", "key_other", later)
+    with pytest.raises(CountedAlready) as counted:
+        inventory.set_on_hand(
+            "TSHIRT", "wh-east", 5, "stock_take", {"ord_b#L1": 4}, again, counted_at=later, key="api:k1:a"
+        )
+
+    assert (counted.value.level.on_hand, counted.value.level.reserved) == (5, 8)
+    assert inventory.short_counts(NOW + timedelta(minutes=5), 10) == [short]
+    level = inventory.set_on_hand(
+        "TSHIRT", "wh-east", 4, "stock_take", {"ord_b#L1": 4}, counted_at=later, key="api:k1:b"
+    )
+    assert (level.on_hand, level.reserved) == (4, 8)
+
+
+@BOTH_STORES
+def test_a_count_under_a_key_refused_below_the_reserved_units_records_no_key_and_its_retry_counts(inventory):
+    # Refused (409, nothing recorded), then sent again once the reservation went: recorded as its
+    # key's first count, not answered as one that never landed.
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 4)
+    with pytest.raises(InsufficientStock):
+        inventory.set_on_hand("TSHIRT", "wh-east", 3, "stock_take", key="api:k1:a")
+    inventory.release("TSHIRT", "wh-east", "ord_a#L1")
+
+    assert inventory.set_on_hand("TSHIRT", "wh-east", 3, "stock_take", key="api:k1:a").on_hand == 3
+    assert _level(inventory, "TSHIRT", "wh-east") == (3, 0, 3)
+
+
+def test_a_counts_key_is_honoured_a_day_its_level_read_consistently_and_its_refusal_names_the_reserved_units(
+    aws, inventory, monkeypatch
+):
+    # Its transaction answers nothing: the level is read after it, consistently. The ledger item
+    # the TTL has not removed yet a day later no longer counts. Refused, the 409 says what is reserved.
+    from functions.adapters import dynamodb
+
+    inventory.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    with requests_made(aws.dynamodb) as made:
+        level = inventory.set_on_hand("TSHIRT", "wh-east", 7, "stock_take", counted_at=NOW, key="api:k1:a")
+
+    assert [operation for operation, _ in made] == ["TransactWriteItems", "Query"]
+    assert level.on_hand == 7 and made[1][1]["ConsistentRead"]
+    day_later = dynamodb.time.time() + dynamodb.ADJUSTMENT_KEY_SECONDS + 1
+    monkeypatch.setattr(dynamodb.time, "time", lambda: day_later)  # expired, not yet removed by the TTL
+    assert inventory.set_on_hand("TSHIRT", "wh-east", 8, "stock_take", key="api:k1:a").on_hand == 8
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 6)
+    with pytest.raises(InsufficientStock) as refused:
+        inventory.set_on_hand("TSHIRT", "wh-east", 3, "stock_take", key="api:k1:b")
+    assert refused.value.details == [{"field": "on_hand", "message": "must be at least the 6 reserved units"}]
 
 
 def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_nothing(aws, inventory, monkeypatch):

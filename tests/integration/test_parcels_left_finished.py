@@ -409,3 +409,37 @@ def test_a_stock_take_sent_again_under_its_key_after_the_hand_over_still_has_the
     assert stock.level() == (stock.on_hand + 1 - 2, 0)
     assert (again.status_code, again.json()) == (200, counted.json())
     assert_error(api.put(count, json={"on_hand": stock.on_hand}, headers=headers), 409, "idempotency_key_reused")
+
+
+def test_a_stock_take_whose_answer_was_lost_sent_again_under_its_key_after_the_hand_over_has_the_parcels_units_leave(
+    api: InProcessApi,
+):
+    """The count before the ship written, and the API function timing out before its answer and its
+    Idempotency-Key's record were saved; the ship after; the count sent again under its key once
+    that record was gone: the key recorded with the count answers it as stored. Counted again, its
+    counted_at after the ship's took the shelf for counted without the parcel: on_hand stayed 6."""
+    from core.services import InventoryService
+    from tests.integration.test_order_idempotency_api import forget_idempotency_records
+
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    count, headers = f"/inventory/{stock.sku}/{stock.location}", {"Idempotency-Key": unique("count")}
+    written = InventoryService.count
+
+    def dies_after_the_write(*args: Any, **kwargs: Any) -> Any:
+        written(*args, **kwargs)
+        raise TimeoutError("the API function timed out after the count's write")
+
+    with pytest.MonkeyPatch.context() as patches:
+        patches.setattr(InventoryService, "count", dies_after_the_write)
+        lost = api.put(count, json={"on_hand": stock.on_hand + 1}, headers=headers)
+    assert lost.status_code == 500, lost.text
+    assert stock.level() == (stock.on_hand + 1, 2)
+    forget_idempotency_records()  # a timeout leaves its record in progress until that expires
+    stream = ship_that_dies(order_id, parcel)
+
+    again = api.put(count, json={"on_hand": stock.on_hand + 1}, headers=headers)
+    stream_read(stream)
+
+    assert (again.status_code, again.json()["on_hand"], again.json()["reserved"]) == (200, stock.on_hand + 1, 2)
+    assert stock.level() == (stock.on_hand + 1 - 2, 0)

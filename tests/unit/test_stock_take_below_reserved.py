@@ -152,6 +152,99 @@ def test_a_count_whose_function_died_before_its_rejects_is_finished_by_the_count
     assert len(rejected_by_count(world, newer.id)) == 1
 
 
+def test_a_count_whose_function_died_before_its_rejects_sent_again_under_its_key_writes_nothing_more(world):
+    # Its Idempotency-Key's record gone with the function, the retry under the key is answered the
+    # level as recorded: no count written again (its counted_at stays the first's, so a parcel
+    # handed over since still leaves on_hand) and no reject run; the mark leaves them to the
+    # reconciler's pass, by the count's actor.
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    key = "api:key_stock_take:count-1"
+
+    def died(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the Lambda timed out after the count")
+
+    dying = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=died, clock=lambda: NOW
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        dying.count("TSHIRT", "wh-west", 5, actor=KEY, key=key)
+    again = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again, clock=lambda: NOW + timedelta(minutes=1),
+    )  # fmt: skip
+
+    level = again.count("TSHIRT", "wh-west", 5, actor="key_other", key=key)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 8, 0)
+    assert rejected_by_count(world, newer.id) == []
+    assert world.inventory.counted[("TSHIRT", "wh-west")] == NOW
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+    assert done.finished == [ShortCount("TSHIRT", "wh-west", KEY, NOW)]
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+    assert world.order(older.id) == older
+    assert [actor for actor, _, _ in rejected_by_count(world, newer.id)] == [KEY]
+
+
+def counting_under_a_key_whose_first_reject_loses(world: World, meanwhile) -> InventoryService:
+    """A service whose first reject finds the order moved on (`meanwhile` ran on it first), the
+    rest rejected as usual: the count plans again within the same call."""
+    lost: list[str] = []
+
+    def reject(order_id: str, *args: object, **kwargs: object):
+        if not lost:
+            lost.append(order_id)
+            meanwhile(order_id)
+            raise InvalidTransition("the order moved on meanwhile")
+        return world.actions.reject(order_id, *args, **kwargs)
+
+    return InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=reject, clock=lambda: NOW
+    )
+
+
+def test_a_count_under_a_key_whose_first_reject_lost_rejects_the_order_on_its_next_plan(world):
+    # Its own write under the key stands for this call's later ones: planned again, the count is
+    # written with the releases of that plan and the order goes elsewhere, not left to the reconciler.
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+
+    level = counting_under_a_key_whose_first_reject_loses(world, lambda order_id: None).count(
+        "TSHIRT", "wh-west", 5, actor=KEY, key="api:key_stock_take:count-2"
+    )
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.order(older.id) == older
+    assert len(rejected_by_count(world, newer.id)) == 1
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == []
+
+
+def test_a_count_under_a_key_planned_again_after_an_order_was_cancelled_meanwhile_ends_its_mark(world, monkeypatch):
+    # Its reject lost, the order is cancelled before the count plans again: the count now fits, and
+    # its write (this call's own key recorded already) removes the mark, not left to the reconciler.
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    real = world.inventory.held_at
+    reads: list[str] = []
+
+    def held_at(sku: str, location_id: str):
+        reads.append(sku)
+        if len(reads) == 3:  # the plan after the lost reject's
+            world.actions.cancel(newer.id, "customer_request", actor="key_web")
+        return real(sku, location_id)
+
+    monkeypatch.setattr(world.inventory, "held_at", held_at)
+    level = counting_under_a_key_whose_first_reject_loses(world, lambda order_id: None).count(
+        "TSHIRT", "wh-west", 5, actor=KEY, key="api:key_stock_take:count-3"
+    )
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.order(newer.id).status is S.CANCELLED
+    assert world.order(older.id) == older
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == []
+
+
 def test_the_released_units_are_not_reserved_by_an_order_placed_between_the_rejects(world, monkeypatch):
     # The count lands before the rejects: available stays negative until the last release, so an
     # order placed while the first reject's units go back cannot take them.

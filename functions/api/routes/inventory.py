@@ -49,8 +49,9 @@ def _level_shown(level: StockLevel) -> StockLevel:
     f"backordered, or not allocated there yet), or when it would send more than {MAX_COUNT_REJECTS} orders "
     "elsewhere (count in steps). A key bound to a channel sends no order elsewhere: its count below the units "
     "reserved is that 409 (but the count recorded already, sent again). With an Idempotency-Key a count retried "
-    "is answered as the first was for 24 h, nothing written again (another body with that key is 409); without "
-    "one, a count sent again is recorded as counted when it came.",
+    "is answered as the first was for 24 h, nothing written again (another body with that key is 409), also when "
+    "the first's answer was lost after its count was written (answered the stock as stored; the reconciler "
+    "finishes any rejects it owes); without one, a count sent again is recorded as counted when it came.",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
@@ -61,8 +62,12 @@ def set_stock(
     if idempotency_key is None:  # a count sent again is a count made again, at its own time
         return _level_shown(container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel))
 
+    # The count's own key, recorded in the same write as the count (as an adjustment's): a retry
+    # whose first attempt was written but whose answer (and idempotency record) was lost writes nothing.
+    key = f"api:{who.key_id}:{idempotency_key}"
+
     def counted() -> dict[str, Any]:
-        level = container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel)
+        level = container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel, key)
         return level.model_dump(mode="json")
 
     from functions.api.idempotency import once
