@@ -28,7 +28,7 @@ from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway, run_return_workflow
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-from tests.unit.test_return_reconciliation import reconciler
+from tests.unit.test_return_reconciliation import StillRunning, reconciler
 from tests.unit.test_returns import (
     STOCK,  # noqa: F401 (the stock of the `world` fixture)
     ask,
@@ -424,6 +424,26 @@ def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_r
     assert passes.run() == []  # nothing more
     assert workflow.started == [cap_return]
     assert returns.get(mugs_return) == shown and world.order(order.id) == after
+
+
+def test_a_stuck_return_the_pass_started_again_after_showing_what_went_back_is_not_started_twice_while_it_runs(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP's step died after making the refund of what the MUGs kept back, before showing it, and
+    # was recorded stuck. The pass shows the MUGs' return what went back and starts the CAP's
+    # workflow again; while that execution runs, the next pass of the same (warm) reconciler starts
+    # no second one and reports none: the return is set aside as the show left it.
+    returns, _, _, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    died_showing(monkeypatch, returns, cap_return)
+    returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
+    workflow = StillRunning(returns)
+    clock.now = clock.now + timedelta(hours=1)
+    passes = reconciler(world, clock, workflow)
+
+    runs = [(passes.run(), passes.stuck_started) for _ in range(2)]
+
+    assert runs == [([cap_return], [cap_return]), ([], [])]
+    assert workflow.started == [cap_return]
 
 
 def test_the_returns_a_step_owes_showing_are_stored_never_shown_and_leave_its_last_change_as_it_was(world, clock):
