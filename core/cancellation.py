@@ -22,7 +22,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import reservation_key
-from core.models import CaptureRequest, HistoryEntry, Location, Order, Shipment
+from core.models import CaptureRequest, Change, HistoryEntry, Location, Order, Shipment
 from core.money import Money
 from core.order_changes import (
     UNANSWERED_AGAIN,
@@ -482,16 +482,39 @@ class Cancellation:
         )
         return True
 
-    def _void_under_key(self, order: Order, key: str | None, authorization: str, actor: str, reason: str) -> Order:
+    def _void_under_key(
+        self, order: Order, key: str | None, authorization: str, actor: str, reason: str,
+        *, history: tuple[Order, list[HistoryEntry]] | None = None,
+    ) -> Order:  # fmt: skip
         """Void `authorization`, which the gateway made under `key` (None: not known) and the order
         does not record, and note it (`payment_voided`, naming the key when known, and `reason`).
-        Raises as `_void`. Returns the order as the note leaves it."""
+        Raises as `_void`. Returns the order as the note leaves it. `history`: the order and its
+        history as the caller read them, noting no void of `authorization`: the note is written on
+        them, conditional on the history being that long still (modify's `history_read`), so one
+        noted by another caller since (a cancel that found it under its key) is not noted again;
+        only a write that lands in between costs another read of the history."""
         keyed = {"authorization_key": key} if key is not None else {}
         voided = self._void(order, authorization, actor, **keyed)
         at = self._clock()
         detail = {"authorization": authorization, "reference": voided.reference, **keyed, "reason": reason}
-        return modify(self._orders, order.id, lambda current: current.noted(
-            OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+        if history is None:
+            return modify(self._orders, order.id, lambda current: current.noted(
+                OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+        read: list[int] = []
+        first = [history[1]]  # the caller's, decided on first; a lost race reads them again
+
+        def decide(current: Order) -> Change | None:
+            if first:
+                entries = first.pop()
+            else:
+                found = self._orders.history(order.id, consistent=True)
+                entries = found[1] if found is not None else []
+            read.append(len(entries))
+            if _voided(entries, authorization):
+                return None
+            return current.noted(OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail)
+
+        return modify(self._orders, order.id, decide, read=history[0], history_read=read)
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -634,7 +657,7 @@ class Cancellation:
         if found is not None and _voided(found[1], authorization):
             return found[0]
         try:
-            return self._void_under_key(order, key, authorization, actor, LOST_RACE)
+            return self._void_under_key(order, key, authorization, actor, LOST_RACE, history=found)
         except (PaymentGatewayUnavailable, PaymentPluginFailed):
             # Not made, and not refused: kept, to be voided once the gateway (or the plugin) works.
             if key is not None:

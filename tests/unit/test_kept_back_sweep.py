@@ -28,7 +28,7 @@ from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway, run_return_workflow
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-from tests.unit.test_return_reconciliation import reconciler
+from tests.unit.test_return_reconciliation import StillRunning, reconciler
 from tests.unit.test_returns import (
     STOCK,  # noqa: F401 (the stock of the `world` fixture)
     ask,
@@ -424,6 +424,26 @@ def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_r
     assert passes.run() == []  # nothing more
     assert workflow.started == [cap_return]
     assert returns.get(mugs_return) == shown and world.order(order.id) == after
+
+
+def test_a_stuck_return_the_pass_started_again_after_showing_what_went_back_is_not_started_twice_while_it_runs(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP's step died after making the refund of what the MUGs kept back, before showing it, and
+    # was recorded stuck. The pass shows the MUGs' return what went back and starts the CAP's
+    # workflow again; while that execution runs, the next pass of the same (warm) reconciler starts
+    # no second one and reports none: the return is set aside as the show left it.
+    returns, _, _, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    died_showing(monkeypatch, returns, cap_return)
+    returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
+    workflow = StillRunning(returns)
+    clock.now = clock.now + timedelta(hours=1)
+    passes = reconciler(world, clock, workflow)
+
+    runs = [(passes.run(), passes.stuck_started) for _ in range(2)]
+
+    assert runs == [([cap_return], [cap_return]), ([], [])]
+    assert workflow.started == [cap_return]
 
 
 def test_the_returns_a_step_owes_showing_are_stored_never_shown_and_leave_its_last_change_as_it_was(world, clock):
@@ -931,3 +951,43 @@ def test_what_a_return_kept_back_is_shown_on_it_though_its_first_show_lost_a_rac
 
     assert lost == [item.id]
     assert returns.get(item.id).refund == world.order(order.id).shipment(caps).captured
+
+
+def test_a_stuck_return_whose_refund_went_back_is_not_marked_refunded_while_the_refund_of_what_it_kept_back_pends(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The MUGs' refund went back (25.81, keeping 1.00 back for the CAPs' capture), but marking the
+    # return refunded was throttled through the step's retries and its workflow recorded it stuck;
+    # the CAPs then shipped and arrived while the gateway was down, leaving the refund of that 1.00
+    # pending. The pass leaves the return received while that refund pends, and marks it refunded
+    # once the pending-refund pass made it, showing the MUGs' whole worth.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    real = world.returns.update
+
+    def throttled_marking_it_refunded(new: Return, expected: Return, *args: object, **kwargs: object) -> None:
+        if new.status is ReturnStatus.REFUNDED:
+            raise TransientError("the Returns table is throttled")
+        real(new, expected, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.returns, "update", throttled_marking_it_refunded)
+        with pytest.raises(TransientError):
+            run_return_workflow(returns, return_id, actor="returns-workflow")
+    returns.stuck(return_id, "TransientError", "the Returns table is throttled", actor="returns-workflow")
+    caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
+    refunds = world.order(order.id).payment.refunds
+    assert [(r.return_id, r.status) for r in refunds[1:]] == [(return_id, "succeeded"), (return_id, "pending")]
+    workflow = InlineReturnWorkflow(returns)
+    methods = {order.payment.method}
+
+    passes = reconciler(world, clock, workflow, payment_methods=lambda: methods)
+    assert (passes.run(), passes.marked_refunded) == ([], [])
+    assert returns.get(return_id).status is ReturnStatus.RECEIVED
+
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR)
+    assert world.order(order.id).payment.refunds[-1].status == "succeeded"
+    assert (passes.run(), passes.marked_refunded) == ([], [return_id])
+    done = returns.get(return_id)
+    assert (done.status, done.refund) == (ReturnStatus.REFUNDED, order.lines[0].total)
+    assert paid_in_full(order, world.order(order.id), Money.of("1.00", "USD")) and workflow.started == []

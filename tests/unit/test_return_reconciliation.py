@@ -167,7 +167,9 @@ def test_returns_left_to_a_person_beyond_a_passs_read_budget_keep_no_lost_receip
 
     assert workflow.started == [lost.id] and world.returns.get(lost.id).status is R.REFUNDED
     assert {world.returns.get(item.id).status for item in stuck} == {R.RECEIVED}  # still the person's
-    assert list(index.received_before(clock())) == []  # no later pass reads them
+    method = world.order(lost.order_id).payment.method
+    # No later pass reads them: set aside for the person, not as waiting for a payment plugin.
+    assert list(index.received_before(clock())) == list(index.waiting_for_plugin(method, clock())) == []
 
 
 def test_a_return_set_aside_is_listed_again_by_its_next_write(world):
@@ -273,11 +275,20 @@ def test_a_return_stuck_for_want_of_its_payment_plugin_is_resumed_once_the_plugi
     # The workflow's Refund step and its retries, then its ReturnStuck state.
     stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again", tries=3)
     clock.advance(hours=1)
-    methods = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
+    payments = Payments(load_plugin_manager(plugin, enable_test_payments=True))
+    asked: list[set[str]] = []
 
-    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+    def methods() -> set[str]:
+        asked.append(payments.methods())
+        return asked[-1]
+
+    # One reconciler, pass after pass, as a warm function runs the one it built: each pass asks
+    # the plugins once which methods they take now.
+    passes = reconciler(world, clock, workflow, payment_methods=methods)
+
+    assert passes.run() == [] and len(asked) == 1
     plugin.gone = False
-    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [item.id]
+    assert passes.run() == [item.id] and len(asked) == 2
 
     done = world.returns.get(item.id)
     assert done.status is R.REFUNDED
@@ -578,6 +589,10 @@ def test_a_stuck_exchange_of_a_replacements_units_is_started_again_never_marked_
 
     for _ in range(2):
         assert reconciler(world, clock, workflow).run() in ([item.id], [])
+    # That execution's ReturnStuck records the refusal after the throttle: the person's now.
+    returns.stuck(item.id, "RefundNotDone", "the draw on the credit was refused", actor="returns-workflow")
+    clock.advance(hours=1)
+    assert reconciler(world, clock, workflow).run() == []
 
     assert workflow.started == [item.id]
     assert len(world.gateway.keys("refund")) == asked + 1  # the workflow's draw, refused: then a person's
@@ -672,6 +687,13 @@ class StuckOnEachRun(InlineReturnWorkflow):
         )
 
 
+class StillRunning(InlineReturnWorkflow):
+    """A workflow whose execution, once started, is still running: none of its steps has run yet."""
+
+    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+        self.started.append(return_id)
+
+
 def test_a_return_stuck_midway_on_every_run_is_started_again_twice_then_left_to_a_person(world):
     # README: a return stuck midway with nothing refused, failed or pending is started again "twice
     # at most"; each stuck execution called a person already (ReturnWorkflowFailedAlarm).
@@ -683,6 +705,21 @@ def test_a_return_stuck_midway_on_every_run_is_started_again_twice_then_left_to_
 
     assert workflow.started == [item.id, item.id]
     assert world.returns.get(item.id).status is R.RECEIVED
+
+
+def test_a_return_its_restarted_workflow_left_stuck_again_waits_before_it_is_started_a_second_time(world):
+    # Started again once its first stuck record was as old as a lost receipt, its workflow stopped
+    # again at once: what stopped it this time gets as long to pass before the next start.
+    clock, workflow, item = timed_out_midway(world, StuckOnEachRun)
+    clock.advance(minutes=16)
+    assert reconciler(world, clock, workflow).run() == [item.id]
+    clock.advance(minutes=5)
+    assert reconciler(world, clock, workflow).run() == []  # stuck again five minutes ago
+    clock.advance(minutes=11)
+
+    assert reconciler(world, clock, workflow).run() == [item.id]
+
+    assert workflow.started == [item.id, item.id]
 
 
 def test_a_pass_starts_at_most_its_limit_of_lost_receipts_and_the_next_pass_starts_the_rest(world):
@@ -736,3 +773,97 @@ def test_a_return_stuck_on_a_gateway_outage_whose_pending_refund_was_then_refuse
 
     assert workflow.started == [] and len(world.gateway.keys("refund")) == asked
     assert world.returns.get(item.id).status is R.RECEIVED
+
+
+def test_a_lost_receipt_beside_a_return_of_its_order_left_to_a_person_is_started(world):
+    # Two mugs of one order, returned apart: the first receipt's function died before starting its
+    # workflow, the second's workflow was stuck on a refused refund. Only the second is the person's.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow(returns)
+    order = world.allocated(("MUG", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    one = RequestReturn.model_validate({"lines": [{"line_id": "L1", "quantity": 1, "reason": "changed my mind"}]})
+    lost, refused = (returns.request(order.id, one, actor="key_cs") for _ in range(2))
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    returns.receive(refused.id, RECEIPT, "key_wh")
+    returns.stuck(refused.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    clock.advance(minutes=16)
+
+    assert reconciler(world, clock, workflow).run() == [lost.id]
+
+    assert (world.returns.get(lost.id).status, world.returns.get(refused.id).status) == (R.REFUNDED, R.RECEIVED)
+
+
+def test_an_exchange_stuck_three_times_that_got_further_on_its_last_run_is_started_again(world, monkeypatch):
+    # Its Exchange step was throttled at the write deciding its replacement through two executions;
+    # the third decided it, then was throttled at the write linking the replacement. Stuck three
+    # times in all, but once since its last change: it is started again, not left to a person.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    order = world.allocated(("MUG", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    swap = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "wrong colour"}],
+            "exchange": {"lines": [{"sku": "MUG", "quantity": 1}]}}  # fmt: skip
+    item = returns.request(order.id, RequestReturn.model_validate(swap), actor="key_cs")
+    returns.receive(item.id, RECEIPT, "key_wh")
+    real = world.returns.update
+    throttled: list[Callable[[Return, Return], bool]] = []
+
+    def update(new: Return, expected: Return) -> None:
+        if throttled[-1](new, expected):
+            raise TransientError("the returns table stayed throttled")
+        real(new, expected)
+
+    def deciding(new: Return, expected: Return) -> bool:
+        return new.exchange_placing and not expected.exchange_placing
+
+    def linking(new: Return, expected: Return) -> bool:
+        return new.exchange_order_id is not None and expected.exchange_order_id is None
+
+    monkeypatch.setattr(world.returns, "update", update)
+    for write in (deciding, deciding, linking):
+        throttled.append(write)
+        clock.advance(minutes=20)
+        stuck_on(returns, item.id, "exchange", TransientError, "the returns table stayed throttled", tries=3)
+    monkeypatch.undo()
+    assert world.returns.get(item.id).exchange_placing
+    clock.advance(minutes=16)
+    workflow = InlineReturnWorkflow(returns)
+
+    assert reconciler(world, clock, workflow).run() == [item.id]
+
+    done = world.returns.get(item.id)
+    assert done.status is R.REFUNDED and done.exchange_order_id is not None
+
+
+def test_an_index_whose_table_goes_down_mid_pass_fails_the_pass_with_what_it_restarted(world):
+    # The index answered its first page, then its table stopped answering: the pass ends there and
+    # fails on the outage (ReconcilerErrorsAlarm), reporting the return it started. Ended quietly,
+    # every lost receipt behind that page would wait with no alarm for as long as the table is down.
+    from core.return_reconciliation import ReturnsNotReconciled
+
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow(returns)
+    lost = one_mug_returned(world, returns)
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    clock.advance(minutes=16)
+    down = TransientError("the Returns table is not answering")
+
+    class FirstPageOnly(InMemoryReceivedReturns):
+        def received_before(self, before):
+            yield from super().received_before(before)
+            raise down
+
+    passes = ReturnReconciler(
+        FirstPageOnly(world.returns), world.returns, world.orders, workflow, clock,
+        restart_after=timedelta(minutes=15),
+    )  # fmt: skip
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        passes.run()
+
+    assert (raised.value.outage, raised.value.restarted) == (down, [lost.id])
+    assert world.returns.get(lost.id).status is R.REFUNDED

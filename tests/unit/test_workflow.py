@@ -23,6 +23,7 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, HistoryEntry, LineInput, Order, OrderEdit
 from core.money import Money
@@ -34,7 +35,7 @@ from core.workflow_types import SourcingPlan
 from plugins import test_payments
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
 from tests.builders import NOW, address_body, location
-from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
+from tests.unit.world import RecordsBookings, World, before_the_next_write, build_racing_world, build_world
 
 S = OrderStatus
 
@@ -520,6 +521,26 @@ def test_a_cancel_that_lands_before_the_gateway_authorizes_leaves_nothing_held_o
     (made,) = world.spy.authorized
     key = payment_keys.authorize(order_id, order.authorized_version)
     assert voided_unrecorded(world, order_id) == [(WORKFLOW_ACTOR, made, key)]
+
+
+def test_a_cancel_repeated_while_the_step_voids_what_it_obtained_leaves_one_void_in_the_history():
+    # The cancel landed before the gateway authorized, so only the step knew of the authorization;
+    # the customer's cancel, sent again, found it under the step's key and noted its void after the
+    # step read the history and before the step's own note landed. An auditor sees the void once.
+    asking = Meanwhile()
+    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED, asking)
+    order_id = world.place(("TSHIRT", 2))
+    asking.meanwhile = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+    racing.between = lambda: world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    with pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    assert racing.between is None
+    (made,) = world.spy.authorized
+    voids = [h for h in world.history(order_id) if h.type == "payment_voided"]
+    assert [(v.actor, v.detail["authorization"]) for v in voids] == [("key_web", made)]
+    assert world.order(order_id).status is S.CANCELLED
 
 
 def voided_unrecorded(world: World, order_id: str) -> list[tuple[str, str, str | None]]:
