@@ -174,3 +174,22 @@ def test_a_failed_start_holds_back_the_records_after_it_unstarted_whatever_time_
     assert asked == [orders[0], orders[0]]
     assert [e["name"] for e in sfn.list_executions(stateMachineArn=arn)["executions"]] == [orders[0]]
     assert not [r for r in caplog.records if "cut short" in r.getMessage()]
+
+
+def test_a_new_orders_execution_carries_its_channel_and_the_request_that_placed_it(machine):
+    """The steps' log lines name the request that placed the order (its created entry's
+    `request_id`) and its channel, from the execution's input: without them an operator cannot
+    follow an order from its POST to its workflow."""
+    from functions.adapters import order_codec
+    from functions.outbox.app import lambda_handler
+
+    sfn, arn = machine
+    placed = record("INSERT", "pending", None, version=1, sequence="4")
+    created = {"type": "created", "to_status": "pending", "actor": "key_web", "detail": {"request_id": "req-42"}}
+    placed["dynamodb"]["NewImage"]["history"] = {"L": [{"B": order_codec.compress(json.dumps(created).encode())}]}
+
+    assert lambda_handler({"Records": [placed]}, Context()) == {"batchItemFailures": []}
+
+    (execution,) = sfn.list_executions(stateMachineArn=arn)["executions"]
+    started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    assert started == {"order_id": ORDER_ID, "channel": "web", "correlation_id": "req-42"}

@@ -5,6 +5,7 @@ leaves a fresh one to its own execution, and parks one stuck for too long."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import cache, partial
@@ -474,6 +475,19 @@ def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, ca
     reconcile()
 
     assert emitted(capsys.readouterr().out) == {"OrderWorkflowsRestarted": 2, "OrdersParked": 1}
+
+
+def test_each_order_a_pass_restarted_is_logged_by_its_id(stack, caplog):
+    # The runbook of a restart backlog starts from these lines: one per order, each naming it.
+    stuck = [order_id("q"), order_id("r")]
+    for minutes, each in zip((20, 25), stuck, strict=True):
+        store(stack["aws"], each, OrderStatus.PENDING, minutes_ago=minutes)
+    caplog.set_level(logging.WARNING)
+
+    reconcile()
+
+    logged = [r.order_id for r in caplog.records if r.getMessage() == "order workflow restarted: the order was stuck"]
+    assert sorted(logged) == sorted(stuck)
 
 
 def test_orders_a_pass_parked_before_it_failed_outright_are_still_reported(stack, metrics_on, capsys, monkeypatch):

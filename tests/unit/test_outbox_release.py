@@ -153,3 +153,60 @@ def test_a_record_whose_start_fails_is_logged_with_the_order_and_what_it_was_to_
     assert failed["level"] == "WARNING"
     assert (failed["order_id"], failed["rerun"], failed["finish_cancel"]) == (ORDER_ID, "cancel-v6", True)
     assert failed["error"] == "TransientError" and "ThrottlingException" in failed["reason"]
+
+
+@pytest.mark.parametrize("sent_back_from", ["allocated", "backordered"])
+def test_an_order_sent_back_to_be_sourced_starts_a_new_execution_under_its_version(starter, sent_back_from):
+    """An edit or a location's reject sends an allocated or a backordered order back to
+    `authorized`: with no execution started it waits there, unsourced, until the reconciler's
+    restart a quarter of an hour later."""
+    raw = record("MODIFY", sent_back_from, "authorized", version=5)
+    assert matches_filters(FILTERS, raw)
+
+    outbox.start_workflow(DynamoDBRecord(raw))
+
+    assert starter.started == [(ORDER_ID, "v5")]
+    assert starter.finishing == []
+
+
+def test_the_dashboards_started_workflows_count_each_start_once_and_no_start_refused_as_a_duplicate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """The outbox's `OrderWorkflowsStarted` (the dashboard's graph) counts the executions Step
+    Functions took: a redelivered record whose start is refused by its name started nothing."""
+    from tests.integration.test_reconciler import emitted
+
+    class RefusesARepeat(Starter):
+        def start(self, order_id: str, *args: Any, **kwargs: Any) -> bool:
+            repeat = (order_id, kwargs.get("rerun")) in self.started
+            super().start(order_id, *args, **kwargs)
+            return not repeat  # a repeat: ExecutionAlreadyExists
+
+    refusing = RefusesARepeat()
+    monkeypatch.setattr(outbox, "container", lambda: SimpleNamespace(workflow_starter=refusing))
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    outbox.metrics.clear_metrics()
+    placed, redelivered = record("INSERT", None, "pending", version=1), record("INSERT", None, "pending", version=1)
+    released = record("MODIFY", "on_hold", "pending", version=3)
+    for sequence, each in enumerate((placed, redelivered, released), start=100):
+        each["dynamodb"]["SequenceNumber"] = str(sequence)
+    capsys.readouterr()
+
+    answer = outbox.lambda_handler({"Records": [placed, redelivered, released]}, context("OutboxFunction"))
+
+    assert answer == {"batchItemFailures": []} and len(refusing.started) == 3
+    assert emitted(capsys.readouterr().out) == {"OrderWorkflowsStarted": 2}
+
+
+def test_a_record_started_with_the_reserve_left_still_has_time_for_a_throttled_starts_retries():
+    """A record is one StartExecution, which botocore tries MAX_ATTEMPTS times, waiting up to 1 s,
+    then 2 s, between: started with less left than that, a throttled start outlives the function's
+    Timeout, and the stream retries the batch whole, its orders started again."""
+    from functions.adapters.aws_clients import MAX_ATTEMPTS
+
+    timeout = load_template(ROOT / "template.yaml")["Globals"]["Function"]["Timeout"]
+    outbox_timeout = load_template(ROOT / "template.yaml")["Resources"]["OutboxFunction"]["Properties"].get(
+        "Timeout", timeout
+    )
+    backoff_millis = sum(1_000 * 2**retry for retry in range(MAX_ATTEMPTS - 1))
+    assert backoff_millis < outbox.RECORD_RESERVE_MILLIS < outbox_timeout * 1_000

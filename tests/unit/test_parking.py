@@ -8,7 +8,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from core.errors import InvalidTransition, OrderClosed, StaleVersion, TransientError
 from core.holds import Holds, ReleaseRequest
@@ -18,7 +18,7 @@ from core.ports import StalledOrder, StalledOrders, WorkflowStarter
 from core.reconciliation import MAX_REFUSED_STARTS, Reconciled, Reconciler
 from core.status import OrderStatus, can_transition
 from core.workflow import BUSINESS_OUTCOMES, PARK, after_failure
-from functions.adapters.workflow_starter import StepFunctionsStarter
+from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
 from tests.unit.world import World, before_the_next_write, build_world
@@ -367,19 +367,73 @@ def test_a_start_step_functions_refuses_or_a_park_that_keeps_losing_races_waits_
     assert world.order(raced).status is S.PENDING and world.order(parked).status is S.ON_HOLD
 
 
+def _refused(code: str, status: int) -> ClientError:
+    answer = {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(answer, "StartExecution")
+
+
+@pytest.mark.parametrize("starter", [StepFunctionsStarter, StepFunctionsReturnStarter], ids=["order", "return"])
 @pytest.mark.parametrize(
-    ("code", "status", "raised"),
-    [("ThrottlingException", 400, TransientError), ("ServiceUnavailable", 503, TransientError),
-     ("StateMachineDoesNotExist", 400, ClientError)],
+    ("failure", "raised"),
+    [(_refused("ThrottlingException", 400), TransientError), (_refused("ServiceUnavailable", 503), TransientError),
+     (_refused("InternalFailure", 500), TransientError),
+     (EndpointConnectionError(endpoint_url="https://states.us-east-1.amazonaws.com"), TransientError),
+     (_refused("StateMachineDoesNotExist", 400), ClientError), (_refused("AccessDeniedException", 400), ClientError)],
+    ids=["throttled", "unavailable", "server-error", "unreachable", "no-state-machine", "denied"],
 )  # fmt: skip
-def test_a_start_step_functions_refuses_for_now_is_transient_and_one_refused_for_good_is_not(code, status, raised):
+def test_a_start_step_functions_refuses_for_now_is_transient_and_one_refused_for_good_is_not(starter, failure, raised):
+    """Refused for now (throttled, any server error, out of reach), the start is the caller's to retry:
+    the stream's, the reconciler's next pass, a receipt sent again. Refused for good, the error itself,
+    which no retry mends and the errors alarm calls a person for."""
+
     class Refusing:
         def start_execution(self, **request):
-            response = {"Error": {"Code": code, "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": status}}
-            raise ClientError(response, "StartExecution")
+            raise failure
 
     with pytest.raises(raised):
-        StepFunctionsStarter(Refusing(), "arn:aws:states:us-east-1:1:stateMachine:o").start("ord_x", rerun="r")
+        starter(Refusing(), "arn:aws:states:us-east-1:1:stateMachine:o").start("ord_x")
+
+
+def test_a_start_step_functions_refuses_as_a_duplicate_of_its_name_started_nothing():
+    """Two passes in the same second name their restart alike (as a redelivered record names its
+    start): the second start is no execution, so neither the reconciler's restarts nor the
+    outbox's started workflows count it."""
+    names: list[str] = []
+
+    class StepFunctions:
+        def start_execution(self, **request):
+            if request["name"] in names:
+                raise _refused("ExecutionAlreadyExists", 400)
+            names.append(request["name"])
+
+    starter = StepFunctionsStarter(StepFunctions(), "arn:aws:states:us-east-1:1:stateMachine:o")
+
+    assert starter.start("ord_x", rerun="restart-20261122T122000") is True
+    assert starter.start("ord_x", rerun="restart-20261122T122000") is False
+    assert starter.start("ord_x") is True
+    assert names == ["ord_x-restart-20261122T122000", "ord_x"]
+
+
+def test_a_return_received_again_starts_another_execution_carrying_its_channel_and_request():
+    """Receiving a return again resumes its workflow, so no start may be refused by its name; the
+    steps' log lines name the channel and the request that received it, from the input."""
+    started: list[dict[str, str]] = []
+
+    class StepFunctions:
+        def start_execution(self, **request):
+            started.append({"name": request["name"], **json.loads(request["input"])})
+
+    starter = StepFunctionsReturnStarter(StepFunctions(), "arn:aws:states:us-east-1:1:stateMachine:r")
+    starter.start("rma_1", channel="web", correlation_id="req-7")
+    starter.start("rma_1", channel="web", correlation_id="req-8")
+
+    first, again = started
+    assert first["name"] != again["name"] and first["name"].startswith("rma_1-")
+    assert {k: v for k, v in first.items() if k != "name"} == {
+        "return_id": "rma_1",
+        "channel": "web",
+        "correlation_id": "req-7",
+    }
 
 
 def test_the_reconciler_judges_an_order_by_its_last_change_not_when_it_was_placed(world):
@@ -608,3 +662,68 @@ def test_a_restart_mark_is_the_stall_it_was_made_in_only(world):
     assert reconciler(world, minutes_later=90)[0].run() == Reconciled(restarted=[order_id])
     assert world.order(order_id).restarted_since_change == NOW + timedelta(minutes=90)
     assert reconciler(world, minutes_later=135)[0].run() == Reconciled(parked=[order_id])
+
+
+def test_a_restart_marked_by_a_pass_whose_clock_ran_ahead_parks_no_order_before_its_park_threshold(world):
+    """Clocks apart: a pass marked the first restart a minute after the order's last change (no pass
+    on one clock restarts within ReconcileAfterMinutes of it). 45 minutes after that mark the order
+    has stalled 50 minutes, not ParkStalledAfterMinutes (60): it is restarted again, not yet put on
+    hold for a person."""
+    order_id = world.place(("TSHIRT", 1))
+    marked = world.order(order_id).model_copy(update={"restarted_at": NOW + timedelta(minutes=1)})
+    world.orders.orders[order_id] = marked
+    assert marked.restarted_since_change == NOW + timedelta(minutes=1)
+
+    assert reconciler(world, minutes_later=50)[0].run() == Reconciled(restarted=[order_id])
+    assert world.order(order_id).status is S.PENDING
+    assert reconciler(world, minutes_later=60)[0].run() == Reconciled(parked=[order_id])
+
+
+def test_an_order_its_restart_moved_on_before_the_mark_carries_no_mark_into_its_next_stall(monkeypatch):
+    """The restarted execution authorized the order between the pass's start and its mark: that
+    mark was the pending stall's, which is over. Written anyway, it would count as a restart of the
+    authorized order's stall, parked 45 minutes later with no restart of its own."""
+    now = [NOW]
+    world = build_world(STOCK, clock=lambda: now[0])
+    order_id = world.place(("TSHIRT", 1))
+    now[0] = NOW + timedelta(minutes=20)
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.authorize_payment(order_id, attempt=0))
+
+    assert reconciler(world, minutes_later=20)[0].run() == Reconciled(restarted=[order_id])
+
+    order = world.order(order_id)
+    assert (order.status, order.restarted_at) == (S.AUTHORIZED, None)
+
+
+def test_a_restart_whose_mark_keeps_losing_races_is_counted_and_fails_nothing(world, monkeypatch):
+    """Step Functions took the restart, but the order kept changing under its mark: the restart
+    stands (counted and logged as one), nothing is reported failed, and a later pass restarts it
+    again and marks it then."""
+    order_id = world.place(("TSHIRT", 1))
+
+    def keeps_changing(*args, **kwargs):
+        raise StaleVersion(f"order {order_id} changed meanwhile")
+
+    monkeypatch.setattr(world.orders, "update", keeps_changing)
+    assert reconciler(world, minutes_later=20)[0].run() == Reconciled(restarted=[order_id])
+    assert world.order(order_id).restarted_at is None
+
+    monkeypatch.undo()
+    assert reconciler(world, minutes_later=25)[0].run() == Reconciled(restarted=[order_id])
+    assert world.order(order_id).restarted_at == NOW + timedelta(minutes=25)
+
+
+def test_a_restarts_execution_carries_the_orders_channel_for_its_steps_log_lines(world, monkeypatch):
+    order_id = world.place(("TSHIRT", 1))
+    run, _, starter = reconciler(world, minutes_later=20)
+    channels: list[str] = []
+    real = starter.start
+
+    def carrying(order_id, channel="", correlation_id="", rerun=None):
+        channels.append(channel)
+        return real(order_id, channel, correlation_id, rerun)
+
+    monkeypatch.setattr(starter, "start", carrying)
+
+    assert run.run() == Reconciled(restarted=[order_id])
+    assert channels == [world.order(order_id).channel] and channels != [""]

@@ -160,3 +160,111 @@ def test_an_execution_started_to_finish_a_cancel_goes_straight_to_cancel_order_a
     assert recorded["Type"] == "Pass" and recorded["Next"] == "CancelOrder"
     assert recorded["ResultPath"] == "$.error" and recorded["Result"]["Error"] == CANCEL_RECORDED
     assert TASKS["CancelOrder"]["Parameters"]["error.$"] == "$.error.Error"
+
+
+RETURNS = json.loads((Path(__file__).resolve().parents[2] / "infra" / "return_workflow.asl.json").read_text())
+RETURN_STEPS = {"Receive": "receive", "Restock": "restock", "RecordOnOrder": "record", "Refund": "refund",
+                "Exchange": "exchange"}  # fmt: skip
+# No retry mends these: a return not received (or gone), a step asked once its execution is out of
+# time, and an exchange whose replacement cannot be placed (its refund is made instead).
+NOT_RETRIED = {"ReturnNotReceived", "NotFound", "WorkflowOutOfTime"}
+EXCHANGE_REFUSALS = {"InsufficientStock", "UnknownSku", "InvalidRequest", "ExchangeIdTaken"}
+
+
+def test_a_returns_step_refused_for_good_is_recorded_stuck_at_once_and_any_other_failure_after_its_retries():
+    """Each step in turn (receive, restock, count on the order, refund, exchange), each told which it
+    is and when its execution started; a refusal no retry mends goes to ReturnStuck at once (not
+    after a minute and a half of retries), a refund the gateway refused is asked again twice, 30 s
+    apart, and anything else is retried; then the return is recorded stuck, naming the execution,
+    the error and its cause, and the execution fails for the ReturnWorkflowFailedAlarm."""
+    states = RETURNS["States"]
+    path = [RETURNS["StartAt"]]
+    while states[path[-1]]["Type"] == "Task":
+        path.append(states[path[-1]]["Next"])
+    assert path == [*RETURN_STEPS, "ReturnRefunded"] and states["ReturnRefunded"]["Type"] == "Succeed"
+    for name, step in RETURN_STEPS.items():
+        state = states[name]
+        assert state["Parameters"]["step"] == step, name
+        assert state["Parameters"]["started.$"] == "$$.Execution.StartTime", name
+        retries = state["Retry"]
+        never = [r for r in retries if r.get("MaxAttempts") == 0]
+        assert len(never) == 1 and retries.index(never[0]) < len(retries) - 1, name
+        assert set(never[0]["ErrorEquals"]) == NOT_RETRIED | (EXCHANGE_REFUSALS if name == "Exchange" else set()), name
+        refused = [r for r in retries if "RefundNotDone" in r["ErrorEquals"]]
+        if name in ("Refund", "Exchange"):
+            assert refused == [retries[0]], name
+            assert (refused[0]["IntervalSeconds"], refused[0]["MaxAttempts"], refused[0]["BackoffRate"]) == (30, 2, 1)
+        else:
+            assert refused == [], name
+        assert retries[-1]["ErrorEquals"] == ["States.ALL"] and retries[-1]["MaxAttempts"] >= 5, name
+        assert state["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "ReturnStuck"}], name
+    stuck = states["ReturnStuck"]
+    assert stuck["Parameters"]["step"] == "stuck"
+    assert {k: stuck["Parameters"][k] for k in ("execution.$", "error.$", "cause.$")} == {
+        "execution.$": "$$.Execution.Name",
+        "error.$": "$.error.Error",
+        "cause.$": "$.error.Cause",
+    }
+    assert stuck["Retry"][0]["ErrorEquals"] == ["States.ALL"] and stuck["Retry"][0]["MaxAttempts"] >= 3
+    assert stuck["Next"] == "ReturnWorkflowFailed" and [c["Next"] for c in stuck["Catch"]] == ["ReturnWorkflowFailed"]
+    assert states["ReturnWorkflowFailed"]["Type"] == "Fail"
+
+
+def test_the_retries_an_operator_reads_in_the_readme_are_the_state_machines():
+    """The README tells an operator how long a failing step is retried before its order is parked
+    (3, 6, 12, 24, 45, 45 s; a task's timeouts 3 times over 35 s) and how long a compensation is
+    (5 times over about 30 s): what they wait for before an alarm is the schedule the ASL runs."""
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "(3, 6, 12, 24, 45, 45 s; task timeouts 3 times over 35 s)" in readme
+    assert "retried by the task (5 times over about 30 s)" in readme
+    for step in MAIN_PATH:
+        retries = TASKS[step]["Retry"]
+        assert _waits(retries[-1]) == [3, 6, 12, 24, 45, 45], step
+        timeouts = next(r for r in retries if "States.Timeout" in r["ErrorEquals"])
+        assert len(_waits(timeouts)) == 3 and sum(_waits(timeouts)) == 35, step
+    for compensation in ("FailPayment", "CancelOrder", PARK):
+        (retry,) = TASKS[compensation]["Retry"]
+        assert retry["ErrorEquals"] == ["States.ALL"], compensation
+        assert len(_waits(retry)) == 5 and 25 <= sum(_waits(retry)) <= 35, compensation
+
+
+# The business outcomes each main step can end an order with (the rest of BUSINESS_OUTCOMES it never raises).
+OUTCOMES = {
+    "AuthorizePayment": ["OrderHeld", "OrderClosed", "PaymentDeclined"],
+    "ReserveStock": ["OrderHeld", "OrderClosed", "OutOfStock", "Backordered"],
+    "CreateShipments": ["OrderHeld", "OrderClosed", "OutOfStock", "Backordered"],
+}
+
+
+def test_a_hold_a_close_or_a_business_outcome_at_any_step_is_caught_before_the_park_and_hands_on_the_error():
+    """Step Functions takes the first Catch that matches: a held order caught by States.ALL would be
+    parked (a person's hold overwritten by a note about a failure), a declined payment parked
+    instead of failed. Each main step catches its own outcomes first, States.ALL last, and keeps
+    the order id beside the error (`$.error`) for the state it hands on to."""
+    for step, outcomes in OUTCOMES.items():
+        catches = TASKS[step]["Catch"]
+        assert [c["ErrorEquals"] for c in catches] == [[error] for error in outcomes] + [["States.ALL"]], step
+        assert [c["Next"] for c in catches] == [after_failure(error) for error in outcomes] + [PARK], step
+        assert {c["ResultPath"] for c in catches} == {"$.error"}, step
+
+
+def test_every_step_is_told_what_it_needs_to_stop_in_time_and_the_park_what_failed():
+    """Each main step gets the order, the execution's input (for its log lines), when the execution
+    started and how long it may retry (else it could never refuse in time for the park);
+    AuthorizePayment its attempt; ParkOrder the error, its cause,
+    the execution that parks (shown in the order's history) and its attempt (a park counted once)."""
+    for step in MAIN_PATH:
+        parameters = TASKS[step]["Parameters"]
+        assert {k: parameters[k] for k in ("order_id.$", "trace.$", "started.$")} == {
+            "order_id.$": "$.order_id", "trace.$": "$$.Execution.Input", "started.$": "$$.Execution.StartTime"
+        }, step  # fmt: skip
+        assert parameters["retry_for_seconds"] == 90, step
+    assert TASKS["AuthorizePayment"]["Parameters"]["attempt.$"] == "$$.State.RetryCount"
+    park = TASKS[PARK]["Parameters"]
+    assert {k: park[k] for k in ("order_id.$", "execution.$", "attempt.$", "error.$", "cause.$")} == {
+        "order_id.$": "$.order_id", "execution.$": "$$.Execution.Name", "attempt.$": "$$.State.RetryCount",
+        "error.$": "$.error.Error", "cause.$": "$.error.Cause",
+    }  # fmt: skip
+    for compensation in ("FailPayment", "CancelOrder"):
+        parameters = TASKS[compensation]["Parameters"]
+        assert (parameters["error.$"], parameters["cause.$"]) == ("$.error.Error", "$.error.Cause"), compensation
