@@ -2512,6 +2512,21 @@ class DynamoInventory(InventoryRepository):
         }  # fmt: skip
         update = {name: value for name, value in request.items() if not name.startswith("ReturnValues")}
         update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        cancelled = self._with_ledger(ledger, update, now)
+        if cancelled is None:
+            return self._read(sku, location_id)
+        reasons = cancelled.response["CancellationReasons"]
+        if reasons[0].get("Code") == "ConditionalCheckFailed":
+            self._check_counted_as(ledger, ("on_hand",))
+            raise CountedAlready(self._read(sku, location_id))
+        if reasons[1].get("Code") == "ConditionalCheckFailed":
+            raise self._count_refused(sku, location_id, on_hand, from_item(reasons[1].get("Item", {})))
+        raise cancelled
+
+    def _with_ledger(self, ledger: dict[str, Any], update: dict[str, Any], now: int) -> ClientError | None:
+        """`update` and the ledger item recording its key (`ledger`, to expire after `now`) in one
+        transaction: None when written, the error of a transaction DynamoDB cancelled (its
+        CancellationReasons: the ledger's first, the update's second); any other error raised."""
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -2528,16 +2543,12 @@ class DynamoInventory(InventoryRepository):
                 ]
             )
         except ClientError as error:
-            reasons = error.response.get("CancellationReasons") or []
-            if error.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
+            if error.response["Error"]["Code"] != "TransactionCanceledException" or not error.response.get(
+                "CancellationReasons"
+            ):
                 raise
-            if reasons[0].get("Code") == "ConditionalCheckFailed":
-                self._check_counted_as(ledger, ("on_hand",))
-                raise CountedAlready(self._read(sku, location_id)) from None
-            if reasons[1].get("Code") == "ConditionalCheckFailed":
-                raise self._count_refused(sku, location_id, on_hand, from_item(reasons[1].get("Item", {}))) from None
-            raise
-        return self._read(sku, location_id)
+            return error
+        return None
 
     def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
         # Paged on until `limit` marks are read: a query's page stops at 1 MB, and those past it
@@ -2692,33 +2703,16 @@ class DynamoInventory(InventoryRepository):
             "ExpressionAttributeValues": to_item(values),
             "ConditionExpression": condition,
         }
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": to_item(ledger),
-                            # An expired item the TTL has not removed yet no longer counts.
-                            "ConditionExpression": "attribute_not_exists(sku) OR expires_at < :now",
-                            "ExpressionAttributeValues": {":now": {"N": str(now)}},
-                        }
-                    },
-                    {"Update": update},
-                ]
-            )
-        except ClientError as error:
-            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
-            if error.response["Error"]["Code"] != "TransactionCanceledException" or not reasons:
-                raise
-            if reasons[0] == "ConditionalCheckFailed":
-                self._check_counted_as(ledger, ("delta", "reason"))
-                return self._read(sku, location_id)  # counted by an earlier attempt with this key
-            if reasons[1:2] == ["ConditionalCheckFailed"]:
-                current = self._read(sku, location_id)
-                raise self._refused(sku, location_id, delta, current.model_dump()) from None
-            raise
-        return self._read(sku, location_id)
+        cancelled = self._with_ledger(ledger, update, now)
+        if cancelled is None:
+            return self._read(sku, location_id)
+        reasons = [reason.get("Code") for reason in cancelled.response["CancellationReasons"]]
+        if reasons[0] == "ConditionalCheckFailed":
+            self._check_counted_as(ledger, ("delta", "reason"))
+            return self._read(sku, location_id)  # counted by an earlier attempt with this key
+        if reasons[1:2] == ["ConditionalCheckFailed"]:
+            raise self._refused(sku, location_id, delta, self._read(sku, location_id).model_dump())
+        raise cancelled
 
     def _check_counted_as(self, ledger: dict[str, Any], fields: tuple[str, ...]) -> None:
         """Raise Conflict unless the ledger item of `ledger`'s key holds the same `fields` (an
