@@ -982,10 +982,12 @@ def test_a_secret_with_letters_outside_ascii_is_refused_without_a_lookup(api: In
     [
         pytest.param(lambda key: f"Bearer Bearer {key}", id="scheme twice"),
         pytest.param(lambda key: f"Bearer\t{key}", id="tab after the scheme"),
+        pytest.param(lambda key: f"Bearer{key}", id="no space after the scheme"),
         pytest.param(lambda key: f"Bearer {key}\n", id="trailing newline"),
         pytest.param(lambda key: f"Bearer {key}\x00", id="trailing NUL"),
         pytest.param(lambda key: f"Bearer {key}x", id="one character more"),
         pytest.param(lambda key: f"Bearer {key[:-1]}", id="one character less"),
+        pytest.param(lambda key: f"Bearer {key.swapcase()}", id="its letters in the other case"),
         pytest.param(lambda key: f"Bearer {key}, Bearer {key}", id="a list of two"),
         pytest.param(lambda key: f"Basic {key}", id="another scheme"),
         pytest.param(lambda key: key, id="no scheme"),

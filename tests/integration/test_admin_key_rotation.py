@@ -74,6 +74,18 @@ def test_a_chosen_admin_secret_the_authorizer_cannot_read_is_refused_and_the_pre
     assert _authorize(previous)["principalId"] == "key_admin"
 
 
+def test_a_secret_the_authorizer_cannot_read_is_refused_by_the_key_service_itself(aws):
+    # Whatever calls it (the rotation script and `make run` check first), a secret stored that the
+    # authorizer refuses would retire the working admin secret and lock the admin out.
+    from functions.api.dependencies import container
+
+    container().api_keys.ensure_admin("previous_admin_secret_0123")
+
+    with pytest.raises(ValueError):
+        container().api_keys.ensure_admin("too short")
+    assert _authorize("previous_admin_secret_0123")["principalId"] == "key_admin"
+
+
 class _LookupWriteFails:
     """The Catalog table's client, except that writing an API key's lookup item fails (a rotation
     stopped half-way: a throttle, a timeout, the operator's Ctrl-C)."""

@@ -159,6 +159,36 @@ def test_each_report_answers_its_ten_highest_by_revenue_unless_told_a_limit(api:
         assert_error(api.get(f"/reports/{report}", params={**days, "limit": 0}), 422, "validation_error", "limit")
 
 
+def test_a_channel_keys_reports_and_customers_never_show_another_channels_sales(api: InProcessApi):
+    """A storefront's key asking for a report without `channel` reads its own channel's, and another
+    channel's customer is 404 to it (API.md): never the other storefront's sales and customers."""
+    from core.aggregates import aggregate_change
+    from functions.api.dependencies import container
+    from tests.integration.in_process import issue
+
+    store = container().aggregate_store
+    zero = {"amount": "0.00", "currency": "USD"}
+    for channel in ("rptweb", "rptmarket"):
+        price = {"amount": "5.00", "currency": "USD"}
+        store.apply(aggregate_change(None, {
+            "id": f"ord_{channel}", "status": "allocated", "channel": channel, "currency": "USD",
+            "customer": {"id": f"cus_{channel}", "email": f"{channel}@acme.example"},
+            "lines": [{"line_id": "L1", "sku": channel.upper(), "quantity": 1, "unit_price": price, "discount": zero}],
+            "shipping_address": {"country": "US", "region": channel}, "totals": {"grand_total": price},
+            "payment": {"refunded": zero}, "created_at": "2026-11-22T10:00:00Z", "version": 1,
+        }))  # fmt: skip
+    web = issue(api, "reports:read", "orders:read", channel="rptweb")
+
+    sold = api.get(
+        "/reports/top-products", params={"currency": "USD", "from": "2026-11-22", "to": "2026-11-22"}, key=web
+    )
+
+    assert sold.status_code == 200, sold.text
+    assert [item["sku"] for item in sold.json()["items"]] == ["RPTWEB"]
+    assert api.get("/customers/cus_rptweb", key=web).status_code == 200
+    assert_error(api.get("/customers/cus_rptmarket", key=web), 404, "not_found")
+
+
 def test_a_customer_search_cursor_is_bound_to_the_channel_it_was_read_for(api: InProcessApi):
     # A web key's cursor names the last web customer it was shown: sent by the market key, it was
     # taken, and the market's list quietly began after that id (skipping market customers before it).

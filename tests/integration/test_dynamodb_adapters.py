@@ -1297,6 +1297,20 @@ def test_a_secret_that_is_another_keys_is_refused_before_anything_changes(aws):
     assert not lookup.by_hash("hash_admin").revoked
 
 
+def test_a_secret_another_key_takes_while_the_admin_key_is_rotated_to_it_stays_that_keys(aws):
+    # The check that no key holds the secret ran before the other key's issue stored its lookup: the
+    # rotation's own write of the lookup must not take it over (the storefront's key an admin key).
+    table = aws.tables["CatalogTable"]
+    shop = ApiKey(id="key_shop", name="shop", scopes=[Scope.ORDERS_READ], created_at=NOW)
+    other = DynamoApiKeys(aws.dynamodb, table)
+    rotating = DynamoApiKeys(InterleavingClient(aws.dynamodb, "APIKEYS", lambda: other.add(shop, "hash_both")), table)
+
+    with pytest.raises(Conflict):
+        rotating.add(ApiKey(id="key_admin", name="admin", scopes=[Scope.ADMIN], created_at=NOW), "hash_both")
+
+    assert ApiKeyLookup(aws.dynamodb, table).by_hash("hash_both") == KeyGrant("key_shop", ("orders:read",), None, False)
+
+
 def requested_returns(count: int) -> list[Return]:
     return [
         Return(

@@ -355,6 +355,9 @@ def with_authorization(evt: dict, header: str | None) -> dict:
                       "Authorization": "Bearer oms_other_key_0123456789"}, None, id="two spellings"),
         pytest.param({"Authorization": "Bearer oms_sample_admin_key_0123456789"},
                      {"Authorization": ["Bearer oms_other_key_0123456789"]}, id="maps that disagree"),
+        pytest.param({"authorization": "Bearer oms_sample_admin_key_0123456789"},
+                     {"authorization": ["Bearer oms_other_key_0123456789", "Bearer oms_sample_admin_key_0123456789"]},
+                     id="twice in lower case (HTTP/2), the single-value map naming the last"),
     ],
 )  # fmt: skip
 def test_the_authorizer_refuses_an_authorization_header_sent_twice(aws, headers, multi):
@@ -378,6 +381,34 @@ def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
     assert policy["policyDocument"]["Statement"][0]["Resource"].endswith("abc123/v1/*")
     assert policy["context"]["key_id"] == "key_admin"
     assert "orders:write" in policy["context"]["scopes"].split()
+
+
+def test_the_authorizer_reads_a_header_named_in_lower_case_as_http2_clients_send_it(aws):
+    # A field name is case-insensitive (RFC 9110 5.1), and HTTP/2 sends every one in lower case.
+    from functions.authorizer.app import lambda_handler
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    evt = event("authorizer_request.json")
+    evt["headers"] = {"authorization": "Bearer oms_sample_admin_key_0123456789"}
+    evt["multiValueHeaders"] = {"authorization": ["Bearer oms_sample_admin_key_0123456789"]}
+
+    assert lambda_handler(evt, Context())["principalId"] == "key_admin"
+
+
+def test_the_authorizer_passes_a_channel_keys_own_id_scopes_and_channel(aws):
+    from core.access import NewApiKey, Scope
+    from functions.api.dependencies import container
+    from functions.authorizer.app import lambda_handler
+
+    issued = container().api_keys.issue(
+        NewApiKey(name="storefront", scopes=[Scope.ORDERS_WRITE, Scope.ORDERS_READ], channel="web")
+    )
+    evt = with_authorization(event("authorizer_request.json"), f"Bearer {issued.key}")
+
+    policy = lambda_handler(evt, Context())
+
+    assert policy["principalId"] == issued.id
+    assert policy["context"] == {"key_id": issued.id, "scopes": "orders:read orders:write", "channel": "web"}
 
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Basic abc", "Bearer wrong_key_0123456789", "bearer x"])

@@ -129,3 +129,5 @@ def test_a_channel_key_is_404_on_an_import_whose_report_names_other_channels_ord
     assert_error(refused, 404, "not_found")
     assert "POS-7" not in refused.text
     assert api.get(f"/imports/{import_id}").json()["errors"][0]["external_id"] == "POS-7"  # the admin sees it
+    assert api.get("/imports", key=web).json() == {"items": [], "next_cursor": None}
+    assert import_id in [item["id"] for item in api.get("/imports", params={"limit": 100}).json()["items"]]

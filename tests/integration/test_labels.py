@@ -84,6 +84,10 @@ def test_a_stored_legacy_url_is_signed_again_for_the_same_object(s3: Any, legacy
         f"https://labels.s3x.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",  # another bucket, "labels.s3x"
         f"https://labels-other.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf",
         f"https://carrier.example/other/labels/{ORDER}/{SHIPMENT}.pdf",
+        # A host that merely starts with our bucket's S3 name (a domain of its own under it).
+        f"https://labels.s3.amazonaws.com.carrier.example/labels/{ORDER}/{SHIPMENT}.pdf",
+        # Our bucket, but a path that only starts with a label key (no label of ours is there).
+        f"https://labels.s3.amazonaws.com/labels/{ORDER}/{SHIPMENT}.pdf/copy",
     ],
 )
 def test_a_url_that_is_not_one_of_ours_is_shown_as_stored(s3: Any, foreign: str):

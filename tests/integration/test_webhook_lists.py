@@ -257,6 +257,22 @@ def test_a_subscribe_retried_with_its_idempotency_key_answers_the_first_subscrip
     assert_error(api.post("/webhooks", json=body, headers=headers, key=key), 404, "not_found")
 
 
+def test_another_key_sending_the_same_idempotency_key_and_body_gets_a_subscription_and_secret_of_its_own(
+    api: InProcessApi,
+):
+    # An Idempotency-Key is a client's own: another client choosing the same one ("create-hook-1")
+    # for the same subscription must not be answered with the first one's, its signing secret included.
+    body = {"url": f"http://127.0.0.1:9/{unique('hook')}", "events": ["order.created"]}
+    headers = {"Idempotency-Key": unique("shared")}
+
+    first = api.post("/webhooks", json=body, headers=headers, key=issue(api, "webhooks:write"))
+    second = api.post("/webhooks", json=body, headers=headers, key=issue(api, "webhooks:write"))
+
+    assert (first.status_code, second.status_code) == (201, 201), second.text
+    assert second.json()["id"] != first.json()["id"]
+    assert second.json()["secret"] != first.json()["secret"]
+
+
 def test_a_subscribe_and_its_retry_under_one_key_at_once_make_one_subscription(api: InProcessApi, monkeypatch):
     # The first attempt's record read as expired in progress (its deadline, as the retry's clock
     # reads it, passed: hosts' clocks differ) while it was still about to write: its retry runs whole

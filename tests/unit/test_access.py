@@ -184,6 +184,15 @@ def test_the_same_context_hands_out_the_caller_it_made_and_a_changed_one_a_new_c
         first.channel = "store"  # type: ignore[misc]
 
 
+def test_the_next_request_of_another_key_with_the_same_scopes_and_channel_is_that_keys_own():
+    # A warm container's next request from another storefront of the channel: handed the previous
+    # request's caller, it would place orders, mint keys and cut off keys in the other key's name.
+    first = caller_from(event("GET", "/orders", scopes="orders:read orders:write", channel="web", key_id="key_one"))
+    second = caller_from(event("GET", "/orders", scopes="orders:read orders:write", channel="web", key_id="key_two"))
+
+    assert (first.key_id, second.key_id) == ("key_one", "key_two")
+
+
 @pytest.mark.parametrize(
     "context",
     [None, {}, {"key_id": ""}, {"principalId": "key_x", "scopes": "admin"}],

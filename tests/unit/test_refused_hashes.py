@@ -24,3 +24,14 @@ def test_the_memory_is_bounded_and_drops_the_oldest_first():
     refused.add("b")  # refused again: the newest now
     refused.add("e")
     assert [name in refused for name in ["b", "c", "d", "e"]] == [True, False, True, True]
+
+
+def test_a_secret_refused_before_it_was_issued_works_within_thirty_seconds():
+    # A caller trying the admin secret just before `OMS_ADMIN_API_KEY` set it is refused from memory
+    # for a short while only, not for the warm container's life.
+    now = [0.0]
+    refused = RefusedHashes(clock=lambda: now[0])
+    refused.add("h1")
+
+    now[0] = 30.0
+    assert "h1" not in refused

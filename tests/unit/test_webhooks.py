@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from core.webhooks import (
     WebhookUrlRefused,
     check_url,
     delivery_id,
+    new_webhook_secret,
     signature,
     verify_signature,
 )
@@ -208,6 +210,15 @@ def test_the_signature_is_hmac_sha256_of_timestamp_dot_body_as_the_contract_says
     body = b'{"id":"evt_1"}'
     expected = hmac.new(b"whsec_x", b"1764590400." + body, hashlib.sha256).hexdigest()
     assert signature("whsec_x", 1764590400, body) == f"t=1764590400,v1={expected}"
+
+
+def test_a_signing_secret_carries_the_prefix_and_at_least_128_random_bits():
+    # A receiver's only proof that a delivery is ours: one short enough to guess forges any event.
+    secrets = {new_webhook_secret() for _ in range(50)}
+
+    assert len(secrets) == 50
+    for secret in secrets:
+        assert re.fullmatch(r"whsec_[A-Za-z0-9_-]{22,}", secret), secret
 
 
 def test_a_receiver_accepts_a_fresh_signature_and_refuses_a_tampered_old_or_foreign_one():
@@ -477,6 +488,20 @@ def test_a_subscription_gets_its_types_and_a_channel_bound_one_only_its_channels
     assert not subscription(["order.allocated"]).wants(event())
     assert subscription(["*"], channel="web").wants(event(channel="web"))
     assert not subscription(["*"], channel="web").wants(event(channel="shop"))
+
+
+def test_a_channel_bound_subscription_to_everything_never_gets_an_event_of_no_channel():
+    # An import spans channels and stock is shared: a storefront's "*" would read every channel's
+    # import errors and every location's stock.
+    imported = DomainEvent(
+        id=event_id("imp_1", 1, EventType.IMPORT_COMPLETED),
+        type=EventType.IMPORT_COMPLETED,
+        created_at=NOW,
+        data={"import": {"id": "imp_1"}},
+    )
+
+    assert Subscription(id="whk_a", events=["*"]).wants(imported)
+    assert not Subscription(id="whk_a", events=["*"], channel="web").wants(imported)
 
 
 def test_new_webhook_events_are_contract_types_or_star():
