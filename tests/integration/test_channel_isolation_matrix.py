@@ -238,11 +238,15 @@ def test_batches_naming_another_channels_shipments_or_orders_change_and_show_not
         {"order_id": scene.order, "shipment_id": scene.shipment, "action": "deliver"},
     ]})  # fmt: skip
     simulated = api.post("/sourcing/simulate", key=key, json={"orders": [scene.pending]})
-    scanned = api.post("/carriers/oms-flat-rate/tracking", key=key, json={"events": [{
-        "reference": f"{scene.pending}/{scene.pending_shipment}",
-        "tracking_number": tracking_number(scene.pending_shipment),
-        "status": "delivered", "at": "2026-11-23T09:30:00Z",
-    }]})  # fmt: skip
+    # A delivered scan is applied (deliver); an in-transit scan is only looked up (find), and its
+    # `not_recorded` would tell channel A that channel B's parcel exists and has left.
+    scanned = api.post("/carriers/oms-flat-rate/tracking", key=key, json={"events": [
+        {"reference": f"{order_id}/{shipment_id}", "tracking_number": tracking_number(shipment_id),
+         "status": status, "at": "2026-11-23T09:30:00Z"}
+        for order_id, shipment_id, status in (
+            (scene.pending, scene.pending_shipment, "delivered"), (scene.order, scene.shipment, "in_transit"),
+        )
+    ]})  # fmt: skip
 
     assert confirmed.status_code == 200, confirmed.text
     assert [item["error"]["code"] for item in confirmed.json()["items"]] == ["not_found", "not_found"]
@@ -255,7 +259,7 @@ def test_batches_naming_another_channels_shipments_or_orders_change_and_show_not
         == (422, [{"field": "orders[0]", "message": "no order with this id"}])
     )
     assert scanned.status_code == 200, scanned.text
-    assert [update["outcome"] for update in scanned.json()["updates"]] == ["unknown_shipment"]
+    assert [update["outcome"] for update in scanned.json()["updates"]] == ["unknown_shipment"] * 2
     assert scene.state() == scene.initial
 
 
