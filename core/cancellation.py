@@ -377,7 +377,7 @@ class Cancellation:
         stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
         for key, amount in lost.items():
-            self._release_lost(order, key, amount, token, actor)
+            self._release_lost(order, key, amount, token, actor, history=known)
         return self._orders.get(order.id, consistent=True) or order
 
     def unreleased_authorization_keys(self, order: Order) -> list[str]:
@@ -430,11 +430,15 @@ class Cancellation:
             raise _first_to_retry(failed)
         return order
 
-    def _release_lost(self, order: Order, key: str, amount: Money, token: str, actor: str) -> None:
+    def _release_lost(
+        self, order: Order, key: str, amount: Money, token: str, actor: str,
+        *, history: list[tuple[Order, list[HistoryEntry]]] | None = None,
+    ) -> None:  # fmt: skip
         """Release what the gateway may hold under `key`, an attempt to authorize `amount` whose
-        answer was lost: looked up (_release_unrecorded), or, by a plugin that cannot look it up,
-        asked for again under the key and voided at once; one the gateway declines was never made."""
-        if self._release_unrecorded(order, key, actor, looked_up_only=True):
+        answer was lost: looked up (_release_unrecorded, its note written on `history` as
+        _void_under_key's), or, by a plugin that cannot look it up, asked for again under the key
+        and voided at once; one the gateway declines was never made."""
+        if self._release_unrecorded(order, key, actor, looked_up_only=True, history=history):
             return  # the plugin said what the gateway holds under the key: nothing was asked for
         recorder = self._void_failures(
             self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
