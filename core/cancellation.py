@@ -369,12 +369,15 @@ class Cancellation:
         ask = sorted((unfound | set(unrecorded)) - settled - set(lost))
         if not lost and not ask:
             return order
+        # Each note is written on the history this read (and the notes before it) left, conditional
+        # on its length (_void_under_key): one the step's retry noted meanwhile is not noted again.
+        known = [found]
         for key in ask:
-            self._release_unrecorded(order, key, actor)
+            self._release_unrecorded(order, key, actor, history=known)
         stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
         for key, amount in lost.items():
-            self._release_lost(order, key, amount, token, actor)
+            self._release_lost(order, key, amount, token, actor, history=known)
         return self._orders.get(order.id, consistent=True) or order
 
     def unreleased_authorization_keys(self, order: Order) -> list[str]:
@@ -427,11 +430,15 @@ class Cancellation:
             raise _first_to_retry(failed)
         return order
 
-    def _release_lost(self, order: Order, key: str, amount: Money, token: str, actor: str) -> None:
+    def _release_lost(
+        self, order: Order, key: str, amount: Money, token: str, actor: str,
+        *, history: list[tuple[Order, list[HistoryEntry]]] | None = None,
+    ) -> None:  # fmt: skip
         """Release what the gateway may hold under `key`, an attempt to authorize `amount` whose
-        answer was lost: looked up (_release_unrecorded), or, by a plugin that cannot look it up,
-        asked for again under the key and voided at once; one the gateway declines was never made."""
-        if self._release_unrecorded(order, key, actor, looked_up_only=True):
+        answer was lost: looked up (_release_unrecorded, its note written on `history` as
+        _void_under_key's), or, by a plugin that cannot look it up, asked for again under the key
+        and voided at once; one the gateway declines was never made."""
+        if self._release_unrecorded(order, key, actor, looked_up_only=True, history=history):
             return  # the plugin said what the gateway holds under the key: nothing was asked for
         recorder = self._void_failures(
             self._orders, order.id, actor, self._clock, amount=amount.model_dump(mode="json"), authorization_key=key
@@ -451,7 +458,10 @@ class Cancellation:
         modify(self._orders, order.id, lambda current: current.noted(
             OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
 
-    def _release_unrecorded(self, order: Order, key: str, actor: str, *, looked_up_only: bool = False) -> bool:
+    def _release_unrecorded(
+        self, order: Order, key: str, actor: str, *, looked_up_only: bool = False,
+        history: list[tuple[Order, list[HistoryEntry]]] | None = None,
+    ) -> bool:  # fmt: skip
         """Void what the gateway authorized under `key` for `order`, which records none: asked with
         oms_payment_find_authorization, which never authorizes (a key never asked finds nothing),
         and voided at once (`payment_voided`, naming the key). False when the payment plugin does
@@ -460,7 +470,7 @@ class Cancellation:
         again). Raises NoPaymentPlugin when no payment plugin takes the order's method (removed:
         nobody could say), PaymentGatewayUnavailable while the gateway cannot say, and PaymentRefused or
         PaymentGatewayUnavailable as `void` does: each failed attempt is in the history as a failed
-        void naming the key, which the next release asks about again."""
+        void naming the key, which the next release asks about again. `history`: as _void_under_key's."""
         method = order.payment.method
         found = self._payments.retried(
             "void",
@@ -477,22 +487,23 @@ class Cancellation:
             return False
         if found.outcome != "approved":
             return True  # never made
-        self._void_under_key(
-            order, key, found.reference, actor, "an authorization whose answer was never recorded, no longer asked for"
-        )
+        reason = "an authorization whose answer was never recorded, no longer asked for"
+        self._void_under_key(order, key, found.reference, actor, reason, history=history)
         return True
 
     def _void_under_key(
         self, order: Order, key: str | None, authorization: str, actor: str, reason: str,
-        *, history: tuple[Order, list[HistoryEntry]] | None = None,
+        *, history: list[tuple[Order, list[HistoryEntry]]] | None = None,
     ) -> Order:  # fmt: skip
         """Void `authorization`, which the gateway made under `key` (None: not known) and the order
         does not record, and note it (`payment_voided`, naming the key when known, and `reason`).
-        Raises as `_void`. Returns the order as the note leaves it. `history`: the order and its
-        history as the caller read them, noting no void of `authorization`: the note is written on
+        Raises as `_void`. Returns the order as the note leaves it. `history`: [the order and its
+        history as the caller read them], noting no void of `authorization`: the note is written on
         them, conditional on the history being that long still (modify's `history_read`), so one
-        noted by another caller since (a cancel that found it under its key) is not noted again;
-        only a write that lands in between costs another read of the history."""
+        noted by another caller since (a cancel that found it under its key, the step's retry that
+        found it too) is not noted again; only a write that lands in between costs another read of
+        the history. Left holding the order and history as this note leaves them, for the caller's
+        next note."""
         keyed = {"authorization_key": key} if key is not None else {}
         voided = self._void(order, authorization, actor, **keyed)
         at = self._clock()
@@ -501,20 +512,25 @@ class Cancellation:
             return modify(self._orders, order.id, lambda current: current.noted(
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
         read: list[int] = []
-        first = [history[1]]  # the caller's, decided on first; a lost race reads them again
+        decided: list[list[HistoryEntry]] = []  # the caller's first; a lost race reads them again
 
         def decide(current: Order) -> Change | None:
-            if first:
-                entries = first.pop()
-            else:
+            if decided:
                 found = self._orders.history(order.id, consistent=True)
                 entries = found[1] if found is not None else []
+            else:
+                entries = history[0][1]
             read.append(len(entries))
+            decided.append(entries)
             if _voided(entries, authorization):
                 return None
-            return current.noted(OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail)
+            noted = current.noted(OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail)
+            decided[-1] = [*entries, noted[1]]
+            return noted
 
-        return modify(self._orders, order.id, decide, read=history[0], history_read=read)
+        stored = modify(self._orders, order.id, decide, read=history[0][0], history_read=read)
+        history[0] = (stored, decided[-1])
+        return stored
 
     def void_requested_authorization(self, order: Order, actor: str) -> Order:
         """Void the authorization an edit asked for and never recorded (Order.authorization_requested:
@@ -657,7 +673,9 @@ class Cancellation:
         if found is not None and _voided(found[1], authorization):
             return found[0]
         try:
-            return self._void_under_key(order, key, authorization, actor, LOST_RACE, history=found)
+            return self._void_under_key(
+                order, key, authorization, actor, LOST_RACE, history=[found] if found is not None else None
+            )
         except (PaymentGatewayUnavailable, PaymentPluginFailed):
             # Not made, and not refused: kept, to be voided once the gateway (or the plugin) works.
             if key is not None:

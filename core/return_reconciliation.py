@@ -22,9 +22,9 @@ pass made what a gateway outage or a failing payment plugin left pending): nothi
 the gateway, so the pass marks it refunded as its step would (Returns.refund, or an exchange's
 Returns.exchange, which finds its replacement and the rest of its credit refunded: the same
 transition, conditional on status and version, its event sent by that write), once; but not an
-exchange whose step stopped on a refused refund (RefundNotDone: a draw on an earlier order's credit
-is refused on that order), nor one of a replacement's units (its mark may draw on the earlier
-credit: a refusal there, outside any workflow, would be asked again every pass). While its refund
+exchange of a replacement's units (its mark may draw on the earlier credit: a refusal there,
+outside any workflow, would be asked again every pass; its step stops on RefundNotDone when that
+draw is refused on the earlier order). While its refund
 is still pending it is set aside under its payment method, as one waiting for its plugin is (read
 after the received returns), until the pending-refund pass has made it (marked then) or seen it
 refused (left to the person).
@@ -273,7 +273,9 @@ class ReturnReconciler:
             self._mark_refunded is not None
             # An exchange's mark asks nothing of the gateway but on an original that is itself a
             # replacement (it draws the rest on the earlier credit): that one's workflow marks it.
-            and (item.exchange is None or not (refused or order.exchange_of))
+            # Any other's is marked whatever stopped it, as a plain return's is: its rest refused, then
+            # its credit given back whole (its replacement cancelled), leaves nothing to ask.
+            and (item.exchange is None or not order.exchange_of)
             and any(refund.status == RefundStatus.SUCCEEDED for refund in mine)
             and not any(refund.status == RefundStatus.PENDING for refund in mine)
         ):

@@ -446,6 +446,40 @@ def test_a_stuck_return_the_pass_started_again_after_showing_what_went_back_is_n
     assert workflow.started == [cap_return]
 
 
+def test_a_return_left_to_a_person_for_another_returns_refund_the_gateway_left_pending_shows_that_one_once_made(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP's step found the gateway down as it finished the refund of what the MUGs kept back,
+    # through three executions (each recorded stuck): the CAP's return is the person's now, and the
+    # MUGs' return is owed its show of a refund the gateway has not made. Once the reconciler's
+    # passes made that refund, the MUGs' return shows its whole; the CAP's is still the person's.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise PaymentGatewayUnavailable("the gateway is unavailable")
+
+    for execution in ("x1", "x2", "x3"):
+        with monkeypatch.context() as patched:
+            patched.setattr(returns._refunds, "finish_pending", down)
+            run_return_workflow(returns, cap_return, actor="key_wh")
+        returns.stuck(cap_return, "PaymentGatewayUnavailable", "the gateway is down", "returns-workflow", execution)
+    assert returns.get(cap_return).shows_owed == [mugs_return]
+    workflow = InlineReturnWorkflow(returns)
+    passes = reconciler(world, clock, workflow)
+    clock.now = clock.now + timedelta(hours=1)
+    assert passes.run() == []
+    finished: list[str] = []  # the reconciler's passes, in its order
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
+    sweep(world, clock).run(ACTOR, finished=finished)
+    assert world.order(order.id).payment.refunds[-1].status == "succeeded"
+    clock.now = clock.now + timedelta(hours=1)
+
+    assert passes.run() == []
+
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).status is ReturnStatus.RECEIVED and workflow.started == []  # still the person's
+
+
 def test_the_returns_a_step_owes_showing_are_stored_never_shown_and_leave_its_last_change_as_it_was(world, clock):
     returns, _, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
     item = returns.get(cap_return)

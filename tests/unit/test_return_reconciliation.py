@@ -867,3 +867,38 @@ def test_an_index_whose_table_goes_down_mid_pass_fails_the_pass_with_what_it_res
 
     assert (raised.value.outage, raised.value.restarted) == (down, [lost.id])
     assert world.returns.get(lost.id).status is R.REFUNDED
+
+
+def test_an_exchange_stuck_on_its_refused_rest_whose_replacement_was_cancelled_since_is_marked_refunded():
+    # Three mugs for two caps: the gateway refused the rest of the credit through the step's
+    # retries, stuck. The customer then cancelled the caps, and the whole credit went back to the
+    # card: nothing is left to ask the gateway, so the pass marks the return refunded rather than
+    # leave a settled return to a person (the mark asks the gateway nothing on an original that is
+    # not itself a replacement).
+    from tests.builders import NOW
+    from tests.unit.test_returns import STOCK as RETURNS_STOCK
+    from tests.unit.test_returns import exchange_of, receipt, returns_for, shipped
+
+    world = build_world(RETURNS_STOCK)
+    clock = Clock(NOW + timedelta(days=3))
+    returns, _ = returns_for(world, clock, world.gateway)
+    order = shipped(world, ("MUG", 3))
+    item = returns.request(order.id, exchange_of("L1", 3, ("CAP", 2)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 3, "resellable")), "key_wh")
+    returns.restock(item.id)
+    returns.record_on_order(item.id, "key_wh")
+    world.gateway.script("refund", "refuse")
+    stuck_on(returns, item.id, "exchange", RefundNotDone, "the gateway refused the refund", tries=3)
+    world.gateway.script("refund", "approve")
+    world.actions.cancel(world.returns.get(item.id).exchange_order_id or "", "not wanted", actor="key_cs")
+    [given_back] = [r for r in world.order(order.id).payment.refunds if r.status == "succeeded"]
+    asked = len(world.gateway.keys("refund"))
+    clock.advance(hours=1)
+    workflow = InlineReturnWorkflow(returns)
+
+    passes = [reconciler(world, clock, workflow) for _ in range(2)]
+    assert [(p.run(), p.marked_refunded) for p in passes] == [([], [item.id]), ([], [])]
+
+    assert world.returns.get(item.id).status is R.REFUNDED
+    assert len(world.gateway.keys("refund")) == asked and workflow.started == []
+    assert world.order(order.id).payment.refunded == given_back.amount

@@ -969,6 +969,55 @@ def test_an_authorization_whose_step_died_after_a_cancel_meanwhile_is_voided_by_
     assert world.history(order_id)[-1].type == "payment_voided"
 
 
+def test_a_steps_retry_voiding_what_a_cancel_is_voiding_leaves_one_void_in_the_history(monkeypatch):
+    # The step died after the gateway approved; the customer's cancel found the authorization under
+    # the order's key and, before its note landed, the step's retry found the order cancelled and
+    # released the same authorization, noting it. An auditor sees the void once.
+    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED)
+    order_id = world.place(("TSHIRT", 2))
+    dies_recording_the_authorization(world, monkeypatch)
+    with pytest.raises(RuntimeError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    monkeypatch.undo()
+
+    def the_steps_retry() -> None:
+        with pytest.raises(OrderClosed):
+            world.workflow.authorize_payment(order_id, attempt=1)
+
+    racing.between = the_steps_retry
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert racing.between is None
+    (made,) = world.spy.authorized
+    voids = [h for h in world.history(order_id) if h.type == "payment_voided"]
+    assert [(v.actor, v.detail["authorization"]) for v in voids] == [(WORKFLOW_ACTOR, made)]
+    assert world.order(order_id).status is S.CANCELLED
+
+
+def test_a_steps_retry_voiding_what_a_cancel_releases_after_a_lost_answer_leaves_one_void_in_the_history():
+    # As above, the gateway's answer to the step lost (its failed attempt names the key): the
+    # cancel and the step's retry both release what it holds under that key. Noted once.
+    lost = AnswerLost()
+    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED, lost)
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    def the_steps_retry() -> None:
+        with pytest.raises(OrderClosed):
+            world.workflow.authorize_payment(order_id, attempt=1)
+
+    racing.between = the_steps_retry
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert racing.between is None
+    (made,) = lost.made
+    voids = [h for h in world.history(order_id) if h.type == "payment_voided"]
+    assert [(v.actor, v.detail["authorization"]) for v in voids] == [(WORKFLOW_ACTOR, made)]
+
+
 def test_an_authorization_whose_step_died_is_voided_when_an_edit_makes_the_order_ask_anew(world, monkeypatch):
     order_id = world.place(("TSHIRT", 2))
     dies_recording_the_authorization(world, monkeypatch)
