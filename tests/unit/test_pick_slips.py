@@ -13,6 +13,7 @@ from core.models import PICK_SLIP_CARRIER, Order
 from core.pdf_pages import gs1_check_digit, pdf_text
 from core.pick_slips import pick_slip, pickup_code
 from core.status import OrderStatus
+from tests.builders import address_body
 from tests.unit.test_carrier_bookings import Carrier
 from tests.unit.world import Clock, World, build_world
 
@@ -165,3 +166,21 @@ def test_a_carrier_plugin_may_not_name_itself_as_the_oms_pick_slips_do(clock):
 
     with pytest.raises(PluginError, match=r"'OMS'.*pick slips"):
         world.workflow.create_shipments(order_id)
+
+
+def test_the_slip_names_the_store_street_the_order_the_customer_gives_and_the_customer_not_the_address(world):
+    # At the counter the customer names their order (its id, from the ready_for_pickup notice) and
+    # themselves; a shipping address sent with a pickup order may name someone else (a front desk).
+    order: Order = world.allocated(
+        ("MUG", 1), **PICKUP, customer={"id": "cus_2", "email": "grace@example.com", "name": "Grace Hopper"},
+        shipping_address=address_body(name="Front desk, Acme"),
+    )  # fmt: skip
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    for shown in (f"Order: {order.id}", "Grace Hopper", store.address.line1, "grace@example.com"):
+        assert pdf_text(shown) in text, shown
+    assert pdf_text("Front desk, Acme") not in text
