@@ -664,3 +664,49 @@ def test_a_booking_made_before_createshipments_failed_is_cancelled_when_units_of
     cancelled = world.order(order_id)
     assert (cancelled.status, cancelled.allocations, cancelled.unrecorded_bookings, cancelled.bookings_to_cancel) == (
         S.ON_HOLD, [], [], [])  # fmt: skip
+
+
+def test_a_carrier_down_is_asked_once_for_the_cancel_of_an_orders_two_parcels_not_once_each(world, carrier, clock):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    carrier.down = True
+
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert carrier.cancels_asked == 1  # its first cancel failed: the second would wait as long
+    assert len(world.order(order.id).bookings_to_cancel) == 2  # both owed, for the reconciler's pass
+
+
+def test_an_order_owing_a_carrier_found_down_and_another_has_the_others_booking_cancelled_in_the_same_pass(
+    world, carrier, clock
+):
+    first, both = world.allocated(("MUG", 1)).id, world.allocated(("MUG", 1), ("CAP", 1)).id
+    carrier.down = True
+    for order_id in (first, both):
+        world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    owed = world.order(both)
+    # One of its parcels was booked with the built-in carrier, which answers.
+    elsewhere = [owed.bookings_to_cancel[0].model_copy(update={"carrier": flat_rate_carrier.CARRIER}),
+                 *owed.bookings_to_cancel[1:]]  # fmt: skip
+    world.orders.orders[both] = owed.model_copy(update={"bookings_to_cancel": elsewhere})
+    clock.advance(minutes=20)
+
+    done = sweep(world, clock).run(ACTOR)
+
+    assert done[both].settled == elsewhere[:1]  # not left a pass behind the carrier down
+    assert [booking.carrier for booking in world.order(both).bookings_to_cancel] == [Carrier.NAME]
+
+
+def test_a_pass_asks_the_carrier_about_at_most_limit_orders_and_leaves_the_rest_to_the_next(world, carrier, clock):
+    orders = [world.allocated(("MUG", 1)).id for _ in range(2)]
+    carrier.down = True
+    for order_id in orders:
+        world.actions.cancel(order_id, "changed my mind", actor="key_web")
+    carrier.down = False
+    clock.advance(minutes=20)
+
+    done = CarrierWorkSweep(
+        InMemoryOrdersOwingCarrier(world), world.orders, world.actions, clock, after=timedelta(minutes=15), limit=1
+    ).run(ACTOR)
+
+    assert list(done) == orders[:1]
+    assert [world.order(order_id).owes_carrier_work() for order_id in orders] == [False, True]

@@ -1152,3 +1152,28 @@ def test_a_reject_of_a_parcel_that_shipped_a_moment_ago_leaves_a_parcels_ship_in
     shipped = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
     assert world.spy.refunded == []
+
+
+def test_a_pickup_the_store_has_not_made_ready_is_not_collected_and_nothing_is_captured_for_it(world):
+    # The store hands over only what it picked and put out: the ready step is what tells the customer
+    # to come, and what starts the wait the expiry counts.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+
+    with pytest.raises(InvalidTransition, match="not ready_for_pickup"):
+        world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert world.order(order.id) == order
+    assert (world.spy.captured, world.spy.refunded) == ([], [])
+    assert world.level("TSHIRT", "store-sf") == (5, 2, 3)
+
+
+def test_readying_a_collected_pickup_again_answers_the_order_as_it_stands(world):
+    # A store's wave sent again after the customer came (API.md: "collected since or not").
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    collected = world.actions.collect(order.id, shipment.id, actor="key_store")
+
+    assert world.actions.ready(order.id, shipment.id, actor="key_store") == collected
+    assert world.order(order.id) == collected

@@ -9,10 +9,11 @@ import pytest
 
 from core.errors import PluginError
 from core.ids import shipment_reference
-from core.models import PICK_SLIP_CARRIER, Order
+from core.models import PICK_SLIP_CARRIER, LineInput, Order, OrderEdit
 from core.pdf_pages import gs1_check_digit, pdf_text
 from core.pick_slips import pick_slip, pickup_code
 from core.status import OrderStatus
+from tests.builders import address_body
 from tests.unit.test_carrier_bookings import Carrier
 from tests.unit.world import Clock, World, build_world
 
@@ -165,3 +166,38 @@ def test_a_carrier_plugin_may_not_name_itself_as_the_oms_pick_slips_do(clock):
 
     with pytest.raises(PluginError, match=r"'OMS'.*pick slips"):
         world.workflow.create_shipments(order_id)
+
+
+def test_the_slip_names_the_store_street_the_order_the_customer_gives_and_the_customer_not_the_address(world):
+    # At the counter the customer names their order (its id, from the ready_for_pickup notice) and
+    # themselves; a shipping address sent with a pickup order may name someone else (a front desk).
+    order: Order = world.allocated(
+        ("MUG", 1), **PICKUP, customer={"id": "cus_2", "email": "grace@example.com", "name": "Grace Hopper"},
+        shipping_address=address_body(name="Front desk, Acme"),
+    )  # fmt: skip
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    for shown in (f"Order: {order.id}", "Grace Hopper", store.address.line1, "grace@example.com"):
+        assert pdf_text(shown) in text, shown
+    assert pdf_text("Front desk, Acme") not in text
+
+
+def test_a_ready_pickup_a_carrier_booked_before_has_its_booking_cancelled_when_an_edit_sources_it_again(world, carrier):
+    # The parcel leaves the store's shelf for a new one sourced anew: the old carrier label is no
+    # parcel's, and the carrier would bill it.
+    order = world.allocated(("MUG", 1), **PICKUP)
+    (parcel,) = order.shipments
+    booked = parcel.model_copy(update={"carrier": Carrier.NAME, "tracking_number": f"ACME-{parcel.id}"})
+    world.orders.orders[order.id] = order.model_copy(update={"shipments": [booked]})
+    ready = world.actions.ready(order.id, parcel.id, actor="key_store")
+
+    edited = world.actions.edit(order.id, ready.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]),
+                                actor="key_web")  # fmt: skip
+
+    assert edited.status is S.AUTHORIZED
+    assert carrier.cancelled == [(f"ACME-{parcel.id}", parcel.id, order.id)]
+    assert carrier_entries(world, order.id) == ["carrier_booking_cancelled"]

@@ -489,3 +489,60 @@ def test_a_release_that_leaves_a_collect_to_confirm_held_moves_the_deadline_by_e
 
     released = world.order(order.id)
     assert (released.status, released.shipments[0].collect_by) == (S.ALLOCATED, DEADLINE + 3 * DAY)
+
+
+def test_orders_gone_cancelled_or_not_yet_due_since_the_index_was_read_do_not_use_up_a_passs_limit(world, monkeypatch):
+    # "An order collected or changed since the index was read is left as it is, and not counted":
+    # counted, such orders ahead of a pickup past its deadline would keep it waiting, its units held.
+    gone, cancelled, not_yet_due, due = past_their_deadline(world, monkeypatch, 4)
+    world.actions.cancel(cancelled, "changed mind", actor="key_web")
+    del world.orders.orders[gone]
+    waiting = world.order(not_yet_due)  # its deadline moved to the pass's very moment: still collectable
+    moved = [shipment.model_copy(update={"collect_by": LATER}) for shipment in waiting.shipments]
+    world.orders.orders[not_yet_due] = waiting.model_copy(update={"shipments": moved})
+
+    done = PickupExpiry(
+        ListedDue(gone, cancelled, not_yet_due, due), world.orders, world.actions, lambda: LATER, limit=1
+    ).run()
+
+    assert (done.expired, world.order(due).status, world.order(not_yet_due).status) == ([due], S.CANCELLED, S.ALLOCATED)
+
+
+def test_a_pickup_readied_with_no_expiry_is_never_expired_however_late(world, monkeypatch):
+    # OMS_PICKUP_EXPIRY_DAYS=0: the pickup waits until collected (API.md: `collect_by` null).
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    monkeypatch.setattr(world.actions, "_pickup_expiry", None)
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+    assert ready.shipments[0].collect_by is None
+
+    with pytest.raises(InvalidTransition, match="may still be collected"):
+        ready.expire_pickup(shipment.id, at=NOW + timedelta(days=3650), actor="pickup_expiry")
+
+
+def test_expiring_a_pickup_the_customer_collected_meanwhile_changes_nothing(world, monkeypatch):
+    # The clean-up after an expiry's write (and the execution its stream record starts) may meet an
+    # order the customer collected since: it leaves it as it is.
+    order_id, shipment_id = ready_pickup(world, monkeypatch)
+    collected = world.actions.collect(order_id, shipment_id, actor="key_store")
+
+    assert world.actions.expire_pickup(order_id, shipment_id, actor="pickup_expiry") == collected
+    assert world.order(order_id) == collected
+
+
+def test_an_order_whose_expiry_raised_counts_toward_a_passs_limit(world, monkeypatch):
+    # A pass's work stays bounded (the reconciler's time): orders that raise, read past, are tried
+    # orders all the same; the pickups behind them are the next pass's.
+    broken, due = past_their_deadline(world, monkeypatch, 2)
+    real = world.orders.get
+
+    def get(order_id: str, *args, **kwargs):
+        if order_id == broken:
+            raise ValueError("a record that no longer reads")
+        return real(order_id, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "get", get)
+
+    done = PickupExpiry(ListedDue(broken, due), world.orders, world.actions, lambda: LATER, limit=1).run()
+
+    assert (list(done.failed), done.expired, world.order(due).status) == ([broken], [], S.ALLOCATED)
