@@ -270,6 +270,92 @@ def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, 
     assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
 
 
+class Lagging(UnsettledAuthorizations):
+    """An index that lists what it listed when it was last read (a GSI lags the table)."""
+
+    def __init__(self, order_ids: list[str]) -> None:
+        self._order_ids = order_ids
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        return iter(self._order_ids)
+
+    def set_aside(self, order: Order) -> None:
+        pass
+
+
+def edited_while_the_void_fails(world: World) -> Order:
+    """An authorized order (as it was) whose edit to a grown total could not void its old authorization."""
+    order = authorized(world)
+    world.gateway.script("void", "transient")
+    world.actions.edit(order.id, order.version, FIVE, "key_web")
+    return order
+
+
+@pytest.mark.parametrize(
+    ("answers", "reported"),
+    [(["approve"], "settled"), (["refuse", "approve"], "failed"), (["transient"] * 3 + ["approve"], "none")],
+    ids=["settled", "refused", "gateway down"],
+)
+def test_a_pass_asks_no_more_than_its_limit_of_orders_however_the_gateway_answered_and_the_next_passes_go_on(
+    world, clock, answers: list[str], reported: str
+):
+    # `limit` bounds how much of the gateway (and of the invocation's time) a pass spends: an order
+    # settled, one whose void was refused and one whose gateway was down are each one asked.
+    orders = []
+    for _ in range(2):
+        orders.append(edited_while_the_void_fails(world))
+        clock.advance(minutes=1)
+    clock.advance(minutes=16)
+    world.gateway.script("void", *answers)
+    reads: list[str] = []
+    history = world.orders.history
+
+    def read(order_id: str, **kw: bool):
+        reads.append(order_id)
+        return history(order_id, **kw)
+
+    world.orders.history = read  # type: ignore[method-assign]
+
+    try:
+        settled, failed = sweep(world, clock, limit=1).run(ACTOR).orders, []
+    except SettleIncomplete as incomplete:
+        settled, failed = incomplete.settled.orders, list(incomplete.failed)
+
+    first, second = (o.id for o in orders)
+    assert {"settled": ([first], []), "failed": ([], [first]), "none": ([], [])}[reported] == (settled, failed)
+    assert second not in reads and world.order(second).replaced_authorizations == [orders[1].payment.authorization]
+    for _ in range(2):
+        sweep(world, clock, limit=1).run(ACTOR)
+    assert world.order(second).replaced_authorizations == [] and orders[1].payment.authorization in world.spy.voided
+
+
+def test_orders_a_lagging_index_still_lists_that_settled_or_changed_since_are_left_and_the_one_behind_settled(
+    world, clock
+):
+    # The index lags the table: it may list an order settled since (nothing to ask), or one changed
+    # again since the time it lists (its PATCH may still record what it asked for). Neither is asked,
+    # nor counts against the pass's limit; nor is one last changed no more than `after` ago.
+    settled_since = edited_while_the_void_fails(world)
+    world.gateway.script("void", "approve")
+    grown = world.order(settled_since.id)
+    world.actions.edit(grown.id, grown.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_web")
+    assert not world.order(settled_since.id).authorizations_left
+    waiting = edited_while_the_void_fails(world)
+    clock.advance(minutes=5)
+    fifteen_minutes_ago = edited_while_the_void_fails(world)
+    clock.advance(minutes=15)
+    just_now = edited_while_the_void_fails(world)
+    world.gateway.script("void", "approve")
+    voided = list(world.spy.voided)
+    index = Lagging([o.id for o in (settled_since, fifteen_minutes_ago, just_now, waiting)])
+
+    assert sweep(world, clock, index, limit=1).run(ACTOR) == Settled([waiting.id], edits=[waiting.id])
+
+    assert world.spy.voided == [*voided, waiting.payment.authorization]
+    for order in (fifteen_minutes_ago, just_now):
+        assert world.order(order.id).replaced_authorizations == [order.payment.authorization]
+
+
 def given_up_while_down(clock: Clock, *plugins: object) -> tuple[World, str, list[str]]:
     """An order whose first authorization's answer was lost (the gateway authorized), edited while
     pending (its next authorization keyed anew), the gateway unable to look the old key up through
