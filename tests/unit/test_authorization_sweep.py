@@ -356,6 +356,73 @@ def test_orders_a_lagging_index_still_lists_that_settled_or_changed_since_are_le
         assert world.order(order.id).replaced_authorizations == [order.payment.authorization]
 
 
+def test_a_refused_void_asked_again_by_the_orders_next_change_is_asked_by_the_pass_once_that_fails_too(world, clock):
+    # A refusal leaves the order to its next change; once that change has asked again (the gateway
+    # down this time), the refusal before it no longer holds the pass back.
+    order = authorized(world)
+    world.gateway.script("void", "refuse")
+    edited = world.actions.edit(order.id, order.version, FIVE, "key_web")
+    assert void_failures(world, order.id) == [("key_web", "refused")]
+    clock.advance(minutes=1)
+    world.gateway.script("void", "transient")
+    again = world.actions.edit(
+        edited.id, edited.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_web"
+    )
+    assert again.replaced_authorizations == [order.payment.authorization]  # asked again, the gateway down
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
+
+    assert world.spy.voided == [order.payment.authorization]
+    assert world.order(order.id).replaced_authorizations == []
+
+
+def test_a_replaced_authorization_no_payment_plugin_takes_is_reported_once_then_left_for_the_orders_next_change(clock):
+    removed = Removed()
+    world = build_world(STOCK, removed, clock=clock)
+    order = edited_while_the_void_fails(world)
+    world.gateway.script("void", "approve")
+    removed.gone = True
+    clock.advance(minutes=16)
+
+    with pytest.raises(SettleIncomplete):
+        sweep(world, clock).run(ACTOR)
+
+    said = world.history(order.id)
+    assert void_failures(world, order.id)[-1] == (ACTOR, "no_plugin")
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR).orders == []
+    assert world.history(order.id) == said  # asked every pass, it would only grow the history
+
+
+class Counted(InMemoryUnsettledAuthorizations):
+    """The index, counting the orders a pass read of it (each page of it a DynamoDB read)."""
+
+    read = 0
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        for order_id in super().left_since_before(before):
+            self.read += 1
+            yield order_id
+
+
+def test_once_its_time_is_up_a_pass_reads_no_more_of_its_index_and_the_next_pass_settles_the_rest(world, clock):
+    orders = []
+    for _ in range(3):
+        orders.append(edited_while_the_void_fails(world))
+        clock.advance(minutes=1)
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+    index = Counted(world)
+
+    done = sweep(world, clock, index).run(ACTOR, time_up=lambda: len(world.spy.voided) > 0)
+
+    assert done.orders == [orders[0].id] and index.read == 2  # the second read, the time found up
+    assert sweep(world, clock).run(ACTOR).orders == [o.id for o in orders[1:]]
+
+
 def given_up_while_down(clock: Clock, *plugins: object) -> tuple[World, str, list[str]]:
     """An order whose first authorization's answer was lost (the gateway authorized), edited while
     pending (its next authorization keyed anew), the gateway unable to look the old key up through
