@@ -270,6 +270,159 @@ def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, 
     assert world.spy.voided == [made] and world.order(order.id).authorization_requested is None
 
 
+class Lagging(UnsettledAuthorizations):
+    """An index that lists what it listed when it was last read (a GSI lags the table)."""
+
+    def __init__(self, order_ids: list[str]) -> None:
+        self._order_ids = order_ids
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        return iter(self._order_ids)
+
+    def set_aside(self, order: Order) -> None:
+        pass
+
+
+def edited_while_the_void_fails(world: World) -> Order:
+    """An authorized order (as it was) whose edit to a grown total could not void its old authorization."""
+    order = authorized(world)
+    world.gateway.script("void", "transient")
+    world.actions.edit(order.id, order.version, FIVE, "key_web")
+    return order
+
+
+@pytest.mark.parametrize(
+    ("answers", "reported"),
+    [(["approve"], "settled"), (["refuse", "approve"], "failed"), (["transient"] * 3 + ["approve"], "none")],
+    ids=["settled", "refused", "gateway down"],
+)
+def test_a_pass_asks_no_more_than_its_limit_of_orders_however_the_gateway_answered_and_the_next_passes_go_on(
+    world, clock, answers: list[str], reported: str
+):
+    # `limit` bounds how much of the gateway (and of the invocation's time) a pass spends: an order
+    # settled, one whose void was refused and one whose gateway was down are each one asked.
+    orders = []
+    for _ in range(2):
+        orders.append(edited_while_the_void_fails(world))
+        clock.advance(minutes=1)
+    clock.advance(minutes=16)
+    world.gateway.script("void", *answers)
+    reads: list[str] = []
+    history = world.orders.history
+
+    def read(order_id: str, **kw: bool):
+        reads.append(order_id)
+        return history(order_id, **kw)
+
+    world.orders.history = read  # type: ignore[method-assign]
+
+    try:
+        settled, failed = sweep(world, clock, limit=1).run(ACTOR).orders, []
+    except SettleIncomplete as incomplete:
+        settled, failed = incomplete.settled.orders, list(incomplete.failed)
+
+    first, second = (o.id for o in orders)
+    assert {"settled": ([first], []), "failed": ([], [first]), "none": ([], [])}[reported] == (settled, failed)
+    assert second not in reads and world.order(second).replaced_authorizations == [orders[1].payment.authorization]
+    for _ in range(2):
+        sweep(world, clock, limit=1).run(ACTOR)
+    assert world.order(second).replaced_authorizations == [] and orders[1].payment.authorization in world.spy.voided
+
+
+def test_orders_a_lagging_index_still_lists_that_settled_or_changed_since_are_left_and_the_one_behind_settled(
+    world, clock
+):
+    # The index lags the table: it may list an order settled since (nothing to ask), or one changed
+    # again since the time it lists (its PATCH may still record what it asked for). Neither is asked,
+    # nor counts against the pass's limit; nor is one last changed no more than `after` ago.
+    settled_since = edited_while_the_void_fails(world)
+    world.gateway.script("void", "approve")
+    grown = world.order(settled_since.id)
+    world.actions.edit(grown.id, grown.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_web")
+    assert not world.order(settled_since.id).authorizations_left
+    waiting = edited_while_the_void_fails(world)
+    clock.advance(minutes=5)
+    fifteen_minutes_ago = edited_while_the_void_fails(world)
+    clock.advance(minutes=15)
+    just_now = edited_while_the_void_fails(world)
+    world.gateway.script("void", "approve")
+    voided = list(world.spy.voided)
+    index = Lagging([o.id for o in (settled_since, fifteen_minutes_ago, just_now, waiting)])
+
+    assert sweep(world, clock, index, limit=1).run(ACTOR) == Settled([waiting.id], edits=[waiting.id])
+
+    assert world.spy.voided == [*voided, waiting.payment.authorization]
+    for order in (fifteen_minutes_ago, just_now):
+        assert world.order(order.id).replaced_authorizations == [order.payment.authorization]
+
+
+def test_a_refused_void_asked_again_by_the_orders_next_change_is_asked_by_the_pass_once_that_fails_too(world, clock):
+    # A refusal leaves the order to its next change; once that change has asked again (the gateway
+    # down this time), the refusal before it no longer holds the pass back.
+    order = authorized(world)
+    world.gateway.script("void", "refuse")
+    edited = world.actions.edit(order.id, order.version, FIVE, "key_web")
+    assert void_failures(world, order.id) == [("key_web", "refused")]
+    clock.advance(minutes=1)
+    world.gateway.script("void", "transient")
+    again = world.actions.edit(
+        edited.id, edited.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_web"
+    )
+    assert again.replaced_authorizations == [order.payment.authorization]  # asked again, the gateway down
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+
+    assert sweep(world, clock).run(ACTOR).orders == [order.id]
+
+    assert world.spy.voided == [order.payment.authorization]
+    assert world.order(order.id).replaced_authorizations == []
+
+
+def test_a_replaced_authorization_no_payment_plugin_takes_is_reported_once_then_left_for_the_orders_next_change(clock):
+    removed = Removed()
+    world = build_world(STOCK, removed, clock=clock)
+    order = edited_while_the_void_fails(world)
+    world.gateway.script("void", "approve")
+    removed.gone = True
+    clock.advance(minutes=16)
+
+    with pytest.raises(SettleIncomplete):
+        sweep(world, clock).run(ACTOR)
+
+    said = world.history(order.id)
+    assert void_failures(world, order.id)[-1] == (ACTOR, "no_plugin")
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR).orders == []
+    assert world.history(order.id) == said  # asked every pass, it would only grow the history
+
+
+class Counted(InMemoryUnsettledAuthorizations):
+    """The index, counting the orders a pass read of it (each page of it a DynamoDB read)."""
+
+    read = 0
+
+    def left_since_before(self, before: datetime) -> Iterator[str]:
+        for order_id in super().left_since_before(before):
+            self.read += 1
+            yield order_id
+
+
+def test_once_its_time_is_up_a_pass_reads_no_more_of_its_index_and_the_next_pass_settles_the_rest(world, clock):
+    orders = []
+    for _ in range(3):
+        orders.append(edited_while_the_void_fails(world))
+        clock.advance(minutes=1)
+    world.gateway.script("void", "approve")
+    clock.advance(minutes=16)
+    index = Counted(world)
+
+    done = sweep(world, clock, index).run(ACTOR, time_up=lambda: len(world.spy.voided) > 0)
+
+    assert done.orders == [orders[0].id] and index.read == 2  # the second read, the time found up
+    assert sweep(world, clock).run(ACTOR).orders == [o.id for o in orders[1:]]
+
+
 def given_up_while_down(clock: Clock, *plugins: object) -> tuple[World, str, list[str]]:
     """An order whose first authorization's answer was lost (the gateway authorized), edited while
     pending (its next authorization keyed anew), the gateway unable to look the old key up through

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from core.cursors import cursor_document
+from core.cursors import cursor_document, cursor_of
 from core.errors import InvalidCursor
 
 
@@ -38,3 +38,13 @@ def test_a_cursor_whose_base64_holds_the_url_safe_letters_reads_back():
 
     assert "-" in written and "_" in written
     assert cursor_document(written) == {"k": "~~~???>>>"}
+
+
+def test_a_cursor_a_list_writes_holds_only_url_safe_letters_and_reads_back():
+    # It travels in a query string: no `+`, `/` (read back as other bytes) nor `=` padding.
+    document = {"k": "~~~???>>>", "n": 1}
+
+    written = cursor_of(document)
+
+    assert not set("+/=") & set(written)
+    assert cursor_document(written) == document

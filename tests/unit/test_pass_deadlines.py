@@ -13,6 +13,7 @@ import pytest
 from core.authorization_sweep import UnsettledAuthorizationSweep
 from core.capture_sweep import UnrecordedCaptureSweep
 from core.carrier_bookings import CarrierWorkSweep
+from core.deadline import Deadline
 from core.pickups import PickupExpiry
 from core.ports import StalledOrder
 from core.reconciliation import Reconciler
@@ -100,3 +101,10 @@ def test_a_pass_started_with_no_time_left_reads_nothing(name):
     reads = Reads()
     passes(reads)[name](lambda: True)
     assert reads.ids == []
+
+
+def test_an_invocation_with_exactly_its_reserve_left_starts_one_more_piece_and_none_once_less_is_left():
+    left = [30_001, 30_000, 29_999, 29_000]
+    deadline = Deadline(lambda: left.pop(0), reserve_millis=30_000)
+
+    assert [deadline() for _ in range(4)] == [False, False, True, True] and deadline.reached
