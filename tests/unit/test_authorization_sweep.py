@@ -30,6 +30,7 @@ from tests.unit.world import (
     before_the_next_write,
     build_world,
     dies_before_recording,
+    history_reads,
 )
 
 STOCK = [("TSHIRT", "wh-west", 20)]
@@ -202,7 +203,9 @@ def test_a_refused_void_is_reported_once_then_left_for_the_orders_next_change(wo
     assert cancelled.replaced_authorizations == [] and cancelled.payment.status is PaymentStatus.VOIDED
 
 
-def test_orders_whose_void_was_refused_are_set_aside_so_they_never_crowd_out_the_orders_behind_them(world, clock):
+def test_orders_whose_void_was_refused_are_set_aside_so_they_never_crowd_out_the_orders_behind_them(
+    world, clock, monkeypatch
+):  # fmt: skip
     # A refused void is not asked again until its order changes, and a shipped order may never
     # change again: such orders stayed in the index for good, each pass read them all again (up to
     # its 1,000 reads) and, once there were that many, never reached an order behind them.
@@ -218,14 +221,7 @@ def test_orders_whose_void_was_refused_are_set_aside_so_they_never_crowd_out_the
     world.actions.edit(behind.id, behind.version, FIVE, "key_web")  # the gateway down: left for the pass
     clock.advance(minutes=16)
     index = InMemoryUnsettledAuthorizations(world)
-    reads: list[str] = []
-    history = world.orders.history
-
-    def read(order_id: str, **kw: bool):
-        reads.append(order_id)
-        return history(order_id, **kw)
-
-    world.orders.history = read  # type: ignore[method-assign]
+    reads = history_reads(world, monkeypatch)
 
     assert sweep(world, clock, index, max_reads=2).run(ACTOR).orders == []
     assert sweep(world, clock, index, max_reads=2).run(ACTOR).orders == [behind.id]
@@ -297,7 +293,7 @@ def edited_while_the_void_fails(world: World) -> Order:
     ids=["settled", "refused", "gateway down"],
 )
 def test_a_pass_asks_no_more_than_its_limit_of_orders_however_the_gateway_answered_and_the_next_passes_go_on(
-    world, clock, answers: list[str], reported: str
+    world, clock, monkeypatch, answers: list[str], reported: str
 ):
     # `limit` bounds how much of the gateway (and of the invocation's time) a pass spends: an order
     # settled, one whose void was refused and one whose gateway was down are each one asked.
@@ -307,14 +303,7 @@ def test_a_pass_asks_no_more_than_its_limit_of_orders_however_the_gateway_answer
         clock.advance(minutes=1)
     clock.advance(minutes=16)
     world.gateway.script("void", *answers)
-    reads: list[str] = []
-    history = world.orders.history
-
-    def read(order_id: str, **kw: bool):
-        reads.append(order_id)
-        return history(order_id, **kw)
-
-    world.orders.history = read  # type: ignore[method-assign]
+    reads = history_reads(world, monkeypatch)
 
     try:
         settled, failed = sweep(world, clock, limit=1).run(ACTOR).orders, []

@@ -21,7 +21,7 @@ from core.money import Money
 from core.status import OrderStatus
 from plugins.test_payments import CAPTURE, VOID, reference
 from tests.builders import NOW, address_body, place_order
-from tests.unit.world import before_the_next_write, build_world
+from tests.unit.world import before_the_next_write, build_world, history_reads
 
 S = OrderStatus
 
@@ -216,11 +216,7 @@ def test_a_first_ship_reads_no_history_whatever_it_names(world, monkeypatch, num
     """The typical ship costs what it did: the history is read only for a ship sent again naming a number."""
     order = world.allocated(("MUG", 1), ("CAP", 1))
     east = world.shipment_at(order, "wh-east")
-    reads: list[str] = []
-    history = world.orders.history
-    monkeypatch.setattr(
-        world.orders, "history", lambda order_id, **kw: reads.append(order_id) or history(order_id, **kw)
-    )
+    reads = history_reads(world, monkeypatch)
 
     world.actions.ship(order.id, east, number, actor="key_wh")
 

@@ -35,7 +35,14 @@ from core.workflow_types import SourcingPlan
 from plugins import test_payments
 from plugins.flat_rate_carrier import CARRIER, is_valid_tracking_number
 from tests.builders import NOW, address_body, location
-from tests.unit.world import RecordsBookings, World, before_the_next_write, build_racing_world, build_world
+from tests.unit.world import (
+    AnAttemptInBetween,
+    RecordsBookings,
+    World,
+    before_the_next_write,
+    build_racing_world,
+    build_world,
+)
 
 S = OrderStatus
 
@@ -969,6 +976,26 @@ def test_an_authorization_whose_step_died_after_a_cancel_meanwhile_is_voided_by_
     assert world.history(order_id)[-1].type == "payment_voided"
 
 
+def cancelled_while_the_steps_retry_voids(
+    world: World, racing: AnAttemptInBetween, order_id: str
+) -> list[tuple[str, str]]:
+    """The customer's cancel, the step's retry (finding the order cancelled, releasing what it
+    obtained) landing between the cancel's history read and its note: the voids the history notes
+    then, (actor, authorization) each."""
+
+    def the_steps_retry() -> None:
+        with pytest.raises(OrderClosed):
+            world.workflow.authorize_payment(order_id, attempt=1)
+
+    racing.between = the_steps_retry
+
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    assert racing.between is None
+    noted = [entry for entry in world.history(order_id) if entry.type == "payment_voided"]
+    return [(entry.actor, entry.detail["authorization"]) for entry in noted]
+
+
 def test_a_steps_retry_voiding_what_a_cancel_is_voiding_leaves_one_void_in_the_history(monkeypatch):
     # The step died after the gateway approved; the customer's cancel found the authorization under
     # the order's key and, before its note landed, the step's retry found the order cancelled and
@@ -980,18 +1007,10 @@ def test_a_steps_retry_voiding_what_a_cancel_is_voiding_leaves_one_void_in_the_h
         world.workflow.authorize_payment(order_id, attempt=0)
     monkeypatch.undo()
 
-    def the_steps_retry() -> None:
-        with pytest.raises(OrderClosed):
-            world.workflow.authorize_payment(order_id, attempt=1)
+    voids = cancelled_while_the_steps_retry_voids(world, racing, order_id)
 
-    racing.between = the_steps_retry
-
-    world.actions.cancel(order_id, "changed my mind", "key_web")
-
-    assert racing.between is None
     (made,) = world.spy.authorized
-    voids = [h for h in world.history(order_id) if h.type == "payment_voided"]
-    assert [(v.actor, v.detail["authorization"]) for v in voids] == [(WORKFLOW_ACTOR, made)]
+    assert voids == [(WORKFLOW_ACTOR, made)]
     assert world.order(order_id).status is S.CANCELLED
 
 
@@ -1004,18 +1023,10 @@ def test_a_steps_retry_voiding_what_a_cancel_releases_after_a_lost_answer_leaves
     with pytest.raises(TransientError):
         world.workflow.authorize_payment(order_id, attempt=0)
 
-    def the_steps_retry() -> None:
-        with pytest.raises(OrderClosed):
-            world.workflow.authorize_payment(order_id, attempt=1)
+    voids = cancelled_while_the_steps_retry_voids(world, racing, order_id)
 
-    racing.between = the_steps_retry
-
-    world.actions.cancel(order_id, "changed my mind", "key_web")
-
-    assert racing.between is None
     (made,) = lost.made
-    voids = [h for h in world.history(order_id) if h.type == "payment_voided"]
-    assert [(v.actor, v.detail["authorization"]) for v in voids] == [(WORKFLOW_ACTOR, made)]
+    assert voids == [(WORKFLOW_ACTOR, made)]
 
 
 def test_an_authorization_whose_step_died_is_voided_when_an_edit_makes_the_order_ask_anew(world, monkeypatch):

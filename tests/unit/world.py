@@ -281,6 +281,19 @@ class RecordsBookings:
         self.asked.append((shipment_id, booking_key, [(line.line_id, line.quantity) for line in lines], weight_grams))
 
 
+def history_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the orders whose history is read from now on, one per read."""
+    reads: list[str] = []
+    history = world.orders.history
+
+    def read(order_id: str, **kw: bool):
+        reads.append(order_id)
+        return history(order_id, **kw)
+
+    monkeypatch.setattr(world.orders, "history", read)
+    return reads
+
+
 class Died(Exception):
     """The request's process ended (a Lambda timeout, a crash) before this write landed."""
 
