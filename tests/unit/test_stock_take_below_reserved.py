@@ -187,6 +187,28 @@ def test_a_count_whose_function_died_before_its_rejects_sent_again_under_its_key
     assert [actor for actor, _, _ in rejected_by_count(world, newer.id)] == [KEY]
 
 
+@pytest.mark.parametrize("channel", [None, "web"], ids=["key_of_every_channel", "key_bound_to_a_channel"])
+def test_a_count_under_a_key_recorded_before_more_was_reserved_sent_again_is_answered_the_level_not_refused(
+    world, channel
+):
+    # Counted at 2 under its key (its answer and idempotency record lost); 3 received and an order
+    # reserving 4 since, not allocated yet (no reject may send it elsewhere, nor may a key bound to
+    # a channel). Sent again under the key, the count was refused before its key was looked up.
+    key = "api:key_stock_take:count-5"
+    service(world).count("CAP", "wh-west", 2, actor=KEY, channel=channel, key=key)
+    world.inventory.adjust("CAP", "wh-west", 3, "delivery")
+    order_id = world.place(("CAP", 4))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    before = world.order(order_id)
+
+    level = service(world).count("CAP", "wh-west", 2, actor=KEY, channel=channel, key=key)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.level("CAP", "wh-west") == (5, 4, 1)
+    assert world.order(order_id) == before
+
+
 def counting_under_a_key_whose_first_reject_loses(world: World, meanwhile) -> InventoryService:
     """A service whose first reject finds the order moved on (`meanwhile` ran on it first), the
     rest rejected as usual: the count plans again within the same call."""
