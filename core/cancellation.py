@@ -435,9 +435,10 @@ class Cancellation:
         *, history: list[tuple[Order, list[HistoryEntry]]] | None = None,
     ) -> None:  # fmt: skip
         """Release what the gateway may hold under `key`, an attempt to authorize `amount` whose
-        answer was lost: looked up (_release_unrecorded, its note written on `history` as
-        _void_under_key's), or, by a plugin that cannot look it up, asked for again under the key
-        and voided at once; one the gateway declines was never made."""
+        answer was lost: looked up (_release_unrecorded), or, by a plugin that cannot look it up,
+        asked for again under the key and voided at once; one the gateway declines was never made.
+        Either way its note is written on `history` as _void_under_key's: a cancel and the step's
+        retry racing to release the same authorization note its void once."""
         if self._release_unrecorded(order, key, actor, looked_up_only=True, history=history):
             return  # the plugin said what the gateway holds under the key: nothing was asked for
         recorder = self._void_failures(
@@ -452,11 +453,9 @@ class Cancellation:
         except PaymentDeclined:
             return  # never made: the refusal, in the history, settles the key
         voided = self._void(order, made.reference, actor)
-        at = self._clock()
         detail = {"authorization": made.reference, "reference": voided.reference, "authorization_key": key,
                   "reason": "an authorization whose answer was lost, no longer asked for"}  # fmt: skip
-        modify(self._orders, order.id, lambda current: current.noted(
-            OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip
+        self._note_voided(order, detail, actor, history)
 
     def _release_unrecorded(
         self, order: Order, key: str, actor: str, *, looked_up_only: bool = False,
@@ -506,8 +505,16 @@ class Cancellation:
         next note."""
         keyed = {"authorization_key": key} if key is not None else {}
         voided = self._void(order, authorization, actor, **keyed)
-        at = self._clock()
         detail = {"authorization": authorization, "reference": voided.reference, **keyed, "reason": reason}
+        return self._note_voided(order, detail, actor, history)
+
+    def _note_voided(
+        self, order: Order, detail: dict[str, str], actor: str, history: list[tuple[Order, list[HistoryEntry]]] | None
+    ) -> Order:
+        """Note the void `detail` describes (`payment_voided`, naming its `authorization`) on
+        `order`: on `history` as _void_under_key says. Returns the order as the note leaves it."""
+        at = self._clock()
+        authorization = detail["authorization"]
         if history is None:
             return modify(self._orders, order.id, lambda current: current.noted(
                 OrderEvent.PAYMENT_VOIDED, at=at, actor=actor, detail=detail))  # fmt: skip

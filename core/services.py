@@ -242,7 +242,8 @@ class InventoryService:
         units reserved is InsufficientStock (but as sent again: on_hand that count already). `key`:
         the count's own, derived from a client's Idempotency-Key, recorded with its write: a count
         under it recorded already (its answer lost) is answered the level as stored, writing nothing
-        (no later counted_at, no reject: the reconciler's pass finishes those owed)."""
+        (no later counted_at, no reject: the reconciler's pass finishes those owed), also when more is
+        reserved there since than it counted (not refused as above)."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
@@ -265,12 +266,13 @@ class InventoryService:
             if channel is not None:
                 if level.on_hand == on_hand:  # recorded already: it stands
                     return level.as_shown()
-                raise InsufficientStock(
+                refused = InsufficientStock(
                     f"cannot count {on_hand}: {level.reserved} units of {sku} are reserved at {location_id}, and a "
                     "key bound to a channel sends no order elsewhere",
                     details=[{"field": "on_hand", "message": f"must be at least the {level.reserved} reserved units "
                               "(a key of every channel may count fewer)"}],
                 )  # fmt: skip
+                return self._unless_counted(refused, level, on_hand, short.counted_at, key)
             try:
                 shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
             except InsufficientStock as kept:
@@ -280,7 +282,7 @@ class InventoryService:
                     return level.as_shown()
                 if level.on_hand == on_hand:  # recorded already (a retry whose answer was lost): it stands
                     return level.as_shown()
-                raise
+                return self._unless_counted(kept, level, on_hand, short.counted_at, key)
             try:
                 level = self._inventory.set_on_hand(
                     sku, location_id, on_hand, "stock_take", releasing, short, counted_at=short.counted_at,
@@ -302,6 +304,26 @@ class InventoryService:
             f"cannot count {on_hand}: the units of {sku} reserved at {location_id} keep changing; count again",
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
         )
+
+    def _unless_counted(
+        self, refused: InsufficientStock, level: StockLevel, on_hand: int, counted_at: datetime, key: str | None
+    ) -> StockLevel:
+        """Raise `refused` (the count, below what `level` holds reserved, recording nothing) unless
+        the count under `key` was recorded already: a retry whose first answer was lost, more reserved
+        there since, is answered the level as stored, as the same retry with nothing changed is. The
+        keyed write is what finds its key, before its condition (set_on_hand); it records the count
+        only when the reservations went meanwhile and it fits."""
+        if key is None:
+            raise refused
+        try:
+            return self._inventory.set_on_hand(
+                level.sku, level.location_id, on_hand, "stock_take", counted_at=counted_at,
+                restocked=on_hand > level.on_hand, key=key,
+            ).as_shown()  # fmt: skip
+        except CountedAlready as counted:
+            return counted.level.as_shown()
+        except InsufficientStock:
+            raise refused from None
 
     def _rejected(self, sku: str, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
         assert self._reject is not None

@@ -3,11 +3,11 @@ adjustment retried with its Idempotency-Key is counted once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, location_body, put_network, unique
+from tests.e2e.client import Catalog, assert_error, location_body, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_order_idempotency_api import forget_idempotency_records
 
@@ -108,3 +108,46 @@ def test_one_key_on_two_stock_records_whose_ids_hold_a_slash_adjusts_each(api: I
     assert (first.json()["sku"], first.json()["location_id"]) == (f"{sku}/B", location_id)
     assert (second.json()["sku"], second.json()["location_id"]) == (sku, f"B/{location_id}")
     assert on_hand(api, sku) == 10
+
+
+def reserved_since(api: InProcessApi, sku: str, location_id: str) -> None:
+    """An order placed, authorized and reserving the 3 units left there."""
+    from functions.bootstrap import Config, bootstrap
+
+    placed = api.post("/orders", json=order_body((sku, 3)))
+    assert placed.status_code == 201, placed.text
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(placed.json()["id"], attempt=0)
+    steps.reserve_stock(placed.json()["id"])
+
+
+def counted_up_to_the_limit(api: InProcessApi, sku: str, location_id: str) -> None:
+    """A stock take of 999,999,998 there: 2 units short of the most on hand."""
+    assert api.put(f"/inventory/{sku}/{location_id}", json={"on_hand": 999_999_998}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("delta", "since", "stored"),
+    [(-2, reserved_since, (3, 3, 0)), (5, counted_up_to_the_limit, (999_999_998, 0, 999_999_998))],
+    ids=["removal_once_the_rest_is_reserved", "receipt_once_the_shelf_is_near_the_limit"],
+)
+def test_an_adjustment_whose_answer_was_lost_sent_again_once_it_no_longer_fits_answers_the_stock_as_stored(
+    api: InProcessApi, delta: int, since: Callable[[InProcessApi, str, str], None], stored: tuple[int, int, int]
+):
+    # Counted under its key, its answer and idempotency record lost; the stock changed since, so
+    # that the same delta would now be refused (409 insufficient_stock or stock_limit_reached): the
+    # key recorded with the first answers the retry, the stock as stored, nothing counted twice.
+    location_id = put_network(api)["east"]
+    sku = Catalog(api).product("9.00")
+    Catalog(api).stock(sku, location_id, 5)
+    path, key = f"/inventory/{sku}/{location_id}/adjustments", {"Idempotency-Key": unique("adj")}
+    assert api.post(path, json={"delta": delta, "reason": "correction"}, headers=key).status_code == 200
+    forget_idempotency_records()
+    since(api, sku, location_id)
+
+    again = api.post(path, json={"delta": delta, "reason": "correction"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    shown = {name: again.json()[name] for name in ("on_hand", "reserved", "available")}
+    assert shown == dict(zip(("on_hand", "reserved", "available"), stored, strict=True))
+    assert on_hand(api, sku) == stored[0]

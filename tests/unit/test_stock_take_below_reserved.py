@@ -187,6 +187,53 @@ def test_a_count_whose_function_died_before_its_rejects_sent_again_under_its_key
     assert [actor for actor, _, _ in rejected_by_count(world, newer.id)] == [KEY]
 
 
+@pytest.mark.parametrize("channel", [None, "web"], ids=["key_of_every_channel", "key_bound_to_a_channel"])
+def test_a_count_under_a_key_recorded_before_more_was_reserved_sent_again_is_answered_the_level_not_refused(
+    world, channel
+):
+    # Counted at 2 under its key (its answer and idempotency record lost); 3 received and an order
+    # reserving 4 since, not allocated yet (no reject may send it elsewhere, nor may a key bound to
+    # a channel). Sent again under the key, the count was refused before its key was looked up.
+    key = "api:key_stock_take:count-5"
+    service(world).count("CAP", "wh-west", 2, actor=KEY, channel=channel, key=key)
+    world.inventory.adjust("CAP", "wh-west", 3, "delivery")
+    order_id = world.place(("CAP", 4))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    before = world.order(order_id)
+
+    level = service(world).count("CAP", "wh-west", 2, actor=KEY, channel=channel, key=key)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.level("CAP", "wh-west") == (5, 4, 1)
+    assert world.order(order_id) == before
+
+
+def test_a_count_under_a_key_refused_for_an_order_cancelled_before_its_write_is_recorded_as_it_fits_now(
+    world, monkeypatch
+):
+    # Planned on a read where an order not allocated yet held the units (a refusal), the order is
+    # cancelled before the keyed write that looks the key up: that write finds the count fitting
+    # and records it, as any count that fits (restocked only above what it read).
+    order_id = world.place(("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    real = world.inventory.set_on_hand
+
+    def cancelled_first(*args: object, **kwargs: object):
+        monkeypatch.setattr(world.inventory, "set_on_hand", real)
+        world.actions.cancel(order_id, "changed my mind", "key_web")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(world.inventory, "set_on_hand", cancelled_first)
+    level = service(world).count("CAP", "wh-west", 1, actor=KEY, key="api:key_stock_take:count-6")
+
+    assert (level.on_hand, level.reserved, level.available) == (1, 0, 1)
+    assert world.level("CAP", "wh-west") == (1, 0, 1)
+    assert world.inventory.restocked_since_count({("CAP", "wh-west")}) == set()
+    assert service(world).count("CAP", "wh-west", 1, actor=KEY, key="api:key_stock_take:count-6") == level
+
+
 def counting_under_a_key_whose_first_reject_loses(world: World, meanwhile) -> InventoryService:
     """A service whose first reject finds the order moved on (`meanwhile` ran on it first), the
     rest rejected as usual: the count plans again within the same call."""
@@ -322,16 +369,18 @@ def test_a_count_below_what_a_held_orders_parcel_holds_rejects_it_and_the_releas
     assert {s.location_id for s in again.shipments} == {"wh-east"}
 
 
-def test_a_count_below_what_an_order_not_allocated_yet_holds_is_refused_naming_what_holds_them(world):
+@pytest.mark.parametrize("key", [None, "api:key_stock_take:count-7"], ids=["without_a_key", "under_a_key"])
+def test_a_count_below_what_an_order_not_allocated_yet_holds_is_refused_naming_what_holds_them(world, key):
     # Held between ReserveStock and CreateShipments: its units are in no parcel a reject may send
     # elsewhere. The refusal names what holds them, not "orders held": a held order's parcel is rejected.
+    # Under a key, its write (which looks the key up first) refused too, the refusal is still this one.
     order_id = world.place(("CAP", 3))
     world.workflow.authorize_payment(order_id, attempt=0)
     world.workflow.reserve_stock(order_id)
     Holds(world.orders, clock=CLOCKS[id(world)]).hold(order_id, HoldRequest(reason="address_review"), actor="key_ops")
 
     with pytest.raises(InsufficientStock) as refused:
-        service(world).count("CAP", "wh-west", 1, actor=KEY)
+        service(world).count("CAP", "wh-west", 1, actor=KEY, key=key)
 
     (detail,) = refused.value.details
     assert detail["message"] == (

@@ -1029,6 +1029,22 @@ def test_a_steps_retry_voiding_what_a_cancel_releases_after_a_lost_answer_leaves
     assert voids == [(WORKFLOW_ACTOR, made)]
 
 
+def test_a_steps_retry_voiding_what_a_cancel_asks_for_again_after_a_lost_answer_leaves_one_void_in_the_history():
+    # As above, through a payment plugin that cannot look keys up (NoLookup): the cancel and the
+    # step's retry each ask to authorize again under the lost attempt's key and void what the
+    # gateway answers, the same authorization. Noted once, not once by each.
+    lost = AnswerLost()
+    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED, lost, NoLookup())
+    order_id = world.place(("TSHIRT", 2))
+    with pytest.raises(TransientError):
+        world.workflow.authorize_payment(order_id, attempt=0)
+
+    voids = cancelled_while_the_steps_retry_voids(world, racing, order_id)
+
+    (made,) = lost.made
+    assert voids == [(WORKFLOW_ACTOR, made)]
+
+
 def test_an_authorization_whose_step_died_is_voided_when_an_edit_makes_the_order_ask_anew(world, monkeypatch):
     order_id = world.place(("TSHIRT", 2))
     dies_recording_the_authorization(world, monkeypatch)
