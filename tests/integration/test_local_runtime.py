@@ -1615,26 +1615,6 @@ def test_stack_stop_restores_the_environment_and_frees_the_ports():
     assert not [patch.name for patch in all_patches() if patch.is_applied() and patch not in PROCESS_PATCHES]
 
 
-def test_a_stack_reads_its_state_machines_without_importing_moto_s_batch_models_or_ec2():
-    # moto's ASL interpreter imports moto.batch.utils, and moto.batch's own body imported moto's
-    # Batch models and with them all of moto.ec2: ~1 s of CPU in every `make run` start. A fresh
-    # interpreter: this test process has long imported them.
-    code = """
-import json, sys
-from infra.local.stack import running_stack
-with running_stack(admin_key_bootstrap=lambda secret: None, event_sources=False) as stack:
-    loaded = sorted(sys.modules)
-    machines = len(stack.state_machine_arns)
-print(json.dumps({"loaded": loaded, "machines": machines, "batch_after": "moto.batch" in sys.modules}))
-"""
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
-    found = json.loads(out.stdout)
-    assert found["machines"] > 0 and "moto.stepfunctions.parser.asl.parse.asl_parser" in found["loaded"]
-    assert [name for name in found["loaded"] if name.startswith(("moto.ec2", "moto.ecs", "moto.batch.models"))] == []
-    assert not found["batch_after"]  # the stop takes the package out, as before the start
-
-
 def test_stack_seeds_the_demo_data_through_the_api_when_empty():
     from infra.local.seed import DEMO_SEED
     from infra.local.stack import running_stack

@@ -409,23 +409,44 @@ def test_the_suite_applies_each_patch_where_it_says_and_nowhere_else() -> None:
     assert _applied(all_patches()) == _saying(AppliedBy.TEST_PROCESS)
 
 
-def test_a_stack_applies_each_patch_where_it_says_and_nowhere_else() -> None:
-    # A fresh interpreter, as `make run`'s: this one's conftest applies the suite's patches too. The
-    # stack has every registered patch's objects: state machines (and a retry delay scale other than
-    # 1.0), an S3 notification, mappings and the API.
+@pytest.fixture(scope="module")
+def a_fresh_stack() -> dict[str, Any]:
+    """What a fresh interpreter, as `make run`'s, saw while a stack ran and after it stopped: this
+    one's conftest applies the suite's patches too, and has long imported moto's Batch and EC2. The
+    stack has every registered patch's objects: state machines (and a retry delay scale other than
+    1.0), an S3 notification, mappings and the API. Two tests read it (one interpreter and stack
+    start, about 3 s of CPU, instead of one each)."""
     code = """
-import json
+import json, sys
 from infra.local.moto_patches import all_patches
 from infra.local.stack import running_stack
 def applied():
     return sorted(patch.name for patch in all_patches() if patch.is_applied())
 with running_stack(admin_key_bootstrap=lambda secret: None, event_sources=False, retry_delay_scale=0.5) as stack:
     inside = applied()
-print(json.dumps({"inside": inside, "after": applied()}))
+    loaded = sorted(sys.modules)
+    machines = len(stack.state_machine_arns)
+print(json.dumps({"inside": inside, "after": applied(), "loaded": loaded, "machines": machines,
+                  "batch_after": "moto.batch" in sys.modules}))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    found = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_a_stack_applies_each_patch_where_it_says_and_nowhere_else(a_fresh_stack: dict[str, Any]) -> None:
+    found = {key: a_fresh_stack[key] for key in ("inside", "after")}
     assert found == {"inside": sorted(_saying(AppliedBy.STACK, AppliedBy.STACK_REGISTRY)), "after": []}
+
+
+def test_a_stack_reads_its_state_machines_without_importing_moto_s_batch_models_or_ec2(
+    a_fresh_stack: dict[str, Any],
+) -> None:
+    # moto's ASL interpreter imports moto.batch.utils, and moto.batch's own body imported moto's
+    # Batch models and with them all of moto.ec2: ~1 s of CPU in every `make run` start.
+    found = a_fresh_stack
+    assert found["machines"] > 0 and "moto.stepfunctions.parser.asl.parse.asl_parser" in found["loaded"]
+    assert [name for name in found["loaded"] if name.startswith(("moto.ec2", "moto.ecs", "moto.batch.models"))] == []
+    assert not found["batch_after"]  # the stop takes the package out, as before the start
 
 
 @contextmanager
