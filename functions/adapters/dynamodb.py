@@ -258,6 +258,14 @@ def encode_cursor(scope: str, last_key: dict[str, Any]) -> str:
 # every key the OMS writes is far shorter), and one outside the partition the Query reads, with a
 # ValidationException: a cursor forged so is refused here, as the client's error, instead.
 _MAX_KEY_BYTES = 1024
+# DynamoDB refuses an expression longer than 4 KB (ValidationException; moto takes any). A read of
+# reservations names each key it asks about in its projection (`, reservations.#k<n>`, 20 bytes up
+# to #k999) beside the levels' attributes: _RESERVATIONS_PER_READ of them fit. An order's keys are
+# those of its lines and of the lines its edits replaced, up to ~420 of a 100-line order (64 KiB
+# of them: core.models.MAX_REPLACED_LINE_BYTES), so they are read in several reads.
+MAX_EXPRESSION_BYTES = 4096
+_LEVEL_ATTRIBUTES = ["sku", "location_id", "on_hand", "reserved", "available"]
+_RESERVATIONS_PER_READ = (MAX_EXPRESSION_BYTES - len(", ".join(_LEVEL_ATTRIBUTES))) // len(", reservations.#k999")
 
 
 def decode_cursor(
@@ -3043,25 +3051,32 @@ class DynamoInventory(InventoryRepository):
         skus: Iterable[str] = (),
     ) -> tuple[dict[tuple[str, str, str], int], dict[str, list[StockLevel]]]:  # fmt: skip
         """The asked-for reservations of `keys_by_item`, and the levels of the `leveled` items (of
-        `skus`), in one consistent read of the items of either."""
-        wanted = sorted({key for keys in keys_by_item.values() for key in keys})
+        `skus`), in one consistent read of the items of either: of as many as the keys need, each
+        projection within MAX_EXPRESSION_BYTES (_RESERVATIONS_PER_READ keys), an item's keys
+        beside each other so that an item is read in as few of them as its keys take, its level
+        in the first."""
+        wanted = list(dict.fromkeys(key for _, keys in sorted(keys_by_item.items()) for key in sorted(keys)))
         levels: dict[str, list[StockLevel]] = {sku: [] for sku in skus}
         if not wanted and not leveled:
             return {}, levels
-        names = {f"#k{i}": key for i, key in enumerate(wanted)}
-        attributes = ["sku", "location_id"] + (["on_hand", "reserved", "available"] if leveled else [])
-        projection = ", ".join(attributes + [f"reservations.{name}" for name in names])
+        attributes = _LEVEL_ATTRIBUTES if leveled else _LEVEL_ATTRIBUTES[:2]
         found: dict[tuple[str, str, str], int] = {}
-        items = set(keys_by_item) | leveled
-        for item in self._stock_items(items, projection, names or None, consistent=True):
-            values = from_item(item)
-            at = (values["sku"], values["location_id"])
-            if at in leveled:
-                levels[values["sku"]].append(_level({k: v for k, v in values.items() if k != "reservations"}))
-            asked = set(keys_by_item.get(at, ()))
-            for key, quantity in (values.get("reservations") or {}).items():
-                if key in asked:
-                    found[(*at, key)] = int(quantity)
+        for start in range(0, max(len(wanted), 1), _RESERVATIONS_PER_READ):
+            part = wanted[start : start + _RESERVATIONS_PER_READ]
+            names = {f"#k{i}": key for i, key in enumerate(part)}
+            projection = ", ".join(attributes + [f"reservations.{name}" for name in names])
+            asked_here = set(part)
+            items = {at for at, keys in keys_by_item.items() if asked_here.intersection(keys)}
+            for item in self._stock_items(items | (leveled if start == 0 else set()), projection, names or None,
+                                          consistent=True):  # fmt: skip
+                values = from_item(item)
+                at = (values["sku"], values["location_id"])
+                if start == 0 and at in leveled:
+                    levels[values["sku"]].append(_level({k: v for k, v in values.items() if k != "reservations"}))
+                asked = asked_here.intersection(keys_by_item.get(at, ()))
+                for key, quantity in (values.get("reservations") or {}).items():
+                    if key in asked:
+                        found[(*at, key)] = int(quantity)
         return found, levels
 
     def levels(

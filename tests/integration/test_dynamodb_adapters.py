@@ -604,6 +604,35 @@ def test_a_reservation_write_at_a_throttled_table_raises_for_its_step_to_retry(a
     assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_2#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 2}
 
 
+def test_an_orders_reservations_under_more_keys_than_a_4_kb_projection_names_are_read_within_it(aws, inventory):
+    """DynamoDB refuses an expression over 4 KB (ValidationException; moto does not check): a
+    100-line order edited twice asks about the keys of its 300 lines, its replaced ones included,
+    and the one projection naming them all (~6 KB) failed every edit and ReserveStock of it on
+    AWS. The keys are read in several reads, each projection within 4 KB, an item's levels once."""
+    keys = [f"ord_1#L{n}" for n in range(1, 301)]
+    inventory.set_on_hand("MUG", "wh-east", 500, "count")
+    inventory.set_on_hand("CUP", "wh-west", 9, "count")
+    for n, key in enumerate(keys[::3]):
+        inventory.reserve("MUG", "wh-east", key, 1 + n % 2)
+    inventory.reserve("CUP", "wh-west", keys[0], 4)
+
+    with requests_made(aws.dynamodb) as made:
+        held, levels = inventory.holdings(
+            {("MUG", "wh-east"): keys, ("CUP", "wh-west"): keys[:3]}, {"MUG", "CUP"}, ["wh-east", "wh-west"]
+        )
+
+    assert held == {("MUG", "wh-east", key): 1 + n % 2 for n, key in enumerate(keys[::3])} | {
+        ("CUP", "wh-west", keys[0]): 4
+    }
+    assert {sku: [(x.location_id, x.on_hand, x.reserved) for x in found] for sku, found in levels.items()} == {
+        "MUG": [("wh-east", 500, 150)],
+        "CUP": [("wh-west", 9, 4)],
+    }
+    projections = [spec["ProjectionExpression"] for _, params in made for spec in params["RequestItems"].values()]
+    assert len(projections) > 1
+    assert max(len(projection.encode()) for projection in projections) <= 4096
+
+
 @BOTH_STORES
 def test_an_orders_reservations_are_rearranged_in_one_conditional_write(inventory):
     # A line whose id an edit changed, grown, split: the units move between the order's keys, the

@@ -7,7 +7,7 @@ reserved == the sum of the reservations held on the item, and no unit created or
 (on_hand == last count + adjustments since - units shipped since). InsufficientStock must be
 raised exactly when the model says there is not enough.
 
-`make test` runs 12 examples of 25 steps, derandomized: the same steps on every run and machine (a
+`make test` runs 6 examples of 25 steps, derandomized: the same steps on every run and machine (a
 failure there is reproduced by running it again, and the suite's time is bounded). `make fuzz`
 runs its `fuzz`-marked twin: random examples, a new run each time, 300 examples of 50 steps by
 default; to search longer:
@@ -37,7 +37,7 @@ LOCATIONS = ["wh-east", "wh-west"]
 KEYS = ["ord_a#L1", "ord_a#L2", "ord_b#L1"]  # order#line, as the workflow names reservations
 
 AT_LENGTH = at_length(examples=300, steps=50)
-SETTINGS = in_make_test(examples=12, steps=25)
+SETTINGS = in_make_test(examples=6, steps=25)
 
 skus = st.sampled_from(SKUS)
 locations = st.sampled_from(LOCATIONS)

@@ -13,7 +13,7 @@ waits, so only crossings buy. After every step:
   (available, incoming, drafted) is below the point, so a crossing bought twice (a record
   redelivered or replayed, two records of one fall, a vendor changed) shows as more.
 
-`make test` runs `in_make_test(6, 30)`; `make fuzz` runs the `fuzz` twin at length:
+`make test` runs `in_make_test(3, 30)`; `make fuzz` runs the `fuzz` twin at length:
     OMS_STATEFUL_EXAMPLES=100 OMS_STATEFUL_STEPS=50 \
         .venv/bin/python -m pytest -m fuzz tests/integration/test_reorder_stateful.py -p no:warnings
 """
@@ -255,7 +255,7 @@ def machine(buyer: Buyer) -> type[ReorderMachine]:  # noqa: F811
 
 
 def test_reorder_points_buy_each_crossing_once_and_incoming_follows_the_purchase_orders(machine):
-    run_state_machine_as_test(machine, settings=in_make_test(6, 30))
+    run_state_machine_as_test(machine, settings=in_make_test(3, 30))
 
 
 @pytest.mark.fuzz
