@@ -347,8 +347,9 @@ def test_a_card_number_in_a_key_or_as_a_float_is_a_card_field_named_without_the_
 
 def test_no_flat_rate_tracking_number_looks_like_a_card_number():
     # "OMS" + 13 digits: before 13-digit runs glued to letters were excluded, 1.4 % of these passed
-    # as a 13-digit Visa or Maestro number (prefix 4 or 5x, Luhn-valid by chance).
-    tripped = [number for i in range(100_000) if contains_card_number(number := tracking_number(f"shp_{i:08d}"))]
+    # as a 13-digit Visa or Maestro number (prefix 4 or 5x, Luhn-valid by chance): some 280 of these
+    # 20,000 (a hash's digits: as many in every 20,000 shipment ids as in 100,000, at a fifth of the CPU).
+    tripped = [number for i in range(20_000) if contains_card_number(number := tracking_number(f"shp_{i:08d}"))]
 
     assert tripped == []
 
