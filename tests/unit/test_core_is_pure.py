@@ -2,6 +2,7 @@
 checked by reading its imports and the names it uses."""
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -11,9 +12,17 @@ CORE = Path(__file__).resolve().parents[2] / "core"
 ALLOWED_THIRD_PARTY = {"pydantic", "pluggy", "annotated_types"}
 
 
+@functools.cache
+def _nodes(path: Path) -> tuple[ast.AST, ...]:
+    """Every node of the module at `path`, parsed once per test process: both checks read every
+    file of core/ (the source does not change while the tests run; a test's own file is its own
+    path), each parse of core/ 0.3-1 s."""
+    return tuple(ast.walk(ast.parse(path.read_text(), filename=str(path))))
+
+
 def _imported_roots(path: Path) -> set[str]:
     roots = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _nodes(path):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -48,7 +57,7 @@ PACKAGE_METADATA_NAMES = {"entry_points", "load_setuptools_entrypoints", "distri
 
 def _package_metadata_uses(path: Path) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _nodes(path):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if any(a.name.startswith(m) for m in PACKAGE_METADATA))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

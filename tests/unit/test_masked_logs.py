@@ -4,6 +4,7 @@ lines that hold none come out exactly as powertools writes them."""
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import json
 import logging
@@ -21,15 +22,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CARD = "4111 1111 1111 1111"
 
 
-def _calls(name: str) -> list[tuple[Path, ast.Call]]:
+@functools.cache
+def _every_call() -> tuple[tuple[Path, str | None, ast.Call], ...]:
+    """(file, name called, call) of every call in functions/, parsed once per test process: four
+    lookups of _calls read it (the source does not change while the tests run)."""
     found = []
     for path in sorted((ROOT / "functions").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call):
                 called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-                if called == name:
-                    found.append((path.relative_to(ROOT), node))
-    return found
+                found.append((path.relative_to(ROOT), called, node))
+    return tuple(found)
+
+
+def _calls(name: str) -> list[tuple[Path, ast.Call]]:
+    return [(path, node) for path, called, node in _every_call() if called == name]
 
 
 def test_every_functions_logger_is_built_by_the_masking_factory_or_is_a_child_of_one():

@@ -5,6 +5,7 @@ those listed in ALLOWED, each with why modify cannot make its write. A use case 
 order answers `decide` to modify; one that must act between reads answers it a `First`."""
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,12 +65,17 @@ def _functions_retrying(node: ast.AST, scope: list[str]) -> Iterator[str]:
             yield from _functions_retrying(child, inner)
 
 
-def retry_loops(root: Path = ROOT) -> Iterator[tuple[str, str]]:
-    """(file, function) for each function of core/ with a loop that catches StaleVersion."""
-    for path in sorted((root / "core").rglob("*.py")):
-        where = str(path.relative_to(root))
-        for name in dict.fromkeys(_functions_retrying(ast.parse(path.read_text(), filename=where), [])):
-            yield where, name
+@functools.cache
+def retry_loops(root: Path = ROOT) -> tuple[tuple[str, str], ...]:
+    """(file, function) for each function of core/ with a loop that catches StaleVersion: read once
+    per test process (the source does not change while the tests run; three tests ask, each parse
+    of core/ 0.3-1 s)."""
+    return tuple(
+        (where, name)
+        for path in sorted((root / "core").rglob("*.py"))
+        for where in [str(path.relative_to(root))]
+        for name in dict.fromkeys(_functions_retrying(ast.parse(path.read_text(), filename=where), []))
+    )
 
 
 def test_only_the_owner_retries_a_lost_write_by_hand():

@@ -36,7 +36,7 @@ def status_values(root: Path = ROOT) -> frozenset[str]:
     """The values of every status enum of core/ (read from the source, so a new one is covered)."""
     values = set()
     for path in sorted((root / "core").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in _nodes(_tree(path)):
             if not (isinstance(node, ast.ClassDef) and node.name.endswith("Status")):
                 continue
             if not any(isinstance(base, ast.Name) and base.id == "StrEnum" for base in node.bases):
@@ -45,6 +45,13 @@ def status_values(root: Path = ROOT) -> frozenset[str]:
                 if isinstance(statement, ast.Assign) and _is_str(statement.value):
                     values.add(statement.value.value)
     return frozenset(values)
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """`path` parsed, once per test process: status_values and findings both read core/ (two thirds
+    of the source scanned), and parsing is most of what the check costs. Nothing changes a tree."""
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _is_str(node: ast.AST | None) -> bool:
@@ -67,20 +74,42 @@ def _mentions_a_status(node: ast.AST) -> bool:
     return False
 
 
-def offences(source: str, values: frozenset[str]) -> Iterator[tuple[int, str, str]]:
-    """(line, what the literal meets, the literal) for each status spelt as a string in `source`."""
-    tree = ast.parse(source)
+def _nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree`, in ast.walk's order (breadth first), listed once: offences goes over
+    them three times, and ast.walk's generator (iter_child_nodes, iter_fields) took most of the
+    4-15 s the tree's check cost."""
+    nodes, index = [tree], 0
+    while index < len(nodes):
+        node = nodes[index]
+        index += 1
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, ast.AST):
+                nodes.append(value)
+            elif isinstance(value, list):
+                nodes.extend(item for item in value if isinstance(item, ast.AST))
+    return nodes
+
+
+# The nodes a status literal is looked for in (each of offences' branches), and an operand of a comparison.
+_CHECKED = frozenset(
+    {ast.Compare, ast.MatchValue, ast.Set, ast.Tuple, ast.List, ast.Dict, ast.Call, ast.BoolOp, ast.Assign,
+     ast.AnnAssign, ast.arguments}
+)  # fmt: skip
+
+
+def offences(source: str | ast.Module, values: frozenset[str]) -> Iterator[tuple[int, str, str]]:
+    """(line, what the literal meets, the literal) for each status spelt as a string in `source`
+    (its text, or the text parsed)."""
+    nodes = _nodes(ast.parse(source) if isinstance(source, str) else source)
     in_literal_types = {
         id(part)
-        for node in ast.walk(tree)
+        for node in nodes
         if isinstance(node, ast.Subscript) and ast.unparse(node.value).split(".")[-1] == "Literal"
         for part in ast.walk(node.slice)
     }
     compared = {
-        id(operand)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Compare)
-        for operand in [node.left, *node.comparators]
+        id(operand) for node in nodes if isinstance(node, ast.Compare) for operand in [node.left, *node.comparators]
     }
 
     def statuses(node: ast.AST | None) -> list[str]:
@@ -94,7 +123,9 @@ def offences(source: str, values: frozenset[str]) -> Iterator[tuple[int, str, st
             return [value for one in found for value in one] if all(found) else []
         return []
 
-    for node in ast.walk(tree):
+    for node in nodes:
+        if type(node) not in _CHECKED:  # most nodes: names, loads, constants, expressions, ...
+            continue
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             for operand in operands:
@@ -166,7 +197,7 @@ def findings(root: Path = ROOT) -> dict[tuple[str, str, str], list[int]]:
     values = status_values(root)
     found: dict[tuple[str, str, str], list[int]] = {}
     for path in scanned_files(root):
-        for line, meets, value in offences(path.read_text(), values):
+        for line, meets, value in offences(_tree(path), values):
             found.setdefault((path.relative_to(root).as_posix(), meets, value), []).append(line)
     return found
 
