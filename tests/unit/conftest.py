@@ -3,15 +3,12 @@ the order world (tests/unit/world.py) over the test module's own `STOCK`."""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pluggy
 import pytest
 
-from core import plugin_manager
 from core.models import (
     Address,
     Customer,
@@ -36,74 +33,6 @@ from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.unit.world import Clock, World, build_world
 
 UPDATED_AT = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-# A plugin manager costs 3-6 ms of CPU to build (the `plugins` fixture, every world, every service a
-# test builds over the built-ins and its own plugins: 594 of them in test_unit_cancellation.py's and
-# test_returns.py's 378 tests, a third of those tests' CPU), and most of it went on two answers that
-# depend only on what is asked, read again at each registration of the same plugin: pluggy's hook
-# options of each attribute (inspect.getattr_static's walk, 44 % of a world's build) and whether a
-# plugin module is a built-in (its file's Path.resolve(), 14 %). Both are kept here per test process,
-# each asked of pluggy and of core.plugin_manager.built_in the first time, as they answer it:
-# - pluggy's options of an attribute are its marker's own dict (the same object at every parse),
-#   found on what pluggy's static lookup finds: a module's own attribute; an instance's class
-#   attribute (none of its own, no slot). The key is that attribute itself (a function, static or
-#   class method, bound method), so a plugin whose attribute is replaced is parsed again; any other
-#   lookup (a class as a plugin, an instance's own attribute, a slot, an unhashable) is pluggy's.
-# - a module's file names the same directory whatever asks (a test's module under the built-ins'
-#   directory, tests/unit/test_plugin_copies.py, is keyed by its own file).
-_ABSENT = object()
-_parse_hookimpl_opts = pluggy.PluginManager.parse_hookimpl_opts
-_opts: dict[tuple[str, object], Any] = {}
-
-
-def _static_attribute(plugin: object, name: str) -> object:
-    """What pluggy's static lookup finds for `name` on `plugin`, where it is a plain attribute of
-    the module or of the instance's class; _ABSENT where pluggy looks further."""
-    if isinstance(plugin, types.ModuleType):
-        return vars(plugin).get(name, _ABSENT)
-    if isinstance(plugin, type):
-        return _ABSENT
-    try:
-        own = object.__getattribute__(plugin, "__dict__")
-    except AttributeError:
-        own = {}
-    if name in own:
-        return _ABSENT
-    found = next((vars(klass)[name] for klass in type(plugin).__mro__ if name in vars(klass)), _ABSENT)
-    return _ABSENT if isinstance(found, types.MemberDescriptorType) else found
-
-
-def _parse_hookimpl_opts_once(self: pluggy.PluginManager, plugin: object, name: str) -> Any:
-    attribute = _static_attribute(plugin, name)
-    key = (self.project_name, attribute)
-    try:
-        if attribute is not _ABSENT and key in _opts:
-            return _opts[key]
-    except TypeError:  # unhashable
-        return _parse_hookimpl_opts(self, plugin, name)
-    opts = _parse_hookimpl_opts(self, plugin, name)
-    if attribute is not _ABSENT:
-        _opts[key] = opts
-    return opts
-
-
-pluggy.PluginManager.parse_hookimpl_opts = _parse_hookimpl_opts_once  # type: ignore[method-assign]
-
-_built_in = plugin_manager.built_in
-_built_in_files: dict[str, bool] = {}
-
-
-def _built_in_once(plugin: object) -> bool:
-    file = getattr(plugin, "__file__", None) if isinstance(plugin, types.ModuleType) else None
-    if not isinstance(file, str):
-        return _built_in(plugin)
-    if file not in _built_in_files:
-        _built_in_files[file] = _built_in(plugin)
-    return _built_in_files[file]
-
-
-plugin_manager.built_in = _built_in_once
 
 
 def a_product(
