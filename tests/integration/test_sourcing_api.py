@@ -161,10 +161,12 @@ def test_a_what_if_for_a_body_in_a_currency_a_product_has_no_price_in_is_422_as_
     assert plan.status_code == 200, plan.text
 
 
-def _sourced_beside_far_stores(api: InProcessApi, far_stores: int, far_from: float, max_shipments: int) -> None:
+@pytest.fixture(scope="module")
+def beside_far_stores(api: InProcessApi) -> tuple[dict[str, Any], dict[int, str]]:
     """Six warehouses near San Francisco, nearest first, three of which (0, 3 and 4) have the order
-    together where greedy takes five, and `far_stores` far off with a unit of A each: under
-    `fewest_shipments` and `max_shipments`, the what-if plans those three and POST places it."""
+    together where greedy takes five, and 24 stores far off with a unit of A each (6 to 29): the
+    order's body and the locations' ids by number. Placing the order reserves nothing here (the
+    workflow's steps are not run), so each test places it from the same stock."""
     catalog = Catalog(api)
     skus = {name: catalog.product("3.00") for name in "ABCD"}
     stocked = {
@@ -174,19 +176,31 @@ def _sourced_beside_far_stores(api: InProcessApi, far_stores: int, far_from: flo
         3: {"A": 4, "B": 5, "C": 4},
         4: {"A": 4, "C": 4, "D": 6},
         5: {"A": 5, "C": 5, "D": 5},
-    } | {6 + i: {"A": 1} for i in range(far_stores)}
+    } | {6 + i: {"A": 1} for i in range(24)}
     ids = {}
     for n, units in stocked.items():
-        place = (37.79, -122.40 + 0.5 * (n + 1)) if n < 6 else (45.0, far_from + n)
+        place = (37.79, -122.40 + 0.5 * (n + 1)) if n < 6 else (45.0, -110.0 + n)
         ids[n] = catalog.location(latitude=place[0], longitude=place[1])
         for name, quantity in units.items():
             catalog.stock(skus[name], ids[n], quantity)
     body = order_body((skus["A"], 7), (skus["B"], 6), (skus["C"], 2), (skus["D"], 8))
     body["shipping_address"].update(latitude=37.79, longitude=-122.40)
-    put_rules(api, prefer="fewest_shipments", max_shipments=max_shipments)
+    return body, ids
+
+
+def _sourced_beside_far_stores(
+    api: InProcessApi, world: tuple[dict[str, Any], dict[int, str]], max_shipments: int, excluded: int | None = None
+) -> None:
+    """Under `fewest_shipments` and `max_shipments` (and the far store numbered `excluded` left out
+    by the rules), the what-if plans the order from warehouses 0, 3 and 4 and POST places it."""
+    body, ids = world
+    put_rules(
+        api, prefer="fewest_shipments", max_shipments=max_shipments,
+        excluded_locations=[] if excluded is None else [ids[excluded]],
+    )  # fmt: skip
     try:
         simulated = api.post("/sourcing/simulate", json={"orders": [body]})
-        placed = api.post("/orders", json=body)
+        placed = api.post("/orders", json={**body, "external_id": unique("far")})  # an order of its own
     finally:
         put_rules(api)  # back to the defaults for the other tests
 
@@ -197,21 +211,24 @@ def _sourced_beside_far_stores(api: InProcessApi, far_stores: int, far_from: flo
     assert placed.status_code == 201, placed.text
 
 
-def test_raising_max_shipments_never_refuses_an_order_a_lower_limit_ships(api: InProcessApi, network):
-    # Nineteen warehouses hold some of the order (beyond the exact search: the built-in plugin splits
-    # it greedily, over five of them) and three have it all. Under max_shipments 3 it was placed and
-    # planned from those three; raised to 4, it was 409 insufficient_stock and the what-if said
-    # ReserveStock would cancel it: the groups of up to four were too many to search, so none was.
-    _sourced_beside_far_stores(api, far_stores=13, far_from=-100.0, max_shipments=4)
+def test_raising_max_shipments_never_refuses_an_order_a_lower_limit_ships(api: InProcessApi, beside_far_stores):
+    # Twenty-nine locations hold some of the order (beyond the exact search: the built-in plugin
+    # splits it greedily, over five of them; the rules exclude the thirtieth) and three have it all.
+    # Under max_shipments 3 it was placed and planned from those three; raised to 4, it was 409
+    # insufficient_stock and the what-if said ReserveStock would cancel it: the groups of up to four
+    # were too many to search, so none was, where those of two and three were few enough
+    # (C(29,2) + C(29,3) = 4060 <= 2^EXACT_SEARCH_LIMIT, C(29,4) alone beyond it).
+    _sourced_beside_far_stores(api, beside_far_stores, max_shipments=4, excluded=29)
 
 
 def test_an_order_three_near_warehouses_ship_is_placed_under_max_shipments_3_beside_many_far_stores(
-    api: InProcessApi, network
+    api: InProcessApi, beside_far_stores
 ):
-    # 34 far stores with a unit of A each beside the six warehouses: the groups of two and three of
-    # the 40 locations were too many for the search within max_shipments 3, so none was searched:
+    # 24 far stores with a unit of A each beside the six warehouses: the groups of two and three of
+    # the 30 locations were too many for the search within max_shipments 3, so none was searched:
     # the order was 409 insufficient_stock, though every far store is outheld by nearer warehouses.
-    _sourced_beside_far_stores(api, far_stores=34, far_from=-110.0, max_shipments=3)
+    # Thirty is the fewest where they are too many: C(30,2) + C(30,3) = 4495 > 2^EXACT_SEARCH_LIMIT.
+    _sourced_beside_far_stores(api, beside_far_stores, max_shipments=3)
 
 
 def test_a_what_if_for_an_unknown_order_id_names_it_in_the_details(api: InProcessApi, network):
@@ -380,7 +397,8 @@ def test_rules_naming_a_location_the_network_lacks_are_refused_and_change_nothin
 
 class Talkative:
     """A sourcing plugin that takes every unit from one location and explains it at great length:
-    2,000 reasons of 2,000 characters that do not compress (8 MB, twenty times an item's 400 KB)."""
+    400 reasons of 2,000 characters that hardly compress (800 KB, about 570 KB zlib-compressed: past
+    an item's 400 KB)."""
 
     def __init__(self, location_id: str):
         self.location_id = location_id
@@ -391,7 +409,7 @@ class Talkative:
         return SourcingPlan(
             allocations=[Allocation(line_id=line.line_id, location_id=self.location_id, quantity=line.quantity)
                          for line in order.lines],
-            reasons=["".join(words.choices(string.ascii_letters, k=2_000)) for _ in range(2_000)],
+            reasons=["".join(words.choices(string.ascii_letters, k=2_000)) for _ in range(400)],
         )  # fmt: skip
 
 
@@ -420,7 +438,7 @@ def test_a_plugin_that_gives_too_many_or_too_long_reasons_still_sources_the_orde
     *kept, last = reserved["detail"]["reasons"]
     assert len(kept) == MAX_REASONS - 1
     assert all(len(reason) == MAX_REASON_CHARS and reason.endswith("…") for reason in kept)
-    assert last == f"and {2_000 - MAX_REASONS + 1} more reasons the sourcing plugin gave, not kept"
+    assert last == f"and {400 - MAX_REASONS + 1} more reasons the sourcing plugin gave, not kept"
 
 
 def test_a_what_if_for_an_order_holding_stock_counts_the_units_it_holds_as_its_own(api: InProcessApi, network):
