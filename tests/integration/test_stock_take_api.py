@@ -12,7 +12,7 @@ import pytest
 
 from core.errors import Backordered
 from core.fulfillment import OrderActions
-from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
+from tests.e2e.client import ADMIN, Catalog, assert_error, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
@@ -353,10 +353,12 @@ def test_a_channels_key_sending_the_count_a_short_stock_take_recorded_is_answere
     assert api.get(f"/orders/{order['id']}").json()["version"] == version
 
 
-def counted_with_its_answer_lost(api: InProcessApi, path: str, on_hand: int, key: str, idempotency_key: str) -> None:
-    """A count of `on_hand` under `idempotency_key` written, the API function timing out before its
-    answer and the key's idempotency record were saved (a timeout leaves the record in progress
-    until it expires: gone here)."""
+def counted_with_its_answer_lost(
+    api: InProcessApi, path: str, on_hand: int, idempotency_key: str, key: Any = ADMIN
+) -> None:
+    """A count of `on_hand` under `idempotency_key` written (with the API key `key`), the API
+    function timing out before its answer and the key's idempotency record were saved (a timeout
+    leaves the record in progress until it expires: gone here)."""
     from core.services import InventoryService
     from tests.integration.test_order_idempotency_api import forget_idempotency_records
 
@@ -387,7 +389,7 @@ def test_a_keyed_count_whose_answer_was_lost_sent_again_once_more_is_reserved_an
     catalog.stock(sku, network["west"], 4)
     key, idempotency_key = issue(api, "inventory:write", channel=channel), unique("count")
     path = f"/inventory/{sku}/{network['west']}"
-    counted_with_its_answer_lost(api, path, 2, key, idempotency_key)
+    counted_with_its_answer_lost(api, path, 2, idempotency_key, key)
     assert api.post(f"{path}/adjustments", json={"delta": 3, "reason": "delivery"}).status_code == 200
     placed = api.post("/orders", json=order_body((sku, 4)))
     assert placed.status_code == 201, placed.text
