@@ -2,10 +2,10 @@
 DynamoDB call held to what DynamoDB takes (tests/aws_request_limits.py: an expression built per
 line, per unit, per key or per return that passes on moto and is refused on AWS fails here). The
 order of 100 lines of the longest skus, shipped from a location of the longest id, comes back in
-returns of two units of every line received in both conditions and of the last unit of half its
-lines each, restocked at three locations; a refund whose gateway answer is lost is retried; an
-appeasement besides; an exchange of every line for as many replacement lines, the replacement
-through its own workflow; the return lists, the order's refunds and history, the customer's totals
+an exchange of a unit of every line for as many replacement lines, the replacement through its own
+workflow; returns of two units of every line received in both conditions and of the last unit of
+half its lines each, restocked at three locations; a refund whose gateway answer is lost is
+retried; an appeasement besides; the return lists, the order's refunds and history, the customer's totals
 and the product report read back over it."""
 
 from __future__ import annotations
@@ -115,16 +115,36 @@ def received(shopper: Shopper, return_id: str, location_id: str, units: dict[str
         step(name, return_id)
 
 
-def test_the_largest_order_comes_back_in_three_returns_restocked_where_received_and_refunded_once(
+def test_the_largest_order_comes_back_exchanged_line_for_line_then_in_three_returns_refunded_once(
     api: InProcessApi,
     services: Any,  # noqa: F811
 ):
     stream = TableStream(_table(), from_now=True)
     shopper = Shopper(api)
-    order = shopper.ship_and_deliver(shopper.place(*((sku, 3) for sku in SKUS)))
+    order = shopper.ship_and_deliver(shopper.place(*((sku, 4) for sku in SKUS)))
     order_id = order["id"]
     assert (order["status"], len(order["lines"])) == ("delivered", 100)
     ids = [line["line_id"] for line in order["lines"]]
+
+    # A unit of every line exchanged, each sku for the next one: 100 replacement lines, placed,
+    # allocated, shipped and delivered through the replacement's own workflow. The reasons a little
+    # short of their limit: 100 of them at it and 100 exchange lines of the longest skus are past
+    # the 256 KiB a body may hold (each wide character sent as 12 bytes).
+    swapped = [{"sku": SKUS[(n + 1) % 100], "quantity": 1} for n in range(100)]
+    exchange = requested(shopper, order_id, dict.fromkeys(ids, 1), text(180), exchange={"lines": swapped})
+    received(shopper, exchange, WAREHOUSE, {"resellable": dict.fromkeys(ids, 1)})
+    step("refund", exchange)
+    step("exchange", exchange)
+    replacement_id = api.get(f"/returns/{exchange}").json()["exchange_order_id"]
+    replacement = shopper.ship_and_deliver(shopper.allocate(replacement_id))
+    assert (replacement["status"], replacement["external_id"]) == ("delivered", f"{order['external_id']}-x1")
+    assert [{"sku": line["sku"], "quantity": line["quantity"]} for line in replacement["lines"]] == swapped
+    # The credit paid for the replacement and the card the rest of it (its shipping): the same
+    # goods at the same prices, so nothing came back at once.
+    credit = amount(replacement["exchange_credit"])
+    paid = amount(replacement["payment"]["captured"]) - amount(replacement["payment"]["refunded"])
+    assert credit + paid == amount(replacement["totals"]["grand_total"])
+    assert refunds(api, order_id) == []
 
     # Two units of every line, one resellable and one damaged each (200 receipt lines); the
     # gateway refunds and its answers are lost three times: the step raises, its retry refunds once.
@@ -149,70 +169,42 @@ def test_the_largest_order_comes_back_in_three_returns_restocked_where_received_
 
     back = shopper.order(order_id)
     assert back["status"] == "returned"
-    assert [line["returned_quantity"] for line in back["lines"]] == [3] * 100
-    made = [every_line, *halves]
+    assert [line["returned_quantity"] for line in back["lines"]] == [4] * 100
+    made = [exchange, every_line, *halves]
     listed = api.get(f"/orders/{order_id}/returns", params={"limit": 100}).json()
     assert [r["id"] for r in listed["items"]] == made and listed["next_cursor"] is None
     assert [(r["status"], len(r["lines"])) for r in listed["items"]] == [
-        ("refunded", 100), ("refunded", 50), ("refunded", 50)
+        ("refunded", 100), ("refunded", 100), ("refunded", 50), ("refunded", 50)
     ]  # fmt: skip
-    newest = api.get("/returns", params={"status": "refunded", "limit": 3}).json()["items"]
+    newest = api.get("/returns", params={"status": "refunded", "limit": 4}).json()["items"]
     assert [r["id"] for r in newest] == made[::-1]
 
-    # Each unit's share of its line total, once: the lines' totals back whole, and the appeasement.
-    by_return = [amount(r["refund"]) for r in listed["items"]]
+    # Each unit's share of its line total, once: the exchanged unit's as the credit, the others'
+    # refunded, and the appeasement.
+    refunded = [amount(r["refund"]) for r in listed["items"][1:]]
     lines_total = sum(amount(line["total"]) for line in back["lines"])
-    assert sum(by_return) == lines_total
-    assert sorted(refunds(api, order_id)) == sorted(("succeeded", f"{v}") for v in [*by_return, Decimal("1.00")])
-    assert amount(back["payment"]["refunded"]) == lines_total + 1
+    assert sum(refunded) + credit == lines_total
+    assert sorted(refunds(api, order_id)) == sorted(("succeeded", f"{v}") for v in [*refunded, Decimal("1.00")])
+    assert amount(back["payment"]["refunded"]) == lines_total - credit + 1
     assert amount(back["payment"]["captured"]) == amount(back["totals"]["grand_total"])
 
-    # Restocked where each parcel was received, the damaged units nowhere.
+    # Restocked where each parcel was received, the damaged units nowhere: of the first sku 4 left
+    # the warehouse and 1 came back from the exchange; the last sku's replacement unit left too.
     first, last = on_hand(api, SKUS[0]), on_hand(api, SKUS[-1])
-    assert (first[RESTOCK_AT[0]], first[RESTOCK_AT[1]], first[WAREHOUSE]) == (1, 1, STOCKED - 3)
-    assert (last[RESTOCK_AT[0]], RESTOCK_AT[1] in last, last[WAREHOUSE]) == (1, False, STOCKED - 2)
+    assert (first[RESTOCK_AT[0]], first[RESTOCK_AT[1]], first[WAREHOUSE]) == (1, 1, STOCKED - 4 + 1 - 1)
+    assert (last[RESTOCK_AT[0]], RESTOCK_AT[1] in last, last[WAREHOUSE]) == (1, False, STOCKED - 4 + 2 - 1)
 
     history = api.get(f"/orders/{order_id}/history").json()["items"]
     assert [h["to_status"] for h in history if h["to_status"]][-1] == "returned"
     delivered_once(stream.new_records())
     customer = api.get(f"/customers/{shopper.customer}").json()
+    ordered = amount(order["totals"]["grand_total"]) + amount(replacement["totals"]["grand_total"])
     assert (customer["returns_count"], [(amount(t["ordered"]), amount(t["refunded"])) for t in customer["totals"]]) == (
-        3, [(amount(order["totals"]["grand_total"]), lines_total + 1)]
+        4, [(ordered, lines_total - credit + 1)]
     )  # fmt: skip
-    assert shopper.report("products") == []  # every unit back: no revenue left
-
-
-def test_the_largest_order_exchanged_line_for_line_places_and_delivers_its_replacement(
-    api: InProcessApi,
-    services: Any,  # noqa: F811
-):
-    shopper = Shopper(api)
-    order = shopper.ship_and_deliver(shopper.place(*((sku, 1) for sku in SKUS)))
-    ids = [line["line_id"] for line in order["lines"]]
-    # Each sku for the next one: 100 replacement lines.
-    swapped = [{"sku": SKUS[(n + 1) % 100], "quantity": 1} for n in range(100)]
-    # The reasons a little short of their limit: 100 of them at it and 100 exchange lines of the
-    # longest skus are past the 256 KiB a body may hold (each wide character sent as 12 bytes).
-    exchange = requested(shopper, order["id"], dict.fromkeys(ids, 1), text(180), exchange={"lines": swapped})
-    received(shopper, exchange, WAREHOUSE, {"resellable": dict.fromkeys(ids, 1)})
-    step("refund", exchange)
-    step("exchange", exchange)
-
-    shown = api.get(f"/returns/{exchange}").json()
-    replacement_id = shown["exchange_order_id"]
-    replacement = shopper.ship_and_deliver(shopper.allocate(replacement_id))
-    assert (replacement["status"], replacement["external_id"]) == ("delivered", f"{order['external_id']}-x1")
-    assert [(line["sku"], line["quantity"]) for line in replacement["lines"]] == [
-        (line["sku"], line["quantity"]) for line in swapped
-    ]
-    assert shopper.order(order["id"])["status"] == "returned"
-    # The credit paid for the replacement, the card paid the rest of it (its shipping) and nothing
-    # else came back: the same goods at the same prices.
-    credit = amount(replacement["exchange_credit"])
-    paid = amount(replacement["payment"]["captured"]) - amount(replacement["payment"]["refunded"])
-    assert credit + paid == amount(replacement["totals"]["grand_total"])
-    assert credit == sum(amount(line["total"]) for line in order["lines"])
-    assert refunds(api, order["id"]) == []  # all of it went to the replacement
+    # Every unit of the order back; the replacement's units sold, each sku's at its price.
+    report = shopper.report("products")
+    assert len(report) == 10 and all(sku in SKUS and (units, revenue) == (1, PRICE) for sku, units, revenue in report)
 
 
 def test_the_largest_return_restocked_fills_a_backordered_order_of_ninety_nine_lines_of_its_sku_in_one_write(
