@@ -5,8 +5,9 @@ order of 100 lines of the longest skus, shipped from a location of the longest i
 an exchange of a unit of every line for as many replacement lines, the replacement through its own
 workflow; returns of two units of every line received in both conditions and of the last unit of
 half its lines each, restocked at three locations; a refund whose gateway answer is lost is
-retried; an appeasement besides; the return lists, the order's refunds and history, the customer's totals
-and the product report read back over it."""
+retried; an appeasement besides; the return lists, the order's refunds and history, the customer's
+totals and the product report read back over it. And the largest return restocked fills a
+backordered order of a line per unit of its sku."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ PRICE = "12.34"
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     """The world: the locations and the 100 products stocked, written by the repositories (what
-    PUT /products and PUT /inventory write, without 200 requests through the gateway)."""
+    PUT /products and PUT /inventory write, without 200 requests through the gateway). Returns are
+    received at the restock locations, which ship nothing: no order's sourcing reads their stock."""
     from functions.bootstrap import Config, bootstrap
 
     with in_process_api_with_events() as started:
@@ -241,8 +243,8 @@ def test_the_largest_return_restocked_fills_a_backordered_order_of_ninety_nine_l
     received(shopper, back, WAREHOUSE, {"resellable": {"L1": 100}})
     pass_through_workflow(monkeypatch)  # the filled order's workflow started again
     with backorders_app.container.override(bootstrap(Config.from_env())):
-        arn = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=table)["Table"]
-        records = [lambda_stream_record(record, arn["LatestStreamArn"]) for record in stock.new_records()]
+        described = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=table)["Table"]
+        records = [lambda_stream_record(record, described["LatestStreamArn"]) for record in stock.new_records()]
         answer = backorders_app.lambda_handler({"Records": records}, context("BackorderFunction"))
 
     assert answer == {"batchItemFailures": []}
