@@ -133,10 +133,19 @@ CANCEL_RECORDED = "CancelRecorded"
 
 
 # A fill of a backordered order is one DynamoDB transaction of at most 100 items, the order's
-# update among them (what does not fit waits for the next arrival); a fill that keeps losing races
-# is retried by its caller (the stream, the workflow's Retry).
+# update among them: MAX_TOP_UPS stock items, each one Update for every top-up of it (what does
+# not fit waits for the next arrival); a fill that keeps losing races is retried by its caller
+# (the stream, the workflow's Retry).
 MAX_TOP_UPS = 99
 FILL_ATTEMPTS = 10
+
+
+def _fits(top_ups: list[TopUp], sku: str, location_id: str) -> bool:
+    """Whether a top-up at (sku, location_id) fits the fill's transaction beside `top_ups`: a stock
+    item they name already (its lines of one sku there are one item, however many), or room for
+    another (MAX_TOP_UPS items)."""
+    items = {(t.sku, t.location_id) for t in top_ups}
+    return (sku, location_id) in items or len(items) < MAX_TOP_UPS
 
 
 def after_failure(error: str) -> str:
@@ -1059,8 +1068,10 @@ class Workflow:
                 key=lambda loc: (-held.get((line.sku, loc, key), 0), -left[(line.sku, loc)], loc),
             )
             for location_id in places:
-                if need[line.line_id] <= 0 or len(top_ups) == MAX_TOP_UPS:
+                if need[line.line_id] <= 0:
                     break
+                if not _fits(top_ups, line.sku, location_id):
+                    continue  # another stock item than the transaction holds: the next arrival's
                 before = held.get((line.sku, location_id, key), 0)
                 more = min(need[line.line_id], left[(line.sku, location_id)])
                 top_ups.append(TopUp(line.sku, location_id, key, before, before + more, rules.kept_back(location_id)))
@@ -1081,8 +1092,10 @@ class Workflow:
             plan = plan_within(
                 self._hook, fillable, new, free, destination, rules.model_copy(update={"max_shipments": room})
             )
-        for a in (plan.allocations if plan else [])[: MAX_TOP_UPS - len(top_ups)]:
+        for a in plan.allocations if plan else []:
             sku = next(line.sku for line in order.lines if line.line_id == a.line_id)
+            if not _fits(top_ups, sku, a.location_id):
+                continue
             key = reservation_key(order.id, a.line_id)
             top_ups.append(TopUp(sku, a.location_id, key, 0, a.quantity, rules.kept_back(a.location_id)))
         return top_ups

@@ -316,6 +316,23 @@ def test_arrivals_fill_waiting_orders_oldest_first_and_allocate_those_complete()
     assert (entry.type, entry.actor, entry.to_status) == ("stock_reserved", "backorders", None)
 
 
+def test_an_order_of_more_lines_of_one_sku_than_a_fill_tops_up_items_is_filled_whole_by_one_arrival(monkeypatch):
+    """A fill is one transaction of at most MAX_TOP_UPS stock items beside the order, and an order's
+    lines of one sku at one location are one stock item however many they are: three such lines,
+    two items a fill here, are filled by the one arrival that brings their units (the third waited
+    for the next arrival of the sku, an available unit beside it)."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 2)
+    world, allocator, _ = make_world([])
+    order_id = backordered(world, ("PREORDER", 1), ("PREORDER", 1), ("PREORDER", 1))
+
+    arrival = arrive(world, allocator, "PREORDER", "wh-west", 3)
+
+    assert arrival.completed == [order_id]
+    order = world.order(order_id)
+    assert (order.status, order.short_of()) == (S.ALLOCATED, {})
+    assert world.level("PREORDER", "wh-west") == (3, 3, 0)
+
+
 def test_a_redelivered_arrival_changes_nothing():
     world, allocator, starter = make_world([])
     ids = [backordered(world, ("PREORDER", 2)) for _ in range(2)]
