@@ -333,6 +333,24 @@ def test_an_order_of_more_lines_of_one_sku_than_a_fill_tops_up_items_is_filled_w
     assert world.level("PREORDER", "wh-west") == (3, 3, 0)
 
 
+def test_a_fill_tops_up_no_more_stock_items_than_its_transaction_holds(monkeypatch):
+    """One stock item a fill here: both of an order's skus in stock when one arrives, the fill takes
+    one item, the other left to the order's ReserveStock (a transaction past its items is refused
+    whole)."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator, _ = make_world([])
+    order_id = backordered(world, ("PREORDER", 1), ("BOOK", 1))
+    world.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")
+
+    arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    [fill] = [e for e in world.history(order_id) if (e.type, e.actor) == ("stock_reserved", "backorders")]
+    assert (fill.detail["allocations"], fill.detail["short"]) == (
+        [{"line_id": "L1", "location_id": "wh-west", "quantity": 1}],
+        {"L2": 1},
+    )
+
+
 def test_a_redelivered_arrival_changes_nothing():
     world, allocator, starter = make_world([])
     ids = [backordered(world, ("PREORDER", 2)) for _ in range(2)]
