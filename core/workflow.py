@@ -139,6 +139,14 @@ MAX_TOP_UPS = 99
 FILL_ATTEMPTS = 10
 
 
+def _fits(top_ups: list[TopUp], sku: str, location_id: str) -> bool:
+    """Whether a top-up at (sku, location_id) fits a fill's transaction beside `top_ups`: its stock
+    items count, not its top-ups (all of an item's go in its one Update: the lines of one sku), so
+    a 100-line order of one sku is filled whole by one arrival, not left waiting for a line."""
+    items = {(t.sku, t.location_id) for t in top_ups}
+    return (sku, location_id) in items or len(items) < MAX_TOP_UPS
+
+
 def after_failure(error: str) -> str:
     """The state a main step's failure named `error` goes to, once its retries are spent."""
     return BUSINESS_OUTCOMES.get(error, PARK)
@@ -1059,8 +1067,10 @@ class Workflow:
                 key=lambda loc: (-held.get((line.sku, loc, key), 0), -left[(line.sku, loc)], loc),
             )
             for location_id in places:
-                if need[line.line_id] <= 0 or len(top_ups) == MAX_TOP_UPS:
+                if need[line.line_id] <= 0:
                     break
+                if not _fits(top_ups, line.sku, location_id):
+                    continue
                 before = held.get((line.sku, location_id, key), 0)
                 more = min(need[line.line_id], left[(line.sku, location_id)])
                 top_ups.append(TopUp(line.sku, location_id, key, before, before + more, rules.kept_back(location_id)))
@@ -1081,8 +1091,10 @@ class Workflow:
             plan = plan_within(
                 self._hook, fillable, new, free, destination, rules.model_copy(update={"max_shipments": room})
             )
-        for a in (plan.allocations if plan else [])[: MAX_TOP_UPS - len(top_ups)]:
+        for a in plan.allocations if plan else []:
             sku = next(line.sku for line in order.lines if line.line_id == a.line_id)
+            if not _fits(top_ups, sku, a.location_id):
+                continue
             key = reservation_key(order.id, a.line_id)
             top_ups.append(TopUp(sku, a.location_id, key, 0, a.quantity, rules.kept_back(a.location_id)))
         return top_ups

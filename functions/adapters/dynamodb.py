@@ -3429,19 +3429,21 @@ class DynamoBackorders(Backorders):
     def _top_ups(self, sku: str, location_id: str, top_ups: list[TopUp]) -> dict[str, Any]:
         """One Update of a stock item for all its top-ups (a transaction may name an item once)."""
         more = sum(t.quantity - t.held for t in top_ups)
-        names: dict[str, str] = {}
+        # The map named `#r`: a 100-line order of one sku waiting here is 100 keys, whose conditions
+        # (`attribute_not_exists(reservations.#k99) AND `, 45 bytes each) were past DynamoDB's 4 KB.
+        names: dict[str, str] = {"#r": "reservations"}
         # The write itself keeps the safety stock back, as a reservation's does (DynamoInventory.reserve).
         values: dict[str, Any] = {":more": more, ":need": more + max(t.keep for t in top_ups)}
         sets, conditions = [], ["available >= :need"]
         for n, t in enumerate(top_ups):
             names[f"#k{n}"] = t.key
             values[f":q{n}"] = t.quantity
-            sets.append(f"reservations.#k{n} = :q{n}")
+            sets.append(f"#r.#k{n} = :q{n}")
             if t.held:
                 values[f":h{n}"] = t.held
-                conditions.append(f"reservations.#k{n} = :h{n}")
+                conditions.append(f"#r.#k{n} = :h{n}")
             else:
-                conditions.append(f"attribute_not_exists(reservations.#k{n})")
+                conditions.append(f"attribute_not_exists(#r.#k{n})")
         if added := sum(1 for t in top_ups if not t.held):
             conditions.append(_room_for(added, values))
         return {
