@@ -182,8 +182,9 @@ def _rearrangements(
     held: dict[str, int], wanted: dict[str, int], size: int
 ) -> list[tuple[dict[str, int], dict[str, int]]]:
     """`held` and `wanted` (a rearrangement, DynamoInventory.rearrange) cut into parts of at most
-    `size` keys, each part taking units for its keys (what wanted has over held) about as many as
-    it gives back, the parts that take the most first: one part when the keys fit in one."""
+    `size` keys, each part taking units for its keys (what wanted has over held) no more than it
+    gives back while there are keys that give back, the parts that take the most first: one part
+    when the keys fit in one."""
     changes = {key: wanted.get(key, 0) - held.get(key, 0) for key in sorted(held.keys() | wanted.keys())}
     if len(changes) <= size:
         return [(held, wanted)]
@@ -196,7 +197,8 @@ def _rearrangements(
         if len(part) == size:
             parts.append(part)
             part, balance = [], 0
-        key = (takers if takers and (balance <= 0 or not givers) else givers).pop(0)
+        # A key that takes only while the part still gives back as much (or nothing is left to give).
+        key = (takers if takers and (not givers or balance + changes[takers[0]] <= 0) else givers).pop(0)
         balance += changes[key]
         part.append(key)
     parts.append(part)

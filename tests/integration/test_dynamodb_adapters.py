@@ -692,6 +692,23 @@ def test_a_100_line_order_of_one_sku_edited_moves_its_units_to_the_new_lines_wit
     assert {params["ExpressionAttributeValues"][":more"]["N"] for _, params in made} == {"0"}
 
 
+def test_a_100_line_order_of_one_sku_halved_by_an_edit_on_a_sold_out_shelf_gives_back_half(inventory):
+    # One write needs no spare unit to give units back; the writes it is cut into must not either.
+    inventory.set_on_hand("MUG", "wh-east", 200, "count")
+    held = {f"ord_1#L{n}": 2 for n in range(1, 101)}
+    wanted = {f"ord_1#L{n}": 1 for n in range(101, 201)}
+    for key in held:
+        inventory.reserve("MUG", "wh-east", key, 2)
+
+    inventory.rearrange("MUG", "wh-east", held, wanted)
+
+    assert inventory.reservations({("MUG", "wh-east"): [*held, *wanted]}) == {
+        ("MUG", "wh-east", key): 1 for key in wanted
+    }
+    level = inventory.levels({"MUG"}, ["wh-east"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (200, 100, 100)
+
+
 @contextlib.contextmanager
 def requests_made(client: Any) -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """Each DynamoDB request `client` sends meanwhile: (operation, parameters)."""
