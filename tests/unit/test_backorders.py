@@ -1360,6 +1360,23 @@ def test_an_order_sent_back_whole_needing_more_stock_items_than_a_transaction_ho
     assert world.level("PREORDER", "wh-east")[1] + world.level("PREORDER", "wh-west")[1] == 1
 
 
+def test_a_fill_counts_the_stock_items_its_transaction_holds_so_two_lines_of_one_sku_are_filled_together(
+    monkeypatch,
+):
+    """One stock item a transaction here, as 99 are on DynamoDB: both PREORDER lines are topped up
+    in the one Update of their stock item (a 100-line order of one sku waited on with its last line
+    unfilled, its unit on the shelf), the BOOK line left to its own arrival."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator = ruled_world([])
+    order_id = backordered(world, ("PREORDER", 1), ("PREORDER", 1), ("BOOK", 1))
+
+    arrive(world, allocator, "PREORDER", "wh-east", 2)
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and order.short_of() == {"L3": 1}
+    assert world.level("PREORDER", "wh-east") == (2, 2, 0)
+
+
 def test_an_order_sent_back_whole_then_left_no_location_gives_back_every_unit_reserved_for_it():
     """Its TSHIRT, which may not wait, held at wh-west, the rest of its order reserved at wh-east; then
     the rules exclude wh-east and wh-west stops shipping: parked (OutOfReach), holding nothing."""
