@@ -1365,16 +1365,35 @@ def test_a_fill_counts_the_stock_items_its_transaction_holds_so_two_lines_of_one
 ):
     """One stock item a transaction here, as 99 are on DynamoDB: both PREORDER lines are topped up
     in the one Update of their stock item (a 100-line order of one sku waited on with its last line
-    unfilled, its unit on the shelf), the BOOK line left to its own arrival."""
+    unfilled, its unit on the shelf), the BOOK line, a second stock item, left to the next fill."""
     monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
     world, allocator = ruled_world([])
     order_id = backordered(world, ("PREORDER", 1), ("PREORDER", 1), ("BOOK", 1))
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")  # its arrival not handed over yet
 
     arrive(world, allocator, "PREORDER", "wh-east", 2)
 
     order = world.order(order_id)
     assert order.status is S.BACKORDERED and order.short_of() == {"L3": 1}
     assert world.level("PREORDER", "wh-east") == (2, 2, 0)
+    assert world.level("BOOK", "wh-east") == (1, 0, 1)
+
+
+def test_a_fill_at_the_location_an_order_holds_units_at_tops_up_no_more_stock_items_than_its_transaction_holds(
+    monkeypatch,
+):
+    """Its PREORDER and BOOK each held in part at wh-east: a PREORDER arrival tops that one up, its
+    BOOK (a second stock item, one a transaction here) left to the next fill."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1), ("BOOK", "wh-east", 1)])
+    order_id = backordered(world, ("PREORDER", 2), ("BOOK", 2))
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")  # its arrival not handed over yet
+
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+
+    assert world.order(order_id).short_of() == {"L2": 1}
+    assert world.level("PREORDER", "wh-east") == (2, 2, 0)
+    assert world.level("BOOK", "wh-east") == (2, 1, 1)
 
 
 def test_an_order_sent_back_whole_then_left_no_location_gives_back_every_unit_reserved_for_it():
