@@ -41,7 +41,7 @@ def api() -> Iterator[InProcessApi]:
 
 
 def _placed(api: InProcessApi, **overrides: Any) -> dict[str, Any]:
-    answer = api.post("/orders", json=order_body(lines=LINES, **overrides))
+    answer = api.post("/orders", json=order_body(**{"lines": LINES, **overrides}))
     assert answer.status_code == 201, answer.text
     return answer.json()
 
@@ -139,7 +139,7 @@ def test_a_second_largest_order_stalled_marked_late_restarted_parked_and_cancell
     assert cancelled.status_code == 200, cancelled.text
     assert (cancelled.json()["status"], cancelled.json()["jeopardy"]) == ("cancelled", None)
     assert _stock(api, MANY)["reserved"] == 0
-    listed = api.get("/orders", params={"status": "cancelled"}).json()["items"]
+    listed = api.get("/orders", params={"status": "cancelled", "customer_id": order["customer"]["id"]}).json()["items"]
     assert [o["id"] for o in listed] == [order["id"]]
 
 
@@ -169,3 +169,23 @@ def test_the_largest_backordered_order_is_filled_whole_by_one_arrival(api, monke
     assert [(s["location_id"], len(s["lines"])) for s in order["shipments"]] == [(location_id, 100)]
     (level,) = api.get(f"/inventory/{LATER}").json()["locations"]
     assert (level["on_hand"], level["reserved"]) == (100, 100)
+
+
+def test_the_largest_order_of_100_skus_is_allocated_over_three_locations_and_cancelled_whole(api):
+    # 100 stock items: every stock step in transactions of 99 beside the order.
+    skus = [f"SKU-{n:03d}-" + "x" * 120 for n in range(1, 101)]
+    locations = [location_id for location_id, _ in STOCK.values()]
+    for n, sku in enumerate(skus):
+        assert api.put(f"/products/{sku}", json=product_body("3.00")).status_code == 201
+        answer = api.put(f"/inventory/{sku}/{locations[n % 3]}", json={"on_hand": 5})
+        assert answer.status_code == 200, answer.text
+    lines = [{"sku": sku, "quantity": 2} for sku in skus]
+    order = run_to_allocated(api, _placed(api, lines=lines)["id"])
+    assert sorted(s["location_id"] for s in order["shipments"]) == sorted(locations)
+
+    cancelled = api.post(f"/orders/{order['id']}/cancel", json={"reason": "customer_request"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    for sku in skus[::33]:
+        (level,) = api.get(f"/inventory/{sku}").json()["locations"]
+        assert (level["on_hand"], level["reserved"]) == (5, 0)
