@@ -350,10 +350,11 @@ class InventoryRepository(ABC):
         location's safety stock, left over) or given back, in one write conditional on the keys of
         `held` holding those units and `wanted`'s other keys none: units an order moves from one of
         its keys to another (an edited order's line whose id changed, a line split in two) are
-        never free for another order in between. Idempotent: a repeat (the keys hold what `wanted`
-        says) is a no-op. Raises InsufficientStock when not enough is available, or when the keys
-        of `held` no longer hold those units; ReservationsFull when the item has no room for the
-        keys it adds."""
+        never free for another order in between. (More keys than a write may name, in several
+        writes, each giving back about what it takes, those that take first.) Idempotent: a
+        repeat (the keys hold what `wanted` says) is a no-op. Raises InsufficientStock when not
+        enough is available, or when the keys of `held` no longer hold those units;
+        ReservationsFull when the item has no room for the keys it adds."""
 
     @abstractmethod
     def ship(self, sku: str, location_id: str, key: str, handed_at: datetime | None = None) -> None:

@@ -172,6 +172,43 @@ def _room_for(new_keys: int, values: dict[str, Any]) -> str:
     return "(attribute_not_exists(reservations) OR size(reservations) <= :room)"
 
 
+# DynamoDB refuses an expression over 4 KB or of more than 300 operators. A rearrangement names each
+# key in its condition (`attribute_not_exists(reservations.#k99) AND `, 45 bytes, two operators)
+# and in its update (`reservations.#k99 = :w99, `, 27 bytes): 64 keys keep both within them.
+_KEYS_PER_REARRANGE = 64
+
+
+def _rearrangements(
+    held: dict[str, int], wanted: dict[str, int], size: int
+) -> list[tuple[dict[str, int], dict[str, int]]]:
+    """`held` and `wanted` (a rearrangement, DynamoInventory.rearrange) cut into parts of at most
+    `size` keys, each part taking units for its keys (what wanted has over held) no more than it
+    gives back while there are keys that give back, the parts that take the most first: one part
+    when the keys fit in one."""
+    changes = {key: wanted.get(key, 0) - held.get(key, 0) for key in sorted(held.keys() | wanted.keys())}
+    if len(changes) <= size:
+        return [(held, wanted)]
+    takers = [key for key, more in changes.items() if more > 0]
+    givers = [key for key, more in changes.items() if more <= 0]
+    parts: list[list[str]] = []
+    part: list[str] = []
+    balance = 0
+    while takers or givers:
+        if len(part) == size:
+            parts.append(part)
+            part, balance = [], 0
+        # A key that takes only while the part still gives back as much (or nothing is left to give).
+        key = (takers if takers and (not givers or balance + changes[takers[0]] <= 0) else givers).pop(0)
+        balance += changes[key]
+        part.append(key)
+    parts.append(part)
+    parts.sort(key=lambda keys: -sum(changes[key] for key in keys))
+    return [
+        ({key: held[key] for key in keys if key in held}, {key: wanted[key] for key in keys if key in wanted})
+        for keys in parts
+    ]
+
+
 def _no_room(old: dict[str, Any], new_keys: int) -> bool:
     """Whether the item as it was (`old`) had no room for `new_keys` more reservations."""
     return len(old.get("reservations") or {}) > RESERVATIONS_ROOM - new_keys
@@ -2809,6 +2846,14 @@ class DynamoInventory(InventoryRepository):
     def rearrange(
         self, sku: str, location_id: str, held: dict[str, int], wanted: dict[str, int], keep: int = 0
     ) -> None:
+        """As the port says, in one write of up to _KEYS_PER_REARRANGE keys; more (a 100-line order of
+        one sku edited: its 100 keys moved to 100 new ones) in writes of that many each, every one
+        giving back about as many units as it takes (_rearrangements), those that take first: none
+        frees units the order still needs, and none needs many more spare units than one write would."""
+        for part_held, part_wanted in _rearrangements(held, wanted, _KEYS_PER_REARRANGE):
+            self._rearrange(sku, location_id, part_held, part_wanted, keep)
+
+    def _rearrange(self, sku: str, location_id: str, held: dict[str, int], wanted: dict[str, int], keep: int) -> None:
         keys = sorted(held.keys() | wanted.keys())
         if not keys:
             return

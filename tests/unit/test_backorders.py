@@ -316,41 +316,6 @@ def test_arrivals_fill_waiting_orders_oldest_first_and_allocate_those_complete()
     assert (entry.type, entry.actor, entry.to_status) == ("stock_reserved", "backorders", None)
 
 
-def test_an_order_of_more_lines_of_one_sku_than_a_fill_tops_up_items_is_filled_whole_by_one_arrival(monkeypatch):
-    """A fill is one transaction of at most MAX_TOP_UPS stock items beside the order, and an order's
-    lines of one sku at one location are one stock item however many they are: three such lines,
-    two items a fill here, are filled by the one arrival that brings their units (the third waited
-    for the next arrival of the sku, an available unit beside it)."""
-    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 2)
-    world, allocator, _ = make_world([])
-    order_id = backordered(world, ("PREORDER", 1), ("PREORDER", 1), ("PREORDER", 1))
-
-    arrival = arrive(world, allocator, "PREORDER", "wh-west", 3)
-
-    assert arrival.completed == [order_id]
-    order = world.order(order_id)
-    assert (order.status, order.short_of()) == (S.ALLOCATED, {})
-    assert world.level("PREORDER", "wh-west") == (3, 3, 0)
-
-
-def test_a_fill_tops_up_no_more_stock_items_than_its_transaction_holds(monkeypatch):
-    """One stock item a fill here: both of an order's skus in stock when one arrives, the fill takes
-    one item, the other left to the order's ReserveStock (a transaction past its items is refused
-    whole)."""
-    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
-    world, allocator, _ = make_world([])
-    order_id = backordered(world, ("PREORDER", 1), ("BOOK", 1))
-    world.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")
-
-    arrive(world, allocator, "PREORDER", "wh-west", 1)
-
-    [fill] = [e for e in world.history(order_id) if (e.type, e.actor) == ("stock_reserved", "backorders")]
-    assert (fill.detail["allocations"], fill.detail["short"]) == (
-        [{"line_id": "L1", "location_id": "wh-west", "quantity": 1}],
-        {"L2": 1},
-    )
-
-
 def test_a_redelivered_arrival_changes_nothing():
     world, allocator, starter = make_world([])
     ids = [backordered(world, ("PREORDER", 2)) for _ in range(2)]
@@ -1393,6 +1358,42 @@ def test_an_order_sent_back_whole_needing_more_stock_items_than_a_transaction_ho
     assert sum(world.held_for(older).values()) == 1 == sum(a.quantity for a in order.allocations)
     assert world.level("BOOK", "wh-east") == (1, 1, 0)
     assert world.level("PREORDER", "wh-east")[1] + world.level("PREORDER", "wh-west")[1] == 1
+
+
+def test_a_fill_counts_the_stock_items_its_transaction_holds_so_two_lines_of_one_sku_are_filled_together(
+    monkeypatch,
+):
+    """One stock item a transaction here, as 99 are on DynamoDB: both PREORDER lines are topped up
+    in the one Update of their stock item (a 100-line order of one sku waited on with its last line
+    unfilled, its unit on the shelf), the BOOK line, a second stock item, left to the next fill."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator = ruled_world([])
+    order_id = backordered(world, ("PREORDER", 1), ("PREORDER", 1), ("BOOK", 1))
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")  # its arrival not handed over yet
+
+    arrive(world, allocator, "PREORDER", "wh-east", 2)
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and order.short_of() == {"L3": 1}
+    assert world.level("PREORDER", "wh-east") == (2, 2, 0)
+    assert world.level("BOOK", "wh-east") == (1, 0, 1)
+
+
+def test_a_fill_at_the_location_an_order_holds_units_at_tops_up_no_more_stock_items_than_its_transaction_holds(
+    monkeypatch,
+):
+    """Its PREORDER and BOOK each held in part at wh-east: a PREORDER arrival tops that one up, its
+    BOOK (a second stock item, one a transaction here) left to the next fill."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1), ("BOOK", "wh-east", 1)])
+    order_id = backordered(world, ("PREORDER", 2), ("BOOK", 2))
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")  # its arrival not handed over yet
+
+    arrive(world, allocator, "PREORDER", "wh-east", 1)
+
+    assert world.order(order_id).short_of() == {"L2": 1}
+    assert world.level("PREORDER", "wh-east") == (2, 2, 0)
+    assert world.level("BOOK", "wh-east") == (2, 1, 1)
 
 
 def test_an_order_sent_back_whole_then_left_no_location_gives_back_every_unit_reserved_for_it():
