@@ -42,7 +42,8 @@ check-template: $(STAMP)
 # path, the artifacts' import checks), compiled the project and the tests' rewritten asserts from
 # source. Measured on 2 cores (AMD EPYC, 2026-12-05, a fresh clone, a slow day for this machine): 398 s
 # with it, 379 s without. The suite's own time, 2026-12-06 on an idle machine: 201 s (the whole
-# `.ci/run`, install included, 4 min 3 s).
+# `.ci/run`, install included, 4 min 3 s); 2026-12-07 on an idle host that runs the bench's raw AWS
+# calls 1.7 times as slowly: 390 s (~754 s of CPU: the suite is CPU-bound), and 362 s after that day's cuts.
 # __pycache__ is ignored by git and skipped by the build (infra/build.py compiles its own).
 #
 # --no-loadscope-reorder: the workers deal out the files in the order tests/conftest.py sorts them
