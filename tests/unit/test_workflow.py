@@ -1014,27 +1014,17 @@ def test_a_steps_retry_voiding_what_a_cancel_is_voiding_leaves_one_void_in_the_h
     assert world.order(order_id).status is S.CANCELLED
 
 
-def test_a_steps_retry_voiding_what_a_cancel_releases_after_a_lost_answer_leaves_one_void_in_the_history():
+@pytest.mark.parametrize("looked_up", [True, False], ids=["looked_up", "asked_again"])
+def test_a_steps_retry_voiding_what_a_cancel_releases_after_a_lost_answer_leaves_one_void_in_the_history(
+    looked_up: bool,
+):
     # As above, the gateway's answer to the step lost (its failed attempt names the key): the
-    # cancel and the step's retry both release what it holds under that key. Noted once.
+    # cancel and the step's retry both release what it holds under that key, looked up, or through a
+    # payment plugin that cannot look keys up (NoLookup) each asking to authorize again under the
+    # lost attempt's key and voiding what the gateway answers, the same authorization. Noted once.
     lost = AnswerLost()
-    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED, lost)
-    order_id = world.place(("TSHIRT", 2))
-    with pytest.raises(TransientError):
-        world.workflow.authorize_payment(order_id, attempt=0)
-
-    voids = cancelled_while_the_steps_retry_voids(world, racing, order_id)
-
-    (made,) = lost.made
-    assert voids == [(WORKFLOW_ACTOR, made)]
-
-
-def test_a_steps_retry_voiding_what_a_cancel_asks_for_again_after_a_lost_answer_leaves_one_void_in_the_history():
-    # As above, through a payment plugin that cannot look keys up (NoLookup): the cancel and the
-    # step's retry each ask to authorize again under the lost attempt's key and void what the
-    # gateway answers, the same authorization. Noted once, not once by each.
-    lost = AnswerLost()
-    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED, lost, NoLookup())
+    plugins = (lost,) if looked_up else (lost, NoLookup())
+    world, racing = build_racing_world(STOCK, OrderEvent.PAYMENT_VOIDED, *plugins)
     order_id = world.place(("TSHIRT", 2))
     with pytest.raises(TransientError):
         world.workflow.authorize_payment(order_id, attempt=0)
