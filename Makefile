@@ -44,6 +44,8 @@ check-template: $(STAMP)
 # with it, 379 s without. The suite's own time, 2026-12-06 on an idle machine: 201 s (the whole
 # `.ci/run`, install included, 4 min 3 s); 2026-12-07 on an idle host that runs the bench's raw AWS
 # calls 1.7 times as slowly: 390 s (~754 s of CPU: the suite is CPU-bound), and 362 s after that day's cuts.
+# Later that day, idle: 331 s on a fresh clone (`.ci/run` 377 s), 309-317 s with the rewritten asserts
+# already cached (~590 s of CPU, ~50 s of it system time); `-n 2` 349 s, so three workers stay.
 # __pycache__ is ignored by git and skipped by the build (infra/build.py compiles its own).
 #
 # --no-loadscope-reorder: the workers deal out the files in the order tests/conftest.py sorts them
