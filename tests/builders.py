@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import copy
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from core.models import Location, LocationInput, PlaceOrder, Product, ProductInput
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-# A uuid4's hex with its digits written as letters (0-9 as g-p): as unique, and nothing in it for
-# core/card_numbers.py to read as a card. About one uuid4().hex in 6,000 holds a run of digits that
-# passes for one (47dbf564047341649506ef5f113d6d07): sent as an Idempotency-Key or in a body, 422
-# card_data_rejected, a test failing once in a while for nothing it tests.
-_LETTERS_FOR_DIGITS = str.maketrans("0123456789", "ghijklmnop")
-
-
-def unique_text(uuid_hex: str | None = None) -> str:
-    """32 lower-case letters, a fresh uuid4's (or `uuid_hex`'s) own: for an Idempotency-Key, an
-    external_id or any other text a test needs unique and the API scans for card numbers."""
-    return (uuid_hex or uuid.uuid4().hex).translate(_LETTERS_FOR_DIGITS)
 
 
 def address_body(**overrides: Any) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.builders import order_body, unique_text
-from tests.e2e.client import Catalog
+from tests.builders import order_body
+from tests.e2e.client import Catalog, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 from tests.template_iam import calls_by_function, granted
 from tests.unit.test_template_security import QUERIED_INDEXES
@@ -76,7 +76,7 @@ def an_order(api: InProcessApi, catalog: Catalog, channel: str, customer: str, *
     warehouse = catalog.location()
     sku = catalog.product("10.00", weight_grams=300)
     catalog.stock(sku, warehouse, 10)
-    body = order_body(channel=channel, external_id=unique_text(), lines=[{"sku": sku, "quantity": 2}])
+    body = order_body(channel=channel, external_id=unique("ext"), lines=[{"sku": sku, "quantity": 2}])
     body["customer"] = {**body["customer"], "id": customer}
     placed = api.post("/orders", json=body)
     assert placed.status_code == 201, placed.text

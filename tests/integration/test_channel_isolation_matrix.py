@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from plugins.flat_rate_carrier import tracking_number
-from tests.builders import order_body, unique_text
-from tests.e2e.client import Catalog, assert_error
+from tests.builders import order_body
+from tests.e2e.client import Catalog, assert_error, unique
 from tests.integration.in_process import (
     InProcessApi,
     in_process_api_with_labels,
@@ -59,7 +59,7 @@ def _run_workflow(order_id: str) -> None:
 def _place(api: InProcessApi, channel: str, sku: str, customer: str, quantity: int = 2) -> dict[str, Any]:
     body = order_body(
         channel=channel,
-        external_id=unique_text(),
+        external_id=unique("ext"),
         customer={"id": customer, "email": f"{customer}@example.com"},
         lines=[{"sku": sku, "quantity": quantity}],
     )
@@ -200,7 +200,7 @@ def test_another_channels_thing_named_by_id_is_404_and_changes_nothing(
     api = scene.api
     if body == "receipt":
         body = {"location_id": scene.warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
-    headers = {"Idempotency-Key": unique_text()} if with_idempotency_key else {}
+    headers = {"Idempotency-Key": unique("key")} if with_idempotency_key else {}
     if method == "PATCH":
         headers["If-Match"] = str(api.get(f"/orders/{scene.pending}").json()["version"])
 

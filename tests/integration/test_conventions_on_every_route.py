@@ -25,8 +25,7 @@ import pytest
 from core.access import Scope
 from functions.api.access import PUBLIC, ScopeTable
 from functions.api.app import every_route
-from tests.builders import unique_text
-from tests.e2e.client import Catalog, assert_error, order_body
+from tests.e2e.client import Catalog, assert_error, order_body, unique
 from tests.integration.conftest import run_threads
 from tests.integration.in_process import (
     InProcessApi,
@@ -587,7 +586,7 @@ def test_an_idempotency_key_sent_again_with_its_body_replays_the_first_answer_fr
 
     method, _ = route
     path, first, _other = REUSES[route](world)
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     before = idempotency_records()
     done = api.request(method, path, json=first, headers=key)
     assert done.status_code in (200, 201), done.text
@@ -623,7 +622,7 @@ def test_an_idempotency_key_sent_again_with_another_body_is_409_and_changes_noth
 ):
     method, _ = route
     path, first, other = REUSES[route](world)
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     done = api.request(method, path, json=first, headers=key)
     assert done.status_code in (200, 201), done.text
 
@@ -656,7 +655,7 @@ def test_a_retry_after_the_first_attempt_died_before_its_record_was_done_changes
     # a refund's id, a cancel's entry, a PO's id, a receipt's key...) instead of making a second one.
     method, _ = route
     path, first, _other = REUSES[route](world)
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     before = idempotency_records()
     done = api.request(method, path, json=first, headers=key)
     assert done.status_code in (200, 201), done.text
@@ -681,7 +680,7 @@ def test_the_same_idempotency_key_sent_by_another_api_key_is_another_request(
     if another_path == path:  # no id in the path: another body on the same route
         another_first = other
     other_client = issue(world.api, *(scope.value for scope in Scope if scope is not Scope.ADMIN))
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     done = api.request(method, path, json=first, headers=key)
     assert done.status_code in (200, 201), done.text
 
@@ -699,7 +698,7 @@ def test_one_request_sent_twice_at_once_under_its_key_acts_once_and_a_retry_afte
     # effect; once the first is done, the same request answers as it did.
     method, _ = route
     path, first, _other = REUSES[route](world)
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     answers: list[Any] = [None, None]
     barrier = threading.Barrier(2)
 
@@ -825,7 +824,7 @@ def test_a_request_refused_under_a_key_is_not_kept_and_the_key_then_runs_the_req
     # the request sent when the refusal no longer holds, nor is that 409 idempotency_key_reused.
     method, _ = route
     path, refused, unblock, passing = REFUSALS[route](world)
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     no = api.request(method, path, json=refused, headers=key)
     assert 400 <= no.status_code < 500 and no.status_code != 400, no.text
     unblock()
@@ -844,7 +843,7 @@ def test_the_same_idempotency_key_on_another_target_of_the_route_is_another_requ
     another_path, another_first, _ = REUSES[route](world)
     if another_path == path:  # one stock item: another location's
         another_path = path.replace(world.location, Catalog(world.api).location())
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
     done = api.request(method, path, json=first, headers=key)
     assert done.status_code in (200, 201), done.text
 
@@ -861,7 +860,7 @@ def test_one_idempotency_key_on_an_orders_hold_release_cancel_and_refund_is_four
     # finds only its own kind, so the release is not taken for a retry of the hold.
     order = world.delivered()
     other = world.allocated()["id"]
-    key = {"Idempotency-Key": unique_text()}
+    key = {"Idempotency-Key": unique("key")}
 
     held = api.post(f"/orders/{other}/hold", json={"reason": "other"}, headers=key)
     released = api.post(f"/orders/{other}/release", json={}, headers=key)

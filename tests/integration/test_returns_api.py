@@ -12,8 +12,8 @@ from unittest.mock import ANY
 import boto3
 import pytest
 
-from tests.builders import order_body, unique_text
-from tests.e2e.client import Catalog, assert_error
+from tests.builders import order_body
+from tests.e2e.client import Catalog, assert_error, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 
 
@@ -47,7 +47,7 @@ def an_order(
     channel = f"web-{uuid.uuid4().hex[:8]}"
     body = order_body(
         channel=channel,
-        external_id=unique_text(),
+        external_id=unique("ext"),
         lines=[{"sku": sku, "quantity": quantity}],
         payment={"method": "test", "token": token},
     )

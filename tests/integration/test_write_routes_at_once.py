@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import unique_text
-from tests.e2e.client import Catalog, assert_error, order_body
+from tests.e2e.client import Catalog, assert_error, order_body, unique
 from tests.integration.conftest import at_once
 from tests.integration.in_process import (
     Answer,
@@ -359,7 +358,7 @@ def test_one_order_sent_twice_at_once_under_its_idempotency_key_is_placed_once(a
     catalog.stock(sku, catalog.location(), 5)
     body = order_body((sku, 1), channel=f"web-{uuid.uuid4().hex[:8]}")
     del body["external_id"]  # the key alone makes the retry the same request
-    headers = {"Idempotency-Key": f"checkout-{unique_text()}"}
+    headers = {"Idempotency-Key": unique("checkout")}
 
     answers = at_once(*[lambda: api.post("/orders", json=body, headers=headers)] * 2)
 
