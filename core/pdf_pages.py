@@ -55,6 +55,12 @@ def weight_text(weight_grams: int) -> str:
     return f"{weight_grams / 1000:.2f} kg ({pounds:.2f} lb)"
 
 
+def contents_heading(lines: list[ShipmentLine]) -> str:
+    """The heading above a parcel's lines: "Contents (1 unit):", "Contents (3 units):"."""
+    units = sum(line.quantity for line in lines)
+    return f"Contents ({units} unit{'' if units == 1 else 's'}):"
+
+
 def content_lines(order: Order, lines: list[ShipmentLine]) -> list[str]:
     sku_of = {line.line_id: line.sku for line in order.lines}
     listed = [f"{line.line_id}  {sku_of.get(line.line_id, '?')}  x{line.quantity}" for line in lines]

@@ -24,7 +24,15 @@ from typing import NamedTuple
 
 from core.ids import shipment_reference
 from core.models import Location, Order, ShipmentLine
-from core.pdf_pages import address_lines, content_lines, derived_code, pdf_document, rendered, weight_text
+from core.pdf_pages import (
+    address_lines,
+    content_lines,
+    contents_heading,
+    derived_code,
+    pdf_document,
+    rendered,
+    weight_text,
+)
 
 PICK_SLIP_SERVICE = "Store pickup"  # its carrier is core.models.PICK_SLIP_CARRIER, "OMS"
 CODE_PREFIX = "PU"
@@ -65,7 +73,7 @@ def pick_slip(
         None,
         ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),
         ("F1", 8, f"Weight: {weight_text(weight_grams)}"),
-        ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
+        ("F1", 8, contents_heading(lines)),
         *[("F1", 8, text) for text in content_lines(order, lines)],
     ]
     return PickSlip(code=code, document=pdf_document(rendered(rows), title=f"Pick slip {code}"))

@@ -57,6 +57,7 @@ from core.models import (
     RefundedUnits,
     ShipmentLine,
     utc_now,
+    utc_text,
 )
 from core.money import AmountTooLarge, Money
 from core.order_changes import ATTEMPTS, modify, visible
@@ -571,10 +572,10 @@ class Returns:
                 return item
             detail = {
                 "return_id": item.id, "reason": RETURN_EXPIRED, "status": was.value,
-                "created_at": item.created_at.isoformat(),
+                "created_at": utc_text(item.created_at),
             }  # fmt: skip
             if was is R.AUTHORIZED:
-                detail["authorized_at"] = item.expiry_start().isoformat()
+                detail["authorized_at"] = utc_text(item.expiry_start())
             return item.cancel(at=at).owing(OrderEvent.RETURN_CANCELLED, actor=actor, detail=detail)
 
         try:

@@ -48,6 +48,7 @@ from core.models import Location, Order, ShipmentLine
 from core.pdf_pages import (
     address_lines,
     content_lines,
+    contents_heading,
     derived_code,
     gs1_check_digit,
     pdf_document,
@@ -116,7 +117,7 @@ def _label_content(
         None,
         ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),  # what tracking events echo
         ("F1", 8, f"Weight: {weight_text(weight_grams)}"),
-        ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
+        ("F1", 8, contents_heading(lines)),
         *[("F1", 8, text) for text in content_lines(order, lines)],
     ]
     return rendered(rows)
@@ -171,7 +172,7 @@ def _return_label_content(
         None,
         ("F1", 7, f"Order: {order.id}"),
         ("F1", 8, f"Weight: {weight_text(weight_grams)}"),
-        ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
+        ("F1", 8, contents_heading(lines)),
         *[("F1", 8, text) for text in content_lines(order, lines)],
     ]
     return rendered(rows)

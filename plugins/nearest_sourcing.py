@@ -179,6 +179,10 @@ def _available(
     return available
 
 
+def _units(count: int) -> str:
+    return f"{count} unit" if count == 1 else f"{count} units"
+
+
 def _describe_units(units: Counter[str]) -> str:
     items = [f"{sku} x{quantity}" for sku, quantity in units.items()]
     return ", ".join(items) if len(items) <= 5 else ", ".join(items[:5]) + f" and {len(items) - 5} more skus"
@@ -280,7 +284,7 @@ def _nearest_reasons(
                 taken[sku_of[allocation.line_id]] += allocation.quantity
         if taken:
             reasons.append(
-                f"{candidate.location_id} supplies {sum(taken.values())} units ({_describe_units(taken)}): "
+                f"{candidate.location_id} supplies {_units(sum(taken.values()))} ({_describe_units(taken)}): "
                 f"the nearest location that has each of these lines ({candidate.distance})"
             )
     return reasons
@@ -621,7 +625,7 @@ def _split_nearest_first(
             taken[sku] += give
         if taken:
             reasons.append(
-                f"{candidate.location_id} supplies {sum(taken.values())} units ({_describe_units(taken)}) "
+                f"{candidate.location_id} supplies {_units(sum(taken.values()))} ({_describe_units(taken)}) "
                 f"({candidate.distance})"
             )
     return allocations

@@ -70,6 +70,15 @@ def since(order: Order, line_id: str) -> datetime | None:
     return max(known) if known else None
 
 
+def _event_at(order: Order, line_id: str, started: datetime) -> str:
+    """What happened to `line_id` at `started` (since's answer), as a refusal names it."""
+    delivered = any(
+        shipment.delivered_at == started and any(item.line_id == line_id for item in shipment.lines)
+        for shipment in order.shipments
+    )
+    return "delivered" if delivered else "shipped"
+
+
 @hookimpl(trylast=True)
 def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime) -> ReturnPolicyDecision:
     allowed_for = window()
@@ -86,8 +95,9 @@ def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime)
                 allowed=False,
                 code="return_window_closed",
                 field=f"lines[{index}].line_id",
-                message=f"line {line.line_id} left more than {allowed_for / timedelta(days=1):g} days ago "
-                f"({started.date().isoformat()}); the return window is closed",
+                message=f"line {line.line_id} was {_event_at(order, line.line_id, started)} more than "
+                f"{allowed_for / timedelta(days=1):g} days ago ({started.date().isoformat()}); "
+                "the return window is closed",
             )
     shop_fault = all(line.reason_code in SHOP_FAULTS for line in lines)
     return ReturnPolicyDecision(refund_shipping_with_whole_order=shop_fault)

@@ -22,7 +22,7 @@ from core.jeopardy import (
     parse_duration,
     parse_sla,
 )
-from core.models import Order, OrderEdit
+from core.models import Order, OrderEdit, utc_text
 from core.notifications import notifications
 from core.payments import Payments
 from core.ports import OrderFilter
@@ -1027,4 +1027,4 @@ def test_an_approved_return_counts_its_expiry_from_its_approval_and_a_requested_
     clock.advance(seconds=1)
     assert return_scan(world, clock, approving).run().returns_expired == [approved_late.id]
     [entry] = [e for e in world.history(approved_late.order_id) if e.type is OrderEvent.RETURN_CANCELLED]
-    assert (entry.detail["status"], entry.detail["authorized_at"]) == ("authorized", approved_at.isoformat())
+    assert (entry.detail["status"], entry.detail["authorized_at"]) == ("authorized", utc_text(approved_at))

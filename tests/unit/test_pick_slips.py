@@ -152,6 +152,17 @@ def test_the_slip_shows_the_store_the_customer_the_code_the_reference_and_the_co
     assert text.rstrip().endswith("%%EOF")
 
 
+def test_a_slip_of_one_unit_says_one_unit(world):
+    order: Order = world.allocated(("MUG", 1), **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    assert pdf_text("Contents (1 unit):") in text, text
+
+
 class NamedLikeTheSlips(Carrier):
     NAME = PICK_SLIP_CARRIER
 

@@ -257,6 +257,18 @@ def test_label_shows_both_addresses_tracking_service_ids_weight_and_lines():
         assert text.encode() in label, text
 
 
+def test_a_label_counts_its_units_in_words_a_packer_reads_one_unit_and_several():
+    one = ship(an_order(("MUG-1", 1))).label
+    several = ship().label
+    returned = flat_rate_carrier.oms_carrier_return_label(
+        order=an_order(("MUG-1", 1)), return_id="rma_01HZX", destination=an_origin(),
+        lines=[ShipmentLine(line_id="L1", quantity=1)], weight_grams=350,
+    ).label  # fmt: skip
+
+    assert b"(Contents \\(1 unit\\):)" in one and b"(Contents \\(1 unit\\):)" in returned
+    assert b"(Contents \\(3 units\\):)" in several
+
+
 def test_label_is_deterministic():
     assert ship().label == ship().label
 

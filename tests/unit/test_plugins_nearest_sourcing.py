@@ -952,6 +952,17 @@ def test_prefer_nearest_takes_each_sku_from_the_nearest_location_that_has_it():
     assert allocated(fewest) == [("L1", "wh-east", 1), ("L2", "wh-east", 1)]
 
 
+def test_a_location_that_supplies_one_unit_is_said_to_supply_1_unit_in_the_history():
+    # Seen on make run: "wh-west supplies 1 units (MUG-001 x1)" in an order's stock_reserved entry.
+    available = {"wh-west": {"MUG": 5}, "wh-east": EVERYTHING}
+    nearest = source(an_order(("MUG", 1), ("TEE", 1)), available, rules=SourcingRules())
+    split = source(an_order(("A", 1), ("B", 5)), {"wh-west": {"A": 1}, "wh-central": {"B": 5}})
+
+    assert any(reason.startswith("wh-west supplies 1 unit (MUG x1): the nearest") for reason in nearest.reasons)
+    assert f"wh-west supplies 1 unit (A x1) ({km(LOS_ANGELES, SAN_FRANCISCO)})" in split.reasons
+    assert f"wh-central supplies 5 units (B x5) ({km(CHICAGO, SAN_FRANCISCO)})" in split.reasons
+
+
 def test_prefer_nearest_splits_a_line_no_location_has_whole_over_the_nearest_first():
     available = {"wh-west": {"MUG": 2}, "wh-central": {"MUG": 3}, "wh-east": {"MUG": 1}}
 

@@ -29,7 +29,7 @@ from core.errors import (
 from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.ids import order_id_for
-from core.models import MAX_ON_HAND, LineInput, Order, OrderEdit
+from core.models import MAX_ON_HAND, LineInput, Order, OrderEdit, utc_text
 from core.money import Money
 from core.payments import Payments
 from core.pricing_types import PricingDraft, ShippingQuote
@@ -303,7 +303,28 @@ def test_a_refusal_names_the_window_as_set_fractions_included(world, clock, monk
         returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
 
     assert refused.value.code == "return_window_closed"
-    assert "left more than 2.5 days ago" in refused.value.message, refused.value.message
+    assert "more than 2.5 days ago" in refused.value.message, refused.value.message
+
+
+@pytest.mark.parametrize(("deliver", "event"), [(True, "delivered"), (False, "shipped")])
+def test_a_refusal_says_whether_the_window_ran_from_the_lines_delivery_or_its_shipment(
+    world, clock, monkeypatch, deliver, event
+):
+    # Seen on make run: "line L1 left more than 30 days ago (<its delivery date>)": the date was the
+    # delivery's, which the window counts from, and a desk reading "left" looks for a ship date.
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "2")
+    returns, _ = returns_for(world, clock)  # three days after the order shipped (and was delivered)
+    order = shipped(world, ("TSHIRT", 1), deliver=deliver)
+    (parcel,) = order.shipments
+    started = parcel.delivered_at if deliver else parcel.shipped_at
+    assert started is not None
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert refused.value.message == (
+        f"line L1 was {event} more than 2 days ago ({started.date().isoformat()}); the return window is closed"
+    )
 
 
 @pytest.mark.parametrize("raw", ["-1", "36501", "99999999999", "1e10", "inf", "nan", "thirty"])
@@ -3514,10 +3535,12 @@ def test_an_authorized_return_never_received_expires_and_its_units_may_be_return
 
     cancelled = store.get(item.id)
     assert (cancelled.status, cancelled.version, cancelled.updated_at) == (R.CANCELLED, item.version + 1, clock.now)
+    # Its times written as the API writes every time, "...Z" (found on make run: "+00:00" here alone).
     assert expiry_entries(world, order.id) == [{
         "actor": "jeopardy_scan", "return_id": item.id, "reason": "return_expired", "status": "authorized",
-        "created_at": item.created_at.isoformat(), "authorized_at": item.created_at.isoformat(),
+        "created_at": utc_text(item.created_at), "authorized_at": utc_text(item.created_at),
     }]  # fmt: skip
+    assert utc_text(item.created_at).endswith("Z")
     again = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     assert (again.ordinal, again.status) == (2, R.AUTHORIZED)
     with pytest.raises(InvalidTransition):
