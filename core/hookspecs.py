@@ -378,8 +378,8 @@ def oms_carrier_tracking_update(
     :param carrier: the `{carrier}` of the path: the name your plugin answers for (the built-in
         flat-rate carrier's is `oms-flat-rate`); return None for any other.
     :param payload: the request body, parsed from JSON (an object or an array).
-    :param headers: the request headers, names in lower case, without `authorization` (the
-        caller's API key is not the plugin's business).
+    :param headers: the request headers, names in lower case, without `authorization` and
+        `cookie` (the caller's API key and cookies are not the plugin's business).
     :param body: the raw body exactly as received, to check a signature the carrier computed over it.
     :return: the webhook's updates (possibly empty), each naming its shipment by the order and
         shipment ids read back from the booking's reference (core.tracking.parse_shipment_reference,

@@ -59,18 +59,18 @@ def recorder(aws) -> Iterator[Recorder]:
     container().plugins.unregister(plugin)
 
 
-def test_the_plugin_gets_the_parsed_and_the_raw_body_and_the_headers_but_not_the_api_key(recorder):
+def test_the_plugin_gets_the_parsed_and_the_raw_body_and_the_headers_but_not_the_api_key_or_cookies(recorder):
     body = {"parcels": [{"ref": "x"}]}
 
-    status, report = api(webhook("acme-courier", body, **{"Acme-Signature": "t=1,v1=abc"}))
+    status, report = api(webhook("acme-courier", body, **{"Acme-Signature": "t=1,v1=abc", "Cookie": "session=s3cret"}))
 
     assert (status, report) == (200, {"carrier": "acme-courier", "updates": [], "refused": []})
     (call,) = recorder.calls
     assert call["payload"] == body
     assert call["body"] == json.dumps(body)
     assert call["headers"]["acme-signature"] == "t=1,v1=abc"
-    assert "authorization" not in call["headers"]
-    assert "oms_sample_admin_key" not in json.dumps(call)
+    assert "authorization" not in call["headers"] and "cookie" not in call["headers"]
+    assert "oms_sample_admin_key" not in json.dumps(call) and "s3cret" not in json.dumps(call)
 
 
 def test_a_webhook_body_may_be_an_array_the_one_route_where_the_top_level_is_not_an_object(recorder):

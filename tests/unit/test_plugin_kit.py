@@ -109,6 +109,28 @@ def test_a_unit_price_the_oms_would_refuse_fails_the_same_way(answer, problem):
         host.price(a_place_order(("BOOK-1", 1)), [BOOK])
 
 
+def test_a_refused_answer_names_the_plugin_object_by_its_class_as_the_oms_names_it_by_entry_point():
+    # In the OMS a plugin's failure names its entry point; in the kit an object of a class names its
+    # class (a second one of the same class its position), never a number the author cannot place.
+    class Pricer:
+        @hookimpl
+        def oms_unit_price(self):
+            return 9.99
+
+    host = plugin_host(Pricer(), RecordingGateway(), RecordingGateway(method="other"), flat_rate_shipping)
+
+    with pytest.raises(PluginError) as refused:
+        host.price(a_place_order(("BOOK-1", 1)), [BOOK])
+    assert str(refused.value) == "plugin Pricer returned float, expected Money (oms_unit_price)"
+    assert refused.value.details == [{"plugin": "Pricer", "hook": "oms_unit_price"}]
+    assert {host.manager.get_name(plugin) for plugin in host.manager.get_plugins()} == {
+        "Pricer",
+        "RecordingGateway",
+        "RecordingGateway#2",
+        "plugins.flat_rate_shipping",
+    }
+
+
 def test_pricing_needs_every_product_of_the_order():
     with pytest.raises(ValueError, match="MUG-1"):
         plugin_host(catalog_price).price(a_place_order(("MUG-1", 1)), [BOOK])

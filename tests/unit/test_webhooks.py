@@ -1235,3 +1235,19 @@ def test_a_subscribe_under_a_key_used_for_another_channel_is_a_conflict_not_that
             webhook_id=key_id,
         )
     assert other.value.code == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize("name", ["OMS-Signature", "oms-signature", "Oms-Signature"])
+def test_the_readmes_verify_finds_the_signature_whatever_the_case_of_its_header_name(
+    name: str, monkeypatch: pytest.MonkeyPatch
+):
+    # Header names are case-insensitive; HTTP/2, API Gateway's HTTP APIs, Lambda function URLs and
+    # many frameworks hand a receiver a plain dict with them lower-cased: a verify that looked up
+    # "OMS-Signature" alone refused every genuine delivery there.
+    from tests.readme_code import readme_verify
+
+    body = b'{"id":"evt_1"}'
+    monkeypatch.setattr(time, "time", lambda: 1000.0)
+
+    assert readme_verify()("whsec_x", {name: signature("whsec_x", 1000, body)}, body) is True
+    assert readme_verify()("whsec_other", {name: signature("whsec_x", 1000, body)}, body) is False
