@@ -363,7 +363,8 @@ def build_plugin_manager(
     """A manager of `sources` (the deployment's plugins: functions/plugin_loading.py hands it the
     `oms` entry points, the built-ins among them, exactly like third-party ones), so a deployment
     disables any of them by name (`disabled`, from OMS_DISABLED_PLUGINS) and another distribution
-    can replace it. `extra_plugins` are registered last (so they run first)."""
+    can replace it. `extra_plugins` are registered last (so they run first), each under a name a
+    refusal of its answer can show (_extra_name)."""
     manager = OmsPluginManager()
     for name in disabled:
         manager.disable(name, "disabled by OMS_DISABLED_PLUGINS")
@@ -371,5 +372,19 @@ def build_plugin_manager(
         manager.disable(TEST_PAYMENTS, TEST_PAYMENTS_OFF)
     manager.load(sources)
     for plugin in extra_plugins:
-        manager.register(plugin)
+        manager.register(plugin, name=_extra_name(plugin, manager))
     return manager
+
+
+def _extra_name(plugin: object, manager: pluggy.PluginManager) -> str | None:
+    """A module keeps its own name (None: pluggy's); an object is named by its class (a second one
+    of that class `<class>#2`), where pluggy would name it by its id(), a number the plugin's author
+    cannot place, as the OMS names an entry point's plugin by the entry point."""
+    if getattr(plugin, "__name__", None):
+        return None
+    named = type(plugin).__name__
+    name, count = named, 1
+    while manager.has_plugin(name):
+        count += 1
+        name = f"{named}#{count}"
+    return name

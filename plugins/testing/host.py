@@ -48,25 +48,9 @@ def plugin_host(*plugins: object) -> PluginHost:
 
     Raises pluggy.PluginValidationError when a plugin implements a hook the OMS does not have (a
     misspelt name) or takes a parameter its hook does not offer: the OMS refuses such a plugin."""
-    manager = build_plugin_manager()
-    for plugin in plugins:
-        manager.register(plugin, name=_plugin_name(plugin, manager))
+    manager = build_plugin_manager(*plugins)
     manager.check_pending()
     return PluginHost(manager)
-
-
-def _plugin_name(plugin: object, manager: pluggy.PluginManager) -> str | None:
-    """The name a refusal of the plugin's answer shows, as the OMS shows its entry point's: a module
-    keeps its own (None: pluggy's), an object is named by its class (a second one of that class
-    `<class>#2`), where pluggy would name it by its id(), a number the plugin's author cannot place."""
-    if getattr(plugin, "__name__", None):
-        return None
-    named = type(plugin).__name__
-    name, count = named, 1
-    while manager.has_plugin(name):
-        count += 1
-        name = f"{named}#{count}"
-    return name
 
 
 class PluginHost:
