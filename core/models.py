@@ -4918,7 +4918,8 @@ class Order(Shown):
             if line_id not in by_id or units > by_id[line_id].quantity
         ]  # fmt: skip
         if invalid:
-            raise InvalidRequest("these lines cannot lose that many units", details=invalid)
+            said = "; ".join(item["message"] for item in invalid)
+            raise InvalidRequest(f"these lines cannot be cancelled as asked: {said}", details=invalid)
         shipped = [line_id for line_id, units in lines.items() if units > unshipped.get(line_id, 0)]
         if shipped:
             raise InvalidTransition(
