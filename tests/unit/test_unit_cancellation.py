@@ -278,6 +278,16 @@ def test_a_cancel_naming_more_than_an_allocated_order_has_is_422_not_a_cancel_of
     assert world.held() == held
 
 
+def test_a_cancel_of_more_than_a_one_unit_line_says_the_line_has_1_unit(world):
+    order = world.allocated(("MUG", 1))
+
+    with pytest.raises(InvalidRequest) as raised:
+        world.actions.cancel(order.id, "typo", actor="key_web", lines={"L1": 2})
+
+    assert str(raised.value).endswith(": L1 has 1 unit")
+    assert raised.value.details == [{"field": "lines[0].quantity", "message": "L1 has 1 unit"}]
+
+
 def test_units_that_shipped_are_409_and_a_line_the_order_lacks_422_both_changing_nothing(world):
     order = world.allocated(("MUG", 1), ("CAP", 1))
     shipped = world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
