@@ -4911,14 +4911,19 @@ class Order(Shown):
         if lines is None:
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
+        has = {
+            line_id: f"{line_id} has {line.quantity} unit{'' if line.quantity == 1 else 's'}"
+            for line_id, line in by_id.items()
+        }
         invalid = [
             {"field": f"lines[{i}].line_id", "message": f"no line {line_id}"} if line_id not in by_id
-            else {"field": f"lines[{i}].quantity", "message": f"{line_id} has {by_id[line_id].quantity} units"}
+            else {"field": f"lines[{i}].quantity", "message": has[line_id]}
             for i, (line_id, units) in enumerate(lines.items())
             if line_id not in by_id or units > by_id[line_id].quantity
         ]  # fmt: skip
         if invalid:
-            raise InvalidRequest("these lines cannot lose that many units", details=invalid)
+            said = "; ".join(item["message"] for item in invalid)
+            raise InvalidRequest(f"these lines cannot be cancelled as asked: {said}", details=invalid)
         shipped = [line_id for line_id, units in lines.items() if units > unshipped.get(line_id, 0)]
         if shipped:
             raise InvalidTransition(

@@ -863,6 +863,21 @@ def test_a_write_only_key_that_edits_an_order_gets_a_receipt(api: InProcessApi, 
     assert api.get(f"/orders/{order['id']}").json()["lines"][0]["quantity"] == 2
 
 
+def test_a_reviewer_key_without_orders_read_that_holds_and_releases_an_order_gets_receipts(
+    api: InProcessApi, channel_a: str, sku: str
+):
+    reviewer = issue(api, "orders:approve", channel=channel_a)
+    order = api.post("/orders", json=order_body((sku, 1), channel=channel_a)).json()
+
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "fraud_review"}, key=reviewer["key"])
+    released = api.post(f"/orders/{order['id']}/release", json={"note": "checked"}, key=reviewer["key"])
+
+    assert (held.status_code, released.status_code) == (200, 200), (held.text, released.text)
+    assert (set(held.json()), set(released.json())) == (RECEIPT, RECEIPT)
+    assert (held.json()["status"], released.json()["status"]) == ("on_hold", "pending")
+    assert order["customer"]["email"] not in held.text + released.text
+
+
 def test_a_write_only_key_still_gets_the_order_it_places(api: InProcessApi, channel_a: str, sku: str):
     writer = issue(api, "orders:write", channel=channel_a)
 

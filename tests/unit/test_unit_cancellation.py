@@ -256,19 +256,36 @@ def test_cancelling_every_unit_before_anything_shipped_cancels_the_order(world):
     assert world.held_for(order.id) == {}
 
 
-@pytest.mark.parametrize("lines", [{"L1": 3}, {"L1": 2, "L9": 1}], ids=["more units than the line has", "no such line"])
-def test_a_cancel_naming_more_than_an_allocated_order_has_is_422_not_a_cancel_of_the_order(world, lines):
+@pytest.mark.parametrize(
+    ("lines", "said"),
+    [({"L1": 3}, "L1 has 2 units"), ({"L1": 2, "L9": 1}, "no line L9")],
+    ids=["more units than the line has", "no such line"],
+)
+def test_a_cancel_naming_more_than_an_allocated_order_has_is_422_not_a_cancel_of_the_order(world, lines, said):
     # Counting "every unit named" with >= and over the order's own lines only, a typo (3 of 2, or an
     # extra line) cancelled the whole order, its payment voided, where the same typo on a partly
-    # shipped order is refused.
+    # shipped order is refused. The answer's message says which: "cannot lose that many units"
+    # for a line the order lacks sent a storefront looking for a quantity that was never wrong.
     order = world.allocated(("MUG", 2))
     held = world.held()
 
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as raised:
         world.actions.cancel(order.id, "typo", actor="key_web", lines=lines)
+
+    assert said in str(raised.value)
 
     assert world.order(order.id) == order
     assert world.held() == held
+
+
+def test_a_cancel_of_more_than_a_one_unit_line_says_the_line_has_1_unit(world):
+    order = world.allocated(("MUG", 1))
+
+    with pytest.raises(InvalidRequest) as raised:
+        world.actions.cancel(order.id, "typo", actor="key_web", lines={"L1": 2})
+
+    assert str(raised.value).endswith(": L1 has 1 unit")
+    assert raised.value.details == [{"field": "lines[0].quantity", "message": "L1 has 1 unit"}]
 
 
 def test_units_that_shipped_are_409_and_a_line_the_order_lacks_422_both_changing_nothing(world):
