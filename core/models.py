@@ -1636,6 +1636,11 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def units_text(count: int) -> str:
+    """A count of units as a message says it: "1 unit", "3 units"."""
+    return f"{count} unit" if count == 1 else f"{count} units"
+
+
 def _scans_kept(new: "Order") -> "Order":
     """`new` with only the delivery scans (Order.delivery_scans) of parcels it still holds as they
     were scanned: pending or shipped (its delivery to come), under the booking scanned. One of a
@@ -4911,10 +4916,7 @@ class Order(Shown):
         if lines is None:
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
-        has = {
-            line_id: f"{line_id} has {line.quantity} unit{'' if line.quantity == 1 else 's'}"
-            for line_id, line in by_id.items()
-        }
+        has = {line_id: f"{line_id} has {units_text(line.quantity)}" for line_id, line in by_id.items()}
         invalid = [
             {"field": f"lines[{i}].line_id", "message": f"no line {line_id}"} if line_id not in by_id
             else {"field": f"lines[{i}].quantity", "message": has[line_id]}

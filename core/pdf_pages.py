@@ -2,7 +2,7 @@
 
 import hashlib
 
-from core.models import Address, Order, ShipmentLine
+from core.models import Address, Order, ShipmentLine, units_text
 
 # The PDF is written by hand: a single page with uncompressed text in the standard Helvetica
 # fonts (every PDF reader has them, so nothing is embedded) takes about 40 lines, and no
@@ -57,8 +57,7 @@ def weight_text(weight_grams: int) -> str:
 
 def contents_heading(lines: list[ShipmentLine]) -> str:
     """The heading above a parcel's lines: "Contents (1 unit):", "Contents (3 units):"."""
-    units = sum(line.quantity for line in lines)
-    return f"Contents ({units} unit{'' if units == 1 else 's'}):"
+    return f"Contents ({units_text(sum(line.quantity for line in lines))}):"
 
 
 def content_lines(order: Order, lines: list[ShipmentLine]) -> list[str]:

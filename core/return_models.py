@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
 from core.fields import empty_list
-from core.models import Identifier, LineId, LineInput, Note, Strict, Text, VisibleText
+from core.models import Identifier, LineId, LineInput, Note, Strict, Text, VisibleText, units_text
 from core.money import Money
 from core.return_decisions import ReturnPolicyDecision as ReturnPolicyDecision  # plugins import it from here too
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
@@ -330,9 +330,8 @@ class Return(BaseModel):
         for line in self.lines:
             good, bad = resellable.get(line.line_id, 0), damaged.get(line.line_id, 0)
             if good + bad > line.quantity:
-                units = "unit" if line.quantity == 1 else "units"
                 raise _invalid_receipt(
-                    receipt, line.line_id, f"has {line.quantity} {units} authorized, {good + bad} received"
+                    receipt, line.line_id, f"has {units_text(line.quantity)} authorized, {good + bad} received"
                 )
             condition = None
             if good or bad:

@@ -51,7 +51,7 @@ from typing import Annotated, NamedTuple
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from core import hookimpl
-from core.models import COUNTRIES, Address, Allocation, Latitude, Location, Longitude, Order, StockLevel
+from core.models import COUNTRIES, Address, Allocation, Latitude, Location, Longitude, Order, StockLevel, units_text
 from core.sourcing_rules import Prefer, SourcingRules
 from core.workflow_types import SourcingPlan
 from plugins.data_files import data_file_path, load_data_file
@@ -179,10 +179,6 @@ def _available(
     return available
 
 
-def _units(count: int) -> str:
-    return f"{count} unit" if count == 1 else f"{count} units"
-
-
 def _describe_units(units: Counter[str]) -> str:
     items = [f"{sku} x{quantity}" for sku, quantity in units.items()]
     return ", ".join(items) if len(items) <= 5 else ", ".join(items[:5]) + f" and {len(items) - 5} more skus"
@@ -284,7 +280,7 @@ def _nearest_reasons(
                 taken[sku_of[allocation.line_id]] += allocation.quantity
         if taken:
             reasons.append(
-                f"{candidate.location_id} supplies {_units(sum(taken.values()))} ({_describe_units(taken)}): "
+                f"{candidate.location_id} supplies {units_text(sum(taken.values()))} ({_describe_units(taken)}): "
                 f"the nearest location that has each of these lines ({candidate.distance})"
             )
     return reasons
@@ -625,7 +621,7 @@ def _split_nearest_first(
             taken[sku] += give
         if taken:
             reasons.append(
-                f"{candidate.location_id} supplies {_units(sum(taken.values()))} ({_describe_units(taken)}) "
+                f"{candidate.location_id} supplies {units_text(sum(taken.values()))} ({_describe_units(taken)}) "
                 f"({candidate.distance})"
             )
     return allocations

@@ -432,14 +432,14 @@ class ForeignFee:
 @pytest.mark.parametrize(("amount", "currency"), [("1.50", "EUR"), ("-1.50", "USD")], ids=["foreign", "negative"])
 def test_a_fee_in_another_currency_or_below_zero_is_a_plugin_error_naming_the_policy(world, clock, amount, currency):
     # The runbook reads the failing plugin from a plugin_error: this one named none.
-    policy = ForeignFee(amount, currency)  # registered in code, so named by its id
+    policy = ForeignFee(amount, currency)  # registered in code, so named by its class
     returns, store = returns_for(world, clock, policy)
     order = shipped(world, ("TSHIRT", 1))
 
-    with pytest.raises(PluginError, match=f"plugin {id(policy)} returned a fee of {amount} {currency}") as refused:
+    with pytest.raises(PluginError, match=f"plugin ForeignFee returned a fee of {amount} {currency}") as refused:
         returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
 
-    assert refused.value.details == [{"plugin": str(id(policy)), "hook": "oms_return_policy"}]
+    assert refused.value.details == [{"plugin": "ForeignFee", "hook": "oms_return_policy"}]
     assert store.returns == {}
 
 
