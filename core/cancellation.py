@@ -22,7 +22,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import reservation_key
-from core.models import CaptureRequest, Change, HistoryEntry, Location, Order, Shipment
+from core.models import CaptureRequest, Change, HistoryEntry, Location, Order, Shipment, utc_text
 from core.money import Money
 from core.order_changes import (
     UNANSWERED_AGAIN,
@@ -842,7 +842,7 @@ class Cancellation:
                 declines = _actors_declines(entries, current.id, lapsed, before, actor)
                 if declines and declines[0][1].detail.get("amount") == _dumped(amount):
                     before = declines[0][0]
-                    stood.append(_stands_until(declines, old_at).isoformat())
+                    stood.append(utc_text(_stands_until(declines, old_at)))
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -1402,8 +1402,8 @@ def _decline_standing(
     if now >= until:
         return []
     message = str(last.detail.get("message") or "the payment was declined")
-    return [_renewal_declined(order, lapsed, message, declined_at=last.at.isoformat(),
-                              asked_again_after=until.isoformat())]  # fmt: skip
+    return [_renewal_declined(order, lapsed, message, declined_at=utc_text(last.at),
+                              asked_again_after=utc_text(until))]  # fmt: skip
 
 
 def _actors_declines(
@@ -1435,7 +1435,7 @@ def _died_asking_again(
     if declines[0][1].detail.get("amount") != _dumped(_renewal_amount(order)):
         return []
     until = _stands_until(declines, _old_at(order, valid_for, now))
-    return [until.isoformat()] if now >= until else []
+    return [utc_text(until)] if now >= until else []
 
 
 def _stands_until(declines: list[tuple[int, HistoryEntry]], until: datetime | None = None) -> datetime:

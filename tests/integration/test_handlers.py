@@ -15,7 +15,7 @@ import pytest
 
 from core import hookimpl
 from core.access import hash_secret
-from core.models import HistoryEntry, Order, Payment, ReviewRequest, Shipment, ShipmentLine, Totals
+from core.models import HistoryEntry, Order, Payment, ReviewRequest, Shipment, ShipmentLine, Totals, utc_text
 from core.pricing_types import TaxRate
 from core.status import OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -297,8 +297,8 @@ def test_a_ship_repeated_after_its_renewal_was_declined_answers_the_decline_with
         assert body["error"]["code"] == "payment_gateway_error"
         assert body["error"]["message"] == json.loads(first["body"])["error"]["message"]
         (detail,) = body["error"]["details"]
-        assert detail == {"operation": "authorize", "declined_at": history[1].at.isoformat(),
-                          "asked_again_after": (history[1].at + timedelta(days=1)).isoformat()}  # fmt: skip
+        assert detail == {"operation": "authorize", "declined_at": utc_text(history[1].at),
+                          "asked_again_after": utc_text(history[1].at + timedelta(days=1))}  # fmt: skip
 
 
 class VoidPluginRemoved:

@@ -12,6 +12,7 @@ import pytest
 from core import payment_keys
 from core.errors import PaymentRefused
 from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.models import utc_text
 from core.status import OrderStatus, ShipmentStatus
 from plugins.test_payments import AUTHORIZATION, reference
 from tests.unit.test_authorization_renewal import STOCK, Clock, FirstAnswers
@@ -57,7 +58,7 @@ def test_a_warehouse_retrying_its_ship_every_minute_for_a_day_asks_the_card_once
     )
     (detail,) = refused.value.details
     assert detail["operation"] == "authorize"
-    assert detail["asked_again_after"] == (history[-1].at + timedelta(days=1)).isoformat()
+    assert detail["asked_again_after"] == utc_text(history[-1].at + timedelta(days=1))
 
     clock.now += timedelta(minutes=1)  # a day after the decline: the bank may have lifted its block
     shipped = world.actions.ship(order_id, shipment_id, tracking_number=None, actor="key_wh")
@@ -82,8 +83,8 @@ def test_the_first_decline_says_when_it_is_asked_again_as_its_repeats_do(world, 
 
     (declined,) = [e for e in world.history(order.id) if e.type == "payment_authorization_failed"]
     assert answers[0] == answers[1]
-    assert answers[0][1] == [{"operation": "authorize", "declined_at": declined.at.isoformat(),
-                              "asked_again_after": (declined.at + timedelta(days=1)).isoformat()}]  # fmt: skip
+    assert answers[0][1] == [{"operation": "authorize", "declined_at": utc_text(declined.at),
+                              "asked_again_after": utc_text(declined.at + timedelta(days=1))}]  # fmt: skip
 
 
 def test_each_decline_in_a_row_answers_the_caller_twice_as_long(world, clock):
@@ -164,7 +165,7 @@ def test_the_declined_renewal_for_a_refused_capture_answers_until_the_authorizat
         with pytest.raises(PaymentRefused) as first:
             world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
     asked = world.gateway.keys("authorize")
-    assert first.value.details[0]["asked_again_after"] == (order.authorized_at + timedelta(days=7)).isoformat()
+    assert first.value.details[0]["asked_again_after"] == utc_text(order.authorized_at + timedelta(days=7))
     clock.days_later(6.9)
 
     with pytest.raises(PaymentRefused) as refused:
@@ -172,5 +173,5 @@ def test_the_declined_renewal_for_a_refused_capture_answers_until_the_authorizat
 
     assert world.gateway.keys("authorize") == asked
     (detail,) = refused.value.details
-    assert detail["asked_again_after"] == (order.authorized_at + timedelta(days=7)).isoformat()
+    assert detail["asked_again_after"] == utc_text(order.authorized_at + timedelta(days=7))
     assert "a capture on the authorization was refused" in refused.value.gateway_message

@@ -17,6 +17,7 @@ import pytest
 from core import hookimpl
 from core.errors import PaymentGatewayUnavailable, PaymentRefused, TransientError
 from core.events import OrderEvent
+from core.models import utc_text
 from tests.unit.test_authorization_renewal import STOCK as AUTHORIZED_STOCK
 from tests.unit.test_authorization_renewal import FirstAnswers
 from tests.unit.test_business_metrics import emitted
@@ -93,7 +94,7 @@ def test_a_report_asked_again_whose_twin_found_the_key_in_use_keeps_the_decline_
     assert world.gateway.keys("authorize")[asked:] == [key] * (1 + answered)
     again, *late = world.history(order_id)[len(before) :]
     assert again.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
-    assert again.detail["asked_again_after"] == start.isoformat()
+    assert again.detail["asked_again_after"] == utc_text(start)
     assert kinds(late) == [(OrderEvent.PAYMENT_AUTHORIZATION_FAILED, "transient")] * busy
     assert {e.detail["authorization_key"] for e in late} == {key}
     written = world.history(order_id)
@@ -111,7 +112,7 @@ def test_a_report_asked_again_whose_twin_found_the_key_in_use_keeps_the_decline_
     reported(world, order_id, west, caller)
     assert world.gateway.keys("authorize")[asked:] == [key] * (2 + answered)
     (third,) = world.history(order_id)[len(written) :]
-    assert (third.detail["kind"], third.detail["asked_again_after"]) == ("refused", clock.now.isoformat())
+    assert (third.detail["kind"], third.detail["asked_again_after"]) == ("refused", utc_text(clock.now))
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
 
 
@@ -187,4 +188,4 @@ def test_a_ships_renewal_for_a_refused_capture_asked_twice_at_once_answers_its_r
         ship()
 
     assert (world.gateway.keys("authorize"), world.history(order.id)) == (asked, history)
-    assert refused.value.details[0]["asked_again_after"] == (order.authorized_at + timedelta(days=7)).isoformat()
+    assert refused.value.details[0]["asked_again_after"] == utc_text(order.authorized_at + timedelta(days=7))

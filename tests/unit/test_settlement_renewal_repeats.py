@@ -15,7 +15,7 @@ import pytest
 
 from core import hookimpl
 from core.events import OrderEvent
-from core.models import HistoryEntry
+from core.models import HistoryEntry, utc_text
 from core.order_changes import modify
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import FirstAnswers
@@ -116,7 +116,7 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
     assert {k: again.detail[k] for k in ("kind", "authorization_key", "amount", "message")} == {
         k: declined.detail[k] for k in ("kind", "authorization_key", "amount", "message")
     }
-    assert again.detail["asked_again_after"] == clock.now.isoformat()  # when the first stood until
+    assert again.detail["asked_again_after"] == utc_text(clock.now)  # when the first stood until
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
 
     # Its repeats are answered from the history for two days, nothing asked or written; then asked.
@@ -128,7 +128,7 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
     clock.now += timedelta(minutes=1)
     world.actions.deliver(order_id, west, actor="carrier")
     assert world.gateway.keys("authorize")[asked:] == [key, key]
-    assert world.history(order_id)[-1].detail["asked_again_after"] == clock.now.isoformat()
+    assert world.history(order_id)[-1].detail["asked_again_after"] == utc_text(clock.now)
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
 
     # Another caller asks the card afresh, under a new key.
@@ -274,7 +274,7 @@ def test_a_carriers_report_sent_twice_at_once_after_its_decline_stood_writes_the
     (again,) = world.history(order_id)[len(before) :]
     assert (again.type, again.detail["asked_again_after"]) == (
         OrderEvent.PAYMENT_AUTHORIZATION_FAILED,
-        clock.now.isoformat(),
+        utc_text(clock.now),
     )
     assert world.order(order_id).renewing_authorization is None
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
@@ -304,7 +304,7 @@ def test_a_carriers_report_that_died_asking_again_after_its_decline_stood_is_wri
     assert world.gateway.keys("authorize")[asked:] == [key, key]  # the call that died, and its ask again
     (again,) = world.history(order_id)[len(before) :]
     assert (again.type, again.at) == (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, start + timedelta(minutes=15))
-    assert again.detail["asked_again_after"] == start.isoformat()
+    assert again.detail["asked_again_after"] == utc_text(start)
     assert world.order(order_id).renewing_authorization is None
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
 
