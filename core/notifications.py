@@ -18,7 +18,7 @@ from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
 from core.hook_calls import answer_refused, call_hook, calls_about
 from core.ids import short_hash
-from core.models import Location, Order, Shown, VisibleText
+from core.models import Location, Order, Shown, VisibleText, utc_text
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 
@@ -177,7 +177,7 @@ def outdated(notification: Notification, order: Order | None) -> bool:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
         if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:
             return True
-        collect_by = _rfc3339(parcel.collect_by.astimezone(UTC)) if parcel.collect_by is not None else None
+        collect_by = utc_text(parcel.collect_by) if parcel.collect_by is not None else None
         return collect_by != notification.details.get("collect_by")
     return False
 
@@ -279,7 +279,7 @@ def notifications(
             NotificationKind.READY_FOR_PICKUP, f"Your order {order_id} is ready for pickup", text,
             shipment_id=shipment["id"], location_id=shipment["location_id"],
             location_name=store.name if store else None,
-            collect_by=_rfc3339(collect_by) if collect_by is not None else None,
+            collect_by=utc_text(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
 
@@ -334,11 +334,6 @@ def _collect_by(shipment: dict[str, Any]) -> datetime | None:
         return None
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     return moment.astimezone(UTC)
-
-
-def _rfc3339(moment: datetime) -> str:
-    """As the API shows a time (RFC 3339 in UTC, `Z`)."""
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
