@@ -229,9 +229,7 @@ def notifications(
             shipment = event.data["shipment"]
             tracking = shipment.get("tracking_number")
             subject = f"Your order {order_id} has shipped"
-            what = (
-                f"Your order {order_id}" if _holds_the_whole_order(shipment, new) else f"Part of your order {order_id}"
-            )
+            what = f"{_part_shipped(shipment, new)} {order_id}"
             text = f"{what} has shipped with {shipment['carrier']}."
             if tracking and shipment["id"] in _shipped_before(old):
                 # Its location learnt the carrier's number after the ship (core.domain_events._renumbered).
@@ -284,11 +282,20 @@ def notifications(
     return found
 
 
-def _holds_the_whole_order(shipment: dict[str, Any], order: dict[str, Any]) -> bool:
-    """Whether `shipment` carries every unit `order` still has (a line's `quantity` drops as its
-    units are cancelled): told as the order itself, not as part of it that leaves more to come."""
+def _part_shipped(shipment: dict[str, Any], order: dict[str, Any]) -> str:
+    """How a shipped parcel is told: "Your order" when it carries every unit `order` still has (a
+    line's `quantity` drops as its units are cancelled), "The rest of your order" when the parcels
+    shipped with it carry them all, else "Part of your order", which leaves more to come."""
     units = sum(int(line.get("quantity", 0)) for line in order.get("lines") or [])
-    return units > 0 and sum(int(line.get("quantity", 0)) for line in shipment.get("lines") or []) == units
+    if units > 0 and _units_in(shipment) == units:
+        return "Your order"
+    left = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
+    shipped = sum(_units_in(parcel) for parcel in order.get("shipments") or [] if parcel.get("status") in left)
+    return "The rest of your order" if units > 0 and shipped >= units else "Part of your order"
+
+
+def _units_in(shipment: dict[str, Any]) -> int:
+    return sum(int(line.get("quantity", 0)) for line in shipment.get("lines") or [])
 
 
 def _shipped_before(old: dict[str, Any] | None) -> set[str]:

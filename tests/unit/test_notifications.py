@@ -414,6 +414,27 @@ def test_a_parcel_holding_some_of_the_order_is_told_as_part_of_it():
     assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
 
 
+def test_the_last_parcel_of_an_order_sent_in_several_is_told_as_the_rest_of_it():
+    """Told "part of your order" again, the customer would wait for a parcel that never comes."""
+    two = [{"line_id": "l1", "quantity": 2}]
+    first, rest = shipment("delivered"), {**shipment("pending", "shp_2"), "lines": two}
+    old = order_doc(status="partially_shipped", shipments=[first, rest])
+    old["lines"][0]["quantity"] = 3
+    new = next_version(old, status="shipped", shipments=[first, {**rest, "status": "shipped"}])
+
+    (note,) = notifications(old, new)
+
+    assert note.body == f"Hello Ada,\n\nThe rest of your order {ORDER} has shipped with flat.\n"
+
+    # A parcel its location rejected (cancelled) shipped none of its units: the one after it is not the rest.
+    rejected = {**shipment("cancelled", "shp_3"), "lines": [{"line_id": "l1", "quantity": 1}]}
+    old["lines"][0]["quantity"] = 4
+    old["shipments"] = [first, rest, rejected]
+    new = next_version(old, status="partially_shipped", shipments=[first, {**rest, "status": "shipped"}, rejected])
+    (note,) = notifications(old, new)
+    assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
+
+
 def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_while_it_is_held():
     # Shipped, cancelled or picked since, the order is no longer late: "delayed" would come after
     # the news that it is not. Held meanwhile (a hold leaves the late status, so the mark goes), it
