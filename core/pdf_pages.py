@@ -114,8 +114,8 @@ def rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
 
 def _text_string(value: str) -> str:
     """`value` as a PDF text string (the document's title, outside any page and its font): a
-    literal when it is printable ASCII, else UTF-16BE after its byte order mark, in hex."""
-    if value.isascii() and value.isprintable():
+    literal when it is ASCII, else UTF-16BE after its byte order mark, in hex."""
+    if value.isascii():
         return f"({pdf_text(value)})"
     return "<" + ("\ufeff" + value).encode("utf-16-be").hex().upper() + ">"
 

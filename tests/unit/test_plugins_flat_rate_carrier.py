@@ -306,6 +306,8 @@ def test_a_letter_the_font_cannot_show_prints_without_its_accent_and_anything_el
     # letters without the accent, by NFKD), Ł, which has none, as "?", and so do CJK and emoji.
     assert pdf_text("Dvořák, Łódź, Ōsaka") == "Dvor\\341k, ?\\363dz, Osaka"
     assert pdf_text("東京 📦 ｆｉﬁ") == "?? ? fifi"
+    # What a letter stands for is written as any text is: Ǣ is Æ (0xC6), ﹙ a parenthesis, escaped.
+    assert pdf_text("Ǣsa ﹙1﹚") == "\\306sa \\(1\\)"
 
 
 def test_a_label_s_title_is_shown_by_a_reader_as_it_is_written():
