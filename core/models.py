@@ -477,6 +477,23 @@ Latitude = Annotated[float, Field(ge=-90, le=90, strict=True)]
 Longitude = Annotated[float, Field(ge=-180, le=180, strict=True)]
 
 
+class _NullAsLeftOutRule(BeforeValidator):
+    """The rule of an optional field a client may send as null, and the schema saying it may."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        json_schema = handler(schema)
+        return {"anyOf": [json_schema, {"type": "null"}]} if handler.mode == "validation" else json_schema
+
+
+def null_as_left_out(default: Callable[[], Any]) -> _NullAsLeftOutRule:
+    """An optional field of a request body whose default is not null (a list, an object, "ship"): JSON
+    clients send null for a field they have no value for, so null reads as the field left out
+    (`default()`, the field's own default), as it does for the fields whose default is null. The
+    two are the same body: an Idempotency-Key's retry may send either (its payload is the
+    validated body)."""
+    return _NullAsLeftOutRule(lambda value: default() if value is None else value)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -857,6 +874,8 @@ class FulfillmentInput(Fulfillment):
     no `location_id`) or collected at a store (`type` pickup, `location_id` a location that offers
     pickup)."""
 
+    type: Annotated[Literal["ship", "pickup"], null_as_left_out(lambda: "ship")] = "ship"
+
     @model_validator(mode="before")
     @classmethod
     def _judged_again(cls, data: Any) -> Any:
@@ -914,7 +933,7 @@ class PlaceOrder(Strict):
         ),
     ]
     shipping_address: AddressInput = Field(repr=False)
-    fulfillment: FulfillmentInput = Field(default_factory=_shipped, repr=False)
+    fulfillment: Annotated[FulfillmentInput, null_as_left_out(_shipped)] = Field(default_factory=_shipped, repr=False)
     shipping_method: ShippingMethod | None = None
     promo_codes: Annotated[
         list[PromoCode],
@@ -923,6 +942,7 @@ class PlaceOrder(Strict):
             description="At most one percent-off code applies to an order unless its promotion says it "
             "stacks; two that do not stack and both apply are 422 promo_codes_do_not_stack.",
         ),
+        null_as_left_out(empty_list),
     ] = Field(default_factory=empty_list)
     payment: PaymentInput = Field(repr=False)
 

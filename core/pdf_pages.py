@@ -1,6 +1,7 @@
 """Single-page PDFs of 4x6 inches written by hand: the built-in carrier's labels and the OMS's pick slips."""
 
 import hashlib
+import unicodedata
 
 from core.models import Address, Order, ShipmentLine, units_text
 
@@ -34,9 +35,36 @@ def derived_code(prefix: str, salt: str, value: str, digits: int) -> str:
 
 
 def pdf_text(value: str) -> str:
-    """`value` as the body of a PDF literal string: printable ASCII only, specials escaped."""
-    ascii_only = "".join(char if " " <= char <= "~" else "?" for char in value)
-    return ascii_only.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    """`value` as the body of a PDF literal string that a page's standard font shows: each character
+    as its code in the fonts' WinAnsiEncoding (Windows-1252: é is 0xE9), written as an octal escape
+    beyond ASCII so that the page stays ASCII; specials escaped. A letter the encoding lacks prints
+    as itself without its accent where it has one (ř as r, by NFKD), anything else (Ł, CJK, an
+    emoji, a control character) as "?": a driver reads "Dvorak", not "Dvo??k"."""
+    return "".join(_shown(char) for char in value)
+
+
+def _shown(char: str) -> str:
+    if char in "\\()":
+        return "\\" + char
+    if " " <= char <= "~":
+        return char
+    code = _win_ansi_code(char)
+    if code is not None:
+        return f"\\{code:03o}"
+    plain = "".join(part for part in unicodedata.normalize("NFKD", char) if not unicodedata.combining(part))
+    if plain and all(" " <= part <= "~" or _win_ansi_code(part) is not None for part in plain):
+        return "".join(_shown(part) for part in plain)
+    return "?"
+
+
+def _win_ansi_code(char: str) -> int | None:
+    """The code of `char` in WinAnsiEncoding beyond ASCII (which cp1252 is, for every code it
+    defines), or None: the C0 and C1 controls have no glyph."""
+    try:
+        code = char.encode("cp1252")[0]
+    except UnicodeEncodeError:
+        return None
+    return code if code >= 0x80 else None
 
 
 def fit(value: str, size: float) -> str:
@@ -84,6 +112,14 @@ def rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
     return "\n".join(commands).encode("ascii")
 
 
+def _text_string(value: str) -> str:
+    """`value` as a PDF text string (the document's title, outside any page and its font): a
+    literal when it is ASCII, else UTF-16BE after its byte order mark, in hex."""
+    if value.isascii():
+        return f"({pdf_text(value)})"
+    return "<" + ("\ufeff" + value).encode("utf-16-be").hex().upper() + ">"
+
+
 def pdf_document(content: bytes, title: str) -> bytes:
     """A valid single-page PDF 1.4 of PAGE_WIDTH x PAGE_HEIGHT points showing `content`."""
     fonts = "/Font << /F1 5 0 R /F2 6 0 R >>"
@@ -95,7 +131,7 @@ def pdf_document(content: bytes, title: str) -> bytes:
         b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica-Bold /Encoding /WinAnsiEncoding >>",
-        f"<< /Title ({pdf_text(title)}) /Producer (OMS) >>".encode("ascii"),
+        f"<< /Title {_text_string(title)} /Producer (OMS) >>".encode("ascii"),
     ]
     # The binary comment after the header tells transfer tools the file is not text.
     document = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")

@@ -448,12 +448,14 @@ def test_no_schema_is_split_into_a_request_s_and_an_answer_s(document: dict[str,
 def test_a_body_s_fulfillment_is_its_own_schema_whose_fields_a_client_may_leave_out(document: dict[str, Any]):
     # An order's `fulfillment` always shows both fields (the every-answer test above); the body of
     # POST /orders, of an import line and of a simulation may leave out either (API.md: `fulfillment?:
-    # {type, location_id?}`, `type` ship by default), so it is documented by a request model of its own.
+    # {type, location_id?}`, `type` ship by default), or send it as null, as it may any optional
+    # field (tests/unit/test_null_as_left_out.py), so it is documented by a request model of its own.
     schemas = document["components"]["schemas"]
-    sent = schemas["PlaceOrder"]["properties"]["fulfillment"]
+    (sent, null) = schemas["PlaceOrder"]["properties"]["fulfillment"]["anyOf"]
     shown = schemas["Order"]["properties"]["fulfillment"]
 
     assert (sent["$ref"].rsplit("/", 1)[1], shown["$ref"].rsplit("/", 1)[1]) == ("FulfillmentInput", "Fulfillment")
+    assert null == {"type": "null"}
     assert "fulfillment" not in schemas["PlaceOrder"].get("required", [])
     assert set(schemas["FulfillmentInput"]["properties"]) == {"type", "location_id"}
     assert "required" not in schemas["FulfillmentInput"]

@@ -542,6 +542,18 @@ def test_orders_sent_directly_by_another_system_are_captured_and_bad_ones_never_
     assert stack.messages_waiting(stack.dlq_url) == 0
 
 
+def test_a_direct_order_sending_null_for_its_optional_fields_is_captured_as_one_leaving_them_out(stack: ImportAws):
+    nulls = dict.fromkeys(["fulfillment", "shipping_method", "promo_codes"])
+    body = order_body(channel="erp", external_id="erp-nulls", lines=[{"sku": "TSHIRT", "quantity": 1}], **nulls)
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body))
+
+    stack.drain(worker)
+
+    order = stored_order("erp", "erp-nulls")
+    assert order is not None
+    assert (order.fulfillment.type, order.promo_codes) == ("ship", [])
+
+
 def test_a_direct_order_without_an_external_id_is_refused_so_a_redelivery_cannot_double_it(stack: ImportAws):
     body = order_body(channel="erp", lines=[{"sku": "TSHIRT", "quantity": 1}])
     del body["external_id"]

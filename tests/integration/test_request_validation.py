@@ -310,6 +310,30 @@ def test_pickup_at_a_pickup_store_with_stock_is_accepted_without_shipping_charge
     assert response.json()["totals"]["shipping"] == money("0.00")
 
 
+def test_an_order_sending_null_for_each_optional_field_is_placed_as_one_leaving_them_out(api: InProcessApi, sku: str):
+    # JSON clients send null for a field they have no value for: promo_codes and fulfillment were 422.
+    optional = ["external_id", "fulfillment", "shipping_method", "promo_codes", "customer.name",
+                "shipping_address.line2", "shipping_address.region", "shipping_address.latitude",
+                "shipping_address.longitude"]  # fmt: skip
+    as_null, left_out = order_body((sku, 1)), order_body((sku, 1))
+    for field in optional:
+        *parents, name = field.split(".")
+        null_here, left_out_here = as_null, left_out
+        for step in parents:
+            null_here, left_out_here = null_here[step], left_out_here[step]
+        null_here[name] = None
+        left_out_here.pop(name, None)
+
+    placed = [api.post("/orders", json=body) for body in (as_null, left_out)]
+
+    assert [answer.status_code for answer in placed] == [201, 201], [answer.text for answer in placed]
+    shown = ["status", "external_id", "shipping_address", "fulfillment", "shipping_method", "totals"]
+    with_null, without = ([answer.json()[name] for name in shown] for answer in placed)
+    assert with_null == without
+    assert with_null[shown.index("fulfillment")] == {"type": "ship", "location_id": None}
+    assert [answer.json()["customer"]["name"] for answer in placed] == [None, None]
+
+
 # --- Reads of unknown ids (malformed ones: tests/integration/test_api_paths.py) -----------------
 
 

@@ -240,3 +240,14 @@ def test_what_a_request_asked_is_told_by_the_hash_its_created_entry_keeps_whatev
     assert asked_alike(request_hash(command), command) and asked_alike(whole, command)
     assert not asked_alike(request_hash(other), command) and not asked_alike(whole, other)
     assert not asked_alike(whole[:4], command) and not asked_alike(None, command)  # too little to tell
+
+
+def test_an_order_sent_again_with_null_for_fields_it_left_out_asks_the_same_order():
+    # An import line sent again (or a feed's next export) spelling "none" as null is the same
+    # content: its order is a duplicate, not the 409 / duplicate_external_id of other content.
+    from core.services import request_hash
+
+    nulls = {"fulfillment": None, "promo_codes": None, "shipping_method": None}
+    sent_again = [place_order(**nulls), place_order(fulfillment={"type": None}, promo_codes=None)]
+
+    assert [request_hash(command) for command in sent_again] == [request_hash(place_order())] * 2

@@ -15,6 +15,7 @@ from core.pick_slips import pick_slip, pickup_code
 from core.status import OrderStatus
 from tests.builders import address_body
 from tests.unit.test_carrier_bookings import Carrier
+from tests.unit.test_plugins_flat_rate_carrier import printed
 from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
@@ -150,6 +151,20 @@ def test_the_slip_shows_the_store_the_customer_the_code_the_reference_and_the_co
                   "Contents (2 units):", "L1  MUG  x2", "0.70 kg"):  # fmt: skip
         assert pdf_text(shown) in text, shown  # as the page writes it: parentheses escaped
     assert text.rstrip().endswith("%%EOF")
+
+
+def test_a_slip_prints_the_customer_s_accented_name_as_the_store_will_be_told_it(world):
+    # "Zoë Müller" was printed "Zo? M?ller": the store finds the parcel by the name the customer says.
+    customer = {"id": "cus_zoe", "email": "zoe@example.com", "name": "Zoë Müller"}
+    order: Order = world.allocated(("MUG", 1), customer=customer, **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    slip = pick_slip(order, parcel.id, store, parcel.lines, 350).document
+
+    assert b"Zo\xeb M\xfcller" in printed(slip)  # ë and ü in the fonts' WinAnsiEncoding
+    assert slip[15:].isascii()
 
 
 def test_a_slip_of_one_unit_says_one_unit(world):

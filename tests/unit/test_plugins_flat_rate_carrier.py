@@ -12,7 +12,7 @@ import pytest
 from core import hookimpl
 from core.errors import InvalidRequest
 from core.models import Address, Fulfillment, Location, Order, ShipmentLine
-from core.pdf_pages import gs1_check_digit, pdf_text
+from core.pdf_pages import gs1_check_digit, pdf_document, pdf_text
 from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
 from core.workflow_types import CarrierShipment, RefusedTrackingEvent, TrackingUpdate
@@ -273,20 +273,49 @@ def test_label_is_deterministic():
     assert ship().label == ship().label
 
 
-def test_label_text_is_escaped_and_ascii():
-    address = an_address(name="Zoë (Müller) \\ Co", city="Zürich", country="CH", region=None, postal_code="8001")
+def printed(pdf: bytes) -> list[bytes]:
+    """The codes each text-showing operator of a page prints: its literal string, unescaped. The
+    page's fonts declare /WinAnsiEncoding, so é is 0xE9 and ë 0xEB (Windows-1252's codes)."""
+    strings = re.findall(rb"\(((?:\\.|[^\\)])*)\) Tj", pdf)
+    escape = re.compile(rb"\\([0-7]{3}|[\\()])")
+    return [escape.sub(lambda m: bytes([int(m[1], 8)]) if len(m[1]) == 3 else m[1], each) for each in strings]
+
+
+def test_a_label_prints_accented_names_in_its_font_s_encoding_escaped_and_ascii():
+    # A carrier's scanner and a driver read these: "Zoë" printed "Zo?" and "Zürich" "Z?rich".
+    address = an_address(
+        name="Zoë (Müller) \\ Co", line2="Café Société", city="Zürich", country="CH", region=None, postal_code="8001"
+    )
 
     label = ship(an_order(address=address)).label
 
-    assert b"(Zo? \\(M?ller\\) \\\\ Co)" in label
-    assert b"Z?rich 8001" in label
+    assert b"(Zo\\353 \\(M\\374ller\\) \\\\ Co) Tj" in label
+    assert {"Zoë (Müller) \\ Co".encode("cp1252"), b"Caf\xe9 Soci\xe9t\xe9", b"Z\xfcrich 8001"} <= set(printed(label))
     assert label[15:].isascii()  # all but the header's binary marker comment
     xref_offsets(label)
 
 
-def test_pdf_text_escapes_the_string_delimiters():
+def test_pdf_text_escapes_the_string_delimiters_and_writes_what_the_font_shows_as_its_code():
     assert pdf_text("a(b)c\\d") == "a\\(b\\)c\\\\d"
-    assert pdf_text("tab\there\nnewline €") == "tab?here?newline ?"
+    # A control character has no glyph; the euro sign is in WinAnsiEncoding (0x80), as é is (0xE9).
+    assert pdf_text("tab\there\nnewline € é1") == "tab?here?newline \\200 \\3511"
+
+
+def test_a_letter_the_font_cannot_show_prints_without_its_accent_and_anything_else_as_a_question_mark():
+    # WinAnsiEncoding holds Western European letters only: ř, ź and Ō print as r, z and O (their
+    # letters without the accent, by NFKD), Ł, which has none, as "?", and so do CJK and emoji.
+    assert pdf_text("Dvořák, Łódź, Ōsaka") == "Dvor\\341k, ?\\363dz, Osaka"
+    assert pdf_text("東京 📦 ｆｉﬁ") == "?? ? fifi"
+    # What a letter stands for is written as any text is: Ǣ is Æ (0xC6), ﹙ a parenthesis, escaped.
+    assert pdf_text("Ǣsa ﹙1﹚") == "\\306sa \\(1\\)"
+
+
+def test_a_label_s_title_is_shown_by_a_reader_as_it_is_written():
+    # The document's title is a text string (outside the page): UTF-16 when it is not ASCII.
+    document = pdf_document(b"", title="Étiquette 東京")
+
+    assert b"/Title <FEFF00C900740069007100750065007400740065002067714EAC>" in document
+    assert pdf_document(b"", title="Shipping label OMS1").count(b"/Title (Shipping label OMS1)") == 1
 
 
 def test_a_long_parcel_lists_the_first_lines_and_counts_the_rest():
@@ -325,6 +354,29 @@ def test_label_text_renders_in_a_real_pdf_reader(tmp_path):
     assert "San Francisco CA 94105" in result.stdout
     assert "SERVICE: GROUND" in result.stdout
     assert "Syntax Error" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext (poppler-utils) is not installed")
+@pytest.mark.parametrize("document", ["label", "return label"])
+def test_a_real_pdf_reader_reads_an_accented_name_off_a_label_as_it_was_written(tmp_path, document: str):
+    address = an_address(name="Zoë Müller", line1="Rua São Bento 12", line2="Dvořák Łódź", city="São Paulo",
+                         country="BR", region="SP", postal_code="01010-000")  # fmt: skip
+    order = an_order(("MUG-1", 1), address=address)
+    if document == "label":
+        pdf = ship(order).label
+    else:
+        pdf = flat_rate_carrier.oms_carrier_return_label(
+            order=order, return_id="rma_01HZX", destination=an_origin(),
+            lines=[ShipmentLine(line_id="L1", quantity=1)], weight_grams=350,
+        ).label  # fmt: skip
+    path = tmp_path / "label.pdf"
+    path.write_bytes(pdf)
+
+    result = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True)
+
+    for shown in ("Zoë Müller", "Rua São Bento 12", "Dvorák ?ódz", "São Paulo SP 01010-000"):
+        assert shown in result.stdout, result.stdout
+    assert result.stderr == ""
 
 
 # --- Tracking webhooks --------------------------------------------------------------------------------
