@@ -132,9 +132,13 @@ def follow(
             if response.status_code not in (200, 404) and not patient:
                 raise CliError(f"GET /imports/{import_id} answered {response.status_code}: {response.text[:300]}")
             if response.status_code == 404 and elapsed > APPEAR_TIMEOUT:
+                # A key bound to a channel is answered 404 for every import (one import spans
+                # channels) while the file is split and its orders placed all the same.
                 raise CliError(
                     f"import {import_id} did not start within {APPEAR_TIMEOUT:.0f} s: locally, is `make run` "
-                    "running with its event sources on (OMS_EVENT_SOURCES)? On AWS, see the import runbooks"
+                    "running with its event sources on (OMS_EVENT_SOURCES)? On AWS, see the import runbooks. "
+                    "Or the API key is bound to a channel, and imports are shown only to keys bound to none "
+                    "(the file was uploaded and may be importing): set OMS_API_KEY to such a key"
                 )
             if response.status_code == 200:
                 report = response.json()

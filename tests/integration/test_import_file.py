@@ -231,3 +231,15 @@ def test_an_import_counted_whole_and_not_yet_marked_completed_is_followed_to_its
     assert follow_polled_a_minute_apart(monkeypatch, stuck)["status"] == "running"
     said = import_file.stalled({"api_url": "https://api.example.com/v1"}, counted)
     assert "counted all 3 of its orders and is not marked completed yet" in said and "dead-letter" not in said
+
+
+def test_an_import_the_key_cannot_see_ends_the_following_naming_a_key_bound_to_a_channel(monkeypatch):
+    """Imports are visible only to keys bound to no channel: followed with a channel's key (OMS_API_KEY
+    of a storefront), GET /imports/{id} answered 404 while the file was split and its orders placed,
+    and `make import` said after a minute only that the stack's event sources might be off."""
+    with pytest.raises(import_file.CliError) as raised:
+        follow_polled_a_minute_apart(monkeypatch, Reports(404))
+
+    said = str(raised.value)
+    assert "did not start within 60 s" in said and "OMS_EVENT_SOURCES" in said
+    assert "bound to a channel" in said and "OMS_API_KEY" in said

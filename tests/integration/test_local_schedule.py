@@ -122,6 +122,21 @@ def test_a_local_schedule_period_that_is_not_a_positive_finite_number_fails_at_s
         _local_period("Job", 300.0)
 
 
+def test_the_jeopardy_scan_runs_every_30_s_locally_or_as_often_as_oms_local_schedule_seconds_says(monkeypatch):
+    # README's Configuration: its own variable wins, then OMS_LOCAL_SCHEDULE_SECONDS, then 30 s (the
+    # table said 30 s won over OMS_LOCAL_SCHEDULE_SECONDS; make run ran the scan every 20 s with it 20).
+    from infra.local.event_sources import _local_period
+
+    monkeypatch.delenv(SCHEDULE_PERIOD_ENV, raising=False)
+    monkeypatch.delenv("OMS_JEOPARDY_SCAN_SECONDS", raising=False)
+    assert _local_period("JeopardyScanFunction", 300.0) == 30.0
+    monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "20")
+    assert _local_period("JeopardyScanFunction", 300.0) == 20.0
+    monkeypatch.setenv("OMS_JEOPARDY_SCAN_SECONDS", "5")
+    assert _local_period("JeopardyScanFunction", 300.0) == 5.0
+    assert _local_period("ReconcilerFunction", 300.0) == 20.0
+
+
 def test_the_reconciler_schedule_is_in_the_template():
     template = Template.load()
     [event] = template.functions()["ReconcilerFunction"]["Events"].values()
