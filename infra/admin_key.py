@@ -24,27 +24,15 @@ def main() -> None:
     if not is_usable_secret(secret):
         # The authorizer would refuse it, with the previous admin secret already retired.
         parser.error("--key must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
-    from botocore.exceptions import ClientError
-    from botocore.session import Session
-
     from core.errors import Conflict
     from functions.bootstrap import Config, bootstrap
+    from infra.tables_named import tables_named
 
     try:
-        bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
+        with tables_named(parser, {"--table": args.table}, "name the stack's CatalogTableName output"):
+            bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
     except Conflict as refused:  # another key's secret, or another rotation's record won: this one never works
         parser.exit(1, f"{parser.prog}: error: {refused.message}\n")
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
-            raise
-        # A shell whose region is not the stack's (sam deploy --guided keeps it in samconfig.toml),
-        # or the logical id typed for the output's name.
-        region = Session().get_config_variable("region")
-        parser.exit(
-            1,
-            f"{parser.prog}: error: no table {args.table} in {region}: name the stack's CatalogTableName output, "
-            "in the stack's region (AWS_DEFAULT_REGION or the profile's)\n",
-        )
     print(secret)
 
 
