@@ -26,9 +26,11 @@ def main() -> None:
         parser.error("--key must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
     from core.errors import Conflict
     from functions.bootstrap import Config, bootstrap
+    from infra.tables_named import tables_named
 
     try:
-        bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
+        with tables_named(parser, {"--table": args.table}, "name the stack's CatalogTableName output"):
+            bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
     except Conflict as refused:  # another key's secret, or another rotation's record won: this one never works
         parser.exit(1, f"{parser.prog}: error: {refused.message}\n")
     print(secret)

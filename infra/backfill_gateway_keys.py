@@ -27,12 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     from functions.adapters.api_gateway import ApiGatewayKeys
     from functions.adapters.aws_clients import aws_client
     from functions.adapters.dynamodb import DynamoApiKeys
+    from infra.tables_named import tables_named
 
     keys = ApiKeyService(
         DynamoApiKeys(aws_client("dynamodb"), args.catalog_table),
         gateway_keys=ApiGatewayKeys(aws_client("apigateway"), args.usage_plan),
     )
-    given, kept, gone = keys.give_gateway_keys(ApiStage(api_id=args.api_id, name=args.stage))
+    with tables_named(parser, {"--catalog-table": args.catalog_table}, "name the stack's Catalog table"):
+        given, kept, gone = keys.give_gateway_keys(ApiStage(api_id=args.api_id, name=args.stage))
     print(
         f"{given} keys given a gateway key of their own, {kept} already had one (put in the plan), "
         f"{gone} had one deleted (revoked meanwhile, or never stored whole: no secret reaches them)"

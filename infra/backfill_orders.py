@@ -56,33 +56,43 @@ def main() -> None:
         backfill_refused_reports,
         backfill_returns_to_show,
     )
+    from infra.tables_named import tables_named
 
     client = aws_client("dynamodb")
-    # Parks first: the index step gives every order on hold the hold expiry's keys, and a park
-    # still unmarked then would be the expiry's until this step took it out again.
-    written, already = backfill_parks(client, args.table, history_table=args.catalog_table)
-    print(f"{written} parked orders marked as parks, {already} already right")
-    # Before the index step too: a parcel marked refused leaves the kept-back pass's partition.
-    written, already = backfill_refused_reports(client, args.table, history_table=args.catalog_table)
-    print(f"{written} orders' refused delivery reports marked, {already} already right")
-    written, already = backfill_index_attributes(client, args.table)
-    print(f"{written} orders written, {already} already right")
-    written, already = backfill_credit_holds(client, args.table, history_table=args.catalog_table)
-    print(f"{written} orders given their exchanges' credit holds, {already} already right")
-    written, already = backfill_own_voids_owed(client, args.table, history_table=args.catalog_table)
-    print(f"{written} cancelled orders marked as owing their own void, {already} already right")
-    if args.inventory_table:
-        written, already = backfill_holding_entries(
-            client, args.table, args.inventory_table, history_table=args.catalog_table
-        )
-        print(f"{written} queue entries written for the skus backordered orders hold, {already} orders already right")
-    if args.returns_table:
-        written, already = backfill_receipt_keys(client, args.returns_table)
-        print(f"{written} received returns given their receipt key, {already} already right")
-        written, already = backfill_returns_to_show(
-            client, args.table, args.returns_table, history_table=args.catalog_table
-        )
-        print(f"{written} orders marked as owing their returns a show of what went back, {already} already right")
+    tables = {
+        "--table": args.table,
+        "--catalog-table": args.catalog_table,
+        "--returns-table": args.returns_table,
+        "--inventory-table": args.inventory_table,
+    }
+    with tables_named(parser, tables, "name the stack's tables"):
+        # Parks first: the index step gives every order on hold the hold expiry's keys, and a park
+        # still unmarked then would be the expiry's until this step took it out again.
+        written, already = backfill_parks(client, args.table, history_table=args.catalog_table)
+        print(f"{written} parked orders marked as parks, {already} already right")
+        # Before the index step too: a parcel marked refused leaves the kept-back pass's partition.
+        written, already = backfill_refused_reports(client, args.table, history_table=args.catalog_table)
+        print(f"{written} orders' refused delivery reports marked, {already} already right")
+        written, already = backfill_index_attributes(client, args.table)
+        print(f"{written} orders written, {already} already right")
+        written, already = backfill_credit_holds(client, args.table, history_table=args.catalog_table)
+        print(f"{written} orders given their exchanges' credit holds, {already} already right")
+        written, already = backfill_own_voids_owed(client, args.table, history_table=args.catalog_table)
+        print(f"{written} cancelled orders marked as owing their own void, {already} already right")
+        if args.inventory_table:
+            written, already = backfill_holding_entries(
+                client, args.table, args.inventory_table, history_table=args.catalog_table
+            )
+            print(
+                f"{written} queue entries written for the skus backordered orders hold, {already} orders already right"
+            )
+        if args.returns_table:
+            written, already = backfill_receipt_keys(client, args.returns_table)
+            print(f"{written} received returns given their receipt key, {already} already right")
+            written, already = backfill_returns_to_show(
+                client, args.table, args.returns_table, history_table=args.catalog_table
+            )
+            print(f"{written} orders marked as owing their returns a show of what went back, {already} already right")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,21 @@ def test_a_chosen_admin_secret_that_is_another_keys_is_refused_and_both_keys_kep
     assert shop.key not in capsys.readouterr().out
     assert _authorize(previous)["principalId"] == "key_admin"
     assert _authorize(shop.key)["context"] == {"key_id": shop.id, "scopes": "orders:read", "channel": ""}
+
+
+def test_an_admin_key_for_a_table_that_is_not_there_names_the_table_and_the_region(aws, monkeypatch, capsys):
+    # A first deployer whose shell's region is not the one `sam deploy --guided` saved in
+    # samconfig.toml, or who typed the logical id for the output's name. Before: a botocore
+    # traceback ending "ResourceNotFoundException ... GetItem operation: Requested resource not
+    # found", which named neither the table nor the region it was looked for in.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(SystemExit) as refused:
+        _rotate(monkeypatch, capsys, "--table", "CatalogTable")
+
+    assert refused.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "python -m infra.admin_key: error: no table CatalogTable in us-east-1: name the stack's "
+        "CatalogTableName output, in the stack's region (AWS_DEFAULT_REGION or the profile's)\n"
+    )

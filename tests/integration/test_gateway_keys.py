@@ -194,6 +194,24 @@ def test_the_backfill_command_gives_the_keys_theirs_and_says_how_many(gateway, a
     assert authorize(before.key)["usageIdentifierKey"] in plan_keys(gateway).values()
 
 
+def test_the_backfill_command_for_a_table_that_is_not_there_names_it_and_the_region(gateway, aws, monkeypatch, capsys):
+    # Before: a botocore traceback ending "ResourceNotFoundException ... Query operation: Requested
+    # resource not found", naming neither the table nor the region it was looked for in.
+    from infra.backfill_gateway_keys import main
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    arguments = ["--catalog-table", "CatalogTable", "--api-id", STAGE.api_id, "--stage", STAGE.name]
+
+    with pytest.raises(SystemExit) as refused:
+        main([*arguments, "--usage-plan", PLAN])
+
+    assert refused.value.code == 1
+    assert capsys.readouterr().err.endswith(
+        ": error: no table CatalogTable in us-east-1: name the stack's Catalog table, in the stack's region "
+        "(AWS_DEFAULT_REGION or the profile's)\n"
+    )
+
+
 def test_the_backfill_passes_a_key_revoked_while_it_runs(gateway, aws, monkeypatch):
     # The backfill lists the keys, then a revocation deletes one's gateway key before the backfill
     # puts it in the plan: that key is passed (API Gateway answers NotFound), the rest are served.

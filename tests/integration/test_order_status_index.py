@@ -239,6 +239,28 @@ def test_the_backfill_command_reports_what_it_wrote(aws, capture, monkeypatch, c
     assert stored(aws, placed.id)["status_key"] == {"S": "pending"}
 
 
+def test_the_backfill_command_for_a_table_that_is_not_there_names_the_tables_and_the_region(aws, monkeypatch, capsys):
+    # An operator whose shell is in another region than the stack's, or who typed a logical id for a
+    # table's name. Before: a botocore traceback ending "ResourceNotFoundException ... Scan
+    # operation: Requested resource not found", which named neither the table nor the region.
+    from infra import backfill_orders
+
+    catalog = aws.tables["CatalogTable"]
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr("sys.argv", ["backfill_orders", "--table", "OrdersTable", "--catalog-table", catalog])
+
+    with pytest.raises(SystemExit) as refused:
+        backfill_orders.main()
+
+    assert refused.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"backfill_orders: error: a table named is not in us-east-1 (--table OrdersTable, --catalog-table {catalog}): "
+        "name the stack's tables, in the stack's region (AWS_DEFAULT_REGION or the profile's)\n"
+    )
+
+
 def lagging_index(aws, order_id: str, **attributes: str) -> None:
     """Give the order's item index attributes its document no longer matches: what a query of a
     global secondary index (eventually consistent) returns for a moment after the order moved."""

@@ -1,6 +1,7 @@
 """The README's deploy guide names every parameter and output of template.yaml, and nothing else."""
 
 import re
+import shlex
 from pathlib import Path
 
 from infra.local.template import load_template
@@ -99,3 +100,62 @@ def test_the_deploy_guide_gives_each_parameters_allowed_values():
             assert missing == [], name
         checked += 1
     assert checked >= 8
+
+
+def _labels_in_s3_express() -> str:
+    start = GUIDE.index("### Labels in S3 Express One Zone")
+    return GUIDE[start : GUIDE.index("\n### ", start + 1)]
+
+
+def test_the_labels_copy_between_the_two_buckets_is_one_the_aws_cli_runs_on_a_directory_bucket():
+    # Before: `aws s3 sync s3://<LabelsExpressBucket>/labels/ s3://<LabelsBucket>/labels/`, which
+    # the AWS CLI refuses before any request ("Cannot use sync command with a directory bucket.",
+    # v1 since 1.32.25, v2 since 2.15.13): an operator recovering labels after a zone's outage or a
+    # switch had nothing to run. Every copy this section asks for has the directory bucket at one end.
+    section = _labels_in_s3_express()
+    copies = [shlex.split(command) for command in re.findall(r"`(aws s3 [^`]*)`", section)]
+    assert [words[2] for words in copies] == ["cp"], copies
+    (copy,) = copies
+    assert "--recursive" in copy
+    assert [word for word in copy if word.startswith("s3://")] == [
+        "s3://<LabelsExpressBucket>/labels/",
+        "s3://<LabelsBucket>/labels/",
+    ]
+    assert "aws s3 sync" not in section
+
+
+def _events_sam_asks_about() -> list[str]:
+    """The functions' `Api` events `sam deploy --guided` asks "<function> has no authentication. Is
+    this okay?" about (the SAM CLI's samcli/commands/deploy/auth_utils.py): those without `Auth`
+    whose API declares none either."""
+    resources = TEMPLATE["Resources"]
+    asked = []
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for name, event in resource["Properties"].get("Events", {}).items():
+            if event["Type"] != "Api" or event["Properties"].get("Auth"):
+                continue
+            api = resources.get(event["Properties"].get("RestApiId", {}).get("Ref", ""), {})
+            if not api.get("Properties", {}).get("Auth"):
+                asked.append(f"{logical_id}.{name}")
+    return asked
+
+
+def test_the_first_deployment_says_whether_sam_deploy_guided_asks_about_routes_without_authentication():
+    # Before: the guide told the operator to expect a confirmation that the API function has routes
+    # without authorization; SAM asks it only of an Api event with no Auth of its own or of its API,
+    # and the public routes declare `Authorizer: NONE`: `sam deploy --guided` (SAM CLI 1.170) asked
+    # nothing of the kind.
+    start = GUIDE.index("### The first deployment")
+    section = GUIDE[start : GUIDE.index("\n### ", start + 1)]
+    public = [
+        f"{logical_id}.{name}"
+        for logical_id, resource in TEMPLATE["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+        for name, event in resource["Properties"].get("Events", {}).items()
+        if event["Properties"].get("Auth", {}).get("Authorizer") == "NONE"
+    ]
+    assert public == ["ApiFunction.Health", "ApiFunction.OpenApi", "ApiFunction.Docs"]
+    says_none_is_asked = "no `has no authentication. Is this okay?` question" in section
+    assert says_none_is_asked == (_events_sam_asks_about() == [])
