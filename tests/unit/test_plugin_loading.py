@@ -302,6 +302,15 @@ def test_plugin_settings_read_the_process_environment_by_default(monkeypatch):
     assert plugin_settings("acme") == {"api_url": "https://acme.example"}
 
 
+def test_a_plugin_whose_entry_point_name_holds_a_hyphen_or_a_dot_reads_its_variables_with_underscores():
+    """Lambda refuses an environment variable whose name holds `-` or `.`, so OMS_PLUGIN_ACME-PAY_*
+    could never be set on AWS: such a name reads the variables it would spell with underscores."""
+    environ = {"OMS_PLUGIN_ACME_PAY_LIMITS": "EUR:500", "OMS_PLUGIN_ACME-PAY_LIMITS": "unsettable"}
+
+    assert plugin_settings("acme-pay", environ) == {"limits": "EUR:500"}
+    assert plugin_settings("acme.pay", environ) == {"limits": "EUR:500"}
+
+
 def test_registering_a_plugin_parses_each_attribute_once_and_registers_what_pluggy_alone_would(monkeypatch):
     # Our check of unknown hooks and pluggy's registration walk the same attributes; each parse looks
     # the attribute up statically: parsed twice, some 19 M instructions of every cold start.
