@@ -869,8 +869,14 @@ def _shipped() -> FulfillmentInput:
     return FulfillmentInput.model_construct()
 
 
+# What a client names as `payment.method`, and so what a payment plugin may take
+# (oms_payment_methods: a plugin naming another is refused when it loads, core.plugin_manager).
+PAYMENT_METHOD = re.compile(r"[a-z0-9_]{1,32}")
+PaymentMethod = Annotated[str, StringConstraints(pattern=rf"^{PAYMENT_METHOD.pattern}$")]
+
+
 class PaymentInput(Strict):
-    method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+    method: PaymentMethod
     # A gateway's token (tok_..., pm_..., a nonce): printable ASCII without spaces. Blank, a control
     # character or a space is refused here (422) rather than taken and refused by the gateway later
     # as payment_failed.

@@ -221,6 +221,48 @@ def test_an_implementation_with_an_argument_the_spec_lacks_is_broken(installer):
     assert "price_list" in statuses(plugins)["wrong"][1]
 
 
+HYPHENATED_METHOD = """
+    from core import hookimpl
+
+    @hookimpl
+    def oms_payment_methods():
+        return ["acme_card", "acme-pay"]
+"""
+
+
+def test_a_payment_plugin_naming_a_method_no_order_can_send_is_broken_and_says_which(installer):
+    """`payment.method` is 1 to 32 lower-case letters, digits or `_`: a plugin taking `acme-pay`
+    loaded, and every order naming it was refused 422 as the client's mistake, with nothing on
+    /health or GET /plugins for the operator. It is a plugin that cannot work as written, found
+    when it loads, as a misspelt hook is."""
+    installer.install("oms-acme", "0.1", {"acme_pay": HYPHENATED_METHOD, "acme_prices": GOOD})
+
+    plugins = load_plugin_manager()
+
+    status, reason = statuses(plugins)["acme_pay"]
+    assert status == "broken"
+    assert "oms_payment_methods" in reason and "'acme-pay'" in reason and "'acme_card'" not in reason
+    assert plugins.get_plugin("acme_pay") is None
+    assert "acme_pay" not in [impl.plugin_name for impl in plugins.hook.oms_payment_methods.get_hookimpls()]
+    assert statuses(plugins)["acme_prices"][0] == "loaded"
+    with pytest.raises(PluginUnavailable, match="acme_pay"):
+        call_hook(plugins.hook.oms_payment_methods)
+
+
+def test_a_payment_plugin_registered_in_code_naming_a_method_no_order_can_send_is_refused_loudly():
+    class AcmePay:
+        @hookimpl
+        def oms_payment_methods(self):
+            return ["acme-pay"]
+
+    plugins = build_plugin_manager()
+    taking = [impl.plugin_name for impl in plugins.hook.oms_payment_methods.get_hookimpls()]
+
+    with pytest.raises(pluggy.PluginValidationError, match="oms_payment_methods answered 'acme-pay'"):
+        plugins.register(AcmePay())
+    assert [impl.plugin_name for impl in plugins.hook.oms_payment_methods.get_hookimpls()] == taking
+
+
 def test_a_plugin_registered_in_code_with_an_unknown_hook_is_refused_loudly():
     class Misspelt:
         @hookimpl
@@ -273,6 +315,7 @@ def test_the_reported_call_order_is_the_order_pluggy_calls_them():
         ("newer", {}),
     ]:
         plugins.register(plugin(name, **opts), name=name)
+    called.clear()  # each was asked its methods as it registered (a method no order can name is refused)
 
     plugins.hook.oms_payment_methods()
 
