@@ -1379,6 +1379,20 @@ class GivenUpBooking(BaseModel, defer_build=True):
     booking_key: str
 
 
+class StepPluginFailure(BaseModel, defer_build=True):
+    """A workflow step's last failure in a plugin (a PluginError naming its plugin and hook), noted
+    by the step that met it (Workflow.note_plugin_failure): Step Functions' Retry hands the next
+    attempt nothing of the error before it, so an execution whose retries ran out of time names it,
+    in the note of the hold that parks the order, from here. `message` is the OMS's own words about
+    it (the plugin, the hook, the exception's type or what was wrong with the answer), never the
+    plugin's."""
+
+    plugin: str
+    hook: str
+    message: str
+    at: datetime
+
+
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
 
 
@@ -1994,6 +2008,10 @@ class Order(Shown):
     # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
     # change. None: none stands, or stored before it existed. Stored, never shown.
     renewal_amount: Money | None = Field(default=None, exclude=True)
+    # The last failure of a workflow step in a plugin (StepPluginFailure), which an execution out of
+    # time names when it parks the order (Workflow.out_of_time); one older than the execution's
+    # start is an earlier execution's, named by none. None on nearly every order. Stored, never shown.
+    step_plugin_failure: StepPluginFailure | None = Field(default=None, exclude=True)
     # The authorizations that replaced the order's first (a renewal's, an edit's for a grown
     # total), each added by the write that records it: a capture asked under one names it in its
     # key (capture_keyed_under), so one the gateway refused under an earlier authorization (let
@@ -2214,6 +2232,8 @@ class Order(Shown):
             system["renewal_declined_before"] = self.renewal_declined_before
         if self.renewal_amount is not None:
             system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
+        if self.step_plugin_failure is not None:
+            system["step_plugin_failure"] = self.step_plugin_failure.model_dump(mode="json")
         if self.later_authorizations:
             system["later_authorizations"] = list(self.later_authorizations)
         if self.spent_authorizations:
@@ -5148,6 +5168,14 @@ class Order(Shown):
             labels_due=[due for due in self.labels_due if due != shipment_id],
             booking_keys={**self.booking_keys, shipment_id: key},
         )  # fmt: skip
+
+    def plugin_failure_noted(self, failure: StepPluginFailure) -> Bookkeeping | None:
+        """This order with `failure` as its workflow step's last failure in a plugin (Bookkeeping:
+        the step's own log line and error tell it). None once the order is past the workflow's
+        steps (closed, on hold, allocated: no execution of it will run out of time on them)."""
+        if self.status not in (OrderStatus.PENDING, OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED):
+            return None
+        return self._bookkeeping(at=failure.at, step_plugin_failure=failure)
 
     def unrecorded_bookings_given_up(self, bookings: list[GivenUpBooking], *, at: datetime) -> Bookkeeping | None:
         """Bookings made for this order that no version recorded (a CreateShipments or a re-booking
