@@ -401,3 +401,27 @@ def test_an_order_whose_carrier_refused_links_until_the_workflow_ran_out_of_time
     assert "(oms_carrier_create_shipment)" in note and "retried until the workflow's 90 s" in note
     (entry,) = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "on_hold"]
     assert f"plugin {PLUGIN} returned" in entry["detail"]["message"]
+
+
+def test_a_plugin_failure_the_step_cannot_note_on_the_order_still_fails_the_step_as_the_plugins(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """The note is the step's second write: DynamoDB refusing it (throttled) must not turn the
+    plugin_error Step Functions retries into another error (nor hide it)."""
+    from botocore.exceptions import ClientError
+
+    from functions.workflow import create_shipments
+    from functions.workflow.step import container as step_container
+    from tests.integration.test_handlers import Context
+
+    order_id = reserved_order(api)
+
+    def throttled(*_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    monkeypatch.setattr(step_container().workflow, "note_plugin_failure", throttled)
+    event = {"order_id": order_id, "started": datetime.now(UTC).isoformat(), "retry_for_seconds": 90}
+    with installed(failing_at("oms_carrier_create_shipment", Raised)), pytest.raises(PluginError) as failed:
+        create_shipments.lambda_handler(event, Context())
+
+    assert f"plugin {PLUGIN} failed in oms_carrier_create_shipment" in str(failed.value)

@@ -1365,6 +1365,23 @@ def test_an_execution_out_of_time_after_no_plugin_failure_of_its_own_keeps_the_o
     ), refused.message
 
 
+def test_a_plugin_failure_is_not_noted_on_an_order_past_the_workflows_steps_nor_without_a_plugin_named(clock):
+    """A cancel that landed while the step ran closes the order: no execution of it runs out of
+    time on a step any more, and nothing is written to it. A PluginError naming no plugin points a
+    person nowhere: nothing is kept either."""
+    world, order_id = a_reserved_order_its_carrier_fails_to_book(clock)
+    with pytest.raises(PluginError) as failed:
+        world.workflow.create_shipments(order_id)
+    world.workflow.note_plugin_failure(order_id, PluginError("oms_carrier_create_shipment returned str"))
+    assert world.order(order_id).step_plugin_failure is None
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+    cancelled = world.order(order_id)
+
+    world.workflow.note_plugin_failure(order_id, failed.value)
+
+    assert world.order(order_id) == cancelled
+
+
 # --- Compensation -------------------------------------------------------------------------------
 
 
