@@ -305,8 +305,9 @@ def _refused_payment_methods(manager: pluggy.PluginManager, plugin: object) -> s
     """Why `plugin` cannot take the payment methods it names (its oms_payment_methods, asked as it
     registers), or None: a method no client can send as `payment.method` (`acme-pay`) would load,
     and every order naming it be refused 422 as the client's mistake, with nothing on /health or
-    GET /plugins to tell the operator. A plugin whose implementation raises here, or answers what is
-    not a list, is left to its calls (call_hook refuses that answer, naming it, at each)."""
+    GET /plugins to tell the operator; so would an answer call_hook refuses at each call (not a list
+    of str). A plugin whose implementation raises here is left to its calls (a gateway asked for its
+    methods, briefly down: call_hook names it at each)."""
     for impl in manager.hook.oms_payment_methods.get_hookimpls():
         if impl.plugin is not plugin or impl.wrapper or impl.hookwrapper:
             continue
@@ -314,10 +315,12 @@ def _refused_payment_methods(manager: pluggy.PluginManager, plugin: object) -> s
             methods = impl.function()
         except KeyboardInterrupt:
             raise
-        except BaseException:  # any, as call_hook takes any (a gateway asked, briefly down): its calls say
+        except BaseException:  # any, as call_hook takes any: its calls say
+            continue
+        if methods is None:
             continue
         if not isinstance(methods, list | tuple):
-            continue
+            return f"oms_payment_methods answered {type(methods).__name__}, expected a list of method names"
         wrong = [m for m in methods if not (isinstance(m, str) and PAYMENT_METHOD.fullmatch(m))]
         if wrong:
             shown = ", ".join(repr(m)[:40] for m in wrong[:3])

@@ -249,6 +249,17 @@ def test_a_payment_plugin_naming_a_method_no_order_can_send_is_broken_and_says_w
         call_hook(plugins.hook.oms_payment_methods)
 
 
+def test_a_payment_plugin_answering_its_method_bare_not_in_a_list_is_broken_when_it_loads():
+    # call_hook refuses it at every call (every order 502): the operator hears of it at load instead.
+    class AcmePay:
+        @hookimpl
+        def oms_payment_methods(self):
+            return "acme_pay"
+
+    with pytest.raises(pluggy.PluginValidationError, match="oms_payment_methods answered str, expected a list"):
+        build_plugin_manager().register(AcmePay())
+
+
 def test_a_payment_plugin_registered_in_code_naming_a_method_no_order_can_send_is_refused_loudly():
     class AcmePay:
         @hookimpl
