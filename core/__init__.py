@@ -18,6 +18,12 @@ PLUGIN_SETTINGS_PREFIX = "OMS_PLUGIN_"
 _NOT_IN_A_VARIABLE_NAME = re.compile(r"[^A-Za-z0-9_]")
 
 
+def plugin_settings_prefix(name: str) -> str:
+    """What the settings variables of the plugin whose entry-point name is `name` start with:
+    `OMS_PLUGIN_<NAME>_`, NAME upper-cased, `-` and `.` as `_` (see plugin_settings)."""
+    return f"{PLUGIN_SETTINGS_PREFIX}{_NOT_IN_A_VARIABLE_NAME.sub('_', name).upper()}_"
+
+
 def plugin_settings(name: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The settings of the plugin whose entry-point name is `name`: every `OMS_PLUGIN_<NAME>_<KEY>`
     variable (NAME upper-cased, each character a variable's name may not hold, `-` or `.`, as `_`:
@@ -28,7 +34,7 @@ def plugin_settings(name: str, environ: Mapping[str, str] | None = None) -> dict
 
     The one read of core's outside its arguments, on purpose: it is the documented plugin API
     (README "Settings"), which a plugin calls from its hooks; `environ` is for tests."""
-    prefix = f"{PLUGIN_SETTINGS_PREFIX}{_NOT_IN_A_VARIABLE_NAME.sub('_', name).upper()}_"
+    prefix = plugin_settings_prefix(name)
     source = os.environ if environ is None else environ
     # Keys first, then the values of the few that match: os.environ decodes every value it
     # yields, and the pricing plugins read their settings on every call (~100 µs an order).

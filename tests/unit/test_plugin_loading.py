@@ -13,6 +13,7 @@ from core.errors import PluginUnavailable
 from core.hook_calls import call_hook
 from core.plugin_manager import build_plugin_manager
 from functions.plugin_loading import load_plugin_manager
+from plugins.data_files import data_file_path
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.unit.conftest import a_customer, a_product
 
@@ -363,6 +364,14 @@ def test_a_plugin_whose_entry_point_name_holds_a_hyphen_or_a_dot_reads_its_varia
 
     assert plugin_settings("acme-pay", environ) == {"limits": "EUR:500"}
     assert plugin_settings("acme.pay", environ) == {"limits": "EUR:500"}
+
+
+def test_a_data_file_setting_is_read_under_the_same_variable_name_plugin_settings_reads(monkeypatch, tmp_path):
+    # plugins.data_files looks one variable up by name (no walk of the environment): the same name.
+    monkeypatch.setenv("OMS_PLUGIN_ACME_RATES_FILE", str(tmp_path / "rates.json"))
+
+    assert data_file_path("acme-rates", "file", "tax_rates.json") == tmp_path / "rates.json"
+    assert plugin_settings("acme-rates") == {"file": str(tmp_path / "rates.json")}
 
 
 def test_registering_a_plugin_parses_each_attribute_once_and_registers_what_pluggy_alone_would(monkeypatch):
