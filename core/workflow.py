@@ -1511,7 +1511,10 @@ class Workflow:
         (`retry_for_seconds` from `started`): naming the plugin and hook of the last plugin failure a
         step of this execution noted (note_plugin_failure), which is what its retries were spent on,
         else the time alone (a failure of DynamoDB, of Lambda, of a bug)."""
-        found = self._orders.get(order_id, consistent=True)  # the failure noted a moment ago
+        try:
+            found = self._orders.get(order_id, consistent=True)  # the failure noted a moment ago
+        except Exception:  # any: refused otherwise than WorkflowOutOfTime, the step would be retried
+            found = None  # past Express's five minutes, which no Catch outlives: the time alone
         failure = found.step_plugin_failure if found is not None else None
         if failure is None or failure.at < started:
             return out_of_time(started, retry_for_seconds)

@@ -1365,6 +1365,22 @@ def test_an_execution_out_of_time_after_no_plugin_failure_of_its_own_keeps_the_o
     ), refused.message
 
 
+def test_an_execution_out_of_time_that_cannot_read_its_order_still_refuses_as_out_of_time(clock, monkeypatch):
+    """The refusal is what parks the order before AWS stops the execution: a read of the noted
+    failure that fails (DynamoDB throttled) must not turn it into an error Step Functions retries."""
+    world, order_id = a_reserved_order_its_carrier_fails_to_book(clock)
+    started = clock()
+    clock.advance(seconds=90)
+
+    def throttled(*_: object, **__: object) -> None:
+        raise TransientError("the Orders table is throttled")
+
+    monkeypatch.setattr(world.orders, "get", throttled)
+    refused = world.workflow.out_of_time(order_id, started, retry_for_seconds=90)
+
+    assert refused.message.startswith("the workflow's steps may be retried for 90 s"), refused.message
+
+
 def test_a_plugin_failure_is_not_noted_on_an_order_past_the_workflows_steps_nor_without_a_plugin_named(clock):
     """A cancel that landed while the step ran closes the order: no execution of it runs out of
     time on a step any more, and nothing is written to it. A PluginError naming no plugin points a
