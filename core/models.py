@@ -5172,8 +5172,12 @@ class Order(Shown):
     def plugin_failure_noted(self, failure: StepPluginFailure) -> Bookkeeping | None:
         """This order with `failure` as its workflow step's last failure in a plugin (Bookkeeping:
         the step's own log line and error tell it). None once the order is past the workflow's
-        steps (closed, on hold, allocated: no execution of it will run out of time on them)."""
+        steps (closed, on hold, allocated: no execution of it will run out of time on them), and on
+        a pending order stored before `priced_version` existed, whose authorization is keyed by its
+        version (authorized_version): a new one would have the retry authorize under another key."""
         if self.status not in (OrderStatus.PENDING, OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED):
+            return None
+        if self.status is OrderStatus.PENDING and self.priced_version is None:
             return None
         return self._bookkeeping(at=failure.at, step_plugin_failure=failure)
 

@@ -1365,6 +1365,23 @@ def test_an_execution_out_of_time_after_no_plugin_failure_of_its_own_keeps_the_o
     ), refused.message
 
 
+def test_a_payment_plugin_failure_on_an_order_stored_before_priced_version_leaves_its_authorization_key(world):
+    """Such an order's authorization is keyed by its version (Order.authorized_version): a note
+    written as a new version would have the retry ask the gateway under another key, a second
+    authorization beside the one the failed attempt may have made. Nothing is noted on it."""
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    key = world.order(order_id).authorized_version
+    failed = PluginError(
+        "plugin acme failed in oms_payment_authorize: KeyError; its words are in the log line `plugin raised`",
+        details=[{"plugin": "acme", "hook": "oms_payment_authorize"}],
+    )
+
+    world.workflow.note_plugin_failure(order_id, failed)
+
+    assert world.order(order_id).authorized_version == key
+
+
 def test_an_execution_out_of_time_that_cannot_read_its_order_still_refuses_as_out_of_time(clock, monkeypatch):
     """The refusal is what parks the order before AWS stops the execution: a read of the noted
     failure that fails (DynamoDB throttled) must not turn it into an error Step Functions retries."""
