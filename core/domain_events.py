@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -114,7 +115,8 @@ def api_order(document: dict[str, Any]) -> dict[str, Any]:
     core.refunds.with_refunds_shown; the gateway's references escaped:
     core.shown_references.with_references_shown). A shipment's label is stored as a key in the label store
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
-    its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
+    its `label_url` is null (GET /orders/{id} gives a fresh one), unless the carrier hosts it
+    (event_label). A document this version's model
     cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
     what only the system reads, left out here: every top-level field but the Order's shown ones
     (_ORDER_SHOWN: a field added since is left out too, as this version cannot tell a shown one from
@@ -129,8 +131,27 @@ def api_order(document: dict[str, Any]) -> dict[str, Any]:
         if isinstance(order.get("payment"), dict):
             order["payment"] = references_shown_in(order["payment"])
     for shipment in order.get("shipments") or []:
-        shipment["label_url"] = None
+        shipment["label_url"] = event_label(
+            shipment.get("label_url"), shipment.get("status") == ShipmentStatus.CANCELLED
+        )
     return order
+
+
+# The query parameters of a link signed for S3 (SigV4's, SigV2's): a label link of the labels bucket
+# stored by an order written before links were signed at each read.
+_SIGNATURES = frozenset({"x-amz-signature", "signature"})
+
+
+def event_label(stored: str | None, cancelled: bool) -> str | None:
+    """A shipment's or a return's label link as an event shows it: a carrier-hosted https link as
+    stored, as the API shows it (it signs none, and nothing of ours expires it). Null for a key of
+    the label store or a link signed to it, which the API signs afresh at each read (an event
+    outlives a signature: GET /orders/{id} gives a fresh one), and for a cancelled one, as the API
+    shows none (a label printed from it would be void)."""
+    if cancelled or not stored or not stored.startswith("https://"):
+        return None
+    signed = any(name.lower() in _SIGNATURES for name, _ in parse_qsl(urlsplit(stored).query, keep_blank_values=True))
+    return None if signed else stored
 
 
 def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[DomainEvent]:
@@ -377,9 +398,10 @@ def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[s
     types = [EventType.RETURN_CREATED] if old is None else []
     if new["status"] in _RECEIVED_RETURN and (old or {}).get("status") not in _RECEIVED_RETURN:
         types.append(EventType.RETURN_RECEIVED)
-    # As the API shows it, but for the label: a stored key the API signs a short-lived link to at
-    # each read (GET /returns/{id} gives one), as for a shipment's.
-    shown = {**Return.model_validate(new).model_dump(mode="json"), "label_url": None}
+    # As the API shows it, but for a stored label key, which the API signs a short-lived link to at
+    # each read (GET /returns/{id} gives one), as for a shipment's (event_label).
+    shown = Return.model_validate(new).model_dump(mode="json")
+    shown["label_url"] = event_label(shown["label_url"], shown["status"] == ReturnStatus.CANCELLED)
     data = {"order": api_order(order), "return": shown}
     version = int(new.get("version", 0))
     return [

@@ -444,7 +444,9 @@ def oms_payment_methods() -> list[str] | None:
     :return: method names, or None.
 
     Every plugin is called. POST /orders refuses a `payment.method` no plugin names (422
-    `unknown_payment_method`), so an order never waits for a payment no one can take.
+    `unknown_payment_method`), so an order never waits for a payment no one can take. A method
+    has the form a client sends (1 to 32 lower-case letters, digits or `_`): the host asks each
+    plugin once as it registers, and one naming another (`acme-pay`) is not loaded, reported broken.
     """
 
 

@@ -888,8 +888,14 @@ def _shipped() -> FulfillmentInput:
     return FulfillmentInput.model_construct()
 
 
+# What a client names as `payment.method`, and so what a payment plugin may take
+# (oms_payment_methods: a plugin naming another is refused when it loads, core.plugin_manager).
+PAYMENT_METHOD = re.compile(r"[a-z0-9_]{1,32}")
+PaymentMethod = Annotated[str, StringConstraints(pattern=rf"^{PAYMENT_METHOD.pattern}$")]
+
+
 class PaymentInput(Strict):
-    method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+    method: PaymentMethod
     # A gateway's token (tok_..., pm_..., a nonce): printable ASCII without spaces. Blank, a control
     # character or a space is refused here (422) rather than taken and refused by the gateway later
     # as payment_failed.
@@ -1391,6 +1397,20 @@ class GivenUpBooking(BaseModel, defer_build=True):
     carrier: str | None = None
     tracking_number: str | None = None
     booking_key: str
+
+
+class StepPluginFailure(BaseModel, defer_build=True):
+    """A workflow step's last failure in a plugin (a PluginError naming its plugin and hook), noted
+    by the step that met it (Workflow.note_plugin_failure): Step Functions' Retry hands the next
+    attempt nothing of the error before it, so an execution whose retries ran out of time names it,
+    in the note of the hold that parks the order, from here. `message` is the OMS's own words about
+    it (the plugin, the hook, the exception's type or what was wrong with the answer), never the
+    plugin's."""
+
+    plugin: str
+    hook: str
+    message: str
+    at: datetime
 
 
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
@@ -2008,6 +2028,10 @@ class Order(Shown):
     # look keys up, it is for the same amount, which a captured parcel or an edit meanwhile would
     # change. None: none stands, or stored before it existed. Stored, never shown.
     renewal_amount: Money | None = Field(default=None, exclude=True)
+    # The last failure of a workflow step in a plugin (StepPluginFailure), which an execution out of
+    # time names when it parks the order (Workflow.out_of_time); one older than the execution's
+    # start is an earlier execution's, named by none. None on nearly every order. Stored, never shown.
+    step_plugin_failure: StepPluginFailure | None = Field(default=None, exclude=True)
     # The authorizations that replaced the order's first (a renewal's, an edit's for a grown
     # total), each added by the write that records it: a capture asked under one names it in its
     # key (capture_keyed_under), so one the gateway refused under an earlier authorization (let
@@ -2228,6 +2252,8 @@ class Order(Shown):
             system["renewal_declined_before"] = self.renewal_declined_before
         if self.renewal_amount is not None:
             system["renewal_amount"] = self.renewal_amount.model_dump(mode="json")
+        if self.step_plugin_failure is not None:
+            system["step_plugin_failure"] = self.step_plugin_failure.model_dump(mode="json")
         if self.later_authorizations:
             system["later_authorizations"] = list(self.later_authorizations)
         if self.spent_authorizations:
@@ -5162,6 +5188,18 @@ class Order(Shown):
             labels_due=[due for due in self.labels_due if due != shipment_id],
             booking_keys={**self.booking_keys, shipment_id: key},
         )  # fmt: skip
+
+    def plugin_failure_noted(self, failure: StepPluginFailure) -> Bookkeeping | None:
+        """This order with `failure` as its workflow step's last failure in a plugin (Bookkeeping:
+        the step's own log line and error tell it). None once the order is past the workflow's
+        steps (closed, on hold, allocated: no execution of it will run out of time on them), and on
+        a pending order stored before `priced_version` existed, whose authorization is keyed by its
+        version (authorized_version): a new one would have the retry authorize under another key."""
+        if self.status not in (OrderStatus.PENDING, OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED):
+            return None
+        if self.status is OrderStatus.PENDING and self.priced_version is None:
+            return None
+        return self._bookkeeping(at=failure.at, step_plugin_failure=failure)
 
     def unrecorded_bookings_given_up(self, bookings: list[GivenUpBooking], *, at: datetime) -> Bookkeeping | None:
         """Bookings made for this order that no version recorded (a CreateShipments or a re-booking

@@ -20,7 +20,7 @@ from core import PROJECT, hookspecs
 from core.errors import PluginUnavailable
 from core.fields import empty_list
 from core.hook_calls import plugin_words, printed, recording
-from core.models import Shown
+from core.models import PAYMENT_METHOD, Shown
 from core.money import Money
 
 # The built-in gateway that approves any `tok_approve`: a deployment that loaded it by accident
@@ -181,6 +181,10 @@ class OmsPluginManager(pluggy.PluginManager):
             plugin_name = super().register(plugin, name)
         finally:
             self._parsing = outer
+        refused = _refused_payment_methods(self, plugin) if plugin_name is not None else None
+        if refused is not None:
+            super().unregister(plugin)
+            raise pluggy.PluginValidationError(plugin, refused)
         if plugin_name is not None:
             if built_in(plugin):
                 self._built_in.add(plugin_name)
@@ -295,6 +299,36 @@ class OmsPluginManager(pluggy.PluginManager):
             if isinstance(caller, pluggy.HookCaller) and caller.has_spec()
         }  # fmt: skip
         return PluginReport(plugins=[*loaded, *disabled, *self.broken], call_order=call_order)
+
+
+def _refused_payment_methods(manager: pluggy.PluginManager, plugin: object) -> str | None:
+    """Why `plugin` cannot take the payment methods it names (its oms_payment_methods, asked as it
+    registers), or None: a method no client can send as `payment.method` (`acme-pay`) would load,
+    and every order naming it be refused 422 as the client's mistake, with nothing on /health or
+    GET /plugins to tell the operator; so would an answer call_hook refuses at each call (not a list
+    of str). A plugin whose implementation raises here is left to its calls (a gateway asked for its
+    methods, briefly down: call_hook names it at each)."""
+    for impl in manager.hook.oms_payment_methods.get_hookimpls():
+        if impl.plugin is not plugin or impl.wrapper or impl.hookwrapper:
+            continue
+        try:
+            methods = impl.function()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # any, as call_hook takes any: its calls say
+            continue
+        if methods is None:
+            continue
+        if not isinstance(methods, list | tuple):
+            return f"oms_payment_methods answered {type(methods).__name__}, expected a list of method names"
+        wrong = [m for m in methods if not (isinstance(m, str) and PAYMENT_METHOD.fullmatch(m))]
+        if wrong:
+            shown = ", ".join(repr(m)[:40] for m in wrong[:3])
+            return (
+                f"oms_payment_methods answered {shown}, which no order can name as its payment.method"
+                " (1 to 32 lower-case letters, digits or _): every order with it would be refused 422"
+            )
+    return None
 
 
 def _after_call(*_: object) -> None:

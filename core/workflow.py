@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -40,6 +40,7 @@ from core.errors import (
     ReservationsFull,
     StaleVersion,
     TransientError,
+    WorkflowOutOfTime,
     caught_message,
     is_own_error,
 )
@@ -54,6 +55,7 @@ from core.models import (
     Order,
     Shipment,
     ShipmentLine,
+    StepPluginFailure,
     StockLevel,
     is_pick_slip,
     utc_now,
@@ -1489,12 +1491,52 @@ class Workflow:
             execution and retried and stored.status is S.ON_HOLD and self._parked_by(order_id, execution)
         )
 
+    # --- A main step out of time ------------------------------------------------------------------
+    def note_plugin_failure(self, order_id: str, failed: PluginError) -> None:
+        """Keep `failed`, a main step's failure in a plugin that names the plugin and hook, on the
+        order (Order.step_plugin_failure): its execution's retries may run out of time on it, and
+        the attempt then refused (out_of_time) calls no plugin, so could not name it otherwise. At
+        most one write per attempt, which Step Functions retries anyway; a failed write (the order
+        changing meanwhile, or gone) leaves the note out, never the step's own error."""
+        named = failed.details[0] if failed.details else {}
+        plugin, hook = named.get("plugin"), named.get("hook")
+        if not isinstance(plugin, str) or not isinstance(hook, str):
+            return  # no plugin named: nothing to point a person to
+        failure = StepPluginFailure(plugin=plugin, hook=hook, message=failed.message[:500], at=self._clock())
+        with contextlib.suppress(NotFound, StaleVersion):
+            modify(self._orders, order_id, lambda order: order.plugin_failure_noted(failure))
+
+    def out_of_time(self, order_id: str, started: datetime, retry_for_seconds: int) -> WorkflowOutOfTime:
+        """The refusal of a main step asked once its execution's retries ran their time
+        (`retry_for_seconds` from `started`): naming the plugin and hook of the last plugin failure a
+        step of this execution noted (note_plugin_failure), which is what its retries were spent on,
+        else the time alone (a failure of DynamoDB, of Lambda, of a bug)."""
+        try:
+            found = self._orders.get(order_id, consistent=True)  # the failure noted a moment ago
+        except Exception:  # any: refused otherwise than WorkflowOutOfTime, the step would be retried
+            found = None  # past Express's five minutes, which no Catch outlives: the time alone
+        failure = found.step_plugin_failure if found is not None else None
+        if failure is None or failure.at < started:
+            return out_of_time(started, retry_for_seconds)
+        return WorkflowOutOfTime(
+            f"{failure.message}; retried until the workflow's {retry_for_seconds} s from its start"
+            f" ({started.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}) ran out"
+        )
+
     def _parked_by(self, order_id: str, execution: str) -> bool:
         """Whether the order's hold is the park workflow execution `execution` made (the last
         `on_hold` entry of its history, which names it)."""
         found = self._orders.history(order_id, consistent=True)
         held = [entry for entry in found[1] if entry.type is OrderEvent.ON_HOLD] if found is not None else []
         return bool(held) and (held[-1].detail or {}).get("execution") == execution
+
+
+def out_of_time(started: datetime, retry_for_seconds: int) -> WorkflowOutOfTime:
+    """The refusal of a step asked once its execution's retries ran their time, saying that alone."""
+    return WorkflowOutOfTime(
+        f"the workflow's steps may be retried for {retry_for_seconds} s from its start"
+        f" ({started.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}), and that time has run out"
+    )
 
 
 def _check_authorized_visible(order: Order) -> None:

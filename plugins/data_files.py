@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
-from core import PLUGIN_SETTINGS_PREFIX
+from core import plugin_settings_prefix
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -31,7 +31,7 @@ def data_file_path(plugin: str, setting: str, default_name: str) -> Path:
 
 @lru_cache(maxsize=64)
 def _variable(plugin: str, setting: str) -> str:
-    return f"{PLUGIN_SETTINGS_PREFIX}{plugin.upper()}_{setting.upper()}"
+    return f"{plugin_settings_prefix(plugin)}{setting.upper()}"
 
 
 @lru_cache(maxsize=64)

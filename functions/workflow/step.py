@@ -1,14 +1,15 @@
 """What every order workflow task shares: its input, and the handler around the service call."""
 
+import functools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from core.errors import WorkflowOutOfTime
+from core.errors import PluginError, PluginUnavailable, WorkflowOutOfTime
 from core.log_text import escape_for_log
-from core.workflow import Workflow
+from core.workflow import Workflow, out_of_time
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.masked_logs import function_logger
@@ -48,14 +49,15 @@ class RetryBudget(BaseModel):
     started: AwareDatetime | None = None  # Step Functions writes it in UTC, "...Z"
     retry_for_seconds: Annotated[int, Field(gt=0)] | None = None
 
-    def refuse_when_out_of_time(self, now: datetime) -> None:
+    def refuse_when_out_of_time(
+        self, now: datetime, refusal: Callable[[datetime, int], WorkflowOutOfTime] = out_of_time
+    ) -> None:
+        """Raise `refusal(started, retry_for_seconds)` once the retries' time has run out (an order
+        step's names the plugin its retries were spent on: Workflow.out_of_time)."""
         if self.started is None or self.retry_for_seconds is None:
             return
         if now - self.started >= timedelta(seconds=self.retry_for_seconds):
-            raise WorkflowOutOfTime(
-                f"the workflow's steps may be retried for {self.retry_for_seconds} s from its start"
-                f" ({self.started.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}), and that time has run out"
-            )
+            raise refusal(self.started, self.retry_for_seconds)
 
 
 class StepInput(RetryBudget):
@@ -89,7 +91,8 @@ def step_handler(
         logger.append_keys(order_id=step.order_id, channel=step.trace.channel or None)
         logger.set_correlation_id(step.trace.correlation_id or None)
         try:
-            step.refuse_when_out_of_time(container().clock())
+            refusal = functools.partial(container().workflow.out_of_time, step.order_id)
+            step.refuse_when_out_of_time(container().clock(), refusal)
             if calls_plugins:
                 container().plugins.require_loaded()
             run(container().workflow, step)
@@ -100,6 +103,18 @@ def step_handler(
                 "workflow step raised",
                 extra={"error": type(error).__name__, "reason": escape_for_log(str(error)[:500])},
             )
+            if step.started is not None and isinstance(error, PluginError) and not isinstance(error, PluginUnavailable):
+                # A main step's retries may run out of time on it: its refusal then names it.
+                note_plugin_failure(container().workflow, step.order_id, error)
             raise
 
     return lambda_handler
+
+
+def note_plugin_failure(workflow: Workflow, order_id: str, failed: PluginError) -> None:
+    """Workflow.note_plugin_failure, whose own failure (DynamoDB busy) is logged and leaves the
+    step's error to go on to the state machine as it is."""
+    try:
+        workflow.note_plugin_failure(order_id, failed)
+    except Exception as unnoted:  # any: the step's error, not this note's, is what Retry and Catch match
+        logger.warning("plugin failure not noted on the order", extra={"error": type(unnoted).__name__})

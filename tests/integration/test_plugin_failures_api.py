@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from core import hookimpl
+from core.errors import PluginError, WorkflowOutOfTime
 from core.money import Money
 from core.pricing_types import Discount, ShippingQuote, TaxRate
 from core.return_models import ReturnPolicyDecision
@@ -322,13 +324,9 @@ def test_a_return_label_booked_though_its_answer_was_lost_is_cancelled_once_the_
 # --- The workflow's CreateShipments ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failure", carrier_cases("raises", "no-label", "wrong-type"))
-def test_a_carrier_that_fails_to_book_fails_the_task_and_the_order_is_parked_with_its_stock_and_payment(
-    api: InProcessApi, failure: Any
-):
+def reserved_order(api: InProcessApi) -> str:
+    """A placed order the workflow authorized and reserved, its parcels still to book."""
     from functions.bootstrap import Config, bootstrap
-    from functions.workflow import create_shipments, park_order
-    from tests.integration.test_handlers import Context
 
     body = order_body(external_id=f"web-b{next(_keys)}", lines=[{"sku": "MUG", "quantity": 1}])
     placed = api.post("/orders", json=body)
@@ -337,6 +335,17 @@ def test_a_carrier_that_fails_to_book_fails_the_task_and_the_order_is_parked_wit
     workflow = bootstrap(Config.from_env()).workflow
     workflow.authorize_payment(order_id, attempt=0)
     workflow.reserve_stock(order_id)
+    return order_id
+
+
+@pytest.mark.parametrize("failure", carrier_cases("raises", "no-label", "wrong-type"))
+def test_a_carrier_that_fails_to_book_fails_the_task_and_the_order_is_parked_with_its_stock_and_payment(
+    api: InProcessApi, failure: Any
+):
+    from functions.workflow import create_shipments, park_order
+    from tests.integration.test_handlers import Context
+
+    order_id = reserved_order(api)
     reserved = api.get(f"/orders/{order_id}").json()
 
     with installed(failing_at("oms_carrier_create_shipment", failure)):
@@ -357,3 +366,62 @@ def test_a_carrier_that_fails_to_book_fails_the_task_and_the_order_is_parked_wit
     assert parked["status"] == "on_hold" and parked["hold"]["reason"] == "other"
     assert (parked["allocations"], parked["payment"]) == (reserved["allocations"], reserved["payment"])
     assert parked["shipments"] == []
+
+
+def test_an_order_whose_carrier_refused_links_until_the_workflow_ran_out_of_time_is_parked_naming_the_plugin(
+    api: InProcessApi,
+):
+    """A carrier plugin answering an http:// label link is refused (plugin_error) at each retry of
+    CreateShipments until the execution's 90 s are spent; the attempt asked then refuses at once
+    (WorkflowOutOfTime), and the hold that parks the order names that plugin and hook, as the plugin
+    guide says, not only the time budget: an operator reading the order sees which plugin to fix."""
+    from functions.workflow import create_shipments, park_order
+    from tests.integration.test_handlers import Context
+
+    order_id = reserved_order(api)
+    started = datetime.now(UTC)
+    budget = {"order_id": order_id, "retry_for_seconds": 90}
+    with installed(failing_at("oms_carrier_create_shipment", CARRIER_FAILURES["label-url-not-https"])):
+        with pytest.raises(PluginError):
+            create_shipments.lambda_handler({**budget, "started": started.isoformat()}, Context())
+        # The execution's next attempt, its retries' time spent (its start moved back).
+        with pytest.raises(WorkflowOutOfTime) as refused:
+            create_shipments.lambda_handler(
+                {**budget, "started": (started - timedelta(seconds=91)).isoformat()}, Context()
+            )
+
+    park_order.lambda_handler(
+        {"order_id": order_id, "error": "WorkflowOutOfTime", "cause": str(refused.value)}, Context()
+    )
+
+    parked = api.get(f"/orders/{order_id}").json()
+    assert parked["status"] == "on_hold"
+    note = parked["hold"]["note"]
+    assert note.startswith(f"order workflow failed after retries: WorkflowOutOfTime: plugin {PLUGIN} returned"), note
+    assert "(oms_carrier_create_shipment)" in note and "retried until the workflow's 90 s" in note
+    (entry,) = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "on_hold"]
+    assert f"plugin {PLUGIN} returned" in entry["detail"]["message"]
+
+
+def test_a_plugin_failure_the_step_cannot_note_on_the_order_still_fails_the_step_as_the_plugins(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """The note is the step's second write: DynamoDB refusing it (throttled) must not turn the
+    plugin_error Step Functions retries into another error (nor hide it)."""
+    from botocore.exceptions import ClientError
+
+    from functions.workflow import create_shipments
+    from functions.workflow.step import container as step_container
+    from tests.integration.test_handlers import Context
+
+    order_id = reserved_order(api)
+
+    def throttled(*_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    monkeypatch.setattr(step_container().workflow, "note_plugin_failure", throttled)
+    event = {"order_id": order_id, "started": datetime.now(UTC).isoformat(), "retry_for_seconds": 90}
+    with installed(failing_at("oms_carrier_create_shipment", Raised)), pytest.raises(PluginError) as failed:
+        create_shipments.lambda_handler(event, Context())
+
+    assert f"plugin {PLUGIN} failed in oms_carrier_create_shipment" in str(failed.value)

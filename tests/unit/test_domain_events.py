@@ -239,6 +239,33 @@ def test_shipments_shipped_and_delivered_carry_the_shipment_without_a_stored_lab
     assert types(shipped, delivered) == ["shipment.delivered"]
 
 
+CARRIER_HOSTED = "https://labels.parcelhub.example/PH1234567890.pdf"
+# An order stored before links were signed at read time holds a 7-day link to the labels bucket.
+OUR_SIGNED_LINK = (
+    "https://oms-labels.s3.amazonaws.com/labels/ord_x/shp_1.pdf?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIA%2F20261201%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Expires=604800&X-Amz-Signature=ab12"
+)
+
+
+def test_a_carrier_hosted_label_link_is_in_the_events_as_the_api_shows_it_and_our_signed_ones_are_not():
+    """A carrier plugin that hosts its labels answers an https link, which the API shows as stored
+    (no link of ours to sign, none that expires at our hand): an event shows it too, as `data`
+    holds the objects as the API shows them. A stored label key, or a link signed to the labels
+    bucket (an order stored before links were signed at each read), stays null: an event outlives
+    a signature. A cancelled parcel shows none, as in the API."""
+    hosted, ours = shipment("pending", label=CARRIER_HOSTED), shipment("pending", "shp_2", label=OUR_SIGNED_LINK)
+    given_up = shipment("cancelled", "shp_4", label=CARRIER_HOSTED)
+    old = order_doc(status="allocated", shipments=[hosted, ours, shipment("pending", "shp_3"), given_up])
+    shipped = next_version(
+        old, status="partially_shipped", shipments=[{**hosted, "status": "shipped"}, *old["shipments"][1:]]
+    )
+
+    (event,) = order_events(old, shipped)
+
+    assert event.data["shipment"]["label_url"] == CARRIER_HOSTED
+    assert [s["label_url"] for s in event.data["order"]["shipments"]] == [CARRIER_HOSTED, None, None, None]
+
+
 @pytest.mark.parametrize("status", ["partially_returned", "returned"])
 def test_the_last_parcel_arriving_after_units_came_back_is_order_delivered_though_the_status_stays(status: str):
     """Units of a split order returned before its last parcel arrived keep it `partially_returned`
@@ -605,6 +632,21 @@ def test_a_received_return_is_return_received_once_and_its_label_key_is_never_sh
     assert event.data["return"]["label_url"] is None
     assert return_events(received, refunded, order) == []
     assert [e.id for e in return_events(approved, received, order)] == [event.id]  # a redelivered change
+
+
+def test_a_return_label_the_carrier_hosts_is_in_return_received_as_get_returns_shows_it():
+    requested, *_ = _return_steps()
+    at = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    approved = Return.model_validate(requested).approve(None, at=at).labelled("parcelhub", "PH1", CARRIER_HOSTED)
+    received = approved.receive(
+        ReceiveReturn(location_id="wh1", lines=[{"line_id": "L1", "quantity": 1, "condition": "resellable"}]),
+        at=at, by="key_wh",
+    )  # fmt: skip
+    old, new = (json.loads(item.stored_json()) for item in (approved, received))
+
+    (event,) = return_events(old, new, order_doc(status="delivered"))
+
+    assert event.data["return"]["label_url"] == CARRIER_HOSTED
 
 
 def test_a_return_without_its_order_or_an_item_that_is_not_a_return_gives_nothing():

@@ -13,6 +13,7 @@ from core.errors import PluginUnavailable
 from core.hook_calls import call_hook
 from core.plugin_manager import build_plugin_manager
 from functions.plugin_loading import load_plugin_manager
+from plugins.data_files import data_file_path
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.unit.conftest import a_customer, a_product
 
@@ -221,6 +222,59 @@ def test_an_implementation_with_an_argument_the_spec_lacks_is_broken(installer):
     assert "price_list" in statuses(plugins)["wrong"][1]
 
 
+HYPHENATED_METHOD = """
+    from core import hookimpl
+
+    @hookimpl
+    def oms_payment_methods():
+        return ["acme_card", "acme-pay"]
+"""
+
+
+def test_a_payment_plugin_naming_a_method_no_order_can_send_is_broken_and_says_which(installer):
+    """`payment.method` is 1 to 32 lower-case letters, digits or `_`: a plugin taking `acme-pay`
+    loaded, and every order naming it was refused 422 as the client's mistake, with nothing on
+    /health or GET /plugins for the operator. It is a plugin that cannot work as written, found
+    when it loads, as a misspelt hook is."""
+    installer.install("oms-acme", "0.1", {"acme_pay": HYPHENATED_METHOD, "acme_prices": GOOD})
+
+    plugins = load_plugin_manager()
+
+    status, reason = statuses(plugins)["acme_pay"]
+    assert status == "broken"
+    assert "oms_payment_methods" in reason and "'acme-pay'" in reason and "'acme_card'" not in reason
+    assert plugins.get_plugin("acme_pay") is None
+    assert "acme_pay" not in [impl.plugin_name for impl in plugins.hook.oms_payment_methods.get_hookimpls()]
+    assert statuses(plugins)["acme_prices"][0] == "loaded"
+    with pytest.raises(PluginUnavailable, match="acme_pay"):
+        call_hook(plugins.hook.oms_payment_methods)
+
+
+def test_a_payment_plugin_answering_its_method_bare_not_in_a_list_is_broken_when_it_loads():
+    # call_hook refuses it at every call (every order 502): the operator hears of it at load instead.
+    class AcmePay:
+        @hookimpl
+        def oms_payment_methods(self):
+            return "acme_pay"
+
+    with pytest.raises(pluggy.PluginValidationError, match="oms_payment_methods answered str, expected a list"):
+        build_plugin_manager().register(AcmePay())
+
+
+def test_a_payment_plugin_registered_in_code_naming_a_method_no_order_can_send_is_refused_loudly():
+    class AcmePay:
+        @hookimpl
+        def oms_payment_methods(self):
+            return ["acme-pay"]
+
+    plugins = build_plugin_manager()
+    taking = [impl.plugin_name for impl in plugins.hook.oms_payment_methods.get_hookimpls()]
+
+    with pytest.raises(pluggy.PluginValidationError, match="oms_payment_methods answered 'acme-pay'"):
+        plugins.register(AcmePay())
+    assert [impl.plugin_name for impl in plugins.hook.oms_payment_methods.get_hookimpls()] == taking
+
+
 def test_a_plugin_registered_in_code_with_an_unknown_hook_is_refused_loudly():
     class Misspelt:
         @hookimpl
@@ -273,6 +327,7 @@ def test_the_reported_call_order_is_the_order_pluggy_calls_them():
         ("newer", {}),
     ]:
         plugins.register(plugin(name, **opts), name=name)
+    called.clear()  # each was asked its methods as it registered (a method no order can name is refused)
 
     plugins.hook.oms_payment_methods()
 
@@ -300,6 +355,23 @@ def test_plugin_settings_read_the_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("OMS_PLUGIN_ACME_API_URL", "https://acme.example")
 
     assert plugin_settings("acme") == {"api_url": "https://acme.example"}
+
+
+def test_a_plugin_whose_entry_point_name_holds_a_hyphen_or_a_dot_reads_its_variables_with_underscores():
+    """Lambda refuses an environment variable whose name holds `-` or `.`, so OMS_PLUGIN_ACME-PAY_*
+    could never be set on AWS: such a name reads the variables it would spell with underscores."""
+    environ = {"OMS_PLUGIN_ACME_PAY_LIMITS": "EUR:500", "OMS_PLUGIN_ACME-PAY_LIMITS": "unsettable"}
+
+    assert plugin_settings("acme-pay", environ) == {"limits": "EUR:500"}
+    assert plugin_settings("acme.pay", environ) == {"limits": "EUR:500"}
+
+
+def test_a_data_file_setting_is_read_under_the_same_variable_name_plugin_settings_reads(monkeypatch, tmp_path):
+    # plugins.data_files looks one variable up by name (no walk of the environment): the same name.
+    monkeypatch.setenv("OMS_PLUGIN_ACME_RATES_FILE", str(tmp_path / "rates.json"))
+
+    assert data_file_path("acme-rates", "file", "tax_rates.json") == tmp_path / "rates.json"
+    assert plugin_settings("acme-rates") == {"file": str(tmp_path / "rates.json")}
 
 
 def test_registering_a_plugin_parses_each_attribute_once_and_registers_what_pluggy_alone_would(monkeypatch):

@@ -19,6 +19,7 @@ from core.errors import (
     OrderClosed,
     OutOfStock,
     PaymentDeclined,
+    PluginError,
     PluginUnavailable,
     StaleVersion,
     TransientError,
@@ -1293,6 +1294,125 @@ def test_an_order_cancelled_before_any_authorization_was_asked_for_asks_for_none
 
     assert world.gateway.keys("authorize") == []
     assert world.spy.voided == []
+
+
+# --- A step whose plugin kept failing until the execution ran out of time ------------------------
+
+
+class CarrierApiChanged:
+    """A carrier plugin whose every booking fails (its carrier changed its API)."""
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_create_shipment(self):
+        raise RuntimeError("unexpected field 'labelUrl'")
+
+
+def a_reserved_order_its_carrier_fails_to_book(clock) -> tuple[World, str]:
+    world = build_world(STOCK, CarrierApiChanged(), clock=clock)
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    return world, order_id
+
+
+def test_an_order_whose_carrier_plugin_kept_failing_until_the_workflow_ran_out_of_time_is_parked_naming_it(clock):
+    """The plugin guide names the plugin in the note of the hold that parks an order. A step whose
+    plugin keeps failing is retried until the execution's time budget runs out, and the attempt asked
+    then refuses at once (WorkflowOutOfTime) without calling the plugin: its note named only the
+    budget. It names the plugin and hook of the step's last plugin failure in this execution."""
+    world, order_id = a_reserved_order_its_carrier_fails_to_book(clock)
+    started = clock()
+    for _ in range(3):  # Step Functions' retries, each failing the same way
+        clock.advance(seconds=20)
+        with pytest.raises(PluginError) as failed:
+            world.workflow.create_shipments(order_id)
+        world.workflow.note_plugin_failure(order_id, failed.value)
+    clock.advance(seconds=45)
+
+    refused = world.workflow.out_of_time(order_id, started, retry_for_seconds=90)
+    world.workflow.park_after_failure(order_id, "WorkflowOutOfTime", refused.message)
+
+    order = world.order(order_id)
+    assert order.status is S.ON_HOLD
+    assert order.hold.note.startswith(
+        "order workflow failed after retries: WorkflowOutOfTime: plugin CarrierApiChanged failed in"
+        " oms_carrier_create_shipment: RuntimeError; its words are in the log line `plugin raised`"
+    ), order.hold.note
+    assert "retried until the workflow's 90 s from its start" in order.hold.note
+    parked = world.history(order_id)[-1]
+    assert (
+        parked.type == "on_hold"
+        and "plugin CarrierApiChanged failed in oms_carrier_create_shipment" in (parked.detail["message"])
+    )
+    assert "unexpected field" not in order.hold.note  # the plugin's words stay in its log line
+
+
+def test_an_execution_out_of_time_after_no_plugin_failure_of_its_own_keeps_the_out_of_time_note(clock):
+    """A plugin failure noted before the execution started (an earlier one's, parked and released)
+    did not use up this one's time: its refusal says only that the time ran out."""
+    world, order_id = a_reserved_order_its_carrier_fails_to_book(clock)
+    with pytest.raises(PluginError) as failed:
+        world.workflow.create_shipments(order_id)
+    world.workflow.note_plugin_failure(order_id, failed.value)
+    clock.advance(seconds=1)
+    started = clock()
+    clock.advance(seconds=90)
+
+    refused = world.workflow.out_of_time(order_id, started, retry_for_seconds=90)
+
+    assert refused.message == (
+        "the workflow's steps may be retried for 90 s from its start (2026-11-22T12:00:01Z), and that time has run out"
+    ), refused.message
+
+
+def test_a_payment_plugin_failure_on_an_order_stored_before_priced_version_leaves_its_authorization_key(world):
+    """Such an order's authorization is keyed by its version (Order.authorized_version): a note
+    written as a new version would have the retry ask the gateway under another key, a second
+    authorization beside the one the failed attempt may have made. Nothing is noted on it."""
+    order_id = world.place(("TSHIRT", 2))
+    stored_before_priced_version(world, order_id)
+    key = world.order(order_id).authorized_version
+    failed = PluginError(
+        "plugin acme failed in oms_payment_authorize: KeyError; its words are in the log line `plugin raised`",
+        details=[{"plugin": "acme", "hook": "oms_payment_authorize"}],
+    )
+
+    world.workflow.note_plugin_failure(order_id, failed)
+
+    assert world.order(order_id).authorized_version == key
+
+
+def test_an_execution_out_of_time_that_cannot_read_its_order_still_refuses_as_out_of_time(clock, monkeypatch):
+    """The refusal is what parks the order before AWS stops the execution: a read of the noted
+    failure that fails (DynamoDB throttled) must not turn it into an error Step Functions retries."""
+    world, order_id = a_reserved_order_its_carrier_fails_to_book(clock)
+    started = clock()
+    clock.advance(seconds=90)
+
+    def throttled(*_: object, **__: object) -> None:
+        raise TransientError("the Orders table is throttled")
+
+    monkeypatch.setattr(world.orders, "get", throttled)
+    refused = world.workflow.out_of_time(order_id, started, retry_for_seconds=90)
+
+    assert refused.message.startswith("the workflow's steps may be retried for 90 s"), refused.message
+
+
+def test_a_plugin_failure_is_not_noted_on_an_order_past_the_workflows_steps_nor_without_a_plugin_named(clock):
+    """A cancel that landed while the step ran closes the order: no execution of it runs out of
+    time on a step any more, and nothing is written to it. A PluginError naming no plugin points a
+    person nowhere: nothing is kept either."""
+    world, order_id = a_reserved_order_its_carrier_fails_to_book(clock)
+    with pytest.raises(PluginError) as failed:
+        world.workflow.create_shipments(order_id)
+    world.workflow.note_plugin_failure(order_id, PluginError("oms_carrier_create_shipment returned str"))
+    assert world.order(order_id).step_plugin_failure is None
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+    cancelled = world.order(order_id)
+
+    world.workflow.note_plugin_failure(order_id, failed.value)
+
+    assert world.order(order_id) == cancelled
 
 
 # --- Compensation -------------------------------------------------------------------------------
