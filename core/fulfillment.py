@@ -723,7 +723,7 @@ class OrderActions:
                     new, entries = order.reject_in_part(
                         shipment_id, reason, shipments=sourced.shipments, allocations=sourced.allocations,
                         cancelled=cancelled, at=at, actor=actor, maybe_booked=sourced.maybe_booked,
-                        counted_sku=counted_sku,
+                        counted_sku=counted_sku, sourcing_rules_version=sourced.sourcing_rules_version,
                     )  # fmt: skip
                     self._orders.update(self._units.owing_after_reject(new), order, entries)
                 except StaleVersion:

@@ -4188,7 +4188,7 @@ class Order(Shown):
     def reject_in_part(
         self, shipment_id: str, reason: str, *, shipments: list[Shipment], allocations: list[Allocation],
         cancelled: Change | None, at: datetime, actor: str, maybe_booked: list[GivenUpBooking] | None = None,
-        counted_sku: str | None = None,
+        counted_sku: str | None = None, sourcing_rules_version: int | None = None,
     ) -> "tuple[Order, list[HistoryEntry]]":  # fmt: skip
         """The location cannot fulfil this pending parcel of a partly shipped order: the parcel
         leaves the order, replaced by `shipments` (its units sourced again at other locations and
@@ -4203,7 +4203,8 @@ class Order(Shown):
         `maybe_booked`: bookings an earlier attempt killed before its write may have made at
         locations this one does not use, judged as unrecorded bookings are (_next): owed a cancel
         from this write, but one a parcel of the order uses, or owed already. `counted_sku`: as for
-        reject_shipment."""
+        reject_shipment. `sourcing_rules_version`: the rules the units were planned under, named in
+        the shipment_rejected entry as a stock_reserved entry names them."""
         parcel = self.rejectable_in_part(shipment_id)
         base = self
         entries: list[HistoryEntry] = []
@@ -4226,7 +4227,8 @@ class Order(Shown):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": parcel.location_id, "reason": reason,
                     "released": [a.model_dump() for a in self.allocations if a.location_id == parcel.location_id],
-                    "sourced": [a.model_dump() for a in allocations], "shipments": [s.id for s in shipments]},
+                    "sourced": [a.model_dump() for a in allocations], "shipments": [s.id for s in shipments],
+                    **_rules_named(sourcing_rules_version)},
             **self._excluding(parcel.location_id, counted_sku), shipments=[*kept, *shipments], booking_keys=keys,
             allocations=[*(a for a in base.allocations if a.location_id != parcel.location_id), *allocations],
             **({"unrecorded_bookings": [*base.unrecorded_bookings, *maybe]} if maybe else {}),

@@ -877,6 +877,9 @@ class CaptureService:
         planned = rules.max_shipments is not None and self._sourcing is not None
         if not short_skus and not planned:
             return
+        # A count the rules cut says so: GET /inventory shows every unit, excluded or held back.
+        kept_back = bool(sources & set(rules.excluded_locations)) or any(rules.safety_stock.get(loc) for loc in sources)
+        under = f" under {rules.named()}" if kept_back else ""
         sources = sources - set(rules.excluded_locations)
         skus = set(wanted) if planned else short_skus
         levels = self._inventory.levels(skus, sources, consistent=consistent) if sources else {}
@@ -899,7 +902,7 @@ class CaptureService:
         short = [
             {
                 "field": f"lines[{i}].quantity",
-                "message": f"{available[line.sku]} of {line.sku} available, {wanted[line.sku]} ordered",
+                "message": f"{available[line.sku]} of {line.sku} available{under}, {wanted[line.sku]} ordered",
             }
             for i, line in enumerate(cmd.lines)
             if line.sku in short_skus and available[line.sku] < wanted[line.sku]

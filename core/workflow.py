@@ -209,6 +209,8 @@ class SourcedAgain:
     # locations whose units it reserved and this plan no longer uses (its reservations there show
     # it): owed a cancel from this attempt's write (Order.reject_in_part).
     maybe_booked: list[GivenUpBooking] = field(default_factory=list)
+    # The version of the sourcing rules the units were planned under, for the history to name.
+    sourcing_rules_version: int | None = None
 
 
 class Workflow:
@@ -1264,7 +1266,7 @@ class Workflow:
             raise
         return SourcedAgain(
             shipments=shipments, allocations=allocations, short={k: v for k, v in short.items() if v},
-            reserved=done, bookings=made, maybe_booked=maybe_booked,
+            reserved=done, bookings=made, maybe_booked=maybe_booked, sourcing_rules_version=rules.version,
         )  # fmt: skip
 
     def _book_again(

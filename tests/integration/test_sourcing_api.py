@@ -336,14 +336,17 @@ def test_capture_counts_only_the_stock_the_rules_let_allocation_take(api: InProc
     sku = catalog.product("9.00")
     catalog.stock(sku, network["west"], 10)
     catalog.stock(sku, network["east"], 3)
-    put_rules(api, excluded_locations=[network["west"]], safety_stock={network["east"]: 1})
+    version = put_rules(api, excluded_locations=[network["west"]], safety_stock={network["east"]: 1})["version"]
     # A container reads the rules at most OMS_CATALOG_CACHE_SECONDS old: a new one reads them now.
     forget_warm_containers()
     try:
         refused = api.post("/orders", json=order_body((sku, 3)))
         assert_error(refused, 409, "insufficient_stock")
         assert refused.json()["error"]["details"] == [
-            {"field": "lines[0].quantity", "message": f"2 of {sku} available, 3 ordered"}
+            {
+                "field": "lines[0].quantity",
+                "message": f"2 of {sku} available under sourcing rules v{version}, 3 ordered",
+            },
         ]
         assert api.post("/orders", json=order_body((sku, 2))).status_code == 201
     finally:

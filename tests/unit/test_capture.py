@@ -105,11 +105,34 @@ def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
     capture.place(place_order(external_id="ok", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
     with pytest.raises(InsufficientStock) as raised:
         capture.place(place_order(external_id="short", lines=[{"sku": "TSHIRT", "quantity": 2}]), "k")
-    assert raised.value.details == [{"field": "lines[0].quantity", "message": "1 of TSHIRT available, 2 ordered"}]
+    assert raised.value.details == [
+        {"field": "lines[0].quantity", "message": "1 of TSHIRT available under sourcing rules v2, 2 ordered"}
+    ]
     # Every shipping location excluded: nothing is available, and no stock read is needed to say so.
     rules = SourcingRules(version=3, excluded_locations=["wh-east", "wh-west"])
     with pytest.raises(InsufficientStock):
         capture.place(place_order(external_id="none", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
+
+
+@pytest.mark.parametrize(
+    ("rules", "said"),
+    [
+        (
+            SourcingRules(version=7, safety_stock={"wh-east": 3, "wh-west": 2}),
+            "0 of TSHIRT available under sourcing rules v7",
+        ),
+        (SourcingRules(version=8, excluded_locations=["wh-east"]), "2 of TSHIRT available under sourcing rules v8"),
+    ],
+    ids=["held-back", "excluded"],
+)
+def test_an_order_short_only_under_the_sourcing_rules_is_told_they_are_why(world, rules, said):
+    # GET /inventory counts every unit (5 T-shirts here): a refusal that said "0 of TSHIRT
+    # available" and no more left the merchandiser reading a count the inventory contradicts.
+    _, orders, inventory = world
+    capture = capture_under(lambda: rules, orders, inventory)
+    with pytest.raises(InsufficientStock) as raised:
+        capture.place(place_order(lines=[{"sku": "TSHIRT", "quantity": 3}]), "k")
+    assert raised.value.details == [{"field": "lines[0].quantity", "message": f"{said}, 3 ordered"}]
 
 
 def test_an_order_that_may_wait_is_refused_when_the_sourcing_rules_leave_no_location_to_supply_it(world):
