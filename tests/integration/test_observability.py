@@ -273,6 +273,15 @@ def list_orders() -> dict[str, Any]:
     return evt
 
 
+def api_service() -> str:
+    """The `service` the API function's technical metrics carry: the POWERTOOLS_SERVICE_NAME its
+    module was first imported under (as on Lambda, read once). In a worker where an embedded stack
+    imported it first, that is template.yaml's `oms`, not the suite's FUNCTIONS_SERVICE."""
+    from functions.api.app import metrics
+
+    return metrics.service
+
+
 @pytest.mark.parametrize(
     "error",
     [RuntimeError("a bug"), ClientError({"Error": {"Code": "ValidationException", "Message": "a bug"}}, "Query")],
@@ -298,7 +307,7 @@ def test_a_500_the_api_answers_itself_is_counted_for_the_alarm_that_calls_a_pers
         restore()
 
     assert (response["statusCode"], json.loads(response["body"])) == (500, INTERNAL_ERROR)
-    service = (("service", os.environ["POWERTOOLS_SERVICE_NAME"]),)
+    service = (("service", api_service()),)
     assert observed.technical(INTERNAL_ERRORS_METRIC, "Http5xx") == {
         (INTERNAL_ERRORS_METRIC, service): [1.0],
         (INTERNAL_ERRORS_METRIC, (*service, ("version", "7"))): [1.0],
@@ -319,7 +328,7 @@ def test_an_order_placed_and_a_busy_503_are_no_internal_errors(aws, stack, obser
         restore()
 
     assert busy["statusCode"] == 503
-    service = (("service", os.environ["POWERTOOLS_SERVICE_NAME"]),)
+    service = (("service", api_service()),)
     assert observed.technical(INTERNAL_ERRORS_METRIC, "Http2xx", "Http5xx") == {
         ("Http2xx", service): [1.0],
         ("Http5xx", service): [1.0],
