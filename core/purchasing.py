@@ -223,7 +223,7 @@ class PurchaseOrder(Shown):
         would price otherwise are 409 `invalid_transition`."""
         if self.submitted_as(prices):
             return self
-        check_purchase_order_step(self.status, PO.OPEN)
+        check_purchase_order_step(self.status, PO.OPEN, self._not_submittable())
         prices = prices or {}
         skus = {line.sku for line in self.lines}
         unknown = [(index, sku) for index, sku in enumerate(prices) if sku not in skus]
@@ -254,6 +254,23 @@ class PurchaseOrder(Shown):
             )
         costs_within_the_limit(lines)
         return self._next(PO.OPEN, lines=lines, submitted_at=at, expected_at=expected_at or self.expected_at)
+
+    def _not_submittable(self) -> str:
+        """Why a submit of this PO, which is no retry of one (submitted_as), is refused."""
+        if self.status is PO.CANCELLED:
+            return f"purchase order {self.id} is cancelled"
+        if self.submitted_at is not None:
+            return (
+                f"purchase order {self.id} was submitted already, with other costs: an open purchase "
+                "order's costs are what its vendor agreed to"
+            )
+        return f"purchase order {self.id} was created open, not as a draft: it has no submit to make"
+
+    def _not_receivable(self) -> str:
+        """Why a receipt on this PO (neither open nor received) is refused."""
+        if self.status is PO.DRAFT:
+            return f"purchase order {self.id} is a draft: submit it to its vendor first"
+        return f"purchase order {self.id} is {self.status}"
 
     def submitted_as(self, prices: dict[str, Money] | None) -> bool:
         """Whether this PO is a draft submitted already (open, or received since: not cancelled)
@@ -300,7 +317,8 @@ class PurchaseOrder(Shown):
         # A received PO has nothing outstanding: a receipt on it is an over-receipt, as one that
         # passes the last units of a partly received PO is. A draft or a cancelled PO is a conflict.
         if self.status not in INCOMING and self.status is not PO.RECEIVED:
-            check_purchase_order_step(self.status, PO.RECEIVED)  # raises: only an open PO is received
+            # raises: only an open PO is received
+            check_purchase_order_step(self.status, PO.RECEIVED, self._not_receivable())
         by_sku = {line.sku: line for line in self.lines}
         units = receipt.units()
         problems = []

@@ -347,7 +347,8 @@ PURCHASE_ORDER_TRANSITIONS: dict[PurchaseOrderStatus, frozenset[PurchaseOrderSta
 }
 
 
-def check_purchase_order_step(current: PurchaseOrderStatus, target: PurchaseOrderStatus) -> None:
-    """Raise InvalidTransition unless a purchase order may go from `current` to `target`."""
+def check_purchase_order_step(current: PurchaseOrderStatus, target: PurchaseOrderStatus, why: str = "") -> None:
+    """Raise InvalidTransition unless a purchase order may go from `current` to `target`, saying
+    `why` when given (what the request's caller asked for, in its words), else the table's step."""
     if target not in PURCHASE_ORDER_TRANSITIONS[current]:
-        raise InvalidTransition(f"a purchase order cannot go from {current} to {target}")
+        raise InvalidTransition(why or f"a purchase order cannot go from {current} to {target}")

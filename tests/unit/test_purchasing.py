@@ -76,6 +76,22 @@ def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
         opened.cancel().submit(at=later)
 
 
+def test_a_refused_submit_or_receipt_says_why_in_a_buyers_words():
+    """Before: "a purchase order cannot go from open to open", "... from draft to received": the
+    transition table's words, naming a step the buyer never asked for (seen on make run)."""
+    opened = a_po(PO.DRAFT).submit(at=NOW)
+    with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ was submitted already, with other costs: "):
+        opened.submit({"MUG": Money.of("5.00", "USD")}, at=NOW)
+    with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ was created open, not as a draft: "):
+        a_po(PO.OPEN).submit(at=NOW)
+    with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ is cancelled$"):
+        opened.cancel().submit(at=NOW)
+    with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ is a draft: submit it to its vendor first$"):
+        a_po(PO.DRAFT).receive(receipt(("MUG", 1)))
+    with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ is cancelled$"):
+        opened.cancel().receive(receipt(("MUG", 1)))
+
+
 @pytest.mark.parametrize("status", [PO.OPEN, PO.PARTIALLY_RECEIVED, PO.RECEIVED])
 def test_a_po_created_open_was_never_a_draft_and_no_submit_of_it_is_a_retry(status):
     """Submit is draft -> open: a PO created open (no `submitted_at`) has no submit to repeat, so
