@@ -339,6 +339,41 @@ def test_every_file_of_the_repository_the_readme_names_exists():
     assert sorted(path for path in named if not (ROOT / path).exists()) == []
 
 
+PACKAGES = r"(?:core|functions|plugins|infra|tests|bench)"
+
+
+def names_in_module(dotted: str) -> bool:
+    """Whether `dotted` (`core.money`, `core.money.ExactMoney`, `core.capture_sweep.
+    UnrecordedCaptureSweep.run_settlements`) is a module of the repository, a name its module
+    defines or imports at the top, or a method or attribute of a class defined there."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        module = next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
+        if module is None:
+            continue
+        rest, text = parts[cut:], module.read_text()
+        if not rest:
+            return True
+        top = rf"^(?:(?:async )?def |class ){rest[0]}\b|^{rest[0]}\s*[:=]|^(?:from \S+ )?import .*\b{rest[0]}\b"
+        if len(rest) == 1:
+            return re.search(top, text, re.MULTILINE) is not None
+        body = re.search(rf"^class {rest[0]}\b.*?(?=^\S)", text + "\nEND", re.MULTILINE | re.DOTALL)
+        member = rf"^\s+(?:(?:async )?def {rest[1]}\b|{rest[1]}\s*[:=])"
+        return len(rest) == 2 and body is not None and re.search(member, body.group(), re.MULTILINE) is not None
+    return False
+
+
+def test_every_module_and_name_in_one_the_readme_names_exists():
+    # A rename leaves a sentence naming nothing: `core.money.ExactMoney`, `python -m infra.admin_key`.
+    named = set(re.findall(rf"`({PACKAGES}(?:\.\w+)+)(?:\(|`)", README))
+    named |= set(re.findall(rf"python -m ({PACKAGES}(?:\.\w+)*)", README))
+    named -= {name for name in named if (ROOT / name).is_file()}  # `plugins.txt`: a file, not a module
+    assert {"core.money.ExactMoney", "infra.backfill_orders", "bench"} <= named
+    assert "core.capture_sweep.UnrecordedCaptureSweep.run_settlements" in named
+    assert sorted(name for name in named if not names_in_module(name)) == []
+
+
 def test_make_fuzz_and_the_readme_name_every_test_file_with_a_fuzz_test_and_no_other():
     # Before: the README's `make fuzz` paragraph left out the backorder state machine
     # (tests/unit/test_backorders.py), which the Makefile's fuzz target runs at length.
