@@ -764,3 +764,17 @@ def test_every_function_and_table_the_architecture_picture_draws_is_the_template
     }
     drawn = re.search(r"DynamoDB: (.*)", PICTURE).group(1)
     assert set(re.findall(r"\b([A-Z][a-z]+)\b", drawn)) == tables
+
+
+def test_each_file_and_class_the_local_runtime_picture_draws_is_in_infra_local():
+    # `process.py      ProcessEnvironment`, `EmbeddedStack (stack.py)`: bare names the path check misses.
+    picture = README[README.index("### The local runtime (`infra/local/`)") :].split("```", 2)[1]
+    files = set(re.findall(r"(?<![\w/])(\w+\.py)\b", picture))
+    pairs = set(re.findall(r"(\w+\.py)\s+([A-Z]\w+)", picture)) | {
+        (path, name) for name, path in re.findall(r"\b([A-Z]\w+) \((\w+\.py)\)", picture)
+    }
+    local = ROOT / "infra" / "local"
+    assert {"event_sources.py", "lambdas.py"} <= files and ("stack.py", "EmbeddedStack") in pairs
+    assert sorted(path for path in files if not (local / path).is_file()) == []
+    defined = [(path, name) for path, name in pairs if re.search(rf"^class {name}\b", (local / path).read_text(), re.M)]
+    assert sorted(pairs - set(defined)) == []
