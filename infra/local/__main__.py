@@ -67,7 +67,7 @@ def banner(stack: EmbeddedStack, started: float) -> str:
     routes = len(stack.gateway.router.routes) if stack.gateway else 0
     workflows = "".join(
         f"\n\nWorkflow {logical_id}: state machine {arn.rsplit(':', 1)[-1]} runs locally (moto's ASL interpreter; "
-        f"its Lambda tasks run in this process). Watch an order's executions:\n"
+        f"its Lambda tasks run in this process). Watch its executions:\n"
         f"  {aws} stepfunctions list-executions --state-machine-arn {arn}"
         for logical_id, arn in stack.state_machine_arns.items()
     )

@@ -1498,6 +1498,9 @@ def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_o
     assert f"dynamodb scan --table-name {stack.table_names['OrdersTable']}" in text
     for logical_id, arn in stack.state_machine_arns.items():
         assert f"Workflow {logical_id}:" in text and f"--state-machine-arn {arn}" in text
+    # Before: under ReturnWorkflow too, "Watch an order's executions", where they are a return's.
+    returns = text.split("Workflow ReturnWorkflow:")[1].split("\n\n")[0]
+    assert "Watch its executions:" in returns and "order" not in returns
     for mapping in stack.mappings.values():
         assert f"{mapping.source_label} -> {mapping.function_logical_id}" in text
     assert text.endswith("make import FILE=events/orders-sample.csv\n\nCtrl-C stops it (everything is in memory).")

@@ -5,6 +5,7 @@ has, every route is listed, every metric emitted is named; and nothing else."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -339,6 +340,41 @@ def test_every_file_of_the_repository_the_readme_names_exists():
     assert sorted(path for path in named if not (ROOT / path).exists()) == []
 
 
+PACKAGES = r"(?:core|functions|plugins|infra|tests|bench)"
+
+
+def names_in_module(dotted: str) -> bool:
+    """Whether `dotted` (`core.money`, `core.money.ExactMoney`, `core.capture_sweep.
+    UnrecordedCaptureSweep.run_settlements`) is a module of the repository, a name its module
+    defines or imports at the top, or a method or attribute of a class defined there."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        module = next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
+        if module is None:
+            continue
+        rest, text = parts[cut:], module.read_text()
+        if not rest:
+            return True
+        top = rf"^(?:(?:async )?def |class ){rest[0]}\b|^{rest[0]}\s*[:=]|^(?:from \S+ )?import .*\b{rest[0]}\b"
+        if len(rest) == 1:
+            return re.search(top, text, re.MULTILINE) is not None
+        body = re.search(rf"^class {rest[0]}\b.*?(?=^\S)", text + "\nEND", re.MULTILINE | re.DOTALL)
+        member = rf"^\s+(?:(?:async )?def {rest[1]}\b|{rest[1]}\s*[:=])"
+        return len(rest) == 2 and body is not None and re.search(member, body.group(), re.MULTILINE) is not None
+    return False
+
+
+def test_every_module_and_name_in_one_the_readme_names_exists():
+    # A rename leaves a sentence naming nothing: `core.money.ExactMoney`, `python -m infra.admin_key`.
+    named = set(re.findall(rf"`({PACKAGES}(?:\.\w+)+)(?:\(|`)", README))
+    named |= set(re.findall(rf"python -m ({PACKAGES}(?:\.\w+)*)", README))
+    named -= {name for name in named if (ROOT / name).is_file()}  # `plugins.txt`: a file, not a module
+    assert {"core.money.ExactMoney", "infra.backfill_orders", "bench"} <= named
+    assert "core.capture_sweep.UnrecordedCaptureSweep.run_settlements" in named
+    assert sorted(name for name in named if not names_in_module(name)) == []
+
+
 def test_make_fuzz_and_the_readme_name_every_test_file_with_a_fuzz_test_and_no_other():
     # Before: the README's `make fuzz` paragraph left out the backorder state machine
     # (tests/unit/test_backorders.py), which the Makefile's fuzz target runs at length.
@@ -652,3 +688,93 @@ def test_the_readme_states_the_last_bench_figures():
     assert stated == expected, "README's Benchmarks table differs from BENCHMARKS.md: copy the last run's figures"
     cold_path = next(figures for first, _, figures in table(section("## Benchmarks"), "| measure |") if "cold" in first)
     assert f" s {'below' if gap < 0 else 'above'} it" in cold_path
+
+
+# --- The architecture picture -------------------------------------------------------------------------
+
+PICTURE = section("## Architecture").split("```", 2)[1]
+ORDER_WORKFLOW = json.loads((ROOT / "infra" / "order_workflow.asl.json").read_text())["States"]
+
+
+def test_the_architecture_picture_names_every_step_and_every_outcome_the_order_workflow_catches():
+    # Before: it showed PaymentDeclined and OutOfStock only, so a backordered order (ReserveStock's
+    # and CreateShipments' Backordered: OrderBackordered) and a held or closed one seemed to end
+    # nowhere but in a cancel or a park.
+    tasks = {name for name, state in ORDER_WORKFLOW.items() if state["Type"] == "Task"}
+    caught = {
+        (error, catch["Next"])
+        for state in ORDER_WORKFLOW.values()
+        for catch in state.get("Catch", [])
+        for error in catch["ErrorEquals"]
+        if error != "States.ALL" and state["Type"] == "Task"
+    }
+    assert "CreateShipments" in tasks and ("OutOfStock", "CancelOrder") in caught
+    assert sorted(name for name in tasks if not re.search(rf"\b{name}\b", PICTURE)) == []
+    assert sorted({name for pair in caught for name in pair if not re.search(rf"\b{name}\b", PICTURE)}) == []
+
+
+def test_each_arrow_between_two_steps_of_the_architecture_picture_is_a_transition_of_the_workflow():
+    arrows = re.findall(r"\b([A-Z]\w+) ──▶ ([A-Z]\w+)\b", PICTURE)
+    states = set(ORDER_WORKFLOW)
+    between_states = [(a, b) for a, b in arrows if a in states and b in states]
+    assert ("AuthorizePayment", "ReserveStock") in between_states
+
+    def successors(state: dict) -> set[str]:
+        branches = state.get("Catch", []) + state.get("Choices", [])
+        return {state.get("Next"), state.get("Default")} | {branch["Next"] for branch in branches}
+
+    assert [(a, b) for a, b in between_states if b not in successors(ORDER_WORKFLOW[a])] == []
+
+
+def test_each_stream_the_architecture_picture_draws_feeds_the_function_it_points_to_and_no_other():
+    # "Orders stream (...) ──▶ functions/outbox": the tables whose streams the template gives that
+    # function are the ones the line names.
+    drawn = {}
+    for line in PICTURE.splitlines():
+        arrow = re.search(r"(.*?)\bstreams?\b.*?──▶ functions/(\w+)", line)
+        if arrow:
+            tables = re.findall(r"\b(Orders|Inventory|Catalog|Returns|Idempotency)\b", arrow.group(1))
+            drawn[arrow.group(2)] = set(tables)
+    fed: dict[str, set[str]] = {}
+    for resource in TEMPLATE["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        folder = resource["Properties"]["Handler"].split(".")[1]
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] == "DynamoDB":
+                table = event["Properties"]["Stream"]["Fn::GetAtt"][0].removesuffix("Table")
+                fed.setdefault(folder, set()).add(table)
+    assert drawn.get("outbox") == {"Orders"}
+    assert {folder: fed.get(folder) for folder in drawn} == drawn
+    assert sorted(folder for folder in fed if folder not in drawn) == []
+
+
+def test_every_function_and_table_the_architecture_picture_draws_is_the_templates():
+    handlers = {
+        resource["Properties"]["Handler"].split(".")[1]
+        for resource in TEMPLATE["Resources"].values()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+    boxes = set(re.findall(r"functions/(\w+)", PICTURE)) - {"adapters"}
+    assert "reconciler" in boxes and sorted(boxes - handlers) == []
+    tables = {
+        name.removesuffix("Table")
+        for name, resource in TEMPLATE["Resources"].items()
+        if resource["Type"] == "AWS::DynamoDB::Table"
+    }
+    drawn = re.search(r"DynamoDB: (.*)", PICTURE).group(1)
+    assert set(re.findall(r"\b([A-Z][a-z]+)\b", drawn)) == tables
+
+
+def test_each_file_and_class_the_local_runtime_picture_draws_is_in_infra_local():
+    # `process.py      ProcessEnvironment`, `EmbeddedStack (stack.py)`: bare names the path check misses.
+    picture = README[README.index("### The local runtime (`infra/local/`)") :].split("```", 2)[1]
+    files = set(re.findall(r"(?<![\w/])(\w+\.py)\b", picture))
+    pairs = set(re.findall(r"(\w+\.py)\s+([A-Z]\w+)", picture)) | {
+        (path, name) for name, path in re.findall(r"\b([A-Z]\w+) \((\w+\.py)\)", picture)
+    }
+    local = ROOT / "infra" / "local"
+    assert {"event_sources.py", "lambdas.py"} <= files and ("stack.py", "EmbeddedStack") in pairs
+    assert sorted(path for path in files if not (local / path).is_file()) == []
+    defined = [(path, name) for path, name in pairs if re.search(rf"^class {name}\b", (local / path).read_text(), re.M)]
+    assert sorted(pairs - set(defined)) == []
