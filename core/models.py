@@ -3552,9 +3552,25 @@ class Order(Shown):
         refundable = self.refundable(besides_return=return_id)
         if refundable < amount:
             raise RefundExceedsCaptured(
-                f"{amount.amount} is more than the {refundable.amount} captured and not yet refunded",
+                self._refund_refused(amount, refundable),
                 details=[{"field": "amount", "message": "more than captured minus refunded"}],
             )
+
+    def _refund_refused(self, amount: Money, refundable: Money) -> str:
+        """Why `amount` is refused, in the figures the order shows: what pending refunds and
+        exchanges' credits hold is named, else "captured, not yet refunded" would not be the order's
+        `captured − refunded` a person checks it against."""
+        payment, zero = self.payment, Money.zero(self.currency)
+        pending = payment.captured - payment.refunded - payment.refundable()
+        held = payment.refundable() - refundable
+        if pending == zero and held == zero:
+            return f"{amount.amount} is more than the {refundable.amount} captured and not yet refunded"
+        parts = [f"{payment.captured.amount} captured", f"{payment.refunded.amount} refunded"]
+        if pending != zero:
+            parts.append(f"{pending.amount} in refunds not finished yet")
+        if held != zero:
+            parts.append(f"{held.amount} held as exchanges' credit for their replacements")
+        return f"{amount.amount} is more than the {refundable.amount} left to refund: {', '.join(parts)}"
 
     # --- Deciding ----------------------------------------------------------------------------
     def _bookkeeping(self, *, at: datetime, **changes: Any) -> Bookkeeping:

@@ -228,8 +228,8 @@ def notifications(
         if event.type is EventType.SHIPMENT_SHIPPED:
             shipment = event.data["shipment"]
             tracking = shipment.get("tracking_number")
-            subject = f"Your order {order_id} has shipped"
             what = f"{_part_shipped(shipment, new)} {order_id}"
+            subject = f"{what} has shipped"  # what an inbox shows: part, the rest or the whole order, as the body
             text = f"{what} has shipped with {shipment['carrier']}."
             if tracking and shipment["id"] in _shipped_before(old):
                 # Its location learnt the carrier's number after the ship (core.domain_events._renumbered).

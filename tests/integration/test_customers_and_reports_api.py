@@ -225,6 +225,18 @@ def test_a_search_for_what_cannot_be_an_email_is_422_not_no_customer(api: InProc
     assert_error(api.get("/customers", params={"email": email}), 422, "validation_error", "email")
 
 
+def test_a_search_whose_plus_the_query_string_read_as_a_space_says_so_not_a_pattern(api: InProcessApi):
+    # An agent typed ?email=kim+shop@example.com: the + of a query string is a space, and the 422
+    # answered the address's regular expression, naming nothing the agent could see was wrong.
+    error = assert_error(api.get("/customers", params={"email": "kim shop@example.com"}), 422, "validation_error")
+    (detail,) = error["details"]
+    assert detail["field"] == "email" and "%2B" in detail["message"] and "pattern" not in detail["message"], detail
+    # Not an address at all: told so in words, with what one looks like.
+    (detail,) = assert_error(api.get("/customers", params={"email": "ada@example"}), 422)["details"]
+    assert detail["field"] == "email" and "ada@example.com" in detail["message"], detail
+    assert "pattern" not in detail["message"] and "%2B" not in detail["message"], detail
+
+
 def test_a_search_by_email_trims_it_and_ignores_its_case(api: InProcessApi):
     from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen
     from functions.api.dependencies import container

@@ -435,6 +435,28 @@ def test_the_last_parcel_of_an_order_sent_in_several_is_told_as_the_rest_of_it()
     assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
 
 
+def test_a_parcel_s_subject_tells_what_its_body_tells_part_the_rest_or_the_whole_order():
+    """The subject is what an inbox shows: "Your order ... has shipped" above a first parcel of
+    two had the customer think everything was on its way (found on make run, a split order)."""
+    two = [{"line_id": "l1", "quantity": 2}]
+    first, rest = shipment("pending"), {**shipment("pending", "shp_2"), "lines": two}
+    old = order_doc(status="allocated", shipments=[first, rest])
+    old["lines"][0]["quantity"] = 3
+    shipped_first = next_version(old, status="partially_shipped", shipments=[{**first, "status": "shipped"}, rest])
+    (part,) = notifications(old, shipped_first)
+    assert part.subject == f"Part of your order {ORDER} has shipped"
+
+    shipped_rest = next_version(
+        shipped_first, status="shipped", shipments=[shipped_first["shipments"][0], {**rest, "status": "shipped"}]
+    )
+    (the_rest,) = notifications(shipped_first, shipped_rest)
+    assert the_rest.subject == f"The rest of your order {ORDER} has shipped"
+
+    whole = order_doc(status="allocated", shipments=[shipment("pending")])
+    (all_of_it,) = notifications(whole, next_version(whole, status="shipped", shipments=[shipment("shipped")]))
+    assert all_of_it.subject == f"Your order {ORDER} has shipped"
+
+
 def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_while_it_is_held():
     # Shipped, cancelled or picked since, the order is no longer late: "delayed" would come after
     # the news that it is not. Held meanwhile (a hold leaves the late status, so the mark goes), it

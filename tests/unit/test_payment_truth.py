@@ -386,6 +386,36 @@ def test_a_pending_refund_holds_its_amount(world):
     assert refund(world, order.id, "k3", usd("1.00")).status == "succeeded"
 
 
+def test_a_refund_refused_for_money_held_says_what_holds_it_beside_captured_and_refunded(world):
+    # An agent read "30.00 is more than the 25.79 captured and not yet refunded" beside an order
+    # showing 46.58 captured and 0.00 refunded: an exchange's credit held the rest, unnamed.
+    order = shipped_order(world)
+    captured = order.payment.captured
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        refund(world, order.id, "k1", usd("2.00"))
+
+    with pytest.raises(RefundExceedsCaptured) as raised:
+        refund(world, order.id, "k2", captured)
+    left, pending = captured - usd("2.00"), "2.00 in refunds not finished yet"
+    assert raised.value.message == (
+        f"{captured.amount} is more than the {left.amount} left to refund:"
+        f" {captured.amount} captured, 0.00 refunded, {pending}"
+    )
+
+    held = world.order(order.id).model_copy(update={"credit_holds": {"rma_1": usd("5.00")}})
+    with pytest.raises(RefundExceedsCaptured) as raised:
+        held.check_refund(captured)
+    assert raised.value.message == (
+        f"{captured.amount} is more than the {(left - usd('5.00')).amount} left to refund:"
+        f" {captured.amount} captured, 0.00 refunded, {pending}, 5.00 held as exchanges' credit for their replacements"
+    )
+    # Nothing held: the sentence as it was.
+    with pytest.raises(RefundExceedsCaptured) as raised:
+        shipped_order(world).check_refund(captured + usd("0.01"))
+    assert raised.value.message.endswith(f"than the {captured.amount} captured and not yet refunded")
+
+
 def test_the_same_refund_twice_refunds_once(world):
     order = shipped_order(world)
 

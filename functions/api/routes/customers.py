@@ -1,11 +1,12 @@
 """Customers and reports: per-customer aggregates and top products, customers and regions (issue 14)."""
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from core.access import Scope
 from core.aggregates import CustomerRow, CustomerView, ProductRow, RegionRow, ReportKind
@@ -23,9 +24,27 @@ router = Router()
 
 # Every id an order's customer.id may be (core.models.Identifier), "/" included (percent-encoded in the path).
 CustomerIdPath = existing("customer", IDENTIFIER_PATTERN, "Customer id (the orders' customer.id)")
+
+
+def _email_in_words(value: Any, handler: ValidatorFunctionWrapHandler) -> str:
+    """The address's pattern refusal told in words: a person types this query, and a `+` they typed
+    (`kim+shop@example.com`) reaches it as a space, as a query string reads it."""
+    try:
+        return handler(value)
+    except ValidationError as refused:
+        if [error["type"] for error in refused.errors()] != ["string_pattern_mismatch"]:
+            raise
+        if isinstance(value, str) and " " in value.strip():
+            raise PydanticCustomError(
+                "value_error",
+                "not an email address: it holds a space (a + in a query string reads as one: send it as %2B)",
+            ) from None
+        raise PydanticCustomError("value_error", "not an email address such as ada@example.com") from None
+
+
 # An address as an order takes it (core.models.Email): one no order can have ("ada", the domain
 # forgotten) is refused, never an empty page read as "no such customer".
-EmailQuery = Annotated[Email, Query(description="The customer's email, any case")]
+EmailQuery = Annotated[Email, WrapValidator(_email_in_words), Query(description="The customer's email, any case")]
 Currency = Annotated[
     str,
     Query(
