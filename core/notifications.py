@@ -204,6 +204,9 @@ def notifications(
     if not customer.get("email"):
         return []
     order_id, version = new["id"], int(new.get("version", 0))
+    # What the customer is told the order is: the number their storefront showed them (its
+    # external_id), the OMS's id only for an order placed without one.
+    number = new.get("external_id") or order_id
     to = Recipient(email=customer["email"], name=customer.get("name"))
     hello = f"Hello {to.name}," if to.name else "Hello,"
     at = new.get("updated_at") or new.get("created_at")
@@ -228,12 +231,12 @@ def notifications(
         if event.type is EventType.SHIPMENT_SHIPPED:
             shipment = event.data["shipment"]
             tracking = shipment.get("tracking_number")
-            what = f"{_part_shipped(shipment, new)} {order_id}"
+            what = f"{_part_shipped(shipment, new)} {number}"
             subject = f"{what} has shipped"  # what an inbox shows: part, the rest or the whole order, as the body
             text = f"{what} has shipped with {shipment['carrier']}."
             if tracking and shipment["id"] in _shipped_before(old):
                 # Its location learnt the carrier's number after the ship (core.domain_events._renumbered).
-                subject = f"The tracking number of your order {order_id}"
+                subject = f"The tracking number of your order {number}"
                 carrier = shipment["carrier"]
                 text = f"{what}, shipped with {carrier}, has the tracking number {tracking}."
             elif tracking:
@@ -250,20 +253,20 @@ def notifications(
             if _told_before(new):
                 continue  # the lateness a hold and release resumed: its customer was told of it
             # The jeopardy's reason is the OMS's own wording about its deadlines, not for a customer.
-            text = f"Your order {order_id} is taking longer than we planned. We are working on it."
-            note(event.id, NotificationKind.DELAYED, f"Your order {order_id} is delayed", text)
+            text = f"Your order {number} is taking longer than we planned. We are working on it."
+            note(event.id, NotificationKind.DELAYED, f"Your order {number} is delayed", text)
         elif event.type is EventType.REFUND_SUCCEEDED:
             amount = event.data["refund"]["amount"]
             money = f"{amount['amount']} {amount['currency']}"
-            text = f"We refunded {money} for your order {order_id} to the way you paid."
+            text = f"We refunded {money} for your order {number} to the way you paid."
             note(
-                event.id, NotificationKind.REFUNDED, f"Refund for your order {order_id}", text,
+                event.id, NotificationKind.REFUNDED, f"Refund for your order {number}", text,
                 refund_id=event.data["refund"]["id"], amount=amount["amount"], currency=amount["currency"],
             )  # fmt: skip
     for shipment in _ready_shipments(old, new):
         store = locations(shipment["location_id"]) if locations is not None else None
         place = f"{store.name}, {store.address.line1}, {store.address.city}" if store else shipment["location_id"]
-        text = f"Your order {order_id} is ready for pickup at {place}."
+        text = f"Your order {number} is ready for pickup at {place}."
         collect_by = _collect_by(shipment)
         if collect_by is not None:
             # The pickup expiry cancels it once past this moment: the customer hears of it only here.
@@ -274,7 +277,7 @@ def notifications(
             )
         note(
             ready_for_pickup_id(order_id, version, shipment["id"]),
-            NotificationKind.READY_FOR_PICKUP, f"Your order {order_id} is ready for pickup", text,
+            NotificationKind.READY_FOR_PICKUP, f"Your order {number} is ready for pickup", text,
             shipment_id=shipment["id"], location_id=shipment["location_id"],
             location_name=store.name if store else None,
             collect_by=utc_text(collect_by) if collect_by is not None else None,

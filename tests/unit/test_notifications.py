@@ -34,6 +34,7 @@ from tests.unit.conftest import a_stored_order
 from tests.unit.test_domain_events import _refund_steps, money, next_version, order_doc, shipment
 
 ORDER = "ord_aaaaaaaaaaaaaaaaaaaaaaaa"
+NUMBER = "web-1"  # order_doc's external_id: what the customer is told
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
@@ -51,7 +52,7 @@ def test_a_shipped_shipment_tells_the_carrier_and_tracking_number_under_the_even
     assert note.kind is NotificationKind.SHIPPED
     assert note.id == event_id(ORDER, 2, EventType.SHIPMENT_SHIPPED, "shp_1")
     assert note.to.email == "ada@example.com" and note.to.name == "Ada"
-    assert "1Z999" in note.body and "flat" in note.body and ORDER in note.subject
+    assert "1Z999" in note.body and "flat" in note.body and NUMBER in note.subject
     assert note.details == {"shipment_id": "shp_1", "carrier": "flat", "tracking_number": "1Z999"}
     assert note.body.startswith("Hello Ada,")
 
@@ -384,8 +385,25 @@ def test_a_tracking_number_learnt_after_the_ship_is_told_as_the_parcels_number_n
     assert note.kind is NotificationKind.SHIPPED
     assert note.id == event_id(ORDER, 2, EventType.SHIPMENT_SHIPPED, "shp_1")
     assert note.details == {"shipment_id": "shp_1", "carrier": "flat", "tracking_number": "1ZLATER0001"}
-    assert "tracking number" in note.subject.lower() and ORDER in note.subject
+    assert "tracking number" in note.subject.lower() and NUMBER in note.subject
     assert "1ZLATER0001" in note.body and "OMS0000000001" not in note.body and "has shipped" not in note.body
+
+
+def test_the_customer_is_told_the_order_by_the_number_the_shop_gave_it():
+    """The customer knows the number their storefront showed (the order's `external_id`), not the
+    OMS's `ord_...` (seen by h719: a caller's "web-c1-a" nowhere in the mail). An order placed
+    without one is named by the OMS's id."""
+    old = order_doc(status="allocated", shipments=[shipment("pending")])
+    new = next_version(old, status="shipped", shipments=[shipment("shipped")])
+
+    (note,) = notifications(old, new)
+
+    assert (note.subject, note.order_id) == (f"Your order {NUMBER} has shipped", ORDER)
+    assert NUMBER in note.body and ORDER not in note.body
+
+    old, new = ({**doc, "external_id": None} for doc in (old, new))
+    (note,) = notifications(old, new)
+    assert note.subject == f"Your order {ORDER} has shipped"
 
 
 def test_a_parcel_holding_the_whole_order_is_told_as_the_order_not_as_part_of_it():
@@ -396,11 +414,11 @@ def test_a_parcel_holding_the_whole_order_is_told_as_the_order_not_as_part_of_it
 
     (note,) = notifications(old, new)
 
-    assert note.body == f"Hello Ada,\n\nYour order {ORDER} has shipped with flat. Tracking number: 1Z999.\n"
+    assert note.body == f"Hello Ada,\n\nYour order {NUMBER} has shipped with flat. Tracking number: 1Z999.\n"
 
     renumbered = next_version(new, shipments=[{**shipment("shipped"), "tracking_number": "1ZLATER0001"}])
     (note,) = notifications(new, renumbered)
-    assert note.body == f"Hello Ada,\n\nYour order {ORDER}, shipped with flat, has the tracking number 1ZLATER0001.\n"
+    assert note.body == f"Hello Ada,\n\nYour order {NUMBER}, shipped with flat, has the tracking number 1ZLATER0001.\n"
 
 
 def test_a_parcel_holding_some_of_the_order_is_told_as_part_of_it():
@@ -411,7 +429,7 @@ def test_a_parcel_holding_some_of_the_order_is_told_as_part_of_it():
 
     (note,) = notifications(old, new)
 
-    assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
+    assert note.body == f"Hello Ada,\n\nPart of your order {NUMBER} has shipped with flat.\n"
 
 
 def test_the_last_parcel_of_an_order_sent_in_several_is_told_as_the_rest_of_it():
@@ -424,7 +442,7 @@ def test_the_last_parcel_of_an_order_sent_in_several_is_told_as_the_rest_of_it()
 
     (note,) = notifications(old, new)
 
-    assert note.body == f"Hello Ada,\n\nThe rest of your order {ORDER} has shipped with flat.\n"
+    assert note.body == f"Hello Ada,\n\nThe rest of your order {NUMBER} has shipped with flat.\n"
 
     # A parcel its location rejected (cancelled) shipped none of its units: the one after it is not the rest.
     rejected = {**shipment("cancelled", "shp_3"), "lines": [{"line_id": "l1", "quantity": 1}]}
@@ -432,7 +450,7 @@ def test_the_last_parcel_of_an_order_sent_in_several_is_told_as_the_rest_of_it()
     old["shipments"] = [first, rest, rejected]
     new = next_version(old, status="partially_shipped", shipments=[first, {**rest, "status": "shipped"}, rejected])
     (note,) = notifications(old, new)
-    assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
+    assert note.body == f"Hello Ada,\n\nPart of your order {NUMBER} has shipped with flat.\n"
 
 
 def test_a_parcel_s_subject_tells_what_its_body_tells_part_the_rest_or_the_whole_order():
@@ -444,17 +462,17 @@ def test_a_parcel_s_subject_tells_what_its_body_tells_part_the_rest_or_the_whole
     old["lines"][0]["quantity"] = 3
     shipped_first = next_version(old, status="partially_shipped", shipments=[{**first, "status": "shipped"}, rest])
     (part,) = notifications(old, shipped_first)
-    assert part.subject == f"Part of your order {ORDER} has shipped"
+    assert part.subject == f"Part of your order {NUMBER} has shipped"
 
     shipped_rest = next_version(
         shipped_first, status="shipped", shipments=[shipped_first["shipments"][0], {**rest, "status": "shipped"}]
     )
     (the_rest,) = notifications(shipped_first, shipped_rest)
-    assert the_rest.subject == f"The rest of your order {ORDER} has shipped"
+    assert the_rest.subject == f"The rest of your order {NUMBER} has shipped"
 
     whole = order_doc(status="allocated", shipments=[shipment("pending")])
     (all_of_it,) = notifications(whole, next_version(whole, status="shipped", shipments=[shipment("shipped")]))
-    assert all_of_it.subject == f"Your order {ORDER} has shipped"
+    assert all_of_it.subject == f"Your order {NUMBER} has shipped"
 
 
 def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_while_it_is_held():
