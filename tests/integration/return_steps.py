@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.client import ADMIN
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi
 from tests.integration.test_cancel_units_api import allocated, money, ship
@@ -60,11 +61,11 @@ def stuck(return_id: str, name: str, error: type[Exception], execution: str = "e
 
 def received(
     api: InProcessApi, exchange: list[dict[str, Any]] | None = None,
-    steps: tuple[str, ...] = ("receive", "restock", "record"), **overrides: Any,
+    steps: tuple[str, ...] = ("receive", "restock", "record"), key: Any = ADMIN, **overrides: Any,
 ) -> tuple[dict[str, Any], str]:  # fmt: skip
     """A delivered order of two MUGs (`overrides`: its body's overrides), one of them back at the
     warehouse (its return `received`, for an exchange of `exchange` when given), the return's
-    `steps` done (by default those before its refund)."""
+    `steps` done (by default those before its refund). `key` requests and receives the return."""
     order = ship(api, allocated(api, ("MUG", 2), **overrides), "wh-west")
     for shipment in order["shipments"]:
         done = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", json={})
@@ -74,10 +75,10 @@ def received(
     }
     if exchange is not None:
         body["exchange"] = {"lines": exchange}
-    made = api.post(f"/orders/{order['id']}/returns", json=body)
+    made = api.post(f"/orders/{order['id']}/returns", json=body, key=key)
     assert made.status_code == 201, made.text
     return_id = made.json()["id"]
-    assert api.post(f"/returns/{return_id}/receive", json=RECEIPT).status_code in (200, 202)
+    assert api.post(f"/returns/{return_id}/receive", json=RECEIPT, key=key).status_code in (200, 202)
     for name in steps:
         step(name, return_id)
     return order, return_id

@@ -77,6 +77,21 @@ def test_an_exchange_received_again_and_asked_for_again_gives_its_credit_once(ap
     assert paid(api.get(f"/orders/{replacement_id}").json()) == 0
 
 
+def test_a_returns_desk_key_places_an_exchange_that_charges_the_customer_for_what_it_adds(api, services):
+    # A key with returns:write alone (no orders:write) asks for a MUG to come back as five CAPs:
+    # once the MUG is received, the replacement is placed on the original's payment method, its
+    # workflow to authorize what the CAPs cost beyond the MUG's 13.40 (README, Security: the table).
+    desk = api.post("/api-keys", json={"name": "returns desk", "scopes": ["returns:write"], "channel": "web"})
+    assert desk.status_code == 201, desk.text
+    original, _ = received(api, exchange=[{"sku": "CAP", "quantity": 5}], steps=AFTER_RECEIPT, key=desk.json()["key"])
+
+    [replacement_id] = replacements_of(api, original)
+    replacement = api.get(f"/orders/{replacement_id}").json()
+    assert (replacement["status"], replacement["payment"]["method"]) == ("pending", original["payment"]["method"])
+    assert amount(replacement["exchange_credit"]) == Decimal("13.40")
+    assert amount(replacement["totals"]["grand_total"]) - Decimal("13.40") > 20
+
+
 def test_a_give_back_the_gateway_refuses_is_recorded_failed_and_nothing_shows_it_as_given(api, services):
     # The card refuses every refund. A MUG swapped for a MUG costs the credit and the shipping again,
     # so nothing comes back at once; the replacement is then cancelled and its credit's give-back refused.
