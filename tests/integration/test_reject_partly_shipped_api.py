@@ -350,6 +350,19 @@ def test_max_shipments_counts_the_parcels_the_order_has_when_a_rejected_parcel_i
     assert (line["quantity"], line["cancelled_quantity"]) == (0, 2)
     assert stock(api, cap, "wh-east") == (10, 0) and stock(api, hat, "wh-south") == (10, 3)
     assert stock(api, cap, "wh-north") == (10, 0) and stock(api, hat, "wh-north") == (10, 0)
+    # The history names the rules version the rest was sourced under, as a stock_reserved or
+    # backordered entry does: a merchandiser reading why the caps were cancelled out_of_stock while
+    # wh-east has ten finds the max_shipments of that version.
+    entries = history(api, order["id"])
+    at = max(i for i, e in enumerate(entries) if e["type"] == "shipment_rejected")
+    rejected, cancelled = entries[at], entries[at + 1]
+    assert rejected["detail"]["sourced"] == [
+        {"line_id": a["line_id"], "location_id": "wh-south", "quantity": 3}
+        for a in done["allocations"]
+        if a["location_id"] == "wh-south"
+    ]
+    assert rejected["detail"]["sourcing_rules_version"] == rules.json()["version"]
+    assert (cancelled["type"], cancelled["detail"]["reason"]) == ("units_cancelled", "out_of_stock")
     final = ship(api, done, "wh-south")
     assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
 
@@ -369,32 +382,6 @@ def test_a_rejected_parcel_whose_order_has_max_shipments_parcels_already_has_its
     assert [s["location_id"] for s in done["shipments"]] == ["wh-west"]
     assert next(x for x in done["lines"] if x["sku"] == cap)["cancelled_quantity"] == 2
     assert stock(api, cap, "wh-east") == (10, 0) and settled(done) == amount(done["totals"]["grand_total"])
-
-
-def test_the_history_of_a_rejected_parcel_sourced_again_names_the_sourcing_rules_version_it_was_sourced_under(api):
-    # As a stock_reserved or backordered entry names it: a merchandiser reading why the caps were
-    # cancelled out_of_stock while wh-east has ten finds the max_shipments of that version.
-    mug = stocked(api, "MUG16", "12.50", {"wh-west": 10})
-    cap = stocked(api, "CAP16", "7.77", {"wh-north": 10, "wh-east": 10})
-    hat = stocked(api, "HAT16", "5.00", {"wh-north": 10, "wh-south": 10})
-    rules = api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 2})
-    assert rules.status_code == 200, rules.text
-    try:
-        order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
-        done = reject(api, order, parcel(order, "wh-north")["id"]).json()
-    finally:
-        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
-
-    entries = history(api, order["id"])
-    at = max(i for i, e in enumerate(entries) if e["type"] == "shipment_rejected")
-    rejected, cancelled = entries[at], entries[at + 1]
-    assert rejected["detail"]["sourced"] == [
-        {"line_id": a["line_id"], "location_id": "wh-south", "quantity": 3}
-        for a in done["allocations"]
-        if a["location_id"] == "wh-south"
-    ]
-    assert rejected["detail"]["sourcing_rules_version"] == rules.json()["version"]
-    assert (cancelled["type"], cancelled["detail"]["reason"]) == ("units_cancelled", "out_of_stock")
 
 
 @pytest.mark.parametrize(
