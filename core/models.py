@@ -4980,10 +4980,9 @@ class Order(Shown):
         if lines is None:
             return {line_id: units for line_id, units in unshipped.items() if units}
         by_id = {line.line_id: line for line in self.lines}
-        has = {line_id: f"{line_id} has {units_text(line.quantity)}" for line_id, line in by_id.items()}
         invalid = [
             {"field": f"lines[{i}].line_id", "message": f"no line {line_id}"} if line_id not in by_id
-            else {"field": f"lines[{i}].quantity", "message": has[line_id]}
+            else {"field": f"lines[{i}].quantity", "message": f"{line_id} has {units_text(by_id[line_id].quantity)}"}
             for i, (line_id, units) in enumerate(lines.items())
             if line_id not in by_id or units > by_id[line_id].quantity
         ]  # fmt: skip
