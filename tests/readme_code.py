@@ -32,16 +32,26 @@ class CurlRequest:
     headers: dict[str, str]
 
 
+def sections() -> list[str]:
+    """The README cut at each ## or ### heading, each part starting with its heading line."""
+    return re.split(r"\n(?=#{2,3} )", README.read_text())
+
+
 def section(title: str) -> str:
     """The README's section headed `title` (## or ###), up to the next heading."""
-    return next(text for text in re.split(r"\n(?=#{2,3} )", README.read_text()) if text.startswith(title + "\n"))
+    return next(text for text in sections() if text.startswith(title + "\n"))
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The bodies of `text`'s sh and bash code blocks."""
+    return re.findall(r"```(?:sh|bash)\n(.*?)```", text, flags=re.DOTALL)
 
 
 def curl_requests(text: str) -> list[CurlRequest]:
     """The curl commands of `text`'s sh blocks, parsed as a shell would split them (a JSON body
     over several lines inside its quotes is one word); one piped or assigned to a variable too."""
     found = []
-    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, flags=re.DOTALL):
+    for block in shell_blocks(text):
         words = shlex.split(block.replace("\\\n", " "), comments=True)
         for start in (i for i, word in enumerate(words) if word.endswith("curl")):
             method, path, body, headers, i = "GET", None, None, {}, start + 1

@@ -15,6 +15,8 @@ import jmespath
 import pytest
 from botocore import xform_name
 
+from tests.readme_code import shell_blocks
+
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 # A $(...) or $((...)) holding no other (an arithmetic one's parentheses two deep).
 SUBSTITUTION = re.compile(r"\$\((?:\((?:\([^()]*\)|[^()])*\)|[^()$]|\$(?!\())*\)")
@@ -33,7 +35,7 @@ S3_COMMANDS = {"cp", "mv", "rm", "sync", "ls", "mb", "rb", "presign", "website"}
 def shell_texts() -> list[str]:
     """The README's sh blocks, and its inline code spans that run aws (a span's line breaks are the
     paragraph's wrapping)."""
-    blocks = re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL)
+    blocks = shell_blocks(README)
     prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
     spans = [span for paragraph in prose.split("\n\n") for span in re.findall(r"`([^`]+)`", paragraph)]
     return blocks + [span.replace("\n", " ") for span in spans if re.match(r"aws\s", span) or "$(aws " in span]

@@ -5,17 +5,11 @@ reuse) or earlier in the curl's own section, so no step asks for an id it never 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
+from tests.readme_code import sections, shell_blocks
 
 ASSIGNED = re.compile(r"(?:^|[;\s(])([A-Za-z_]\w*)=(?!=)")
 READ = re.compile(r"\$\{?([A-Za-z_]\w*)")
-
-
-def shell_blocks(text: str) -> list[str]:
-    return re.findall(r"```(?:sh|bash)\n(.*?)```", text, flags=re.DOTALL)
 
 
 def commands(block: str) -> list[str]:
@@ -31,10 +25,6 @@ def commands(block: str) -> list[str]:
     found += [pending] if pending else []
     uncommented = (re.sub(r"(?m)\s#\s.*$", "", command).splitlines() for command in found)
     return ["\n".join(line for line in lines if not line.lstrip().startswith("#")) for lines in uncommented]
-
-
-def sections() -> list[str]:
-    return re.split(r"\n(?=#{2,3} )", README)
 
 
 def unset_variables() -> list[tuple[str, str, str]]:

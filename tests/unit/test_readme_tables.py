@@ -13,6 +13,7 @@ import pytest
 
 from functions.api.app import every_route
 from infra.local.template import load_template
+from tests.readme_code import shell_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template(ROOT / "template.yaml")
@@ -415,7 +416,7 @@ def readme_curls() -> list[tuple[str, str, set[str], str]]:
     calls the API: its `-X` method (else POST with `-d`, else GET), and its path with each shell
     variable as one segment."""
     found = []
-    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL):
+    for block in shell_blocks(README):
         for line in block.replace("\\\n", " ").splitlines():
             for call in re.findall(r"curl\b(.*?)(?=$|\||;|&&)", line):
                 url = re.search(r"""(?:https?://[^/\s"']+|\$API|\.\.\.)(/[^\s"'?]*)(?:\?([^\s"']*))?""", call)
@@ -474,7 +475,7 @@ def readme_bodies() -> list[tuple[str, str, str]]:
     """(method, path, JSON body) of each curl of the README's ```sh blocks that sends one with `-d
     '...'`, a shell variable spliced into it (`'"$TRACKING"'`, `'$ORDER'`) read as the string X."""
     found = []
-    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL):
+    for block in shell_blocks(README):
         for call in re.findall(r"curl\b(.*?)(?=\ncurl|\n[A-Z]+=|\n#|\Z)", block.replace("\\\n", " "), flags=re.DOTALL):
             url = re.search(r"""(?:https?://[^/\s"']+|\$API|\.\.\.)(/[^\s"'?]*)""", call)
             body = re.search(r"-d\s+'(.*?)'(?=\s|$)", call, flags=re.DOTALL)
@@ -508,9 +509,7 @@ def test_every_body_the_readme_sends_names_only_fields_its_route_takes_and_every
 def test_every_make_target_the_readme_runs_is_one_of_the_makefiles():
     prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
     commands = re.findall(r"`([^`\n]+)`", prose) + [
-        line
-        for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL)
-        for line in block.splitlines()
+        line for block in shell_blocks(README) for line in block.splitlines()
     ]
     named = {
         target
