@@ -175,7 +175,8 @@ def _authorize(token: str, amount: Money, idempotency_key: str, attempt: int) ->
     if looks_like_card_number(token):
         # Said without repeating the value: a card number must not reach a log or the history.
         return _declined(decline, idempotency_key, "test gateway: a card number is not a payment token")
-    return _declined(decline, idempotency_key, f"test gateway: unknown test token; use {APPROVE}, {DECLINE} or {FLAKY}")
+    known = f"{APPROVE}, {DECLINE}, {FLAKY}, {CAPTURE_DECLINE}, {VOID_DECLINE} or {REFUND_DECLINE}"
+    return _declined(decline, idempotency_key, f"test gateway: unknown test token; use {known}")
 
 
 @hookimpl

@@ -122,6 +122,14 @@ def test_unknown_tokens_are_declined_with_a_clear_message(token):
     assert "unknown test token" in result.message
 
 
+def test_a_mistyped_token_is_declined_naming_every_token_the_test_gateway_takes():
+    # A desk that typed tok_refund_declined is told the token it meant, not only the first three.
+    result = authorize("tok_refund_declined")
+
+    told = ["tok_approve", "tok_decline", "tok_flaky", "tok_capture_decline", "tok_void_decline", "tok_refund_decline"]
+    assert [token for token in told if token not in result.message] == []
+
+
 def test_a_card_number_is_declined_and_never_echoed():
     result = authorize("4242 4242 4242 4242")
 
