@@ -1567,3 +1567,42 @@ def test_a_joined_header_by_semicolons_with_a_line_break_in_a_cell_is_reported_a
     ]
     assert "a quote opened on it is not closed on its line" in error_on(orders, 3).message
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1")]
+
+
+def test_every_code_a_bad_line_of_an_import_is_reported_with_is_named_in_the_readmes_bulk_import():
+    # Before: seven codes a report gives (`inconsistent_order`, `order_reopened`, `too_many_lines`,
+    # `missing_channel`, `line_too_long`, ...) were named nowhere in the README, and five more only
+    # outside Bulk import, so an integrator mapping each code to what its system does next had no word.
+    import ast
+    import re
+    from pathlib import Path
+
+    from tests.readme_code import section
+
+    def strings(node: ast.AST, function: ast.FunctionDef) -> set[str]:
+        """The codes `node` may be: its string constants, and those given a name it reads."""
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        given = [n.value for n in ast.walk(function) if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id in names for t in n.targets)]  # fmt: skip
+        found = {c.value for n in [node, *given] for c in ast.walk(n) if isinstance(c, ast.Constant)}
+        if isinstance(node, ast.JoinedStr):  # f"missing_{missing}"
+            prefix = node.values[0].value  # type: ignore[attr-defined]
+            return {prefix + value for value in found - {prefix} if isinstance(value, str)}
+        return {value for value in found if isinstance(value, str)}
+
+    root = Path(__file__).resolve().parents[2]
+    codes: set[str] = {"line_too_long", "invalid_encoding"}  # a physical line's `problem`, its error's code
+    for source in ("functions/import_splitter/readers.py", "core/import_service.py"):
+        tree = ast.parse((root / source).read_text())
+        for function in (node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)):
+            for call in ast.walk(function):
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "LineError":
+                    (code,) = [*call.args[2:3], *(k.value for k in call.keywords if k.arg == "code")]
+                    codes |= strings(code, function)
+    # Not a code: a message a condition reads. Not met: _unreadable's fallback (a line without text
+    # always has its `problem`).
+    codes = {code for code in codes if re.fullmatch(r"[a-z]+(?:_[a-z]+)+", code)} - {"unreadable_line"}
+    assert {"inconsistent_order", "missing_channel", "missing_external_id", "line_too_long"} <= codes
+
+    named = set(re.findall(r"`([a-z]+(?:_[a-z]+)+)`", section("## Bulk import")))
+    assert sorted(codes - named) == []

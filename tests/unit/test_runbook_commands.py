@@ -595,3 +595,29 @@ def test_the_reads_not_queued_are_queued_again_from_their_log_lines(tmp_path: Pa
     sends = [call for call in calls if call[:2] == ["sqs", "send-message"]]
     assert {argument(call, "--queue-url") for call in sends} == {"id-AccessLogQueue"}
     assert [json.loads(argument(call, "--message-body")) for call in sends] == reads
+
+
+@needs_jq
+def test_the_bulk_import_sections_replay_sends_the_splitter_the_event_of_the_record_the_runbook_receives(
+    tmp_path: Path,
+):
+    # Before: Bulk import's replay read `.requestPayload` off record.json, which the runbook's Look
+    # step writes as `aws sqs receive-message`'s answer (the record is its message's Body): the
+    # splitter was invoked with `null` and failed, the import left `failed`.
+    from tests.readme_code import section
+
+    (replay,) = re.findall(r"`(aws lambda invoke [^`]*)`", section("## Bulk import"))
+    event = {"Records": [{"s3": {"bucket": {"name": "imports"}, "object": {"key": "incoming/orders.csv"}}}]}
+    record = {"requestContext": {"condition": "RetriesExhausted"}, "requestPayload": event}
+    (look,) = re.findall(r"`(aws sqs receive-message --queue-url\s+\$\(id ImportSplitFailureQueue\) > record.json);",
+                         RUNBOOKS)  # fmt: skip
+    received = {"Messages": [{"Body": json.dumps(record), "ReceiptHandle": "handle-4"}]}
+
+    _, invoke = run(
+        look.replace("\n", " ") + "\n" + replay.replace("\n", " ").replace("<ImportSplitterFunction>", "splitter"),
+        tmp_path,
+        {"answer-sqs-receive-message": json.dumps(received)},
+    )
+
+    assert invoke[:2] == ["lambda", "invoke"] and argument(invoke, "--function-name") == "splitter"
+    assert json.loads(argument(invoke, "--payload")) == event
