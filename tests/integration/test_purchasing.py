@@ -911,6 +911,29 @@ def test_a_purchase_order_due_in_the_last_hours_of_2999_in_utc_is_opened_and_its
     assert len(api.get("/purchase-orders", params={"vendor_id": body["vendor_id"]}).json()["items"]) == 4
 
 
+def test_a_vendor_may_take_up_to_a_year_and_a_po_of_it_is_due_then_unless_it_names_a_later_date(api: InProcessApi):
+    # README (Vendors): lead_time_days is whole days from 0 to 365, else 422; a PO opened by POST
+    # may name a later expected_at (a buyer's h724 walk met the 422 the README did not state).
+    _, body = a_po_body(api, 2)
+    vendor = body["vendor_id"]
+    for days in (-1, 366, 1.5):
+        assert_error(api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": days}), 422,
+                     "validation_error", "lead_time_days")  # fmt: skip
+
+    def due_in() -> timedelta:
+        po = api.post("/purchase-orders", json=body).json()
+        return datetime.fromisoformat(po["expected_at"]) - datetime.fromisoformat(po["created_at"])
+
+    assert due_in() == timedelta(days=3)  # the vendor as a_vendor made it: nothing refused was kept
+    for days in (0, 365):  # the bounds themselves are taken
+        replaced = api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": days})
+        assert replaced.status_code == 200 and replaced.json() == {
+            "vendor_id": vendor, "name": "Acme", "email": None, "lead_time_days": days}  # fmt: skip
+        assert due_in() == timedelta(days=days)
+    later = api.post("/purchase-orders", json={**body, "expected_at": "2999-06-30T00:00:00Z"})
+    assert later.status_code == 201 and later.json()["expected_at"] == "2999-06-30T00:00:00Z"
+
+
 def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothing_is_ordered(api: InProcessApi):
     # API.md: every amount is below 10^15 in its currency, and an order whose total would reach it
     # is 422. A PO of 10^9 units at a million each was opened: a commitment to pay the vendor
