@@ -32,6 +32,7 @@ from core.pdf_pages import (
     pdf_document,
     rendered,
     weight_text,
+    wrapped,
 )
 
 PICK_SLIP_SERVICE = "Store pickup"  # its carrier is core.models.PICK_SLIP_CARRIER, "OMS"
@@ -71,7 +72,7 @@ def pick_slip(
         ("F1", 8, order.customer.email),
         None,
         ("F2", 12, f"PICKUP CODE: {code}"),
-        ("F1", 8, f"Order: {order.external_id or order.id}"),
+        *[("F1", 8, text) for text in wrapped(f"Order: {order.external_id or order.id}", 8)],
         None,
         ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),
         ("F1", 8, f"Weight: {weight_text(weight_grams)}"),

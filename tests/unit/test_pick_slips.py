@@ -197,6 +197,21 @@ def test_a_slip_names_the_order_by_the_number_the_customer_was_told_it_is_ready_
     assert pdf_text(shipment_reference(order.id, parcel.id)) in text  # the OMS's own ids stay on the slip
 
 
+def test_a_slip_shows_a_long_storefront_number_whole_for_the_counter_to_match(world):
+    # An external_id may be 128 characters: cut to the label's width ("...") the store could not
+    # match the number the customer reads out; it runs on over as many lines as it needs.
+    number = "marketplace-emea/" + "0123456789" * 11
+    order: Order = world.allocated(("MUG", 1), external_id=number, **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    shown = "".join(re.findall(r"\(([^()]*)\) Tj", text))
+    assert f"Order: {number}" in shown and "..." not in shown, shown
+
+
 def test_a_slip_of_an_order_placed_without_a_storefront_number_names_it_by_the_oms_id(world):
     order: Order = world.allocated(("MUG", 1), external_id=None, **PICKUP)
     (parcel,) = order.shipments
