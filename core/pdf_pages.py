@@ -67,10 +67,22 @@ def _win_ansi_code(char: str) -> int | None:
     return code if code >= 0x80 else None
 
 
+def _room(size: float) -> int:
+    # Helvetica averages about 0.55 em a character.
+    return int((PAGE_WIDTH - 2 * MARGIN) / (size * 0.55))
+
+
 def fit(value: str, size: float) -> str:
-    # Helvetica averages about 0.55 em a character: cut what would run off the label.
-    room = int((PAGE_WIDTH - 2 * MARGIN) / (size * 0.55))
+    """`value` cut where it would run off the label."""
+    room = _room(size)
     return value if len(value) <= room else value[: room - 3] + "..."
+
+
+def wrapped(value: str, size: float) -> list[str]:
+    """`value` whole, over as many lines as the label's width needs: for a text someone matches
+    character by character (an order's number read out at a counter), which `fit` would cut."""
+    room = _room(size)
+    return [value[start : start + room] for start in range(0, len(value), room)]
 
 
 def address_lines(address: Address) -> list[str]:

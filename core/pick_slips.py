@@ -32,6 +32,7 @@ from core.pdf_pages import (
     pdf_document,
     rendered,
     weight_text,
+    wrapped,
 )
 
 PICK_SLIP_SERVICE = "Store pickup"  # its carrier is core.models.PICK_SLIP_CARRIER, "OMS"
@@ -56,7 +57,9 @@ def pick_slip(
 ) -> PickSlip:
     """The slip of the pickup parcel `shipment_id` of `order`, picked at `store`: what the store
     puts with the units on the shelf, and finds again by the order the customer names when
-    collecting (its id, which the ready_for_pickup notification gives them, is on the slip)."""
+    collecting: the number the ready_for_pickup notification gave them (core.notifications), the
+    storefront's `external_id`, or the OMS's id for an order placed without one (the reference
+    line keeps the OMS's ids)."""
     code = pickup_code(shipment_id)
     customer = order.customer.name or order.shipping_address.name
     rows: list[tuple[str, float, str] | None] = [
@@ -69,7 +72,7 @@ def pick_slip(
         ("F1", 8, order.customer.email),
         None,
         ("F2", 12, f"PICKUP CODE: {code}"),
-        ("F1", 8, f"Order: {order.id}"),
+        *[("F1", 8, text) for text in wrapped(f"Order: {order.external_id or order.id}", 8)],
         None,
         ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),
         ("F1", 8, f"Weight: {weight_text(weight_grams)}"),

@@ -880,6 +880,8 @@ class CaptureService:
         # A count the rules cut says so: GET /inventory shows every unit, excluded or held back.
         kept_back = bool(sources & set(rules.excluded_locations)) or any(rules.safety_stock.get(loc) for loc in sources)
         under = f" under {rules.named()}" if kept_back else ""
+        # A pickup's count is its store's alone, which GET /inventory's total over the network is not.
+        at = f" at {cmd.fulfillment.location_id} (the pickup store)" if cmd.fulfillment.type == "pickup" else ""
         sources = sources - set(rules.excluded_locations)
         skus = set(wanted) if planned else short_skus
         levels = self._inventory.levels(skus, sources, consistent=consistent) if sources else {}
@@ -902,7 +904,7 @@ class CaptureService:
         short = [
             {
                 "field": f"lines[{i}].quantity",
-                "message": f"{available[line.sku]} of {line.sku} available{under}, {wanted[line.sku]} ordered",
+                "message": f"{available[line.sku]} of {line.sku} available{at}{under}, {wanted[line.sku]} ordered",
             }
             for i, line in enumerate(cmd.lines)
             if line.sku in short_skus and available[line.sku] < wanted[line.sku]

@@ -195,6 +195,19 @@ def test_pickup_uses_the_store_stock_and_pays_no_shipping(world):
     assert order.totals.shipping.amount == 0
 
 
+def test_a_pickup_order_short_at_its_store_is_told_the_store_s_count_and_names_the_store(world):
+    # A pickup is supplied by its store alone: "0 of HOODIE available" beside a GET /inventory that
+    # counts the warehouses' units read as a wrong count; the refusal says whose count it is.
+    capture, _, inventory = world
+    inventory.set_on_hand("MUG", "wh-east", 20, "count")
+    with pytest.raises(InsufficientStock) as raised:
+        pickup = {"type": "pickup", "location_id": "store-sf"}
+        capture.place(place_order(lines=[{"sku": "MUG", "quantity": 5}], fulfillment=pickup), "k")
+    assert raised.value.details == [
+        {"field": "lines[0].quantity", "message": "4 of MUG available at store-sf (the pickup store), 5 ordered"}
+    ]
+
+
 @pytest.mark.parametrize(
     ("sku", "fulfillment"), [("TSHIRT", {"type": "ship"}), ("MUG", {"type": "pickup", "location_id": "store-sf"})]
 )

@@ -10,6 +10,7 @@ import pytest
 from core.errors import PluginError
 from core.ids import shipment_reference
 from core.models import PICK_SLIP_CARRIER, LineInput, Order, OrderEdit
+from core.notifications import notifications
 from core.pdf_pages import gs1_check_digit, pdf_text
 from core.pick_slips import pick_slip, pickup_code
 from core.status import OrderStatus
@@ -178,6 +179,50 @@ def test_a_slip_of_one_unit_says_one_unit(world):
     assert pdf_text("Contents (1 unit):") in text, text
 
 
+def test_a_slip_names_the_order_by_the_number_the_customer_was_told_it_is_ready_under(world):
+    # At the counter the customer names the order their ready notice named: the storefront's number
+    # (its external_id) when it has one. The slip printed only the OMS's id, which that customer was
+    # never told, so the store could not find the parcel by it.
+    order: Order = world.allocated(("MUG", 1), **PICKUP)
+    (parcel,) = order.shipments
+    ready = world.actions.ready(order.id, parcel.id, actor="key_store")
+    (notice,) = notifications(order.model_dump(mode="json"), ready.model_dump(mode="json"))
+    store = world.catalog.get_location("store-sf")
+    assert store is not None and order.external_id is not None
+
+    text = pick_slip(ready, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    assert notice.subject == f"Your order {order.external_id} is ready for pickup"
+    assert pdf_text(f"Order: {order.external_id}") in text, text
+    assert pdf_text(shipment_reference(order.id, parcel.id)) in text  # the OMS's own ids stay on the slip
+
+
+def test_a_slip_shows_a_long_storefront_number_whole_for_the_counter_to_match(world):
+    # An external_id may be 128 characters: cut to the label's width ("...") the store could not
+    # match the number the customer reads out; it runs on over as many lines as it needs.
+    number = "marketplace-emea/" + "0123456789" * 11
+    order: Order = world.allocated(("MUG", 1), external_id=number, **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    shown = "".join(re.findall(r"\(([^()]*)\) Tj", text))
+    assert f"Order: {number}" in shown and "..." not in shown, shown
+
+
+def test_a_slip_of_an_order_placed_without_a_storefront_number_names_it_by_the_oms_id(world):
+    order: Order = world.allocated(("MUG", 1), external_id=None, **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
+
+    assert pdf_text(f"Order: {order.id}") in text, text
+
+
 class NamedLikeTheSlips(Carrier):
     NAME = PICK_SLIP_CARRIER
 
@@ -195,7 +240,7 @@ def test_a_carrier_plugin_may_not_name_itself_as_the_oms_pick_slips_do(clock):
 
 
 def test_the_slip_names_the_store_street_the_order_the_customer_gives_and_the_customer_not_the_address(world):
-    # At the counter the customer names their order (its id, from the ready_for_pickup notice) and
+    # At the counter the customer names their order (the number its ready_for_pickup notice named) and
     # themselves; a shipping address sent with a pickup order may name someone else (a front desk).
     order: Order = world.allocated(
         ("MUG", 1), **PICKUP, customer={"id": "cus_2", "email": "grace@example.com", "name": "Grace Hopper"},
@@ -207,7 +252,7 @@ def test_the_slip_names_the_store_street_the_order_the_customer_gives_and_the_cu
 
     text = pick_slip(order, parcel.id, store, parcel.lines, 350).document.decode("latin-1")
 
-    for shown in (f"Order: {order.id}", "Grace Hopper", store.address.line1, "grace@example.com"):
+    for shown in (f"Order: {order.external_id}", "Grace Hopper", store.address.line1, "grace@example.com"):
         assert pdf_text(shown) in text, shown
     assert pdf_text("Front desk, Acme") not in text
 
