@@ -403,6 +403,14 @@ def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_tho
 
     assert cursor is None and [(e.actor, e.action) for e in walked] == [("key_shop", "created"), ("key_reader", "get")]
     assert [e.actor for e in whole_log(log)] == ["key_shop", "key_reader", "key_auditor", "key_auditor"]
+    # A clock too coarse to tell a page from its own read (both at the walk's start) ends it too.
+    created = HistoryEntry(at=T0, type="created", actor="key_shop")
+    reads = Reads(read("r1", 1))
+    still = AccessLog(OrderQueries(Orders(created)), reads, lambda: T0 + timedelta(minutes=5))
+    first, cursor = still.page(ORDER.id, None, 1, None)
+    reads.add(read("p1", 5, "access_log", "key_auditor"))
+    rest, end = still.page(ORDER.id, None, 1, cursor)
+    assert [e.actor for e in first + rest] == ["key_shop", "key_reader"] and end is None
     # A cursor handed out before walks were bounded is bounded from the page it asks for.
     old = cursor_of({"o": ORDER.id, "c": 1, "at": T0.isoformat(), "key": None})
     assert [e.actor for e in log.page(ORDER.id, None, 10, old)[0]] == ["key_reader", "key_auditor", "key_auditor"]
