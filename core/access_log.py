@@ -8,8 +8,8 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from core.cursors import cursor_document, cursor_of
 from core.errors import InvalidCursor
-from core.models import Shown
-from core.services import OrderQueries
+from core.models import Shown, utc_now
+from core.services import Clock, OrderQueries
 
 # The API's reads of an order, by (method, resource as API Gateway names it): the action each is
 # recorded as. Reading the access log is itself a read of the order; so is reading one of its
@@ -143,9 +143,10 @@ class AccessLogStore(ABC):
 class AccessLog:
     """GET /orders/{id}/access-log: the order's reads and its changes, oldest first."""
 
-    def __init__(self, orders: OrderQueries, store: AccessLogStore):
+    def __init__(self, orders: OrderQueries, store: AccessLogStore, clock: Clock = utc_now):
         self._orders = orders
         self._store = store
+        self._clock = clock
 
     def page(
         self, order_id: str, channel: str | None, limit: int, cursor: str | None
@@ -159,15 +160,22 @@ class AccessLog:
         its entries where they are stored), a read by its time and request id (its key in the
         store): the cursor names how many changes the pages before showed and the last read they
         showed, and the next page goes on from both. A change written after a page was read is on
-        the next page wherever its time puts it, never skipped for a time before the cursor's."""
+        the next page wherever its time puts it, never skipped for a time before the cursor's.
+
+        A walk shows the reads made before its first page (the cursor names that time too): each
+        page is a read of the order, stored a moment later, so a walk of one entry a page that
+        went on to the reads made since met its own last page on every page and never ended."""
         # The history also answers NotFound for an order the caller may not see. Read consistently,
         # as a page of the history is: a read a moment behind holds fewer changes than the cursor
         # of the page before may count (422 for a good cursor).
         history = self._orders.history(order_id, channel, consistent=True)
-        shown, read_after = _decode_cursor(cursor, order_id, history) if cursor is not None else (0, None)
+        shown, read_after, until = (0, None, None) if cursor is None else _decode_cursor(cursor, order_id, history)
+        # A cursor issued before walks were bounded is bounded from the page it asks for.
+        until = until or self._clock()
         changes = history[shown : shown + limit + 1]
         at, request_id = read_after or (None, None)
-        reads = self._store.reads_after(order_id, at, request_id, limit + 1)
+        # Oldest first: the reads past the walk's start, and all after them, are the next walk's.
+        reads = [read for read in self._store.reads_after(order_id, at, request_id, limit + 1) if read.at < until]
         page: list[AccessEntry] = []
         taken = read = 0
         while len(page) < limit and (taken < len(changes) or read < len(reads)):
@@ -180,7 +188,7 @@ class AccessLog:
         if taken == len(changes) and read == len(reads):
             return page, None
         last_read = (reads[read - 1].at, reads[read - 1].request_id) if read else read_after
-        return page, _encode_cursor(order_id, shown + taken, last_read)
+        return page, _encode_cursor(order_id, shown + taken, last_read, until)
 
 
 def _change_entry(entry: Any) -> AccessEntry:
@@ -196,16 +204,17 @@ def _read_entry(read: OrderRead) -> AccessEntry:
 ReadPosition = tuple[datetime, str | None]
 
 
-def _encode_cursor(order_id: str, shown: int, read_after: ReadPosition | None) -> str:
-    document: dict[str, Any] = {"o": order_id, "c": shown}
+def _encode_cursor(order_id: str, shown: int, read_after: ReadPosition | None, until: datetime) -> str:
+    document: dict[str, Any] = {"o": order_id, "c": shown, "u": until.isoformat()}
     if read_after is not None:
         document |= {"at": read_after[0].isoformat(), "key": read_after[1]}
     return cursor_of(document)
 
 
-def _decode_cursor(cursor: str, order_id: str, history: list[Any]) -> tuple[int, ReadPosition | None]:
-    """How many of the history's changes the pages before showed and where their reads go on, as
-    `cursor` names them; InvalidCursor unless this order's log issued it. A cursor issued before
+def _decode_cursor(cursor: str, order_id: str, history: list[Any]) -> tuple[int, ReadPosition | None, datetime | None]:
+    """How many of the history's changes the pages before showed, where their reads go on and when
+    their walk began (None: a cursor from before walks were bounded), as `cursor` names them;
+    InvalidCursor unless this order's log issued it. A cursor issued before
     changes were known by their place (`k` and `key`: the last entry shown, a change by its place
     in `history`, or a read) names the same two: the changes up to that entry, and the reads after it."""
     try:
@@ -222,11 +231,12 @@ def _decode_cursor(cursor: str, order_id: str, history: list[Any]) -> tuple[int,
             at, _ = _read_position(decoded["at"], key)
             read_after = (at, key if kind == 1 else None)
             shown = sum(1 for place, entry in enumerate(history) if (entry.at, 0, f"{place:06d}") <= (at, kind, key))
+        until = _read_position(decoded["u"], None)[0] if "u" in decoded else None
     except (ValueError, KeyError, TypeError, OverflowError):
         valid = False
     if not valid:
         raise InvalidCursor()
-    return shown, read_after
+    return shown, read_after, until
 
 
 def _read_position(at: Any, key: Any) -> ReadPosition:

@@ -992,7 +992,7 @@ class Container:
 
     @cached_property
     def access_log(self) -> AccessLog:
-        return AccessLog(self.orders, self.access_log_store)
+        return AccessLog(self.orders, self.access_log_store, self.clock)
 
     def check_webhook_url(self, url: str) -> Target:
         """Subscribe time and send time: refuses what check_url refuses (SSRF)."""

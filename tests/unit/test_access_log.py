@@ -373,6 +373,8 @@ def test_two_reads_at_one_time_stored_out_of_request_id_order_are_paged_by_reque
         {"o": ORDER.id, "at": T0.isoformat(), "k": 2, "key": "r1"},  # an entry of no kind
         {"o": ORDER.id, "at": T0.isoformat(), "k": True, "key": "r1"},
         {"o": ORDER.id, "c": 0, "at": "2026-12-01T12:00:00", "key": "r1"},  # a read's time with no zone
+        {"o": ORDER.id, "c": 0, "u": "2026-12-01T12:00:00"},  # a walk's start with no zone
+        {"o": ORDER.id, "c": 0, "u": 1},
     ],
 )
 def test_a_forged_cursor_naming_no_position_a_page_issues_is_invalid(document: dict):
@@ -381,6 +383,37 @@ def test_a_forged_cursor_naming_no_position_a_page_issues_is_invalid(document: d
     log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), Reads(read("r1", 1)))
     with pytest.raises(InvalidCursor):
         log.page(ORDER.id, None, 10, cursor_of(document))
+
+
+def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_those_made_since():
+    # Each page is a read of the order, stored a moment after it: a walk that went on to the reads
+    # made since it began met its own pages, and one of an entry a page never ended.
+    now = [T0 + timedelta(minutes=10)]
+    store = Reads(read("r1", 1))
+    log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), store, lambda: now[0])
+
+    walked, cursor = [], None
+    for page in range(1, 10):
+        items, cursor = log.page(ORDER.id, None, 1, cursor)
+        walked += items
+        store.add(read(f"p{page}", 10 + page, "access_log", "key_auditor"))  # the page's own read
+        now[0] = T0 + timedelta(minutes=10 + page, seconds=30)
+        if cursor is None:
+            break
+
+    assert cursor is None and [(e.actor, e.action) for e in walked] == [("key_shop", "created"), ("key_reader", "get")]
+    assert [e.actor for e in whole_log(log)] == ["key_shop", "key_reader", "key_auditor", "key_auditor"]
+    # A clock too coarse to tell a page from its own read (both at the walk's start) ends it too.
+    created = HistoryEntry(at=T0, type="created", actor="key_shop")
+    reads = Reads(read("r1", 1))
+    still = AccessLog(OrderQueries(Orders(created)), reads, lambda: T0 + timedelta(minutes=5))
+    first, cursor = still.page(ORDER.id, None, 1, None)
+    reads.add(read("p1", 5, "access_log", "key_auditor"))
+    rest, end = still.page(ORDER.id, None, 1, cursor)
+    assert [e.actor for e in first + rest] == ["key_shop", "key_reader"] and end is None
+    # A cursor handed out before walks were bounded is bounded from the page it asks for.
+    old = cursor_of({"o": ORDER.id, "c": 1, "at": T0.isoformat(), "key": None})
+    assert [e.actor for e in log.page(ORDER.id, None, 10, old)[0]] == ["key_reader", "key_auditor", "key_auditor"]
 
 
 def test_a_cursor_issued_before_changes_were_known_by_their_place_naming_a_change_goes_on_to_every_read_after_it():

@@ -47,7 +47,8 @@ class AccessLogPage(Shown):
     "one of its returns changed by the return's id). "
     "Each with `actor` the API key id (or "
     "`workflow` and the other system actors for changes). Reads are queued as they answer and stored within seconds; "
-    "they are kept 400 days. Paginated as every list is: a much-read order's log is read a page at a time.",
+    "they are kept 400 days. Paginated as every list is: a much-read order's log is read a page at a time; a walk "
+    "shows the reads made before its first page (each page is a read too: those made since are the next walk's).",
     responses={**ok(200, AccessLogPage, "A page of the order's access log"), **errors(403, 404)},
 )
 @requires(Scope.AUDIT_READ)
