@@ -592,9 +592,12 @@ def test_a_hold_naming_a_version_changed_since_is_409_and_holds_nothing(api: InP
     history = api.get(f"{path}/history").json()["items"]
 
     stale = api.post(f"{path}/hold", json={"reason": "address_review"}, headers={"If-Match": str(order["version"])})
+    keyed = api.post(f"{path}/hold", json={"reason": "address_review"},
+                     headers={"If-Match": str(order["version"]), "Idempotency-Key": unique("hold")})  # fmt: skip
 
     error = assert_error(stale, 409, "version_conflict", "If-Match")
     assert error["details"] == [{"field": "If-Match", "message": f"current version is {edited.json()['version']}"}]
+    assert_error(keyed, 409, "version_conflict", "If-Match")
     assert unsigned(api.get(path).json()) == unsigned(edited.json())
     assert api.get(f"{path}/history").json()["items"] == history
     current = api.post(
@@ -612,8 +615,11 @@ def test_a_release_naming_a_version_changed_since_is_409_and_the_order_stays_hel
     assert noted.status_code == 200, noted.text
 
     stale = api.post(f"{path}/release", json={"note": "card checked"}, headers={"If-Match": str(held["version"])})
+    keyed = api.post(f"{path}/release", json={"note": "card checked"},
+                     headers={"If-Match": str(held["version"]), "Idempotency-Key": unique("release")})  # fmt: skip
 
     assert_error(stale, 409, "version_conflict", "If-Match")
+    assert_error(keyed, 409, "version_conflict", "If-Match")
     assert unsigned(api.get(path).json()) == unsigned(noted.json())
     assert "released" not in [entry["type"] for entry in api.get(f"{path}/history").json()["items"]]
     current = api.post(

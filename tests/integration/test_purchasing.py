@@ -907,6 +907,8 @@ def test_a_cancel_with_the_version_read_refuses_a_po_changed_since_and_cancels_n
     assert error["details"] == [{"field": "If-Match", "message": f"current version is {opened['version']}"}]
     assert api.get(f"/purchase-orders/{draft}").json() == opened
     assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 2
+    ahead = api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": str(opened["version"] + 1)})
+    assert_error(ahead, 409, "version_conflict", "If-Match")  # a version it never had is no version read
     cancelled = api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": f'W/"{opened["version"]}"'})
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled"), cancelled.text
     assert_error(api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": "7 7"}), 400, "malformed_header")
