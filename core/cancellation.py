@@ -136,6 +136,7 @@ class Cancellation:
         spare_held: bool = False,
         confirms_parcels: bool = True,
         writes_off: bool = False,
+        expected_version: int | None = None,
     ) -> Order:
         """End the order cancelled, release every reservation, void its authorization; an
         exchange's replacement gives its credit back on the original order (ExchangeCredits). Refused
@@ -157,12 +158,16 @@ class Cancellation:
         units back on sale, which only a person who found it never left may answer. `writes_off` (a
         person's cancel: orders:approve): a parcel a carrier reported delivered whose capture the
         gateway refused is written off with the order (Order.cancel): its units leave on_hand, as
-        a ship's do, instead of going back on sale (_release)."""
+        a ship's do, instead of going back on sale (_release). `expected_version` (the version the
+        person cancelling read: their If-Match): an order at another, a cancelled one too, is 409
+        `version_conflict` (Order.check_seen), judged in the cancel's conditional write: nothing
+        written, released or voided."""
 
         read: list[Order] = []  # the version the cancel was decided on, which still lists its allocations
 
         def decide(order: Order):
             read[:] = [order]
+            order.check_seen(expected_version)
             if order.status is OrderStatus.CANCELLED or (closed_ok and order.status in TERMINAL):
                 return None
             if spare_held and order.status is OrderStatus.ON_HOLD:

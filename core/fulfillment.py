@@ -857,15 +857,16 @@ class OrderActions:
     # --- Cancel -------------------------------------------------------------------------------
     def cancel(self, order_id: str, reason: str, actor: str, channel: str | None = None,
                lines: dict[str, int] | None = None, request_key: str | None = None,
-               confirms_parcels: bool = True) -> Order:  # fmt: skip
+               confirms_parcels: bool = True, expected_version: int | None = None) -> Order:  # fmt: skip
         """Before anything shipped and without `lines`: the order, cancelled, even when its
         authorization could not be voided (the payment then stays `authorized` and the history
         says why; cancelling again retries the void). On a partly shipped order, or with `lines`
         ({line_id: units}): those units, or every unit not shipped, cancelled (UnitCancellation;
         `request_key` names a client's request, so its retry cancels no units twice; not
-        `confirms_parcels`: the caller may not release a hold, UnitCancellation.cancel)."""
+        `confirms_parcels`: the caller may not release a hold, UnitCancellation.cancel; with
+        `expected_version`, the caller's If-Match, an order at another version is 409, nothing written)."""
         return self._units.cancel(order_id, reason, actor, lines=lines, channel=channel, request_key=request_key,
-                                  confirms_parcels=confirms_parcels)  # fmt: skip
+                                  confirms_parcels=confirms_parcels, expected_version=expected_version)  # fmt: skip
 
     def finish_carrier_work(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
         """What the carrier is still owed for the order: its parcels due a label booked again, its

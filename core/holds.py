@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core.cancellation import holding_locations
-from core.errors import Conflict, InvalidTransition
+from core.errors import Conflict, InvalidTransition, StaleVersion
 from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import RELEASE_RETRY_WINDOW, HoldReason, Note, Order, Strict, utc_now
@@ -54,14 +54,17 @@ class Holds:
 
     def hold(
         self, order_id: str, request: HoldRequest, actor: str, channel: str | None = None,
-        request_key: str | None = None,
+        request_key: str | None = None, expected_version: int | None = None,
     ) -> Order:  # fmt: skip
         """On hold from `pending`, `authorized`, `backordered` or `allocated` (InvalidTransition, 409,
-        otherwise: held already, shipped, closed). `request_key` (a client's Idempotency-Key, scoped
-        to its API key) is kept in the hold's entry, as a release's is: a retry under it of a hold
-        that took effect (whose answer was lost) answers the order as it stands, whether still held
-        or released since, instead of 409 `on hold already` or a second hold; under it with another
-        reason or note, 409 `idempotency_key_reused`. An order sent back to be sourced (an edit, a
+        otherwise: held already, shipped, closed). With `expected_version` (the version the person
+        holding it read, their If-Match), an order at another is 409 `version_conflict`, judged in
+        the hold's conditional write (Order.check_seen): nothing written. `request_key` (a client's
+        Idempotency-Key, scoped to its API key) is kept in the hold's entry, as a release's is: a
+        retry under it of a hold that took effect (whose answer was lost) answers the order as it
+        stands, whether still held or released since, and whatever version it names, instead of 409
+        `on hold already` or a second hold; under it with another reason or note, 409
+        `idempotency_key_reused`. An order sent back to be sourced (an edit, a
         reject) and not sourced yet holds what it held before: what its lines hold beyond their
         quantities, and what lines an edit replaced and could not release hold, is given back
         (give_back_surplus), as its workflow, which the hold puts off until
@@ -71,13 +74,14 @@ class Holds:
         hold and releases what it reserved."""
         at = self._clock()
         keyed = {"request_key": request_key} if request_key is not None else None
+
+        def decide(order: Order):
+            order.check_seen(expected_version)
+            return order.hold_for(request.reason, request.note, at=at, actor=actor, detail=keyed)
+
         try:
-            held = modify(
-                self._orders, order_id,
-                lambda order: order.hold_for(request.reason, request.note, at=at, actor=actor, detail=keyed),
-                channel=channel,
-            )  # fmt: skip
-        except InvalidTransition:
+            held = modify(self._orders, order_id, decide, channel=channel)
+        except (InvalidTransition, StaleVersion):
             made = {"reason": request.reason, "note": request.note}
             if request_key is None or not self._made_under(order_id, OrderEvent.ON_HOLD, request_key, made, at):
                 raise
@@ -96,26 +100,29 @@ class Holds:
 
     def release(
         self, order_id: str, request: ReleaseRequest, actor: str, channel: str | None = None,
-        request_key: str | None = None,
+        request_key: str | None = None, expected_version: int | None = None,
     ) -> Order:  # fmt: skip
-        """Back to the status it was held from (InvalidTransition, 409, when it is not on hold). The
+        """Back to the status it was held from (InvalidTransition, 409, when it is not on hold).
+        `expected_version` (the releasing person's If-Match), as for a hold: an order at another
+        version is 409 `version_conflict`, nothing written, before anything else is decided. The
         same release sent again after one that ended a person's hold and left the order held for
         parcels to confirm (Order.repeats_release: a blind retry) changes nothing and answers the
         order as it stands. `request_key` (a client's Idempotency-Key, scoped to its API key) is
         kept in the release's entry: a retry under it of a release that took effect (whose answer
         was lost, and whose hold something else may have ended since: a carrier's delivery report,
         the person's next release) answers the order as it stands instead of 409 `not on hold`;
-        under it with another note, 409 `idempotency_key_reused`."""
+        under it with another note, 409 `idempotency_key_reused`: whatever version it names."""
         at = self._clock()
 
         def decide(order: Order):
+            order.check_seen(expected_version)
             if order.repeats_release(note=request.note, at=at, actor=actor):
                 return None
             return order.release(note=request.note, at=at, actor=actor, request_key=request_key)
 
         try:
             return modify(self._orders, order_id, decide, channel=channel)
-        except InvalidTransition:
+        except (InvalidTransition, StaleVersion):
             made = {"note": request.note}
             if request_key is None or not self._made_under(order_id, OrderEvent.RELEASED, request_key, made, at):
                 raise

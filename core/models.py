@@ -39,6 +39,7 @@ from core.errors import (
     OutOfStock,
     ParcelNotConfirmed,
     RefundExceedsCaptured,
+    StaleVersion,
 )
 from core.events import OrderEvent
 from core.fields import empty_list
@@ -3109,6 +3110,16 @@ class Order(Shown):
         if not authorization or authorization != self.payment.authorization or authorization in spent:
             return {}
         return {"spent_authorizations": [*spent, authorization]}
+
+    def check_seen(self, if_match: int | None) -> None:
+        """Refuse a change a person decided from version `if_match` (their If-Match) of an order at
+        another version: StaleVersion, 409 `version_conflict`, naming the current one. None: they
+        named none, and the change is decided on the order as it is."""
+        if if_match is not None and self.version != if_match:
+            raise StaleVersion(
+                f"order {self.id} is at version {self.version}, not {if_match}",
+                details=[{"field": "If-Match", "message": f"current version is {self.version}"}],
+            )
 
     def edits_from(self, if_match: int) -> bool:
         """Whether an edit asked to change version `if_match` may change this order: it is that

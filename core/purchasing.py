@@ -670,12 +670,7 @@ class Purchasing:
             now = self._clock()
             if po.status is not PO.DRAFT:
                 return po.submit(prices, at=now)  # as it is when submitted already, else raises
-            if expected_version is not None and po.version != expected_version:
-                raise StaleVersion(
-                    f"purchase order {po.id} is at version {po.version}, not {expected_version}: "
-                    "it changed since it was read; read it again before submitting it",
-                    details=[{"field": "If-Match", "message": f"current version is {po.version}"}],
-                )
+            _check_seen(po, expected_version, "submitting")
             # A draft waited for a person: its goods are due the vendor's lead time from now.
             vendor = self._repository.get_vendor(po.vendor_id)
             return po.submit(
@@ -684,8 +679,16 @@ class Purchasing:
 
         return self._change(po_id, step)
 
-    def cancel(self, po_id: str) -> PurchaseOrder:
-        return self._change(po_id, PurchaseOrder.cancel)
+    def cancel(self, po_id: str, expected_version: int | None = None) -> PurchaseOrder:
+        """Cancel the PO. With `expected_version` (the version its canceller read), a PO changed since
+        (submitted, received into, cancelled) is 409 `version_conflict`, nothing written: a buyer
+        never withdraws from the vendor a PO they have not seen."""
+
+        def step(po: PurchaseOrder) -> PurchaseOrder:
+            _check_seen(po, expected_version, "cancelling")
+            return po.cancel()
+
+        return self._change(po_id, step)
 
     def receive(self, po_id: str, receipt: Receipt, key: str) -> PurchaseOrder:
         """Count `receipt` once per `key`, kept on the PO: a receipt sent again with the same key,
@@ -704,6 +707,17 @@ class Purchasing:
                 raise _naming_lines(full, receipt) from None
             return new
         raise StaleVersion(f"purchase order {po_id} keeps changing; try again")
+
+
+def _check_seen(po: PurchaseOrder, expected_version: int | None, doing: str) -> None:
+    """Refuse (StaleVersion, 409 `version_conflict`) a change decided from `expected_version` (the
+    If-Match of a person `doing` it) of a PO at another version; None: none was named."""
+    if expected_version is not None and po.version != expected_version:
+        raise StaleVersion(
+            f"purchase order {po.id} is at version {po.version}, not {expected_version}: "
+            f"it changed since it was read; read it again before {doing} it",
+            details=[{"field": "If-Match", "message": f"current version is {po.version}"}],
+        )
 
 
 def _naming_lines(full: StockLimitReached, receipt: Receipt) -> StockLimitReached:

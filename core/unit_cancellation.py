@@ -41,6 +41,7 @@ from core.ids import KEY_HONOURED_FOR, booking_key, reservation_key
 from core.models import (
     Change,
     GivenUpBooking,
+    HistoryEntry,
     LineInput,
     Order,
     OrderLine,
@@ -151,23 +152,32 @@ class UnitCancellation:
     def cancel(
         self, order_id: str, reason: str, actor: str, *, lines: dict[str, int] | None = None,
         channel: str | None = None, request_key: str | None = None, confirms_parcels: bool = True,
+        expected_version: int | None = None,
     ) -> Order:  # fmt: skip
         """`confirms_parcels`: the caller may release a hold (Cancellation.cancel: a cancel of a whole
         order held to confirm whether a parcel left is refused otherwise).
-        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry of
-        a cancel of `lines` (`units_cancelled`, or `cancelled` when they were every unit): a retry
-        of a request that wrote it (whose answer was never stored: its function died, or the
-        idempotency record's write failed) answers the order instead of cancelling as many units
-        again; other `lines` under the key are 409 `idempotency_key_reused`."""
-        if lines is not None and request_key is not None:
-            replayed = self._replayed(order_id, reason, lines, request_key, actor, channel)
-            if replayed is not None:
-                return replayed
-        return self._cancel(order_id, reason, actor, lines, channel, request_key, confirms_parcels)
+        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the cancel's
+        entry (`units_cancelled`, or `cancelled`): a retry of a request that wrote it (whose answer
+        was never stored: its function died, or the idempotency record's write failed) answers the
+        order instead of cancelling as many units again; other `lines` under the key are 409
+        `idempotency_key_reused`. `expected_version` (the version the person cancelling read, their
+        If-Match): an order at another is 409 `version_conflict`, judged in the decision the first
+        write is conditional on (Order.check_seen), before any payment or stock is touched: nothing
+        written. Not for a retry of the request its key names: its own cancel moved the version."""
+        if request_key is not None:
+            if lines is not None:
+                replayed = self._replayed(order_id, reason, lines, request_key, actor, channel)
+                if replayed is not None:
+                    return replayed
+            elif expected_version is not None and self._made_under(order_id, request_key, channel) is not None:
+                expected_version = None  # cancelled by this request: its clean-up runs again, as a repeat's
+        return self._cancel(order_id, reason, actor, lines, channel, request_key, confirms_parcels,
+                            expected_version=expected_version)  # fmt: skip
 
     def _cancel(
         self, order_id: str, reason: str, actor: str, lines: dict[str, int] | None, channel: str | None,
         request_key: str | None, confirms_parcels: bool, *, overtaken: bool = False,
+        expected_version: int | None = None,
     ) -> Order:  # fmt: skip
         """`cancel`, no earlier request under its key found: decided (the units' new version, the
         whole order's cancel, or only a repeat's settlement) and written by core.order_changes.modify,
@@ -180,6 +190,7 @@ class UnitCancellation:
         def decide(order: Order) -> Change | First | None:
             nonlocal read, refused, settles_only, whole
             read, refused = order, None
+            order.check_seen(expected_version)  # before anything is settled, asked or written
             settles_only = (
                 lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines)
             )
@@ -233,11 +244,12 @@ class UnitCancellation:
         if settles_only:
             return self._settle(new, actor)
         if whole:
-            keyed = {"request_key": request_key} if lines and request_key is not None else None
+            keyed = {"request_key": request_key} if request_key is not None else None
             try:
+                # The version judged again in the cancel's own write: a change since this read is 409.
                 cancelled_whole = self._cancellation.cancel(
                     order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
-                    writes_off=confirms_parcels,
+                    writes_off=confirms_parcels, expected_version=expected_version,
                 )  # fmt: skip
             except InvalidTransition:
                 # A parcel's ship overtook the cancel of everything not shipped after its read:
@@ -246,7 +258,7 @@ class UnitCancellation:
                 if lines is not None or overtaken or not self._shipped_since(read):
                     raise
                 return self._cancel(order_id, reason, actor, lines, channel, request_key, confirms_parcels,
-                                    overtaken=True)  # fmt: skip
+                                    overtaken=True, expected_version=expected_version)  # fmt: skip
             return self.cancel_given_up(cancelled_whole, actor)
         if read.status is S.BACKORDERED:
             # Sent back to be sourced: its restarted workflow reconciles the reservations, and
@@ -275,6 +287,21 @@ class UnitCancellation:
             priced, totals = kept_as_sold(staged, short)
             grants = None
         return staged.cancel_units(short, priced, totals, reason=OutOfStock.code, at=at, actor=actor, grants=grants)
+
+    def _made_under(self, order_id: str, request_key: str, channel: str | None) -> tuple[Order, HistoryEntry] | None:
+        """The order and the entry of a cancel (of units, or of the order) under `request_key` made
+        within the key's KEY_HONOURED_FOR, if its history holds one."""
+        found = self._orders.history(order_id, consistent=True)
+        order = visible(found[0] if found else None, order_id, channel)
+        assert found is not None
+        since = self._clock() - KEY_HONOURED_FOR
+        made = next(
+            (entry for entry in found[1]
+             if entry.type in (OrderEvent.UNITS_CANCELLED, OrderEvent.CANCELLED)
+             and (entry.detail or {}).get("request_key") == request_key and entry.at > since),
+            None,
+        )  # fmt: skip
+        return None if made is None else (order, made)
 
     @staticmethod
     def owing_after_reject(order: Order) -> Order:
@@ -337,18 +364,10 @@ class UnitCancellation:
         backordered, held or not: the workflow settles its stock then). One that named every
         unit cancelled the order: its clean-up (stock, the void) is run again as a repeated cancel
         of a cancelled order runs it."""
-        found = self._orders.history(order_id, consistent=True)
-        order = visible(found[0] if found else None, order_id, channel)
-        assert found is not None
-        since = self._clock() - KEY_HONOURED_FOR
-        made = next(
-            (entry for entry in found[1]
-             if entry.type in (OrderEvent.UNITS_CANCELLED, OrderEvent.CANCELLED)
-             and (entry.detail or {}).get("request_key") == request_key and entry.at > since),
-            None,
-        )  # fmt: skip
-        if made is None:
+        found = self._made_under(order_id, request_key, channel)
+        if found is None:
             return None
+        order, made = found
         if (made.detail or {}).get("lines") != lines:
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",

@@ -681,3 +681,52 @@ def test_every_unit_of_an_order_parked_between_reserving_and_booking_cancelled_c
     assert answer.status_code == 200, answer.text
     assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "voided")
     assert stock(api, "MUG", "wh-west") == before
+
+
+def test_a_cancel_naming_a_version_changed_since_is_409_and_cancels_nothing(api):
+    # A CS agent cancels the order they see; meanwhile someone held and released it. The cancel went
+    # through (If-Match ignored): they cancelled what they never saw. Now neither the whole order nor
+    # units of it are cancelled from the version they saw: nothing written, stock and payment as they were.
+    order = allocated(api, ("MUG", 2))
+    path = f"/orders/{order['id']}"
+    assert api.post(f"{path}/hold", json={"reason": "other"}).status_code == 200
+    moved = api.post(f"{path}/release", json={}).json()
+    history = api.get(f"{path}/history").json()["items"]
+    before = stock(api, "MUG", "wh-west")
+    seen = {"If-Match": str(order["version"])}
+
+    whole = cancel(api, order["id"], headers=seen)
+    units = cancel(api, order["id"], [("L1", 1)], headers=seen)
+
+    error = assert_error(whole, 409, "version_conflict", "If-Match")
+    assert error["details"] == [{"field": "If-Match", "message": f"current version is {moved['version']}"}]
+    assert_error(units, 409, "version_conflict", "If-Match")
+    assert unsigned(api.get(path).json()) == unsigned(moved)
+    assert api.get(path).json()["payment"]["status"] == "authorized"
+    assert api.get(f"{path}/history").json()["items"] == history
+    assert stock(api, "MUG", "wh-west") == before
+    done = cancel(api, order["id"], headers={"If-Match": f'"{moved["version"]}"'})
+    assert (done.status_code, done.json()["status"]) == (200, "cancelled"), done.text
+    # Cancelled already, by a version the caller never saw: as any stale precondition, 409.
+    assert_error(cancel(api, order["id"], headers={"If-Match": str(moved["version"])}), 409, "version_conflict")
+
+
+def test_a_keyed_cancel_retried_with_the_if_match_it_was_read_at_answers_the_cancel_it_made(api):
+    # The cancel moved the order's version: its retry (the same If-Match, the same key) is the same
+    # request, answered as the first, even after the idempotency record was lost (the key in the entry).
+    import boto3
+
+    order = allocated(api, ("MUG", 1))
+    headers = {"Idempotency-Key": f"cancel-seen-{order['id']}", "If-Match": str(order["version"])}
+    first = cancel(api, order["id"], headers=headers)
+    assert (first.status_code, first.json()["status"]) == (200, "cancelled"), first.text
+
+    again = cancel(api, order["id"], headers=headers)
+    forget_idempotency_records(boto3.client("dynamodb", region_name="us-east-1"))
+    lost = cancel(api, order["id"], headers=headers)
+
+    assert again.status_code == 200 and again.json() == first.json(), again.text
+    assert lost.status_code == 200, lost.text
+    assert (lost.json()["status"], lost.json()["payment"]["status"]) == ("cancelled", "voided")
+    types = [entry["type"] for entry in api.get(f"/orders/{order['id']}/history").json()["items"]]
+    assert types.count("cancelled") == 1, types

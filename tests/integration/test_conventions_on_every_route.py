@@ -95,6 +95,9 @@ def test_the_walk_finds_the_routes_the_contract_names():
     assert {("GET", "/reports/top-products"), ("GET", "/vendors")} <= set(LISTS)
     assert {("POST", "/orders"), ("POST", "/orders/{order_id}/refunds")} <= set(KEYED_BY_CLIENT)
     assert {("PATCH", "/orders/{order_id}"), ("PUT", "/sourcing/rules")} <= set(VERSIONED)
+    # A person decides these from the order or PO they saw: a precondition they send is honoured.
+    decided = {("POST", f"/orders/{{order_id}}/{step}") for step in ("cancel", "hold", "release")}
+    assert {*decided, ("POST", "/purchase-orders/{po_id}/cancel")} <= set(VERSIONED)
 
 
 # --- The world the lists page through ---------------------------------------------------------------

@@ -579,3 +579,67 @@ def test_an_edit_past_the_review_threshold_of_an_order_a_person_holds_leaves_it_
     assert [o["hold"]["reason"] for o in queue if o["id"] == order["id"]] == ["fraud_review"]
     released = api.post(f"{path}/release", json={"note": "large order checked"})
     assert (released.json()["status"], released.json()["hold"]) == ("pending", None)
+
+
+def test_a_hold_naming_a_version_changed_since_is_409_and_holds_nothing(api: InProcessApi, sku: str):
+    # An approver holds the order they read; meanwhile its address was fixed. The hold went through
+    # (If-Match ignored): they held what they never saw. The version they saw is now refused.
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    edited = api.request("PATCH", path, json={"shipping_address": {**order["shipping_address"], "line2": "Flat 4"}},
+                         headers={"If-Match": str(order["version"])})  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    history = api.get(f"{path}/history").json()["items"]
+
+    stale = api.post(f"{path}/hold", json={"reason": "address_review"}, headers={"If-Match": str(order["version"])})
+    keyed = api.post(f"{path}/hold", json={"reason": "address_review"},
+                     headers={"If-Match": str(order["version"]), "Idempotency-Key": unique("hold")})  # fmt: skip
+
+    error = assert_error(stale, 409, "version_conflict", "If-Match")
+    assert error["details"] == [{"field": "If-Match", "message": f"current version is {edited.json()['version']}"}]
+    assert_error(keyed, 409, "version_conflict", "If-Match")
+    assert unsigned(api.get(path).json()) == unsigned(edited.json())
+    assert api.get(f"{path}/history").json()["items"] == history
+    current = api.post(
+        f"{path}/hold", json={"reason": "address_review"}, headers={"If-Match": f'W/"{edited.json()["version"]}"'}
+    )
+    assert (current.status_code, current.json()["status"]) == (200, "on_hold"), current.text
+
+
+def test_a_release_naming_a_version_changed_since_is_409_and_the_order_stays_held(api: InProcessApi, sku: str):
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    held = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}).json()
+    noted = api.request("PATCH", path, json={"shipping_address": {**order["shipping_address"], "line2": "Flat 4"}},
+                        headers={"If-Match": str(held["version"])})  # fmt: skip
+    assert noted.status_code == 200, noted.text
+
+    stale = api.post(f"{path}/release", json={"note": "card checked"}, headers={"If-Match": str(held["version"])})
+    keyed = api.post(f"{path}/release", json={"note": "card checked"},
+                     headers={"If-Match": str(held["version"]), "Idempotency-Key": unique("release")})  # fmt: skip
+
+    assert_error(stale, 409, "version_conflict", "If-Match")
+    assert_error(keyed, 409, "version_conflict", "If-Match")
+    assert unsigned(api.get(path).json()) == unsigned(noted.json())
+    assert "released" not in [entry["type"] for entry in api.get(f"{path}/history").json()["items"]]
+    current = api.post(
+        f"{path}/release", json={"note": "card checked"}, headers={"If-Match": str(noted.json()["version"])}
+    )
+    assert (current.status_code, current.json()["status"]) == (200, "pending"), current.text
+
+
+def test_a_keyed_hold_whose_answer_was_never_stored_answers_the_order_whatever_if_match_it_was_read_at(
+    api: InProcessApi, sku: str
+):
+    # Its retry carries the If-Match the first request sent: the version its own hold moved on.
+    path, idempotency_key = held_with_its_answer_lost(api, sku)
+    held = api.get(path).json()
+    headers = {"Idempotency-Key": idempotency_key, "If-Match": str(held["version"] - 1)}
+
+    again = api.post(f"{path}/hold", json={"reason": "address_review", "note": "flat number missing"}, headers=headers)
+
+    assert again.status_code == 200, again.text
+    assert unsigned(again.json()) == unsigned(held)
+    assert_error(
+        api.post(f"{path}/hold", json={"reason": "address_review"}, headers={"If-Match": "1"}), 409, "version_conflict"
+    )

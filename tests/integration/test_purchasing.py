@@ -892,6 +892,28 @@ def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(ap
     assert_error(api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": "W/7"}), 400)
 
 
+def test_a_cancel_with_the_version_read_refuses_a_po_changed_since_and_cancels_nothing(api: InProcessApi):
+    """A buyer reads a draft and cancels it; meanwhile a colleague submitted it to the vendor. The
+    cancel went through (If-Match ignored): a PO its canceller saw as a draft was withdrawn from the
+    vendor. With the version read it is 409 `version_conflict`, the PO open and its units incoming."""
+    mug = Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, COST))
+    read = api.get(f"/purchase-orders/{draft}").json()
+    opened = api.post(f"/purchase-orders/{draft}/submit").json()
+
+    refused = api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": str(read["version"])})
+
+    error = assert_error(refused, 409, "version_conflict", "If-Match")
+    assert error["details"] == [{"field": "If-Match", "message": f"current version is {opened['version']}"}]
+    assert api.get(f"/purchase-orders/{draft}").json() == opened
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 2
+    ahead = api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": str(opened["version"] + 1)})
+    assert_error(ahead, 409, "version_conflict", "If-Match")  # a version it never had is no version read
+    cancelled = api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": f'W/"{opened["version"]}"'})
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled"), cancelled.text
+    assert_error(api.post(f"/purchase-orders/{draft}/cancel", headers={"If-Match": "7 7"}), 400, "malformed_header")
+
+
 def test_a_purchase_order_due_in_the_last_hours_of_2999_in_utc_is_opened_and_its_422_says_the_exact_bounds(
     api: InProcessApi,
 ):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import hookimpl
-from core.errors import Backordered, Conflict, InvalidTransition, NotFound, OrderHeld, PluginError
+from core.errors import Backordered, Conflict, InvalidTransition, NotFound, OrderHeld, PluginError, StaleVersion
 from core.holds import HoldRequest, Holds, ReleaseRequest, give_back_surplus
 from core.models import (
     MAX_REVIEW_REQUESTS,
@@ -565,6 +565,39 @@ def test_a_refusal_stands_on_the_order_as_written(world):
         release(world, order.id)
     with pytest.raises(NotFound):
         release(world, "ord_" + "a" * 24)
+
+
+def test_a_hold_from_a_version_a_step_changed_before_its_write_holds_nothing(world, monkeypatch):
+    # The approver read the order pending; its authorization lands between the hold's read and its
+    # write. Decided again on the order as it is, the hold would land on what they never saw.
+    order_id = world.place(("MUG", 1))
+    seen = world.order(order_id).version
+    before_the_next_write(world, monkeypatch, lambda: world.workflow.authorize_payment(order_id, attempt=0))
+
+    with pytest.raises(StaleVersion) as refused:
+        holds(world).hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops", expected_version=seen)
+
+    assert refused.value.details == [{"field": "If-Match", "message": f"current version is {seen + 1}"}]
+    assert (world.order(order_id).status, world.order(order_id).version) == (S.AUTHORIZED, seen + 1)
+    assert "on_hold" not in [entry.type for entry in world.history(order_id)]
+
+
+def test_a_release_from_a_stale_version_changes_nothing_but_its_keyed_retry_answers_the_release_it_made(world):
+    order = world.allocated(("MUG", 1))
+    held = hold(world, order.id)
+    before = world.snapshot(order.id)
+
+    with pytest.raises(StaleVersion):
+        holds(world).release(order.id, ReleaseRequest(), actor="key_ops", expected_version=order.version)
+    assert world.snapshot(order.id) == before
+    released = holds(world).release(order.id, ReleaseRequest(), actor="key_ops", request_key="api:key_ops:k1",
+                                    expected_version=held.version)  # fmt: skip
+    again = holds(world).release(order.id, ReleaseRequest(), actor="key_ops", request_key="api:key_ops:k1",
+                                 expected_version=held.version)  # fmt: skip
+
+    assert again == released and again.status is S.ALLOCATED
+    with pytest.raises(StaleVersion):
+        holds(world).release(order.id, ReleaseRequest(), actor="key_ops", expected_version=held.version)
 
 
 # --- A hold racing a running step: neither is lost -----------------------------------------------

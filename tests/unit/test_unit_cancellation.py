@@ -19,6 +19,7 @@ from core.errors import (
     InvalidTransition,
     PaymentGatewayUnavailable,
     PaymentRefused,
+    StaleVersion,
     TransientError,
 )
 from core.events import OrderEvent
@@ -2491,3 +2492,34 @@ def test_a_cancel_of_units_leaves_reserved_the_mugs_of_a_parcel_whose_ship_died_
     assert world.level("CAP", "wh-east") == (8, 1, 7)
     world.actions.ship(order.id, west, None, actor="key_wh")  # sent again: the mugs leave
     assert world.level("MUG", "wh-west") == (3, 0, 3)
+
+
+def test_a_cancel_from_a_version_a_hold_overtook_before_its_write_cancels_nothing(world, monkeypatch):
+    # The agent read the order allocated; a hold lands between the cancel's decision and its write.
+    # The cancel's own write judges the version again: the held order is not cancelled, its stock
+    # stays reserved and its authorization is not voided.
+    order = world.allocated(("MUG", 2))
+    held_stock = world.held_for(order.id)
+    before_the_next_write(world, monkeypatch, lambda: Holds(world.orders).hold(
+        order.id, HoldRequest(reason="fraud_review"), actor="key_ops"))  # fmt: skip
+
+    with pytest.raises(StaleVersion):
+        world.actions.cancel(order.id, "customer asked", actor="key_cs", expected_version=order.version)
+
+    now = world.order(order.id)
+    assert (now.status, now.version, now.payment.status) == (S.ON_HOLD, order.version + 1, P.AUTHORIZED)
+    assert "cancelled" not in [entry.type for entry in world.history(order.id)]
+    assert world.held_for(order.id) == held_stock and world.spy.voided == []
+
+
+@pytest.mark.parametrize("lines", [None, {"L1": 1}], ids=["whole", "units"])
+def test_a_cancel_from_a_stale_version_asks_and_writes_nothing(world, lines):
+    order = world.allocated(("MUG", 2))
+    moved = world.actions.edit(order.id, order.version, OrderEdit(shipping_method="express"), actor="key_cs")
+    before = world.snapshot(order.id)
+
+    with pytest.raises(StaleVersion) as refused:
+        world.actions.cancel(order.id, "customer asked", actor="key_cs", lines=lines, expected_version=order.version)
+
+    assert refused.value.details == [{"field": "If-Match", "message": f"current version is {moved.version}"}]
+    assert world.snapshot(order.id) == before

@@ -11,8 +11,9 @@ from core.holds import HoldRequest, ReleaseRequest
 from core.models import Order
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
-from functions.api.routes.orders import IdempotencyKey, OrderIdPath, changed, seen_by
+from functions.api.routes.orders import IdempotencyKey, OrderIdPath, SeenIfMatch, changed, seen_by
 from functions.api.schemas import OrderReceipt, errors
+from functions.api.versions import version_in
 
 router = Router()
 
@@ -28,22 +29,27 @@ router = Router()
     "With `Idempotency-Key` a retry answers the first answer again (another reason or note under the key is 409 "
     "`idempotency_key_reused`), even when the first answer was lost before it was stored (the key is kept in the "
     "hold's history entry): no 409 `on hold already` for a hold that took effect, and no second hold of an order "
-    "released since.",
+    "released since. With `If-Match` (optional) naming the version read, an order changed since is 409 "
+    "`version_conflict`, nothing written (a retry under its `Idempotency-Key` still answers the hold it made).",
     responses={**changed("The order, on hold"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
 def hold_order(
-    order_id: OrderIdPath, request: HoldRequest, idempotency_key: IdempotencyKey = None
+    order_id: OrderIdPath, request: HoldRequest, idempotency_key: IdempotencyKey = None, if_match: SeenIfMatch = None
 ) -> Order | OrderReceipt:
     who = caller(router)
+    expected = version_in(if_match) if if_match is not None else None
     if idempotency_key is None:
-        return seen_by(who, container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel))
+        held = container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel,
+                                      expected_version=expected)  # fmt: skip
+        return seen_by(who, held)
     from functions.api.idempotency import once
 
     request_key = f"api:{who.key_id}:{idempotency_key}"
 
     def hold() -> dict[str, Any]:
-        held = container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel, request_key=request_key)
+        held = container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel,
+                                      request_key=request_key, expected_version=expected)  # fmt: skip
         return held.model_dump(mode="json")
 
     answer = once(f"POST /orders/{order_id}/hold", who.key_id, idempotency_key, request.model_dump(mode="json"),
@@ -67,17 +73,25 @@ def hold_order(
     "release sent again (same caller, same note, within 24 h: a blind retry) answers the order as it stands. With "
     "`Idempotency-Key` a retry answers the first answer again (another note under the key is 409 "
     "`idempotency_key_reused`), even once the hold it ended is gone (a carrier's delivery report ended the "
-    "system's hold it left): no 409 `not on hold` for a release that took effect.",
+    "system's hold it left): no 409 `not on hold` for a release that took effect. With `If-Match` (optional) "
+    "naming the version read, an order changed since is 409 `version_conflict`, nothing written (a retry under its "
+    "`Idempotency-Key` still answers the release it made).",
     responses={**changed("The order, released"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
 def release_order(
-    order_id: OrderIdPath, request: ReleaseRequest | None = None, idempotency_key: IdempotencyKey = None
+    order_id: OrderIdPath,
+    request: ReleaseRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
+    if_match: SeenIfMatch = None,
 ) -> Order | OrderReceipt:
     who = caller(router)
     body = request or ReleaseRequest()
+    expected = version_in(if_match) if if_match is not None else None
     if idempotency_key is None:
-        return seen_by(who, container().holds.release(order_id, body, actor=who.key_id, channel=who.channel))
+        released = container().holds.release(order_id, body, actor=who.key_id, channel=who.channel,
+                                             expected_version=expected)  # fmt: skip
+        return seen_by(who, released)
     from functions.api.idempotency import once
 
     # Kept in the release's entry too, so a retry finds it when the first request stopped before its
@@ -86,7 +100,7 @@ def release_order(
 
     def release() -> dict[str, Any]:
         released = container().holds.release(
-            order_id, body, actor=who.key_id, channel=who.channel, request_key=request_key
+            order_id, body, actor=who.key_id, channel=who.channel, request_key=request_key, expected_version=expected
         )
         return released.model_dump(mode="json")
 

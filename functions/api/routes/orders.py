@@ -222,6 +222,10 @@ def get_history(
 ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")
 # Required: without it the answer is 428 if_match_required (errors.py), never an edit made blind.
 IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
+# Optional: without it a cancel, a hold or a release is decided on the order as it is (Order.check_seen).
+SeenIfMatch = Annotated[
+    str | None, if_match_header("The order's `version` you read: an order changed since is 409 `version_conflict`.")
+]
 
 
 @router.patch(
@@ -299,7 +303,9 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "A pending parcel its carrier scanned delivered before its location confirmed the ship (`delivery_scan_kept`) is "
     "treated the same way: units from it, or the whole order, are 409 `parcel_not_confirmed` for a key without "
     "`orders:approve`, whose cancel is a person's answer that it never left. "
-    "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
+    "Idempotency-Key is honoured (cancelling units twice would cancel twice as many). With `If-Match` (optional) "
+    "naming the version read, an order changed since (a cancelled one too) is 409 `version_conflict`, nothing "
+    "written, no stock or payment touched; a retry under its `Idempotency-Key` still answers the cancel it made.",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
         **errors(400, 403, 404, 409, 413, 502, 503),
@@ -308,9 +314,10 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
 )
 @requires(Scope.ORDERS_WRITE)
 def cancel_order(
-    order_id: OrderIdPath, request: CancelRequest, idempotency_key: IdempotencyKey = None
+    order_id: OrderIdPath, request: CancelRequest, idempotency_key: IdempotencyKey = None, if_match: SeenIfMatch = None
 ) -> Order | OrderReceipt:
     who = caller(router)
+    expected = version_in(if_match) if if_match is not None else None
     lines = {line.line_id: line.quantity for line in request.lines} if request.lines else None
 
     # Kept in the cancel's entry, so a retry finds it even when the first request stopped before its
@@ -321,7 +328,7 @@ def cancel_order(
         # Only a key that may release a hold answers whether a held order's parcel left by
         # cancelling it (core.cancellation.Cancellation.cancel).
         cancelled = container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel,
-                                               lines=lines, request_key=request_key,
+                                               lines=lines, request_key=request_key, expected_version=expected,
                                                confirms_parcels=allows(who, Scope.ORDERS_APPROVE))  # fmt: skip
         return cancelled.model_dump(mode="json")
 

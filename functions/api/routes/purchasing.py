@@ -145,16 +145,24 @@ def submit_purchase_order(
     return container().purchasing.submit(po_id, submission, expected_version=expected)
 
 
+# Optional: an open PO is withdrawn from its vendor by a person who saw it as it is.
+CancelIfMatch = Annotated[
+    str, if_match_header("The PO's `version` you read: a PO changed since is 409 `version_conflict`.")
+]
+
+
 @router.post(
     "/purchase-orders/<po_id>/cancel",
     summary="Cancel a purchase order that is not fully received: what has not arrived is no longer incoming",
     description="A fully received PO is 409 `invalid_transition`. A cancelled one is answered as it is, nothing "
-    "changed (a cancel sent again).",
-    responses={**ok(200, PurchaseOrder, "The cancelled purchase order"), **errors(403, 404, 409)},
+    "changed (a cancel sent again). With `If-Match` (optional) naming the version read, a PO changed since "
+    "(submitted, received into, cancelled) is 409 `version_conflict`, nothing written.",
+    responses={**ok(200, PurchaseOrder, "The cancelled purchase order"), **errors(400, 403, 404, 409)},
 )
 @requires(Scope.PURCHASING_WRITE)
-def cancel_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
-    return container().purchasing.cancel(po_id)
+def cancel_purchase_order(po_id: PurchaseOrderIdPath, if_match: CancelIfMatch = None) -> PurchaseOrder:
+    expected = version_in(if_match) if if_match is not None else None
+    return container().purchasing.cancel(po_id, expected_version=expected)
 
 
 @router.post(
