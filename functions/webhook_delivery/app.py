@@ -28,7 +28,9 @@ def deliver(record: SQSRecord) -> None:
     message = DeliveryMessage.from_json(record.body)
     with logger.append_context_keys(webhook_id=message.webhook_id, delivery_id=message.delivery_id):
         outcome = container().delivery_worker.handle(message, record.message_id)
-        logger.info("webhook delivery", extra={"outcome": outcome, "attempts": message.attempts})
+        # The attempt the message was sent to make, counted as GET .../deliveries counts attempts (its
+        # `attempts` is those made before it); `outcome` says whether it made one.
+        logger.info("webhook delivery", extra={"outcome": outcome, "attempt": message.attempts + 1})
     # A delivery ended by a deleted webhook is no subscriber's loss, nor a manual resend of a
     # delivered one ("resent", "resend_failed": the subscriber had it): neither is counted as
     # failed (what WebhookDeliveriesFailedAlarm watches) or delivered.

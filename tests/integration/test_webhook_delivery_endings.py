@@ -211,3 +211,20 @@ def test_a_waiting_delivery_of_a_live_webhook_keeps_waiting(api: InProcessApi, c
     record = container().webhook_store.get_delivery(webhook["id"], message.delivery_id)
     assert (record.status, record.attempts, record.next_attempt_at) == ("pending", 5, due)
     assert delayed(sqs) == 1  # its wait, a message delayed until the attempt (or 15 minutes)
+
+
+def test_a_delivery_is_logged_with_the_attempt_it_made_as_the_deliveries_list_counts_it(
+    api: InProcessApi, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+):
+    """The "webhook delivery" log line named the attempts made before this one: a first delivery
+    logged `attempts: 0` where GET .../deliveries shows 1 (an events consumer's h728 walk)."""
+    receiver = Receiver(204)
+    try:
+        webhook = api.post("/webhooks", json={"url": receiver.url, "events": ["order.created"]}).json()
+        with caplog.at_level("INFO"):
+            handled(a_pending_delivery(webhook["id"]), capsys)
+        (logged,) = [record for record in caplog.records if record.getMessage() == "webhook delivery"]
+        ((shown,),) = [api.get(f"/webhooks/{webhook['id']}/deliveries").json()["items"]]
+        assert (logged.outcome, logged.attempt) == ("delivered", shown["attempts"]) == ("delivered", 1)
+    finally:
+        receiver.close()
