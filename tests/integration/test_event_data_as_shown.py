@@ -8,6 +8,7 @@ on the bus held against the API's answers at that version: `data.order` is GET /
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -212,3 +213,22 @@ def test_a_rejected_parcel_and_a_cancel_carry_the_order_as_the_api_shows_it(api)
     cancelled = api.post(f"/orders/{order_id}/cancel", json={"reason": "no location left"})
     assert cancelled.status_code == 200, cancelled.text
     receiver.check(order_id, {"order.cancelled"})
+
+
+def test_a_backordered_orders_event_carries_it_as_the_api_shows_it_with_awaiting_stock_null(api):
+    """What it waits for is computed at each read and never stored (README Backorders): the
+    event's order is GET /orders/{id} at its version, except `awaiting_stock`, null."""
+    from core.errors import Backordered
+    from tests.integration.test_cancel_units_api import authorized
+
+    assert api.put("/products/KITE", json=product_body("8.00", allow_backorder=True)).status_code == 201
+    assert api.put("/inventory/KITE/wh-west", json={"on_hand": 1}).status_code == 200
+    receiver = Receiver(api)
+    order_id, workflow = authorized(api, ("KITE", 3), channel=CHANNEL)
+    with contextlib.suppress(Backordered):
+        workflow.reserve_stock(order_id)
+    (event,) = [e for e in receiver.events() if e["type"] == "order.backordered"]
+    shown = receiver.order_as_shown(order_id)
+    assert shown["status"] == "backordered" and shown["version"] == event["data"]["order"]["version"]
+    assert shown["awaiting_stock"]["lines"][0]["waiting_quantity"] == 2
+    assert event["data"]["order"] == {**shown, "awaiting_stock": None}

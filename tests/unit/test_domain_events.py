@@ -145,6 +145,20 @@ def test_statuses_without_an_event_of_their_own_give_none():
     assert types(old, next_version(old, status="partially_shipped")) == []
 
 
+def test_a_pickup_readied_and_a_cancel_leaving_a_partly_shipped_order_shipped_are_no_event():
+    """The contract names no type for them (README Events and webhooks): a subscriber learns of
+    them with the order's next event, or from GET /orders/{id}."""
+    pickup = order_doc(
+        status="allocated", fulfillment={"type": "pickup", "location_id": "wh1"}, shipments=[shipment("pending")]
+    )
+    assert types(pickup, next_version(pickup, shipments=[shipment("ready_for_pickup")])) == []
+    partly = order_doc(status="partially_shipped", shipments=[shipment("shipped"), shipment("pending", "shp_2")])
+    rest_cancelled = next_version(
+        partly, status="shipped", shipments=[shipment("shipped"), shipment("cancelled", "shp_2")]
+    )
+    assert types(partly, rest_cancelled) == []
+
+
 def test_a_hold_and_its_release_are_on_hold_and_released_not_the_status_resumed():
     old = order_doc(status="authorized")
     held = next_version(

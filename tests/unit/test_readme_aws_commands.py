@@ -105,3 +105,14 @@ def test_every_aws_command_of_the_readme_is_one_the_cli_has_with_options_it_take
     assert sorted(given - takes) == [], f"aws {service} {command}"
     if "--query" in arguments:
         jmespath.compile(arguments[arguments.index("--query") + 1])
+
+
+def test_every_aws_command_the_readme_aims_at_the_local_stack_gives_it_credentials_and_a_region():
+    """The emulated endpoint takes any credentials, but the CLI asks for some and for a region
+    before it sends anything ("You must specify a region"): a reader without an AWS profile copying
+    a local command as printed must get the answer, not that."""
+    local = [text for text in shell_texts() if "--endpoint-url http://127.0.0.1:4566" in text]
+    assert len(local) >= 3
+    for text in local:
+        assert "AWS_ACCESS_KEY_ID=" in text and "AWS_SECRET_ACCESS_KEY=" in text, text
+        assert "AWS_DEFAULT_REGION=" in text or "--region " in text, text
