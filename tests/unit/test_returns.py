@@ -718,6 +718,26 @@ def test_a_decision_from_a_stale_version_writes_nothing_not_even_the_entry_a_dec
     assert [e.actor for e in world.history(order.id) if e.type is event] == ["key_lead"]
 
 
+def test_a_rejection_sent_again_from_the_version_it_made_is_told_it_is_decided_while_plain_reads_lag(
+    world, clock, monkeypatch
+):
+    # A plain read a moment after the rejection still shows it requested, at the version before:
+    # judged on it, the person's own version would be refused as changed since, naming an old one.
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    lagging_return_reads(store, monkeypatch)
+    rejected = returns.reject(item.id, "worn", actor="key_lead", expected_version=item.version)
+
+    with pytest.raises(InvalidTransition):
+        returns.reject(item.id, "worn", actor="key_lead", expected_version=rejected.version)
+    with pytest.raises(StaleVersion) as refused:
+        returns.approve(item.id, None, actor="key_other", expected_version=item.version)
+
+    assert refused.value.details == [{"field": "If-Match", "message": f"current version is {rejected.version}"}]
+    assert store.get(item.id, consistent=True) == rejected
+
+
 def test_a_request_that_died_before_the_orders_entry_has_it_written_before_the_receipt(world, clock, monkeypatch):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))
