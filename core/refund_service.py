@@ -99,6 +99,7 @@ class RefundService:
         kind: RefundKind | None = None,
         channel: str | None = None,
         same_request: bool = False,
+        expected_version: int | None = None,
     ) -> Refund:
         """Refund `amount` of what was captured, once per `idempotency_key` on this order.
         RefundExceedsCaptured (422) beyond captured minus refunded (any amount when nothing was
@@ -106,10 +107,14 @@ class RefundService:
         NoPaymentPlugin for a refund found pending that no plugin can ask again (_ask_gateway).
         With `same_request` (a client's key), a refund found under the key for another amount or
         reason is Conflict (409 `idempotency_key_reused`), before the gateway is asked: the
-        client's request is not the one that key stands for."""
+        client's request is not the one that key stands for. `expected_version` (the version the
+        person refunding read, their If-Match): an order at another is 409 `version_conflict`
+        (Order.check_seen), judged in the write that holds the refund: nothing written, nothing
+        asked of the gateway; not for a refund found under the key, whose own write moved it."""
         begun = self._begin(
             order_id, lambda order: (idempotency_key, amount), reason, actor,
             kind=kind or ("return" if return_id else "appeasement"), return_id=return_id, channel=channel,
+            expected_version=expected_version,
         )  # fmt: skip
         assert begun is not None  # the amount is given: there is always a refund
         order, refund, fresh = begun
@@ -145,11 +150,12 @@ class RefundService:
 
     def _begin(
         self, order_id: str, decide: Callable[[Order], Decision | None], reason: str, actor: str,
-        *, kind: RefundKind, return_id: str | None, channel: str | None = None,
+        *, kind: RefundKind, return_id: str | None, channel: str | None = None, expected_version: int | None = None,
     ) -> tuple[Order, PaymentRefund, bool] | None:  # fmt: skip
         """The refund `decide` names, written `pending` on the order unless one is there under its
         key already; with the order as then stored, and whether this call wrote it (nobody can
-        have asked the gateway for it yet). None when `decide` found nothing to refund."""
+        have asked the gateway for it yet). None when `decide` found nothing to refund. One to
+        write on an order at another version than `expected_version` is StaleVersion."""
         at = self._clock()
         decided: list[str] = []
         written: list[bool] = []  # whether the last decide wrote the refund (the write that landed)
@@ -165,6 +171,7 @@ class RefundService:
             decided.append(refund_id)
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
+            order.check_seen(expected_version)
             if kind == "appeasement":
                 _refuse_while_settling(order)
             written.append(True)

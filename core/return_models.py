@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.errors import InvalidRequest, InvalidTransition
+from core.errors import InvalidRequest, InvalidTransition, StaleVersion
 from core.events import OrderEvent
 from core.fields import empty_list
 from core.models import Identifier, LineId, LineInput, Note, Strict, Text, VisibleText, units_text
@@ -283,6 +283,16 @@ class Return(BaseModel):
         """The key the carrier booking of its label was asked under (oms_carrier_return_label's
         `booking_key`), or None when it has no label or was labelled before that was kept."""
         return f"{self.id}-{self.booking}" if self.label_url is not None and self.booking is not None else None
+
+    def check_seen(self, if_match: int | None) -> None:
+        """Refuse a decision a person made from version `if_match` (their If-Match) of a return at
+        another version: StaleVersion, 409 `version_conflict`, naming the current one. None: they
+        named none, and the decision is made on the return as it is."""
+        if if_match is not None and self.version != if_match:
+            raise StaleVersion(
+                f"return {self.id} is at version {self.version}, not {if_match}",
+                details=[{"field": "If-Match", "message": f"current version is {self.version}"}],
+            )
 
     def approve(self, note: str | None, *, at: datetime) -> "Return":
         if self.status is not ReturnStatus.REQUESTED:

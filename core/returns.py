@@ -477,13 +477,19 @@ class Returns:
         return decision
 
     # --- Approve, reject --------------------------------------------------------------------
-    def approve(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
+    def approve(
+        self, return_id: str, note: str | None, actor: str, channel: str | None = None,
+        expected_version: int | None = None,
+    ) -> Return:  # fmt: skip
         """Authorize a requested return with its label in the same write. The label is booked
         first (keyed by the return's id and parcel: return_booking_key), as at request: a booking
         that fails leaves the return `requested`, so approving again books it; written after, a
         failed booking left an authorized return without a label for good (approving again is
-        409). A repeat (409) first writes the order's entries a first run died before writing."""
-        current = self.get(return_id, channel)
+        409). A repeat (409) first writes the order's entries a first run died before writing.
+        `expected_version` (the version the approver read, their If-Match): a return at another is
+        409 `version_conflict` (Return.check_seen), before the carrier is asked for a label, and
+        judged again in the approval's conditional write: nothing written."""
+        current = self._seen(return_id, channel, expected_version)
         booked = current
         order = self._orders.get(current.order_id)
         if current.status is R.REQUESTED and order is not None:
@@ -491,13 +497,17 @@ class Returns:
         else:
             self._noted(current, actor, order)  # a repeat (409): the entries a first run died before writing
         at = self._clock()
-        try:
-            item = self._change(
-                return_id, channel,
-                lambda r: r.approve(note, at=at)
+
+        def decide(r: Return) -> Return:
+            r.check_seen(expected_version)
+            return (
+                r.approve(note, at=at)
                 .labelled(booked.carrier, booked.tracking_number, booked.label_url, booked.booking)
-                .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
-            )  # fmt: skip
+                .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note})
+            )
+
+        try:
+            item = self._change(return_id, channel, decide)
         except Exception:  # any (a rejection or expiry first, say): the return as stored decides
             if booked is not current:
                 self._label_unused(booked, actor)
@@ -505,21 +515,38 @@ class Returns:
         self._noted(item, actor, order)
         return item
 
-    def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
+    def reject(
+        self, return_id: str, note: str | None, actor: str, channel: str | None = None,
+        expected_version: int | None = None,
+    ) -> Return:  # fmt: skip
         """Reject a requested return (its units may be asked for again). As with `approve`, a
-        repeat (409) first writes the order's entries a first run died before writing."""
-        current = self.get(return_id, channel)
+        repeat (409) first writes the order's entries a first run died before writing, and a
+        return at another version than `expected_version` (the rejecter's If-Match) is 409
+        `version_conflict`, nothing written."""
+        current = self._seen(return_id, channel, expected_version)
         if current.status is not R.REQUESTED:
             self._noted(current, actor)
         at = self._clock()
-        item = self._change(
-            return_id, channel,
-            lambda r: r.reject(note, at=at).owing(
+
+        def decide(r: Return) -> Return:
+            r.check_seen(expected_version)
+            return r.reject(note, at=at).owing(
                 OrderEvent.RETURN_REJECTED, actor=actor, detail={"return_id": r.id, "note": note}
-            ),
-        )  # fmt: skip
+            )
+
+        item = self._change(return_id, channel, decide)
         self._noted(item, actor)
         return item
+
+    def _seen(self, return_id: str, channel: str | None, expected_version: int | None) -> Return:
+        """The return a person's decision from `expected_version` is made on, refused when it is at
+        another (Return.check_seen) before anything is asked or written; a plain read that shows
+        another may predate the version they read, so it is judged on the return as stored."""
+        current = self.get(return_id, channel)
+        if expected_version is not None and current.version != expected_version:
+            current = visible_return(self._returns.get(return_id, consistent=True), return_id, channel)
+            current.check_seen(expected_version)
+        return current
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
         """`decide`'s new version of the return, written conditionally; `decide` answers the return

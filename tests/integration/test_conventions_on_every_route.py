@@ -96,7 +96,8 @@ def test_the_walk_finds_the_routes_the_contract_names():
     assert {("POST", "/orders"), ("POST", "/orders/{order_id}/refunds")} <= set(KEYED_BY_CLIENT)
     assert {("PATCH", "/orders/{order_id}"), ("PUT", "/sourcing/rules")} <= set(VERSIONED)
     # A person decides these from the order or PO they saw: a precondition they send is honoured.
-    decided = {("POST", f"/orders/{{order_id}}/{step}") for step in ("cancel", "hold", "release")}
+    decided = {("POST", f"/orders/{{order_id}}/{step}") for step in ("cancel", "hold", "release", "refunds")}
+    decided |= {("POST", f"/returns/{{return_id}}/{step}") for step in ("approve", "reject")}
     assert {*decided, ("POST", "/purchase-orders/{po_id}/cancel")} <= set(VERSIONED)
 
 

@@ -478,3 +478,46 @@ def test_an_appeased_over_capture_is_kept_on_the_refund_and_a_cancel_that_raises
     assert refunds == [("failed", "12.86")] * 3 + [("succeeded", "12.86"), ("succeeded", "47.14")]
     payment = answer.json()["payment"]
     assert (payment["captured"]["amount"], payment["refunded"]["amount"]) == ("90.00", "60.00")
+
+
+def test_an_appeasement_naming_a_version_changed_since_is_409_and_refunds_nothing(api):
+    # A CS agent offers 5.00 on the order they read; meanwhile a colleague gave 10.00 for the same
+    # complaint. The 5.00 went back too (If-Match ignored): the customer was appeased twice.
+    oid = order_id(170)
+    seen = a_captured_order(oid)
+    assert refund(api, oid, "10.00").status_code == 201
+    moved = api.get(f"/orders/{oid}").json()
+    history = api.get(f"/orders/{oid}/history").json()["items"]
+
+    stale = refund(api, oid, "5.00", headers={"If-Match": str(seen.version)})
+
+    error = assert_error(stale, 409, "version_conflict", "If-Match")
+    assert error["details"] == [{"field": "If-Match", "message": f"current version is {moved['version']}"}]
+    assert api.get(f"/orders/{oid}").json() == moved
+    assert [item["amount"]["amount"] for item in api.get(f"/orders/{oid}/refunds").json()["items"]] == ["10.00"]
+    assert api.get(f"/orders/{oid}/history").json()["items"] == history
+    current = refund(api, oid, "5.00", headers={"If-Match": f'"{moved["version"]}"'})
+    assert (current.status_code, current.json()["status"]) == (201, "succeeded"), current.text
+    assert_error(refund(api, oid, "1.00", headers={"If-Match": "W/7"}), 400, "malformed_header")
+
+
+def test_a_keyed_appeasement_retried_with_the_if_match_it_was_read_at_answers_the_refund_it_made(api):
+    # Its own refund moved the order's version: the retry (the same If-Match, the same key) is the
+    # same request, answered as the first, even once its idempotency record was lost.
+    import boto3
+
+    from tests.integration.test_cancel_units_api import forget_idempotency_records
+
+    oid = order_id(171)
+    order = a_captured_order(oid)
+    headers = {"Idempotency-Key": "appease-seen", "If-Match": str(order.version)}
+    first = refund(api, oid, "5.00", headers=headers)
+    assert (first.status_code, first.json()["status"]) == (201, "succeeded"), first.text
+
+    forget_idempotency_records(boto3.client("dynamodb", region_name="us-east-1"))
+    lost = refund(api, oid, "5.00", headers=headers)
+
+    assert (lost.status_code, lost.json()) == (201, first.json()), lost.text
+    assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "5.00"
+    assert_error(refund(api, oid, "5.00", headers={**headers, "Idempotency-Key": "appease-new"}), 409,
+                 "version_conflict")  # fmt: skip

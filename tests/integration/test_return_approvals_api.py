@@ -120,6 +120,35 @@ def test_approve_and_reject_take_an_optional_note_and_nothing_else(api: InProces
     assert answer.json()["status"] == ("authorized" if action == "approve" else "rejected")
 
 
+@pytest.mark.parametrize(("action", "other", "status"), [("approve", "reject", "authorized"),
+                                                    ("reject", "approve", "rejected")])  # fmt: skip
+def test_a_decision_naming_a_version_changed_since_is_409_and_changes_nothing(
+    api: InProcessApi, approvals: None, action: str, other: str, status: str
+):
+    # Two agents read the same requested return; one decides it. The other's decision, from the
+    # version they read, was 409 invalid_transition, which never told them it had changed under them.
+    order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
+    seen = requested(api, order)
+    path = f"/returns/{seen['id']}"
+    decided = api.post(f"{path}/{other}", json={"note": "decided first"}).json()
+    kept = ("status", "version", "note", "updated_at")
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+
+    stale = api.post(f"{path}/{action}", json={"note": "from what I read"}, headers={"If-Match": str(seen["version"])})
+
+    error = assert_error(stale, 409, "version_conflict", "If-Match")
+    assert error["details"] == [{"field": "If-Match", "message": f"current version is {decided['version']}"}]
+    assert {name: api.get(path).json()[name] for name in kept} == {name: decided[name] for name in kept}
+    assert api.get(f"/orders/{order['id']}/history").json()["items"] == history
+    fresh = requested(api, order)
+    never = api.post(f"/returns/{fresh['id']}/{action}", headers={"If-Match": str(fresh["version"] + 1)})
+    assert_error(never, 409, "version_conflict", "If-Match")
+    assert api.get(f"/returns/{fresh['id']}").json()["label_url"] is None  # no label booked for it
+    assert_error(api.post(f"/returns/{fresh['id']}/{action}", headers={"If-Match": "W/1"}), 400, "malformed_header")
+    current = api.post(f"/returns/{fresh['id']}/{action}", headers={"If-Match": f'W/"{fresh["version"]}"'})
+    assert (current.status_code, current.json()["status"]) == (200, status), current.text
+
+
 class FeeAndShipping:
     """A return policy that keeps a 1.50 restocking fee and gives the shipping back with every return."""
 

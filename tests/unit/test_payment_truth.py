@@ -427,6 +427,40 @@ def test_the_same_refund_twice_refunds_once(world):
     assert len(world.spy.refunded) == 1
 
 
+def test_an_appeasement_from_a_version_another_refund_overtook_before_its_write_asks_the_gateway_nothing(
+    world, monkeypatch
+):
+    # The agent read the order; a colleague's refund lands between the appeasement's read and its
+    # write. Its write judges the version again: nothing held, nothing asked of the gateway.
+    order = shipped_order(world)
+    before_the_next_write(world, monkeypatch, lambda: refund(world, order.id, "colleague", usd("10.00")))
+
+    with pytest.raises(StaleVersion) as refused:
+        world.refunds.issue_refund(order.id, usd("5.00"), "goodwill", "k1", actor="key_cs",
+                                   expected_version=order.version)  # fmt: skip
+
+    now = world.order(order.id)
+    assert refused.value.details == [{"field": "If-Match", "message": f"current version is {now.version}"}]
+    assert [(r.amount, r.reason) for r in now.payment.refunds] == [(usd("10.00"), "goodwill")]
+    assert [amount for _, amount, _ in world.spy.refunded] == [usd("10.00")]
+
+
+def test_an_appeasement_from_the_version_read_refunds_and_its_retry_answers_the_refund_it_made(world):
+    order = shipped_order(world)
+    with pytest.raises(StaleVersion):
+        world.refunds.issue_refund(order.id, usd("5.00"), "goodwill", "k1", actor="key_cs",
+                                   expected_version=order.version + 1)  # fmt: skip
+    assert (world.order(order.id), world.spy.refunded) == (order, [])
+
+    made = world.refunds.issue_refund(order.id, usd("5.00"), "goodwill", "k1", actor="key_cs",
+                                      expected_version=order.version)  # fmt: skip
+    again = world.refunds.issue_refund(order.id, usd("5.00"), "goodwill", "k1", actor="key_cs",
+                                       expected_version=order.version)  # fmt: skip
+
+    assert again == made and made.status == "succeeded"
+    assert world.order(order.id).payment.refunded == usd("5.00") and len(world.spy.refunded) == 1
+
+
 def test_nothing_captured_means_nothing_to_refund(world):
     order = world.allocated(("TSHIRT", 2))
 

@@ -23,6 +23,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PluginError,
     RefundExceedsCaptured,
+    StaleVersion,
     TransientError,
     UnknownSku,
 )
@@ -642,6 +643,99 @@ def test_a_decision_that_died_before_the_orders_entry_has_it_written_once_by_dec
         (OrderEvent.RETURN_REQUESTED, "key_cs", item.id), (event, "key_lead", item.id)
     ]  # fmt: skip
     assert [e.detail.get("note") for e in world.history(order.id) if e.type is event] == ["ok by Sam"]
+
+
+class RejectedWhileBooking:
+    """A carrier slow to book a return label: a colleague rejects the return meanwhile (then the
+    built-in carrier books it)."""
+
+    def __init__(self) -> None:
+        self.returns: Returns | None = None
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_return_label(self, return_id: str) -> None:
+        assert self.returns is not None
+        self.returns.reject(return_id, "worn", actor="key_colleague")
+
+
+def test_an_approval_from_a_version_rejected_while_its_label_was_booked_authorizes_nothing(world, clock):
+    slow = RejectedWhileBooking()
+    returns, store = returns_for(world, clock, ApprovalPolicy(), slow)
+    slow.returns = returns
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    with pytest.raises(StaleVersion) as refused:
+        returns.approve(item.id, "ok by Sam", actor="key_lead", expected_version=item.version)
+
+    assert refused.value.details == [{"field": "If-Match", "message": f"current version is {item.version + 1}"}]
+    assert (store.get(item.id).status, store.get(item.id).label_url) == (R.REJECTED, None)
+    assert OrderEvent.RETURN_AUTHORIZED not in [e.type for e in world.history(order.id)]
+
+
+def test_a_rejection_from_a_version_approved_before_its_write_rejects_nothing(world, clock, monkeypatch):
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    real, raced = store.update, []
+
+    def update(new: Return, expected: Return) -> None:
+        if not raced:  # the colleague's approval lands between the rejection's read and its write
+            raced.append(True)
+            monkeypatch.setattr(store, "update", real)
+            returns.approve(item.id, "fine", actor="key_colleague")
+        real(new, expected)
+
+    monkeypatch.setattr(store, "update", update)
+
+    with pytest.raises(StaleVersion):
+        returns.reject(item.id, "worn", actor="key_lead", expected_version=item.version)
+
+    assert (store.get(item.id).status, store.get(item.id).version) == (R.AUTHORIZED, item.version + 1)
+    assert OrderEvent.RETURN_REJECTED not in [e.type for e in world.history(order.id)]
+
+
+@pytest.mark.parametrize(("decision", "event"), [
+    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
+])  # fmt: skip
+def test_a_decision_from_a_stale_version_writes_nothing_not_even_the_entry_a_decision_that_died_owes(
+    world, clock, monkeypatch, decision, event
+):
+    # The order's entry for the decision that died is the history's reader's to write (owed_entries).
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+    decided, history = store.get(item.id), world.history(order.id)
+
+    with pytest.raises(StaleVersion):
+        getattr(returns, decision)(item.id, "from what I read", actor="key_other", expected_version=item.version)
+
+    assert (store.get(item.id), world.history(order.id)) == (decided, history)
+    returns.owed_entries(world.order(order.id))
+    assert [e.actor for e in world.history(order.id) if e.type is event] == ["key_lead"]
+
+
+def test_a_rejection_sent_again_from_the_version_it_made_is_told_it_is_decided_while_plain_reads_lag(
+    world, clock, monkeypatch
+):
+    # A plain read a moment after the rejection still shows it requested, at the version before:
+    # judged on it, the person's own version would be refused as changed since, naming an old one.
+    returns, store = returns_for(world, clock, ApprovalPolicy())
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    lagging_return_reads(store, monkeypatch)
+    rejected = returns.reject(item.id, "worn", actor="key_lead", expected_version=item.version)
+
+    with pytest.raises(InvalidTransition):
+        returns.reject(item.id, "worn", actor="key_lead", expected_version=rejected.version)
+    with pytest.raises(StaleVersion) as refused:
+        returns.approve(item.id, None, actor="key_other", expected_version=item.version)
+
+    assert refused.value.details == [{"field": "If-Match", "message": f"current version is {rejected.version}"}]
+    assert store.get(item.id, consistent=True) == rejected
 
 
 def test_a_request_that_died_before_the_orders_entry_has_it_written_before_the_receipt(world, clock, monkeypatch):

@@ -14,9 +14,10 @@ from core.refunds import Refund, RefundPage, RefundRequest
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.queries import Limit
-from functions.api.routes.orders import IdempotencyKey, OrderIdPath
+from functions.api.routes.orders import IdempotencyKey, OrderIdPath, SeenIfMatch
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
+from functions.api.versions import version_in
 
 router = Router()
 
@@ -42,15 +43,18 @@ router = Router()
     "or by the reconciler, it is asked again under its key and refunds once. No payment plugin for the "
     "order's method: a new refund is 201 `failed` (nothing was asked), but a repeat of one left `pending` is 502 "
     "`payment_gateway_error` with the refund still `pending`, as the first request may have refunded it through "
-    "the removed plugin: repeat it once the plugin is back.",
+    "the removed plugin: repeat it once the plugin is back. With `If-Match` (optional) naming the order's version "
+    "read, an order changed since (another refund, a ship, a cancel) is 409 `version_conflict`, nothing written or "
+    "asked of the gateway (a retry under its `Idempotency-Key` still answers the refund it made).",
     responses={**ok(201, Refund, "The refund, succeeded or failed"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.REFUNDS_WRITE)
 def refund_order(
-    order_id: OrderIdPath, request: RefundRequest, idempotency_key: IdempotencyKey = None
+    order_id: OrderIdPath, request: RefundRequest, idempotency_key: IdempotencyKey = None, if_match: SeenIfMatch = None
 ) -> Response[Refund]:
     who = caller(router)
+    expected = version_in(if_match) if if_match is not None else None
     # The refund's own key: derived from the client's, so a retried request names the same refund
     # even when the first one stopped before its response was stored.
     refund_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else new_id("rfk")
@@ -64,6 +68,7 @@ def refund_order(
             who.key_id,
             channel=who.channel,
             same_request=idempotency_key is not None,
+            expected_version=expected,
         )
         return issued.model_dump(mode="json")
 

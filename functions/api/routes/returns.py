@@ -19,6 +19,7 @@ from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
+from functions.api.versions import if_match_header, version_in
 
 router = Router()
 
@@ -131,29 +132,51 @@ def get_return(return_id: ReturnIdPath) -> Return:
     return with_return_label_link(container().returns.get(return_id, caller(router).channel))
 
 
+# Optional: without it an approval or a rejection is decided on the return as it is (Return.check_seen).
+ReturnIfMatch = Annotated[
+    str | None, if_match_header("The return's `version` you read: a return changed since is 409 `version_conflict`.")
+]
+SEEN = (
+    "With `If-Match` (optional) naming the return's version read, a return changed since (approved, rejected, "
+    "cancelled) is 409 `version_conflict`, nothing written{}."
+)
+
+
 @router.post(
     "/returns/<return_id>/approve",
     summary="Approve a requested return: it is authorized and gets its return label",
+    description=SEEN.format(" and no label booked"),
     responses={**ok(200, Return, "The return, authorized"), **errors(400, 403, 404, 409, 413, 502)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.RETURNS_WRITE)
-def approve_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None) -> Return:
+def approve_return(
+    return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None, if_match: ReturnIfMatch = None
+) -> Return:
     who = caller(router)
     note = request.note if request else None
-    return with_return_label_link(container().returns.approve(return_id, note, actor=who.key_id, channel=who.channel))
+    expected = version_in(if_match) if if_match is not None else None
+    approved = container().returns.approve(return_id, note, actor=who.key_id, channel=who.channel,
+                                           expected_version=expected)  # fmt: skip
+    return with_return_label_link(approved)
 
 
 @router.post(
     "/returns/<return_id>/reject",
     summary="Reject a requested return",
+    description=SEEN.format(""),
     responses={**ok(200, Return, "The return, rejected"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.RETURNS_WRITE)
-def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None) -> Return:
+def reject_return(
+    return_id: ReturnIdPath, request: Annotated[ReturnNote | None, Body()] = None, if_match: ReturnIfMatch = None
+) -> Return:
     who = caller(router)
     note = request.note if request else None
-    return with_return_label_link(container().returns.reject(return_id, note, actor=who.key_id, channel=who.channel))
+    expected = version_in(if_match) if if_match is not None else None
+    rejected = container().returns.reject(return_id, note, actor=who.key_id, channel=who.channel,
+                                          expected_version=expected)  # fmt: skip
+    return with_return_label_link(rejected)
 
 
 @router.post(
