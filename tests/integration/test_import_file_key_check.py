@@ -80,9 +80,14 @@ CREATE_A_KEY = f"curl -sS -X POST {API_URL}/api-keys"
 
 
 def test_a_wrong_key_is_refused_before_anything_is_uploaded(
-    gateway: ThroughTheGateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    gateway: ThroughTheGateway,
+    api: InProcessApi,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ):
     monkeypatch.setenv("OMS_API_KEY", "oms_not_a_key_of_this_stack")
+    monkeypatch.setenv("OMS_ADMIN_API_KEY", api.admin_key)  # used only when OMS_API_KEY is unset
 
     status, out, said = make_import(tmp_path, capsys)
 
