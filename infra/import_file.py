@@ -290,15 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = find_stack()
     except CliError as error:
-        err.print(str(error))
+        err.print(str(error), soft_wrap=True)
         return 2
     try:
         check_key(stack)
     except CliError as error:
-        err.print(str(error))
+        err.print(str(error), soft_wrap=True)  # unwrapped: its curl is copied whole
         return 2
     except requests.RequestException as error:
-        err.print(f"cannot reach the API at {stack['api_url']} (nothing was uploaded): {error}")
+        err.print(f"cannot reach the API at {stack['api_url']} (nothing was uploaded): {error}", soft_wrap=True)
         return 2
     try:
         key, import_id = upload(stack, args.file)

@@ -66,7 +66,9 @@ def make_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int
     orders.write_text("channel,external_id,sku,quantity\nweb,w-1,TSHIRT-BLK-M,1\n")
     status = import_file.main([str(orders)])
     out, err = capsys.readouterr()
-    return status, out, " ".join(err.split())  # rich wraps long lines
+    # A refusal is one line however long, never wrapped: its curl is copied whole.
+    assert status != 2 or len(err.splitlines()) == 1, err
+    return status, out, " ".join(err.split())  # rich wraps the following's long lines
 
 
 def a_key(api: InProcessApi, *scopes: str, channel: str | None = None) -> dict[str, Any]:
