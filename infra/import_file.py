@@ -7,7 +7,8 @@ channel, or OMS_ADMIN_API_KEY), or else from the state file `make run` writes (.
 OMS_STATE_FILE). OMS_AWS_ENDPOINT (the local stack's, from the state file) sends the upload there
 with test credentials; without it the upload goes to AWS with the default credential chain.
 Exit status: 0 when the import completed (with or without errors), 1 when it failed or could not
-be followed to its end, 2 for a usage or connection problem. An interrupted split
+be followed to its end, 2 for a usage or connection problem or a key that cannot follow the import
+(asked of the API before anything is uploaded: see check_key). An interrupted split
 (`split_interrupted`) is followed on while Lambda retries it, up to INTERRUPTED_PATIENCE; a poll the
 gateway throttles (429) or answers 502, 503 or 504 is made again, for up to BUSY_PATIENCE in a row.
 """
@@ -68,12 +69,17 @@ def find_stack() -> dict[str, str | None]:
             state = json.loads(path.read_text())
         except ValueError as error:
             raise CliError(f"{path} is not JSON ({error}): restart `make run`") from None
+    keys = (("OMS_API_KEY", os.environ.get("OMS_API_KEY")), ("OMS_ADMIN_API_KEY", os.environ.get("OMS_ADMIN_API_KEY")),
+            (f"{path.name}'s admin_key", state.get("admin_key")))  # fmt: skip
+    key_from, api_key = next(((name, value) for name, value in keys if value), (None, None))
     found = {
         "api_url": os.environ.get("OMS_API_URL") or state.get("api_url"),
         "bucket": os.environ.get("OMS_IMPORTS_BUCKET") or (state.get("buckets") or {}).get("ImportsBucket"),
-        "api_key": os.environ.get("OMS_API_KEY") or os.environ.get("OMS_ADMIN_API_KEY") or state.get("admin_key"),
+        "api_key": api_key,
     }
     missing = [name for name, value in found.items() if not value]
+    if missing == ["api_key"]:
+        raise CliError(f"no API key: {KEY_NEEDED}. {create_a_key(str(found['api_url']))}")
     if missing:
         raise CliError(
             f"no stack found ({', '.join(missing)} unknown): start `make run` in another terminal (it "
@@ -82,7 +88,53 @@ def find_stack() -> dict[str, str | None]:
         )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or state.get("region")
     return {**found, "aws_endpoint": os.environ.get("OMS_AWS_ENDPOINT") or state.get("aws_endpoint"),
-            "region": region}  # fmt: skip
+            "region": region, "api_key_from": key_from}  # fmt: skip
+
+
+KEY_NEEDED = "set OMS_API_KEY to a key with orders:read bound to no channel (imports span channels)"
+
+
+def create_a_key(api_url: str) -> str:
+    """How an admin issues a key `make import` can follow imports with (README, Bulk import)."""
+    return (
+        f'An admin creates one with: curl -sS -X POST {api_url}/api-keys -H "Authorization: Bearer $ADMIN_KEY" '
+        '-H "Content-Type: application/json" -d \'{"name": "importer", "scopes": ["orders:read"]}\''
+    )
+
+
+def check_key(stack: dict[str, str | None]) -> None:
+    """Asks the API, before anything is uploaded, whether the key can follow an import: two reads
+    that write nothing. GET /imports is 401 to a key the stack does not know and 403 to one without
+    orders:read, and a key bound to a channel is shown no imports (an empty page, as a stack with
+    none); GET /orders for a channel no key is bound to is 403 to a channel's key only. Uploaded
+    first, the file was imported by a command that then exited 1 on the same answers."""
+    session = api_session(stack)
+    key, api_url = stack["api_key_from"], stack["api_url"]
+    channel = f"make-import-{secrets.token_hex(4)}"
+    for path, scope in (("/imports?limit=1", "orders:read"), (f"/orders?limit=1&channel={channel}", None)):
+        response = session.get(f"{api_url}{path}", timeout=10)
+        if response.status_code == 200:
+            continue
+        if response.status_code == 401:
+            wrong = f"the API refused the key in {key} (401): not a key of this stack, or revoked"
+        elif response.status_code == 403 and scope:
+            wrong = f"the key in {key} lacks the scope {scope} (403)"
+        elif response.status_code == 403:
+            wrong = f"the key in {key} is bound to a channel, and imports are shown only to keys bound to no channel"
+        else:
+            raise CliError(
+                f"GET {path.split('?')[0]} answered {response.status_code}: {response.text[:300]} (nothing was "
+                "uploaded: try again)"
+            )
+        raise CliError(f"{wrong}; nothing was uploaded: {KEY_NEEDED}. {create_a_key(str(api_url))}")
+
+
+def api_session(stack: dict[str, str | None]) -> requests.Session:
+    """A session that asks the stack's API with its key (no proxy for the local stack)."""
+    session = requests.Session()
+    session.trust_env = not str(stack["api_url"]).startswith(("http://127.0.0.1", "http://localhost"))
+    session.headers["Authorization"] = f"Bearer {stack['api_key']}"
+    return session
 
 
 def upload(stack: dict[str, str | None], file: Path) -> tuple[str, str]:
@@ -109,9 +161,7 @@ def follow(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Polls GET /imports/{id} until the import ends, with a progress bar; returns its report."""
-    session = requests.Session()
-    session.trust_env = not str(stack["api_url"]).startswith(("http://127.0.0.1", "http://localhost"))
-    session.headers["Authorization"] = f"Bearer {stack['api_key']}"
+    session = api_session(stack)
     started = clock()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("orders"),
                TimeElapsedColumn())  # fmt: skip
@@ -240,7 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack = find_stack()
     except CliError as error:
-        err.print(str(error))
+        err.print(str(error), soft_wrap=True)
+        return 2
+    try:
+        check_key(stack)
+    except CliError as error:
+        err.print(str(error), soft_wrap=True)  # unwrapped: its curl is copied whole
+        return 2
+    except requests.RequestException as error:
+        err.print(f"cannot reach the API at {stack['api_url']} (nothing was uploaded): {error}", soft_wrap=True)
         return 2
     try:
         key, import_id = upload(stack, args.file)
