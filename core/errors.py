@@ -154,6 +154,15 @@ class StockLimitReached(Conflict):
 class StaleVersion(Conflict):
     code = "version_conflict"
 
+    @classmethod
+    def unseen(cls, what: str, current: int, seen: int, advice: str = "", *, plural: bool = False) -> StaleVersion:
+        """A change decided from version `seen` (its If-Match) of `what`, which is at `current`
+        now: 409 naming the current version, as every If-Match route answers it."""
+        return cls(
+            f"{what} {'are' if plural else 'is'} at version {current}, not {seen}{advice}",
+            details=[{"field": "If-Match", "message": f"current version is {current}"}],
+        )
+
 
 class ReservationsChanged(StaleVersion):
     """A write conditional on what reservations held (OrderRepository.update_with_stock) found them

@@ -949,10 +949,7 @@ class OrderActions:
         visible(found[0] if found else None, order_id, channel)
         order, token = found
         if not order.edits_from(expected_version):
-            raise StaleVersion(
-                f"order {order_id} is at version {order.version}, not {expected_version}",
-                details=[{"field": "If-Match", "message": f"current version is {order.version}"}],
-            )
+            raise StaleVersion.unseen(f"order {order_id}", order.version, expected_version)
         order.check_editable()
         # Without new lines the order's own are priced again; a line whose every unit was cancelled
         # has none to price and stays as it is.

@@ -3116,10 +3116,7 @@ class Order(Shown):
         another version: StaleVersion, 409 `version_conflict`, naming the current one. None: they
         named none, and the change is decided on the order as it is."""
         if if_match is not None and self.version != if_match:
-            raise StaleVersion(
-                f"order {self.id} is at version {self.version}, not {if_match}",
-                details=[{"field": "If-Match", "message": f"current version is {self.version}"}],
-            )
+            raise StaleVersion.unseen(f"order {self.id}", self.version, if_match)
 
     def edits_from(self, if_match: int) -> bool:
         """Whether an edit asked to change version `if_match` may change this order: it is that

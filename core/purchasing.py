@@ -713,11 +713,8 @@ def _check_seen(po: PurchaseOrder, expected_version: int | None, doing: str) -> 
     """Refuse (StaleVersion, 409 `version_conflict`) a change decided from `expected_version` (the
     If-Match of a person `doing` it) of a PO at another version; None: none was named."""
     if expected_version is not None and po.version != expected_version:
-        raise StaleVersion(
-            f"purchase order {po.id} is at version {po.version}, not {expected_version}: "
-            f"it changed since it was read; read it again before {doing} it",
-            details=[{"field": "If-Match", "message": f"current version is {po.version}"}],
-        )
+        advice = f": it changed since it was read; read it again before {doing} it"
+        raise StaleVersion.unseen(f"purchase order {po.id}", po.version, expected_version, advice)
 
 
 def _naming_lines(full: StockLimitReached, receipt: Receipt) -> StockLimitReached:

@@ -289,10 +289,7 @@ class Return(BaseModel):
         another version: StaleVersion, 409 `version_conflict`, naming the current one. None: they
         named none, and the decision is made on the return as it is."""
         if if_match is not None and self.version != if_match:
-            raise StaleVersion(
-                f"return {self.id} is at version {self.version}, not {if_match}",
-                details=[{"field": "If-Match", "message": f"current version is {self.version}"}],
-            )
+            raise StaleVersion.unseen(f"return {self.id}", self.version, if_match)
 
     def approve(self, note: str | None, *, at: datetime) -> "Return":
         if self.status is not ReturnStatus.REQUESTED:

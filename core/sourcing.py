@@ -103,10 +103,7 @@ class SourcingRulesService:
         if current.same_as(given):
             return current
         if expected_version is not None and current.version != expected_version:
-            raise StaleVersion(
-                f"the sourcing rules are at version {current.version}, not {expected_version}",
-                details=[{"field": "If-Match", "message": f"current version is {current.version}"}],
-            )
+            raise StaleVersion.unseen("the sourcing rules", current.version, expected_version, plural=True)
         new = next_version(current, given, at=self._clock(), by=by)
         try:
             self._rules.add(new)
