@@ -19,3 +19,8 @@ def if_match_header(description: str) -> Any:
 def version_in(tag: str) -> int:
     """The version a tag that matched VERSION_TAG names: 7 for `7`, `"7"` and `W/"7"`."""
     return int(tag.removeprefix("W/").strip('"'))
+
+
+def seen_version(tag: str | None) -> int | None:
+    """The version an optional If-Match names (version_in), or None when none was sent."""
+    return None if tag is None else version_in(tag)

@@ -13,7 +13,7 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath, SeenIfMatch, changed, seen_by
 from functions.api.schemas import OrderReceipt, errors
-from functions.api.versions import version_in
+from functions.api.versions import seen_version
 
 router = Router()
 
@@ -38,7 +38,7 @@ def hold_order(
     order_id: OrderIdPath, request: HoldRequest, idempotency_key: IdempotencyKey = None, if_match: SeenIfMatch = None
 ) -> Order | OrderReceipt:
     who = caller(router)
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     if idempotency_key is None:
         held = container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel,
                                       expected_version=expected)  # fmt: skip
@@ -87,7 +87,7 @@ def release_order(
 ) -> Order | OrderReceipt:
     who = caller(router)
     body = request or ReleaseRequest()
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     if idempotency_key is None:
         released = container().holds.release(order_id, body, actor=who.key_id, channel=who.channel,
                                              expected_version=expected)  # fmt: skip

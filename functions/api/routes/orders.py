@@ -27,7 +27,7 @@ from functions.api.paths import existing
 from functions.api.queries import Limit
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, OrderReceipt, errors, ok
-from functions.api.versions import if_match_header, version_in
+from functions.api.versions import if_match_header, seen_version, version_in
 
 router = Router()
 # `logger` is the app's, not a child made here: this module is imported on its first request, when
@@ -317,7 +317,7 @@ def cancel_order(
     order_id: OrderIdPath, request: CancelRequest, idempotency_key: IdempotencyKey = None, if_match: SeenIfMatch = None
 ) -> Order | OrderReceipt:
     who = caller(router)
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     lines = {line.line_id: line.quantity for line in request.lines} if request.lines else None
 
     # Kept in the cancel's entry, so a retry finds it even when the first request stopped before its

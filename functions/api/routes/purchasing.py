@@ -30,7 +30,7 @@ from functions.api.queries import Limit
 from functions.api.routes.catalog import IDENTIFIER, KnownLocationPath, KnownSkuPath
 from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
-from functions.api.versions import if_match_header, version_in
+from functions.api.versions import if_match_header, seen_version
 
 router = Router()
 
@@ -141,7 +141,7 @@ SubmitIfMatch = Annotated[
 def submit_purchase_order(
     po_id: PurchaseOrderIdPath, submission: Submission | None = None, if_match: SubmitIfMatch = None
 ) -> PurchaseOrder:
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     return container().purchasing.submit(po_id, submission, expected_version=expected)
 
 
@@ -161,7 +161,7 @@ CancelIfMatch = Annotated[
 )
 @requires(Scope.PURCHASING_WRITE)
 def cancel_purchase_order(po_id: PurchaseOrderIdPath, if_match: CancelIfMatch = None) -> PurchaseOrder:
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     return container().purchasing.cancel(po_id, expected_version=expected)
 
 

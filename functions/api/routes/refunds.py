@@ -17,7 +17,7 @@ from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath, SeenIfMatch
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
-from functions.api.versions import version_in
+from functions.api.versions import seen_version
 
 router = Router()
 
@@ -54,7 +54,7 @@ def refund_order(
     order_id: OrderIdPath, request: RefundRequest, idempotency_key: IdempotencyKey = None, if_match: SeenIfMatch = None
 ) -> Response[Refund]:
     who = caller(router)
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     # The refund's own key: derived from the client's, so a retried request names the same refund
     # even when the first one stopped before its response was stored.
     refund_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else new_id("rfk")

@@ -19,7 +19,7 @@ from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
-from functions.api.versions import if_match_header, version_in
+from functions.api.versions import if_match_header, seen_version
 
 router = Router()
 
@@ -155,7 +155,7 @@ def approve_return(
 ) -> Return:
     who = caller(router)
     note = request.note if request else None
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     approved = container().returns.approve(return_id, note, actor=who.key_id, channel=who.channel,
                                            expected_version=expected)  # fmt: skip
     return with_return_label_link(approved)
@@ -173,7 +173,7 @@ def reject_return(
 ) -> Return:
     who = caller(router)
     note = request.note if request else None
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     rejected = container().returns.reject(return_id, note, actor=who.key_id, channel=who.channel,
                                           expected_version=expected)  # fmt: skip
     return with_return_label_link(rejected)

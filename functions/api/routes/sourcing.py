@@ -17,7 +17,7 @@ from functions.api.errors import ApiError
 from functions.api.queries import Limit
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
-from functions.api.versions import if_match_header, version_in
+from functions.api.versions import if_match_header, seen_version
 
 router = Router()
 
@@ -48,7 +48,7 @@ RulesIfMatch = Annotated[
 )
 @requires(Scope.ADMIN)
 def put_sourcing_rules(rules: NewSourcingRules, if_match: RulesIfMatch = None) -> SourcingRules:
-    expected = version_in(if_match) if if_match is not None else None
+    expected = seen_version(if_match)
     return container().sourcing_rules_service.replace(rules, by=caller(router).key_id, expected_version=expected)
 
 
