@@ -4,7 +4,9 @@ process on moto (the workflow's steps run here), the Orders and Returns tables' 
 moto recorded them handed to the events function (each batch twice: a redelivery), and every event
 on the bus held against the API's answers at that version: `data.order` is GET /orders/{id}
 (label links null), `data.shipment` its shipment, `data.refund` its entry of GET
-/orders/{id}/refunds, `data.return` GET /returns/{id}. No system-only field, and one id per change."""
+/orders/{id}/refunds, `data.return` GET /returns/{id}. No system-only field, and one id per change.
+Every event is also what GET /openapi.json's webhook for its type says a delivery is: a receiver
+generated from the document reads it (documented_events)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import boto3
 import pytest
 
 from tests.builders import location_body, order_body, product_body
+from tests.integration.documented_events import assert_documented
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels
 from tests.integration.return_steps import services, step  # noqa: F401
@@ -63,6 +66,7 @@ class Receiver:
         self.returns = TableStream(os.environ["RETURNS_TABLE"], from_now=True)
         self.tap = os.environ["BUS_TAP"]
         self.seen: dict[str, str] = {}  # every event id sent, with its type
+        self.document = api.get("/openapi.json", key=None).json()
 
     def events(self) -> list[dict[str, Any]]:
         """The events of what was written since the last call, each stream batch handed twice."""
@@ -79,6 +83,7 @@ class Receiver:
                 event = json.loads(message["Body"])["detail"]
                 # One change, one id: the same id always carries the same event.
                 assert found.setdefault(event["id"], event) == event
+                assert_documented(self.document, event)
         self.seen |= {event_id: event["type"] for event_id, event in found.items()}
         return list(found.values())
 
