@@ -237,3 +237,34 @@ def test_a_backordered_orders_event_carries_it_as_the_api_shows_it_with_awaiting
     assert shown["status"] == "backordered" and shown["version"] == event["data"]["order"]["version"]
     assert shown["awaiting_stock"]["lines"][0]["waiting_quantity"] == 2
     assert event["data"]["order"] == {**shown, "awaiting_stock": None}
+
+
+def test_a_declined_payment_a_last_parcel_and_a_refused_refund_are_events_as_the_api_and_the_document_show_them(api):
+    """The types the life above does not reach, as cheaply: a declined authorization
+    (`order.payment_failed`, as the workflow's FailPayment ends it), an order's only parcel delivered
+    (`order.delivered` with `shipment.delivered`) and a refund the gateway refuses (`refund.failed`)."""
+    from core.errors import PaymentDeclined
+    from functions.bootstrap import Config, bootstrap
+    from tests.integration.test_cancel_units_api import authorized
+
+    receiver = Receiver(api)
+    with pytest.raises(PaymentDeclined):
+        authorized(api, ("PEN", 1), channel=CHANNEL, payment={"method": "test", "token": "tok_decline"})
+    (declined,) = {e["data"]["order"]["id"] for e in receiver.events() if e["type"] == "order.created"}
+    bootstrap(Config.from_env()).workflow.fail_payment(declined, "PaymentDeclined", "{}")  # the ASL's Catch
+    receiver.check(declined, {"order.payment_failed"})
+
+    token = {"method": "test", "token": "tok_refund_decline"}
+    order = allocated(api, ("PEN", 1), channel=CHANNEL, payment=token)
+    receiver.check(order["id"], {"order.created", "order.authorized", "order.allocated"})
+    (parcel,) = order["shipments"]
+    shipped = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={})
+    assert shipped.status_code == 200, shipped.text
+    receiver.check(order["id"], {"shipment.shipped"})
+    delivered = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/deliver", json={})
+    assert delivered.status_code == 200, delivered.text
+    receiver.check(order["id"], {"shipment.delivered", "order.delivered"})
+    refund = {"amount": {"amount": "1.00", "currency": "USD"}, "reason": "late"}
+    refused = api.post(f"/orders/{order['id']}/refunds", json=refund, headers={"Idempotency-Key": "refused-1"})
+    assert (refused.status_code, refused.json()["status"]) == (201, "failed"), refused.text
+    receiver.check(order["id"], {"refund.failed"})
