@@ -4,6 +4,7 @@ headers are required, every answer a route can give, and the input rules the cod
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -472,7 +473,8 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
     # the OMS POSTs, so no client could be generated for a receiver. Each type is a webhook: its body
     # the envelope of its data's kind (a component, the API's own Order, Shipment... by $ref), the
     # three headers, and what the receiver answers.
-    from core.domain_events import EVENT_DATA, EventType
+    from core.domain_events import EVENT_DATA, EventType, event_id
+    from core.webhooks import signature
 
     webhooks = document["webhooks"]
     schemas = document["components"]["schemas"]
@@ -491,4 +493,7 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         assert set(headers) == {"OMS-Event-Id", "OMS-Event-Type", "OMS-Signature"}
         assert all(header["required"] for header in headers.values())
         assert headers["OMS-Event-Type"]["schema"] == {"type": "string", "const": type_.value}
+        assert re.fullmatch(headers["OMS-Signature"]["schema"]["pattern"], signature("whsec_1", 1_765_000_000, b"{}"))
+        assert re.fullmatch(headers["OMS-Event-Id"]["schema"]["pattern"] + ".*", event_id("ord_1", 2, type_))
         assert "2XX" in post["responses"] and "10 s" in post["responses"]["2XX"]["description"]
+        assert post["security"] == []  # the receiver takes no API key of ours: it checks the signature
