@@ -473,7 +473,7 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
     # the OMS POSTs, so no client could be generated for a receiver. Each type is a webhook: its body
     # the envelope of its data's kind (a component, the API's own Order, Shipment... by $ref), the
     # three headers, and what the receiver answers.
-    from core.domain_events import EVENT_DATA, EventType, event_id
+    from core.domain_events import EVENT_DATA, OMITTABLE, EventType, event_id
     from core.webhooks import signature
 
     webhooks = document["webhooks"]
@@ -484,9 +484,15 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         post = webhooks[type_.value]["post"]
         envelope = schemas[post["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
         assert type_.value in envelope["properties"]["type"]["enum"]
+        assert post["requestBody"]["required"] is True
         assert envelope["required"] == ["id", "type", "created_at", "data"]
+        assert envelope["additionalProperties"] is False
+        assert envelope["properties"]["created_at"] == {"type": "string", "format": "date-time"}
         data = envelope["properties"]["data"]
         assert data["required"] == list(objects) and data["additionalProperties"] is False
+        # An event too large whole leaves lists of its order out and names them (fitted): only one with an order.
+        omitted = data["properties"].get("omitted", {}).get("items", {}).get("enum")
+        assert omitted == ([".".join(path) for path in OMITTABLE] if "order" in objects else None), type_
         for name in set(objects) & set(SHOWN_AS):
             assert data["properties"][name] == {"$ref": f"#/components/schemas/{SHOWN_AS[name]}"}, (type_, name)
         headers = {p["name"]: p for p in post["parameters"] if p["in"] == "header"}
