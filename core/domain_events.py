@@ -57,6 +57,37 @@ WITH_CHANNEL = frozenset(
 )  # fmt: skip
 
 
+# What each type's `data` always holds, by name (API.md "Events and webhooks"): the objects it is
+# about as the API shows them, the order first for an order's change. The builders below name what
+# they put in `data` from it, and the OpenAPI document's webhooks describe each type's body from it
+# (functions/api/event_document.py): a type added here is documented, or the document fails to build.
+# Besides these, an event too large whole names what it left out (`omitted`: fitted).
+EVENT_DATA: dict[EventType, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (
+            EventType.ORDER_CREATED, EventType.ORDER_AUTHORIZED, EventType.ORDER_PAYMENT_FAILED,
+            EventType.ORDER_ON_HOLD, EventType.ORDER_RELEASED, EventType.ORDER_BACKORDERED,
+            EventType.ORDER_ALLOCATED, EventType.ORDER_CANCELLED, EventType.ORDER_JEOPARDY,
+            EventType.ORDER_DELIVERED,
+        ),
+        ("order",),
+    ),
+    **dict.fromkeys(
+        (EventType.SHIPMENT_SHIPPED, EventType.SHIPMENT_DELIVERED, EventType.SHIPMENT_REJECTED), ("order", "shipment")
+    ),
+    **dict.fromkeys((EventType.RETURN_CREATED, EventType.RETURN_RECEIVED), ("order", "return")),
+    **dict.fromkeys((EventType.REFUND_SUCCEEDED, EventType.REFUND_FAILED), ("order", "refund")),
+    # The import as GET /imports/{id} shows it, and how many of its errors the event leaves out.
+    EventType.IMPORT_COMPLETED: ("import", "errors_omitted"),
+    EventType.INVENTORY_LOW: ("inventory",),
+}  # fmt: skip
+
+
+def event_data(type_: EventType, *values: Any) -> dict[str, Any]:
+    """`data` of an event of `type_`: `values` under the names EVENT_DATA gives them, in its order."""
+    return dict(zip(EVENT_DATA[type_], values, strict=True))
+
+
 class DomainEvent(BaseModel, defer_build=True):
     """`{id, type, created_at, data}`, the body of a webhook delivery and the detail of a bus event."""
 
@@ -179,28 +210,29 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
             shown.append(api_order(new))
         return shown[0]
 
-    def emit(type_: EventType, subject: str = "", **extra: Any) -> None:
+    def emit(type_: EventType, about: dict[str, Any] | None = None) -> None:
+        """The event of `type_` about the order, or about `about` (a shipment, refund, return) on it."""
         events.append(
             DomainEvent(
-                id=event_id(new["id"], version, type_, subject),
+                id=event_id(new["id"], version, type_, about["id"] if about else ""),
                 type=type_,
                 created_at=created_at,
-                data={"order": order(), **extra},
+                data=event_data(type_, order(), *([about] if about else [])),
             )
         )
 
     for type_ in _order_level(old, new):
         emit(type_)
     for type_, shipment in _changed(before.get("shipments"), new.get("shipments"), _SHIPMENT_EVENTS):
-        emit(type_, shipment["id"], shipment=_shown_shipment(order(), shipment["id"]))
+        emit(type_, _shown_shipment(order(), shipment["id"]))
     for type_, shipment in _renumbered(before.get("shipments"), new.get("shipments")):
-        emit(type_, shipment["id"], shipment=_shown_shipment(order(), shipment["id"]))
+        emit(type_, _shown_shipment(order(), shipment["id"]))
     for shipment in _rejected_shipments(before, new):
-        emit(EventType.SHIPMENT_REJECTED, shipment["id"], shipment=shipment)
+        emit(EventType.SHIPMENT_REJECTED, shipment)
     for type_, refund in _refund_changes(before, new):
-        emit(type_, refund["id"], refund=refund)
+        emit(type_, refund)
     for type_, return_ in _return_changes(before.get("returns"), new.get("returns")):
-        emit(type_, return_["id"], **{"return": return_})
+        emit(type_, return_)
     return events
 
 
@@ -402,14 +434,14 @@ def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[s
     # each read (GET /returns/{id} gives one), as for a shipment's (event_label).
     shown = Return.model_validate(new).model_dump(mode="json")
     shown["label_url"] = event_label(shown["label_url"], shown["status"] == ReturnStatus.CANCELLED)
-    data = {"order": api_order(order), "return": shown}
+    shown_order = api_order(order)
     version = int(new.get("version", 0))
     return [
         DomainEvent(
             id=event_id(new["order_id"], version, type_, new["id"]),
             type=type_,
             created_at=new.get("updated_at") or new["created_at"],
-            data=data,
+            data=event_data(type_, shown_order, shown),
         )
         for type_ in types
     ]
@@ -531,7 +563,7 @@ def import_events(
             id=event_id(new["id"], 0, type_, status),
             type=type_,
             created_at=new["updated_at"],
-            data={"import": {**new, "errors": carried}, "errors_omitted": kept - len(carried)},
+            data=event_data(type_, {**new, "errors": carried}, kept - len(carried)),
         )
     ]
 

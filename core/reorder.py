@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from core.domain_events import DomainEvent, EventType
+from core.domain_events import DomainEvent, EventType, event_data
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Identifier, ReorderSettings, Strict
@@ -184,22 +184,30 @@ def crossing(change: StockChange) -> Crossing | None:
     )
 
 
+class LowStock(BaseModel, defer_build=True):
+    """`data.inventory` of `inventory.low`: a stock item whose available units fell below its point."""
+
+    sku: str
+    location_id: str
+    available: Annotated[int, Field(ge=0, description="Units available after the fall, below reorder_point")]
+    reorder_point: int
+
+
 def low_stock_event(crossed: Crossing) -> DomainEvent:
     """`inventory.low`; its id comes from the crossing, so a redelivered record gives the same one."""
+    low = LowStock(
+        sku=crossed.sku,
+        location_id=crossed.location_id,
+        # Never negative, as every read shows it: a stock take recorded below the reserved
+        # units is stored below zero until its rejects release them (StockLevel.as_shown).
+        available=max(crossed.available, 0),
+        reorder_point=crossed.settings.reorder_point,
+    )
     return DomainEvent(
         id="evt_" + short_hash(f"{EventType.INVENTORY_LOW.value}\x1f{crossed.key}"),
         type=EventType.INVENTORY_LOW,
         created_at=crossed.changed_at,
-        data={
-            "inventory": {
-                "sku": crossed.sku,
-                "location_id": crossed.location_id,
-                # Never negative, as every read shows it: a stock take recorded below the reserved
-                # units is stored below zero until its rejects release them (StockLevel.as_shown).
-                "available": max(crossed.available, 0),
-                "reorder_point": crossed.settings.reorder_point,
-            }
-        },
+        data=event_data(EventType.INVENTORY_LOW, low.model_dump()),
     )
 
 

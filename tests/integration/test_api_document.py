@@ -4,6 +4,7 @@ headers are required, every answer a route can give, and the input rules the cod
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -461,3 +462,44 @@ def test_a_body_s_fulfillment_is_its_own_schema_whose_fields_a_client_may_leave_
     assert "required" not in schemas["FulfillmentInput"]
     assert schemas["FulfillmentInput"]["properties"]["type"]["default"] == "ship"
     assert schemas["Fulfillment"]["required"] == ["type", "location_id"]
+
+
+# The API's own answers an event's data carries (never a copy of their schemas).
+SHOWN_AS = {"order": "Order", "shipment": "Shipment", "return": "Return", "refund": "Refund", "import": "ImportReport"}
+
+
+def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(document: dict[str, Any]):
+    # An events consumer's walk (h728): the document named the types (EventType) and nothing of what
+    # the OMS POSTs, so no client could be generated for a receiver. Each type is a webhook: its body
+    # the envelope of its data's kind (a component, the API's own Order, Shipment... by $ref), the
+    # three headers, and what the receiver answers.
+    from core.domain_events import EVENT_DATA, OMITTABLE, EventType, event_id
+    from core.webhooks import signature
+
+    webhooks = document["webhooks"]
+    schemas = document["components"]["schemas"]
+
+    assert set(webhooks) == {type_.value for type_ in EventType}
+    for type_, objects in EVENT_DATA.items():
+        post = webhooks[type_.value]["post"]
+        envelope = schemas[post["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+        assert type_.value in envelope["properties"]["type"]["enum"]
+        assert post["requestBody"]["required"] is True
+        assert envelope["required"] == ["id", "type", "created_at", "data"]
+        assert envelope["additionalProperties"] is False
+        assert envelope["properties"]["created_at"] == {"type": "string", "format": "date-time"}
+        data = envelope["properties"]["data"]
+        assert data["required"] == list(objects) and data["additionalProperties"] is False
+        # An event too large whole leaves lists of its order out and names them (fitted): only one with an order.
+        omitted = data["properties"].get("omitted", {}).get("items", {}).get("enum")
+        assert omitted == ([".".join(path) for path in OMITTABLE] if "order" in objects else None), type_
+        for name in set(objects) & set(SHOWN_AS):
+            assert data["properties"][name] == {"$ref": f"#/components/schemas/{SHOWN_AS[name]}"}, (type_, name)
+        headers = {p["name"]: p for p in post["parameters"] if p["in"] == "header"}
+        assert set(headers) == {"OMS-Event-Id", "OMS-Event-Type", "OMS-Signature"}
+        assert all(header["required"] for header in headers.values())
+        assert headers["OMS-Event-Type"]["schema"] == {"type": "string", "const": type_.value}
+        assert re.fullmatch(headers["OMS-Signature"]["schema"]["pattern"], signature("whsec_1", 1_765_000_000, b"{}"))
+        assert re.fullmatch(headers["OMS-Event-Id"]["schema"]["pattern"] + ".*", event_id("ord_1", 2, type_))
+        assert "2XX" in post["responses"] and "10 s" in post["responses"]["2XX"]["description"]
+        assert post["security"] == []  # the receiver takes no API key of ours: it checks the signature

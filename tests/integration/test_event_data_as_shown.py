@@ -4,7 +4,9 @@ process on moto (the workflow's steps run here), the Orders and Returns tables' 
 moto recorded them handed to the events function (each batch twice: a redelivery), and every event
 on the bus held against the API's answers at that version: `data.order` is GET /orders/{id}
 (label links null), `data.shipment` its shipment, `data.refund` its entry of GET
-/orders/{id}/refunds, `data.return` GET /returns/{id}. No system-only field, and one id per change."""
+/orders/{id}/refunds, `data.return` GET /returns/{id}. No system-only field, and one id per change.
+Every event is also what GET /openapi.json's webhook for its type says a delivery is: a receiver
+generated from the document reads it (documented_events)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import boto3
 import pytest
 
 from tests.builders import location_body, order_body, product_body
+from tests.integration.documented_events import assert_documented
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels
 from tests.integration.return_steps import services, step  # noqa: F401
@@ -63,6 +66,7 @@ class Receiver:
         self.returns = TableStream(os.environ["RETURNS_TABLE"], from_now=True)
         self.tap = os.environ["BUS_TAP"]
         self.seen: dict[str, str] = {}  # every event id sent, with its type
+        self.document = api.get("/openapi.json", key=None).json()
 
     def events(self) -> list[dict[str, Any]]:
         """The events of what was written since the last call, each stream batch handed twice."""
@@ -79,6 +83,7 @@ class Receiver:
                 event = json.loads(message["Body"])["detail"]
                 # One change, one id: the same id always carries the same event.
                 assert found.setdefault(event["id"], event) == event
+                assert_documented(self.document, event)
         self.seen |= {event_id: event["type"] for event_id, event in found.items()}
         return list(found.values())
 
@@ -232,3 +237,34 @@ def test_a_backordered_orders_event_carries_it_as_the_api_shows_it_with_awaiting
     assert shown["status"] == "backordered" and shown["version"] == event["data"]["order"]["version"]
     assert shown["awaiting_stock"]["lines"][0]["waiting_quantity"] == 2
     assert event["data"]["order"] == {**shown, "awaiting_stock": None}
+
+
+def test_a_declined_payment_a_last_parcel_and_a_refused_refund_are_events_as_the_api_and_the_document_show_them(api):
+    """The types the life above does not reach, as cheaply: a declined authorization
+    (`order.payment_failed`, as the workflow's FailPayment ends it), an order's only parcel delivered
+    (`order.delivered` with `shipment.delivered`) and a refund the gateway refuses (`refund.failed`)."""
+    from core.errors import PaymentDeclined
+    from functions.bootstrap import Config, bootstrap
+    from tests.integration.test_cancel_units_api import authorized
+
+    receiver = Receiver(api)
+    with pytest.raises(PaymentDeclined):
+        authorized(api, ("PEN", 1), channel=CHANNEL, payment={"method": "test", "token": "tok_decline"})
+    (declined,) = {e["data"]["order"]["id"] for e in receiver.events() if e["type"] == "order.created"}
+    bootstrap(Config.from_env()).workflow.fail_payment(declined, "PaymentDeclined", "{}")  # the ASL's Catch
+    receiver.check(declined, {"order.payment_failed"})
+
+    token = {"method": "test", "token": "tok_refund_decline"}
+    order = allocated(api, ("PEN", 1), channel=CHANNEL, payment=token)
+    receiver.check(order["id"], {"order.created", "order.authorized", "order.allocated"})
+    (parcel,) = order["shipments"]
+    shipped = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={})
+    assert shipped.status_code == 200, shipped.text
+    receiver.check(order["id"], {"shipment.shipped"})
+    delivered = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/deliver", json={})
+    assert delivered.status_code == 200, delivered.text
+    receiver.check(order["id"], {"shipment.delivered", "order.delivered"})
+    refund = {"amount": {"amount": "1.00", "currency": "USD"}, "reason": "late"}
+    refused = api.post(f"/orders/{order['id']}/refunds", json=refund, headers={"Idempotency-Key": "refused-1"})
+    assert (refused.status_code, refused.json()["status"]) == (201, "failed"), refused.text
+    receiver.check(order["id"], {"refund.failed"})

@@ -25,6 +25,7 @@ from core.status import OrderStatus
 from core.webhooks import MAX_WEBHOOKS, DeliveryMessage, IssuedWebhook, verify_signature
 from functions.adapters.webhooks import SqsDeliveryQueue
 from tests.fakes import refusing_once
+from tests.integration.documented_events import assert_documented, openapi_document
 from tests.unit.conftest import a_stored_order
 
 REGION = "us-east-1"
@@ -398,6 +399,7 @@ def test_an_import_that_ends_goes_to_the_bus_and_its_subscribers_once_even_when_
     shown = ledger.get("imp_events1").model_dump(mode="json")
     assert [error["code"] for error in shown["errors"]] == ["unknown_sku"]
     assert on_bus["detail"]["data"] == {"import": shown, "errors_omitted": 0}
+    assert_documented(openapi_document(), on_bus["detail"])  # as GET /openapi.json's webhook says
     [queued] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
     assert queued["webhook_id"] == imports.id
 
@@ -471,6 +473,7 @@ def test_an_import_that_fails_as_a_whole_is_import_completed_once_with_its_error
     [on_bus] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["tap"])]
     assert on_bus["detail-type"] == "import.completed"
     assert on_bus["detail"]["data"] == {"import": shown, "errors_omitted": 0}
+    assert_documented(openapi_document(), on_bus["detail"])  # a failed import too
     [queued] = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
     assert queued["webhook_id"] == imports.id
 

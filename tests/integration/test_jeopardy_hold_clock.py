@@ -12,6 +12,7 @@ import functions.jeopardy.app as jeopardy
 from functions.api.dependencies import container
 from functions.bootstrap import Config, bootstrap
 from tests.builders import location_body, order_body, product_body
+from tests.integration.documented_events import assert_documented
 from tests.integration.import_support import context
 from tests.integration.in_process import in_process_api_with_labels, run_to_allocated
 from tests.unit.world import Clock
@@ -106,6 +107,9 @@ def test_a_late_order_held_and_released_is_marked_again_but_its_customer_is_told
             notify(old, new)
         marks = [e for old, new in changes for e in order_events(old, new) if e.type is EventType.ORDER_JEOPARDY]
         assert len(marks) == 2  # each mark is a change: the contract's event, both times
+        document = api.get("/openapi.json", key=None).json()
+        for mark in marks:  # each as GET /openapi.json's webhook for order.jeopardy says a delivery is
+            assert_documented(document, mark.model_dump(mode="json"))
         told = api.get(f"/orders/{order_id}/notifications").json()["items"]
         assert [note["kind"] for note in told] == ["delayed"]
         assert told[0]["id"] == marks[0].id

@@ -32,6 +32,7 @@ from tests.builders import location, product
 from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.conftest import PASS_MACHINE, run_threads
+from tests.integration.documented_events import assert_documented, openapi_document
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_backorders import Context, Ticking, another_functions_calls, metrics_on  # noqa: F401 (a fixture)
 from tests.integration.test_events_and_webhooks import drain, subscription_reads
@@ -212,6 +213,7 @@ def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_r
     assert published[0]["id"] == published[1]["id"]
     assert published[0]["data"] == {"inventory": {"sku": "MUG", "location_id": "wh-east", "available": 4,
                                                   "reorder_point": 5}}  # fmt: skip
+    assert_documented(openapi_document(), published[0])  # as GET /openapi.json's webhook says
     assert len(buyer.deliveries_queued()) == 1  # one webhook delivery for the event (its message sent again)
 
 

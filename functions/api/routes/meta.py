@@ -128,10 +128,12 @@ def _served(page: _Page) -> Response:
 def _document(base: str) -> _Page:
     """The OpenAPI document, generated from the routes. Built only when asked for: powertools'
     OpenAPI models cost ~100 ms to import, which no order should pay on a cold start (this is
-    why /docs is not powertools' enable_swagger, which imports them when the app is built)."""
+    why /docs is not powertools' enable_swagger, which imports them when the app is built), and the
+    events a subscriber receives (its webhooks) with it."""
     from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Server
 
     from functions.api.app import every_route
+    from functions.api.event_document import with_webhooks
 
     body = every_route().get_openapi_json_schema(
         title=TITLE,
@@ -141,7 +143,7 @@ def _document(base: str) -> _Page:
         security_schemes={"apiKey": HTTPBearer(description="Authorization: Bearer <API key>")},
         security=[{"apiKey": []}],
     )
-    return _page(json.dumps(_as_served(json.loads(body))), content_types.APPLICATION_JSON)
+    return _page(json.dumps(with_webhooks(_as_served(json.loads(body)))), content_types.APPLICATION_JSON)
 
 
 def _as_served(document: dict[str, Any]) -> dict[str, Any]:
