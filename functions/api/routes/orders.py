@@ -61,8 +61,10 @@ def changed(description: str) -> dict[int, dict[str, Any]]:
 
 
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
+# Optional headers are typed str with a None default (never `str | None`): a header is text or is
+# not sent, and a schema allowing null had clients (schemathesis) send the text "null".
 IdempotencyKey = Annotated[
-    str | None,
+    str,
     Header(
         alias="idempotency-key",
         pattern=r"^[\x21-\x7e]{1,255}$",
@@ -224,7 +226,7 @@ ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")
 IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
 # Optional: without it a cancel, a hold or a release is decided on the order as it is (Order.check_seen).
 SeenIfMatch = Annotated[
-    str | None, if_match_header("The order's `version` you read: an order changed since is 409 `version_conflict`.")
+    str, if_match_header("The order's `version` you read: an order changed since is 409 `version_conflict`.")
 ]
 
 

@@ -134,7 +134,7 @@ def get_return(return_id: ReturnIdPath) -> Return:
 
 # Optional: without it an approval or a rejection is decided on the return as it is (Return.check_seen).
 ReturnIfMatch = Annotated[
-    str | None, if_match_header("The return's `version` you read: a return changed since is 409 `version_conflict`.")
+    str, if_match_header("The return's `version` you read: a return changed since is 409 `version_conflict`.")
 ]
 SEEN = (
     "With `If-Match` (optional) naming the return's version read, a return changed since (approved, rejected, "
