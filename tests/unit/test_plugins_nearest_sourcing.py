@@ -701,7 +701,7 @@ def _searched(candidates, available, wanted, most):
     return search.smallest_within(most), search.nodes
 
 
-@settings(max_examples=100, derandomize=True, deadline=None)
+@settings(max_examples=50, derandomize=True, deadline=None)
 @NETWORKS_AT_MOST
 def test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(scenario, most):
     # Up to 14 locations and groups of up to five; with few places (distances tie, or all unknown:
@@ -724,7 +724,8 @@ def test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_
     assert steps < nearest_sourcing.GROUP_SEARCH_NODES
 
 
-# At length (1000 random examples): `make fuzz`.
+# At length (1000 random examples; `make test` ran 100 before 2026-12-07, its 50 still fail the search
+# ended a place early, a location short of its share taken, a location left out kept out): `make fuzz`.
 test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = at_length(
     test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
     NETWORKS_AT_MOST,
@@ -785,7 +786,7 @@ WIDER_NETWORKS = given(
 )
 
 
-@settings(max_examples=40, derandomize=True, deadline=None)
+@settings(max_examples=20, derandomize=True, deadline=None)
 @WIDER_NETWORKS
 def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(network):
     held, wanted, most = network
@@ -805,7 +806,8 @@ def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_eve
     assert steps < nearest_sourcing.GROUP_SEARCH_NODES
 
 
-# At length (400 random examples): `make fuzz`.
+# At length (400 random examples; `make test` ran 40 before 2026-12-07, its 20 still fail the same
+# three mutants of the search as the test above): `make fuzz`.
 test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = (
     at_length(
         test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
