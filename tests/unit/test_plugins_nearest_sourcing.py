@@ -643,7 +643,7 @@ test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_up_a
 NETWORKS_AT_MOST = given(networks, st.integers(2, 5))
 
 
-@settings(max_examples=60, derandomize=True, deadline=None)
+@settings(max_examples=30, derandomize=True, deadline=None)
 @NETWORKS_AT_MOST
 def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits(scenario, most):
     # Fewest, then nearest in total, then by ids, as the exact search: only which groups are
@@ -670,7 +670,8 @@ def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_
         assert within is None
 
 
-# At length (1000 random examples; it ran 200 in `make test` before the run was derandomized): `make fuzz`.
+# At length (1000 random examples; it ran 200 in `make test` before the run was derandomized, then 60 until
+# 2026-12-07: its 30 still fail the same four mutants of the group search): `make fuzz`.
 test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits_at_length = at_length(
     test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits,
     NETWORKS_AT_MOST,
