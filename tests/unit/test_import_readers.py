@@ -8,6 +8,7 @@ import csv
 import gzip
 import itertools
 import json
+import re
 import tracemalloc
 from collections.abc import Iterator
 
@@ -1063,6 +1064,30 @@ def test_physical_lines_end_at_a_bare_cr_and_a_crlf_split_across_chunks_is_one_e
     lines = list(physical_lines([b"a\r", b"\nb\r", b"c\r", b"\r\n", b"d"]))
 
     assert [(line.number, line.text) for line in lines] == [(1, "a\r\n"), (2, "b\r"), (3, "c\r"), (4, "\r\n"), (5, "d")]
+
+
+def test_a_line_arriving_in_many_chunks_is_searched_for_its_end_once_not_again_at_each_chunk(monkeypatch):
+    # Each chunk searched the whole of the line held so far again: a line of 1 MiB in chunks of
+    # 4 KiB read 128 MiB (a second of CPU in the splitter, growing with the square of the line).
+    from functions.import_splitter import readers
+
+    searched = [0]
+    line_end = readers._LINE_END
+
+    class Counted:
+        def search(self, text: bytes | bytearray, start: int = 0) -> re.Match[bytes] | None:
+            searched[0] += len(text) - start
+            return line_end.search(text, start)
+
+    monkeypatch.setattr(readers, "_LINE_END", Counted())
+    data = b"x" * 100_000 + b"\r" + b"y" * 99_998 + b"\r\nz\n"  # that CRLF split across two chunks
+
+    lines = list(physical_lines(chunks(data, 1000), max_bytes=150_000))
+
+    assert [(line.number, len(line.text or ""), line.problem) for line in lines] == [
+        (1, 100_001, None), (2, 100_000, None), (3, 2, None),
+    ]  # fmt: skip
+    assert searched[0] < 2 * len(data)
 
 
 def test_a_line_over_the_limit_ended_by_a_crlf_split_across_chunks_is_one_line():

@@ -643,7 +643,7 @@ test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_up_a
 NETWORKS_AT_MOST = given(networks, st.integers(2, 5))
 
 
-@settings(max_examples=60, derandomize=True, deadline=None)
+@settings(max_examples=30, derandomize=True, deadline=None)
 @NETWORKS_AT_MOST
 def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits(scenario, most):
     # Fewest, then nearest in total, then by ids, as the exact search: only which groups are
@@ -670,7 +670,8 @@ def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_
         assert within is None
 
 
-# At length (1000 random examples; it ran 200 in `make test` before the run was derandomized): `make fuzz`.
+# At length (1000 random examples; it ran 200 in `make test` before the run was derandomized, then 60 until
+# 2026-12-07: its 30 still fail the same four mutants of the group search): `make fuzz`.
 test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits_at_length = at_length(
     test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits,
     NETWORKS_AT_MOST,
@@ -701,7 +702,7 @@ def _searched(candidates, available, wanted, most):
     return search.smallest_within(most), search.nodes
 
 
-@settings(max_examples=100, derandomize=True, deadline=None)
+@settings(max_examples=50, derandomize=True, deadline=None)
 @NETWORKS_AT_MOST
 def test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(scenario, most):
     # Up to 14 locations and groups of up to five; with few places (distances tie, or all unknown:
@@ -724,7 +725,8 @@ def test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_
     assert steps < nearest_sourcing.GROUP_SEARCH_NODES
 
 
-# At length (1000 random examples): `make fuzz`.
+# At length (1000 random examples; `make test` ran 100 before 2026-12-07, its 50 still fail the search
+# ended a place early, a location short of its share taken, a location left out kept out): `make fuzz`.
 test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = at_length(
     test_the_branch_and_bound_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
     NETWORKS_AT_MOST,
@@ -785,7 +787,7 @@ WIDER_NETWORKS = given(
 )
 
 
-@settings(max_examples=40, derandomize=True, deadline=None)
+@settings(max_examples=20, derandomize=True, deadline=None)
 @WIDER_NETWORKS
 def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks(network):
     held, wanted, most = network
@@ -805,7 +807,8 @@ def test_over_wider_networks_the_search_within_max_shipments_picks_the_group_eve
     assert steps < nearest_sourcing.GROUP_SEARCH_NODES
 
 
-# At length (400 random examples): `make fuzz`.
+# At length (400 random examples; `make test` ran 40 before 2026-12-07, its 20 still fail the same
+# three mutants of the search as the test above): `make fuzz`.
 test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks_at_length = (
     at_length(
         test_over_wider_networks_the_search_within_max_shipments_picks_the_group_every_group_looked_at_picks,
