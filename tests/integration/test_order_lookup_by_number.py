@@ -163,4 +163,17 @@ def test_finding_an_order_by_number_reads_one_item_and_queries_no_index(api: InP
     orders_table = container().config.orders_table
     on_orders = [operation for operation, params in made if params.get("TableName") == orders_table]
     assert on_orders == ["GetItem"], made
+    assert [params.get("ConsistentRead") for _, params in made if params.get("TableName") == orders_table] == [True]
     assert not [operation for operation, _ in made if operation in ("Query", "Scan", "BatchGetItem")], made
+
+
+def test_the_api_document_describes_the_number_as_post_orders_takes_it(api: InProcessApi):
+    document = api.get("/openapi.json", key=None).json()
+    listing = document["paths"]["/orders"]["get"]
+    number = next(p for p in listing["parameters"] if p["name"] == "external_id")
+    placed = document["components"]["schemas"]["PlaceOrder"]["properties"]["external_id"]
+
+    assert number["in"] == "query" and not number.get("required")
+    assert number["schema"]["anyOf"][0]["pattern"] == placed["anyOf"][0]["pattern"]
+    assert "channel" in number["description"] and "cursor" in number["description"]
+    assert "`external_id`" in listing["description"] and "422" in listing["description"]
