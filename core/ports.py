@@ -28,6 +28,15 @@ class OrderFilter(NamedTuple):
     channel: str | None = None
     jeopardy: bool = False  # only orders marked late (GET /orders?jeopardy=true)
 
+    def admits(self, order: Order) -> bool:
+        """Whether `order` is one this filter lists."""
+        return (
+            (self.customer_id is None or order.customer.id == self.customer_id)
+            and (self.status is None or order.status is self.status)
+            and (self.channel is None or order.channel == self.channel)
+            and (not self.jeopardy or order.listed_late)
+        )
+
 
 class StockMove(NamedTuple):
     """Bring the reservation under `key` (order#line) at (sku, location_id) from `held` units down to

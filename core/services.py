@@ -1005,6 +1005,16 @@ class OrderQueries:
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)
 
+    def by_external_id(self, where: OrderFilter, external_id: str) -> Order | None:
+        """The order placed on `where.channel` under `external_id` (the number its storefront, its
+        notices and its pick slips give the customer) if `where` lists it, else None: one read of
+        the item whose id they make (ids.order_id_for; POST /orders, an import and an exchange's
+        replacement all place it there), no index. Read consistently, as GET /orders/{id} is."""
+        if where.channel is None:
+            raise ValueError("an external id names an order only with its channel")
+        order = self._orders.get(order_id_for(where.channel, external_id), consistent=True)
+        return order if order is not None and where.admits(order) else None
+
 
 class ApiKeyService:
     """Issues, lists and revokes API keys. The secret is returned once and stored as a hash."""

@@ -113,12 +113,7 @@ class InMemoryOrders(OrderRepository):
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         matching = [
-            o
-            for o in sorted(self.orders.values(), key=lambda o: o.created_at, reverse=True)
-            if (where.customer_id is None or o.customer.id == where.customer_id)
-            and (where.status is None or o.status == where.status)
-            and (where.channel is None or o.channel == where.channel)
-            and (not where.jeopardy or o.listed_late)
+            o for o in sorted(self.orders.values(), key=lambda o: o.created_at, reverse=True) if where.admits(o)
         ]
         start = 0
         if cursor is not None:

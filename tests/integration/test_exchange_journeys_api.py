@@ -115,3 +115,16 @@ def test_a_give_back_the_gateway_refuses_is_recorded_failed_and_nothing_shows_it
     made = api.post(f"/orders/{original['id']}/refunds", json=asked)
     assert (made.status_code, made.json()["status"]) == (201, "failed"), made.text
     assert amount(api.get(f"/orders/{original['id']}").json()["payment"]["refunded"]) == 0
+
+
+def test_an_exchanges_replacement_is_found_by_the_number_its_customer_is_told(api, services):
+    # The replacement's notices give the customer its external_id (the original's plus `-x1`).
+    original, _ = received(api, exchange=[{"sku": "CAP", "quantity": 1}], steps=AFTER_RECEIPT)
+    [replacement_id] = replacements_of(api, original)
+    number = api.get(f"/orders/{replacement_id}").json()["external_id"]
+
+    found = api.get("/orders", params={"external_id": number, "channel": original["channel"]})
+
+    assert found.status_code == 200, found.text
+    assert [o["id"] for o in found.json()["items"]] == [replacement_id]
+    assert number == f"{original['external_id']}-x1"

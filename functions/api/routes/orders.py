@@ -168,6 +168,13 @@ def get_order(order_id: OrderIdPath) -> Order:
 @router.get(
     "/orders",
     summary="List orders, newest first",
+    description="Filtered by `customer_id`, `status`, `channel` and `jeopardy`, each narrowing the others. "
+    "`external_id` finds the one order its customer was given that number for (by the storefront, the OMS's "
+    "notices, a pickup's slip): `items` holds that order, or none, and `next_cursor` is null. A number names an "
+    "order only with its channel: a channel-bound key's own, otherwise `channel`; neither is 422 naming "
+    "`external_id`. It takes what POST /orders takes as an `external_id` (another value is 422, never an empty "
+    "page), the other filters still apply to the order found, and a `cursor` with it is 422 (nothing to page). "
+    "Read as GET /orders/{id} reads, with one read of the order and no index.",
     responses={**ok(200, OrderPage, "A page of orders"), **errors(403)},
 )
 @requires(Scope.ORDERS_READ)
@@ -184,6 +191,14 @@ def list_orders(
         Literal["true"] | None,
         Query(description="`true`: only orders past the deadline of their current status (OMS_SLA)"),
     ] = None,
+    # POST /orders' own rule: a number it would refuse names no order, and is 422, not an empty page.
+    external_id: Annotated[
+        str | None,
+        Query(
+            pattern=IDENTIFIER_PATTERN,
+            description="The order's number on its channel (its `external_id`); needs a channel, takes no `cursor`",
+        ),
+    ] = None,
 ) -> Response[str]:
     who = caller(router)
     if who.channel is not None:
@@ -192,10 +207,35 @@ def list_orders(
         if channel not in (None, who.channel):
             raise ApiError(403, "forbidden", f"this API key lists channel {who.channel}'s orders only")
         channel = who.channel
+    if external_id is not None:
+        if channel is None:
+            # Two storefronts may each have a web-1001: the number alone names no order.
+            raise ApiError(
+                422,
+                "validation_error",
+                "the request is not valid",
+                [
+                    {
+                        "field": "external_id",
+                        "message": "an external_id names an order only with its channel: send channel",
+                    }
+                ],
+            )
+        if cursor is not None:
+            raise ApiError(
+                422,
+                "validation_error",
+                "the request is not valid",
+                [{"field": "cursor", "message": "an external_id names one order: there is no page to follow"}],
+            )
     where = OrderFilter(customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true")
 
     def read(size: int) -> tuple[list[Order], str | None]:
-        items, next_cursor = container().orders.list(where, size, cursor)
+        if external_id is None:
+            items, next_cursor = container().orders.list(where, size, cursor)
+        else:
+            found = container().orders.by_external_id(where, external_id)
+            items, next_cursor = ([] if found is None else [found]), None
         # One batched stock read for the page's backordered orders, none when the page has none.
         return [with_label_links(order) for order in container().expected_arrivals.shown(items)], next_cursor
 
