@@ -36,6 +36,14 @@ def _noted(n: int) -> HistoryEntry:
     return HistoryEntry(at=NOW, type="payment_capture_failed", actor=f"n{n}", detail={"note": note})
 
 
+def _tens(count: int) -> Iterator[list[HistoryEntry]]:
+    """Entries n0 to n(count - 1), ten a write: a history grown to a size in a few writes, where
+    the test's subject is not a write of one entry (moto reads and rewrites the whole ~32 KB item
+    at every UpdateItem)."""
+    for start in range(0, count, 10):
+        yield [_noted(n) for n in range(start, min(start + 10, count))]
+
+
 @pytest.fixture
 def paged(aws) -> DynamoOrders:
     return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], history_table=aws.tables["CatalogTable"])
@@ -138,8 +146,8 @@ def test_a_history_only_entry_decided_on_the_whole_history_lands_after_a_move_an
 ):
     # failure_recorder's write is conditional on the length of the history it read (all of it).
     placed = capture.place(place_order(), actor="a")
-    for n in range(40):
-        paged.update(placed, placed, [_noted(n)])
+    for entries in _tens(40):
+        paged.update(placed, placed, entries)
     assert HISTORY_MOVED in _item(aws, placed.id)
     length = len(paged.history(placed.id, consistent=True)[1])
 
@@ -156,8 +164,8 @@ def test_a_move_that_lost_its_race_to_a_write_gives_way_and_the_next_write_moves
     placed = capture.place(place_order(), actor="a")
     # Unpaged, the history grows past the threshold (as an older deployment's writes would grow it).
     plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
-    for n in range(30):
-        plain.update(placed, placed, [_noted(n)])
+    for entries in _tens(30):
+        plain.update(placed, placed, entries)
     read = _item(aws, placed.id)
     plain.update(placed, placed, [_noted(30)])  # lands between the read and the move
 
@@ -171,8 +179,8 @@ def test_a_move_that_lost_its_race_to_a_write_gives_way_and_the_next_write_moves
 
 def test_a_repository_without_the_catalog_table_refuses_to_read_a_paged_history(capture, aws, paged):
     placed = capture.place(place_order(), actor="a")
-    for n in range(30):
-        paged.update(placed, placed, [_noted(n)])
+    for entries in _tens(30):
+        paged.update(placed, placed, entries)
 
     with pytest.raises(ValueError, match="history pages"):
         DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).history(placed.id)
@@ -183,8 +191,8 @@ def test_a_one_off_backfill_reads_a_paged_history_whole_given_the_catalog_table(
     from functions.adapters.dynamodb import _upgraded_from_history
 
     placed = capture.place(place_order(), actor="a")
-    for n in range(40):  # ~48 KB: one move
-        paged.update(placed, placed, [_noted(n)])
+    for entries in _tens(40):  # ~48 KB: one move
+        paged.update(placed, placed, entries)
     assert _pages(aws, placed.id)
     seen: list[int] = []
 
@@ -270,8 +278,8 @@ def _grown_past_the_threshold(aws, order: Order, count: int = 30) -> None:
     """The order's history grown past HISTORY_KEPT_BYTES in its item: a move that gave way to a
     racing write leaves it so until the order's next write (as an older deployment's writes did)."""
     plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
-    for n in range(count):
-        plain.update(order, order, [_noted(n)])
+    for entries in _tens(count):
+        plain.update(order, order, entries)
     assert _history_bytes(_item(aws, order.id)) > HISTORY_KEPT_BYTES
 
 

@@ -2009,7 +2009,7 @@ class BackorderMachine(RuleBasedStateMachine):
 
 
 def test_backorder_state_machine():
-    run_state_machine_as_test(BackorderMachine, settings=in_make_test(examples=60, steps=25))
+    run_state_machine_as_test(BackorderMachine, settings=in_make_test(examples=30, steps=25))
 
 
 @pytest.mark.fuzz
@@ -2497,7 +2497,7 @@ class RuledBackorderMachine(BackorderMachine):
 
 
 def test_backorder_state_machine_under_changing_rules():
-    run_state_machine_as_test(RuledBackorderMachine, settings=in_make_test(examples=40, steps=25))
+    run_state_machine_as_test(RuledBackorderMachine, settings=in_make_test(examples=20, steps=25))
 
 
 @pytest.mark.fuzz
