@@ -997,6 +997,34 @@ def test_an_order_waiting_for_another_sku_is_sourced_again_when_the_arrival_comp
     assert world.level("PREORDER", "wh-west") == (1, 0, 1)
 
 
+def test_an_order_being_queued_that_holds_every_unit_of_the_sku_does_not_stop_the_walk_from_filling_younger_ones(
+    monkeypatch,
+):
+    # Under max_shipments the walk reads an entry that `holds` (it may send its order back whole):
+    # the older order, queued by its ReserveStock with its BOOK held and its `backordered` write to
+    # come, wants none of the BOOK that arrives, so the younger order waiting for one takes it.
+    world, allocator = ruled_world([("BOOK", "wh-west", 1)], max_shipments=1)
+    older = world.place(("BOOK", 1), ("PREORDER", 1))
+    world.workflow.authorize_payment(older, attempt=0)
+    younger = backordered(world, ("BOOK", 2))  # 1 held at wh-west
+    world.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")  # the older order's, not yet walked
+    real_add, walked = world.backorders.add, []
+
+    def add(sku, entry):
+        real_add(sku, entry)
+        if entry.order_id == older and sku == "BOOK" and not walked:
+            assert entry.holds
+            walked.append(arrive(world, allocator, "BOOK", "wh-west", 1))
+
+    monkeypatch.setattr(world.backorders, "add", add)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # its BOOK held, its PREORDER short
+
+    assert walked[0].completed == [younger]
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.held_for(older) == {("BOOK", "wh-west", reservation_key(older, "L1")): 1}
+
+
 # --- The units of an order sent back to be sourced whole are its own until its workflow runs ---------
 # The walk that sends it back reserves its plan's units under its own keys in the same write: no walk
 # handed on, walk of another sku of the same receipt or younger order's ReserveStock may take them.
