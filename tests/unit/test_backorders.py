@@ -398,6 +398,21 @@ def test_an_arrival_of_one_sku_does_not_fill_a_younger_order_with_another_sku_an
     assert world.level("BOOK", "wh-west") == (2, 2, 0)
 
 
+def test_an_arrival_completes_an_order_holding_its_sku_with_another_sku_on_the_shelf_the_stream_has_not_handed_on():
+    """The order holds its PREORDER and waits for a BOOK. A BOOK lands at wh-west, its arrival not
+    yet handed to the queue, when another PREORDER arrives there: no older order waits for the BOOK,
+    so that walk's fill takes it and the order is allocated, not left waiting for the BOOK's walk."""
+    world, allocator, _ = make_world([])
+    order_id = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # nothing held: in both skus' queues
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # its PREORDER; BOOK short
+    world.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")  # not yet handed to the queue
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    assert arrived.completed == [order_id] and world.order(order_id).status is S.ALLOCATED
+    assert world.level("BOOK", "wh-west") == (1, 1, 0)
+
+
 @pytest.mark.parametrize(("pages", "newer_holds"), [(1, 4), (2, 3), (3, 3)])
 def test_the_step_reads_a_bounded_part_of_the_queue_ahead(monkeypatch, pages, newer_holds):
     """Two older orders lack a unit each; a step that may read one of them holds back one unit
