@@ -2162,6 +2162,33 @@ def test_an_order_that_may_still_be_filled_where_it_holds_units_keeps_waiting_af
     assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
 
 
+def test_a_change_of_the_rules_leaves_units_restocked_where_a_count_excluded_an_older_order_to_it():
+    """A stock take's count of 0 at wh-west excluded the older order there until PREORDER is
+    restocked there. A receipt restocks it, and the rules change before the receipt's arrival is
+    handed to the queue: the wake, which fills with no restock in view, left that unit to the
+    younger order, and the receipt's walk, which lifts the older order's exclusion, found nothing.
+    The unit waits for that walk, as a new order's ReserveStock leaves it (claims_at)."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 2)])
+    store = ruled._rules
+    older = backordered(world, ("PREORDER", 3))  # holds the 2 at wh-west
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 0)  # its 2 go; wh-west excluded for it until restocked
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    younger = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")  # not yet handed to the queue
+    store.add(SourcingRules(version=2))
+    allocator = waking(world, store)
+
+    assert allocator.rules_changed(2).filled == []
+    assert allocator.arrived("PREORDER", "wh-west", restocked=True).filled == [older]
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 1}
+    assert world.order(younger).status is S.BACKORDERED and world.order(younger).allocations == []
+
+
 def test_a_backordered_pickup_whose_store_the_rules_exclude_waits_until_they_let_it_supply_the_order_again():
     """Excluded locations supply no order, pickups at an excluded store included (capture refuses a
     new one). One already waiting, paid for, is not cancelled over a setting put back as easily: it
