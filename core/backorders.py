@@ -272,8 +272,10 @@ class BackorderAllocator:
             order = self._orders.get(entry.order_id, consistent=True)
             if order is None or order.status is not S.BACKORDERED:
                 continue  # moved on since the index was read
-            # Oldest first across every sku: no older order is left to serve before this one.
-            order, filled = self._fill(order, result, in_queue_order=True)
+            # Oldest first across every sku, yet units an older order may take only once a
+            # walk's restock lifts a stock take's exclusion (or once its queued `backordered`
+            # write lands) are left to it, as a new order's ReserveStock leaves them.
+            order, filled = self._fill(order, result)
             if order.status is not S.BACKORDERED:
                 continue
             if not order.short_of():
@@ -363,8 +365,7 @@ class BackorderAllocator:
             self._queue.record_bought_at(sku, entry, at)
 
     def _fill(
-        self, order: Order, result: Arrival, *, queue: str | None = None, in_queue_order: bool = False,
-        restocked: tuple[str, str] | None = None,
+        self, order: Order, result: Arrival, *, queue: str | None = None, restocked: tuple[str, str] | None = None,
     ) -> tuple[Order, bool]:  # fmt: skip
         """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when its
         write reserved anything: the order as it is afterwards, and whether this fill wrote it. What
@@ -372,7 +373,7 @@ class BackorderAllocator:
         edit or a cancel, which empties the allocations)."""
         written: list[Order] = []
         filled = self._workflow.fill_backorder(
-            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked,
+            order.id, actor=BACKORDER_ACTOR, queue=queue, restocked=restocked,
             written=written,
         )  # fmt: skip
         if written:

@@ -853,7 +853,7 @@ class Workflow:
             raise Backordered(f"order {order.id} waits for stock")
 
     def fill_backorder(
-        self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
+        self, order_id: str, actor: str = WORKFLOW_ACTOR, *,
         queue: str | None = None, restocked: tuple[str, str] | None = None, written: list[Order] | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
@@ -862,8 +862,9 @@ class Workflow:
         (Backorders.fill), conditional on what was read: concurrent fills of the same order and
         redelivered arrivals never reserve a unit twice; a fill that loses reads and plans again.
         Units older orders waiting in the same queues may take are not this order's to take
-        (`_behind_older`), unless the caller fills the queues oldest first itself
-        (`in_queue_order`: a change of the rules, which has dealt with every older order already).
+        (`_behind_older`), a change of the rules' wake's fills too: it fills oldest first, but an
+        older order it has dealt with may still take units its fill could not (a stock take's
+        exclusion that the restock's walk lifts, its `backordered` write still to come).
         An arrival walks one sku's `queue` oldest first: only that sku is the order's without a
         look at the older orders; its other skus may have arrived for older orders whose queues
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
@@ -889,7 +890,7 @@ class Workflow:
             held = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + recorded)))
             allowed = sourceable(planned, locations, rules)
             top_ups = self._top_ups(
-                planned, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
+                planned, allowed, held, rules, destination_of(order, locations), locations,
                 queue, full,
             )  # fmt: skip
             if not top_ups:

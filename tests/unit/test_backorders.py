@@ -398,6 +398,21 @@ def test_an_arrival_of_one_sku_does_not_fill_a_younger_order_with_another_sku_an
     assert world.level("BOOK", "wh-west") == (2, 2, 0)
 
 
+def test_an_arrival_completes_an_order_holding_its_sku_with_another_sku_on_the_shelf_the_stream_has_not_handed_on():
+    """The order holds its PREORDER and waits for a BOOK. A BOOK lands at wh-west, its arrival not
+    yet handed to the queue, when another PREORDER arrives there: no older order waits for the BOOK,
+    so that walk's fill takes it and the order is allocated, not left waiting for the BOOK's walk."""
+    world, allocator, _ = make_world([])
+    order_id = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # nothing held: in both skus' queues
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # its PREORDER; BOOK short
+    world.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")  # not yet handed to the queue
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-west", 1)
+
+    assert arrived.completed == [order_id] and world.order(order_id).status is S.ALLOCATED
+    assert world.level("BOOK", "wh-west") == (1, 1, 0)
+
+
 @pytest.mark.parametrize(("pages", "newer_holds"), [(1, 4), (2, 3), (3, 3)])
 def test_the_step_reads_a_bounded_part_of_the_queue_ahead(monkeypatch, pages, newer_holds):
     """Two older orders lack a unit each; a step that may read one of them holds back one unit
@@ -995,6 +1010,34 @@ def test_an_order_waiting_for_another_sku_is_sourced_again_when_the_arrival_comp
     order = world.run(order_id)
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
     assert world.level("PREORDER", "wh-west") == (1, 0, 1)
+
+
+def test_an_order_being_queued_that_holds_every_unit_of_the_sku_does_not_stop_the_walk_from_filling_younger_ones(
+    monkeypatch,
+):
+    # Under max_shipments the walk reads an entry that `holds` (it may send its order back whole):
+    # the older order, queued by its ReserveStock with its BOOK held and its `backordered` write to
+    # come, wants none of the BOOK that arrives, so the younger order waiting for one takes it.
+    world, allocator = ruled_world([("BOOK", "wh-west", 1)], max_shipments=1)
+    older = world.place(("BOOK", 1), ("PREORDER", 1))
+    world.workflow.authorize_payment(older, attempt=0)
+    younger = backordered(world, ("BOOK", 2))  # 1 held at wh-west
+    world.inventory.adjust("BOOK", "wh-west", 1, reason="receipt")  # the older order's, not yet walked
+    real_add, walked = world.backorders.add, []
+
+    def add(sku, entry):
+        real_add(sku, entry)
+        if entry.order_id == older and sku == "BOOK" and not walked:
+            assert entry.holds
+            walked.append(arrive(world, allocator, "BOOK", "wh-west", 1))
+
+    monkeypatch.setattr(world.backorders, "add", add)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)  # its BOOK held, its PREORDER short
+
+    assert walked[0].completed == [younger]
+    assert world.order(younger).status is S.ALLOCATED
+    assert world.held_for(older) == {("BOOK", "wh-west", reservation_key(older, "L1")): 1}
 
 
 # --- The units of an order sent back to be sourced whole are its own until its workflow runs ---------
@@ -2117,6 +2160,33 @@ def test_an_order_that_may_still_be_filled_where_it_holds_units_keeps_waiting_af
     assert waking(world, store).rules_changed(2).sourced_again == []
     assert world.order(order_id).status is S.BACKORDERED
     assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
+
+
+def test_a_change_of_the_rules_leaves_units_restocked_where_a_count_excluded_an_older_order_to_it():
+    """A stock take's count of 0 at wh-west excluded the older order there until PREORDER is
+    restocked there. A receipt restocks it, and the rules change before the receipt's arrival is
+    handed to the queue: the wake, which fills with no restock in view, left that unit to the
+    younger order, and the receipt's walk, which lifts the older order's exclusion, found nothing.
+    The unit waits for that walk, as a new order's ReserveStock leaves it (claims_at)."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 2)])
+    store = ruled._rules
+    older = backordered(world, ("PREORDER", 3))  # holds the 2 at wh-west
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 0)  # its 2 go; wh-west excluded for it until restocked
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    younger = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")  # not yet handed to the queue
+    store.add(SourcingRules(version=2))
+    allocator = waking(world, store)
+
+    assert allocator.rules_changed(2).filled == []
+    assert allocator.arrived("PREORDER", "wh-west", restocked=True).filled == [older]
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 1}
+    assert world.order(younger).status is S.BACKORDERED and world.order(younger).allocations == []
 
 
 def test_a_backordered_pickup_whose_store_the_rules_exclude_waits_until_they_let_it_supply_the_order_again():
