@@ -621,18 +621,28 @@ def return_entries(world: World, order_id: str) -> list[tuple[OrderEvent, str, s
             if e.type.value.startswith("return_")]  # fmt: skip
 
 
-@pytest.mark.parametrize(("decision", "event"), [
-    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
-])  # fmt: skip
-def test_a_decision_that_died_before_the_orders_entry_has_it_written_once_by_deciding_again(
-    world, clock, monkeypatch, decision, event
-):
+def decided_and_died(
+    world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch, decision: str
+) -> tuple[Returns, FakeReturns, Order, Return]:
+    """A return requested on a shipped order whose `decision` ("approve" or "reject") by key_lead
+    died after the return's write, before the order's entry: the returns, their store, the order
+    and the return as requested."""
     returns, store = returns_for(world, clock, ApprovalPolicy())
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     the_next_order_write_dies(world, monkeypatch)
     with pytest.raises(LambdaDied):
         getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+    return returns, store, order, item
+
+
+@pytest.mark.parametrize(("decision", "event"), [
+    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
+])  # fmt: skip
+def test_a_decision_that_died_before_the_orders_entry_has_it_written_once_by_deciding_again(
+    world, clock, monkeypatch, decision, event
+):
+    returns, store, order, item = decided_and_died(world, clock, monkeypatch, decision)
     assert store.get(item.id).status is not R.REQUESTED
 
     for _ in range(2):  # the person sees the return decided (409), and the order's entry is there once
@@ -702,12 +712,7 @@ def test_a_decision_from_a_stale_version_writes_nothing_not_even_the_entry_a_dec
     world, clock, monkeypatch, decision, event
 ):
     # The order's entry for the decision that died is the history's reader's to write (owed_entries).
-    returns, store = returns_for(world, clock, ApprovalPolicy())
-    order = shipped(world, ("TSHIRT", 2))
-    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-    the_next_order_write_dies(world, monkeypatch)
-    with pytest.raises(LambdaDied):
-        getattr(returns, decision)(item.id, "ok by Sam", actor="key_lead")
+    returns, store, order, item = decided_and_died(world, clock, monkeypatch, decision)
     decided, history = store.get(item.id), world.history(order.id)
 
     with pytest.raises(StaleVersion):
