@@ -243,6 +243,23 @@ def test_a_stores_list_pages_newest_first_and_its_cursor_is_its_own(api: InProce
     assert pages == [placed[::-1][:2], placed[::-1][2:]]
 
 
+def test_a_pickup_placed_before_the_index_is_on_its_stores_list_once_backfilled(api: InProcessApi):
+    # README, "Pickup orders placed before the by_pickup_location index": an earlier version wrote
+    # no pickup_location; python -m infra.backfill_orders's index attributes' step writes it.
+    from functions.adapters.dynamodb import backfill_index_attributes
+
+    store = a_store(api)
+    order_id = pickup(api, store)
+    client, table = boto3.client("dynamodb", region_name="us-east-1"), os.environ["ORDERS_TABLE"]
+    client.update_item(TableName=table, Key={"id": {"S": order_id}}, UpdateExpression="REMOVE pickup_location")
+    assert listed(api, store) == []
+
+    backfill_index_attributes(client, table)
+
+    assert listed(api, store) == [(order_id, "pending")] and indexed_at(order_id) == store
+    assert backfill_index_attributes(client, table)[0] == 0  # a second run writes nothing
+
+
 def test_a_store_the_network_does_not_have_or_a_status_the_list_never_holds_is_422(api: InProcessApi):
     store = a_store(api)
     pickup(api, store)
