@@ -49,6 +49,7 @@ from core.money import Currency, ExactMoney, Money
 from core.status import (
     EDITABLE,
     NOT_LEFT,
+    OPEN_AT_STORE,
     RESOURCEABLE,
     TERMINAL,
     OrderStatus,
@@ -2904,6 +2905,15 @@ class Order(Shown):
             return self.captures_requested
         reported = set(self.parcels_reported())
         return [r for r in self.captures_requested if r.shipment_id not in reported]
+
+    @property
+    def open_at_store(self) -> str | None:
+        """The store a pickup order has work waiting at (its `fulfillment.location_id`, its only
+        source: core.sourcing.eligible_locations) from when it is placed until it is collected or
+        ends (OPEN_AT_STORE); None for an order shipped home, and once it is done there."""
+        if self.fulfillment.type != "pickup" or self.status not in OPEN_AT_STORE:
+            return None
+        return self.fulfillment.location_id
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or

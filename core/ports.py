@@ -27,6 +27,8 @@ class OrderFilter(NamedTuple):
     status: OrderStatus | None = None
     channel: str | None = None
     jeopardy: bool = False  # only orders marked late (GET /orders?jeopardy=true)
+    # Only pickup orders with work waiting at this store (GET /orders?pickup_location_id=: Order.open_at_store)
+    pickup_location_id: str | None = None
 
     def admits(self, order: Order) -> bool:
         """Whether `order` is one this filter lists."""
@@ -35,6 +37,7 @@ class OrderFilter(NamedTuple):
             and (self.status is None or order.status is self.status)
             and (self.channel is None or order.channel == self.channel)
             and (not self.jeopardy or order.listed_late)
+            and (self.pickup_location_id is None or order.open_at_store == self.pickup_location_id)
         )
 
 

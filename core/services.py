@@ -66,7 +66,7 @@ from core.ports import (
 from core.pricing import PricedOrder, Pricing
 from core.secret_hashes import is_usable_secret
 from core.sourcing_rules import SourcingRules
-from core.status import OrderStatus
+from core.status import OPEN_AT_STORE, OrderStatus
 
 Clock = Callable[[], datetime]
 REVIEW_ACTOR = "review_rules"  # the history's actor of a hold a review rule asked for at capture
@@ -953,10 +953,16 @@ def _exchange_detail(exchange: dict[str, Any]) -> dict[str, Any]:
 
 
 class OrderQueries:
-    def __init__(self, orders: OrderRepository, owed_entries: Callable[[Order], list[HistoryEntry]] | None = None):
+    def __init__(
+        self, orders: OrderRepository, owed_entries: Callable[[Order], list[HistoryEntry]] | None = None,
+        location: Callable[[str], Location | None] | None = None,
+    ):  # fmt: skip
+        """`location`: the network's location of an id, or None (CatalogRepository.get_location, a
+        warm container's cached read), asked only of a store's pickup list."""
         self._orders = orders
         # Returns.owed_entries: what the order's returns owe its history and a writer died before writing.
         self._owed_entries = owed_entries
+        self._location = location
 
     def get(self, order_id: str, channel: str | None = None) -> Order:
         # Read consistently: a client reads the order straight after placing, shipping or editing it
@@ -1003,7 +1009,29 @@ class OrderQueries:
         return order_lists.ranged_page(read, order_id, "history", limit, cursor)
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
+        self._check_store(where)
         return self._orders.list(where, limit, cursor)
+
+    def _check_store(self, where: OrderFilter) -> None:
+        """A store's pickup list names a location of the network and, if any, a status it holds
+        (OPEN_AT_STORE): 422 otherwise, never an empty page, which a store's tablet would show as
+        "no work" for a mistyped store, or as "nothing collected" for `delivered`. A location that
+        takes no pickups now (a warehouse, a store that stopped) has a list all the same: a store
+        hands over what it took before it stopped."""
+        if where.pickup_location_id is None:
+            return
+        if self._location is None or self._location(where.pickup_location_id) is None:
+            raise InvalidRequest(
+                f"no location {where.pickup_location_id}",
+                code="unknown_location",  # as POST /purchase-orders and a return's receipt name it
+                details=[{"field": "pickup_location_id", "message": f"no location {where.pickup_location_id}"}],
+            )
+        if where.status is not None and where.status not in OPEN_AT_STORE:
+            held = ", ".join(sorted(OPEN_AT_STORE))
+            raise InvalidRequest(
+                f"a store's pickup list holds no {where.status} orders",
+                details=[{"field": "status", "message": f"a store's pickup list holds orders {held} only"}],
+            )
 
     def by_external_id(self, where: OrderFilter, external_id: str) -> Order | None:
         """The order placed on `where.channel` under `external_id` (the number its storefront, its
@@ -1012,6 +1040,7 @@ class OrderQueries:
         replacement all place it there), no index. Read consistently, as GET /orders/{id} is."""
         if where.channel is None:
             raise ValueError("an external id names an order only with its channel")
+        self._check_store(where)
         order = self._orders.get(order_id_for(where.channel, external_id), consistent=True)
         return order if order is not None and where.admits(order) else None
 

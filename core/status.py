@@ -150,6 +150,16 @@ WATCHED: frozenset[OrderStatus] = frozenset(
     {S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.BACKORDERED, S.ON_HOLD}
 )
 
+# The statuses a pickup order has work waiting at its store in (GET /orders?pickup_location_id=, the
+# store's list, Order.open_at_store): placed and being authorized or sourced there (pending,
+# authorized: the store learns of it before it is allocated), waiting for stock to arrive there
+# (backordered), held (its parcel may be on the shelf, to keep back), or allocated (to pick, to
+# ready, to hand over: a pickup stays allocated until collected, then is delivered). It leaves the
+# list at its end: collected (delivered), cancelled (by a person, its expiry, its store's reject:
+# the store is its only source) or payment_failed. A pickup never ships, so shipped, partially
+# shipped and the returned statuses are never a pickup's with anything at its store.
+OPEN_AT_STORE: frozenset[OrderStatus] = frozenset({S.PENDING, S.AUTHORIZED, S.BACKORDERED, S.ON_HOLD, S.ALLOCATED})
+
 # Returns nothing of which has arrived yet: what the return expiry cancels (OMS_RETURN_EXPIRY_DAYS).
 UNRECEIVED_RETURNS: frozenset[ReturnStatus] = frozenset({R.REQUESTED, R.AUTHORIZED})
 

@@ -459,7 +459,11 @@ class Container:
     @cached_property
     def orders(self) -> OrderQueries:
         # The returns service is built at the first history read, never for a read of the order.
-        return OrderQueries(self.order_repository, owed_entries=lambda order: self.returns.owed_entries(order))
+        # The catalog is built at a store's first pickup list, never for another read.
+        return OrderQueries(
+            self.order_repository, owed_entries=lambda order: self.returns.owed_entries(order),
+            location=lambda location_id: self.cached_catalog.get_location(location_id),
+        )  # fmt: skip
 
     @cached_property
     def authorizer_settle_seconds(self) -> float:

@@ -13,7 +13,9 @@ back before the reconciler refunded it": the index attributes' step gives those 
 and once after deploying a version whose hold expiry reads holds by when they began and never
 expires a park (README, "Holds by when they began, and parks"), and once after deploying a version
 that marks a parcel whose report's capture the gateway refused (README, "Parcels whose delivery was
-not recorded before it marked them"), and, if you like, once after deploying a version whose
+not recorded before it marked them"), and once after deploying a version with a store's pickup list
+(README, "Pickup orders placed before the by_pickup_location index": the index attributes' step
+gives each pickup order still open at its store its entry), and, if you like, once after deploying a version whose
 pending and authorized orders share the status index's partition (README, "Authorized orders
 stored in a partition of their own": their next write moves them anyway); a second run writes
 nothing. With `--inventory-table <the Inventory table's name>`, also once after deploying a

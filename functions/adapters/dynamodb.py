@@ -345,6 +345,7 @@ _INDEXES = {
     "by_status_key": ("status_key",),
     "by_created": ("list_pk",),
     "by_sla": ("sla_key",),
+    "by_pickup_location": ("pickup_location",),
 }
 _SORT_KEYS = {"by_sla": "sla_at"}  # every other index sorts by created_at
 # How many index entries one page of a channel's list of a customer's (or the late) orders reads
@@ -474,15 +475,23 @@ HELD_PK = "on_hold"
 # Such an order is never in HELD_PK (its hold is a park, or waits for the sweep): only those rare
 # holds have an entry.
 SHIPS_TO_CONFIRM_PK = "ships_to_confirm"
+# The sparse `by_pickup_location` index is a store's pickup list (GET /orders?pickup_location_id=):
+# `pickup_location`, the store, on a pickup order only while the store has work on it (Order.
+# open_at_store: from its placement until it is collected or ends), by when it was placed. Neither
+# key changes meanwhile, so a pickup order writes one entry when placed and removes it at its end
+# (its status changes in between rewrite nothing: the index projects only the immutable channel and
+# customer, for the list's filters); an order shipped home never has one.
+PICKUP_LOCATION = "pickup_location"
 INDEX_ATTRIBUTES = (
-    "status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since", "pickup_pk", "collect_by"
+    "status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since", "pickup_pk", "collect_by",
+    PICKUP_LOCATION,
 )  # fmt: skip
 
 
 def index_attributes(order: Order, *, authorizations_set_aside: bool = False) -> dict[str, dict[str, str]]:
     """The sparse indexes' attributes as the order should have them (by_status_key's, by_sla's,
-    by_pending_refund's and by_pickup_deadline's); one of INDEX_ATTRIBUTES missing from the answer
-    is one the order must not have.
+    by_pending_refund's, by_pickup_deadline's and by_pickup_location's); one of INDEX_ATTRIBUTES
+    missing from the answer is one the order must not have.
     `authorizations_set_aside`: as if it held no authorization left (UnsettledAuthorizations.set_aside)."""
     attributes: dict[str, dict[str, str]] = {}
     if order.status in INDEXED_STATUSES:
@@ -539,6 +548,8 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     elif (confirm_since := order.ships_to_confirm_since) is not None:
         attributes["pickup_pk"] = {"S": SHIPS_TO_CONFIRM_PK}
         attributes["collect_by"] = {"S": timestamp(confirm_since)}
+    if (store := order.open_at_store) is not None:
+        attributes[PICKUP_LOCATION] = {"S": store}
     return attributes
 
 
@@ -1078,8 +1089,11 @@ class DynamoOrders(OrderRepository):
             query["FilterExpression"] = " AND ".join(conditions)
         query["ExpressionAttributeNames"] = names
         query["ExpressionAttributeValues"] = values
-        # A cursor is bound to the whole filter, not just the index it walks.
+        # A cursor is bound to the whole filter, not just the index it walks (a store's late
+        # pickups are the store's list filtered after the read, as a status is).
         bound = {**filters, "status": status} if status else filters
+        if where.jeopardy and index != "by_sla":
+            bound = {**bound, "jeopardy": "true"}
         scope = "&".join([index, *(f"{k}={v}" for k, v in sorted(bound.items()))])
         sort_key = _SORT_KEYS.get(index, "created_at")
         key_names = {"id", sort_key, key_attribute}
@@ -1116,6 +1130,8 @@ class DynamoOrders(OrderRepository):
             orders = [order for order in orders if order.status is where.status]
         if where.jeopardy:
             orders = [order for order in orders if order.listed_late]
+        if where.pickup_location_id is not None:
+            orders = [order for order in orders if order.open_at_store == where.pickup_location_id]
         return orders, encode_cursor(scope, last) if last else None
 
     def _one_channels_entries(
@@ -1152,6 +1168,13 @@ class DynamoOrders(OrderRepository):
     @staticmethod
     def _plan(where: OrderFilter) -> tuple[str, str, dict[str, str]]:
         status = where.status.value if where.status else None
+        if where.pickup_location_id is not None:
+            # A store's pickup list: the sparse by_pickup_location index's partition of that store
+            # (its open pickups only: a few days' worth), which projects the channel and the
+            # customer for the other filters; a status, and the late mark, are judged on the
+            # orders read back.
+            filters = (("customer_id", where.customer_id), ("channel", where.channel), ("status", status))
+            return "by_pickup_location", where.pickup_location_id, {k: v for k, v in filters if v}
         if where.jeopardy:
             # The late orders' partition of the sparse by_sla index (newest placed first), which
             # projects the channel and the customer for the other filters.

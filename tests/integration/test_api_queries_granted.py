@@ -1,5 +1,5 @@
 """Every Query and Scan the API function makes, over every route that lists or reads by an index,
-is one the template grants it: its Query grant on the orders' and returns' tables names nine
+is one the template grants it: its Query grant on the orders' and returns' tables names ten
 indexes (never the table, never the scheduled passes' indexes), and a Query of any other is
 AccessDenied on AWS, a 500 to the user, where moto answers it. The API runs in process as
 ApiFunction (tests/template_iam.py reads each call against the template's statements)."""
@@ -130,6 +130,8 @@ def test_every_route_that_reads_by_an_index_queries_only_what_the_api_is_granted
     ):  # fmt: skip
         every_page(api, "/orders", **filters)
     assert {o["id"] for o in every_page(api, "/orders", customer_id=customer)} == {delivered["id"], pending["id"]}
+    # A store's pickup list (these orders are shipped home: the warehouse's list is empty).
+    assert every_page(api, "/orders", pickup_location_id=delivered["shipments"][0]["location_id"]) == []
     assert len(every_page(api, "/orders", key=own)) == 2  # a channel's key: its channel's list
     # An order's returns, history (the units owed back) and reads; the return lists.
     assert [r["id"] for r in every_page(api, f"/orders/{delivered['id']}/returns")] == [rma.json()["id"]]

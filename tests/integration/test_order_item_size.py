@@ -1,9 +1,9 @@
 """What DynamoDB bills an order's writes, through the in-process API and the workflow's steps on
 moto: a one-line order placed as a storefront that retries safely places it (an external_id, an
 Idempotency-Key: make run's first order) stays under 1 KB, one write unit a write, from capture to
-delivery; its writes change seven index entries, four of the status index's; the key adds only a
-few bytes to any order's item; and the key's own record, which keeps the answer to replay, is one
-write unit for an order of up to three lines."""
+delivery; its writes change seven index entries, four of the status index's (a pickup order's two
+more, its store's list's); the key adds only a few bytes to any order's item; and the key's own
+record, which keeps the answer to replay, is one write unit for an order of up to three lines."""
 
 from __future__ import annotations
 
@@ -137,8 +137,35 @@ def test_an_order_s_writes_from_capture_to_delivery_change_seven_index_entries(
     assert [write["by_status_key"] for write in writes] == [1, 0, 0, 2, 0, 1, 0], writes
     assert {name: sum(write[name] for write in writes) for name in writes[0]} == {
         "by_customer": 1, "by_channel": 1, "by_status_key": 4, "by_created": 1,
-        "by_sla": 0, "by_pickup_deadline": 0, "by_pending_refund": 0,
+        "by_sla": 0, "by_pickup_deadline": 0, "by_pending_refund": 0, "by_pickup_location": 0,
     }  # fmt: skip
+
+
+def test_a_pickup_order_is_on_its_stores_list_from_one_index_entry_written_at_placement_and_removed_at_collection(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The store's list (by_pickup_location) costs a pickup order two entry writes in its whole life
+    # and an order shipped home none (above): its store and its placement never change.
+    from functions.bootstrap import Config, bootstrap
+
+    writes = index_entries_written(monkeypatch)
+    at_store = {"type": "pickup", "location_id": "store-sf"}
+    body = {**QUICK_START_ORDER, "external_id": "web-5002", "fulfillment": at_store}
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+    steps.reserve_stock(order_id)
+    steps.create_shipments(order_id)
+    (shipment,) = api.get(f"/orders/{order_id}").json()["shipments"]
+    for action in ("ready", "deliver"):
+        answer = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}")
+        assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "delivered"
+
+    # Placed, authorized, reserved, booked, readied, the collect's capture request, collected.
+    assert [write["by_pickup_location"] for write in writes] == [1, 0, 0, 0, 0, 0, 1], writes
 
 
 def test_an_idempotency_key_adds_a_few_bytes_to_an_orders_item(api: InProcessApi):

@@ -22,6 +22,7 @@ INDEX_KEYS = {
     "by_status_key": ("id", "status_key", "created_at"),
     "by_created": ("id", "list_pk", "created_at"),
     "by_sla": ("id", "sla_key", "sla_at"),
+    "by_pickup_location": ("id", "pickup_location", "created_at"),
     "by_status": ("id", "status", "created_at"),  # the Returns table's
 }
 
@@ -88,6 +89,22 @@ def test_a_last_page_of_exactly_limit_shipped_orders_names_no_next_page(aws, cap
         aws.dynamodb.update_item(**order_update(aws.tables["OrdersTable"], shipped, order, []))
 
     assert every_page(orders, OrderFilter(status=OrderStatus.SHIPPED), 2) == [[placed[1].id, placed[0].id]]
+
+
+def test_a_last_page_of_exactly_limit_pickups_at_a_store_names_no_next_page(aws, capture, orders, as_dynamodb):
+    from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory
+    from tests.builders import location
+
+    store = location("store-sf", type="store", pickup=True)
+    DynamoCatalog(aws.dynamodb, aws.tables["CatalogTable"]).put_location(store)
+    DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"]).set_on_hand("TSHIRT", "store-sf", 100, "count")
+    at_store = {"type": "pickup", "location_id": "store-sf"}
+    placed = [capture.place(place_order(external_id=f"p{n}", fulfillment=at_store), actor="k").id for n in range(4)]
+    capture.place(place_order(external_id="shipped-home"), actor="k")  # newest, and on no store's list
+
+    where = OrderFilter(pickup_location_id="store-sf")
+    assert every_page(orders, where, 4) == [placed[::-1]]
+    assert every_page(orders, where, 2) == [placed[::-1][:2], placed[::-1][2:]]
 
 
 @pytest.mark.parametrize(

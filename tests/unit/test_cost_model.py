@@ -17,7 +17,8 @@ def test_an_item_weighs_its_attribute_names_and_values():
 
 def test_index_writes_follow_the_template():
     names = (
-        "by_customer", "by_channel", "by_status_key", "by_created", "by_sla", "by_pickup_deadline", "by_pending_refund"
+        "by_customer", "by_channel", "by_status_key", "by_created", "by_sla", "by_pickup_deadline", "by_pending_refund",
+        "by_pickup_location",
     )  # fmt: skip
     by_index = dict(zip(names, orders_indexes(), strict=True))
     assert by_index["by_status_key"].writes_on_change("status_key") == 2  # its key moves: delete + put
@@ -36,6 +37,12 @@ def test_index_writes_follow_the_template():
     # Only an order with a refund pending at the gateway is in the refund index, never a new order.
     assert by_index["by_pending_refund"].writes_on_put({"customer_id": {}, "created_at": {}, "list_pk": {}}) == 0
     assert by_index["by_pending_refund"].writes_on_change("status") == 0
+    # Only a pickup order is in a store's list: an order shipped home writes no entry, a pickup one
+    # at its placement (its store never changes, nor does a status change rewrite the entry).
+    shipped_home = {"customer_id": {}, "channel": {}, "created_at": {}, "list_pk": {}}
+    assert by_index["by_pickup_location"].writes_on_put(shipped_home) == 0
+    assert by_index["by_pickup_location"].writes_on_put({**shipped_home, "pickup_location": {}}) == 1
+    assert by_index["by_pickup_location"].writes_on_change("status") == 0
 
 
 def test_log_lines_are_counted_by_level_and_info_and_lambda_s_own_lines_are_optional():

@@ -168,7 +168,14 @@ def get_order(order_id: OrderIdPath) -> Order:
 @router.get(
     "/orders",
     summary="List orders, newest first",
-    description="Filtered by `customer_id`, `status`, `channel` and `jeopardy`, each narrowing the others. "
+    description="Filtered by `customer_id`, `status`, `channel`, `jeopardy` and `pickup_location_id`, each "
+    "narrowing the others. `pickup_location_id` is a store's pickup list, what its counter works through: the "
+    "pickup orders (`fulfillment.type` pickup) to be collected there, from when each is placed until it is "
+    "collected (`delivered`) or ends (`cancelled`, `payment_failed`), so in `pending`, `authorized`, "
+    "`backordered`, `on_hold` or `allocated`; each order's status and its shipments say what waits (to pick: a "
+    "`pending` shipment; on the shelf: `ready_for_pickup`). A location the network does not have is 422 "
+    "`unknown_location` (never an empty page a mistyped store would read as no work), and so is a `status` the "
+    "list never holds (422 `validation_error` naming `status`). "
     "`external_id` finds the one order its customer was given that number for (by the storefront, the OMS's "
     "notices, a pickup's slip): `items` holds that order, or none, and `next_cursor` is null. A number names an "
     "order only with its channel: a channel-bound key's own, otherwise `channel`; neither is 422 naming "
@@ -190,6 +197,13 @@ def list_orders(
     jeopardy: Annotated[
         Literal["true"] | None,
         Query(description="`true`: only orders past the deadline of their current status (OMS_SLA)"),
+    ] = None,
+    pickup_location_id: Annotated[
+        str | None,
+        Query(
+            pattern=IDENTIFIER_PATTERN,
+            description="A store's pickup list: its pickup orders still to be collected there, newest placed first",
+        ),
     ] = None,
     # POST /orders' own rule: a number it would refuse names no order, and is 422, not an empty page.
     external_id: Annotated[
@@ -228,7 +242,10 @@ def list_orders(
                 "the request is not valid",
                 [{"field": "cursor", "message": "an external_id names one order: there is no page to follow"}],
             )
-    where = OrderFilter(customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true")
+    where = OrderFilter(
+        customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true",
+        pickup_location_id=pickup_location_id,
+    )  # fmt: skip
 
     def read(size: int) -> tuple[list[Order], str | None]:
         if external_id is None:
