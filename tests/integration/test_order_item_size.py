@@ -18,7 +18,7 @@ from botocore.client import BaseClient
 from bench.cost import item_bytes
 from bench.workflow import orders_indexes, updated_attributes
 from infra.local.seed import DEMO_SEED
-from tests.integration.in_process import InProcessApi, idempotency_records, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, idempotency_records, in_process_api_with_labels, run_to_allocated
 
 # The quick start's order (README), as a storefront that retries safely sends it.
 QUICK_START_ORDER = {
@@ -146,19 +146,13 @@ def test_a_pickup_order_is_on_its_stores_list_from_one_index_entry_written_at_pl
 ):
     # The store's list (by_pickup_location) costs a pickup order two entry writes in its whole life
     # and an order shipped home none (above): its store and its placement never change.
-    from functions.bootstrap import Config, bootstrap
-
     writes = index_entries_written(monkeypatch)
     at_store = {"type": "pickup", "location_id": "store-sf"}
     body = {**QUICK_START_ORDER, "external_id": "web-5002", "fulfillment": at_store}
     placed = api.post("/orders", json=body)
     assert placed.status_code == 201, placed.text
     order_id = placed.json()["id"]
-    steps = bootstrap(Config.from_env()).workflow
-    steps.authorize_payment(order_id, attempt=0)
-    steps.reserve_stock(order_id)
-    steps.create_shipments(order_id)
-    (shipment,) = api.get(f"/orders/{order_id}").json()["shipments"]
+    (shipment,) = run_to_allocated(api, order_id)["shipments"]
     for action in ("ready", "deliver"):
         answer = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}")
         assert answer.status_code == 200, answer.text
