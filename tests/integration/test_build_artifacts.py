@@ -7,9 +7,10 @@ pydantic_core cannot be imported on an x86-64 machine, so the import check uses 
 the layer: a copy of it, its .pyc included, with each distribution built for the platform replaced
 by the same version's files pip installed for this machine in the interpreter running the tests
 (the layer is pinned to those versions); its file list is shown to match the real layer's. Each
-handler is then imported in a process of its own, forked from an isolated interpreter that had
-imported only the check's own standard-library modules, that sees only the function's artifact,
-that layer and the standard library.
+handler is then imported in a process of its own, with the function's environment, forked from an
+isolated interpreter that had imported only the check's own standard-library modules and the
+layer's library packages (IMPORT_CHECK says why), that sees only the function's artifact, that
+layer and the standard library.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def test_the_host_variant_has_the_layers_files(built: Built):
 # and its compilation from source is in the child's record. What the library packages read from
 # the environment as they load is what they would read in any one function: the functions differ
 # only in the project's own variables (tables, queues, OMS_*), which the fixture asserts. Each
-# library imported once instead of 18 times saved about 3 s of CPU (0.2 s a function); a fresh
+# library imported once instead of 18 times saved about 3.5 s of CPU (0.2 s a function); a fresh
 # interpreter per function cost 60 ms of CPU more each (start-up and the check's own imports).
 IMPORT_CHECK = """
 import importlib, importlib.metadata, json, os, sys, sysconfig
