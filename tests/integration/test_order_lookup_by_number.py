@@ -141,6 +141,15 @@ def test_the_longest_number_post_orders_takes_is_found(api: InProcessApi):
     assert [o["id"] for o in found(api, external_id=number, channel="web")] == [placed.json()["id"]]
 
 
+def test_a_number_is_found_as_the_storefront_wrote_it_capitals_and_all(api: InProcessApi):
+    # POST /orders keeps WEB-5004 and web-5004 as two numbers (two orders): each is found by its own.
+    placed = api.post("/orders", json=order_body(external_id="WEB-5004", customer=CUSTOMER))
+    assert placed.status_code == 201, placed.text
+
+    assert [o["id"] for o in found(api, external_id="WEB-5004", channel="web")] == [placed.json()["id"]]
+    assert found(api, external_id="web-5004", channel="web") == []
+
+
 def test_an_imported_order_is_found_by_its_number(api: InProcessApi):
     from core.import_service import OrderImporter, Outcome
     from functions.api.dependencies import container
