@@ -515,3 +515,21 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         assert re.fullmatch(headers["OMS-Event-Id"]["schema"]["pattern"] + ".*", event_id("ord_1", 2, type_))
         assert "2XX" in post["responses"] and "10 s" in post["responses"]["2XX"]["description"]
         assert post["security"] == []  # the receiver takes no API key of ours: it checks the signature
+
+
+def test_inventory_low_is_described_with_every_field_always_there_and_available_never_negative(
+    document: dict[str, Any],
+):
+    # A buyer's tool generated from the document reads each field of data.inventory unguarded, and
+    # never a negative count: the event shows a stock take recorded below the reserved units as 0.
+    webhook = document["webhooks"]["inventory.low"]["post"]
+    schemas = document["components"]["schemas"]
+    envelope = schemas[webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert envelope["properties"]["data"]["properties"]["inventory"] == {"$ref": "#/components/schemas/LowStock"}
+    low = schemas["LowStock"]
+
+    assert low["required"] == ["sku", "location_id", "available", "reorder_point"]
+    assert low["properties"]["available"]["minimum"] == 0
+    assert {name: field["type"] for name, field in low["properties"].items()} == {
+        "sku": "string", "location_id": "string", "available": "integer", "reorder_point": "integer"
+    }  # fmt: skip

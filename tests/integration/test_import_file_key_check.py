@@ -178,7 +178,76 @@ def test_a_check_the_gateway_answers_busy_is_said_before_anything_is_uploaded(
 
     assert (status, uploaded()) == (2, []) and "uploaded" not in out
     assert "GET /imports answered 503" in said and "nothing was uploaded: try again" in said
+    assert '{"message": "Service Unavailable"}' in said  # the gateway's own words
     assert "api-keys" not in said
+
+
+def test_an_api_url_that_names_no_route_is_said_as_its_answer_not_blamed_on_the_key(
+    gateway: ThroughTheGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    """OMS_API_URL without its stage (/v1): API Gateway answers 404 whatever the key, which is not
+    the key's fault: a new key would not help."""
+    missing = type("Answer", (), {"status_code": 404, "text": '{"message": "Missing Authentication Token"}'})()
+    monkeypatch.setattr(gateway, "get", lambda url, timeout: missing)
+    monkeypatch.setenv("OMS_API_KEY", "oms_any")
+
+    status, out, said = make_import(tmp_path, capsys)
+
+    assert (status, uploaded()) == (2, []) and "uploaded" not in out
+    assert "GET /imports answered 404" in said and "nothing was uploaded: try again" in said
+    assert "api-keys" not in said and "the key in" not in said
+
+
+def test_with_no_stack_known_it_says_how_to_start_or_name_one_not_only_that_a_key_is_missing(
+    gateway: ThroughTheGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    """No `make run` state file and nothing in the environment: the API and the bucket are unknown too."""
+    monkeypatch.delenv("OMS_API_URL")
+    monkeypatch.delenv("OMS_IMPORTS_BUCKET")
+
+    status, out, said = make_import(tmp_path, capsys)
+
+    assert (status, gateway.asked) == (2, []) and "uploaded" not in out
+    assert "no stack found (api_url, bucket, api_key unknown): start `make run`" in said
+    assert "no API key" not in said
+
+
+def test_an_oms_api_key_set_empty_is_passed_over_as_an_unset_one_is(
+    gateway: ThroughTheGateway,
+    api: InProcessApi,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+):
+    """`export OMS_API_KEY=` (or a Makefile passing an unset variable on) names no key: the admin key is asked."""
+    monkeypatch.setenv("OMS_API_KEY", "")
+    monkeypatch.setenv("OMS_ADMIN_API_KEY", a_key(api, "orders:read", channel=unique("shop"))["key"])
+
+    status, _, said = make_import(tmp_path, capsys)
+
+    assert (status, uploaded()) == (2, [])
+    assert "the key in OMS_ADMIN_API_KEY is bound to a channel" in said and "no API key" not in said
+
+
+@pytest.mark.parametrize(
+    ("api_url", "through_the_proxy"),
+    [("http://127.0.0.1:8080", False), ("http://localhost:8080", False), (API_URL, True)],
+    ids=["the local stack", "the local stack as localhost", "a deployed stack"],
+)
+def test_the_local_stacks_api_is_asked_past_the_environments_proxy_and_a_deployed_one_through_it(
+    api_url: str, through_the_proxy: bool
+):
+    # An HTTPS_PROXY set for the office network would get every check of make run's stack refused.
+    session = import_file.api_session({"api_url": api_url, "api_key": "oms_k"})
+
+    assert session.trust_env is through_the_proxy
+    assert session.headers["Authorization"] == "Bearer oms_k"
 
 
 def test_a_key_that_can_follow_imports_is_let_through_to_the_upload_and_the_following(

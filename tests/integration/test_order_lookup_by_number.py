@@ -13,7 +13,7 @@ import pytest
 
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api, issue
+from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels, issue
 from tests.integration.test_dynamodb_adapters import requests_made
 
 CUSTOMER = {"id": "cus_quoted", "email": "quoted@example.com", "name": "Ada Lovelace"}
@@ -21,7 +21,7 @@ CUSTOMER = {"id": "cus_quoted", "email": "quoted@example.com", "name": "Ada Love
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started:
+    with in_process_api_with_labels() as started:
         assert started.put("/products/TSHIRT", json=product_body()).status_code == 201
         assert started.put("/locations/wh-east", json=location_body()).status_code == 201
         assert started.put("/inventory/TSHIRT/wh-east", json={"on_hand": 100}).status_code == 200
@@ -139,6 +139,25 @@ def test_the_longest_number_post_orders_takes_is_found(api: InProcessApi):
     assert placed.status_code == 201, placed.text
 
     assert [o["id"] for o in found(api, external_id=number, channel="web")] == [placed.json()["id"]]
+
+
+def test_a_number_is_found_as_the_storefront_wrote_it_capitals_and_all(api: InProcessApi):
+    # POST /orders keeps WEB-5004 and web-5004 as two numbers (two orders): each is found by its own.
+    placed = api.post("/orders", json=order_body(external_id="WEB-5004", customer=CUSTOMER))
+    assert placed.status_code == 201, placed.text
+
+    assert [o["id"] for o in found(api, external_id="WEB-5004", channel="web")] == [placed.json()["id"]]
+    assert found(api, external_id="web-5004", channel="web") == []
+
+
+def test_an_order_found_by_number_hands_out_its_label_links_as_get_orders_id_does(api: InProcessApi):
+    # A store associate finds a parcel's order by the number on the customer's notice and prints its label.
+    order_id, _ = allocated(api, "TSHIRT", external_id="web-5005", customer=CUSTOMER)
+
+    [shown] = found(api, external_id="web-5005", channel="web")
+
+    link = shown["shipments"][0]["label_url"]
+    assert shown["id"] == order_id and link.startswith("http") and "Signature=" in link, link
 
 
 def test_an_imported_order_is_found_by_its_number(api: InProcessApi):

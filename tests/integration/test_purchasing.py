@@ -618,12 +618,19 @@ def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api
         workflow.reserve_stock(placed["id"])
     line_id = placed["lines"][0]["line_id"]
 
-    def shown() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def shown() -> tuple[dict[str, Any] | None, ...]:
         listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
-        return api.get(f"/orders/{placed['id']}").json()["awaiting_stock"], listed[0]["awaiting_stock"]
+        # Found by the number its customer quotes (GET /orders?external_id=), as a CS agent would.
+        number = {"external_id": placed["external_id"], "channel": channel}
+        [by_number] = api.get("/orders", params=number).json()["items"]
+        return (
+            api.get(f"/orders/{placed['id']}").json()["awaiting_stock"],
+            listed[0]["awaiting_stock"],
+            by_number["awaiting_stock"],
+        )
 
     nothing = {"lines": [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": None}]}
-    assert shown() == (nothing, nothing)
+    assert shown() == (nothing, nothing, nothing)
 
     dates = []
     for days, location_id in ((20, network["west"]), (6, network["east"])):
@@ -634,7 +641,7 @@ def test_a_backordered_order_read_through_the_api_says_when_more_is_expected(api
         assert created.status_code == 201, created.text
         dates.append(created.json()["expected_at"])
     soonest = {"lines": [{**nothing["lines"][0], "expected_at": dates[1]}]}
-    assert shown() == (soonest, soonest)
+    assert shown() == (soonest, soonest, soonest)
 
     # Computed at each read: the stored order never holds it.
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")

@@ -213,18 +213,30 @@ def test_a_waiting_delivery_of_a_live_webhook_keeps_waiting(api: InProcessApi, c
     assert delayed(sqs) == 1  # its wait, a message delayed until the attempt (or 15 minutes)
 
 
+@pytest.mark.parametrize(
+    ("answer", "made_before", "outcome", "attempt"),
+    [(204, 0, "delivered", 1), (503, 2, "retrying", 3)],
+    ids=["a first delivery", "a third attempt the subscriber fails"],
+)
 def test_a_delivery_is_logged_with_the_attempt_it_made_as_the_deliveries_list_counts_it(
-    api: InProcessApi, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    api: InProcessApi,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    answer: int,
+    made_before: int,
+    outcome: str,
+    attempt: int,
 ):
     """The "webhook delivery" log line named the attempts made before this one: a first delivery
-    logged `attempts: 0` where GET .../deliveries shows 1 (an events consumer's h728 walk)."""
-    receiver = Receiver(204)
+    logged `attempts: 0` where GET .../deliveries shows 1 (an events consumer's h728 walk). A retry
+    names its own attempt and what came of it, as the list shows them."""
+    receiver = Receiver(answer)
     try:
         webhook = api.post("/webhooks", json={"url": receiver.url, "events": ["order.created"]}).json()
         with caplog.at_level("INFO"):
-            handled(a_pending_delivery(webhook["id"]), capsys)
+            handled(a_pending_delivery(webhook["id"], attempts=made_before), capsys)
         (logged,) = [record for record in caplog.records if record.getMessage() == "webhook delivery"]
         ((shown,),) = [api.get(f"/webhooks/{webhook['id']}/deliveries").json()["items"]]
-        assert (logged.outcome, logged.attempt) == ("delivered", shown["attempts"]) == ("delivered", 1)
+        assert (logged.outcome, logged.attempt) == (outcome, shown["attempts"]) == (outcome, attempt)
     finally:
         receiver.close()

@@ -416,6 +416,39 @@ def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_tho
     assert [e.actor for e in log.page(ORDER.id, None, 10, old)[0]] == ["key_reader", "key_auditor", "key_auditor"]
 
 
+def test_every_page_of_a_long_walk_keeps_to_the_reads_made_before_its_first_page():
+    # Each page's cursor carries the walk's start on, not the time of the page that issued it: a
+    # third page went on to the second page's own read, and a walk at one entry a page never ended.
+    now = [T0 + timedelta(minutes=10)]
+    store = Reads(read("r1", 1), read("r2", 2), read("r3", 3))
+    log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), store, lambda: now[0])
+
+    walked, cursor = [], None
+    for page in range(1, 10):
+        items, cursor = log.page(ORDER.id, None, 1, cursor)
+        walked += items
+        store.add(read(f"p{page}", 10 + page, "access_log", "key_auditor"))  # the page's own read
+        now[0] = T0 + timedelta(minutes=10 + page, seconds=30)
+        if cursor is None:
+            break
+
+    assert cursor is None and [e.actor for e in walked] == ["key_shop", "key_reader", "key_reader", "key_reader"]
+
+
+def test_the_apis_access_log_begins_a_walk_at_the_containers_clock():
+    # bootstrap(clock=...) is the one clock of every service (tests/unit/test_bootstrap.py): a read
+    # stored after it is the next walk's, here as in the access log built by hand above.
+    from functions.bootstrap import Config, bootstrap
+
+    config = Config(orders_table="orders", inventory_table="inventory", catalog_table="catalog", idempotency_table="i")
+    created = HistoryEntry(at=T0, type="created", actor="key_shop")
+    reads = Reads(read("r1", 1), read("r9", 9))
+    at = T0 + timedelta(minutes=5)
+    container = bootstrap(config, orders=OrderQueries(Orders(created)), access_log_store=reads, clock=lambda: at)
+
+    assert [e.actor for e in container.access_log.page(ORDER.id, None, 10, None)[0]] == ["key_shop", "key_reader"]
+
+
 def test_a_cursor_issued_before_changes_were_known_by_their_place_naming_a_change_goes_on_to_every_read_after_it():
     # Naming a change (its key is its place in the history), it names no read: the reads go on from
     # that change's time, at it too whatever their request id. A page after it showing changes only

@@ -85,12 +85,14 @@ def test_a_new_order_short_of_stock_is_still_refused_for_it(world):
 
 
 def capture_under(rules: Callable[[], SourcingRules], orders: FakeOrders, inventory: FakeInventory) -> CaptureService:
-    """Capture over the world's two warehouses (no store) selling TSHIRT and PREORDER (which may
-    wait for stock), under the sourcing rules `rules` says are in force."""
+    """Capture over the world's two warehouses and its pickup store selling TSHIRT, MUG and PREORDER
+    (which may wait for stock), under the sourcing rules `rules` says are in force."""
     catalog = FakeCatalog()
     for loc in ("wh-east", "wh-west"):
         catalog.put_location(location(loc))
+    catalog.put_location(location("store-sf", type="store", ships=False, pickup=True))
     catalog.put_product(product("TSHIRT", "19.99"))
+    catalog.put_product(product("MUG", "12.50", weight_grams=350))
     catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     return CaptureService(
         orders, catalog, inventory, Pricing(load_plugin_manager()), clock=lambda: NOW, sourcing_rules=rules
@@ -206,6 +208,17 @@ def test_a_pickup_order_short_at_its_store_is_told_the_store_s_count_and_names_t
     assert raised.value.details == [
         {"field": "lines[0].quantity", "message": "4 of MUG available at store-sf (the pickup store), 5 ordered"}
     ]
+
+
+def test_a_pickup_short_at_its_store_under_the_sourcing_rules_is_told_whose_count_and_why_it_is_less(world):
+    # The store's 4 mugs less the 1 the rules keep back there: both said, in the order they cut the count.
+    _, orders, inventory = world
+    capture = capture_under(lambda: SourcingRules(version=4, safety_stock={"store-sf": 1}), orders, inventory)
+    with pytest.raises(InsufficientStock) as raised:
+        pickup = {"type": "pickup", "location_id": "store-sf"}
+        capture.place(place_order(lines=[{"sku": "MUG", "quantity": 4}], fulfillment=pickup), "k")
+    said = "3 of MUG available at store-sf (the pickup store) under sourcing rules v4, 4 ordered"
+    assert raised.value.details == [{"field": "lines[0].quantity", "message": said}]
 
 
 @pytest.mark.parametrize(

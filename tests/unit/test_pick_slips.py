@@ -197,10 +197,15 @@ def test_a_slip_names_the_order_by_the_number_the_customer_was_told_it_is_ready_
     assert pdf_text(shipment_reference(order.id, parcel.id)) in text  # the OMS's own ids stay on the slip
 
 
-def test_a_slip_shows_a_long_storefront_number_whole_for_the_counter_to_match(world):
+@pytest.mark.parametrize(
+    "number",
+    ["marketplace-emea/" + "0123456789" * 11, "marketplace-emea/" + "0123456789" * 9 + "7"],
+    ids=["over three lines", "its last character on a line of its own"],
+)
+def test_a_slip_shows_a_long_storefront_number_whole_for_the_counter_to_match(world, number: str):
     # An external_id may be 128 characters: cut to the label's width ("...") the store could not
-    # match the number the customer reads out; it runs on over as many lines as it needs.
-    number = "marketplace-emea/" + "0123456789" * 11
+    # match the number the customer reads out; it runs on over as many lines as it needs, the last
+    # character too when "Order: " and the number fill two lines of 57 characters and one more.
     order: Order = world.allocated(("MUG", 1), external_id=number, **PICKUP)
     (parcel,) = order.shipments
     store = world.catalog.get_location("store-sf")
