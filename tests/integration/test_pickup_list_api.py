@@ -295,3 +295,24 @@ def test_a_stores_list_is_one_query_of_its_index_and_one_read_of_its_orders(api:
     # Its late orders too: the store's few open pickups, not every store's late orders (by_sla).
     assert listed(api, store, jeopardy="true") == []
     assert calls == [("Query", "by_pickup_location"), ("BatchGetItem", None)]
+
+
+def test_a_tablet_asking_for_allocated_pickups_behind_newer_held_ones_is_told_to_follow_next_cursor(
+    api: InProcessApi,
+):
+    # The first page of `status=allocated` read only newer orders of another status: it holds
+    # none, and the pickup to pick is on the page its next_cursor names. The OpenAPI description of
+    # GET /orders, which a tablet's developer codes against, says so (as GET /purchase-orders' does).
+    store = a_store(api)
+    to_pick = pickup(api, store)
+    run_to_allocated(api, to_pick)
+    held = pickup(api, store)
+    post(api, f"/orders/{held}/hold", {"reason": "customer_request"})
+
+    first = api.get("/orders", params={"pickup_location_id": store, "status": "allocated", "limit": 1}).json()
+    assert first["items"] == [] and first["next_cursor"] is not None
+    after = {"pickup_location_id": store, "status": "allocated", "limit": 1, "cursor": first["next_cursor"]}
+    assert [order["id"] for order in api.get("/orders", params=after).json()["items"]] == [to_pick]
+    described = api.get("/openapi.json", key=None).json()["paths"]["/orders"]["get"]["description"]
+    assert "a page may hold fewer than `limit` orders, even none" in described
+    assert "follow `next_cursor` until it is null" in described

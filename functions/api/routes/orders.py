@@ -169,7 +169,10 @@ def get_order(order_id: OrderIdPath) -> Order:
     "/orders",
     summary="List orders, newest first",
     description="Filtered by `customer_id`, `status`, `channel`, `jeopardy` and `pickup_location_id`, each "
-    "narrowing the others. `pickup_location_id` is a store's pickup list, what its counter works through: the "
+    "narrowing the others. Filtered, a page may hold fewer than `limit` orders, even none, while more follow (a "
+    "`status` or `jeopardy` is judged on the orders a page read: a store's first page of `status=allocated` may "
+    "have read only newer pickups held or backordered): follow `next_cursor` until it is null. "
+    "`pickup_location_id` is a store's pickup list, what its counter works through: the "
     "pickup orders (`fulfillment.type` pickup) to be collected there, from when each is placed until it is "
     "collected (`delivered`) or ends (`cancelled`, `payment_failed`), so in `pending`, `authorized`, "
     "`backordered`, `on_hold` or `allocated`; each order's status and its shipments say what waits (to pick: a "
