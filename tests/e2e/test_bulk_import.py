@@ -539,3 +539,10 @@ def test_an_import_a_killed_worker_left_short_is_recounted_by_the_reconciler_wit
     needed = calls["ReconcilerFunction"]
     assert ("IdempotencyTable", "dynamodb:BatchGetItem") in needed
     assert needed <= granted("ReconcilerFunction"), f"not granted: {needed - granted('ReconcilerFunction')}"
+
+    # Line 4's message, in flight for the queue's 180 s, is all the stack has left to do: purged, and
+    # the worker's mapping told to look (it sleeps until the message's timeout ends), the stack is
+    # idle at the test's end, which waited the suite's 5 s for it (tests/conftest.py SETTLE_SECONDS).
+    stack.client("sqs").purge_queue(QueueUrl=stack.queue_urls["ImportQueue"])
+    stack.mappings["ImportWorkerFunction.ImportQueue"].resume()
+    assert stack.wait_until_idle(10)
