@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
@@ -33,11 +34,18 @@ def stack() -> Iterator[EmbeddedStack]:
         yield started
 
 
-def workflow_stack() -> AbstractContextManager[EmbeddedStack]:
+def workflow_stack(**overrides: Any) -> AbstractContextManager[EmbeddedStack]:
     """A stack with every event source running, for the modules about the order workflow: each
-    order goes through the Step Functions definition; Retry sleeps are scaled down 100x."""
+    order goes through the Step Functions definition; Retry sleeps are scaled down 100x.
+    `overrides`: more of EmbeddedStack's arguments."""
     return running_stack(
-        api_port=0, aws_port=0, seed=False, parameter_overrides=PARAMETERS, event_sources=True, retry_delay_scale=0.01
+        api_port=0,
+        aws_port=0,
+        seed=False,
+        parameter_overrides=PARAMETERS,
+        event_sources=True,
+        retry_delay_scale=0.01,
+        **overrides,
     )
 
 

@@ -163,6 +163,17 @@ def refused_split_order(stack: EmbeddedStack, api: Api, network: dict[str, str])
     return allocated_split_order(stack, api, network)
 
 
+@pytest.fixture(scope="module")
+def refused_shipped_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
+    """allocated_split_order() with its west shipment shipped ("order": the order as the ship
+    answered it), shared as refused_split_order is: by the tests of a request that must be refused
+    and change nothing, each of which asserts the order is still the one the ship left."""
+    split = allocated_split_order(stack, api, network)
+    shipped = ship(api, split["order"]["id"], split["west"]["id"])
+    assert shipped.status_code == 200, shipped.text
+    return {**split, "order": shipped.json()}
+
+
 # --- Ship and deliver ---------------------------------------------------------------------------------
 
 
@@ -395,12 +406,9 @@ def test_delivering_a_pending_shipment_is_409(api: Api, refused_split_order: dic
 
 
 def test_an_unknown_shipment_or_order_is_404(
-    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str], refused_split_order: dict[str, Any]
+    api: Api, refused_split_order: dict[str, Any], refused_shipped_order: dict[str, Any]
 ):
-    order = refused_split_order["order"]
-    sku = catalog.product("3.00")
-    catalog.stock(sku, network["west"], 2)
-    other = allocated_order(stack, api, order_body((sku, 1)))
+    order, other = refused_split_order["order"], refused_shipped_order["order"]
 
     assert_error(ship(api, order["id"], UNKNOWN_SHIPMENT), 404)
     assert_error(deliver(api, order["id"], UNKNOWN_SHIPMENT), 404)
@@ -455,18 +463,16 @@ def test_cancelling_twice_answers_200_both_times(api: Api, split_order: dict[str
     assert [e["type"] for e in history(api, order_id)].count("cancelled") == 1
 
 
-def test_cancelling_units_that_shipped_is_409(api: Api, network: dict[str, str], split_order: dict[str, Any]):
-    order_id = split_order["order"]["id"]
-    shipped = ship(api, order_id, split_order["west"]["id"])
-    assert shipped.status_code == 200, shipped.text
-    east_sku = split_order["skus"][1]
+def test_cancelling_units_that_shipped_is_409(api: Api, network: dict[str, str], refused_shipped_order: dict[str, Any]):
+    order_id, shipped = refused_shipped_order["order"]["id"], refused_shipped_order["order"]
+    east_sku = refused_shipped_order["skus"][1]
 
     # (Without `lines` the unshipped rest would be cancelled: tests/e2e/test_refunds_and_cancels.py.)
     response = api.post(f"/orders/{order_id}/cancel",
                         json={"reason": "too late", "lines": [{"line_id": "L1", "quantity": 1}]})  # fmt: skip
 
     assert_error(response, 409, "invalid_transition")
-    assert unsigned(get_order(api, order_id)) == unsigned(shipped.json())
+    assert unsigned(get_order(api, order_id)) == unsigned(shipped)
     assert level(api, east_sku, network["east"])["reserved"] == 3  # the other shipment still holds its units
 
 
@@ -527,16 +533,14 @@ def test_an_edit_without_if_match_is_428(api: Api, refused_split_order: dict[str
     assert unsigned(get_order(api, order["id"])) == unsigned(order)
 
 
-def test_an_edit_once_a_shipment_shipped_is_409(api: Api, split_order: dict[str, Any]):
-    order = split_order["order"]
-    sku = order["lines"][0]["sku"]
-    shipped = ship(api, order["id"], split_order["west"]["id"])
-    assert shipped.status_code == 200, shipped.text
+def test_an_edit_once_a_shipment_shipped_is_409(api: Api, refused_shipped_order: dict[str, Any]):
+    shipped = refused_shipped_order["order"]
+    sku = shipped["lines"][0]["sku"]
 
-    response = patch(api, order["id"], {"lines": [{"sku": sku, "quantity": 1}]}, version=shipped.json()["version"])
+    response = patch(api, shipped["id"], {"lines": [{"sku": sku, "quantity": 1}]}, version=shipped["version"])
 
     assert_error(response, 409, "invalid_transition")
-    assert unsigned(get_order(api, order["id"])) == unsigned(shipped.json())
+    assert unsigned(get_order(api, shipped["id"])) == unsigned(shipped)
 
 
 @pytest.fixture

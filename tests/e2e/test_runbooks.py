@@ -29,9 +29,15 @@ SETTLE_SECONDS = 20
 PAGE = 50  # get-records' --limit in the replay of a batch whose records lie pages apart
 
 
+# A failed stream batch is retried after this pause, not the local stack's 0.2 s: the outbox's and
+# the events function's mappings retry a batch their cause refuses 5 times (and bisect it) before
+# it is parked, which is what these runbooks start from (3 of this module's 20 s of waiting).
+MAPPING_RETRY_DELAY = 0.01
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
-    with workflow_stack() as started:
+    with workflow_stack(mapping_retry_delay=MAPPING_RETRY_DELAY) as started:
         yield started
 
 
@@ -205,10 +211,11 @@ def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_
     channel = unique("mkt")
     sqs = stack.client("sqs")
     import_queue = stack.queue_urls["ImportQueue"]
-    # The template's 180 s visibility timeout would make five receives take 15 minutes here; 2 s
-    # still covers a run. Not 0: the import worker's mapping runs batches side by side (its
-    # MaximumConcurrency), and a message visible again at once was in several of them together.
-    sqs.set_queue_attributes(QueueUrl=import_queue, Attributes={"VisibilityTimeout": "2"})
+    # The template's 180 s visibility timeout would make five receives take 15 minutes here; 1 s
+    # (SQS's least but 0) still covers a run, which fails at its first line (50 ms measured; 2 s
+    # made this test 10 s of waiting). Not 0: the import worker's mapping runs batches side by side
+    # (its MaximumConcurrency), and a message visible again at once was in several of them together.
+    sqs.set_queue_attributes(QueueUrl=import_queue, Attributes={"VisibilityTimeout": "1"})
     monkeypatch.setattr(OrderImporter, "import_order", broken_for_line_2)
     try:
         rows = [csv_row(channel, "D-1", sku), csv_row(channel, "D-2", sku)]
