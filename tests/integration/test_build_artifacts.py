@@ -32,6 +32,7 @@ from pathlib import Path
 import botocore
 import pytest
 
+from infra import check_artifacts
 from infra.build import ARCHITECTURE, LAYER_SUBDIR, RUNTIME, build_function, build_layer, compile_tree
 from infra.check_artifacts import (
     binary_problems,
@@ -443,13 +444,7 @@ def test_the_check_make_build_runs_passes_the_build_and_names_an_x86_binary(buil
     shutil.copytree(built.function, build_dir / "ApiFunction")
     (build_dir / "DependenciesLayer").mkdir()
     (build_dir / "DependenciesLayer" / LAYER_SUBDIR).symlink_to(built.layer)
-    resources = {
-        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
-    }
-    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
-    import yaml
-
-    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources}))
+    _write_built_template(build_dir)
     assert built_problems(build_dir) == []
 
     x86 = bytearray(64)
@@ -470,13 +465,7 @@ def test_the_check_names_a_layer_package_whose_pydantic_plugin_the_template_turn
     dist_info.mkdir(parents=True)
     (dist_info / "WHEEL").write_text("Wheel-Version: 1.0\nTag: py3-none-any\n")
     (dist_info / "entry_points.txt").write_text("[console_scripts]\ntracer = tracer:main\n")
-    resources = {
-        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
-    }
-    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
-    import yaml
-
-    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources}))
+    _write_built_template(build_dir)
     assert TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
     assert built_problems(build_dir) == []
 
@@ -494,10 +483,38 @@ def test_the_check_names_a_layer_package_whose_pydantic_plugin_the_template_turn
         **TEMPLATE["Globals"],
         "Function": {**TEMPLATE["Globals"]["Function"], "Environment": {"Variables": variables}},
     }
-    (build_dir / "template.yaml").write_text(
-        yaml.safe_dump({**TEMPLATE, "Globals": plugins_on, "Resources": resources})
-    )
+    _write_built_template(build_dir, Globals=plugins_on)
     assert built_problems(build_dir) == []
+
+
+def test_the_check_names_each_function_over_lambdas_limit_with_the_layer_it_uses(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    build_dir = tmp_path / "sam-build"
+    build_dir.mkdir()
+    (build_dir / "ApiFunction").symlink_to(built.function)
+    (build_dir / "DependenciesLayer").symlink_to(built.layer.parent)
+    _write_built_template(build_dir)
+    files = [*built.function.rglob("*"), *built.layer.parent.rglob("*")]
+    unzipped = sum(path.stat().st_size for path in files if path.is_file())
+    monkeypatch.setattr(check_artifacts, "LAMBDA_UNZIPPED_LIMIT", unzipped)
+    assert built_problems(build_dir) == []
+
+    monkeypatch.setattr(check_artifacts, "LAMBDA_UNZIPPED_LIMIT", unzipped - 1)
+    over = f"{unzipped / 2**20:.0f} MiB unzipped with its layers, over Lambda's 250 MB"
+    assert built_problems(build_dir) == [f"{name}: {over}" for name in sorted(FUNCTIONS)]
+
+
+def _write_built_template(build_dir: Path, **changes: object) -> None:
+    """The template sam build writes, for a build directory whose every function's code is
+    ApiFunction/ and whose layer is DependenciesLayer/ (with `changes` to its top-level keys)."""
+    import yaml
+
+    resources = {
+        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
+    }
+    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
+    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources, **changes}))
 
 
 def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(tmp_path: Path):
