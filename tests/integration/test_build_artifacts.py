@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -517,8 +518,18 @@ def _write_built_template(build_dir: Path, **changes: object) -> None:
     (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources, **changes}))
 
 
-def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(tmp_path: Path):
-    project = tmp_path / "project"
+@dataclass
+class SmallProject:
+    root: Path
+    wheels: Path  # build_function's cache
+    artifact: Path  # its first build
+
+
+@pytest.fixture(scope="module")
+def small_project(tmp_path_factory: pytest.TempPathFactory) -> SmallProject:
+    """A project of one package with a module in setuptools' build directory, built once."""
+    base = tmp_path_factory.mktemp("small")
+    project = base / "project"
     (project / "core").mkdir(parents=True)
     (project / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
@@ -530,14 +541,41 @@ def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(
     # What an in-tree `pip install .` leaves behind; a later in-tree build ships it again.
     (project / "build" / "lib" / "core").mkdir(parents=True)
     (project / "build" / "lib" / "core" / "deleted.py").write_text("")
+    build_function(base / "artifact", project, cache=base / "wheels")
+    return SmallProject(project, base / "wheels", base / "artifact")
 
-    build_function(tmp_path / "artifact", project, cache=tmp_path / "wheels")
-    (wheel,) = (tmp_path / "wheels").glob("*/*.whl")
-    build_function(tmp_path / "again", project, cache=tmp_path / "wheels")
 
-    assert (tmp_path / "artifact" / "core" / "kept.py").is_file()
-    assert not (tmp_path / "artifact" / "core" / "deleted.py").exists()
-    assert list((tmp_path / "wheels").glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel
+def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(
+    small_project: SmallProject, tmp_path: Path
+):
+    (wheel,) = small_project.wheels.glob("*/*.whl")
+    build_function(tmp_path / "again", small_project.root, cache=small_project.wheels)
+
+    assert (small_project.artifact / "core" / "kept.py").is_file()
+    assert not (small_project.artifact / "core" / "deleted.py").exists()
+    assert list(small_project.wheels.glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel
+    assert _files(tmp_path / "again") == _files(small_project.artifact)  # and the same artifact
+
+
+def test_a_source_changed_after_a_build_reaches_the_next_builds_artifact_compiled(
+    small_project: SmallProject, tmp_path: Path
+):
+    project, wheels = tmp_path / "project", tmp_path / "wheels"
+    shutil.copytree(small_project.root, project)
+    shutil.copytree(small_project.wheels, wheels)  # what the first build left: its wheel and tree
+    changed = b"ANSWER = 42\n"
+    (project / "core" / "kept.py").write_bytes(changed)
+
+    build_function(tmp_path / "artifact", project, cache=wheels)
+
+    assert (tmp_path / "artifact" / "core" / "kept.py").read_bytes() == changed
+    pyc = (tmp_path / "artifact" / "core" / "__pycache__" / "kept.cpython-311.pyc").read_bytes()
+    assert pyc[8:16] == importlib.util.source_hash(changed)  # compiled from the changed source
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    files = (path for path in directory.rglob("*") if path.is_file())
+    return {path.relative_to(directory).as_posix(): path.read_bytes() for path in files}
 
 
 def test_a_function_carries_the_digest_of_botocores_endpoints_its_first_client_reads(built: Built):
