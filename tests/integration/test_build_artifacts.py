@@ -33,7 +33,7 @@ from pathlib import Path
 import botocore
 import pytest
 
-from infra import check_artifacts
+from infra import build, check_artifacts
 from infra.build import ARCHITECTURE, LAYER_SUBDIR, RUNTIME, build_function, build_layer, compile_tree
 from infra.check_artifacts import (
     binary_problems,
@@ -546,15 +546,18 @@ def small_project(tmp_path_factory: pytest.TempPathFactory) -> SmallProject:
 
 
 def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(
-    small_project: SmallProject, tmp_path: Path
+    small_project: SmallProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     (wheel,) = small_project.wheels.glob("*/*.whl")
+    compiled: list[Path] = []
+    monkeypatch.setattr(build, "compile_tree", compiled.append)
     build_function(tmp_path / "again", small_project.root, cache=small_project.wheels)
 
     assert (small_project.artifact / "core" / "kept.py").is_file()
     assert not (small_project.artifact / "core" / "deleted.py").exists()
     assert list(small_project.wheels.glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel
-    assert _files(tmp_path / "again") == _files(small_project.artifact)  # and the same artifact
+    assert compiled == []  # and its compiled tree, copied
+    assert _files(tmp_path / "again") == _files(small_project.artifact)
 
 
 def test_a_source_changed_after_a_build_reaches_the_next_builds_artifact_compiled(
