@@ -17,7 +17,8 @@ The functions run on arm64 with Python 3.11 whatever machine builds them:
 
 The project's wheel is built once per content (cached under build/wheels by a hash of its
 sources) from a copy of the sources, so parallel builds never share setuptools' build directory
-and a deleted module never lingers in the artifact.
+and a deleted module never lingers in the artifact; what every function holds is unpacked from it
+and compiled once too, beside it, and copied into each function's directory.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from __future__ import annotations
 import argparse
 import base64
 import compileall
+import contextlib
 import csv
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
 import py_compile
 import shutil
@@ -118,10 +121,42 @@ def project_wheel(root: Path, cache: Path | None = None) -> Path:
 
 
 def build_function(artifacts: Path, root: Path, cache: Path | None = None) -> None:
-    """Unpacks the project's runtime packages and its dist-info (entry points) into `artifacts`."""
+    """Puts the project's runtime packages, compiled, and its dist-info (entry points) into
+    `artifacts`, with the digest of botocore's endpoint data this interpreter has."""
     _require_target_python()
+    tree = function_tree(root, cache)
+    shutil.copytree(tree, artifacts, dirs_exist_ok=True)
+    (dist_info,) = (path.name for path in tree.glob("*.dist-info"))
+    digest_rows = _endpoints_digest_rows(artifacts)
+    if digest_rows:
+        lines = io.StringIO()
+        csv.writer(lines, lineterminator="\n").writerows(digest_rows)
+        with (artifacts / dist_info / "RECORD").open("a") as record:
+            record.write(lines.getvalue())
+
+
+def function_tree(root: Path, cache: Path | None = None) -> Path:
+    """What every function holds but the endpoints digest: the project's runtime packages and its
+    dist-info from its wheel, compiled. Made once per content, beside the wheel it comes from (its
+    slot is keyed by the sources' hash) and for this interpreter's bytecode; a build running in
+    parallel makes its own and the first to finish keeps its. A pyc compiled here loads in each
+    function's directory as it is: the import system sets its code's file name to its source's."""
     wheel = project_wheel(root, cache)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    tree = wheel.parent / f"function-{importlib.util.MAGIC_NUMBER.hex()}"
+    if tree.is_dir():
+        return tree
+    staged = Path(tempfile.mkdtemp(prefix=".tmp-", dir=wheel.parent))
+    try:
+        _unpack_function(wheel, staged)
+        compile_tree(staged)
+        with contextlib.suppress(OSError):  # another build's tree is there: the same
+            staged.rename(tree)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return tree
+
+
+def _unpack_function(wheel: Path, directory: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         dist_info = _dist_info_dir(archive.namelist())
         kept = [
@@ -132,17 +167,14 @@ def build_function(artifacts: Path, root: Path, cache: Path | None = None) -> No
         record_name = f"{dist_info}/RECORD"
         for name in kept:
             if name != record_name:
-                archive.extract(name, artifacts)
+                archive.extract(name, directory)
         # The RECORD names what is installed: only what was kept (pip's uninstall and
-        # importlib.metadata's `files` read it).
+        # importlib.metadata's `files` read it); build_function adds the endpoints digest's row.
         rows = [row for row in csv.reader(io.StringIO(archive.read(record_name).decode())) if row]
         kept_set = set(kept)
-        kept_rows = [row for row in rows if row[0] in kept_set]
-        kept_rows.extend(_endpoints_digest_rows(artifacts))
         lines = io.StringIO()
-        csv.writer(lines, lineterminator="\n").writerows(kept_rows)
-        (artifacts / record_name).write_text(lines.getvalue())
-    compile_tree(artifacts)
+        csv.writer(lines, lineterminator="\n").writerows(row for row in rows if row[0] in kept_set)
+        (directory / record_name).write_text(lines.getvalue())
 
 
 def _endpoints_digest_rows(artifacts: Path) -> list[list[str]]:

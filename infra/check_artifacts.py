@@ -167,6 +167,12 @@ def built_problems(build_dir: Path) -> list[str]:
     problems: list[str] = []
     checked: set[Path] = set()
     plugins_checked: set[Path] = set()
+    sizes: dict[Path, int] = {}  # each directory measured once, not once per function that uses it
+
+    def size_of(directory: Path) -> int:
+        if directory not in sizes:
+            sizes[directory] = _size(directory)
+        return sizes[directory]
 
     def check_tree(label: str, directory: Path) -> None:
         if directory in checked:
@@ -186,7 +192,7 @@ def built_problems(build_dir: Path) -> list[str]:
             continue
         problems.extend(f"{name}: {problem}" for problem in function_problems(code, props["Handler"]))
         check_tree(name, code)
-        size = _size(code)
+        size = size_of(code)
         for layer_name in _layer_ids(props.get("Layers", function_globals.get("Layers", []))):
             layer_props = resources.get(layer_name, {}).get("Properties") or {}
             content = build_dir / str(layer_props.get("ContentUri", ""))
@@ -203,7 +209,7 @@ def built_problems(build_dir: Path) -> list[str]:
                     f"{layer_name}: {problem}" for problem in pydantic_plugin_problems(content / LAYER_SUBDIR)
                 )
             check_tree(layer_name, content / LAYER_SUBDIR)
-            size += _size(content)
+            size += size_of(content)
         if size > LAMBDA_UNZIPPED_LIMIT:
             problems.append(f"{name}: {size / 2**20:.0f} MiB unzipped with its layers, over Lambda's 250 MB")
     return problems

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import importlib.util
 import io
 import json
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 import botocore
 import pytest
 
+from infra import build, check_artifacts
 from infra.build import ARCHITECTURE, LAYER_SUBDIR, RUNTIME, build_function, build_layer, compile_tree
 from infra.check_artifacts import (
     binary_problems,
@@ -443,13 +445,7 @@ def test_the_check_make_build_runs_passes_the_build_and_names_an_x86_binary(buil
     shutil.copytree(built.function, build_dir / "ApiFunction")
     (build_dir / "DependenciesLayer").mkdir()
     (build_dir / "DependenciesLayer" / LAYER_SUBDIR).symlink_to(built.layer)
-    resources = {
-        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
-    }
-    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
-    import yaml
-
-    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources}))
+    _write_built_template(build_dir)
     assert built_problems(build_dir) == []
 
     x86 = bytearray(64)
@@ -470,13 +466,7 @@ def test_the_check_names_a_layer_package_whose_pydantic_plugin_the_template_turn
     dist_info.mkdir(parents=True)
     (dist_info / "WHEEL").write_text("Wheel-Version: 1.0\nTag: py3-none-any\n")
     (dist_info / "entry_points.txt").write_text("[console_scripts]\ntracer = tracer:main\n")
-    resources = {
-        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
-    }
-    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
-    import yaml
-
-    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources}))
+    _write_built_template(build_dir)
     assert TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
     assert built_problems(build_dir) == []
 
@@ -494,14 +484,52 @@ def test_the_check_names_a_layer_package_whose_pydantic_plugin_the_template_turn
         **TEMPLATE["Globals"],
         "Function": {**TEMPLATE["Globals"]["Function"], "Environment": {"Variables": variables}},
     }
-    (build_dir / "template.yaml").write_text(
-        yaml.safe_dump({**TEMPLATE, "Globals": plugins_on, "Resources": resources})
-    )
+    _write_built_template(build_dir, Globals=plugins_on)
     assert built_problems(build_dir) == []
 
 
-def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(tmp_path: Path):
-    project = tmp_path / "project"
+def test_the_check_names_each_function_over_lambdas_limit_with_the_layer_it_uses(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    build_dir = tmp_path / "sam-build"
+    build_dir.mkdir()
+    (build_dir / "ApiFunction").symlink_to(built.function)
+    (build_dir / "DependenciesLayer").symlink_to(built.layer.parent)
+    _write_built_template(build_dir)
+    files = [*built.function.rglob("*"), *built.layer.parent.rglob("*")]
+    unzipped = sum(path.stat().st_size for path in files if path.is_file())
+    monkeypatch.setattr(check_artifacts, "LAMBDA_UNZIPPED_LIMIT", unzipped)
+    assert built_problems(build_dir) == []
+
+    monkeypatch.setattr(check_artifacts, "LAMBDA_UNZIPPED_LIMIT", unzipped - 1)
+    over = f"{unzipped / 2**20:.0f} MiB unzipped with its layers, over Lambda's 250 MB"
+    assert built_problems(build_dir) == [f"{name}: {over}" for name in sorted(FUNCTIONS)]
+
+
+def _write_built_template(build_dir: Path, **changes: object) -> None:
+    """The template sam build writes, for a build directory whose every function's code is
+    ApiFunction/ and whose layer is DependenciesLayer/ (with `changes` to its top-level keys)."""
+    import yaml
+
+    resources = {
+        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
+    }
+    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
+    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources, **changes}))
+
+
+@dataclass
+class SmallProject:
+    root: Path
+    wheels: Path  # build_function's cache
+    artifact: Path  # its first build
+
+
+@pytest.fixture(scope="module")
+def small_project(tmp_path_factory: pytest.TempPathFactory) -> SmallProject:
+    """A project of one package with a module in setuptools' build directory, built once."""
+    base = tmp_path_factory.mktemp("small")
+    project = base / "project"
     (project / "core").mkdir(parents=True)
     (project / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
@@ -513,14 +541,44 @@ def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(
     # What an in-tree `pip install .` leaves behind; a later in-tree build ships it again.
     (project / "build" / "lib" / "core").mkdir(parents=True)
     (project / "build" / "lib" / "core" / "deleted.py").write_text("")
+    build_function(base / "artifact", project, cache=base / "wheels")
+    return SmallProject(project, base / "wheels", base / "artifact")
 
-    build_function(tmp_path / "artifact", project, cache=tmp_path / "wheels")
-    (wheel,) = (tmp_path / "wheels").glob("*/*.whl")
-    build_function(tmp_path / "again", project, cache=tmp_path / "wheels")
 
-    assert (tmp_path / "artifact" / "core" / "kept.py").is_file()
-    assert not (tmp_path / "artifact" / "core" / "deleted.py").exists()
-    assert list((tmp_path / "wheels").glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel
+def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(
+    small_project: SmallProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (wheel,) = small_project.wheels.glob("*/*.whl")
+    compiled: list[Path] = []
+    monkeypatch.setattr(build, "compile_tree", compiled.append)
+    build_function(tmp_path / "again", small_project.root, cache=small_project.wheels)
+
+    assert (small_project.artifact / "core" / "kept.py").is_file()
+    assert not (small_project.artifact / "core" / "deleted.py").exists()
+    assert list(small_project.wheels.glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel
+    assert compiled == []  # and its compiled tree, copied
+    assert _files(tmp_path / "again") == _files(small_project.artifact)
+
+
+def test_a_source_changed_after_a_build_reaches_the_next_builds_artifact_compiled(
+    small_project: SmallProject, tmp_path: Path
+):
+    project, wheels = tmp_path / "project", tmp_path / "wheels"
+    shutil.copytree(small_project.root, project)
+    shutil.copytree(small_project.wheels, wheels)  # what the first build left: its wheel and tree
+    changed = b"ANSWER = 42\n"
+    (project / "core" / "kept.py").write_bytes(changed)
+
+    build_function(tmp_path / "artifact", project, cache=wheels)
+
+    assert (tmp_path / "artifact" / "core" / "kept.py").read_bytes() == changed
+    pyc = (tmp_path / "artifact" / "core" / "__pycache__" / "kept.cpython-311.pyc").read_bytes()
+    assert pyc[8:16] == importlib.util.source_hash(changed)  # compiled from the changed source
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    files = (path for path in directory.rglob("*") if path.is_file())
+    return {path.relative_to(directory).as_posix(): path.read_bytes() for path in files}
 
 
 def test_a_function_carries_the_digest_of_botocores_endpoints_its_first_client_reads(built: Built):
