@@ -21,7 +21,7 @@ import pytest
 from core.errors import Backordered, StaleVersion, TransientError
 from core.ids import reservation_key
 from core.models import Allocation
-from core.ports import TopUp, WaitingOrder
+from core.ports import OrderFilter, TopUp, WaitingOrder
 from core.status import OrderStatus
 from functions.adapters.dynamodb import SHORT_COUNT, DynamoBackorders, DynamoInventory, DynamoStalledOrders
 from functions.bootstrap import Config, Container, bootstrap
@@ -946,6 +946,26 @@ def test_an_address_edit_of_a_backordered_pickup_keeps_it_waiting_where_it_was_a
     shop.inventory.set_on_hand("PREORDER", "store-sf", 1, reason="stock take")
     assert consume(shop, record("store-sf", 0, 1)) == {"batchItemFailures": []}
     assert shop.held(pickup) == 1 and shop.executions() == [pickup]
+
+
+def test_a_backordered_pickup_is_on_its_stores_list_while_it_waits_and_once_an_arrival_fills_it(shop):
+    # GET /orders?pickup_location_id=: the fill's write (a transaction with the stock's top-up)
+    # keeps the order's by_pickup_location entry (it stays backordered, its units held, until its
+    # workflow, started again, allocates it), as every write of an order open at its store does.
+    shop.container.catalog_repository.put_location(
+        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
+    )
+    pickup = shop.backordered_pickup("store-sf")
+
+    def store_list() -> list[tuple[str, OrderStatus]]:
+        orders, _ = shop.container.orders.list(OrderFilter(pickup_location_id="store-sf"), 25, None)
+        return [(order.id, order.status) for order in orders]
+
+    assert store_list() == [(pickup, S.BACKORDERED)]
+    shop.inventory.set_on_hand("PREORDER", "store-sf", 1, reason="stock take")
+    assert consume(shop, record("store-sf", 0, 1)) == {"batchItemFailures": []}
+
+    assert shop.held(pickup) == 1 and store_list() == [(pickup, S.BACKORDERED)]
 
 
 def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_at(shop):
