@@ -385,13 +385,12 @@ def test_a_forged_cursor_naming_no_position_a_page_issues_is_invalid(document: d
         log.page(ORDER.id, None, 10, cursor_of(document))
 
 
-def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_those_made_since():
-    # Each page is a read of the order, stored a moment after it: a walk that went on to the reads
-    # made since it began met its own pages, and one of an entry a page never ended.
+def walked_one_entry_a_page(store: Reads) -> tuple[AccessLog, list[AccessEntry], str | None]:
+    """An access log over `store` walked one entry a page from ten minutes after the order was
+    placed, each page's own read stored a moment after it and the clock moved on: the log, the
+    entries walked and the last cursor (None: the walk ended within nine pages)."""
     now = [T0 + timedelta(minutes=10)]
-    store = Reads(read("r1", 1))
     log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), store, lambda: now[0])
-
     walked, cursor = [], None
     for page in range(1, 10):
         items, cursor = log.page(ORDER.id, None, 1, cursor)
@@ -400,6 +399,14 @@ def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_tho
         now[0] = T0 + timedelta(minutes=10 + page, seconds=30)
         if cursor is None:
             break
+    return log, walked, cursor
+
+
+def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_those_made_since():
+    # Each page is a read of the order, stored a moment after it: a walk that went on to the reads
+    # made since it began met its own pages, and one of an entry a page never ended.
+    store = Reads(read("r1", 1))
+    log, walked, cursor = walked_one_entry_a_page(store)
 
     assert cursor is None and [(e.actor, e.action) for e in walked] == [("key_shop", "created"), ("key_reader", "get")]
     assert [e.actor for e in whole_log(log)] == ["key_shop", "key_reader", "key_auditor", "key_auditor"]
@@ -419,18 +426,7 @@ def test_a_walk_shows_the_reads_made_before_its_first_page_and_the_next_walk_tho
 def test_every_page_of_a_long_walk_keeps_to_the_reads_made_before_its_first_page():
     # Each page's cursor carries the walk's start on, not the time of the page that issued it: a
     # third page went on to the second page's own read, and a walk at one entry a page never ended.
-    now = [T0 + timedelta(minutes=10)]
-    store = Reads(read("r1", 1), read("r2", 2), read("r3", 3))
-    log = AccessLog(OrderQueries(Orders(HistoryEntry(at=T0, type="created", actor="key_shop"))), store, lambda: now[0])
-
-    walked, cursor = [], None
-    for page in range(1, 10):
-        items, cursor = log.page(ORDER.id, None, 1, cursor)
-        walked += items
-        store.add(read(f"p{page}", 10 + page, "access_log", "key_auditor"))  # the page's own read
-        now[0] = T0 + timedelta(minutes=10 + page, seconds=30)
-        if cursor is None:
-            break
+    _, walked, cursor = walked_one_entry_a_page(Reads(read("r1", 1), read("r2", 2), read("r3", 3)))
 
     assert cursor is None and [e.actor for e in walked] == ["key_shop", "key_reader", "key_reader", "key_reader"]
 
