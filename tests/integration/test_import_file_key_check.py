@@ -163,41 +163,30 @@ def test_an_api_it_cannot_reach_is_said_before_anything_is_uploaded(
     assert f"cannot reach the API at {API_URL}" in said and "nothing was uploaded" in said
 
 
-def test_a_check_the_gateway_answers_busy_is_said_before_anything_is_uploaded(
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [(503, '{"message": "Service Unavailable"}'), (404, '{"message": "Missing Authentication Token"}')],
+    ids=["a busy gateway", "an API URL without its stage (/v1): no route, whatever the key"],
+)
+def test_a_check_the_gateway_answers_not_about_the_key_is_said_as_its_answer_before_anything_is_uploaded(
     gateway: ThroughTheGateway,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    answer: int,
+    words: str,
 ):
-    """Not a refusal of the key: the command is to be run again, nothing imported meanwhile."""
-    busy = type("Answer", (), {"status_code": 503, "text": '{"message": "Service Unavailable"}'})()
-    monkeypatch.setattr(gateway, "get", lambda url, timeout: busy)
+    """Not a refusal of the key, so not blamed on it (a new key would not help): the command is to
+    be run again, or its URL mended, nothing imported meanwhile."""
+    said_by_the_gateway = type("Answer", (), {"status_code": answer, "text": words})()
+    monkeypatch.setattr(gateway, "get", lambda url, timeout: said_by_the_gateway)
     monkeypatch.setenv("OMS_API_KEY", "oms_any")
 
     status, out, said = make_import(tmp_path, capsys)
 
     assert (status, uploaded()) == (2, []) and "uploaded" not in out
-    assert "GET /imports answered 503" in said and "nothing was uploaded: try again" in said
-    assert '{"message": "Service Unavailable"}' in said  # the gateway's own words
-    assert "api-keys" not in said
-
-
-def test_an_api_url_that_names_no_route_is_said_as_its_answer_not_blamed_on_the_key(
-    gateway: ThroughTheGateway,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-):
-    """OMS_API_URL without its stage (/v1): API Gateway answers 404 whatever the key, which is not
-    the key's fault: a new key would not help."""
-    missing = type("Answer", (), {"status_code": 404, "text": '{"message": "Missing Authentication Token"}'})()
-    monkeypatch.setattr(gateway, "get", lambda url, timeout: missing)
-    monkeypatch.setenv("OMS_API_KEY", "oms_any")
-
-    status, out, said = make_import(tmp_path, capsys)
-
-    assert (status, uploaded()) == (2, []) and "uploaded" not in out
-    assert "GET /imports answered 404" in said and "nothing was uploaded: try again" in said
+    assert f"GET /imports answered {answer}" in said and "nothing was uploaded: try again" in said
+    assert words in said  # the gateway's own words
     assert "api-keys" not in said and "the key in" not in said
 
 
