@@ -168,6 +168,19 @@ def test_the_document_is_valid_openapi(document: dict[str, Any]):
     validate(document)
 
 
+def test_a_generated_client_names_each_call_for_what_it_does(document: dict[str, Any]):
+    # Generators name a call by its operationId: place_order, not place_order_orders_post.
+    named = {(method, path): operation["operationId"] for method, path, operation in operations(document)}
+
+    assert named[("POST", "/orders")] == "place_order"
+    assert named[("GET", "/orders/{order_id}")] == "get_order"
+    assert named[("PATCH", "/orders/{order_id}")] == "edit_order"
+    assert named[("POST", "/returns/{return_id}/receive")] == "receive_return"
+    assert named[("POST", "/purchase-orders/{po_id}/receive")] == "receive_purchase_order"
+    assert len(set(named.values())) == len(named)
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in named.values()), named
+
+
 def test_no_two_schemas_share_a_title_so_a_generator_makes_a_model_of_each(document: dict[str, Any]):
     # A generator names a model by its title: two "ReceiptLine"s made it drop POST /returns/{id}/receive.
     schemas = document["components"]["schemas"]
