@@ -524,7 +524,7 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         assert envelope["required"] == ["id", "type", "created_at", "data"]
         assert envelope["additionalProperties"] is False
         assert envelope["properties"]["created_at"] == {"type": "string", "format": "date-time"}
-        data = envelope["properties"]["data"]
+        data = schemas[envelope["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
         assert data["required"] == list(objects) and data["additionalProperties"] is False
         # An event too large whole leaves lists of its order out and names them (fitted): only one with an order.
         omitted = data["properties"].get("omitted", {}).get("items", {}).get("enum")
@@ -541,6 +541,19 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         assert post["security"] == []  # the receiver takes no API key of ours: it checks the signature
 
 
+def test_an_event_s_data_is_a_schema_named_for_its_kind_so_a_receiver_s_models_are_too(document: dict[str, Any]):
+    # An inline `data` made datamodel-codegen name the classes Data, Data1, Data2... by their order
+    # in the document: a receiver could not tell a shipment's from a return's, and an added kind renamed them.
+    schemas = document["components"]["schemas"]
+    kinds = ["Order", "Shipment", "Return", "Refund", "Import", "Inventory"]
+
+    assert {kind: schemas[f"{kind}EventBody"]["properties"]["data"] for kind in kinds} == {
+        kind: {"$ref": f"#/components/schemas/{kind}EventData"} for kind in kinds
+    }
+    assert schemas["ShipmentEventData"]["required"] == ["order", "shipment"]
+    assert schemas["ShipmentEventData"]["properties"]["shipment"] == {"$ref": "#/components/schemas/Shipment"}
+
+
 def test_inventory_low_is_described_with_every_field_always_there_and_available_never_negative(
     document: dict[str, Any],
 ):
@@ -549,7 +562,8 @@ def test_inventory_low_is_described_with_every_field_always_there_and_available_
     webhook = document["webhooks"]["inventory.low"]["post"]
     schemas = document["components"]["schemas"]
     envelope = schemas[webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
-    assert envelope["properties"]["data"]["properties"]["inventory"] == {"$ref": "#/components/schemas/LowStock"}
+    data = schemas[envelope["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+    assert data["properties"]["inventory"] == {"$ref": "#/components/schemas/LowStock"}
     low = schemas["LowStock"]
 
     assert low["required"] == ["sku", "location_id", "available", "reorder_point"]
