@@ -66,7 +66,7 @@ class ReturnNote(Strict):
     note: Note | None = None
 
 
-class ReceiptLine(Strict):
+class ReturnReceiptLine(Strict):
     line_id: LineId
     quantity: Quantity
     condition: Condition
@@ -76,11 +76,11 @@ class ReceiveReturn(Strict):
     """The body of POST /returns/{id}/receive: what came back, per line and condition."""
 
     location_id: Identifier
-    lines: Annotated[list[ReceiptLine], Field(min_length=1, max_length=200)]
+    lines: Annotated[list[ReturnReceiptLine], Field(min_length=1, max_length=200)]
 
     @field_validator("lines")
     @classmethod
-    def _once_per_condition(cls, lines: list[ReceiptLine]) -> list[ReceiptLine]:
+    def _once_per_condition(cls, lines: list[ReturnReceiptLine]) -> list[ReturnReceiptLine]:
         _unique([(line.line_id, line.condition) for line in lines], "condition", "line_id and condition")
         return lines
 

@@ -143,6 +143,10 @@ def _join(modules: Iterable[str]) -> ScopeTable:
         rank = {f"functions.api.routes.{name}": index for index, name in enumerate(ROUTE_MODULES)}
         app._static_routes = sorted(app._static_routes, key=lambda route: rank[route.func.__module__])
         app._dynamic_routes = sorted(app._dynamic_routes, key=lambda route: rank[route.func.__module__])
+        # Each operation is named for its function (place_order), which is what a client generated from
+        # the document calls it, not powertools' name with the path and method (place_order_orders_post).
+        for route in (*app._static_routes, *app._dynamic_routes):
+            route.operation_id = route.func.__name__
         _table = ScopeTable(app)
         # Named joined only once the scope table holds their routes: a request in another thread
         # (the local runtime) that skips the lock then reads a table with them. A route missing

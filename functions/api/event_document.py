@@ -7,8 +7,9 @@ from core.reorder import LowStock
 
 # A webhook per type, not per kind of data: a subscription names types (POST /webhooks `events`),
 # and OMS-Event-Type is one. Each body is a $ref to its kind's envelope (OrderEventBody: `type` one
-# of the order's types, `data` {order}), so a generator makes six named types, not nineteen copies,
-# and EventBody (one of them, told apart by `type`) is what a receiver of every type ("*") parses.
+# of the order's types, `data` an OrderEventData {order}), so a generator makes six named types,
+# not nineteen copies, and EventBody (one of them, told apart by `type`) is what a receiver of
+# every type ("*") parses.
 _COMPONENTS = "#/components/schemas/"
 # The schema of each name EVENT_DATA puts in `data`: the API's own answers by $ref, never a copy.
 _DATA_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -67,9 +68,10 @@ def with_webhooks(document: dict[str, Any]) -> dict[str, Any]:
         kinds.setdefault(objects, []).append(type_)
     body_of: dict[EventType, str] = {}
     for objects, types in kinds.items():
-        name = next((name for name in objects if name != "order"), "order").title() + "EventBody"
-        schemas[name] = _envelope(objects, types)
-        body_of |= dict.fromkeys(types, _COMPONENTS + name)
+        kind = next((name for name in objects if name != "order"), "order").title()
+        schemas[f"{kind}EventData"] = _data(objects)
+        schemas[f"{kind}EventBody"] = _envelope(_COMPONENTS + f"{kind}EventData", types)
+        body_of |= dict.fromkeys(types, _COMPONENTS + f"{kind}EventBody")
     schemas["EventBody"] = {
         "oneOf": [{"$ref": ref} for ref in dict.fromkeys(body_of.values())],
         "discriminator": {"propertyName": "type", "mapping": {type_.value: ref for type_, ref in body_of.items()}},
@@ -79,7 +81,9 @@ def with_webhooks(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def _envelope(objects: tuple[str, ...], types: list[EventType]) -> dict[str, Any]:
+def _data(objects: tuple[str, ...]) -> dict[str, Any]:
+    """The schema of `data` for events carrying `objects`: a component of its own (OrderEventData),
+    so a generator names its class for it, not Data, Data1... by where it comes in the document."""
     data: dict[str, Any] = {
         "type": "object",
         "properties": {name: _DATA_SCHEMAS[name] for name in objects},
@@ -88,6 +92,10 @@ def _envelope(objects: tuple[str, ...], types: list[EventType]) -> dict[str, Any
     }
     if "order" in objects:
         data["properties"]["omitted"] = _OMITTED
+    return data
+
+
+def _envelope(data: str, types: list[EventType]) -> dict[str, Any]:
     return {
         "type": "object",
         "description": "The body of a delivery of "
@@ -101,7 +109,7 @@ def _envelope(objects: tuple[str, ...], types: list[EventType]) -> dict[str, Any
             },
             "type": {"type": "string", "enum": [type_.value for type_ in types]},
             "created_at": {"type": "string", "format": "date-time"},
-            "data": data,
+            "data": {"$ref": data},
         },
         "required": ["id", "type", "created_at", "data"],
         "additionalProperties": False,

@@ -168,6 +168,30 @@ def test_the_document_is_valid_openapi(document: dict[str, Any]):
     validate(document)
 
 
+def test_a_generated_client_names_each_call_for_what_it_does(document: dict[str, Any]):
+    # Generators name a call by its operationId: place_order, not place_order_orders_post.
+    named = {(method, path): operation["operationId"] for method, path, operation in operations(document)}
+
+    assert named[("POST", "/orders")] == "place_order"
+    assert named[("GET", "/orders/{order_id}")] == "get_order"
+    assert named[("PATCH", "/orders/{order_id}")] == "edit_order"
+    assert named[("POST", "/returns/{return_id}/receive")] == "receive_return"
+    assert named[("POST", "/purchase-orders/{po_id}/receive")] == "receive_purchase_order"
+    assert len(set(named.values())) == len(named)
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in named.values()), named
+
+
+def test_no_two_schemas_share_a_title_so_a_generator_makes_a_model_of_each(document: dict[str, Any]):
+    # A generator names a model by its title: two "ReceiptLine"s made it drop POST /returns/{id}/receive.
+    schemas = document["components"]["schemas"]
+    titles = [schema.get("title", name) for name, schema in schemas.items()]
+
+    assert sorted(title for title in titles if titles.count(title) > 1) == []
+    returned, purchased = schemas["ReceiveReturn"]["properties"]["lines"], schemas["Receipt"]["properties"]["lines"]
+    assert returned["items"] == {"$ref": "#/components/schemas/ReturnReceiptLine"}
+    assert purchased["items"] == {"$ref": "#/components/schemas/ReceiptLine"}
+
+
 def test_every_link_names_an_operation_and_its_parameters(document: dict[str, Any]):
     links = [
         link
@@ -500,7 +524,7 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         assert envelope["required"] == ["id", "type", "created_at", "data"]
         assert envelope["additionalProperties"] is False
         assert envelope["properties"]["created_at"] == {"type": "string", "format": "date-time"}
-        data = envelope["properties"]["data"]
+        data = schemas[envelope["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
         assert data["required"] == list(objects) and data["additionalProperties"] is False
         # An event too large whole leaves lists of its order out and names them (fitted): only one with an order.
         omitted = data["properties"].get("omitted", {}).get("items", {}).get("enum")
@@ -517,6 +541,19 @@ def test_every_event_type_is_a_webhook_a_subscriber_can_generate_its_body_from(d
         assert post["security"] == []  # the receiver takes no API key of ours: it checks the signature
 
 
+def test_an_event_s_data_is_a_schema_named_for_its_kind_so_a_receiver_s_models_are_too(document: dict[str, Any]):
+    # An inline `data` made datamodel-codegen name the classes Data, Data1, Data2... by their order
+    # in the document: a receiver could not tell a shipment's from a return's, and an added kind renamed them.
+    schemas = document["components"]["schemas"]
+    kinds = ["Order", "Shipment", "Return", "Refund", "Import", "Inventory"]
+
+    assert {kind: schemas[f"{kind}EventBody"]["properties"]["data"] for kind in kinds} == {
+        kind: {"$ref": f"#/components/schemas/{kind}EventData"} for kind in kinds
+    }
+    assert schemas["ShipmentEventData"]["required"] == ["order", "shipment"]
+    assert schemas["ShipmentEventData"]["properties"]["shipment"] == {"$ref": "#/components/schemas/Shipment"}
+
+
 def test_inventory_low_is_described_with_every_field_always_there_and_available_never_negative(
     document: dict[str, Any],
 ):
@@ -525,7 +562,8 @@ def test_inventory_low_is_described_with_every_field_always_there_and_available_
     webhook = document["webhooks"]["inventory.low"]["post"]
     schemas = document["components"]["schemas"]
     envelope = schemas[webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
-    assert envelope["properties"]["data"]["properties"]["inventory"] == {"$ref": "#/components/schemas/LowStock"}
+    data = schemas[envelope["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+    assert data["properties"]["inventory"] == {"$ref": "#/components/schemas/LowStock"}
     low = schemas["LowStock"]
 
     assert low["required"] == ["sku", "location_id", "available", "reorder_point"]
