@@ -144,9 +144,12 @@ def _join(modules: Iterable[str]) -> ScopeTable:
         app._static_routes = sorted(app._static_routes, key=lambda route: rank[route.func.__module__])
         app._dynamic_routes = sorted(app._dynamic_routes, key=lambda route: rank[route.func.__module__])
         # Each operation is named for its function (place_order), which is what a client generated from
-        # the document calls it, not powertools' name with the path and method (place_order_orders_post).
+        # the document calls it, not powertools' name with the path and method (place_order_orders_post),
+        # and tagged with its module (orders, returns, ...): a generated client's package and /docs'
+        # section for its resource, where untagged every call fell under "default".
         for route in (*app._static_routes, *app._dynamic_routes):
             route.operation_id = route.func.__name__
+            route.tags = [route.func.__module__.rsplit(".", 1)[1]]
         _table = ScopeTable(app)
         # Named joined only once the scope table holds their routes: a request in another thread
         # (the local runtime) that skips the lock then reads a table with them. A route missing
