@@ -621,6 +621,10 @@ def return_entries(world: World, order_id: str) -> list[tuple[OrderEvent, str, s
             if e.type.value.startswith("return_")]  # fmt: skip
 
 
+# A person's decision on a return, and the order's history entry it writes.
+DECISIONS = [("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED)]
+
+
 def decided_and_died(
     world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch, decision: str
 ) -> tuple[Returns, FakeReturns, Order, Return]:
@@ -636,9 +640,7 @@ def decided_and_died(
     return returns, store, order, item
 
 
-@pytest.mark.parametrize(("decision", "event"), [
-    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
-])  # fmt: skip
+@pytest.mark.parametrize(("decision", "event"), DECISIONS)
 def test_a_decision_that_died_before_the_orders_entry_has_it_written_once_by_deciding_again(
     world, clock, monkeypatch, decision, event
 ):
@@ -705,9 +707,7 @@ def test_a_rejection_from_a_version_approved_before_its_write_rejects_nothing(wo
     assert OrderEvent.RETURN_REJECTED not in [e.type for e in world.history(order.id)]
 
 
-@pytest.mark.parametrize(("decision", "event"), [
-    ("approve", OrderEvent.RETURN_AUTHORIZED), ("reject", OrderEvent.RETURN_REJECTED),
-])  # fmt: skip
+@pytest.mark.parametrize(("decision", "event"), DECISIONS)
 def test_a_decision_from_a_stale_version_writes_nothing_not_even_the_entry_a_decision_that_died_owes(
     world, clock, monkeypatch, decision, event
 ):
