@@ -133,7 +133,7 @@ def test_a_poll_the_busy_api_does_not_answer_within_its_timeout_is_polled_again(
     assert reports.polls == 5
 
 
-def test_an_api_that_stays_unreachable_ends_the_following_saying_the_file_was_uploaded(monkeypatch, capsys):
+def test_an_api_that_stays_unreachable_ends_the_following_saying_the_file_was_uploaded(monkeypatch):
     monkeypatch.setattr(import_file, "BUSY_PATIENCE", 0)
     with pytest.raises(import_file.CliError, match=r"Read timed out.*uploaded"):
         follow_reports(monkeypatch, Reports(a_report("running"), import_file.requests.ReadTimeout("Read timed out")))
