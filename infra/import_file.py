@@ -10,7 +10,8 @@ Exit status: 0 when the import completed (with or without errors), 1 when it fai
 be followed to its end, 2 for a usage or connection problem or a key that cannot follow the import
 (asked of the API before anything is uploaded: see check_key). An interrupted split
 (`split_interrupted`) is followed on while Lambda retries it, up to INTERRUPTED_PATIENCE; a poll the
-gateway throttles (429) or answers 502, 503 or 504 is made again, for up to BUSY_PATIENCE in a row.
+gateway throttles (429) or answers 502, 503 or 504, or that the API does not answer within its
+timeout, is made again, for up to BUSY_PATIENCE in a row.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ APPEAR_TIMEOUT = 60.0  # how long the splitter may take to pick the file up
 # again; one still interrupted after this long is held for an operator (ImportSplitFailureQueue).
 INTERRUPTED_PATIENCE = 300.0
 # What the gateway answers by itself for a moment (throttled; the function throttled, unavailable or
-# late): the import goes on, so the poll is made again, for up to BUSY_PATIENCE seconds in a row.
+# late), or no answer within the poll's timeout (a burst of orders keeping the API busy): the import
+# goes on, so the poll is made again, for up to BUSY_PATIENCE seconds in a row.
 BUSY_STATUSES = frozenset({429, 502, 503, 504})
 BUSY_PATIENCE = 60.0
 # A file read whole whose counts stop short of its total: an order that failed five times for a
@@ -172,13 +174,24 @@ def follow(
         counts: tuple[int, int] | None = None  # (counted, total) of a file read whole, and since when
         counted_since = 0.0
         while True:
-            response = session.get(f"{stack['api_url']}/imports/{import_id}", timeout=10)
+            try:
+                response: requests.Response | None = session.get(f"{stack['api_url']}/imports/{import_id}", timeout=10)
+            except (requests.Timeout, requests.ConnectionError) as error:
+                response, unanswered = None, error  # an API too busy to answer in time is busy too
             elapsed = clock() - started
-            if response.status_code in BUSY_STATUSES:
+            if response is None or response.status_code in BUSY_STATUSES:
                 busy_since = elapsed if busy_since is None else busy_since
             else:
                 busy_since = None
             patient = busy_since is not None and elapsed - busy_since < BUSY_PATIENCE
+            if response is None:
+                if not patient:
+                    raise CliError(
+                        f"GET /imports/{import_id} had no answer for {BUSY_PATIENCE:.0f} s: {unanswered} "
+                        "(the file was uploaded and may be importing)"
+                    )
+                time.sleep(POLL_SECONDS)
+                continue
             if response.status_code not in (200, 404) and not patient:
                 raise CliError(f"GET /imports/{import_id} answered {response.status_code}: {response.text[:300]}")
             if response.status_code == 404 and elapsed > APPEAR_TIMEOUT:
