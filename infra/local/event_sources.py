@@ -758,8 +758,7 @@ def build_mapping(
             concurrency=min(int(maximum), SQS_LOCAL_CONCURRENCY) if maximum else 1,
             **common,
         )
-    if kind != "DynamoDB":
-        raise EventSourceError(f"{where}: event type not emulated (infra/local/supported.py)")
+    # DynamoDB: Template.load refused any other type (supported.py's ByType).
     stream, filters = str(props["Stream"]), compile_filters(props.get("FilterCriteria"), where)
     table = stream.split(":table/", 1)[-1].split("/stream/", 1)[0]
     return DynamoDBStreamMapping(

@@ -209,8 +209,6 @@ def end_invocation_metrics() -> None:
     Metrics instance (and here every function) shares grows across invocations, printed at 100
     values and formatted whole by each add_metric. Metrics enabled, the flush has cleared it:
     nothing is done, so another function's run keeps what it has not printed yet."""
-    if "aws_lambda_powertools.metrics" not in sys.modules:  # nothing imported it: no metric was added
-        return
     from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
     if is_metrics_disabled():

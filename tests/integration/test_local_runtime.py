@@ -261,6 +261,37 @@ def test_an_api_event_of_the_implicit_api_is_refused_rather_than_left_unrouted()
     assert [route.path for route in Template({"Resources": resources}).api_routes()] == ["/a"]
 
 
+def _api_document(authorizer: str = "Keys", function_arn: Any = None, apis: int = 1, served: bool = True):
+    """A template of one REST API with a REQUEST authorizer and one route behind it."""
+    route = {"RestApiId": {"Ref": "Api"}, "Path": "/a", "Method": "get", "Auth": {"Authorizer": authorizer}}
+    auth = {"Authorizers": {"Keys": {"FunctionArn": function_arn or {"Fn::GetAtt": ["AuthFunction", "Arn"]}}}}
+    resources = {
+        f"Api{'' if n == 0 else n}": {"Type": "AWS::Serverless::Api", "Properties": {"StageName": "v1", "Auth": auth}}
+        for n in range(apis)
+    }
+    events = {"A": {"Type": "Api", "Properties": route}} if served else {}
+    resources["ApiFunction"] = {"Type": "AWS::Serverless::Function", "Properties": {"Events": events}}
+    resources["AuthFunction"] = {"Type": "AWS::Serverless::Function", "Properties": {}}
+    return {"Resources": resources}
+
+
+@pytest.mark.parametrize(
+    ("document", "refused"),
+    [
+        # Served without an authorizer, the route would answer anyone.
+        (_api_document(authorizer="Keyz"), r"routes name authorizers that were not given: \['Keyz'\]"),
+        (_api_document(function_arn="arn:aws:lambda:us-east-1:1:function:elsewhere"), "authorizer Keys: FunctionArn"),
+        (_api_document(apis=2), r"expected one AWS::Serverless::Api, found \['Api', 'Api1'\]"),
+        (_api_document(served=False), r"expected one function serving Api, found \[\]"),
+    ],
+    ids=["an undeclared authorizer", "an authorizer outside the template", "two APIs", "no function serving it"],
+)
+def test_an_api_the_local_gateway_cannot_serve_as_declared_fails_startup_naming_why(document: Any, refused: str):
+    functions = {"ApiFunction": LocalFunction("api", ok), "AuthFunction": LocalFunction("auth", ok)}
+    with pytest.raises(ValueError, match=refused):
+        ApiGateway.from_template(Template(document), functions)
+
+
 def test_parameter_overrides_win_over_defaults():
     template = Template.load(parameter_overrides={"AuthorizerCacheSeconds": 0})
     functions = {name: LocalFunction(name, ok) for name in template.functions()}
@@ -1132,6 +1163,27 @@ def test_handlers_are_imported_on_first_invocation_with_a_lambda_context():
     assert function.invoke({"path": "/x", "httpMethod": "GET"})["statusCode"] == 200
 
 
+def test_a_step_functions_task_reaching_a_stopping_stack_fails_as_lambda_s_service_error_and_runs_nothing():
+    from infra.local.lambdas import LambdaService
+
+    handler = Recorder(ok)
+    service = LambdaService({"Fn": LocalFunction("oms-local-Fn", handler)})
+    service.close()
+    headers: dict[str, Any] = {}
+    answer = json.loads(service.invoke(service.lookup("oms-local-Fn"), b"{}", {}, headers))
+    assert answer["errorType"] == "Lambda.ServiceException" and "stopping" in answer["errorMessage"]
+    assert headers["x-amz-function-error"] == "Unhandled"
+    assert handler.events == []  # no handler outlives the mock it talks to
+
+
+def test_a_handler_given_for_a_function_the_template_lacks_is_refused_before_anything_starts():
+    from infra.local.stack import EmbeddedStack
+
+    # Ignored, the test would run the real handler where it meant its fake.
+    with pytest.raises(ValueError, match=r"handlers given for functions the template lacks: \['ApiFuncton'\]"):
+        EmbeddedStack(handlers={"ApiFuncton": ok}, api_port=0, aws_port=0)
+
+
 # --- The moto lock --------------------------------------------------------------------------------
 
 
@@ -1700,6 +1752,8 @@ _THRESHOLD_DEFAULT = '  ReviewThreshold:\n    Type: String\n    Default: ""\n'
         # An edit that is not YAML was a yaml.parser traceback.
         ("\nResources:\n", "\nResources:\n  : [\n", "template.yaml is not valid YAML: did not find expected key"),
         ("\nResources:\n", "\nResources:\n\tOops: 1\n", "template.yaml is not valid YAML: found character that cannot"),
+        # YAML, but no template: named before the guard walks it as one.
+        ("\nResources:\n", "\nResourcez:\n", "template.yaml: not a CloudFormation template"),
         # A typo in a !Ref was a KeyError traceback from start() naming neither resource nor property.
         (
             "OMS_REVIEW_THRESHOLD: !Ref ReviewThreshold",
@@ -1712,7 +1766,7 @@ _THRESHOLD_DEFAULT = '  ReviewThreshold:\n    Type: String\n    Default: ""\n'
             "ApiFunction.Environment.Variables.WEBHOOK_QUEUE_URL: cannot resolve !Ref WebhookDeliveryQeue",
         ),
     ],
-    ids=["no Default", "not YAML", "a tab", "a Globals !Ref typo", "a function's !Ref typo"],
+    ids=["no Default", "not YAML", "a tab", "not a template", "a Globals !Ref typo", "a function's !Ref typo"],
 )
 def test_make_run_refuses_a_template_mistake_in_one_line_naming_it_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str, named: str

@@ -188,3 +188,11 @@ def test_the_functions_retry_webhooks_on_the_local_stacks_minute_while_the_templ
 
     # What a function reads: the schedule tests/unit/test_webhooks.py shows making 3 attempts in 60 s.
     assert bootstrap(Config.from_env()).retry_schedule == RetrySchedule(2, 8, 60)
+
+
+def test_a_started_stack_started_again_is_refused_and_keeps_serving(stack):
+    # Started again, it would make its tables anew in moto, fail, and stop itself on the way out.
+    with pytest.raises(RuntimeError, match="stack already started"):
+        stack.start()
+    status, body, _ = request(stack.api_url + "/health")
+    assert status == 200 and body["function"] == "oms-local-ApiFunction"

@@ -202,6 +202,11 @@ def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], Non
             _add("Mapping", "", "AWS::Lambda::EventSourceMapping"),
             "Mapping (AWS::Lambda::EventSourceMapping): resource type not emulated",
         ),
+        # A value where the table expects an object: named, not an AttributeError from the walk.
+        (
+            _add("OrdersTable", "Properties.StreamSpecification", "NEW_IMAGE"),
+            "OrdersTable (AWS::DynamoDB::Table).StreamSpecification: expected an object, got 'NEW_IMAGE'",
+        ),
     ],
 )
 def test_a_template_using_what_the_runtime_does_not_emulate_fails_naming_resource_and_property(

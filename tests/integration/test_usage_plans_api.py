@@ -57,6 +57,15 @@ def test_a_key_issued_with_per_key_plans_has_its_own_throttle_and_daily_quota():
         assert api.get("/orders", key=key, params={"limit": 1}).status_code == 200
 
 
+def test_per_key_plans_without_a_daily_quota_throttle_each_key_and_count_nothing():
+    # OMS_KEY_RATE_LIMIT alone: the template's Quota is `!If [KeyQuotaOn, ..., !Ref AWS::NoValue]`.
+    with in_process_api(KeyRateLimit="1", KeyBurstLimit=2) as api:
+        plans = boto3.client("apigateway", region_name="us-east-1").get_usage_plans()["items"]
+        [per_key] = [plan for plan in plans if plan["name"].endswith("-per-key")]
+        assert per_key["throttle"] == {"rateLimit": 1.0, "burstLimit": 2} and "quota" not in per_key
+        assert api.get("/orders", params={"limit": 1}).status_code == 200
+
+
 def test_revoking_a_key_deletes_its_gateway_key():
     with in_process_api(**PER_KEY) as api:
         issued = api.post("/api-keys", json={"name": "gone", "scopes": ["orders:read"]}).json()
