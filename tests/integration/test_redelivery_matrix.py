@@ -51,6 +51,13 @@ def template() -> Template:
     return Template.load(parameter_overrides=FAST)
 
 
+@functools.cache
+def schedule(function: str) -> tuple[str, str]:
+    # Read once per test process, as template(): each read loads the template (40-70 ms of CPU),
+    # and the world of every row read two.
+    return template_schedule(function)
+
+
 def functions_with_a_source() -> set[str]:
     """The template's functions something invokes: an event source of their own (Events), a state
     machine's task (DefinitionSubstitutions naming their ARN), the API's authorizer."""
@@ -792,7 +799,7 @@ def world(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     for function in ("ReconcilerFunction", "JeopardyScanFunction"):
-        monkeypatch.setenv(*template_schedule(function))
+        monkeypatch.setenv(*schedule(function))
     forget_warm_containers()
     admin_key = "oms_admin_" + secrets.token_urlsafe(24)
     built = bootstrap(Config.from_env())
