@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -774,9 +775,47 @@ ROWS = [
 # --- The test --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Seeded:
+    """What a world's tables hold before its row: the admin key, and a product with 100 units
+    counted at a shipping warehouse; the tables as the process's first world wrote them, pickled."""
+
+    admin_key: str
+    sku: str
+    warehouse: str
+    tables: bytes  # physical name -> moto's Table
+
+
+_seeds: list[Seeded] = []
+
+
+def _seeded(aws: Any) -> Seeded:
+    """The admin key, location, product and stock in the row's fresh account's tables. The
+    process's first world writes them (the admin key as the stack's bootstrap does, the rest through
+    the services PUT /locations, /products and /inventory call: no row's subject); each later world
+    gets its own copy of the tables as that one left them, as the aws fixture gives each account a
+    copy of the empty ones. Written again in every world, they were a sixth of the module's CPU."""
+    from functions.bootstrap import Config, bootstrap
+
+    backend = dynamodb_backends[ACCOUNT][REGION]
+    if _seeds:
+        backend.tables.update(pickle.loads(_seeds[0].tables))
+        return _seeds[0]
+    admin_key = "oms_admin_" + secrets.token_urlsafe(24)
+    built = bootstrap(Config.from_env())
+    built.api_keys.ensure_admin(admin_key)
+    warehouse, sku = unique("loc"), unique("SKU").upper()
+    built.catalog.put_location(warehouse, LocationInput.model_validate(location_body()))
+    built.catalog.put_product(sku, ProductInput.model_validate(product_body("19.99", name=f"Product {sku}")))
+    built.inventory.count(sku, warehouse, 100)
+    tables = pickle.dumps({name: backend.tables[name] for name in aws.tables.values()})
+    _seeds.append(Seeded(admin_key, sku, warehouse, tables))
+    return _seeds[0]
+
+
 @pytest.fixture
 def world(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    from functions.bootstrap import Config, bootstrap, forget_warm_containers
+    from functions.bootstrap import forget_warm_containers
 
     sqs = boto3.client("sqs", region_name=REGION)
     events = boto3.client("events", region_name=REGION)
@@ -801,18 +840,10 @@ def world(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     for function in ("ReconcilerFunction", "JeopardyScanFunction"):
         monkeypatch.setenv(*schedule(function))
     forget_warm_containers()
-    admin_key = "oms_admin_" + secrets.token_urlsafe(24)
-    built = bootstrap(Config.from_env())
-    built.api_keys.ensure_admin(admin_key)
+    seeded = _seeded(aws)
     functions = {name: LocalFunction.from_properties(props, name) for name, props in template().functions().items()}
-    api = InProcessApi(ApiGateway.from_template(template(), functions), admin_key)
-    # The row's location, product and stock written by the services PUT /locations, /products and
-    # /inventory call, not through the gateway: no row's subject, and three requests a row were 10 %
-    # of the module's CPU (py-spy --gil).
-    warehouse, sku = unique("loc"), unique("SKU").upper()
-    built.catalog.put_location(warehouse, LocationInput.model_validate(location_body()))
-    built.catalog.put_product(sku, ProductInput.model_validate(product_body("19.99", name=f"Product {sku}")))
-    built.inventory.count(sku, warehouse, 100)
+    api = InProcessApi(ApiGateway.from_template(template(), functions), seeded.admin_key)
+    sku, warehouse = seeded.sku, seeded.warehouse
     queues = {
         "events": tap, "WebhookDeliveryQueue": webhooks, "ImportQueue": imports.queue_url,
         "AccessLogQueue": os.environ["ACCESS_LOG_QUEUE_URL"],
