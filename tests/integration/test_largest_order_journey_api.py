@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.builders import location_body, product, product_body
+from tests.builders import location_body, product_body
 from tests.e2e.client import order_body
 from tests.integration.conftest import pass_through_workflow
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated, stocked_alike
 
 MANY = "SKU-MANY-" + "m" * 119  # 128 characters, the longest sku
 ONE = "SKU-ONE-" + "o" * 120
@@ -174,15 +174,12 @@ def test_the_largest_backordered_order_is_filled_whole_by_one_arrival(api, monke
 def test_the_largest_order_of_100_skus_is_allocated_over_three_locations_and_cancelled_whole(api):
     # 100 stock items: every stock step in transactions of 99 beside the order. The products and
     # their stock written by the repositories (what PUT /products and PUT /inventory write, without
-    # 200 requests through the gateway: ~4 s of CPU, the routes being no subject here).
+    # 200 requests through the gateway: ~4 s of CPU, the routes being no subject here; stocked_alike).
     from functions.bootstrap import Config, bootstrap
 
     skus = [f"SKU-{n:03d}-" + "x" * 120 for n in range(1, 101)]
     locations = [location_id for location_id, _ in STOCK.values()]
-    built = bootstrap(Config.from_env())
-    for n, sku in enumerate(skus):
-        built.catalog_repository.put_product(product(sku, "3.00"))
-        built.inventory_repository.set_on_hand(sku, locations[n % 3], 5, reason="count")
+    stocked_alike(bootstrap(Config.from_env()), [(sku, locations[n % 3]) for n, sku in enumerate(skus)], 5, "3.00")
     lines = [{"sku": sku, "quantity": 2} for sku in skus]
     order = run_to_allocated(api, _placed(api, lines=lines)["id"])
     assert sorted(s["location_id"] for s in order["shipments"]) == sorted(locations)

@@ -21,11 +21,11 @@ import boto3
 import pytest
 
 from core.errors import PaymentGatewayUnavailable
-from tests.builders import location, order_body, product, product_body
+from tests.builders import location, order_body, product_body
 from tests.fakes import AnswersLost
 from tests.integration.conftest import pass_through_workflow
 from tests.integration.import_support import context
-from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_events
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_events, stocked_alike
 from tests.integration.return_steps import refunds, services, step  # noqa: F401 (services: a fixture)
 from tests.integration.test_aggregates_money_journeys import Shopper
 from tests.integration.test_event_sizes import text
@@ -42,17 +42,16 @@ PRICE = "12.34"
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     """The world: the locations and the 100 products stocked, written by the repositories (what
-    PUT /products and PUT /inventory write, without 200 requests through the gateway). Returns are
-    received at the restock locations, which ship nothing: no order's sourcing reads their stock."""
+    PUT /products and PUT /inventory write, without 200 requests through the gateway; stocked_alike).
+    Returns are received at the restock locations, which ship nothing: no order's sourcing reads
+    their stock."""
     from functions.bootstrap import Config, bootstrap
 
     with in_process_api_with_events() as started:
         built = bootstrap(Config.from_env())
         for location_id in (WAREHOUSE, *RESTOCK_AT):
             built.catalog_repository.put_location(location(location_id, ships=location_id == WAREHOUSE))
-        for sku in SKUS:
-            built.catalog_repository.put_product(product(sku, PRICE))
-            built.inventory_repository.set_on_hand(sku, WAREHOUSE, STOCKED, reason="count")
+        stocked_alike(built, [(sku, WAREHOUSE) for sku in SKUS], STOCKED, PRICE)
         yield started
 
 

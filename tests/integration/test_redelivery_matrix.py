@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,19 +21,20 @@ from typing import Any
 
 import boto3
 import pytest
+from moto.dynamodb.models import dynamodb_backends
 from moto.sqs.models import sqs_backends
 from moto.stepfunctions.models import stepfunctions_backends
 
 from core.errors import Backordered, PaymentDeclined
 from core.ids import new_id
-from core.models import HistoryEntry
+from core.models import HistoryEntry, LocationInput, ProductInput
 from core.status import OrderStatus
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.gateway import ApiGateway
 from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
 from plugins.flat_rate_carrier import tracking_number
-from tests.builders import csv_file, csv_row, location_body, template_schedule
+from tests.builders import csv_file, csv_row, location_body, product_body, template_schedule
 from tests.e2e.client import Catalog, order_body, unique
 from tests.integration.conftest import PASS_MACHINE, pass_through_workflow
 from tests.integration.import_support import create_import_resources, lambda_sqs_record
@@ -48,6 +50,13 @@ Delivery = Callable[[], Any]
 def template() -> Template:
     # Read once per test process (~0.2 s a read): the rows only read it.
     return Template.load(parameter_overrides=FAST)
+
+
+@functools.cache
+def schedule(function: str) -> tuple[str, str]:
+    # Read once per test process, as template(): each read loads the template (40-70 ms of CPU),
+    # and the world of every row read two.
+    return template_schedule(function)
 
 
 def functions_with_a_source() -> set[str]:
@@ -227,13 +236,13 @@ def snapshot(world: World) -> dict[str, Any]:
     `test` payment gateway holds, and the webhook POSTs the receiver got."""
     from plugins import test_payments
 
-    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    # Each table's items as moto stores them (DynamoDB JSON), as the queues' and executions' below:
+    # a consistent Scan of every table, three times a row, was 11 % of the module's CPU.
+    tables = dynamodb_backends[ACCOUNT][REGION].tables
     parts: dict[str, Any] = {}
     for logical, name in world.aws.tables.items():
-        items = []
-        for page in dynamodb.get_paginator("scan").paginate(TableName=name, ConsistentRead=True):
-            items += [json.dumps(item, sort_keys=True, default=_text) for item in page["Items"]]
-        parts[logical] = sorted(items)
+        items = (item.to_json()["Attributes"] for item in tables[name].all_items())
+        parts[logical] = sorted(json.dumps(item, sort_keys=True, default=_text) for item in items)
     sqs = sqs_backends[ACCOUNT][REGION]
     for label, url in world.queues.items():
         parts[label] = sorted(message.body for message in sqs.queues[url.rsplit("/", 1)[-1]]._messages)
@@ -766,9 +775,47 @@ ROWS = [
 # --- The test --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Seeded:
+    """What a world's tables hold before its row: the admin key, and a product with 100 units
+    counted at a shipping warehouse; the tables as the process's first world wrote them, pickled."""
+
+    admin_key: str
+    sku: str
+    warehouse: str
+    tables: bytes  # physical name -> moto's Table
+
+
+_seeds: list[Seeded] = []
+
+
+def _seeded(aws: Any) -> Seeded:
+    """The admin key, location, product and stock in the row's fresh account's tables. The
+    process's first world writes them (the admin key as the stack's bootstrap does, the rest through
+    the services PUT /locations, /products and /inventory call: no row's subject); each later world
+    gets its own copy of the tables as that one left them, as the aws fixture gives each account a
+    copy of the empty ones. Written again in every world, they were a sixth of the module's CPU."""
+    from functions.bootstrap import Config, bootstrap
+
+    backend = dynamodb_backends[ACCOUNT][REGION]
+    if _seeds:
+        backend.tables.update(pickle.loads(_seeds[0].tables))
+        return _seeds[0]
+    admin_key = "oms_admin_" + secrets.token_urlsafe(24)
+    built = bootstrap(Config.from_env())
+    built.api_keys.ensure_admin(admin_key)
+    warehouse, sku = unique("loc"), unique("SKU").upper()
+    built.catalog.put_location(warehouse, LocationInput.model_validate(location_body()))
+    built.catalog.put_product(sku, ProductInput.model_validate(product_body("19.99", name=f"Product {sku}")))
+    built.inventory.count(sku, warehouse, 100)
+    tables = pickle.dumps({name: backend.tables[name] for name in aws.tables.values()})
+    _seeds.append(Seeded(admin_key, sku, warehouse, tables))
+    return _seeds[0]
+
+
 @pytest.fixture
 def world(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    from functions.bootstrap import Config, bootstrap, forget_warm_containers
+    from functions.bootstrap import forget_warm_containers
 
     sqs = boto3.client("sqs", region_name=REGION)
     events = boto3.client("events", region_name=REGION)
@@ -791,15 +838,12 @@ def world(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     for function in ("ReconcilerFunction", "JeopardyScanFunction"):
-        monkeypatch.setenv(*template_schedule(function))
+        monkeypatch.setenv(*schedule(function))
     forget_warm_containers()
-    admin_key = "oms_admin_" + secrets.token_urlsafe(24)
-    bootstrap(Config.from_env()).api_keys.ensure_admin(admin_key)
+    seeded = _seeded(aws)
     functions = {name: LocalFunction.from_properties(props, name) for name, props in template().functions().items()}
-    api = InProcessApi(ApiGateway.from_template(template(), functions), admin_key)
-    catalog = Catalog(api)
-    warehouse, sku = catalog.location(), catalog.product("19.99")
-    catalog.stock(sku, warehouse, 100)
+    api = InProcessApi(ApiGateway.from_template(template(), functions), seeded.admin_key)
+    sku, warehouse = seeded.sku, seeded.warehouse
     queues = {
         "events": tap, "WebhookDeliveryQueue": webhooks, "ImportQueue": imports.queue_url,
         "AccessLogQueue": os.environ["ACCESS_LOG_QUEUE_URL"],
