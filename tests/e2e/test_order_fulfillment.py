@@ -241,6 +241,20 @@ def test_an_order_in_two_parcels_ships_each_once_captures_what_was_authorized_an
     captured = sum(Decimal(e["detail"]["captured"]["amount"]) for e in entries[-2:])
     assert captured == dec(done["payment"]["authorized"])
 
+    # Sent again naming the label's number: 200, the same order; that number is confirmed now, so
+    # another one is refused, naming it.
+    label_number = split_order["east"]["tracking_number"]
+    twice = ship(api, order_id, east_id, json={"tracking_number": label_number})
+    corrected = ship(api, order_id, east_id, json={"tracking_number": "ANOTHER-NUMBER"})
+
+    assert twice.status_code == 200, twice.text
+    assert unsigned(twice.json()) == unsigned(done)
+    error = assert_error(corrected, 409, "tracking_number_conflict")
+    assert [(d["field"], d["tracking_number"]) for d in error["details"]] == [("tracking_number", label_number)]
+    assert unsigned(get_order(api, order_id)) == unsigned(done)
+    assert level(api, east_sku, east) == {"on_hand": 7, "reserved": 0, "available": 7}
+    assert [e["type"] for e in history(api, order_id)].count("shipment_shipped") == 2
+
     delivered_one = deliver(api, order_id, west_id)
 
     assert delivered_one.status_code == 200, delivered_one.text
