@@ -151,55 +151,77 @@ def allocated_split_order(stack: EmbeddedStack, api: Api, network: dict[str, str
 
 @pytest.fixture
 def split_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
-    """allocated_split_order(), this test's own: for the tests that ship, deliver, cancel or edit it."""
+    """allocated_split_order(), this journey's own."""
     return allocated_split_order(stack, api, network)
 
 
-@pytest.fixture(scope="module")
-def refused_split_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
-    """allocated_split_order(), shared by the tests of a request that must be refused and change
-    nothing: each of them asserts the order is still the one allocated, so one order (one run of
-    the workflow) serves them all."""
-    return allocated_split_order(stack, api, network)
-
-
-@pytest.fixture(scope="module")
-def refused_shipped_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
-    """allocated_split_order() with its west shipment shipped ("order": the order as the ship
-    answered it), shared as refused_split_order is: by the tests of a request that must be refused
-    and change nothing, each of which asserts the order is still the one the ship left."""
-    split = allocated_split_order(stack, api, network)
-    shipped = ship(api, split["order"]["id"], split["west"]["id"])
-    assert shipped.status_code == 200, shipped.text
-    return {**split, "order": shipped.json()}
+def patch(api: Api, order_id: str, body: dict[str, Any], version: Any = None, **kwargs: Any):
+    headers = {} if version is None else {"If-Match": str(version)}
+    return api.request("PATCH", f"/orders/{order_id}", headers=headers, json=body, **kwargs)
 
 
 # --- Ship and deliver ---------------------------------------------------------------------------------
 
 
-def test_shipping_each_shipment_moves_stock_and_captures_exactly_what_was_authorized(
+def test_an_order_in_two_parcels_ships_each_once_captures_what_was_authorized_and_is_delivered(
     api: Api, network: dict[str, str], split_order: dict[str, Any]
 ):
+    """Refused what it cannot do yet at each step (and left as it was), then shipped parcel by
+    parcel, each ship retried, then delivered parcel by parcel."""
     order = split_order["order"]
+    order_id, west_id, east_id = order["id"], split_order["west"]["id"], split_order["east"]["id"]
     west_sku, east_sku = split_order["skus"]
     west, east = network["west"], network["east"]
     assert level(api, west_sku, west) == {"on_hand": 10, "reserved": 2, "available": 8}
 
-    first = ship(api, order["id"], split_order["west"]["id"], json={"tracking_number": "1Z999AA10123456784"})
+    # Allocated: nothing shipped yet, so nothing to deliver; an edit needs If-Match; unknown ids are 404.
+    assert_error(deliver(api, order_id, west_id), 409, "invalid_transition")
+    assert_error(patch(api, order_id, {"shipping_method": "express"}), 428, "if_match_required", "If-Match")
+    assert_error(ship(api, order_id, UNKNOWN_SHIPMENT), 404)
+    assert_error(deliver(api, order_id, UNKNOWN_SHIPMENT), 404)
+    assert_error(ship(api, UNKNOWN_ORDER, west_id), 404)
+    assert_error(cancel(api, UNKNOWN_ORDER), 404)
+    assert unsigned(get_order(api, order_id)) == unsigned(order)
+
+    first = ship(api, order_id, west_id, json={"tracking_number": "1Z999AA10123456784"})
 
     assert first.status_code == 200, first.text
     partly = first.json()
     assert partly["status"] == "partially_shipped"
     assert partly["payment"]["status"] == "partially_captured"
     assert Decimal(0) < dec(partly["payment"]["captured"]) < dec(partly["payment"]["authorized"])
-    shipped = next(s for s in partly["shipments"] if s["id"] == split_order["west"]["id"])
+    shipped = next(s for s in partly["shipments"] if s["id"] == west_id)
     assert shipped["status"] == "shipped" and shipped["shipped_at"]
     assert shipped["tracking_number"] == "1Z999AA10123456784"
     assert level(api, west_sku, west) == {"on_hand": 8, "reserved": 0, "available": 8}
     assert level(api, east_sku, east) == {"on_hand": 10, "reserved": 3, "available": 7}  # not shipped yet
-    assert unsigned(get_order(api, order["id"])) == unsigned(partly)
+    assert unsigned(get_order(api, order_id)) == unsigned(partly)
 
-    second = ship(api, order["id"], split_order["east"]["id"])  # no body: the carrier's number stays
+    # The warehouse retries the ship: 200, the same order, captured once.
+    twice = ship(api, order_id, west_id, json={"tracking_number": "1Z999AA10123456784"})
+    corrected = ship(api, order_id, west_id, json={"tracking_number": "ANOTHER-NUMBER"})
+
+    assert twice.status_code == 200, twice.text
+    assert unsigned(twice.json()) == unsigned(partly)  # same version, same tracking number, captured once
+    # Another number is another request: refused, naming the number recorded, not answered as if it took.
+    assert corrected.status_code == 409, corrected.text
+    error = corrected.json()["error"]
+    assert error["code"] == "tracking_number_conflict"
+    assert [(d["field"], d["tracking_number"]) for d in error["details"]] == [("tracking_number", "1Z999AA10123456784")]
+    assert level(api, west_sku, west) == {"on_hand": 8, "reserved": 0, "available": 8}
+    assert [e["type"] for e in history(api, order_id)].count("shipment_shipped") == 1
+
+    # Units that shipped cannot be cancelled (without `lines` the unshipped rest would be:
+    # tests/e2e/test_refunds_and_cancels.py), an order with a shipped parcel cannot be edited, and
+    # a shipment of one order is unknown on another (tests/e2e: the channel key's journey).
+    shipped_units = {"reason": "too late", "lines": [{"line_id": "L1", "quantity": 1}]}
+    assert_error(api.post(f"/orders/{order_id}/cancel", json=shipped_units), 409, "invalid_transition")
+    fewer = {"lines": [{"sku": partly["lines"][0]["sku"], "quantity": 1}]}
+    assert_error(patch(api, order_id, fewer, version=partly["version"]), 409, "invalid_transition")
+    assert level(api, east_sku, east)["reserved"] == 3  # the other shipment still holds its units
+    assert unsigned(get_order(api, order_id)) == unsigned(partly)
+
+    second = ship(api, order_id, east_id)  # no body: the carrier's number stays
 
     assert second.status_code == 200, second.text
     done = second.json()
@@ -207,10 +229,10 @@ def test_shipping_each_shipment_moves_stock_and_captures_exactly_what_was_author
     assert done["payment"]["status"] == "captured"
     assert done["payment"]["captured"] == done["payment"]["authorized"] == order["payment"]["authorized"]
     assert dec(done["payment"]["refunded"]) == 0
-    east_shipment = next(s for s in done["shipments"] if s["id"] == split_order["east"]["id"])
+    east_shipment = next(s for s in done["shipments"] if s["id"] == east_id)
     assert east_shipment["tracking_number"] == split_order["east"]["tracking_number"]
     assert level(api, east_sku, east) == {"on_hand": 7, "reserved": 0, "available": 7}
-    entries = history(api, order["id"])
+    entries = history(api, order_id)
     assert [(e["type"], e["from_status"], e["to_status"]) for e in entries[-2:]] == [
         ("shipment_shipped", "allocated", "partially_shipped"),
         ("shipment_shipped", "partially_shipped", "shipped"),
@@ -219,8 +241,93 @@ def test_shipping_each_shipment_moves_stock_and_captures_exactly_what_was_author
     captured = sum(Decimal(e["detail"]["captured"]["amount"]) for e in entries[-2:])
     assert captured == dec(done["payment"]["authorized"])
 
+    # Sent again naming the label's number: 200, the same order; that number is confirmed now, so
+    # another one is refused, naming it.
+    label_number = split_order["east"]["tracking_number"]
+    twice = ship(api, order_id, east_id, json={"tracking_number": label_number})
+    corrected = ship(api, order_id, east_id, json={"tracking_number": "ANOTHER-NUMBER"})
 
-def test_a_label_link_is_signed_at_each_read_and_never_stored(
+    assert twice.status_code == 200, twice.text
+    assert unsigned(twice.json()) == unsigned(done)
+    error = assert_error(corrected, 409, "tracking_number_conflict")
+    assert [(d["field"], d["tracking_number"]) for d in error["details"]] == [("tracking_number", label_number)]
+    assert unsigned(get_order(api, order_id)) == unsigned(done)
+    assert level(api, east_sku, east) == {"on_hand": 7, "reserved": 0, "available": 7}
+    assert [e["type"] for e in history(api, order_id)].count("shipment_shipped") == 2
+
+    delivered_one = deliver(api, order_id, west_id)
+
+    assert delivered_one.status_code == 200, delivered_one.text
+    assert delivered_one.json()["status"] == "shipped"  # one of two delivered
+    delivered = next(s for s in delivered_one.json()["shipments"] if s["id"] == west_id)
+    assert delivered["status"] == "delivered" and delivered["delivered_at"]
+
+    delivered_both = deliver(api, order_id, east_id)
+
+    assert delivered_both.status_code == 200, delivered_both.text
+    assert delivered_both.json()["status"] == "delivered"
+    assert all(s["status"] == "delivered" for s in delivered_both.json()["shipments"])
+    again = deliver(api, order_id, east_id)
+    assert again.status_code == 200 and unsigned(again.json()) == unsigned(delivered_both.json())
+    assert history(api, order_id)[-1]["to_status"] == "delivered"
+
+
+def test_a_carriers_webhook_delivers_the_parcel_it_scanned_and_a_warehouse_batch_confirms_the_rest(
+    api: Api, network: dict[str, str], split_order: dict[str, Any]
+):
+    """POST /carriers/{carrier}/tracking, then POST /shipments/confirmations on the running stack:
+    each batch item as its single route, in order, the ones already done answered as done (a fresh
+    deliver in a batch: tests/integration/test_shipment_confirmations.py)."""
+    from plugins.flat_rate_carrier import tracking_number
+
+    order_id = split_order["order"]["id"]
+    west, east = split_order["west"]["id"], split_order["east"]["id"]
+    west_sku, east_sku = split_order["skus"]
+    assert ship(api, order_id, west).status_code == 200
+
+    def scan(shipment_id: str, status: str) -> dict[str, str]:
+        # What the flat-rate carrier's webhook carries: the label's reference and tracking number.
+        reference = f"{order_id}/{shipment_id}"
+        return {"reference": reference, "tracking_number": tracking_number(shipment_id), "status": status,
+                "at": "2026-11-23T09:30:00Z", "description": "Left with the concierge"}  # fmt: skip
+
+    body = {"events": [scan(west, "in_transit"), scan(west, "delivered"), scan(east, "delivered")]}
+    response = api.post("/carriers/oms-flat-rate/tracking", json=body)
+
+    assert response.status_code == 200, response.text
+    assert [u["outcome"] for u in response.json()["updates"]] == ["not_recorded", "delivered", "not_shipped"]
+    order = get_order(api, order_id)
+    assert {s["id"]: s["status"] for s in order["shipments"]} == {west: "delivered", east: "pending"}
+    again = api.post("/carriers/oms-flat-rate/tracking", json=body)
+    assert again.json() == response.json()
+    assert unsigned(get_order(api, order_id)) == unsigned(order)
+
+    items = [
+        {"order_id": order_id, "shipment_id": west, "action": "ship"},
+        {"order_id": order_id, "shipment_id": east, "action": "ship", "tracking_number": "1ZWMS0001"},
+        {"order_id": order_id, "shipment_id": west, "action": "deliver"},
+        {"order_id": order_id, "shipment_id": east, "action": "deliver"},
+    ]
+
+    confirmed = api.post("/shipments/confirmations", json={"items": items})
+
+    assert confirmed.status_code == 200, confirmed.text
+    results = confirmed.json()["items"]
+    # The parcel the carrier delivered is answered as it is; the other's ship confirms its hand-over
+    # and records the delivery the carrier scanned (README: the tracking webhook's `not_shipped`).
+    assert [(r["shipment_id"], r["status"], r["error"]) for r in results] == [
+        (west, "delivered", None), (east, "delivered", None), (west, "delivered", None), (east, "delivered", None),
+    ]  # fmt: skip
+    assert len({r["version"] for r in results[1:]}) == 1  # the deliveries asked again change nothing
+    order = get_order(api, order_id)
+    assert order["status"] == "delivered" and order["version"] == results[-1]["version"]
+    assert next(s for s in order["shipments"] if s["id"] == east)["tracking_number"] == "1ZWMS0001"
+    assert order["payment"]["captured"] == order["totals"]["grand_total"]
+    assert level(api, west_sku, network["west"]) == {"on_hand": 8, "reserved": 0, "available": 8}
+    assert level(api, east_sku, network["east"]) == {"on_hand": 7, "reserved": 0, "available": 7}
+
+
+def test_a_label_link_is_signed_at_each_read_never_stored_and_a_ship_with_an_empty_body_keeps_its_number(
     stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
     sku = catalog.product("8.00")
@@ -249,15 +356,6 @@ def test_a_label_link_is_signed_at_each_read_and_never_stored(
     stored = json.dumps(doc) + json.dumps(stored_history(item)) + json.dumps(rest)
     assert "http" not in stored and "Signature" not in stored and "X-Amz" not in stored
 
-
-def test_a_shipment_sent_with_an_empty_body_keeps_its_tracking_number(
-    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
-):
-    sku = catalog.product("8.00")
-    catalog.stock(sku, network["west"], 3)
-    order = allocated_order(stack, api, order_body((sku, 1)))
-    [shipment] = order["shipments"]
-
     response = ship(api, order["id"], shipment["id"], json={})
 
     assert response.status_code == 200, response.text
@@ -265,30 +363,6 @@ def test_a_shipment_sent_with_an_empty_body_keeps_its_tracking_number(
     assert shipped["status"] == "shipped" and shipped["payment"]["status"] == "captured"
     assert shipped["payment"]["captured"] == shipped["totals"]["grand_total"]
     assert shipped["shipments"][0]["tracking_number"] == shipment["tracking_number"]
-
-
-def test_shipping_twice_answers_200_and_changes_nothing(api: Api, network: dict[str, str], split_order: dict[str, Any]):
-    order, shipment = split_order["order"], split_order["west"]
-    west_sku = split_order["skus"][0]
-    once = ship(api, order["id"], shipment["id"])
-    assert once.status_code == 200, once.text
-    stock = level(api, west_sku, network["west"])
-
-    twice = ship(api, order["id"], shipment["id"], json={"tracking_number": shipment["tracking_number"]})
-    corrected = ship(api, order["id"], shipment["id"], json={"tracking_number": "ANOTHER-NUMBER"})
-
-    assert twice.status_code == 200, twice.text
-    assert unsigned(twice.json()) == unsigned(once.json())  # same version, same tracking number, captured once
-    # Another number is another request: refused, naming the number recorded, not answered as if it took.
-    assert corrected.status_code == 409, corrected.text
-    error = corrected.json()["error"]
-    assert error["code"] == "tracking_number_conflict"
-    assert [(d["field"], d["tracking_number"]) for d in error["details"]] == [
-        ("tracking_number", shipment["tracking_number"])
-    ]
-    assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(once.json())
-    assert level(api, west_sku, network["west"]) == stock
-    assert [e["type"] for e in history(api, order["id"])].count("shipment_shipped") == 1
 
 
 def test_a_capture_the_gateway_refuses_answers_502_and_the_shipment_stays_pending(
@@ -321,171 +395,17 @@ def test_a_capture_the_gateway_refuses_answers_502_and_the_shipment_stays_pendin
     assert cancelled.json()["payment"]["status"] == "voided"
 
 
-def test_delivering_every_shipment_delivers_the_order(api: Api, split_order: dict[str, Any]):
-    order_id = split_order["order"]["id"]
-    west_id, east_id = split_order["west"]["id"], split_order["east"]["id"]
-    for shipment_id in (west_id, east_id):
-        assert ship(api, order_id, shipment_id).status_code == 200
-
-    first = deliver(api, order_id, west_id)
-
-    assert first.status_code == 200, first.text
-    assert first.json()["status"] == "shipped"  # one of two delivered
-    delivered = next(s for s in first.json()["shipments"] if s["id"] == west_id)
-    assert delivered["status"] == "delivered" and delivered["delivered_at"]
-
-    second = deliver(api, order_id, east_id)
-
-    assert second.status_code == 200, second.text
-    assert second.json()["status"] == "delivered"
-    assert all(s["status"] == "delivered" for s in second.json()["shipments"])
-    again = deliver(api, order_id, east_id)
-    assert again.status_code == 200 and unsigned(again.json()) == unsigned(second.json())
-    assert history(api, order_id)[-1]["to_status"] == "delivered"
-
-
-def test_a_warehouse_system_confirms_both_shipments_in_one_batch(
-    api: Api, network: dict[str, str], split_order: dict[str, Any]
-):
-    """POST /shipments/confirmations on the running stack: each item as its single route, in order."""
-    order_id, west_id, east_id = split_order["order"]["id"], split_order["west"]["id"], split_order["east"]["id"]
-    west_sku, _ = split_order["skus"]
-    items = [
-        {"order_id": order_id, "shipment_id": west_id, "action": "ship", "tracking_number": "1ZWMS0001"},
-        {"order_id": order_id, "shipment_id": east_id, "action": "ship"},
-        {"order_id": order_id, "shipment_id": west_id, "action": "deliver"},
-        {"order_id": order_id, "shipment_id": east_id, "action": "deliver"},
-    ]
-
-    response = api.post("/shipments/confirmations", json={"items": items})
-
-    assert response.status_code == 200, response.text
-    results = response.json()["items"]
-    assert [(r["shipment_id"], r["status"], r["error"]) for r in results] == [
-        (west_id, "shipped", None), (east_id, "shipped", None), (west_id, "delivered", None),
-        (east_id, "delivered", None),
-    ]  # fmt: skip
-    order = get_order(api, order_id)
-    assert order["status"] == "delivered" and order["version"] == results[-1]["version"]
-    assert order["payment"]["captured"] == order["totals"]["grand_total"]
-    assert level(api, west_sku, network["west"]) == {"on_hand": 8, "reserved": 0, "available": 8}
-
-
-def test_a_carriers_tracking_webhook_delivers_the_shipments_it_names(api: Api, split_order: dict[str, Any]):
-    from plugins.flat_rate_carrier import tracking_number
-
-    order_id = split_order["order"]["id"]
-    west, east = split_order["west"]["id"], split_order["east"]["id"]
-    assert ship(api, order_id, west).status_code == 200
-
-    def scan(shipment_id: str, status: str) -> dict[str, str]:
-        # What the flat-rate carrier's webhook carries: the label's reference and tracking number.
-        reference = f"{order_id}/{shipment_id}"
-        return {"reference": reference, "tracking_number": tracking_number(shipment_id), "status": status,
-                "at": "2026-11-23T09:30:00Z", "description": "Left with the concierge"}  # fmt: skip
-
-    body = {"events": [scan(west, "in_transit"), scan(west, "delivered"), scan(east, "delivered")]}
-    response = api.post("/carriers/oms-flat-rate/tracking", json=body)
-
-    assert response.status_code == 200, response.text
-    assert [u["outcome"] for u in response.json()["updates"]] == ["not_recorded", "delivered", "not_shipped"]
-    order = get_order(api, order_id)
-    assert {s["id"]: s["status"] for s in order["shipments"]} == {west: "delivered", east: "pending"}
-    again = api.post("/carriers/oms-flat-rate/tracking", json=body)
-    assert again.json() == response.json()
-    assert unsigned(get_order(api, order_id)) == unsigned(order)
-
-
-def test_delivering_a_pending_shipment_is_409(api: Api, refused_split_order: dict[str, Any]):
-    order = refused_split_order["order"]
-
-    response = deliver(api, order["id"], refused_split_order["west"]["id"])
-
-    assert_error(response, 409, "invalid_transition")
-    assert unsigned(get_order(api, order["id"])) == unsigned(order)
-
-
-def test_an_unknown_shipment_or_order_is_404(
-    api: Api, refused_split_order: dict[str, Any], refused_shipped_order: dict[str, Any]
-):
-    order, other = refused_split_order["order"], refused_shipped_order["order"]
-
-    assert_error(ship(api, order["id"], UNKNOWN_SHIPMENT), 404)
-    assert_error(deliver(api, order["id"], UNKNOWN_SHIPMENT), 404)
-    assert_error(ship(api, UNKNOWN_ORDER, refused_split_order["west"]["id"]), 404)
-    assert_error(cancel(api, UNKNOWN_ORDER), 404)
-    # A shipment of one order is unknown on another.
-    assert_error(ship(api, other["id"], refused_split_order["west"]["id"]), 404)
-    assert_error(deliver(api, other["id"], refused_split_order["east"]["id"]), 404)
-    assert unsigned(get_order(api, order["id"])) == unsigned(order)
-    assert unsigned(get_order(api, other["id"])) == unsigned(other)
-
-
 # --- Cancel ------------------------------------------------------------------------------------------
 
 
-def test_cancelling_before_shipping_releases_the_stock_and_voids_the_payment(
-    api: Api, network: dict[str, str], split_order: dict[str, Any]
+def test_an_order_hidden_from_another_channels_key_is_cancelled_once_releasing_its_stock_and_voiding_its_payment(
+    api: Api, network: dict[str, str], split_order: dict[str, Any], other_channel: dict[str, Any]
 ):
     order = split_order["order"]
     west_sku, east_sku = split_order["skus"]
-
-    response = cancel(api, order["id"], reason="customer asked")
-
-    assert response.status_code == 200, response.text
-    cancelled = response.json()
-    assert cancelled["status"] == "cancelled"
-    assert cancelled["payment"]["status"] == "voided"
-    assert dec(cancelled["payment"]["captured"]) == 0
-    # The cancel, the void the gateway approved, then each parcel's booking cancelled with the carrier.
-    assert cancelled["version"] == order["version"] + 4
-    assert level(api, west_sku, network["west"]) == {"on_hand": 10, "reserved": 0, "available": 10}
-    assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 0, "available": 10}
-    entry, voided, *bookings = history(api, order["id"])[-4:]
-    assert (entry["type"], entry["from_status"], entry["to_status"]) == ("cancelled", "allocated", "cancelled")
-    assert voided["type"] == "payment_voided"
-    assert [booking["type"] for booking in bookings] == ["carrier_booking_cancelled"] * 2
-    assert entry["actor"] == "key_admin"
-    assert entry["detail"]["reason"] == "customer asked"
-    # A cancelled order cannot ship.
-    assert_error(ship(api, order["id"], split_order["west"]["id"]), 409, "invalid_transition")
-    assert level(api, west_sku, network["west"])["on_hand"] == 10
-
-
-def test_cancelling_twice_answers_200_both_times(api: Api, split_order: dict[str, Any]):
-    order_id = split_order["order"]["id"]
-
-    first = cancel(api, order_id)
-    second = cancel(api, order_id, reason="asked again")
-
-    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
-    assert unsigned(second.json()) == unsigned(first.json())
-    assert [e["type"] for e in history(api, order_id)].count("cancelled") == 1
-
-
-def test_cancelling_units_that_shipped_is_409(api: Api, network: dict[str, str], refused_shipped_order: dict[str, Any]):
-    order_id, shipped = refused_shipped_order["order"]["id"], refused_shipped_order["order"]
-    east_sku = refused_shipped_order["skus"][1]
-
-    # (Without `lines` the unshipped rest would be cancelled: tests/e2e/test_refunds_and_cancels.py.)
-    response = api.post(f"/orders/{order_id}/cancel",
-                        json={"reason": "too late", "lines": [{"line_id": "L1", "quantity": 1}]})  # fmt: skip
-
-    assert_error(response, 409, "invalid_transition")
-    assert unsigned(get_order(api, order_id)) == unsigned(shipped)
-    assert level(api, east_sku, network["east"])["reserved"] == 3  # the other shipment still holds its units
-
-
-# --- Another channel's key ---------------------------------------------------------------------------------
-
-
-def test_another_channels_key_cannot_see_or_change_an_order(
-    api: Api, other_channel: dict[str, Any], refused_split_order: dict[str, Any]
-):
-    order = refused_split_order["order"]
+    order_id, shipment_id = order["id"], split_order["west"]["id"]
     assert order["channel"] != other_channel["channel"]
     key = other_channel["key"]
-    order_id, shipment_id = order["id"], refused_split_order["west"]["id"]
 
     for response in (
         ship(api, order_id, shipment_id, key=key),
@@ -499,8 +419,36 @@ def test_another_channels_key_cannot_see_or_change_an_order(
         assert_error(response, 404)
     assert unsigned(get_order(api, order_id)) == unsigned(order)
 
+    response = cancel(api, order_id, reason="customer asked")
 
-def test_a_channel_key_ships_and_cancels_its_own_orders(
+    assert response.status_code == 200, response.text
+    cancelled = response.json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["payment"]["status"] == "voided"
+    assert dec(cancelled["payment"]["captured"]) == 0
+    # The cancel, the void the gateway approved, then each parcel's booking cancelled with the carrier.
+    assert cancelled["version"] == order["version"] + 4
+    assert level(api, west_sku, network["west"]) == {"on_hand": 10, "reserved": 0, "available": 10}
+    assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 0, "available": 10}
+    entry, voided, *bookings = history(api, order_id)[-4:]
+    assert (entry["type"], entry["from_status"], entry["to_status"]) == ("cancelled", "allocated", "cancelled")
+    assert voided["type"] == "payment_voided"
+    assert [booking["type"] for booking in bookings] == ["carrier_booking_cancelled"] * 2
+    assert entry["actor"] == "key_admin"
+    assert entry["detail"]["reason"] == "customer asked"
+
+    # Cancelled again (a retry, another reason): 200, the same order, one cancel in its history.
+    twice = cancel(api, order_id, reason="asked again")
+
+    assert twice.status_code == 200, twice.text
+    assert unsigned(twice.json()) == unsigned(cancelled)
+    assert [e["type"] for e in history(api, order_id)].count("cancelled") == 1
+    # A cancelled order cannot ship.
+    assert_error(ship(api, order_id, shipment_id), 409, "invalid_transition")
+    assert level(api, west_sku, network["west"])["on_hand"] == 10
+
+
+def test_a_channel_key_ships_and_cancels_its_own_orders_and_one_orders_shipment_is_unknown_on_another(
     stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str], other_channel: dict[str, Any]
 ):
     sku = catalog.product("6.00")
@@ -509,8 +457,14 @@ def test_a_channel_key_ships_and_cancels_its_own_orders(
     channel = other_channel["channel"]
     first = allocated_order(stack, api, order_body((sku, 1), channel=channel), key=key)
     second = allocated_order(stack, api, order_body((sku, 1), channel=channel), key=key)
+    [first_shipment], [second_shipment] = first["shipments"], second["shipments"]
 
-    shipped = ship(api, first["id"], first["shipments"][0]["id"], key=key)
+    assert_error(ship(api, first["id"], second_shipment["id"]), 404)
+    assert_error(deliver(api, second["id"], first_shipment["id"]), 404)
+    assert unsigned(get_order(api, first["id"])) == unsigned(first)
+    assert unsigned(get_order(api, second["id"])) == unsigned(second)
+
+    shipped = ship(api, first["id"], first_shipment["id"], key=key)
     cancelled = cancel(api, second["id"], key=key)
 
     assert shipped.status_code == 200 and shipped.json()["status"] == "shipped", shipped.text
@@ -519,28 +473,6 @@ def test_a_channel_key_ships_and_cancels_its_own_orders(
 
 
 # --- Edit -----------------------------------------------------------------------------------------------
-
-
-def patch(api: Api, order_id: str, body: dict[str, Any], version: Any = None, **kwargs: Any):
-    headers = {} if version is None else {"If-Match": str(version)}
-    return api.request("PATCH", f"/orders/{order_id}", headers=headers, json=body, **kwargs)
-
-
-def test_an_edit_without_if_match_is_428(api: Api, refused_split_order: dict[str, Any]):
-    order = refused_split_order["order"]
-
-    assert_error(patch(api, order["id"], {"shipping_method": "express"}), 428, "if_match_required", "If-Match")
-    assert unsigned(get_order(api, order["id"])) == unsigned(order)
-
-
-def test_an_edit_once_a_shipment_shipped_is_409(api: Api, refused_shipped_order: dict[str, Any]):
-    shipped = refused_shipped_order["order"]
-    sku = shipped["lines"][0]["sku"]
-
-    response = patch(api, shipped["id"], {"lines": [{"sku": sku, "quantity": 1}]}, version=shipped["version"])
-
-    assert_error(response, 409, "invalid_transition")
-    assert unsigned(get_order(api, shipped["id"])) == unsigned(shipped)
 
 
 @pytest.fixture
@@ -554,35 +486,35 @@ def paused(stack: EmbeddedStack) -> Iterator[EmbeddedStack]:
         stack.resume_mappings()
 
 
-def test_a_stale_if_match_is_409_version_conflict(
+def test_a_pending_order_edited_is_priced_again_and_allocated_as_edited_and_one_cancelled_is_never_authorized(
     paused: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
-    sku = catalog.product("10.00")
-    catalog.stock(sku, network["west"], 5)
-    order = place(api, order_body((sku, 1)))
-
-    response = patch(api, order["id"], {"shipping_method": "express"}, version=order["version"] + 1)
-    older = patch(api, order["id"], {"shipping_method": "express"}, version=f'"{order["version"] - 1}"')
-
-    assert_error(response, 409, "version_conflict")
-    assert_error(older, 409, "version_conflict")
-    assert unsigned(get_order(api, order["id"])) == unsigned(order)
-
-
-def test_editing_a_pending_orders_lines_prices_it_again_and_the_workflow_uses_the_new_lines(
-    paused: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
-):
+    """Before the workflow runs: a stale If-Match and an edit beyond the stock are refused and
+    change nothing; an edit of the lines takes; another order is cancelled. Then the workflow
+    authorizes and reserves the edited order's new lines, and leaves the cancelled one alone."""
     west = network["west"]
     kept, added = catalog.product("12.34"), catalog.product("3.33")
     catalog.stock(kept, west, 10)
     catalog.stock(added, west, 10)
     body = order_body((kept, 1), promo_codes=[])
     order = place(api, body)
+
+    stale = patch(api, order["id"], {"shipping_method": "express"}, version=order["version"] + 1)
+    older = patch(api, order["id"], {"shipping_method": "express"}, version=f'"{order["version"] - 1}"')
+    beyond = patch(api, order["id"], {"lines": [{"sku": kept, "quantity": 11}]}, version=order["version"])
+
+    assert_error(stale, 409, "version_conflict")
+    assert_error(older, 409, "version_conflict")
+    assert_error(beyond, 409, "insufficient_stock")
+    assert unsigned(get_order(api, order["id"])) == unsigned(order)
+
     new_lines = [{"sku": kept, "quantity": 3}, {"sku": added, "quantity": 2}]
-    # What the server charges for those lines: the same body placed fresh, under another external id.
+    # What the server charges for those lines: the same body placed fresh, under another external
+    # id, and cancelled while it is pending.
     reference = place(api, {**body, "external_id": unique("ext"), "lines": new_lines})
-    cancelled = cancel(api, reference["id"])
-    assert cancelled.status_code == 200, cancelled.text
+    withdrawn = cancel(api, reference["id"], reason="duplicate")
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert withdrawn.json()["status"] == "cancelled"
 
     response = patch(api, order["id"], {"lines": new_lines}, version=order["version"])
 
@@ -613,40 +545,13 @@ def test_editing_a_pending_orders_lines_prices_it_again_and_the_workflow_uses_th
     assert sorted((x["line_id"], x["quantity"]) for x in allocated["shipments"][0]["lines"]) == sorted(
         [(line_of[kept], 3), (line_of[added], 2)]
     )
-    assert level(api, kept, west)["reserved"] == 3
-    assert level(api, added, west)["reserved"] == 2
+    # Only the edited order holds stock: the cancelled one reserved nothing.
+    assert level(api, kept, west) == {"on_hand": 10, "reserved": 3, "available": 7}
+    assert level(api, added, west) == {"on_hand": 10, "reserved": 2, "available": 8}
 
-
-def test_an_edit_asking_for_more_than_the_stock_is_409_and_changes_nothing(
-    paused: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
-):
-    sku = catalog.product("10.00")
-    catalog.stock(sku, network["west"], 2)
-    catalog.stock(sku, network["east"], 1)
-    order = place(api, order_body((sku, 1)))
-
-    response = patch(api, order["id"], {"lines": [{"sku": sku, "quantity": 4}]}, version=order["version"])
-
-    assert_error(response, 409, "insufficient_stock")
-    assert unsigned(get_order(api, order["id"])) == unsigned(order)
-
-
-def test_a_pending_order_cancelled_before_the_workflow_runs_is_never_authorized(
-    paused: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
-):
-    sku = catalog.product("10.00")
-    catalog.stock(sku, network["west"], 2)
-    order = place(api, order_body((sku, 2)))
-
-    response = cancel(api, order["id"], reason="duplicate")
-
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "cancelled"
-    paused.resume_mappings()
-    settle(paused)
-    after = get_order(api, order["id"])
-    assert after == response.json()  # the workflow found it closed and left it alone
+    # The workflow found the cancelled order closed and left it alone: never authorized.
+    after = get_order(api, reference["id"])
+    assert after == withdrawn.json()
     assert dec(after["payment"]["authorized"]) == 0 and after["payment"]["status"] != "authorized"
     assert after["allocations"] == [] and after["shipments"] == []
-    assert level(api, sku, network["west"]) == {"on_hand": 2, "reserved": 0, "available": 2}
-    assert [e["type"] for e in history(api, order["id"])] == ["created", "cancelled"]
+    assert [e["type"] for e in history(api, reference["id"])] == ["created", "cancelled"]

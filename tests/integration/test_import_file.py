@@ -263,3 +263,16 @@ def test_an_import_the_key_cannot_see_ends_the_following_naming_a_key_bound_to_a
     said = str(raised.value)
     assert "did not start within 60 s" in said and "OMS_EVENT_SOURCES" in said
     assert "bound to a channel" in said and "OMS_API_KEY" in said
+
+
+def test_the_cli_says_what_to_do_when_no_stack_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # tests/e2e/test_bulk_import.py runs the CLI against a running stack, as `make import` and as
+    # `python -m infra.import_file`; with none named nor written down, it says how to start one.
+    for name in [name for name in os.environ if name.startswith("OMS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OMS_STATE_FILE", str(tmp_path / "missing.json"))
+
+    assert import_file.main([str(Path(__file__).resolve().parents[2] / "events" / "orders-sample.csv")]) == 2
+    assert "make run" in capsys.readouterr().err
