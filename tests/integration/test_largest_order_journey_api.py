@@ -172,9 +172,11 @@ def test_the_largest_backordered_order_is_filled_whole_by_one_arrival(api, monke
 
 
 def test_the_largest_order_of_100_skus_is_allocated_over_three_locations_and_cancelled_whole(api):
-    # 100 stock items: every stock step in transactions of 99 beside the order. The products and
-    # their stock written by the repositories (what PUT /products and PUT /inventory write, without
-    # 200 requests through the gateway: ~4 s of CPU, the routes being no subject here; stocked_alike).
+    # 100 stock items, reserved by ReserveStock and released by the cancel; not the stock moves'
+    # transactions of 99 items beside the order (test_dynamodb_adapters.py's
+    # test_moves_over_more_stock_items_than_a_transaction_holds_...). The products and their stock
+    # written by the repositories (what PUT /products and PUT /inventory write, without 200
+    # requests through the gateway: ~4 s of CPU, the routes being no subject here; stocked_alike).
     from functions.bootstrap import Config, bootstrap
 
     skus = [f"SKU-{n:03d}-" + "x" * 120 for n in range(1, 101)]
