@@ -61,11 +61,13 @@ def stuck(return_id: str, name: str, error: type[Exception], execution: str = "e
 
 def received(
     api: InProcessApi, exchange: list[dict[str, Any]] | None = None,
-    steps: tuple[str, ...] = ("receive", "restock", "record"), key: Any = ADMIN, **overrides: Any,
+    steps: tuple[str, ...] = ("receive", "restock", "record"), key: Any = ADMIN, receiver: Any = ADMIN,
+    **overrides: Any,
 ) -> tuple[dict[str, Any], str]:  # fmt: skip
     """A delivered order of two MUGs (`overrides`: its body's overrides), one of them back at the
     warehouse (its return `received`, for an exchange of `exchange` when given), the return's
-    `steps` done (by default those before its refund). `key` requests and receives the return."""
+    `steps` done (by default those before its refund). `key` requests the return, `receiver` (a
+    location's key: receiving takes `fulfillment:write`) receives it."""
     order = ship(api, allocated(api, ("MUG", 2), **overrides), "wh-west")
     for shipment in order["shipments"]:
         done = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", json={})
@@ -78,7 +80,7 @@ def received(
     made = api.post(f"/orders/{order['id']}/returns", json=body, key=key)
     assert made.status_code == 201, made.text
     return_id = made.json()["id"]
-    assert api.post(f"/returns/{return_id}/receive", json=RECEIPT, key=key).status_code in (200, 202)
+    assert api.post(f"/returns/{return_id}/receive", json=RECEIPT, key=receiver).status_code in (200, 202)
     for name in steps:
         step(name, return_id)
     return order, return_id

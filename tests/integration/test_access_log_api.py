@@ -457,7 +457,7 @@ def test_a_return_received_again_is_logged_as_a_read_of_its_order_and_its_first_
     )  # fmt: skip
     warehouse = Catalog(api).location()
     monkeypatch.setitem(vars(container()), "return_workflow", workflow := Started())
-    clerk_id, clerk = key(api, "returns:write")
+    clerk_id, clerk = key(api, "fulfillment:write")  # the location's key that receives the parcel
     consume_queued_reads()
     receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
 

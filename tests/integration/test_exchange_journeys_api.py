@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.e2e.client import assert_error
 from tests.integration import return_steps, test_cancel_units_api
-from tests.integration.in_process import InProcessApi
+from tests.integration.in_process import InProcessApi, issue
 from tests.integration.return_steps import AFTER_RECEIPT, RECEIPT, received, refunds, step
 from tests.integration.test_cancel_units_api import cancel, money
 
@@ -79,11 +79,14 @@ def test_an_exchange_received_again_and_asked_for_again_gives_its_credit_once(ap
 
 def test_a_returns_desk_key_places_an_exchange_that_charges_the_customer_for_what_it_adds(api, services):
     # A key with returns:write alone (no orders:write) asks for a MUG to come back as five CAPs:
-    # once the MUG is received, the replacement is placed on the original's payment method, its
-    # workflow to authorize what the CAPs cost beyond the MUG's 13.40 (README, Security: the table).
+    # once the warehouse receives the MUG (its key's fulfillment:write), the replacement is placed on
+    # the original's payment method, its workflow to authorize what the CAPs cost beyond the MUG's
+    # 13.40 (README, Security: the table).
     desk = api.post("/api-keys", json={"name": "returns desk", "scopes": ["returns:write"], "channel": "web"})
     assert desk.status_code == 201, desk.text
-    original, _ = received(api, exchange=[{"sku": "CAP", "quantity": 5}], steps=AFTER_RECEIPT, key=desk.json()["key"])
+    warehouse = issue(api, "fulfillment:write", channel="web")
+    original, _ = received(api, exchange=[{"sku": "CAP", "quantity": 5}], steps=AFTER_RECEIPT,
+                           key=desk.json()["key"], receiver=warehouse)  # fmt: skip
 
     [replacement_id] = replacements_of(api, original)
     replacement = api.get(f"/orders/{replacement_id}").json()

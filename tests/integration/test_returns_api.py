@@ -14,7 +14,7 @@ import pytest
 
 from tests.builders import order_body
 from tests.e2e.client import Catalog, assert_error, unique
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, returns_run_inline
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +246,38 @@ def test_returns_are_listed_by_order_and_status_and_hidden_from_other_channels(a
     assert api.get("/returns", key=other).json() == {"items": [], "next_cursor": None}
     own = api.post("/api-keys", json={"name": "own", "scopes": ["orders:read"], "channel": order["channel"]}).json()
     assert [r["id"] for r in api.get("/returns", key=own["key"]).json()["items"]] == [rma["id"]]
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["storefront key", "returns desk key"])
+def test_a_returns_key_cannot_receive_a_return_and_refund_it_a_locations_key_can(api: InProcessApi, bound: bool):
+    # Before: a storefront's key (returns:write, for its customers to start returns) received a return
+    # no parcel reached, and the returns workflow refunded it: receiving is a location's work.
+    order, sku, warehouse = an_order(api, 2)
+    channel = order["channel"] if bound else None
+    storefront = issue(api, "returns:write", channel=channel)
+    created = api.post(f"/orders/{order['id']}/returns", key=storefront, json=return_body(1))
+    assert created.status_code == 201, created.text
+    rma = created.json()
+    before = on_hand(api, sku, warehouse)
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+
+    refused = assert_error(api.post(f"/returns/{rma['id']}/receive", key=storefront, json=receipt), 403, "forbidden")
+
+    assert "fulfillment:write" in refused["message"]
+    unchanged = api.get(f"/returns/{rma['id']}").json()
+    assert (unchanged["status"], unchanged["version"], unchanged["received_by"]) == ("authorized", rma["version"], None)
+    assert (unchanged["refund"], unchanged["lines"][0]["received_quantity"]) == (rma["refund"], 0)
+    assert api.get(f"/orders/{order['id']}/refunds").json()["items"] == []
+    assert on_hand(api, sku, warehouse) == before
+
+    warehouse_key = issue(api, "fulfillment:write", channel=channel)
+    received = api.post(f"/returns/{rma['id']}/receive", key=warehouse_key, json=receipt)
+
+    assert received.status_code == 200, received.text
+    assert received.json()["status"] == "refunded"
+    refunds = api.get(f"/orders/{order['id']}/refunds").json()["items"]
+    assert [(r["amount"], r["status"]) for r in refunds] == [(received.json()["refund"], "succeeded")]
+    assert on_hand(api, sku, warehouse) == before + 1
 
 
 def test_a_malformed_or_unknown_return_id_is_404(api: InProcessApi):

@@ -53,12 +53,12 @@ README_TABLE: dict[str, set[tuple[str, str]]] = {
         ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject"),
         ("POST", "/shipments/confirmations"),
         ("POST", "/carriers/{carrier}/tracking"),
+        ("POST", "/returns/{return_id}/receive"),
     },
     "returns:write": {
         ("POST", "/orders/{order_id}/returns"),
         ("POST", "/returns/{return_id}/approve"),
         ("POST", "/returns/{return_id}/reject"),
-        ("POST", "/returns/{return_id}/receive"),
     },
     "webhooks:write": {
         ("POST", "/webhooks"),

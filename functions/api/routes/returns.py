@@ -199,7 +199,7 @@ def reject_return(
     },
     middlewares=[plugins_loaded],
 )
-@requires(Scope.RETURNS_WRITE)
+@requires(Scope.FULFILLMENT_WRITE)  # a location's work, as shipping is: a receipt refunds (README, Security)
 def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Response[Return]:
     who = caller(router)
     returns = container().returns
