@@ -672,9 +672,15 @@ def test_a_retry_after_the_first_attempt_died_before_its_record_was_done_changes
     assert _unsigned(again.json()) == _unsigned(done.json())
 
 
+@pytest.fixture(scope="module")
+def other_client(world: World) -> str:
+    """Another client's API key, with every scope but admin: only sent, never changed, by the tests."""
+    return issue(world.api, *(scope.value for scope in Scope if scope is not Scope.ADMIN))
+
+
 @pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
 def test_the_same_idempotency_key_sent_by_another_api_key_is_another_request(
-    api: InProcessApi, world: World, route: tuple[str, str]
+    api: InProcessApi, world: World, other_client: str, route: tuple[str, str]
 ):
     # A key is scoped to the API key that sent it: two clients choosing the same key (a counter, a
     # date) never get each other's answers, nor a 409 for the other's body.
@@ -683,7 +689,6 @@ def test_the_same_idempotency_key_sent_by_another_api_key_is_another_request(
     another_path, another_first, _ = REUSES[route](world)
     if another_path == path:  # no id in the path: another body on the same route
         another_first = other
-    other_client = issue(world.api, *(scope.value for scope in Scope if scope is not Scope.ADMIN))
     key = {"Idempotency-Key": unique("key")}
     done = api.request(method, path, json=first, headers=key)
     assert done.status_code in (200, 201), done.text
