@@ -15,7 +15,6 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
 from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
-from moto.sqs.models import sqs_backends
 
 from core.imports import import_id_for
 from infra.local.lambdas import LambdaContext
@@ -164,37 +163,22 @@ def _client(service: str) -> Any:
     return boto3.client(service, region_name=REGION)
 
 
-# The queues' URLs and the DLQ's ARN as the API answered them in a process's first account
-# (CreateQueue, GetQueueAttributes): each later account's queues are made by the backend call
-# CreateQueue makes, with the same attributes, and have the same URLs and ARN (the three calls over
-# the API were ~8 ms of CPU a test, 5 % of the import worker tests').
-_queues_made: dict[str, str] = {}
-
-
 def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     """The import queue and its DLQ as the template declares them, and the imports bucket."""
     resources = _template().document["Resources"]
     sqs, s3 = _client("sqs"), _client("s3")
     dlq_props = resources["ImportDeadLetterQueue"]["Properties"]
-    dlq_attributes = {"MessageRetentionPeriod": str(dlq_props["MessageRetentionPeriod"])}
+    dlq_url = sqs.create_queue(
+        QueueName="test-import-dlq", Attributes={"MessageRetentionPeriod": str(dlq_props["MessageRetentionPeriod"])}
+    )["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     props = resources["ImportQueue"]["Properties"]
     max_receives = _template().resolve(props["RedrivePolicy"]["maxReceiveCount"])
-
-    def queue_attributes(dlq_arn: str) -> dict[str, str]:
-        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}
-        return {"VisibilityTimeout": str(props["VisibilityTimeout"]), "RedrivePolicy": json.dumps(redrive)}
-
-    if not _queues_made:
-        dlq_url = sqs.create_queue(QueueName="test-import-dlq", Attributes=dlq_attributes)["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        made = sqs.create_queue(QueueName="test-import-queue", Attributes=queue_attributes(dlq_arn))
-        _queues_made.update(dlq_url=dlq_url, dlq_arn=dlq_arn, queue_url=made["QueueUrl"])
-    else:
-        dlq_url, dlq_arn = _queues_made["dlq_url"], _queues_made["dlq_arn"]
-        backend = sqs_backends[dlq_arn.split(":")[4]][REGION]
-        backend.create_queue("test-import-dlq", None, **dlq_attributes)
-        backend.create_queue("test-import-queue", None, **queue_attributes(dlq_arn))
-    queue_url = _queues_made["queue_url"]
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}
+    queue_url = sqs.create_queue(
+        QueueName="test-import-queue",
+        Attributes={"VisibilityTimeout": str(props["VisibilityTimeout"]), "RedrivePolicy": json.dumps(redrive)},
+    )["QueueUrl"]
     bucket = "test-imports"
     s3.create_bucket(Bucket=bucket)
     monkeypatch.setenv("IMPORT_QUEUE_URL", queue_url)
