@@ -25,7 +25,7 @@ from infra.local.resources import Resources
 from infra.local.template import Template, create_table_request, env_string
 from tests.e2e.client import ADMIN, order_body, unique
 from tests.fakes import InlineReturnWorkflow
-from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
+from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue, write_copies
 from tests.template_iam import not_granted_message, unwatch, watch
 
 # Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
@@ -318,8 +318,8 @@ def run_to_allocated(api: InProcessApi, order_id: str) -> dict[str, Any]:
 def stocked_alike(container: Any, stock: Sequence[tuple[str, str]], on_hand: int, price: str) -> None:
     """A product at `price` for each (sku, location id) of `stock`, with `on_hand` units counted of it
     there: the products and the first count written by `container`'s repositories (what PUT /products
-    and PUT /inventory write), each other count a copy of that stock item under its own key, written
-    25 a request. A count through the repository took 10 ms of CPU on moto (a hundred skus' 1 s); the
+    and PUT /inventory write), each other count a copy of that stock item under its own key
+    (write_copies). A count through the repository took 10 ms of CPU on moto (a hundred skus' 1 s); the
     routes and the counts are no subject of the tests that stock a hundred skus."""
     from tests.builders import product
 
@@ -327,12 +327,13 @@ def stocked_alike(container: Any, stock: Sequence[tuple[str, str]], on_hand: int
     for sku in dict.fromkeys(sku for sku, _ in stock):
         container.catalog_repository.put_product(product(sku, price))
     container.inventory_repository.set_on_hand(first_sku, first_location, on_hand, reason="count")
-    client, table = boto3.client("dynamodb", region_name="us-east-1"), os.environ["INVENTORY_TABLE"]
     key = {"sku": {"S": first_sku}, "location_id": {"S": first_location}}
-    counted = client.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
-    copies = [{"PutRequest": {"Item": {**counted, "sku": {"S": s}, "location_id": {"S": at}}}} for s, at in rest]
-    for start in range(0, len(copies), 25):
-        assert not client.batch_write_item(RequestItems={table: copies[start : start + 25]})["UnprocessedItems"]
+    write_copies(
+        boto3.client("dynamodb", region_name="us-east-1"),
+        os.environ["INVENTORY_TABLE"],
+        key,
+        lambda _: ({"sku": {"S": sku}, "location_id": {"S": at}} for sku, at in rest),
+    )
 
 
 def idempotency_records() -> dict[str, dict[str, Any]]:

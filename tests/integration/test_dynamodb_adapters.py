@@ -43,6 +43,7 @@ from functions.adapters.dynamodb import (
 )
 from plugins.testing.memory import InMemoryInventory, InMemoryOrders
 from tests.builders import NOW, address_body, location, place_order, product
+from tests.integration.conftest import write_copies
 from tests.unit.conftest import a_stored_order, usd
 
 
@@ -1829,19 +1830,15 @@ def _reserved(inventory: Any, key: str, *held: tuple[str, str, int]) -> None:
 
 def _reserved_at_each(aws: Any, inventory: Any, key: str, skus: list[str], location_id: str, quantity: int) -> None:
     """_reserved at each of `skus`: the first sku's stock item written by the adapter, and on
-    DynamoDB each other sku's a copy of it under that sku (a BatchWriteItem per 25 items, where
-    the adapter's two UpdateItems an item took 15-20 ms of moto's CPU: 1.6 s of a 100-sku test)."""
+    DynamoDB each other sku's a copy of it under that sku (write_copies, where the adapter's two
+    UpdateItems an item took 15-20 ms of moto's CPU: 1.6 s of a 100-sku test)."""
     _reserved(inventory, key, (skus[0], location_id, quantity))
     if not isinstance(inventory, DynamoInventory):
         for sku in skus[1:]:
             _reserved(inventory, key, (sku, location_id, quantity))
         return
-    table = aws.tables["InventoryTable"]
     first = {"sku": {"S": skus[0]}, "location_id": {"S": location_id}}
-    item = aws.dynamodb.get_item(TableName=table, Key=first, ConsistentRead=True)["Item"]
-    copies = [{"PutRequest": {"Item": {**item, "sku": {"S": sku}}}} for sku in skus[1:]]
-    for start in range(0, len(copies), 25):
-        assert not aws.dynamodb.batch_write_item(RequestItems={table: copies[start : start + 25]})["UnprocessedItems"]
+    write_copies(aws.dynamodb, aws.tables["InventoryTable"], first, lambda _: ({"sku": {"S": sku}} for sku in skus[1:]))
 
 
 def test_an_orders_write_and_its_stock_moves_land_together(order_and_stock):

@@ -21,7 +21,13 @@ from tests.builders import location_body, place_order, product_body, template_sc
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels, run_return_workflow
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
-from tests.integration.conftest import PASS_MACHINE, dying_at_the_ship_write, pass_through_workflow, queries_sent
+from tests.integration.conftest import (
+    PASS_MACHINE,
+    dying_at_the_ship_write,
+    pass_through_workflow,
+    queries_sent,
+    write_copies,
+)
 from tests.unit.conftest import a_stored_order
 
 if TYPE_CHECKING:
@@ -2197,22 +2203,18 @@ def counted_short(inventory: Any, skus: list[str]) -> None:
 
 def counted_short_alike(aws: Any, inventory: Any, skus: list[str]) -> None:
     """counted_short for `skus`: the first sku's stock item written by the adapter, each other's a
-    copy of it under that sku, marked a second after the one before (a BatchWriteItem per 25 items,
-    where the adapter's three UpdateItems a sku took ~25 ms of moto's CPU)."""
+    copy of it under that sku, marked a second after the one before (write_copies, where the
+    adapter's three UpdateItems a sku took ~25 ms of moto's CPU)."""
     from functions.adapters import dynamodb as adapter
 
+    def marked_after(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        first = datetime.fromisoformat(item[adapter.SHORT_COUNTED_AT]["S"])
+        for n, sku in enumerate(skus[1:], start=1):
+            yield {"sku": {"S": sku}, adapter.SHORT_COUNTED_AT: {"S": adapter.timestamp(first + timedelta(seconds=n))}}
+
     counted_short(inventory, skus[:1])
-    table = aws.tables["InventoryTable"]
     key = {"sku": {"S": skus[0]}, "location_id": {"S": "wh-west"}}
-    item = aws.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
-    first = datetime.fromisoformat(item[adapter.SHORT_COUNTED_AT]["S"])
-    copies = [
-        {**item, "sku": {"S": sku}, adapter.SHORT_COUNTED_AT: {"S": adapter.timestamp(first + timedelta(seconds=n))}}
-        for n, sku in enumerate(skus[1:], start=1)
-    ]
-    for start in range(0, len(copies), 25):
-        requests = [{"PutRequest": {"Item": copy}} for copy in copies[start : start + 25]]
-        assert not aws.dynamodb.batch_write_item(RequestItems={table: requests})["UnprocessedItems"]
+    write_copies(aws.dynamodb, aws.tables["InventoryTable"], key, marked_after)
 
 
 def test_short_counts_past_the_first_page_are_finished_though_the_first_keep_failing(
