@@ -1,5 +1,6 @@
-"""Money going back over HTTP on a local stack: an appeasement refund, a refund the gateway refuses,
-cancelling the unshipped rest of a split order, and cancelling some units of a line."""
+"""Money going back over HTTP on a local stack, as three journeys of a split order: a unit cancelled
+then an appeasement refund, a refund the gateway refuses then the unshipped rest cancelled, and a
+whole cancel's clean-up execution."""
 
 from __future__ import annotations
 
@@ -77,63 +78,12 @@ def split(stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, s
     return make
 
 
-def test_an_appeasement_refund_goes_back_through_the_gateway_and_is_listed(api: Api, network, split):
-    order = split()
-    ship(api, order, network["west"])
-    shipped = ship(api, order, network["east"])
-    body = {"amount": {"amount": "4.50", "currency": "USD"}, "reason": "late delivery"}
-
-    made = api.post(f"/orders/{order['id']}/refunds", json=body, headers={"Idempotency-Key": f"a-{order['id']}"})
-    again = api.post(f"/orders/{order['id']}/refunds", json=body, headers={"Idempotency-Key": f"a-{order['id']}"})
-
-    assert made.status_code == again.status_code == 201, made.text
-    assert again.json() == made.json() and made.json()["status"] == "succeeded"
-    payment = api.get(f"/orders/{order['id']}").json()["payment"]
-    assert (payment["status"], payment["refunded"]["amount"]) == ("partially_refunded", "4.50")
-    assert api.get(f"/orders/{order['id']}/refunds").json()["items"] == [made.json()]
-    too_much = {"amount": {"amount": str(dec(shipped["payment"]["captured"]) - Decimal("4.49")), "currency": "USD"},
-                "reason": "everything"}  # fmt: skip
-    assert_error(api.post(f"/orders/{order['id']}/refunds", json=too_much), 422, "refund_exceeds_captured")
-
-
-def test_a_refund_the_gateway_refuses_is_recorded_failed_and_not_counted(api: Api, network, split):
-    order = split(token="tok_refund_decline")
-    ship(api, order, network["west"])
-
-    answer = api.post(f"/orders/{order['id']}/refunds",
-                      json={"amount": {"amount": "1.00", "currency": "USD"}, "reason": "goodwill"})  # fmt: skip
-
-    assert answer.status_code == 201 and answer.json()["status"] == "failed"
-    payment = api.get(f"/orders/{order['id']}").json()["payment"]
-    assert (payment["status"], payment["refunded"]["amount"]) == ("partially_captured", "0.00")
-    types = [h["type"] for h in api.get(f"/orders/{order['id']}/history").json()["items"]]
-    assert types[-2:] == ["payment_refund_failed", "refund_failed"]
-
-
-def test_cancelling_the_rest_of_a_split_order_releases_its_stock_and_settles_the_payment(api: Api, network, split):
-    order = split(west_units=2, east_units=3)
-    east_sku = split.skus[1]
-    ship(api, order, network["west"])
-    assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 3, "available": 7}
-
-    answer = api.post(f"/orders/{order['id']}/cancel", json={"reason": "the rest is not needed"})
-
-    assert answer.status_code == 200, answer.text
-    done = answer.json()
-    assert done["status"] == "shipped"
-    assert [(line["quantity"], line["cancelled_quantity"], line["shipped_quantity"]) for line in done["lines"]] == [
-        (2, 0, 2), (0, 3, 0),
-    ]  # fmt: skip
-    assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 0, "available": 10}
-    payment = done["payment"]
-    assert dec(payment["captured"]) - dec(payment["refunded"]) == dec(done["totals"]["grand_total"])
-    assert dec(payment["authorized"]) == dec(payment["captured"])
-    # The parcel that had not left stays on the order, cancelled.
-    shipments = {(s["location_id"], s["status"]) for s in done["shipments"]}
-    assert shipments == {(network["west"], "shipped"), (network["east"], "cancelled")}
-
-
-def test_cancelling_some_units_of_a_line_reprices_the_order_and_ships_the_rest(api: Api, network, split):
+def test_cancelling_a_unit_reprices_the_order_which_ships_the_rest_and_takes_an_appeasement_refund_once(
+    api: Api, network, split
+):
+    """A unit of the first line cancelled before anything ships, both parcels shipped (what has
+    shipped can no longer be cancelled), then money given back for a late delivery: the refund
+    goes through the gateway once however often it is sent, and no more than was captured."""
     order = split(west_units=2, east_units=3)
     west_sku = split.skus[0]
 
@@ -153,6 +103,59 @@ def test_cancelling_some_units_of_a_line_reprices_the_order_and_ships_the_rest(a
     assert shipped["payment"]["captured"] == done["totals"]["grand_total"]
     assert_error(api.post(f"/orders/{order['id']}/cancel",
                           json={"reason": "late", "lines": [{"line_id": "L2", "quantity": 1}]}), 409)  # fmt: skip
+
+    body = {"amount": {"amount": "4.50", "currency": "USD"}, "reason": "late delivery"}
+    made = api.post(f"/orders/{order['id']}/refunds", json=body, headers={"Idempotency-Key": f"a-{order['id']}"})
+    again = api.post(f"/orders/{order['id']}/refunds", json=body, headers={"Idempotency-Key": f"a-{order['id']}"})
+
+    assert made.status_code == again.status_code == 201, made.text
+    assert again.json() == made.json() and made.json()["status"] == "succeeded"
+    payment = api.get(f"/orders/{order['id']}").json()["payment"]
+    assert (payment["status"], payment["refunded"]["amount"]) == ("partially_refunded", "4.50")
+    assert api.get(f"/orders/{order['id']}/refunds").json()["items"] == [made.json()]
+    too_much = {"amount": {"amount": str(dec(shipped["payment"]["captured"]) - Decimal("4.49")), "currency": "USD"},
+                "reason": "everything"}  # fmt: skip
+    assert_error(api.post(f"/orders/{order['id']}/refunds", json=too_much), 422, "refund_exceeds_captured")
+
+
+def test_a_refund_the_gateway_refuses_is_recorded_failed_and_cancelling_the_rest_releases_its_stock_and_settles(
+    api: Api, network, split
+):
+    """One parcel of a split order shipped; a refund the gateway refuses is recorded failed and not
+    counted; the parcel that had not left is then cancelled, its stock released, the payment settled."""
+    order = split(west_units=2, east_units=3, token="tok_refund_decline")
+    east_sku = split.skus[1]
+    ship(api, order, network["west"])
+    assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 3, "available": 7}
+
+    refused = api.post(f"/orders/{order['id']}/refunds",
+                       json={"amount": {"amount": "1.00", "currency": "USD"}, "reason": "goodwill"})  # fmt: skip
+
+    assert refused.status_code == 201 and refused.json()["status"] == "failed"
+    payment = api.get(f"/orders/{order['id']}").json()["payment"]
+    assert (payment["status"], payment["refunded"]["amount"]) == ("partially_captured", "0.00")
+    types = [h["type"] for h in api.get(f"/orders/{order['id']}/history").json()["items"]]
+    assert types[-2:] == ["payment_refund_failed", "refund_failed"]
+
+    answer = api.post(f"/orders/{order['id']}/cancel", json={"reason": "the rest is not needed"})
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert done["status"] == "shipped"
+    assert [(line["quantity"], line["cancelled_quantity"], line["shipped_quantity"]) for line in done["lines"]] == [
+        (2, 0, 2), (0, 3, 0),
+    ]  # fmt: skip
+    assert level(api, east_sku, network["east"]) == {"on_hand": 10, "reserved": 0, "available": 10}
+    payment = done["payment"]
+    assert dec(payment["captured"]) - dec(payment["refunded"]) == dec(done["totals"]["grand_total"])
+    assert dec(payment["authorized"]) == dec(payment["captured"])
+    # The parcel that had not left stays on the order, cancelled.
+    shipments = {(s["location_id"], s["status"]) for s in done["shipments"]}
+    assert shipments == {(network["west"], "shipped"), (network["east"], "cancelled")}
+    # The cancel settled by releasing what was not captured: it asked for no refund (one would
+    # have been refused, and counted nowhere, with this order's token).
+    after = [h["type"] for h in api.get(f"/orders/{order['id']}/history").json()["items"]][len(types) :]
+    assert after and not [t for t in after if "refund" in t], after
 
 
 def test_a_cancel_starts_an_execution_that_finishes_its_clean_up_and_finds_it_done(

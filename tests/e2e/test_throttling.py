@@ -1,4 +1,5 @@
-"""Throttling: each API key has its own token bucket; an empty one answers 429 with Retry-After."""
+"""Throttling, as two journeys over real HTTP: each API key has its own token bucket; an empty one
+answers 429 with Retry-After, on a stopped clock and on the real one."""
 
 from __future__ import annotations
 
@@ -74,18 +75,31 @@ def until_throttled(api: Api, key: str, most: int = BURST + 3) -> list[requests.
     return responses
 
 
-def test_the_gateway_throttles_each_key_with_the_small_limits(stack: EmbeddedStack):
+def test_a_keys_burst_is_429_with_retry_after_spares_other_keys_and_bad_keys_and_is_served_after_retry_after(
+    api: Api, stack: EmbeddedStack, key: str, quiet_key: str, clock: list[float]
+):
+    """On the stopped clock: the key's burst, then 429 until Retry-After seconds have passed; the
+    other key's bucket and a bad key's 401 are not touched by it."""
     assert stack.gateway is not None and stack.gateway.throttle is not None
     assert (stack.gateway.throttle.rate, stack.gateway.throttle.burst) == (RATE, BURST)
 
-
-def test_a_burst_over_the_limit_is_429_throttled_with_retry_after(api: Api, key: str, clock: list[float]):
     responses = until_throttled(api, key)
 
     assert [r.status_code for r in responses] == [200] * BURST + [429]
     throttled = responses[-1]
     assert_error(throttled, 429, "throttled")
     assert int(throttled.headers["Retry-After"]) >= 1
+    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 429  # nothing refilled yet
+
+    # Another key has its own bucket; a bad key is 401, not the throttled key's 429.
+    assert api.get("/orders", key=quiet_key, params={"limit": 1}).status_code == 200
+    assert api.get("/orders", key=quiet_key, params={"limit": 1}).status_code == 200
+    assert_error(api.get("/orders", key="oms_" + "x" * 32), 401, "unauthorized")
+    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 429
+
+    clock[0] += int(throttled.headers["Retry-After"])
+
+    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 200
 
 
 def test_a_burst_on_the_real_clock_is_throttled_too(api: Api, key: str):
@@ -99,27 +113,3 @@ def test_a_burst_on_the_real_clock_is_throttled_too(api: Api, key: str):
     assert statuses[:BURST] == [200] * BURST, statuses
     assert statuses[-1] == 429, f"no 429 within {len(statuses)} quick requests: {statuses}"
     assert statuses.count(200) <= BURST + int(elapsed * RATE) + 1, (statuses, elapsed)
-
-
-def test_one_keys_empty_bucket_does_not_throttle_another_key(api: Api, key: str, quiet_key: str, clock: list[float]):
-    assert until_throttled(api, key)[-1].status_code == 429
-
-    assert api.get("/orders", key=quiet_key, params={"limit": 1}).status_code == 200
-    assert api.get("/orders", key=quiet_key, params={"limit": 1}).status_code == 200
-    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 429
-
-
-def test_after_retry_after_seconds_the_key_is_served_again(api: Api, key: str, clock: list[float]):
-    throttled = until_throttled(api, key)[-1]
-    assert throttled.status_code == 429
-    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 429  # nothing refilled yet
-
-    clock[0] += int(throttled.headers["Retry-After"])
-
-    assert api.get("/orders", key=key, params={"limit": 1}).status_code == 200
-
-
-def test_a_throttled_key_does_not_turn_a_bad_key_into_a_429(api: Api, key: str):
-    assert until_throttled(api, key)[-1].status_code == 429
-
-    assert_error(api.get("/orders", key="oms_" + "x" * 32), 401, "unauthorized")
