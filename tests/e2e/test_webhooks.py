@@ -117,9 +117,46 @@ def events_of(received: list[dict[str, Any]], order_id: str) -> list[str]:
     return [json.loads(r["body"])["type"] for r in received if json.loads(r["body"])["data"]["order"]["id"] == order_id]
 
 
-def test_a_subscriber_receives_signed_events_as_an_order_moves_and_a_failing_one_is_retried(
+def test_an_order_reaches_signed_subscribers_a_failing_one_retried_a_rule_on_the_bus_its_channel_and_its_access_log(
     stack: EmbeddedStack, api: Api
 ):
+    """Subscriptions refused where a delivery may not go, and a channel key's its own; an order's
+    signed events at a "*" subscriber, a channel-bound one that fails twice retried (and retried
+    once more by hand), order.created at a rule on the template's bus; the order shipped, its
+    customer's notification read by its channel; who read it in its access log; every call the
+    functions made on the way granted by the template."""
+    from tests.template_iam import calls_by_function, granted
+
+    for url in ("ftp://example.com/x", "http://example.com/hook", "http://10.0.0.1/hook", "https://127.0.0.1/hook"):
+        assert_error(api.post("/webhooks", json={"url": url, "events": ["*"]}), 422, "webhook_url_refused", "url")
+    assert_error(api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["order.nope"]}), 422)
+    shop = unique("shop")
+    key = api.post("/api-keys", json={"name": unique("hooks"), "scopes": ["webhooks:write"], "channel": shop})
+    assert key.status_code == 201, key.text
+    secret = key.json()["key"]
+    own = api.post("/webhooks", json={"url": "http://127.0.0.1:9/own", "events": ["shipment.shipped"]}, key=secret)
+    assert own.status_code == 201, own.text
+    assert own.json()["channel"] == shop
+    assert_error(
+        api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"], "channel": "web"}, key=secret), 403
+    )
+    admins = api.post("/webhooks", json={"url": "http://127.0.0.1:9/admin", "events": ["*"]})
+    assert_error(api.get(f"/webhooks/{admins.json()['id']}", key=secret), 404)
+    listed = api.get("/webhooks", key=secret).json()["items"]
+    assert [hook["id"] for hook in listed] == [own.json()["id"]]
+    reader = api.post("/api-keys", json={"name": unique("reader"), "scopes": ["orders:read"]}).json()
+    assert_error(api.get("/webhooks", key=reader["key"]), 403)
+    # A "*" subscription to 127.0.0.1:9 would take (and retry) every event of the orders below.
+    assert api.request("DELETE", f"/webhooks/{admins.json()['id']}").status_code == 204
+
+    events, sqs = stack.client("events"), stack.client("sqs")
+    bus = stack.event_bus_names["EventBus"]
+    assert bus == f"{stack.stack_name}-events" and events.describe_event_bus(Name=bus)["Name"] == bus
+    tap = sqs.create_queue(QueueName=unique("tap"))["QueueUrl"]
+    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="created", EventBusName=bus, EventPattern=json.dumps({"detail-type": ["order.created"]}))
+    events.put_targets(Rule="created", EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}])
+
     network = put_network(api)
     catalog = Catalog(api)
     sku = catalog.product("10.00")
@@ -136,37 +173,86 @@ def test_a_subscriber_receives_signed_events_as_an_order_moves_and_a_failing_one
         flaky_hook = api.post("/webhooks", json={"url": flaky.url, "events": ["order.allocated"], "channel": channel})
         assert flaky_hook.status_code == 201, flaky_hook.text
 
-        placed = api.post("/orders", json=order_body((sku, 1), channel=channel))
-        assert placed.status_code == 201, placed.text
-        order_id = placed.json()["id"]
-        other = api.post("/orders", json=order_body((sku, 1)))  # channel "web": not the flaky one's
-        assert other.status_code == 201, other.text
+        with calls_by_function(stack) as calls:
+            placed = api.post("/orders", json=order_body((sku, 1), channel=channel))
+            assert placed.status_code == 201, placed.text
+            order_id = placed.json()["id"]
+            other = api.post("/orders", json=order_body((sku, 1)))  # channel "web": not the flaky one's
+            assert other.status_code == 201, other.text
 
-        received = receiver.wait_for(lambda got: "order.allocated" in events_of(got, order_id))
-        assert events_of(received, order_id)[:3] == ["order.created", "order.authorized", "order.allocated"]
-        for delivery in received:
-            assert verify(webhook["secret"], delivery["headers"], delivery["body"])
-            event = json.loads(delivery["body"])
-            assert delivery["headers"]["OMS-Event-Id"] == event["id"] and event["id"].startswith("evt_")
-            assert delivery["headers"]["OMS-Event-Type"] == event["type"]
-        allocated = next(json.loads(r["body"]) for r in received if events_of([r], order_id) == ["order.allocated"])
-        assert allocated["data"]["order"]["status"] == "allocated"
+            received = receiver.wait_for(lambda got: "order.allocated" in events_of(got, order_id))
+            assert events_of(received, order_id)[:3] == ["order.created", "order.authorized", "order.allocated"]
+            for delivery in received:
+                assert verify(webhook["secret"], delivery["headers"], delivery["body"])
+                event = json.loads(delivery["body"])
+                assert delivery["headers"]["OMS-Event-Id"] == event["id"] and event["id"].startswith("evt_")
+                assert delivery["headers"]["OMS-Event-Type"] == event["type"]
+            allocated = next(json.loads(r["body"]) for r in received if events_of([r], order_id) == ["order.allocated"])
+            assert allocated["data"]["order"]["status"] == "allocated"
 
-        # The failing receiver: 503, 503, then 204 for the same event (same id), within the
-        # compressed local schedule; it never gets the other channel's order.
-        attempts = flaky.wait_for(lambda got: len(got) >= 3)
-        bodies = [json.loads(a["body"]) for a in attempts]
-        assert {b["id"] for b in bodies} == {bodies[0]["id"]} and bodies[0]["type"] == "order.allocated"
-        assert {b["data"]["order"]["id"] for b in bodies} == {order_id}
-        deliveries = _deliveries_when(api, flaky_hook.json()["id"], "delivered")
-        assert [(d["event_id"], d["attempts"], d["last_status_code"]) for d in deliveries] == [
-            (bodies[0]["id"], 3, 204)
-        ]
-        # A manual retry sends it once more, with the same event id.
-        retried = api.post(f"/webhooks/{flaky_hook.json()['id']}/deliveries/{deliveries[0]['id']}/retry")
-        assert retried.status_code == 202, retried.text
-        again = flaky.wait_for(lambda got: len(got) >= 4)
-        assert json.loads(again[3]["body"])["id"] == bodies[0]["id"]
+            def tapped() -> list[dict[str, Any]]:
+                messages = sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", [])
+                return [
+                    e for m in messages if (e := json.loads(m["Body"]))["detail"]["data"]["order"]["id"] == order_id
+                ]
+
+            found = _when(tapped, "order.created on the bus")
+            assert found[0]["source"] == "oms" and found[0]["detail"]["type"] == "order.created"
+
+            # The failing receiver: 503, 503, then 204 for the same event (same id), within the
+            # compressed local schedule; it never gets the other channel's order.
+            attempts = flaky.wait_for(lambda got: len(got) >= 3)
+            bodies = [json.loads(a["body"]) for a in attempts]
+            assert {b["id"] for b in bodies} == {bodies[0]["id"]} and bodies[0]["type"] == "order.allocated"
+            assert {b["data"]["order"]["id"] for b in bodies} == {order_id}
+            deliveries = _deliveries_when(api, flaky_hook.json()["id"], "delivered")
+            assert [(d["event_id"], d["attempts"], d["last_status_code"]) for d in deliveries] == [
+                (bodies[0]["id"], 3, 204)
+            ]
+            # A manual retry sends it once more, with the same event id.
+            retried = api.post(f"/webhooks/{flaky_hook.json()['id']}/deliveries/{deliveries[0]['id']}/retry")
+            assert retried.status_code == 202, retried.text
+            again = flaky.wait_for(lambda got: len(got) >= 4)
+            assert json.loads(again[3]["body"])["id"] == bodies[0]["id"]
+
+            # Who reads the order is in its access log: a list is a read of each order it answers.
+            auditor = api.post("/api-keys", json={"name": "auditor", "scopes": ["audit:read"]}).json()
+            assert api.get(f"/orders/{order_id}", key=reader["key"]).status_code == 200
+            listed = api.get("/orders", key=reader["key"], params={"limit": 2})
+            assert [order["id"] for order in listed.json()["items"]] == [other.json()["id"], order_id], listed.text
+
+            def my_reads() -> list[dict[str, Any]]:
+                answer = api.get(f"/orders/{order_id}/access-log", key=auditor["key"])
+                assert answer.status_code == 200, answer.text
+                found = [i for i in answer.json()["items"] if i["actor"] == reader["id"]]
+                return found if len(found) == 2 else []
+
+            entries = _when(my_reads, "reads in the access log")
+            assert [entry["action"] for entry in entries] == ["get", "list"]
+            items = api.get(f"/orders/{order_id}/access-log", key=auditor["key"]).json()["items"]
+            assert items[0]["action"] == "created" and times(items) == sorted(times(items))
+
+            # Shipped: its customer's notification, readable by its channel's key and no other's.
+            (shipment,) = _allocated(api, order_id)["shipments"]
+            shipped = api.post(
+                f"/orders/{order_id}/shipments/{shipment['id']}/ship", json={"tracking_number": "TRACK42"}
+            )
+            assert shipped.status_code == 200, shipped.text
+            notes = _when(lambda: api.get(f"/orders/{order_id}/notifications").json()["items"], "notification")
+        assert {"EventsFunction", "WebhookDeliveryFunction", "ApiFunction", "AccessLogFunction"} <= set(calls), sorted(
+            calls
+        )
+        for function, needed in calls.items():
+            assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
+
+        assert [(n["kind"], n["to"]["email"]) for n in notes] == [("shipped", placed.json()["customer"]["email"])]
+        assert "TRACK42" in notes[0]["body"] and notes[0]["details"]["tracking_number"] == "TRACK42"
+        cs = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": channel}).json()["key"]
+        # The same notification (its delivery fields, sent_via and sent_at, may be set between reads).
+        as_channel = api.get(f"/orders/{order_id}/notifications", key=cs).json()["items"]
+        assert [(n["id"], n["kind"], n["body"]) for n in as_channel] == [(n["id"], n["kind"], n["body"]) for n in notes]
+        elsewhere = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": "elsewhere"})
+        assert_error(api.get(f"/orders/{order_id}/notifications", key=elsewhere.json()["key"]), 404)
 
         assert api.request("DELETE", f"/webhooks/{webhook['id']}").status_code == 204
         assert_error(api.get(f"/webhooks/{webhook['id']}"), 404, "not_found")
@@ -187,75 +273,6 @@ def _deliveries_when(api: Api, webhook_id: str, status: str) -> list[dict[str, A
         time.sleep(0.2)
 
 
-def test_subscriptions_refuse_urls_a_delivery_may_not_reach_and_channel_keys_see_their_own(api: Api):
-    for url in ("ftp://example.com/x", "http://example.com/hook", "http://10.0.0.1/hook", "https://127.0.0.1/hook"):
-        assert_error(api.post("/webhooks", json={"url": url, "events": ["*"]}), 422, "webhook_url_refused", "url")
-    assert_error(api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["order.nope"]}), 422)
-
-    channel = unique("shop")
-    key = api.post("/api-keys", json={"name": unique("hooks"), "scopes": ["webhooks:write"], "channel": channel})
-    assert key.status_code == 201, key.text
-    secret = key.json()["key"]
-    own = api.post("/webhooks", json={"url": "http://127.0.0.1:9/own", "events": ["shipment.shipped"]}, key=secret)
-    assert own.status_code == 201, own.text
-    assert own.json()["channel"] == channel
-    assert_error(
-        api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"], "channel": "web"}, key=secret), 403
-    )
-    admins = api.post("/webhooks", json={"url": "http://127.0.0.1:9/admin", "events": ["*"]})
-    assert_error(api.get(f"/webhooks/{admins.json()['id']}", key=secret), 404)
-    listed = api.get("/webhooks", key=secret).json()["items"]
-    assert [hook["id"] for hook in listed] == [own.json()["id"]]
-    reader = api.post("/api-keys", json={"name": unique("reader"), "scopes": ["orders:read"]}).json()["key"]
-    assert_error(api.get("/webhooks", key=reader), 403)
-
-
-def test_the_local_stack_holds_the_templates_bus_and_a_rule_on_it_receives_order_events(stack: EmbeddedStack, api: Api):
-    events, sqs = stack.client("events"), stack.client("sqs")
-    bus = stack.event_bus_names["EventBus"]
-    assert bus == f"{stack.stack_name}-events" and events.describe_event_bus(Name=bus)["Name"] == bus
-    tap = sqs.create_queue(QueueName=unique("tap"))["QueueUrl"]
-    tap_arn = sqs.get_queue_attributes(QueueUrl=tap, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="created", EventBusName=bus, EventPattern=json.dumps({"detail-type": ["order.created"]}))
-    events.put_targets(Rule="created", EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}])
-    (sku,) = Catalog(api).stocked("5.00")
-    placed = api.post("/orders", json=order_body((sku, 1)))
-    assert placed.status_code == 201, placed.text
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        messages = sqs.receive_message(QueueUrl=tap, MaxNumberOfMessages=10).get("Messages", [])
-        found = [json.loads(m["Body"]) for m in messages]
-        found = [e for e in found if e["detail"]["data"]["order"]["id"] == placed.json()["id"]]
-        if found:
-            break
-        assert time.monotonic() < deadline, "no order.created on the bus"
-        time.sleep(0.1)
-    assert found[0]["source"] == "oms" and found[0]["detail"]["type"] == "order.created"
-
-
-def test_every_call_the_events_and_delivery_functions_make_is_granted_by_the_template(stack: EmbeddedStack, api: Api):
-    from tests.template_iam import calls_by_function, granted
-
-    receiver = Receiver(failures=1)
-    try:
-        webhook = api.post("/webhooks", json={"url": receiver.url, "events": ["order.created"]})
-        assert webhook.status_code == 201, webhook.text
-        (sku,) = Catalog(api).stocked("7.00")
-        with calls_by_function(stack) as calls:
-            placed = api.post("/orders", json=order_body((sku, 1)))
-            assert placed.status_code == 201, placed.text
-            receiver.wait_for(lambda got: len(got) >= 2)  # a failed attempt, then the retry
-            (delivery,) = _deliveries_when(api, webhook.json()["id"], "delivered")
-            retried = api.post(f"/webhooks/{webhook.json()['id']}/deliveries/{delivery['id']}/retry")
-            assert retried.status_code == 202, retried.text
-            receiver.wait_for(lambda got: len(got) >= 3)
-        assert {"EventsFunction", "WebhookDeliveryFunction", "ApiFunction"} <= set(calls), sorted(calls)
-        for function, needed in calls.items():
-            assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
-    finally:
-        receiver.close()
-
-
 def _when(read: Any, what: str) -> Any:
     deadline = time.monotonic() + WAIT_SECONDS
     while not (found := read()):
@@ -270,60 +287,6 @@ def _allocated(api: Api, order_id: str) -> dict[str, Any]:
         return order if order["status"] == "allocated" else None
 
     return _when(allocated, "allocation")
-
-
-def test_a_shipped_orders_customer_notification_is_readable_by_its_channel(api: Api):
-    (sku,) = Catalog(api).stocked("12.00")
-    channel = unique("web")
-    placed = api.post("/orders", json=order_body((sku, 1), channel=channel))
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-
-    (shipment,) = _allocated(api, order_id)["shipments"]
-    shipped = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship", json={"tracking_number": "TRACK42"})
-    assert shipped.status_code == 200, shipped.text
-
-    notes = _when(lambda: api.get(f"/orders/{order_id}/notifications").json()["items"], "notification")
-    assert [(n["kind"], n["to"]["email"]) for n in notes] == [("shipped", placed.json()["customer"]["email"])]
-    assert "TRACK42" in notes[0]["body"] and notes[0]["details"]["tracking_number"] == "TRACK42"
-    key = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": channel}).json()["key"]
-    # The same notification (its delivery fields, sent_via and sent_at, may be set between reads).
-    as_channel = api.get(f"/orders/{order_id}/notifications", key=key).json()["items"]
-    assert [(n["id"], n["kind"], n["body"]) for n in as_channel] == [(n["id"], n["kind"], n["body"]) for n in notes]
-    other = api.post("/api-keys", json={"name": "cs", "scopes": ["orders:read"], "channel": "elsewhere"}).json()["key"]
-    assert_error(api.get(f"/orders/{order_id}/notifications", key=other), 404)
-
-
-def test_who_reads_an_order_is_in_its_access_log(stack: EmbeddedStack, api: Api):
-    from tests.template_iam import calls_by_function, granted
-
-    (sku,) = Catalog(api).stocked("9.00")
-    placed = api.post("/orders", json=order_body((sku, 1)))
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-    reader = api.post("/api-keys", json={"name": "reader", "scopes": ["orders:read"]}).json()
-    auditor = api.post("/api-keys", json={"name": "auditor", "scopes": ["audit:read"]}).json()
-
-    with calls_by_function(stack) as calls:
-        assert api.get(f"/orders/{order_id}", key=reader["key"]).status_code == 200
-        # A list is a read of each order it answers (its reads in one message, one SendMessage).
-        another = api.post("/orders", json=order_body((sku, 1)))
-        assert another.status_code == 201, another.text
-        listed = api.get("/orders", key=reader["key"], params={"limit": 2})
-        assert [order["id"] for order in listed.json()["items"]] == [another.json()["id"], order_id], listed.text
-
-        def my_reads() -> list[dict[str, Any]]:
-            answer = api.get(f"/orders/{order_id}/access-log", key=auditor["key"])
-            assert answer.status_code == 200, answer.text
-            found = [i for i in answer.json()["items"] if i["actor"] == reader["id"]]
-            return found if len(found) == 2 else []
-
-        entries = _when(my_reads, "reads in the access log")
-    assert [entry["action"] for entry in entries] == ["get", "list"]
-    items = api.get(f"/orders/{order_id}/access-log", key=auditor["key"]).json()["items"]
-    assert items[0]["action"] == "created" and times(items) == sorted(times(items))
-    for function in ("ApiFunction", "AccessLogFunction"):
-        assert calls[function] <= granted(function), f"{function}: {calls[function] - granted(function)}"
 
 
 def test_a_return_and_its_refund_reach_a_subscriber_as_the_contracts_events(stack: EmbeddedStack, api: Api):
