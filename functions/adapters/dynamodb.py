@@ -1123,15 +1123,10 @@ class DynamoOrders(OrderRepository):
             item["id"]["S"]: item for item in batch_get(self._client, self._table, keys, "id, doc", consistent=True)
         }
         orders = [_order(found[i]) for i in ids if i in found]
-        # Checked on every order read back, whichever index found it: a global secondary index is
-        # eventually consistent, so for a moment the status or late index still lists an order
-        # that has left that status or lost its mark.
-        if where.status is not None:
-            orders = [order for order in orders if order.status is where.status]
-        if where.jeopardy:
-            orders = [order for order in orders if order.listed_late]
-        if where.pickup_location_id is not None:
-            orders = [order for order in orders if order.open_at_store == where.pickup_location_id]
+        # The whole filter checked on every order read back, whichever index found it: a global
+        # secondary index is eventually consistent, so for a moment the status, late or store index
+        # still lists an order that has left that status, lost its mark or ended at its store.
+        orders = [order for order in orders if where.admits(order)]
         return orders, encode_cursor(scope, last) if last else None
 
     def _one_channels_entries(
