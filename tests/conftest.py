@@ -37,6 +37,19 @@ from tests import client_pool, request_signing
 gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The authorizer's Logger built once, now, on the stdout the session's capture gives every
+    test: powertools binds a service's handler to the sys.stdout it is first built on, and the
+    authorizer builds its own at its first refusal (functions/authorizer/app.py, logger(), kept for
+    the process). Built by a refusal in a test under capsys, it wrote each later refusal to that
+    test's capture once closed: "--- Logging error --- ValueError: I/O operation on closed file" on
+    the stderr of the next capsys test that refused a key (test_import_file_key_check.py, one fresh
+    clone's run: its one-line refusal was 109 lines)."""
+    from functions.authorizer.app import logger
+
+    logger()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """What the session left to the collector freed once, after the last fixture's teardown, then
