@@ -49,17 +49,18 @@ def plain(item: dict) -> dict:
     return {name: readable(v) for name, v in values.items()}
 
 
-def test_the_stack_exposes_the_orders_table_by_its_template_name(stack: EmbeddedStack, dynamodb: Any):
+def test_the_orders_table_by_its_template_name_holds_the_order_the_api_placed_read_by_get_item_and_a_scan(
+    stack: EmbeddedStack, dynamodb: Any, placed: dict
+):
+    """The stack's own AWS endpoint (a free port, not LocalStack's 4566) lists the Orders table by
+    the name the template gives it, and plain boto3 reads the order the API placed there, by its
+    key and in a scan."""
     name = stack.table_names["OrdersTable"]
-
     assert name in dynamodb.list_tables()["TableNames"]
     assert stack.aws_endpoint.startswith("http://127.0.0.1:")
     assert not stack.aws_endpoint.endswith(":4566")
 
-
-def test_get_item_on_the_orders_table_sees_the_order_the_api_placed(stack: EmbeddedStack, dynamodb: Any, placed: dict):
-    response = dynamodb.get_item(TableName=stack.table_names["OrdersTable"], Key={"id": {"S": placed["id"]}})
-
+    response = dynamodb.get_item(TableName=name, Key={"id": {"S": placed["id"]}})
     assert "Item" in response
     item = plain(response["Item"])
     # The key and the attributes the template's GSIs are built on are part of the table's design;
@@ -75,13 +76,10 @@ def test_get_item_on_the_orders_table_sees_the_order_the_api_placed(stack: Embed
     for value in (placed["external_id"], placed["lines"][0]["sku"], placed["totals"]["grand_total"]["amount"]):
         assert value in stored
 
-
-def test_a_scan_of_the_orders_table_finds_the_order(stack: EmbeddedStack, dynamodb: Any, placed: dict):
     paginator = dynamodb.get_paginator("scan")
     ids = [
-        item["id"]["S"]
-        for page in paginator.paginate(TableName=stack.table_names["OrdersTable"], ProjectionExpression="id")
-        for item in page["Items"]
+        row["id"]["S"]
+        for page in paginator.paginate(TableName=name, ProjectionExpression="id")
+        for row in page["Items"]
     ]
-
     assert placed["id"] in ids

@@ -1,7 +1,9 @@
 """Backorders over HTTP on the local stack, with the order workflow and the Inventory stream running:
 orders short of a backorderable product wait `backordered`, listed by `GET
-/orders?status=backordered`; units added with an adjustment allocate the oldest, and the units a
-cancelled order releases allocate the next one."""
+/orders?status=backordered`; units added with an adjustment allocate the oldest, a sourcing rules
+change that frees units allocates the order waiting for them, and the units a cancelled order
+releases allocate the next one; a purchase order's receipt, and a draft a reorder point made once
+submitted, allocate the orders waiting for it."""
 
 from __future__ import annotations
 
@@ -57,81 +59,62 @@ def units(order: dict[str, Any]) -> int:
     return sum(allocation["quantity"] for allocation in order["allocations"])
 
 
-def test_backordered_orders_allocate_themselves_oldest_first_as_units_arrive(api: Api):
+def test_backordered_orders_allocate_themselves_oldest_first_as_units_arrive_rules_free_them_or_a_cancel_releases(
+    api: Api,
+):
+    """Orders short of a backorderable product wait `backordered`, holding what they could, and
+    are listed; units added with an adjustment allocate the oldest; a sourcing rules change that
+    frees units where they lie allocates the order waiting for them (nothing arrives: the change
+    wakes it); the units a cancelled order releases allocate the next one."""
     network = put_network(api)
     catalog = Catalog(api)
     sku = catalog.product("30.00", allow_backorder=True)
-    catalog.stock(sku, network["west"], 1)
-    channel = unique("pre")
+    far = catalog.location()
+    assert api.put("/sourcing/rules", json={"prefer": "nearest", "excluded_locations": [far]}).ok
+    try:
+        catalog.stock(sku, network["west"], 1)
+        catalog.stock(sku, far, 2)  # units where no order may take them
+        channel = unique("pre")
 
-    first = api.post("/orders", json=order_body((sku, 3), channel=channel)).json()["id"]
-    first_waiting = settled(api, first, "backordered")
-    second = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
-    second_waiting = settled(api, second, "backordered")
+        first = api.post("/orders", json=order_body((sku, 3), channel=channel)).json()["id"]
+        first_waiting = settled(api, first, "backordered")
+        second = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
+        second_waiting = settled(api, second, "backordered")
 
-    assert (units(first_waiting), units(second_waiting)) == (1, 0)
-    assert first_waiting["shipments"] == [] and first_waiting["payment"]["status"] == "authorized"
-    listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
-    assert [order["id"] for order in listed] == [second, first]  # newest first, as every list
-    history = api.get(f"/orders/{first}/history").json()["items"]
-    assert [e["to_status"] for e in history if e["to_status"]] == ["pending", "authorized", "backordered"]
+        assert (units(first_waiting), units(second_waiting)) == (1, 0)
+        assert first_waiting["shipments"] == [] and first_waiting["payment"]["status"] == "authorized"
+        listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
+        assert [order["id"] for order in listed] == [second, first]  # newest first, as every list
+        history = api.get(f"/orders/{first}/history").json()["items"]
+        assert [e["to_status"] for e in history if e["to_status"]] == ["pending", "authorized", "backordered"]
 
-    added = api.post(f"/inventory/{sku}/{network['east']}/adjustments", json={"delta": 2, "reason": "receipt"})
-    assert added.status_code == 200, added.text
+        added = api.post(f"/inventory/{sku}/{network['east']}/adjustments", json={"delta": 2, "reason": "receipt"})
+        assert added.status_code == 200, added.text
 
-    allocated = settled(api, first, "allocated")
-    assert units(allocated) == 3 and {s["location_id"] for s in allocated["shipments"]} == set(network.values())
-    assert api.get(f"/orders/{second}").json()["status"] == "backordered"
+        allocated = settled(api, first, "allocated")
+        assert units(allocated) == 3 and {s["location_id"] for s in allocated["shipments"]} == set(network.values())
+        assert api.get(f"/orders/{second}").json()["status"] == "backordered"
 
-    cancelled = api.post(f"/orders/{first}/cancel", json={"reason": "customer_request"})
-    assert cancelled.status_code == 200, cancelled.text
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).ok  # nothing arrives: the change wakes it
 
-    allocated = settled(api, second, "allocated")
-    assert units(allocated) == 2
-    stock = api.get(f"/inventory/{sku}").json()
-    assert (sum(loc["on_hand"] for loc in stock["locations"]), sum(loc["reserved"] for loc in stock["locations"])) == (
-        3,
-        2,
-    )
-    assert api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"] == []
+        allocated = settled(api, second, "allocated")
+        assert units(allocated) == 2 and [s["location_id"] for s in allocated["shipments"]] == [far]
+        third = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
+        assert units(settled(api, third, "backordered")) == 0
 
+        cancelled = api.post(f"/orders/{first}/cancel", json={"reason": "customer_request"})
+        assert cancelled.status_code == 200, cancelled.text
 
-def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
-    network = put_network(api)
-    sku = Catalog(api).product("30.00", allow_backorder=True)
-    vendor = unique("vendor")
-    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
-    channel = unique("po")
-    waiting = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
-    backordered = settled(api, waiting, "backordered")
-    line_id = backordered["lines"][0]["line_id"]
-    assert backordered["awaiting_stock"] == {
-        "lines": [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": None}]
-    }
-
-    lines = [{"sku": sku, "quantity": 3, "unit_cost": {"amount": "12.00", "currency": "USD"}}]
-    po = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
-    assert po.status_code == 201, po.text
-    po_id = po.json()["id"]
-    assert po.json()["status"] == "open"
-    east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
-    assert (east["on_hand"], east["incoming"], east["next_expected_at"]) == (0, 3, po.json()["expected_at"])
-    # The order now says when it is expected, in the list too.
-    expected = [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": po.json()["expected_at"]}]
-    assert api.get(f"/orders/{waiting}").json()["awaiting_stock"] == {"lines": expected}
-    listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
-    assert [(o["id"], o["awaiting_stock"]) for o in listed] == [(waiting, {"lines": expected})]
-
-    received = api.post(f"/purchase-orders/{po_id}/receive", json={"lines": [{"sku": sku, "quantity": 2}]},
-                        headers={"Idempotency-Key": unique("receipt")})  # fmt: skip
-    assert received.status_code == 200, received.text
-    assert received.json()["status"] == "partially_received"
-
-    allocated = settled(api, waiting, "allocated")
-    assert units(allocated) == 2 and {s["location_id"] for s in allocated["shipments"]} == {network["east"]}
-    assert allocated["awaiting_stock"] is None
-    east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
-    assert (east["on_hand"], east["reserved"], east["incoming"]) == (2, 2, 1)
+        allocated = settled(api, third, "allocated")
+        assert units(allocated) == 2
+        stock = api.get(f"/inventory/{sku}").json()
+        assert (
+            sum(loc["on_hand"] for loc in stock["locations"]),
+            sum(loc["reserved"] for loc in stock["locations"]),
+        ) == (5, 4)
+        assert api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"] == []
+    finally:
+        api.put("/sourcing/rules", json={"prefer": "nearest"})
 
 
 def stock_at(api: Api, sku: str, location_id: str) -> dict[str, Any]:
@@ -151,15 +134,14 @@ def every_vendor(api: Api) -> list[dict[str, Any]]:
         params["cursor"] = page.json()["next_cursor"]
 
 
-def test_a_buyer_lists_reads_and_cancels_a_purchase_order_and_clears_a_reorder_point(api: Api):
-    """The purchasing routes the journeys around it do not call over HTTP: the vendor list, a PO
-    read by id and listed by vendor and status, a cancel that gives up the units not arrived, and
-    a reorder point shown on the stock and then cleared."""
+def test_a_buyer_orders_from_a_vendor_a_receipt_allocates_the_order_waiting_and_a_cancel_gives_up_the_rest(api: Api):
+    """The vendors, listed a page at a time; a purchase order read by id and listed by vendor and
+    status; the order waiting for its sku says when units are expected, in the list too; a partial
+    receipt allocates it; a cancel gives up the units not arrived, sent again answers as it is, and
+    the PO takes no receipt after it."""
     network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("30.00")
+    sku = Catalog(api).product("30.00", allow_backorder=True)
     east = network["east"]
-    catalog.stock(sku, east, 5)
     vendors = [unique("vendor") for _ in range(3)]  # more than a page of two holds
     for vendor in vendors:
         assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
@@ -167,16 +149,40 @@ def test_a_buyer_lists_reads_and_cancels_a_purchase_order_and_clears_a_reorder_p
     assert replaced.status_code == 200, replaced.text
     listed = {v["vendor_id"]: v for v in every_vendor(api)}
     assert [listed[v]["name"] for v in vendors] == ["Acme", "Acme", "Acme Ltd"] and listed[vendor] == replaced.json()
+    channel = unique("po")
+    waiting = api.post("/orders", json=order_body((sku, 2), channel=channel)).json()["id"]
+    backordered = settled(api, waiting, "backordered")
+    line_id = backordered["lines"][0]["line_id"]
+    assert backordered["awaiting_stock"] == {
+        "lines": [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": None}]
+    }
 
-    lines = [{"sku": sku, "quantity": 4, "unit_cost": money("12.00")}]
+    lines = [{"sku": sku, "quantity": 3, "unit_cost": money("12.00")}]
     created = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": east, "lines": lines})
     assert created.status_code == 201, created.text
     po = created.json()
+    assert po["status"] == "open"
     assert api.get(f"/purchase-orders/{po['id']}").json() == po
     assert api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"] == [po]
     assert api.get("/purchase-orders", params={"vendor_id": vendor, "status": "cancelled"}).json()["items"] == []
     stock = stock_at(api, sku, east)
-    assert (stock["incoming"], stock["next_expected_at"]) == (4, po["expected_at"])
+    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (0, 3, po["expected_at"])
+    # The order now says when it is expected, in the list too.
+    expected = [{"line_id": line_id, "sku": sku, "waiting_quantity": 2, "expected_at": po["expected_at"]}]
+    assert api.get(f"/orders/{waiting}").json()["awaiting_stock"] == {"lines": expected}
+    listed = api.get("/orders", params={"status": "backordered", "channel": channel}).json()["items"]
+    assert [(o["id"], o["awaiting_stock"]) for o in listed] == [(waiting, {"lines": expected})]
+
+    received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 2}]},
+                        headers={"Idempotency-Key": unique("receipt")})  # fmt: skip
+    assert received.status_code == 200, received.text
+    assert received.json()["status"] == "partially_received"
+
+    allocated = settled(api, waiting, "allocated")
+    assert units(allocated) == 2 and {s["location_id"] for s in allocated["shipments"]} == {east}
+    assert allocated["awaiting_stock"] is None
+    stock = stock_at(api, sku, east)
+    assert (stock["on_hand"], stock["reserved"], stock["incoming"]) == (2, 2, 1)
 
     cancelled = api.post(f"/purchase-orders/{po['id']}/cancel")
     assert cancelled.status_code == 200, cancelled.text
@@ -185,22 +191,16 @@ def test_a_buyer_lists_reads_and_cancels_a_purchase_order_and_clears_a_reorder_p
     receipt = {"lines": [{"sku": sku, "quantity": 1}]}
     assert_error(api.post(f"/purchase-orders/{po['id']}/receive", json=receipt), 409, "invalid_transition")
     stock = stock_at(api, sku, east)
-    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (5, 0, None)
+    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (2, 0, None)
     listed = api.get("/purchase-orders", params={"vendor_id": vendor, "status": "cancelled"}).json()["items"]
     assert listed == [cancelled.json()]
-
-    point = {"reorder_point": 2, "reorder_quantity": 10, "vendor_id": vendor}
-    assert api.put(f"/inventory/{sku}/{east}/reorder", json=point).status_code == 200
-    assert stock_at(api, sku, east)["reorder"] == {**point, "unit_cost": None}
-    assert api.request("DELETE", f"/inventory/{sku}/{east}/reorder").status_code == 204
-    assert stock_at(api, sku, east)["reorder"] is None
 
 
 def drafts_of(api: Api, vendor: str) -> list[dict[str, Any]]:
     return api.get("/purchase-orders", params={"status": "draft", "vendor_id": vendor}).json()["items"]
 
 
-def test_a_reorder_point_drafts_a_po_that_once_submitted_and_received_allocates_a_backorder(api: Api):
+def test_a_reorder_point_drafts_a_po_that_once_submitted_and_received_allocates_a_backorder_and_is_cleared(api: Api):
     network = put_network(api)
     catalog = Catalog(api)
     sku = catalog.product("30.00", allow_backorder=True)
@@ -238,20 +238,6 @@ def test_a_reorder_point_drafts_a_po_that_once_submitted_and_received_allocates_
 
     assert units(settled(api, waiting, "allocated")) == 5
     assert drafts_of(api, vendor) == []  # the fall to 0 was below the point already: no second crossing
-
-
-def test_a_sourcing_rules_change_that_frees_units_allocates_the_orders_waiting_for_them(api: Api):
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("30.00", allow_backorder=True)
-    assert api.put("/sourcing/rules", json={"prefer": "nearest", "excluded_locations": [network["west"]]}).ok
-    try:
-        catalog.stock(sku, network["west"], 2)
-        order_id = api.post("/orders", json=order_body((sku, 2))).json()["id"]
-        assert units(settled(api, order_id, "backordered")) == 0  # the units lie where it may not take them
-
-        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).ok  # nothing arrives: the change wakes it
-
-        assert [s["location_id"] for s in settled(api, order_id, "allocated")["shipments"]] == [network["west"]]
-    finally:
-        api.put("/sourcing/rules", json={"prefer": "nearest"})
+    assert stock_at(api, sku, east)["reorder"] == {**point, "unit_cost": None}
+    assert api.request("DELETE", f"/inventory/{sku}/{east}/reorder").status_code == 204
+    assert stock_at(api, sku, east)["reorder"] is None
