@@ -287,12 +287,13 @@ def test_a_test_started_from_a_copy_sees_nothing_another_test_wrote_in_its_own(s
     assert (order.status, order.version, shop.held(order_id)) == (S.BACKORDERED, 3, 0)
     assert shop.inventory.levels({"PREORDER"})["PREORDER"] == []
     assert _queued(shop) == [order_id] and not test_payments._held[order.payment.authorization].voided
-    assert shop.backordered(2) == order_id_for("web", "pre-2")  # the count of orders placed goes on
+    newer = shop.backordered(2)  # the count of orders placed and the clock go on from the copy's
+    assert newer == order_id_for("web", "pre-2") and shop.order(newer).created_at > order.created_at
 
     shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
     _cancel_recorded(shop, order_id)
 
-    assert test_payments._held[order.payment.authorization].voided and _queued(shop) == [order_id_for("web", "pre-2")]
+    assert test_payments._held[order.payment.authorization].voided and _queued(shop) == [newer]
 
 
 # --- The adapters -------------------------------------------------------------------------------------
