@@ -52,6 +52,31 @@ def write_copies(
         assert not client.batch_write_item(RequestItems={table: requests[start : start + 25]})["UnprocessedItems"]
 
 
+def tables_now(aws: Aws) -> bytes:
+    """The test account's tables as they stand, items and stream records, pickled together (a
+    stream shard keeps its table): what a scenario the first test of a process ran wrote, for each
+    later test to start from a copy of (copy_tables), as each account starts from a copy of the
+    empty tables (_Baseline)."""
+    backend = _dynamodb(_baseline[0].account_id)
+    return pickle.dumps({name: backend.tables[name] for name in aws.tables.values()})
+
+
+def copy_tables(aws: Aws, tables: bytes) -> None:
+    """The test account's tables replaced by a copy of `tables` (tables_now): its own, unpickled
+    here, so nothing it writes reaches the next copy."""
+    copies = pickle.loads(tables)
+    assert sorted(copies) == sorted(aws.tables.values()), "tables of another template"
+    _dynamodb(_baseline[0].account_id).tables.update(copies)
+
+
+def stream_records(aws: Aws) -> int:
+    """How many changes the test account's table streams hold: every write of the Orders,
+    Inventory, Catalog and Returns tables adds one."""
+    backend = _dynamodb(_baseline[0].account_id)
+    shards = (backend.tables[name].stream_shard for name in aws.tables.values())
+    return sum(len(shard.items) for shard in shards if shard is not None)
+
+
 class Aws:
     """The test's moto account: its tables (logical id -> physical name) and a DynamoDB client of
     its own, made on first use (a client costs ~5 ms of CPU, and most tests never touch it)."""

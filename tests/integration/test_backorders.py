@@ -6,20 +6,22 @@ min(K, demand) units, to the oldest orders first."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import pickle
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 
 from core.errors import Backordered, StaleVersion, TransientError
-from core.ids import reservation_key
+from core.ids import ORDER_ID, order_id_for, reservation_key
 from core.models import Allocation
 from core.ports import OrderFilter, TopUp, WaitingOrder
 from core.status import OrderStatus
@@ -27,9 +29,10 @@ from functions.adapters.dynamodb import SHORT_COUNT, DynamoBackorders, DynamoInv
 from functions.bootstrap import Config, Container, bootstrap
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
+from plugins import test_payments
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
-from tests.integration.conftest import pass_through_workflow, run_threads
+from tests.integration.conftest import Aws, copy_tables, pass_through_workflow, run_threads, stream_records, tables_now
 
 S = OrderStatus
 
@@ -49,12 +52,31 @@ class Ticking:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._n = 0
+        self.readings = 0
 
     def __call__(self):
         with self._lock:
-            self._n += 1
-            return NOW + timedelta(seconds=self._n)
+            self.readings += 1
+            return NOW + timedelta(seconds=self.readings)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a scenario left in the shop of the process's first test to start from it (Shop.start_from):
+    the tables, the clock's readings and the shop's count of orders, the test gateway's memory of
+    the scenario's orders, the business metrics its writes recorded (printed by the next handler to
+    flush them), and what the scenario answered."""
+
+    tables: bytes  # tables_now
+    readings: int
+    counter: int
+    payments: bytes  # pickled: _payments_of the scenario's orders
+    metrics: bytes  # pickled: _metrics_recorded by the scenario
+    answer: Any
+
+
+_written: dict[tuple[str, tuple[Any, ...]], Written] = {}
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,7 +86,46 @@ class Shop:
     arn: str
     inventory: DynamoInventory
     backorders: DynamoBackorders
+    aws: Aws
+    clock: Ticking
     counter: int = 0
+    as_set_up: tuple[int, int, int] = (0, 0, 0)  # the clock's readings, the counter, the streams' records
+
+    def start_from(self, scenario: Callable[..., T], *args: Any) -> T:
+        """What `scenario(shop, *args)` answers, the shop as it leaves it. The process's first test
+        to start from it runs it, through the product's own paths; each later one gets a copy of
+        what that run left, as each moto account gets a copy of the empty tables: the tables, the
+        clock's readings and the count of orders placed (the orders' times and ids are made of
+        them), the test gateway's memory of those orders, and the business metrics their writes
+        recorded. Its container is the fixture's, new: its caches (products, the network, capture's
+        rules) are cold, and their first reads take what the copied tables hold, which is what the
+        run's warm caches held (nothing in a scenario writes around them after reading). A scenario
+        starts no execution and makes no shipment (no label). A test's first step."""
+        assert (self.clock.readings, self.counter, stream_records(self.aws)) == self.as_set_up, (
+            "a scenario starts from the shop as its fixture set it up: nothing written before"
+        )
+        key = (scenario.__qualname__, args)
+        written = _written.get(key)
+        if written is None:
+            metrics = _metrics_pending()
+            answer = scenario(self, *args)
+            assert self.executions() == [], "a scenario whose executions would be lost in its copies"
+            orders = self._order_ids()
+            payments = pickle.dumps((orders, _payments_of(orders)))
+            metrics = pickle.dumps(_metrics_recorded(metrics, _metrics_pending()))
+            kept = copy.deepcopy(answer)  # what this test does with its answer is not the next one's
+            _written[key] = Written(tables_now(self.aws), self.clock.readings, self.counter, payments, metrics, kept)
+            return answer
+        copy_tables(self.aws, written.tables)
+        self.clock.readings, self.counter = written.readings, written.counter
+        _remember_payments(*pickle.loads(written.payments))
+        _record_metrics(*pickle.loads(written.metrics))
+        return copy.deepcopy(written.answer)
+
+    def _order_ids(self) -> set[str]:
+        table = self.container.config.orders_table
+        items = self.container.dynamodb.scan(TableName=table, ProjectionExpression="id", ConsistentRead=True)["Items"]
+        return {item["id"]["S"] for item in items if ORDER_ID.fullmatch(item["id"]["S"])}
 
     def backordered(self, quantity: int, **extra: Any) -> str:
         self.counter += 1
@@ -74,6 +135,11 @@ class Shop:
         with pytest.raises(Backordered):
             self.container.workflow.reserve_stock(order_id)
         return order_id
+
+    def backordered_first(self, *quantities: int) -> list[str]:
+        """The shop's first orders, of `quantities` PREORDER each, backordered in turn (backordered):
+        their ids, the shop started from a copy of them (start_from)."""
+        return self.start_from(_backordered_in_turn, *quantities)
 
     def backordered_pickup(self, store: str) -> str:
         """A pickup order of one unit at `store`, backordered."""
@@ -126,15 +192,74 @@ class Shop:
                       for e in listed)  # fmt: skip
 
 
+def _payments_of(orders: set[str]) -> dict[str, dict[str, Any]]:
+    """What the test gateway (plugins/test_payments.py) remembers of `orders`: the authorizations it
+    approved under their keys and what each holds, the captures and refunds it approved under them."""
+    ours = {"authorized": {k: v for k, v in test_payments._authorized.items() if k.split(":")[0] in orders}}
+    ours["held"] = {ref: test_payments._held[ref] for ref in ours["authorized"].values() if ref in test_payments._held}
+    for name in ("captured", "refunded"):
+        ours[name] = {k: v for k, v in getattr(test_payments, f"_{name}").items() if k.split(":")[0] in orders}
+    return ours
+
+
+def _remember_payments(orders: set[str], remembered: dict[str, dict[str, Any]]) -> None:
+    """The test gateway's memory of `orders` made `remembered` (_payments_of): what an earlier test
+    did to orders of the same ids (their external ids, pre-N, make every shop's orders alike) forgotten."""
+    for name, entries in _payments_of(orders).items():
+        memory = getattr(test_payments, f"_{name}")
+        for key in entries:
+            del memory[key]
+        memory.update(remembered[name])
+
+
+def _backordered_in_turn(shop: Shop, *quantities: int) -> list[str]:
+    # From a copy of its orders but the last: (2, 2, 2, 2, 2, 2) is (2, 2, 2, 2, 2) and one more.
+    earlier = shop.backordered_first(*quantities[:-1]) if len(quantities) > 1 else []
+    return [*earlier, shop.backordered(quantities[-1])]
+
+
+Pending = tuple[dict[Any, list[Any]], set[str]]
+
+
+def _metrics_pending() -> Pending:
+    """The business metrics written orders recorded in this thread, and the orders they changed,
+    not printed yet (functions.business_metrics: a handler's flush prints them)."""
+    from functions import business_metrics
+
+    return {dims: list(points) for dims, points in business_metrics._points().items()}, set(business_metrics._changed())
+
+
+def _metrics_recorded(before: Pending, after: Pending) -> Pending:
+    """What was recorded between `before` and `after` (_metrics_pending), nothing printed between."""
+    assert all(after[0].get(dims, [])[: len(points)] == points for dims, points in before[0].items())
+    added = {dims: points[len(before[0].get(dims, [])) :] for dims, points in after[0].items()}
+    return {dims: points for dims, points in added.items() if points}, after[1] - before[1]
+
+
+def _record_metrics(points: dict[Any, list[Any]], changed: set[str]) -> None:
+    from functions import business_metrics
+
+    for dims, recorded in points.items():
+        business_metrics._points()[dims].extend(recorded)
+    business_metrics._changed().update(changed)
+
+
 @pytest.fixture
 def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
     sfn, arn = pass_through_workflow(monkeypatch)
     container = bootstrap(Config.from_env(), clock=Ticking(), label_store=FakeLabels())  # labels: not the subject
-    catalog = container.catalog_repository
+    shop = Shop(container, sfn, arn, container.inventory_repository, container.backorders, aws, container.clock)
+    shop.start_from(_catalog)
+    shop.as_set_up = (shop.clock.readings, shop.counter, stream_records(aws))
+    yield shop
+
+
+def _catalog(shop: Shop) -> None:
+    """A PREORDER product that allows backorders, and two warehouses."""
+    catalog = shop.container.catalog_repository
     catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     catalog.put_location(location("wh-east"))
     catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
-    yield Shop(container, sfn, arn, container.inventory_repository, container.backorders)
 
 
 @pytest.fixture(autouse=True)
@@ -154,11 +279,36 @@ def only_granted_calls(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         yield
 
 
+@pytest.mark.parametrize("turn", [1, 2])
+def test_a_test_started_from_a_copy_sees_nothing_another_test_wrote_in_its_own(shop, turn):
+    # Whichever turn runs second in the process starts from a copy (the first may too): it finds
+    # the order as the scenario left it, not cancelled, its card not voided, no stock received, and
+    # the business metrics its placing recorded still to be printed.
+    from functions import business_metrics
+
+    business_metrics.flush()  # what earlier tests recorded and no handler printed: gone
+    [order_id] = shop.backordered_first(1)
+    points, changed = _metrics_pending()
+    assert [name for recorded in points.values() for name, _, _ in recorded].count("OrdersPlaced") == 1
+    assert changed == {order_id}
+    order = shop.order(order_id)
+    assert (order.status, order.version, shop.held(order_id)) == (S.BACKORDERED, 3, 0)
+    assert shop.inventory.levels({"PREORDER"})["PREORDER"] == []
+    assert _queued(shop) == [order_id] and not test_payments._held[order.payment.authorization].voided
+    newer = shop.backordered(2)  # the count of orders placed and the clock go on from the copy's
+    assert newer == order_id_for("web", "pre-2") and shop.order(newer).created_at > order.created_at
+
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    _cancel_recorded(shop, order_id)
+
+    assert test_payments._held[order.payment.authorization].voided and _queued(shop) == [newer]
+
+
 # --- The adapters -------------------------------------------------------------------------------------
 
 
 def test_a_fill_reserves_and_records_in_one_write_or_not_at_all(shop):
-    order_id = shop.backordered(3)
+    [order_id] = shop.backordered_first(3)
     order = shop.order(order_id)
     key = reservation_key(order_id, order.lines[0].line_id)
     shop.inventory.set_on_hand("PREORDER", "wh-east", 2, reason="count")
@@ -324,7 +474,7 @@ class Left(Context):
 
 
 def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_complete(shop):
-    first, second = shop.backordered(2), shop.backordered(2)
+    first, second = shop.backordered_first(2, 2)
     shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
 
     answer = consume(shop, record("wh-east", 0, 3))
@@ -347,7 +497,7 @@ def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_com
 
 
 def test_an_order_sourced_before_the_stream_hands_out_an_arrival_leaves_the_older_orders_their_units(shop):
-    first, second = shop.backordered(2), shop.backordered(1)
+    first, second = shop.backordered_first(2, 1)
     shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")  # its record not consumed yet
 
     newer = shop.backordered(3)  # reads the queue of the sku: 3 of the 4 units are theirs
@@ -356,6 +506,19 @@ def test_an_order_sourced_before_the_stream_hands_out_an_arrival_leaves_the_olde
     assert (shop.held(first), shop.held(second), shop.held(newer)) == (2, 1, 1)
     assert shop.executions() == [first, second]
     assert shop.level() == (4, 4, 0)
+
+
+def one_shipment_holding_the_unit_at_wh_west(shop: Shop, *waiting: int) -> list[str]:
+    """max_shipments 1 and the one PREORDER at wh-west: an order of 3 holds it, backordered; then
+    orders of `waiting` units, backordered holding nothing."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    if waiting:
+        earlier = shop.start_from(one_shipment_holding_the_unit_at_wh_west, *waiting[:-1])
+        return [*earlier, shop.backordered(waiting[-1])]
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    return [shop.backordered(3)]
 
 
 def rules_record(shop: Shop, version: int, old: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -408,9 +571,7 @@ def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_
     from functions.outbox.app import _sent_back
 
     service = shop.container.sourcing_rules_service
-    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
-    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
-    order_id = shop.backordered(3)  # holds the unit at wh-west
+    [order_id] = shop.start_from(one_shipment_holding_the_unit_at_wh_west)
     shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
     consume(shop, record("wh-east", 0, 2))
     assert shop.held(order_id) == 1
@@ -442,9 +603,7 @@ def test_two_wakes_racing_on_one_order_count_it_sent_back_once(shop):
     from core.workflow import Workflow
 
     service = shop.container.sourcing_rules_service
-    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
-    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
-    order_id = shop.backordered(3)  # holds the unit at wh-west
+    [order_id] = shop.start_from(one_shipment_holding_the_unit_at_wh_west)
     service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-west"]), by="key_ops")
     before = shop.order(order_id)
     allocator, real, other = shop.container.backorder_allocator, Workflow.source_again, []
@@ -474,7 +633,7 @@ def test_two_wakes_racing_to_send_one_order_back_whole_count_it_sent_back_once(s
     from core.sourcing_rules import SourcingRulesInput
     from core.workflow import Workflow
 
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     service = shop.container.sourcing_rules_service
     service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-east"]), by="key_ops")
     shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
@@ -518,9 +677,7 @@ def test_an_order_a_wake_sends_back_to_be_sourced_is_logged_and_counted(shop, me
     from tests.integration.test_reconciler import emitted
 
     service = shop.container.sourcing_rules_service
-    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
-    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
-    order_id = shop.backordered(3)  # holds the unit at wh-west
+    [order_id] = shop.start_from(one_shipment_holding_the_unit_at_wh_west)
     service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-west"]), by="key_ops")
     inserted = rules_record(shop, 2)
     capsys.readouterr()
@@ -534,7 +691,7 @@ def test_an_order_a_wake_sends_back_to_be_sourced_is_logged_and_counted(shop, me
 
 
 def test_records_that_bring_no_units_do_nothing(shop):
-    order_id = shop.backordered(1)
+    [order_id] = shop.backordered_first(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     queue_item = record(f"#backorder#x#{order_id}", None, 1)
 
@@ -546,7 +703,7 @@ def test_records_that_bring_no_units_do_nothing(shop):
 
 
 def test_a_redelivered_batch_reserves_nothing_twice(shop):
-    order_id = shop.backordered(3)
+    [order_id] = shop.backordered_first(3)
     shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
     batch = [record("wh-east", 0, 2)]
 
@@ -604,7 +761,7 @@ def test_an_arrival_follows_the_stored_sourcing_rules_max_shipments(shop):
 
 @pytest.mark.parametrize(("orders", "each", "units"), [(6, 2, 7), (4, 3, 15), (5, 1, 5)])
 def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop, orders, each, units):
-    ids = [shop.backordered(each) for _ in range(orders)]
+    ids = shop.backordered_first(*[each] * orders)
     allocator = shop.container.backorder_allocator
     errors: list[BaseException] = []
 
@@ -645,7 +802,7 @@ def test_arrivals_racing_new_orders_and_a_cancel_of_a_waiting_one_reserve_each_u
     and the cancel of a waiting order (its release an arrival of its own): no stock item goes below
     zero or holds a reservation no order records, no order holds more than it asked, a cancelled one
     holds nothing, and no unit is left available while an order that may take it waits short."""
-    waiting = [shop.backordered(2) for _ in range(4)]
+    waiting = shop.backordered_first(2, 2, 2, 2)
     fresh = []
     for n in range(3):
         body = place_order(external_id=f"fresh-{n}", lines=[{"sku": "PREORDER", "quantity": 2}])
@@ -711,11 +868,8 @@ def test_arrivals_racing_new_orders_and_a_cancel_of_a_waiting_one_reserve_each_u
 def test_an_order_sent_back_gives_back_what_it_holds_where_shipping_stopped(shop):
     """max_shipments 1 and the one location it holds a unit at stops shipping: the next arrival sends
     it back to be sourced, and the workflow gives the unit there back as it allocates it elsewhere."""
-    from core.sourcing_rules import SourcingRulesInput
 
-    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
-    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
-    order_id = shop.backordered(3)  # holds the unit at wh-west
+    [order_id] = shop.start_from(one_shipment_holding_the_unit_at_wh_west)
     catalog = shop.container.catalog_repository
     catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": False}))
     shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
@@ -746,11 +900,8 @@ def test_a_location_that_stops_shipping_sends_back_the_orders_it_leaves_nowhere_
     """max_shipments 1, the older order holds a unit at wh-west: when wh-west stops shipping, the
     change of the network wakes the backordered orders as a change of the rules does, a page at a
     time, without waiting for an arrival of their sku (or the backordered jeopardy mark)."""
-    from core.sourcing_rules import SourcingRulesInput
 
-    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
-    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
-    first, second = shop.backordered(3), shop.backordered(1)  # the first holds the unit at wh-west
+    first, second = shop.start_from(one_shipment_holding_the_unit_at_wh_west, 1)
     shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")  # its record not consumed
     catalog, table = shop.container.catalog_repository, shop.container.config.catalog_table
     key = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
@@ -907,6 +1058,18 @@ def test_a_location_that_starts_shipping_again_fills_the_orders_waiting_for_the_
     assert shop.level("wh-west") == (5, 2, 3)
 
 
+def pickups_waiting_at_a_store(shop: Shop, pickups: int) -> list[str]:
+    """store-sf, a store that ships nothing, and `pickups` pickup orders of one unit there, backordered."""
+    if pickups > 1:
+        earlier = shop.start_from(pickups_waiting_at_a_store, pickups - 1)
+    else:
+        earlier = []
+        shop.container.catalog_repository.put_location(
+            location("store-sf", name="SF store", type="store", ships=False, pickup=True)
+        )
+    return [*earlier, shop.backordered_pickup("store-sf")]
+
+
 def test_an_arrival_reads_no_order_that_may_not_take_units_where_they_arrived(shop):
     """Units counted at a store that ships nothing can go to its own pickup orders only. The walk
     read every waiting order of the sku (one consistent GetItem each) to learn it was a ship order
@@ -932,10 +1095,7 @@ def test_an_address_edit_of_a_backordered_pickup_keeps_it_waiting_where_it_was_a
     # be sourced again, so it keeps waiting in its queue at its store and its first arrival fills it.
     from core.models import AddressInput, OrderEdit
 
-    shop.container.catalog_repository.put_location(
-        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
-    )
-    pickup = shop.backordered_pickup("store-sf")
+    [pickup] = shop.start_from(pickups_waiting_at_a_store, 1)
     waiting = shop.order(pickup)
     moved = AddressInput.model_validate({**waiting.shipping_address.model_dump(), "line1": "9 Other Street"})
 
@@ -952,10 +1112,7 @@ def test_a_backordered_pickup_is_on_its_stores_list_while_it_waits_and_once_an_a
     # GET /orders?pickup_location_id=: the fill's write (a transaction with the stock's top-up)
     # keeps the order's by_pickup_location entry (it stays backordered, its units held, until its
     # workflow, started again, allocates it), as every write of an order open at its store does.
-    shop.container.catalog_repository.put_location(
-        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
-    )
-    pickup = shop.backordered_pickup("store-sf")
+    [pickup] = shop.start_from(pickups_waiting_at_a_store, 1)
 
     def store_list() -> list[tuple[str, OrderStatus]]:
         orders, _ = shop.container.orders.list(OrderFilter(pickup_location_id="store-sf"), 25, None)
@@ -972,10 +1129,7 @@ def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_a
     """ReserveStock leaves older backordered orders the units they may take where it sources; it
     read every older entry (up to 200 consistent GetItems in the step) to learn that a store's
     pickup order may take nothing at a warehouse."""
-    shop.container.catalog_repository.put_location(
-        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
-    )
-    pickups = [shop.backordered_pickup("store-sf") for _ in range(2)]
+    pickups = shop.start_from(pickups_waiting_at_a_store, 2)
     older = shop.backordered(3)
     shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")  # its record not consumed yet
     shop.counter += 1
@@ -1010,7 +1164,7 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     from core.holds import HoldRequest
 
     monkeypatch.setattr("core.backorders.WALK_READS", 2, raising=False)
-    held = [shop.backordered(1) for _ in range(5)]
+    held = shop.backordered_first(1, 1, 1, 1, 1)
     for order_id in held:
         shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     waiting = shop.backordered(1)
@@ -1041,7 +1195,7 @@ def test_a_walk_that_dies_halfway_is_walked_again_whole_and_fills_and_starts_eac
     from core.backorders import BackorderAllocator
     from functions.stream_batches import BatchFailed
 
-    ids = [shop.backordered(1) for _ in range(3)]
+    ids = shop.backordered_first(1, 1, 1)
     shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
     real = BackorderAllocator._complete
 
@@ -1068,7 +1222,7 @@ def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
     from core.holds import HoldRequest
 
     monkeypatch.setattr("core.backorders.WALK_READS", 1)
-    held = shop.backordered(1)
+    [held] = shop.backordered_first(1)
     shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
     waiting = shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
@@ -1089,7 +1243,7 @@ def test_an_arrival_replayed_by_hand_twice_hands_its_walk_on_each_time(shop, mon
     from core.holds import HoldRequest
 
     monkeypatch.setattr("core.backorders.WALK_READS", 1)
-    held = shop.backordered(1)
+    [held] = shop.backordered_first(1)
     shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
     shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
@@ -1111,6 +1265,13 @@ def queued_older(shop: Shop, quantity: int) -> str:
     older = shop.container.capture.place(body, actor="key_web").id
     shop.container.workflow.authorize_payment(older, attempt=0)
     return older
+
+
+def older_queued_younger_waiting(shop: Shop, younger: int) -> tuple[str, str]:
+    """The older order of one PREORDER queued (queued_older), and a younger one of `younger`
+    backordered behind it."""
+    older = shop.start_from(queued_older, 1)
+    return older, shop.backordered(younger)
 
 
 def once_queued(monkeypatch: pytest.MonkeyPatch, order_id: str, arrive: Callable[[], None]) -> list[str]:
@@ -1180,7 +1341,7 @@ def test_units_arriving_while_a_walk_handed_on_is_pending_fill_each_order_once_o
     from core.holds import HoldRequest
 
     monkeypatch.setattr("core.backorders.WALK_READS", 2)
-    held = [shop.backordered(1) for _ in range(4)]
+    held = shop.backordered_first(1, 1, 1, 1)
     for order_id in held:
         shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     older, younger = shop.backordered(1), shop.backordered(1)
@@ -1208,7 +1369,7 @@ def test_a_walk_handed_on_after_an_entry_that_left_the_queue_meanwhile_goes_on_f
     from core.holds import HoldRequest
 
     monkeypatch.setattr("core.backorders.WALK_READS", 2)
-    held = [shop.backordered(1) for _ in range(3)]
+    held = shop.backordered_first(1, 1, 1)
     for order_id in held:
         shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     waiting = shop.backordered(1)
@@ -1248,8 +1409,7 @@ def test_cancelled_backorders_leave_the_queue_so_an_arrival_reads_only_the_order
     read each order (a consistent GetItem of its budget of 25) and removed it, so the next arrivals
     spent their budget on orders that no longer wait and handed on instead of filling real ones.
     Now the cancel's clean-up removes them."""
-    cancelled = [shop.backordered(1) for _ in range(3)]
-    waiting = shop.backordered(1)
+    *cancelled, waiting = shop.backordered_first(1, 1, 1, 1)
     for order_id in cancelled:
         _cancel_recorded(shop, order_id)
 
@@ -1264,7 +1424,7 @@ def test_cancelled_backorders_leave_the_queue_so_an_arrival_reads_only_the_order
 def test_a_cancel_of_a_held_backorder_and_its_clean_up_again_leave_the_queue_once(shop):
     from core.holds import HoldRequest
 
-    order_id, other = shop.backordered(2), shop.backordered(1)
+    order_id, other = shop.backordered_first(2, 1)
     shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     _cancel_recorded(shop, order_id)
     _cancel_recorded(shop, order_id)  # a cancel repeated runs its clean-up again: nothing more to remove
@@ -1320,7 +1480,7 @@ def test_a_line_cut_to_what_it_holds_stays_in_that_skus_queue_as_held_while_the_
 def test_an_entry_written_again_since_the_write_that_ended_its_wait_stays(shop):
     """Entries leave after the order's own write, conditionally: a removal that runs late (after
     the order was sent back and waits again) leaves the entry its new wait wrote."""
-    order_id = shop.backordered(2)
+    [order_id] = shop.backordered_first(2)
     waited = shop.order(order_id)
     line_id = waited.lines[0].line_id
     cut = shop.container.actions.cancel(order_id, "fewer", actor="key_web", lines={line_id: 1})
@@ -1340,7 +1500,7 @@ def test_a_walk_that_read_an_order_before_it_waited_again_leaves_its_new_entry(s
     arrival would ever find the order again. Now it leaves only entries older than what it read."""
     from core.models import LineInput, OrderEdit
 
-    order_id = shop.backordered(2)
+    [order_id] = shop.backordered_first(2)
     shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
     consume(shop, record("wh-east", 0, 2))
     with monkeypatch.context() as dying:
@@ -1464,7 +1624,7 @@ def test_units_of_a_sku_an_order_holds_arriving_where_its_missing_sku_came_befor
     plan within max_shipments gives it every unit. Then a BOOK comes to wh-east: one location can now
     ship the whole order, but the order was in the PREORDER's queue only, and the BOOK's arrival never
     found it: it waited for a PREORDER at wh-west that nothing may bring."""
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
     assert shop.order(order_id).status is S.BACKORDERED  # no BOOK at wh-east yet
@@ -1486,7 +1646,7 @@ def test_units_of_a_sku_an_order_holds_arriving_where_its_missing_sku_came_befor
 def test_a_released_reservation_of_a_sku_an_order_holds_sends_it_back_whole_where_its_missing_sku_is(shop):
     """The same arrival as a release: another order's cancel gives a BOOK back at wh-east, where a
     PREORDER waits on the shelf (it came before the BOOK, and its walk found no whole plan)."""
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     consume(shop, record("wh-east", 0, 1))
     shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
@@ -1502,7 +1662,7 @@ def test_a_released_reservation_of_a_sku_an_order_holds_sends_it_back_whole_wher
 def test_units_of_a_missing_sku_arriving_where_the_sku_an_order_holds_is_on_hand_send_it_back_whole(shop):
     """The other order of arrivals: a BOOK is on wh-east's shelf already, then the PREORDER comes
     there. Its own queue finds the order (this always worked)."""
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
     consume(shop, record("wh-east", 0, 1, sku="BOOK"))
     assert shop.order(order_id).status is S.BACKORDERED  # no PREORDER at wh-east yet
@@ -1519,7 +1679,7 @@ def test_one_receipt_of_both_skus_leaves_the_order_it_sends_back_whole_its_units
     BOOK's walk sends the older order back for its whole order there; the PREORDER's found it
     authorized, passed it over and gave the PREORDER to a younger order, and the older one, sourced,
     waited backordered again. The send-back reserves its plan's units in the same transaction."""
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     younger = shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
@@ -1681,7 +1841,7 @@ def test_the_upgrade_queues_orders_backordered_before_for_the_skus_they_hold(sho
     it (and nothing for an order that waits for every sku it orders, nor a second time)."""
     from infra import backfill_orders
 
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
     body = place_order(external_id="later", lines=[{"sku": "LATER", "quantity": 1}])
     other = shop.container.capture.place(body, actor="key_web").id  # waits for its only sku: nothing to add
@@ -1714,7 +1874,7 @@ def test_the_upgrade_leaves_no_entry_for_an_order_that_stopped_waiting_as_it_wro
     there): the entry is removed again, as that clean-up would have."""
     from functions.adapters.dynamodb import backfill_holding_entries
 
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     [entry] = shop.backorders.waiting("BOOK", None, 10)
     shop.backorders.remove("BOOK", entry)
     real = DynamoBackorders.add_if_absent
@@ -1772,7 +1932,7 @@ def test_two_walks_racing_on_one_order_count_it_filled_and_completed_once(shop):
     fully reserved whose execution failed)."""
     from core.workflow import Workflow
 
-    order_id = shop.backordered(2)
+    [order_id] = shop.backordered_first(2)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
     allocator, real, other = shop.container.backorder_allocator, Workflow.fill_backorder, []
@@ -1799,7 +1959,7 @@ def test_an_arrival_finding_an_order_another_walk_completed_does_not_count_it_co
     (its entry holds, but max_shipments may send it back whole) and finds every unit reserved: it
     starts the order's workflow again, as for one whose execution failed, but completed nothing
     itself (BackordersCompleted counts each order once, by the walk whose fill completed it)."""
-    order_id = _waiting_for_preorder_holding_a_book(shop)
+    order_id = shop.start_from(_waiting_for_preorder_holding_a_book)
     allocator = shop.container.backorder_allocator
     shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
     filling = allocator.arrived("PREORDER", "wh-west")
@@ -1822,8 +1982,7 @@ def test_units_arriving_while_an_older_order_goes_backordered_reach_it_before_a_
     order already waiting: the older one's own look at stock, once written backordered, found none
     left, and nothing walked for it again until the next arrival. Now the walk stops at it and the
     order's step, once it has taken its units, hands the walk on: the younger one gets what is left."""
-    older = queued_older(shop, 1)
-    younger = shop.backordered(1)
+    older, younger = shop.start_from(older_queued_younger_waiting, 1)
     deliver = stream_delivery(shop)
 
     def arrive() -> None:
@@ -1855,8 +2014,7 @@ def test_a_walks_stop_landing_after_the_older_orders_lost_write_handed_on_is_not
     from core.holds import HoldRequest
     from infra.local.moto_patches import lock
 
-    older = queued_older(shop, 1)
-    younger = shop.backordered(1)
+    older, younger = shop.start_from(older_queued_younger_waiting, 1)
     deliver, real_add, real_stop = stream_delivery(shop), DynamoBackorders.add, DynamoBackorders.stop
     queued, go, raised = threading.Event(), threading.Event(), []
 
@@ -1906,7 +2064,7 @@ def test_a_new_order_sourced_while_an_older_one_is_being_queued_leaves_it_the_un
     run yet) and a new order was sourced: the new order's look behind older orders read only the
     backordered ones, took the unit, and the older order's own look found none. The older one
     queued counts as waiting, as an arrival's walk now counts it."""
-    older = queued_older(shop, 1)
+    older = shop.start_from(queued_older, 1)
     real_add, newer = DynamoBackorders.add, []
 
     def sourced_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
@@ -1932,7 +2090,7 @@ def test_a_new_order_takes_the_units_an_older_order_an_edit_sent_back_to_be_sour
     waiting for it."""
     from core.models import LineInput, OrderEdit
 
-    older = shop.backordered(2)
+    [older] = shop.backordered_first(2)
     version = shop.order(older).version
     edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)])
     assert shop.container.actions.edit(older, version, edit, "key_web").status is S.AUTHORIZED
@@ -1989,7 +2147,7 @@ def test_a_what_if_leaves_a_queued_older_order_the_units_that_arrived(shop, monk
     shows ReserveStock does), not shipped to the new one."""
     from core.sourcing import SimulateSourcing
 
-    older = queued_older(shop, 1)
+    older = shop.start_from(queued_older, 1)
     simulated = []
 
     def arrive() -> None:
@@ -2040,8 +2198,7 @@ def test_a_step_that_dies_handing_on_the_walk_after_its_look_completed_the_order
     The Retry finds it complete (nothing to mark anew) and CreateShipments removes its entry, stop
     and all: the younger order waited beside the other unit until the next arrival. The entry's
     removal hands on the walks still stopped at it (its old image comes back with the delete)."""
-    older = queued_older(shop, 1)
-    younger = shop.backordered(1)
+    older, younger = shop.start_from(older_queued_younger_waiting, 1)
     deliver = stream_delivery(shop)
 
     died_handing_on(shop, older, deliver)
@@ -2067,8 +2224,7 @@ def test_create_shipments_may_hand_on_the_walk_stopped_at_the_entry_it_removes(s
     from tests.integration.test_handlers import Context
     from tests.template_iam import handlers_checked
 
-    older = queued_older(shop, 1)
-    younger = shop.backordered(1)
+    older, younger = shop.start_from(older_queued_younger_waiting, 1)
     deliver = stream_delivery(shop)
 
     died_handing_on(shop, older, deliver)
@@ -2105,8 +2261,7 @@ def test_an_older_order_whose_step_died_before_its_backordered_write_hands_on_th
     from core.holds import HoldRequest
     from functions.adapters.dynamodb import DynamoOrders
 
-    older = queued_older(shop, 1)
-    younger = shop.backordered(1)
+    older, younger = shop.start_from(older_queued_younger_waiting, 1)
     deliver, real_add, real_update, arrived = stream_delivery(shop), DynamoBackorders.add, DynamoOrders.update, []
 
     def arriving_once_queued(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
@@ -2149,8 +2304,7 @@ def test_walks_of_two_locations_stopped_at_one_queued_order_are_both_handed_on(s
     """Units came to both warehouses while the older order was queued: both walks stopped at it
     (one stop per location on its entry). Its own look took the one unit it lacks, and its step
     handed both walks on: the younger order gets the two units left, one at each warehouse."""
-    older = queued_older(shop, 1)
-    younger = shop.backordered(2)
+    older, younger = shop.start_from(older_queued_younger_waiting, 2)
     deliver = stream_delivery(shop)
 
     def arrive() -> None:
@@ -2214,7 +2368,7 @@ def test_a_restocks_walk_stopped_at_a_queued_order_lifts_a_younger_orders_count_
     older order, queued. Handed on by the older order's step, the walk is still the restock's, so the
     younger order takes the units there, its exclusion lifted, rather than wait beside them for the
     next restock there."""
-    older = queued_older(shop, 1)
+    older = shop.start_from(queued_older, 1)
     younger = counted_out_of(shop, "wh-east")  # of 3, wh-east excluded for it by the count
     deliver = stream_delivery(shop)
 
@@ -2245,8 +2399,7 @@ def test_an_older_order_a_walk_stopped_at_that_leaves_before_it_waits_hands_the_
     from core.holds import HoldRequest
     from core.models import LineInput, OrderEdit
 
-    older = queued_older(shop, 1)
-    younger = shop.backordered(1)
+    older, younger = shop.start_from(older_queued_younger_waiting, 1)
     deliver, real_add, arrived = stream_delivery(shop), DynamoBackorders.add, []
 
     def arriving_then_leaving(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
@@ -2293,8 +2446,7 @@ def test_a_walk_stopped_at_an_order_that_waited_before_and_is_cancelled_is_hande
     from core.models import OrderEdit
     from core.workflow import Workflow
 
-    older = shop.backordered(1)
-    younger = shop.backordered(1)
+    older, younger = shop.backordered_first(1, 1)
     edit = OrderEdit(shipping_method="express")
     shop.container.actions.edit(older, shop.order(older).version, edit, "key_web")  # sent back, may_wait kept
     assert shop.order(older).status is S.AUTHORIZED and shop.order(older).may_wait == ["PREORDER"]
@@ -2350,12 +2502,17 @@ def stock_record(location_id: str, old_on_hand: int, new_on_hand: int, reserved:
     }}  # fmt: skip
 
 
+def holding_two_of_three(shop: Shop, location_id: str) -> str:
+    """An order of 3 PREORDER holding the 2 units received at `location_id`, backordered for one more."""
+    shop.inventory.adjust("PREORDER", location_id, 2, reason="receipt")
+    return shop.backordered(3)
+
+
 def counted_out_of(shop: Shop, location_id: str) -> str:
     """An order of 3 that held the 2 units at `location_id` and waited for one more, sent back to
     be sourced by a stock take there of 0 and backordered again holding nothing: `location_id`
     is excluded for it by the count, and no other location has any."""
-    shop.inventory.adjust("PREORDER", location_id, 2, reason="receipt")
-    order_id = shop.backordered(3)
+    order_id = holding_two_of_three(shop, location_id)
     assert shop.held(order_id) == 2
     shop.container.inventory.count("PREORDER", location_id, 0, actor="key_stock_take")
     assert shop.order(order_id).status is S.AUTHORIZED  # its workflow sources it again, without there
@@ -2367,7 +2524,7 @@ def counted_out_of(shop: Shop, location_id: str) -> str:
 
 @pytest.mark.parametrize("restock", ["receipt", "count"])
 def test_a_location_a_stock_take_counted_short_supplies_the_order_again_once_restocked(shop, restock):
-    order_id = counted_out_of(shop, "wh-east")
+    order_id = shop.start_from(counted_out_of, "wh-east")
 
     if restock == "receipt":
         shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
@@ -2386,7 +2543,7 @@ def test_a_location_a_stock_take_counted_short_supplies_the_order_again_once_res
 def test_a_restock_while_a_short_counts_mark_stands_there_lifts_no_exclusion(shop):
     # The count's rejects' releases may not have landed while its mark stands: an order filled there
     # before they do would have its new units released by them.
-    order_id = counted_out_of(shop, "wh-east")
+    order_id = shop.start_from(counted_out_of, "wh-east")
     shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
     marked = stock_record("wh-east", 0, 5)
     marked["dynamodb"]["NewImage"][SHORT_COUNT] = {"S": SHORT_COUNT}
@@ -2399,7 +2556,7 @@ def test_a_restock_while_a_short_counts_mark_stands_there_lifts_no_exclusion(sho
 
 def test_units_released_at_a_location_not_restocked_since_its_last_count_lift_no_exclusion(shop):
     # Released units are not new: they are the orders' there to take, not the one a count sent away.
-    order_id = counted_out_of(shop, "wh-east")
+    order_id = shop.start_from(counted_out_of, "wh-east")
     shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
     shop.container.inventory.count("PREORDER", "wh-east", 5, actor="key_stock_take")  # restocked since: no more
     released = stock_record("wh-east", 5, 5, reserved=1)
@@ -2413,7 +2570,7 @@ def test_units_released_at_a_location_not_restocked_since_its_last_count_lift_no
 
 
 def test_a_restock_redelivered_lifts_the_exclusion_and_reserves_once(shop):
-    order_id = counted_out_of(shop, "wh-east")
+    order_id = shop.start_from(counted_out_of, "wh-east")
     shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
     batch = [stock_record("wh-east", 0, 5)]
 
@@ -2426,8 +2583,7 @@ def test_a_restock_redelivered_lifts_the_exclusion_and_reserves_once(shop):
 
 def test_a_location_whose_store_rejected_the_order_stays_excluded_once_restocked(shop):
     # A person refused the order there: a restock does not change that, as a count's shortfall it does.
-    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-    order_id = shop.backordered(3)  # holds 2 at wh-east; the third unit comes, and it is allocated there
+    order_id = shop.start_from(holding_two_of_three, "wh-east")  # the third unit comes, and it is allocated there
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     consume(shop, stock_record("wh-east", 2, 3, reserved=2))
     shop.container.workflow.create_shipments(order_id)
@@ -2450,7 +2606,7 @@ def test_a_restocks_walk_handed_on_lifts_a_counts_exclusion_for_the_orders_past_
     from core.holds import HoldRequest
 
     monkeypatch.setattr("core.backorders.WALK_READS", 1)
-    held = shop.backordered(1)
+    [held] = shop.backordered_first(1)
     shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
     order_id = counted_out_of(shop, "wh-east")
     deliver = stream_delivery(shop)
@@ -2482,8 +2638,7 @@ def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_li
     authorized, and the restock's walk passes it over. Its ReserveStock finds the stock item
     restocked since that count and takes the units there, the exclusion lifted in its own write,
     rather than waiting backordered beside them for the next restock there."""
-    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-    order_id = shop.backordered(3)
+    order_id = shop.start_from(holding_two_of_three, "wh-east")
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
     assert shop.order(order_id).status is S.AUTHORIZED
 
@@ -2504,8 +2659,7 @@ def test_a_restock_landing_while_a_counted_out_order_goes_backordered_is_taken_b
     `backordered` write, and its walk stopped at it. Its own look after that write kept wh-east
     excluded (the lapse it knew of was read before the restock): it waited beside the 3 units, its
     walk handed on past it, until the next restock there."""
-    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-    order_id = shop.backordered(3)
+    order_id = shop.start_from(holding_two_of_three, "wh-east")
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
     assert shop.order(order_id).status is S.AUTHORIZED
     real_add, restocked = DynamoBackorders.add, []
@@ -2530,8 +2684,7 @@ def test_a_restock_landing_while_a_counted_out_order_goes_backordered_is_taken_b
 def test_a_restock_too_small_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_too(shop):
     """As above, but the units restocked do not fill it: it waits backordered holding them, the
     exclusion lifted in that write, not listing the location it holds units at as excluded."""
-    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-    order_id = shop.backordered(3)
+    order_id = shop.start_from(holding_two_of_three, "wh-east")
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
     assert shop.order(order_id).status is S.AUTHORIZED
 
@@ -2551,7 +2704,7 @@ def test_a_restock_too_small_landing_while_a_counted_out_order_awaits_its_reserv
 def test_a_restock_landing_while_a_counted_out_backorder_is_held_is_taken_once_it_is_released(shop):
     from core.holds import HoldRequest, ReleaseRequest
 
-    order_id = counted_out_of(shop, "wh-east")
+    order_id = shop.start_from(counted_out_of, "wh-east")
     shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
     assert shop.held(order_id) == 0 and shop.level() == (5, 0, 5)  # a held order is passed over
@@ -2567,8 +2720,7 @@ def test_a_restock_landing_while_a_counted_out_backorder_is_held_is_taken_once_i
 def test_a_restock_landing_while_a_held_backorder_a_count_sent_back_is_held_is_taken_once_it_is_released(shop):
     from core.holds import HoldRequest, ReleaseRequest
 
-    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-    order_id = shop.backordered(3)
+    order_id = shop.start_from(holding_two_of_three, "wh-east")
     shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
     assert (shop.order(order_id).status, shop.order(order_id).hold.resume_to) == (S.ON_HOLD, S.AUTHORIZED)
@@ -2586,8 +2738,7 @@ def test_units_a_count_left_where_it_counted_short_stay_out_of_reach_of_the_orde
     """Only units added since the stock take lift its exclusion: the receipt before it, or a later
     count that adds none, leaves the order waiting elsewhere and the units to the orders that may
     take them there."""
-    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
-    order_id = shop.backordered(3)
+    order_id = shop.start_from(holding_two_of_three, "wh-east")
     shop.container.inventory.count("PREORDER", "wh-east", 1, actor="key_stock_take")  # one of its 2 is gone
     if since != "nothing":
         shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
@@ -2688,7 +2839,7 @@ def test_a_new_order_sourced_before_a_restocks_walk_leaves_its_units_to_the_olde
     """Units restocked at the location a count excluded the older order from are on the stock item a
     moment before the stream hands them to the queue: a new order sourced in that moment leaves them
     to it, as it leaves any older backordered order the units it may take."""
-    order_id = counted_out_of(shop, "wh-east")
+    order_id = shop.start_from(counted_out_of, "wh-east")
     shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")  # its walk not run yet
     body = place_order(external_id="newer", lines=[{"sku": "PREORDER", "quantity": 1}])
     newer = shop.container.capture.place(body, actor="key_web").id

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import os
-import pickle
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from infra.local.template import Template
 from plugins.flat_rate_carrier import tracking_number
 from tests.builders import csv_file, csv_row, location_body, product_body, template_schedule
 from tests.e2e.client import Catalog, order_body, unique
-from tests.integration.conftest import PASS_MACHINE, pass_through_workflow
+from tests.integration.conftest import PASS_MACHINE, copy_tables, pass_through_workflow, tables_now
 from tests.integration.import_support import create_import_resources, lambda_sqs_record
 from tests.integration.in_process import FAST, InProcessApi
 from tests.integration.test_events_and_webhooks import Receiver
@@ -783,7 +782,7 @@ class Seeded:
     admin_key: str
     sku: str
     warehouse: str
-    tables: bytes  # physical name -> moto's Table
+    tables: bytes  # tables_now
 
 
 _seeds: list[Seeded] = []
@@ -797,9 +796,8 @@ def _seeded(aws: Any) -> Seeded:
     copy of the empty ones. Written again in every world, they were a sixth of the module's CPU."""
     from functions.bootstrap import Config, bootstrap
 
-    backend = dynamodb_backends[ACCOUNT][REGION]
     if _seeds:
-        backend.tables.update(pickle.loads(_seeds[0].tables))
+        copy_tables(aws, _seeds[0].tables)
         return _seeds[0]
     admin_key = "oms_admin_" + secrets.token_urlsafe(24)
     built = bootstrap(Config.from_env())
@@ -808,8 +806,7 @@ def _seeded(aws: Any) -> Seeded:
     built.catalog.put_location(warehouse, LocationInput.model_validate(location_body()))
     built.catalog.put_product(sku, ProductInput.model_validate(product_body("19.99", name=f"Product {sku}")))
     built.inventory.count(sku, warehouse, 100)
-    tables = pickle.dumps({name: backend.tables[name] for name in aws.tables.values()})
-    _seeds.append(Seeded(admin_key, sku, warehouse, tables))
+    _seeds.append(Seeded(admin_key, sku, warehouse, tables_now(aws)))
     return _seeds[0]
 
 
