@@ -56,6 +56,15 @@ class Ticking:
             self._n += 1
             return NOW + timedelta(seconds=self._n)
 
+    @property
+    def readings(self) -> int:
+        return self._n
+
+    def read_already(self, readings: int) -> None:
+        """Go on as a clock read `readings` times would (tables copied from a set-up that read it so)."""
+        with self._lock:
+            self._n = readings
+
 
 @dataclass
 class Shop:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.dynamodb.models import dynamodb_backends
 
 from core import purchasing
 from core.ids import reservation_key
@@ -62,22 +65,26 @@ def client(service: str) -> Any:
 
 class InventoryStream:
     """The Inventory table's stream as the BackorderFunction mapping hands it over: each new record
-    in Lambda's shape, kept only when the template's filters pass it."""
+    in Lambda's shape, kept only when the template's filters pass it. From its first record, or
+    from the one after `after` (a sequence number: where a copied set-up had read to)."""
 
-    def __init__(self, aws: Any):
+    def __init__(self, aws: Any, after: str | None = None):
         self._streams = client("dynamodbstreams")
         arn = aws.dynamodb.describe_table(TableName=aws.tables["InventoryTable"])["Table"]["LatestStreamArn"]
         shard = self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-        self._iterator = self._streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
+        start = {"ShardIteratorType": "TRIM_HORIZON"}
+        if after is not None:
+            start = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+        self._iterator = self._streams.get_shard_iterator(StreamArn=arn, ShardId=shard, **start)["ShardIterator"]
         self._filters = backorder_stream_filters()
+        self.read_to = after  # the last record's sequence number read, whether kept or not
 
     def records(self) -> list[dict[str, Any]]:
         answer = self._streams.get_records(ShardIterator=self._iterator, Limit=1000)
         self._iterator = answer["NextShardIterator"]
         found = []
         for record in answer.get("Records", []):
+            self.read_to = record["dynamodb"]["SequenceNumber"]
             dynamodb = dict(record["dynamodb"])
             created = dynamodb.get("ApproximateCreationDateTime")
             if isinstance(created, datetime):
@@ -92,10 +99,19 @@ class InventoryStream:
 @dataclass
 class Buyer:
     container: Container
-    stream: InventoryStream
+    clock: Ticking
+    aws: Any
     sqs: Any
     tap: str
     deliveries: str
+    read_from: InventoryStream | None = None
+
+    @property
+    def stream(self) -> InventoryStream:
+        """The Inventory stream, from its first record unless a copied set-up read some (written_once)."""
+        if self.read_from is None:
+            self.read_from = InventoryStream(self.aws)
+        return self.read_from
 
     def consume(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         from functions.backorders import app
@@ -148,29 +164,73 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
     monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
     monkeypatch.setenv("EVENT_BUS_NAME", "test-events")
     monkeypatch.setenv("WEBHOOK_QUEUE_URL", deliveries)
+    clock = Ticking()
     container = bootstrap(
-        Config.from_env(), clock=Ticking(), label_store=FakeLabels(),
+        Config.from_env(), clock=clock, label_store=FakeLabels(),
         dynamodb=client("dynamodb"), sqs=sqs, stepfunctions=sfn, eventbridge=events,
     )  # fmt: skip
-    for sku in ("MUG", "CUP"):
-        container.catalog_repository.put_product(product(sku, "9.00"))
-    container.catalog_repository.put_location(location("wh-east"))
-    container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=10))
-    container.webhook_store.add(
-        IssuedWebhook(
-            id="whk_" + "a" * 24,
-            url="https://example.com/hook",
-            events=["inventory.low"],
-            channel=None,
-            created_at=datetime(2026, 12, 1, tzinfo=UTC),
-            secret="whsec_test",
-        ),
-        MAX_WEBHOOKS,
-    )
-    stream = InventoryStream(aws)
+    buyer = Buyer(container, clock, aws, sqs, tap, deliveries)
+
+    def shop() -> None:
+        for sku in ("MUG", "CUP"):
+            container.catalog_repository.put_product(product(sku, "9.00"))
+        container.catalog_repository.put_location(location("wh-east"))
+        container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=10))
+        container.webhook_store.add(
+            IssuedWebhook(
+                id="whk_" + "a" * 24,
+                url="https://example.com/hook",
+                events=["inventory.low"],
+                channel=None,
+                created_at=datetime(2026, 12, 1, tzinfo=UTC),
+                secret="whsec_test",
+            ),
+            MAX_WEBHOOKS,
+        )
+
+    written_once(buyer, "the shop", shop)
     # The suite's mock_aws applies the local runtime's `transactions` patch (tests/conftest.py): moto
     # alone deep-copies every table a transaction names, a draft's 100 lines ~0.6 s a buy.
-    yield Buyer(container, stream, sqs, tap, deliveries)
+    yield buyer
+
+
+@dataclass(frozen=True)
+class Written:
+    """A set-up's tables as it left them, pickled (physical name -> moto's Table), with how often
+    it read the clock, where it had read the Inventory stream to, and what it returned."""
+
+    tables: bytes
+    readings: int
+    read_to: str | None
+    answer: Any
+
+
+_written: dict[Any, Written] = {}
+
+
+def written_once(buyer: Buyer, name: Any, set_up: Callable[[], Any]) -> Any:
+    """What `set_up` answers, and its writes in the test's tables. The file's first test to ask for
+    `name` runs it, through the container as any step does; each later one gets a copy of the
+    tables as it left them (the aws fixture's mechanism: tests/integration/conftest.py), the
+    clock read as often and the stream read as far, as the redelivery matrix's worlds get their
+    seed. Its writes are the same each time and no test's subject; written again at every test,
+    the shop alone was a twentieth of the file's CPU. Nothing it sends off DynamoDB (events on
+    the bus, webhook deliveries: other backends, never copied) may be left queued."""
+    backend = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    if name in _written:
+        written = _written[name]
+        backend.tables.update(pickle.loads(written.tables))  # the stream read so far is of the tables replaced
+        buyer.clock.read_already(written.readings)
+        buyer.read_from = None if written.read_to is None else InventoryStream(buyer.aws, after=written.read_to)
+        return written.answer
+    answer = set_up()
+    for queue in (buyer.tap, buyer.deliveries):
+        waiting = buyer.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+        assert waiting["Attributes"]["ApproximateNumberOfMessages"] == "0", f"{name} left messages on {queue}"
+    tables = pickle.dumps({table: backend.tables[table] for table in buyer.aws.tables.values()})
+    read_to = None if buyer.read_from is None else buyer.read_from.read_to
+    _written[name] = Written(tables, buyer.clock.readings, read_to, answer)
+    return answer
 
 
 @pytest.fixture(autouse=True)
