@@ -987,7 +987,12 @@ def test_a_withdrawal_handled_after_its_point_was_cleared_leaves_the_orders_to_t
 
 def east_bought_then_cleared(buyer: Buyer, west_point: bool) -> str:
     """An order waits for 3 MUG (none at either warehouse); wh-east's point bought them (its
-    draft's id is returned), and then that point was cleared. wh-west has a point if told so."""
+    draft's id is returned), and then that point was cleared. wh-west has a point if told so.
+    The first thing its tests do: written once, copied after (written_once)."""
+    return written_once(buyer, ("east bought then cleared", west_point), lambda: _east_bought(buyer, west_point))
+
+
+def _east_bought(buyer: Buyer, west_point: bool) -> str:
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
     for location_id in ("wh-east", "wh-west"):
@@ -1095,7 +1100,12 @@ def test_orders_counted_where_a_cleared_point_bought_more_than_still_comes_are_b
 
 def received_while_held(buyer: Buyer, west_point: bool) -> str:
     """`east_bought_then_cleared`, its draft submitted, the order held (an arrival passes it over)
-    and the 3 received at wh-east, where they are kept for it: the held order's id."""
+    and the 3 received at wh-east, where they are kept for it: the held order's id. The first
+    thing its tests do: written once, copied after (written_once)."""
+    return written_once(buyer, ("received while held", west_point), lambda: _received_while_held(buyer, west_point))
+
+
+def _received_while_held(buyer: Buyer, west_point: bool) -> str:
     from core.holds import HoldRequest
 
     draft_id = east_bought_then_cleared(buyer, west_point)
