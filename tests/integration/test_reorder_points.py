@@ -24,7 +24,7 @@ from core import purchasing
 from core.ids import reservation_key
 from core.models import ReorderSettings
 from core.money import Money
-from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, Submission, VendorRequest
+from core.purchasing import NewPurchaseOrder, PurchaseOrder, PurchaseOrderFilter, Receipt, Submission, VendorRequest
 from core.status import PurchaseOrderStatus
 from core.webhooks import MAX_WEBHOOKS, IssuedWebhook
 from functions.adapters.aws_clients import aws_client
@@ -487,6 +487,22 @@ def backordered(buyer: Buyer, quantity: int, external_id: str) -> str:
     return order_id
 
 
+def first_order_drafted(buyer: Buyer) -> PurchaseOrder:
+    """MUG (backorderable) with a point at wh-east and no stock item, an order of 3 backordered
+    there and its record handed to the function: the draft that bought the 3. The first thing its
+    tests do: written once, copied after (written_once)."""
+    return written_once(buyer, "first order drafted", lambda: _first_order_drafted(buyer))
+
+
+def _first_order_drafted(buyer: Buyer) -> PurchaseOrder:
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    return draft
+
+
 def test_the_draft_buys_for_the_backordered_orders_too(buyer: Buyer):
     """10 on hand, an order of 40 takes them and waits for 30: the crossing bought 20, leaving
     10 of the waiting units unbought; an open PO that covered the point but not the waiting orders
@@ -786,11 +802,7 @@ def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorde
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
     falls to 0, so nothing bought them again and the order waited for good."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
     buyer.container.purchasing.submit(draft.id)
     buyer.consume(buyer.stream.records())
     assert buyer.drafts() == []
@@ -807,11 +819,7 @@ def test_a_draft_cancelled_by_a_person_buys_again_what_the_backorders_lack(buyer
     """The 3 units an order waits for were on a draft (counted as bought); a person cancelled it.
     The cancel touched no stock item, so no record bought them again and the order, stock below
     the point, waited for good. They go on a new draft, once, and a second order's lack on top."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
 
     buyer.container.purchasing.cancel(draft.id)
     records = buyer.stream.records()
@@ -947,11 +955,7 @@ def test_a_draft_cancelled_while_its_point_was_cleared_is_bought_again_when_the_
     """The point is cleared, then its draft (the 3 units an order waits for) cancelled: with no
     point nothing buys, as it should. Set again, the point's record saw no fall, no withdrawal and
     no new backorder, so the 3 were never bought again."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
     buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
     buyer.container.purchasing.cancel(draft.id)
     buyer.consume(buyer.stream.records())
@@ -1302,11 +1306,7 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
     draft read before the stock and the stock after the submit counts them twice and buys nothing
     for the 2 the orders lack. Submitted after the stock was read, between the two readings of the
     draft, the readings differ and the stock is read again."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
     backordered(buyer, 2, "second")
     records = buyer.stream.records()
     replenishment, inventory = buyer.container.replenishment, buyer.container.inventory_repository
