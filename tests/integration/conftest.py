@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -148,6 +149,28 @@ def _template_resources() -> tuple[dict[str, str], str]:
     backend.tables.update((table.name, table) for table in copies.values())
     sqs_backends[baseline.account_id]["us-east-1"].create_queue(_queue_name(baseline.queue_url), {})
     return {logical_id: table.name for logical_id, table in copies.items()}, baseline.queue_url
+
+
+# What a set-up left in its account's tables (written_once), pickled, and what it answered, by name.
+_written: dict[Any, tuple[bytes, Any]] = {}
+
+
+def written_once(tables: dict[str, str], name: Any, set_up: Callable[[], T]) -> tuple[T, bool]:
+    """What `set_up` answers, with its writes in the account's `tables` (logical id -> physical
+    name, Aws.tables), and whether they are a copy.
+    The test process's first test to ask for `name` runs it (through the product's own code: a
+    copy is only ever of what it wrote); each later one gets a copy of the tables as it left them,
+    as each account gets a copy of the empty ones (_Baseline). For the same writes at the start of
+    several tests that are no test's subject. Only DynamoDB is copied: what else it leaves (queued
+    messages, files, a clock's readings) is the caller's to check or carry (its answer)."""
+    backend = _dynamodb(_moto_account(os.environ["ACCESS_LOG_QUEUE_URL"]))
+    if name in _written:
+        pickled, answer = _written[name]
+        backend.tables.update(pickle.loads(pickled))  # a stream read so far is of the tables replaced
+        return answer, True
+    answer = set_up()
+    _written[name] = (pickle.dumps({table: backend.tables[table] for table in tables.values()}), answer)
+    return answer, False
 
 
 def _moto_account(queue_url: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pickle
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.dynamodb.models import dynamodb_backends
 
 from core import purchasing
 from core.ids import reservation_key
@@ -35,6 +32,7 @@ from tests.builders import location, product
 from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.conftest import PASS_MACHINE, run_threads
+from tests.integration.conftest import written_once as tables_written_once
 from tests.integration.documented_events import assert_documented, openapi_document
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_backorders import Context, Ticking, another_functions_calls, metrics_on  # noqa: F401 (a fixture)
@@ -194,42 +192,25 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
     yield buyer
 
 
-@dataclass(frozen=True)
-class Written:
-    """A set-up's tables as it left them, pickled (physical name -> moto's Table), with how often
-    it read the clock, where it had read the Inventory stream to, and what it returned."""
-
-    tables: bytes
-    readings: int
-    read_to: str | None
-    answer: Any
-
-
-_written: dict[Any, Written] = {}
-
-
 def written_once(buyer: Buyer, name: Any, set_up: Callable[[], Any]) -> Any:
-    """What `set_up` answers, and its writes in the test's tables. The file's first test to ask for
-    `name` runs it, through the container as any step does; each later one gets a copy of the
-    tables as it left them (the aws fixture's mechanism: tests/integration/conftest.py), the
-    clock read as often and the stream read as far, as the redelivery matrix's worlds get their
-    seed. Its writes are the same each time and no test's subject; written again at every test,
-    the shop alone was a twentieth of the file's CPU. Nothing it sends off DynamoDB (events on
-    the bus, webhook deliveries: other backends, never copied) may be left queued."""
-    backend = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
-    if name in _written:
-        written = _written[name]
-        backend.tables.update(pickle.loads(written.tables))  # the stream read so far is of the tables replaced
-        buyer.clock.read_already(written.readings)
-        buyer.read_from = None if written.read_to is None else InventoryStream(buyer.aws, after=written.read_to)
-        return written.answer
-    answer = set_up()
-    for queue in (buyer.tap, buyer.deliveries):
-        waiting = buyer.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
-        assert waiting["Attributes"]["ApproximateNumberOfMessages"] == "0", f"{name} left messages on {queue}"
-    tables = pickle.dumps({table: backend.tables[table] for table in buyer.aws.tables.values()})
-    read_to = None if buyer.read_from is None else buyer.read_from.read_to
-    _written[name] = Written(tables, buyer.clock.readings, read_to, answer)
+    """What `set_up` answers, and its writes in the test's tables: run by the file's first test to
+    ask for `name`, copied into each later one's (conftest.written_once), the clock read as often
+    and the stream read as far, as the redelivery matrix's worlds get their seed. Its writes are
+    the same each time and no test's subject; written again at every test, the shop alone was a
+    twentieth of the file's CPU. Nothing it sends off DynamoDB (events on the bus, webhook
+    deliveries: never copied) may be left queued."""
+
+    def written() -> tuple[Any, int, str | None]:
+        answer = set_up()
+        for queue in (buyer.tap, buyer.deliveries):
+            waiting = buyer.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+            assert waiting["Attributes"]["ApproximateNumberOfMessages"] == "0", f"{name} left messages on {queue}"
+        return answer, buyer.clock.readings, None if buyer.read_from is None else buyer.read_from.read_to
+
+    (answer, readings, read_to), copied = tables_written_once(buyer.aws.tables, name, written)
+    if copied:
+        buyer.clock.read_already(readings)
+        buyer.read_from = None if read_to is None else InventoryStream(buyer.aws, after=read_to)
     return answer
 
 
