@@ -157,12 +157,13 @@ _written: dict[Any, tuple[bytes, Any]] = {}
 
 def written_once(tables: dict[str, str], name: Any, set_up: Callable[[], T]) -> tuple[T, bool]:
     """What `set_up` answers, with its writes in the account's `tables` (logical id -> physical
-    name, Aws.tables), and whether they are a copy.
-    The test process's first test to ask for `name` runs it (through the product's own code: a
-    copy is only ever of what it wrote); each later one gets a copy of the tables as it left them,
-    as each account gets a copy of the empty ones (_Baseline). For the same writes at the start of
-    several tests that are no test's subject. Only DynamoDB is copied: what else it leaves (queued
-    messages, files, a clock's readings) is the caller's to check or carry (its answer)."""
+    name, Aws.tables), and whether they are a copy. `name` names the set-up in the whole test
+    process (a file that shares a fixture shares its copies). The first test to ask for it runs it
+    (through the product's own code: a copy is only ever of what it wrote); each later one gets a
+    copy of the tables as it left them, as each account gets a copy of the empty ones (_Baseline).
+    For the same writes at the start of several tests that are no test's subject. Only DynamoDB is
+    copied: what else it leaves (queued messages, files, a clock's readings) is the caller's to
+    check or carry (its answer)."""
     backend = _dynamodb(_moto_account(os.environ["ACCESS_LOG_QUEUE_URL"]))
     if name in _written:
         pickled, answer = _written[name]
