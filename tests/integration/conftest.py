@@ -52,28 +52,28 @@ def write_copies(
         assert not client.batch_write_item(RequestItems={table: requests[start : start + 25]})["UnprocessedItems"]
 
 
-def tables_now(aws: Aws) -> bytes:
-    """The test account's tables as they stand, items and stream records, pickled together (a
+def tables_now(tables: dict[str, str]) -> bytes:
+    """The test account's `tables` (Aws.tables) as they stand, items and stream records, pickled together (a
     stream shard keeps its table): what a scenario the first test of a process ran wrote, for each
     later test to start from a copy of (copy_tables), as each account starts from a copy of the
     empty tables (_Baseline)."""
     backend = _dynamodb(_baseline[0].account_id)
-    return pickle.dumps({name: backend.tables[name] for name in aws.tables.values()})
+    return pickle.dumps({name: backend.tables[name] for name in tables.values()})
 
 
-def copy_tables(aws: Aws, tables: bytes) -> None:
-    """The test account's tables replaced by a copy of `tables` (tables_now): its own, unpickled
-    here, so nothing it writes reaches the next copy."""
-    copies = pickle.loads(tables)
-    assert sorted(copies) == sorted(aws.tables.values()), "tables of another template"
+def copy_tables(tables: dict[str, str], pickled: bytes) -> None:
+    """The test account's `tables` (Aws.tables) replaced by a copy of `pickled` (tables_now): its
+    own, unpickled here, so nothing it writes reaches the next copy."""
+    copies = pickle.loads(pickled)
+    assert sorted(copies) == sorted(tables.values()), "tables of another template"
     _dynamodb(_baseline[0].account_id).tables.update(copies)
 
 
-def stream_records(aws: Aws) -> int:
-    """How many changes the test account's table streams hold: every write of the Orders,
+def stream_records(tables: dict[str, str]) -> int:
+    """How many changes the streams of the test account's `tables` (Aws.tables) hold: every write of the Orders,
     Inventory, Catalog and Returns tables adds one."""
     backend = _dynamodb(_baseline[0].account_id)
-    shards = (backend.tables[name].stream_shard for name in aws.tables.values())
+    shards = (backend.tables[name].stream_shard for name in tables.values())
     return sum(len(shard.items) for shard in shards if shard is not None)
 
 
@@ -173,6 +173,27 @@ def _template_resources() -> tuple[dict[str, str], str]:
     backend.tables.update((table.name, table) for table in copies.values())
     sqs_backends[baseline.account_id]["us-east-1"].create_queue(_queue_name(baseline.queue_url), {})
     return {logical_id: table.name for logical_id, table in copies.items()}, baseline.queue_url
+
+
+# What a set-up left in its account's tables (written_once), pickled, and what it answered, by name.
+_written: dict[Any, tuple[bytes, Any]] = {}
+
+
+def written_once(tables: dict[str, str], name: Any, set_up: Callable[[], T]) -> tuple[T, bool]:
+    """What `set_up` answers, with its writes in the account's `tables` (Aws.tables), and whether
+    they are a copy. `name` names the set-up in the whole test process (a file that shares a
+    fixture shares its copies). The first test to ask for it runs it (through the product's own
+    code: a copy is only ever of what it wrote); each later one gets a copy of the tables as it left
+    them (tables_now, copy_tables). For the same writes at the start of several tests that are no
+    test's subject. Only DynamoDB is copied: what else it leaves (queued messages, files, a clock's
+    readings) is the caller's to check or carry (its answer)."""
+    if name in _written:
+        pickled, answer = _written[name]
+        copy_tables(tables, pickled)  # a stream read so far is of the tables replaced
+        return answer, True
+    answer = set_up()
+    _written[name] = (tables_now(tables), answer)
+    return answer, False
 
 
 def _moto_account(queue_url: str) -> str:

@@ -192,17 +192,18 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Import
     return ImportAws(sqs, s3, aws.dynamodb, queue_url, dlq_url, bucket, aws.tables)
 
 
-# What seed_catalog's writes left in a fresh account's tables (moto's Table objects, never served
-# themselves: each later account gets a deep copy), per catalog asked for: the same items, stream
-# records and indexes, made by the API's container once per test process rather than at every test
-# (~40 ms of CPU each, a fifth of the import worker tests').
-_seeded: dict[tuple[tuple[tuple[str, str], ...], int], dict[str, Any]] = {}
+# What seed_catalog's writes left in a fresh account's tables (moto's Table objects, pickled as the
+# aws fixture pickles the empty ones: each later account gets its own copy, unpickled in a quarter
+# of a deep copy's CPU), per catalog asked for: the same items, stream records and indexes, made by
+# the API's container once per test process rather than at every test (~40 ms of CPU each, a fifth
+# of the import worker tests').
+_seeded: dict[tuple[tuple[tuple[str, str], ...], int], bytes] = {}
 
 
 def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> None:
     """Products (sku -> USD price) with stock at one shipping warehouse."""
-    import copy
     import os
+    import pickle
 
     from core.models import LocationInput, ProductInput
     from functions.api.dependencies import container
@@ -215,7 +216,7 @@ def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> Non
     names = [os.environ[variable] for variable in ENV_BY_TABLE.values()]
     fresh = not any(len(backend.tables[name]) for name in names)  # nothing written in this account yet
     if fresh and asked in _seeded:
-        backend.tables.update(copy.deepcopy(_seeded[asked]))
+        backend.tables.update(pickle.loads(_seeded[asked]))
         return
     c = container()
     c.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
@@ -223,7 +224,7 @@ def seed_catalog(skus: dict[str, str] | None = None, on_hand: int = 1000) -> Non
         c.catalog.put_product(sku, ProductInput.model_validate(product_body(price)))
         c.inventory.count(sku, "wh-east", on_hand)
     if fresh:
-        _seeded[asked] = copy.deepcopy({name: backend.tables[name] for name in names})
+        _seeded[asked] = pickle.dumps({name: backend.tables[name] for name in names})
 
 
 def report(import_id: str) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class Shop:
         rules) are cold, and their first reads take what the copied tables hold, which is what the
         run's warm caches held (nothing in a scenario writes around them after reading). A scenario
         starts no execution and makes no shipment (no label). A test's first step."""
-        assert (self.clock.readings, self.counter, stream_records(self.aws)) == self.as_set_up, (
+        assert (self.clock.readings, self.counter, stream_records(self.aws.tables)) == self.as_set_up, (
             "a scenario starts from the shop as its fixture set it up: nothing written before"
         )
         key = (scenario.__qualname__, args)
@@ -114,9 +114,11 @@ class Shop:
             payments = pickle.dumps((orders, _payments_of(orders)))
             metrics = pickle.dumps(_metrics_recorded(metrics, _metrics_pending()))
             kept = copy.deepcopy(answer)  # what this test does with its answer is not the next one's
-            _written[key] = Written(tables_now(self.aws), self.clock.readings, self.counter, payments, metrics, kept)
+            _written[key] = Written(
+                tables_now(self.aws.tables), self.clock.readings, self.counter, payments, metrics, kept
+            )
             return answer
-        copy_tables(self.aws, written.tables)
+        copy_tables(self.aws.tables, written.tables)
         self.clock.readings, self.counter = written.readings, written.counter
         _remember_payments(*pickle.loads(written.payments))
         _record_metrics(*pickle.loads(written.metrics))
@@ -250,7 +252,7 @@ def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
     container = bootstrap(Config.from_env(), clock=Ticking(), label_store=FakeLabels())  # labels: not the subject
     shop = Shop(container, sfn, arn, container.inventory_repository, container.backorders, aws, container.clock)
     shop.start_from(_catalog)
-    shop.as_set_up = (shop.clock.readings, shop.counter, stream_records(aws))
+    shop.as_set_up = (shop.clock.readings, shop.counter, stream_records(aws.tables))
     yield shop
 
 

@@ -797,7 +797,7 @@ def _seeded(aws: Any) -> Seeded:
     from functions.bootstrap import Config, bootstrap
 
     if _seeds:
-        copy_tables(aws, _seeds[0].tables)
+        copy_tables(aws.tables, _seeds[0].tables)
         return _seeds[0]
     admin_key = "oms_admin_" + secrets.token_urlsafe(24)
     built = bootstrap(Config.from_env())
@@ -806,7 +806,7 @@ def _seeded(aws: Any) -> Seeded:
     built.catalog.put_location(warehouse, LocationInput.model_validate(location_body()))
     built.catalog.put_product(sku, ProductInput.model_validate(product_body("19.99", name=f"Product {sku}")))
     built.inventory.count(sku, warehouse, 100)
-    _seeds.append(Seeded(admin_key, sku, warehouse, tables_now(aws)))
+    _seeds.append(Seeded(admin_key, sku, warehouse, tables_now(aws.tables)))
     return _seeds[0]
 
 

@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from core import purchasing
 from core.ids import reservation_key
 from core.models import ReorderSettings
 from core.money import Money
-from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, Submission, VendorRequest
+from core.purchasing import NewPurchaseOrder, PurchaseOrder, PurchaseOrderFilter, Receipt, Submission, VendorRequest
 from core.status import PurchaseOrderStatus
 from core.webhooks import MAX_WEBHOOKS, IssuedWebhook
 from functions.adapters.aws_clients import aws_client
@@ -32,6 +32,7 @@ from tests.builders import location, product
 from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.conftest import PASS_MACHINE, run_threads
+from tests.integration.conftest import written_once as tables_written_once
 from tests.integration.documented_events import assert_documented, openapi_document
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_backorders import Context, Ticking, another_functions_calls, metrics_on  # noqa: F401 (a fixture)
@@ -62,22 +63,26 @@ def client(service: str) -> Any:
 
 class InventoryStream:
     """The Inventory table's stream as the BackorderFunction mapping hands it over: each new record
-    in Lambda's shape, kept only when the template's filters pass it."""
+    in Lambda's shape, kept only when the template's filters pass it. From its first record, or
+    from the one after `after` (a sequence number: where a copied set-up had read to)."""
 
-    def __init__(self, aws: Any):
+    def __init__(self, aws: Any, after: str | None = None):
         self._streams = client("dynamodbstreams")
         arn = aws.dynamodb.describe_table(TableName=aws.tables["InventoryTable"])["Table"]["LatestStreamArn"]
         shard = self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-        self._iterator = self._streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
+        start = {"ShardIteratorType": "TRIM_HORIZON"}
+        if after is not None:
+            start = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+        self._iterator = self._streams.get_shard_iterator(StreamArn=arn, ShardId=shard, **start)["ShardIterator"]
         self._filters = backorder_stream_filters()
+        self.read_to = after  # the last record's sequence number read, whether kept or not
 
     def records(self) -> list[dict[str, Any]]:
         answer = self._streams.get_records(ShardIterator=self._iterator, Limit=1000)
         self._iterator = answer["NextShardIterator"]
         found = []
         for record in answer.get("Records", []):
+            self.read_to = record["dynamodb"]["SequenceNumber"]
             dynamodb = dict(record["dynamodb"])
             created = dynamodb.get("ApproximateCreationDateTime")
             if isinstance(created, datetime):
@@ -92,10 +97,19 @@ class InventoryStream:
 @dataclass
 class Buyer:
     container: Container
-    stream: InventoryStream
+    clock: Ticking
+    aws: Any
     sqs: Any
     tap: str
     deliveries: str
+    read_from: InventoryStream | None = None
+
+    @property
+    def stream(self) -> InventoryStream:
+        """The Inventory stream, from its first record unless a copied set-up read some (written_once)."""
+        if self.read_from is None:
+            self.read_from = InventoryStream(self.aws)
+        return self.read_from
 
     def consume(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         from functions.backorders import app
@@ -148,29 +162,56 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
     monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
     monkeypatch.setenv("EVENT_BUS_NAME", "test-events")
     monkeypatch.setenv("WEBHOOK_QUEUE_URL", deliveries)
+    clock = Ticking()
     container = bootstrap(
-        Config.from_env(), clock=Ticking(), label_store=FakeLabels(),
+        Config.from_env(), clock=clock, label_store=FakeLabels(),
         dynamodb=client("dynamodb"), sqs=sqs, stepfunctions=sfn, eventbridge=events,
     )  # fmt: skip
-    for sku in ("MUG", "CUP"):
-        container.catalog_repository.put_product(product(sku, "9.00"))
-    container.catalog_repository.put_location(location("wh-east"))
-    container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=10))
-    container.webhook_store.add(
-        IssuedWebhook(
-            id="whk_" + "a" * 24,
-            url="https://example.com/hook",
-            events=["inventory.low"],
-            channel=None,
-            created_at=datetime(2026, 12, 1, tzinfo=UTC),
-            secret="whsec_test",
-        ),
-        MAX_WEBHOOKS,
-    )
-    stream = InventoryStream(aws)
+    buyer = Buyer(container, clock, aws, sqs, tap, deliveries)
+
+    def shop() -> None:
+        for sku in ("MUG", "CUP"):
+            container.catalog_repository.put_product(product(sku, "9.00"))
+        container.catalog_repository.put_location(location("wh-east"))
+        container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=10))
+        container.webhook_store.add(
+            IssuedWebhook(
+                id="whk_" + "a" * 24,
+                url="https://example.com/hook",
+                events=["inventory.low"],
+                channel=None,
+                created_at=datetime(2026, 12, 1, tzinfo=UTC),
+                secret="whsec_test",
+            ),
+            MAX_WEBHOOKS,
+        )
+
+    written_once(buyer, "the shop", shop)
     # The suite's mock_aws applies the local runtime's `transactions` patch (tests/conftest.py): moto
     # alone deep-copies every table a transaction names, a draft's 100 lines ~0.6 s a buy.
-    yield Buyer(container, stream, sqs, tap, deliveries)
+    yield buyer
+
+
+def written_once(buyer: Buyer, name: Any, set_up: Callable[[], Any]) -> Any:
+    """What `set_up` answers, and its writes in the test's tables: run by the file's first test to
+    ask for `name`, copied into each later one's (conftest.written_once), the clock read as often
+    and the stream read as far, as the redelivery matrix's worlds get their seed. Its writes are
+    the same each time and no test's subject; written again at every test, the shop alone was a
+    twentieth of the file's CPU. Nothing it sends off DynamoDB (events on the bus, webhook
+    deliveries: never copied) may be left queued."""
+
+    def written() -> tuple[Any, int, str | None]:
+        answer = set_up()
+        for queue in (buyer.tap, buyer.deliveries):
+            waiting = buyer.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+            assert waiting["Attributes"]["ApproximateNumberOfMessages"] == "0", f"{name} left messages on {queue}"
+        return answer, buyer.clock.readings, None if buyer.read_from is None else buyer.read_from.read_to
+
+    (answer, readings, read_to), copied = tables_written_once(buyer.aws.tables, name, written)
+    if copied:
+        buyer.clock.readings = readings
+        buyer.read_from = None if read_to is None else InventoryStream(buyer.aws, after=read_to)
+    return answer
 
 
 @pytest.fixture(autouse=True)
@@ -425,6 +466,22 @@ def backordered(buyer: Buyer, quantity: int, external_id: str) -> str:
     with pytest.raises(Backordered):
         buyer.container.workflow.reserve_stock(order_id)
     return order_id
+
+
+def first_order_drafted(buyer: Buyer) -> PurchaseOrder:
+    """MUG (backorderable) with a point at wh-east and no stock item, an order of 3 backordered
+    there and its record handed to the function: the draft that bought the 3. The first thing its
+    tests do: written once, copied after (written_once)."""
+    return written_once(buyer, "first order drafted", lambda: _first_order_drafted(buyer))
+
+
+def _first_order_drafted(buyer: Buyer) -> PurchaseOrder:
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    buyer.point()
+    backordered(buyer, 3, "first")
+    buyer.consume(buyer.stream.records())
+    [draft] = buyer.drafts()
+    return draft
 
 
 def test_the_draft_buys_for_the_backordered_orders_too(buyer: Buyer):
@@ -726,11 +783,7 @@ def test_a_purchase_order_cancelled_under_the_point_buys_again_what_the_backorde
     """The 3 units an order waits for were bought and submitted; the PO cancelled, its units are no
     longer coming. A position already below the point (3 on order, point 5) crosses nothing as it
     falls to 0, so nothing bought them again and the order waited for good."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
     buyer.container.purchasing.submit(draft.id)
     buyer.consume(buyer.stream.records())
     assert buyer.drafts() == []
@@ -747,11 +800,7 @@ def test_a_draft_cancelled_by_a_person_buys_again_what_the_backorders_lack(buyer
     """The 3 units an order waits for were on a draft (counted as bought); a person cancelled it.
     The cancel touched no stock item, so no record bought them again and the order, stock below
     the point, waited for good. They go on a new draft, once, and a second order's lack on top."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
 
     buyer.container.purchasing.cancel(draft.id)
     records = buyer.stream.records()
@@ -887,11 +936,7 @@ def test_a_draft_cancelled_while_its_point_was_cleared_is_bought_again_when_the_
     """The point is cleared, then its draft (the 3 units an order waits for) cancelled: with no
     point nothing buys, as it should. Set again, the point's record saw no fall, no withdrawal and
     no new backorder, so the 3 were never bought again."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
     buyer.container.purchasing_repository.set_reorder("MUG", "wh-east", None)
     buyer.container.purchasing.cancel(draft.id)
     buyer.consume(buyer.stream.records())
@@ -927,7 +972,12 @@ def test_a_withdrawal_handled_after_its_point_was_cleared_leaves_the_orders_to_t
 
 def east_bought_then_cleared(buyer: Buyer, west_point: bool) -> str:
     """An order waits for 3 MUG (none at either warehouse); wh-east's point bought them (its
-    draft's id is returned), and then that point was cleared. wh-west has a point if told so."""
+    draft's id is returned), and then that point was cleared. wh-west has a point if told so.
+    The first thing its tests do: written once, copied after (written_once)."""
+    return written_once(buyer, ("east bought then cleared", west_point), lambda: _east_bought(buyer, west_point))
+
+
+def _east_bought(buyer: Buyer, west_point: bool) -> str:
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.container.catalog_repository.put_location(location("wh-west", latitude=37.8, longitude=-122.3))
     for location_id in ("wh-east", "wh-west"):
@@ -1035,7 +1085,12 @@ def test_orders_counted_where_a_cleared_point_bought_more_than_still_comes_are_b
 
 def received_while_held(buyer: Buyer, west_point: bool) -> str:
     """`east_bought_then_cleared`, its draft submitted, the order held (an arrival passes it over)
-    and the 3 received at wh-east, where they are kept for it: the held order's id."""
+    and the 3 received at wh-east, where they are kept for it: the held order's id. The first
+    thing its tests do: written once, copied after (written_once)."""
+    return written_once(buyer, ("received while held", west_point), lambda: _received_while_held(buyer, west_point))
+
+
+def _received_while_held(buyer: Buyer, west_point: bool) -> str:
     from core.holds import HoldRequest
 
     draft_id = east_bought_then_cleared(buyer, west_point)
@@ -1232,11 +1287,7 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
     draft read before the stock and the stock after the submit counts them twice and buys nothing
     for the 2 the orders lack. Submitted after the stock was read, between the two readings of the
     draft, the readings differ and the stock is read again."""
-    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
-    buyer.point()
-    backordered(buyer, 3, "first")
-    buyer.consume(buyer.stream.records())
-    [draft] = buyer.drafts()
+    draft = first_order_drafted(buyer)
     backordered(buyer, 2, "second")
     records = buyer.stream.records()
     replenishment, inventory = buyer.container.replenishment, buyer.container.inventory_repository
