@@ -478,54 +478,57 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
 
 # The files `make test` deals out first (`-n 3 --dist loadfile --no-loadscope-reorder`): the
 # costliest, costliest first, measured per file over a whole run (percent of the suite's test time,
-# each test's setup, call and teardown as its junit report gives them, in a run of a57641b0 on
-# 2026-12-07, 12,177 tests, 1,053 s over three workers; the files made cheaper since then measured
-# alone before and after, CPU, and scaled by it: test_reconciler, test_largest_order_journey_api,
-# test_order_item_limits_api, test_import_worker, test_plugins_nearest_sourcing); those of 1 % or
-# more, and those of 0.5 % or more in five tests or fewer). xdist's loadfile hands a worker one
-# whole file at a time, in the order the workers collected them; by its own rule (most tests first)
-# a heavy file of a few slow tests (the build's artifacts, the stateful runs, the journeys) was
-# dealt near the end and ran on while the other workers sat idle: in a run on a shared machine, the
-# first worker done idled for 2.0 % of the run, against 0.9 % in two runs with this order. The rest
-# follow xdist's rule. A file named here that is gone or got cheaper costs nothing but its place; a
-# new heavy file belongs here. Dealing the 2026-12-06 run's tests out again in a model of the
-# scheduler (each test's measured time, each file's scaled at random by 0.7-1.3, 300 deals): the
-# run's end past an even split was 2.9 % (worst 6.3 %) with the list of 2026-12-05, which missed
-# test_reorder_stateful's one 11 s test and the runbooks' five; 1.5 % (worst 3.7 %) with the files
-# of 1 % alone; 0.2 % (worst 0.7 %) with the few-test files too.
+# each test's setup, call and teardown as `--durations=0` gives them, in a CI run of a fresh clone
+# of 273e4aab on 2026-12-07, 12,312 tests, 1,128 s over three workers; test_backorders and
+# test_reorder_points, made cheaper since, scaled by their CPU measured alone before and after);
+# those of 1 % or more, and those of 0.5 % or more in five tests or fewer. xdist's loadfile hands
+# a worker one whole file at a time, in the order the workers collected them; by its own rule
+# (most tests first) a heavy file of a few slow tests (the build's artifacts, the stateful runs,
+# the journeys) was dealt near the end and ran on while the other workers sat idle: in a run on a
+# shared machine, the first worker done idled for 2.0 % of the run, against 0.9 % in two runs with
+# this order. The rest follow xdist's rule. A file named here that is gone or got cheaper costs
+# nothing but its place; a new heavy file belongs here. Dealing the 2026-12-06 run's tests out
+# again in a model of the scheduler (each test's measured time, each file's scaled at random by
+# 0.7-1.3, 300 deals): the run's end past an even split was 2.9 % (worst 6.3 %) with the list of
+# 2026-12-05, which missed test_reorder_stateful's one 11 s test and the runbooks' five; 1.5 %
+# (worst 3.7 %) with the files of 1 % alone; 0.2 % (worst 0.7 %) with the few-test files too.
 HEAVY_FILES = (
-    "tests/integration/test_backorders.py",  # 3.3 % (4.1 % before its scenarios were copied, CPU alone scaled)
+    "tests/integration/test_backorders.py",  # 3.2 %
     "tests/integration/test_build_artifacts.py",  # 3.1 %
-    "tests/integration/test_reorder_points.py",  # 3.0 %
-    "tests/e2e/test_webhooks.py",  # 2.5 % (8 tests)
-    "tests/integration/test_dynamodb_adapters.py",  # 2.2 %
-    "tests/integration/test_local_runtime.py",  # 2.2 %
-    "tests/e2e/test_schemathesis.py",  # 2.0 % (1 test)
-    "tests/integration/test_largest_order_returns_api.py",  # 2.0 % (2 tests)
-    "tests/e2e/test_runbooks.py",  # 1.8 % (5 tests)
-    "tests/integration/test_reconciler.py",  # 1.8 % (2.2 % before its backlog's cut)
-    "tests/integration/test_return_workflow_in_interpreter.py",  # 1.7 %
-    "tests/integration/test_conventions_on_every_route.py",  # 1.7 %
-    "tests/integration/test_workflow_in_interpreter.py",  # 1.7 %
-    "tests/integration/test_local_event_sources.py",  # 1.7 %
-    "tests/integration/test_redelivery_matrix.py",  # 1.7 %
-    "tests/e2e/test_bulk_import.py",  # 1.4 %
-    "tests/integration/test_aggregates_money_journeys.py",  # 1.3 %
+    "tests/integration/test_reorder_points.py",  # 2.6 %
+    "tests/integration/test_import_worker.py",  # 2.1 %
+    "tests/e2e/test_schemathesis.py",  # 1.9 % (1 test)
+    "tests/e2e/test_webhooks.py",  # 1.7 % (3 tests)
+    "tests/integration/test_reconciler.py",  # 1.7 %
+    "tests/integration/test_largest_order_returns_api.py",  # 1.7 % (2 tests)
+    "tests/integration/test_dynamodb_adapters.py",  # 1.6 %
+    "tests/integration/test_conventions_on_every_route.py",  # 1.6 %
+    "tests/integration/test_aggregates_money_journeys.py",  # 1.6 %
+    "tests/integration/test_local_event_sources.py",  # 1.6 %
+    "tests/integration/test_local_runtime.py",  # 1.4 %
+    "tests/integration/test_return_workflow_in_interpreter.py",  # 1.4 %
+    "tests/integration/test_moto_patches.py",  # 1.3 %
+    "tests/integration/test_workflow_in_interpreter.py",  # 1.3 %
     "tests/e2e/test_order_workflow.py",  # 1.3 %
-    "tests/integration/test_import_worker.py",  # 1.3 % (1.8 % before its concurrent workers' receives)
-    "tests/integration/test_largest_order_journey_api.py",  # 1.2 % (1.3 % before its repositories' set-up)
-    "tests/integration/test_events_and_webhooks.py",  # 1.2 %
-    "tests/e2e/test_order_fulfillment.py",  # 1.1 %
-    # Five tests or fewer: by xdist's rule, dealt last.
-    "tests/integration/test_api_cold_path.py",  # 0.8 % (4 tests)
-    "tests/e2e/test_backorders.py",  # 0.7 % (5 tests)
-    "tests/integration/test_cross_feature_stateful.py",  # 0.7 % (4 tests)
-    "tests/e2e/test_allocation_race.py",  # 0.7 % (1 test)
-    "tests/integration/test_aws_limits_responses.py",  # 0.6 % (4 tests)
-    "tests/e2e/test_returns.py",  # 0.6 % (5 tests)
+    "tests/integration/test_events_and_webhooks.py",  # 1.3 %
+    "tests/integration/test_reject_partly_shipped_api.py",  # 1.1 %
+    "tests/unit/test_aws_limits_order_item.py",  # 1.1 %
+    "tests/integration/test_access_control.py",  # 1.0 %
+    "tests/integration/test_returns_whole_order_shipping.py",  # 1.0 %
+    "tests/integration/test_redelivery_matrix.py",  # 1.0 %
+    "tests/e2e/test_allocation_race.py",  # 1.0 % (1 test)
+    "tests/integration/test_largest_order_journey_api.py",  # 1.0 % (4 tests)
+    "tests/integration/test_cross_feature_stateful.py",  # 1.0 % (4 tests)
+    "tests/e2e/test_runbooks.py",  # 1.0 % (3 tests)
+    # Five tests or fewer under 1 %: by xdist's rule, dealt last.
+    "tests/e2e/test_returns.py",  # 0.9 % (4 tests)
+    "tests/integration/test_event_data_as_shown.py",  # 0.9 % (4 tests)
+    "tests/e2e/test_backorders.py",  # 0.7 % (3 tests)
+    "tests/integration/test_aws_limits_responses.py",  # 0.7 % (4 tests)
+    "tests/integration/test_cross_feature_counters.py",  # 0.6 % (1 test)
+    "tests/e2e/test_access_control.py",  # 0.6 % (1 test)
     "tests/integration/test_reorder_stateful.py",  # 0.6 % (1 test)
-    "tests/integration/test_event_data_as_shown.py",  # 0.5 % (4 tests: 2 in that run)
-    "tests/e2e/test_holds_and_jeopardy.py",  # 0.5 % (2 tests)
+    "tests/integration/test_api_cold_path.py",  # 0.5 % (4 tests)
 )
 
 
