@@ -725,3 +725,13 @@ def test_a_ship_sent_again_with_another_hand_over_time_changes_nothing(world, cl
     assert world.snapshot(order.id) == after_first
     assert world.order(order.id).shipments[0].shipped_at == NOW + timedelta(hours=1)
     assert len(world.spy.captured) == 1
+
+
+def test_a_hand_over_time_sent_again_in_another_offset_is_the_same_body_for_the_idempotency_key():
+    def sent(shipped_at: str) -> dict:
+        item = {"order_id": "ord_" + "a" * 24, "shipment_id": "shp_" + "a" * 24, "action": "ship"}
+        return ConfirmationBatch.model_validate({"items": [{**item, "shipped_at": shipped_at}]}).as_sent()
+
+    assert sent("2026-11-22T14:30:00+02:00") == sent("2026-11-22T12:30:00Z")
+    assert sent("2026-11-22T14:30:00+02:00")["items"][0]["shipped_at"] == "2026-11-22T12:30:00Z"
+    assert sent("2026-11-22T14:30:00+02:00") != sent("2026-11-22T14:30:00+01:00")
