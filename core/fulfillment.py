@@ -166,8 +166,9 @@ class OrderActions:
         (InventoryRepository.ship's `handed_at`). The capture is made now all the same: the
         gateway, not the manifest, says when money moves. Refused (HandOverTimeRefused) when later
         than now by more than HAND_OVER_CLOCK_SKEW (within it: now), or before the entry that made
-        the parcel (_made_before). A parcel shipped already keeps the time first recorded: its
-        units left on that time, so another one sent again changes nothing, as a ship repeated.
+        the parcel (_made_before), whether or not it shipped already: no parcel left then. A parcel
+        shipped already keeps the time first recorded: its units left on that time, so another one
+        sent again changes nothing, as a ship repeated.
 
         The capture comes first, so the order never says shipped and paid for money the gateway
         did not give, and the order records that it asks for it before it does
@@ -218,7 +219,7 @@ class OrderActions:
         with self._refused_if_withdrawn(order_id, shipment_id, channel):
             order = self._checked(order_id, channel, shippable)
             shipping = order.shipment(shipment_id).status not in done  # this ship records it (or a concurrent one)
-            if shipping and shipped_at is not None:
+            if shipped_at is not None:
                 self._made_before(order, shipment_id, shipped_at)
             shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
         if tracking_number is not None and (

@@ -720,8 +720,10 @@ def test_a_ship_sent_again_with_another_hand_over_time_changes_nothing(world, cl
     after_first = world.snapshot(order.id)
 
     again = run(world, ship_at(order, (NOW + timedelta(minutes=90)).isoformat()), ship_at(order, NOW.isoformat()))
+    impossible = run(world, ship_at(order, (NOW - timedelta(seconds=1)).isoformat()))  # before it was made
 
     assert [(r.failure, r.shipment_status) for r in again] == [(None, ShipmentStatus.SHIPPED)] * 2
+    assert [d["field"] for d in impossible[0].failure.details] == ["items[0].shipped_at"]
     assert world.snapshot(order.id) == after_first
     assert world.order(order.id).shipments[0].shipped_at == NOW + timedelta(hours=1)
     assert len(world.spy.captured) == 1
@@ -735,3 +737,19 @@ def test_a_hand_over_time_sent_again_in_another_offset_is_the_same_body_for_the_
     assert sent("2026-11-22T14:30:00+02:00") == sent("2026-11-22T12:30:00Z")
     assert sent("2026-11-22T14:30:00+02:00")["items"][0]["shipped_at"] == "2026-11-22T12:30:00Z"
     assert sent("2026-11-22T14:30:00+02:00") != sent("2026-11-22T14:30:00+01:00")
+
+
+def test_a_parcel_its_carrier_scanned_delivered_before_the_stated_hand_over_left_by_the_scan(world, clock):
+    """A manifest's time later than the carrier's delivery scan is no time the parcel can have left
+    at: it left by the scan, and is delivered then, as a ship without a time records it."""
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=3)
+    scanned = NOW + timedelta(hours=1)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_scanned(order.id, order.shipments[0].id, actor="key_carrier", delivered_at=scanned)
+
+    (result,) = run(world, ship_at(order, (NOW + timedelta(hours=2)).isoformat()))
+
+    assert result.failure is None and result.shipment_status is ShipmentStatus.DELIVERED
+    shipment = world.order(order.id).shipments[0]
+    assert (shipment.shipped_at, shipment.delivered_at) == (scanned, scanned)
