@@ -165,7 +165,8 @@ class OrderActions:
         place of now, so a stock take recorded after it counted the parcel gone already
         (InventoryRepository.ship's `handed_at`). The capture is made now all the same: the
         gateway, not the manifest, says when money moves. Refused (HandOverTimeRefused) when later
-        than now by more than HAND_OVER_CLOCK_SKEW (within it: now), or before the entry that made
+        than now by more than HAND_OVER_CLOCK_SKEW (within it, the time of the ship's write:
+        Order.ship records no time after that), or before the entry that made
         the parcel (_made_before), whether or not it shipped already: no parcel left then. A parcel
         shipped already keeps the time first recorded: its units left on that time, so another one
         sent again changes nothing, as a ship repeated.
@@ -199,12 +200,9 @@ class OrderActions:
         (Order.report_delivered) is recorded delivered too, at the carrier's time, and so is one
         its carrier scanned delivered before this ship (Order.keep_delivery_scan)."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
-
-        if shipped_at is not None:
-            now = self._clock()
-            if shipped_at > now + HAND_OVER_CLOCK_SKEW:
-                raise HandOverTimeRefused(f"shipped_at {utc_text(shipped_at)} is later than now ({utc_text(now)})")
-            shipped_at = min(shipped_at, now)
+        now = self._clock()
+        if shipped_at is not None and shipped_at > now + HAND_OVER_CLOCK_SKEW:
+            raise HandOverTimeRefused(f"shipped_at {utc_text(shipped_at)} is later than now ({utc_text(now)})")
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
             return current.ship(

@@ -753,3 +753,41 @@ def test_a_parcel_its_carrier_scanned_delivered_before_the_stated_hand_over_left
     assert result.failure is None and result.shipment_status is ShipmentStatus.DELIVERED
     shipment = world.order(order.id).shipments[0]
     assert (shipment.shipped_at, shipment.delivered_at) == (scanned, scanned)
+
+
+def test_the_ship_action_refuses_a_time_it_cannot_have_left_at_as_a_validation_error_naming_shipped_at(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=1)
+    shipment_id = order.shipments[0].id
+
+    for stated in (clock.now + timedelta(minutes=2), NOW - timedelta(minutes=2)):
+        with pytest.raises(InvalidRequest) as refused:
+            world.actions.ship(order.id, shipment_id, None, actor="key_wms", shipped_at=stated)
+        assert refused.value.code == "validation_error"
+        assert [d["field"] for d in refused.value.details] == ["shipped_at"]
+    assert world.order(order.id).shipments[0].status is ShipmentStatus.PENDING
+
+
+def test_a_history_naming_no_entry_that_made_the_parcel_bounds_its_hand_over_by_the_orders_placing(
+    world, clock, monkeypatch
+):
+    """An order whose history does not say which entry made the parcel: no parcel of it left before
+    the order was placed, and any time since is believed."""
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=2)
+    made = {e.type for e in world.history(order.id) if (e.detail or {}).get("shipments")}
+    assert made == {OrderEvent.ALLOCATED}
+    read = world.orders.history
+
+    def unnamed(order_id: str, **kw: bool):
+        found = read(order_id, **kw)
+        return found and (found[0], [e for e in found[1] if e.type is not OrderEvent.ALLOCATED])
+
+    monkeypatch.setattr(world.orders, "history", unnamed)
+    placed = world.order(order.id).created_at
+
+    refused, shipped = run(world, ship_at(order, (placed - timedelta(seconds=1)).isoformat()),
+                           ship_at(order, placed.isoformat()))  # fmt: skip
+
+    assert [d["field"] for d in refused.failure.details] == ["items[0].shipped_at"]
+    assert shipped.failure is None and world.order(order.id).shipments[0].shipped_at == placed
