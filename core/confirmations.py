@@ -12,10 +12,12 @@ batch, whose items are each safe to send again.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    BeforeValidator,
     Field,
     PlainValidator,
     StringConstraints,
@@ -30,6 +32,7 @@ from pydantic.json_schema import SkipJsonSchema
 from core.errors import (
     CaptureWithdrawn,
     DomainError,
+    HandOverTimeRefused,
     InvalidRequest,
     NotFound,
     PaymentRefused,
@@ -38,16 +41,20 @@ from core.errors import (
     TransientError,
     field_path,
 )
-from core.fulfillment import OrderActions
+from core.fulfillment import HAND_OVER_CLOCK_SKEW, OrderActions
 from core.ids import ORDER_ID, SHIPMENT_ID
 from core.models import Order, Strict, TrackingNumber
+from core.purchasing import RFC_3339_DATE
 from core.status import OrderStatus, ShipmentStatus
+from core.workflow_types import UtcTime
 
 MAX_ITEMS = 100
 # API Gateway answers 504 after 29 s while the function goes on; items not started by this many
 # seconds into the batch are answered `not_attempted` instead (a gateway that keeps failing costs
 # each ship its retries, and a hundred of those would outlast the gateway's wait).
 DEADLINE_SECONDS = 20.0
+# How far ahead of now a stated hand-over time is taken for now (OrderActions.ship).
+SKEW_SECONDS = int(HAND_OVER_CLOCK_SKEW.total_seconds())
 
 
 class ConfirmationAction(StrEnum):
@@ -62,6 +69,20 @@ class ConfirmationAction(StrEnum):
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+def _written_as_a_time(sent: Any) -> Any:
+    # Parsed leniently, a number or a string of digits would be read as Unix seconds: a moment the
+    # WMS never wrote. A datetime is what code passes.
+    if isinstance(sent, datetime):
+        return sent
+    if not isinstance(sent, str) or RFC_3339_DATE.match(sent) is None:
+        raise ValueError("shipped_at must be an RFC 3339 time with its offset, such as 2026-11-22T09:30:00+01:00")
+    return sent
+
+
+# When the parcel left, as the WMS's manifest says: with its offset, kept in UTC.
+HandOverTime = Annotated[UtcTime, BeforeValidator(_written_as_a_time)]
+
+
 class Confirmation(Strict):
     """One shipment confirmed: what happened to it, as its single route would be told."""
 
@@ -69,15 +90,22 @@ class Confirmation(Strict):
     shipment_id: ItemId
     action: ConfirmationAction
     tracking_number: TrackingNumber | None = None
+    shipped_at: Annotated[
+        HandOverTime | None,
+        Field(description="With `ship` only: when the parcel was handed over (the WMS's manifest), an RFC 3339 "
+              "time with its offset, recorded in UTC as the shipment's `shipped_at`; none: the confirmation's time. "
+              f"Later than now by more than {SKEW_SECONDS} s, or before the OMS made the parcel: the item is refused "
+              "(`validation_error`). A shipped parcel keeps the time first recorded."),
+    ] = None  # fmt: skip
 
-    @field_validator("tracking_number")
+    @field_validator("tracking_number", "shipped_at")
     @classmethod
-    def _tracking_only_when_shipping(cls, tracking_number: str | None, info: ValidationInfo) -> str | None:
+    def _only_when_shipping(cls, value: Any, info: ValidationInfo) -> Any:
         # `action` comes first, so it is in info.data once valid (an invalid one is its own error).
         action = info.data.get("action")
-        if tracking_number is not None and action is not None and action is not ConfirmationAction.SHIP:
-            raise ValueError("tracking_number goes with action ship only")
-        return tracking_number
+        if value is not None and action is not None and action is not ConfirmationAction.SHIP:
+            raise ValueError(f"{info.field_name} goes with action ship only")
+        return value
 
 
 @dataclass(frozen=True)
@@ -150,8 +178,11 @@ class ConfirmationBatch(Strict):
         return handler([_item(position, sent) for position, sent in enumerate(items)])
 
     def as_sent(self) -> dict[str, Any]:
-        """The body as the sender sent it (each malformed item as it came), for the Idempotency-Key."""
-        return {"items": [item.sent if isinstance(item, MalformedItem) else item.model_dump(mode="json")
+        """The body as the sender sent it (each malformed item as it came), for the Idempotency-Key.
+        An item without `shipped_at` leaves it out, as every item did before it was taken: a batch
+        sent again across that release is the same body."""
+        return {"items": [item.sent if isinstance(item, MalformedItem)
+                          else item.model_dump(mode="json", exclude=None if item.shipped_at else {"shipped_at"})
                           for item in self.items]}  # fmt: skip
 
 
@@ -204,7 +235,7 @@ def confirm(
     """Run each item's action in order; one result per item, in the same order."""
     results: list[Confirmed] = []
     attempted = 0
-    for item in batch.items:
+    for position, item in enumerate(batch.items):
         if isinstance(item, MalformedItem):
             # Refused whatever the time: sending it again as it is would be refused again.
             refused = InvalidRequest(f"item {item.position} of the batch is not a valid confirmation",
@@ -219,6 +250,10 @@ def confirm(
         attempted += 1
         try:
             results.append(Confirmed(item, order=_run(actions, item, actor, channel)))
+        except HandOverTimeRefused as refused:
+            # The item's own field, named from the batch as a malformed item's are.
+            details = [{**detail, "field": f"items[{position}].{detail['field']}"} for detail in refused.details]
+            results.append(Confirmed(item, failure=InvalidRequest(str(refused), details=details)))
         except DomainError as refused:
             # A plugin that failed (PluginError; the payment plugin in this item's capture,
             # PaymentPluginFailed, in its order's history with nothing recorded as moved) refuses
@@ -234,7 +269,8 @@ def _run(actions: OrderActions, item: Confirmation, actor: str, channel: str | N
     if SHIPMENT_ID.fullmatch(item.shipment_id) is None:
         raise NotFound(f"no shipment has this id on order {item.order_id}")
     if item.action is ConfirmationAction.SHIP:
-        return actions.ship(item.order_id, item.shipment_id, item.tracking_number, actor=actor, channel=channel)
+        return actions.ship(item.order_id, item.shipment_id, item.tracking_number, actor=actor, channel=channel,
+                            shipped_at=item.shipped_at)  # fmt: skip
     if item.action is ConfirmationAction.DELIVER:
         return actions.deliver_or_collect(item.order_id, item.shipment_id, actor=actor, channel=channel)
     return actions.ready(item.order_id, item.shipment_id, actor=actor, channel=channel)

@@ -67,6 +67,15 @@ class InvalidRequest(DomainError):
     code = "validation_error"
 
 
+class HandOverTimeRefused(InvalidRequest):
+    """A ship's stated hand-over time (`shipped_at`, from a WMS's manifest) the parcel cannot have
+    left at: later than now, or before the OMS made the parcel. Nothing was done; its details name
+    the field."""
+
+    def __init__(self, message: str):
+        super().__init__(message, details=[{"field": "shipped_at", "message": message}])
+
+
 class UnknownSku(InvalidRequest):
     code = "unknown_sku"
 

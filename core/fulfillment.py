@@ -25,6 +25,7 @@ from core.carrier_bookings import CarrierWork, give_up_unrecorded
 from core.errors import (
     CaptureWithdrawn,
     Conflict,
+    HandOverTimeRefused,
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
@@ -58,6 +59,7 @@ from core.models import (
     same_tracking_number,
     tracking_number_named,
     utc_now,
+    utc_text,
 )
 from core.money import Money
 from core.order_changes import (
@@ -86,6 +88,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 S = OrderStatus
 Clock = Callable[[], datetime]
+# A WMS whose clock runs a little fast (or that rounds its manifest's minute up) names a hand-over
+# a moment ahead of ours: within this, the parcel left by the time the OMS heard, and that moment
+# is recorded (nothing is recorded in the future); further ahead, the time is nobody's and refused.
+HAND_OVER_CLOCK_SKEW = timedelta(seconds=60)
 PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS (0: None, a pickup waits until collected)
 
 
@@ -149,10 +155,21 @@ class OrderActions:
 
     # --- Ship ---------------------------------------------------------------------------------
     def ship(self, order_id: str, shipment_id: str, tracking_number: str | None, actor: str,
-             channel: str | None = None) -> Order:  # fmt: skip
+             channel: str | None = None, shipped_at: datetime | None = None) -> Order:  # fmt: skip
         """The location handed the parcel over: the shipment's share of the payment is captured,
         then the shipment is recorded shipped with what the gateway captured, then its reserved
         units leave on_hand.
+
+        `shipped_at`: when it was handed over, as a WMS's manifest says (a wave confirmed after its
+        carrier's manifest closed), recorded as the shipment's `shipped_at` (and in its entry) in
+        place of now, so a stock take recorded after it counted the parcel gone already
+        (InventoryRepository.ship's `handed_at`). The capture is made now all the same: the
+        gateway, not the manifest, says when money moves. Refused (HandOverTimeRefused) when later
+        than now by more than HAND_OVER_CLOCK_SKEW (within it, the time of the ship's write:
+        Order.ship records no time after that), or before the entry that made
+        the parcel (_made_before), whether or not it shipped already: no parcel left then. A parcel
+        shipped already keeps the time first recorded: its units left on that time, so another one
+        sent again changes nothing, as a ship repeated.
 
         The capture comes first, so the order never says shipped and paid for money the gateway
         did not give, and the order records that it asks for it before it does
@@ -183,11 +200,14 @@ class OrderActions:
         (Order.report_delivered) is recorded delivered too, at the carrier's time, and so is one
         its carrier scanned delivered before this ship (Order.keep_delivery_scan)."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
+        now = self._clock()
+        if shipped_at is not None and shipped_at > now + HAND_OVER_CLOCK_SKEW:
+            raise HandOverTimeRefused(f"shipped_at {utc_text(shipped_at)} is later than now ({utc_text(now)})")
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
             return current.ship(
                 shipment_id, tracking_number=tracking_number, captured=amount, capture_reference=reference,
-                at=at, actor=actor,
+                at=at, actor=actor, shipped_at=shipped_at,
             )  # fmt: skip
 
         def shippable(current: Order) -> None:
@@ -197,6 +217,8 @@ class OrderActions:
         with self._refused_if_withdrawn(order_id, shipment_id, channel):
             order = self._checked(order_id, channel, shippable)
             shipping = order.shipment(shipment_id).status not in done  # this ship records it (or a concurrent one)
+            if shipped_at is not None:
+                self._made_before(order, shipment_id, shipped_at)
             shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
         if tracking_number is not None and (
             not shipping or not same_tracking_number(shipped.shipment(shipment_id).tracking_number, tracking_number)
@@ -211,6 +233,18 @@ class OrderActions:
             # now, at the carrier's time (a ship repeated after a death here finishes it too).
             return self.deliver(order_id, shipment_id, actor, channel)
         return shipped
+
+    def _made_before(self, order: Order, shipment_id: str, shipped_at: datetime) -> None:
+        """Refuse a hand-over time before the OMS made the parcel (the last entry of the order's
+        history naming it among those it made, _made; the order's placing when none does): it
+        cannot have left before it existed. One read of the history, for a ship stating its time."""
+        found = self._orders.history(order.id, consistent=True)
+        made = max((entry.at for entry in found[1] if _made(entry, shipment_id)), default=None) if found else None
+        made = made or order.created_at
+        if shipped_at < made:
+            raise HandOverTimeRefused(
+                f"shipped_at {utc_text(shipped_at)} is before the OMS made shipment {shipment_id} ({utc_text(made)})"
+            )
 
     def _numbered_as_asked(
         self, order: Order, shipment_id: str, tracking_number: str, actor: str, channel: str | None

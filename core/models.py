@@ -4031,10 +4031,12 @@ class Order(Shown):
 
     def ship(
         self, shipment_id: str, *, tracking_number: str | None, captured: Money, capture_reference: str | None,
-        at: datetime, actor: str,
+        at: datetime, actor: str, shipped_at: datetime | None = None,
     ) -> Change:  # fmt: skip
-        """The shipment left, and `captured` (what the gateway approved for it) is recorded. One a
-        carrier reported delivered (reported_delivered) left by the time it gave."""
+        """The shipment left, and `captured` (what the gateway approved for it) is recorded. It
+        left at `shipped_at` when its location says when (a WMS's manifest; named in the entry),
+        else at `at`; one a carrier reported delivered (reported_delivered) left by the time it
+        gave, or scanned delivered by the scan's, whichever is earlier."""
         shipment = self.ready_to_ship(shipment_id)
         payment = self.payment
         if payment.authorization or self.authorized_nothing():
@@ -4043,7 +4045,8 @@ class Order(Shown):
         reported = self.reported(shipment_id) if self.reported_delivered else None
         scan = self.delivery_scan(shipment_id) if self.delivery_scans else None
         # Scanned delivered before this ship: it left by then (its delivery follows at that time).
-        shipped_at = reported.at if reported is not None else min(scan.at, at) if scan is not None else at
+        left_by = reported.at if reported is not None else min(scan.at, at) if scan is not None else at
+        stated, shipped_at = shipped_at, left_by if shipped_at is None else min(shipped_at, left_by)
         shipments = [
             _replaced(s, status=ShipmentStatus.SHIPPED, shipped_at=shipped_at, captured=captured,
                       tracking_number=tracking_number or s.tracking_number)
@@ -4057,6 +4060,8 @@ class Order(Shown):
         }
         if capture_reference:
             detail["capture_reference"] = capture_reference
+        if stated is not None:
+            detail["shipped_at"] = utc_text(shipped_at)
         if tracking_number:
             # The location named it: its number, not the booking's (set_tracking_number changes
             # only one nobody named).

@@ -33,7 +33,7 @@ Units = Annotated[int, Field(ge=1, le=MAX_UNITS, strict=True)]
 # A receipt is one DynamoDB transaction: the PO and one stock item per line (at most 100 items).
 MAX_LINES = 99
 # How an RFC 3339 time begins: a full date, then the time after "T" (or a space, as RFC 3339 allows).
-_RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
+RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
 # The receipts a PO keeps (RecordedReceipt, keys included) fill at most this many bytes of its
@@ -134,7 +134,7 @@ class NewPurchaseOrder(Strict):
         # milliseconds): a moment the client never wrote. A datetime is what code passes.
         if expected_at is None or isinstance(expected_at, datetime):
             return expected_at
-        if not isinstance(expected_at, str) or _RFC_3339_DATE.match(expected_at) is None:
+        if not isinstance(expected_at, str) or RFC_3339_DATE.match(expected_at) is None:
             raise ValueError("expected_at must be an RFC 3339 time such as 2030-01-31T09:00:00Z")
         return expected_at
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -432,3 +433,24 @@ def test_a_stock_take_whose_answer_was_lost_sent_again_under_its_key_after_the_h
 
     assert (again.status_code, again.json()["on_hand"], again.json()["reserved"]) == (200, stock.on_hand + 1, 2)
     assert stock.level() == (stock.on_hand + 1 - 2, 0)
+
+
+def test_a_wave_ship_stating_its_hand_over_that_died_after_its_record_leaves_a_shelf_counted_since_as_counted(
+    api: InProcessApi,
+):
+    """The parcel left, the shelf was counted without it (3 of 5, 2 of them reserved), then the
+    wave's ship stating when it left recorded the hand-over and died before its units left: the
+    Orders stream's record finishes it on that time, so the count stands (3, not 1)."""
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    left = datetime.now(UTC)
+    assert api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": 3}).status_code == 200
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order_id, parcel, None, actor="key_wms", shipped_at=left)
+    assert stock.level() == (3, 2)
+
+    stream_read(stream)
+
+    assert stock.level() == (3, 0)

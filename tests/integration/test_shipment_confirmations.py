@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from tests.e2e.client import assert_error, stocked_sku, unique, unsigned
-from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels, issue
+from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
+from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels, issue, run_to_allocated
 
 PATH = "/shipments/confirmations"
 
@@ -378,3 +379,134 @@ def test_a_card_beside_groups_of_4_that_are_no_carriers_number_is_refused(api, s
         shipment = api.get(f"/orders/{order}").json()["shipments"][0]
         assert shipment["status"] != "shipped"
         assert "4111" not in (shipment["tracking_number"] or "")
+
+
+def stated(moment: datetime, hours: int = 2) -> str:
+    """`moment` as a WMS in another zone writes it (RFC 3339 with its offset)."""
+    return moment.astimezone(timezone(timedelta(hours=hours))).isoformat()
+
+
+def shown_time(text: str) -> datetime:
+    assert text.endswith("Z"), text  # shown in UTC, as every time the API answers
+    return datetime.fromisoformat(text)
+
+
+def west_stock(api: InProcessApi, sku: str, west: str) -> dict[str, Any]:
+    return next(s for s in api.get(f"/inventory/{sku}").json()["locations"] if s["location_id"] == west)
+
+
+def two_units_allocated(api: InProcessApi, on_hand: int = 5) -> tuple[str, str, str, str]:
+    """A new sku with `on_hand` units at the west warehouse and an order of 2 of them allocated
+    there: (sku, west's id, order id, shipment id)."""
+    network, sku = stocked_sku(api, "25.00", on_hand=on_hand)
+    placed = api.post("/orders", json=order_body((sku, 2)))
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    return sku, network["west"], order["id"], order["shipments"][0]["id"]
+
+
+def test_a_shelf_counted_after_its_parcel_left_keeps_its_count_when_the_wave_says_when_it_left(api):
+    """h758's walk: 5 on the shelf, 2 of them allocated, the parcel leaves, the shelf is counted (3:
+    reserved 2, available 1), then the wave confirms the ship with the manifest's hand-over time.
+    The count stands (on_hand 3, not 1), and the shipment, its history entry and its event say
+    when it left, in UTC."""
+    sku, west, order_id, shipment_id = two_units_allocated(api)
+    left = datetime.now(UTC)
+    counted = api.put(f"/inventory/{sku}/{west}", json={"on_hand": 3})
+    assert counted.status_code == 200, counted.text
+    assert (west_stock(api, sku, west)["reserved"], west_stock(api, sku, west)["available"]) == (2, 1)
+
+    wave = api.post(PATH, json={"items": [item(order_id, shipment_id, "ship", shipped_at=stated(left))]})
+
+    assert [(r["status"], r["error"]) for r in wave.json()["items"]] == [("shipped", None)], wave.text
+    stock = west_stock(api, sku, west)
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (3, 0, 3)
+    order = api.get(f"/orders/{order_id}").json()
+    assert shown_time(order["shipments"][0]["shipped_at"]) == left
+    assert order["payment"]["captured"] == order["totals"]["grand_total"]  # captured at confirmation
+    (entry,) = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "shipment_shipped"]
+    assert shown_time(entry["detail"]["shipped_at"]) == left
+    assert shown_time(entry["at"]) > left  # recorded when the wave confirmed it
+
+
+def test_a_shelf_counted_before_the_stated_hand_over_still_gives_up_the_parcels_units(api):
+    sku, west, order_id, shipment_id = two_units_allocated(api)
+    assert api.put(f"/inventory/{sku}/{west}", json={"on_hand": 5}).status_code == 200
+    left = datetime.now(UTC)  # after the count: the count had the parcel on the shelf
+
+    wave = api.post(PATH, json={"items": [item(order_id, shipment_id, "ship", shipped_at=stated(left, -5))]})
+
+    assert [(r["status"], r["error"]) for r in wave.json()["items"]] == [("shipped", None)], wave.text
+    stock = west_stock(api, sku, west)
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (3, 0, 3)
+
+
+def test_a_ship_item_with_a_hand_over_time_it_cannot_have_is_refused_alone_and_the_wave_ships(api, sku):
+    """shipped_at with another action, without an offset, as Unix seconds, an hour ahead, or before
+    the OMS made the parcel: each item alone is validation_error naming its field, retry false,
+    its parcel untouched; the last item ships."""
+    (first, one), (second, two) = allocated(api, sku), allocated(api, sku)
+    now = datetime.now(UTC)
+    history = api.get(f"/orders/{first}/history").json()["items"]
+    made = shown_time(next(e["at"] for e in history if e["type"] == "allocated"))  # the parcel made
+    body = {"items": [
+        item(first, one, "deliver", shipped_at=stated(now)),
+        item(first, one, "ship", shipped_at=now.replace(tzinfo=None).isoformat()),
+        item(first, one, "ship", shipped_at=str(int(now.timestamp()))),
+        item(first, one, "ship", shipped_at=stated(now + timedelta(hours=1))),
+        item(first, one, "ship", shipped_at=stated(made - timedelta(seconds=1))),
+        item(second, two, "ship", shipped_at=stated(now)),
+    ]}  # fmt: skip
+    before = unsigned(api.get(f"/orders/{first}").json())
+
+    results = api.post(PATH, json=body).json()["items"]
+
+    refused = results[:5]
+    assert all(r["error"]["code"] == "validation_error" and r["retry"] is False for r in refused), refused
+    assert [[d["field"] for d in r["error"]["details"]] for r in refused] == [
+        [f"items[{position}].shipped_at"] for position in range(5)
+    ]
+    assert [(r["order_id"], r["shipment_id"], r["status"]) for r in refused] == [(first, one, None)] * 5
+    assert unsigned(api.get(f"/orders/{first}").json()) == before
+    assert (results[5]["status"], results[5]["error"]) == ("shipped", None)
+    assert shown_time(api.get(f"/orders/{second}").json()["shipments"][0]["shipped_at"]) == now
+
+
+def test_a_hand_over_time_a_few_seconds_ahead_is_taken_for_when_the_oms_heard(api, sku):
+    """A WMS clock running a little fast (within a minute) names a moment yet to come: the parcel
+    left by the time the OMS heard of it, so that moment is recorded, never one in the future."""
+    order_id, shipment_id = allocated(api, sku)
+
+    ahead = stated(datetime.now(UTC) + timedelta(seconds=30))
+
+    wave = api.post(PATH, json={"items": [item(order_id, shipment_id, "ship", shipped_at=ahead)]})
+    after = datetime.now(UTC)
+
+    assert [(r["status"], r["error"]) for r in wave.json()["items"]] == [("shipped", None)], wave.text
+    assert shown_time(api.get(f"/orders/{order_id}").json()["shipments"][0]["shipped_at"]) <= after
+
+
+def test_a_ship_sent_again_with_another_hand_over_time_changes_nothing(api, sku):
+    """The first hand-over time stands: the units left on it already, and a WMS that re-reads its
+    manifest, or a ship first confirmed on the single route, repeats a ship, not a correction."""
+    order_id, shipment_id = allocated(api, sku)
+    left = datetime.now(UTC) - timedelta(microseconds=1)
+    first = api.post(PATH, json={"items": [item(order_id, shipment_id, "ship", shipped_at=stated(left))]})
+    history = api.get(f"/orders/{order_id}/history").json()["items"]
+
+    again = api.post(PATH, json={"items": [item(order_id, shipment_id, "ship", shipped_at=stated(datetime.now(UTC)))]})
+
+    assert again.json() == first.json()
+    assert [(r["status"], r["error"], r["retry"]) for r in again.json()["items"]] == [("shipped", None, False)]
+    assert shown_time(api.get(f"/orders/{order_id}").json()["shipments"][0]["shipped_at"]) == left
+    assert api.get(f"/orders/{order_id}/history").json()["items"] == history
+
+
+def test_the_api_description_says_a_ship_item_may_carry_its_hand_over_time(api):
+    document = api.get("/openapi.json").json()
+    confirmation = document["components"]["schemas"]["Confirmation"]
+    shipped_at = confirmation["properties"]["shipped_at"]
+    assert {"type": "string", "format": "date-time"} in shipped_at["anyOf"], shipped_at
+    assert "manifest" in shipped_at["description"] and "RFC 3339" in shipped_at["description"]
+    assert "`shipped_at`" in document["paths"][PATH]["post"]["description"]
+    assert "shipped_at" not in confirmation.get("required", [])

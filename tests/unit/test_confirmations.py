@@ -3,10 +3,14 @@ in order, on the in-memory fakes with the real built-in plugins; one refused ite
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from pydantic import ValidationError
 
 from core.confirmations import MAX_ITEMS, ConfirmationBatch, MalformedItem, NotAttempted, confirm
+from core.domain_events import EventType, order_events
 from core.errors import (
     InvalidRequest,
     InvalidTransition,
@@ -16,6 +20,7 @@ from core.errors import (
     PluginError,
     StaleVersion,
 )
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order
 from core.status import OrderStatus, ShipmentStatus
@@ -449,6 +454,14 @@ def test_a_batch_that_is_not_a_list_of_1_to_100_items_is_refused_whole(body):
         ({"shipment_id": "shp_a", "action": "ship"}, "items[1].order_id"),
         ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "status": "shipped"}, "items[1].status"),
         ("ship ord_a shp_a", "items[1]"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "deliver", "shipped_at": "2026-11-22T11:00:00Z"},
+         "items[1].shipped_at"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "shipped_at": "2026-11-22T11:00:00"},
+         "items[1].shipped_at"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "shipped_at": "1795345200"},
+         "items[1].shipped_at"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "shipped_at": 1795345200},
+         "items[1].shipped_at"),
     ],
 )  # fmt: skip
 def test_a_malformed_item_is_refused_at_its_position_and_blocks_none_of_the_others(world, malformed, field):
@@ -613,3 +626,168 @@ def test_the_body_an_idempotency_key_stands_for_is_the_batch_as_sent_a_malformed
     assert sent.as_sent() == {"items": [good, malformed]}
     other = ConfirmationBatch.model_validate({"items": [good, {**malformed, "action": "cancel"}]})
     assert other.as_sent() != sent.as_sent()
+
+
+def ship_at(order: Order, shipped_at: str) -> dict[str, str]:
+    return {"order_id": order.id, "shipment_id": order.shipments[0].id, "action": "ship", "shipped_at": shipped_at}
+
+
+def test_a_ship_item_stating_when_the_parcel_left_records_that_time_in_utc(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=3)
+    before = world.order(order.id)
+
+    (result,) = run(world, ship_at(order, "2026-11-22T14:30:00+02:00"))  # 12:30 UTC, after NOW's allocation
+
+    assert result.failure is None
+    left = datetime(2026, 11, 22, 12, 30, tzinfo=UTC)
+    shipment = world.order(order.id).shipments[0]
+    assert (shipment.status, shipment.shipped_at) == (ShipmentStatus.SHIPPED, left)
+    shipped = world.history(order.id)[-1]
+    assert shipped.type is OrderEvent.SHIPMENT_SHIPPED
+    assert (shipped.at, shipped.detail["shipped_at"]) == (clock.now, "2026-11-22T12:30:00Z")
+    assert len(world.spy.captured) == 1  # captured at the confirmation, as without the time
+    documents = (json.loads(before.stored_json()), json.loads(world.order(order.id).stored_json()))
+    (event,) = [e for e in order_events(*documents) if e.type is EventType.SHIPMENT_SHIPPED]
+    assert event.data["shipment"]["shipped_at"] == "2026-11-22T12:30:00Z"
+
+
+def test_a_ship_item_without_a_time_records_the_confirmations_time_and_names_none(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=3)
+
+    run(world, (order.id, order.shipments[0].id, "ship"))
+
+    assert world.order(order.id).shipments[0].shipped_at == clock.now
+    assert "shipped_at" not in world.history(order.id)[-1].detail
+
+
+def test_a_shelf_counted_after_the_stated_hand_over_keeps_its_count_and_one_counted_before_gives_the_units(
+    world, clock
+):
+    after, before = world.allocated(("TSHIRT", 2)), world.allocated(("TSHIRT", 2))  # 50 on hand, 4 reserved
+    clock.advance(hours=1)
+    left = clock.now.isoformat()
+    clock.advance(minutes=10)
+    world.inventory.set_on_hand("TSHIRT", "wh-west", 48, "stock take", counted_at=clock.now)  # after's 2 gone
+    clock.advance(minutes=10)
+
+    run(world, ship_at(after, left))
+    assert world.level("TSHIRT", "wh-west") == (48, 2, 46)  # the count stands: not 46
+    run(world, ship_at(before, clock.now.isoformat()))  # left after that count: counted on the shelf
+    assert world.level("TSHIRT", "wh-west") == (46, 0, 46)
+
+
+@pytest.mark.parametrize(
+    ("stated", "why"),
+    [
+        (NOW + timedelta(hours=1, seconds=61), "later than now"),
+        (NOW - timedelta(microseconds=1), "before the OMS made"),
+    ],
+)
+def test_a_hand_over_time_ahead_of_the_clock_or_before_the_parcel_was_made_is_refused_alone(world, clock, stated, why):
+    order, other = world.allocated(("TSHIRT", 2)), world.allocated(("TSHIRT", 1))
+    clock.advance(hours=1)
+    before = mine(world, order.id)
+
+    refused, shipped = run(world, ship_at(order, stated.isoformat()), (other.id, other.shipments[0].id, "ship"))
+
+    assert isinstance(refused.failure, InvalidRequest) and refused.failure.code == "validation_error"
+    assert why in str(refused.failure)
+    assert [d["field"] for d in refused.failure.details] == ["items[0].shipped_at"]
+    assert (refused.order, refused.retry) == (None, False)
+    assert mine(world, order.id) == before
+    assert shipped.failure is None and shipped.shipment_status is ShipmentStatus.SHIPPED
+    assert len(world.spy.captured) == 1
+
+
+def test_a_hand_over_time_within_a_minute_ahead_is_recorded_as_now_and_one_at_the_parcels_making_is_taken(world, clock):
+    order, made_now = world.allocated(("TSHIRT", 2)), world.allocated(("TSHIRT", 1))
+    clock.advance(hours=1)
+
+    results = run(world, ship_at(order, (clock.now + timedelta(seconds=60)).isoformat()),
+                  ship_at(made_now, NOW.isoformat()))  # fmt: skip
+
+    assert [r.failure for r in results] == [None, None]
+    assert world.order(order.id).shipments[0].shipped_at == clock.now
+    assert world.order(made_now.id).shipments[0].shipped_at == NOW
+
+
+def test_a_ship_sent_again_with_another_hand_over_time_changes_nothing(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=2)
+    run(world, ship_at(order, (NOW + timedelta(hours=1)).isoformat()))
+    after_first = world.snapshot(order.id)
+
+    again = run(world, ship_at(order, (NOW + timedelta(minutes=90)).isoformat()), ship_at(order, NOW.isoformat()))
+    impossible = run(world, ship_at(order, (NOW - timedelta(seconds=1)).isoformat()))  # before it was made
+
+    assert [(r.failure, r.shipment_status) for r in again] == [(None, ShipmentStatus.SHIPPED)] * 2
+    assert [d["field"] for d in impossible[0].failure.details] == ["items[0].shipped_at"]
+    assert world.snapshot(order.id) == after_first
+    assert world.order(order.id).shipments[0].shipped_at == NOW + timedelta(hours=1)
+    assert len(world.spy.captured) == 1
+
+
+def test_a_hand_over_time_sent_again_in_another_offset_is_the_same_body_for_the_idempotency_key():
+    def sent(shipped_at: str) -> dict:
+        item = {"order_id": "ord_" + "a" * 24, "shipment_id": "shp_" + "a" * 24, "action": "ship"}
+        return ConfirmationBatch.model_validate({"items": [{**item, "shipped_at": shipped_at}]}).as_sent()
+
+    assert sent("2026-11-22T14:30:00+02:00") == sent("2026-11-22T12:30:00Z")
+    assert sent("2026-11-22T14:30:00+02:00")["items"][0]["shipped_at"] == "2026-11-22T12:30:00Z"
+    assert sent("2026-11-22T14:30:00+02:00") != sent("2026-11-22T14:30:00+01:00")
+
+
+def test_a_parcel_its_carrier_scanned_delivered_before_the_stated_hand_over_left_by_the_scan(world, clock):
+    """A manifest's time later than the carrier's delivery scan is no time the parcel can have left
+    at: it left by the scan, and is delivered then, as a ship without a time records it."""
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=3)
+    scanned = NOW + timedelta(hours=1)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver_scanned(order.id, order.shipments[0].id, actor="key_carrier", delivered_at=scanned)
+
+    (result,) = run(world, ship_at(order, (NOW + timedelta(hours=2)).isoformat()))
+
+    assert result.failure is None and result.shipment_status is ShipmentStatus.DELIVERED
+    shipment = world.order(order.id).shipments[0]
+    assert (shipment.shipped_at, shipment.delivered_at) == (scanned, scanned)
+
+
+def test_the_ship_action_refuses_a_time_it_cannot_have_left_at_as_a_validation_error_naming_shipped_at(world, clock):
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=1)
+    shipment_id = order.shipments[0].id
+
+    for stated in (clock.now + timedelta(minutes=2), NOW - timedelta(minutes=2)):
+        with pytest.raises(InvalidRequest) as refused:
+            world.actions.ship(order.id, shipment_id, None, actor="key_wms", shipped_at=stated)
+        assert refused.value.code == "validation_error"
+        assert [d["field"] for d in refused.value.details] == ["shipped_at"]
+    assert world.order(order.id).shipments[0].status is ShipmentStatus.PENDING
+
+
+def test_a_history_naming_no_entry_that_made_the_parcel_bounds_its_hand_over_by_the_orders_placing(
+    world, clock, monkeypatch
+):
+    """An order whose history does not say which entry made the parcel: no parcel of it left before
+    the order was placed, and any time since is believed."""
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(hours=2)
+    made = {e.type for e in world.history(order.id) if (e.detail or {}).get("shipments")}
+    assert made == {OrderEvent.ALLOCATED}
+    read = world.orders.history
+
+    def unnamed(order_id: str, **kw: bool):
+        found = read(order_id, **kw)
+        return found and (found[0], [e for e in found[1] if e.type is not OrderEvent.ALLOCATED])
+
+    monkeypatch.setattr(world.orders, "history", unnamed)
+    placed = world.order(order.id).created_at
+
+    refused, shipped = run(world, ship_at(order, (placed - timedelta(seconds=1)).isoformat()),
+                           ship_at(order, placed.isoformat()))  # fmt: skip
+
+    assert [d["field"] for d in refused.failure.details] == ["items[0].shipped_at"]
+    assert shipped.failure is None and world.order(order.id).shipments[0].shipped_at == placed

@@ -7,7 +7,15 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from pydantic import BaseModel
 
 from core.access import Scope
-from core.confirmations import DEADLINE_SECONDS, MAX_ITEMS, ConfirmationAction, ConfirmationBatch, Confirmed, confirm
+from core.confirmations import (
+    DEADLINE_SECONDS,
+    MAX_ITEMS,
+    SKEW_SECONDS,
+    ConfirmationAction,
+    ConfirmationBatch,
+    Confirmed,
+    confirm,
+)
 from core.log_text import escape_for_log
 from core.models import Shown
 from core.status import OrderStatus, ShipmentStatus
@@ -75,7 +83,9 @@ def _result(outcome: Confirmed) -> ConfirmationResult:
     summary="Confirm many shipments at once: ship, deliver or ready each, as their single routes do",
     description=f"For warehouse systems that confirm in batches (1 to {MAX_ITEMS} items). Each item runs exactly "
     "what its single route runs, in the order sent: `ship` is `POST /orders/{id}/shipments/{shipment_id}/ship` "
-    "(its share of the payment captured, with `tracking_number`), `deliver` is `.../deliver` (a parcel arrived, or "
+    "(its share of the payment captured, with `tracking_number`; `shipped_at`, when the parcel was handed over, "
+    "an RFC 3339 time with its offset, is recorded as the shipment's `shipped_at` in place of the confirmation's "
+    "time, so a stock take counted after it keeps its count), `deliver` is `.../deliver` (a parcel arrived, or "
     "a pickup collected), `ready` is `.../ready`. The answer is 200 with one result per item, in order: the "
     "shipment's `status`, the order's `order_status` and `version`, or `error` `{code, message, details}` as the "
     "single route would have answered it (`not_found` for an unknown order or shipment or another channel's, "
@@ -84,7 +94,9 @@ def _result(outcome: Confirmed) -> ConfirmationResult:
     "`plugin_error`, ...). "
     "One refused item never "
     "stops the others, nor does one that is no confirmation (an unknown action, a malformed `tracking_number`, or "
-    "`tracking_number` with another action than `ship`, a field the item does not take): that item alone is "
+    "`tracking_number` or `shipped_at` with another action than `ship`, a `shipped_at` without an offset, later "
+    f"than now by more than {SKEW_SECONDS} s or before the OMS made the parcel, a field the item does not take): "
+    "that item alone is "
     "`validation_error`, its `details` naming its position (`items[3].action`). A body that is not a list of 1 to "
     f"{MAX_ITEMS} items is 422 whole. `retry` true means sending the item again later may succeed (the gateway "
     "was unavailable, or a plugin failed: sent again once it works, the payment's capture is asked under the same key, "
