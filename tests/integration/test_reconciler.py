@@ -1037,6 +1037,19 @@ def two_parcels(services: Any, external_id: str) -> Order:
     return allocated(services, place_order(external_id=external_id, lines=lines))
 
 
+def two_parcels_the_west_one_shipped(services: Any, stack: dict[str, Any]) -> Order:
+    """two_parcels with the MUG's parcel shipped, as a test's first writes: written once, copied after
+    (first_written), the label the MUG shipped with in `services`' store. The order as written."""
+
+    def shipped() -> Order:
+        order = two_parcels(services, "web-two-parcels")
+        west = next(s.id for s in order.shipments if s.location_id == "wh-west")
+        services.actions.ship(order.id, west, None, actor="key_wh")
+        return services.order_repository.get(order.id)
+
+    return first_written(stack, "two parcels, the west one shipped", shipped, services.label_store.labels)
+
+
 def allocated_tshirt(services: Any, external_id: str) -> Order:
     """A TSHIRT (5 on hand at wh-east) placed and allocated with these services, its one shipment
     pending: the order as stored."""
@@ -2425,9 +2438,8 @@ def test_a_partly_shipped_orders_reject_that_died_after_its_write_is_finished_by
     from functions.reconciler import app
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    order = two_parcels(services, "web-rejected")
+    order = two_parcels_the_west_one_shipped(services, stack)
     by_location = {s.location_id: s.id for s in order.shipments}
-    services.actions.ship(order.id, by_location["wh-west"], None, actor="key_wh")
     with monkeypatch.context() as patched:
         patched.setattr(UnitCancellation, "settle_after_reject", lambda self, order, actor: order)
         services.actions.reject(order.id, by_location["wh-east"], "stock damaged", actor="key_wh")
@@ -2461,9 +2473,7 @@ def test_a_stock_take_left_short_by_a_function_that_died_sources_a_partly_shippe
         """The stock take's function dying after its count's write, before its rejects."""
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    order = two_parcels(services, "web-recounted")
-    by_location = {s.location_id: s.id for s in order.shipments}
-    services.actions.ship(order.id, by_location["wh-west"], None, actor="key_wh")
+    order = two_parcels_the_west_one_shipped(services, stack)
     north = location_body(name="North warehouse", latitude=42.36, longitude=-71.06)
     services.catalog.put_location("wh-north", LocationInput.model_validate(north))
     services.inventory.count("HAT", "wh-north", 5)
