@@ -1517,8 +1517,8 @@ def mugs_back_after_goodwill(services: Any, stack: dict[str, Any]) -> tuple[Orde
     CAPs' shipment and the return's id. The process's first test to ask writes it through the
     product's own code; each later one starts from a copy of the tables it left (written_once), the
     test gateway's memory of the order, the MUGs' label and the business metrics not yet printed as
-    they were then: its writes are no test's subject (a sixth of the CPU of each test using it)."""
-
+    they were then (first_written): its writes are no test's subject, and copied they cost each later
+    test using them ~0.15 s of CPU less, two fifths of its own."""
     labels = services.label_store.labels
     return first_written(stack, "mugs back after goodwill", partial(_mugs_back_after_goodwill, services), labels)
 
