@@ -26,6 +26,7 @@ from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOr
 from functions.plugin_loading import load_plugin_manager
 from infra.local.stack import forget_warm_containers
 from infra.local.template import Template, create_table_request
+from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.conftest import FUNCTIONS_SERVICE
 from tests.e2e.client import Catalog
@@ -194,6 +195,55 @@ def written_once(tables: dict[str, str], name: Any, set_up: Callable[[], T]) -> 
     answer = set_up()
     _written[name] = (tables_now(tables), answer)
     return answer, False
+
+
+def payments_of(orders: set[str]) -> dict[str, dict[str, Any]]:
+    """What the test gateway (plugins/test_payments.py) remembers of `orders`: the authorizations it
+    approved under their keys and what each holds, the captures and refunds it approved under them."""
+    ours = {"authorized": {k: v for k, v in test_payments._authorized.items() if k.split(":")[0] in orders}}
+    ours["held"] = {ref: test_payments._held[ref] for ref in ours["authorized"].values() if ref in test_payments._held}
+    for name in ("captured", "refunded"):
+        ours[name] = {k: v for k, v in getattr(test_payments, f"_{name}").items() if k.split(":")[0] in orders}
+    return ours
+
+
+def remember_payments(orders: set[str], remembered: dict[str, dict[str, Any]]) -> None:
+    """The test gateway's memory of `orders` made `remembered` (payments_of): what an earlier test
+    did to orders of the same ids (an id is made of the order's external id: every test placing
+    it places the same order) forgotten. With payments_of, what a set-up's copy (written_once) carries
+    of the gateway."""
+    for name, entries in payments_of(orders).items():
+        memory = getattr(test_payments, f"_{name}")
+        for key in entries:
+            del memory[key]
+        memory.update(remembered[name])
+
+
+Pending = tuple[dict[Any, list[Any]], set[str]]
+
+
+def metrics_pending() -> Pending:
+    """The business metrics written orders recorded in this thread, and the orders they changed,
+    not printed yet (functions.business_metrics: a handler's flush prints them)."""
+    from functions import business_metrics
+
+    return {dims: list(points) for dims, points in business_metrics._points().items()}, set(business_metrics._changed())
+
+
+def metrics_recorded(before: Pending, after: Pending) -> Pending:
+    """What was recorded between `before` and `after` (metrics_pending), nothing printed between."""
+    assert all(after[0].get(dims, [])[: len(points)] == points for dims, points in before[0].items())
+    added = {dims: points[len(before[0].get(dims, [])) :] for dims, points in after[0].items()}
+    return {dims: points for dims, points in added.items() if points}, after[1] - before[1]
+
+
+def record_metrics(points: dict[Any, list[Any]], changed: set[str]) -> None:
+    """`points` and `changed` (metrics_recorded) pending as if written now: a set-up's copy's metrics."""
+    from functions import business_metrics
+
+    for dims, recorded in points.items():
+        business_metrics._points()[dims].extend(recorded)
+    business_metrics._changed().update(changed)
 
 
 def _moto_account(queue_url: str) -> str:

@@ -32,7 +32,19 @@ from infra.local.template import Template
 from plugins import test_payments
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
-from tests.integration.conftest import Aws, copy_tables, pass_through_workflow, run_threads, stream_records, tables_now
+from tests.integration.conftest import (
+    Aws,
+    copy_tables,
+    metrics_pending,
+    metrics_recorded,
+    pass_through_workflow,
+    payments_of,
+    record_metrics,
+    remember_payments,
+    run_threads,
+    stream_records,
+    tables_now,
+)
 
 S = OrderStatus
 
@@ -70,8 +82,8 @@ class Written:
     tables: bytes  # tables_now
     readings: int
     counter: int
-    payments: bytes  # pickled: _payments_of the scenario's orders
-    metrics: bytes  # pickled: _metrics_recorded by the scenario
+    payments: bytes  # pickled: payments_of the scenario's orders
+    metrics: bytes  # pickled: metrics_recorded by the scenario
     answer: Any
 
 
@@ -107,12 +119,12 @@ class Shop:
         key = (scenario.__qualname__, args)
         written = _written.get(key)
         if written is None:
-            metrics = _metrics_pending()
+            metrics = metrics_pending()
             answer = scenario(self, *args)
             assert self.executions() == [], "a scenario whose executions would be lost in its copies"
             orders = self._order_ids()
-            payments = pickle.dumps((orders, _payments_of(orders)))
-            metrics = pickle.dumps(_metrics_recorded(metrics, _metrics_pending()))
+            payments = pickle.dumps((orders, payments_of(orders)))
+            metrics = pickle.dumps(metrics_recorded(metrics, metrics_pending()))
             kept = copy.deepcopy(answer)  # what this test does with its answer is not the next one's
             _written[key] = Written(
                 tables_now(self.aws.tables), self.clock.readings, self.counter, payments, metrics, kept
@@ -120,8 +132,8 @@ class Shop:
             return answer
         copy_tables(self.aws.tables, written.tables)
         self.clock.readings, self.counter = written.readings, written.counter
-        _remember_payments(*pickle.loads(written.payments))
-        _record_metrics(*pickle.loads(written.metrics))
+        remember_payments(*pickle.loads(written.payments))
+        record_metrics(*pickle.loads(written.metrics))
         return copy.deepcopy(written.answer)
 
     def _order_ids(self) -> set[str]:
@@ -194,56 +206,10 @@ class Shop:
                       for e in listed)  # fmt: skip
 
 
-def _payments_of(orders: set[str]) -> dict[str, dict[str, Any]]:
-    """What the test gateway (plugins/test_payments.py) remembers of `orders`: the authorizations it
-    approved under their keys and what each holds, the captures and refunds it approved under them."""
-    ours = {"authorized": {k: v for k, v in test_payments._authorized.items() if k.split(":")[0] in orders}}
-    ours["held"] = {ref: test_payments._held[ref] for ref in ours["authorized"].values() if ref in test_payments._held}
-    for name in ("captured", "refunded"):
-        ours[name] = {k: v for k, v in getattr(test_payments, f"_{name}").items() if k.split(":")[0] in orders}
-    return ours
-
-
-def _remember_payments(orders: set[str], remembered: dict[str, dict[str, Any]]) -> None:
-    """The test gateway's memory of `orders` made `remembered` (_payments_of): what an earlier test
-    did to orders of the same ids (their external ids, pre-N, make every shop's orders alike) forgotten."""
-    for name, entries in _payments_of(orders).items():
-        memory = getattr(test_payments, f"_{name}")
-        for key in entries:
-            del memory[key]
-        memory.update(remembered[name])
-
-
 def _backordered_in_turn(shop: Shop, *quantities: int) -> list[str]:
     # From a copy of its orders but the last: (2, 2, 2, 2, 2, 2) is (2, 2, 2, 2, 2) and one more.
     earlier = shop.backordered_first(*quantities[:-1]) if len(quantities) > 1 else []
     return [*earlier, shop.backordered(quantities[-1])]
-
-
-Pending = tuple[dict[Any, list[Any]], set[str]]
-
-
-def _metrics_pending() -> Pending:
-    """The business metrics written orders recorded in this thread, and the orders they changed,
-    not printed yet (functions.business_metrics: a handler's flush prints them)."""
-    from functions import business_metrics
-
-    return {dims: list(points) for dims, points in business_metrics._points().items()}, set(business_metrics._changed())
-
-
-def _metrics_recorded(before: Pending, after: Pending) -> Pending:
-    """What was recorded between `before` and `after` (_metrics_pending), nothing printed between."""
-    assert all(after[0].get(dims, [])[: len(points)] == points for dims, points in before[0].items())
-    added = {dims: points[len(before[0].get(dims, [])) :] for dims, points in after[0].items()}
-    return {dims: points for dims, points in added.items() if points}, after[1] - before[1]
-
-
-def _record_metrics(points: dict[Any, list[Any]], changed: set[str]) -> None:
-    from functions import business_metrics
-
-    for dims, recorded in points.items():
-        business_metrics._points()[dims].extend(recorded)
-    business_metrics._changed().update(changed)
 
 
 @pytest.fixture
@@ -290,7 +256,7 @@ def test_a_test_started_from_a_copy_sees_nothing_another_test_wrote_in_its_own(s
 
     business_metrics.flush()  # what earlier tests recorded and no handler printed: gone
     [order_id] = shop.backordered_first(1)
-    points, changed = _metrics_pending()
+    points, changed = metrics_pending()
     assert [name for recorded in points.values() for name, _, _ in recorded].count("OrdersPlaced") == 1
     assert changed == {order_id}
     order = shop.order(order_id)
