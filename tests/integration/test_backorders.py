@@ -32,7 +32,16 @@ from infra.local.template import Template
 from plugins import test_payments
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
-from tests.integration.conftest import Aws, copy_tables, pass_through_workflow, run_threads, stream_records, tables_now
+from tests.integration.conftest import (
+    Aws,
+    copy_tables,
+    gateway_memory_of,
+    pass_through_workflow,
+    remember_gateway_memory,
+    run_threads,
+    stream_records,
+    tables_now,
+)
 
 S = OrderStatus
 
@@ -70,7 +79,7 @@ class Written:
     tables: bytes  # tables_now
     readings: int
     counter: int
-    payments: bytes  # pickled: _payments_of the scenario's orders
+    payments: bytes  # pickled: gateway_memory_of the scenario's orders
     metrics: bytes  # pickled: _metrics_recorded by the scenario
     answer: Any
 
@@ -111,7 +120,7 @@ class Shop:
             answer = scenario(self, *args)
             assert self.executions() == [], "a scenario whose executions would be lost in its copies"
             orders = self._order_ids()
-            payments = pickle.dumps((orders, _payments_of(orders)))
+            payments = pickle.dumps((orders, gateway_memory_of(orders)))
             metrics = pickle.dumps(_metrics_recorded(metrics, _metrics_pending()))
             kept = copy.deepcopy(answer)  # what this test does with its answer is not the next one's
             _written[key] = Written(
@@ -120,7 +129,7 @@ class Shop:
             return answer
         copy_tables(self.aws.tables, written.tables)
         self.clock.readings, self.counter = written.readings, written.counter
-        _remember_payments(*pickle.loads(written.payments))
+        remember_gateway_memory(*pickle.loads(written.payments))
         _record_metrics(*pickle.loads(written.metrics))
         return copy.deepcopy(written.answer)
 
@@ -192,26 +201,6 @@ class Shop:
         listed = self.sfn.list_executions(stateMachineArn=self.arn)["executions"]
         return sorted(json.loads(self.sfn.describe_execution(executionArn=e["executionArn"])["input"])["order_id"]
                       for e in listed)  # fmt: skip
-
-
-def _payments_of(orders: set[str]) -> dict[str, dict[str, Any]]:
-    """What the test gateway (plugins/test_payments.py) remembers of `orders`: the authorizations it
-    approved under their keys and what each holds, the captures and refunds it approved under them."""
-    ours = {"authorized": {k: v for k, v in test_payments._authorized.items() if k.split(":")[0] in orders}}
-    ours["held"] = {ref: test_payments._held[ref] for ref in ours["authorized"].values() if ref in test_payments._held}
-    for name in ("captured", "refunded"):
-        ours[name] = {k: v for k, v in getattr(test_payments, f"_{name}").items() if k.split(":")[0] in orders}
-    return ours
-
-
-def _remember_payments(orders: set[str], remembered: dict[str, dict[str, Any]]) -> None:
-    """The test gateway's memory of `orders` made `remembered` (_payments_of): what an earlier test
-    did to orders of the same ids (their external ids, pre-N, make every shop's orders alike) forgotten."""
-    for name, entries in _payments_of(orders).items():
-        memory = getattr(test_payments, f"_{name}")
-        for key in entries:
-            del memory[key]
-        memory.update(remembered[name])
 
 
 def _backordered_in_turn(shop: Shop, *quantities: int) -> list[str]:
