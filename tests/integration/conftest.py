@@ -53,21 +53,21 @@ def write_copies(
         assert not client.batch_write_item(RequestItems={table: requests[start : start + 25]})["UnprocessedItems"]
 
 
-def tables_now(tables: dict[str, str]) -> bytes:
+def tables_now(tables: dict[str, str], account_id: str | None = None) -> bytes:
     """The test account's `tables` (Aws.tables) as they stand, items and stream records, pickled together (a
     stream shard keeps its table): what a scenario the first test of a process ran wrote, for each
     later test to start from a copy of (copy_tables), as each account starts from a copy of the
-    empty tables (_Baseline)."""
-    backend = _dynamodb(_baseline[0].account_id)
+    empty tables (_Baseline). `account_id` names another moto account (a running stack's)."""
+    backend = _dynamodb(account_id or _baseline[0].account_id)
     return pickle.dumps({name: backend.tables[name] for name in tables.values()})
 
 
-def copy_tables(tables: dict[str, str], pickled: bytes) -> None:
+def copy_tables(tables: dict[str, str], pickled: bytes, account_id: str | None = None) -> None:
     """The test account's `tables` (Aws.tables) replaced by a copy of `pickled` (tables_now): its
     own, unpickled here, so nothing it writes reaches the next copy."""
     copies = pickle.loads(pickled)
     assert sorted(copies) == sorted(tables.values()), "tables of another template"
-    _dynamodb(_baseline[0].account_id).tables.update(copies)
+    _dynamodb(account_id or _baseline[0].account_id).tables.update(copies)
 
 
 def stream_records(tables: dict[str, str]) -> int:
@@ -180,20 +180,23 @@ def _template_resources() -> tuple[dict[str, str], str]:
 _written: dict[Any, tuple[bytes, Any]] = {}
 
 
-def written_once(tables: dict[str, str], name: Any, set_up: Callable[[], T]) -> tuple[T, bool]:
+def written_once(
+    tables: dict[str, str], name: Any, set_up: Callable[[], T], account_id: str | None = None
+) -> tuple[T, bool]:
     """What `set_up` answers, with its writes in the account's `tables` (Aws.tables), and whether
     they are a copy. `name` names the set-up in the whole test process (a file that shares a
     fixture shares its copies). The first test to ask for it runs it (through the product's own
     code: a copy is only ever of what it wrote); each later one gets a copy of the tables as it left
     them (tables_now, copy_tables). For the same writes at the start of several tests that are no
     test's subject. Only DynamoDB is copied: what else it leaves (queued messages, files, a clock's
-    readings) is the caller's to check or carry (its answer)."""
+    readings, the test gateway's memory: payments_of) is the caller's to check or carry (its
+    answer). `account_id` names another moto account than the `aws` fixture's (a running stack's)."""
     if name in _written:
         pickled, answer = _written[name]
-        copy_tables(tables, pickled)  # a stream read so far is of the tables replaced
+        copy_tables(tables, pickled, account_id)  # a stream read so far is of the tables replaced
         return answer, True
     answer = set_up()
-    _written[name] = (tables_now(tables), answer)
+    _written[name] = (tables_now(tables, account_id), answer)
     return answer, False
 
 

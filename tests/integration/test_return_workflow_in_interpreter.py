@@ -5,12 +5,15 @@ count, one refund); a step that keeps failing records `return_stuck` on the orde
 execution FAILED; receiving again resumes the return where it stopped.
 
 The stack runs the task on the real handler through a wrapper that, for one return at a time, can
-run a fault instead. Event sources are off: the order workflow is started by the test itself."""
+run a fault instead. Event sources are off: the order workflow is started by the test itself. The
+delivered order most tests return from is placed, run and delivered once per process; each later
+test starts from a copy of what that left (delivered_order), so each test's return has the same id."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import pickle
 import threading
 import time
 from collections import Counter
@@ -22,8 +25,10 @@ from typing import Any
 import pytest
 
 from core.errors import TransientError
+from core.ids import ORDER_ID
 from infra.local.stack import EmbeddedStack, running_stack
 from tests.e2e.client import Api, Catalog, order_body, put_network, unique
+from tests.integration.conftest import payments_of, remember_payments, written_once
 
 PARAMETERS = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
 RUN_SECONDS = 20
@@ -48,6 +53,11 @@ class Faults:
     def clear(self, return_id: str) -> None:
         for key in [k for k in self._faults if k[1] == return_id]:
             del self._faults[key]
+
+    def reset(self) -> None:
+        """No fault injected and no call counted: an earlier test's return had the same id."""
+        self._faults.clear()
+        self.calls.clear()
 
     def handler(self, event: dict[str, Any], context: Any) -> Any:
         key = (event.get("step", ""), event.get("return_id", ""))
@@ -116,6 +126,21 @@ def network(api: Api) -> dict[str, str]:
     return put_network(api)
 
 
+# The executions an earlier test started (executions_of_earlier_tests): each test's return has the
+# same id as the last one's (a copy of one delivered order), and its executions' names that prefix.
+_EARLIER: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def executions_of_earlier_tests(stack: EmbeddedStack, faults: Faults) -> None:
+    """What earlier tests left outside the tables set aside: their executions (wait() skips them),
+    their faults and counted calls."""
+    sfn, arn = stack.client("stepfunctions"), stack.state_machine_arns["ReturnWorkflow"]
+    _EARLIER.clear()
+    _EARLIER.update(e["executionArn"] for e in sfn.list_executions(stateMachineArn=arn, maxResults=1000)["executions"])
+    faults.reset()
+
+
 @pytest.fixture(autouse=True)
 def calls_granted(stack: EmbeddedStack) -> Iterator[None]:
     """Every test's step runs (retried, crashed, stuck, resumed, an exchange placed or given up)
@@ -134,8 +159,8 @@ def calls_granted(stack: EmbeddedStack) -> Iterator[None]:
 
 
 def wait(stack: EmbeddedStack, machine: str, prefix: str) -> list[dict[str, Any]]:
-    """Every execution of `machine` whose name starts with `prefix`, once none is running: each
-    with its description and the states it entered, oldest first."""
+    """Every execution of `machine` whose name starts with `prefix`, once none is running, but an
+    earlier test's (_EARLIER): each with its description and the states it entered, oldest first."""
     sfn = stack.client("stepfunctions")
     arn = stack.state_machine_arns[machine]
     deadline = time.monotonic() + RUN_SECONDS
@@ -145,7 +170,7 @@ def wait(stack: EmbeddedStack, machine: str, prefix: str) -> list[dict[str, Any]
         running = sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING", maxResults=1000)["executions"]
         if not any(e["name"].startswith(prefix) for e in running):
             listed = sfn.list_executions(stateMachineArn=arn, maxResults=1000)["executions"]
-            mine = [e for e in listed if e["name"].startswith(prefix)]
+            mine = [e for e in listed if e["name"].startswith(prefix) and e["executionArn"] not in _EARLIER]
             if mine and all(e["status"] != "RUNNING" for e in mine):
                 break
         assert time.monotonic() < deadline, f"executions {prefix}* still running"
@@ -158,8 +183,36 @@ def wait(stack: EmbeddedStack, machine: str, prefix: str) -> list[dict[str, Any]
     return runs
 
 
-def delivered_order(stack: EmbeddedStack, api: Api, network: dict[str, str], token: str = "tok_approve"):
-    """A delivered order of 3 units of a new product from the west warehouse; (order, sku)."""
+def delivered_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> tuple[str, str]:
+    """A delivered order of 3 units of a product of its own from the west warehouse; (order, sku).
+    The process's first test to ask places, runs and delivers it through the API and the order
+    workflow; each later one starts from a copy of the tables as that left them (written_once),
+    with the test gateway's memory of their orders as it was then: what an earlier test did to
+    the order (its return, refund, exchange) is gone."""
+    orders_now = order_ids(stack)  # an earlier test's, the copy's among them: their payments forgotten
+    account_id = stack.state_machine_arns["OrderWorkflow"].split(":")[4]
+
+    def delivered() -> tuple[str, str, bytes]:
+        order_id, sku = a_delivered_order(stack, api, network)
+        orders = order_ids(stack)
+        return order_id, sku, pickle.dumps((orders, payments_of(orders)))
+
+    (order_id, sku, payments), copied = written_once(stack.table_names, "a delivered order", delivered, account_id)
+    if copied:
+        orders, remembered = pickle.loads(payments)
+        remember_payments(orders | orders_now, remembered)
+    return order_id, sku
+
+
+def order_ids(stack: EmbeddedStack) -> set[str]:
+    table = stack.table_names["OrdersTable"]
+    scanned = stack.client("dynamodb").scan(TableName=table, ProjectionExpression="id", ConsistentRead=True)
+    return {item["id"]["S"] for item in scanned["Items"] if ORDER_ID.fullmatch(item["id"]["S"])}
+
+
+def a_delivered_order(stack: EmbeddedStack, api: Api, network: dict[str, str], token: str = "tok_approve"):
+    """A delivered order of 3 units of a new product from the west warehouse, placed, run and
+    delivered now; (order, sku)."""
     sku = Catalog(api).product("10.00")
     Catalog(api).stock(sku, network["west"], 10)
     placed = api.post("/orders", json=order_body((sku, 3), payment={"method": "test", "token": token}))
@@ -320,7 +373,7 @@ def test_a_step_asked_once_its_execution_is_out_of_time_is_recorded_stuck_at_onc
 
 
 def test_a_refund_the_gateway_refuses_is_asked_again_then_recorded_stuck(stack: EmbeddedStack, api: Api, network):
-    order_id, _ = delivered_order(stack, api, network, token="tok_refund_decline")
+    order_id, _ = a_delivered_order(stack, api, network, token="tok_refund_decline")
     rma = a_return(api, order_id)
 
     response = receive(api, rma, network["west"])
