@@ -249,6 +249,20 @@ def record_metrics(points: dict[Any, list[Any]], changed: set[str]) -> None:
     business_metrics._changed().update(changed)
 
 
+def left_off_tables(orders: set[str], before: Pending) -> bytes:
+    """What a set-up that began when metrics_pending() answered `before` left outside DynamoDB that
+    a copy of its tables (written_once) must carry, pickled: the test gateway's memory of `orders`
+    (payments_of) and the business metrics its writes recorded, not printed yet (metrics_recorded)."""
+    return pickle.dumps((orders, payments_of(orders), metrics_recorded(before, metrics_pending())))
+
+
+def restore_left_off(left: bytes) -> None:
+    """What left_off_tables kept, back as the set-up left it, for a test starting from a copy."""
+    orders, payments, metrics = pickle.loads(left)
+    remember_payments(orders, payments)
+    record_metrics(*metrics)
+
+
 def _moto_account(queue_url: str) -> str:
     return queue_url.rsplit("/", 2)[-2]
 

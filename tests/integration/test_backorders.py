@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import pickle
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,16 +33,13 @@ from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
 from tests.integration.conftest import (
     Aws,
-    copy_tables,
+    left_off_tables,
     metrics_pending,
-    metrics_recorded,
     pass_through_workflow,
-    payments_of,
-    record_metrics,
-    remember_payments,
+    restore_left_off,
     run_threads,
     stream_records,
-    tables_now,
+    written_once,
 )
 
 S = OrderStatus
@@ -72,22 +68,6 @@ class Ticking:
             return NOW + timedelta(seconds=self.readings)
 
 
-@dataclass(frozen=True)
-class Written:
-    """What a scenario left in the shop of the process's first test to start from it (Shop.start_from):
-    the tables, the clock's readings and the shop's count of orders, the test gateway's memory of
-    the scenario's orders, the business metrics its writes recorded (printed by the next handler to
-    flush them), and what the scenario answered."""
-
-    tables: bytes  # tables_now
-    readings: int
-    counter: int
-    payments: bytes  # pickled: payments_of the scenario's orders
-    metrics: bytes  # pickled: metrics_recorded by the scenario
-    answer: Any
-
-
-_written: dict[tuple[str, tuple[Any, ...]], Written] = {}
 T = TypeVar("T")
 
 
@@ -116,25 +96,20 @@ class Shop:
         assert (self.clock.readings, self.counter, stream_records(self.aws.tables)) == self.as_set_up, (
             "a scenario starts from the shop as its fixture set it up: nothing written before"
         )
-        key = (scenario.__qualname__, args)
-        written = _written.get(key)
-        if written is None:
-            metrics = metrics_pending()
+
+        def run() -> tuple[T, int, int, bytes]:
+            before = metrics_pending()
             answer = scenario(self, *args)
             assert self.executions() == [], "a scenario whose executions would be lost in its copies"
-            orders = self._order_ids()
-            payments = pickle.dumps((orders, payments_of(orders)))
-            metrics = pickle.dumps(metrics_recorded(metrics, metrics_pending()))
-            kept = copy.deepcopy(answer)  # what this test does with its answer is not the next one's
-            _written[key] = Written(
-                tables_now(self.aws.tables), self.clock.readings, self.counter, payments, metrics, kept
-            )
-            return answer
-        copy_tables(self.aws.tables, written.tables)
-        self.clock.readings, self.counter = written.readings, written.counter
-        remember_payments(*pickle.loads(written.payments))
-        record_metrics(*pickle.loads(written.metrics))
-        return copy.deepcopy(written.answer)
+            left = left_off_tables(self._order_ids(), before)
+            return copy.deepcopy(answer), self.clock.readings, self.counter, left
+
+        key = ("test_backorders", scenario.__qualname__, args)
+        (answer, readings, counter, left), copied = written_once(self.aws.tables, key, run)
+        if copied:
+            self.clock.readings, self.counter = readings, counter
+            restore_left_off(left)
+        return copy.deepcopy(answer)  # what this test does with its answer is not the next one's
 
     def _order_ids(self) -> set[str]:
         table = self.container.config.orders_table

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import pickle
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from functools import cache, partial, partialmethod
@@ -26,13 +25,11 @@ from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.integration.conftest import (
     PASS_MACHINE,
     dying_at_the_ship_write,
+    left_off_tables,
     metrics_pending,
-    metrics_recorded,
     pass_through_workflow,
-    payments_of,
     queries_sent,
-    record_metrics,
-    remember_payments,
+    restore_left_off,
     stream_records,
     write_copies,
     written_once,
@@ -161,20 +158,17 @@ def first_written(
     parcels were given. No execution may be started by it: no copy would hold one."""
     assert stream_records(stack["aws"].tables) == 0, "a set-up copied over what the test wrote before it"
 
-    def written() -> tuple[Any, bytes]:
+    def written() -> tuple[Any, bytes, dict[str, bytes]]:
         before = metrics_pending()
         answer = set_up()
         for machine in (stack["arn"], stack["return_arn"]):
             assert not stack["sfn"].list_executions(stateMachineArn=machine)["executions"], "executions started"
         orders = {(answer if isinstance(answer, Order) else answer[0]).id}
-        left = (orders, payments_of(orders), metrics_recorded(before, metrics_pending()), labels or {})
-        return copy.deepcopy(answer), pickle.dumps(left)
+        return copy.deepcopy(answer), left_off_tables(orders, before), dict(labels or {})
 
-    (answer, left), copied = written_once(stack["aws"].tables, ("test_reconciler", name), written)
+    (answer, left, kept_labels), copied = written_once(stack["aws"].tables, ("test_reconciler", name), written)
     if copied:
-        orders, payments, metrics, kept_labels = pickle.loads(left)
-        remember_payments(orders, payments)
-        record_metrics(*metrics)
+        restore_left_off(left)
         if labels is not None:
             labels.update(kept_labels)
     return copy.deepcopy(answer)  # what this test does with it is not the next one's
