@@ -12,7 +12,6 @@ batch, whose items are each safe to send again.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -41,10 +40,10 @@ from core.errors import (
     TransientError,
     field_path,
 )
+from core.fields import written_as_a_time
 from core.fulfillment import HAND_OVER_CLOCK_SKEW, OrderActions
 from core.ids import ORDER_ID, SHIPMENT_ID
 from core.models import Order, Strict, TrackingNumber
-from core.purchasing import RFC_3339_DATE
 from core.status import OrderStatus, ShipmentStatus
 from core.workflow_types import UtcTime
 
@@ -69,18 +68,13 @@ class ConfirmationAction(StrEnum):
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-def _written_as_a_time(sent: Any) -> Any:
-    # Parsed leniently, a number or a string of digits would be read as Unix seconds: a moment the
-    # WMS never wrote. A datetime is what code passes.
-    if isinstance(sent, datetime):
-        return sent
-    if not isinstance(sent, str) or RFC_3339_DATE.match(sent) is None:
-        raise ValueError("shipped_at must be an RFC 3339 time with its offset, such as 2026-11-22T09:30:00+01:00")
-    return sent
-
-
 # When the parcel left, as the WMS's manifest says: with its offset, kept in UTC.
-HandOverTime = Annotated[UtcTime, BeforeValidator(_written_as_a_time)]
+HandOverTime = Annotated[
+    UtcTime,
+    BeforeValidator(
+        written_as_a_time("shipped_at", "an RFC 3339 time with its offset, such as 2026-11-22T09:30:00+01:00")
+    ),
+]
 
 
 class Confirmation(Strict):

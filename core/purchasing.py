@@ -1,6 +1,5 @@
 """Vendors and purchase orders: what is bought from whom, submitted, and received into stock (issue 15)."""
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from core.errors import (
     StockLimitReached,
     UnknownSku,
 )
-from core.fields import empty_list
+from core.fields import empty_list, written_as_a_time
 from core.ids import new_id, short_hash
 from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Shown, Strict, Text, VisibleName
 from core.money import MAX_ABS_AMOUNT, AmountTooLarge, ExactMoney, Money
@@ -32,8 +31,6 @@ MAX_UNITS = MAX_ON_HAND
 Units = Annotated[int, Field(ge=1, le=MAX_UNITS, strict=True)]
 # A receipt is one DynamoDB transaction: the PO and one stock item per line (at most 100 items).
 MAX_LINES = 99
-# How an RFC 3339 time begins: a full date, then the time after "T" (or a space, as RFC 3339 allows).
-RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
 # The receipts a PO keeps (RecordedReceipt, keys included) fill at most this many bytes of its
@@ -127,16 +124,9 @@ class NewPurchaseOrder(Strict):
             raise ValidationError.from_exception_data("lines", sorted(errors, key=lambda error: error["loc"]))
         return lines
 
-    @field_validator("expected_at", mode="before")
-    @classmethod
-    def _an_rfc_3339_time(cls, expected_at: Any) -> Any:
-        # Parsed leniently, a number or a string of digits would be read as Unix seconds (or
-        # milliseconds): a moment the client never wrote. A datetime is what code passes.
-        if expected_at is None or isinstance(expected_at, datetime):
-            return expected_at
-        if not isinstance(expected_at, str) or RFC_3339_DATE.match(expected_at) is None:
-            raise ValueError("expected_at must be an RFC 3339 time such as 2030-01-31T09:00:00Z")
-        return expected_at
+    _an_rfc_3339_time = field_validator("expected_at", mode="before")(
+        written_as_a_time("expected_at", "an RFC 3339 time such as 2030-01-31T09:00:00Z")
+    )
 
     @field_validator("expected_at")
     @classmethod
