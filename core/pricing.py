@@ -380,9 +380,15 @@ class Pricing:
         if shipped_for is not None and draft.shipping_method is not None and draft.shipping_method not in by_method:
             return draft.shipping_method, zero if free_shipping else shipped_for
         if not by_method:
+            # The plugins may quote by destination or by currency (the built-in ones have rates in a
+            # few currencies only): the answer names both, so the merchant knows where to look.
+            served = f"an order in {draft.currency} to {draft.shipping_address.country}"
             raise NoShippingMethod(
-                "no shipping method serves this address",
-                details=[{"field": "shipping_address", "message": "no shipping quote for this destination"}],
+                f"no shipping method serves {served}",
+                details=[
+                    {"field": "currency", "message": f"no shipping plugin quotes {served}"},
+                    {"field": "shipping_address", "message": f"no shipping plugin quotes {served}"},
+                ],
             )
         method = draft.shipping_method
         if method is None:

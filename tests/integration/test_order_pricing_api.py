@@ -199,6 +199,27 @@ def test_a_jpy_order_has_whole_yen_amounts_japanese_tax_and_700_yen_standard_shi
         assert re.fullmatch(r"\d+", value["amount"]), value
 
 
+def test_an_order_in_a_currency_no_shipping_plugin_quotes_is_422_naming_the_currency_not_only_the_address(
+    api: InProcessApi, catalog: Catalog
+):
+    # A Swiss storefront: the built-in shipping plugins have no CHF rates, and the same address in
+    # EUR is served, so the currency is what the merchant has to change (or a plugin to add).
+    (watch,) = catalog.stocked("199.00", currency="CHF")
+    zurich = {"name": "Jürg Küng", "line1": "Bahnhofstr. 1", "city": "Zürich", "postal_code": "8001", "country": "CH"}
+
+    error = assert_error(
+        api.post("/orders", json=order_body((watch, 1), currency="CHF", shipping_address=zurich)),
+        422,
+        "no_shipping_method",
+        "currency",
+        "shipping_address",
+    )
+
+    assert "an order in CHF to CH" in error["message"], error
+    (in_eur,) = catalog.stocked("199.00", currency="EUR")
+    assert api.post("/orders", json=order_body((in_eur, 1), currency="EUR", shipping_address=zurich)).status_code == 201
+
+
 def test_get_order_returns_exactly_what_post_returned(api: InProcessApi, catalog: Catalog):
     (sku,) = catalog.stocked("19.99")
     placed = api.post("/orders", json=order_body((sku, 2), promo_codes=["WELCOME10"]))

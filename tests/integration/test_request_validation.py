@@ -97,6 +97,20 @@ def test_a_body_that_is_not_utf8_is_400_malformed_json(api: InProcessApi):
     assert_error(response, 400, "malformed_json")
 
 
+def test_a_body_that_starts_with_a_byte_order_mark_is_400_saying_so(api: InProcessApi, sku: str):
+    # Windows tools (PowerShell's Set-Content -Encoding UTF8, Notepad) write UTF-8 with a BOM: the
+    # JSON after it is fine, so "not valid JSON" sent the sender looking for a mistake in it.
+    body = order_body((sku, 1))
+
+    response = api.post(
+        "/orders", data=b"\xef\xbb\xbf" + json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+
+    error = assert_error(response, 400, "malformed_json")
+    assert "byte order mark" in error["message"], error
+    assert_no_orders(api, body)
+
+
 # --- Fields the server computes or does not know ------------------------------------------------
 
 

@@ -777,3 +777,15 @@ def test_each_file_and_class_the_local_runtime_picture_draws_is_in_infra_local()
     assert sorted(path for path in files if not (local / path).is_file()) == []
     defined = [(path, name) for path, name in pairs if re.search(rf"^class {name}\b", (local / path).read_text(), re.M)]
     assert sorted(pairs - set(defined)) == []
+
+
+def test_the_built_in_shipping_rows_name_the_currencies_the_plugins_quote_and_no_other():
+    from plugins.flat_rate_shipping import FLAT_RATES
+    from plugins.weight_based_shipping import GROUND_RATES
+
+    rows = {row[0]: row[1] for row in table(section("### Configuring the built-in plugins"), "| plugin |")}
+    named = re.search(r"in ((?:[A-Z]{3}, )+[A-Z]{3}) and ([A-Z]{3}) only", rows["`flat_rate_shipping`"])
+
+    assert named, rows["`flat_rate_shipping`"]
+    assert [*named.group(1).split(", "), named.group(2)] == list(FLAT_RATES) == list(GROUND_RATES)
+    assert "the same six as `flat_rate_shipping`" in rows["`weight_based_shipping`"]
