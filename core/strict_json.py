@@ -73,6 +73,10 @@ def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise StrictJsonError("is not UTF-8 encoded JSON") from None
+    if text.startswith("\ufeff"):
+        # RFC 8259 8.1: a JSON text carries no byte order mark. Named, since "not valid JSON" sent
+        # a sender looking through a body that is valid after it (.NET writes one by default).
+        raise StrictJsonError("starts with a byte order mark (U+FEFF): send the UTF-8 without one")
     if _too_deep(text):
         raise StrictJsonError(f"nests objects and arrays deeper than {MAX_DEPTH} levels")
     try:

@@ -111,6 +111,19 @@ def test_a_number_past_what_a_float_holds_is_400_as_a_huge_integer_is(api: InPro
     assert "too large" in error["message"]
 
 
+def test_a_product_sent_with_a_byte_order_mark_is_400_saying_so_and_stores_nothing(api: InProcessApi):
+    # An ERP on .NET writes UTF-8 with a byte order mark by default: the 400 said only "not valid
+    # JSON", and its developer looked for the error in a body that had none.
+    body = "\ufeff" + json.dumps({"name": "Pin, renamed", "price": {"amount": "2.00", "currency": "USD"}})
+
+    error = assert_error(
+        api.put(f"/products/{CHEAP}", data=body, headers={"Content-Type": "application/json"}), 400, "malformed_json"
+    )
+
+    assert "byte order mark" in error["message"], error
+    assert api.get(f"/products/{CHEAP}").json()["name"] == "Pin"
+
+
 def test_a_top_level_array_is_400_not_its_first_element(api: InProcessApi):
     body = json.dumps([order(), order(external_id="hostile-2")])
 
