@@ -265,6 +265,15 @@ def test_a_sku_or_id_with_a_trailing_space_is_422_saying_so_not_quoting_a_patter
     )
 
 
+def test_a_stock_take_of_a_padded_sku_is_404_saying_the_sku_has_white_space(api: InProcessApi, sku: str):
+    # It answered "no product ERP-1 ", the space invisible: the ERP's developer read "no product
+    # ERP-1" and looked for a product that was there.
+    response = api.put(f"/inventory/{sku}%20/wh-1", json={"on_hand": 5})
+
+    error = assert_error(response, 404, "not_found")
+    assert error["message"] == f"no product {sku} : it has white space before or after it"
+
+
 def test_an_unknown_promo_code_is_422_unknown_promo_code(api: InProcessApi, sku: str):
     body = order_body((sku, 1), promo_codes=["WELCOME10", "NOT-A-PROMO"])
 
