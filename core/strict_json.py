@@ -85,6 +85,10 @@ def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
         )
     except StrictJsonError:
         raise
+    except json.JSONDecodeError as error:
+        # Where it breaks, never what is there (the text may be card data): one position in the
+        # text, 1-based, which reads the same for a one-line body and a JSON Lines line.
+        raise StrictJsonError(f"is not valid JSON from character {error.pos + 1}") from None
     except (ValueError, RecursionError):
         raise StrictJsonError("is not valid JSON") from None
     if top_level_object and not isinstance(document, dict):

@@ -29,6 +29,7 @@ from core.errors import (
     TransientError,
     field_path,
 )
+from core.models import IDENTIFIER_PATTERN
 from functions.adapters.aws_errors import busy
 from functions.api.paths import UNKNOWN_ID
 from functions.failure_logs import failure_logged
@@ -86,7 +87,23 @@ def _message(error: dict[str, Any]) -> str:
     valid integer" for ?limit=5&limit=5): the message says what is wrong instead."""
     if error.get("loc", ("",))[0] in ("query", "header") and isinstance(error.get("input"), list):
         return given_more_than_once(len(error["input"]))
+    if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == IDENTIFIER_PATTERN:
+        return _not_an_identifier(error.get("input"))
     return error.get("msg", "invalid")
+
+
+def _not_an_identifier(value: Any) -> str:
+    """What is wrong with a sku, location, vendor, customer or external id, in words rather than
+    IDENTIFIER_PATTERN, and never the value itself (it may be card data)."""
+    if isinstance(value, str) and value != value.strip():
+        reason = "has white space before or after it"
+    elif isinstance(value, str) and any(character.isspace() for character in value):
+        reason = "has white space in it"
+    elif isinstance(value, str) and len(value) > 128:
+        reason = "is longer than 128 characters"
+    else:
+        reason = "is not an id"
+    return f"{reason}: an id is 1 to 128 letters, digits and . _ : / -, the first a letter or digit"
 
 
 def _header(name: Any) -> str:

@@ -26,7 +26,12 @@ def existing(what: str, pattern: str, description: str) -> Any:
         if format_.fullmatch(value) is None:
             # Repeated for a person to read: a control or a bidi override in it is shown as an escape.
             shown = escape_for_log(value[:_ECHOED_CHARS])
-            raise PydanticCustomError(UNKNOWN_ID, "no {what} {id}", {"what": what, "id": shown})
+            if value != value.strip():
+                # Said, as the space is invisible at the end of "no product ERP-1 ".
+                message = "no {what} {id}: it has white space before or after it"
+            else:
+                message = "no {what} {id}"
+            raise PydanticCustomError(UNKNOWN_ID, message, {"what": what, "id": shown})
         return value
 
     return Annotated[

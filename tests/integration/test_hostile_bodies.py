@@ -111,6 +111,18 @@ def test_a_number_past_what_a_float_holds_is_400_as_a_huge_integer_is(api: InPro
     assert "too large" in error["message"]
 
 
+def test_a_product_name_with_an_unescaped_quote_is_400_naming_where_the_json_breaks(api: InProcessApi):
+    # An ERP writing JSON by hand left a 12" pipe's quote unescaped: "not valid JSON" alone sent its
+    # developer through the whole body; the position (never the text: it may hold card data) says where.
+    body = '{"name": "Pipe 12" steel", "price": {"amount": "2.00", "currency": "USD"}}'
+
+    error = assert_error(
+        api.put(f"/products/{CHEAP}", data=body, headers={"Content-Type": "application/json"}), 400, "malformed_json"
+    )
+
+    assert error["message"] == f"the request body is not valid JSON from character {body.index('steel') + 1}"
+
+
 def test_a_top_level_array_is_400_not_its_first_element(api: InProcessApi):
     body = json.dumps([order(), order(external_id="hostile-2")])
 

@@ -251,6 +251,43 @@ def test_an_unknown_sku_is_422_unknown_sku_naming_that_line(api: InProcessApi, s
     assert_no_orders(api, body)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("PUT", "/products/ERP-1%20", {"name": "Pin", "price": money("1.00")}, "sku"),
+        ("POST", "/orders", "order", "lines[0].sku"),
+        ("GET", "/orders", None, "customer_id"),
+    ],
+    ids=["product-path", "order-line", "order-filter"],
+)
+def test_a_sku_or_id_with_a_trailing_space_is_422_saying_so_not_quoting_a_pattern(
+    api: InProcessApi, sku: str, method: str, path: str, body: Any, field: str
+):
+    # An ERP's fixed-width export pads its skus: the answer quoted the regular expression
+    # ^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$, which its developer had to decode to find the space.
+    if body == "order":
+        body = order_body((sku + " ", 1))
+
+    sent = {"params": {"customer_id": "cus_1 "}} if body is None else {"json": body}
+    response = api.request(method, path, **sent)
+
+    error = assert_error(response, 422, "validation_error", field)
+    [message] = [detail["message"] for detail in error["details"] if detail["field"] == field]
+    assert message == (
+        "has white space before or after it: "
+        "an id is 1 to 128 letters, digits and . _ : / -, the first a letter or digit"
+    )
+
+
+def test_a_stock_take_of_a_padded_sku_is_404_saying_the_sku_has_white_space(api: InProcessApi, sku: str):
+    # It answered "no product ERP-1 ", the space invisible: the ERP's developer read "no product
+    # ERP-1" and looked for a product that was there.
+    response = api.put(f"/inventory/{sku}%20/wh-1", json={"on_hand": 5})
+
+    error = assert_error(response, 404, "not_found")
+    assert error["message"] == f"no product {sku} : it has white space before or after it"
+
+
 def test_an_unknown_promo_code_is_422_unknown_promo_code(api: InProcessApi, sku: str):
     body = order_body((sku, 1), promo_codes=["WELCOME10", "NOT-A-PROMO"])
 
