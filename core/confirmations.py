@@ -39,6 +39,7 @@ from core.errors import (
     StaleVersion,
     TransientError,
     field_path,
+    said,
 )
 from core.fields import written_as_a_time
 from core.fulfillment import HAND_OVER_CLOCK_SKEW, OrderActions
@@ -135,7 +136,7 @@ def _item(position: int, sent: Any) -> "Confirmation | MalformedItem":
     except ValidationError as invalid:
         prefix = f"items[{position}]"
         details = [
-            {"field": f"{prefix}.{path}" if (path := field_path(error["loc"])) else prefix, "message": error["msg"]}
+            {"field": f"{prefix}.{path}" if (path := field_path(error["loc"])) else prefix, "message": said(error)}
             for error in invalid.errors(include_url=False, include_input=False)
         ]
         return MalformedItem(

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+
+
+def said(error: Mapping[str, Any]) -> str:
+    """What one pydantic validation error tells a person: its message, and where a validator raised
+    ValueError, its words alone, without the "Value error, " pydantic puts before them (the error's
+    `ctx` may hold the exception as text only, once an adapter has copied the errors)."""
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ") if error.get("type") == "value_error" else message
 
 
 def field_path(loc: Iterable[Any]) -> str:
@@ -414,5 +422,5 @@ def refused_as_kept(
     """KeptRefused for `error`, raised holding what an order keeps to today's rules."""
     return KeptRefused(
         message,
-        details=[{"field": field_path(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in error.errors()],
+        details=[{"field": field_path(e.get("loc", ())), "message": said(e)} for e in error.errors()],
     )

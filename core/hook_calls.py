@@ -36,7 +36,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from core.card_numbers import mask_card_numbers
-from core.errors import PluginError, PluginUnavailable, TransientError
+from core.errors import PluginError, PluginUnavailable, TransientError, said
 from core.log_text import escape_for_log
 from core.models import VisibleText
 
@@ -311,7 +311,7 @@ def _validation_problem(error: Any) -> str:
     refusal reaches the client and the order's history."""
     where = ".".join(str(part) for part in error.get("loc", ()))
     raised = (error.get("ctx") or {}).get("error")
-    problem = str(error.get("msg", "invalid"))
+    problem = said(error)
     if isinstance(raised, BaseException) and not _the_oms_raised(raised):
         problem = f"its validator raised {type(raised).__name__}"
     return f"{where}: {problem}" if where else problem

@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.deadline import TimeUp, never
-from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
+from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path, said
 from core.imports import (
     MAX_EXTERNAL_ID_CHARS,
     MAX_MESSAGE_CHARS,
@@ -642,7 +642,7 @@ class OrderImporter:
         try:
             command = PlaceOrder.model_validate(document)
         except ValidationError as error:
-            problems = [(field_path(e.get("loc", ())) or "body", e.get("msg", "invalid")) for e in error.errors()]
+            problems = [(field_path(e.get("loc", ())) or "body", said(e)) for e in error.errors()]
             message = "; ".join(f"{self._field_names(f, file_format)}: {m}" for f, m in problems[:5])
             return failed("validation_error", message, external_id, problems[0][0] if problems else None)
         if command.external_id is None:

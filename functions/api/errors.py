@@ -28,6 +28,7 @@ from core.errors import (
     PluginUnavailable,
     TransientError,
     field_path,
+    said,
 )
 from core.models import IDENTIFIER_PATTERN
 from functions.adapters.aws_errors import busy
@@ -89,7 +90,7 @@ def _message(error: dict[str, Any]) -> str:
         return given_more_than_once(len(error["input"]))
     if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == IDENTIFIER_PATTERN:
         return _not_an_identifier(error.get("input"))
-    return error.get("msg", "invalid")
+    return said(error)
 
 
 def _not_an_identifier(value: Any) -> str:

@@ -1485,6 +1485,7 @@ def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on
         "ship_region",
         "ship_postal_code",
     ]
+    assert imported["errors"][1]["message"] == "ship_region: ZIP code 94105 is in CA, not OR"
     assert stored_order("market", "ext-1").shipping_address.region == "CA"
 
 

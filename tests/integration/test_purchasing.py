@@ -731,8 +731,8 @@ def test_a_submission_pricing_a_sku_twice_names_each_repeating_line(api: InProce
 
     error = assert_error(refused, 422, "validation_error")
     assert error["details"] == [
-        {"field": "lines[2].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
-        {"field": "lines[3].sku", "message": "Value error, lines[0] prices MUG already: price each sku once"},
+        {"field": "lines[2].sku", "message": "lines[0] prices MUG already: price each sku once"},
+        {"field": "lines[3].sku", "message": "lines[0] prices MUG already: price each sku once"},
     ]
 
 
@@ -747,9 +747,9 @@ def test_a_purchase_order_with_a_repeated_sku_or_another_currency_names_each_lin
     error = assert_error(refused, 422, "validation_error")
     assert error["details"] == [
         {"field": "lines[1].unit_cost",
-         "message": "Value error, in JPY, where lines[0] is in USD: a purchase order is in one currency"},
+         "message": "in JPY, where lines[0] is in USD: a purchase order is in one currency"},
         {"field": "lines[3].sku",
-         "message": "Value error, lines[0] orders MUG already: each sku appears on one line"},
+         "message": "lines[0] orders MUG already: each sku appears on one line"},
     ]  # fmt: skip
 
 

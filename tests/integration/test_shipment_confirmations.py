@@ -466,6 +466,10 @@ def test_a_ship_item_with_a_hand_over_time_it_cannot_have_is_refused_alone_and_t
     assert [[d["field"] for d in r["error"]["details"]] for r in refused] == [
         [f"items[{position}].shipped_at"] for position in range(5)
     ]
+    assert [r["error"]["details"][0]["message"] for r in refused[:2]] == [
+        "shipped_at goes with action ship only",
+        "Input should have timezone info",
+    ]  # what the WMS's developer reads: the validator's words, without pydantic's "Value error, "
     assert [(r["order_id"], r["shipment_id"], r["status"]) for r in refused] == [(first, one, None)] * 5
     assert unsigned(api.get(f"/orders/{first}").json()) == before
     assert (results[5]["status"], results[5]["error"]) == ("shipped", None)
