@@ -10,6 +10,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -31,6 +32,7 @@ from pydantic import (
 )
 
 from core.actors import WORKFLOW_ACTOR
+from core.ca_addresses import province_code, provinces_of_postal_code
 from core.errors import (
     Conflict,
     InvalidRequest,
@@ -566,14 +568,51 @@ class Address(SharedPart, Strict):
         return value
 
 
+@dataclass(frozen=True)
+class _TaxRegions:
+    """How an address in a country that taxes by region (US states, Canadian provinces) names its
+    region for sure: the codes a region may be written as, and those its postal code lies in."""
+
+    postal_code_wanted: str  # what a postal_code must be, in words, with an example
+    region_wanted: str  # what a region must be, in words, with an example
+    postal_code_named: str  # what the country calls its postal codes
+    code_of_region: Callable[[str], str | None]  # None: the region names none of the codes
+    regions_of_postal_code: Callable[[str], tuple[str, ...]]  # none: no postal code in use
+
+
+def _state_of_zip(postal_code: str) -> tuple[str, ...]:
+    state = code_of_zip(postal_code)
+    return (state,) if state else ()
+
+
+_TAX_REGIONS = {
+    "US": _TaxRegions(
+        "a ZIP code in use, such as 94105 or 94105-1234",
+        "a USPS state or territory code, such as CA",
+        "ZIP code",
+        usps_code,
+        _state_of_zip,
+    ),
+    "CA": _TaxRegions(
+        "a Canadian postal code, such as M5V 2T6 (letter digit letter, digit letter digit)",
+        "a province or territory code, such as ON",
+        "postal code",
+        province_code,
+        provinces_of_postal_code,
+    ),
+}
+
+
 class AddressInput(Address):
     """An address as a client sends it (an order's shipping address, a location's). US sales tax
-    is levied by state, so a US address names its state for sure: its ZIP code must be one in
-    use, its region (when sent) the USPS code of the state that ZIP code is in, and a missing
-    region is taken from the ZIP code. Region and ZIP code that disagree are refused rather than
-    taxed by either. A territory addressed by US ZIP code under its own country code (PR, GU...)
-    needs a ZIP code in that territory, so a state's address cannot pass for one. Stored addresses
-    stay `Address`: reading one never re-judges it."""
+    is levied by state and Canadian sales tax by province, so an address in either country names
+    its state or province for sure: its postal code must be one of the country's, its region (when
+    sent) the code of the state or province that postal code is in, and a missing region is taken
+    from the postal code (unless the code serves two, as Canada's X codes serve NT and NU). Region
+    and postal code that disagree are refused rather than taxed by either. A territory addressed
+    by US ZIP code under its own country code (PR, GU...) needs a ZIP code in that territory, so a
+    state's address cannot pass for one. Stored addresses stay `Address`: reading one never
+    re-judges it."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -581,7 +620,10 @@ class AddressInput(Address):
             "USPS code of its state or territory (CA, NY, PR, AE...; `ca` and `US-CA` are read as CA); a missing "
             "`region` is filled in from the ZIP code, a region the ZIP code is not in is 422. For the territories "
             "addressed by US ZIP code that are countries of their own (`country` AS, GU, MP, PR, VI, FM, MH, PW), "
-            "`postal_code` is a ZIP code in that territory."
+            "`postal_code` is a ZIP code in that territory. For `country` CA: `postal_code` is a Canadian postal code "
+            "(M5V 2T6 or M5V2T6) and `region` the code of its province or territory (ON, QC, BC...; `on` and `CA-ON` "
+            "are read as ON); a missing `region` is filled in from the postal code's first letter (an X code, in NT "
+            "or NU, needs the region), a region the postal code is not in is 422."
         }
     )
 
@@ -608,28 +650,28 @@ class AddressInput(Address):
         return self
 
     @model_validator(mode="after")
-    def _us_state_is_certain(self) -> "AddressInput":
+    def _tax_region_is_certain(self) -> "AddressInput":
         if self.country in ZIP_TERRITORIES:
             return self._zip_code_in_its_territory()
-        if self.country != "US":
+        rule = _TAX_REGIONS.get(self.country)
+        if rule is None:
             return self
-        zip_state = code_of_zip(self.postal_code)
-        if zip_state is None:
+        lies_in = rule.regions_of_postal_code(self.postal_code)
+        if not lies_in:
             raise _address_error(
-                "postal_code",
-                self.postal_code,
-                "a US postal_code must be a ZIP code in use, such as 94105 or 94105-1234",
+                "postal_code", self.postal_code, f"a {self.country} postal_code must be {rule.postal_code_wanted}"
             )
+        where = f"{rule.postal_code_named} {self.postal_code} is in {' or '.join(lies_in)}"
         if self.region is None or self.region == "":
-            self.region = zip_state
+            if len(lies_in) > 1:
+                raise _address_error("region", "", f"{where}: region must say which")
+            self.region = lies_in[0]
             return self
-        region = usps_code(self.region)
+        region = rule.code_of_region(self.region)
         if region is None:
-            raise _address_error(
-                "region", self.region, "a US region must be a USPS state or territory code, such as CA"
-            )
-        if region != zip_state:
-            raise _address_error("region", self.region, f"ZIP code {self.postal_code} is in {zip_state}, not {region}")
+            raise _address_error("region", self.region, f"a {self.country} region must be {rule.region_wanted}")
+        if region not in lies_in:
+            raise _address_error("region", self.region, f"{where}, not {region}")
         self.region = region
         return self
 

@@ -4,7 +4,15 @@ import re
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from core.errors import InvalidRequest
 
@@ -134,6 +142,15 @@ Amount = Annotated[
 ]
 
 
+def _not_in_minor_units(currency: str, units: int, amount: Any) -> ValidationError:
+    # Raised as a ValueError, the error would name the Money (`price`); built this way it names its
+    # amount (`price.amount`, `lines[0].unit_cost.amount`), the field at fault, as API.md's details do.
+    message = f"{currency} amounts have {units} decimal places, got {amount}"
+    return ValidationError.from_exception_data(
+        "Money", [{"type": "value_error", "loc": ("amount",), "input": str(amount), "ctx": {"error": message}}]
+    )
+
+
 def _written_exactly(value: Any) -> Any:
     """A Money as a client writes it (API.md: `amount` is a decimal string with exactly the currency's
     minor units): "1" or "1.5" is no USD amount, as "1.234" is not. What code and storage pass
@@ -144,7 +161,7 @@ def _written_exactly(value: Any) -> Any:
             places = len(amount.partition(".")[2])
             units = MINOR_UNITS[currency]
             if places != units and _AMOUNT.fullmatch(amount):
-                raise ValueError(f"{currency} amounts have {units} decimal places, got {amount}")
+                raise _not_in_minor_units(currency, units, amount)
     return value
 
 
@@ -176,7 +193,7 @@ class Money(BaseModel):
         places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
         units = minor_units(self.currency)
         if places > units:
-            raise ValueError(f"{self.currency} amounts have {units} decimal places, got {amount}")
+            raise _not_in_minor_units(self.currency, units, amount)
         # Exact at this point, so quantizing only writes the contract's fixed number of places:
         # an amount that has them already (what code and storage pass) is kept as it is, unless
         # it is a negative zero.

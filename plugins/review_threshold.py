@@ -68,7 +68,7 @@ def review(order: Order, thresholds: Mapping[str, Decimal]) -> list[ReviewReques
     # as written, a threshold of hundreds of decimals made a note past ReviewRequest's 500
     # characters, and the rule failed the capture of every order it should have held.
     shown = threshold.quantize(Decimal(1).scaleb(-minor_units(total.currency)), rounding=ROUND_CEILING)
-    note = f"grand total {total.amount} {total.currency} is at or above the review threshold {shown}"
+    note = f"grand total {total.amount} {total.currency} is at or above the review threshold {shown} {total.currency}"
     return [ReviewRequest(reason="fraud_review", note=note)]
 
 

@@ -80,7 +80,7 @@ def test_a_product_price_without_the_currencys_minor_units_is_422_not_rounded(ap
     # API.md: `amount` is a decimal string "with exactly the currency's minor units".
     sku = unique("SKU").upper()
 
-    assert_error(api.put(f"/products/{sku}", json=product_body("7")), 422, "validation_error", "price")
+    assert_error(api.put(f"/products/{sku}", json=product_body("7")), 422, "validation_error", "price.amount")
     assert_error(api.get(f"/products/{sku}"), 404, "not_found")
     response = api.put(f"/products/{sku}", json=product_body("7.00"))
 

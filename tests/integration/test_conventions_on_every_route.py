@@ -465,11 +465,11 @@ def test_the_walk_finds_every_money_the_contract_takes():
 
 
 @pytest.mark.parametrize(("route", "path", "amount"), MONIES)
-def test_money_in_other_minor_units_than_its_currencys_is_422_naming_it(
+def test_money_in_other_minor_units_than_its_currencys_is_422_naming_its_amount(
     api: InProcessApi, route: tuple[str, str], path: tuple[str | int, ...], amount: dict[str, str]
 ):
     method, template = route
-    field = _field(path)
+    field = f"{_field(path)}.amount"  # API.md: details name the field at fault, the amount, not its currency
 
     error = assert_error(api.request(method, _path(template), json=_body_with(path, amount)), 422, "validation_error")
     named = [detail.get("field") or "" for detail in error["details"]]

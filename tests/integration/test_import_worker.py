@@ -1462,12 +1462,22 @@ def test_a_json_line_with_a_number_past_what_a_float_holds_is_an_error_on_its_li
     assert message.startswith("the line has a number") and "too large" in message
 
 
-def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on_its_line(stack: ImportAws):
+@pytest.mark.parametrize(
+    ("country", "postal_code", "region", "elsewhere"),
+    [
+        ("US", "94105", "CA", "OR"),  # Oregon has no sales tax; 94105 is in California
+        ("CA", "M5V 2T6", "ON", "AB"),  # Alberta's 5% is Canada's lowest; M5V 2T6 is in Toronto, Ontario
+    ],
+)
+def test_a_region_that_is_garbled_or_not_where_its_postal_code_is_is_an_error_on_its_line(
+    stack: ImportAws, country: str, postal_code: str, region: str, elsewhere: str
+):
+    address = {"ship_country": country, "ship_postal_code": postal_code}
     data = csv_file(
-        csv_row("ext-1", ship_region=""),
-        csv_row("ext-2", ship_region="XX"),
-        csv_row("ext-3", ship_region="OR"),  # Oregon has no sales tax; 94105 is in California
-        csv_row("ext-4", ship_postal_code="1"),
+        csv_row("ext-1", **{**address, "ship_region": ""}),
+        csv_row("ext-2", **{**address, "ship_region": "XX"}),
+        csv_row("ext-3", **{**address, "ship_region": elsewhere}),
+        csv_row("ext-4", **{**address, "ship_postal_code": "1"}),
     )
     import_id = split(stack, "incoming/regions.csv", data)
 
@@ -1485,8 +1495,9 @@ def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on
         "ship_region",
         "ship_postal_code",
     ]
-    assert imported["errors"][1]["message"] == "ship_region: ZIP code 94105 is in CA, not OR"
-    assert stored_order("market", "ext-1").shipping_address.region == "CA"
+    postal = "ZIP code" if country == "US" else "postal code"
+    assert imported["errors"][1]["message"] == f"ship_region: {postal} {postal_code} is in {region}, not {elsewhere}"
+    assert stored_order("market", "ext-1").shipping_address.region == region
 
 
 WELL_FORMED = "imp_" + "a" * 24  # an import id as the splitter makes them

@@ -41,36 +41,57 @@ def address(**changes: Any) -> dict[str, Any]:
     return {key: value for key, value in {**body, **changes}.items() if value is not None}
 
 
-def test_a_us_order_without_a_region_is_taxed_for_the_state_its_zip_code_is_in(seeded):  # noqa: F811
-    status, named = place(external_id="web-named", shipping_address=address(region="CA", postal_code="94105"))
+@pytest.mark.parametrize(
+    ("region", "postal_code", "country"), [("CA", "94105", "US"), ("ON", "M5V 2T6", "CA"), ("QC", "H2Y 1C6", "CA")]
+)
+def test_an_order_without_a_region_is_taxed_for_the_state_or_province_its_postal_code_is_in(
+    seeded,  # noqa: F811
+    region: str,
+    postal_code: str,
+    country: str,
+):
+    named_address = address(region=region, postal_code=postal_code, country=country)
+    status, named = place(external_id="web-named", shipping_address=named_address)
     assert status == 201, named
-    status, unnamed = place(external_id="web-unnamed", shipping_address=address(region=None, postal_code="94105"))
+    status, unnamed = place(external_id="web-unnamed", shipping_address={**named_address, "region": None})
     assert status == 201, unnamed
 
-    assert unnamed["shipping_address"]["region"] == "CA"
+    assert unnamed["shipping_address"]["region"] == region
     assert unnamed["totals"]["tax"] == named["totals"]["tax"] != {"amount": "0.00", "currency": "USD"}
 
 
 @pytest.mark.parametrize(
-    ("region", "postal_code", "field"),
+    ("region", "postal_code", "country", "field", "said"),
     [
-        ("XX", "94105", "shipping_address.region"),
-        ("Calif.", "94105", "shipping_address.region"),
-        ("OR", "94105", "shipping_address.region"),  # Oregon has no sales tax; 94105 is in California
-        ("CA", "1", "shipping_address.postal_code"),
-        (None, "00000", "shipping_address.postal_code"),
+        ("XX", "94105", "US", "shipping_address.region", "a US region must be a USPS state or territory code"),
+        ("Calif.", "94105", "US", "shipping_address.region", "a US region must be a USPS state or territory code"),
+        # Oregon has no sales tax; 94105 is in California.
+        ("OR", "94105", "US", "shipping_address.region", "ZIP code 94105 is in CA, not OR"),
+        ("CA", "1", "US", "shipping_address.postal_code", "a US postal_code must be a ZIP code in use"),
+        (None, "00000", "US", "shipping_address.postal_code", "a US postal_code must be a ZIP code in use"),
+        ("XX", "M5V 2T6", "CA", "shipping_address.region", "a CA region must be a province or territory code"),
+        # Alberta's 5% is the lowest tax in Canada; M5V 2T6 is in Toronto, Ontario (13%).
+        ("AB", "M5V 2T6", "CA", "shipping_address.region", "postal code M5V 2T6 is in ON, not AB"),
+        (None, "X0A 0H0", "CA", "shipping_address.region", "postal code X0A 0H0 is in NT or NU: region must say"),
+        ("ON", "94105", "CA", "shipping_address.postal_code", "a CA postal_code must be a Canadian postal code"),
+        (None, "Toronto", "CA", "shipping_address.postal_code", "a CA postal_code must be a Canadian postal code"),
     ],
 )
-def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_422_naming_it(
+def test_a_region_that_is_garbled_or_not_where_its_postal_code_is_is_422_naming_it_never_an_untaxed_order(
     seeded,  # noqa: F811
     region: str | None,
     postal_code: str,
+    country: str,
     field: str,
+    said: str,
 ):
-    status, body = place(external_id="web-dodge", shipping_address=address(region=region, postal_code=postal_code))
+    status, body = place(
+        external_id="web-dodge", shipping_address=address(region=region, postal_code=postal_code, country=country)
+    )
 
     assert status == 422, body
     assert [d["field"] for d in body["error"]["details"]] == [field]
+    assert said in body["error"]["details"][0]["message"]
 
 
 # The territories whose mail is addressed by US ZIP code, each its own ISO 3166-1 country, which

@@ -195,12 +195,13 @@ def test_a_threshold_of_any_decimals_a_deploy_takes_holds_with_a_note_naming_it_
     text = f"USD:{total - 1}{'0' * 490}1"  # a hair above total - 1: a total of total - 0.99 reaches it
     assert review_threshold.parse_thresholds(text) == {"USD": Decimal(text[4:])}
     (held,) = review_threshold.review(order, review_threshold.parse_thresholds(text))
-    assert held.note == f"grand total {total} USD is at or above the review threshold {total - 1 + Decimal('0.01')}"
+    assert held.note == f"grand total {total} USD is at or above the review threshold {total - 1 + Decimal('0.01')} USD"
     yen = Money(amount="11", currency="JPY")
     in_yen = order.model_copy(
         update={"currency": "JPY", "totals": order.totals.model_copy(update={"grand_total": yen})}
     )
-    assert review_threshold.review(in_yen, {"JPY": Decimal("10.5")})[0].note.endswith("review threshold 11")
+    # Named as the note names the total, the amount then its currency: "threshold 11" said not which money.
+    assert review_threshold.review(in_yen, {"JPY": Decimal("10.5")})[0].note.endswith("review threshold 11 JPY")
 
 
 def test_the_built_in_rule_reads_oms_review_threshold_and_holds_a_high_value_order_at_capture(world, monkeypatch):
