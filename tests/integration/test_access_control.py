@@ -816,6 +816,73 @@ def test_a_location_bound_key_buys_and_receives_only_for_its_own_locations(
         assert (vendors_orders(api, sites.vendor), api.get(f"/inventory/{sku}").json()) == before
 
 
+def test_a_location_bound_key_learns_nothing_of_a_parcel_withdrawn_at_another_location(
+    api: InProcessApi, sites: TwoSites
+):
+    order_id, shipment_id = order_at(api, sites, "other")
+    parcel = f"/orders/{order_id}/shipments/{shipment_id}"
+    assert api.post(f"{parcel}/reject", json={"reason": "shelf empty"}).status_code == 200
+    before = as_it_stands(api, order_id)
+
+    response = api.post(f"{parcel}/ship", json={}, key=sites.key["key"])
+
+    # Not 409 naming the withdrawal: that would tell another location's key what happened there.
+    assert_refused_at(response, sites.other)
+    assert as_it_stands(api, order_id) == before
+
+
+def test_a_key_bound_to_a_channel_and_locations_finds_no_other_channels_parcel_wherever_it_is(
+    api: InProcessApi, sites: TwoSites, channel_a: str
+):
+    both = issue(api, "fulfillment:write", channel=channel_a, location_ids=[sites.own])
+    order_id, shipment_id = order_at(api, sites, "other")  # channel "web", not channel A
+
+    response = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={}, key=both["key"])
+
+    assert_error(response, 404, "not_found")  # as an unknown order: not 403, which would say it exists
+
+
+def test_a_location_bound_key_is_refused_a_parcel_an_eventually_consistent_read_does_not_show_yet(
+    api: InProcessApi, sites: TwoSites, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.adapters.dynamodb import DynamoOrders
+
+    order_id, shipment_id = order_at(api, sites, "other")
+    before = as_it_stands(api, order_id)
+    real_get = DynamoOrders.get
+
+    def lagging(self: Any, wanted: str, *, consistent: bool = False) -> Any:
+        # GetItem a moment after the order's parcel was made: the order as it was, without it.
+        order = real_get(self, wanted, consistent=consistent)
+        if wanted == order_id and not consistent and order is not None:
+            return order.model_copy(update={"shipments": []})
+        return order
+
+    monkeypatch.setattr(DynamoOrders, "get", lagging)
+    response = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={}, key=sites.key["key"])
+    monkeypatch.undo()
+
+    assert_refused_at(response, sites.other)
+    assert as_it_stands(api, order_id) == before
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+def test_a_location_bound_key_submits_purchase_orders_of_its_own_locations_only(
+    api: InProcessApi, sites: TwoSites, where: str
+):
+    location, _, sku = sites.at(where)
+    made = api.post("/purchase-orders", json=purchase(sites, location, sku))
+    assert made.status_code == 201, made.text
+
+    response = api.post(f"/purchase-orders/{made.json()['id']}/submit", json={}, key=sites.key["key"])
+
+    if where == "own":  # past the location's check, the PO's own answer: created open, it was never a draft
+        assert_error(response, 409, "invalid_transition")
+    else:
+        assert_refused_at(response, location)
+    assert api.get(f"/purchase-orders/{made.json()['id']}").json() == made.json()
+
+
 @pytest.mark.parametrize("where", ["own", "other"])
 def test_a_location_bound_key_receives_a_return_only_at_its_own_locations(
     api: InProcessApi, sites: TwoSites, where: str
