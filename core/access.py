@@ -1,12 +1,14 @@
 """API keys and scopes: who may call what. Secrets are random and kept only as hashes."""
 
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from core.models import Channel, CleanText, Shown, VisibleName
+from core.errors import Forbidden
+from core.models import Channel, CleanText, Identifier, Shown, VisibleName
 from core.secret_hashes import hash_secret as hash_secret  # re-exported: see core.secret_hashes
 from core.secret_hashes import new_secret as new_secret
 
@@ -28,6 +30,9 @@ class Scope(StrEnum):
 
 
 ADMIN_KEY_ID = "key_admin"
+# The most locations one key is bound to: the authorizer passes them in its context, which API
+# Gateway caches with the policy (a store chain's regional key binds its stores, a 3PL its sites).
+MAX_LOCATIONS = 50
 
 
 class ApiKey(Shown):
@@ -36,6 +41,9 @@ class ApiKey(Shown):
     name: Annotated[str, VisibleName]
     scopes: list[Scope]
     channel: str | None = None
+    location_ids: list[str] | None = Field(
+        default=None, description="The locations the key acts at, and only there; null: every location."
+    )
     created_at: datetime
     revoked_at: datetime | None = None
     # Who minted or cut off a credential (an admin key may issue more admin keys): API Gateway's
@@ -52,6 +60,7 @@ class Caller(BaseModel, defer_build=True, frozen=True):
     key_id: str
     scopes: frozenset[Scope]
     channel: str | None = None
+    location_ids: frozenset[str] | None = None  # None: every location
 
 
 class NewApiKey(BaseModel):
@@ -62,6 +71,16 @@ class NewApiKey(BaseModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), CleanText]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope), json_schema_extra={"uniqueItems": True})]
     channel: Channel | None = None
+    location_ids: (
+        Annotated[
+            list[Identifier], Field(min_length=1, max_length=MAX_LOCATIONS, json_schema_extra={"uniqueItems": True})
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Extension: the locations (warehouses, stores) the key acts at, and only there: a stock write, a "
+        "parcel's confirmation, a purchase order or a return received at another location is 403. Each must exist.",
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -77,6 +96,19 @@ class NewApiKey(BaseModel):
             raise ValueError("an admin key sees every channel, so it cannot be bound to one")
         return channel
 
+    @field_validator("location_ids")
+    @classmethod
+    def _distinct_locations_not_for_the_admin(
+        cls, location_ids: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        if location_ids is None:
+            return None
+        if len(set(location_ids)) != len(location_ids):
+            raise ValueError("location_ids must not repeat")
+        if Scope.ADMIN in (info.data.get("scopes") or []):
+            raise ValueError("an admin key acts at every location, so it cannot be bound to some")
+        return location_ids
+
 
 class IssuedApiKey(ApiKey):
     """The answer to POST /api-keys: the only time the secret `key` is shown."""
@@ -86,3 +118,10 @@ class IssuedApiKey(ApiKey):
 
 def allows(caller: Caller, required: Scope) -> bool:
     return Scope.ADMIN in caller.scopes or required in caller.scopes
+
+
+def refuse_elsewhere(location_ids: Collection[str] | None, location_id: str) -> None:
+    """Forbidden (403) unless a key bound to `location_ids` (None: unbound, as the admin) may act at
+    `location_id`. Called before anything is read for the action or written."""
+    if location_ids is not None and location_id not in location_ids:
+        raise Forbidden(f"this API key acts at its own locations only, not at location {location_id}")

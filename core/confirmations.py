@@ -10,7 +10,7 @@ nothing; anything else (a bug, an AWS failure botocore gave up on) propagates an
 batch, whose items are each safe to send again.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -226,8 +226,11 @@ def confirm(
     channel: str | None,
     seconds_elapsed: Callable[[], float],
     deadline_seconds: float = DEADLINE_SECONDS,
+    location_ids: Collection[str] | None = None,
 ) -> list[Confirmed]:
-    """Run each item's action in order; one result per item, in the same order."""
+    """Run each item's action in order; one result per item, in the same order. `location_ids`:
+    the caller's key's locations (None: every one); an item's parcel elsewhere is refused
+    (Forbidden), as its single route refuses it, and the others run."""
     results: list[Confirmed] = []
     attempted = 0
     for position, item in enumerate(batch.items):
@@ -244,7 +247,7 @@ def confirm(
             continue
         attempted += 1
         try:
-            results.append(Confirmed(item, order=_run(actions, item, actor, channel)))
+            results.append(Confirmed(item, order=_run(actions, item, actor, channel, location_ids)))
         except HandOverTimeRefused as refused:
             # The item's own field, named from the batch as a malformed item's are.
             details = [{**detail, "field": f"items[{position}].{detail['field']}"} for detail in refused.details]
@@ -258,11 +261,14 @@ def confirm(
     return results
 
 
-def _run(actions: OrderActions, item: Confirmation, actor: str, channel: str | None) -> Order:
+def _run(
+    actions: OrderActions, item: Confirmation, actor: str, channel: str | None, location_ids: Collection[str] | None
+) -> Order:
     if ORDER_ID.fullmatch(item.order_id) is None:
         raise NotFound("no order has this id")
     if SHIPMENT_ID.fullmatch(item.shipment_id) is None:
         raise NotFound(f"no shipment has this id on order {item.order_id}")
+    actions.refuse_parcel_elsewhere(item.order_id, item.shipment_id, channel, location_ids)
     if item.action is ConfirmationAction.SHIP:
         return actions.ship(item.order_id, item.shipment_id, item.tracking_number, actor=actor, channel=channel,
                             shipped_at=item.shipped_at)  # fmt: skip

@@ -121,6 +121,12 @@ class NotFound(DomainError):
     code = "not_found"
 
 
+class Forbidden(DomainError):
+    """The caller's key may not do this here (403): one bound to locations, acting at another."""
+
+    code = "forbidden"
+
+
 class Conflict(DomainError):
     """The request conflicts with the current state (409)."""
 

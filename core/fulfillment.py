@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from core import payment_keys
+from core.access import refuse_elsewhere
 from core.cancellation import (
     AUTHORIZATION_VALID_FOR,
     NOT_MADE,
@@ -510,6 +511,27 @@ class OrderActions:
 
                 modify(self._orders, order_id, decide, channel=channel)
                 raise
+
+    def refuse_parcel_elsewhere(
+        self, order_id: str, shipment_id: str, channel: str | None, location_ids: Collection[str] | None
+    ) -> None:
+        """Forbidden (403) when a key bound to `location_ids` confirms, rejects or readies a parcel of
+        another location: where it is, or for one a change withdrew, where it was (the action would
+        refuse that one 409 naming the withdrawal, which tells another location's key what
+        happened there). Checked before the action reads or writes anything. A parcel read stale
+        (just made) is looked for again consistently: let through unread, the action's own
+        consistent read would find it and act. An order the caller may not see, or a parcel it
+        never had, is NotFound, as the action answers it. Nothing is read for an unbound key."""
+        if location_ids is None:
+            return
+        try:
+            location_id = self.parcel(order_id, shipment_id, channel).location_id
+        except ParcelWithdrawn as withdrawn:
+            location_id = str(withdrawn.details[0]["location_id"])
+        except NotFound:
+            order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+            location_id = order.shipment(shipment_id).location_id
+        refuse_elsewhere(location_ids, location_id)
 
     def parcel(self, order_id: str, shipment_id: str, channel: str | None = None) -> Shipment:
         """The parcel a carrier's in-transit scan names, read only (such scans are stored nowhere).

@@ -1055,11 +1055,14 @@ class ApiKeyService:
         authorizer_cache: AuthorizerCache | None = None,
         settle: Callable[[], None] | None = None,
         gateway_keys: GatewayKeys | None = None,
+        catalog: CatalogRepository | None = None,
     ):
         """`settle` returns once every authorizer run that began before it was called has ended
         (on AWS: waits the authorizer's Timeout); None when no answer is cached for long.
         `gateway_keys`: per-key usage plans (None when they are off: every key is metered by the
-        stage's shared gateway key)."""
+        stage's shared gateway key). `catalog`: where a key's locations must exist (None: a tool
+        that issues no location-bound key; one asked for is refused)."""
+        self._catalog = catalog
         self._keys = keys
         self._clock = clock
         self._authorizer_cache = authorizer_cache
@@ -1070,12 +1073,14 @@ class ApiKeyService:
         """A new key, issued by the key `created_by`. With per-key usage plans, it gets its own
         gateway key in `stage`'s per-key plan first: when API Gateway cannot make it, no key is
         stored (TransientError), and one made for a key that could not be stored is deleted again."""
+        self._refuse_unknown_locations(request.location_ids or [])
         secret = new_secret()
         key = ApiKey(
             id=new_id("key"),
             name=request.name,
             scopes=request.scopes,
             channel=request.channel,
+            location_ids=request.location_ids,
             created_at=self._clock(),
             created_by=created_by,
         )
@@ -1090,6 +1095,21 @@ class ApiKeyService:
                     self._gateway_keys.delete(gateway_key.id)
             raise
         return IssuedApiKey(**key.model_dump(), key=secret)
+
+    def _refuse_unknown_locations(self, location_ids: list[str]) -> None:
+        """A key is bound only to locations the network has (422 naming each other entry): one
+        bound to a mistyped id would act nowhere, and to one made later by someone else, there."""
+        if not location_ids:
+            return
+        if self._catalog is None:
+            raise InvalidRequest("this service issues no location-bound keys")
+        unknown = [
+            {"field": f"location_ids[{index}]", "message": f"no location {location_id}"}
+            for index, location_id in enumerate(location_ids)
+            if self._catalog.get_location(location_id) is None
+        ]
+        if unknown:
+            raise InvalidRequest("the request is not valid", details=unknown)
 
     def give_gateway_keys(self, stage: ApiStage) -> tuple[int, int, int]:
         """The backfill of per-key usage plans: each key not revoked that has no gateway key of its

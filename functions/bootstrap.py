@@ -486,6 +486,7 @@ class Container:
             authorizer_cache=self.authorizer_cache,
             settle=settle,
             gateway_keys=self.gateway_keys,
+            catalog=self.catalog_repository,
         )
 
     @cached_property

@@ -25,6 +25,7 @@ class KeyGrant(NamedTuple):
     channel: str | None
     revoked: bool
     gateway_key: str | None = None  # its own API Gateway key's value (per-key usage plans)
+    location_ids: tuple[str, ...] | None = None  # the locations it acts at; None: every location
 
 
 class ApiKeyLookup:
@@ -46,4 +47,5 @@ class ApiKeyLookup:
             channel=item["channel"]["S"] if "channel" in item else None,
             revoked="revoked_at" in item,
             gateway_key=item["gateway_key"]["S"] if "gateway_key" in item else None,
+            location_ids=tuple(sorted(at["S"] for at in item["location_ids"]["L"])) if "location_ids" in item else None,
         )

@@ -49,7 +49,7 @@ def requirement_of(route_function: Callable[..., Any]) -> Requirement | None:
 # The caller the last request's authorizer context made, by what that context said: a request
 # asks for it twice (ScopeTable.check, then its route through caller()), and a warm container's
 # next request mostly comes from the same key. Caller is frozen, so one made is safe to hand out again.
-_last_caller: ContextVar[tuple[tuple[Any, str, Any], Caller] | None] = ContextVar("last_caller", default=None)
+_last_caller: ContextVar[tuple[tuple[Any, str, Any, str], Caller] | None] = ContextVar("last_caller", default=None)
 
 
 def caller_from(event: dict[str, Any]) -> Caller | None:
@@ -58,12 +58,14 @@ def caller_from(event: dict[str, Any]) -> Caller | None:
     key_id = context.get("key_id")
     if not key_id:
         return None
-    said = (key_id, str(context.get("scopes", "")), context.get("channel"))
+    said = (key_id, str(context.get("scopes", "")), context.get("channel"), str(context.get("location_ids") or ""))
     last = _last_caller.get()
     if last is not None and last[0] == said:
         return last[1]
     scopes = frozenset(Scope(s) for s in said[1].split() if s in Scope._value2member_map_)
-    who = Caller(key_id=key_id, scopes=scopes, channel=said[2] or None)
+    # Space-separated (an id holds no space); none: a key that acts at every location.
+    location_ids = frozenset(said[3].split()) or None
+    who = Caller(key_id=key_id, scopes=scopes, channel=said[2] or None, location_ids=location_ids)
     _last_caller.set((said, who))
     return who
 

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from core.errors import (
     Conflict,
     DomainError,
+    Forbidden,
     InvalidRequest,
     NotFound,
     PaymentGatewayUnavailable,
@@ -114,6 +115,7 @@ def _header(name: Any) -> str:
 
 _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
     (NotFound, 404),
+    (Forbidden, 403),
     (Conflict, 409),
     (InvalidRequest, 422),
 ]

@@ -176,7 +176,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         _log_refusal(event, context, cold_start, "unknown" if key is None else "revoked")
         _count_refusal(invoked_at)
         raise Exception("Unauthorized")
-    context = {"key_id": key.key_id, "scopes": " ".join(key.scopes), "channel": key.channel or ""}
+    # Context values are strings: a key's locations space-separated (an id holds no space), "" for none.
+    context = {
+        "key_id": key.key_id,
+        "scopes": " ".join(key.scopes),
+        "channel": key.channel or "",
+        "location_ids": " ".join(key.location_ids or ()),
+    }
     answer = _policy(key.key_id, "Allow", event["methodArn"], context)
     if usage_key := _usage_key(key):
         answer["usageIdentifierKey"] = usage_key

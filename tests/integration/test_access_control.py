@@ -23,7 +23,13 @@ import pytest
 from core.access import Scope
 from infra.local.template import Template
 from tests.e2e.client import Catalog, assert_error, location_body, money, order_body, set_path, unique
-from tests.integration.in_process import Answer, InProcessApi, in_process_api
+from tests.integration.in_process import (
+    Answer,
+    InProcessApi,
+    allocated,
+    in_process_api_with_labels,
+    returns_run_inline,
+)
 from tests.integration.test_catalog_inventory import every_location
 
 CACHE_OFF = {"AuthorizerCacheSeconds": 0}
@@ -37,17 +43,23 @@ ALL_SCOPES = [scope.value for scope in Scope]  # every scope there is, as API.md
 
 @pytest.fixture(scope="module")
 def api(request: pytest.FixtureRequest) -> Iterator[InProcessApi]:
-    with in_process_api(**getattr(request, "param", CACHE_OFF)) as started:
+    # With a labels bucket: the location-bound keys' parcels are booked by the order workflow's steps.
+    with in_process_api_with_labels(**getattr(request, "param", CACHE_OFF)) as started:
         yield started
 
 
 # --- Keys -------------------------------------------------------------------------------------
 
 
-def issue(api: InProcessApi, *scopes: str, channel: str | None = None, name: str | None = None) -> dict[str, Any]:
+def issue(
+    api: InProcessApi, *scopes: str, channel: str | None = None, name: str | None = None,
+    location_ids: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     body: dict[str, Any] = {"name": name or unique("key"), "scopes": list(scopes)}
     if channel is not None:
         body["channel"] = channel
+    if location_ids is not None:
+        body["location_ids"] = location_ids
     response = api.post("/api-keys", json=body)
     assert response.status_code == 201, response.text
     return response.json()
@@ -120,6 +132,7 @@ def test_an_admin_issues_a_key_whose_random_secret_is_shown_once(api: InProcessA
     assert issued["name"] == "Web storefront"
     assert sorted(issued["scopes"]) == ["orders:read", "orders:write"]
     assert issued["channel"] is None
+    assert issued["location_ids"] is None
     # At least 128 random bits: 22 url-safe base64 characters after the prefix.
     assert re.fullmatch(r"oms_[A-Za-z0-9_-]{22,}", issued["key"]), issued["key"]
     assert second.status_code == 201, second.text
@@ -270,8 +283,21 @@ def test_a_non_admin_key_cannot_revoke_another_key(api: InProcessApi, reader: di
         ({"name": "x", "scopes": ["admin"], "channel": "web"}, None),
         ({"name": "", "scopes": ["orders:read"]}, "name"),
         ({"scopes": ["orders:read"]}, "name"),
+        ({"name": "x", "scopes": ["admin"], "location_ids": ["wh-east"]}, "location_ids"),
+        ({"name": "x", "scopes": ["fulfillment:write"], "location_ids": []}, "location_ids"),
+        ({"name": "x", "scopes": ["fulfillment:write"], "location_ids": ["wh-east", "wh-east"]}, "location_ids"),
     ],
-    ids=["empty-scopes", "unknown-scope", "repeated-scope", "admin-bound-to-a-channel", "blank-name", "no-name"],
+    ids=[
+        "empty-scopes",
+        "unknown-scope",
+        "repeated-scope",
+        "admin-bound-to-a-channel",
+        "blank-name",
+        "no-name",
+        "admin-bound-to-a-location",
+        "no-locations",
+        "repeated-location",
+    ],
 )
 def test_an_invalid_new_key_is_422_and_issues_nothing(api: InProcessApi, body: dict, field: str | None):
     before = {item["id"] for item in all_keys(api)[0]}
@@ -556,6 +582,387 @@ def test_the_admin_lists_every_channels_orders(api: InProcessApi, two_channels: 
     ids = {order["id"] for order in listed(api, api.admin_key, customer_id=two_channels.customer["id"])}
 
     assert ids == {two_channels.order_a, two_channels.order_b}
+
+
+# --- 4b. Location binding: a warehouse's or a store's key acts only at its own locations ---------------
+
+
+@dataclass(frozen=True)
+class TwoSites:
+    """Two warehouses and two pickup stores of one merchant; `key` (every location scope, no admin)
+    is bound to the first warehouse and the first store. Each sku is stocked at one side only, so an
+    order of it is sourced there: `own_sku` at the key's warehouse and store, `other_sku` at the others."""
+
+    own: str
+    own_store: str
+    other: str
+    other_store: str
+    own_sku: str
+    other_sku: str
+    vendor: str
+    key: dict[str, Any]
+
+    def at(self, where: str) -> tuple[str, str, str]:
+        """(warehouse, store, sku) of `where`: "own" or "other"."""
+        if where == "own":
+            return self.own, self.own_store, self.own_sku
+        return self.other, self.other_store, self.other_sku
+
+
+LOCATION_SCOPES = ("fulfillment:write", "inventory:write", "purchasing:write", "catalog:write", "orders:read")
+
+
+@pytest.fixture(scope="module")
+def sites(api: InProcessApi) -> TwoSites:
+    catalog = Catalog(api)
+    store = {"type": "store", "ships": False, "pickup": True}
+    own, own_store, other, other_store = (
+        catalog.location(),
+        catalog.location(**store),
+        catalog.location(),
+        catalog.location(**store),
+    )
+    own_sku, other_sku = catalog.product("5.00"), catalog.product("5.00")
+    for sku, places in ((own_sku, (own, own_store)), (other_sku, (other, other_store))):
+        for place in places:
+            catalog.stock(sku, place, 1000)
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 2}).status_code == 201
+    key = issue(api, *LOCATION_SCOPES, location_ids=[own, own_store])
+    return TwoSites(own, own_store, other, other_store, own_sku, other_sku, vendor, key)
+
+
+def assert_refused_at(response: Answer, location_id: str) -> None:
+    """403 `forbidden`, its message naming the location the key may not act at."""
+    error = assert_error(response, 403, "forbidden")
+    assert location_id in error["message"], error
+
+
+def test_a_key_bound_to_locations_says_so_when_issued_and_listed(api: InProcessApi, sites: TwoSites, channel_a: str):
+    both = issue(api, "fulfillment:write", channel=channel_a, location_ids=[sites.other, sites.own])
+
+    assert (both["channel"], both["location_ids"]) == (channel_a, [sites.other, sites.own])
+    listed = {item["id"]: item for item in all_keys(api)[0]}
+    assert listed[both["id"]]["location_ids"] == [sites.other, sites.own]
+    assert listed[sites.key["id"]]["location_ids"] == [sites.own, sites.own_store]
+    assert listed["key_admin"]["location_ids"] is None
+
+
+def test_a_key_bound_to_a_location_the_network_does_not_have_is_422_naming_it_and_issues_nothing(
+    api: InProcessApi, sites: TwoSites
+):
+    before = {item["id"] for item in all_keys(api)[0]}
+
+    response = api.post(
+        "/api-keys", json={"name": "3pl", "scopes": ["fulfillment:write"], "location_ids": [sites.own, "nowhere-1"]}
+    )
+
+    error = assert_error(response, 422, "validation_error", "location_ids[1]")
+    assert "nowhere-1" in str(error["details"])
+    assert {item["id"] for item in all_keys(api)[0]} == before
+
+
+STOCK_WRITES = {
+    "count": ("PUT", "", {"on_hand": 900}),
+    "adjust": ("POST", "/adjustments", {"delta": -5, "reason": "damaged"}),
+    "reorder-set": ("PUT", "/reorder", {"reorder_point": 10, "reorder_quantity": 50, "vendor_id": "{vendor}"}),
+    "reorder-clear": ("DELETE", "/reorder", None),
+}
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+@pytest.mark.parametrize("route", STOCK_WRITES.values(), ids=STOCK_WRITES.keys())
+def test_a_location_bound_key_writes_stock_only_at_its_own_locations(
+    api: InProcessApi, sites: TwoSites, route: tuple[str, str, dict | None], where: str
+):
+    method, suffix, body = route
+    location, _, sku = sites.at(where)
+    if body and body.get("vendor_id"):
+        body = {**body, "vendor_id": sites.vendor}
+    if method == "DELETE":  # a point to clear, set by the admin
+        assert (
+            api.put(
+                f"/inventory/{sku}/{location}/reorder",
+                json=STOCK_WRITES["reorder-set"][2] | {"vendor_id": sites.vendor},
+            ).status_code
+            == 200
+        )
+    before = api.get(f"/inventory/{sku}").json()
+
+    response = api.request(method, f"/inventory/{sku}/{location}{suffix}", key=sites.key["key"], json=body)
+
+    if where == "own":
+        assert response.status_code in (200, 204), response.text
+        assert api.get(f"/inventory/{sku}").json() != before
+    else:
+        assert_refused_at(response, location)
+        assert api.get(f"/inventory/{sku}").json() == before
+
+
+def order_at(api: InProcessApi, sites: TwoSites, where: str, pickup: bool = False) -> tuple[str, str]:
+    """An allocated order of one unit sourced at `where`'s warehouse, or (`pickup`) to be collected
+    at its store: the order's id and its one shipment's."""
+    _, store, sku = sites.at(where)
+    overrides = {"fulfillment": {"type": "pickup", "location_id": store}} if pickup else {}
+    return allocated(api, sku, **overrides)
+
+
+def as_it_stands(api: InProcessApi, order_id: str) -> tuple[Any, ...]:
+    """What a refused action must leave as it was: the order's version, status, shipments and
+    payment, and its history."""
+    order = api.get(f"/orders/{order_id}").json()
+    history = api.get(f"/orders/{order_id}/history").json()
+    shipments = [(s["id"], s["status"], s["location_id"]) for s in order["shipments"]]
+    return order["version"], order["status"], shipments, order["payment"], history
+
+
+# Each action with what the admin does first (None: the allocated order as it is), whether the order
+# is a pickup, and the shipment status the bound key's action leads to at its own location.
+SHIPMENT_ACTIONS = {
+    "ship": (None, False, "shipped"),
+    "deliver": ("ship", False, "delivered"),
+    "reject": (None, False, None),
+    "ready": (None, True, "ready_for_pickup"),
+    "collect": ("ready", True, "delivered"),
+}
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+@pytest.mark.parametrize("action", SHIPMENT_ACTIONS, ids=SHIPMENT_ACTIONS.keys())
+def test_a_location_bound_key_acts_on_parcels_only_at_its_own_locations(
+    api: InProcessApi, sites: TwoSites, action: str, where: str
+):
+    first, pickup, reached = SHIPMENT_ACTIONS[action]
+    order_id, shipment_id = order_at(api, sites, where, pickup)
+    parcel = f"/orders/{order_id}/shipments/{shipment_id}"
+    if first is not None:
+        assert api.post(f"{parcel}/{first}", json={}).status_code == 200
+    before = as_it_stands(api, order_id)
+    verb = "deliver" if action == "collect" else action
+    body = {"reason": "damaged on the shelf"} if action == "reject" else {}
+
+    response = api.post(f"{parcel}/{verb}", json=body, key=sites.key["key"])
+
+    if where == "own":
+        assert response.status_code == 200, response.text
+        statuses = {s["id"]: s["status"] for s in api.get(f"/orders/{order_id}").json()["shipments"]}
+        assert statuses.get(shipment_id) == reached  # a rejected parcel leaves the order
+    else:
+        assert_refused_at(response, sites.at("other")[1 if pickup else 0])
+        assert as_it_stands(api, order_id) == before
+
+
+def test_a_confirmation_batch_refuses_only_the_item_at_another_location(api: InProcessApi, sites: TwoSites):
+    own_order, own_parcel = order_at(api, sites, "own")
+    other_order, other_parcel = order_at(api, sites, "other")
+    later_order, later_parcel = order_at(api, sites, "own")
+    before = as_it_stands(api, other_order)
+    items = [
+        {"order_id": own_order, "shipment_id": own_parcel, "action": "ship"},
+        {"order_id": other_order, "shipment_id": other_parcel, "action": "ship"},
+        {"order_id": later_order, "shipment_id": later_parcel, "action": "ship"},
+    ]
+
+    response = api.post("/shipments/confirmations", json={"items": items}, key=sites.key["key"])
+
+    assert response.status_code == 200, response.text
+    first, refused, last = response.json()["items"]
+    assert (first["status"], first["error"], last["status"], last["error"]) == ("shipped", None, "shipped", None)
+    assert refused["status"] is None and refused["retry"] is False
+    assert refused["error"]["code"] == "forbidden" and sites.other in refused["error"]["message"]
+    assert as_it_stands(api, other_order) == before
+
+
+def purchase(sites: TwoSites, location: str, sku: str) -> dict[str, Any]:
+    return {
+        "vendor_id": sites.vendor,
+        "location_id": location,
+        "lines": [{"sku": sku, "quantity": 4, "unit_cost": {"amount": "2.00", "currency": "USD"}}],
+    }
+
+
+def vendors_orders(api: InProcessApi, vendor: str) -> list[dict[str, Any]]:
+    response = api.get("/purchase-orders", params={"vendor_id": vendor, "limit": 100})
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+@pytest.mark.parametrize("action", ["create", "receive", "cancel"])
+def test_a_location_bound_key_buys_and_receives_only_for_its_own_locations(
+    api: InProcessApi, sites: TwoSites, action: str, where: str
+):
+    location, _, sku = sites.at(where)
+    po_id = None
+    if action != "create":
+        made = api.post("/purchase-orders", json=purchase(sites, location, sku))
+        assert made.status_code == 201, made.text
+        po_id = made.json()["id"]
+    before = (vendors_orders(api, sites.vendor), api.get(f"/inventory/{sku}").json())
+    key = sites.key["key"]
+
+    if action == "create":
+        response = api.post("/purchase-orders", json=purchase(sites, location, sku), key=key)
+    elif action == "receive":
+        response = api.post(f"/purchase-orders/{po_id}/receive", json={"lines": [{"sku": sku, "quantity": 4}]}, key=key)
+    else:
+        response = api.post(f"/purchase-orders/{po_id}/cancel", json={}, key=key)
+
+    if where == "own":
+        assert response.status_code in (200, 201), response.text
+        assert (vendors_orders(api, sites.vendor), api.get(f"/inventory/{sku}").json()) != before
+    else:
+        assert_refused_at(response, location)
+        assert (vendors_orders(api, sites.vendor), api.get(f"/inventory/{sku}").json()) == before
+
+
+def test_a_location_bound_key_learns_nothing_of_a_parcel_withdrawn_at_another_location(
+    api: InProcessApi, sites: TwoSites
+):
+    order_id, shipment_id = order_at(api, sites, "other")
+    parcel = f"/orders/{order_id}/shipments/{shipment_id}"
+    assert api.post(f"{parcel}/reject", json={"reason": "shelf empty"}).status_code == 200
+    before = as_it_stands(api, order_id)
+
+    response = api.post(f"{parcel}/ship", json={}, key=sites.key["key"])
+
+    # Not 409 naming the withdrawal: that would tell another location's key what happened there.
+    assert_refused_at(response, sites.other)
+    assert as_it_stands(api, order_id) == before
+
+
+def test_a_key_bound_to_a_channel_and_locations_finds_no_other_channels_parcel_wherever_it_is(
+    api: InProcessApi, sites: TwoSites, channel_a: str
+):
+    both = issue(api, "fulfillment:write", channel=channel_a, location_ids=[sites.own])
+    order_id, shipment_id = order_at(api, sites, "other")  # channel "web", not channel A
+
+    response = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={}, key=both["key"])
+
+    assert_error(response, 404, "not_found")  # as an unknown order: not 403, which would say it exists
+
+
+def test_a_location_bound_key_is_refused_a_parcel_an_eventually_consistent_read_does_not_show_yet(
+    api: InProcessApi, sites: TwoSites, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.adapters.dynamodb import DynamoOrders
+
+    order_id, shipment_id = order_at(api, sites, "other")
+    before = as_it_stands(api, order_id)
+    real_get = DynamoOrders.get
+
+    def lagging(self: Any, wanted: str, *, consistent: bool = False) -> Any:
+        # GetItem a moment after the order's parcel was made: the order as it was, without it.
+        order = real_get(self, wanted, consistent=consistent)
+        if wanted == order_id and not consistent and order is not None:
+            return order.model_copy(update={"shipments": []})
+        return order
+
+    monkeypatch.setattr(DynamoOrders, "get", lagging)
+    response = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={}, key=sites.key["key"])
+    monkeypatch.undo()
+
+    assert_refused_at(response, sites.other)
+    assert as_it_stands(api, order_id) == before
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+def test_a_location_bound_key_submits_purchase_orders_of_its_own_locations_only(
+    api: InProcessApi, sites: TwoSites, where: str
+):
+    location, _, sku = sites.at(where)
+    made = api.post("/purchase-orders", json=purchase(sites, location, sku))
+    assert made.status_code == 201, made.text
+
+    response = api.post(f"/purchase-orders/{made.json()['id']}/submit", json={}, key=sites.key["key"])
+
+    if where == "own":  # past the location's check, the PO's own answer: created open, it was never a draft
+        assert_error(response, 409, "invalid_transition")
+    else:
+        assert_refused_at(response, location)
+    assert api.get(f"/purchase-orders/{made.json()['id']}").json() == made.json()
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+def test_a_location_bound_key_receives_a_return_only_at_its_own_locations(
+    api: InProcessApi, sites: TwoSites, where: str
+):
+    order_id, shipment_id = order_at(api, sites, "own")
+    for step in ("ship", "deliver"):
+        assert api.post(f"/orders/{order_id}/shipments/{shipment_id}/{step}", json={}).status_code == 200
+    made = api.post(
+        f"/orders/{order_id}/returns", json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big"}]}
+    )
+    assert made.status_code == 201, made.text
+    return_id = made.json()["id"]
+    location = sites.at(where)[0]
+    receipt = {"location_id": location, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+
+    with returns_run_inline():
+        response = api.post(f"/returns/{return_id}/receive", json=receipt, key=sites.key["key"])
+
+    if where == "own":
+        assert response.status_code in (200, 202), response.text
+    else:
+        assert_refused_at(response, location)
+        assert api.get(f"/returns/{return_id}").json() == made.json()
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+def test_a_location_bound_key_reads_the_pickup_list_of_its_own_stores_only(
+    api: InProcessApi, sites: TwoSites, where: str
+):
+    order_id, _ = order_at(api, sites, where, pickup=True)
+    store = sites.at(where)[1]
+
+    response = api.get("/orders", params={"pickup_location_id": store}, key=sites.key["key"])
+
+    if where == "own":
+        assert response.status_code == 200, response.text
+        assert order_id in [order["id"] for order in response.json()["items"]]
+    else:
+        assert_refused_at(response, store)
+
+
+@pytest.mark.parametrize("where", ["own", "other"])
+def test_a_location_bound_key_replaces_only_its_own_locations(api: InProcessApi, sites: TwoSites, where: str):
+    location = sites.at(where)[0]
+    before = [item for item in every_location(api) if item["location_id"] == location]
+
+    response = api.put(f"/locations/{location}", json=location_body(name="Renamed"), key=sites.key["key"])
+
+    after = [item for item in every_location(api) if item["location_id"] == location]
+    if where == "own":
+        assert response.status_code == 200, response.text
+        assert after[0]["name"] == "Renamed"
+    else:
+        assert_refused_at(response, location)
+        assert after == before
+
+
+def test_a_location_bound_key_cannot_open_a_location_of_its_own(api: InProcessApi, sites: TwoSites):
+    location = unique("loc")
+
+    response = api.put(f"/locations/{location}", json=location_body(), key=sites.key["key"])
+
+    assert_refused_at(response, location)
+    assert location not in [item["location_id"] for item in every_location(api)]
+
+
+def test_a_location_bound_key_is_no_carriers_key(api: InProcessApi, sites: TwoSites):
+    # A carrier's report names parcels of any location: refused whole, before the plugin reads it.
+    response = api.post("/carriers/oms-flat-rate/tracking", json={}, key=sites.key["key"])
+
+    error = assert_error(response, 403, "forbidden")
+    assert "location" in error["message"]
+
+
+def test_a_location_bound_key_still_reads_the_stock_of_every_location(api: InProcessApi, sites: TwoSites):
+    # Decided (README, Access): stock is the catalog's, which any key reads; binding limits actions.
+    response = api.get(f"/inventory/{sites.other_sku}", key=sites.key["key"])
+
+    assert response.status_code == 200, response.text
+    assert sites.other in [level["location_id"] for level in response.json()["locations"]]
 
 
 # --- 5. Server-owned fields (mass assignment) --------------------------------------------------------

@@ -139,7 +139,12 @@ def test_a_chosen_admin_secret_that_is_another_keys_is_refused_and_both_keys_kep
     assert refused.value.code != 0
     assert shop.key not in capsys.readouterr().out
     assert _authorize(previous)["principalId"] == "key_admin"
-    assert _authorize(shop.key)["context"] == {"key_id": shop.id, "scopes": "orders:read", "channel": ""}
+    assert _authorize(shop.key)["context"] == {
+        "key_id": shop.id,
+        "scopes": "orders:read",
+        "channel": "",
+        "location_ids": "",
+    }
 
 
 def test_an_admin_key_for_a_table_that_is_not_there_names_the_table_and_the_region(aws, monkeypatch, capsys):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from core.models import IDENTIFIER_PATTERN
 from functions.api.access import PUBLIC
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
@@ -243,6 +244,18 @@ def test_the_input_rules_the_code_enforces_are_in_the_schema(document: dict[str,
     assert "USPS" in schemas["AddressInput"]["description"]
     assert delta["not"] == {"const": 0}
     assert (delta["minimum"], delta["maximum"]) == (-1_000_000_000, 1_000_000_000)
+
+
+def test_a_key_s_location_binding_is_described_as_sent_and_as_shown(document: dict[str, Any]):
+    schemas = document["components"]["schemas"]
+    (sent, _) = schemas["NewApiKey"]["properties"]["location_ids"]["anyOf"]
+
+    assert (sent["minItems"], sent["maxItems"], sent["uniqueItems"]) == (1, 50, True)
+    assert sent["items"]["pattern"] == IDENTIFIER_PATTERN
+    assert "403" in schemas["NewApiKey"]["properties"]["location_ids"]["description"]
+    for shown in ("ApiKey", "IssuedApiKey"):
+        assert "location_ids" in schemas[shown]["required"], shown
+        assert {"type": "null"} in schemas[shown]["properties"]["location_ids"]["anyOf"], shown
 
 
 @pytest.mark.parametrize(

@@ -1215,9 +1215,16 @@ def test_the_authorizers_lookup_reads_what_the_key_store_writes(aws):
     scopes = [Scope.ORDERS_WRITE, Scope.ORDERS_READ]
     keys.add(ApiKey(id="key_shop", name="shop", scopes=scopes, channel="shop", created_at=NOW), "hash_shop")
     keys.add(ApiKey(id="key_ops", name="ops", scopes=[Scope.ADMIN], created_at=NOW), "hash_ops")
+    at_two = ApiKey(id="key_3pl", name="3pl", scopes=[Scope.FULFILLMENT_WRITE], location_ids=["wh-b", "wh-a"],
+                    created_at=NOW)  # fmt: skip
+    keys.add(at_two, "hash_3pl")
 
     assert lookup.by_hash("hash_shop") == KeyGrant("key_shop", ("orders:read", "orders:write"), "shop", False)
     assert lookup.by_hash("hash_ops") == KeyGrant("key_ops", ("admin",), None, False)
+    assert lookup.by_hash("hash_3pl") == KeyGrant(
+        "key_3pl", ("fulfillment:write",), None, False, location_ids=("wh-a", "wh-b")
+    )
+    assert keys.by_hash("hash_3pl").location_ids == ["wh-b", "wh-a"]
     assert lookup.by_hash("hash_unknown") is None
     keys.revoke("key_shop", NOW)
     assert lookup.by_hash("hash_shop").revoked

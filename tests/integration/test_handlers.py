@@ -408,7 +408,31 @@ def test_the_authorizer_passes_a_channel_keys_own_id_scopes_and_channel(aws):
     policy = lambda_handler(evt, Context())
 
     assert policy["principalId"] == issued.id
-    assert policy["context"] == {"key_id": issued.id, "scopes": "orders:read orders:write", "channel": "web"}
+    assert policy["context"] == {
+        "key_id": issued.id,
+        "scopes": "orders:read orders:write",
+        "channel": "web",
+        "location_ids": "",
+    }
+
+
+def test_the_authorizer_passes_a_location_bound_keys_locations(aws):
+    from core.access import NewApiKey, Scope
+    from functions.api.dependencies import container
+    from functions.authorizer.app import lambda_handler
+    from tests.builders import location
+
+    for location_id in ("wh-west", "store-sf"):
+        container().catalog_repository.put_location(location(location_id))
+    issued = container().api_keys.issue(
+        NewApiKey(name="3pl", scopes=[Scope.FULFILLMENT_WRITE], location_ids=["wh-west", "store-sf"])
+    )
+    evt = with_authorization(event("authorizer_request.json"), f"Bearer {issued.key}")
+
+    policy = lambda_handler(evt, Context())
+
+    assert policy["context"]["location_ids"] == "store-sf wh-west"
+    assert policy["context"]["channel"] == ""
 
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Basic abc", "Bearer wrong_key_0123456789", "bearer x"])

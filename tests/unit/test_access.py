@@ -9,7 +9,8 @@ import pytest
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from pydantic import ValidationError
 
-from core.access import Caller, NewApiKey, Scope, allows, hash_secret, new_secret
+from core.access import Caller, NewApiKey, Scope, allows, hash_secret, new_secret, refuse_elsewhere
+from core.errors import Forbidden
 from functions.api.access import ANY_KEY, PUBLIC, ScopeTable, caller_from, requirement_of, requires
 from functions.api.errors import ApiError
 from infra.local.template import Template
@@ -17,7 +18,10 @@ from infra.local.template import Template
 EVERY_SCOPE = " ".join(Scope)
 
 
-def event(method: str, resource: str, scopes: str | None = None, channel: str = "", key_id: str = "key_test") -> dict:
+def event(
+    method: str, resource: str, scopes: str | None = None, channel: str = "", key_id: str = "key_test",
+    location_ids: str = "",
+) -> dict:  # fmt: skip
     """A proxy event for `method resource`; with `scopes`, as the authorizer passes its caller."""
     evt: dict[str, Any] = {"httpMethod": method, "resource": resource, "path": resource, "requestContext": {}}
     if scopes is not None:
@@ -26,6 +30,7 @@ def event(method: str, resource: str, scopes: str | None = None, channel: str = 
             "key_id": key_id,
             "scopes": scopes,
             "channel": channel,
+            "location_ids": location_ids,
         }
     return evt
 
@@ -65,6 +70,15 @@ def test_an_admin_key_without_a_channel_is_valid():
     assert NewApiKey.model_validate({"name": "root", "scopes": ["admin"]}).scopes == [Scope.ADMIN]
 
 
+def test_a_new_key_request_may_bind_a_channel_and_locations_both():
+    request = NewApiKey.model_validate(
+        {"name": "3pl", "scopes": ["fulfillment:write"], "channel": "web", "location_ids": ["wh-west", "wh-east"]}
+    )
+
+    assert (request.channel, request.location_ids) == ("web", ["wh-west", "wh-east"])
+    assert NewApiKey.model_validate({"name": "ops", "scopes": ["reports:read"]}).location_ids is None
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -80,6 +94,10 @@ def test_an_admin_key_without_a_channel_is_valid():
         ({"name": "x", "scopes": ["orders:read"], "channel": "Web Shop"}, "pattern"),
         ({"name": "x", "scopes": ["orders:read"], "key": "oms_mine"}, "Extra inputs"),
         ({"name": "x", "scopes": ["orders:read"], "id": "key_mine"}, "Extra inputs"),
+        ({"name": "x", "scopes": ["admin"], "location_ids": ["wh-east"]}, "cannot be bound"),
+        ({"name": "x", "scopes": ["fulfillment:write"], "location_ids": []}, "at least 1"),
+        ({"name": "x", "scopes": ["fulfillment:write"], "location_ids": ["wh-east", "wh-east"]}, "must not repeat"),
+        ({"name": "x", "scopes": ["fulfillment:write"], "location_ids": ["wh east"]}, "pattern"),
     ],
     ids=[
         "repeated-scope",
@@ -94,6 +112,10 @@ def test_an_admin_key_without_a_channel_is_valid():
         "bad-channel",
         "client-chosen-secret",
         "client-chosen-id",
+        "admin-bound-to-a-location",
+        "no-locations",
+        "repeated-location",
+        "bad-location-id",
     ],
 )
 def test_an_invalid_new_key_request_is_refused(body: dict, reason: str):
@@ -156,6 +178,29 @@ def test_an_empty_channel_in_the_context_means_no_channel():
     assert caller_from(event("GET", "/orders", scopes="admin", channel="")).channel is None
 
 
+def test_the_callers_locations_come_from_the_authorizer_context_and_empty_means_none():
+    bound = caller_from(event("POST", "/shipments/confirmations", scopes="fulfillment:write", location_ids="wh-a st/1"))
+    unbound = caller_from(event("POST", "/shipments/confirmations", scopes="fulfillment:write", location_ids=""))
+
+    assert bound is not None and bound.location_ids == frozenset({"wh-a", "st/1"})
+    assert unbound is not None and unbound.location_ids is None
+
+
+@pytest.mark.parametrize(
+    ("location_ids", "location_id", "acts"),
+    [(None, "wh-east", True), (frozenset({"wh-east"}), "wh-east", True), (frozenset({"wh-east"}), "wh-west", False)],
+    ids=["unbound-acts-anywhere", "bound-at-its-own", "bound-elsewhere"],
+)
+def test_a_key_bound_to_locations_acts_only_at_them(location_ids: frozenset[str] | None, location_id: str, acts: bool):
+    who = Caller(key_id="key_3pl", scopes=frozenset({Scope.FULFILLMENT_WRITE}), location_ids=location_ids)
+
+    if acts:
+        refuse_elsewhere(who.location_ids, location_id)
+    else:
+        with pytest.raises(Forbidden, match=f"location {location_id}"):
+            refuse_elsewhere(who.location_ids, location_id)
+
+
 def test_unknown_scopes_in_the_context_are_ignored_not_granted():
     who = caller_from(event("GET", "/orders", scopes="orders:read superuser *"))
 
@@ -169,12 +214,16 @@ def test_the_same_context_hands_out_the_caller_it_made_and_a_changed_one_a_new_c
     # The route's caller() after ScopeTable.check, or the same key's next request: not built again.
     assert caller_from(event("POST", "/orders", scopes="orders:read", channel="web", key_id="key_same")) is first
     changed = [
+        event("GET", "/orders", scopes="orders:read", channel="web", key_id="key_same", location_ids="wh-east"),
         event("GET", "/orders", scopes="orders:read orders:write", channel="web", key_id="key_same"),
         event("GET", "/orders", scopes="orders:read", channel="store", key_id="key_same"),
         event("GET", "/orders", scopes="orders:read", channel="", key_id="key_same"),
         event("GET", "/orders", scopes="orders:read", channel="web", key_id="key_other"),
     ]
     assert [caller_from(evt) for evt in changed] == [
+        Caller(
+            key_id="key_same", scopes=frozenset({Scope.ORDERS_READ}), channel="web", location_ids=frozenset({"wh-east"})
+        ),
         Caller(key_id="key_same", scopes=frozenset({Scope.ORDERS_READ, Scope.ORDERS_WRITE}), channel="web"),
         Caller(key_id="key_same", scopes=frozenset({Scope.ORDERS_READ}), channel="store"),
         Caller(key_id="key_same", scopes=frozenset({Scope.ORDERS_READ}), channel=None),

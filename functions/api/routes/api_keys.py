@@ -49,6 +49,7 @@ def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
             "key_id": who.key_id,
             "scopes": issued.scopes,
             "api_key_channel": issued.channel,
+            "api_key_location_ids": issued.location_ids,
         },
     )
     return Response(201, content_types.APPLICATION_JSON, issued)

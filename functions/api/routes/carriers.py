@@ -8,6 +8,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from core.access import Scope
+from core.errors import Forbidden
 from core.tracking import CarrierTracking, TrackingReport
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
@@ -40,6 +41,9 @@ WITHHELD_HEADERS = frozenset({"authorization", "cookie"})
 @requires(Scope.FULFILLMENT_WRITE)
 def carrier_tracking(carrier: CarrierPath, webhook: Webhook) -> TrackingReport:
     who = caller(router)
+    if who.location_ids is not None:
+        # A carrier's report names parcels of any location: a location's key is no carrier's.
+        raise Forbidden("this API key acts at its own locations only: a carrier's tracking report is not a location's")
     event = router.current_event
     headers = {name.lower(): value for name, value in (event.headers or {}).items()}
     c = container()

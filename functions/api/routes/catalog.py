@@ -7,9 +7,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel
 
-from core.access import Scope
+from core.access import Scope, refuse_elsewhere
 from core.models import IDENTIFIER_PATTERN, Location, LocationInput, Product, ProductInput, Shown
-from functions.api.access import ANY_KEY, requires
+from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
 from functions.api.queries import Limit
@@ -64,6 +64,8 @@ def get_product(sku: KnownSkuPath) -> Product:
 )
 @requires(Scope.CATALOG_WRITE)
 def put_location(location_id: LocationPath, location: LocationInput) -> Response[Location]:
+    # A key bound to locations replaces its own only, and opens none.
+    refuse_elsewhere(caller(router).location_ids, location_id)
     saved, created = container().catalog.put_location(location_id, location)
     return _saved(saved, created)
 

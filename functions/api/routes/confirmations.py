@@ -89,6 +89,7 @@ def _result(outcome: Confirmed) -> ConfirmationResult:
     "a pickup collected), `ready` is `.../ready`. The answer is 200 with one result per item, in order: the "
     "shipment's `status`, the order's `order_status` and `version`, or `error` `{code, message, details}` as the "
     "single route would have answered it (`not_found` for an unknown order or shipment or another channel's, "
+    "`forbidden` for a parcel at a location the caller's key is not bound to, "
     "`invalid_transition` (a shipment a change withdrew from its order among them, `details` naming what withdrew it), "
     "`payment_gateway_error`, `payment_gateway_unavailable`, `payment_plugin_error`, "
     "`plugin_error`, ...). "
@@ -120,7 +121,7 @@ def confirm_shipments(batch: ConfirmationBatch, idempotency_key: IdempotencyKey 
 
     def run() -> dict[str, Any]:
         outcomes = confirm(container().actions, batch, who.key_id, who.channel, lambda: time.monotonic() - started,
-                           deadline)  # fmt: skip
+                           deadline, who.location_ids)  # fmt: skip
         answer = ConfirmationResults(items=[_result(outcome) for outcome in outcomes]).model_dump(mode="json")
         refused = [outcome for outcome in outcomes if outcome.failure is not None]
         logger.info("shipments confirmed", extra={"items": len(outcomes), "refused": len(refused)})

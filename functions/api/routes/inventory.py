@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from core.access import Scope, allows
+from core.access import Scope, allows, refuse_elsewhere
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
 from core.services import MAX_COUNT_REJECTS
 from functions.api.access import ANY_KEY, caller, requires
@@ -59,6 +59,7 @@ def set_stock(
     sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount, idempotency_key: IdempotencyKey = None
 ) -> StockLevel:
     who = caller(router)
+    refuse_elsewhere(who.location_ids, location_id)
     if idempotency_key is None:  # a count sent again is a count made again, at its own time
         return _level_shown(container().inventory.count(sku, location_id, count.on_hand, who.key_id, who.channel))
 
@@ -94,9 +95,10 @@ def adjust_stock(
     adjustment: StockAdjustment,
     idempotency_key: IdempotencyKey = None,
 ) -> StockLevel:
+    who = caller(router)
+    refuse_elsewhere(who.location_ids, location_id)
     if idempotency_key is None:
         return _level_shown(container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason))
-    who = caller(router)
     # The adjustment's own key, recorded in the same write as the count: a retry whose first
     # attempt was written but whose answer (and idempotency record) was lost counts nothing twice.
     key = f"api:{who.key_id}:{idempotency_key}"

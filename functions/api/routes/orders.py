@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 
-from core.access import Caller, Scope, allows
+from core.access import Caller, Scope, allows, refuse_elsewhere
 from core.errors import DuplicateOrder
 from core.ids import order_id_for_request, order_request_key, short_hash
 from core.models import IDENTIFIER_PATTERN, CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
@@ -224,6 +224,9 @@ def list_orders(
         if channel not in (None, who.channel):
             raise ApiError(403, "forbidden", f"this API key lists channel {who.channel}'s orders only")
         channel = who.channel
+    if pickup_location_id is not None:
+        # A store's pickup list is its counter's work: a key bound to locations reads its own stores'.
+        refuse_elsewhere(who.location_ids, pickup_location_id)
     if external_id is not None:
         if channel is None:
             # Two storefronts may each have a web-1001: the number alone names no order.
@@ -437,6 +440,7 @@ def ship_shipment(
     order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: Annotated[ShipRequest | None, Body()] = None
 ) -> Order | OrderReceipt:
     who = caller(router)
+    container().actions.refuse_parcel_elsewhere(order_id, shipment_id, who.channel, who.location_ids)
     tracking_number = request.tracking_number if request else None
     shipped = container().actions.ship(order_id, shipment_id, tracking_number, actor=who.key_id, channel=who.channel)
     return seen_by(who, shipped)
@@ -461,5 +465,6 @@ def ship_shipment(
 @requires(Scope.FULFILLMENT_WRITE)
 def deliver_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order | OrderReceipt:
     who = caller(router)
+    container().actions.refuse_parcel_elsewhere(order_id, shipment_id, who.channel, who.location_ids)
     delivered = container().actions.deliver_or_collect(order_id, shipment_id, actor=who.key_id, channel=who.channel)
     return seen_by(who, delivered)

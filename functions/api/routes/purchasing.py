@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
-from core.access import Scope
+from core.access import Scope, refuse_elsewhere
 from core.ids import new_id, purchase_order_id_for
 from core.purchasing import (
     NewPurchaseOrder,
@@ -73,9 +73,10 @@ def list_vendors(limit: Limit = 25, cursor: Cursor = None) -> VendorPage:
 )
 @requires(Scope.PURCHASING_WRITE)
 def create_purchase_order(request: NewPurchaseOrder, idempotency_key: IdempotencyKey = None) -> Response[PurchaseOrder]:
+    who = caller(router)
+    refuse_elsewhere(who.location_ids, request.location_id)
     if idempotency_key is None:
         return Response(201, content_types.APPLICATION_JSON, container().purchasing.create(request))
-    who = caller(router)
     # The PO's id comes from the key: a retry whose first attempt was written but whose answer
     # (and idempotency record) was lost finds that PO instead of opening a second one.
     po_id = purchase_order_id_for(who.key_id, idempotency_key)
@@ -116,6 +117,14 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     return container().purchasing.get(po_id)
 
 
+def _refuse_purchase_order_elsewhere(po_id: str) -> None:
+    """A key bound to locations changes only the purchase orders of its own (403 otherwise): what
+    is bought, cancelled or received there is that location's stock. A PO's location never changes."""
+    location_ids = caller(router).location_ids
+    if location_ids is not None:
+        refuse_elsewhere(location_ids, container().purchasing.get(po_id).location_id)
+
+
 # Optional (the contract names none): a draft waits for a person while crossings grow it, so a submit
 # made from the version its submitter read never opens units they have not seen.
 SubmitIfMatch = Annotated[
@@ -142,6 +151,7 @@ def submit_purchase_order(
     po_id: PurchaseOrderIdPath, submission: Submission | None = None, if_match: SubmitIfMatch = None
 ) -> PurchaseOrder:
     expected = seen_version(if_match)
+    _refuse_purchase_order_elsewhere(po_id)
     return container().purchasing.submit(po_id, submission, expected_version=expected)
 
 
@@ -162,6 +172,7 @@ CancelIfMatch = Annotated[
 @requires(Scope.PURCHASING_WRITE)
 def cancel_purchase_order(po_id: PurchaseOrderIdPath, if_match: CancelIfMatch = None) -> PurchaseOrder:
     expected = seen_version(if_match)
+    _refuse_purchase_order_elsewhere(po_id)
     return container().purchasing.cancel(po_id, expected_version=expected)
 
 
@@ -183,6 +194,7 @@ def receive_purchase_order(
     po_id: PurchaseOrderIdPath, request: Receipt, idempotency_key: IdempotencyKey = None
 ) -> PurchaseOrder:
     who = caller(router)
+    _refuse_purchase_order_elsewhere(po_id)
     # The receipt's own key, derived from the client's and kept on the PO: a retry whose first
     # attempt was written but whose answer was lost, or one sent after the idempotency record
     # expired, finds it there and counts nothing twice.
@@ -220,6 +232,7 @@ def receive_purchase_order(
 )
 @requires(Scope.PURCHASING_WRITE)
 def set_reorder_point(sku: KnownSkuPath, location_id: KnownLocationPath, request: ReorderRequest) -> ReorderPoint:
+    refuse_elsewhere(caller(router).location_ids, location_id)
     return container().replenishment.set_point(sku, location_id, request)
 
 
@@ -231,5 +244,6 @@ def set_reorder_point(sku: KnownSkuPath, location_id: KnownLocationPath, request
 @requires(Scope.PURCHASING_WRITE)
 # No return annotation: powertools would try to build a response schema from a bare Response.
 def clear_reorder_point(sku: KnownSkuPath, location_id: KnownLocationPath):
+    refuse_elsewhere(caller(router).location_ids, location_id)
     container().replenishment.clear_point(sku, location_id)
     return Response(204, content_types.APPLICATION_JSON, "")

@@ -6,7 +6,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 
-from core.access import Scope
+from core.access import Scope, refuse_elsewhere
 from core.models import Shown
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnNote
 from core.status import ReturnStatus
@@ -202,6 +202,7 @@ def reject_return(
 @requires(Scope.FULFILLMENT_WRITE)  # a location's work, as shipping is: a receipt refunds (README, Security)
 def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Response[Return]:
     who = caller(router)
+    refuse_elsewhere(who.location_ids, request.location_id)
     returns = container().returns
     item = returns.receive(return_id, request, actor=who.key_id, channel=who.channel)
     if item.status is not ReturnStatus.REFUNDED:

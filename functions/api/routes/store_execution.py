@@ -49,6 +49,7 @@ router = Router()
 @requires(Scope.FULFILLMENT_WRITE)
 def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: RejectRequest) -> Order | OrderReceipt:
     who = caller(router)
+    container().actions.refuse_parcel_elsewhere(order_id, shipment_id, who.channel, who.location_ids)
     rejected = container().actions.reject(order_id, shipment_id, request.reason, actor=who.key_id, channel=who.channel)
     return seen_by(who, rejected)
 
@@ -70,4 +71,5 @@ def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request:
 @requires(Scope.FULFILLMENT_WRITE)
 def ready_for_pickup(order_id: OrderIdPath, shipment_id: ShipmentIdPath) -> Order | OrderReceipt:
     who = caller(router)
+    container().actions.refuse_parcel_elsewhere(order_id, shipment_id, who.channel, who.location_ids)
     return seen_by(who, container().actions.ready(order_id, shipment_id, actor=who.key_id, channel=who.channel))
