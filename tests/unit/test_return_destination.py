@@ -57,25 +57,29 @@ def test_a_return_of_two_lines_goes_to_the_nearer_of_the_locations_that_shipped_
     assert return_destination(order, {"L1"}, NETWORK) == "wh-berlin"
 
 
-def test_a_parcel_not_shipped_yet_is_no_origin_of_the_units_returned():
+def test_a_parcel_not_shipped_yet_is_no_origin_of_the_units_returned_one_on_its_way_is():
     order = an_order_shipped(parcel("wh-berlin", ("L1", 1)), parcel("wh-tokyo", ("L1", 2), status="pending"))
+    on_its_way = order.model_copy(
+        update={"shipments": [*order.shipments, parcel("wh-osaka", ("L1", 1), status="shipped")]}
+    )
 
     assert return_destination(order, {"L1"}, NETWORK) == "wh-berlin"
     assert return_destination(order, {"L2"}, NETWORK) is None
+    assert return_destination(on_its_way, {"L1"}, NETWORK) == "wh-osaka"
 
 
 def test_at_the_same_distance_the_location_that_shipped_more_of_the_returned_units_is_chosen_then_the_first_by_id():
     # Two warehouses on one site: as near as each other to the customer.
-    east, west = (a_location(name, "JP", 35.63, 139.88) for name in ("wh-tokyo-east", "wh-tokyo-west"))
-    more_from_west = an_order_shipped(parcel("wh-tokyo-east", ("L1", 1)), parcel("wh-tokyo-west", ("L1", 2)))
-    more_of_the_returned_from_east = an_order_shipped(
-        parcel("wh-tokyo-east", ("L1", 2)), parcel("wh-tokyo-west", ("L1", 1), ("L2", 2))
+    ariake, haneda = (a_location(name, "JP", 35.63, 139.88) for name in ("wh-ariake", "wh-haneda"))
+    more_from_haneda = an_order_shipped(parcel("wh-ariake", ("L1", 1)), parcel("wh-haneda", ("L1", 2)))
+    more_of_the_returned_from_ariake = an_order_shipped(
+        parcel("wh-ariake", ("L1", 2)), parcel("wh-haneda", ("L1", 1), ("L2", 2))
     )
-    as_many = an_order_shipped(parcel("wh-tokyo-west", ("L1", 1)), parcel("wh-tokyo-east", ("L1", 1)))
+    as_many = an_order_shipped(parcel("wh-haneda", ("L1", 1)), parcel("wh-ariake", ("L1", 1)))
 
-    assert return_destination(more_from_west, {"L1"}, [east, west]) == "wh-tokyo-west"
-    assert return_destination(more_of_the_returned_from_east, {"L1"}, [east, west]) == "wh-tokyo-east"
-    assert return_destination(as_many, {"L1"}, [east, west]) == "wh-tokyo-east"
+    assert return_destination(more_from_haneda, {"L1"}, [ariake, haneda]) == "wh-haneda"
+    assert return_destination(more_of_the_returned_from_ariake, {"L1"}, [ariake, haneda]) == "wh-ariake"
+    assert return_destination(as_many, {"L1"}, [ariake, haneda]) == "wh-ariake"
 
 
 def test_with_the_customers_coordinates_a_location_across_the_border_that_is_nearer_comes_first():
@@ -110,12 +114,13 @@ def test_a_location_deleted_since_it_shipped_comes_after_every_one_that_still_ex
 
 def test_a_pickup_orders_units_go_back_to_its_store():
     store = a_location("store-ginza", "JP", 35.67, 139.77, type="store", ships=False, pickup=True)
-    # The customer's own address is in Osaka; the order was collected at the Ginza store (distances are
-    # measured from it, as sourcing measures them: a parcel from Osaka, which a pickup never has, comes after).
+    sapporo = a_location("wh-sapporo", "JP", 43.06, 141.35)
+    # The customer's own address is in Sapporo; the order was collected at the Ginza store (distances are
+    # measured from it, as sourcing measures them: a parcel from Sapporo, which a pickup never has, comes after).
     order = an_order_shipped(
-        parcel("store-ginza", ("L1", 1)), parcel("wh-osaka", ("L1", 1)),
-        shipping_address=an_address("JP", None).model_copy(update={"latitude": 34.70, "longitude": 135.49}),
+        parcel("store-ginza", ("L1", 1)), parcel("wh-sapporo", ("L1", 1)),
+        shipping_address=an_address("JP", None).model_copy(update={"latitude": 43.06, "longitude": 141.34}),
         fulfillment=Fulfillment(type="pickup", location_id="store-ginza"),
     )  # fmt: skip
 
-    assert return_destination(order, {"L1"}, [*NETWORK, store]) == "store-ginza"
+    assert return_destination(order, {"L1"}, [sapporo, store]) == "store-ginza"
