@@ -438,8 +438,8 @@ def delivered_to_tokyo(api: InProcessApi, *lines: tuple[str, int], **fields: Any
     """An order in yen of (sku, quantity) lines to the Tokyo customer, shipped and delivered."""
     body = order_body(
         channel=f"web-{uuid.uuid4().hex[:8]}", external_id=unique("ext"), currency="JPY",
-        lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines], shipping_address=TOKYO_WITH_COORDINATES,
-        **fields,
+        lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+        **{"shipping_address": TOKYO_WITH_COORDINATES, **fields},
     )  # fmt: skip
     placed = api.post("/orders", json=body)
     assert placed.status_code == 201, placed.text
@@ -468,6 +468,23 @@ def test_a_tokyo_customers_units_shipped_from_three_countries_go_back_to_tokyo_n
     assert rma["return_to"] == where["tokyo"] and rma["label_url"].startswith("http")
     # Each unit goes back to Tokyo, the one Berlin shipped too: one return label crosses no ocean.
     assert returned(api, order, ("L1", 2))["return_to"] == where["tokyo"]
+
+
+def test_without_the_customers_coordinates_units_go_back_to_their_country_not_where_most_of_them_came_from(
+    api: InProcessApi,
+):
+    # The walk's address, as the storefront sent it: no coordinates, so no distance the core can measure.
+    catalog = Catalog(api)
+    sku = catalog.product("1000", "JPY", weight_grams=300)
+    tokyo, berlin = a_location_in(catalog, "tokyo"), a_location_in(catalog, "berlin")
+    catalog.stock(sku, tokyo, 1)
+    catalog.stock(sku, berlin, 2)
+    order = delivered_to_tokyo(api, (sku, 3), shipping_address=TOKYO)
+    assert sorted((s["location_id"], s["lines"][0]["quantity"]) for s in order["shipments"]) == sorted(
+        [(tokyo, 1), (berlin, 2)]
+    )
+
+    assert returned(api, order, ("L1", 1))["return_to"] == tokyo
 
 
 def test_a_return_of_two_lines_goes_to_the_nearer_of_the_two_locations_that_shipped_them(api: InProcessApi):
