@@ -425,7 +425,8 @@ def oms_carrier_return_label(
         idempotency on this, never on `return_id`, or the carrier answers the earlier booking's
         label, contents and weight. Added after the hook: a plugin that does not name it is
         called as before.
-    :param destination: the location the units go back to (the one they shipped from).
+    :param destination: the location the units go back to: of the ones they shipped from, the one
+        nearest the customer (the Return's `return_to`).
     :param lines: the order lines (and quantities) the customer sends back.
     :param weight_grams: the parcel's weight from the products' `weight_grams`.
     :return: a CarrierShipment (carrier, service, tracking number, and the label document or the

@@ -160,7 +160,8 @@ class Return(BaseModel):
     # id (core.returns.return_booking_key; `label_booking_key`), what a cancel of it names. None
     # without a label, or for one booked before it was kept. The system's own: stored, never shown.
     booking: str | None = Field(default=None, exclude=True)
-    # Where the units go back to: the location they shipped from (the label's address).
+    # Where the units go back to (the label's address): of the locations they shipped from, the one
+    # nearest the customer (core.returns.return_destination), decided when the return is made.
     return_to: str | None = None
     received_at_location: str | None = None
     received_by: str | None = Field(default=None, description="The API key id that received the parcel")

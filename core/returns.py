@@ -11,7 +11,8 @@ the next read of the order's history (owed_entries)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +52,7 @@ from core.models import (
     Bookkeeping,
     GivenUpBooking,
     HistoryEntry,
+    Location,
     Order,
     PaymentInput,
     PlaceOrder,
@@ -91,6 +93,7 @@ from core.return_models import (
     ReturnPolicyDecision,
 )
 from core.services import CaptureService
+from core.sourcing import destination_of, distance_km
 from core.status import UNRECEIVED_RETURNS, RefundStatus, ReturnStatus, ShipmentStatus
 from core.unit_cancellation import held_beyond_total
 from core.workflow_types import stored_label
@@ -352,7 +355,7 @@ class Returns:
                 fee=decision.fee or Money.zero(order.currency),
                 refund_shipping=decision.refund_shipping,
                 refund_shipping_with_whole_order=decision.refund_shipping_with_whole_order,
-                return_to=_origin(order, cmd.lines[0].line_id),
+                return_to=return_destination(order, {x.line_id for x in cmd.lines}, self._catalog.list_locations()),
                 exchange=cmd.exchange,
                 request_key=request_key,
                 authorized_at=None if decision.needs_approval else now,
@@ -1766,11 +1769,28 @@ def _units_on(returns: list[Return]) -> dict[str, int]:
     return units
 
 
-def _origin(order: Order, line_id: str) -> str | None:
-    """Where a line's units go back to: the location of the first shipment that carried it."""
+def return_destination(order: Order, line_ids: Collection[str], locations: list[Location]) -> str | None:
+    """Where a return of `line_ids` goes back to (its `return_to`, the label's address): of the
+    locations whose shipped or delivered parcels carried any of those lines, the nearest to where
+    the order went (its address's coordinates; a pickup's store), or, when the address has none to
+    measure to, one in its country before one abroad; then the one that shipped the most units of
+    those lines; then the first by id. A location deleted since comes after every one there is (no
+    label can be addressed to it). None when no parcel carried them."""
+    shipped: Counter[str] = Counter()
     for shipment in order.shipments:
-        if shipment.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED) and any(
-            x.line_id == line_id for x in shipment.lines
-        ):
-            return shipment.location_id
-    return None
+        if shipment.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
+            for x in shipment.lines:
+                if x.line_id in line_ids:
+                    shipped[shipment.location_id] += x.quantity
+    destination = destination_of(order, locations)
+    by_id = {location.location_id: location for location in locations}
+
+    def rank(location_id: str) -> tuple[bool, float, bool, int, str]:
+        location = by_id.get(location_id)
+        if location is None:
+            return True, 0.0, True, -shipped[location_id], location_id
+        distance = distance_km(location, destination)
+        abroad = location.address.country != destination.country
+        return False, distance or 0.0, abroad, -shipped[location_id], location_id
+
+    return min(shipped, key=rank, default=None)

@@ -279,7 +279,7 @@ def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locatio
     by_id = {loc.location_id: loc for loc in locations}
 
     def rank(location_id: str) -> tuple[bool, int, float, str]:
-        distance = _distance(by_id[location_id], destination) if location_id in by_id else None
+        distance = distance_km(by_id[location_id], destination) if location_id in by_id else None
         return location_id not in used, -held[location_id], distance or 0.0, location_id
 
     return min(candidates, key=rank)
@@ -912,7 +912,7 @@ class Simulator:
         point = {loc.location_id: loc for loc in locations}
         shipments = [
             SimulatedShipment(
-                location_id=location_id, lines=lines, distance_km=_distance(point[location_id], destination)
+                location_id=location_id, lines=lines, distance_km=distance_km(point[location_id], destination)
             )
             for location_id, lines in sorted(by_location.items())
         ]
@@ -1002,7 +1002,10 @@ def _with_own(levels: dict[str, list[StockLevel]], held: dict[tuple[str, str], i
     }
 
 
-def _distance(location: Location, destination: Address) -> float | None:
+def distance_km(location: Location, destination: Address) -> float | None:
+    """Great-circle kilometres (to 0.1 km) from `location` to `destination`'s coordinates; None
+    when the address has none (the core has no map: the sourcing plugin places such an address at
+    its region's or country's centre from its own data file)."""
     if destination.latitude is None or destination.longitude is None:
         return None
     here = (location.latitude, location.longitude)

@@ -12,8 +12,8 @@ from unittest.mock import ANY
 import boto3
 import pytest
 
-from tests.builders import order_body
-from tests.e2e.client import Catalog, assert_error, unique
+from tests.builders import address_body, location_body, order_body
+from tests.e2e.client import TOKYO, Catalog, assert_error, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, returns_run_inline
 
 
@@ -56,13 +56,17 @@ def an_order(
     order_id = placed.json()["id"]
     run_workflow(order_id)
     order = api.get(f"/orders/{order_id}").json()
-    if ship:
-        for shipment in order["shipments"]:
-            for action in ("ship", "deliver"):
-                done = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}", json={})
-                assert done.status_code == 200, done.text
-        order = api.get(f"/orders/{order_id}").json()
-    return order, sku, warehouse
+    return (delivered(api, order) if ship else order), sku, warehouse
+
+
+def delivered(api: InProcessApi, order: dict[str, Any]) -> dict[str, Any]:
+    """The order once each of its parcels shipped and was delivered (a pickup's: readied and collected)."""
+    pickup = order["fulfillment"]["type"] == "pickup"
+    for shipment in order["shipments"]:
+        for action in ("ready", "deliver") if pickup else ("ship", "deliver"):
+            done = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/{action}", json={})
+            assert done.status_code == 200, done.text
+    return api.get(f"/orders/{order['id']}").json()
 
 
 def return_body(quantity: int, reason_code: str = "size_or_fit") -> dict[str, Any]:
@@ -412,3 +416,111 @@ def test_a_receipt_answers_the_return_received_while_plain_reads_still_show_it_a
     assert received.status_code == 202, received.text
     assert (received.json()["status"], received.json()["lines"][0]["received_quantity"]) == ("received", 1)
     assert started.started == [rma["id"]]
+
+
+# --- Where the units go back to (return_to) -------------------------------------------------------
+# The walk's network (/tmp/h764/walk.md, 20): a Tokyo customer's units shipped from Tokyo, Osaka and Berlin.
+JAPAN_AND_GERMANY = {
+    "tokyo": ("JP", "135-0061", 35.63, 139.88),
+    "osaka": ("JP", "530-0001", 34.69, 135.50),
+    "berlin": ("DE", "10115", 52.52, 13.40),
+}
+TOKYO_WITH_COORDINATES = {**TOKYO, "latitude": 35.68, "longitude": 139.76}
+
+
+def a_location_in(catalog: Catalog, city: str, **fields: Any) -> str:
+    country, postal_code, latitude, longitude = JAPAN_AND_GERMANY[city]
+    at = address_body(name=city, city=city, region=None, postal_code=postal_code, country=country)
+    return catalog.location(**{**location_body(address=at, latitude=latitude, longitude=longitude), **fields})
+
+
+def delivered_to_tokyo(api: InProcessApi, *lines: tuple[str, int], **fields: Any) -> dict[str, Any]:
+    """An order in yen of (sku, quantity) lines to the Tokyo customer, shipped and delivered."""
+    body = order_body(
+        channel=f"web-{uuid.uuid4().hex[:8]}", external_id=unique("ext"), currency="JPY",
+        lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+        **{"shipping_address": TOKYO_WITH_COORDINATES, **fields},
+    )  # fmt: skip
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    run_workflow(placed.json()["id"])
+    return delivered(api, api.get(f"/orders/{placed.json()['id']}").json())
+
+
+def returned(api: InProcessApi, order: dict[str, Any], *lines: tuple[str, int]) -> dict[str, Any]:
+    body = {"lines": [{"line_id": line_id, "quantity": units, "reason": "not needed"} for line_id, units in lines]}
+    created = api.post(f"/orders/{order['id']}/returns", json=body)
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+def test_a_tokyo_customers_units_shipped_from_three_countries_go_back_to_tokyo_not_berlin(api: InProcessApi):
+    catalog = Catalog(api)
+    sku = catalog.product("1000", "JPY", weight_grams=300)
+    where = {city: a_location_in(catalog, city) for city in JAPAN_AND_GERMANY}
+    for location_id in where.values():
+        catalog.stock(sku, location_id, 1)
+    order = delivered_to_tokyo(api, (sku, 3))
+    assert sorted(s["location_id"] for s in order["shipments"]) == sorted(where.values())
+
+    rma = returned(api, order, ("L1", 1))
+
+    assert rma["return_to"] == where["tokyo"] and rma["label_url"].startswith("http")
+    # Each unit goes back to Tokyo, the one Berlin shipped too: one return label crosses no ocean.
+    assert returned(api, order, ("L1", 2))["return_to"] == where["tokyo"]
+
+
+def test_without_the_customers_coordinates_units_go_back_to_their_country_not_where_most_of_them_came_from(
+    api: InProcessApi,
+):
+    # The walk's address, as the storefront sent it: no coordinates, so no distance the core can measure.
+    catalog = Catalog(api)
+    sku = catalog.product("1000", "JPY", weight_grams=300)
+    tokyo, berlin = a_location_in(catalog, "tokyo"), a_location_in(catalog, "berlin")
+    catalog.stock(sku, tokyo, 1)
+    catalog.stock(sku, berlin, 2)
+    order = delivered_to_tokyo(api, (sku, 3), shipping_address=TOKYO)
+    assert sorted((s["location_id"], s["lines"][0]["quantity"]) for s in order["shipments"]) == sorted(
+        [(tokyo, 1), (berlin, 2)]
+    )
+
+    assert returned(api, order, ("L1", 1))["return_to"] == tokyo
+
+
+def test_a_return_of_two_lines_goes_to_the_nearer_of_the_two_locations_that_shipped_them(api: InProcessApi):
+    catalog = Catalog(api)
+    tea, cup = (catalog.product("1000", "JPY", weight_grams=300) for _ in range(2))
+    berlin, osaka = a_location_in(catalog, "berlin"), a_location_in(catalog, "osaka")
+    catalog.stock(tea, berlin, 1)
+    catalog.stock(cup, osaka, 1)
+    order = delivered_to_tokyo(api, (tea, 1), (cup, 1))
+
+    # The line shipped from Berlin first: the label goes to Osaka all the same.
+    assert returned(api, order, ("L1", 1), ("L2", 1))["return_to"] == osaka
+
+
+def test_at_the_same_distance_units_go_back_where_more_of_them_shipped_from(api: InProcessApi):
+    catalog = Catalog(api)
+    sku = catalog.product("1000", "JPY", weight_grams=300)
+    # Two warehouses on one site, the one that ships fewer of the units first by id.
+    fewer, more = (a_location_in(catalog, "tokyo", name=name) for name in ("Tokyo A", "Tokyo B"))
+    if fewer > more:
+        fewer, more = more, fewer
+    catalog.stock(sku, fewer, 1)
+    catalog.stock(sku, more, 2)
+    order = delivered_to_tokyo(api, (sku, 3))
+    assert sorted(s["location_id"] for s in order["shipments"]) == [fewer, more]
+
+    assert returned(api, order, ("L1", 1))["return_to"] == more
+
+
+def test_a_pickup_orders_units_go_back_to_the_store_it_was_collected_at(api: InProcessApi):
+    catalog = Catalog(api)
+    sku = catalog.product("1000", "JPY", weight_grams=300)
+    store = a_location_in(catalog, "osaka", type="store", ships=False, pickup=True)
+    catalog.stock(sku, store, 1)
+    order = delivered_to_tokyo(api, (sku, 1), fulfillment={"type": "pickup", "location_id": store})
+
+    rma = returned(api, order, ("L1", 1))
+
+    assert (order["status"], rma["return_to"]) == ("delivered", store)
