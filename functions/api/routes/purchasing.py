@@ -175,7 +175,8 @@ def cancel_purchase_order(po_id: PurchaseOrderIdPath, if_match: CancelIfMatch = 
     "that sku, and nothing is counted. A receipt sent again with "
     "the same Idempotency-Key, however late, is counted once: the same body answers the purchase order as that "
     "receipt left it, another body is 409 `idempotency_key_reused`. A purchase order keeps a few thousand "
-    "receipts (256 KiB of them): past that a receipt is 409 `too_many_receipts`.",
+    "receipts (256 KiB of them): past that a receipt is 409 `too_many_receipts`. Extension: the answer lists the "
+    "receipt last of the PO's `receipts`, with its `received_at`, and `updated_at` is that time.",
     responses={**ok(200, PurchaseOrder, "The purchase order after the receipt"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
