@@ -1114,3 +1114,29 @@ def test_a_receipt_past_the_receipts_a_po_keeps_is_409_and_neither_listed_nor_co
     assert api.get(f"/purchase-orders/{po['id']}").json() == first.json()
     assert len(first.json()["receipts"]) == 1
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 1
+
+
+def test_a_page_of_pos_listing_their_receipts_stops_short_of_the_response_limit_and_goes_on(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """A PO lists its receipts (up to 256 KiB of them kept, more once written out): a page of such
+    POs would pass Lambda's 6 MB response, which API Gateway answers 502. Here the room is two
+    and a half POs: a page of three is two, and its cursor goes on to the third."""
+    from functions.api.pages import proxied_bytes
+
+    sku, body = a_po_body(api, 10)
+    ids = []
+    for _ in range(3):
+        po = api.post("/purchase-orders", json=body).json()
+        received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 1}]})
+        assert received.status_code == 200, received.text
+        ids.append(po["id"])
+    one = proxied_bytes(api.get(f"/purchase-orders/{ids[0]}").text)
+    monkeypatch.setattr("functions.api.pages.RESPONSE_ROOM", 2 * one + one // 2)
+
+    first = api.get("/purchase-orders", params={"vendor_id": body["vendor_id"], "limit": 3}).json()
+    rest = api.get("/purchase-orders", params={"vendor_id": body["vendor_id"], "cursor": first["next_cursor"]}).json()
+
+    assert [p["id"] for p in first["items"]] == sorted(ids)[:2] and first["next_cursor"]
+    assert ([p["id"] for p in rest["items"]], rest["next_cursor"]) == (sorted(ids)[2:], None)
+    assert all(len(p["receipts"]) == 1 for p in first["items"] + rest["items"])
