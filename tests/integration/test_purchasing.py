@@ -93,7 +93,7 @@ def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_no
 
     purchasing.receive(soon.id, receipt(1), "k1")
     cancelled = purchasing.cancel(soon.id)
-    assert cancelled.status is PO.CANCELLED
+    assert cancelled.status is PO.CANCELLED and cancelled.updated_at > soon.updated_at == soon.created_at
     assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (
         1, 4, NOW + timedelta(days=20),
     )  # fmt: skip
