@@ -5,6 +5,7 @@ Idempotency-Key) through the in-process API."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -163,6 +164,29 @@ def test_a_po_kept_before_receipts_had_times_lists_what_it_knows_of_them(buyer: 
     ]
     assert read.updated_at is None
     assert purchasing.list(PurchaseOrderFilter(), 100, None)[0] == [read]
+
+
+def test_each_receipt_is_kept_once_on_the_pos_item_and_not_again_in_its_document(buyer: Shop):
+    """The receipts a PO lists are read from the ones it keeps under their keys: written into its
+    document as well, each would take its room twice, and a PO at its 256 KiB of receipts would
+    pass DynamoDB's 400 KB item, failing every later write of it."""
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po(quantity=10))
+    purchasing.receive(po.id, receipt(2), "k1")
+    purchasing.receive(po.id, receipt(3), "k2")
+    purchasing.cancel(po.id)
+
+    key = {"pk": {"S": "PURCHASE_ORDERS"}, "sk": {"S": po.id}}
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=buyer.container.config.catalog_table, Key=key
+    )["Item"]
+
+    assert "receipts" not in json.loads(item["doc"]["S"])
+    assert set(item["receipts"]["M"]) == {"k1", "k2"}
+    assert [[(li.sku, li.quantity) for li in r.lines] for r in purchasing.get(po.id).receipts] == [
+        [("PREORDER", 2)],
+        [("PREORDER", 3)],
+    ]
 
 
 def test_a_create_whose_first_attempt_was_written_opens_no_second_po(buyer: Shop, monkeypatch):
