@@ -214,10 +214,10 @@ class PurchaseOrder(Shown):
         return {line.sku: line.outstanding for line in self.lines}
 
     def _next(self, status: PurchaseOrderStatus | None = None, *, at: datetime, **fields: Any) -> "PurchaseOrder":
-        """The next version, made at `at`: `status` (None: as it is) as the transition table allows,
-        with `fields`, validated as a new PO is, so a wrong status, count or cost is refused. Its lines too: the
-        methods below copy them with model_copy, which does not validate, and this validates them
-        again (PurchaseOrderLine's revalidate_instances)."""
+        """The next version, made at `at` (its `updated_at`): `status` (None: as it is) as the
+        transition table allows, with `fields`, validated as a new PO is, so a wrong status, count or
+        cost is refused. Its lines too: the methods below copy them with model_copy, which does not
+        validate, and this validates them again (PurchaseOrderLine's revalidate_instances)."""
         if status is not None:
             check_purchase_order_step(self.status, status)
         changes = {**fields, "status": status or self.status, "version": self.version + 1, "updated_at": at}
@@ -298,10 +298,10 @@ class PurchaseOrder(Shown):
         )
 
     def grow(self, sku: str, quantity: int, unit_cost: Money | None, *, at: datetime) -> "PurchaseOrder":
-        """The draft with `quantity` more of `sku` (at `at`): its line grows, or a new line is added, priced at
-        `unit_cost`, what its reorder point says the units cost now (a draft is priced by its points
-        alone: a submit prices it and opens it in one write); without one, the line keeps its cost.
-        An open PO is never grown: its costs are the vendor's agreement."""
+        """The draft with `quantity` more of `sku`, grown at `at`: its line grows, or a new line is
+        added, priced at `unit_cost`, what its reorder point says the units cost now (a draft is
+        priced by its points alone: a submit prices it and opens it in one write); without one, the
+        line keeps its cost. An open PO is never grown: its costs are the vendor's agreement."""
         if self.status is not PO.DRAFT:
             raise InvalidTransition(f"purchase order {self.id} is {self.status}, not a draft")
         lines, found = [], False

@@ -290,8 +290,9 @@ class Replenishment:
             draft, pointer = self._repository.holding_draft(settings.vendor_id, location_id, sku), None
             if draft is None:
                 draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
-            takes = draft is not None and draft.takes(sku)
-            grown = draft.grow(sku, units, settings.unit_cost, at=now) if draft is not None and takes else None
+            grown = (
+                draft.grow(sku, units, settings.unit_cost, at=now) if draft is not None and draft.takes(sku) else None
+            )
             if grown is not None and (limit := past_the_limit(grown, sku)) is not None:
                 if draft is not None and any(line.sku == sku for line in draft.lines):
                     # Its line grows there or nowhere (one line a sku: its units are counted there).
