@@ -169,6 +169,21 @@ class PurchaseOrderLine(BaseModel):
         return self.quantity - self.received_quantity
 
 
+class ReceivedLine(Shown):
+    sku: str
+    quantity: int
+
+
+class PurchaseOrderReceipt(Shown):
+    """A receipt counted on a purchase order: what arrived (its units per sku, its lines of one sku
+    added up) and when it was counted, what a goods-received note books."""
+
+    received_at: datetime | None = Field(
+        description="When the receipt was counted; null for one counted before the OMS kept receipts' times"
+    )
+    lines: list[ReceivedLine]
+
+
 class PurchaseOrder(Shown):
     id: str
     vendor_id: str
@@ -182,20 +197,30 @@ class PurchaseOrder(Shown):
     submitted_at: datetime | None = Field(
         default=None, description="When the draft was submitted to its vendor; null on a draft and on a PO created open"
     )
+    # Shown, never stored in the PO's document: read from the receipts kept on its item
+    # (RecordedReceipt, receipts_listed), where each receipt is written once, under its key.
+    receipts: list[PurchaseOrderReceipt] = Field(
+        default_factory=list,
+        description="Every receipt counted on it, oldest first, sent with an Idempotency-Key or without (a receipt "
+        "sent again under its key is not another); one counted before receipts kept their units is not listed",
+    )
+    updated_at: datetime | None = Field(
+        default=None, description="When it last changed; null on one last changed before the OMS kept that time"
+    )
     version: int = 1
 
     def outstanding(self) -> dict[str, int]:
         """Units of each sku ordered and not yet received: what counts as incoming while the PO is open."""
         return {line.sku: line.outstanding for line in self.lines}
 
-    def _next(self, status: PurchaseOrderStatus | None = None, **fields: Any) -> "PurchaseOrder":
-        """The next version: `status` (None: as it is) as the transition table allows, with `fields`,
-        validated as a new PO is, so a wrong status, count or cost is refused. Its lines too: the
-        methods below copy them with model_copy, which does not validate, and this validates them
-        again (PurchaseOrderLine's revalidate_instances)."""
+    def _next(self, status: PurchaseOrderStatus | None = None, *, at: datetime, **fields: Any) -> "PurchaseOrder":
+        """The next version, made at `at` (its `updated_at`): `status` (None: as it is) as the
+        transition table allows, with `fields`, validated as a new PO is, so a wrong status, count or
+        cost is refused. Its lines too: the methods below copy them with model_copy, which does not
+        validate, and this validates them again (PurchaseOrderLine's revalidate_instances)."""
         if status is not None:
             check_purchase_order_step(self.status, status)
-        changes = {**fields, "status": status or self.status, "version": self.version + 1}
+        changes = {**fields, "status": status or self.status, "version": self.version + 1, "updated_at": at}
         return PurchaseOrder.model_validate({**dict(self), **changes})
 
     def submit(
@@ -243,7 +268,7 @@ class PurchaseOrder(Shown):
                 details=[_cost_in(line, priced_by.get(line.sku)) for line in lines if line.unit_cost is not None],
             )
         costs_within_the_limit(lines)
-        return self._next(PO.OPEN, lines=lines, submitted_at=at, expected_at=expected_at or self.expected_at)
+        return self._next(PO.OPEN, at=at, lines=lines, submitted_at=at, expected_at=expected_at or self.expected_at)
 
     def _not_submittable(self) -> str:
         """Why a submit of this PO, which is no retry of one (submitted_as), is refused."""
@@ -272,11 +297,11 @@ class PurchaseOrder(Shown):
             and all(sku in costs and costs[sku] == cost for sku, cost in (prices or {}).items())
         )
 
-    def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> "PurchaseOrder":
-        """The draft with `quantity` more of `sku`: its line grows, or a new line is added, priced at
-        `unit_cost`, what its reorder point says the units cost now (a draft is priced by its points
-        alone: a submit prices it and opens it in one write); without one, the line keeps its cost.
-        An open PO is never grown: its costs are the vendor's agreement."""
+    def grow(self, sku: str, quantity: int, unit_cost: Money | None, *, at: datetime) -> "PurchaseOrder":
+        """The draft with `quantity` more of `sku`, grown at `at`: its line grows, or a new line is
+        added, priced at `unit_cost`, what its reorder point says the units cost now (a draft is
+        priced by its points alone: a submit prices it and opens it in one write); without one, the
+        line keeps its cost. An open PO is never grown: its costs are the vendor's agreement."""
         if self.status is not PO.DRAFT:
             raise InvalidTransition(f"purchase order {self.id} is {self.status}, not a draft")
         lines, found = [], False
@@ -289,21 +314,21 @@ class PurchaseOrder(Shown):
             lines.append(line)
         if not found:
             lines.append(PurchaseOrderLine(sku=sku, quantity=quantity, unit_cost=unit_cost))
-        return self._next(lines=lines)
+        return self._next(at=at, lines=lines)
 
     def takes(self, sku: str) -> bool:
         """Whether a reorder of `sku` may grow this draft (a receipt names at most MAX_LINES lines)."""
         return self.status is PO.DRAFT and (len(self.lines) < MAX_LINES or any(li.sku == sku for li in self.lines))
 
-    def cancel(self) -> "PurchaseOrder":
+    def cancel(self, *, at: datetime) -> "PurchaseOrder":
         """The PO cancelled; one cancelled already as it is (a cancel sent again changes nothing)."""
-        return self if self.status is PO.CANCELLED else self._next(PO.CANCELLED)
+        return self if self.status is PO.CANCELLED else self._next(PO.CANCELLED, at=at)
 
-    def receive(self, receipt: "Receipt") -> "PurchaseOrder":
-        """The PO after `receipt` (its lines of one sku add up). More than ordered minus received is
-        refused (422 `over_receipt`), each problem naming the receipt's line as the contract's error
-        shape does: `lines[i].sku` for a sku the PO lacks, `lines[i].quantity` for the line at which
-        a sku's units pass what is outstanding."""
+    def receive(self, receipt: "Receipt", *, at: datetime) -> "PurchaseOrder":
+        """The PO after `receipt`, counted at `at` and listed last of its receipts (its lines of one
+        sku add up). More than ordered minus received is refused (422 `over_receipt`), each problem
+        naming the receipt's line as the contract's error shape does: `lines[i].sku` for a sku the
+        PO lacks, `lines[i].quantity` for the line at which a sku's units pass what is outstanding."""
         # A received PO has nothing outstanding: a receipt on it is an over-receipt, as one that
         # passes the last units of a partly received PO is. A draft or a cancelled PO is a conflict.
         if self.status not in INCOMING and self.status is not PO.RECEIVED:
@@ -337,7 +362,13 @@ class PurchaseOrder(Shown):
             for line in self.lines
         ]
         done = all(line.received_quantity == line.quantity for line in lines)
-        return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines=lines)
+        listed = PurchaseOrderReceipt(received_at=at, lines=_received_lines(units))
+        status = PO.RECEIVED if done else PO.PARTIALLY_RECEIVED
+        return self._next(status, at=at, lines=lines, receipts=[*self.receipts, listed])
+
+
+def _received_lines(units: dict[str, int]) -> list[ReceivedLine]:
+    return [ReceivedLine(sku=sku, quantity=quantity) for sku, quantity in units.items()]
 
 
 def costs_within_the_limit(
@@ -418,11 +449,13 @@ class Receipt(Strict):
 class RecordedReceipt(BaseModel, defer_build=True):
     """A receipt counted on a purchase order, kept on it under its key for as long as the PO
     (an Idempotency-Key's record lasts 24 h): the digest of its body, the version of the PO it
-    made and the units it counted per sku. One recorded before receipts kept these has none."""
+    made, the units it counted per sku and when it was counted. One recorded before receipts kept
+    these has none; one recorded before receipts kept their time has all but `received_at`."""
 
     digest: str | None = None
     version: int | None = None
     units: dict[str, int] | None = None
+    received_at: datetime | None = None
 
     def size(self, key: str) -> int:
         """Bytes it takes on the PO's item, near enough: its key and its stored document."""
@@ -454,7 +487,23 @@ def counted_again(po: PurchaseOrder, receipts: dict[str, RecordedReceipt], key: 
     lines = [line.model_copy(update={"received_quantity": received.get(line.sku, 0)}) for line in po.lines]
     done = all(line.received_quantity == line.quantity for line in lines)
     status = PO.RECEIVED if done else PO.PARTIALLY_RECEIVED
-    return po.model_copy(update={"lines": lines, "status": status, "version": first.version})
+    up_to_it = receipts_listed({name: kept for name, kept in receipts.items() if kept.version <= first.version})
+    changes = {"lines": lines, "status": status, "version": first.version, "receipts": up_to_it}
+    return po.model_copy(update={**changes, "updated_at": first.received_at})
+
+
+def receipts_listed(receipts: dict[str, RecordedReceipt]) -> list[PurchaseOrderReceipt]:
+    """The receipts a PO keeps (by key), as it lists them: oldest first, as each receipt made the
+    next version of the PO. One kept without its units (before receipts kept them) cannot say
+    what arrived, and is not listed."""
+    known = sorted((kept for kept in receipts.values() if kept.version is not None and kept.units), key=_made)
+    return [
+        PurchaseOrderReceipt(received_at=kept.received_at, lines=_received_lines(kept.units or {})) for kept in known
+    ]
+
+
+def _made(kept: RecordedReceipt) -> int:
+    return kept.version or 0
 
 
 def record_of(
@@ -462,7 +511,9 @@ def record_of(
 ) -> RecordedReceipt:
     """What `received` (the PO after `receipt`) keeps of it under `key`: 409 `too_many_receipts`
     when the receipts it keeps would pass MAX_RECEIPT_BYTES, and nothing is counted."""
-    record = RecordedReceipt(digest=receipt.digest(), version=received.version, units=receipt.units())
+    record = RecordedReceipt(
+        digest=receipt.digest(), version=received.version, units=receipt.units(), received_at=received.updated_at
+    )
     if sum(kept.size(name) for name, kept in receipts.items()) + record.size(key) > MAX_RECEIPT_BYTES:
         raise Conflict(
             f"purchase order {received.id} keeps as many receipts as it can: receive the rest on another "
@@ -611,6 +662,7 @@ class Purchasing:
             lines=[PurchaseOrderLine(**line.model_dump()) for line in request.lines],
             expected_at=request.expected_at or now + timedelta(days=vendor.lead_time_days),
             created_at=now,
+            updated_at=now,
         )
         try:
             self._repository.add(po)
@@ -676,7 +728,7 @@ class Purchasing:
 
         def step(po: PurchaseOrder) -> PurchaseOrder:
             _check_seen(po, expected_version, "cancelling")
-            return po.cancel()
+            return po.cancel(at=self._clock())
 
         return self._change(po_id, step)
 
@@ -688,7 +740,7 @@ class Purchasing:
             po, receipts = self._read(po_id)
             if key in receipts:
                 return counted_again(po, receipts, key, receipt)
-            new = po.receive(receipt)
+            new = po.receive(receipt, at=self._clock())
             try:
                 self._repository.update(new, po, (key, record_of(receipt, new, key, receipts)))
             except StaleVersion:
@@ -733,7 +785,8 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
         )
     # An answer rebuilt from the stored PO, never written: model_copy, not a new version (_next).
     made = [line.model_copy(update={"received_quantity": 0}) for line in po.lines]
-    return po.model_copy(update={"status": PO.OPEN, "lines": made, "version": 1})
+    as_made = {"status": PO.OPEN, "lines": made, "version": 1, "receipts": [], "updated_at": po.created_at}
+    return po.model_copy(update=as_made)
 
 
 def _due_as_asked(po: PurchaseOrder, expected_at: datetime | None) -> bool:

@@ -283,13 +283,16 @@ class Replenishment:
         vendor = self._repository.get_vendor(settings.vendor_id)
         if vendor is None:
             raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {sku}")
+        now = self._clock()
         for _ in range(self.ATTEMPTS):
             # The sku's line grows where it is, though that draft is full and no longer the open one:
             # its units are counted there (`drafted`), and a second line would be a second order.
             draft, pointer = self._repository.holding_draft(settings.vendor_id, location_id, sku), None
             if draft is None:
                 draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
-            grown = draft.grow(sku, units, settings.unit_cost) if draft is not None and draft.takes(sku) else None
+            grown = (
+                draft.grow(sku, units, settings.unit_cost, at=now) if draft is not None and draft.takes(sku) else None
+            )
             if grown is not None and (limit := past_the_limit(grown, sku)) is not None:
                 if draft is not None and any(line.sku == sku for line in draft.lines):
                     # Its line grows there or nowhere (one line a sku: its units are counted there).
@@ -306,7 +309,6 @@ class Replenishment:
             if grown is not None:
                 new, expected = grown, draft
             else:
-                now = self._clock()
                 line = PurchaseOrderLine(sku=sku, quantity=units, unit_cost=settings.unit_cost)
                 new, expected = (
                     PurchaseOrder(
@@ -317,6 +319,7 @@ class Replenishment:
                         lines=[line],
                         expected_at=now + timedelta(days=vendor.lead_time_days),
                         created_at=now,
+                        updated_at=now,
                     ),
                     None,
                 )

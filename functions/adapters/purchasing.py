@@ -16,6 +16,7 @@ from core.purchasing import (
     PurchasingRepository,
     RecordedReceipt,
     Vendor,
+    receipts_listed,
 )
 from core.status import PurchaseOrderStatus
 from functions.adapters.dynamodb import (
@@ -74,6 +75,18 @@ def _recorded(value: str) -> RecordedReceipt:
     return RecordedReceipt.model_validate_json(value) if value.startswith("{") else RecordedReceipt()
 
 
+def _document(po: PurchaseOrder) -> str:
+    # Its receipts are kept beside it, each under its key (`receipts`), and listed from there: once.
+    return po.model_dump_json(exclude={"receipts"})
+
+
+def _read(item: dict[str, Any]) -> tuple[PurchaseOrder, dict[str, RecordedReceipt]]:
+    """The PO an item holds, its receipts listed, and the receipts it keeps by key."""
+    receipts = {key: _recorded(value["S"]) for key, value in item.get("receipts", {}).get("M", {}).items()}
+    po = PurchaseOrder.model_validate_json(item["doc"]["S"])
+    return po.model_copy(update={"receipts": receipts_listed(receipts)}), receipts
+
+
 class DynamoPurchasing(PurchasingRepository):
     """Vendors and POs live in the Catalog table (as API keys and webhooks do), each in one
     partition (`VENDORS`, `PURCHASE_ORDERS`) sorted by id: POs are few beside orders. A PO is its
@@ -106,7 +119,7 @@ class DynamoPurchasing(PurchasingRepository):
     def _po_put(self, po: PurchaseOrder) -> dict[str, Any]:
         return {
             **_po_key(po.id),
-            "doc": {"S": po.model_dump_json()},
+            "doc": {"S": _document(po)},
             "status": {"S": po.status.value},
             "vendor_id": {"S": po.vendor_id},
             "version": {"N": str(po.version)},
@@ -121,13 +134,12 @@ class DynamoPurchasing(PurchasingRepository):
         item = self._client.get_item(TableName=self._table, Key=_po_key(po_id), ConsistentRead=True).get("Item")
         if not item:
             return None
-        receipts = {key: _recorded(value["S"]) for key, value in item.get("receipts", {}).get("M", {}).items()}
-        return PurchaseOrder.model_validate_json(item["doc"]["S"]), receipts
+        return _read(item)
 
     def update(self, po: PurchaseOrder, expected: PurchaseOrder, receipt: tuple[str, RecordedReceipt] | None) -> None:
         names = {"#doc": "doc", "#status": "status", "#version": "version"}
         values = {
-            ":doc": po.model_dump_json(),
+            ":doc": _document(po),
             ":status": po.status.value,
             ":version": po.version,
             ":expected_status": expected.status.value,
@@ -262,7 +274,7 @@ class DynamoPurchasing(PurchasingRepository):
         items, next_cursor = self._page(
             PURCHASE_ORDERS_PK, scope, limit, cursor, " AND ".join(conditions) or None, names, values
         )
-        return [PurchaseOrder.model_validate_json(item["doc"]["S"]) for item in items], next_cursor
+        return [_read(item)[0] for item in items], next_cursor
 
     def _page(
         self,
@@ -410,7 +422,7 @@ class DynamoPurchasing(PurchasingRepository):
                         "ExpressionAttributeNames": {"#doc": "doc", "#status": "status", "#version": "version"},
                         "ExpressionAttributeValues": to_item(
                             {
-                                ":doc": po.model_dump_json(),
+                                ":doc": _document(po),
                                 ":version": po.version,
                                 ":draft": PurchaseOrderStatus.DRAFT.value,
                                 ":expected_version": expected.version,

@@ -462,6 +462,32 @@ def test_every_field_the_contract_lists_is_documented_and_required_in_the_answer
     assert listed <= set(schema.get("required", [])), listed - set(schema.get("required", []))
 
 
+@pytest.mark.parametrize(
+    "where",
+    [("GET", "/purchase-orders/{po_id}", "200"), ("GET", "/purchase-orders", "200", "items"),
+     ("POST", "/purchase-orders/{po_id}/receive", "200")],
+    ids=" ".join,
+)  # fmt: skip
+def test_a_purchase_order_documents_each_receipt_with_its_time_and_when_it_last_changed(
+    document: dict[str, Any], where: tuple[str, ...]
+):
+    # An extension of API.md's PurchaseOrder (README, Purchasing): an ERP books a goods-received
+    # note per receipt, dated, from these.
+    method, path, status, *into = where
+    answer = document["paths"][path][method.lower()]["responses"][status]["content"]["application/json"]
+    po = _object_schema(document, answer["schema"])
+    for name in into:
+        po = _object_schema(document, po["properties"][name])
+    receipt = _object_schema(document, po["properties"]["receipts"])
+    line = _object_schema(document, receipt["properties"]["lines"])
+
+    assert {"receipts", "updated_at"} <= set(po["required"])
+    assert "oldest first" in po["properties"]["receipts"]["description"]
+    assert "last changed" in po["properties"]["updated_at"]["description"]
+    assert set(receipt["required"]) == {"received_at", "lines"} and set(line["required"]) == {"sku", "quantity"}
+    assert "null for one counted before" in receipt["properties"]["received_at"]["description"]
+
+
 def _answer_schemas(document: dict[str, Any]) -> dict[str, str]:
     """Each schema an answer (a 2xx) holds, however deep, by name: the first answer found holding it."""
     schemas = document["components"]["schemas"]

@@ -5,6 +5,7 @@ Idempotency-Key) through the in-process API."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_no
 
     purchasing.receive(soon.id, receipt(1), "k1")
     cancelled = purchasing.cancel(soon.id)
-    assert cancelled.status is PO.CANCELLED
+    assert cancelled.status is PO.CANCELLED and cancelled.updated_at > soon.updated_at == soon.created_at
     assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (
         1, 4, NOW + timedelta(days=20),
     )  # fmt: skip
@@ -129,6 +130,63 @@ def test_a_receipt_kept_before_receipts_kept_their_bodies_is_still_counted_once(
     assert purchasing.receive(po.id, receipt(1), "old") == po
     assert purchasing.receive(po.id, receipt(2), "new") == po
     assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (2, 3)
+
+
+def test_a_po_kept_before_receipts_had_times_lists_what_it_knows_of_them(buyer: Shop):
+    """A receipt kept with its units and no time is listed with received_at null; one kept before
+    receipts kept their units (its time alone) cannot say what arrived and is not listed: the
+    received_quantity of each line still counts it. The PO's last change, unknown, is null."""
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po(quantity=10))
+    purchasing.receive(po.id, receipt(2), "timed")
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    key = {"pk": {"S": "PURCHASE_ORDERS"}, "sk": {"S": po.id}}
+    item = client.get_item(TableName=buyer.container.config.catalog_table, Key=key)["Item"]
+    doc = PurchaseOrder.model_validate_json(item["doc"]["S"]).model_dump(mode="json", exclude={"updated_at"})
+    untimed = RecordedReceipt(digest="d", version=3, units={"PREORDER": 3}).model_dump_json(exclude_none=True)
+    client.update_item(
+        TableName=buyer.container.config.catalog_table,
+        Key=key,
+        UpdateExpression="SET doc = :doc, receipts.untimed = :untimed, receipts.#old = :at",
+        ExpressionAttributeNames={"#old": "old"},
+        ExpressionAttributeValues={
+            ":doc": {"S": PurchaseOrder.model_validate(doc).model_dump_json(exclude={"updated_at", "receipts"})},
+            ":untimed": {"S": untimed},
+            ":at": {"S": "2026-12-01T10:00:00.000000Z"},
+        },
+    )
+
+    read = purchasing.get(po.id)
+
+    assert [(r.received_at, [(li.sku, li.quantity) for li in r.lines]) for r in read.receipts] == [
+        (po.created_at + timedelta(seconds=1), [("PREORDER", 2)]),
+        (None, [("PREORDER", 3)]),
+    ]
+    assert read.updated_at is None
+    assert purchasing.list(PurchaseOrderFilter(), 100, None)[0] == [read]
+
+
+def test_each_receipt_is_kept_once_on_the_pos_item_and_not_again_in_its_document(buyer: Shop):
+    """The receipts a PO lists are read from the ones it keeps under their keys: written into its
+    document as well, each would take its room twice, and a PO at its 256 KiB of receipts would
+    pass DynamoDB's 400 KB item, failing every later write of it."""
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po(quantity=10))
+    purchasing.receive(po.id, receipt(2), "k1")
+    purchasing.receive(po.id, receipt(3), "k2")
+    purchasing.cancel(po.id)
+
+    key = {"pk": {"S": "PURCHASE_ORDERS"}, "sk": {"S": po.id}}
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=buyer.container.config.catalog_table, Key=key
+    )["Item"]
+
+    assert "receipts" not in json.loads(item["doc"]["S"])
+    assert set(item["receipts"]["M"]) == {"k1", "k2"}
+    assert [[(li.sku, li.quantity) for li in r.lines] for r in purchasing.get(po.id).receipts] == [
+        [("PREORDER", 2)],
+        [("PREORDER", 3)],
+    ]
 
 
 def test_a_create_whose_first_attempt_was_written_opens_no_second_po(buyer: Shop, monkeypatch):
@@ -194,7 +252,7 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
 
     with pytest.raises(StaleVersion):
         repository.update(
-            po.receive(receipt(5)), old, ("k", RecordedReceipt(digest="d", version=2, units={"PREORDER": 5}))
+            po.receive(receipt(5), at=NOW), old, ("k", RecordedReceipt(digest="d", version=2, units={"PREORDER": 5}))
         )
     assert purchasing.get(po.id) == po and (at(buyer)["on_hand"], at(buyer)["incoming"]) == (0, 5)
 
@@ -882,7 +940,7 @@ def test_a_submit_with_the_version_read_refuses_a_draft_a_crossing_grew_since(ap
     read = api.get(f"/purchase-orders/{draft}").json()
     purchasing = bootstrap(Config.from_env()).purchasing_repository
     was, _ = purchasing.get(draft)
-    grown = was.grow(mug, 20, None)
+    grown = was.grow(mug, 20, None, at=NOW)
     assert purchasing.add_reorder(grown, was, None, f"{mug}#{was.location_id}#change-1")
 
     refused = api.post(f"/purchase-orders/{draft}/submit", headers={"If-Match": str(read["version"])})
@@ -993,3 +1051,116 @@ def test_a_submit_pricing_a_draft_to_a_total_of_10_to_the_15_is_422_and_leaves_i
     assert_error(refused, 422, "amount_too_large", "lines")
     assert api.get(f"/purchase-orders/{draft}").json()["status"] == "draft"
     assert api.get(f"/inventory/{mug}").json()["locations"] == []
+
+
+# --- Receipts listed on the PO (an ERP books a goods-received note per receipt, dated) ------------
+
+
+def received_on(api: InProcessApi, monkeypatch: pytest.MonkeyPatch, day: datetime) -> None:
+    """The API function's purchasing counts what follows on `day` (its clock, as a warm container's)."""
+    from functions.api.dependencies import container
+
+    monkeypatch.setattr(container().purchasing, "_clock", lambda: day)
+
+
+def as_shown(receipts: list[dict[str, Any]]) -> list[tuple[datetime | None, list[tuple[str, int]]]]:
+    return [
+        (
+            datetime.fromisoformat(r["received_at"]) if r["received_at"] else None,
+            [(line["sku"], line["quantity"]) for line in r["lines"]],
+        )
+        for r in receipts
+    ]
+
+
+def test_two_receipts_on_different_days_are_listed_with_their_times_and_lines_keyed_or_not(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """An ERP polling a PO books a goods-received note per receipt, dated by when the goods arrived
+    (the accounting period, the stock valuation): before, the PO showed received_quantity alone,
+    with no time and no way to tell two receipts apart."""
+    sku, body = a_po_body(api, 10)
+    po = api.post("/purchase-orders", json=body).json()
+    assert (po["receipts"], po["updated_at"]) == ([], po["created_at"])
+    monday, tuesday = datetime(2031, 3, 3, 9, 30, tzinfo=UTC), datetime(2031, 3, 4, 16, 5, tzinfo=UTC)
+    receive = f"/purchase-orders/{po['id']}/receive"
+
+    received_on(api, monkeypatch, monday)
+    keyed = api.post(receive, json={"lines": [{"sku": sku, "quantity": 3}]}, headers={"Idempotency-Key": unique("r")})
+    received_on(api, monkeypatch, tuesday)
+    keyless = api.post(receive, json={"lines": [{"sku": sku, "quantity": 2}]})
+
+    assert keyed.status_code == keyless.status_code == 200, (keyed.text, keyless.text)
+    assert as_shown(keyed.json()["receipts"]) == [(monday, [(sku, 3)])]
+    read = api.get(f"/purchase-orders/{po['id']}").json()
+    assert read == keyless.json()
+    assert as_shown(read["receipts"]) == [(monday, [(sku, 3)]), (tuesday, [(sku, 2)])]
+    assert datetime.fromisoformat(read["updated_at"]) == tuesday and read["lines"][0]["received_quantity"] == 5
+    listed = api.get("/purchase-orders", params={"vendor_id": body["vendor_id"]}).json()["items"]
+    assert listed == [read]
+
+
+def test_a_keyed_receipt_sent_again_is_listed_once_even_after_its_idempotency_record_expired(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    sku, body = a_po_body(api, 10)
+    po = api.post("/purchase-orders", json=body).json()
+    receive = f"/purchase-orders/{po['id']}/receive"
+    key = {"Idempotency-Key": unique("receipt")}
+    monday = datetime(2031, 3, 3, 9, 30, tzinfo=UTC)
+    received_on(api, monkeypatch, monday)
+    first = api.post(receive, json={"lines": [{"sku": sku, "quantity": 2}]}, headers=key)
+    received_on(api, monkeypatch, monday + timedelta(days=1))
+    soon = api.post(receive, json={"lines": [{"sku": sku, "quantity": 2}]}, headers=key)
+    forget_idempotency_records()
+    late = api.post(receive, json={"lines": [{"sku": sku, "quantity": 2}]}, headers=key)
+
+    assert first.status_code == soon.status_code == late.status_code == 200, late.text
+    assert soon.json() == late.json() == first.json()
+    assert as_shown(api.get(f"/purchase-orders/{po['id']}").json()["receipts"]) == [(monday, [(sku, 2)])]
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 2
+
+
+def test_a_receipt_past_the_receipts_a_po_keeps_is_409_and_neither_listed_nor_counted(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    sku, body = a_po_body(api, 10)
+    po = api.post("/purchase-orders", json=body).json()
+    receive = f"/purchase-orders/{po['id']}/receive"
+    first = api.post(receive, json={"lines": [{"sku": sku, "quantity": 1}]})
+    assert first.status_code == 200, first.text
+    # Room for one receipt of a line: the second's key and record pass it.
+    monkeypatch.setattr("core.purchasing.MAX_RECEIPT_BYTES", 200)
+
+    refused = api.post(receive, json={"lines": [{"sku": sku, "quantity": 1}]})
+
+    assert_error(refused, 409, "too_many_receipts")
+    assert api.get(f"/purchase-orders/{po['id']}").json() == first.json()
+    assert len(first.json()["receipts"]) == 1
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 1
+
+
+def test_a_page_of_pos_listing_their_receipts_stops_short_of_the_response_limit_and_goes_on(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    """A PO lists its receipts (up to 256 KiB of them kept, more once written out): a page of such
+    POs would pass Lambda's 6 MB response, which API Gateway answers 502. Here the room is two
+    and a half POs: a page of three is two, and its cursor goes on to the third."""
+    from functions.api.pages import proxied_bytes
+
+    sku, body = a_po_body(api, 10)
+    ids = []
+    for _ in range(3):
+        po = api.post("/purchase-orders", json=body).json()
+        received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 1}]})
+        assert received.status_code == 200, received.text
+        ids.append(po["id"])
+    one = proxied_bytes(api.get(f"/purchase-orders/{ids[0]}").text)
+    monkeypatch.setattr("functions.api.pages.RESPONSE_ROOM", 2 * one + one // 2)
+
+    first = api.get("/purchase-orders", params={"vendor_id": body["vendor_id"], "limit": 3}).json()
+    rest = api.get("/purchase-orders", params={"vendor_id": body["vendor_id"], "cursor": first["next_cursor"]}).json()
+
+    assert [p["id"] for p in first["items"]] == sorted(ids)[:2] and first["next_cursor"]
+    assert ([p["id"] for p in rest["items"]], rest["next_cursor"]) == (sorted(ids)[2:], None)
+    assert all(len(p["receipts"]) == 1 for p in first["items"] + rest["items"])

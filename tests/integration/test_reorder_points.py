@@ -249,6 +249,7 @@ def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_r
     assert (draft.vendor_id, draft.location_id, draft.status) == ("acme", "wh-east", PO.DRAFT)
     assert [(line.sku, line.quantity, line.unit_cost) for line in draft.lines] == [("MUG", 20, COST)]
     assert draft.expected_at == draft.created_at + timedelta(days=10)  # the vendor's lead time
+    assert draft.updated_at == draft.created_at  # made, and not changed since
     published = buyer.on_bus()
     assert [e["type"] for e in published] == ["inventory.low", "inventory.low"]  # published again, same id
     assert published[0]["id"] == published[1]["id"]
@@ -404,6 +405,7 @@ def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
 
     [grown] = buyer.drafts()
     assert grown.id == first.id and [(line.sku, line.quantity) for line in grown.lines] == [("MUG", 40)]
+    assert grown.updated_at > first.updated_at == first.created_at  # grown by the later fall, when it was read
 
 
 def test_a_draft_grown_after_its_points_cost_changed_is_priced_at_the_new_cost_and_a_po_sent_keeps_its_own(

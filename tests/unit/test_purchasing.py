@@ -16,9 +16,12 @@ from core.purchasing import (
     NewPurchaseOrder,
     PurchaseOrder,
     PurchaseOrderLine,
+    PurchaseOrderReceipt,
     Receipt,
+    ReceivedLine,
     RecordedReceipt,
     counted_again,
+    receipts_listed,
     record_of,
 )
 from core.status import PURCHASE_ORDER_TRANSITIONS, PurchaseOrderStatus, check_purchase_order_step
@@ -65,7 +68,7 @@ def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
     assert (opened.status, opened.version, opened.submitted_at) == (PO.OPEN, 4, NOW)
     # Sent again (its answer lost), a submit finds the PO submitted: it is answered as it is.
     assert opened.submit(at=later) is opened and opened.submit({"MUG": Money.of("4.00", "USD")}, at=later) is opened
-    partly = opened.receive(receipt(("MUG", 1)))
+    partly = opened.receive(receipt(("MUG", 1)), at=NOW)
     assert partly.submit(at=later) is partly
     # One that would price it otherwise, or that finds it cancelled, is refused.
     with pytest.raises(InvalidTransition):
@@ -73,7 +76,7 @@ def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
     with pytest.raises(InvalidTransition):
         opened.submit({"PLATE": Money.of("4.00", "USD")}, at=later)
     with pytest.raises(InvalidTransition):
-        opened.cancel().submit(at=later)
+        opened.cancel(at=NOW).submit(at=later)
 
 
 def test_a_refused_submit_or_receipt_says_why_in_a_buyers_words():
@@ -85,11 +88,11 @@ def test_a_refused_submit_or_receipt_says_why_in_a_buyers_words():
     with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ was created open, not as a draft: "):
         a_po(PO.OPEN).submit(at=NOW)
     with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ is cancelled$"):
-        opened.cancel().submit(at=NOW)
+        opened.cancel(at=NOW).submit(at=NOW)
     with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ is a draft: submit it to its vendor first$"):
-        a_po(PO.DRAFT).receive(receipt(("MUG", 1)))
+        a_po(PO.DRAFT).receive(receipt(("MUG", 1)), at=NOW)
     with pytest.raises(InvalidTransition, match=r"^purchase order po_a+ is cancelled$"):
-        opened.cancel().receive(receipt(("MUG", 1)))
+        opened.cancel(at=NOW).receive(receipt(("MUG", 1)), at=NOW)
 
 
 @pytest.mark.parametrize("status", [PO.OPEN, PO.PARTIALLY_RECEIVED, PO.RECEIVED])
@@ -114,17 +117,17 @@ def test_each_new_version_is_validated_so_a_wrong_count_cost_or_time_is_refused_
     with pytest.raises(ValidationError, match="submitted_at"):
         draft.submit(at="when the vendor answers")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
-        draft.grow("MUG", -5, None)  # its line of 5 would order 0
+        draft.grow("MUG", -5, None, at=NOW)  # its line of 5 would order 0
     over = a_po().lines[1].model_copy(update={"received_quantity": 3})  # receive() refuses it first
     with pytest.raises(ValidationError, match="3 received of 2 ordered"):
-        a_po()._next(PO.PARTIALLY_RECEIVED, lines=[a_po().lines[0], over])
-    grown = draft.grow("MUG", 3, None)
+        a_po()._next(PO.PARTIALLY_RECEIVED, at=NOW, lines=[a_po().lines[0], over])
+    grown = draft.grow("MUG", 3, None, at=NOW)
     assert (grown.lines[0].quantity, grown.version, grown.status) == (8, 4, PO.DRAFT)
 
 
 def test_a_cancel_sent_again_answers_the_cancelled_po_as_it_is():
-    cancelled = a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel()
-    assert cancelled.cancel() is cancelled
+    cancelled = a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel(at=NOW)
+    assert cancelled.cancel(at=NOW) is cancelled
 
 
 def receipt(*lines: tuple[str, int]) -> Receipt:
@@ -132,9 +135,9 @@ def receipt(*lines: tuple[str, int]) -> Receipt:
 
 
 def test_receipts_move_the_po_to_partially_received_then_received():
-    partly = a_po().receive(receipt(("MUG", 3)))
+    partly = a_po().receive(receipt(("MUG", 3)), at=NOW)
     assert partly.status is PO.PARTIALLY_RECEIVED and partly.outstanding() == {"MUG": 2, "CUP": 2}
-    done = partly.receive(receipt(("MUG", 2), ("CUP", 2)))
+    done = partly.receive(receipt(("MUG", 2), ("CUP", 2)), at=NOW)
     assert done.status is PO.RECEIVED and done.outstanding() == {"MUG": 0, "CUP": 0} and done.version == 5
 
 
@@ -166,20 +169,20 @@ MUG_OVER = "{} MUG in this receipt, 4 outstanding (5 ordered, 1 received already
 def test_more_than_outstanding_or_a_sku_not_ordered_is_refused_whole_naming_the_receipt_line(lines, details):
     po = a_po(MUG=1)
     with pytest.raises(InvalidRequest) as refused:
-        po.receive(receipt(*lines))
+        po.receive(receipt(*lines), at=NOW)
     assert refused.value.code == "over_receipt" and refused.value.details == details
 
 
 @pytest.mark.parametrize("status", [PO.DRAFT, PO.RECEIVED, PO.CANCELLED])
 def test_only_an_open_po_is_received(status):
     with pytest.raises(InvalidTransition):
-        a_po(status).receive(receipt(("MUG", 1)))
+        a_po(status).receive(receipt(("MUG", 1)), at=NOW)
 
 
 def test_a_partly_received_po_may_be_cancelled_but_a_received_one_not():
-    assert a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel().status is PO.CANCELLED
+    assert a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel(at=NOW).status is PO.CANCELLED
     with pytest.raises(InvalidTransition):
-        a_po(PO.RECEIVED, MUG=5, CUP=2).cancel()
+        a_po(PO.RECEIVED, MUG=5, CUP=2).cancel(at=NOW)
 
 
 def receipts_counted(po: PurchaseOrder, *receipts: tuple[str, Receipt]) -> tuple[PurchaseOrder, dict, list]:
@@ -187,7 +190,7 @@ def receipts_counted(po: PurchaseOrder, *receipts: tuple[str, Receipt]) -> tuple
     kept: dict[str, RecordedReceipt] = {}
     answers = []
     for key, each in receipts:
-        received = po.receive(each)
+        received = po.receive(each, at=NOW)
         kept[key] = record_of(each, received, key, kept)
         po = received
         answers.append(po)
@@ -229,12 +232,12 @@ def test_the_receipts_a_po_keeps_are_bounded_and_one_past_the_bound_is_409(monke
     # receipt or cancel of it failed.
     po, kept, _ = receipts_counted(a_po(), ("k1", receipt(("MUG", 1))), ("k2", receipt(("MUG", 1))))
     one = receipt(("CUP", 1))
-    fits = record_of(one, po.receive(one), "k3", kept)
+    fits = record_of(one, po.receive(one, at=NOW), "k3", kept)
     monkeypatch.setattr("core.purchasing.MAX_RECEIPT_BYTES", sum(r.size(k) for k, r in kept.items()) + fits.size("k3"))
 
-    assert record_of(one, po.receive(one), "k3", kept) == fits
+    assert record_of(one, po.receive(one, at=NOW), "k3", kept) == fits
     with pytest.raises(Conflict) as full:
-        record_of(one, po.receive(one), "k30", kept)
+        record_of(one, po.receive(one, at=NOW), "k30", kept)
     assert full.value.code == "too_many_receipts"
 
 
@@ -359,3 +362,80 @@ def test_a_price_for_a_sku_not_on_the_draft_names_its_line_of_the_submission():
         {"field": "lines[1].sku", "message": "PLATE is not on purchase order po_" + "a" * 24},
         {"field": "lines[3].sku", "message": "BOWL is not on purchase order po_" + "a" * 24},
     ]
+
+
+# --- Receipts listed on the PO: what arrived, and when (an ERP books a goods-received note of each) --
+
+
+def test_each_receipt_is_listed_on_the_po_with_its_time_and_units_per_sku_and_the_po_says_when_it_changed():
+    later = NOW + timedelta(days=1)
+    first = a_po().receive(receipt(("MUG", 2), ("CUP", 1), ("MUG", 1)), at=NOW)
+    second = first.receive(receipt(("CUP", 1)), at=later)
+
+    assert second.receipts == [
+        PurchaseOrderReceipt(
+            received_at=NOW, lines=[ReceivedLine(sku="MUG", quantity=3), ReceivedLine(sku="CUP", quantity=1)]
+        ),
+        PurchaseOrderReceipt(received_at=later, lines=[ReceivedLine(sku="CUP", quantity=1)]),
+    ]
+    assert (first.updated_at, second.updated_at) == (NOW, later)
+    assert a_po().updated_at is None  # one last written before the OMS kept the time
+
+
+def test_a_submit_a_cancel_and_a_draft_grown_each_say_when_the_po_changed():
+    later = NOW + timedelta(hours=2)
+    assert a_po(PO.DRAFT).submit(at=later).updated_at == later
+    assert a_po(PO.DRAFT).grow("MUG", 1, None, at=later).updated_at == later
+    assert a_po().cancel(at=later).updated_at == later
+    cancelled = a_po().cancel(at=NOW)
+    assert cancelled.cancel(at=later).updated_at == NOW  # a cancel sent again changes nothing
+
+
+def test_the_receipts_kept_are_listed_oldest_first_and_one_kept_without_its_units_is_not():
+    """Receipts are kept by key (a map: no order), each with the version of the PO it made: that
+    orders them. One kept before receipts kept their time shows none (null); one kept before they
+    kept their units cannot say what arrived, and is left out."""
+    later = NOW + timedelta(days=3)
+    kept = {
+        "b": RecordedReceipt(digest="d2", version=7, units={"CUP": 2}, received_at=later),
+        "old": RecordedReceipt(),
+        "a": RecordedReceipt(digest="d1", version=5, units={"MUG": 1, "CUP": 1}),
+    }
+
+    assert receipts_listed(kept) == [
+        PurchaseOrderReceipt(
+            received_at=None, lines=[ReceivedLine(sku="MUG", quantity=1), ReceivedLine(sku="CUP", quantity=1)]
+        ),
+        PurchaseOrderReceipt(received_at=later, lines=[ReceivedLine(sku="CUP", quantity=2)]),
+    ]
+
+
+def test_a_receipt_keeps_the_time_it_was_counted_and_the_bound_counts_that_time(monkeypatch):
+    po, kept, _ = receipts_counted(a_po(), ("k1", receipt(("MUG", 1))))
+    one = receipt(("CUP", 1))
+    received = po.receive(one, at=NOW + timedelta(days=1))
+    record = record_of(one, received, "k2", kept)
+    assert record.received_at == received.updated_at == NOW + timedelta(days=1)
+    # Room for the receipt's digest, version and units but not its time: refused, nothing counted.
+    untimed = record.model_copy(update={"received_at": None}).size("k2")
+    monkeypatch.setattr("core.purchasing.MAX_RECEIPT_BYTES", sum(r.size(k) for k, r in kept.items()) + untimed)
+
+    with pytest.raises(Conflict) as full:
+        record_of(one, received, "k2", kept)
+    assert full.value.code == "too_many_receipts"
+
+
+def test_a_receipt_sent_again_answers_with_the_receipts_listed_up_to_it_and_its_time():
+    later = NOW + timedelta(days=1)
+    first = receipt(("MUG", 2))
+    po = a_po().receive(first, at=NOW)
+    kept = {"k1": record_of(first, po, "k1", {})}
+    after = po.receive(receipt(("CUP", 1)), at=later)
+    kept["k2"] = record_of(receipt(("CUP", 1)), after, "k2", kept)
+
+    again = counted_again(after, kept, "k1", first)
+
+    assert again == po and again.receipts == [
+        PurchaseOrderReceipt(received_at=NOW, lines=[ReceivedLine(sku="MUG", quantity=2)])
+    ]
+    assert again.updated_at == NOW

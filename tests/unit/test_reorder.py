@@ -215,19 +215,19 @@ def test_a_draft_grows_its_line_or_adds_one_priced_at_what_the_point_says_the_un
     cost, now = Money.of("4.00", "USD"), Money.of("9.00", "USD")
     draft = a_draft(PurchaseOrderLine(sku="MUG", quantity=20, unit_cost=cost))
 
-    grown = draft.grow("MUG", 20, now).grow("CUP", 5, None)
+    grown = draft.grow("MUG", 20, now, at=NOW).grow("CUP", 5, None, at=NOW)
 
     assert [(li.sku, li.quantity, li.unit_cost) for li in grown.lines] == [("MUG", 40, now), ("CUP", 5, None)]
     assert grown.version == draft.version + 2 and grown.status is PO.DRAFT
-    assert a_draft().grow("MUG", 1, cost).lines[0].unit_cost == cost  # an unpriced line takes the cost
-    assert draft.grow("MUG", 1, None).lines[0].unit_cost == cost  # no cost given: the one it has
+    assert a_draft().grow("MUG", 1, cost, at=NOW).lines[0].unit_cost == cost  # an unpriced line takes the cost
+    assert draft.grow("MUG", 1, None, at=NOW).lines[0].unit_cost == cost  # no cost given: the one it has
 
 
 def test_only_a_draft_grows():
     opened = a_draft(PurchaseOrderLine(sku="MUG", quantity=1, unit_cost=Money.of("1.00", "USD"))).submit(at=NOW)
 
     with pytest.raises(InvalidTransition):
-        opened.grow("MUG", 1, None)
+        opened.grow("MUG", 1, None, at=NOW)
     assert not opened.takes("MUG")
 
 

@@ -25,6 +25,7 @@ from core.reorder import ReorderPoint, ReorderRequest
 from core.status import PurchaseOrderStatus
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
+from functions.api.pages import page_that_fits
 from functions.api.paths import existing
 from functions.api.queries import Limit
 from functions.api.routes.catalog import IDENTIFIER, KnownLocationPath, KnownSkuPath
@@ -94,17 +95,23 @@ def create_purchase_order(request: NewPurchaseOrder, idempotency_key: Idempotenc
 @router.get(
     "/purchase-orders",
     summary="List purchase orders, in id order, by status and vendor",
-    description="Filtered, a page may hold fewer than `limit` POs (each page reads up to 1,000 of them): follow "
-    "`next_cursor` until it is null.",
+    description="Filtered, a page may hold fewer than `limit` POs (each page reads up to 1,000 of them), as may a "
+    "page of POs listing many receipts (it stops short of Lambda's 6 MB response): follow `next_cursor` until it is "
+    "null.",
     responses={**ok(200, PurchaseOrderPage, "A page of purchase orders"), **errors(403)},
 )
 @requires(Scope.PURCHASING_WRITE)
 def list_purchase_orders(
     status: PurchaseOrderStatus | None = None, vendor_id: VendorFilter = None, limit: Limit = 25, cursor: Cursor = None
-) -> PurchaseOrderPage:
+) -> Response[str]:
     where = PurchaseOrderFilter(status=status, vendor_id=vendor_id)
-    items, next_cursor = container().purchasing.list(where, limit, cursor)
-    return PurchaseOrderPage(items=items, next_cursor=next_cursor)
+
+    def read(size: int) -> tuple[list[PurchaseOrder], str | None]:
+        return container().purchasing.list(where, size, cursor)
+
+    # A PO lists its receipts (up to 256 KiB of them kept, more once shown): a page of such POs
+    # would pass Lambda's 6 MB response, so the page is cut to what fits, its cursor after the last.
+    return page_that_fits(read, limit, PurchaseOrderPage)
 
 
 @router.get(
@@ -186,7 +193,8 @@ def cancel_purchase_order(po_id: PurchaseOrderIdPath, if_match: CancelIfMatch = 
     "that sku, and nothing is counted. A receipt sent again with "
     "the same Idempotency-Key, however late, is counted once: the same body answers the purchase order as that "
     "receipt left it, another body is 409 `idempotency_key_reused`. A purchase order keeps a few thousand "
-    "receipts (256 KiB of them): past that a receipt is 409 `too_many_receipts`.",
+    "receipts (256 KiB of them): past that a receipt is 409 `too_many_receipts`. Extension: the answer lists the "
+    "receipt last of the PO's `receipts`, with its `received_at`, and `updated_at` is that time.",
     responses={**ok(200, PurchaseOrder, "The purchase order after the receipt"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
