@@ -38,7 +38,7 @@ from core.imports import (
 )
 from core.models import PlaceOrder, Shown, utc_now
 from core.services import CaptureService, asked_alike
-from core.status import ImportStatus
+from core.status import EDITABLE, RESOURCEABLE, ImportStatus, OrderStatus
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ SPLIT_INTERRUPTED = "split_interrupted"
 DEAD_LETTERED = "dead_lettered"
 # An order whose channel and external_id name an order placed with other content: not taken.
 DUPLICATE_EXTERNAL_ID = "duplicate_external_id"
+# The statuses such an order may still be edited in (PATCH /orders/{id}): past them, never again.
+CHANGEABLE = EDITABLE | RESOURCEABLE | {OrderStatus.ON_HOLD}
 MAX_PARKED_LISTED = 100  # a report lists the first of them by line (a broken plugin can park every order)
 # An SQS message holds 256 KiB with its attributes; a body this large is refused on its line.
 MAX_ORDER_BYTES = 250 * 1024
@@ -691,7 +693,8 @@ class OrderImporter:
         it asked otherwise (a feed that reuses order numbers, a correction sent under its number):
         as POST /orders answers 409, nothing of it is taken, and its sender must be told. An order
         placed before capture kept that hash cannot tell: a duplicate, as before."""
-        created = self._capture.created_entry(order_id)
+        found = self._capture.created_entry(order_id)
+        placed, created = found if found is not None else (None, None)
         detail = (created.detail or {}) if created is not None else {}
         if created is not None and (
             (origin is not None and created.actor == actor)
@@ -700,9 +703,14 @@ class OrderImporter:
             return ImportResult(Outcome.IMPORTED, order_id=order_id)
         asked = detail.get("request_hash")
         if isinstance(asked, str) and not asked_alike(asked, command):
+            # An order that has shipped or ended (Order.check_editable: for good) takes no edit, so
+            # the line is told the one way left.
+            ended = placed.status if placed is not None and placed.status not in CHANGEABLE else None
             message = (
-                f"an order with this channel and external_id already exists with other content: {order_id}; "
-                "nothing of this one was taken (send it under a new external_id, or change that order)"
+                f"an order with this channel and external_id already exists with other content: {order_id}"
+                + (f"; {order_id} is {ended.value} and can no longer be changed" if ended else "")
+                + "; nothing of this one was taken (send it under a new external_id"
+                + (")" if ended else ", or change that order)")
             )
             at = origin.line if origin is not None else 0
             return ImportResult(

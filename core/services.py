@@ -592,12 +592,11 @@ class CaptureService:
             return order
         return order if earlier_key is not None and kept == earlier_key else None
 
-    def created_entry(self, order_id: str) -> HistoryEntry | None:
-        """The entry that created order `order_id` (who placed it, and the `request_key` and
+    def created_entry(self, order_id: str) -> tuple[Order, HistoryEntry] | None:
+        """Order `order_id` and the entry that created it (who placed it, and the `request_key` and
         `request_hash` of the request that did), read consistently: its write may be a moment old.
         None when there is no such order."""
-        found = self._created(order_id)
-        return None if found is None else found[1]
+        return self._created(order_id)
 
     def _created(self, order_id: str) -> tuple[Order, HistoryEntry] | None:
         found = self._orders.history_range(order_id, 0, 1, consistent=True)

@@ -2094,9 +2094,33 @@ def test_a_csv_order_number_reused_with_other_content_is_an_error_on_its_line_an
     (error,) = imported["errors"]
     assert (error["line"], error["external_id"], error["code"]) == (2, "ext-1", "duplicate_external_id")
     assert first.id in error["message"] and "other content" in error["message"]
+    assert "or change that order" in error["message"]  # pending: an edit still takes it
     assert stored_order("market", "ext-1") == first
     # The request's hash is the system's own: never shown in the order's history.
     assert all("request_hash" not in (e.detail or {}) for e in history_shown(container().orders.history(first.id)))
+
+
+def test_a_number_reused_for_an_order_that_has_ended_says_it_can_no_longer_be_changed_only_sent_under_a_new_one(
+    stack: ImportAws,
+):
+    # A cut-over walk: an order the old system exported was declined (or cancelled) here, and the
+    # corrected row sent again under its number was told "or change that order"; the order has
+    # ended (or shipped), and an edit of it is 409. The line names its status and the one way left.
+    from functions.import_worker.app import container
+
+    monday_imported(stack)
+    first = container()._sweep_cancellation.cancel(order_id_for("market", "ext-1"), "customer asked", "key_admin")
+    assert first.status.value == "cancelled"
+
+    again = split(stack, "incoming/tuesday.csv", csv_file(csv_row("ext-1", quantity="2")))
+    stack.drain(worker)
+
+    (error,) = report(again)["errors"]
+    assert (error["line"], error["code"]) == (2, "duplicate_external_id")
+    assert f"{first.id} is cancelled and can no longer be changed" in error["message"]
+    assert "or change that order" not in error["message"]
+    assert "send it under a new external_id" in error["message"]
+    assert stored_order("market", "ext-1") == first
 
 
 def test_a_json_line_whose_external_id_is_a_number_is_an_error_on_its_line_never_a_poison_message(
