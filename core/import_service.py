@@ -38,7 +38,7 @@ from core.imports import (
 )
 from core.models import PlaceOrder, Shown, utc_now
 from core.services import CaptureService, asked_alike
-from core.status import EDITABLE, RESOURCEABLE, ImportStatus, OrderStatus
+from core.status import EDITABLE, RESOURCEABLE, ImportStatus
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ SPLIT_INTERRUPTED = "split_interrupted"
 DEAD_LETTERED = "dead_lettered"
 # An order whose channel and external_id name an order placed with other content: not taken.
 DUPLICATE_EXTERNAL_ID = "duplicate_external_id"
-# The statuses such an order may still be edited in (PATCH /orders/{id}): past them, never again.
-CHANGEABLE = EDITABLE | RESOURCEABLE | {OrderStatus.ON_HOLD}
+# The statuses such an order may still be edited in (PATCH /orders/{id}; on hold among them): past
+# them, never again.
+CHANGEABLE = EDITABLE | RESOURCEABLE
 MAX_PARKED_LISTED = 100  # a report lists the first of them by line (a broken plugin can park every order)
 # An SQS message holds 256 KiB with its attributes; a body this large is refused on its line.
 MAX_ORDER_BYTES = 250 * 1024
