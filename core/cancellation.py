@@ -7,6 +7,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
@@ -137,6 +138,7 @@ class Cancellation:
         confirms_parcels: bool = True,
         writes_off: bool = False,
         expected_version: int | None = None,
+        unless_refused: bool = False,
     ) -> Order:
         """End the order cancelled, release every reservation, void its authorization; an
         exchange's replacement gives its credit back on the original order (ExchangeCredits). Refused
@@ -161,7 +163,8 @@ class Cancellation:
         a ship's do, instead of going back on sale (_release). `expected_version` (the version the
         person cancelling read: their If-Match): an order at another, a cancelled one too, is 409
         `version_conflict` (Order.check_seen), judged in the cancel's conditional write: nothing
-        written, released or voided."""
+        written, released or voided. `unless_refused` (the clean-up the outbox starts for a cancel
+        written elsewhere: `void`'s): no void the gateway refused already is asked again."""
 
         read: list[Order] = []  # the version the cancel was decided on, which still lists its allocations
 
@@ -183,7 +186,7 @@ class Cancellation:
         if self._backorders is not None:
             self._backorders.left(read[-1] if read else order, order)
         try:
-            order = self.void(order, actor)
+            order = self.void(order, actor, unless_refused=unless_refused)
         except PluginUnavailable:
             raise  # no plugin loaded: nothing recorded the void owed, so the client must repeat the cancel
         except (PaymentRefused, PluginError):
@@ -253,7 +256,7 @@ class Cancellation:
                                followed_by=_after_the_void, authorization=authorization, **detail),
         )  # fmt: skip
 
-    def void(self, order: Order, actor: str) -> Order:
+    def void(self, order: Order, actor: str, *, unless_refused: bool = False) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
         and never recorded is settled (settle_capture_requests), and every other authorization an
         edit or a renewal left (void_requested_authorization, release_renewal,
@@ -264,11 +267,16 @@ class Cancellation:
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
         Raises PaymentRefused, PaymentGatewayUnavailable or a payment plugin's PluginError (NOT_MADE,
         _first_to_retry) with every failed attempt recorded (a plugin's failure leaves its own owed);
-        otherwise the order no longer owes its own (Order.own_void_owed)."""
+        otherwise the order no longer owes its own (Order.own_void_owed). `unless_refused` (the
+        clean-up of a cancel that asked already, CancelRecorded): neither its own authorization nor
+        one an edit or a renewal replaced is asked again when the gateway refused its void and
+        nothing since left it owed: under the same key it answers the same refusal, and a second
+        `payment_void_failed` would count the one hold twice for VoidsNotMadeAlarm."""
         order = self.settle_capture_requests(order, actor)
         failed: list[Exception] = []
-        releases = (self.void_requested_authorization, self.release_renewal, self.void_replaced_authorizations,
-                    self.release_given_up_keys, self._void_own)  # fmt: skip
+        releases = (self.void_requested_authorization, self.release_renewal,
+                    partial(self.void_replaced_authorizations, unless_refused=unless_refused),
+                    self.release_given_up_keys, partial(self._void_own, unless_refused=unless_refused))  # fmt: skip
         for release in releases:
             try:
                 order = release(order, actor)
@@ -300,7 +308,7 @@ class Cancellation:
         at = self._clock()
         return modify(self._orders, order.id, lambda current: current.record_own_void_settled(at=at))
 
-    def _void_own(self, order: Order, actor: str) -> Order:
+    def _void_own(self, order: Order, actor: str, *, unless_refused: bool = False) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
             return self.release_lost_authorizations(order, actor, unrecorded=self.own_keys_asked(order))
@@ -316,6 +324,10 @@ class Cancellation:
             )  # fmt: skip
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
             return order
+        if unless_refused and not order.own_void_owed:
+            found = self._orders.history(order.id, consistent=True)
+            if authorization in voids_refused(found[1] if found is not None else []):
+                return order  # refused, and nothing since left it owed: a person releases it
         result = self._void(order, authorization, actor)
         at = self._clock()
         return modify(

@@ -1412,16 +1412,18 @@ class Workflow:
         With `error` CANCEL_RECORDED (the execution the outbox starts for every cancel recorded
         outside the workflow) it only finishes that cancel's clean-up, which the request, the
         jeopardy scan or the pickup expiry that wrote it may have died before finishing: an order
-        that is not cancelled is left alone. An order a person put on hold while the step that
-        failed ran is left on hold too, as FailPayment leaves it: its release starts the workflow
-        again, which sources it anew (stock may have come meanwhile)."""
+        that is not cancelled is left alone, and a void the gateway refused that cancel is not asked
+        again (the same key's answer is the same refusal: a person releases it). An order a person
+        put on hold while the step that failed ran is left on hold too, as FailPayment leaves it:
+        its release starts the workflow again, which sources it anew (stock may have come
+        meanwhile)."""
         if error == CANCEL_RECORDED and self._load(order_id, consistent=True).status is not S.CANCELLED:
             return
         reason = "out_of_stock" if error == "OutOfStock" else "workflow_error"
         try:
             self._cancellation.cancel(
                 order_id, reason, WORKFLOW_ACTOR, detail={"error": error, "message": caught_message(cause)},
-                closed_ok=True, retry_void_later=True, spare_held=True,
+                closed_ok=True, retry_void_later=True, spare_held=True, unless_refused=error == CANCEL_RECORDED,
             )  # fmt: skip
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None

@@ -176,6 +176,30 @@ def test_a_declined_payment_is_no_cancel_its_lines_stay_as_ordered(api):
     assert (units(failed), failed["totals"]) == ([(2, 0)], order["totals"])
 
 
+def test_a_void_the_gateway_refused_is_one_refusal_in_the_history_after_the_cancels_clean_up(api):
+    """A desk cancels an order whose authorization the gateway will not void (tok_void_decline): the
+    cancel answers 200, the payment stays `authorized`, one `payment_void_failed` (refused) calls a
+    person. Before: the execution the outbox starts for every cancel written outside the workflow
+    (CancelRecorded) asked the gateway the same void again under the same key, which answered the
+    same refusal, and wrote a second refusal in the workflow's name (VoidsNotMadeAlarm counted the
+    one hold twice); the jeopardy scan's hold expiry did the same."""
+    from core.workflow import CANCEL_RECORDED
+
+    body = order_body(external_id=f"web-w{next(_orders)}", lines=[{"sku": "MUG", "quantity": 1}],
+                      payment={"method": "test", "token": "tok_void_decline"})  # fmt: skip
+    order = run_to_allocated(api, api.post("/orders", json=body).json()["id"])
+    done = cancel(api, order["id"])
+
+    workflow().cancel_after_failure(order["id"], CANCEL_RECORDED, "a cancel recorded outside the workflow")
+
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    refusals = [(h["actor"], h["detail"]["kind"]) for h in history if h["type"] == "payment_void_failed"]
+    assert refusals == [("key_admin", "refused")]
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (done["payment"]["status"], after["payment"]["status"]) == ("authorized", "authorized")
+    assert after["payment"]["authorized"] == order["payment"]["authorized"]  # nothing recorded as voided
+
+
 @pytest.mark.parametrize(
     ("lines", "field"),
     [([("L1", 3)], "lines[0].quantity"), ([("L1", 2), ("L7", 1)], "lines[1].line_id")],
