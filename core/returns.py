@@ -106,6 +106,11 @@ CLOSED = frozenset({R.REJECTED, R.CANCELLED})
 RETURN_EXPIRED = "return_expired"
 
 
+# What a refund's refusal says (RefundNotDone), read in a return_stuck entry after the retries too:
+# what the workflow did, never a promise of another try (a refusal after them is a person's).
+ASKED_AGAIN = "the returns workflow asks again under a new key while its retries last"
+
+
 class RefundNotDone(DomainError):
     """The gateway refused a return's refund (recorded `failed` on the order): the workflow's Retry
     runs the refund step again, which asks under a new key."""
@@ -836,7 +841,7 @@ class Returns:
             return Money.zero(replacement.currency)
         refund = self._credits.draw(replacement, item.id, uncovered, actor)
         if refund is not None and refund.status != RefundStatus.SUCCEEDED:
-            raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; it is tried again")
+            raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; {ASKED_AGAIN}")
         drawn = refund.amount if refund is not None else Money.zero(replacement.currency)
         short = uncovered - drawn
         if short.amount > 0:
@@ -989,7 +994,7 @@ class Returns:
                 item.order_id, decide, reason or f"return {item.id}", actor, kind="return", return_id=item.id
             )
             if refund is not None and refund.status != RefundStatus.SUCCEEDED:
-                raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
+                raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; {ASKED_AGAIN}")
             if refund is None and beyond is not None and shares is not None:
                 # A replacement's captures gave nothing of it (its credit refunds it whole): what
                 # its units were worth is recorded all the same, as a refund records it.
@@ -1239,7 +1244,7 @@ class Returns:
             if drawn is None:
                 return zero
             if drawn.status != RefundStatus.SUCCEEDED:
-                raise RefundNotDone(f"the rest of return {item.id}'s credit is {drawn.status}; it is tried again")
+                raise RefundNotDone(f"the rest of return {item.id}'s credit is {drawn.status}; {ASKED_AGAIN}")
             return drawn.amount
 
         return self._pay_back(item, original, rest_of_credit, actor, beyond=carried_rest)

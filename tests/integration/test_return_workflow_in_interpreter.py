@@ -387,6 +387,11 @@ def test_a_refund_the_gateway_refuses_is_asked_again_then_recorded_stuck(stack: 
     order = api.get(f"/orders/{order_id}").json()
     assert (order["payment"]["refunded"]["amount"], order["status"]) == ("0.00", "partially_returned")
     assert api.get(f"/returns/{rma}").json()["status"] == "received"
+    (stuck,) = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "return_stuck"]
+    # Read by the desk after the retries ended: it says what the workflow did, never "it is tried again".
+    assert stuck["detail"]["message"] == (
+        f"the refund of return {rma} is failed; the returns workflow asks again under a new key while its retries last"
+    )
 
 
 # --- Exchanges ----------------------------------------------------------------------------------
