@@ -200,7 +200,7 @@ class PurchaseOrder(Shown):
     # Shown, never stored in the PO's document: read from the receipts kept on its item
     # (RecordedReceipt, receipts_listed), where each receipt is written once, under its key.
     receipts: list[PurchaseOrderReceipt] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Every receipt counted on it, oldest first, sent with an Idempotency-Key or without (a receipt "
         "sent again under its key is not another); one counted before receipts kept their units is not listed",
     )
