@@ -79,7 +79,9 @@ class NewApiKey(BaseModel):
     ) = Field(
         default=None,
         description="Extension: the locations (warehouses, stores) the key acts at, and only there: a stock write, a "
-        "parcel's confirmation, a purchase order or a return received at another location is 403. Each must exist.",
+        "parcel's confirmation, a purchase order, a return received, a store's pickup list or a PUT /locations at "
+        "another location (or one the network does not have) is 403, and a carrier's tracking report, which names "
+        "parcels of any location, is refused whole. Each must exist.",
     )
 
     @field_validator("scopes")

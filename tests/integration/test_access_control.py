@@ -924,6 +924,28 @@ def test_a_location_bound_key_reads_the_pickup_list_of_its_own_stores_only(
         assert_refused_at(response, store)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("GET", "/orders", None),
+     ("PUT", "/inventory/{sku}/{nowhere}", {"on_hand": 5})],
+    ids=["pickup-list", "stock-take"],
+)  # fmt: skip
+def test_a_location_bound_key_naming_a_location_the_network_does_not_have_is_refused_as_anywhere_else(
+    api: InProcessApi, sites: TwoSites, method: str, path: str, body: dict[str, Any] | None
+):
+    # README, Location binding: 403 before anything is read (an unbound key's pickup list is 422
+    # unknown_location), so a store's tablet with a mistyped id reads as refused, not as an empty store.
+    nowhere = unique("nowhere")
+    before = api.get(f"/inventory/{sites.own_sku}").json()
+    where = path.format(nowhere=nowhere, sku=sites.own_sku)
+    params = {"pickup_location_id": nowhere} if method == "GET" else None
+
+    response = api.request(method, where, key=sites.key["key"], json=body, params=params)
+
+    assert_refused_at(response, nowhere)
+    assert api.get(f"/inventory/{sites.own_sku}").json() == before
+
+
 @pytest.mark.parametrize("where", ["own", "other"])
 def test_a_location_bound_key_replaces_only_its_own_locations(api: InProcessApi, sites: TwoSites, where: str):
     location = sites.at(where)[0]

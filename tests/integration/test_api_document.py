@@ -252,7 +252,12 @@ def test_a_key_s_location_binding_is_described_as_sent_and_as_shown(document: di
 
     assert (sent["minItems"], sent["maxItems"], sent["uniqueItems"]) == (1, 50, True)
     assert sent["items"]["pattern"] == IDENTIFIER_PATTERN
-    assert "403" in schemas["NewApiKey"]["properties"]["location_ids"]["description"]
+    description = schemas["NewApiKey"]["properties"]["location_ids"]["description"]
+    assert "403" in description
+    # Every place the README's Location binding refuses a bound key, named where a client reads the field:
+    # not only stock and parcels, but a store's pickup list, a location's own record and a carrier's report.
+    for refused in ("stock", "parcel", "purchase order", "return", "pickup list", "PUT /locations", "tracking"):
+        assert refused in description, refused
     for shown in ("ApiKey", "IssuedApiKey"):
         assert "location_ids" in schemas[shown]["required"], shown
         assert {"type": "null"} in schemas[shown]["properties"]["location_ids"]["anyOf"], shown
