@@ -1,4 +1,4 @@
-"""Query parameters many routes share: a page's `limit`, written in digits only."""
+"""Query parameters many routes share: a page's `limit`, written in digits only, and its `cursor`."""
 
 from __future__ import annotations
 
@@ -23,3 +23,7 @@ def _written_in_digits(value: Any) -> Any:
 # annotation, writes `ge`/`le` into the OpenAPI document instead of `minimum`/`maximum`, so clients
 # and schemathesis would read -5 as a valid limit.
 Limit = Annotated[int, Field(ge=1, le=100), BeforeValidator(_written_in_digits), Query()]
+
+# The opaque cursor of a list's next page, as the page before returned it (each list checks it is
+# one of its own for the same filters: 422 `invalid_cursor` otherwise).
+Cursor = Annotated[str | None, Query(max_length=2048)]

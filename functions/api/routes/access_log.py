@@ -1,9 +1,6 @@
 """The access log of an order: every read and change, with the key that made it (issue 14)."""
 
-from typing import Annotated
-
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.access_log import AccessEntry
@@ -11,7 +8,7 @@ from core.models import Shown
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -55,7 +52,7 @@ class AccessLogPage(Shown):
 def get_access_log(
     order_id: OrderIdPath,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> AccessLogPage:
     items, next_cursor = container().access_log.page(order_id, caller(router).channel, limit, cursor)
     return AccessLogPage(items=items, next_cursor=next_cursor)

@@ -1,10 +1,7 @@
 """API keys: issue, list, revoke (admin only)."""
 
-from typing import Annotated
-
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
 from core.models import Shown
@@ -13,7 +10,7 @@ from functions.api.access import caller, requires
 from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -63,7 +60,7 @@ def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
 @requires(Scope.ADMIN)
 def list_api_keys(
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> ApiKeyPage:
     items, next_cursor = container().api_keys.list(limit, cursor)
     return ApiKeyPage(items=items, next_cursor=next_cursor)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel
 
 from core.access import Scope, refuse_elsewhere
@@ -12,7 +12,7 @@ from core.models import IDENTIFIER_PATTERN, Location, LocationInput, Product, Pr
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -76,6 +76,6 @@ def put_location(location_id: LocationPath, location: LocationInput) -> Response
     responses={**ok(200, LocationList, "A page of locations"), **errors(403)},
 )
 @requires(ANY_KEY)
-def list_locations(limit: Limit = 25, cursor: Annotated[str | None, Query(max_length=2048)] = None) -> LocationList:
+def list_locations(limit: Limit = 25, cursor: Cursor = None) -> LocationList:
     items, next_cursor = container().catalog.locations(limit, cursor)
     return LocationList(items=items, next_cursor=next_cursor)

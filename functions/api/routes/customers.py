@@ -17,7 +17,7 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -111,7 +111,7 @@ def get_customer(customer_id: CustomerIdPath) -> CustomerView:
 def find_customers(
     email: EmailQuery,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> CustomerPage:
     items, next_cursor = container().aggregates.customers_by_email(email, caller(router).channel, limit, cursor)
     return CustomerPage(items=items, next_cursor=next_cursor)

@@ -1,9 +1,6 @@
 """Bulk imports: their progress, totals and per-line errors (files land in the imports bucket)."""
 
-from typing import Annotated
-
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.errors import InvalidCursor, NotFound
@@ -12,7 +9,7 @@ from core.models import Shown
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -37,7 +34,7 @@ class ImportPage(Shown):
 @requires(Scope.ORDERS_READ)
 def list_imports(
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> ImportPage:
     if caller(router).channel is not None:
         if cursor is not None:  # never one this list returned to it: its pages are always empty

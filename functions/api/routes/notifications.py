@@ -1,9 +1,6 @@
 """Customer notifications: what the OMS told (or would have told) an order's customer (issue 14)."""
 
-from typing import Annotated
-
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import Scope
@@ -11,13 +8,12 @@ from core.notifications import Notification
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
 
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
-Cursor = Annotated[str | None, Query(max_length=2048)]
 
 
 class NotificationPage(BaseModel, defer_build=True):

@@ -24,7 +24,7 @@ from functions.api.errors import ApiError
 from functions.api.label_links import with_label_links
 from functions.api.pages import page_that_fits
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, OrderReceipt, errors, ok
 from functions.api.versions import if_match_header, seen_version, version_in
@@ -196,7 +196,7 @@ def list_orders(
     status: Annotated[OrderStatus | None, Query()] = None,
     channel: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] = None,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
     jeopardy: Annotated[
         Literal["true"] | None,
         Query(description="`true`: only orders past the deadline of their current status (OMS_SLA)"),
@@ -278,7 +278,7 @@ def list_orders(
 def get_history(
     order_id: OrderIdPath,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> HistoryPage:
     items, next_cursor = container().orders.history_page(order_id, caller(router).channel, limit, cursor)
     return HistoryPage(items=history_shown(items), next_cursor=next_cursor)

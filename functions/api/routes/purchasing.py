@@ -27,7 +27,7 @@ from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.pages import page_that_fits
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.routes.catalog import IDENTIFIER, KnownLocationPath, KnownSkuPath
 from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
@@ -37,7 +37,6 @@ router = Router()
 
 VendorPath = Annotated[str, Path(pattern=IDENTIFIER, description="Vendor id")]
 PurchaseOrderIdPath = existing("purchase order", r"^po_[a-z2-7]{24}$", "Purchase order id")
-Cursor = Annotated[str | None, Query(max_length=2048)]
 VendorFilter = Annotated[str | None, Query(pattern=IDENTIFIER)]
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.ids import new_id
 from core.refunds import Refund, RefundPage, RefundRequest
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath, SeenIfMatch
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
@@ -97,7 +96,7 @@ def refund_order(
 def list_refunds(
     order_id: OrderIdPath,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> RefundPage:
     items, next_cursor = container().refunds.page(order_id, caller(router).channel, limit, cursor)
     return RefundPage(items=items, next_cursor=next_cursor)

@@ -15,7 +15,7 @@ from functions.api.dependencies import container
 from functions.api.label_links import with_return_label_link
 from functions.api.pages import page_that_fits
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
@@ -90,7 +90,7 @@ def request_return(
 def list_order_returns(
     order_id: OrderIdPath,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> Response[str]:
     who = caller(router)
 
@@ -111,7 +111,7 @@ def list_order_returns(
 def list_returns(
     status: Annotated[ReturnStatus | None, Query()] = None,
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> Response[str]:
     channel = caller(router).channel
 

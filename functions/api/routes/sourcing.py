@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.models import PlaceOrder
@@ -14,7 +13,7 @@ from core.sourcing_rules import NewSourcingRules, SourcingRules, SourcingRulesHi
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
 from functions.api.versions import if_match_header, seen_version
@@ -60,7 +59,7 @@ def put_sourcing_rules(rules: NewSourcingRules, if_match: RulesIfMatch = None) -
 @requires(ANY_KEY)
 def get_sourcing_rules_history(
     limit: Limit = 25,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Cursor = None,
 ) -> SourcingRulesHistory:
     return container().sourcing_rules_service.history(limit, cursor)
 

@@ -1,11 +1,9 @@
 """Webhooks: subscribe, list, read, delete, and each subscription's deliveries (issue 14)."""
 
-from typing import Annotated
 from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.ids import webhook_id_for
@@ -16,7 +14,7 @@ from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.paths import existing
-from functions.api.queries import Limit
+from functions.api.queries import Cursor, Limit
 from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
 
@@ -24,7 +22,6 @@ router = Router()
 
 WebhookIdPath = existing("webhook", r"^whk_[a-z2-7]{24}$", "Webhook id")
 DeliveryIdPath = existing("delivery", r"^dlv_[0-9a-f]{14}[a-z2-7]{16}$", "Delivery id")
-Cursor = Annotated[str | None, Query(max_length=2048)]
 
 
 class WebhookPage(Shown):
