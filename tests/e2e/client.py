@@ -227,10 +227,21 @@ def amounts(order: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def unsigned(order: dict[str, Any]) -> dict[str, Any]:
-    """The order with each label link cut to the object it names: links are signed at each read."""
-    shipments = [{**s, "label_url": urlsplit(s["label_url"]).path} for s in order["shipments"]]
-    return {**order, "shipments": shipments}
+def unsigned(answer: Any) -> Any:
+    """An answer (an order, a shipment, a return, a list of them...) with each label link cut to the
+    object it names: a link is signed anew for each answer that hands it out, valid 15 minutes from
+    then (the README's "signed at each read"), so two answers a second apart differ there and
+    nowhere else."""
+    if isinstance(answer, dict):
+        return {
+            key: urlsplit(value).path if key == "label_url" and isinstance(value, str) else unsigned(value)
+            for key, value in answer.items()
+        }
+    if isinstance(answer, list | tuple):
+        return [unsigned(value) for value in answer]
+    if isinstance(answer, str) and "X-Amz-Signature=" in answer:
+        return urlsplit(answer).path
+    return answer
 
 
 def stored_document(item: dict[str, Any]) -> dict[str, Any]:

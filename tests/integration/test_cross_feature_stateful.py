@@ -75,7 +75,7 @@ from functions.adapters.dynamodb import from_item
 from functions.api.dependencies import container
 from functions.bootstrap import Config, bootstrap, forget_warm_containers
 from tests.builders import location_body, order_body, product_body
-from tests.e2e.client import assert_error
+from tests.e2e.client import assert_error, unsigned
 from tests.integration.conftest import pass_through_workflow
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 from tests.integration.test_backorders import stream_delivery
@@ -107,20 +107,6 @@ times = st.integers(min_value=1, max_value=2)  # 2: the same request again, as a
 # from the state: hypothesis replays and shrinks an example by its draws, and a draw whose range
 # came from the system's answers drew differently on replay (FlakyStrategyDefinition).
 picks = st.integers(min_value=0, max_value=255)
-
-
-def unsigned(answer: Any) -> Any:
-    """An answer with each `label_url` cut to its object's address: a link is signed when the answer
-    is given (short-lived: the README's "signed at each read"), so the first answer given again under its
-    Idempotency-Key carries the same label under a newer signature once a second has passed."""
-    if isinstance(answer, dict):
-        return {
-            name: value.split("?", 1)[0] if name == "label_url" and isinstance(value, str) else unsigned(value)
-            for name, value in answer.items()
-        }
-    if isinstance(answer, list):
-        return [unsigned(value) for value in answer]
-    return answer
 
 
 def first(pair: tuple[int, int]) -> int:

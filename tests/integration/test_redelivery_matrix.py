@@ -34,7 +34,7 @@ from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
 from plugins.flat_rate_carrier import tracking_number
 from tests.builders import csv_file, csv_row, location_body, product_body, template_schedule
-from tests.e2e.client import Catalog, order_body, unique
+from tests.e2e.client import Catalog, order_body, unique, unsigned
 from tests.integration.conftest import PASS_MACHINE, copy_tables, pass_through_workflow, tables_now
 from tests.integration.import_support import create_import_resources, lambda_sqs_record
 from tests.integration.in_process import FAST, InProcessApi
@@ -288,19 +288,6 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         else:
             found[part] = {"before": old, "after": new}
     return found
-
-
-def unsigned(answer: Any) -> Any:
-    """The answer with each presigned link (a label's) cut at its query: a link is signed anew for
-    each answer that hands it out, valid 15 minutes from then, so two answers a second apart differ
-    there and nowhere else."""
-    if isinstance(answer, dict):
-        return {key: unsigned(value) for key, value in answer.items()}
-    if isinstance(answer, list | tuple):
-        return [unsigned(value) for value in answer]
-    if isinstance(answer, str) and "X-Amz-Signature=" in answer:
-        return answer.partition("?")[0]
-    return answer
 
 
 # --- The rows --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from functions.adapters.dynamodb import DynamoOrders
 from tests.builders import location_body, product_body
+from tests.e2e.client import unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 from tests.integration.test_cancel_units_api import allocated, ship
 
@@ -58,11 +59,6 @@ def stock(api: InProcessApi, sku: str, location_id: str) -> tuple[int, int]:
     level = next(loc for loc in api.get(f"/inventory/{sku}").json()["locations"] if loc["location_id"] == location_id)
     assert level["available"] >= 0 and level["on_hand"] >= level["reserved"] >= 0, level
     return level["on_hand"], level["reserved"]
-
-
-def unsigned(shipment: dict[str, Any]) -> dict[str, Any]:
-    """A shipment as shown, but its label link (signed anew at each answer)."""
-    return {key: value for key, value in shipment.items() if key != "label_url"}
 
 
 def amount(money: dict[str, str]) -> Decimal:
