@@ -453,15 +453,21 @@ def _object_schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str
             return schema
 
 
-@pytest.mark.parametrize("where", list(CONTRACT_SHAPES), ids=" ".join)
-def test_every_field_the_contract_lists_is_documented_and_required_in_the_answer(
-    document: dict[str, Any], where: tuple[str, ...]
-):
+def _answered_object(document: dict[str, Any], where: tuple[str, ...]) -> dict[str, Any]:
+    """The object an answer holds at `where`: (method, path, status, then property names into it)."""
     method, path, status, *into = where
     answer = document["paths"][path][method.lower()]["responses"][status]["content"]["application/json"]
     schema = _object_schema(document, answer["schema"])
     for name in into:
         schema = _object_schema(document, schema["properties"][name])
+    return schema
+
+
+@pytest.mark.parametrize("where", list(CONTRACT_SHAPES), ids=" ".join)
+def test_every_field_the_contract_lists_is_documented_and_required_in_the_answer(
+    document: dict[str, Any], where: tuple[str, ...]
+):
+    schema = _answered_object(document, where)
     listed = CONTRACT_SHAPES[where]
     assert listed <= set(schema["properties"]), listed - set(schema["properties"])
     assert listed <= set(schema.get("required", [])), listed - set(schema.get("required", []))
@@ -478,11 +484,7 @@ def test_a_purchase_order_documents_each_receipt_with_its_time_and_when_it_last_
 ):
     # An extension of API.md's PurchaseOrder (README, Purchasing): an ERP books a goods-received
     # note per receipt, dated, from these.
-    method, path, status, *into = where
-    answer = document["paths"][path][method.lower()]["responses"][status]["content"]["application/json"]
-    po = _object_schema(document, answer["schema"])
-    for name in into:
-        po = _object_schema(document, po["properties"][name])
+    po = _answered_object(document, where)
     receipt = _object_schema(document, po["properties"]["receipts"])
     line = _object_schema(document, receipt["properties"]["lines"])
 
