@@ -24,6 +24,15 @@ def _written_in_digits(value: Any) -> Any:
 # and schemathesis would read -5 as a valid limit.
 Limit = Annotated[int, Field(ge=1, le=100), BeforeValidator(_written_in_digits), Query()]
 
+
+def _not_empty(value: Any) -> Any:
+    # A client that templates `?cursor=${next}` sends it empty for the first page: told what to do,
+    # where a list reading it would call it tampered with.
+    if value == "":
+        raise PydanticCustomError("string_too_short", "is empty: leave cursor out to read the first page")
+    return value
+
+
 # The opaque cursor of a list's next page, as the page before returned it (each list checks it is
 # one of its own for the same filters: 422 `invalid_cursor` otherwise).
-Cursor = Annotated[str | None, Query(max_length=2048)]
+Cursor = Annotated[str | None, BeforeValidator(_not_empty), Query(min_length=1, max_length=2048)]

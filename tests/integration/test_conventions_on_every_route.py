@@ -209,6 +209,20 @@ def test_a_cursor_the_list_never_issued_is_422_invalid_cursor(
 
 
 @pytest.mark.parametrize("route", CURSORED, ids=[_id(r) for r in CURSORED])
+def test_an_empty_cursor_is_422_saying_to_leave_it_out_for_the_first_page(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # A client that templates `?cursor=${next}` sends it empty on the first page: told what to
+    # do, not that its cursor was tampered with.
+    method, path = route
+
+    answer = api.request(method, _path(path, **world.ids()), params={**_required_query(route), "cursor": ""})
+
+    error = assert_error(answer, 422, "validation_error", "cursor")
+    assert error["details"] == [{"field": "cursor", "message": "is empty: leave cursor out to read the first page"}]
+
+
+@pytest.mark.parametrize("route", CURSORED, ids=[_id(r) for r in CURSORED])
 def test_next_cursor_is_null_on_the_last_page_and_no_page_is_empty(
     api: InProcessApi, world: World, route: tuple[str, str]
 ):
