@@ -4,6 +4,8 @@ while a pickup parcel a carrier booked before keeps its booking and is cancelled
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -339,3 +341,23 @@ def test_a_slip_that_fits_one_page_is_one_page_with_no_page_numbers(world):
     slip = pick_slip(order, parcel.id, store, parcel.lines, 700).document
 
     assert slip.count(b"/Type /Page ") == 1 and b" page 1 of" not in slip
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext (poppler-utils) is not installed")
+def test_a_real_pdf_reader_reads_every_line_of_a_long_slip_page_by_page(tmp_path, clock):
+    world = build_world([("PEN", "store-sf", 100)], clock=clock)
+    order: Order = world.allocated(*[("PEN", 1)] * 40, **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+    path = tmp_path / "slip.pdf"
+    path.write_bytes(pick_slip(order, parcel.id, store, parcel.lines, 400).document)
+
+    result = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True)
+
+    pages = result.stdout.split("\f")[:-1]  # a form feed ends each page
+    assert len(pages) == 2 and result.stderr == ""
+    assert re.findall(r"^\f?L(\d+) +PEN +x1$", result.stdout, re.M) == [str(n) for n in range(1, 41)]
+    assert [page.strip().splitlines()[-1] for page in pages] == [
+        f"Pick slip {parcel.tracking_number} page {n} of 2" for n in (1, 2)
+    ]
