@@ -1,11 +1,11 @@
-"""Single-page PDFs of 4x6 inches written by hand: the built-in carrier's labels and the OMS's pick slips."""
+"""PDFs of 4x6 inch pages written by hand: the built-in carrier's labels and the OMS's pick slips."""
 
 import hashlib
 import unicodedata
 
 from core.models import Address, Order, ShipmentLine, units_text
 
-# The PDF is written by hand: a single page with uncompressed text in the standard Helvetica
+# The PDF is written by hand: a page with uncompressed text in the standard Helvetica
 # fonts (every PDF reader has them, so nothing is embedded) takes about 40 lines, and no
 # well-kept PDF writer is a dependency of the OMS; adding one (and its native wheels) to every
 # Lambda package for a stand-in carrier's label and a store's pick slip would not pay for itself.
@@ -14,7 +14,11 @@ from core.models import Address, Order, ShipmentLine, units_text
 PAGE_WIDTH = 288
 PAGE_HEIGHT = 432
 MARGIN = 18
-MAX_LABEL_LINES = 12  # content lines listed before "... and N more lines"
+MAX_LABEL_LINES = 12  # content lines a label lists before "... and N more lines"
+FOOTER_SIZE = 7
+FOOTER_ROOM = FOOTER_SIZE + 2 + 4  # a page number's row under a page's last row, and a gap above it
+
+Row = tuple[str, float, str] | None  # (font, size, text) of a line of text, or None for a rule
 
 
 def gs1_check_digit(digits: str) -> str:
@@ -100,15 +104,17 @@ def contents_heading(lines: list[ShipmentLine]) -> str:
     return f"Contents ({units_text(sum(line.quantity for line in lines))}):"
 
 
-def content_lines(order: Order, lines: list[ShipmentLine]) -> list[str]:
+def content_lines(order: Order, lines: list[ShipmentLine], limit: int | None = MAX_LABEL_LINES) -> list[str]:
+    """A parcel's lines, one row each: the first `limit - 1` and a count of the rest when there are
+    more than `limit` (a label's one page), every one with no limit (a pick slip, picked from)."""
     sku_of = {line.line_id: line.sku for line in order.lines}
     listed = [f"{line.line_id}  {sku_of.get(line.line_id, '?')}  x{line.quantity}" for line in lines]
-    if len(listed) > MAX_LABEL_LINES:
-        listed = [*listed[: MAX_LABEL_LINES - 1], f"... and {len(listed) - MAX_LABEL_LINES + 1} more lines"]
+    if limit is not None and len(listed) > limit:
+        listed = [*listed[: limit - 1], f"... and {len(listed) - limit + 1} more lines"]
     return listed
 
 
-def rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
+def rendered(rows: list[Row]) -> bytes:
     """The page's content stream: (font, size, text) rows top-down, None a rule between blocks."""
     commands: list[str] = []
     y = PAGE_HEIGHT - MARGIN
@@ -124,6 +130,33 @@ def rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
     return "\n".join(commands).encode("ascii")
 
 
+def _height(row: Row) -> float:
+    return 8 if row is None else row[1] + 2
+
+
+def paged(rows: list[Row], name: str) -> list[bytes]:
+    """The content streams of `rows` top-down over as many pages as they need: one page as
+    `rendered` makes it when they fit, else pages each ending in "<name> page k of n" (a page that
+    comes apart from the first still says whose it is)."""
+    if sum(_height(row) for row in rows) <= PAGE_HEIGHT - 2 * MARGIN:
+        return [rendered(rows)]
+    room = PAGE_HEIGHT - 2 * MARGIN - FOOTER_ROOM
+    pages: list[list[Row]] = [[]]
+    used = 0.0
+    for row in rows:
+        if used + _height(row) > room:
+            pages.append([])
+            used = 0.0
+        pages[-1].append(row)
+        used += _height(row)
+    last = len(pages)
+    return [rendered(page) + b"\n" + _footer(f"{name} page {k} of {last}") for k, page in enumerate(pages, start=1)]
+
+
+def _footer(text: str) -> bytes:
+    return f"BT /F1 {FOOTER_SIZE} Tf {MARGIN} {MARGIN} Td ({pdf_text(fit(text, FOOTER_SIZE))}) Tj ET".encode("ascii")
+
+
 def _text_string(value: str) -> str:
     """`value` as a PDF text string (the document's title, outside any page and its font): a
     literal when it is ASCII, else UTF-16BE after its byte order mark, in hex."""
@@ -134,13 +167,25 @@ def _text_string(value: str) -> str:
 
 def pdf_document(content: bytes, title: str) -> bytes:
     """A valid single-page PDF 1.4 of PAGE_WIDTH x PAGE_HEIGHT points showing `content`."""
-    fonts = "/Font << /F1 5 0 R /F2 6 0 R >>"
+    return pdf_pages_document([content], title)
+
+
+def pdf_pages_document(pages: list[bytes], title: str) -> bytes:
+    """A valid PDF 1.4 of one PAGE_WIDTH x PAGE_HEIGHT page per content stream of `pages`."""
+    fonts_at = 3 + 2 * len(pages)  # after the catalog, the page tree and each page with its content
+    fonts = f"/Font << /F1 {fonts_at} 0 R /F2 {fonts_at + 1} 0 R >>"
+    kids = " ".join(f"{3 + 2 * n} 0 R" for n in range(len(pages)))
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_WIDTH} {PAGE_HEIGHT}] "
-        f"/Resources << {fonts} >> /Contents 4 0 R >>".encode("ascii"),
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode("ascii"),
+    ]
+    for n, content in enumerate(pages):
+        objects += [
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_WIDTH} {PAGE_HEIGHT}] "
+            f"/Resources << {fonts} >> /Contents {4 + 2 * n} 0 R >>".encode("ascii"),
+            b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        ]
+    objects += [
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica-Bold /Encoding /WinAnsiEncoding >>",
         f"<< /Title {_text_string(title)} /Producer (OMS) >>".encode("ascii"),

@@ -29,8 +29,8 @@ from core.pdf_pages import (
     content_lines,
     contents_heading,
     derived_code,
-    pdf_document,
-    rendered,
+    paged,
+    pdf_pages_document,
     weight_text,
     wrapped,
 )
@@ -77,6 +77,8 @@ def pick_slip(
         ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),
         ("F1", 8, f"Weight: {weight_text(weight_grams)}"),
         ("F1", 8, contents_heading(lines)),
-        *[("F1", 8, text) for text in content_lines(order, lines)],
+        # Every line, over more pages when they need them: the store picks the parcel from this list.
+        *[("F1", 8, text) for text in content_lines(order, lines, limit=None)],
     ]
-    return PickSlip(code=code, document=pdf_document(rendered(rows), title=f"Pick slip {code}"))
+    title = f"Pick slip {code}"
+    return PickSlip(code=code, document=pdf_pages_document(paged(rows, title), title=title))

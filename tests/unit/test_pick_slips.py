@@ -4,6 +4,8 @@ while a pickup parcel a carrier booked before keeps its booking and is cancelled
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -16,7 +18,7 @@ from core.pick_slips import pick_slip, pickup_code
 from core.status import OrderStatus
 from tests.builders import address_body
 from tests.unit.test_carrier_bookings import Carrier
-from tests.unit.test_plugins_flat_rate_carrier import printed
+from tests.unit.test_plugins_flat_rate_carrier import printed, xref_offsets
 from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
@@ -277,3 +279,85 @@ def test_a_ready_pickup_a_carrier_booked_before_has_its_booking_cancelled_when_a
     assert edited.status is S.AUTHORIZED
     assert carrier.cancelled == [(f"ACME-{parcel.id}", parcel.id, order.id)]
     assert carrier_entries(world, order.id) == ["carrier_booking_cancelled"]
+
+
+def test_a_wholesale_pickup_slip_lists_every_line_over_as_many_pages_as_it_needs(clock):
+    # A shop collecting a 100-line order at the showroom: the slip is what the store picks from, and
+    # it listed 11 lines then "... and 89 more lines", so the picker could not tell what to put on
+    # the shelf. Every line is printed now, the slip running on over pages that each name the code.
+    world = build_world([(sku, "store-sf", 500) for sku in ("MUG", "CAP", "PEN", "TSHIRT")], clock=clock)
+    skus = ["MUG", "CAP", "PEN", "TSHIRT"]
+    order: Order = world.allocated(*[(skus[n % 4], n % 7 + 1) for n in range(100)], **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None and len(parcel.lines) == 100
+
+    slip = pick_slip(order, parcel.id, store, parcel.lines, 350)
+
+    shown = [text.decode("latin-1") for text in printed(slip.document)]
+    assert [text for text in shown if text.startswith("L")] == [
+        f"L{n + 1}  {skus[n % 4]}  x{n % 7 + 1}" for n in range(100)
+    ]
+    assert not any("more lines" in text for text in shown)
+    pages = slip.document.count(b"/Type /Page ")
+    assert 1 < pages <= 4 and f"/Count {pages} ".encode() in slip.document  # 30-odd rows a page
+    footers = [text for text in shown if " page " in text]
+    assert footers == [f"Pick slip {slip.code} page {n} of {pages}" for n in range(1, pages + 1)]
+    assert read_as_a_reader_walks_it(slip.document) == shown  # page by page, each once, in order
+
+
+def read_as_a_reader_walks_it(pdf: bytes) -> list[str]:
+    """The rows each page the page tree links prints, in order, each page checked on the way: a
+    page whose content stream puts every row above the page number at its foot, in fonts that exist."""
+    offsets = xref_offsets(pdf)
+
+    def body(reference: bytes) -> bytes:
+        number = int(reference.split()[0])
+        start = offsets[number]
+        assert pdf[start:].startswith(b"%d 0 obj" % number), number
+        return pdf[start : pdf.index(b"endobj", start)]
+
+    kids = re.findall(rb"\d+ 0 R", re.search(rb"/Kids \[([^\]]*)\]", pdf).group(1))
+    shown: list[str] = []
+    for kid in kids:
+        page = body(kid)
+        assert b"/Type /Page " in page
+        for font in re.findall(rb"/F\d (\d+ 0 R)", page):
+            assert b"/Type /Font" in body(font)
+        stream = body(re.search(rb"/Contents (\d+ 0 R)", page).group(1))
+        rows = [(int(size), int(y)) for size, y in re.findall(rb"/F\d (\d+) Tf \d+ (-?\d+) Td", stream)]
+        *above, (_, foot) = rows
+        assert foot == 18 and all(y >= foot + size for size, y in above), rows  # nothing under the foot
+        shown += [text.decode("latin-1") for text in printed(stream)]
+    return shown
+
+
+def test_a_slip_that_fits_one_page_is_one_page_with_no_page_numbers(world):
+    order: Order = world.allocated(("MUG", 2), **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    slip = pick_slip(order, parcel.id, store, parcel.lines, 700).document
+
+    assert slip.count(b"/Type /Page ") == 1 and b" page 1 of" not in slip
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext (poppler-utils) is not installed")
+def test_a_real_pdf_reader_reads_every_line_of_a_long_slip_page_by_page(tmp_path, clock):
+    world = build_world([("PEN", "store-sf", 100)], clock=clock)
+    order: Order = world.allocated(*[("PEN", 1)] * 40, **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+    path = tmp_path / "slip.pdf"
+    path.write_bytes(pick_slip(order, parcel.id, store, parcel.lines, 400).document)
+
+    result = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True)
+
+    pages = result.stdout.split("\f")[:-1]  # a form feed ends each page
+    assert len(pages) == 2 and result.stderr == ""
+    assert re.findall(r"^\f?L(\d+) +PEN +x1$", result.stdout, re.M) == [str(n) for n in range(1, 41)]
+    assert [page.strip().splitlines()[-1] for page in pages] == [
+        f"Pick slip {parcel.tracking_number} page {n} of 2" for n in (1, 2)
+    ]
