@@ -865,6 +865,18 @@ class CaptureService:
                 ],
             )
         if not sources - set(rules.excluded_locations):
+            if cmd.fulfillment.type == "pickup":  # the customer chose the store: name it
+                store = cmd.fulfillment.location_id
+                raise InsufficientStock(
+                    f"the pickup store {store} supplies no order under the sourcing rules",
+                    details=[
+                        {
+                            "field": f"lines[{i}].quantity",
+                            "message": f"{store} (the pickup store) is excluded by {rules.named()}",
+                        }
+                        for i in range(len(cmd.lines))
+                    ],
+                )
             raise InsufficientStock(
                 "no location may supply this order under the sourcing rules",
                 details=[

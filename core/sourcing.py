@@ -903,6 +903,10 @@ class Simulator:
                 reasons.append("no location may supply this order under these rules")
             else:
                 reasons.append("no location that ships orders may supply this order")
+            if order_id is None:
+                # A body is an order not placed yet: capture refuses it before any allocation
+                # (CaptureService._check_stock), whatever allocation would do with one placed before.
+                reasons.append(WOULD_BE_REFUSED)
         if plan is not None and unfillable:
             reasons.append("allocation would hold what is planned and wait backordered for the unfillable units")
         if plan is None and unfillable:
@@ -919,6 +923,7 @@ class Simulator:
         return SimulatedOrder(order_id=order_id, shipments=shipments, unfillable=unfillable, reasons=reasons)
 
 
+WOULD_BE_REFUSED = "placed now, this order would be refused (409 insufficient_stock): no location may supply it"
 WOULD_CANCEL = (
     "allocation would cancel this order out_of_stock: no plan covers, from the locations that may supply it, "
     "what may not wait backordered"

@@ -643,6 +643,39 @@ def test_a_safety_stock_of_zero_is_no_safety_stock_and_makes_no_version(api: InP
     put_rules(api)  # back to the defaults for the other tests
 
 
+def test_the_what_if_of_a_body_the_rules_leave_no_location_says_placing_it_would_be_refused(api: InProcessApi, network):
+    """A planner asking what pausing fulfilment does to new orders read "allocation would wait
+    backordered for all of it", while POST /orders refuses such an order 409 before it is ever
+    allocated. A body's plan now says so; a stored order's (placed already) does not."""
+    catalog = Catalog(api)
+    sku = catalog.product("6.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 5)
+    stored = api.post("/orders", json=order_body((sku, 1)))
+    assert stored.status_code == 201, stored.text
+    locations = api.get("/locations", params={"limit": 100}).json()
+    assert locations["next_cursor"] is None
+    every = [loc["location_id"] for loc in locations["items"]]
+    refused = "placed now, this order would be refused (409 insufficient_stock): no location may supply it"
+
+    body_plan, stored_plan, in_stock = (
+        api.post("/sourcing/simulate", json={"orders": orders, "rules": rules}).json()["items"][0]
+        for orders, rules in (
+            ([order_body((sku, 2))], {"excluded_locations": every}),
+            ([stored.json()["id"]], {"excluded_locations": every}),
+            ([order_body((sku, 2))], {}),
+        )
+    )
+
+    assert refused in body_plan["reasons"], body_plan["reasons"]
+    assert refused not in stored_plan["reasons"], stored_plan["reasons"]
+    assert refused not in in_stock["reasons"] and in_stock["unfillable"] == [], in_stock
+    put_rules(api, excluded_locations=every)
+    try:
+        assert_error(api.post("/orders", json=order_body((sku, 2))), 409, "insufficient_stock")
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+
+
 def test_the_what_if_of_an_order_the_rules_leave_no_location_says_what_allocation_would_do(api: InProcessApi, network):
     """Rules excluding every location: it said each would be cancelled out_of_stock, though
     ReserveStock makes an order whose products may wait wait backordered, and parks one whose units

@@ -149,6 +149,27 @@ def test_an_order_that_may_wait_is_refused_when_the_sourcing_rules_leave_no_loca
     assert orders.orders == {}
 
 
+def test_a_pickup_at_a_store_the_sourcing_rules_exclude_is_refused_naming_the_store(world):
+    # A store closed for renovation is excluded: its pickup orders are refused. "no location may
+    # supply it" left the store's tablet wondering which location, when the customer chose one.
+    _, orders, inventory = world
+    rules = SourcingRules(version=2, excluded_locations=["store-sf"])
+    capture = capture_under(lambda: rules, orders, inventory)
+    body = place_order(
+        lines=[{"sku": "MUG", "quantity": 1}, {"sku": "PREORDER", "quantity": 1}],
+        fulfillment={"type": "pickup", "location_id": "store-sf"},
+    )
+    with pytest.raises(InsufficientStock) as raised:
+        capture.place(body, "k")
+    assert raised.value.message == "the pickup store store-sf supplies no order under the sourcing rules"
+    said = "store-sf (the pickup store) is excluded by sourcing rules v2"
+    assert raised.value.details == [
+        {"field": "lines[0].quantity", "message": said},
+        {"field": "lines[1].quantity", "message": said},
+    ]
+    assert orders.orders == {}
+
+
 def test_an_unknown_sku_names_its_line_and_stores_nothing(world):
     capture, orders, _ = world
     with pytest.raises(UnknownSku) as raised:
