@@ -865,24 +865,15 @@ class CaptureService:
                 ],
             )
         if not sources - set(rules.excluded_locations):
-            if cmd.fulfillment.type == "pickup":  # the customer chose the store: name it
-                store = cmd.fulfillment.location_id
-                raise InsufficientStock(
-                    f"the pickup store {store} supplies no order under the sourcing rules",
-                    details=[
-                        {
-                            "field": f"lines[{i}].quantity",
-                            "message": f"{store} (the pickup store) is excluded by {rules.named()}",
-                        }
-                        for i in range(len(cmd.lines))
-                    ],
-                )
+            store = cmd.fulfillment.location_id if cmd.fulfillment.type == "pickup" else None
+            if store:  # the customer chose the store: it is named
+                message = f"the pickup store {store} supplies no order under the sourcing rules"
+                each = f"{store} (the pickup store) is excluded by {rules.named()}"
+            else:
+                message = "no location may supply this order under the sourcing rules"
+                each = f"no location may supply it ({rules.named()})"
             raise InsufficientStock(
-                "no location may supply this order under the sourcing rules",
-                details=[
-                    {"field": f"lines[{i}].quantity", "message": f"no location may supply it ({rules.named()})"}
-                    for i in range(len(cmd.lines))
-                ],
+                message, details=[{"field": f"lines[{i}].quantity", "message": each} for i in range(len(cmd.lines))]
             )
         # Under max_shipments the units must also lie at few enough locations: that takes the plan.
         planned = rules.max_shipments is not None and self._sourcing is not None
