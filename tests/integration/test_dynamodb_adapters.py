@@ -877,20 +877,29 @@ def _reads(inventory: DynamoInventory, network: Iterable[str]) -> tuple[Any, Any
 # The largest count the test asks about, with a location before and two after what it asks (the
 # last stocked, so a read past the last asked location shows at every count).
 LARGE_NETWORK = [f"loc-{n:04d}" for n in range(150 + 3)]
+# What the key lookups (_reads of 50 locations or fewer) answer for the first `count` asked, by count:
+# every parametrization of a count reads the same items (_large_network_data), so its cells after the
+# first take the answer the first one read (a third of a cell's CPU) instead of reading it again.
+_READ_BY_KEY: dict[int, list[tuple[Any, Any, Any]]] = {}
 
 
+# The order asked in: as stored, and shuffled with duplicates. The adapter reads the set of locations
+# (sorted keys up to 100, the Query's range from its least to its greatest above), so the order only
+# matters to a read that takes the first or last asked, or sends a duplicate key: the shuffled one
+# starts and ends away from the least and greatest at every count (19th/99th of 1-100, 75th/99th of
+# 1-101, 84th/148th of 1-150) and repeats every 7th, which catches what a reversed order did.
 @pytest.mark.parametrize("count", [100, 101, 150])
-@pytest.mark.parametrize("order", ["sorted", "reversed", "shuffled with duplicates"])
+@pytest.mark.parametrize("order", ["sorted", "shuffled with duplicates"])
 def test_a_large_network_reads_the_same_stock_as_the_key_lookups(aws, inventory, count, order):
     network = LARGE_NETWORK
     _large_network_data(aws, inventory, network)
     asked = network[1 : count + 1]  # stock before the first and after the last asked location is not read
-    by_key = [_reads(inventory, part) for part in (asked[:50], asked[50:100], asked[100:]) if part]
+    if count not in _READ_BY_KEY:
+        _READ_BY_KEY[count] = [_reads(inventory, part) for part in (asked[:50], asked[50:100], asked[100:]) if part]
+    by_key = _READ_BY_KEY[count]  # read only: compared, never changed
     expected_levels = {sku: sorted((x for r in by_key for x in r[0][sku]), key=lambda x: x.location_id)
                        for sku in ("MUG", "CUP", "NONE")}  # fmt: skip
-    if order == "reversed":
-        asked = asked[::-1]
-    elif order == "shuffled with duplicates":
+    if order == "shuffled with duplicates":
         asked = random.Random(count).sample(asked, len(asked)) + asked[::7]
 
     def small_pages(params: dict[str, Any], **kwargs: Any) -> None:
