@@ -726,15 +726,33 @@ def requests_made(client: Any) -> Iterator[list[tuple[str, dict[str, Any]]]]:
         client.meta.events.unregister("provide-client-params.dynamodb.*", record)
 
 
+def _stocked_alike(aws: Any, inventory: DynamoInventory, skus: set[str], location_id: str, on_hand: int,
+                   held: int = 0) -> None:  # fmt: skip
+    """Each of `skus` counted at `location_id` with `on_hand` units, `held` of them reserved under its
+    own key `ord_1#<sku>` (none held: no reservation): the first sku's stock item written by the
+    adapter, each other sku's a copy of it under that sku and its key (write_copies, where the
+    adapter's two UpdateItems an item took 15-20 ms of moto's CPU). The subject is their reads."""
+    first, *rest = sorted(skus)
+    inventory.set_on_hand(first, location_id, on_hand, "count")
+    if held:
+        inventory.reserve(first, location_id, f"ord_1#{first}", held)
+
+    def alike(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for sku in rest:
+            own = {"reservations": {"M": {f"ord_1#{sku}": item["reservations"]["M"][f"ord_1#{first}"]}}} if held else {}
+            yield {"sku": {"S": sku}, **own}
+
+    write_copies(aws.dynamodb, aws.tables["InventoryTable"], {"sku": {"S": first}, "location_id": {"S": location_id}},
+                 alike)  # fmt: skip
+
+
 def test_an_order_over_the_whole_of_a_large_network_reads_its_stock_with_a_query_per_sku(aws, inventory):
     # 20 skus over 1,000 locations were 20,000 keys: 200 BatchGetItems one after another, in
     # capture and again in ReserveStock, and as many for the order's reservations.
     network = [f"loc-{n:04d}" for n in range(1001) if n != 500]
     skus = {f"SKU-{n:02d}" for n in range(20)}
-    for sku in skus:
-        inventory.set_on_hand(sku, "loc-0007", 3, "count")
-        inventory.set_on_hand(sku, "loc-0999", 4, "count")
-        inventory.reserve(sku, "loc-0999", f"ord_1#{sku}", 2)
+    _stocked_alike(aws, inventory, skus, "loc-0007", 3)
+    _stocked_alike(aws, inventory, skus, "loc-0999", 4, held=2)
     for not_asked in ("loc-0500", "loc-2000"):  # an excluded location, and one after the network's last
         inventory.set_on_hand("SKU-00", not_asked, 9, "count")
         inventory.reserve("SKU-00", not_asked, "ord_1#SKU-00", 1)
@@ -795,9 +813,7 @@ def test_an_order_over_a_hundred_locations_or_fewer_reads_by_key_in_as_many_batc
     # The typical order: its keys, sku by sku, in BatchGetItems of 100 and nothing else.
     network = [f"loc-{n:04d}" for n in range(location_count)]
     skus = {f"SKU-{n:02d}" for n in range(sku_count)}
-    for sku in skus:
-        inventory.set_on_hand(sku, network[-1], 3, "count")
-        inventory.reserve(sku, network[-1], f"ord_1#{sku}", 1)
+    _stocked_alike(aws, inventory, skus, network[-1], 3, held=1)
     batches = -(-sku_count * location_count // 100)
 
     with requests_made(aws.dynamodb) as made:
@@ -877,20 +893,29 @@ def _reads(inventory: DynamoInventory, network: Iterable[str]) -> tuple[Any, Any
 # The largest count the test asks about, with a location before and two after what it asks (the
 # last stocked, so a read past the last asked location shows at every count).
 LARGE_NETWORK = [f"loc-{n:04d}" for n in range(150 + 3)]
+# What the key lookups (_reads of 50 locations or fewer) answer for the first `count` asked, by count:
+# every parametrization of a count reads the same items (_large_network_data), so its cells after the
+# first take the answer the first one read (a third of a cell's CPU) instead of reading it again.
+_READ_BY_KEY: dict[int, list[tuple[Any, Any, Any]]] = {}
 
 
+# The order asked in: as stored, and shuffled with duplicates. The adapter reads the set of locations
+# (sorted keys up to 100, the Query's range from its least to its greatest above), so the order only
+# matters to a read that takes the first or last asked, or sends a duplicate key: the shuffled one
+# starts and ends away from the least and greatest at every count (19th/99th of 1-100, 75th/99th of
+# 1-101, 84th/148th of 1-150) and repeats every 7th, which catches what a reversed order did.
 @pytest.mark.parametrize("count", [100, 101, 150])
-@pytest.mark.parametrize("order", ["sorted", "reversed", "shuffled with duplicates"])
+@pytest.mark.parametrize("order", ["sorted", "shuffled with duplicates"])
 def test_a_large_network_reads_the_same_stock_as_the_key_lookups(aws, inventory, count, order):
     network = LARGE_NETWORK
     _large_network_data(aws, inventory, network)
     asked = network[1 : count + 1]  # stock before the first and after the last asked location is not read
-    by_key = [_reads(inventory, part) for part in (asked[:50], asked[50:100], asked[100:]) if part]
+    if count not in _READ_BY_KEY:
+        _READ_BY_KEY[count] = [_reads(inventory, part) for part in (asked[:50], asked[50:100], asked[100:]) if part]
+    by_key = _READ_BY_KEY[count]  # read only: compared, never changed
     expected_levels = {sku: sorted((x for r in by_key for x in r[0][sku]), key=lambda x: x.location_id)
                        for sku in ("MUG", "CUP", "NONE")}  # fmt: skip
-    if order == "reversed":
-        asked = asked[::-1]
-    elif order == "shuffled with duplicates":
+    if order == "shuffled with duplicates":
         asked = random.Random(count).sample(asked, len(asked)) + asked[::7]
 
     def small_pages(params: dict[str, Any], **kwargs: Any) -> None:
