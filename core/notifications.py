@@ -6,19 +6,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
 from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
-from core.errors import CandidatesReadPast, dependency_down
+from core.errors import CandidatesReadPast, OutOfStock, dependency_down
+from core.events import OrderEvent
 from core.fields import empty_list
 from core.hook_calls import answer_refused, call_hook, calls_about
 from core.ids import short_hash
-from core.models import Location, Order, Shown, VisibleText, utc_text
+from core.models import Location, Order, Product, Shown, VisibleText, utc_text
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 
@@ -28,6 +31,7 @@ class NotificationKind(StrEnum):
     READY_FOR_PICKUP = "ready_for_pickup"
     DELAYED = "delayed"
     REFUNDED = "refunded"
+    CANCELLED = "cancelled"
 
 
 class Recipient(Shown):
@@ -189,16 +193,27 @@ def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
 
 
 def notifications(
-    old: dict[str, Any] | None, new: dict[str, Any], locations: Callable[[str], Location | None] | None = None
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    locations: Callable[[str], Location | None] | None = None,
+    *,
+    products: Callable[[str], Product | None] | None = None,
+    entries: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
     after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
-    hold the customer asked for or a pickup waiting for them) and refund.succeeded, plus a pickup shipment that became
-    ready_for_pickup. `locations` (the catalog's get_location) names a pickup's store to its
+    hold the customer asked for or a pickup waiting for them), refund.succeeded, order.cancelled and
+    order.payment_failed (the order is not going to come: `cancelled`), plus a pickup shipment that
+    became ready_for_pickup and units of the order cancelled before they shipped (`cancelled`, a
+    part of it). `locations` (the catalog's get_location) names a pickup's store to its
     customer by its name and street, asked only for a pickup readied; without it, or for a store
-    the catalog no longer has, it is named by its id."""
+    the catalog no longer has, it is named by its id. `products` (the catalog's get_product) names
+    cancelled units by their product's name (by their sku without it). `entries`: the history
+    entries the change appended (as stored), asked only for a cancel, which says why in the
+    customer's words (_why_cancelled); without them it says no reason."""
     events = order_events(old, new)
-    if not events and not _ready_shipments(old, new):
+    units_cancelled = _units_cancelled(old, new)
+    if not events and not units_cancelled and not _ready_shipments(old, new):
         return []
     customer = new.get("customer") or {}
     if not customer.get("email"):
@@ -263,6 +278,26 @@ def notifications(
                 event.id, NotificationKind.REFUNDED, f"Refund for your order {number}", text,
                 refund_id=event.data["refund"]["id"], amount=amount["amount"], currency=amount["currency"],
             )  # fmt: skip
+        elif event.type in _ORDER_ENDED:
+            reason, why = _why_cancelled(number, new, entries() if entries is not None else [])
+            text = f"{why} {_money_of_a_cancel(new)}".rstrip()
+            note(event.id, NotificationKind.CANCELLED, f"Your order {number} has been cancelled", text, reason=reason)
+    if units_cancelled and new.get("status") not in _ORDER_ENDED_STATUSES:
+        # Before capture no money moves (the authorization covers less), so no refund tells of it:
+        # without this the customer learns of it from a parcel short of what they ordered.
+        names = ", ".join(f"{units} × {_product_name(sku, products)}" for sku, units in units_cancelled)
+        total = (new.get("totals") or {}).get("grand_total") or {}
+        if _nothing_left_to_ship(new):  # a partly shipped order's rest: what shipped is all they get
+            subject = f"The rest of your order {number} has been cancelled"
+            text = f"We have cancelled {names}, the rest of your order {number}: it will not ship."
+        else:
+            subject = f"Part of your order {number} has been cancelled"
+            text = f"We have cancelled {names} of your order {number}."
+        text += f" Its new total is {total.get('amount')} {total.get('currency')}."
+        note(
+            units_cancelled_id(order_id, version), NotificationKind.CANCELLED, subject, text,
+            grand_total=total.get("amount"), currency=total.get("currency"),
+        )  # fmt: skip
     for shipment in _ready_shipments(old, new):
         store = locations(shipment["location_id"]) if locations is not None else None
         place = f"{store.name}, {store.address.line1}, {store.address.city}" if store else shipment["location_id"]
@@ -283,6 +318,96 @@ def notifications(
             collect_by=utc_text(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
+
+
+def units_cancelled_id(order_id: str, version: int) -> str:
+    """No domain event tells of units cancelled, so their notification's id is made the way event
+    ids are: stable for the same change."""
+    return "evt_" + short_hash(f"{order_id}\x1f{version}\x1forder.units_cancelled")
+
+
+# The events that end an order before it came: its customer is told it is cancelled.
+_ORDER_ENDED = frozenset({EventType.ORDER_CANCELLED, EventType.ORDER_PAYMENT_FAILED})
+_ORDER_ENDED_STATUSES = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
+# The history entries that end an order (Order.cancel, Order.expire_pickup, Order.decline_payment).
+_ENDING_ENTRIES = frozenset({OrderEvent.CANCELLED, OrderEvent.PICKUP_EXPIRED, OrderEvent.PAYMENT_FAILED})
+
+
+def _why_cancelled(number: str, order: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """Why the order ended, as its customer is told it: (a reason a plugin's template may use, the
+    sentence). The OMS's reason code, a person's typed reason and a gateway's words are never told:
+    a person's cancel (an API key's: their reason may be "fraud suspected") says none."""
+    if order.get("status") == OrderStatus.PAYMENT_FAILED:
+        return "payment_declined", (
+            f"We could not take the payment for your order {number}: it was declined, so we have cancelled the order."
+        )
+    entry = next((e for e in reversed(entries) if e.get("type") in _ENDING_ENTRIES), None) or {}
+    detail = entry.get("detail") or {}
+    if entry.get("type") == OrderEvent.PICKUP_EXPIRED and detail.get("collect_by"):
+        collect_by = _moment(detail["collect_by"]).astimezone(UTC)
+        return "not_collected", (
+            f"Your order {number} was not collected by {collect_by:%Y-%m-%d %H:%M} UTC, so we have cancelled it."
+        )
+    if entry.get("actor") == WORKFLOW_ACTOR and detail.get("reason") == OutOfStock.code:
+        return (
+            "out_of_stock",
+            f"We are sorry: what you ordered in your order {number} is no longer in stock, so we have cancelled it.",
+        )
+    if entry.get("actor") == SCAN_ACTOR:  # the jeopardy scan cancels only holds kept too long
+        return (
+            "held_too_long",
+            f"Your order {number} was on hold for longer than we can keep an order, so we have cancelled it.",
+        )
+    if entry.get("actor") == WORKFLOW_ACTOR:
+        return "not_completed", f"We could not complete your order {number}, so we have cancelled it."
+    return None, f"Your order {number} has been cancelled."
+
+
+def _money_of_a_cancel(order: dict[str, Any]) -> str:
+    """What the cancel means for the customer's money, as the order records it at the cancel: nothing
+    charged (nothing captured), and an authorization, which the cancel voids after its write (or a
+    person releases, the gateway refusing), released, which is no refund. Money captured is not
+    spoken of here, refunded since or not: each refund is told when the gateway makes it (`refunded`)."""
+    payment = order.get("payment") or {}
+    if _amount(payment.get("captured")) > 0:
+        return ""
+    text = "You have not been charged for it."
+    authorized = payment.get("authorized") or {}
+    if _amount(authorized) > 0:  # authorized (or voided since): nothing captured on it
+        text += (
+            f" The {authorized['amount']} {authorized['currency']} authorized on your payment method will be"
+            " released; your bank may show it as pending for a few days."
+        )
+    return text
+
+
+def _amount(money: dict[str, Any] | None) -> Decimal:
+    return Decimal(str((money or {}).get("amount") or "0"))
+
+
+def _units_cancelled(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, int]]:
+    """The units this change cancelled, (sku, units) by line: each line's cancelled_quantity grown."""
+    if old is None:
+        return []
+    was = {line.get("line_id"): int(line.get("cancelled_quantity") or 0) for line in old.get("lines") or []}
+    grown = [
+        (str(line.get("sku")), int(line.get("cancelled_quantity") or 0) - was.get(line.get("line_id"), 0))
+        for line in new.get("lines") or []
+    ]
+    return [(sku, units) for sku, units in grown if units > 0]
+
+
+def _nothing_left_to_ship(order: dict[str, Any]) -> bool:
+    """Whether every unit the order still has has shipped (a partly shipped order's rest cancelled)."""
+    lines = order.get("lines") or []
+    return bool(lines) and all(
+        int(line.get("shipped_quantity") or 0) >= int(line.get("quantity") or 0) for line in lines
+    )
+
+
+def _product_name(sku: str, products: Callable[[str], Product | None] | None) -> str:
+    product = products(sku) if products is not None else None
+    return product.name if product is not None else sku
 
 
 def _part_shipped(shipment: dict[str, Any], order: dict[str, Any]) -> str:
@@ -378,24 +503,28 @@ class Notifier:
     def __init__(
         self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
         locations: Callable[[str], Location | None] | None = None,
+        products: Callable[[str], Product | None] | None = None,
     ):  # fmt: skip
         self._store = store
         self._hook = hook
         self._clock = clock
         self._locations = locations
+        self._products = products
         self._wait = PluginWait()
 
     def notify(
-        self, old: dict[str, Any] | None, new: dict[str, Any], *, seconds_left: Callable[[], float] | None = None
-    ) -> "Notified":
+        self, old: dict[str, Any] | None, new: dict[str, Any], *, seconds_left: Callable[[], float] | None = None,
+        entries: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> "Notified":  # fmt: skip
         """The notifications sent now (none when the change means none or all went out before), and
         those deferred now. With `seconds_left` (how long the plugins may take, asked before each
         notification: the invocation's time left less what must follow), the plugins are called in a
         thread of their own and not waited for past it: one they have not answered by then is
         deferred as one they failed to send (NotifierOverdue), and while that call still runs every
-        later notification is deferred without a call (one stuck thread, never a pile of them)."""
+        later notification is deferred without a call (one stuck thread, never a pile of them).
+        `entries`: the history entries the change appended (notifications)."""
         done = Notified()
-        for notification in notifications(old, new, self._locations):
+        for notification in notifications(old, new, self._locations, products=self._products, entries=entries):
             recorded, deferred = self._store.add(notification)
             if recorded.sent_at is not None or deferred:
                 continue

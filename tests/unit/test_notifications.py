@@ -162,7 +162,106 @@ def test_changes_customers_are_not_told_of_tell_nothing():
     placed = order_doc()
     assert kinds(None, placed) == []
     assert kinds(placed, next_version(placed, status="authorized")) == []
-    assert kinds(placed, next_version(placed, status="cancelled")) == []
+    edited = next_version(placed, lines=[{**placed["lines"][0], "quantity": 3}])
+    assert kinds(placed, edited) == []  # an edit cancels nothing: its lines are what the customer asked for
+
+
+def cancel_entry(actor: str, reason: str, type_: str = "cancelled", **detail: Any) -> dict[str, Any]:
+    """A history entry as the Orders table stores it (decoded), as the stream record's new image appends it."""
+    return {"at": "2026-12-01T10:05:00Z", "type": type_, "from_status": "allocated", "to_status": "cancelled",
+            "actor": actor, "detail": {"reason": reason, **detail}}  # fmt: skip
+
+
+AUTHORIZED = {"method": "test", "status": "authorized", "authorized": money("10.00"), "captured": money("0.00"),
+              "refunded": money("0.00")}  # fmt: skip
+
+
+def cancelled(entries: list[dict[str, Any]], payment: dict[str, Any] = AUTHORIZED) -> Notification:
+    old = order_doc(status="allocated", payment=payment)
+    lines = [{**line, "quantity": 0, "cancelled_quantity": line["quantity"]} for line in old["lines"]]
+    (note,) = notifications(old, next_version(old, status="cancelled", lines=lines), entries=lambda: entries)
+    assert note.kind is NotificationKind.CANCELLED and note.subject == f"Your order {NUMBER} has been cancelled"
+    assert note.id == event_id(ORDER, 2, EventType.ORDER_CANCELLED)  # one per order: the cancel's event
+    return note
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason", "says"),
+    [
+        (cancel_entry("workflow", "out_of_stock"), "out_of_stock", "is no longer in stock"),
+        (cancel_entry("workflow", "workflow_error"), "not_completed", "We could not complete your order"),
+        (cancel_entry("jeopardy_scan", "hold_expired"), "held_too_long", "on hold for longer than we can keep"),
+        (cancel_entry("pickup_expiry", "pickup_expired", "pickup_expired", collect_by="2026-12-08T10:00:00.5Z"),
+         "not_collected", "was not collected by 2026-12-08 10:00 UTC"),
+        # A person typing a system's reason is a person's cancel all the same: their words are not told.
+        (cancel_entry("key_desk", "out_of_stock"), None, f"Your order {NUMBER} has been cancelled."),
+    ],
+)  # fmt: skip
+def test_a_cancel_tells_why_in_the_customers_words_never_the_oms_code(entry, reason, says):
+    note = cancelled([{"type": "stock_reserved", "actor": "workflow", "detail": {}}, entry])
+
+    assert says in note.body
+    assert note.details == ({"reason": reason} if reason else {})
+    assert entry["detail"]["reason"] not in note.body and entry["actor"] not in note.body
+
+
+def test_a_cancel_whose_entries_are_not_at_hand_is_told_without_a_reason():
+    old = order_doc(status="allocated", payment=AUTHORIZED)
+    (note,) = notifications(old, next_version(old, status="cancelled"))
+
+    assert note.body == (
+        f"Hello Ada,\n\nYour order {NUMBER} has been cancelled. You have not been charged for it. The 10.00 USD"
+        " authorized on your payment method will be released; your bank may show it as pending for a few days.\n"
+    )
+
+
+def test_a_cancel_says_nothing_charged_only_when_nothing_is_and_never_calls_a_release_a_refund():
+    never_authorized = {**AUTHORIZED, "status": "pending", "authorized": money("0.00")}
+    assert cancelled([], payment=never_authorized).body.endswith(
+        "has been cancelled. You have not been charged for it.\n"
+    )
+    charged = {**AUTHORIZED, "status": "partially_captured", "captured": money("4.00")}
+    assert "charged" not in cancelled([], payment=charged).body  # its refund, once made, is `refunded`
+    refunded = {**charged, "status": "refunded", "refunded": money("4.00")}
+    assert (
+        "charged" not in cancelled([], payment=refunded).body and "released" not in cancelled([], payment=refunded).body
+    )
+    voided = {**AUTHORIZED, "status": "voided"}
+    assert "The 10.00 USD authorized on your payment method will be released" in cancelled([], payment=voided).body
+    for payment in (AUTHORIZED, never_authorized, charged, refunded):
+        assert "refund" not in cancelled([], payment=payment).body
+
+
+def test_a_declined_payment_is_told_as_a_cancel_under_its_event_with_nothing_charged():
+    old = order_doc()
+    (note,) = notifications(old, next_version(old, status="payment_failed"))
+
+    assert note.id == event_id(ORDER, 2, EventType.ORDER_PAYMENT_FAILED)
+    assert note.kind is NotificationKind.CANCELLED and note.details == {"reason": "payment_declined"}
+    assert f"We could not take the payment for your order {NUMBER}: it was declined" in note.body
+    assert note.body.endswith("You have not been charged for it.\n")
+
+
+def test_units_cancelled_name_the_product_or_its_sku_and_the_new_total_and_are_not_told_again():
+    old = order_doc(status="allocated", payment=AUTHORIZED)
+    old["lines"] = [{**old["lines"][0], "quantity": 3}, {**old["lines"][0], "line_id": "l2", "sku": "MUG"}]
+    lines = [{**old["lines"][0], "quantity": 1, "cancelled_quantity": 2}, old["lines"][1]]
+    new = next_version(old, lines=lines, totals={**old["totals"], "grand_total": money("20.00")})
+    names = {"TSHIRT": "Black T-shirt"}
+
+    def product(sku: str) -> Any:
+        return type("Product", (), {"name": names[sku]}) if sku in names else None
+
+    (note,) = notifications(old, new, products=product)
+    assert note.kind is NotificationKind.CANCELLED and note.subject == f"Part of your order {NUMBER} has been cancelled"
+    assert note.body.endswith(
+        f"We have cancelled 2 × Black T-shirt of your order {NUMBER}. Its new total is 20.00 USD.\n"
+    )
+    assert note.details == {"grand_total": "20.00", "currency": "USD"}
+    names.clear()
+    (by_sku,) = notifications(old, new, products=product)
+    assert "2 × TSHIRT of your order" in by_sku.body and by_sku.id == note.id  # the same change, the same id
+    assert kinds(new, next_version(new)) == []
 
 
 def test_no_payment_token_or_secret_reaches_a_notification():
