@@ -164,6 +164,8 @@ def test_changes_customers_are_not_told_of_tell_nothing():
     assert kinds(placed, next_version(placed, status="authorized")) == []
     edited = next_version(placed, lines=[{**placed["lines"][0], "quantity": 3}])
     assert kinds(placed, edited) == []  # an edit cancels nothing: its lines are what the customer asked for
+    cut = next_version(placed, lines=[{**placed["lines"][0], "cancelled_quantity": 2}])
+    assert kinds(cut, next_version(cut, lines=placed["lines"])) == []  # lines replaced whole: none grew
 
 
 def cancel_entry(actor: str, reason: str, type_: str = "cancelled", **detail: Any) -> dict[str, Any]:
