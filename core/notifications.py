@@ -32,6 +32,7 @@ class NotificationKind(StrEnum):
     DELAYED = "delayed"
     REFUNDED = "refunded"
     CANCELLED = "cancelled"
+    BACKORDERED = "backordered"
 
 
 class Recipient(Shown):
@@ -163,8 +164,9 @@ def outdated(notification: Notification, order: Order | None) -> bool:
     passed too: that mark's `since` is after the notification was made), whose own "delayed" tells
     it, held since or not (the lateness its hold resumes is that mark's), but for the lateness a
     release resumed (its `since` moved by the time held: late_resumed, Hold.resume_late_resumed,
-    marked again or not yet: Order.late_since), of which the customer is not told again. A parcel
-    shipped and a refund stay true."""
+    marked again or not yet: Order.late_since), of which the customer is not told again; a wait for
+    stock none once the order no longer waits (allocated: "waiting for stock" would come after its
+    parcel, or cancelled), held or not. A parcel shipped, a refund and a cancel stay true."""
     if order is None:
         return False
     if notification.kind is NotificationKind.DELAYED:
@@ -177,6 +179,9 @@ def outdated(notification: Notification, order: Order | None) -> bool:
             return hold.resume_late > notification.created_at and not hold.resume_late_resumed
         since = order.late_since()
         return since is None or (since > notification.created_at and since != order.late_resumed)
+    if notification.kind is NotificationKind.BACKORDERED:
+        waits = order.hold.resume_to if order.status is OrderStatus.ON_HOLD and order.hold else order.status
+        return waits is not OrderStatus.BACKORDERED
     if notification.kind is NotificationKind.READY_FOR_PICKUP:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
         if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:
@@ -202,8 +207,9 @@ def notifications(
 ) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
     after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
-    hold the customer asked for or a pickup waiting for them), refund.succeeded, order.cancelled and
-    order.payment_failed (the order is not going to come: `cancelled`), plus a pickup shipment that
+    hold the customer asked for or a pickup waiting for them), refund.succeeded, order.backordered
+    (what waits for stock), order.cancelled and order.payment_failed (the order is not going to
+    come: `cancelled`), plus a pickup shipment that
     became ready_for_pickup and units of the order cancelled before they shipped (`cancelled`, a
     part of it). `locations` (the catalog's get_location) names a pickup's store to its
     customer by its name and street, asked only for a pickup readied; without it, or for a store
@@ -278,6 +284,16 @@ def notifications(
                 event.id, NotificationKind.REFUNDED, f"Refund for your order {number}", text,
                 refund_id=event.data["refund"]["id"], amount=amount["amount"], currency=amount["currency"],
             )  # fmt: skip
+        elif event.type is EventType.ORDER_BACKORDERED:
+            # Its deadline is long (OMS_SLA backordered=14d): untold, the customer would wait that
+            # long for "delayed", or for a parcel, not knowing why nothing came.
+            names = ", ".join(f"{units} × {_product_name(sku, products)}" for sku, units in _units_short(new))
+            some = "Part of your order" if new.get("allocations") else "Your order"
+            text = (
+                f"{some} {number} is not in stock yet: {names}. We will send it as soon as it arrives, and tell"
+                " you when it ships. If you would rather not wait, contact us to cancel it."
+            )
+            note(event.id, NotificationKind.BACKORDERED, f"Your order {number} is waiting for stock", text)
         elif event.type in _ORDER_ENDED:
             reason, why = _why_cancelled(number, new, entries() if entries is not None else [])
             text = f"{why} {_money_of_a_cancel(new)}".rstrip()
@@ -395,6 +411,18 @@ def _units_cancelled(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tu
         for line in new.get("lines") or []
     ]
     return [(sku, units) for sku, units in grown if units > 0]
+
+
+def _units_short(order: dict[str, Any]) -> list[tuple[str, int]]:
+    """The units the order has not reserved (sku, units) by line: what a backordered order waits for."""
+    held: dict[str, int] = {}
+    for allocation in order.get("allocations") or []:
+        held[allocation.get("line_id")] = held.get(allocation.get("line_id"), 0) + int(allocation.get("quantity") or 0)
+    short = [
+        (str(line.get("sku")), int(line.get("quantity") or 0) - held.get(line.get("line_id"), 0))
+        for line in order.get("lines") or []
+    ]
+    return [(sku, units) for sku, units in short if units > 0]
 
 
 def _nothing_left_to_ship(order: dict[str, Any]) -> bool:
@@ -628,7 +656,9 @@ class Retried:
 
 
 # The kinds a later change of the order can make untrue (`outdated`): only their retries read it.
-_OUTDATED_BY_CHANGES = frozenset({NotificationKind.READY_FOR_PICKUP, NotificationKind.DELAYED})
+_OUTDATED_BY_CHANGES = frozenset(
+    {NotificationKind.READY_FOR_PICKUP, NotificationKind.DELAYED, NotificationKind.BACKORDERED}
+)
 
 
 class NotificationsNotRetried(CandidatesReadPast):

@@ -1,9 +1,10 @@
-"""A customer is told when their order, or part of it, is cancelled, in-process on moto: orders
-placed and changed over HTTP (the workflow's steps, the pickup expiry and the jeopardy scan invoked
-here, at a clock the test moves), the Orders table's stream records handed to the events function,
-and what the notifier plugin sent read back. Told why in the customer's words (never the OMS's
-reason code nor a person's note), and what happens to their money: an authorization released is
-no refund, and nothing is said to be charged or refunded that was not."""
+"""A customer is told when their order, or part of it, is cancelled, or waits for stock
+(backordered), in-process on moto: orders placed and changed over HTTP (the workflow's steps, the
+pickup expiry and the jeopardy scan invoked here, at a clock the test moves), the Orders table's
+stream records handed to the events function, and what the notifier plugin sent read back. Told
+why in the customer's words (never the OMS's reason code nor a person's note), and what happens to
+their money: an authorization released is no refund, and nothing is said to be charged or refunded
+that was not."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.errors import PaymentDeclined
+from core.errors import Backordered, PaymentDeclined
 from core.notifications import Notification
 from functions.bootstrap import Config, bootstrap
 from tests.builders import location_body, order_body, product_body
@@ -214,3 +215,25 @@ def test_a_cancel_the_notifier_could_not_send_is_sent_by_the_retry_pass_under_th
     note = only(mailer.sent_for(order["id"]))
     (recorded,) = api.get(f"/orders/{order['id']}/notifications").json()["items"]
     assert recorded["id"] == note.id and recorded["sent_at"] is not None
+
+
+def test_a_backordered_order_tells_its_customer_what_waits_and_then_that_it_shipped(api):
+    stream, clock, mailer = watched()
+    with functions_at(clock, mailer):
+        kite = product_body("30.00", name="Box kite", allow_backorder=True)
+        assert api.put("/products/KITE", json=kite).status_code in (200, 201)
+        order = placed(api, ("KITE", 2))
+        steps().authorize_payment(order["id"], attempt=0)
+        with pytest.raises(Backordered):
+            steps().reserve_stock(order["id"])
+        assert api.put("/inventory/KITE/wh-east", json={"on_hand": 5}).status_code == 200
+        steps().reserve_stock(order["id"])  # what the backorder queue runs once units arrive
+        steps().create_shipments(order["id"])
+        allocated = api.get(f"/orders/{order['id']}").json()
+        (parcel,) = allocated["shipments"]
+        assert api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={}).status_code == 200
+        consume(stream)
+
+    waited, shipped = mailer.sent_for(order["id"])
+    assert (waited.kind.value, shipped.kind.value) == ("backordered", "shipped")
+    assert f"Your order {order['external_id']} is not in stock yet: 2 × Box kite." in waited.body

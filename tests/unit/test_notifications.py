@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
-from core.models import Jeopardy, Order, Shipment, ShipmentLine
+from core.models import Hold, Jeopardy, Order, Shipment, ShipmentLine
 from core.notifications import (
     Notification,
     NotificationKind,
@@ -871,3 +871,41 @@ def test_a_retry_pass_that_finds_a_dependency_down_stops_there_and_says_so():
     retries = NotificationRetries(store, hook_with(Mailer()), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
     with pytest.raises(TransientError):
         retries.run()
+
+
+def test_a_backordered_order_tells_what_waits_for_stock_by_name_under_its_event():
+    old = order_doc(status="authorized", payment=AUTHORIZED)
+    old["lines"] = [{**old["lines"][0], "quantity": 3}, {**old["lines"][0], "line_id": "l2", "sku": "MUG"},
+                    {**old["lines"][0], "line_id": "l3", "sku": "CAP"}]  # fmt: skip
+    held = [
+        {"line_id": "l1", "location_id": "wh1", "quantity": 1},
+        {"line_id": "l3", "location_id": "wh1", "quantity": 1},
+    ]
+    waiting = next_version(old, status="backordered", allocations=held)  # the caps are all reserved
+
+    (note,) = notifications(
+        old, waiting, products=lambda sku: type("Product", (), {"name": "Mug"}) if sku == "MUG" else None
+    )
+
+    assert note.kind is NotificationKind.BACKORDERED and note.id == event_id(ORDER, 2, EventType.ORDER_BACKORDERED)
+    assert note.subject == f"Your order {NUMBER} is waiting for stock"
+    assert f"Part of your order {NUMBER} is not in stock yet: 2 × TSHIRT, 1 × Mug." in note.body
+    assert "as soon as it arrives" in note.body and note.details == {}
+    nothing = next_version(old, status="backordered")
+    (whole,) = notifications(old, nothing)
+    assert f"Your order {NUMBER} is not in stock yet: 3 × TSHIRT, 1 × MUG, 1 × CAP." in whole.body
+    assert kinds(waiting, next_version(waiting, allocations=[])) == []  # still waiting: told once
+
+
+def test_a_backorder_notice_the_notifier_could_not_send_is_outdated_once_the_order_no_longer_waits():
+    old = order_doc(status="authorized")
+    (note,) = notifications(old, next_version(old, status="backordered"))
+
+    def order(status: str, **fields: Any) -> Order:
+        return a_stored_order(("TSHIRT", 1), id=ORDER, status=status, **fields)
+
+    assert not outdated(note, order("backordered"))
+    assert outdated(note, order("allocated")) and outdated(note, order("cancelled"))
+    held = {"reason": "customer_request", "since": NOW}
+    assert not outdated(note, order("on_hold", hold=Hold(**held, resume_to=OrderStatus.BACKORDERED)))
+    assert outdated(note, order("on_hold", hold=Hold(**held, resume_to=OrderStatus.ALLOCATED)))
