@@ -237,3 +237,27 @@ def test_a_backordered_order_tells_its_customer_what_waits_and_then_that_it_ship
     waited, shipped = mailer.sent_for(order["id"])
     assert (waited.kind.value, shipped.kind.value) == ("backordered", "shipped")
     assert f"Your order {order['external_id']} is not in stock yet: 2 × Box kite." in waited.body
+
+
+def test_a_wait_for_stock_the_notifier_could_not_send_is_withdrawn_once_the_units_came(api):
+    """Backordered while the provider was down; the units arrive and the order is allocated before the
+    retry pass: "your order is waiting for stock" would come as its parcel is being packed."""
+    stream, clock, mailer = watched()
+    with functions_at(clock, mailer) as built:
+        kite = product_body("40.00", name="Delta kite", allow_backorder=True)
+        assert api.put("/products/DELTA", json=kite).status_code == 201
+        order = placed(api, ("DELTA", 1))
+        steps().authorize_payment(order["id"], attempt=0)
+        with pytest.raises(Backordered):
+            steps().reserve_stock(order["id"])
+        mailer.down = True
+        consume(stream)
+        mailer.down = False
+        assert api.put("/inventory/DELTA/wh-east", json={"on_hand": 1}).status_code == 200
+        steps().reserve_stock(order["id"])
+        steps().create_shipments(order["id"])
+        clock.advance(minutes=6)
+        withdrawn = [retry.order_id for retry in built.notification_retries.run().withdrawn]
+
+    assert order["id"] in withdrawn and mailer.sent_for(order["id"]) == []
+    assert told(api, order["id"]) == [("backordered", False)]
