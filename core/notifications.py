@@ -186,8 +186,8 @@ def outdated(notification: Notification, order: Order | None) -> bool:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
         if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:
             return True
-        collect_by = utc_text(parcel.collect_by) if parcel.collect_by is not None else None
-        return collect_by != notification.details.get("collect_by")
+        told = notification.details.get("collect_by")
+        return _minute_told(parcel.collect_by) != _minute_told(_moment(told) if told else None)
     return False
 
 
@@ -323,8 +323,7 @@ def notifications(
             # The pickup expiry cancels it once past this moment: the customer hears of it only here.
             # To the minute, cut down: never later than the deadline itself.
             text += (
-                f" Please collect it by {collect_by.strftime('%Y-%m-%d %H:%M')} UTC: an order not collected by"
-                " then is cancelled."
+                f" Please collect it by {_minute_told(collect_by)} UTC: an order not collected by then is cancelled."
             )
         note(
             ready_for_pickup_id(order_id, version, shipment["id"]),
@@ -499,10 +498,18 @@ def _collect_by(shipment: dict[str, Any]) -> datetime | None:
     return moment.astimezone(UTC)
 
 
+def _minute_told(collect_by: datetime | None) -> str | None:
+    """A pickup's deadline as its customer is told it: to the minute in UTC, cut down (never later
+    than the deadline itself). A release that moves it within that minute (a hold of seconds) tells
+    them nothing new."""
+    return collect_by.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if collect_by is not None else None
+
+
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
     """The pickups this change made ready, and those waiting whose `collect_by` a release moved
-    (Order.pickups_after_hold): the customer was told the old deadline, and may have been turned
-    away at the counter while the order was held; told again that it is ready, and until when."""
+    (Order.pickups_after_hold) to another minute than the one told (_minute_told): the customer was
+    told the old deadline, and may have been turned away at the counter while the order was held;
+    told again that it is ready, and until when."""
     was = {item.get("id"): item for item in (old or {}).get("shipments") or []}
     held = new.get("status") == OrderStatus.ON_HOLD
     return [
@@ -511,7 +518,10 @@ def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[di
         if shipment.get("status") == ShipmentStatus.READY_FOR_PICKUP
         and (
             (was.get(shipment.get("id")) or {}).get("status") != ShipmentStatus.READY_FOR_PICKUP
-            or (not held and (was.get(shipment.get("id")) or {}).get("collect_by") != shipment.get("collect_by"))
+            or (
+                not held
+                and _minute_told(_collect_by(was.get(shipment.get("id")) or {})) != _minute_told(_collect_by(shipment))
+            )
         )
     ]
 

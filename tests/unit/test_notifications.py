@@ -474,6 +474,20 @@ def test_a_moved_collect_by_is_told_once_the_order_is_off_hold_and_not_while_it_
     assert note.id == ready_for_pickup_id(ORDER, released["version"], "shp_1")
 
 
+def test_a_release_that_moves_collect_by_within_the_minute_told_tells_nothing_again():
+    # Held and released within seconds (a hold placed by mistake): the deadline moves by the time held,
+    # but what the customer was told ("collect it by 2026-12-08 12:00 UTC") is the same to the minute;
+    # the same email again is noise. A minute more is a new deadline, told.
+    pickup = {"type": "pickup", "location_id": "wh1"}
+    waiting = {**shipment("ready_for_pickup"), "collect_by": "2026-12-08T12:00:00Z"}
+    held = order_doc(status="on_hold", fulfillment=pickup, shipments=[waiting])
+    seconds = next_version(held, status="allocated", shipments=[{**waiting, "collect_by": "2026-12-08T12:00:02.5Z"}])
+    a_minute = next_version(held, status="allocated", shipments=[{**waiting, "collect_by": "2026-12-08T12:01:00Z"}])
+
+    assert kinds(held, seconds) == []
+    assert kinds(held, a_minute) == ["ready_for_pickup"]
+
+
 def test_a_tracking_number_learnt_after_the_ship_is_told_as_the_parcels_number_not_as_a_second_shipping():
     """A parcel shipped under its label's number takes the carrier's later (shipment.shipped again,
     core.domain_events._renumbered): the customer is told the number it travels under, and not
@@ -772,6 +786,8 @@ def test_a_pickup_ready_retried_is_withdrawn_once_collected_or_given_another_dea
     assert outdated(ready, a_pickup_ready().model_copy(update={"shipments": []}))
     assert outdated(ready, a_pickup_ready(status="delivered"))  # collected
     assert outdated(ready, a_pickup_ready(collect_by=datetime(2026, 12, 9, 10, tzinfo=UTC)))  # told a new deadline
+    # Moved within the minute it tells (a hold of seconds): no new deadline was told, this one holds.
+    assert not outdated(ready, a_pickup_ready(collect_by=datetime(2026, 12, 8, 10, 0, 30, tzinfo=UTC)))
     # An order the pass cannot find is not taken for changed: what it tells may still hold.
     assert not outdated(ready, None)
 
