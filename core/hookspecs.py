@@ -486,14 +486,15 @@ def oms_return_policy(
 
 @hookspec
 def oms_notify(notification: Notification) -> list[str] | None:
-    """Send a customer notification (an order shipped, is ready for pickup, is delayed, or was
-    refunded) by email, SMS or any other way.
+    """Send a customer notification (an order shipped, is ready for pickup, is delayed, was
+    refunded, was cancelled in whole or in part, or waits for stock) by email, SMS or any other way.
 
     :param notification: `to` (email, name), `subject`, `body` (plain text), `kind`, `order_id`,
         `channel` and `details` (the facts a template may use: carrier, tracking_number, amount,
-        currency, location_id, location_name, collect_by). It never holds a payment token or any
-        secret. A `ready_for_pickup` comes again, under a new id, when the release of a hold moved
-        its `collect_by` (the time held does not count against the customer).
+        currency, location_id, location_name, collect_by; a cancel's customer-facing reason, the
+        new grand_total after units cancelled). It never holds a payment token or any secret. A
+        `ready_for_pickup` comes again, under a new id, when the release of a hold moved its
+        `collect_by` to another minute (the time held does not count against the customer).
     :return: the ways it was sent (e.g. ["email"]), or None when this plugin did not send it. An
         answer of another shape is refused, but the notification is recorded sent (every plugin ran
         to its end), never handed over again.

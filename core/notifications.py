@@ -6,19 +6,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from functools import partial
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
 from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
-from core.errors import CandidatesReadPast, dependency_down
+from core.errors import CandidatesReadPast, OutOfStock, dependency_down
+from core.events import OrderEvent
 from core.fields import empty_list
 from core.hook_calls import answer_refused, call_hook, calls_about
 from core.ids import short_hash
-from core.models import Location, Order, Shown, VisibleText, utc_text
+from core.models import Location, Order, Product, Shown, VisibleText, utc_text
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 
@@ -28,6 +31,8 @@ class NotificationKind(StrEnum):
     READY_FOR_PICKUP = "ready_for_pickup"
     DELAYED = "delayed"
     REFUNDED = "refunded"
+    CANCELLED = "cancelled"
+    BACKORDERED = "backordered"
 
 
 class Recipient(Shown):
@@ -159,8 +164,9 @@ def outdated(notification: Notification, order: Order | None) -> bool:
     passed too: that mark's `since` is after the notification was made), whose own "delayed" tells
     it, held since or not (the lateness its hold resumes is that mark's), but for the lateness a
     release resumed (its `since` moved by the time held: late_resumed, Hold.resume_late_resumed,
-    marked again or not yet: Order.late_since), of which the customer is not told again. A parcel
-    shipped and a refund stay true."""
+    marked again or not yet: Order.late_since), of which the customer is not told again; a wait for
+    stock none once the order no longer waits (allocated: "waiting for stock" would come after its
+    parcel, or cancelled), held or not. A parcel shipped, a refund and a cancel stay true."""
     if order is None:
         return False
     if notification.kind is NotificationKind.DELAYED:
@@ -173,12 +179,15 @@ def outdated(notification: Notification, order: Order | None) -> bool:
             return hold.resume_late > notification.created_at and not hold.resume_late_resumed
         since = order.late_since()
         return since is None or (since > notification.created_at and since != order.late_resumed)
+    if notification.kind is NotificationKind.BACKORDERED:
+        waits = order.hold.resume_to if order.status is OrderStatus.ON_HOLD and order.hold else order.status
+        return waits is not OrderStatus.BACKORDERED
     if notification.kind is NotificationKind.READY_FOR_PICKUP:
         parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
         if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:
             return True
-        collect_by = utc_text(parcel.collect_by) if parcel.collect_by is not None else None
-        return collect_by != notification.details.get("collect_by")
+        told = notification.details.get("collect_by")
+        return _minute_told(parcel.collect_by) != _minute_told(_moment(told) if told else None)
     return False
 
 
@@ -189,16 +198,28 @@ def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
 
 
 def notifications(
-    old: dict[str, Any] | None, new: dict[str, Any], locations: Callable[[str], Location | None] | None = None
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    locations: Callable[[str], Location | None] | None = None,
+    *,
+    products: Callable[[str], Product | None] | None = None,
+    entries: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
     after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
-    hold the customer asked for or a pickup waiting for them) and refund.succeeded, plus a pickup shipment that became
-    ready_for_pickup. `locations` (the catalog's get_location) names a pickup's store to its
+    hold the customer asked for or a pickup waiting for them), refund.succeeded, order.backordered
+    (what waits for stock), order.cancelled and order.payment_failed (the order is not going to
+    come: `cancelled`), plus a pickup shipment that
+    became ready_for_pickup and units of the order cancelled before they shipped (`cancelled`, a
+    part of it). `locations` (the catalog's get_location) names a pickup's store to its
     customer by its name and street, asked only for a pickup readied; without it, or for a store
-    the catalog no longer has, it is named by its id."""
+    the catalog no longer has, it is named by its id. `products` (the catalog's get_product) names
+    cancelled units by their product's name (by their sku without it). `entries`: the history
+    entries the change appended (as stored), asked only for a cancel, which says why in the
+    customer's words (_why_cancelled); without them it says no reason."""
     events = order_events(old, new)
-    if not events and not _ready_shipments(old, new):
+    units_cancelled = _units_cancelled(old, new)
+    if not events and not units_cancelled and not _ready_shipments(old, new):
         return []
     customer = new.get("customer") or {}
     if not customer.get("email"):
@@ -263,6 +284,36 @@ def notifications(
                 event.id, NotificationKind.REFUNDED, f"Refund for your order {number}", text,
                 refund_id=event.data["refund"]["id"], amount=amount["amount"], currency=amount["currency"],
             )  # fmt: skip
+        elif event.type is EventType.ORDER_BACKORDERED:
+            # Its deadline is long (OMS_SLA backordered=14d): untold, the customer would wait that
+            # long for "delayed", or for a parcel, not knowing why nothing came.
+            names = ", ".join(f"{units} × {_product_name(sku, products)}" for sku, units in _units_short(new))
+            some = "Part of your order" if new.get("allocations") else "Your order"
+            text = (
+                f"{some} {number} is not in stock yet: {names}. We will send it as soon as it arrives, and tell"
+                " you when it ships. If you would rather not wait, contact us to cancel it."
+            )
+            note(event.id, NotificationKind.BACKORDERED, f"Your order {number} is waiting for stock", text)
+        elif event.type in _ORDER_ENDED:
+            reason, why = _why_cancelled(number, new, entries() if entries is not None else [])
+            text = f"{why} {_money_of_a_cancel(new)}".rstrip()
+            note(event.id, NotificationKind.CANCELLED, f"Your order {number} has been cancelled", text, reason=reason)
+    if units_cancelled and new.get("status") not in _ORDER_ENDED_STATUSES:
+        # Before capture no money moves (the authorization covers less), so no refund tells of it:
+        # without this the customer learns of it from a parcel short of what they ordered.
+        names = ", ".join(f"{units} × {_product_name(sku, products)}" for sku, units in units_cancelled)
+        total = (new.get("totals") or {}).get("grand_total") or {}
+        if _nothing_left_to_ship(new):  # a partly shipped order's rest: what shipped is all they get
+            subject = f"The rest of your order {number} has been cancelled"
+            text = f"We have cancelled {names}, the rest of your order {number}: it will not ship."
+        else:
+            subject = f"Part of your order {number} has been cancelled"
+            text = f"We have cancelled {names} of your order {number}."
+        text += f" Its new total is {total.get('amount')} {total.get('currency')}."
+        note(
+            units_cancelled_id(order_id, version), NotificationKind.CANCELLED, subject, text,
+            grand_total=total.get("amount"), currency=total.get("currency"),
+        )  # fmt: skip
     for shipment in _ready_shipments(old, new):
         store = locations(shipment["location_id"]) if locations is not None else None
         place = f"{store.name}, {store.address.line1}, {store.address.city}" if store else shipment["location_id"]
@@ -272,8 +323,7 @@ def notifications(
             # The pickup expiry cancels it once past this moment: the customer hears of it only here.
             # To the minute, cut down: never later than the deadline itself.
             text += (
-                f" Please collect it by {collect_by.strftime('%Y-%m-%d %H:%M')} UTC: an order not collected by"
-                " then is cancelled."
+                f" Please collect it by {_minute_told(collect_by)} UTC: an order not collected by then is cancelled."
             )
         note(
             ready_for_pickup_id(order_id, version, shipment["id"]),
@@ -283,6 +333,108 @@ def notifications(
             collect_by=utc_text(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
+
+
+def units_cancelled_id(order_id: str, version: int) -> str:
+    """No domain event tells of units cancelled, so their notification's id is made the way event
+    ids are: stable for the same change."""
+    return "evt_" + short_hash(f"{order_id}\x1f{version}\x1forder.units_cancelled")
+
+
+# The events that end an order before it came: its customer is told it is cancelled.
+_ORDER_ENDED = frozenset({EventType.ORDER_CANCELLED, EventType.ORDER_PAYMENT_FAILED})
+_ORDER_ENDED_STATUSES = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
+# The history entries that end an order (Order.cancel, Order.expire_pickup, Order.decline_payment).
+_ENDING_ENTRIES = frozenset({OrderEvent.CANCELLED, OrderEvent.PICKUP_EXPIRED, OrderEvent.PAYMENT_FAILED})
+
+
+def _why_cancelled(number: str, order: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """Why the order ended, as its customer is told it: (a reason a plugin's template may use, the
+    sentence). The OMS's reason code, a person's typed reason and a gateway's words are never told:
+    a person's cancel (an API key's: their reason may be "fraud suspected") says none."""
+    if order.get("status") == OrderStatus.PAYMENT_FAILED:
+        return "payment_declined", (
+            f"We could not take the payment for your order {number}: it was declined, so we have cancelled the order."
+        )
+    entry = next((e for e in reversed(entries) if e.get("type") in _ENDING_ENTRIES), None) or {}
+    detail = entry.get("detail") or {}
+    if entry.get("type") == OrderEvent.PICKUP_EXPIRED and detail.get("collect_by"):
+        collect_by = _moment(detail["collect_by"]).astimezone(UTC)
+        return "not_collected", (
+            f"Your order {number} was not collected by {collect_by:%Y-%m-%d %H:%M} UTC, so we have cancelled it."
+        )
+    if entry.get("actor") == WORKFLOW_ACTOR and detail.get("reason") == OutOfStock.code:
+        return (
+            "out_of_stock",
+            f"We are sorry: what you ordered in your order {number} is no longer in stock, so we have cancelled it.",
+        )
+    if entry.get("actor") == SCAN_ACTOR:  # the jeopardy scan cancels only holds kept too long
+        return (
+            "held_too_long",
+            f"Your order {number} was on hold for longer than we can keep an order, so we have cancelled it.",
+        )
+    if entry.get("actor") == WORKFLOW_ACTOR:
+        return "not_completed", f"We could not complete your order {number}, so we have cancelled it."
+    return None, f"Your order {number} has been cancelled."
+
+
+def _money_of_a_cancel(order: dict[str, Any]) -> str:
+    """What the cancel means for the customer's money, as the order records it at the cancel: nothing
+    charged (nothing captured), and an authorization, which the cancel voids after its write (or a
+    person releases, the gateway refusing), released, which is no refund. Money captured is not
+    spoken of here, refunded since or not: each refund is told when the gateway makes it (`refunded`)."""
+    payment = order.get("payment") or {}
+    if _amount(payment.get("captured")) > 0:
+        return ""
+    text = "You have not been charged for it."
+    authorized = payment.get("authorized") or {}
+    if _amount(authorized) > 0:  # authorized (or voided since): nothing captured on it
+        text += (
+            f" The {authorized['amount']} {authorized['currency']} authorized on your payment method will be"
+            " released; your bank may show it as pending for a few days."
+        )
+    return text
+
+
+def _amount(money: dict[str, Any] | None) -> Decimal:
+    return Decimal(str((money or {}).get("amount") or "0"))
+
+
+def _units_cancelled(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, int]]:
+    """The units this change cancelled, (sku, units) by line: each line's cancelled_quantity grown."""
+    if old is None:
+        return []
+    was = {line.get("line_id"): int(line.get("cancelled_quantity") or 0) for line in old.get("lines") or []}
+    grown = [
+        (str(line.get("sku")), int(line.get("cancelled_quantity") or 0) - was.get(line.get("line_id"), 0))
+        for line in new.get("lines") or []
+    ]
+    return [(sku, units) for sku, units in grown if units > 0]
+
+
+def _units_short(order: dict[str, Any]) -> list[tuple[str, int]]:
+    """The units the order has not reserved (sku, units) by line: what a backordered order waits for."""
+    held: dict[str, int] = {}
+    for allocation in order.get("allocations") or []:
+        held[allocation.get("line_id")] = held.get(allocation.get("line_id"), 0) + int(allocation.get("quantity") or 0)
+    short = [
+        (str(line.get("sku")), int(line.get("quantity") or 0) - held.get(line.get("line_id"), 0))
+        for line in order.get("lines") or []
+    ]
+    return [(sku, units) for sku, units in short if units > 0]
+
+
+def _nothing_left_to_ship(order: dict[str, Any]) -> bool:
+    """Whether every unit the order still has has shipped (a partly shipped order's rest cancelled)."""
+    lines = order.get("lines") or []
+    return bool(lines) and all(
+        int(line.get("shipped_quantity") or 0) >= int(line.get("quantity") or 0) for line in lines
+    )
+
+
+def _product_name(sku: str, products: Callable[[str], Product | None] | None) -> str:
+    product = products(sku) if products is not None else None
+    return product.name if product is not None else sku
 
 
 def _part_shipped(shipment: dict[str, Any], order: dict[str, Any]) -> str:
@@ -346,10 +498,18 @@ def _collect_by(shipment: dict[str, Any]) -> datetime | None:
     return moment.astimezone(UTC)
 
 
+def _minute_told(collect_by: datetime | None) -> str | None:
+    """A pickup's deadline as its customer is told it: to the minute in UTC, cut down (never later
+    than the deadline itself). A release that moves it within that minute (a hold of seconds) tells
+    them nothing new."""
+    return collect_by.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if collect_by is not None else None
+
+
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
     """The pickups this change made ready, and those waiting whose `collect_by` a release moved
-    (Order.pickups_after_hold): the customer was told the old deadline, and may have been turned
-    away at the counter while the order was held; told again that it is ready, and until when."""
+    (Order.pickups_after_hold) to another minute than the one told (_minute_told): the customer was
+    told the old deadline, and may have been turned away at the counter while the order was held;
+    told again that it is ready, and until when."""
     was = {item.get("id"): item for item in (old or {}).get("shipments") or []}
     held = new.get("status") == OrderStatus.ON_HOLD
     return [
@@ -358,7 +518,10 @@ def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[di
         if shipment.get("status") == ShipmentStatus.READY_FOR_PICKUP
         and (
             (was.get(shipment.get("id")) or {}).get("status") != ShipmentStatus.READY_FOR_PICKUP
-            or (not held and (was.get(shipment.get("id")) or {}).get("collect_by") != shipment.get("collect_by"))
+            or (
+                not held
+                and _minute_told(_collect_by(was.get(shipment.get("id")) or {})) != _minute_told(_collect_by(shipment))
+            )
         )
     ]
 
@@ -378,24 +541,28 @@ class Notifier:
     def __init__(
         self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
         locations: Callable[[str], Location | None] | None = None,
+        products: Callable[[str], Product | None] | None = None,
     ):  # fmt: skip
         self._store = store
         self._hook = hook
         self._clock = clock
         self._locations = locations
+        self._products = products
         self._wait = PluginWait()
 
     def notify(
-        self, old: dict[str, Any] | None, new: dict[str, Any], *, seconds_left: Callable[[], float] | None = None
-    ) -> "Notified":
+        self, old: dict[str, Any] | None, new: dict[str, Any], *, seconds_left: Callable[[], float] | None = None,
+        entries: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> "Notified":  # fmt: skip
         """The notifications sent now (none when the change means none or all went out before), and
         those deferred now. With `seconds_left` (how long the plugins may take, asked before each
         notification: the invocation's time left less what must follow), the plugins are called in a
         thread of their own and not waited for past it: one they have not answered by then is
         deferred as one they failed to send (NotifierOverdue), and while that call still runs every
-        later notification is deferred without a call (one stuck thread, never a pile of them)."""
+        later notification is deferred without a call (one stuck thread, never a pile of them).
+        `entries`: the history entries the change appended (notifications)."""
         done = Notified()
-        for notification in notifications(old, new, self._locations):
+        for notification in notifications(old, new, self._locations, products=self._products, entries=entries):
             recorded, deferred = self._store.add(notification)
             if recorded.sent_at is not None or deferred:
                 continue
@@ -499,7 +666,9 @@ class Retried:
 
 
 # The kinds a later change of the order can make untrue (`outdated`): only their retries read it.
-_OUTDATED_BY_CHANGES = frozenset({NotificationKind.READY_FOR_PICKUP, NotificationKind.DELAYED})
+_OUTDATED_BY_CHANGES = frozenset(
+    {NotificationKind.READY_FOR_PICKUP, NotificationKind.DELAYED, NotificationKind.BACKORDERED}
+)
 
 
 class NotificationsNotRetried(CandidatesReadPast):

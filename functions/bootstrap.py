@@ -961,8 +961,12 @@ class Container:
     def notifier(self) -> Notifier:
         from core.notifications import Notifier
 
-        # A pickup readied names its store by name and street (one catalog read, cached a while).
-        return Notifier(self.notification_store, self.plugins.hook, self.clock, self.cached_catalog.get_location)
+        # A pickup readied names its store by name and street, units cancelled their products by name
+        # (catalog reads, cached a while).
+        catalog = self.cached_catalog
+        return Notifier(
+            self.notification_store, self.plugins.hook, self.clock, catalog.get_location, catalog.get_product
+        )
 
     @cached_property
     def notification_retries(self) -> NotificationRetries:

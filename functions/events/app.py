@@ -122,7 +122,7 @@ def publish_changes(
         # After the events: a notifier plugin that fails leaves its notification to the
         # reconciler's retry pass; anything else failing has the record redelivered, and the events
         # it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
-        notify(old, new, seconds_left)
+        notify(old, new, seconds_left, lambda: appended_entries(images))
 
 
 def finish_parcels_left(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
@@ -187,11 +187,24 @@ def dispatch(
         metrics.add_metric(name="EventsCutDown", unit=MetricUnit.Count, value=len(dispatched.cut_down))
 
 
-def notify(old: dict[str, Any] | None, new: dict[str, Any], seconds_left: Callable[[], float] | None = None) -> None:
+def appended_entries(images: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history entries the change of a stream record appended, decoded (a cancel's says why):
+    those its new image's `history` holds beyond its old image's. The move of an order's older
+    entries to a page (bound_history) is a write of its own, which changes no document."""
+    new = ((images.get("NewImage") or {}).get("history") or {}).get("L") or []
+    old = ((images.get("OldImage") or {}).get("history") or {}).get("L") or []
+    return [json.loads(order_codec.stored_json(entry)) for entry in new[len(old) :]]
+
+
+def notify(
+    old: dict[str, Any] | None, new: dict[str, Any], seconds_left: Callable[[], float] | None = None,
+    entries: Callable[[], list[dict[str, Any]]] | None = None,
+) -> None:  # fmt: skip
     """The customer notifications the change means, recorded and handed to the notifier plugins;
     those they failed to send, or did not answer for within `seconds_left()` (None: no limit),
-    deferred to the reconciler's retry pass (the record succeeds)."""
-    notified = container().notifier.notify(old, new, seconds_left=seconds_left)
+    deferred to the reconciler's retry pass (the record succeeds). `entries`: the history entries
+    the change appended, read only for a cancel."""
+    notified = container().notifier.notify(old, new, seconds_left=seconds_left, entries=entries)
     if notified.sent:
         logger.info("customer notified", extra={"notifications": [n.kind.value for n in notified.sent]})
         metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(notified.sent))

@@ -591,11 +591,11 @@ def test_a_batch_failed_part_way_and_retried_from_its_failed_record_counts_every
     assert any(r["dynamodb"]["Keys"]["id"]["S"] == first["id"] for r in records[failing + 1 :])  # the cancel, after
     notify, failed = app.notify, []
 
-    def fails_once(old, new, seconds_left=None):
+    def fails_once(old, new, seconds_left=None, entries=None):
         if not failed and new["id"] == second["id"] and new["status"] == "allocated":
             failed.append(True)
             raise ConnectionError("the notifier's store did not answer")
-        return notify(old, new, seconds_left)
+        return notify(old, new, seconds_left, entries)
 
     monkeypatch.setattr(app, "notify", fails_once)
     answer = app.lambda_handler({"Records": records}, context("EventsFunction"))

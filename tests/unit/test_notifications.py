@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
-from core.models import Jeopardy, Order, Shipment, ShipmentLine
+from core.models import Hold, Jeopardy, Order, Shipment, ShipmentLine
 from core.notifications import (
     Notification,
     NotificationKind,
@@ -162,7 +162,108 @@ def test_changes_customers_are_not_told_of_tell_nothing():
     placed = order_doc()
     assert kinds(None, placed) == []
     assert kinds(placed, next_version(placed, status="authorized")) == []
-    assert kinds(placed, next_version(placed, status="cancelled")) == []
+    edited = next_version(placed, lines=[{**placed["lines"][0], "quantity": 3}])
+    assert kinds(placed, edited) == []  # an edit cancels nothing: its lines are what the customer asked for
+    cut = next_version(placed, lines=[{**placed["lines"][0], "cancelled_quantity": 2}])
+    assert kinds(cut, next_version(cut, lines=placed["lines"])) == []  # lines replaced whole: none grew
+
+
+def cancel_entry(actor: str, reason: str, type_: str = "cancelled", **detail: Any) -> dict[str, Any]:
+    """A history entry as the Orders table stores it (decoded), as the stream record's new image appends it."""
+    return {"at": "2026-12-01T10:05:00Z", "type": type_, "from_status": "allocated", "to_status": "cancelled",
+            "actor": actor, "detail": {"reason": reason, **detail}}  # fmt: skip
+
+
+AUTHORIZED = {"method": "test", "status": "authorized", "authorized": money("10.00"), "captured": money("0.00"),
+              "refunded": money("0.00")}  # fmt: skip
+
+
+def cancelled(entries: list[dict[str, Any]], payment: dict[str, Any] = AUTHORIZED) -> Notification:
+    old = order_doc(status="allocated", payment=payment)
+    lines = [{**line, "quantity": 0, "cancelled_quantity": line["quantity"]} for line in old["lines"]]
+    (note,) = notifications(old, next_version(old, status="cancelled", lines=lines), entries=lambda: entries)
+    assert note.kind is NotificationKind.CANCELLED and note.subject == f"Your order {NUMBER} has been cancelled"
+    assert note.id == event_id(ORDER, 2, EventType.ORDER_CANCELLED)  # one per order: the cancel's event
+    return note
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason", "says"),
+    [
+        (cancel_entry("workflow", "out_of_stock"), "out_of_stock", "is no longer in stock"),
+        (cancel_entry("workflow", "workflow_error"), "not_completed", "We could not complete your order"),
+        (cancel_entry("jeopardy_scan", "hold_expired"), "held_too_long", "on hold for longer than we can keep"),
+        (cancel_entry("pickup_expiry", "pickup_expired", "pickup_expired", collect_by="2026-12-08T10:00:00.5Z"),
+         "not_collected", "was not collected by 2026-12-08 10:00 UTC"),
+        # A person typing a system's reason is a person's cancel all the same: their words are not told.
+        (cancel_entry("key_desk", "out_of_stock"), None, f"Your order {NUMBER} has been cancelled."),
+    ],
+)  # fmt: skip
+def test_a_cancel_tells_why_in_the_customers_words_never_the_oms_code(entry, reason, says):
+    note = cancelled([{"type": "stock_reserved", "actor": "workflow", "detail": {}}, entry])
+
+    assert says in note.body
+    assert note.details == ({"reason": reason} if reason else {})
+    assert entry["detail"]["reason"] not in note.body and entry["actor"] not in note.body
+
+
+def test_a_cancel_whose_entries_are_not_at_hand_is_told_without_a_reason():
+    old = order_doc(status="allocated", payment=AUTHORIZED)
+    (note,) = notifications(old, next_version(old, status="cancelled"))
+
+    assert note.body == (
+        f"Hello Ada,\n\nYour order {NUMBER} has been cancelled. You have not been charged for it. The 10.00 USD"
+        " authorized on your payment method will be released; your bank may show it as pending for a few days.\n"
+    )
+
+
+def test_a_cancel_says_nothing_charged_only_when_nothing_is_and_never_calls_a_release_a_refund():
+    never_authorized = {**AUTHORIZED, "status": "pending", "authorized": money("0.00")}
+    assert cancelled([], payment=never_authorized).body.endswith(
+        "has been cancelled. You have not been charged for it.\n"
+    )
+    charged = {**AUTHORIZED, "status": "partially_captured", "captured": money("4.00")}
+    assert "charged" not in cancelled([], payment=charged).body  # its refund, once made, is `refunded`
+    refunded = {**charged, "status": "refunded", "refunded": money("4.00")}
+    assert (
+        "charged" not in cancelled([], payment=refunded).body and "released" not in cancelled([], payment=refunded).body
+    )
+    voided = {**AUTHORIZED, "status": "voided"}
+    assert "The 10.00 USD authorized on your payment method will be released" in cancelled([], payment=voided).body
+    for payment in (AUTHORIZED, never_authorized, charged, refunded):
+        assert "refund" not in cancelled([], payment=payment).body
+
+
+def test_a_declined_payment_is_told_as_a_cancel_under_its_event_with_nothing_charged():
+    old = order_doc()
+    (note,) = notifications(old, next_version(old, status="payment_failed"))
+
+    assert note.id == event_id(ORDER, 2, EventType.ORDER_PAYMENT_FAILED)
+    assert note.kind is NotificationKind.CANCELLED and note.details == {"reason": "payment_declined"}
+    assert f"We could not take the payment for your order {NUMBER}: it was declined" in note.body
+    assert note.body.endswith("You have not been charged for it.\n")
+
+
+def test_units_cancelled_name_the_product_or_its_sku_and_the_new_total_and_are_not_told_again():
+    old = order_doc(status="allocated", payment=AUTHORIZED)
+    old["lines"] = [{**old["lines"][0], "quantity": 3}, {**old["lines"][0], "line_id": "l2", "sku": "MUG"}]
+    lines = [{**old["lines"][0], "quantity": 1, "cancelled_quantity": 2}, old["lines"][1]]
+    new = next_version(old, lines=lines, totals={**old["totals"], "grand_total": money("20.00")})
+    names = {"TSHIRT": "Black T-shirt"}
+
+    def product(sku: str) -> Any:
+        return type("Product", (), {"name": names[sku]}) if sku in names else None
+
+    (note,) = notifications(old, new, products=product)
+    assert note.kind is NotificationKind.CANCELLED and note.subject == f"Part of your order {NUMBER} has been cancelled"
+    assert note.body.endswith(
+        f"We have cancelled 2 × Black T-shirt of your order {NUMBER}. Its new total is 20.00 USD.\n"
+    )
+    assert note.details == {"grand_total": "20.00", "currency": "USD"}
+    names.clear()
+    (by_sku,) = notifications(old, new, products=product)
+    assert "2 × TSHIRT of your order" in by_sku.body and by_sku.id == note.id  # the same change, the same id
+    assert kinds(new, next_version(new)) == []
 
 
 def test_no_payment_token_or_secret_reaches_a_notification():
@@ -371,6 +472,20 @@ def test_a_moved_collect_by_is_told_once_the_order_is_off_hold_and_not_while_it_
     (note,) = notifications(still_held, released)
     assert (note.kind, note.details["collect_by"]) == (NotificationKind.READY_FOR_PICKUP, "2026-12-11T12:00:00Z")
     assert note.id == ready_for_pickup_id(ORDER, released["version"], "shp_1")
+
+
+def test_a_release_that_moves_collect_by_within_the_minute_told_tells_nothing_again():
+    # Held and released within seconds (a hold placed by mistake): the deadline moves by the time held,
+    # but what the customer was told ("collect it by 2026-12-08 12:00 UTC") is the same to the minute;
+    # the same email again is noise. A minute more is a new deadline, told.
+    pickup = {"type": "pickup", "location_id": "wh1"}
+    waiting = {**shipment("ready_for_pickup"), "collect_by": "2026-12-08T12:00:00Z"}
+    held = order_doc(status="on_hold", fulfillment=pickup, shipments=[waiting])
+    seconds = next_version(held, status="allocated", shipments=[{**waiting, "collect_by": "2026-12-08T12:00:02.5Z"}])
+    a_minute = next_version(held, status="allocated", shipments=[{**waiting, "collect_by": "2026-12-08T12:01:00Z"}])
+
+    assert kinds(held, seconds) == []
+    assert kinds(held, a_minute) == ["ready_for_pickup"]
 
 
 def test_a_tracking_number_learnt_after_the_ship_is_told_as_the_parcels_number_not_as_a_second_shipping():
@@ -671,6 +786,8 @@ def test_a_pickup_ready_retried_is_withdrawn_once_collected_or_given_another_dea
     assert outdated(ready, a_pickup_ready().model_copy(update={"shipments": []}))
     assert outdated(ready, a_pickup_ready(status="delivered"))  # collected
     assert outdated(ready, a_pickup_ready(collect_by=datetime(2026, 12, 9, 10, tzinfo=UTC)))  # told a new deadline
+    # Moved within the minute it tells (a hold of seconds): no new deadline was told, this one holds.
+    assert not outdated(ready, a_pickup_ready(collect_by=datetime(2026, 12, 8, 10, 0, 30, tzinfo=UTC)))
     # An order the pass cannot find is not taken for changed: what it tells may still hold.
     assert not outdated(ready, None)
 
@@ -770,3 +887,42 @@ def test_a_retry_pass_that_finds_a_dependency_down_stops_there_and_says_so():
     retries = NotificationRetries(store, hook_with(Mailer()), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
     with pytest.raises(TransientError):
         retries.run()
+
+
+def test_a_backordered_order_tells_what_waits_for_stock_by_name_under_its_event():
+    old = order_doc(status="authorized", payment=AUTHORIZED)
+    old["lines"] = [{**old["lines"][0], "quantity": 3}, {**old["lines"][0], "line_id": "l2", "sku": "MUG"},
+                    {**old["lines"][0], "line_id": "l3", "sku": "CAP"}]  # fmt: skip
+    held = [
+        {"line_id": "l1", "location_id": "wh1", "quantity": 1},
+        {"line_id": "l3", "location_id": "wh1", "quantity": 1},
+        {"line_id": "l1", "location_id": "wh2", "quantity": 1},
+    ]
+    waiting = next_version(old, status="backordered", allocations=held)  # the caps are all reserved
+
+    (note,) = notifications(
+        old, waiting, products=lambda sku: type("Product", (), {"name": "Mug"}) if sku == "MUG" else None
+    )
+
+    assert note.kind is NotificationKind.BACKORDERED and note.id == event_id(ORDER, 2, EventType.ORDER_BACKORDERED)
+    assert note.subject == f"Your order {NUMBER} is waiting for stock"
+    assert f"Part of your order {NUMBER} is not in stock yet: 1 × TSHIRT, 1 × Mug." in note.body
+    assert "as soon as it arrives" in note.body and note.details == {}
+    nothing = next_version(old, status="backordered")
+    (whole,) = notifications(old, nothing)
+    assert f"Your order {NUMBER} is not in stock yet: 3 × TSHIRT, 1 × MUG, 1 × CAP." in whole.body
+    assert kinds(waiting, next_version(waiting, allocations=[])) == []  # still waiting: told once
+
+
+def test_a_backorder_notice_the_notifier_could_not_send_is_outdated_once_the_order_no_longer_waits():
+    old = order_doc(status="authorized")
+    (note,) = notifications(old, next_version(old, status="backordered"))
+
+    def order(status: str, **fields: Any) -> Order:
+        return a_stored_order(("TSHIRT", 1), id=ORDER, status=status, **fields)
+
+    assert not outdated(note, order("backordered"))
+    assert outdated(note, order("allocated")) and outdated(note, order("cancelled"))
+    held = {"reason": "customer_request", "since": NOW}
+    assert not outdated(note, order("on_hold", hold=Hold(**held, resume_to=OrderStatus.BACKORDERED)))
+    assert outdated(note, order("on_hold", hold=Hold(**held, resume_to=OrderStatus.ALLOCATED)))

@@ -24,10 +24,10 @@ class NotificationPage(BaseModel, defer_build=True):
 @router.get(
     "/orders/<order_id>/notifications",
     summary="An order's customer notifications, oldest first",
-    description="Each notification the order's changes meant (shipped, ready_for_pickup, delayed, refunded), as "
-    "recorded by the built-in notifier: recipient, subject and plain-text body, the facts a template may use "
-    "(`details`), and `sent_via`, the ways the notifier plugins sent it (empty when none sent it). The `id` is the "
-    "event's the notification tells of.",
+    description="Each notification the order's changes meant (shipped, ready_for_pickup, delayed, refunded, "
+    "cancelled, backordered), as recorded by the built-in notifier: recipient, subject and plain-text body, the "
+    "facts a template may use (`details`), and `sent_via`, the ways the notifier plugins sent it (empty when none "
+    "sent it). The `id` is the event's the notification tells of.",
     responses={**ok(200, NotificationPage, "A page of notifications"), **errors(403, 404)},
 )
 @requires(Scope.ORDERS_READ)
