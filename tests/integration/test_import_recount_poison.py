@@ -79,3 +79,33 @@ def test_the_reconciler_logs_and_counts_an_import_its_recount_failed_on(
     assert list(done.failed) == [poison]
     [logged] = [r for r in caplog.records if r.getMessage().startswith("import not recounted")]
     assert (logged.levelname, logged.import_id) == ("ERROR", poison)
+
+
+def test_a_run_whose_import_recount_failed_fails_once_its_passes_are_done(
+    stack: ImportAws,  # noqa: F811 (a fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # README: an import whose own recount raises is read past, "the run fails once done
+    # (ReconcilerErrorsAlarm)": through the handler, not only the pass's report above.
+    from datetime import timedelta
+
+    from core.import_recount import ImportsNotRecounted
+    from core.models import utc_now
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+    from tests.integration.test_reconciler import Context
+
+    kill_between_marking_and_counting(monkeypatch, {2})
+    poison = split(stack, "incoming/first.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    stack.drain(worker)
+    unreadable_marker(poison, 2)
+    later = utc_now() + timedelta(minutes=31)
+
+    scheduled = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+    with (
+        app.container.override(bootstrap(Config.from_env(), clock=lambda: later)),
+        pytest.raises(ImportsNotRecounted) as failed,
+    ):
+        app.lambda_handler(scheduled, Context())
+
+    assert list(failed.value.failed) == [poison]

@@ -117,3 +117,23 @@ def test_an_import_id_from_a_message_is_escaped_in_the_no_such_import_warning(
 
     [record] = [r for r in caplog.records if r.getMessage() == "no such import to record on"]
     assert record.import_id == "imp_x\\nERROR forged\\x1b[0m"
+
+
+def test_a_carrier_failure_reaches_the_reconcilers_line_escaped(caplog: pytest.LogCaptureFixture):
+    # What a carrier pass failed on holds a carrier's words (a tracking number, an error's text).
+    from types import SimpleNamespace
+
+    from core.carrier_bookings import CarrierWork
+    from core.deadline import never
+    from functions.reconciler.passes import Run, carrier_work, metrics
+
+    forged = 'cancel of 1Z\r\n{"level":"INFO","message":"booking cancelled"}\x1b[2K\u202e: ConnectionError'
+    sweep = SimpleNamespace(run=lambda actor, time_up: {"ord_1": CarrierWork(failed=[forged])})
+    try:
+        carrier_work(Run(lambda: SimpleNamespace(carrier_work_sweep=sweep), context=None), never)
+    finally:
+        metrics.clear_metrics()  # CarrierWorkFailed: powertools' one metric set, which no flush here empties
+
+    [record] = [r for r in caplog.records if r.getMessage().startswith("carrier work still owed")]
+    assert record.failure.startswith('cancel of 1Z\\r\\n{"level":"INFO"')
+    assert not any(c in record.failure for c in "\r\n\x1b\u202e")
