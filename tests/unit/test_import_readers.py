@@ -822,6 +822,18 @@ def test_an_unreadable_row_among_the_rows_of_one_order_rejects_that_order_never_
     assert 3 in [line for line, _, _ in errors_of(orders)]  # the unreadable row is still reported on its line
 
 
+def test_an_unreadable_row_rejects_only_the_order_it_interrupts_never_the_next_order_of_several_rows():
+    # Once the interrupted order's next row is read, the unreadable row is accounted for: held on,
+    # it rejected every order of two rows or more after it as incomplete.
+    data = csv_file(row("ext-1"), "web,ext-1,\xff", row("ext-1", "HOODIE"), row("ext-2"), row("ext-2", "MUG"))
+    data = data.replace("\xff".encode(), b"\xff")
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "invalid_encoding"), (4, "ext-1", "incomplete_order")]
+    assert orders[-1].external_id == "ext-2" and orders[-1].line_numbers == (5, 6)
+
+
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_a_row_that_is_not_utf8_fails_the_order_its_identity_names_even_as_its_first_or_last_row(where: str):
     # A Latin-1 export: one byte in a sku makes the row unreadable as UTF-8, but its channel and
