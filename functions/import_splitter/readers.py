@@ -356,7 +356,7 @@ class OrderFile(FileOrders):
         lines = self._replayed()
         if fmt == CSV:
             # The header is checked now, so that an unusable one fails the file before any order.
-            rows = _csv_rows(lines, declared or (separator_of(first) if first is not None else None) or ",")
+            rows = _CsvRowReader(lines, declared or (separator_of(first) if first is not None else None) or ",").rows()
             header = next(rows, None)
             if header is None:  # only rows of empty cells
                 raise _empty(name)
@@ -561,7 +561,7 @@ class _Row:
     header: bool = False  # the cells name the columns (a header, maybe of a file joined on)
 
 
-def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
+class _CsvRowReader:
     """Parsed records with the physical line each starts on. Blank lines are skipped. A record
     that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
     or it spans lines and holds a line that is a row on its own (see _rows_resume), the file
@@ -573,146 +573,207 @@ def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
     otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
     lines with the wrong number of cells and no row inside is one row, and is yielded as read. A
     header further on (files joined together) sets the number of cells, and the separator, of the
-    rows after it; a "sep=;" line further on sets the separator and is no row."""
-    feed = _Feed(lines)
-    width: int | None = None  # the header's cells, once read
-    reader = csv.reader(feed, delimiter=separator, strict=False)
-    while True:
-        feed.begin_record()
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except _Unreadable as unreadable:
-            if len(feed.record) == 1:
-                line = unreadable.line
-                lossy_cells = _lossy_cells(line, separator)
-                joined = _lossy_header(line, separator, lossy_cells) if width is not None else None
-                if joined is not None:
-                    # The header of a file joined on, not UTF-8 (a Latin-1 export): still a header.
-                    separator, lossy_cells = joined
-                    width = len(lossy_cells)
-                yield _Row(
-                    line.number,
-                    error=_unreadable(line, None).error,
-                    lossy_cells=lossy_cells,
-                    leading_cells=(
-                        _leading_cells(line, separator)
-                        if line.problem == "line_too_long" or (not feed.rereading and _opens_quote(line, separator))
-                        else None
-                    ),
-                    header=joined is not None,
-                )
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            start = feed.record[0].number
-            joined = _joined_header(feed.record[0], separator) if width is not None else None
-            if joined is not None:
-                # A header further on whose quote runs on into a line not UTF-8: one that cannot
-                # be used (_CsvOrderReader), as when it runs on into rows; not an order row, with the
-                # rows after it read by line 1's columns.
-                yield _Row(start, cells=joined, lines=len(feed.record), header=True)
-                feed.reread_after_first()
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
-            yield _Row(
-                start,
-                error=LineError(start, None, "malformed_row", message),
-                leading_cells=_leading_cells(feed.record[0], separator),
+    rows after it; a "sep=;" line further on sets the separator and is no row.
+
+    Each kind of record has its method, which returns its row or None for no row. The state they
+    share is the reader's attributes: `feed` (the lines, holding those of the record being parsed),
+    `separator`, `width` (the header's number of cells, None until the header is read) and
+    `parser` (the csv module's reader of `feed` by `separator`: a fresh one after a broken record,
+    whose lines after its first it parses again, or a change of separator)."""
+
+    def __init__(self, lines: Iterator[PhysicalLine], separator: str):
+        self.feed = _Feed(lines)
+        self.separator = separator
+        self.width: int | None = None
+        self.parser = csv.reader(self.feed, delimiter=separator, strict=False)
+
+    def rows(self) -> Iterator[_Row]:
+        while True:
+            self.feed.begin_record()
+            try:
+                cells = next(self.parser)
+            except StopIteration:
+                return
+            except _Unreadable as unreadable:
+                if len(self.feed.record) == 1:
+                    row = self._unreadable_line(unreadable.line)
+                else:
+                    row = self._cut_by_unreadable_line(unreadable.line)
+            except csv.Error as error:
+                row = self._refused(error)
+            else:
+                row = self._record(cells)
+            if row is not None:
+                yield row
+
+    def _restart(self, separator: str | None = None) -> None:
+        """A fresh parser (the csv module's is mid-record after a broken one), by `separator` from
+        now on if given."""
+        self.separator = separator or self.separator
+        self.parser = csv.reader(self.feed, delimiter=self.separator, strict=False)
+
+    def _resume_after_first(self) -> None:
+        """The lines of a broken record after its first are parsed again, each maybe a row."""
+        self.feed.reread_after_first()
+        self._restart()
+
+    # --- Records the csv module cannot hand on ---
+
+    def _unreadable_line(self, line: PhysicalLine) -> _Row:
+        """A line not UTF-8 or too long, which starts its record."""
+        lossy_cells = _lossy_cells(line, self.separator)
+        joined = _lossy_header(line, self.separator, lossy_cells) if self.width is not None else None
+        if joined is not None:
+            # The header of a file joined on, not UTF-8 (a Latin-1 export): still a header.
+            self.separator, lossy_cells = joined
+            self.width = len(lossy_cells)
+        row = _Row(
+            line.number,
+            error=_unreadable(line, None).error,
+            lossy_cells=lossy_cells,
+            leading_cells=(
+                _leading_cells(line, self.separator)
+                if line.problem == "line_too_long" or (not self.feed.rereading and _opens_quote(line, self.separator))
+                else None
+            ),
+            header=joined is not None,
+        )
+        self._restart()
+        return row
+
+    def _cut_by_unreadable_line(self, line: PhysicalLine) -> _Row:
+        """A record whose quoted cell runs on into a line not UTF-8 or too long."""
+        first = self.feed.record[0]
+        joined = _joined_header(first, self.separator) if self.width is not None else None
+        if joined is not None:
+            # A header further on whose quote runs on into a line not UTF-8: one that cannot
+            # be used (_CsvOrderReader), as when it runs on into rows; not an order row, with the
+            # rows after it read by line 1's columns.
+            row = _Row(first.number, cells=joined, lines=len(self.feed.record), header=True)
+        else:
+            message = f"the row is cut by line {line.number}, which cannot be read"
+            row = _Row(
+                first.number,
+                error=LineError(first.number, None, "malformed_row", message),
+                leading_cells=_leading_cells(first, self.separator),
             )
-            feed.reread_after_first()
-            reader = csv.reader(feed, delimiter=separator, strict=False)
-            continue
-        except csv.Error as error:
-            start = feed.record[0].number
-            message = str(error)
-            code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
-            if code == "field_too_large":
-                message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
-            yield _Row(
-                start,
-                error=LineError(start, None, code, message),
-                leading_cells=_leading_cells(feed.record[0], separator),
-            )
-            feed.reread_after_first()
-            reader = csv.reader(feed, delimiter=separator, strict=False)
-            continue
-        start, spanned = feed.record[0].number, len(feed.record)
+        self._resume_after_first()
+        return row
+
+    def _refused(self, error: csv.Error) -> _Row:
+        """A record the csv module refuses: a cell over MAX_FIELD_CHARS, most often."""
+        first = self.feed.record[0]
+        message = str(error)
+        code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
+        if code == "field_too_large":
+            message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
+        row = _Row(
+            first.number,
+            error=LineError(first.number, None, code, message),
+            leading_cells=_leading_cells(first, self.separator),
+        )
+        self._resume_after_first()
+        return row
+
+    # --- Records parsed ---
+
+    def _record(self, cells: list[str]) -> _Row | None:
         if not any(cell.strip() for cell in cells):
-            continue  # a blank line, or a row of empty cells as spreadsheets export them
-        if feed.ran_out:
-            # The file ends inside a quoted cell (an upload cut short): the csv module hands on the
-            # cut value as if it were whole. The row is an error; rows its quote swallowed are read.
-            feed.ran_out = False
-            if width is not None and spanned > 1 and _rows_resume(feed.record, separator, width):
-                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
-                feed.reread_after_first()
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            runs_on = f" (it runs on to line {start + spanned - 1})" if spanned > 1 else ""
-            message = (
-                f"the file ends inside a quoted cell of this row{runs_on}, whose quote is never closed: "
-                "the file looks cut short (an upload interrupted?), so the row is not imported"
-            )
-            yield _Row(
-                start,
-                error=LineError(start, None, "malformed_row", message),
-                leading_cells=_leading_cells(feed.record[0], separator),
-            )
-            continue
-        text = feed.record[0].text or ""
-        if width is not None and spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep=":
-            declared = _declared_separator(text)
-            if declared is not None:
-                # A file written for Excel joined on: as at the top of the file, the line names the
-                # separator of the rows after it (the header that follows says the files were joined).
-                if declared != separator:
-                    separator = declared
-                    reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
+            return None  # a blank line, or a row of empty cells as spreadsheets export them
+        if self.feed.ran_out:
+            return self._cut_short(cells)
+        spanned = len(self.feed.record)
+        text = self.feed.record[0].text or ""
+        sep_line = spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep="
+        if self.width is not None and sep_line and self._names_separator(text):
+            return None
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
         may_be_header = "external_id" in text.lower()
         header = may_be_header and _is_header(cells)
-        if header and width is not None and spanned > 1:
-            # A header further on with a line break in a cell (as a header on line 1 has: that file
-            # fails): it cannot be used (_CsvOrderReader), and the rows after it are not read by line
-            # 1's columns; nor are those its quote swallowed, read again (_unclosed_quote).
-            if not _quoted_as_written(feed.record, separator) and _rows_resume(feed.record, separator, width):
-                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
-                feed.reread_after_first()
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            width = len(cells)
-            yield _Row(start, cells=cells, lines=spanned, header=True)
-            continue
-        if width is not None and spanned == 1 and may_be_header and not header:
-            # A header of a file joined after the first, which separates its cells otherwise (one
-            # export by commas, one by semicolons): it and the rows after it are read by its own.
-            other = separator_of(text)
-            if other is not None and other != separator:
-                split = next(csv.reader([text], delimiter=other, strict=False))
-                if _is_header(split):
-                    separator, cells, header = other, split, True
-                    reader = csv.reader(feed, delimiter=separator, strict=False)
-                    if _quote_runs_on(text, separator):
-                        # A quoted cell of it runs on past its line: parsed again by its separator,
-                        # with the lines it runs on to (read alone, the next line would open a cell
-                        # swallowing the rows after it).
-                        feed.reread_all()
-                        continue
-        if width is None or header:
-            width = len(cells)  # the header's, or that of one further on (files joined together)
+        if header and self.width is not None and spanned > 1:
+            return self._header_spanning_lines(cells)
+        if self.width is not None and spanned == 1 and may_be_header and not header:
+            split = self._header_separated_otherwise(text)
+            if split is not None:
+                if _quote_runs_on(text, self.separator):
+                    # A quoted cell of it runs on past its line: parsed again by its separator,
+                    # with the lines it runs on to (read alone, the next line would open a cell
+                    # swallowing the rows after it).
+                    self.feed.reread_all()
+                    return None
+                cells, header = split, True
+        if self.width is None or header:
+            self.width = len(cells)  # the header's, or that of one further on (files joined together)
         elif (
             spanned > 1
-            and not (len(cells) == width and _quoted_as_written(feed.record, separator))
-            and _rows_resume(feed.record, separator, width)
+            and not (len(cells) == self.width and _quoted_as_written(self.feed.record, self.separator))
+            and _rows_resume(self.feed.record, self.separator, self.width)
         ):
-            yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
-            feed.reread_after_first()
-            reader = csv.reader(feed, delimiter=separator, strict=False)
-            continue
-        yield _Row(start, cells=cells, lines=spanned, header=header)
+            return self._unclosed(cells)
+        return _Row(self.feed.record[0].number, cells=cells, lines=spanned, header=header)
+
+    def _cut_short(self, cells: list[str]) -> _Row:
+        """The file ends inside a quoted cell (an upload cut short): the csv module hands on the
+        cut value as if it were whole. The row is an error; rows its quote swallowed are read."""
+        self.feed.ran_out = False
+        start, spanned = self.feed.record[0].number, len(self.feed.record)
+        if self.width is not None and spanned > 1 and _rows_resume(self.feed.record, self.separator, self.width):
+            return self._unclosed(cells)
+        runs_on = f" (it runs on to line {start + spanned - 1})" if spanned > 1 else ""
+        message = (
+            f"the file ends inside a quoted cell of this row{runs_on}, whose quote is never closed: "
+            "the file looks cut short (an upload interrupted?), so the row is not imported"
+        )
+        return _Row(
+            start,
+            error=LineError(start, None, "malformed_row", message),
+            leading_cells=_leading_cells(self.feed.record[0], self.separator),
+        )
+
+    def _unclosed(self, cells: list[str]) -> _Row:
+        """A record whose quote swallowed rows: an error on its first line (see _unclosed_quote),
+        and the lines after that one are parsed again."""
+        assert self.width is not None
+        first, spanned = self.feed.record[0], len(self.feed.record)
+        row = _unclosed_quote(first.number, len(cells), spanned, self.width, first, self.separator)
+        self._resume_after_first()
+        return row
+
+    def _names_separator(self, text: str) -> bool:
+        """Whether a line is a "sep=;" line (a file written for Excel joined on): as at the top of
+        the file, it names the separator of the rows after it (the header that follows says the
+        files were joined)."""
+        declared = _declared_separator(text)
+        if declared is None:
+            return False
+        if declared != self.separator:
+            self._restart(declared)
+        return True
+
+    def _header_spanning_lines(self, cells: list[str]) -> _Row:
+        """A header further on with a line break in a cell (as a header on line 1 has: that file
+        fails): it cannot be used (_CsvOrderReader), and the rows after it are not read by line
+        1's columns; nor are those its quote swallowed, read again (_unclosed_quote)."""
+        assert self.width is not None
+        if not _quoted_as_written(self.feed.record, self.separator) and _rows_resume(
+            self.feed.record, self.separator, self.width
+        ):
+            return self._unclosed(cells)
+        self.width = len(cells)
+        return _Row(self.feed.record[0].number, cells=cells, lines=len(self.feed.record), header=True)
+
+    def _header_separated_otherwise(self, text: str) -> list[str] | None:
+        """The cells of a header of a file joined after the first, which separates its cells
+        otherwise (one export by commas, one by semicolons): it and the rows after it are read by
+        its own separator, from now on. None for any other line."""
+        other = separator_of(text)
+        if other is None or other == self.separator:
+            return None
+        split = next(csv.reader([text], delimiter=other, strict=False))
+        if not _is_header(split):
+            return None
+        self._restart(other)
+        return split
 
 
 def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
