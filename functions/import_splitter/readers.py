@@ -562,24 +562,35 @@ class _Row:
 
 
 class _CsvRowReader:
-    """Parsed records with the physical line each starts on. Blank lines are skipped. A record
-    that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines and holds a line that is a row on its own (see _rows_resume), the file
-    ending inside it or not, unless it has the header's number of cells and quotes as a CSV writer
-    does (see _quoted_as_written): a quote never closed, or closed only by a quote in a later row)
-    becomes an error on its first line (with the cells that line shows whole, which may say whose
-    row it is), and the lines after that one are parsed again with a fresh parser, so that one bad
-    line costs only its own row. A record the file ends inside
-    otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
-    lines with the wrong number of cells and no row inside is one row, and is yielded as read. A
-    header further on (files joined together) sets the number of cells, and the separator, of the
-    rows after it; a "sep=;" line further on sets the separator and is no row.
+    """Parsed records of a CSV file, each with the physical line it starts on; blank lines are
+    skipped. `rows` parses a record at a time and hands it to the method for its kind, which
+    returns its row, or None for a record that is no row:
 
-    Each kind of record has its method, which returns its row or None for no row. The state they
-    share is the reader's attributes: `feed` (the lines, holding those of the record being parsed),
-    `separator`, `width` (the header's number of cells, None until the header is read) and
-    `parser` (the csv module's reader of `feed` by `separator`: a fresh one after a broken record,
-    whose lines after its first it parses again, or a change of separator)."""
+    - a record the csv module cannot hand on: a line that cannot be read (_unreadable_line), a
+      quoted cell running on into one (_cut_by_unreadable_line), a cell over MAX_FIELD_CHARS
+      (_refused);
+    - a record the file ends inside (_cut_short): cut short (an upload interrupted), an error on
+      its first line;
+    - a record spanning lines that holds a line that is a row on its own (see _rows_resume), the
+      file ending inside it or not, unless it has the header's number of cells and quotes as a
+      CSV writer does (see _quoted_as_written): a quote never closed, or closed only by a quote
+      in a later row (_unclosed). A record spanning lines with the wrong number of cells and no
+      row inside is one row, and is handed on as read;
+    - a header further on (files joined together), which sets the number of cells, and the
+      separator, of the rows after it (_header_spanning_lines, _header_separated_otherwise); a
+      "sep=;" line further on, which sets the separator and is no row (_names_separator).
+
+    A broken record becomes an error on its first line (with the cells that line shows whole,
+    which may say whose row it is), and the lines after that one are parsed again with a fresh
+    parser, so that one bad line costs only its own row.
+
+    The state the methods share:
+    - `feed`: the lines, holding those of the record being parsed (see _Feed).
+    - `separator`: the file's, or that of a header or "sep=;" line further on.
+    - `width`: the header's number of cells; None until the header is read.
+    - `parser`: the csv module's reader of `feed` by `separator`: a fresh one after a broken
+      record (the old one is mid-record) or a change of separator.
+    """
 
     def __init__(self, lines: Iterator[PhysicalLine], separator: str):
         self.feed = _Feed(lines)
@@ -678,21 +689,26 @@ class _CsvRowReader:
     # --- Records parsed ---
 
     def _record(self, cells: list[str]) -> _Row | None:
+        """A record the csv module parsed: a row, a header further on, or no row (a blank one, a
+        "sep=;" line, a header it parses again by its own separator)."""
         if not any(cell.strip() for cell in cells):
             return None  # a blank line, or a row of empty cells as spreadsheets export them
         if self.feed.ran_out:
             return self._cut_short(cells)
         spanned = len(self.feed.record)
         text = self.feed.record[0].text or ""
-        sep_line = spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep="
-        if self.width is not None and sep_line and self._names_separator(text):
-            return None
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
         may_be_header = "external_id" in text.lower()
         header = may_be_header and _is_header(cells)
-        if header and self.width is not None and spanned > 1:
+        if self.width is None:
+            # The file's header (OrderFile checks it): its cells set the number of the rows'.
+            self.width = len(cells)
+            return _Row(self.feed.record[0].number, cells=cells, lines=spanned, header=header)
+        if spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep=" and self._names_separator(text):
+            return None
+        if header and spanned > 1:
             return self._header_spanning_lines(cells)
-        if self.width is not None and spanned == 1 and may_be_header and not header:
+        if spanned == 1 and may_be_header and not header:
             split = self._header_separated_otherwise(text)
             if split is not None:
                 if _quote_runs_on(text, self.separator):
@@ -702,8 +718,8 @@ class _CsvRowReader:
                     self.feed.reread_all()
                     return None
                 cells, header = split, True
-        if self.width is None or header:
-            self.width = len(cells)  # the header's, or that of one further on (files joined together)
+        if header:
+            self.width = len(cells)  # that of a header further on (files joined together)
         elif (
             spanned > 1
             and not (len(cells) == self.width and _quoted_as_written(self.feed.record, self.separator))
@@ -1050,9 +1066,9 @@ class _CsvOrderReader:
     - `names`, `width`, `unnamed`, `header_line`: the header in use (the first line's, or one
       further on: files joined together), its number of cells, the columns it gives no name (their
       cells must stay empty), and its line.
-    - `unusable_header`, `unusable_names`: a header further on that cannot be used, while it
-      holds: its line and the names it gives (whose row a row under it is); None once a header
-      that can be used follows.
+    - `unusable_header`, `unusable_names`: a header further on that cannot be used: its line,
+      None once a header that can be used follows, and the names it gives (whose row a row under
+      it is).
     - `unread`, `unread_at`: the last order reported under such a header, with the line it was
       reported on (its rows may go on under a header that can be used).
     - `closed`: the fingerprints of the orders finished so far.
@@ -1088,6 +1104,7 @@ class _CsvOrderReader:
             yield self.current.closed()
 
     def _read(self, row: _Row) -> FileOrder | None:
+        """The row handed to the method for its kind: the order it finishes, if any."""
         if row.header:
             return self._header_not_utf8(row) if row.cells is None else self._header_again(row)
         if self.unusable_header is not None:
