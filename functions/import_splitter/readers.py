@@ -356,11 +356,11 @@ class OrderFile(FileOrders):
         lines = self._replayed()
         if fmt == CSV:
             # The header is checked now, so that an unusable one fails the file before any order.
-            rows = _csv_rows(lines, declared or (separator_of(first) if first is not None else None) or ",")
+            rows = _CsvRowReader(lines, declared or (separator_of(first) if first is not None else None) or ",").rows()
             header = next(rows, None)
             if header is None:  # only rows of empty cells
                 raise _empty(name)
-            self._orders = _csv_orders(rows, _header(header), header.line)
+            self._orders = _CsvOrderReader(_header(header), header.line).orders(rows)
         else:
             self._orders = _jsonl_orders(lines)
 
@@ -561,165 +561,242 @@ class _Row:
     header: bool = False  # the cells name the columns (a header, maybe of a file joined on)
 
 
-def _csv_rows(lines: Iterator[PhysicalLine], separator: str) -> Iterator[_Row]:
-    """Parsed records with the physical line each starts on. Blank lines are skipped. A record
-    that is broken (the csv module refuses it: a cell over MAX_FIELD_CHARS, an unreadable line;
-    or it spans lines and holds a line that is a row on its own (see _rows_resume), the file
-    ending inside it or not, unless it has the header's number of cells and quotes as a CSV writer
-    does (see _quoted_as_written): a quote never closed, or closed only by a quote in a later row)
-    becomes an error on its first line (with the cells that line shows whole, which may say whose
-    row it is), and the lines after that one are parsed again with a fresh parser, so that one bad
-    line costs only its own row. A record the file ends inside
-    otherwise is cut short (an upload interrupted): an error on its first line. A record spanning
-    lines with the wrong number of cells and no row inside is one row, and is yielded as read. A
-    header further on (files joined together) sets the number of cells, and the separator, of the
-    rows after it; a "sep=;" line further on sets the separator and is no row."""
-    feed = _Feed(lines)
-    width: int | None = None  # the header's cells, once read
-    reader = csv.reader(feed, delimiter=separator, strict=False)
-    while True:
-        feed.begin_record()
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except _Unreadable as unreadable:
-            if len(feed.record) == 1:
-                line = unreadable.line
-                lossy_cells = _lossy_cells(line, separator)
-                joined = _lossy_header(line, separator, lossy_cells) if width is not None else None
-                if joined is not None:
-                    # The header of a file joined on, not UTF-8 (a Latin-1 export): still a header.
-                    separator, lossy_cells = joined
-                    width = len(lossy_cells)
-                yield _Row(
-                    line.number,
-                    error=_unreadable(line, None).error,
-                    lossy_cells=lossy_cells,
-                    leading_cells=(
-                        _leading_cells(line, separator)
-                        if line.problem == "line_too_long" or (not feed.rereading and _opens_quote(line, separator))
-                        else None
-                    ),
-                    header=joined is not None,
-                )
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            start = feed.record[0].number
-            joined = _joined_header(feed.record[0], separator) if width is not None else None
-            if joined is not None:
-                # A header further on whose quote runs on into a line not UTF-8: one that cannot
-                # be used (_csv_orders), as when it runs on into rows; not an order row, with the
-                # rows after it read by line 1's columns.
-                yield _Row(start, cells=joined, lines=len(feed.record), header=True)
-                feed.reread_after_first()
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            message = f"the row is cut by line {unreadable.line.number}, which cannot be read"
-            yield _Row(
-                start,
-                error=LineError(start, None, "malformed_row", message),
-                leading_cells=_leading_cells(feed.record[0], separator),
+class _CsvRowReader:
+    """Parsed records of a CSV file, each with the physical line it starts on; blank lines are
+    skipped. `rows` parses a record at a time and hands it to the method for its kind, which
+    returns its row, or None for a record that is no row:
+
+    - a record the csv module cannot hand on: a line that cannot be read (_unreadable_line), a
+      quoted cell running on into one (_cut_by_unreadable_line), a cell over MAX_FIELD_CHARS
+      (_refused);
+    - a record the file ends inside (_cut_short): cut short (an upload interrupted), an error on
+      its first line;
+    - a record spanning lines that holds a line that is a row on its own (see _rows_resume), the
+      file ending inside it or not, unless it has the header's number of cells and quotes as a
+      CSV writer does (see _quoted_as_written): a quote never closed, or closed only by a quote
+      in a later row (_unclosed). A record spanning lines with the wrong number of cells and no
+      row inside is one row, and is handed on as read;
+    - a header further on (files joined together), which sets the number of cells, and the
+      separator, of the rows after it (_header_spanning_lines, _header_separated_otherwise); a
+      "sep=;" line further on, which sets the separator and is no row (_names_separator).
+
+    A broken record becomes an error on its first line (with the cells that line shows whole,
+    which may say whose row it is), and the lines after that one are parsed again with a fresh
+    parser, so that one bad line costs only its own row.
+
+    The state the methods share:
+    - `feed`: the lines, holding those of the record being parsed (see _Feed).
+    - `separator`: the file's, or that of a header or "sep=;" line further on.
+    - `width`: the header's number of cells; None until the header is read.
+    - `parser`: the csv module's reader of `feed` by `separator`: a fresh one after a broken
+      record (the old one is mid-record) or a change of separator.
+    """
+
+    def __init__(self, lines: Iterator[PhysicalLine], separator: str):
+        self.feed = _Feed(lines)
+        self.separator = separator
+        self.width: int | None = None
+        self.parser = csv.reader(self.feed, delimiter=separator, strict=False)
+
+    def rows(self) -> Iterator[_Row]:
+        while True:
+            self.feed.begin_record()
+            try:
+                cells = next(self.parser)
+            except StopIteration:
+                return
+            except _Unreadable as unreadable:
+                if len(self.feed.record) == 1:
+                    row = self._unreadable_line(unreadable.line)
+                else:
+                    row = self._cut_by_unreadable_line(unreadable.line)
+            except csv.Error as error:
+                row = self._refused(error)
+            else:
+                row = self._record(cells)
+            if row is not None:
+                yield row
+
+    def _restart(self, separator: str | None = None) -> None:
+        """A fresh parser (the csv module's is mid-record after a broken one), by `separator` from
+        now on if given."""
+        self.separator = separator or self.separator
+        self.parser = csv.reader(self.feed, delimiter=self.separator, strict=False)
+
+    def _resume_after_first(self) -> None:
+        """The lines of a broken record after its first are parsed again, each maybe a row."""
+        self.feed.reread_after_first()
+        self._restart()
+
+    # --- Records the csv module cannot hand on ---
+
+    def _unreadable_line(self, line: PhysicalLine) -> _Row:
+        """A line not UTF-8 or too long, which starts its record."""
+        lossy_cells = _lossy_cells(line, self.separator)
+        joined = _lossy_header(line, self.separator, lossy_cells) if self.width is not None else None
+        if joined is not None:
+            # The header of a file joined on, not UTF-8 (a Latin-1 export): still a header.
+            self.separator, lossy_cells = joined
+            self.width = len(lossy_cells)
+        row = _Row(
+            line.number,
+            error=_unreadable(line, None).error,
+            lossy_cells=lossy_cells,
+            leading_cells=(
+                _leading_cells(line, self.separator)
+                if line.problem == "line_too_long" or (not self.feed.rereading and _opens_quote(line, self.separator))
+                else None
+            ),
+            header=joined is not None,
+        )
+        self._restart()
+        return row
+
+    def _cut_by_unreadable_line(self, line: PhysicalLine) -> _Row:
+        """A record whose quoted cell runs on into a line not UTF-8 or too long."""
+        first = self.feed.record[0]
+        joined = _joined_header(first, self.separator) if self.width is not None else None
+        if joined is not None:
+            # A header further on whose quote runs on into a line not UTF-8: one that cannot
+            # be used (_CsvOrderReader), as when it runs on into rows; not an order row, with the
+            # rows after it read by line 1's columns.
+            row = _Row(first.number, cells=joined, lines=len(self.feed.record), header=True)
+        else:
+            message = f"the row is cut by line {line.number}, which cannot be read"
+            row = _Row(
+                first.number,
+                error=LineError(first.number, None, "malformed_row", message),
+                leading_cells=_leading_cells(first, self.separator),
             )
-            feed.reread_after_first()
-            reader = csv.reader(feed, delimiter=separator, strict=False)
-            continue
-        except csv.Error as error:
-            start = feed.record[0].number
-            message = str(error)
-            code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
-            if code == "field_too_large":
-                message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
-            yield _Row(
-                start,
-                error=LineError(start, None, code, message),
-                leading_cells=_leading_cells(feed.record[0], separator),
-            )
-            feed.reread_after_first()
-            reader = csv.reader(feed, delimiter=separator, strict=False)
-            continue
-        start, spanned = feed.record[0].number, len(feed.record)
+        self._resume_after_first()
+        return row
+
+    def _refused(self, error: csv.Error) -> _Row:
+        """A record the csv module refuses: a cell over MAX_FIELD_CHARS, most often."""
+        first = self.feed.record[0]
+        message = str(error)
+        code = "field_too_large" if "field larger than field limit" in message else "malformed_row"
+        if code == "field_too_large":
+            message = f"a cell is longer than {MAX_FIELD_CHARS // 1024} KiB (or a quote is never closed)"
+        row = _Row(
+            first.number,
+            error=LineError(first.number, None, code, message),
+            leading_cells=_leading_cells(first, self.separator),
+        )
+        self._resume_after_first()
+        return row
+
+    # --- Records parsed ---
+
+    def _record(self, cells: list[str]) -> _Row | None:
+        """A record the csv module parsed: a row, a header further on, or no row (a blank one, a
+        "sep=;" line, a header it parses again by its own separator)."""
         if not any(cell.strip() for cell in cells):
-            continue  # a blank line, or a row of empty cells as spreadsheets export them
-        if feed.ran_out:
-            # The file ends inside a quoted cell (an upload cut short): the csv module hands on the
-            # cut value as if it were whole. The row is an error; rows its quote swallowed are read.
-            feed.ran_out = False
-            if width is not None and spanned > 1 and _rows_resume(feed.record, separator, width):
-                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
-                feed.reread_after_first()
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            runs_on = f" (it runs on to line {start + spanned - 1})" if spanned > 1 else ""
-            message = (
-                f"the file ends inside a quoted cell of this row{runs_on}, whose quote is never closed: "
-                "the file looks cut short (an upload interrupted?), so the row is not imported"
-            )
-            yield _Row(
-                start,
-                error=LineError(start, None, "malformed_row", message),
-                leading_cells=_leading_cells(feed.record[0], separator),
-            )
-            continue
-        text = feed.record[0].text or ""
-        if width is not None and spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep=":
-            declared = _declared_separator(text)
-            if declared is not None:
-                # A file written for Excel joined on: as at the top of the file, the line names the
-                # separator of the rows after it (the header that follows says the files were joined).
-                if declared != separator:
-                    separator = declared
-                    reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
+            return None  # a blank line, or a row of empty cells as spreadsheets export them
+        if self.feed.ran_out:
+            return self._cut_short(cells)
+        spanned = len(self.feed.record)
+        text = self.feed.record[0].text or ""
         # Only a line naming external_id may be a header: the cells of other rows are not looked at.
         may_be_header = "external_id" in text.lower()
         header = may_be_header and _is_header(cells)
-        if header and width is not None and spanned > 1:
-            # A header further on with a line break in a cell (as a header on line 1 has: that file
-            # fails): it cannot be used (_csv_orders), and the rows after it are not read by line
-            # 1's columns; nor are those its quote swallowed, read again (_unclosed_quote).
-            if not _quoted_as_written(feed.record, separator) and _rows_resume(feed.record, separator, width):
-                yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
-                feed.reread_after_first()
-                reader = csv.reader(feed, delimiter=separator, strict=False)
-                continue
-            width = len(cells)
-            yield _Row(start, cells=cells, lines=spanned, header=True)
-            continue
-        if width is not None and spanned == 1 and may_be_header and not header:
-            # A header of a file joined after the first, which separates its cells otherwise (one
-            # export by commas, one by semicolons): it and the rows after it are read by its own.
-            other = separator_of(text)
-            if other is not None and other != separator:
-                split = next(csv.reader([text], delimiter=other, strict=False))
-                if _is_header(split):
-                    separator, cells, header = other, split, True
-                    reader = csv.reader(feed, delimiter=separator, strict=False)
-                    if _quote_runs_on(text, separator):
-                        # A quoted cell of it runs on past its line: parsed again by its separator,
-                        # with the lines it runs on to (read alone, the next line would open a cell
-                        # swallowing the rows after it).
-                        feed.reread_all()
-                        continue
-        if width is None or header:
-            width = len(cells)  # the header's, or that of one further on (files joined together)
+        if self.width is None:
+            # The file's header (OrderFile checks it): its cells set the number of the rows'.
+            self.width = len(cells)
+            return _Row(self.feed.record[0].number, cells=cells, lines=spanned, header=header)
+        if spanned == 1 and len(cells) <= 2 and text[:4].lower() == "sep=" and self._names_separator(text):
+            return None
+        if header and spanned > 1:
+            return self._header_spanning_lines(cells)
+        if spanned == 1 and may_be_header and not header:
+            split = self._header_separated_otherwise(text)
+            if split is not None:
+                if _quote_runs_on(text, self.separator):
+                    # A quoted cell of it runs on past its line: parsed again by its separator,
+                    # with the lines it runs on to (read alone, the next line would open a cell
+                    # swallowing the rows after it).
+                    self.feed.reread_all()
+                    return None
+                cells, header = split, True
+        if header:
+            self.width = len(cells)  # that of a header further on (files joined together)
         elif (
             spanned > 1
-            and not (len(cells) == width and _quoted_as_written(feed.record, separator))
-            and _rows_resume(feed.record, separator, width)
+            and not (len(cells) == self.width and _quoted_as_written(self.feed.record, self.separator))
+            and _rows_resume(self.feed.record, self.separator, self.width)
         ):
-            yield _unclosed_quote(start, len(cells), spanned, width, feed.record[0], separator)
-            feed.reread_after_first()
-            reader = csv.reader(feed, delimiter=separator, strict=False)
-            continue
-        yield _Row(start, cells=cells, lines=spanned, header=header)
+            return self._unclosed(cells)
+        return _Row(self.feed.record[0].number, cells=cells, lines=spanned, header=header)
+
+    def _cut_short(self, cells: list[str]) -> _Row:
+        """The file ends inside a quoted cell (an upload cut short): the csv module hands on the
+        cut value as if it were whole. The row is an error; rows its quote swallowed are read."""
+        self.feed.ran_out = False
+        start, spanned = self.feed.record[0].number, len(self.feed.record)
+        if self.width is not None and spanned > 1 and _rows_resume(self.feed.record, self.separator, self.width):
+            return self._unclosed(cells)
+        runs_on = f" (it runs on to line {start + spanned - 1})" if spanned > 1 else ""
+        message = (
+            f"the file ends inside a quoted cell of this row{runs_on}, whose quote is never closed: "
+            "the file looks cut short (an upload interrupted?), so the row is not imported"
+        )
+        return _Row(
+            start,
+            error=LineError(start, None, "malformed_row", message),
+            leading_cells=_leading_cells(self.feed.record[0], self.separator),
+        )
+
+    def _unclosed(self, cells: list[str]) -> _Row:
+        """A record whose quote swallowed rows: an error on its first line (see _unclosed_quote),
+        and the lines after that one are parsed again."""
+        assert self.width is not None
+        first, spanned = self.feed.record[0], len(self.feed.record)
+        row = _unclosed_quote(first.number, len(cells), spanned, self.width, first, self.separator)
+        self._resume_after_first()
+        return row
+
+    def _names_separator(self, text: str) -> bool:
+        """Whether a line is a "sep=;" line (a file written for Excel joined on): as at the top of
+        the file, it names the separator of the rows after it (the header that follows says the
+        files were joined)."""
+        declared = _declared_separator(text)
+        if declared is None:
+            return False
+        if declared != self.separator:
+            self._restart(declared)
+        return True
+
+    def _header_spanning_lines(self, cells: list[str]) -> _Row:
+        """A header further on with a line break in a cell (as a header on line 1 has: that file
+        fails): it cannot be used (_CsvOrderReader), and the rows after it are not read by line
+        1's columns; nor are those its quote swallowed, read again (_unclosed_quote)."""
+        assert self.width is not None
+        if not _quoted_as_written(self.feed.record, self.separator) and _rows_resume(
+            self.feed.record, self.separator, self.width
+        ):
+            return self._unclosed(cells)
+        self.width = len(cells)
+        return _Row(self.feed.record[0].number, cells=cells, lines=len(self.feed.record), header=True)
+
+    def _header_separated_otherwise(self, text: str) -> list[str] | None:
+        """The cells of a header of a file joined after the first, which separates its cells
+        otherwise (one export by commas, one by semicolons): it and the rows after it are read by
+        its own separator, from now on. None for any other line."""
+        other = separator_of(text)
+        if other is None or other == self.separator:
+            return None
+        split = next(csv.reader([text], delimiter=other, strict=False))
+        if not _is_header(split):
+            return None
+        self._restart(other)
+        return split
 
 
 def _unclosed_quote(start: int, cells: int, spanned: int, width: int, first: PhysicalLine, separator: str) -> _Row:
     joined = _joined_header(first, separator)
     if joined is not None:
         # A header further on (files joined together) whose quote is not closed on its line: one
-        # that cannot be used (_csv_orders). The rows its quote swallowed, read again, are under it,
+        # that cannot be used (_CsvOrderReader). The rows its quote swallowed, read again, are under it,
         # not read by the columns of the header before it.
         return _Row(start, cells=joined, lines=spanned, header=True)
     # Its number of cells may be the header's: a quote in the same column of a later row closes it.
@@ -891,7 +968,7 @@ def _is_header(cells: list[str]) -> bool:
 def _header_problems(names: list[str]) -> str | None:
     """What keeps header `names` from naming the import columns, or None."""
     # An empty name is a column the header does not name: spreadsheets save one more empty cell per
-    # line for a column that once held formatting. Its cells must stay empty (see _csv_orders).
+    # line for a column that once held formatting. Its cells must stay empty (see _CsvOrderReader).
     unknown = [name for name in names if name and name not in COLUMNS]
     repeated = sorted({name for name in names if name and names.count(name) > 1})
     missing = [c for c in COLUMNS if c not in names and c not in OPTIONAL_COLUMNS]
@@ -927,6 +1004,20 @@ class _OpenOrder:
             self.error = error
         else:
             self.more_errors += 1
+
+    def fail_row(self, error: LineError) -> None:
+        """A row of the order that cannot be imported: the order is not, without it."""
+        self.rows += 1
+        self.reject(error)
+
+    def differing_column(self, cells: dict[str, str]) -> str | None:
+        """The first order column a later row gives another value than the first row did; an
+        empty cell differs from nothing (a later row may leave the order's cells empty)."""
+        for column in ORDER_COLUMNS:
+            value = cells.get(column, "")
+            if value and value != self.order_cells.get(column, value):
+                return column
+        return None
 
     def closed(self) -> FileOrder:
         external_id = self.key[1]
@@ -966,222 +1057,292 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
     return order_line, None
 
 
-def _csv_orders(rows: Iterator[_Row], names: list[str], header_line: int) -> Iterator[FileOrder]:
-    width = len(names)
-    unnamed = [index for index, name in enumerate(names) if not name]
-    # A header further on that cannot be used (files joined together): its line, while it holds,
-    # the names it gives (whose row a row under it is), and the last order reported under it with
-    # the line it was reported on (its rows may go on under a header that can be used).
-    unusable_header: int | None = None
-    unusable_names: list[str] = []
-    unread: tuple[str, str] | None = None
-    unread_at = 0
-    closed: set[int] = set()  # the fingerprints of the orders finished so far
-    current: _OpenOrder | None = None
-    # The first unreadable row since the open order's last row. The rows of one order are
-    # adjacent, so if the order goes on after it, the row was one of its own: imported without
-    # it, the order would be short.
-    unreadable: LineError | None = None
-    # The line and external_id of a row right before that names an order without its channel: if
-    # that order starts after it, the row was its first.
-    nameless: tuple[int, str] | None = None
+class _CsvOrderReader:
+    """The orders of a CSV file's rows (after its header), read one row at a time: rows sharing a
+    channel and external_id, one after the other, are one order. Each kind of row has its method;
+    a row finishes at most one order (the open one, when the row starts the next), which the
+    method returns. The state they share is the reader's attributes:
 
-    for row in rows:
-        if row.header and row.cells is None:
-            # A joined file's header that is not UTF-8: its rows are most likely not UTF-8 either,
-            # and what it names cannot be told for sure. Said once here, with what to do; the rows
-            # under it are not read, as under any header that cannot be used.
-            message = (
-                "this line is a CSV header again (files joined together?), and is not UTF-8 text: the rows "
-                "after it are not read, up to a header that can be; save that file as UTF-8 (in Excel: CSV "
-                "UTF-8) and import again (orders already imported are not imported twice)"
-            )
-            yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_encoding", message))
-            unusable_header, unusable_names, unread = row.line, _column_names(row.lossy_cells or []), None
-            continue
-        if row.cells is not None and row.header:
-            # Two exports joined into one file: the second's header is no order. The rows on either
-            # side are read as if it were not there (an order they share stays one order), those
-            # after it by its columns.
-            again = _column_names(row.cells)
-            problems = _header_problems(again)
-            if row.lines > 1:
-                problems = "a quote opened on it is not closed on its line"
-            if problems is not None:
-                message = (
-                    f"this line is a CSV header again, and cannot be used ({problems}): the rows after it "
-                    "are not read, up to a header that can be"
-                )
-                yield FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
-                # The open order stays open, as across a header that can be used: its rows may go on
-                # under a header that can be further on, and closed now it would be imported short.
-                unusable_header, unusable_names, unread = row.line, again, None
-                continue
-            if _same_columns(again, names):
-                message = f"this line repeats the CSV header of line {header_line} (files joined together?)"
-            else:
-                message = (
-                    f"this line is a CSV header with other columns than the header of line {header_line} "
-                    "(files joined together?)"
-                )
-                header_line = row.line
-            # Taken even when it names the same columns: it may end in more or fewer empty cells.
-            names, unusable_header = again, None
-            width, unnamed = len(names), [index for index, name in enumerate(names) if not name]
-            message += ": it is skipped, and the rows after it are read by its columns"
-            yield FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
-            continue
-        if unusable_header is not None:
-            # One error per order, named by the channel and external_id that header does name: the
-            # orders the merchant has to send again, not one error per row of each.
-            identity = _identity_under(row, unusable_names)
-            if identity is not None and identity == unread:
-                continue
-            unread = identity
-            external_id = identity[1] if identity is not None else None
-            message = (
-                f"the row is under the CSV header of line {unusable_header}, which cannot be used: "
-                "its order is not imported"
-            )
-            error = replace(row.error or LineError(row.line, None, "invalid_header", message), external_id=external_id)
-            if current is not None and identity == current.key:
-                # The open order goes on under it: imported without this row, it would ship short.
-                current.rows += 1
-                current.reject(error)
-                continue
-            yield FileOrder(row.line, external_id, error=error)
-            if identity is not None:
-                # Not imported, as if closed: a row of it further on does not import it short.
-                closed.add(_fingerprint(identity))
-                unread_at = row.line
-            # Its cells cannot be read for sure: as an unreadable row, it rejects the open order if
-            # that order goes on after it.
-            if current is not None and unreadable is None:
-                unreadable = error
-            continue
-        identity = _identity(row, names)
+    - `names`, `width`, `unnamed`, `header_line`: the header in use (the first line's, or one
+      further on: files joined together), its number of cells, the columns it gives no name (their
+      cells must stay empty), and its line.
+    - `unusable_header`, `unusable_names`: a header further on that cannot be used: its line,
+      None once a header that can be used follows, and the names it gives (whose row a row under
+      it is).
+    - `unread`, `unread_at`: the last order reported under such a header, with the line it was
+      reported on (its rows may go on under a header that can be used).
+    - `closed`: the fingerprints of the orders finished so far.
+    - `current`: the open order.
+    - `unreadable`: the first row since the open order's last row whose order cannot be told. The
+      rows of one order are adjacent, so if the order goes on after it, the row was one of its
+      own: imported without it, the order would be short.
+    - `nameless`: the line and external_id of a row right before that names an order without its
+      channel: if that order starts after it, the row was its first.
+    """
+
+    def __init__(self, names: list[str], header_line: int):
+        self.names: list[str] = []
+        self.width = 0
+        self.unnamed: list[int] = []
+        self._use_header(names)
+        self.header_line = header_line
+        self.unusable_header: int | None = None
+        self.unusable_names: list[str] = []
+        self.unread: tuple[str, str] | None = None
+        self.unread_at = 0
+        self.closed: set[int] = set()
+        self.current: _OpenOrder | None = None
+        self.unreadable: LineError | None = None
+        self.nameless: tuple[int, str] | None = None
+
+    def orders(self, rows: Iterator[_Row]) -> Iterator[FileOrder]:
+        for row in rows:
+            finished = self._read(row)
+            if finished is not None:
+                yield finished
+        if self.current is not None:  # the end of the file closes the open order
+            yield self.current.closed()
+
+    def _read(self, row: _Row) -> FileOrder | None:
+        """The row handed to the method for its kind: the order it finishes, if any."""
+        if row.header:
+            return self._header_not_utf8(row) if row.cells is None else self._header_again(row)
+        if self.unusable_header is not None:
+            return self._row_under_unusable_header(row)
+        identity = _identity(row, self.names)
         if identity is not None:
-            # A row not UTF-8, or broken, whose channel and external_id can be read: it fails the
-            # order it names (imported without it, that order would ship short).
-            assert row.error is not None
-            error = LineError(row.line, identity[1], row.error.code, row.error.message)
-            if current is not None and current.key == identity:
-                current.rows += 1
-                current.reject(error)
-                unreadable = None
-                continue
-            if current is not None:
-                yield current.closed()
-                closed.add(_fingerprint(current.key))
-            told = _told_cells(row, names)
-            # Only the columns the row told: the order's later rows are not checked against the rest.
-            current = _OpenOrder(identity, row.line, {c: told[c] for c in ORDER_COLUMNS if c in told}, rows=1)
-            if _fingerprint(identity) in closed:
-                current.reject(_reopened(row.line, identity, unread_at if identity == unread else None))
-            current.reject(error)
-            unreadable = None
-            continue
+            return self._broken_row_of(identity, row)
         if row.cells is None:
-            # Which order the row belongs to is known only once the next row is read: it is
-            # reported on its own, and rejects the open order if that order goes on after it.
-            assert row.error is not None
-            yield FileOrder(row.line, None, error=row.error)
-            if current is not None and unreadable is None:
-                unreadable = row.error
-            continue
-        cells = {name: value.strip() for name, value in zip(names, row.cells, strict=False)}
+            return self._unreadable_row(row)
+        cells = {name: value.strip() for name, value in zip(self.names, row.cells, strict=False)}
         channel, external_id = cells.get("channel", ""), cells.get("external_id", "")
         if not channel or not external_id:
-            missing = "channel" if not channel else "external_id"
-            error = LineError(
+            return self._nameless_row(row, channel, external_id)
+        return self._order_row(row, cells, (channel, external_id))
+
+    # --- Headers further on (files joined together) ---
+
+    def _header_not_utf8(self, row: _Row) -> FileOrder:
+        """A joined file's header that is not UTF-8: its rows are most likely not UTF-8 either,
+        and what it names cannot be told for sure. Said once here, with what to do; the rows
+        under it are not read, as under any header that cannot be used."""
+        message = (
+            "this line is a CSV header again (files joined together?), and is not UTF-8 text: the rows "
+            "after it are not read, up to a header that can be; save that file as UTF-8 (in Excel: CSV "
+            "UTF-8) and import again (orders already imported are not imported twice)"
+        )
+        self._stop_reading(row.line, _column_names(row.lossy_cells or []))
+        return FileOrder(row.line, None, error=LineError(row.line, None, "invalid_encoding", message))
+
+    def _header_again(self, row: _Row) -> FileOrder:
+        """Two exports joined into one file: the second's header is no order. The rows on either
+        side are read as if it were not there (an order they share stays one order), those after
+        it by its columns."""
+        assert row.cells is not None
+        again = _column_names(row.cells)
+        problems = "a quote opened on it is not closed on its line" if row.lines > 1 else _header_problems(again)
+        if problems is not None:
+            message = (
+                f"this line is a CSV header again, and cannot be used ({problems}): the rows after it "
+                "are not read, up to a header that can be"
+            )
+            # The open order stays open, as across a header that can be used: its rows may go on
+            # under a header that can be further on, and closed now it would be imported short.
+            self._stop_reading(row.line, again)
+            return FileOrder(row.line, None, error=LineError(row.line, None, "invalid_header", message))
+        if _same_columns(again, self.names):
+            message = f"this line repeats the CSV header of line {self.header_line} (files joined together?)"
+        else:
+            message = (
+                f"this line is a CSV header with other columns than the header of line {self.header_line} "
+                "(files joined together?)"
+            )
+            self.header_line = row.line
+        # Taken even when it names the same columns: it may end in more or fewer empty cells.
+        self._use_header(again)
+        self.unusable_header = None
+        message += ": it is skipped, and the rows after it are read by its columns"
+        return FileOrder(row.line, None, error=LineError(row.line, None, "repeated_header", message))
+
+    def _use_header(self, names: list[str]) -> None:
+        self.names, self.width = names, len(names)
+        self.unnamed = [index for index, name in enumerate(names) if not name]
+
+    def _stop_reading(self, line: int, names: list[str]) -> None:
+        """Rows are not read from here to a header that can be used (see _row_under_unusable_header)."""
+        self.unusable_header, self.unusable_names, self.unread = line, names, None
+
+    def _row_under_unusable_header(self, row: _Row) -> FileOrder | None:
+        """One error per order, named by the channel and external_id that header does name: the
+        orders the merchant has to send again, not one error per row of each."""
+        identity = _identity_under(row, self.unusable_names)
+        if identity is not None and identity == self.unread:
+            return None
+        self.unread = identity
+        external_id = identity[1] if identity is not None else None
+        message = (
+            f"the row is under the CSV header of line {self.unusable_header}, which cannot be used: "
+            "its order is not imported"
+        )
+        error = replace(row.error or LineError(row.line, None, "invalid_header", message), external_id=external_id)
+        if self.current is not None and identity == self.current.key:
+            # The open order goes on under it: imported without this row, it would ship short.
+            self.current.fail_row(error)
+            return None
+        if identity is not None:
+            # Not imported, as if closed: a row of it further on does not import it short.
+            self.closed.add(_fingerprint(identity))
+            self.unread_at = row.line
+        # Its cells cannot be read for sure: as an unreadable row, it rejects the open order if
+        # that order goes on after it.
+        self._suspect(error)
+        return FileOrder(row.line, external_id, error=error)
+
+    # --- Rows that cannot be read whole ---
+
+    def _broken_row_of(self, identity: tuple[str, str], row: _Row) -> FileOrder | None:
+        """A row not UTF-8, or broken, whose channel and external_id can be read: it fails the
+        order it names (imported without it, that order would ship short)."""
+        assert row.error is not None
+        error = LineError(row.line, identity[1], row.error.code, row.error.message)
+        self.unreadable = None
+        if self.current is not None and self.current.key == identity:
+            self.current.fail_row(error)
+            return None
+        told = _told_cells(row, self.names)
+        # Only the columns the row told: the order's later rows are not checked against the rest.
+        finished = self._start(identity, row.line, {c: told[c] for c in ORDER_COLUMNS if c in told})
+        self._open_order.fail_row(error)
+        return finished
+
+    def _unreadable_row(self, row: _Row) -> FileOrder:
+        """Which order the row belongs to is known only once the next row is read: it is
+        reported on its own, and rejects the open order if that order goes on after it."""
+        assert row.error is not None
+        self._suspect(row.error)
+        return FileOrder(row.line, None, error=row.error)
+
+    def _nameless_row(self, row: _Row, channel: str, external_id: str) -> FileOrder | None:
+        """A row without its channel or external_id."""
+        missing = "channel" if not channel else "external_id"
+        error = LineError(
+            row.line,
+            external_id or None,
+            f"missing_{missing}",
+            f"{missing} is required: channel + external_id identify each imported order",
+        )
+        if self.current is not None and not channel and external_id == self.current.key[1]:
+            # Its external_id names the open order: imported without this row, it would ship short.
+            self.current.fail_row(error)
+            self.unreadable = None
+            return None
+        if not external_id:
+            # Whose row it is cannot be told: as an unreadable row, it rejects the open order if
+            # that order goes on after it (a row of another order between would reopen it).
+            self._suspect(error)
+        self.nameless = (row.line, external_id) if external_id else None
+        return FileOrder(row.line, external_id or None, error=error)
+
+    def _suspect(self, error: LineError) -> None:
+        """A row whose order cannot be told: it fails the open order if that order goes on after it."""
+        if self.current is not None and self.unreadable is None:
+            self.unreadable = error
+
+    # --- Rows of orders ---
+
+    def _order_row(self, row: _Row, cells: dict[str, str], key: tuple[str, str]) -> FileOrder | None:
+        """A row naming its order: one more row of the open order, or the first of the next."""
+        before, self.nameless = self.nameless, None
+        finished = None
+        if self.current is not None and self.current.key == key:
+            self._goes_on(row, key)
+        else:
+            finished = self._next_order(row, cells, key, before)
+        self.unreadable = None
+        self._add_row(row, cells, self._open_order)
+        return finished
+
+    def _goes_on(self, row: _Row, key: tuple[str, str]) -> None:
+        """The open order goes on: a row between that could not be read was one of its own."""
+        if self.unreadable is None:
+            return
+        channel, external_id = key
+        self._open_order.reject(
+            LineError(
                 row.line,
-                external_id or None,
-                f"missing_{missing}",
-                f"{missing} is required: channel + external_id identify each imported order",
+                external_id,
+                "incomplete_order",
+                f"line {self.unreadable.line}, among the rows of order {channel}/{external_id}, cannot be read "
+                f"({self.unreadable.code}): the order is not imported without it",
             )
-            if current is not None and not channel and external_id == current.key[1]:
-                # Its external_id names the open order: imported without this row, it would ship short.
-                current.rows += 1
-                current.reject(error)
-                unreadable = None
-                continue
-            yield FileOrder(row.line, external_id or None, error=error)
-            if not external_id and current is not None and unreadable is None:
-                # Whose row it is cannot be told: as an unreadable row, it rejects the open order if
-                # that order goes on after it (a row of another order between would reopen it).
-                unreadable = error
-            nameless = (row.line, external_id) if external_id else None
-            continue
-        key = (channel, external_id)
-        before, nameless = nameless, None
-        if current is not None and current.key == key and unreadable is not None:
-            current.reject(
-                LineError(
-                    row.line,
-                    external_id,
-                    "incomplete_order",
-                    f"line {unreadable.line}, among the rows of order {channel}/{external_id}, cannot be read "
-                    f"({unreadable.code}): the order is not imported without it",
-                )
+        )
+
+    def _next_order(
+        self, row: _Row, cells: dict[str, str], key: tuple[str, str], before: tuple[int, str] | None
+    ) -> FileOrder | None:
+        """The first row of an order: the open one, if any, is finished."""
+        finished = self._start(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
+        channel, external_id = key
+        if before is not None and before[1] == external_id:
+            message = (
+                f"line {before[0]}, right before the rows of order {channel}/{external_id}, names it without "
+                "a channel (missing_channel): the order is not imported without it"
             )
-        unreadable = None
-        if current is None or current.key != key:
-            if current is not None:
-                yield current.closed()
-                closed.add(_fingerprint(current.key))
-            current = _OpenOrder(key, row.line, {c: cells.get(c, "") for c in ORDER_COLUMNS})
-            if _fingerprint(key) in closed:
-                current.reject(_reopened(row.line, key, unread_at if key == unread else None))
-            if before is not None and before[1] == external_id:
-                message = (
-                    f"line {before[0]}, right before the rows of order {channel}/{external_id}, names it without "
-                    "a channel (missing_channel): the order is not imported without it"
-                )
-                current.reject(LineError(row.line, external_id, "incomplete_order", message))
-        current.rows += 1
-        if len(row.cells) != width:
-            message = f"{len(row.cells)} cells where the header has {width}"
+            self._open_order.reject(LineError(row.line, external_id, "incomplete_order", message))
+        return finished
+
+    def _start(self, key: tuple[str, str], line: int, order_cells: dict[str, str]) -> FileOrder | None:
+        """Opens the order `key` starting on `line`; the open one, if any, is finished and returned."""
+        finished = None
+        if self.current is not None:
+            finished = self.current.closed()
+            self.closed.add(_fingerprint(self.current.key))
+        self.current = _OpenOrder(key, line, order_cells)
+        if _fingerprint(key) in self.closed:
+            self.current.reject(_reopened(line, key, self.unread_at if key == self.unread else None))
+        return finished
+
+    @property
+    def _open_order(self) -> _OpenOrder:
+        """The open order, once a row has started or gone on with it."""
+        assert self.current is not None
+        return self.current
+
+    def _add_row(self, row: _Row, cells: dict[str, str], order: _OpenOrder) -> None:
+        """One row of the open order: a line of it, or what keeps the order from being imported."""
+        assert row.cells is not None
+        external_id = order.key[1]
+        order.rows += 1
+        if len(row.cells) != self.width:
+            message = f"{len(row.cells)} cells where the header has {self.width}"
             if row.lines > 1:
                 last = row.line + row.lines - 1
                 message += f" (the row runs on to line {last}: a quoted cell in it holds a line break)"
-            current.reject(LineError(row.line, external_id, "malformed_row", message))
-            continue
-        told = next((index for index in unnamed if row.cells[index].strip()), None)
+            order.reject(LineError(row.line, external_id, "malformed_row", message))
+            return
+        told = next((index for index in self.unnamed if row.cells[index].strip()), None)
         if told is not None:
             # Read as no field, the value would be lost without a word.
             message = f"column {told + 1} holds a value, but the header gives that column no name"
-            current.reject(LineError(row.line, external_id, "malformed_row", message))
-            continue
-        if current.error is not None and current.error.code == "order_reopened":
-            continue
-        if current.rows > 1:
-            for column in ORDER_COLUMNS:
-                value = cells.get(column, "")
-                if value and value != current.order_cells.get(column, value):
-                    current.reject(
-                        LineError(
-                            row.line,
-                            external_id,
-                            "inconsistent_order",
-                            f"{column} differs from line {current.line}, where this order starts",
-                        )
-                    )
-                    break
-        if current.rows > MAX_LINES_PER_ORDER:
-            if current.rows == MAX_LINES_PER_ORDER + 1:
-                current.reject(
-                    LineError(
-                        row.line, external_id, "too_many_lines", f"an order has at most {MAX_LINES_PER_ORDER} lines"
-                    )
-                )
-            continue
+            order.reject(LineError(row.line, external_id, "malformed_row", message))
+            return
+        if order.error is not None and order.error.code == "order_reopened":
+            return
+        if order.rows > 1:
+            differing = order.differing_column(cells)
+            if differing is not None:
+                message = f"{differing} differs from line {order.line}, where this order starts"
+                order.reject(LineError(row.line, external_id, "inconsistent_order", message))
+        if order.rows > MAX_LINES_PER_ORDER:
+            if order.rows == MAX_LINES_PER_ORDER + 1:
+                message = f"an order has at most {MAX_LINES_PER_ORDER} lines"
+                order.reject(LineError(row.line, external_id, "too_many_lines", message))
+            return
         order_line, error = _order_line(cells, row.line, external_id)
         if error is not None:
-            current.reject(error)
-        current.lines.append(order_line)
-        current.line_numbers.append(row.line)
-    if current is not None:
-        yield current.closed()
+            order.reject(error)
+        order.lines.append(order_line)
+        order.line_numbers.append(row.line)
 
 
 def _same_columns(names: list[str], header: list[str]) -> bool:

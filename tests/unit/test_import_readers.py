@@ -540,6 +540,14 @@ def test_a_line_naming_the_separator_where_a_joined_file_starts_is_followed_not_
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (5, "ext-2"), (6, "ext-3")]
 
 
+def test_a_line_naming_the_separator_further_on_is_followed_by_the_rows_after_it_with_no_header_between():
+    # As at the top of a file: the rows after it are read by the separator it names.
+    orders = read(csv_file(row("ext-1"), "sep=;", row("ext-2").replace(",", ";")))
+
+    assert errors_of(orders) == []
+    assert [(o.line, o.external_id) for o in orders] == [(2, "ext-1"), (4, "ext-2")]
+
+
 def test_rows_after_a_header_that_cannot_be_used_fail_until_a_header_that_can():
     unusable = HEADER + ",gift_note"
 
@@ -577,6 +585,17 @@ def test_a_joined_header_that_is_not_utf8_is_reported_once_and_each_order_under_
     assert "this line is a CSV header again (files joined together?), and is not UTF-8" in error_on(orders, 3).message
     assert "under the CSV header of line 3, which cannot be used" in error_on(orders, 4).message
     assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-1"), (8, "ext-4")]
+
+
+def test_the_rows_under_a_joined_header_not_utf8_and_separated_otherwise_are_read_by_its_separator():
+    # A Latin-1 export separated by semicolons joined to a UTF-8 one separated by commas: read by
+    # commas, its rows named no order, and the merchant could not tell which orders to send again.
+    latin1 = (HEADER + ",notiz_f\xfcr_lager").replace(",", ";").encode("latin-1")
+    second = (row("ext-2") + ",x").replace(",", ";").encode("latin-1")
+
+    orders = read(csv_file(row("ext-1")) + latin1 + b"\n" + second + b"\n")
+
+    assert errors_of(orders) == [(3, None, "invalid_encoding"), (4, "ext-2", "invalid_header")]
 
 
 def test_an_order_whose_rows_go_on_past_a_header_that_cannot_be_used_is_not_imported_short():
@@ -820,6 +839,18 @@ def test_an_unreadable_row_among_the_rows_of_one_order_rejects_that_order_never_
     assert interrupted.error is not None and interrupted.error.code == "incomplete_order"
     assert interrupted.error.line == 4 and "line 3" in interrupted.error.message
     assert 3 in [line for line, _, _ in errors_of(orders)]  # the unreadable row is still reported on its line
+
+
+def test_an_unreadable_row_rejects_only_the_order_it_interrupts_never_the_next_order_of_several_rows():
+    # Once the interrupted order's next row is read, the unreadable row is accounted for: held on,
+    # it rejected every order of two rows or more after it as incomplete.
+    data = csv_file(row("ext-1"), "web,ext-1,\xff", row("ext-1", "HOODIE"), row("ext-2"), row("ext-2", "MUG"))
+    data = data.replace("\xff".encode(), b"\xff")
+
+    orders = read(data)
+
+    assert errors_of(orders) == [(3, None, "invalid_encoding"), (4, "ext-1", "incomplete_order")]
+    assert orders[-1].external_id == "ext-2" and orders[-1].line_numbers == (5, 6)
 
 
 @pytest.mark.parametrize("where", ["first", "last"])
