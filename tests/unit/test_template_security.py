@@ -371,6 +371,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "Query")
         },
         (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
+        # The products a cancelled or backordered notice names (the catalog's cached reads).
+        (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         # A notification the plugins failed to send: its failed attempt, with its retry listing.
         (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates, DynamoNotifications],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
@@ -653,6 +655,8 @@ CATALOG_KEYS: dict[str, dict[str, list[str]]] = {
         # An ended import's errors, an order's later counter markers; the subscriptions (only what
         # matching needs of them: test_the_fan_out_may_read_the_subscriptions_but_never_their_signing_secrets).
         "dynamodb:Query": [f"{IMPORT_PK}*", f"{MARKERS_PK}*", WEBHOOKS_PK],
+        # The products a cancelled or backordered notice names by their names.
+        "dynamodb:BatchGetItem": [f"{PRODUCT_PK}*"],
         **{a: _EVENTS_WRITE for a in _PUT_UPDATE},
     },
     "BackorderFunction": {
