@@ -555,10 +555,12 @@ class Container:
     def returns(self) -> Returns:
         from core.returns import Returns
 
+        # The network (a return's destination, its label's address, a receipt's location) and the
+        # products, read as capture reads them: once per OMS_CATALOG_CACHE_SECONDS (CachedCatalog).
         return Returns(
             self.order_repository,
             self.return_repository,
-            self.catalog_repository,
+            self.cached_catalog,
             self.inventory_repository,
             self.label_store,
             self.plugins.hook,

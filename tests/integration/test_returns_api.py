@@ -524,3 +524,28 @@ def test_a_pickup_orders_units_go_back_to_the_store_it_was_collected_at(api: InP
     rma = returned(api, order, ("L1", 1))
 
     assert (order["status"], rma["return_to"]) == ("delivered", store)
+
+
+def test_return_requests_read_the_network_as_capture_does_once_while_it_is_fresh(api: InProcessApi):
+    # A return's destination (the nearest location that shipped its units) and its label's address
+    # read the network: per request, uncached, where capture reads it once per
+    # OMS_CATALOG_CACHE_SECONDS (make bench counted one more GetItem a return than before them).
+    from functions.api.dependencies import container
+
+    order, _sku, _warehouse = an_order(api)
+    client = container().dynamodb
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    def sent(params: dict[str, Any], model: Any, **_: Any) -> None:
+        made.append((model.name, params))
+
+    client.meta.events.register("provide-client-params.dynamodb.*", sent)
+    try:
+        answers = [api.post(f"/orders/{order['id']}/returns", json=return_body(1)) for _ in range(2)]
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb.*", sent)
+
+    assert [answer.status_code for answer in answers] == [201, 201], [answer.text for answer in answers]
+    assert all(answer.json()["label_url"] for answer in answers)
+    network = [p for op, p in made if op == "GetItem" and p["Key"].get("pk", {}).get("S") == "NETWORK"]
+    assert len(network) <= 1, made
